@@ -1,0 +1,94 @@
+"""The one place that turns errors into HTTP: ``{"statusCode", "code", "message"}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from deliverer.errors import DelivererError
+
+log = logging.getLogger(__name__)
+
+_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "BAD_REQUEST",
+    429: "TOO_MANY_REQUESTS",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+def error_response(status: int, code: str, message: str, *, errors: Any = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"statusCode": status, "code": code, "message": message}
+    if errors:
+        body["errors"] = errors
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[str]:
+    if isinstance(messages, dict):
+        out: list[str] = []
+        for key, value in messages.items():
+            # webargs nests errors under the location ("json", "query", "path").
+            name = "" if key in ("json", "query", "path", "headers", "form") else str(key)
+            out += _flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name)
+        return out
+    if isinstance(messages, list):
+        out = []
+        for item in messages:
+            out += _flatten(item, prefix)
+        return out
+    return [f"{prefix}: {messages}" if prefix else str(messages)]
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(DelivererError)
+    def _service_error(exc: DelivererError) -> Response:
+        return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        data = getattr(exc, "data", None) or {}
+        messages = data.get("messages")
+        if messages:
+            # Validation failures from the marshmallow schemas (webargs answers 422).
+            details = _flatten(messages)
+            return error_response(400, "BAD_REQUEST", "Invalid request: " + "; ".join(details),
+                                  errors=messages)
+        message = {
+            404: "Resource not found",
+            405: "Method not allowed",
+            413: "Request body too large",
+        }.get(status, exc.description or exc.name)
+        return error_response(status, _CODES.get(status, exc.name.upper().replace(" ", "_")),
+                              message)
+
+    @app.errorhandler(OperationalError)
+    def _db_unavailable(exc: DBAPIError) -> Response:
+        log.exception("database unavailable")
+        return error_response(503, "SERVICE_UNAVAILABLE",
+                              "Service temporarily unavailable. Try again shortly.",
+                              headers={"Retry-After": "5"})
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "INTERNAL_ERROR", "Internal server error")

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+
+class WebhookUrl(fields.String):
+    """An http(s) URL; where it may point is checked by the service (SSRF rules)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(
+            validate=[validate.Length(max=2048),
+                      validate.URL(schemes={"http", "https"}, require_tld=False)],
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+class Email(fields.Email):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(validate=validate.Length(max=320), **kwargs)  # type: ignore[arg-type]
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 date-time with an offset, converted to UTC (out-of-range: a 400)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(default_timezone=None, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            # 0001-01-01T00:00:00+01:00 parses, but is before year 1 in UTC.
+            return parsed.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValidationError("Date-time out of range.") from exc
+
+
+class ApiErrorSchema(Schema):
+    """The error body of every endpoint."""
+
+    statusCode = fields.Integer(required=True)
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    errors = fields.Raw()

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from api.schemas.common import Email, WebhookUrl
+
+
+class PublishEventSchema(Schema):
+    partner_id = fields.String(required=True, data_key="partnerId",
+                               validate=validate.Length(min=1, max=36))
+    type = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    reference = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    payload = fields.Dict(required=True)
+    callback_url = WebhookUrl(load_default=None, allow_none=True, data_key="callbackUrl")
+
+
+class PublishedSchema(Schema):
+    event_id = fields.String(data_key="eventId")
+    notification_id = fields.String(data_key="notificationId")
+    status = fields.String()
+    sequence = fields.Integer(allow_none=True)
+
+
+class CreatePartnerSchema(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    webhook_url = WebhookUrl(load_default=None, allow_none=True, data_key="webhookUrl")
+    alert_email = Email(load_default=None, allow_none=True, data_key="alertEmail")
+    flow = fields.String(load_default="WEBHOOK", validate=validate.OneOf(["WEBHOOK", "POLLING"]))
+
+
+class CreatedPartnerSchema(Schema):
+    id = fields.String()
+    api_key = fields.String(data_key="apiKey")
+    signing_secret = fields.String(data_key="signingSecret")

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from api.schemas.common import Email, UtcDateTime, WebhookUrl
+
+STATUSES = ["PENDING", "SENT", "FAILED", "NOT_SENT"]
+
+
+class ErrorPayloadSchema(Schema):
+    kind = fields.String()
+    message = fields.String()
+    httpStatus = fields.Integer(allow_none=True)
+    hint = fields.String()
+
+
+class AttemptSchema(Schema):
+    id = fields.Integer()
+    trigger = fields.String()
+    url = fields.String()
+    started_at = fields.DateTime(data_key="startedAt")
+    duration_ms = fields.Integer(data_key="durationMs")
+    success = fields.Boolean()
+    response_status = fields.Integer(allow_none=True, data_key="responseStatus")
+    response_body = fields.String(allow_none=True, data_key="responseBody")
+    error_payload = fields.Nested(ErrorPayloadSchema, allow_none=True, data_key="errorPayload")
+
+
+class NotificationSchema(Schema):
+    id = fields.String()
+    event_id = fields.String(data_key="eventId")
+    event_type = fields.String(data_key="eventType")
+    reference = fields.String()
+    status = fields.String()
+    url = fields.String(allow_none=True)
+    sequence = fields.Integer(allow_none=True)
+    retry_attempts = fields.Integer(data_key="retryAttempts")
+    manual_retry_count = fields.Integer(data_key="manualRetryCount")
+    attempt_count = fields.Integer(data_key="attemptCount")
+    latest_error_payload = fields.Nested(ErrorPayloadSchema, allow_none=True,
+                                         data_key="latestErrorPayload")
+    next_attempt_at = fields.DateTime(allow_none=True, data_key="nextAttemptAt")
+    cycle_started_at = fields.DateTime(data_key="cycleStartedAt")
+    sent_at = fields.DateTime(allow_none=True, data_key="sentAt")
+    created_at = fields.DateTime(data_key="createdAt")
+    updated_at = fields.DateTime(data_key="updatedAt")
+
+
+class NotificationDetailSchema(NotificationSchema):
+    payload = fields.Dict()
+    attempts = fields.List(fields.Nested(AttemptSchema))
+
+
+class NotificationPageSchema(Schema):
+    data = fields.List(fields.Nested(NotificationSchema))
+    next_cursor = fields.String(allow_none=True, data_key="nextCursor")
+
+
+class NotificationQuerySchema(Schema):
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    event_type = fields.String(data_key="eventType", validate=validate.Length(max=100))
+    reference = fields.String(validate=validate.Length(max=200))
+    created_from = UtcDateTime(data_key="createdFrom")
+    created_to = UtcDateTime(data_key="createdTo")
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(validate=validate.Length(max=200))
+
+
+class SettingsSchema(Schema):
+    url = fields.String(allow_none=True)
+    enabled = fields.Boolean()
+    alert_email = fields.String(allow_none=True, data_key="alertEmail")
+    signing_secret = fields.String(data_key="signingSecret")
+    previous_secret_expires_at = fields.DateTime(allow_none=True,
+                                                 data_key="previousSecretExpiresAt")
+    updated_at = fields.DateTime(data_key="updatedAt")
+
+
+class SettingsUpdateSchema(Schema):
+    url = WebhookUrl(allow_none=True)
+    enabled = fields.Boolean()
+    alert_email = Email(allow_none=True, data_key="alertEmail")
+
+
+class RotateSecretSchema(Schema):
+    overlap_seconds = fields.Integer(load_default=86400, data_key="overlapSeconds",
+                                     strict=True, validate=validate.Range(min=0, max=604800))
+
+
+class ResendSchema(Schema):
+    status = fields.String()
+    message = fields.String()
+    reference = fields.String()
+    notification_id = fields.String(data_key="notificationId")
+    webhook_url = fields.String(data_key="webhookUrl")
+
+
+class DeliveryQuerySchema(Schema):
+    """Seed 001's list filters."""
+
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(validate=validate.Length(max=200))
+
+
+class AlertSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String()
+    message = fields.String()
+    endpoint_id = fields.Integer(data_key="endpointId")
+    notification_id = fields.String(allow_none=True, data_key="notificationId")
+    created_at = fields.DateTime(data_key="createdAt")
+    emailed_at = fields.DateTime(allow_none=True, data_key="emailedAt")
+
+
+class AlertListSchema(Schema):
+    data = fields.List(fields.Nested(AlertSchema))
+
+
+class AlertQuerySchema(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))

@@ -1,0 +1,93 @@
+"""Routes in the shapes of the providers merchants come from (seeds 001, 002, 004).
+
+Thin adapters over the same services as ``/api/partner/v2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, jsonify
+from flask_smorest import Blueprint
+
+from api import presenters
+from api.auth import check_partner, current_partner
+from api.db import get_session
+from api.schemas.partner import DeliveryQuerySchema
+from api.views.partner import resend
+from deliverer.errors import DelivererError
+from deliverer.notifications import service
+
+blp = Blueprint("compat", __name__, url_prefix="",
+                description="Compatibility routes for merchants migrating from other providers.")
+blp.before_request(check_partner)
+
+
+# -- seed 001 ---------------------------------------------------------------------------
+
+@blp.route("/api/webhooks/deliveries/<delivery_id>/retry", methods=["POST"])
+def retry_delivery(delivery_id: str) -> Any:
+    """Seed 001: retry a failed delivery."""
+    service.manual_retry(get_session(), current_app.config["DELIVERER_SETTINGS"],
+                         current_partner(), delivery_id)
+    return jsonify({"success": True, "deliveryId": delivery_id,
+                    "message": "Retry queued successfully."})
+
+
+@blp.route("/api/webhooks/deliveries", methods=["GET"])
+@blp.arguments(DeliveryQuerySchema, location="query")
+def list_deliveries(query: dict[str, Any]) -> Any:
+    """Seed 001: list deliveries, e.g. ``?status=FAILED``."""
+    page = service.list_notifications(get_session(), current_partner().partner_id,
+                                      service.ListFilters(**query))
+    data = []
+    for notification, event in page.items:
+        body = presenters.notification(notification, event)
+        data.append({
+            "deliveryId": notification.id,
+            "eventId": event.id,
+            "eventType": event.type,
+            "reference": event.reference,
+            "status": notification.status,
+            "attempts": notification.attempt_count,
+            "lastError": notification.latest_error_payload,
+            "createdAt": body["created_at"].isoformat(),
+            "nextAttemptAt": (notification.next_attempt_at.isoformat()
+                              if notification.next_attempt_at else None),
+        })
+    return jsonify({"data": data, "nextCursor": page.next_cursor})
+
+
+# -- seed 002 ---------------------------------------------------------------------------
+
+@blp.route("/api/v1/merchant/transactions/<transaction_id>/resend-webhook", methods=["POST"])
+def resend_transaction_webhook(transaction_id: str) -> Any:
+    """Seed 002: its success and error bodies are ``{status, message, data}``."""
+    try:
+        outcome, body = resend(transaction_id)
+    except DelivererError as exc:
+        response = jsonify({"status": "error", "message": exc.message, "data": None})
+        response.status_code = exc.status_code
+        for name, value in exc.headers.items():
+            response.headers[name] = value
+        return response
+    data = {"transaction_id": transaction_id, "webhook_url": body["webhook_url"]}
+    if outcome == "success":
+        return jsonify({"status": "success", "message": "Webhook sent successfully",
+                        "data": data})
+    return jsonify({"status": "pending", "message": "Webhook resend in progress",
+                    "data": data}), 202
+
+
+# -- seed 004 ---------------------------------------------------------------------------
+
+@blp.route("/invoices/resend-webhook/<invoice_id>", methods=["POST"])
+def resend_invoice_webhook(invoice_id: str) -> Any:
+    """Seed 004: ``status`` is ``success`` or ``pending``."""
+    outcome, _body = resend(invoice_id)
+    return jsonify({
+        "message": ("Webhook reenviado com sucesso" if outcome == "success"
+                    else "Reenvio do webhook em andamento"),
+        "invoice_id": int(invoice_id) if invoice_id.isdigit() else invoice_id,
+        "status": outcome,
+    })

@@ -1,0 +1,39 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
+
+from deliverer.db import get_database
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Any:
+    checks: dict[str, str] = {}
+    try:
+        with get_database().engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # reported, not raised: this endpoint's job is to say so
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        celery_app = current_app.extensions["celery"]
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), (
+        200 if ready else 503
+    )

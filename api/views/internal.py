@@ -1,0 +1,53 @@
+"""``/internal/v1``: for the provider's own services, guarded by the admin token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask_smorest import Blueprint
+from sqlalchemy.exc import OperationalError
+
+from api.auth import check_admin
+from api.db import get_session
+from api.schemas.internal import (
+    CreatedPartnerSchema,
+    CreatePartnerSchema,
+    PublishedSchema,
+    PublishEventSchema,
+)
+from deliverer.db import is_transient_abort, session_scope
+from deliverer.partners.service import create_partner
+from deliverer.publishing.service import publish_event
+
+blp = Blueprint("internal", __name__, url_prefix="/internal/v1",
+                description="Publishing events and setting up partners (admin token).")
+blp.before_request(check_admin)
+
+
+@blp.route("/events", methods=["POST"])
+@blp.arguments(PublishEventSchema)
+@blp.response(201, PublishedSchema)
+def post_event(data: dict[str, Any]) -> Any:
+    """Publish an event; its webhook is queued once the event is stored."""
+    settings = current_app.config["DELIVERER_SETTINGS"]
+    # Its own transaction, run again if PostgreSQL picks it as a deadlock victim against
+    # a worker: such an abort rolled everything back, so a second run cannot duplicate.
+    for attempt in range(3):
+        try:
+            with session_scope() as session:
+                return publish_event(session, settings, **data)
+        except OperationalError as exc:
+            if attempt == 2 or not is_transient_abort(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+@blp.route("/partners", methods=["POST"])
+@blp.arguments(CreatePartnerSchema)
+@blp.response(201, CreatedPartnerSchema)
+def post_partner(data: dict[str, Any]) -> Any:
+    """Create a partner. The API key is returned here and never again."""
+    created = create_partner(get_session(), current_app.config["DELIVERER_SETTINGS"], **data)
+    return {"id": created.partner_id, "api_key": created.api_key,
+            "signing_secret": created.signing_secret}

@@ -1,0 +1,160 @@
+"""``/api/partner/v2``: the merchant API (seed 000's contracts)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from flask_smorest import Blueprint
+
+from api import presenters
+from api.auth import check_partner, current_partner
+from api.db import get_session
+from api.schemas.common import ApiErrorSchema
+from api.schemas.partner import (
+    AlertListSchema,
+    AlertQuerySchema,
+    NotificationDetailSchema,
+    NotificationPageSchema,
+    NotificationQuerySchema,
+    NotificationSchema,
+    ResendSchema,
+    RotateSecretSchema,
+    SettingsSchema,
+    SettingsUpdateSchema,
+)
+from deliverer.alerts import service as alerts
+from deliverer.errors import DelivererError
+from deliverer.notifications import service
+from deliverer.notifications.resend import request_resend, wait_for_outcome
+from deliverer.partners import webhook_settings
+
+blp = Blueprint("partner", __name__, url_prefix="/api/partner/v2",
+                description="Webhook notifications, retries, resends and settings (API key).")
+blp.before_request(check_partner)
+
+
+def _settings() -> Any:
+    return current_app.config["DELIVERER_SETTINGS"]
+
+
+def _dump(notification: Any) -> dict[str, Any]:
+    return presenters.notification(notification,
+                                   service.get_event(get_session(), notification))
+
+
+@blp.route("/webhook-notifications", methods=["GET"])
+@blp.arguments(NotificationQuerySchema, location="query")
+@blp.response(200, NotificationPageSchema)
+def list_notifications(query: dict[str, Any]) -> Any:
+    """List notifications, newest first, with cursor pagination."""
+    page = service.list_notifications(get_session(), current_partner().partner_id,
+                                      service.ListFilters(**query))
+    return {"data": [presenters.notification(n, e) for n, e in page.items],
+            "next_cursor": page.next_cursor}
+
+
+@blp.route("/webhook-notifications/<notification_id>", methods=["GET"])
+@blp.response(200, NotificationDetailSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+def get_notification(notification_id: str) -> Any:
+    """A notification with its attempts, newest first, each with its error and hint."""
+    session = get_session()
+    notification = service.get_notification(session, current_partner().partner_id,
+                                            notification_id)
+    event = service.get_event(session, notification)
+    body = presenters.notification(notification, event)
+    body["payload"] = event.payload
+    body["attempts"] = [presenters.attempt(a) for a in service.attempts_of(session,
+                                                                           notification.id)]
+    return body
+
+
+@blp.route("/webhook-notifications/<notification_id>/retry", methods=["POST"])
+@blp.response(200, NotificationSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(409, schema=ApiErrorSchema)
+@blp.alt_response(429, schema=ApiErrorSchema)
+def retry_notification(notification_id: str) -> Any:
+    """Manually retry a FAILED notification (at most 3 times; 10 per minute)."""
+    notification = service.manual_retry(get_session(), _settings(), current_partner(),
+                                        notification_id)
+    return _dump(notification)
+
+
+@blp.route("/webhook-notifications/<notification_id>/ignore", methods=["POST"])
+@blp.response(200, NotificationSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(409, schema=ApiErrorSchema)
+def ignore_notification(notification_id: str) -> Any:
+    """Remove a notification from the retry queue for good (status NOT_SENT)."""
+    return _dump(service.ignore(get_session(), current_partner(), notification_id))
+
+
+class DeliveryFailed(DelivererError):
+    status_code = 502
+    code = "WEBHOOK_DELIVERY_FAILED"
+    message = "The webhook endpoint did not accept the notification"
+
+
+def resend(reference: str) -> tuple[str, dict[str, Any]]:
+    """Shared by this API and the compatibility routes: ("success"|"pending", body)."""
+    session = get_session()
+    settings = _settings()
+    request = request_resend(session, settings, current_partner(), reference)
+    session.commit()  # the worker must see the request row, and the message goes out now
+    status, error = wait_for_outcome(request.request_id, settings.resend_wait_seconds)
+    body = {"reference": reference, "notification_id": request.notification_id,
+            "webhook_url": request.url}
+    if status == "SENT":
+        return "success", {**body, "status": "success", "message": "Webhook sent successfully"}
+    if status == "FAILED":
+        raise DeliveryFailed(
+            f"Resend failed: {(error or {}).get('message', 'delivery failed')}"
+        )
+    return "pending", {**body, "status": "pending", "message": "Webhook resend in progress"}
+
+
+@blp.route("/transactions/<reference>/resend-webhook", methods=["POST"])
+@blp.response(200, ResendSchema)
+@blp.alt_response(202, schema=ResendSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(429, schema=ApiErrorSchema)
+def resend_webhook(reference: str) -> Any:
+    """Send the latest event of a transaction or invoice again (no status changes)."""
+    outcome, body = resend(reference)
+    return body, (200 if outcome == "success" else 202)
+
+
+@blp.route("/webhook-settings", methods=["GET"])
+@blp.response(200, SettingsSchema)
+def get_settings() -> Any:
+    return webhook_settings.get_settings_row(get_session(), current_partner().partner_id)
+
+
+@blp.route("/webhook-settings", methods=["PUT"])
+@blp.arguments(SettingsUpdateSchema)
+@blp.response(200, SettingsSchema)
+def put_settings(data: dict[str, Any]) -> Any:
+    """Change the webhook URL (validated, no private addresses), enabled flag, alert e-mail."""
+    return webhook_settings.update_settings(get_session(), _settings(),
+                                            current_partner().partner_id, **data)
+
+
+@blp.route("/webhook-settings/rotate-secret", methods=["POST"])
+@blp.arguments(RotateSecretSchema)
+@blp.response(200, SettingsSchema)
+def rotate_secret(data: dict[str, Any]) -> Any:
+    """New signing secret; deliveries carry both signatures during the overlap."""
+    return webhook_settings.rotate_secret(get_session(), current_partner().partner_id,
+                                          timedelta(seconds=data["overlap_seconds"]))
+
+
+@blp.route("/webhook-alerts", methods=["GET"])
+@blp.arguments(AlertQuerySchema, location="query")
+@blp.response(200, AlertListSchema)
+def list_alerts(query: dict[str, Any]) -> Any:
+    """Failing-endpoint alerts (after the fifth failed retry; 410 Gone), newest first."""
+    return {"data": alerts.list_alerts(get_session(), current_partner().partner_id,
+                                       query["limit"])}

@@ -1,0 +1,33 @@
+"""Celery beat's schedule: the sweep that drives the retry ladder, and housekeeping.
+
+Run exactly one beat per deployment. Everything it triggers is safe to run twice, so a
+second beat started by mistake causes no double delivery (see deliverer.scheduling.sweep).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery.schedules import crontab
+
+if TYPE_CHECKING:
+    from deliverer.config import Settings
+
+
+def build(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = timedelta(seconds=settings.sweep_interval)
+    return {
+        "sweep-due-notifications": {
+            "task": "deliverer.sweep_due",
+            "schedule": interval,
+            # A sweep that waited longer than its own interval is superseded by the next.
+            "options": {"expires": max(1.0, settings.sweep_interval)},
+        },
+        # Retention: attempts older than DELIVERER_ATTEMPT_RETENTION_DAYS, daily at 03:17 UTC.
+        "purge-old-attempts": {
+            "task": "deliverer.purge_attempts",
+            "schedule": crontab(hour=3, minute=17),
+            "options": {"expires": 3600.0},
+        },
+    }

@@ -1,0 +1,266 @@
+"""6. API: the manual-retry endpoint under 50 concurrent clients, against ``/healthz``.
+
+gunicorn runs ``api:create_app()`` exactly as the Procfile's web line says (2 sync
+workers; bound to 127.0.0.1 instead of 0.0.0.0). wrk (Debian) drives it with 50
+connections on 2 threads for the same duration against both endpoints, one after the
+other: ``GET /healthz`` (trivial, the reference) and
+``POST /api/partner/v2/webhook-notifications/{id}/retry``.
+
+Manual retries are limited: 3 per notification, 10 a minute per partner. To measure the
+path merchants care about (an accepted retry: authenticate, lock the partner, check the
+limits, reset the notification, write the audit row, commit, enqueue), the benchmark makes
+P partners with 10 FAILED notifications each and walks the (API key, notification) pairs
+round-robin over partners, each pair once: every request is accepted until the pairs run
+out. Past that, the walk wraps around and the same notifications, now PENDING, get a 409
+(also full request handling: the refusal is written to the audit trail). The mix is
+reported from wrk's status counts and the audit table. No worker runs (the manual-lane
+messages wait in Redis): the web box is measured alone.
+
+Without wrk on the machine, a Python thread pool (50 threads, ``http.client``) stands in,
+in the bench process; the JSON says which client was used.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.context import Ctx, create_partners, log_errors
+from bench.env import BenchError, free_port, wait_until
+from bench.report import Result, Row, percentile
+
+NAME = "api"
+TITLE = "API: manual retry under 50 concurrent clients vs GET /healthz"
+CONNECTIONS = 50
+THREADS = 2
+PER_PARTNER = 10
+WARM_PARTNERS = 4
+LUA = Path(__file__).parent / "wrk" / "load.lua"
+
+_FAILED = """
+INSERT INTO events (id, partner_id, type, reference, payload, callback_url, body, created_at)
+SELECT md5('api-event-' || g)::uuid::text, (%(ids)s::text[])[1 + g %% %(p)s],
+       'transaction.paid', 'TXN-' || g, '{"amount": 100}'::json, NULL,
+       '{"type":"transaction.paid"}', now() - interval '1 day'
+FROM generate_series(%(offset)s, %(offset)s + %(n)s - 1) AS g;
+INSERT INTO notifications (
+    id, partner_id, event_id, endpoint_id, sequence, url, status, retry_attempts,
+    manual_retry_count, attempt_count, latest_error_payload, next_attempt_at,
+    cycle_started_at, sent_at, lane, held, lease_token, lease_expires_at, scheduled_for,
+    enqueued_at, created_at, updated_at)
+SELECT md5('api-notification-' || g)::uuid::text, (%(ids)s::text[])[1 + g %% %(p)s],
+       md5('api-event-' || g)::uuid::text, NULL, NULL, (%(urls)s::text[])[1 + g %% %(p)s],
+       'FAILED', 9, 0, 10, '{"kind": "HTTP_STATUS", "message": "HTTP 500"}'::json, NULL,
+       now() - interval '31 days', NULL, 'retry', false, NULL, NULL, NULL, NULL,
+       now() - interval '1 day', now() - interval '1 day'
+FROM generate_series(%(offset)s, %(offset)s + %(n)s - 1) AS g;
+"""
+
+
+def wrk_run(base_url: str, path: str, duration: float, mode: str, items: Path | None,
+            log_dir: Path) -> dict[str, Any]:
+    env = dict(os.environ, BENCH_WRK_MODE=mode, BENCH_WRK_THREADS=str(THREADS))
+    if items is not None:
+        env["BENCH_WRK_ITEMS"] = str(items)
+    argv = ["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{duration:g}s",
+            "--timeout", "10s", "--latency", "-s", str(LUA), base_url + path]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                          timeout=duration + 60)
+    (log_dir / f"wrk-{mode}.log").write_text(done.stdout + done.stderr)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} "
+                         f"{done.stderr[-500:]}")
+    data = json.loads(line[len("BENCH_JSON "):])
+    seconds = data["duration_us"] / 1e6
+    return {"client": f"wrk -t{THREADS} -c{CONNECTIONS}", "requests": data["requests"],
+            "per_s": data["requests"] / seconds, "p50_ms": data["p50_us"] / 1000,
+            "p90_ms": data["p90_us"] / 1000, "p99_ms": data["p99_us"] / 1000,
+            "max_ms": data["max_us"] / 1000, "errors": data["errors"],
+            "statuses": data["statuses"]}
+
+
+def python_run(port: int, duration: float, mode: str,
+               pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The stand-in for wrk: CONNECTIONS threads, each a keep-alive http.client loop."""
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    lock = threading.Lock()
+    counter = iter(range(10**9))
+    stop_at = time.monotonic() + duration
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        mine: list[float] = []
+        seen: Counter[str] = Counter()
+        while time.monotonic() < stop_at:
+            if mode == "retry":
+                key, nid = pairs[next(counter) % len(pairs)]
+                method, path = "POST", f"/api/partner/v2/webhook-notifications/{nid}/retry"
+                headers = {"X-Api-Key": key, "Content-Length": "0"}
+            else:
+                method, path, headers = "GET", "/healthz", {}
+            t0 = time.perf_counter()
+            try:
+                conn.request(method, path, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                seen[str(response.status)] += 1
+            except (OSError, http.client.HTTPException):
+                seen["error"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            mine.append((time.perf_counter() - t0) * 1000)
+        with lock:
+            latencies.extend(mine)
+            statuses.update(seen)
+
+    began = time.monotonic()
+    pool = [threading.Thread(target=worker) for _ in range(CONNECTIONS)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=duration + 30)
+    seconds = time.monotonic() - began
+    return {"client": f"Python threads x{CONNECTIONS} (wrk not found)",
+            "requests": len(latencies), "per_s": len(latencies) / seconds,
+            "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
+            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies, default=0.0),
+            "errors": {"client": statuses.pop("error", 0)}, "statuses": dict(statuses)}
+
+
+def _partner_ids(env: Any, prefix: str) -> list[str]:
+    return [r[0] for r in env.query("SELECT id FROM partners WHERE name LIKE %s",
+                                    (prefix + " %",))]
+
+
+def make_pairs(env: Any, settings: Any, nginx: Any, count: int, prefix: str,
+               offset: int) -> list[tuple[str, str]]:
+    """``count`` partners with PER_PARTNER FAILED notifications each; the (API key,
+    notification id) pairs, round-robin over partners."""
+    urls = [nginx.url(f"/{prefix}/{i}/hook") for i in range(count)]
+    partners = create_partners(settings, urls, prefix=prefix)
+    keys = dict(partners)
+    env.query(_FAILED, {"ids": [p for p, _ in partners], "urls": urls, "p": count,
+                        "n": count * PER_PARTNER, "offset": offset})
+    by_partner: dict[str, list[str]] = {}
+    for nid, pid in env.query("SELECT id, partner_id FROM notifications "
+                              "WHERE partner_id = ANY(%s) ORDER BY id", (list(keys),)):
+        by_partner.setdefault(pid, []).append(nid)
+    return [(keys[pid], ids[j]) for j in range(PER_PARTNER)
+            for pid, ids in by_partner.items() if j < len(ids)]
+
+
+def run(ctx: Ctx) -> Result:
+    env = ctx.env
+    duration = float(ctx.size(15, 1))
+    # Enough pairs for ~1,300 accepted retries a second over the whole run.
+    partners_n = int(ctx.size(2_000, 10))
+    env.reset()
+    port = free_port()
+    denv = ctx.deliverer_env(PORT=port, WEB_CONCURRENCY=2)
+    settings = env.configure_here(denv)
+    nginx = ctx.nginx()
+    # The warm-up partners' pairs take the first requests of each gunicorn worker (their
+    # first request builds the broker connection and more: about a second, once).
+    warm_pairs = make_pairs(env, settings, nginx, WARM_PARTNERS, "warm", 0)
+    pairs = make_pairs(env, settings, nginx, partners_n, "api", WARM_PARTNERS * PER_PARTNER)
+    warm_items = env.tmp / "wrk-warm-items.txt"
+    warm_items.write_text("".join(f"{k} {n}\n" for k, n in warm_pairs))
+    items = env.tmp / "wrk-items.txt"
+    items.write_text("".join(f"{k} {n}\n" for k, n in pairs))
+    measured = _partner_ids(env, "api")
+
+    web = env.procs.start_procfile("web", denv)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        import requests
+
+        if not web.alive():
+            raise BenchError(f"gunicorn exited:\n{web.tail()}")
+        try:
+            return requests.get(base + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    use_wrk = shutil.which("wrk") is not None
+    recorder = None
+    try:
+        wait_until(up, 60, "gunicorn to answer /healthz", interval=0.2)
+        def drained() -> None:
+            # Requests wrk left in the listen queue when it stopped are still served: wait
+            # for them (a /healthz behind them answers), so runs do not overlap.
+            import requests
+
+            requests.get(base + "/healthz", timeout=120)
+
+        if use_wrk:
+            # Warm-up, not measured: both endpoints, on the warm-up partners' pairs.
+            wrk_run(base, "/healthz", 1, "get", None, env.log_dir)
+            wrk_run(base, "/", 1, "retry", warm_items, env.log_dir)
+            drained()
+            trivial = wrk_run(base, "/healthz", duration, "get", None, env.log_dir)
+            drained()
+            if ctx.profile:
+                from bench.profiling import Recorder
+
+                recorder = Recorder(web.pid, ctx.results_dir, "profile-api-web")
+            try:
+                retry = wrk_run(base, "/", duration, "retry", items, env.log_dir)
+            finally:
+                if recorder is not None:
+                    recorder.stop()
+            drained()
+        else:
+            python_run(port, 1, "get", pairs)
+            python_run(port, 1, "retry", warm_pairs)
+            trivial = python_run(port, duration, "get", pairs)
+            retry = python_run(port, duration, "retry", pairs)
+    finally:
+        env.procs.stop(web)
+    outcomes = dict(env.query("SELECT outcome, count(*) FROM partner_requests "
+                              "WHERE kind = 'retry' AND partner_id = ANY(%s) GROUP BY outcome",
+                              (measured,)))
+    (queued,), = env.query("SELECT count(*) FROM notifications WHERE status = 'PENDING' "
+                           "AND partner_id = ANY(%s)", (measured,))
+    accepted = outcomes.get("ACCEPTED", 0)
+    answered = sum(outcomes.values())
+    statuses = retry["statuses"]
+    result = Result(NAME, TITLE)
+    result.details = {
+        "duration_s": duration, "connections": CONNECTIONS, "partners": partners_n,
+        "failed_notifications": partners_n * PER_PARTNER, "healthz": trivial, "retry": retry,
+        "audit_outcomes": outcomes, "accepted_share": accepted / max(1, answered),
+        "warmup": f"1 s of each endpoint first ({WARM_PARTNERS} other partners' pairs)",
+        "server": "gunicorn, Procfile web line (2 sync workers)",
+        "log_errors": log_errors([web]),
+    }
+    if recorder is not None:
+        from bench.profiling import report
+
+        result.details["profile"] = report(recorder)
+    result.checks = {
+        "every accepted retry left its notification PENDING": accepted == queued,
+        "only 200/409/429 answers": set(statuses) <= {"200", "409", "429"},
+        "no socket errors or timeouts": not any(
+            v for k, v in retry["errors"].items() if k != "status"),
+    }
+    result.rows = [
+        Row("manual retry requests/s", retry["per_s"], "/s", reference=trivial["per_s"],
+            reference_label="GET /healthz, same server", target=(">=", 0.5), on="ratio",
+            note=f"{statuses}"),
+        Row("manual retry p99", retry["p99_ms"], "ms", reference=trivial["p99_ms"],
+            reference_label="GET /healthz", target=("<=", 50.0)),
+        Row("manual retries accepted (audit table)", 100.0 * accepted / max(1, answered), "%",
+            note="the rest: 409 once the pairs ran out"),
+    ]
+    return result

@@ -1,0 +1,368 @@
+"""The benchmark's own slice of a shared machine, and the processes it starts.
+
+Other engineers run test suites on the same PostgreSQL and Redis at the same time, so the
+suite never stops or reconfigures either server. It takes:
+
+* a PostgreSQL database of its own (``bench_<random>``), migrated with
+  ``deliverer db upgrade`` (the Procfile's release step) and dropped at the end;
+* a Redis database index of its own, claimed with ``SET NX`` of ``deliverer-bench-session``
+  (and of the test suite's ``deliverer-test-session``, so a test session starting meanwhile
+  picks another index), flushed at the end;
+* a temporary directory for logs, receivers' files and the data dir;
+* child processes, each in a process group of its own, stopped by id at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+PG_ADMIN_DB = "postgres"
+REDIS_SERVER = "redis://127.0.0.1:6379"
+BENCH_KEY = "deliverer-bench-session"
+TEST_KEY = "deliverer-test-session"  # tests/conftest.py claims Redis indexes with this key
+ADMIN_TOKEN = "bench-" + secrets.token_hex(12)
+
+# Inherited variables that would change what is measured; each benchmark sets its own.
+_SCRUB = re.compile(r"^(DELIVERER_|DATABASE_URL$|CELERY_|WORKER_CONCURRENCY$|WEB_CONCURRENCY$"
+                    r"|PORT$|PROMETHEUS_MULTIPROC_DIR$)")
+
+
+_FLUSH_BUT_MARKERS = """
+local n = 0
+for _, key in ipairs(redis.call('KEYS', '*')) do
+  if key ~= ARGV[1] and key ~= ARGV[2] then
+    redis.call('DEL', key)
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run, or its correctness checks failed."""
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def procfile(path: Path = REPO / "Procfile") -> dict[str, str]:
+    """The Procfile's process types and their command lines."""
+    commands: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not line.startswith("#"):
+            commands[name.strip()] = command.strip()
+    return commands
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+@dataclass
+class Processes:
+    """Every child process the suite starts; each leads its own process group."""
+
+    log_dir: Path
+    running: list[Proc] = field(default_factory=list)
+    _counter: int = 0
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str],
+              cwd: Path = REPO) -> Proc:
+        self._counter += 1
+        log = self.log_dir / f"{self._counter:02d}-{name}.log"
+        handle = log.open("wb")
+        try:
+            popen = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdout=handle,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        finally:
+            handle.close()
+        proc = Proc(name, popen, log)
+        self.running.append(proc)
+        return proc
+
+    def start_procfile(self, kind: str, env: Mapping[str, str], name: str | None = None) -> Proc:
+        """A Procfile line run as the platform runs it: ``bash -c`` with the environment.
+
+        The web line binds 0.0.0.0; the suite binds 127.0.0.1 instead (loopback only).
+        """
+        command = procfile()[kind].replace("0.0.0.0", "127.0.0.1")
+        return self.start(name or kind, ["bash", "-c", "exec " + command], env)
+
+    def stop(self, proc: Proc, timeout: float = 20.0) -> None:
+        """SIGTERM to the process group (a warm shutdown for Celery), SIGKILL after ``timeout``."""
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=timeout)
+        # Whatever is left in the group (prefork children, a hung process).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=5)
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(reversed(self.running)):
+            self.stop(proc, timeout=10.0)
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    result, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        result.append(current)
+        stack.extend(children.get(current, []))
+    return result
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants (prefork children included)."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+class BenchEnv:
+    """A private PostgreSQL database and Redis index, a temp dir and the child processes."""
+
+    def __init__(self, keep: bool = False) -> None:
+        import psycopg2
+        import redis
+
+        self.keep = keep
+        self.tmp = Path(tempfile.mkdtemp(prefix="deliverer-bench-"))
+        self.log_dir = self.tmp / "logs"
+        self.log_dir.mkdir()
+        self.data_dir = self.tmp / "data"
+        self.data_dir.mkdir()
+        self.procs = Processes(self.log_dir)
+        self.db_name = f"bench_{secrets.token_hex(5)}"
+        self._admin = psycopg2.connect(f"{PG_SERVER}/{PG_ADMIN_DB}", connect_timeout=5)
+        self._admin.autocommit = True
+        with self._admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.db_name}"
+        self.redis_db = -1
+        self._token = secrets.token_hex(8)
+        try:
+            self.redis_db = self._claim_redis(redis.Redis)
+        except Exception:
+            self._drop_database()
+            raise
+        self.broker_url = f"{REDIS_SERVER}/{self.redis_db}"
+        self.redis = redis.Redis.from_url(self.broker_url)
+        self._closed = False
+
+    # ---------------------------------------------------------------- claims
+
+    def _claim_redis(self, client_cls: Any) -> int:
+        for index in range(1, 16):
+            client = client_cls.from_url(f"{REDIS_SERVER}/{index}")
+            try:
+                if not client.set(BENCH_KEY, self._token, nx=True, ex=4 * 3600):
+                    continue
+                # Keep test sessions out too (they claim with their own key), and only take
+                # an index nobody else uses.
+                if client.set(TEST_KEY, "held-by-" + BENCH_KEY, nx=True, ex=4 * 3600) and \
+                        client.dbsize() == 2:
+                    return index
+                # Not ours after all: give back what we set.
+                if client.get(TEST_KEY) == ("held-by-" + BENCH_KEY).encode() and \
+                        client.get(BENCH_KEY) == self._token.encode():
+                    client.delete(TEST_KEY)
+                if client.get(BENCH_KEY) == self._token.encode():
+                    client.delete(BENCH_KEY)
+            finally:
+                client.close()
+        raise BenchError("no free Redis database index (1..15) for the benchmark")
+
+    def _marks(self) -> None:
+        self.redis.set(BENCH_KEY, self._token, ex=4 * 3600)
+        self.redis.set(TEST_KEY, "held-by-" + BENCH_KEY, ex=4 * 3600)
+
+    # ---------------------------------------------------------------- environment
+
+    def env(self, **overrides: object) -> dict[str, str]:
+        """The environment of every deliverer process: production stack, loopback receivers."""
+        env = {k: v for k, v in os.environ.items() if not _SCRUB.match(k)}
+        env.update({
+            "DATABASE_URL": self.database_url,
+            "CELERY_BROKER_URL": self.broker_url,
+            "DELIVERER_DATA_DIR": str(self.data_dir),
+            "DELIVERER_ALLOW_PRIVATE_URLS": "1",
+            "DELIVERER_ADMIN_TOKEN": ADMIN_TOKEN,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update({k: str(v) for k, v in overrides.items()})
+        return env
+
+    def migrate(self) -> None:
+        """``deliverer db upgrade``, as the Procfile's release step runs it."""
+        done = subprocess.run([str(BIN / "deliverer"), "db", "upgrade"], env=self.env(),
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise BenchError(f"deliverer db upgrade failed:\n{done.stdout}\n{done.stderr}")
+
+    def configure_here(self, env: Mapping[str, str]) -> Any:
+        """Point this process's deliverer (publishing, sweeps) at the bench stack."""
+        from deliverer.celery_app import make_celery
+        from deliverer.config import Settings, set_settings
+
+        settings = Settings.from_env(env)
+        set_settings(settings)
+        app = make_celery(settings)
+        app.set_current()
+        app.set_default()
+        app.finalize()
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for queue in app.amqp.queues.values():
+                queue.bind(channel).declare()
+        return settings
+
+    # ---------------------------------------------------------------- state
+
+    def reset(self) -> None:
+        """Empty every table and the broker: each benchmark starts from a clean state.
+        (Stop the deliverer processes first; receivers such as nginx may stay.)"""
+        from sqlalchemy import create_engine, text
+
+        import deliverer.models  # noqa: F401  (registers the tables)
+        from deliverer.models import Base
+
+        engine = create_engine(self.database_url)
+        try:
+            tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            with engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        finally:
+            engine.dispose()
+        self.flush_redis()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir()
+
+    def flush_redis(self) -> None:
+        """Delete every key of our index but the claim markers (no window for a claimer)."""
+        self.redis.eval(_FLUSH_BUT_MARKERS, 0, BENCH_KEY, TEST_KEY)
+        self._marks()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A plain psycopg2 connection to the bench database (autocommit)."""
+        import psycopg2
+
+        conn = psycopg2.connect(f"{PG_SERVER}/{self.db_name}")
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall()) if cur.description else []
+
+    # ---------------------------------------------------------------- teardown
+
+    def _drop_database(self) -> None:
+        with contextlib.suppress(Exception), self._admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.procs.stop_all()
+        with contextlib.suppress(Exception):
+            from deliverer.db import reset_database
+
+            reset_database()
+        if not self.keep:
+            self._drop_database()
+        with contextlib.suppress(Exception):
+            self.redis.flushdb()  # also releases the index
+        with contextlib.suppress(Exception):
+            self._admin.close()
+        if not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def shell_join(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,80 @@
+"""5. Slow-endpoint isolation: 20% of endpoints hang until the timeout.
+
+Ten partners, each its own endpoint on the Python receiver; events are published
+round-robin at a steady 100/s (as in the latency benchmark) for the same duration, twice:
+
+* reference: all ten endpoints healthy;
+* slow: two of them (20%) hang past ``DELIVERER_TOTAL_TIMEOUT`` (2 s here; the receiver
+  holds the request 3 s), so every attempt to them costs the sender the full timeout.
+
+At 100 events/s, the slow endpoints receive 20/s; each holding a send for 2 s, that is
+40 sends in flight on average, more than the threads of the default deployment (2 worker
+processes x 16). The figure: the healthy endpoints' p99 publish-to-arrival latency in the
+slow run against the all-healthy run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.context import Ctx, create_partners
+from bench.latency import RATE, steady_publish
+from bench.receiver import ReceiverClient
+from bench.report import Result, Row, summary
+
+NAME = "isolation"
+TITLE = "Slow-endpoint isolation (20% of endpoints hang until the timeout)"
+PARTNERS = 10
+SLOW = {3, 7}  # 20% of ten
+TOTAL_TIMEOUT = 2.0
+HANG = 3.0
+
+
+def one_run(ctx: Ctx, duration: float, slow: set[int]) -> dict[str, Any]:
+    env = ctx.env
+    env.reset()
+    denv = ctx.deliverer_env(DELIVERER_TOTAL_TIMEOUT=TOTAL_TIMEOUT,
+                             DELIVERER_CONNECT_TIMEOUT=1)
+    settings = env.configure_here(denv)
+    receiver = ReceiverClient(env, hang=HANG)
+    urls = [receiver.url(f"/slow/{p}/hook" if p in slow else f"/ok/{p}/hook")
+            for p in range(PARTNERS)]
+    partners = [p for p, _ in create_partners(settings, urls)]
+    workers = ctx.start_workers(denv)
+    try:
+        out = steady_publish(denv, partners, RATE, duration, receiver, workers,
+                             healthy=[p for p in range(PARTNERS) if p not in slow],
+                             settle=60.0)
+    finally:
+        ctx.stop(workers, timeout=TOTAL_TIMEOUT + 10)
+        receiver.stop()
+    by_partner = out.pop("latencies_by_partner")
+    healthy = [v for p, vs in by_partner.items() if p not in slow for v in vs]
+    (failed,), = env.query("SELECT count(*) FROM attempts WHERE NOT success")
+    out["healthy_latency_ms"] = summary(healthy)
+    out["failed_attempts"] = int(failed)
+    return out
+
+
+def run(ctx: Ctx) -> Result:
+    duration = float(ctx.size(30, 1))
+    healthy_run = one_run(ctx, duration, set())
+    slow_run = one_run(ctx, duration, SLOW)
+    ref = healthy_run["healthy_latency_ms"]
+    got = slow_run["healthy_latency_ms"]
+    result = Result(NAME, TITLE)
+    result.details = {"rate": RATE, "duration_s": duration, "slow_share": len(SLOW) / PARTNERS,
+                      "total_timeout_s": TOTAL_TIMEOUT, "receiver_hang_s": HANG,
+                      "all_healthy": healthy_run, "with_slow": slow_run}
+    result.checks = {
+        "every healthy webhook arrived (all healthy)": healthy_run["missing_healthy"] == 0,
+        "every healthy webhook arrived (20% slow)": slow_run["missing_healthy"] == 0,
+        "slow endpoints were attempted and timed out": slow_run["failed_attempts"] > 0,
+    }
+    result.rows = [
+        Row("healthy endpoints' p99, 20% slow", got["p99"], "ms", reference=ref["p99"],
+            reference_label="all endpoints healthy", target=("<=", 2.0), on="ratio"),
+        Row("healthy endpoints' p50, 20% slow", got["p50"], "ms", reference=ref["p50"],
+            reference_label="all endpoints healthy"),
+    ]
+    return result

@@ -1,0 +1,178 @@
+"""2. Latency at a steady 100 events/s: publish to first byte at the receiver.
+
+Events are published one at a time with ``deliverer.publish_event`` (the producers' Python
+entry point) on an open-loop schedule: event i is due at t0 + i/100 s and is published
+then (or at once if its publisher is late, never skipped). Four publisher processes share
+the schedule (event i goes to publisher i mod 4), so a slow call does not hold the next
+ones back and publishers do not contend for one GIL. The clock starts just before the
+publish call; the receiver, a separate Python process, stamps the time its request line
+arrives. Latency = arrival - publish start, for the first arrival of each notification
+(``webhook-id``). Workers: the Procfile's worker line, once per core, started and warmed
+up (a few events per publisher) before the measured run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections.abc import Mapping, Sequence
+from multiprocessing import get_context
+from typing import Any
+
+from bench.context import PAYLOAD, Ctx, create_partners, log_errors
+from bench.env import BenchError, Proc, wait_until
+from bench.receiver import ReceiverClient
+from bench.report import Result, Row, summary
+
+NAME = "latency"
+TITLE = "Latency at a steady 100 events/s (publish to first byte at the receiver)"
+RATE = 100.0
+PUBLISHERS = 4
+PARTNERS = 10
+
+
+def _publisher(k: int, parts: int, env: Mapping[str, str], partners: Sequence[str],
+               healthy: Sequence[int], rate: float, count: int, warmup: int,
+               out: Any, start: Any) -> None:
+    """One publisher process: warm up, say ready, wait for t0, publish its share."""
+    try:
+        import deliverer
+        from deliverer.celery_app import make_celery
+        from deliverer.config import Settings, set_settings
+
+        settings = Settings.from_env(env)
+        set_settings(settings)
+        app = make_celery(settings)
+        app.set_current()
+        app.set_default()
+
+        def publish(i: int) -> tuple[str, int, float, float]:
+            p = i % len(partners)
+            begin = time.time()
+            published = deliverer.publish_event(partners[p], "transaction.paid",
+                                                f"TXN-{k}-{i:08d}", {**PAYLOAD, "sequence": i})
+            return published.notification_id, p, begin, time.time() - begin
+
+        warm = [publish(healthy[j % len(healthy)])[0] for j in range(warmup)]
+        out.put(("ready", k, warm))
+        t0 = start.get(timeout=300)
+        records = []
+        for i in range(k, count, parts):
+            target = t0 + i / rate
+            delay = target - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            nid, p, begin, took = publish(i)
+            records.append((nid, p, begin, took, max(0.0, begin - target)))
+        out.put(("done", k, records))
+    except BaseException as exc:  # reported to the parent, which raises
+        out.put(("error", k, f"{type(exc).__name__}: {exc}"))
+
+
+def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
+                   duration: float, receiver: ReceiverClient, workers: Sequence[Proc],
+                   healthy: Sequence[int] | None = None, warmup: int = 5,
+                   settle: float = 30.0) -> dict[str, Any]:
+    """Publish round-robin over ``partners`` at ``rate``/s for ``duration`` s; wait for the
+    webhooks of the ``healthy`` partners (indexes; default all) to arrive; return
+    per-event latencies (ms) by partner, and diagnostics."""
+    healthy = list(range(len(partners))) if healthy is None else list(healthy)
+    count = int(rate * duration)
+    ctx = get_context("spawn")
+    out = ctx.Queue()
+    starts = [ctx.Queue() for _ in range(PUBLISHERS)]
+    procs = [ctx.Process(target=_publisher, daemon=True, name=f"publisher{k}",
+                         args=(k, PUBLISHERS, dict(env), list(partners), healthy, rate,
+                               count, warmup, out, starts[k]))
+             for k in range(PUBLISHERS)]
+    for proc in procs:
+        proc.start()
+    try:
+        def take(kind: str, timeout: float) -> list[Any]:
+            got = []
+            deadline = time.monotonic() + timeout
+            while len(got) < PUBLISHERS:
+                try:
+                    message = out.get(timeout=max(0.1, deadline - time.monotonic()))
+                except queue.Empty as exc:
+                    raise BenchError(f"publishers: no '{kind}' in {timeout:.0f} s") from exc
+                if message[0] == "error":
+                    raise BenchError(f"publisher {message[1]}: {message[2]}")
+                got.append(message[2])
+            return got
+
+        warm_ids = {nid for ids in take("ready", 120) for nid in ids}
+        wait_until(lambda: warm_ids <= {r[0] for r in receiver.records()}, 60,
+                   "warm-up webhooks", interval=0.5)
+        t0 = time.time() + 0.5
+        for q in starts:
+            q.put(t0)
+        rows = [r for part in take("done", duration * 3 + 120) for r in part]
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                with contextlib.suppress(Exception):
+                    proc.kill()
+    wall = max(r[2] + r[3] for r in rows) - t0 if rows else 0.0
+    for w in workers:
+        if not w.alive():
+            raise BenchError(f"{w.name} exited:\n{w.tail()}")
+    sent = {r[0]: (r[1], r[2]) for r in rows}
+    expected = {nid for nid, (p, _s) in sent.items() if p in healthy}
+    first: dict[str, float] = {}
+
+    def arrived() -> bool:
+        for webhook_id, _path, at, _status in receiver.records():
+            if webhook_id in sent and webhook_id not in first:
+                first[webhook_id] = at
+        return expected <= first.keys()
+
+    missing_note = None
+    try:
+        wait_until(arrived, settle, "webhooks to arrive", interval=0.5)
+    except BenchError as exc:
+        missing_note = str(exc)
+    latencies: dict[int, list[float]] = {}
+    for nid, (p, begin) in sent.items():
+        if nid in first:
+            latencies.setdefault(p, []).append((first[nid] - begin) * 1000)
+    return {"published": len(sent), "achieved_rate": len(sent) / wall if wall else 0.0,
+            "latencies_by_partner": latencies, "missing_healthy": len(expected - first.keys()),
+            "missing_note": missing_note,
+            "publish_call_ms": summary([r[3] * 1000 for r in rows]),
+            "publishers": f"{PUBLISHERS} processes", "schedule_lag_ms": summary(
+                [r[4] * 1000 for r in rows]),
+            "log_errors": log_errors(workers)}
+
+
+def run(ctx: Ctx) -> Result:
+    env = ctx.env
+    duration = float(ctx.size(30, 1))
+    env.reset()
+    denv = ctx.deliverer_env()
+    settings = env.configure_here(denv)
+    receiver = ReceiverClient(env)
+    partners = [p for p, _ in create_partners(
+        settings, [receiver.url(f"/ok/{p}/hook") for p in range(PARTNERS)])]
+    workers = ctx.start_workers(denv)
+    try:
+        out = steady_publish(denv, partners, RATE, duration, receiver, workers)
+    finally:
+        ctx.stop(workers)
+        receiver.stop()
+    values = [v for vs in out.pop("latencies_by_partner").values() for v in vs]
+    stats = summary(values)
+    result = Result(NAME, TITLE)
+    result.details = {"rate": RATE, "duration_s": duration, "latency_ms": stats, **out,
+                      "receiver": "Python (separate process)", "partners": PARTNERS}
+    result.checks = {"every webhook arrived": out["missing_healthy"] == 0}
+    result.rows = [
+        Row("p50 latency", stats["p50"], "ms", target=("<=", 20.0)),
+        Row("p99 latency", stats["p99"], "ms", target=("<=", 100.0)),
+        Row("achieved publish rate", out["achieved_rate"], "/s", note="target rate 100/s"),
+        Row("publish call p50 (part of the latency)", out["publish_call_ms"]["p50"], "ms",
+            note="deliverer.publish_event, one event"),
+    ]
+    return result

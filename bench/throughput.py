@@ -1,0 +1,206 @@
+"""1. Throughput end to end: N events published, delivered to nginx, every attempt recorded.
+
+Three measurements in the same run, all POSTing the same kind of body to the same nginx:
+
+* the client limit: a ``requests.Session`` POST loop in 2 processes (one per core);
+* the plain-Celery reference (``bench.plain_celery``): one task per webhook, prefork -c 2;
+* deliverer: N events published (``publish_events`` when the code base has it), then the
+  Procfile's worker started, once per core; the rate is N over the time from the first
+  attempt's start to the moment all N attempts are recorded. Publishing happens first, so
+  the workers drain a backlog of N: the sustained rate of a busy worker box.
+
+Checks: N attempt rows, all successful, one per notification, every notification SENT,
+and nginx logged exactly N POSTs on deliverer's paths (one POST per attempt).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+from bench import plain_celery
+from bench.context import PAYLOAD, Ctx, bulk_publish, create_partners, event_spec, log_errors
+from bench.env import BenchError, wait_until
+from bench.report import Result, Row
+
+NAME = "throughput"
+TITLE = "Throughput end to end (N events to nginx, every attempt recorded)"
+PARTNERS = 10
+
+
+def sample_body(i: int) -> str:
+    envelope = {"data": {**PAYLOAD, "sequence": i}, "id": f"evt_{i:08d}",
+                "reference": f"TXN-{i:08d}", "timestamp": "2026-11-23T12:00:00Z",
+                "type": "transaction.paid"}
+    return json.dumps(envelope, separators=(",", ":"), sort_keys=True)
+
+
+# ------------------------------------------------------------------ the client limit
+
+def _loop(url: str, count: int, offset: int, start_at: float) -> tuple[float, float, int]:
+    import requests
+
+    session = requests.Session()
+    bodies = [sample_body(offset + i).encode() for i in range(count)]
+    while time.time() < start_at:
+        time.sleep(0.001)
+    ok = 0
+    begin = time.time()
+    for i, body in enumerate(bodies):
+        msg_id = f"msg_{offset + i}"
+        response = session.post(url, data=body, timeout=(5, 15), headers={
+            "Content-Type": "application/json", "webhook-id": msg_id,
+            "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": plain_celery.sign(msg_id, int(time.time()), body)})
+        ok += response.status_code == 200
+    return begin, time.time(), ok
+
+
+def requests_loop(url: str, n: int, processes: int = 2) -> dict[str, Any]:
+    per = n // processes
+    start_at = time.time() + 1.5  # all processes spawned and importing done by then
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_loop, url, per, k * per, start_at) for k in range(processes)]
+        parts = [f.result(timeout=600) for f in futures]
+    begin = min(p[0] for p in parts)
+    end = max(p[1] for p in parts)
+    ok = sum(p[2] for p in parts)
+    if ok != per * processes:
+        raise BenchError(f"requests loop: {per * processes - ok} POSTs failed")
+    return {"posts": ok, "seconds": end - begin, "per_s": ok / (end - begin),
+            "processes": processes}
+
+
+# ------------------------------------------------------------------ plain Celery
+
+def plain_celery_run(ctx: Ctx, url: str, n: int) -> dict[str, Any]:
+    env = ctx.env
+    env.flush_redis()
+    plain_celery.app.conf.broker_url = env.broker_url
+    t0 = time.time()
+    plain_celery.enqueue(url, [(f"msg_{i}", sample_body(i)) for i in range(n)])
+    enqueue_s = time.time() - t0
+    worker = env.procs.start("plain-celery", [
+        sys.executable, "-m", "celery", "-A", "bench.plain_celery", "worker",
+        "--pool", "prefork", "--concurrency", "2", "-Q", plain_celery.QUEUE,
+        "--without-gossip", "--without-mingle", "--loglevel", "WARNING", "-n", "plain@%h",
+    ], env.env(BENCH_PLAIN_BROKER=env.broker_url))
+    try:
+        def finished() -> bool:
+            if not worker.alive():
+                raise BenchError(f"plain Celery worker exited:\n{worker.tail()}")
+            return plain_celery.progress(env.redis)[0] >= n
+
+        wait_until(finished, max(120.0, n / 20), "the plain Celery worker", interval=0.1)
+        done, first, last = plain_celery.progress(env.redis)
+    finally:
+        env.procs.stop(worker)
+    assert first is not None and last is not None
+    return {"delivered": done, "seconds": last - first, "per_s": n / (last - first),
+            "enqueue_s": round(enqueue_s, 2), "pool": "prefork -c 2"}
+
+
+# ------------------------------------------------------------------ deliverer
+
+def deliverer_run(ctx: Ctx, n: int) -> dict[str, Any]:
+    env = ctx.env
+    nginx = ctx.nginx()
+    env.reset()
+    denv = ctx.deliverer_env()
+    settings = env.configure_here(denv)
+    partners = create_partners(settings, [nginx.url(f"/d/{p}/hook") for p in range(PARTNERS)])
+
+    t0 = time.time()
+    method = ""
+    ids: list[str] = []
+    for p, (partner_id, _key) in enumerate(partners):
+        specs = [event_spec(i) for i in range(p, n, PARTNERS)]
+        published, method = bulk_publish(settings, partner_id, specs)
+        ids.extend(published)
+    publish_s = time.time() - t0
+    if len(ids) != n:
+        raise BenchError(f"published {len(ids)} of {n}")
+
+    workers = ctx.start_workers(denv, wait=False)
+    recorder = None
+    try:
+        if ctx.profile:
+            from bench.context import wait_ready
+            from bench.profiling import Recorder
+
+            wait_ready(workers[0], "ready.")
+            recorder = Recorder(workers[0].pid, ctx.results_dir, "profile-throughput-worker")
+
+        def recorded() -> bool:
+            dead = [w for w in workers if not w.alive()]
+            if dead:
+                raise BenchError(f"{dead[0].name} exited:\n{dead[0].tail()}")
+            (count,), = env.query("SELECT count(*) FROM attempts")
+            return count >= n
+
+        wait_until(recorded, max(180.0, n / 10), f"{n} attempts recorded", interval=0.1)
+        done_at = time.time()
+    except BenchError as exc:
+        counts = env.query("SELECT status, count(*) FROM notifications GROUP BY status")
+        raise BenchError(f"{exc}; notifications by status: {counts}; "
+                         f"log errors: {log_errors(workers)}") from exc
+    finally:
+        if recorder is not None:
+            recorder.stop()
+        ctx.stop(workers)
+
+    (attempts, ok, distinct, first), = env.query(
+        "SELECT count(*), count(*) FILTER (WHERE success), count(DISTINCT notification_id), "
+        "extract(epoch FROM min(started_at)) FROM attempts")
+    sent = dict(env.query("SELECT status, count(*) FROM notifications GROUP BY status"))
+    posts = nginx.counts("/d/")
+    checks = {
+        "attempts == N": attempts == n,
+        "all attempts successful": ok == n,
+        "one attempt per notification": distinct == n,
+        "all notifications SENT": sent.get("SENT", 0) == n,
+        "nginx got exactly N POSTs": sum(posts.values()) == n,
+    }
+    seconds = done_at - float(first)
+    result: dict[str, Any] = {
+        "events": n, "publish_method": method, "publish_s": round(publish_s, 2),
+        "publish_per_s": n / publish_s, "drain_s": round(seconds, 2), "per_s": n / seconds,
+        "workers": len(workers), "worker_command": "Procfile worker line, -n benchK@%h",
+        "worker_concurrency": denv.get("WORKER_CONCURRENCY", "Procfile default"),
+        "attempts": attempts, "statuses": sent, "nginx_posts": dict(posts), "checks": checks,
+        "log_errors": log_errors(workers),
+    }
+    if recorder is not None:
+        from bench.profiling import report
+
+        result["profile"] = report(recorder)
+    return result
+
+
+def run(ctx: Ctx) -> Result:
+    n = int(ctx.size(20_000, 200))
+    nginx = ctx.nginx()
+    loop = requests_loop(nginx.url("/ref/requests/hook"), n)
+    plain = plain_celery_run(ctx, nginx.url("/ref/celery/hook"), n)
+    ours = deliverer_run(ctx, n)
+    plain_posts = sum(nginx.counts("/ref/celery/").values())
+    result = Result(NAME, TITLE)
+    result.checks = dict(ours.pop("checks"))
+    result.checks["plain Celery: nginx got N POSTs"] = plain_posts == n
+    result.details = {"events": n, "deliverer": ours, "plain_celery": plain,
+                      "requests_loop": loop, "receiver": nginx.label}
+    result.rows = [
+        Row("deliverer webhooks/s vs plain Celery", ours["per_s"], "/s",
+            reference=plain["per_s"], reference_label="plain Celery task, prefork -c 2",
+            target=(">=", 2.0), on="ratio"),
+        Row("deliverer webhooks/s vs client limit", ours["per_s"], "/s",
+            reference=loop["per_s"], reference_label="requests.Session loop x2 processes",
+            target=(">=", 0.5), on="ratio"),
+        Row("publish rate (before the drain)", ours["publish_per_s"], "/s",
+            note=ours["publish_method"]),
+    ]
+    return result

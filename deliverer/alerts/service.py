@@ -1,0 +1,73 @@
+"""Failing-endpoint alerts (seed 003: a notification after the fifth failed retry).
+
+An alert is raised once per failing period of an endpoint, recorded in ``alerts``
+(listed by ``GET /api/partner/v2/webhook-alerts``) and e-mailed to the partner's alert
+address when one is set, by a task sent after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.db import on_commit, session_scope
+from deliverer.models import Alert, Endpoint, WebhookSettings, utcnow
+
+log = logging.getLogger(__name__)
+
+# "After the fifth retry": the first attempt plus five automatic retries have failed.
+ALERT_AFTER_FAILED_RETRIES = 5
+KIND_FAILING = "endpoint_failing"
+KIND_DISABLED = "endpoint_disabled"
+
+
+def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *,
+                notification_id: str | None, now: datetime) -> Alert:
+    alert = Alert(partner_id=endpoint.partner_id, endpoint_id=endpoint.id, kind=kind,
+                  message=message, notification_id=notification_id, created_at=now)
+    session.add(alert)
+    session.flush()
+    alert_id = alert.id
+    on_commit(session, lambda: enqueue_alert_email(alert_id))
+    return alert
+
+
+def enqueue_alert_email(alert_id: int) -> None:
+    from deliverer.alerts.tasks import send_alert_email
+
+    send_alert_email.delay(alert_id)
+
+
+def list_alerts(session: Session, partner_id: str, limit: int = 50) -> list[Alert]:
+    return list(session.scalars(
+        select(Alert).where(Alert.partner_id == partner_id)
+        .order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)
+    ))
+
+
+def email_alert(alert_id: int, settings: Settings) -> bool:
+    """Send the alert's e-mail once. Returns whether a message went out."""
+    from deliverer.alerts.mailer import send_mail
+
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None or alert.emailed_at is not None:
+            return False
+        webhook_settings = session.get(WebhookSettings, alert.partner_id)
+        endpoint = session.get(Endpoint, alert.endpoint_id)
+        to = webhook_settings.alert_email if webhook_settings else None
+        if not to or not settings.smtp_url:
+            return False
+        subject = f"[deliverer] Webhook endpoint failing: {endpoint.url if endpoint else ''}"
+        body = (f"{alert.message}\n\nEndpoint: {endpoint.url if endpoint else '?'}\n"
+                f"Notification: {alert.notification_id}\nSince: {alert.created_at.isoformat()}\n"
+                "Fix your endpoint, then retry the failed notifications from the API or "
+                "the console.\n")
+    send_mail(settings.smtp_url, settings.alert_sender, to, subject, body)
+    with session_scope() as session:
+        session.execute(update(Alert).where(Alert.id == alert_id).values(emailed_at=utcnow()))
+    return True

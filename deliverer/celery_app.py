@@ -1,0 +1,123 @@
+"""The Celery application: at-least-once delivery settings and the queue lanes.
+
+``make_celery`` builds it; ``api.extensions.celery_init_app`` binds it to the Flask app
+and ``deliverer.worker`` is the worker and beat entry point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import after_setup_logger, worker_process_init
+from kombu import Exchange, Queue
+
+from deliverer.config import Settings, get_settings
+from deliverer.scheduling import queues
+
+TASK_MODULES = [
+    "deliverer.delivery.tasks",
+    "deliverer.scheduling.tasks",
+    "deliverer.publishing.tasks",
+    "deliverer.notifications.tasks",
+    "deliverer.operations.tasks",
+    "deliverer.alerts.tasks",
+]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    import beat_schedule
+
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith("sqla+"):
+        # kombu's SQLAlchemy transport hands these to create_engine: wait for SQLite's
+        # write lock instead of failing when web, worker and beat write at once.
+        transport_options = {"connect_args": {"timeout": 30}}
+    if settings.broker_is_redis:
+        transport_options = {
+            # Must exceed the longest ETA we ever send (the sweep horizon) plus a run,
+            # or Redis hands the message to a second worker.
+            "visibility_timeout": max(3600, int(settings.sweep_horizon * 10)),
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+            "retry_on_timeout": True,
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 2,
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once: a worker killed mid-task gets its message redelivered. Tasks are
+        # idempotent (the claim), so a redelivery never causes a second POST.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        # One exchange and routing key per queue: sharing the default exchange's key
+        # would bind every queue to every message.
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name)
+                        for name in queues.ALL],
+        "task_default_queue": queues.MAINTENANCE,
+        "task_routes": {
+            "deliverer.deliver": {"queue": queues.FIRST},
+            "deliverer.resend": {"queue": queues.MANUAL},
+            "deliverer.deliver_many": {"queue": queues.FIRST},
+            "deliverer.sweep_due": {"queue": queues.MAINTENANCE},
+            "deliverer.publish_event": {"queue": queues.MAINTENANCE},
+        },
+        # A publish during a broker outage must return quickly: the row is committed and
+        # the sweep will enqueue it, so do not hang the API retrying the broker.
+        "task_publish_retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+        "beat_schedule": beat_schedule.build(settings),
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+        # No remote control (celery inspect/control; deliverer uses none). On Redis its
+        # fanout channel is what killed workers when the broker restarted: kombu closes the
+        # half-closed pidbox channel again after the transport was detached, raises
+        # AttributeError instead of a connection error, and the worker exits with
+        # "Unrecoverable error" instead of reconnecting (tests/faults/test_redis_restart.py).
+        "worker_enable_remote_control": False,
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    if settings.is_sqlite or settings.broker_url.startswith("sqla+sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.broker_url.startswith("sqla+"):
+        _poll_sqla_faster()
+    app = Celery("deliverer", include=TASK_MODULES)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def _poll_sqla_faster() -> None:
+    # The SQLAlchemy transport polls its tables, by default once a second: a second of
+    # latency on every hop of the embedded default. Its transport options all go to
+    # create_engine, so the interval can only be set on the transport class.
+    from kombu.transport import sqlalchemy as sqla_transport
+
+    sqla_transport.Transport.polling_interval = 0.1
+
+
+@worker_process_init.connect
+def _dispose_engine_after_fork(**_: Any) -> None:
+    from deliverer.db import dispose_after_fork
+
+    dispose_after_fork()
+
+
+@after_setup_logger.connect
+def _log_notification_ids(logger: Any = None, **_: Any) -> None:
+    # Every worker log line says which notification it is about (deliverer.logging).
+    from deliverer.logging import configure_celery_handlers
+
+    configure_celery_handlers(logger)

@@ -1,0 +1,251 @@
+"""The operator CLI: ``deliverer --help``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from deliverer.config import get_settings
+
+
+@click.group()
+def main() -> None:
+    """deliverer: webhook delivery pipeline."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the Alembic migrations (the Procfile's release step)."""
+    from deliverer.migrate import upgrade
+
+    upgrade(get_settings(), revision)
+    click.echo(f"database at {revision}")
+
+
+@main.group()
+def partner() -> None:
+    """Partners and their API keys."""
+
+
+@partner.command("create")
+@click.option("--name", required=True)
+@click.option("--webhook-url", default=None)
+@click.option("--alert-email", default=None)
+@click.option("--flow", type=click.Choice(["WEBHOOK", "POLLING"]), default="WEBHOOK")
+def partner_create(name: str, webhook_url: str | None, alert_email: str | None,
+                   flow: str) -> None:
+    """Create a partner; prints its API key, which is not shown again."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.partners.service import create_partner
+
+    try:
+        with session_scope() as session:
+            created = create_partner(session, get_settings(), name=name,
+                                     webhook_url=webhook_url, alert_email=alert_email, flow=flow)
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps({"id": created.partner_id, "apiKey": created.api_key,
+                           "signingSecret": created.signing_secret}, indent=2))
+    click.echo("Store the API key now: it is kept only as a hash.", err=True)
+
+
+@partner.command("rotate-key")
+@click.argument("partner_id")
+def partner_rotate_key(partner_id: str) -> None:
+    """Revoke the partner's API keys and print a new one."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.partners.service import rotate_key
+
+    try:
+        with session_scope() as session:
+            key = rotate_key(session, partner_id)
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(key)
+
+
+@main.command("publish")
+@click.argument("partner_id")
+@click.argument("event_type")
+@click.argument("reference")
+@click.option("--payload", default="{}", help="JSON object")
+@click.option("--callback-url", default=None)
+def publish(partner_id: str, event_type: str, reference: str, payload: str,
+            callback_url: str | None) -> None:
+    """Publish an event for a partner."""
+    from deliverer.errors import DelivererError
+    from deliverer.publishing.api import publish_event
+
+    try:
+        data: Any = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    try:
+        published = publish_event(partner_id, event_type, reference, data, callback_url)
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps({"eventId": published.event_id,
+                           "notificationId": published.notification_id,
+                           "status": published.status, "sequence": published.sequence}))
+
+
+@main.command("sweep")
+def sweep() -> None:
+    """Run one beat sweep now (enqueue what is due)."""
+    from deliverer.celery_app import make_celery
+    from deliverer.scheduling.tasks import sweep_due
+
+    make_celery().set_default()
+    click.echo(f"enqueued {sweep_due()} notification(s)")
+
+
+def _parse_when(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 date or date-time; without a zone it is UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 date or date-time: {value!r}",
+                                 param_hint=name) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@main.command("stats")
+@click.option("--window", default=3600.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds of attempts the success rates cover.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Endpoints listed (worst success rate first).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--no-broker", is_flag=True, help="Do not ask the broker for its queue depths.")
+def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
+    """Queue depths per status, due retries, success rate by endpoint."""
+    from deliverer.db import session_scope
+    from deliverer.operations import stats as ops_stats
+
+    celery_app = None
+    if not no_broker:
+        from deliverer.celery_app import make_celery
+
+        celery_app = make_celery()
+    with session_scope() as session:
+        result = ops_stats.collect(session, window=timedelta(seconds=window),
+                                   celery_app=celery_app, endpoint_limit=limit)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    click.echo("Notifications by status")
+    for status, count in result.by_status.items():
+        click.echo(f"  {status:<10} {count:>10}")
+    click.echo(f"  of FAILED: {result.held} held behind their endpoint's head, "
+               f"{result.exhausted} exhausted")
+    click.echo(f"Due now: {result.due.count} (oldest overdue by {result.due.lag_seconds:.1f} s)")
+    click.echo(f"Failing endpoints: {result.failing_endpoints}")
+    if result.broker is not None:
+        click.echo("Broker queues")
+        for queue, depth in result.broker.items():
+            click.echo(f"  {queue:<24} {'unreachable' if depth is None else depth:>10}")
+    click.echo(f"Success rate by endpoint, last {window:g} s")
+    if not result.endpoints:
+        click.echo("  no attempt in the window")
+    for rate in result.endpoints:
+        click.echo(f"  {rate.success_rate:>7.1%} {rate.successes:>7}/{rate.attempts:<7} "
+                   f"{rate.url}  (partner {rate.partner_id})")
+
+
+@main.command("replay")
+@click.option("--partner", "partner_id", required=True, help="Partner id.")
+@click.option("--endpoint", "endpoint_url", default=None, help="Only this webhook URL.")
+@click.option("--since", default=None, help="Created at or after (ISO 8601, UTC by default).")
+@click.option("--until", default=None, help="Created before (ISO 8601, UTC by default).")
+@click.option("--include-not-sent", is_flag=True,
+              help="Also NOT_SENT ones (ignored, or never sent for lack of a URL).")
+@click.option("--rate", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Spread the attempts out: at most this many per second.")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: str | None,
+           include_not_sent: bool, rate: float | None, dry_run: bool, yes: bool) -> None:
+    """Bulk replay of a partner's FAILED notifications (a fresh cycle, like a manual retry,
+    without the merchant's limits; recorded as operator retries)."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.operations.replay import ReplayFilter, find_replayable
+    from deliverer.operations.replay import replay as run_replay
+
+    flt = ReplayFilter(partner_id=partner_id, endpoint_url=endpoint_url,
+                       since=_parse_when(since, "--since"), until=_parse_when(until, "--until"),
+                       include_not_sent=include_not_sent)
+    if flt.since and flt.until and flt.since >= flt.until:
+        raise click.BadParameter("--since must be before --until", param_hint="--since")
+    try:
+        with session_scope() as session:
+            count = len(find_replayable(session, flt))
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    statuses = " or ".join(flt.statuses)
+    click.echo(f"{count} {statuses} notification(s) match.")
+    if dry_run or count == 0:
+        return
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Replay {count} notification(s)?", abort=True)
+
+    from deliverer.celery_app import make_celery
+
+    make_celery().set_default()  # the delivery messages go to the configured broker
+    with click.progressbar(length=count, label="Replaying", file=sys.stderr,
+                           show_pos=True) as bar:
+        result = run_replay(get_settings(), flt, rate=rate, progress=bar.update)
+    click.echo(f"replayed {result.replayed} of {result.matched} notification(s)"
+               + (f"; {result.skipped} skipped (changed meanwhile, or no URL)"
+                  if result.skipped else ""))
+
+
+@main.command("purge-attempts")
+@click.option("--older-than-days", type=click.FloatRange(min=0), default=None,
+              help="Retention in days [default: DELIVERER_ATTEMPT_RETENTION_DAYS, 90].")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1))
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+def purge_attempts(older_than_days: float | None, batch_size: int, dry_run: bool) -> None:
+    """Delete attempts older than the retention period (beat also does it daily)."""
+    from deliverer.operations.purge import count_purgeable
+    from deliverer.operations.purge import purge_attempts as purge
+
+    days = get_settings().attempt_retention_days if older_than_days is None else older_than_days
+    older_than = timedelta(days=days)
+    if dry_run:
+        click.echo(f"{count_purgeable(older_than)} attempt(s) older than {days:g} day(s)")
+        return
+    deleted = purge(older_than, batch_size=batch_size)
+    click.echo(f"deleted {deleted} attempt(s) older than {days:g} day(s)")
+
+
+@main.command("run")
+@click.option("--port", default=5000, show_default=True, envvar="PORT")
+@click.option("--demo/--no-demo", default=False, help="Play the demo once everything is up.")
+@click.option("--exit-after-demo", is_flag=True, help="Stop everything when the demo ends.")
+@click.option("--concurrency", default=8, show_default=True)
+def run(port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> None:
+    """API, worker and beat together on this machine (the embedded default)."""
+    from deliverer.devserver import run_all
+
+    sys.exit(run_all(port=port, demo=demo, exit_after_demo=exit_after_demo,
+                     concurrency=concurrency))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

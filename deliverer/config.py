@@ -1,0 +1,158 @@
+"""Every environment variable deliverer reads is read here, and only here.
+
+With nothing set, deliverer runs on the embedded default: a SQLite database and
+kombu's SQLAlchemy transport in a data directory, so a newcomer needs no server.
+Production sets ``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from deliverer.delivery.ladder import DEFAULT_LADDER, Ladder
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in _TRUE
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    broker_url: str
+    data_dir: Path
+    admin_token: str | None = None
+    # Multiplies every ladder delay and the 30-day cap: 0.001 turns 2 minutes into 120 ms.
+    time_scale: float = 1.0
+    allow_private_urls: bool = False
+    ladder: Ladder = DEFAULT_LADDER
+    # Beat sweep: how often it runs, and how far ahead it hands due rows to the broker.
+    # No message ever carries an ETA beyond the horizon (long ETAs on Redis are redelivered
+    # after visibility_timeout and pile up in worker memory).
+    sweep_interval: float = 5.0
+    sweep_horizon: float = 60.0
+    sweep_batch: int = 2000
+    # A row that is overdue by this much while a message was supposedly queued for it is
+    # re-enqueued: the message was lost (Redis restarted without persistence, say).
+    lost_message_grace: float = 120.0
+    # Sending
+    connect_timeout: float = 5.0
+    total_timeout: float = 15.0
+    max_response_bytes: int = 20 * 1024
+    user_agent: str = "deliverer/0.1"
+    # A claim is a lease: if the worker dies mid-send, the row is free again after this.
+    lease_seconds: float = 60.0
+    # Partner API limits (seed 000)
+    max_manual_retries: int = 3
+    manual_retry_rate_per_minute: int = 10
+    resend_rate_per_minute: int = 10
+    resend_wait_seconds: float = 2.0
+    max_request_bytes: int = 256 * 1024
+    attempt_retention_days: float = 90.0
+    smtp_url: str | None = None
+    alert_sender: str = "deliverer@localhost"
+    # After a failing endpoint recovers, its held notifications are released at this
+    # rate, so a server that just came back is not hit by the whole backlog at once.
+    drain_rate: float = 10.0
+    # Parallel POSTs per worker process for batched deliveries, and the batch size.
+    send_concurrency: int = 16
+    endpoint_concurrency: int = 8
+    delivery_batch_size: int = 50
+    # Signs the operator console's session cookie; derived from admin_token when unset.
+    secret_key: str | None = None
+    # prometheus-client's multiprocess directory (it reads the variable itself too): set,
+    # /metrics adds up the counters every worker process wrote there.
+    metrics_dir: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("DELIVERER_DATA_DIR") or Path.cwd() / ".data").resolve()
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'deliverer.db'}"
+        # Heroku-style URLs say postgres://, which SQLAlchemy 2 no longer accepts.
+        if database_url.startswith("postgres://"):
+            database_url = "postgresql://" + database_url[len("postgres://") :]
+        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; we ship psycopg2.
+        if database_url.startswith("postgresql://"):
+            database_url = "postgresql+psycopg2://" + database_url[len("postgresql://") :]
+        broker_url = env.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.db'}"
+        ladder = DEFAULT_LADDER
+        if env.get("DELIVERER_RETRY_LADDER"):
+            ladder = Ladder.parse(env["DELIVERER_RETRY_LADDER"])
+        time_scale = _float(env, "DELIVERER_TIME_SCALE", 1.0)
+        if time_scale <= 0:
+            raise ValueError("DELIVERER_TIME_SCALE must be positive")
+        return cls(
+            database_url=database_url,
+            broker_url=broker_url,
+            data_dir=data_dir,
+            admin_token=env.get("DELIVERER_ADMIN_TOKEN") or None,
+            time_scale=time_scale,
+            allow_private_urls=_bool(env.get("DELIVERER_ALLOW_PRIVATE_URLS")),
+            ladder=ladder,
+            sweep_interval=_float(env, "DELIVERER_SWEEP_INTERVAL", 5.0),
+            sweep_horizon=_float(env, "DELIVERER_SWEEP_HORIZON", 60.0),
+            lost_message_grace=_float(env, "DELIVERER_LOST_MESSAGE_GRACE", 120.0),
+            connect_timeout=_float(env, "DELIVERER_CONNECT_TIMEOUT", 5.0),
+            total_timeout=_float(env, "DELIVERER_TOTAL_TIMEOUT", 15.0),
+            lease_seconds=_float(env, "DELIVERER_LEASE_SECONDS", 60.0),
+            resend_wait_seconds=_float(env, "DELIVERER_RESEND_WAIT", 2.0),
+            attempt_retention_days=_float(env, "DELIVERER_ATTEMPT_RETENTION_DAYS", 90.0),
+            smtp_url=env.get("DELIVERER_SMTP_URL") or None,
+            alert_sender=env.get("DELIVERER_ALERT_FROM") or "deliverer@localhost",
+            drain_rate=_float(env, "DELIVERER_DRAIN_RATE", 10.0),
+            send_concurrency=int(_float(env, "DELIVERER_SEND_CONCURRENCY", 16)),
+            endpoint_concurrency=int(_float(env, "DELIVERER_ENDPOINT_CONCURRENCY", 8)),
+            delivery_batch_size=int(_float(env, "DELIVERER_BATCH_SIZE", 50)),
+            secret_key=env.get("DELIVERER_SECRET_KEY") or None,
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        )
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def set_settings(settings: Settings) -> None:
+    """Replace the process-wide settings (tests, the CLI's ``--database-url``)."""
+    global _settings
+    _settings = settings
+    from deliverer import db
+
+    db.reset_database()

@@ -1,0 +1,163 @@
+"""Engine, sessions and the after-commit hook.
+
+One session and one transaction per task run and per request: ``session_scope`` for
+tasks and the CLI, ``api.db`` for requests. Celery messages are sent only after the
+transaction that made them necessary has committed (``on_commit``): a row that is due but
+never enqueued is picked up by the beat sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from deliverer.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_AFTER_COMMIT = "deliverer.after_commit"
+
+T = TypeVar("T")
+
+
+@dataclass
+class Database:
+    engine: Engine
+    sessionmaker: sessionmaker[Session]
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Take over transaction control from the sqlite3 module (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while a worker writes; busy_timeout waits for the writer
+    # instead of failing with "database is locked".
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # A deferred SQLite transaction that reads and then writes fails at once with
+    # SQLITE_BUSY when another connection wrote in between; BEGIN IMMEDIATE takes the write
+    # lock up front, so concurrent workers queue on busy_timeout instead of failing.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def make_database(settings: Settings) -> Database:
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    return Database(engine=engine, sessionmaker=sessionmaker(engine, expire_on_commit=False))
+
+
+_database: Database | None = None
+
+
+def get_database() -> Database:
+    global _database
+    if _database is None:
+        _database = make_database(get_settings())
+    return _database
+
+
+def reset_database() -> None:
+    """Forget the process-wide engine (after the settings changed)."""
+    global _database
+    if _database is not None:
+        _database.dispose()
+    _database = None
+
+
+def dispose_after_fork() -> None:
+    """A forked child must not reuse its parent's connections."""
+    if _database is not None:
+        _database.engine.dispose(close=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    session = get_database().sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0) -> T:
+    """Run ``work`` in a transaction of its own; if the database aborts it for a transient
+    reason (PostgreSQL chose it as a deadlock victim, the connection was lost in a restart),
+    run it again, for up to ``retry_for`` seconds.
+
+    Such an abort rolls the whole transaction back, so running it again is safe. Delivery
+    records its outcome this way: giving up would leave a POST that was made unrecorded,
+    and the webhook would be sent a second time once its lease ran out.
+    """
+    deadline = time.monotonic() + retry_for
+    pause = 0.05
+    while True:
+        try:
+            with session_scope() as session:
+                return work(session)
+        except OperationalError as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("transaction aborted, running it again: %s",
+                        str(exc.orig or exc).splitlines()[0])
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 1.0)
+
+
+def on_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run ``callback`` once the session's current transaction has committed."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        # A failed enqueue must not undo a commit that already happened; the beat sweep
+        # re-enqueues anything due, so log loudly and carry on with the next callback.
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed; the beat sweep will catch up")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+def is_transient_abort(exc: BaseException) -> bool:
+    """A deadlock victim or serialization failure: rolled back whole, safe to run again."""
+    return getattr(getattr(exc, "orig", None), "pgcode", None) in ("40P01", "40001")

@@ -1,0 +1,242 @@
+"""Delivering many notifications per task: the path for backlogs and bulk publishes.
+
+The same guarantees as ``service.deliver`` (a lease per row, one POST per attempt, every
+attempt recorded) at a fraction of the database round trips: one claim for the whole
+batch, the POSTs in parallel on a thread pool (they are I/O-bound), and one transaction
+that writes every attempt and marks every plain success. Failures, and successes on an
+endpoint that was failing, go through ``service.record`` row by row, because they move
+the ladder, the per-endpoint queue and the alerts.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.db import in_transaction, session_scope
+from deliverer.delivery import endpoint_queue, sender
+from deliverer.delivery.service import (
+    LIVE_STATUSES,
+    DeliveryJob,
+    NextAttempt,
+    _trigger_for,
+    endpoint_failing_now,
+    perform,
+    record,
+    stop_at_disabled_endpoint,
+)
+from deliverer.logging import delivery_context
+from deliverer.models import (
+    Attempt,
+    Endpoint,
+    Event,
+    Notification,
+    NotificationStatus,
+    WebhookSettings,
+    utcnow,
+)
+
+
+@dataclass
+class BatchClaim:
+    token: str
+    jobs: list[DeliveryJob] = field(default_factory=list)
+    # Rows whose message came early: (id, lane, due time).
+    not_due: list[tuple[str, str, datetime]] = field(default_factory=list)
+    # Rows another transaction had locked: to be tried again in a moment.
+    locked: list[str] = field(default_factory=list)
+
+
+def claim_many(session: Session, ids: Sequence[str], settings: Settings,
+               now: datetime | None = None) -> BatchClaim:
+    """Lease every due, unleased row among ``ids``. Commits nothing."""
+    now = now or utcnow()
+    batch = BatchClaim(token=str(uuid.uuid4()))
+    if not ids:
+        return batch
+    due_and_free = (
+        Notification.id.in_(ids),
+        Notification.status.in_(LIVE_STATUSES),
+        Notification.next_attempt_at <= now,
+        or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
+    )
+    # PostgreSQL: rows another worker is claiming right now are skipped, not waited for.
+    locked = list(session.scalars(
+        select(Notification.id).where(*due_and_free).with_for_update(skip_locked=True)
+    ))
+    if locked:
+        # The WHERE repeats the checks: on SQLite this compare-and-set is the lock.
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_(locked), *due_and_free[1:])
+            .values(lease_token=batch.token,
+                    lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+                    scheduled_for=None)
+            .execution_options(synchronize_session=False)
+        )
+        rows = session.execute(
+            select(Notification.id, Notification.url, Notification.lane,
+                   Notification.endpoint_id, Notification.partner_id, Event.body,
+                   Endpoint.failing_since, Endpoint.disabled_at, Endpoint.disabled_reason)
+            .join(Event, Event.id == Notification.event_id)
+            .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
+            .where(Notification.id.in_(locked), Notification.lease_token == batch.token)
+        ).all()
+        partners = {r.partner_id for r in rows}
+        secrets = {
+            s.partner_id: s.active_secrets(now)
+            for s in session.scalars(
+                select(WebhookSettings).where(WebhookSettings.partner_id.in_(partners)))
+        }
+        disabled = []
+        for r in rows:
+            if r.disabled_at is not None:
+                disabled.append((r.id, r.disabled_reason))
+                continue
+            batch.jobs.append(DeliveryJob(
+                notification_id=r.id, lease_token=batch.token, url=r.url or "",
+                body=r.body.encode(), secrets=secrets.get(r.partner_id, []),
+                trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
+                endpoint_failing=r.failing_since is not None,
+            ))
+        for notification_id, reason in disabled:
+            stop_at_disabled_endpoint(session, notification_id, reason)
+    if len(batch.jobs) < len(ids):
+        batch.not_due = [
+            (r.id, r.lane, r.next_attempt_at)
+            for r in session.execute(
+                select(Notification.id, Notification.lane, Notification.next_attempt_at)
+                .where(Notification.id.in_(ids), Notification.status.in_(LIVE_STATUSES),
+                       Notification.next_attempt_at > now)
+            )
+        ]
+        # Due and unleased, yet not claimed: skipped because another transaction held the
+        # row lock (a merchant's request, the sweep). Their message must not be dropped.
+        taken = set(locked) | {n[0] for n in batch.not_due}
+        rest = [i for i in ids if i not in taken]
+        if rest:
+            batch.locked = list(session.scalars(
+                select(Notification.id).where(Notification.id.in_(rest), *due_and_free[1:])))
+    return batch
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="deliverer-send")
+        return _pool
+
+
+_endpoint_slots: dict[object, threading.BoundedSemaphore] = {}
+
+
+def _slot(job: DeliveryJob, limit: int) -> threading.BoundedSemaphore:
+    key = job.endpoint_id if job.endpoint_id is not None else job.url
+    with _pool_lock:
+        slot = _endpoint_slots.get(key)
+        if slot is None:
+            if len(_endpoint_slots) > 10_000:  # bounded: forget idle endpoints
+                _endpoint_slots.clear()
+            slot = _endpoint_slots[key] = threading.BoundedSemaphore(limit)
+        return slot
+
+
+def perform_many(jobs: Sequence[DeliveryJob], settings: Settings) -> list[sender.SendResult]:
+    """POST in parallel, at most ``endpoint_concurrency`` at once per endpoint in this
+    process, so a batch for one merchant does not open dozens of connections at once."""
+    if len(jobs) == 1:
+        return [perform(jobs[0], settings)]
+    pool = _executor(settings.send_concurrency)
+
+    def one(job: DeliveryJob) -> sender.SendResult:
+        with delivery_context(job.notification_id), _slot(job, settings.endpoint_concurrency):
+            return perform(job, settings)
+
+    return list(pool.map(one, jobs))
+
+
+def record_many(session: Session, jobs: Sequence[DeliveryJob],
+                results: Sequence[sender.SendResult], settings: Settings,
+                now: datetime | None = None) -> list[NextAttempt]:
+    """Write every attempt, then move each notification on. Commits nothing."""
+    now = now or utcnow()
+    if not jobs:
+        return []
+    session.execute(insert(Attempt), [
+        {"notification_id": job.notification_id, "trigger": job.trigger, "url": job.url,
+         "started_at": result.started_at, "duration_ms": result.duration_ms,
+         "success": result.success, "response_status": result.status_code,
+         "response_body": result.body, "error_payload": result.error}
+        for job, result in zip(jobs, results, strict=True)
+    ])
+    plain = [job.notification_id for job, result in zip(jobs, results, strict=True)
+             if result.success and not job.endpoint_failing]
+    if plain:
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_(plain), Notification.lease_token == jobs[0].lease_token)
+            .values(status=NotificationStatus.SENT, sent_at=now, next_attempt_at=None,
+                    scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
+                    attempt_count=Notification.attempt_count + 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        # A plain success on an endpoint that became failing meanwhile still releases it
+        # (see service.endpoint_failing_now).
+        endpoint_ids = sorted({job.endpoint_id for job, result in zip(jobs, results, strict=True)
+                               if result.success and not job.endpoint_failing
+                               and job.endpoint_id is not None})
+        if endpoint_ids:
+            for endpoint_id in endpoint_failing_now(session, endpoint_ids):
+                endpoint_queue.on_recovery(session, endpoint_id, now)
+    following: list[NextAttempt] = []
+    for job, result in zip(jobs, results, strict=True):
+        if result.success and not job.endpoint_failing:
+            continue
+        with delivery_context(job.notification_id):
+            outcome = record(session, job, result, settings, now, attempt_recorded=True)
+        if outcome.next_attempt is not None:
+            following.append(outcome.next_attempt)
+    return following
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    sent: int
+    failed: int
+    following: list[NextAttempt]
+    not_due: list[tuple[str, str, datetime]]
+    locked: list[str] = field(default_factory=list)
+
+
+def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
+    """Claim, send and record a batch; each database step in its own short transaction."""
+    with session_scope() as session:
+        batch = claim_many(session, ids, settings)
+    if not batch.jobs:
+        return BatchOutcome(0, 0, [], batch.not_due, batch.locked)
+    results = perform_many(batch.jobs, settings)
+    # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
+    # recording them is retried, not left to resend every webhook of the batch.
+    following = in_transaction(
+        lambda session: record_many(session, batch.jobs, results, settings),
+        retry_for=settings.lease_seconds)
+    sent = sum(1 for r in results if r.success)
+    return BatchOutcome(sent, len(results) - sent, following, batch.not_due, batch.locked)
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,127 @@
+"""Per-endpoint retry queues (seed 003): one notification probes a failing endpoint.
+
+While an endpoint is failing, only its earliest failed notification (the head) climbs
+the retry ladder. Later failures are *held*: FAILED, with no attempt of their own, so a
+dead server is probed by one request at a time instead of one per notification. Fresh
+notifications are still tried once and join the queue if they fail.
+
+As soon as any delivery to the endpoint succeeds, the head is retried at once and the
+beat sweep releases the held notifications in sequence order at a bounded rate
+(``drain_rate`` per second), so a server that just recovered is not flooded.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.models import Endpoint, Lane, Notification, NotificationStatus
+
+
+def _climbing(endpoint_id: int):  # type: ignore[no-untyped-def]
+    return (
+        Notification.endpoint_id == endpoint_id,
+        Notification.status == NotificationStatus.FAILED,
+        Notification.held.is_(False),
+        Notification.next_attempt_at.is_not(None),
+    )
+
+
+def has_earlier_climber(session: Session, endpoint_id: int, notification_id: str,
+                        sequence: int) -> bool:
+    return bool(session.scalar(select(exists().where(
+        *_climbing(endpoint_id),
+        Notification.id != notification_id,
+        Notification.sequence < sequence,
+    ))))
+
+
+def hold_later_climbers(session: Session, endpoint_id: int, sequence: int,
+                        now: datetime) -> None:
+    """The new head makes later notifications on the ladder wait behind it."""
+    session.execute(
+        update(Notification)
+        .where(
+            *_climbing(endpoint_id),
+            Notification.sequence > sequence,
+            Notification.lane != Lane.MANUAL,
+            or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
+        )
+        .values(held=True, next_attempt_at=None, scheduled_for=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
+    """The head left the ladder (exhausted, ignored): the next held one takes its place."""
+    if session.scalar(select(exists().where(*_climbing(endpoint_id)))):
+        return
+    next_id = session.scalar(
+        select(Notification.id)
+        .where(Notification.endpoint_id == endpoint_id, Notification.held.is_(True))
+        .order_by(Notification.sequence).limit(1)
+    )
+    if next_id is not None:
+        session.execute(
+            update(Notification).where(Notification.id == next_id)
+            .values(held=False, next_attempt_at=now, lane=Lane.RETRY, scheduled_for=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def on_recovery(session: Session, endpoint_id: int, now: datetime) -> None:
+    """A delivery succeeded: retry the head now; held ones drain via the sweep."""
+    session.execute(
+        update(Notification)
+        .where(*_climbing(endpoint_id), Notification.next_attempt_at > now,
+               Notification.lease_token.is_(None))
+        .values(next_attempt_at=now, scheduled_for=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Endpoint).where(Endpoint.id == endpoint_id)
+        .values(failing_since=None, consecutive_failures=0, last_success_at=now,
+                alerted_at=None, draining=True, retry_after_until=None)
+    )
+
+
+def drain(session: Session, settings: Settings, now: datetime, max_endpoints: int = 100) -> int:
+    """Release held notifications of recovered endpoints, ``drain_rate`` per second.
+
+    Called by every beat sweep; each call releases one sweep interval's worth per
+    endpoint, spread over that interval. Returns how many were released.
+    """
+    per_sweep = max(1, int(settings.drain_rate * settings.sweep_interval))
+    spacing = 1.0 / settings.drain_rate
+    endpoints = session.scalars(
+        select(Endpoint)
+        .where(Endpoint.draining.is_(True), Endpoint.failing_since.is_(None),
+               Endpoint.disabled_at.is_(None))
+        .limit(max_endpoints)
+        .with_for_update(skip_locked=True)
+    ).all()
+    released = 0
+    max_age = timedelta(seconds=settings.ladder.max_age * settings.time_scale)
+    for endpoint in endpoints:
+        rows = session.execute(
+            select(Notification.id, Notification.cycle_started_at)
+            .where(Notification.endpoint_id == endpoint.id, Notification.held.is_(True))
+            .order_by(Notification.sequence)
+            .limit(per_sweep)
+        ).all()
+        for i, (notification_id, cycle_started_at) in enumerate(rows):
+            due: datetime | None = now + timedelta(seconds=i * spacing)
+            if due is not None and due > cycle_started_at + max_age:
+                due = None  # waited past its 30 days: exhausted
+            session.execute(
+                update(Notification).where(Notification.id == notification_id)
+                .values(held=False, next_attempt_at=due, lane=Lane.RETRY, scheduled_for=None)
+                .execution_options(synchronize_session=False)
+            )
+        released += len(rows)
+        if len(rows) < per_sweep:
+            endpoint.draining = False
+    return released

@@ -1,0 +1,89 @@
+"""SSRF protection: webhook URLs must not reach the provider's own network.
+
+Checked twice: when a URL is saved (every address the host resolves to) and when a
+connection is made (the address actually dialled, so DNS rebinding between the check
+and the connect gains nothing).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from deliverer.errors import UnsafeUrl
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_EXTRA_BLOCKED = [
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",  # CGNAT
+        "169.254.0.0/16",  # link-local, cloud metadata
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "fc00::/7",  # ULA
+        "fe80::/10",
+        "64:ff9b::/96",  # NAT64 can reach IPv4 private space
+        "2001:db8::/32",
+    )
+]
+
+
+def is_forbidden_address(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour
+        if mapped is not None:
+            return is_forbidden_address(mapped)
+    if (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or not address.is_global
+    ):
+        return True
+    return any(address in net for net in _EXTRA_BLOCKED)
+
+
+def check_address(ip: str, *, allow_private: bool) -> None:
+    if allow_private:
+        return
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if is_forbidden_address(address):
+        raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({address})")
+
+
+def validate_url(url: str, *, allow_private: bool, resolve: bool = True) -> str:
+    """Return the URL if it is an acceptable webhook target, else raise UnsafeUrl."""
+    if len(url) > 2048:
+        raise UnsafeUrl("Webhook URL is too long")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeUrl("Webhook URL is not a valid URL") from exc
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeUrl("Webhook URL must use http or https")
+    if not parts.hostname:
+        raise UnsafeUrl("Webhook URL has no host")
+    if parts.username or parts.password:
+        raise UnsafeUrl("Webhook URL must not carry credentials")
+    if allow_private or not resolve:
+        return url
+    host = parts.hostname
+    try:
+        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeUrl(f"Webhook URL host {host!r} does not resolve") from exc
+    for info in infos:
+        check_address(str(info[4][0]), allow_private=False)
+    return url

@@ -1,0 +1,418 @@
+"""The sender: one HTTP POST of a webhook, with its outcome classified.
+
+It never raises for a network problem: every outcome, good or bad, comes back as a
+``SendResult`` so the caller can record it. Redirects are not followed (a 3xx is a
+failure), the response body is read up to a cap, and a total deadline bounds the whole
+exchange, since ``requests``' own timeout applies to each socket operation separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import heapq
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from deliverer.delivery import netguard
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.errors import UnsafeUrl
+
+
+class BlockedAddress(Exception):
+    """The connection reached a forbidden address; raised past urllib3's retry logic."""
+
+
+def _check_peer(sock: socket.socket) -> None:
+    peer = sock.getpeername()[0]
+    try:
+        netguard.check_address(peer, allow_private=False)
+    except UnsafeUrl as exc:
+        sock.close()
+        raise BlockedAddress(str(exc)) from exc
+
+
+class _Watch:
+    """The socket of the request in flight on this thread, for the deadline watchdog."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.fired = False
+        self.lock = threading.Lock()
+
+    def fire(self) -> None:
+        # requests' timeouts are per socket operation: a receiver trickling its status
+        # line or headers a byte at a time would hold the sender indefinitely. Shutting
+        # the socket down ends whatever read is blocked on it.
+        with self.lock:
+            self.fired = True
+            if self.sock is not None:
+                with contextlib.suppress(OSError):  # already closed: nothing to stop
+                    self.sock.shutdown(socket.SHUT_RDWR)
+
+
+_watch_local = threading.local()
+
+
+class _Watchdog:
+    """One thread firing the deadlines of every send in the process (no thread per send)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._cancelled: set[int] = set()
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, watch: _Watch) -> int:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="deliverer-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            self._next += 1
+            heapq.heappush(self._heap, (deadline, self._next, watch))
+            self._cond.notify()
+            return self._next
+
+    def disarm(self, ticket: int) -> None:
+        with self._cond:
+            self._cancelled.add(ticket)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                deadline, ticket, watch = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                if ticket in self._cancelled:
+                    self._cancelled.discard(ticket)
+                    continue
+                self._cancelled.discard(ticket)
+            watch.fire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _watch_socket(sock: socket.socket | None) -> None:
+    watch: _Watch | None = getattr(_watch_local, "watch", None)
+    if watch is not None and sock is not None:
+        with watch.lock:
+            watch.sock = sock
+            if watch.fired:
+                watch.fire()
+
+
+class _WatchedMixin:
+    """Hands each connection's socket to the watchdog; optionally checks the peer."""
+
+    check_peer = False
+    sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        if self.check_peer:
+            _check_peer(sock)
+        _watch_socket(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch_socket(self.sock)  # a reused keep-alive connection
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_WatchedMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPConnection(_WatchedHTTPConnection):
+    check_peer = True
+
+
+class _GuardedHTTPSConnection(_WatchedHTTPSConnection):
+    check_peer = True
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class WatchedAdapter(HTTPAdapter):
+    """Lets the deadline watchdog find the socket of the request in flight."""
+
+    pools: dict[str, type[HTTPConnectionPool]] = {
+        "http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(self.pools)
+
+
+class GuardedAdapter(WatchedAdapter):
+    """Also checks the address actually dialled, so DNS rebinding cannot reach private
+    networks."""
+
+    pools = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+
+
+@dataclass(frozen=True)
+class SendResult:
+    started_at: datetime
+    duration_ms: int
+    success: bool
+    status_code: int | None = None
+    body: str | None = None
+    error: dict[str, Any] | None = None
+    # Seconds the receiver asked us to wait (Retry-After on 429/503).
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    connect_timeout: float = 5.0
+    total_timeout: float = 15.0
+    max_response_bytes: int = 20 * 1024
+    allow_private_urls: bool = False
+    user_agent: str = "deliverer/0.1"
+
+
+_local = threading.local()
+
+
+def _session(config: SenderConfig) -> requests.Session:
+    """One pooled session per thread (requests.Session is not documented thread-safe)."""
+    key = (config.allow_private_urls,)
+    sessions: dict[tuple[bool], requests.Session] = getattr(_local, "sessions", {})
+    _local.sessions = sessions
+    session = sessions.get(key)
+    if session is None:
+        session = requests.Session()
+        session.trust_env = False  # no proxies from the environment for webhook traffic
+        adapter: HTTPAdapter = (
+            WatchedAdapter(pool_connections=64, pool_maxsize=8, max_retries=0)
+            if config.allow_private_urls
+            else GuardedAdapter(pool_connections=64, pool_maxsize=8, max_retries=0)
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        sessions[key] = session
+    return session
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        for nxt in (current.__cause__, current.__context__, *current.args):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    return seen
+
+
+def classify_exception(exc: BaseException) -> tuple[FailureKind, str]:
+    chain = _chain(exc)
+
+    def has(*types: type[BaseException]) -> bool:
+        return any(isinstance(e, types) for e in chain)
+
+    if has(BlockedAddress, UnsafeUrl):
+        return FailureKind.BLOCKED, "Connection refused by the SSRF guard: " + str(exc)
+    if has(requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+           requests.exceptions.InvalidSchema, urllib3.exceptions.LocationParseError):
+        return FailureKind.INVALID_URL, f"Invalid webhook URL: {exc}"
+    if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
+        return FailureKind.DNS, "DNS resolution failed for the webhook host"
+    if has(requests.exceptions.SSLError, ssl.SSLError):
+        return FailureKind.TLS, f"TLS handshake failed: {exc}"
+    if has(requests.exceptions.ConnectTimeout):
+        return FailureKind.TIMEOUT, "Timed out connecting to the webhook URL"
+    if has(requests.exceptions.Timeout, socket.timeout, TimeoutError):
+        return FailureKind.TIMEOUT, "Timed out waiting for the webhook response"
+    if has(ConnectionRefusedError):
+        return FailureKind.CONNECTION_REFUSED, "Connection refused by the webhook host"
+    if has(ConnectionResetError, BrokenPipeError, urllib3.exceptions.ProtocolError,
+           requests.exceptions.ChunkedEncodingError):
+        return FailureKind.CONNECTION_RESET, "Connection closed by the webhook host"
+    return FailureKind.CONNECTION_ERROR, f"Could not reach the webhook URL: {type(exc).__name__}"
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+def _response_socket(raw: Any) -> socket.socket | None:
+    """The socket a streamed urllib3 response reads from, if it can be found.
+
+    A keep-alive connection still holds it; for a response that closes the connection,
+    http.client handed it over to the response's file object.
+    """
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _read_capped(response: requests.Response, cap: int, deadline: float) -> bytes:
+    # iter_content() blocks until a whole chunk (or EOF) arrived, and each socket read may
+    # wait a full read timeout: a receiver trickling bytes held the sender for as long as it
+    # liked. read1() returns whatever arrived, and every wait ends at the deadline.
+    raw = response.raw
+    sock = _response_socket(raw)
+    read1 = getattr(raw, "read1", None)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded
+        if sock is not None and sock.fileno() != -1:  # closed once the body is complete
+            sock.settimeout(remaining)
+        try:
+            chunk = read1(4096, decode_content=True) if read1 else raw.read(4096,
+                                                                            decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise DeadlineExceeded from exc
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:cap]
+
+
+def send(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    config: SenderConfig,
+) -> SendResult:
+    """POST ``body`` to ``url`` once. Never raises for network or HTTP failures."""
+    started_at = datetime.now(UTC)
+    start = time.monotonic()
+    deadline = start + config.total_timeout
+    watch = _Watch()
+
+    def elapsed_ms() -> int:
+        return int((time.monotonic() - start) * 1000)
+
+    def failure(kind: FailureKind, message: str, status: int | None = None,
+                body_text: str | None = None, retry_after: float | None = None) -> SendResult:
+        if watch.fired and kind is not FailureKind.TIMEOUT:
+            kind, message = FailureKind.TIMEOUT, "No complete response within the deadline"
+        return SendResult(
+            started_at=started_at, duration_ms=elapsed_ms(), success=False,
+            status_code=status, body=body_text, error=error_payload(kind, message, status),
+            retry_after=retry_after,
+        )
+
+    try:
+        netguard.validate_url(url, allow_private=config.allow_private_urls, resolve=False)
+    except UnsafeUrl as exc:
+        return failure(FailureKind.INVALID_URL, exc.message)
+
+    _watch_local.watch = watch
+    ticket = _WATCHDOG.arm(deadline, watch)
+    try:
+        all_headers = {
+            "Content-Type": "application/json",
+            "User-Agent": config.user_agent,
+            **headers,
+        }
+        try:
+            session = _session(config)
+            prepared = session.prepare_request(
+                requests.Request("POST", url, data=body, headers=all_headers))
+            # Straight to the adapter: Session.send(allow_redirects=False) still reads a 3xx
+            # body in full (to compute Response.next), with no size cap and no deadline.
+            response = session.get_adapter(url).send(
+                prepared,
+                stream=True,
+                timeout=(config.connect_timeout, config.total_timeout),
+                verify=True,
+                cert=None,
+                proxies={},
+            )
+        except Exception as exc:  # every failure becomes a recorded attempt, none escape
+            kind, message = classify_exception(exc)
+            return failure(kind, message)
+
+        with response:
+            try:
+                raw = _read_capped(response, config.max_response_bytes, deadline)
+            except DeadlineExceeded:
+                return failure(FailureKind.TIMEOUT,
+                               "Response body not received within the deadline",
+                               response.status_code)
+            except Exception as exc:
+                kind, message = classify_exception(exc)
+                return failure(kind, message, response.status_code)
+        text = raw.decode("utf-8", errors="replace")
+        status = response.status_code
+        if 200 <= status < 300:
+            return SendResult(started_at=started_at, duration_ms=elapsed_ms(), success=True,
+                              status_code=status, body=text)
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "")
+            return failure(FailureKind.REDIRECT,
+                           f"HTTP {status} redirect to {location!r} (redirects are not followed)",
+                           status, text)
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), started_at)
+        return failure(FailureKind.HTTP_STATUS, f"HTTP {status} {response.reason or ''}".strip(),
+                       status, text, retry_after)
+    finally:
+        _WATCHDOG.disarm(ticket)
+        _watch_local.watch = None

@@ -1,0 +1,359 @@
+"""Delivering one notification: claim it, POST it, record what happened.
+
+Three short steps, never a transaction open across the HTTP call:
+
+1. ``claim``: a conditional UPDATE takes a lease on the row (on PostgreSQL after
+   ``SELECT ... FOR UPDATE SKIP LOCKED``). Only one worker can hold it, so a duplicate
+   broker message, a second beat or a redelivered task results in no second POST.
+2. ``sender.send``: the HTTP POST, signed, with timeouts and a size cap.
+3. ``record``: the attempt row and the notification's new state in one transaction;
+   on failure the ladder gives the next attempt time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from deliverer import metrics
+from deliverer.alerts import service as alerts
+from deliverer.config import Settings
+from deliverer.delivery import endpoint_queue, sender, signing
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.models import (
+    Attempt,
+    Endpoint,
+    Event,
+    Lane,
+    Notification,
+    NotificationStatus,
+    Trigger,
+    WebhookSettings,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+LIVE_STATUSES = (NotificationStatus.PENDING, NotificationStatus.FAILED)
+
+
+class ClaimState(StrEnum):
+    CLAIMED = "claimed"
+    NOT_DUE = "not_due"  # a message arrived early; the row is due later
+    BUSY = "busy"  # another worker holds the lease
+    LOCKED = "locked"  # another transaction holds the row lock right now (a request, a sweep)
+    FINAL = "final"  # SENT, NOT_SENT or exhausted: nothing to do
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    notification_id: str
+    lease_token: str
+    url: str
+    body: bytes
+    secrets: list[str]
+    trigger: Trigger
+    endpoint_id: int | None
+    endpoint_failing: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    state: ClaimState
+    job: DeliveryJob | None = None
+    due_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NextAttempt:
+    notification_id: str
+    lane: Lane
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    state: ClaimState
+    status: str | None = None
+    # Set when the next attempt is due within the sweep horizon: the caller enqueues it
+    # (after the commit that recorded it). Later ones are left to the beat sweep.
+    next_attempt: NextAttempt | None = None
+    due_at: datetime | None = None
+
+
+def _trigger_for(lane: str) -> Trigger:
+    return Trigger.MANUAL if lane == Lane.MANUAL else Trigger.AUTOMATIC
+
+
+def claim(session: Session, notification_id: str, settings: Settings,
+          now: datetime | None = None) -> Claim:
+    """Take the lease on a due notification. Commits nothing; the caller commits."""
+    now = now or utcnow()
+    row = session.execute(
+        select(Notification)
+        .where(Notification.id == notification_id)
+        .with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    if row is None:
+        exists = session.scalar(select(Notification.id).where(Notification.id == notification_id))
+        return Claim(ClaimState.LOCKED if exists else ClaimState.MISSING)
+    if row.status not in LIVE_STATUSES or row.next_attempt_at is None:
+        return Claim(ClaimState.FINAL)
+    if row.lease_expires_at is not None and row.lease_expires_at > now:
+        return Claim(ClaimState.BUSY)
+    if row.next_attempt_at > now:
+        return Claim(ClaimState.NOT_DUE, due_at=row.next_attempt_at)
+
+    token = str(uuid.uuid4())
+    # The WHERE repeats the checks: on SQLite (no row locks) this compare-and-set is what
+    # makes two racing workers end with exactly one lease.
+    taken: int = session.execute(  # type: ignore[attr-defined]
+        update(Notification)
+        .where(
+            Notification.id == notification_id,
+            Notification.status.in_(LIVE_STATUSES),
+            Notification.next_attempt_at <= now,
+            or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
+        )
+        .values(
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+            # The message that brought us here is consumed; if we die, the sweep
+            # re-enqueues the row as soon as the lease runs out.
+            scheduled_for=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if taken != 1:
+        return Claim(ClaimState.BUSY)
+
+    event_body, = session.execute(select(Event.body).where(Event.id == row.event_id)).one()
+    webhook_settings = session.get(WebhookSettings, row.partner_id)
+    endpoint = session.get(Endpoint, row.endpoint_id) if row.endpoint_id is not None else None
+    if endpoint is not None and endpoint.disabled_at is not None:
+        stop_at_disabled_endpoint(session, notification_id, endpoint.disabled_reason)
+        return Claim(ClaimState.FINAL)
+    secrets = webhook_settings.active_secrets(now) if webhook_settings else []
+    job = DeliveryJob(
+        notification_id=row.id,
+        lease_token=token,
+        url=row.url or "",
+        body=event_body.encode(),
+        secrets=secrets,
+        trigger=_trigger_for(row.lane),
+        endpoint_id=row.endpoint_id,
+        endpoint_failing=bool(endpoint and endpoint.failing_since is not None),
+    )
+    return Claim(ClaimState.CLAIMED, job=job)
+
+
+def stop_at_disabled_endpoint(session: Session, notification_id: str,
+                              reason: str | None) -> None:
+    """Disabled after a 410 Gone: no request until the merchant saves the settings."""
+    session.execute(
+        update(Notification).where(Notification.id == notification_id)
+        .values(status=NotificationStatus.FAILED, next_attempt_at=None, lease_token=None,
+                lease_expires_at=None, held=False,
+                latest_error_payload=error_payload(FailureKind.ENDPOINT_DISABLED,
+                                                   reason or "Endpoint disabled"))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def perform(job: DeliveryJob, settings: Settings) -> sender.SendResult:
+    """The HTTP part; no database access."""
+    headers = {"webhook-id": job.notification_id}
+    if job.secrets:
+        headers = signing.signature_headers(job.secrets, job.notification_id, int(time.time()),
+                                            job.body)
+    if not job.url:
+        result = sender.SendResult(started_at=utcnow(), duration_ms=0, success=False,
+                                   error=error_payload(FailureKind.NO_URL, "No webhook URL"))
+    else:
+        result = sender.send(job.url, job.body, headers, sender_config(settings))
+    metrics.observe_attempt(result.success, (result.error or {}).get("kind"),
+                            result.duration_ms / 1000)
+    return result
+
+
+def sender_config(settings: Settings) -> sender.SenderConfig:
+    return sender.SenderConfig(
+        connect_timeout=settings.connect_timeout,
+        total_timeout=settings.total_timeout,
+        max_response_bytes=settings.max_response_bytes,
+        allow_private_urls=settings.allow_private_urls,
+        user_agent=settings.user_agent,
+    )
+
+
+def record(session: Session, job: DeliveryJob, result: sender.SendResult, settings: Settings,
+           now: datetime | None = None, *, attempt_recorded: bool = False) -> AttemptOutcome:
+    """Write the attempt and move the notification on. Commits nothing."""
+    now = now or utcnow()
+    if not attempt_recorded:
+        session.add(Attempt(
+            notification_id=job.notification_id,
+            trigger=job.trigger,
+            url=job.url,
+            started_at=result.started_at,
+            duration_ms=result.duration_ms,
+            success=result.success,
+            response_status=result.status_code,
+            response_body=result.body,
+            error_payload=result.error,
+        ))
+    row = session.execute(
+        select(Notification).where(Notification.id == job.notification_id).with_for_update()
+    ).scalar_one()
+    if row.lease_token != job.lease_token:
+        # We overran the lease and another worker took over: keep the attempt on record,
+        # leave the state to the lease holder.
+        log.warning("lease lost during delivery", extra={"notification_id": row.id})
+        return AttemptOutcome(ClaimState.BUSY, status=row.status)
+
+    row.lease_token = None
+    row.lease_expires_at = None
+    row.attempt_count += 1
+    endpoint = _update_endpoint_health(session, job, result, now)
+    if result.success:
+        row.status = NotificationStatus.SENT
+        row.sent_at = now
+        row.next_attempt_at = None
+        row.scheduled_for = None
+        row.held = False
+        return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+
+    row.status = NotificationStatus.FAILED
+    row.retry_attempts += 1
+    row.latest_error_payload = result.error
+    row.lane = Lane.RETRY
+    due = settings.ladder.next_attempt_at(
+        cycle_started_at=row.cycle_started_at,
+        failed_at=now,
+        failures=row.retry_attempts,
+        time_scale=settings.time_scale,
+    )
+    if due is not None and result.retry_after:
+        # The receiver asked for more time than the ladder gives: honour it, within the cycle.
+        asked = now + timedelta(seconds=result.retry_after * settings.time_scale)
+        cap = row.cycle_started_at + timedelta(
+            seconds=settings.ladder.max_age * settings.time_scale
+        )
+        due = min(max(due, asked), cap)
+    row.next_attempt_at = due
+    row.scheduled_for = None
+    if endpoint is not None:
+        if result.status_code == 410:
+            _disable_endpoint(session, endpoint, row, now)
+            return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+        if result.retry_after:
+            endpoint.retry_after_until = now + timedelta(
+                seconds=result.retry_after * settings.time_scale)
+        if row.sequence is not None:
+            if due is None:
+                session.flush()
+                endpoint_queue.promote_next(session, endpoint.id, now)
+            elif endpoint_queue.has_earlier_climber(session, endpoint.id, row.id, row.sequence):
+                # An earlier notification is already probing this failing endpoint.
+                row.held = True
+                row.next_attempt_at = None
+                return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+            else:
+                endpoint_queue.hold_later_climbers(session, endpoint.id, row.sequence, now)
+        if (job.trigger == Trigger.AUTOMATIC and endpoint.alerted_at is None
+                and row.retry_attempts > alerts.ALERT_AFTER_FAILED_RETRIES):
+            endpoint.alerted_at = now
+            alerts.raise_alert(
+                session, endpoint, alerts.KIND_FAILING,
+                f"Webhook endpoint {endpoint.url} has failed {row.retry_attempts} deliveries "
+                f"in a row; last error: {(result.error or {}).get('message')}",
+                notification_id=row.id, now=now)
+    if due is not None and (due - now).total_seconds() <= settings.sweep_horizon:
+        row.scheduled_for = due
+        row.enqueued_at = now
+        return AttemptOutcome(ClaimState.CLAIMED, status=row.status,
+                              next_attempt=NextAttempt(row.id, Lane.RETRY, due), due_at=due)
+    return AttemptOutcome(ClaimState.CLAIMED, status=row.status, due_at=due)
+
+
+def _disable_endpoint(session: Session, endpoint: Endpoint, row: Notification,
+                      now: datetime) -> None:
+    """410 Gone: the receiver says the endpoint no longer exists. Stop, and say so."""
+    row.next_attempt_at = None
+    endpoint.disabled_at = now
+    endpoint.disabled_reason = "The receiver answered 410 Gone"
+    alerts.raise_alert(
+        session, endpoint, alerts.KIND_DISABLED,
+        f"Webhook endpoint {endpoint.url} answered 410 Gone and has been disabled. "
+        "Update your webhook settings to enable it again.",
+        notification_id=row.id, now=now)
+
+
+def endpoint_failing_now(session: Session, endpoint_ids: list[int]) -> list[int]:
+    """Which of these endpoints are failing *now*, not when their jobs were claimed.
+
+    A failure recorded while a POST was in flight can make the endpoint failing and hold
+    later notifications behind this one, the head; if the head's success then went by the
+    claim-time snapshot, nothing would ever release them (they stayed held, FAILED with no
+    next attempt, for good). A failure is recorded under the endpoint's FOR UPDATE lock,
+    which conflicts with FOR KEY SHARE: whichever of the two commits second sees the
+    other's outcome (the success recovers the endpoint, or the failure finds no head).
+    """
+    rows = session.execute(
+        select(Endpoint.id, Endpoint.failing_since)
+        .where(Endpoint.id.in_(endpoint_ids))
+        .order_by(Endpoint.id)
+        .with_for_update(key_share=True)
+    ).all()
+    return [endpoint_id for endpoint_id, failing_since in rows if failing_since is not None]
+
+
+def _update_endpoint_health(session: Session, job: DeliveryJob, result: sender.SendResult,
+                            now: datetime) -> Endpoint | None:
+    """Failures load and update the endpoint; a healthy endpoint's success writes nothing."""
+    if job.endpoint_id is None:
+        return None
+    if result.success:
+        if job.endpoint_failing or endpoint_failing_now(session, [job.endpoint_id]):
+            endpoint_queue.on_recovery(session, job.endpoint_id, now)
+        return None
+    endpoint = session.get(Endpoint, job.endpoint_id, with_for_update=True)
+    if endpoint is None:
+        return None
+    endpoint.consecutive_failures += 1
+    endpoint.last_failure_at = now
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now
+    return endpoint
+
+
+def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
+    """Claim, send and record one attempt, each database step in its own transaction."""
+    from deliverer.db import in_transaction, session_scope
+
+    with session_scope() as session:
+        claimed = claim(session, notification_id, settings)
+    if claimed.job is None:
+        return AttemptOutcome(claimed.state, due_at=claimed.due_at)
+    job = claimed.job
+    result = perform(job, settings)
+    # The POST happened: record it even if the first try is a deadlock victim or meets a
+    # database restart, or the webhook is sent again when the lease runs out.
+    outcome = in_transaction(lambda session: record(session, job, result, settings),
+                             retry_for=settings.lease_seconds)
+    log.info(
+        "attempt %s: %s",
+        "delivered" if result.success else "failed",
+        json.dumps(result.error) if result.error else result.status_code,
+        extra={"notification_id": notification_id},
+    )
+    return outcome

@@ -1,0 +1,58 @@
+"""Celery tasks for delivery: thin wrappers around ``deliverer.delivery.service``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import shared_task
+
+from deliverer.config import get_settings
+from deliverer.delivery import batch, service
+from deliverer.logging import delivery_context
+from deliverer.models import Lane, utcnow
+from deliverer.scheduling.enqueue import enqueue_batch, enqueue_delivery
+
+LOCKED_RETRY = timedelta(milliseconds=500)
+
+
+@shared_task(name="deliverer.deliver", acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def deliver(notification_id: str) -> str:
+    """Attempt one delivery. Safe to run twice: the claim lets only one POST through."""
+    settings = get_settings()
+    with delivery_context(notification_id):
+        outcome = service.deliver(notification_id, settings)
+    if outcome.next_attempt is not None:
+        nxt = outcome.next_attempt
+        enqueue_delivery(nxt.notification_id, nxt.lane, nxt.due_at)
+    elif (
+        outcome.state == service.ClaimState.NOT_DUE
+        and outcome.due_at is not None
+        and (outcome.due_at - utcnow()).total_seconds() <= settings.sweep_horizon
+    ):
+        # This message arrived before its row was due (a stale or early message). Come
+        # back at the due time if that is near; otherwise the sweep will.
+        enqueue_delivery(notification_id, Lane.RETRY, outcome.due_at)
+    elif outcome.state == service.ClaimState.LOCKED:
+        # Row-locked by a short transaction (a merchant's request, the sweep), not leased
+        # by a worker: dropping the message would leave it to the sweep's lost-message
+        # grace. Come back in a moment instead.
+        enqueue_delivery(notification_id, Lane.RETRY, utcnow() + LOCKED_RETRY)
+    return str(outcome.status or outcome.state)
+
+
+@shared_task(name="deliverer.deliver_many", acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def deliver_many(notification_ids: list[str]) -> int:
+    """Attempt a batch of deliveries (bulk publishes, sweeps of a backlog)."""
+    settings = get_settings()
+    outcome = batch.deliver_many(notification_ids, settings)
+    for nxt in outcome.following:
+        enqueue_delivery(nxt.notification_id, nxt.lane, nxt.due_at)
+    horizon = settings.sweep_horizon
+    for notification_id, lane, due_at in outcome.not_due:
+        if (due_at - utcnow()).total_seconds() <= horizon:
+            enqueue_delivery(notification_id, lane, due_at)
+    if outcome.locked:
+        enqueue_batch(outcome.locked, Lane.RETRY, utcnow() + LOCKED_RETRY)
+    return outcome.sent

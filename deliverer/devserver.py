@@ -1,0 +1,117 @@
+"""``deliverer run``: the Procfile's web, worker and beat on one machine.
+
+It starts the same three commands the Procfile lists, as child processes, after
+applying the migrations, and stops them together. With nothing configured that is the
+embedded default: SQLite plus kombu's SQLAlchemy transport.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import requests
+
+from deliverer.config import Settings, get_settings, set_settings
+from deliverer.scheduling import queues
+
+# The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
+DEMO_TIME_SCALE = "0.005"
+
+
+def process_commands(settings: Settings, port: int, concurrency: int) -> dict[str, list[str]]:
+    py = sys.executable
+    return {
+        "web": [py, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                "api:create_app()"],
+        "worker": [py, "-m", "celery", "-A", "deliverer.worker", "worker", "--pool", "threads",
+                   "--concurrency", str(concurrency), "-Q", ",".join(queues.ALL),
+                   "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+        "beat": [py, "-m", "celery", "-A", "deliverer.worker", "beat", "--loglevel", "WARNING",
+                 "--schedule", str(settings.data_dir / "celerybeat-schedule")],
+    }
+
+
+def _wait_healthy(base_url: str, procs: dict[str, subprocess.Popen[bytes]],
+                  timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            if requests.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the API did not come up in time")
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int,
+            extra_env: Sequence[tuple[str, str]] = ()) -> int:
+    env = dict(os.environ)
+    if demo:
+        env.setdefault("DELIVERER_TIME_SCALE", DEMO_TIME_SCALE)
+        env.setdefault("DELIVERER_ALLOW_PRIVATE_URLS", "1")
+        env.setdefault("DELIVERER_SWEEP_INTERVAL", "1")
+        env.setdefault("DELIVERER_ADMIN_TOKEN", "demo-" + secrets.token_hex(12))
+    env.update(dict(extra_env))
+    settings = Settings.from_env(env)
+    set_settings(settings)
+    env["DELIVERER_DATA_DIR"] = str(settings.data_dir)
+    # web and worker are separate processes: share prometheus-client's multiprocess
+    # directory so /metrics shows the worker's delivery counters (fresh at every start).
+    if "PROMETHEUS_MULTIPROC_DIR" not in env:
+        metrics_dir = settings.data_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    from deliverer.migrate import upgrade
+
+    upgrade(settings)
+    procs = {
+        name: subprocess.Popen(cmd, env=env)
+        for name, cmd in process_commands(settings, port, concurrency).items()
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base_url, procs)
+        print(f"deliverer is up: API {base_url} (database {settings.database_url}, "
+              f"broker {settings.broker_url})", flush=True)
+        if demo:
+            from deliverer.demo import play
+
+            ok = play(base_url, settings)
+            if exit_after_demo:
+                return 0 if ok else 1
+        print("Press Ctrl-C to stop.", flush=True)
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(0.5)
+        dead = [n for n, p in procs.items() if p.poll() is not None]
+        print(f"stopping: {', '.join(dead)} exited", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(procs)
+        get_settings()

@@ -1,0 +1,121 @@
+"""Log lines that say which notification they are about.
+
+``delivery_context(notification_id)`` marks everything logged inside it, in this thread or
+asyncio task (a ``contextvars.ContextVar``), with that id; ``ContextFormatter`` prints it
+on every line, and ``-`` outside a delivery. A record logged with
+``extra={"notification_id": ...}`` keeps its own id.
+
+The worker gets it through Celery's ``after_setup_logger`` signal (``configure_celery_
+handlers``, wired in ``deliverer.celery_app``), the web app through ``configure_logging``
+in ``api.create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TextIO
+
+from celery.utils.log import ColorFormatter
+
+_notification_id: ContextVar[str | None] = ContextVar("deliverer_notification_id",
+                                                      default=None)
+
+FIELD = "notification_id"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [notification=%(notification_id)s] %(message)s"
+_MARK = "_deliverer_handler"
+
+
+def current_notification_id() -> str | None:
+    return _notification_id.get()
+
+
+@contextmanager
+def delivery_context(notification_id: str) -> Iterator[None]:
+    """Within the block, every log line carries ``notification_id``."""
+    token = _notification_id.set(notification_id)
+    try:
+        yield
+    finally:
+        _notification_id.reset(token)
+
+
+def _stamp(record: logging.LogRecord) -> None:
+    if not getattr(record, FIELD, None):
+        setattr(record, FIELD, _notification_id.get() or "-")
+
+
+class NotificationIdFilter(logging.Filter):
+    """Gives each record a ``notification_id`` attribute (handler filters see them all)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _stamp(record)
+        return True
+
+
+class ContextFormatter(logging.Formatter):
+    """A formatter whose format may use ``%(notification_id)s``."""
+
+    def __init__(self, fmt: str | None = LOG_FORMAT, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        _stamp(record)
+        return super().format(record)
+
+
+def with_notification_id(fmt: str) -> str:
+    """Celery's log format with the notification id in front of the message."""
+    if f"%({FIELD})s" in fmt:
+        return fmt
+    if "%(message)s" in fmt:
+        return fmt.replace("%(message)s", f"[notification=%({FIELD})s] %(message)s", 1)
+    return f"{fmt} [notification=%({FIELD})s]"
+
+
+def configure_logging(level: int | str = logging.INFO, stream: TextIO | None = None) -> None:
+    """Web app and CLI: a root handler printing the notification id, unless logging is
+    already configured (gunicorn's --log-config, pytest): then only add the attribute."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, _MARK, False)]
+    if ours:
+        return
+    if root.handlers:
+        for handler in root.handlers:
+            if not any(isinstance(f, NotificationIdFilter) for f in handler.filters):
+                handler.addFilter(NotificationIdFilter())
+        return
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(ContextFormatter())
+    handler.addFilter(NotificationIdFilter())
+    setattr(handler, _MARK, True)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class ContextColorFormatter(ColorFormatter):
+    """Celery's coloured formatter, with ``%(notification_id)s`` available."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        _stamp(record)
+        return str(super().format(record))
+
+
+def configure_celery_handlers(logger: logging.Logger | None = None, **_: Any) -> None:
+    """``after_setup_logger``: put the notification id into the lines of the handlers
+    Celery installed (its ``ColorFormatter``), keeping their format, colours and file."""
+    if logger is None:
+        return
+    for handler in logger.handlers:
+        formatter = handler.formatter
+        # Celery's own formatter; not its task formatter (a subclass), not ours.
+        if isinstance(formatter, ColorFormatter) and type(formatter) is ColorFormatter:
+            fmt = with_notification_id(formatter._fmt or "%(message)s")
+            replacement = ContextColorFormatter(fmt, use_color=formatter.use_color)
+            replacement.datefmt = formatter.datefmt
+            handler.setFormatter(replacement)
+        if not any(isinstance(f, NotificationIdFilter) for f in handler.filters):
+            handler.addFilter(NotificationIdFilter())

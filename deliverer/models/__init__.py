@@ -1,0 +1,33 @@
+"""The data model. Importing this package registers every table on ``Base.metadata``."""
+
+from deliverer.models.alert import Alert
+from deliverer.models.base import Base, utcnow
+from deliverer.models.endpoint import Endpoint
+from deliverer.models.event import Event
+from deliverer.models.notification import (
+    Attempt,
+    Lane,
+    Notification,
+    NotificationStatus,
+    Trigger,
+)
+from deliverer.models.partner import ApiKey, Partner, PartnerFlow, WebhookSettings
+from deliverer.models.request_log import PartnerRequest
+
+__all__ = [
+    "Alert",
+    "ApiKey",
+    "Attempt",
+    "Base",
+    "Endpoint",
+    "Event",
+    "Lane",
+    "Notification",
+    "NotificationStatus",
+    "Partner",
+    "PartnerFlow",
+    "PartnerRequest",
+    "Trigger",
+    "WebhookSettings",
+    "utcnow",
+]

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from deliverer.models.base import Base, new_id, utcnow
+
+
+class Event(Base):
+    """Something that happened to a partner's transaction or invoice."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "partner_id", "reference", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
+    type: Mapped[str] = mapped_column(String(100))
+    reference: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    # The exact bytes POSTed, serialised once at publish: every attempt sends the same
+    # body, so signatures and receivers' deduplication stay consistent.
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

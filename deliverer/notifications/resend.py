@@ -1,0 +1,160 @@
+"""Resending the latest webhook of a transaction or invoice (seeds 002 and 004).
+
+A resend is a delivery of its own: it sends the event again to its callback URL or the
+partner's current webhook URL, is recorded as an attempt (trigger ``resend``) on the
+notification, and changes no status of the original, so calling it again has no side
+effect beyond another POST. Its progress lives on its ``partner_requests`` row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.db import on_commit, session_scope
+from deliverer.delivery import service as delivery
+from deliverer.errors import Conflict, DelivererError, NotFound
+from deliverer.models import (
+    Attempt,
+    Event,
+    Notification,
+    NotificationStatus,
+    PartnerRequest,
+    Trigger,
+    WebhookSettings,
+    utcnow,
+)
+from deliverer.notifications.service import (
+    ACCEPTED,
+    RequestKind,
+    check_rate,
+    lock_partner,
+    record_request,
+    reject,
+)
+from deliverer.partners.service import Principal
+
+PENDING = "PENDING"
+SENDING = "SENDING"
+
+
+class TransactionNotFound(NotFound):
+    message = "Transaction not found"
+
+
+class NoWebhookUrl(Conflict):
+    message = "No webhook URL is configured for this partner"
+
+
+@dataclass(frozen=True)
+class ResendRequest:
+    request_id: int
+    reference: str
+    url: str
+    notification_id: str
+
+
+def request_resend(session: Session, settings: Settings, principal: Principal,
+                   reference: str, now: datetime | None = None) -> ResendRequest:
+    now = now or utcnow()
+    lock_partner(session, principal.partner_id)
+    try:
+        row = session.execute(
+            select(Event, Notification)
+            .join(Notification, Notification.event_id == Event.id)
+            .where(Event.partner_id == principal.partner_id, Event.reference == reference)
+            .order_by(Event.created_at.desc(), Notification.created_at.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            raise TransactionNotFound()
+        event, notification = row
+        webhook_settings = session.get(WebhookSettings, principal.partner_id)
+        url = event.callback_url or (webhook_settings.url if webhook_settings else None)
+        if not url:
+            raise NoWebhookUrl()
+        check_rate(session, principal.partner_id, RequestKind.RESEND,
+                   settings.resend_rate_per_minute, now)
+    except DelivererError as error:
+        reject(session, principal, RequestKind.RESEND, error, reference=reference[:200])
+        raise
+    request = record_request(session, principal, RequestKind.RESEND, ACCEPTED,
+                             notification_id=notification.id, reference=reference,
+                             delivery_status=PENDING, now=now)
+    request_id = request.id
+    on_commit(session, lambda: enqueue_resend(request_id))
+    return ResendRequest(request_id, reference, url, notification.id)
+
+
+def enqueue_resend(request_id: int) -> None:
+    from deliverer.notifications.tasks import resend
+    from deliverer.scheduling import queues
+
+    resend.apply_async(args=[request_id], queue=queues.MANUAL)
+
+
+def perform_resend(request_id: int, settings: Settings) -> str | None:
+    """The worker side: one POST per resend request, however often the task runs."""
+    with session_scope() as session:
+        taken = session.execute(
+            update(PartnerRequest)
+            .where(PartnerRequest.id == request_id, PartnerRequest.delivery_status == PENDING)
+            .values(delivery_status=SENDING)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if taken != 1:
+            return None
+        request = session.get(PartnerRequest, request_id)
+        assert request is not None and request.notification_id is not None
+        notification = session.get(Notification, request.notification_id)
+        assert notification is not None
+        event = session.get(Event, notification.event_id)
+        assert event is not None
+        webhook_settings = session.get(WebhookSettings, notification.partner_id)
+        url = event.callback_url or (webhook_settings.url if webhook_settings else None) or ""
+        job = delivery.DeliveryJob(
+            notification_id=notification.id, lease_token="", url=url,
+            body=event.body.encode(),
+            secrets=webhook_settings.active_secrets(utcnow()) if webhook_settings else [],
+            trigger=Trigger.RESEND, endpoint_id=None, endpoint_failing=False,
+        )
+    result = delivery.perform(job, settings)
+    status = NotificationStatus.SENT if result.success else NotificationStatus.FAILED
+    with session_scope() as session:
+        session.add(Attempt(
+            notification_id=job.notification_id, trigger=Trigger.RESEND, url=job.url,
+            started_at=result.started_at, duration_ms=result.duration_ms,
+            success=result.success, response_status=result.status_code,
+            response_body=result.body, error_payload=result.error,
+        ))
+        session.execute(
+            update(PartnerRequest).where(PartnerRequest.id == request_id)
+            .values(delivery_status=status)
+        )
+    return status
+
+
+def wait_for_outcome(request_id: int, timeout: float) -> tuple[str, dict | None]:
+    """Poll the request row briefly: (delivery status, the error payload if it failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope() as session:
+            status = session.scalar(
+                select(PartnerRequest.delivery_status).where(PartnerRequest.id == request_id)
+            )
+            if status == NotificationStatus.FAILED:
+                error = session.scalar(
+                    select(Attempt.error_payload)
+                    .join(PartnerRequest, PartnerRequest.notification_id == Attempt.notification_id)
+                    .where(PartnerRequest.id == request_id, Attempt.trigger == Trigger.RESEND)
+                    .order_by(Attempt.id.desc()).limit(1)
+                )
+                return status, error
+        if status == NotificationStatus.SENT or time.monotonic() >= deadline:
+            return status or PENDING, None
+        time.sleep(0.05)

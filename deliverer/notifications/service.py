@@ -1,0 +1,326 @@
+"""What merchants do with their notifications: list, read, retry, ignore (seeds 000, 003).
+
+Manual retries are limited per notification (3) and per partner (10 a rolling minute).
+Both limits hold under concurrent requests: on PostgreSQL the partner row is locked for
+the decision; on SQLite every write transaction is serialised (BEGIN IMMEDIATE). The
+limits count rows of ``partner_requests``, the audit trail, so they need no Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.db import on_commit
+from deliverer.delivery import endpoint_queue
+from deliverer.errors import Conflict, DelivererError, NotificationNotFound, TooManyRequests
+from deliverer.models import (
+    Attempt,
+    Event,
+    Lane,
+    Notification,
+    NotificationStatus,
+    Partner,
+    PartnerRequest,
+    WebhookSettings,
+    utcnow,
+)
+from deliverer.partners.service import Principal
+from deliverer.publishing.service import next_sequence
+from deliverer.scheduling.enqueue import enqueue_delivery
+
+NOT_FAILED = "Notification is not in FAILED status"
+MAX_MANUAL = "Partner webhook notification has reached the maximum number of manual retries ({n})"
+ALREADY_SENT = "Notification has already been delivered"
+
+RATE_WINDOW = timedelta(minutes=1)
+
+
+class RequestKind:
+    RETRY = "retry"
+    RESEND = "resend"
+    IGNORE = "ignore"
+
+
+ACCEPTED = "ACCEPTED"
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def get_notification(session: Session, partner_id: str, notification_id: str,
+                     *, for_update: bool = False) -> Notification:
+    """The partner's notification, or 404 (also for another partner's: no existence leak)."""
+    if not is_uuid(notification_id):
+        raise NotificationNotFound()
+    query = select(Notification).where(Notification.id == notification_id,
+                                       Notification.partner_id == partner_id)
+    if for_update:
+        query = query.with_for_update()
+    notification = session.scalar(query)
+    if notification is None:
+        raise NotificationNotFound()
+    return notification
+
+
+def get_event(session: Session, notification: Notification) -> Event:
+    event = session.get(Event, notification.event_id)
+    assert event is not None  # FK
+    return event
+
+
+def attempts_of(session: Session, notification_id: str) -> list[Attempt]:
+    return list(session.scalars(
+        select(Attempt).where(Attempt.notification_id == notification_id)
+        .order_by(Attempt.started_at.desc(), Attempt.id.desc())
+    ))
+
+
+# -- listing ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ListFilters:
+    status: str | None = None
+    event_type: str | None = None
+    reference: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    limit: int = 20
+    cursor: str | None = None
+
+
+class InvalidCursor(DelivererError):
+    message = "Invalid cursor"
+
+
+def _encode_cursor(created_at: datetime, notification_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{notification_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, notification_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None or not is_uuid(notification_id):
+            raise InvalidCursor()
+        created_at = created_at.astimezone(UTC)  # OverflowError for 0001-01-01T00:00+01:00
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor() from exc
+    return created_at, notification_id
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[tuple[Notification, Event]]
+    next_cursor: str | None
+
+
+def list_notifications(session: Session, partner_id: str, filters: ListFilters) -> Page:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = (
+        select(Notification, Event)
+        .join(Event, Event.id == Notification.event_id)
+        .where(Notification.partner_id == partner_id)
+    )
+    if filters.status:
+        query = query.where(Notification.status == filters.status)
+    if filters.event_type:
+        query = query.where(Event.type == filters.event_type)
+    if filters.reference:
+        query = query.where(Event.reference == filters.reference)
+    if filters.created_from:
+        query = query.where(Notification.created_at >= filters.created_from)
+    if filters.created_to:
+        query = query.where(Notification.created_at < filters.created_to)
+    if filters.cursor:
+        created_at, notification_id = _decode_cursor(filters.cursor)
+        query = query.where(or_(
+            Notification.created_at < created_at,
+            and_(Notification.created_at == created_at, Notification.id < notification_id),
+        ))
+    rows = session.execute(
+        query.order_by(Notification.created_at.desc(), Notification.id.desc())
+        .limit(filters.limit + 1)
+    ).all()
+    items = [(r[0], r[1]) for r in rows[: filters.limit]]
+    next_cursor = None
+    if len(rows) > filters.limit:
+        last = items[-1][0]
+        next_cursor = _encode_cursor(last.created_at, last.id)
+    return Page(items, next_cursor)
+
+
+# -- the audit trail and the limits ---------------------------------------------------
+
+def record_request(session: Session, principal: Principal, kind: str, outcome: str, *,
+                   notification_id: str | None = None, reference: str | None = None,
+                   delivery_status: str | None = None,
+                   now: datetime | None = None) -> PartnerRequest:
+    row = PartnerRequest(partner_id=principal.partner_id, api_key_id=principal.api_key_id,
+                         kind=kind, outcome=outcome, notification_id=notification_id,
+                         reference=reference, delivery_status=delivery_status,
+                         created_at=now or utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def reject(session: Session, principal: Principal, kind: str, error: DelivererError, *,
+           notification_id: str | None = None, reference: str | None = None) -> None:
+    """Keep a refused request on record even though the request's changes roll back."""
+    session.rollback()
+    record_request(session, principal, kind, error.code, notification_id=notification_id,
+                   reference=reference)
+    session.commit()
+    raise error
+
+
+def lock_partner(session: Session, partner_id: str) -> None:
+    """Serialise the limit decisions of one partner (PostgreSQL; SQLite is serial anyway).
+
+    FOR NO KEY UPDATE, not FOR UPDATE: it serialises these decisions just the same but
+    does not block the FOR KEY SHARE locks that foreign-key checks take on the partner
+    row (a worker inserting an alert while it holds a notification row), which made a
+    lock-order deadlock with a retry holding the partner and waiting for that row.
+    """
+    session.execute(
+        select(Partner.id).where(Partner.id == partner_id).with_for_update(key_share=True)
+    )
+
+
+def check_rate(session: Session, partner_id: str, kind: str, per_minute: int,
+               now: datetime) -> None:
+    since = now - RATE_WINDOW
+    count, oldest = session.execute(
+        select(func.count(), func.min(PartnerRequest.created_at)).where(
+            PartnerRequest.partner_id == partner_id,
+            PartnerRequest.kind == kind,
+            PartnerRequest.outcome == ACCEPTED,
+            PartnerRequest.created_at > since,
+        )
+    ).one()
+    if count >= per_minute:
+        wait = 1
+        if oldest is not None:
+            wait = max(1, math.ceil((oldest + RATE_WINDOW - now).total_seconds()))
+        raise TooManyRequests(headers={"Retry-After": str(wait)})
+
+
+# -- retry and ignore -------------------------------------------------------------------
+
+def _check_retryable(notification: Notification, settings: Settings) -> None:
+    if notification.status != NotificationStatus.FAILED:
+        raise Conflict(NOT_FAILED)
+    if notification.manual_retry_count >= settings.max_manual_retries:
+        raise Conflict(MAX_MANUAL.format(n=settings.max_manual_retries))
+
+
+def manual_retry(session: Session, settings: Settings, principal: Principal,
+                 notification_id: str, now: datetime | None = None) -> Notification:
+    """Seed 000: queue a FAILED notification for immediate re-delivery, a fresh cycle."""
+    now = now or utcnow()
+    lock_partner(session, principal.partner_id)
+    try:
+        # Checked without a row lock first: a refused request must not lock the row, or a
+        # worker claiming it (SKIP LOCKED) would see it busy and drop the delivery message
+        # of the retry that was just accepted.
+        notification = get_notification(session, principal.partner_id, notification_id)
+        _check_retryable(notification, settings)
+        check_rate(session, principal.partner_id, RequestKind.RETRY,
+                   settings.manual_retry_rate_per_minute, now)
+        # Retryable: lock it and look again (a worker may have recorded an attempt since).
+        session.refresh(notification, with_for_update={"key_share": True})
+        _check_retryable(notification, settings)
+    except DelivererError as error:
+        reject(session, principal, RequestKind.RETRY, error,
+               notification_id=notification_id if is_uuid(notification_id) else None)
+        raise  # unreachable: reject raises
+
+    _repoint_to_current_url(session, notification, now)
+    notification.manual_retry_count += 1
+    start_fresh_cycle(notification, now, due=now)
+    notification.scheduled_for = now
+    notification.enqueued_at = now
+    record_request(session, principal, RequestKind.RETRY, ACCEPTED,
+                   notification_id=notification.id, now=now)
+    nid = notification.id
+    on_commit(session, lambda: enqueue_delivery(nid, Lane.MANUAL))
+    return notification
+
+
+def start_fresh_cycle(notification: Notification, now: datetime, *, due: datetime) -> None:
+    """Seed 000's reset for a manual retry (also an operator's replay): retryAttempts 0,
+    latestErrorPayload cleared, a new 30-day cycle, next attempt on the manual lane."""
+    notification.held = False
+    notification.retry_attempts = 0
+    notification.latest_error_payload = None
+    notification.status = NotificationStatus.PENDING
+    notification.cycle_started_at = now
+    notification.next_attempt_at = due
+    notification.lane = Lane.MANUAL
+    # A lease still held by an automatic attempt in flight is void: its outcome is
+    # recorded as an attempt but no longer decides the state.
+    notification.lease_token = None
+    notification.lease_expires_at = None
+    notification.updated_at = now
+
+
+def _repoint_to_current_url(session: Session, notification: Notification,
+                            now: datetime) -> None:
+    """Seed 000: merchants fix their URL in the settings, then retry."""
+    event = get_event(session, notification)
+    if event.callback_url:
+        return
+    settings_row = session.get(WebhookSettings, notification.partner_id)
+    url = settings_row.url if settings_row else None
+    if not url or url == notification.url:
+        return
+    endpoint_id, sequence = next_sequence(session, notification.partner_id, url, now)
+    notification.url = url
+    notification.endpoint_id = endpoint_id
+    notification.sequence = sequence
+
+
+def ignore(session: Session, principal: Principal, notification_id: str,
+           now: datetime | None = None) -> Notification:
+    """Seed 003 "Ignore notification": out of the retry queue for good."""
+    now = now or utcnow()
+    try:
+        notification = get_notification(session, principal.partner_id, notification_id,
+                                        for_update=True)
+        if notification.status == NotificationStatus.SENT:
+            raise Conflict(ALREADY_SENT)
+    except DelivererError as error:
+        reject(session, principal, RequestKind.IGNORE, error,
+               notification_id=notification_id if is_uuid(notification_id) else None)
+        raise
+    if notification.status != NotificationStatus.NOT_SENT:
+        notification.status = NotificationStatus.NOT_SENT
+        notification.next_attempt_at = None
+        notification.scheduled_for = None
+        notification.lease_token = None
+        notification.lease_expires_at = None
+        notification.held = False
+        notification.updated_at = now
+        if notification.endpoint_id is not None:
+            # If it was the head of its endpoint's queue, the next one takes over.
+            session.flush()
+            endpoint_queue.promote_next(session, notification.endpoint_id, now)
+    record_request(session, principal, RequestKind.IGNORE, ACCEPTED,
+                   notification_id=notification.id, now=now)
+    return notification

@@ -1,0 +1,235 @@
+"""Read-only queries behind the operator console: failing endpoints, search, event log.
+
+Operators see every partner, so nothing here is scoped to one (unlike the partner API).
+Every list is bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from deliverer.models import (
+    Alert,
+    Attempt,
+    Endpoint,
+    Event,
+    Notification,
+    NotificationStatus,
+    Partner,
+    PartnerRequest,
+)
+from deliverer.notifications.service import is_uuid
+
+MAX_ROWS = 500
+
+
+@dataclass(frozen=True)
+class FailingEndpoint:
+    endpoint: Endpoint
+    partner_name: str
+    queue_depth: int  # FAILED and still to be tried: climbing the ladder or held behind it
+    held: int  # of which waiting behind the head of the queue
+    exhausted: int  # FAILED with no attempt left (30 days passed)
+    next_retry_at: datetime | None
+    last_error: dict[str, Any] | None
+    last_error_at: datetime | None
+
+
+def failing_endpoints(session: Session, limit: int = 200) -> list[FailingEndpoint]:
+    """Endpoints failing now, disabled, or with FAILED notifications; longest failing first."""
+    live = or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True))
+    per_endpoint = (
+        select(
+            Notification.endpoint_id.label("endpoint_id"),
+            func.sum(case((live, 1), else_=0)).label("queued"),
+            func.sum(case((Notification.held.is_(True), 1), else_=0)).label("held"),
+            func.sum(case((live, 0), else_=1)).label("exhausted"),
+            func.min(Notification.next_attempt_at).label("next_retry_at"),
+        )
+        .where(Notification.status == NotificationStatus.FAILED,
+               Notification.endpoint_id.is_not(None))
+        .group_by(Notification.endpoint_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Endpoint, Partner.name, per_endpoint.c.queued, per_endpoint.c.held,
+               per_endpoint.c.exhausted, per_endpoint.c.next_retry_at)
+        .join(Partner, Partner.id == Endpoint.partner_id)
+        .outerjoin(per_endpoint, per_endpoint.c.endpoint_id == Endpoint.id)
+        .where(or_(Endpoint.failing_since.is_not(None), Endpoint.disabled_at.is_not(None),
+                   per_endpoint.c.endpoint_id.is_not(None)))
+        .order_by(Endpoint.failing_since.is_(None), Endpoint.failing_since,
+                  func.coalesce(per_endpoint.c.queued, 0).desc(), Endpoint.id)
+        .limit(min(limit, MAX_ROWS))
+    ).all()
+    result = []
+    for endpoint, partner_name, queued, held, exhausted, next_retry_at in rows:
+        last_error, last_error_at = _last_error(session, endpoint.id)
+        result.append(FailingEndpoint(
+            endpoint=endpoint, partner_name=partner_name, queue_depth=int(queued or 0),
+            held=int(held or 0), exhausted=int(exhausted or 0),
+            next_retry_at=next_retry_at, last_error=last_error, last_error_at=last_error_at))
+    return result
+
+
+def _last_error(session: Session, endpoint_id: int) -> tuple[dict[str, Any] | None,
+                                                             datetime | None]:
+    """The newest failed attempt's error to this endpoint (the head's, usually)."""
+    row = session.execute(
+        select(Attempt.error_payload, Attempt.started_at)
+        .join(Notification, Notification.id == Attempt.notification_id)
+        .where(Notification.endpoint_id == endpoint_id, Attempt.success.is_(False))
+        .order_by(Attempt.started_at.desc(), Attempt.id.desc())
+        .limit(1)
+    ).first()
+    if row is not None and row[0]:
+        return row[0], row[1]
+    payload = session.scalar(
+        select(Notification.latest_error_payload)
+        .where(Notification.endpoint_id == endpoint_id,
+               Notification.status == NotificationStatus.FAILED)
+        .order_by(Notification.updated_at.desc()).limit(1)
+    )
+    return (payload or None), None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    notification: Notification
+    event: Event
+    partner_name: str
+
+
+def search_notifications(session: Session, *, q: str | None = None,
+                         partner: str | None = None, reference: str | None = None,
+                         status: str | None = None, endpoint_id: int | None = None,
+                         limit: int = 100) -> list[SearchResult]:
+    """Newest first. ``q``: a notification or event id, else a reference; ``partner``: a
+    partner id, else part of its name."""
+    query = (
+        select(Notification, Event, Partner.name)
+        .join(Event, Event.id == Notification.event_id)
+        .join(Partner, Partner.id == Notification.partner_id)
+    )
+    q = (q or "").strip()
+    if q:
+        if is_uuid(q):
+            query = query.where(or_(Notification.id == q, Notification.event_id == q))
+        else:
+            query = query.where(Event.reference == q)
+    partner = (partner or "").strip()
+    if partner:
+        if is_uuid(partner):
+            query = query.where(Notification.partner_id == partner)
+        else:
+            pattern = "%" + partner.lower().replace("\\", "\\\\").replace("%", "\\%") \
+                .replace("_", "\\_") + "%"
+            query = query.where(func.lower(Partner.name).like(pattern, escape="\\"))
+    if reference and reference.strip():
+        query = query.where(Event.reference == reference.strip())
+    if status:
+        query = query.where(Notification.status == status)
+    if endpoint_id is not None:
+        query = query.where(Notification.endpoint_id == endpoint_id)
+    rows = session.execute(
+        query.order_by(Notification.created_at.desc(), Notification.id.desc())
+        .limit(max(1, min(limit, MAX_ROWS)))
+    ).all()
+    return [SearchResult(n, e, name) for n, e, name in rows]
+
+
+@dataclass(frozen=True)
+class NotificationDetail:
+    notification: Notification
+    event: Event
+    partner: Partner
+    endpoint: Endpoint | None
+    attempts: list[Attempt]
+    requests: list[PartnerRequest]
+    queue_head: Notification | None  # what a held notification waits behind
+
+
+def notification_detail(session: Session, notification_id: str) -> NotificationDetail | None:
+    if not is_uuid(notification_id):
+        return None
+    notification = session.get(Notification, notification_id)
+    if notification is None:
+        return None
+    event = session.get(Event, notification.event_id)
+    partner = session.get(Partner, notification.partner_id)
+    assert event is not None and partner is not None  # foreign keys
+    endpoint = (session.get(Endpoint, notification.endpoint_id)
+                if notification.endpoint_id is not None else None)
+    attempts = list(session.scalars(
+        select(Attempt).where(Attempt.notification_id == notification.id)
+        .order_by(Attempt.started_at.desc(), Attempt.id.desc()).limit(MAX_ROWS)))
+    requests = list(session.scalars(
+        select(PartnerRequest).where(PartnerRequest.notification_id == notification.id)
+        .order_by(PartnerRequest.created_at.desc(), PartnerRequest.id.desc())
+        .limit(MAX_ROWS)))
+    head = None
+    if getattr(notification, "held", False) and notification.endpoint_id is not None:
+        head = session.scalar(
+            select(Notification).where(
+                Notification.endpoint_id == notification.endpoint_id,
+                Notification.status == NotificationStatus.FAILED,
+                Notification.held.is_(False),
+                Notification.next_attempt_at.is_not(None),
+            ).order_by(Notification.sequence).limit(1))
+    return NotificationDetail(notification, event, partner, endpoint, attempts, requests, head)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    event: Event
+    partner_name: str
+    notification: Notification | None
+
+
+def recent_events(session: Session, *, partner: str | None = None,
+                  limit: int = 100) -> list[EventRow]:
+    """The event log: newest events with their notification's delivery status."""
+    query = (
+        select(Event, Partner.name, Notification)
+        .join(Partner, Partner.id == Event.partner_id)
+        .outerjoin(Notification, Notification.event_id == Event.id)
+    )
+    if partner and partner.strip():
+        partner = partner.strip()
+        if is_uuid(partner):
+            query = query.where(Event.partner_id == partner)
+        else:
+            query = query.where(func.lower(Partner.name) == partner.lower())
+    rows = session.execute(
+        query.order_by(Event.created_at.desc(), Event.id.desc())
+        .limit(max(1, min(limit, MAX_ROWS)))
+    ).all()
+    return [EventRow(e, name, n) for e, name, n in rows]
+
+
+def recent_actions(session: Session, limit: int = 50) -> list[tuple[PartnerRequest, str]]:
+    """Retries, resends and ignores by merchants and operators, newest first."""
+    rows = session.execute(
+        select(PartnerRequest, Partner.name)
+        .join(Partner, Partner.id == PartnerRequest.partner_id)
+        .order_by(PartnerRequest.created_at.desc(), PartnerRequest.id.desc())
+        .limit(max(1, min(limit, MAX_ROWS)))
+    ).all()
+    return [(r, name) for r, name in rows]
+
+
+def recent_alerts(session: Session, limit: int = 20) -> list[tuple[Alert, str, str | None]]:
+    """Failing-endpoint alerts, newest first: (alert, partner name, endpoint URL)."""
+    rows = session.execute(
+        select(Alert, Partner.name, Endpoint.url)
+        .join(Partner, Partner.id == Alert.partner_id)
+        .outerjoin(Endpoint, and_(Endpoint.id == Alert.endpoint_id))
+        .order_by(Alert.created_at.desc(), Alert.id.desc())
+        .limit(max(1, min(limit, MAX_ROWS)))
+    ).all()
+    return [(a, name, url) for a, name, url in rows]

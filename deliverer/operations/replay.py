@@ -1,0 +1,227 @@
+"""Operator retries: one notification from the console, or many at once (bulk replay).
+
+An operator retry resets a notification exactly like a merchant's manual retry (a fresh
+cycle on the manual lane, sent to the partner's current webhook URL, queued after the
+commit) but is not bound by the merchant's limits (3 manual retries per notification, 10
+a minute): an operator is the escape hatch when those are exhausted, and replaying after
+an outage may concern thousands of notifications. It still obeys the status rule: only
+FAILED notifications (and, when asked for, NOT_SENT ones) are replayed; a SENT one never
+is. It does not use up the merchant's manual retries (``manual_retry_count`` unchanged).
+
+Every operator action is on the audit trail: a ``partner_requests`` row with no API key
+and the outcome ``OPERATOR``. The merchant rate limits count ``ACCEPTED`` rows only, so
+operator work never eats into a merchant's allowance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.db import on_commit, session_scope
+from deliverer.errors import Conflict, NotificationNotFound, PartnerNotFound
+from deliverer.models import (
+    Lane,
+    Notification,
+    NotificationStatus,
+    Partner,
+    PartnerRequest,
+    utcnow,
+)
+from deliverer.notifications.service import (
+    NOT_FAILED,
+    RequestKind,
+    _repoint_to_current_url,
+    is_uuid,
+    start_fresh_cycle,
+)
+from deliverer.publishing.service import next_sequence
+from deliverer.scheduling.enqueue import enqueue_delivery
+
+OPERATOR = "OPERATOR"  # partner_requests.outcome of an operator's action
+
+NO_URL = "The partner has no webhook URL to send to"
+
+
+def record_operator_action(session: Session, notification: Notification, kind: str,
+                           now: datetime) -> PartnerRequest:
+    row = PartnerRequest(partner_id=notification.partner_id, api_key_id=None, kind=kind,
+                         outcome=OPERATOR, notification_id=notification.id, created_at=now)
+    session.add(row)
+    return row
+
+
+def requeue(session: Session, settings: Settings, notification: Notification, now: datetime,
+            *, due_at: datetime | None = None) -> bool:
+    """Reset ``notification`` like a manual retry and queue it once the session commits.
+
+    Mirrors ``deliverer.notifications.service.manual_retry`` minus the limits and minus
+    ``manual_retry_count``. ``due_at`` (bulk replay at a bounded rate) delays the attempt:
+    within the sweep horizon it is enqueued with that ETA, later the beat sweep enqueues
+    it. Returns False, changing nothing, when there is no URL to send to.
+    """
+    _repoint_to_current_url(session, notification, now)
+    if not notification.url:
+        return False
+    if notification.endpoint_id is None:
+        # Never had an endpoint (it was NOT_SENT at publish: webhooks disabled): give it
+        # one, so ordering, health and the per-endpoint queue apply to it like any other.
+        notification.endpoint_id, notification.sequence = next_sequence(
+            session, notification.partner_id, notification.url, now)
+    due = max(now, due_at) if due_at is not None else now
+    start_fresh_cycle(notification, now, due=due)
+    if (due - now).total_seconds() <= settings.sweep_horizon:
+        notification.scheduled_for = due
+        notification.enqueued_at = now
+        nid = notification.id
+        eta = due if due > now else None
+        on_commit(session, lambda: enqueue_delivery(nid, Lane.MANUAL, eta))
+    else:
+        notification.scheduled_for = None  # the beat sweep sends it when it is near
+    return True
+
+
+def _lock(session: Session, notification_id: str) -> Notification:
+    if not is_uuid(notification_id):
+        raise NotificationNotFound()
+    row = session.scalar(select(Notification).where(Notification.id == notification_id)
+                         .with_for_update())
+    if row is None:
+        raise NotificationNotFound()
+    return row
+
+
+def operator_retry(session: Session, settings: Settings, notification_id: str,
+                   now: datetime | None = None) -> Notification:
+    """Retry one FAILED notification now, whatever its merchant limits. Commits nothing."""
+    now = now or utcnow()
+    notification = _lock(session, notification_id)
+    if notification.status != NotificationStatus.FAILED:
+        raise Conflict(NOT_FAILED)
+    if not requeue(session, settings, notification, now):
+        raise Conflict(NO_URL)
+    record_operator_action(session, notification, RequestKind.RETRY, now)
+    session.flush()
+    return notification
+
+
+def operator_ignore(session: Session, notification_id: str,
+                    now: datetime | None = None) -> Notification:
+    """Take a notification out of the retry queue for good: the merchant's Ignore.
+
+    Runs the partner API's own ``ignore`` (so the endpoint's queue moves on the same
+    way), then relabels its audit row as an operator's. Commits nothing.
+    """
+    from deliverer.notifications import service
+    from deliverer.partners.service import Principal
+
+    now = now or utcnow()
+    owner = _lock(session, notification_id).partner_id
+    notification = service.ignore(session, Principal(owner, None), notification_id, now)
+    row = session.scalar(
+        select(PartnerRequest)
+        .where(PartnerRequest.notification_id == notification.id,
+               PartnerRequest.kind == RequestKind.IGNORE,
+               PartnerRequest.api_key_id.is_(None),
+               PartnerRequest.outcome == service.ACCEPTED)
+        .order_by(PartnerRequest.id.desc()).limit(1)
+    )
+    if row is not None:
+        row.outcome = OPERATOR
+    session.flush()
+    return notification
+
+
+# -- bulk replay ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    partner_id: str
+    endpoint_url: str | None = None
+    since: datetime | None = None  # notification created at or after
+    until: datetime | None = None  # notification created before
+    include_not_sent: bool = False
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        if self.include_not_sent:
+            return (NotificationStatus.FAILED, NotificationStatus.NOT_SENT)
+        return (NotificationStatus.FAILED,)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    matched: int
+    replayed: int
+    skipped: int  # changed status meanwhile (delivered, retried), or nowhere to send
+
+
+def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
+    """Ids of the matching notifications, oldest first (per endpoint: sequence order)."""
+    if session.get(Partner, flt.partner_id) is None:
+        raise PartnerNotFound()
+    query = select(Notification.id).where(Notification.partner_id == flt.partner_id,
+                                          Notification.status.in_(flt.statuses))
+    if flt.endpoint_url is not None:
+        query = query.where(Notification.url == flt.endpoint_url)
+    if flt.since is not None:
+        query = query.where(Notification.created_at >= flt.since)
+    if flt.until is not None:
+        query = query.where(Notification.created_at < flt.until)
+    return list(session.scalars(query.order_by(Notification.created_at, Notification.sequence,
+                                               Notification.id)))
+
+
+def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
+               statuses: Sequence[str], now: datetime, *, start_index: int = 0,
+               rate: float | None = None) -> int:
+    """Requeue those of ``ids`` still in ``statuses``; returns how many. Commits nothing."""
+    rows = {n.id: n for n in session.scalars(
+        select(Notification).where(Notification.id.in_(list(ids))).with_for_update())}
+    replayed = 0
+    for offset, nid in enumerate(ids):
+        row = rows.get(nid)
+        if row is None or row.status not in statuses:
+            continue
+        due = None
+        if rate:
+            due = now + timedelta(seconds=(start_index + offset) / rate)
+        if requeue(session, settings, row, now, due_at=due):
+            record_operator_action(session, row, RequestKind.RETRY, now)
+            replayed += 1
+    session.flush()
+    return replayed
+
+
+def replay(settings: Settings, flt: ReplayFilter, *, batch_size: int = 200,
+           rate: float | None = None, progress: Callable[[int], object] | None = None,
+           now: datetime | None = None) -> ReplayResult:
+    """Replay every matching notification, one short transaction per batch.
+
+    ``rate`` (notifications per second) spreads the attempts out instead of sending them
+    all at once, for an endpoint that has just come back. ``progress`` is called with the
+    number of notifications handled after each batch (the CLI's progress bar).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be positive")
+    with session_scope() as session:
+        ids = find_replayable(session, flt)
+    start = now or utcnow()
+    replayed = 0
+    for index in range(0, len(ids), batch_size):
+        batch = ids[index:index + batch_size]
+        with session_scope() as session:
+            # With a rate, every batch keeps the schedule computed from the start.
+            replayed += replay_ids(session, settings, batch, flt.statuses,
+                                   start if rate else (now or utcnow()),
+                                   start_index=index, rate=rate)
+        if progress is not None:
+            progress(len(batch))
+    return ReplayResult(matched=len(ids), replayed=replayed, skipped=len(ids) - replayed)

@@ -1,0 +1,90 @@
+"""Partners, their API keys and their webhook settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.delivery import netguard, signing
+from deliverer.errors import InvalidPartnerFlow, PartnerNotFound, Unauthorized
+from deliverer.models import ApiKey, Partner, PartnerFlow, WebhookSettings, utcnow
+from deliverer.partners import keys
+
+
+@dataclass(frozen=True)
+class NewPartner:
+    partner_id: str
+    api_key: str  # shown once
+    signing_secret: str
+
+
+def create_partner(
+    session: Session,
+    settings: Settings,
+    *,
+    name: str,
+    webhook_url: str | None,
+    flow: str = PartnerFlow.WEBHOOK,
+    alert_email: str | None = None,
+) -> NewPartner:
+    if webhook_url:
+        netguard.validate_url(webhook_url, allow_private=settings.allow_private_urls)
+    partner = Partner(name=name, flow=PartnerFlow(flow), active=True, created_at=utcnow())
+    session.add(partner)
+    session.flush()
+    secret = signing.generate_secret()
+    session.add(WebhookSettings(partner_id=partner.id, url=webhook_url, enabled=True,
+                                alert_email=alert_email, signing_secret=secret))
+    api_key = issue_key(session, partner.id)
+    return NewPartner(partner.id, api_key, secret)
+
+
+def issue_key(session: Session, partner_id: str) -> str:
+    key = keys.generate_key()
+    session.add(ApiKey(partner_id=partner_id, prefix=key[: keys.DISPLAY_PREFIX_LEN],
+                       key_hash=keys.hash_key(key), created_at=utcnow()))
+    session.flush()
+    return key
+
+
+def rotate_key(session: Session, partner_id: str) -> str:
+    """Revoke every active key of the partner and issue a new one."""
+    if session.get(Partner, partner_id) is None:
+        raise PartnerNotFound()
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.partner_id == partner_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return issue_key(session, partner_id)
+
+
+@dataclass(frozen=True)
+class Principal:
+    partner_id: str
+    api_key_id: str | None  # None: an operator (console, CLI), not a merchant's key
+
+
+def authenticate(session: Session, raw_key: str | None) -> Principal:
+    """Resolve an API key to its partner, with seed 000's exact errors."""
+    if raw_key is None or raw_key.strip() == "":
+        raise Unauthorized("API Key is missing")
+    raw_key = raw_key.strip()
+    if not keys.looks_like_key(raw_key):
+        raise Unauthorized("Invalid API Key format")
+    wanted = keys.hash_key(raw_key)
+    row = session.execute(
+        select(ApiKey, Partner)
+        .join(Partner, Partner.id == ApiKey.partner_id)
+        .where(ApiKey.key_hash == wanted)
+    ).first()
+    # The index finds the row; compare_digest keeps the final comparison constant-time.
+    if row is None or not keys.same_hash(row[0].key_hash, wanted) or row[0].revoked_at:
+        raise Unauthorized("Invalid API Key")
+    api_key, partner = row
+    if not partner.active or partner.flow != PartnerFlow.WEBHOOK:
+        raise InvalidPartnerFlow()
+    return Principal(partner.id, api_key.id)

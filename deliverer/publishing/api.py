@@ -1,0 +1,25 @@
+"""The Python entry point for producers: ``deliverer.publish_event(...)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deliverer.config import get_settings
+from deliverer.db import session_scope
+from deliverer.publishing.service import Published
+from deliverer.publishing.service import publish_event as _publish_event
+from deliverer.publishing.service import publish_events as _publish_events
+
+
+def publish_event(partner_id: str, type: str, reference: str, payload: dict[str, Any],
+                  callback_url: str | None = None) -> Published:
+    """Record an event for a partner and queue its webhook; returns the ids."""
+    with session_scope() as session:
+        return _publish_event(session, get_settings(), partner_id=partner_id, type=type,
+                              reference=reference, payload=payload, callback_url=callback_url)
+
+
+def publish_events(partner_id: str, events: list[dict[str, Any]]) -> list[Published]:
+    """Bulk: ``events`` are dicts with type, reference, payload and optional callback_url."""
+    with session_scope() as session:
+        return _publish_events(session, get_settings(), partner_id=partner_id, events=events)

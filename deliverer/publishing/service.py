@@ -1,0 +1,190 @@
+"""Publishing an event: the event row, its notification and its sequence number in one
+transaction; the delivery message is sent only after that commit."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.db import on_commit
+from deliverer.delivery import netguard
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.errors import PartnerNotFound
+from deliverer.models import (
+    Endpoint,
+    Event,
+    Lane,
+    Notification,
+    NotificationStatus,
+    Partner,
+    WebhookSettings,
+    utcnow,
+)
+from deliverer.models.base import new_id
+from deliverer.scheduling.enqueue import enqueue_batch
+
+
+@dataclass(frozen=True)
+class Published:
+    event_id: str
+    notification_id: str
+    status: str
+    sequence: int | None
+
+
+def event_body(event: Event) -> str:
+    envelope = {
+        "id": event.id,
+        "type": event.type,
+        "reference": event.reference,
+        "timestamp": event.created_at.isoformat().replace("+00:00", "Z"),
+        "data": event.payload,
+    }
+    return json.dumps(envelope, separators=(",", ":"), sort_keys=True)
+
+
+def reserve_sequences(session: Session, partner_id: str, url: str, now: datetime,
+                      count: int = 1) -> tuple[int, int, str | None]:
+    """(endpoint id, first of ``count`` consecutive sequence numbers, the reason the
+    endpoint is disabled or None), creating the endpoint on first use.
+
+    The increment is part of the caller's transaction: a rolled-back publish gives its
+    numbers back, so numbers per endpoint have no gaps.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert_(Endpoint)
+        .values(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
+                consecutive_failures=0)
+        .on_conflict_do_nothing(index_elements=["partner_id", "url"])
+    )
+    row = session.execute(
+        update(Endpoint)
+        .where(Endpoint.partner_id == partner_id, Endpoint.url == url)
+        .values(last_sequence=Endpoint.last_sequence + count)
+        .returning(Endpoint.id, Endpoint.last_sequence, Endpoint.disabled_at,
+                   Endpoint.disabled_reason)
+        .execution_options(synchronize_session=False)
+    ).one()
+    disabled = (row[3] or "Endpoint disabled") if row[2] is not None else None
+    return int(row[0]), int(row[1]) - count + 1, disabled
+
+
+def next_sequence(session: Session, partner_id: str, url: str, now: datetime) -> tuple[int, int]:
+    """(endpoint id, sequence number) for one new notification to ``url``."""
+    endpoint_id, sequence, _disabled = reserve_sequences(session, partner_id, url, now)
+    return endpoint_id, sequence
+
+
+def publish_event(
+    session: Session,
+    settings: Settings,
+    *,
+    partner_id: str,
+    type: str,
+    reference: str,
+    payload: dict[str, Any],
+    callback_url: str | None = None,
+    now: datetime | None = None,
+) -> Published:
+    """Publish one event: the one-event case of ``publish_events``."""
+    event = {"type": type, "reference": reference, "payload": payload,
+             "callback_url": callback_url}
+    return publish_events(session, settings, partner_id=partner_id, events=[event], now=now)[0]
+
+
+def publish_events(
+    session: Session,
+    settings: Settings,
+    *,
+    partner_id: str,
+    events: Sequence[Mapping[str, Any]],
+    now: datetime | None = None,
+) -> list[Published]:
+    """Publish many events of one partner in one transaction (bulk producers).
+
+    Same rules as ``publish_event``; rows are written with multi-row INSERTs, sequence
+    numbers are reserved per endpoint in one statement, and deliveries are enqueued after
+    the commit as batches, so a large publish costs a handful of round trips.
+    """
+    now = now or utcnow()
+    partner = session.get(Partner, partner_id)
+    if partner is None:
+        raise PartnerNotFound()
+    webhook_settings = session.get(WebhookSettings, partner_id)
+    enabled = bool(partner.active and webhook_settings and webhook_settings.enabled)
+    default_url = webhook_settings.url if webhook_settings else None
+    checked: set[str] = set()
+    for spec in events:
+        callback_url = spec.get("callback_url")
+        if callback_url and callback_url not in checked:
+            netguard.validate_url(callback_url, allow_private=settings.allow_private_urls)
+            checked.add(callback_url)
+
+    urls: dict[str, int] = {}
+    for spec in events:
+        url = spec.get("callback_url") or default_url
+        if url and enabled:
+            urls[url] = urls.get(url, 0) + 1
+    # url -> (endpoint id, next number to hand out, disabled reason)
+    numbering: dict[str, list[Any]] = {}
+    for url, count in urls.items():
+        numbering[url] = list(reserve_sequences(session, partner_id, url, now, count))
+
+    event_rows: list[dict[str, Any]] = []
+    notification_rows: list[dict[str, Any]] = []
+    published: list[Published] = []
+    to_deliver: list[str] = []
+    for spec in events:
+        event = Event(id=new_id(), partner_id=partner_id, type=spec["type"],
+                      reference=spec["reference"], payload=spec["payload"],
+                      callback_url=spec.get("callback_url"), created_at=now)
+        event_rows.append({"id": event.id, "partner_id": partner_id, "type": event.type,
+                           "reference": event.reference, "payload": event.payload,
+                           "callback_url": event.callback_url, "body": event_body(event),
+                           "created_at": now})
+        url = event.callback_url or default_url
+        row: dict[str, Any] = {
+            "id": new_id(), "partner_id": partner_id, "event_id": event.id, "url": url,
+            "endpoint_id": None, "sequence": None, "status": NotificationStatus.NOT_SENT,
+            "retry_attempts": 0, "manual_retry_count": 0, "attempt_count": 0,
+            "latest_error_payload": None, "next_attempt_at": None, "cycle_started_at": now,
+            "sent_at": None, "lane": Lane.FIRST, "held": False, "lease_token": None,
+            "lease_expires_at": None, "scheduled_for": None, "enqueued_at": None,
+            "created_at": now, "updated_at": now,
+        }
+        if not url or not enabled:
+            reason = "No webhook URL configured" if not url else "Webhooks are disabled"
+            row["latest_error_payload"] = error_payload(FailureKind.NO_URL, reason)
+        else:
+            slot = numbering[url]
+            row["endpoint_id"], row["sequence"] = slot[0], slot[1]
+            slot[1] += 1
+            if slot[2] is not None:
+                row["latest_error_payload"] = error_payload(FailureKind.ENDPOINT_DISABLED,
+                                                            slot[2])
+            else:
+                row.update(status=NotificationStatus.PENDING, next_attempt_at=now,
+                           scheduled_for=now, enqueued_at=now)
+                to_deliver.append(row["id"])
+        notification_rows.append(row)
+        published.append(Published(event.id, row["id"], row["status"], row["sequence"]))
+    if event_rows:
+        session.execute(insert(Event), event_rows)
+        session.execute(insert(Notification), notification_rows)
+    size = max(1, settings.delivery_batch_size)
+    for start in range(0, len(to_deliver), size):
+        on_commit(session, functools.partial(enqueue_batch, to_deliver[start:start + size],
+                                             Lane.FIRST))
+    return published

@@ -1,0 +1,72 @@
+"""Handing a notification to the broker, after its row is committed."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import update
+
+from deliverer.db import session_scope
+from deliverer.models import Lane, Notification, utcnow
+from deliverer.scheduling import queues
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_delivery(
+    notification_id: str, lane: Lane | str, due_at: datetime | None = None
+) -> bool:
+    """Send the delivery message; on a broker failure, leave the row to the beat sweep.
+
+    Returns whether the message was sent. The row is already committed, so a broker
+    outage loses nothing: we clear its ``scheduled_for`` so the next sweep picks it up.
+    """
+    from deliverer.delivery.tasks import deliver
+
+    options: dict[str, object] = {"queue": queues.BY_LANE[Lane(lane)]}
+    if due_at is not None and due_at > utcnow():
+        options["eta"] = due_at
+    try:
+        deliver.apply_async(args=[notification_id], **options)
+        return True
+    except Exception:
+        log.warning("broker unavailable; the beat sweep will enqueue %s", notification_id,
+                    exc_info=True, extra={"notification_id": notification_id})
+    _release([notification_id])
+    return False
+
+
+def enqueue_batch(notification_ids: list[str], lane: Lane | str,
+                  due_at: datetime | None = None) -> bool:
+    """One message for several notifications of a lane (bulk publish, sweep)."""
+    if len(notification_ids) == 1:
+        return enqueue_delivery(notification_ids[0], lane, due_at)
+    from deliverer.delivery.tasks import deliver_many
+
+    options: dict[str, object] = {"queue": queues.BY_LANE[Lane(lane)]}
+    if due_at is not None and due_at > utcnow():
+        options["eta"] = due_at
+    try:
+        deliver_many.apply_async(args=[list(notification_ids)], **options)
+        return True
+    except Exception:
+        log.warning("broker unavailable; the beat sweep will enqueue %d notifications",
+                    len(notification_ids), exc_info=True)
+    _release(notification_ids)
+    return False
+
+
+def _release(notification_ids: list[str]) -> None:
+    """Mark rows as having no message, so the next sweep enqueues them."""
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(Notification)
+                .where(Notification.id.in_(notification_ids))
+                .values(scheduled_for=None)
+            )
+    except Exception:
+        # The lost-message grace in the sweep still catches these rows, only later.
+        log.exception("could not release %d notification(s) for the sweep",
+                      len(notification_ids))

@@ -1,0 +1,261 @@
+"""Bad input of every kind: a clear 4xx in the error format, never a 500, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deliverer.models import NotificationStatus
+from tests.api import helpers as t
+
+BASE = "/api/partner/v2"
+SETTINGS = f"{BASE}/webhook-settings"
+ROTATE = f"{BASE}/webhook-settings/rotate-secret"
+JSON = {"Content-Type": "application/json"}
+BIG = 300 * 1024  # over the 256 KiB request limit
+
+
+@pytest.fixture
+def partner(make_partner):
+    return make_partner("http://127.0.0.1:9/hook")
+
+
+@pytest.fixture
+def failed(partner):
+    return t.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook",
+                                 reference="TXN-1")
+
+
+def unchanged(partner, check):
+    """Run ``check`` and prove that no table and no setting changed (refusals may be logged)."""
+    counts = t.row_counts()
+    row = t.settings_row(partner.partner_id)
+    check()
+    after = t.row_counts()
+    assert {k: v for k, v in after.items() if k != "partner_requests"} == {
+        k: v for k, v in counts.items() if k != "partner_requests"}
+    assert t.accepted(partner.partner_id) == []
+    now = t.settings_row(partner.partner_id)
+    assert (now.url, now.enabled, now.alert_email, now.signing_secret, now.updated_at) == (
+        row.url, row.enabled, row.alert_email, row.signing_secret, row.updated_at)
+
+
+MALFORMED = ["{", "{'url': 'http://x'}", '{"url": }', "nul", "[1, 2", '{"a": 1}{',
+             "\ufeff{}", "null", "[]", "1", '"text"', "true", '{"enabled": NaN}']
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+@pytest.mark.parametrize("path", [SETTINGS, ROTATE])
+def test_malformed_json_is_400(partner, path, body):
+    method = "PUT" if path == SETTINGS else "POST"
+
+    def check():
+        response = partner.api.request(method, path, data=body.encode(), headers=JSON)
+        t.assert_error(response, 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("body", [
+    {"url": 123},
+    {"url": ["http://127.0.0.1/hook"]},
+    {"url": {"href": "http://127.0.0.1/hook"}},
+    {"enabled": "maybe"},
+    {"enabled": [True]},
+    {"enabled": None},
+    {"alertEmail": 42},
+    {"alertEmail": ["a@example.com"]},
+    {"alertEmail": {"to": "a@example.com"}},
+])
+def test_wrong_types_are_400(partner, body):
+    def check():
+        body_ = t.assert_error(partner.api.put(SETTINGS, json=body), 400, "BAD_REQUEST")
+        field = next(iter(body))
+        assert field in body_["message"]
+        assert "errors" in body_
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("body", [
+    {"foo": 1},
+    {"url": "http://127.0.0.1:9/new", "signingSecret": "whsec_x"},  # read-only field
+    {"enabled": False, "partnerId": "someone-else"},
+    {"URL": "http://127.0.0.1:9/new"},
+    {"alert_email": "a@example.com"},  # the Python name, not the API's
+])
+def test_unknown_fields_are_400_and_nothing_is_applied(partner, body):
+    def check():
+        t.assert_error(partner.api.put(SETTINGS, json=body), 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("PUT", SETTINGS),
+    ("POST", ROTATE),
+    ("POST", f"{BASE}/webhook-notifications/{{nid}}/retry"),
+    ("POST", f"{BASE}/webhook-notifications/{{nid}}/ignore"),
+    ("POST", f"{BASE}/transactions/TXN-1/resend-webhook"),
+    ("GET", f"{BASE}/webhook-notifications"),
+    ("POST", "/api/webhooks/deliveries/{nid}/retry"),
+    ("POST", "/api/v1/merchant/transactions/TXN-1/resend-webhook"),
+    ("POST", "/invoices/resend-webhook/TXN-1"),
+])
+def test_oversized_body_is_413(partner, failed, method, path):
+    payload = json.dumps({"url": "http://127.0.0.1:9/x", "pad": "x" * BIG}).encode()
+
+    def check():
+        response = partner.api.request(method, path.format(nid=failed), data=payload,
+                                       headers=JSON)
+        t.assert_error(response, 413, "PAYLOAD_TOO_LARGE", "Request body too large")
+
+    unchanged(partner, check)
+    assert t.snapshot(failed)["status"] == NotificationStatus.FAILED
+    assert t.snapshot(failed)["manual_retry_count"] == 0
+
+
+def test_body_just_under_the_limit_is_read(partner):
+    payload = json.dumps({"enabled": True, "x": "y" * (200 * 1024)})
+    # Read, and refused for its unknown field: the size itself was fine.
+    t.assert_error(partner.api.put(SETTINGS, data=payload, headers=JSON), 400, "BAD_REQUEST")
+
+
+@pytest.mark.parametrize("bad_id", ["x" * 3000, "..%2F..%2Fetc", "%2e%2e", "null", "-1",
+                                    "00000000-0000-0000-0000-000000000000", "{id}", "%C3%A9"])
+@pytest.mark.parametrize("action", ["", "/retry", "/ignore"])
+def test_bad_ids_are_404(partner, bad_id, action):
+    method = "GET" if action == "" else "POST"
+
+    def check():
+        response = partner.api.request(method, f"{BASE}/webhook-notifications/{bad_id}{action}")
+        t.assert_client_error(response, 404)
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("path", [
+    f"{BASE}/webhook-notifications/a%00b",
+    f"{BASE}/webhook-notifications/a%00b/retry",
+    f"{BASE}/transactions/TXN%001/resend-webhook",
+    "/api/v1/merchant/transactions/TXN%001/resend-webhook",
+    "/invoices/resend-webhook/1%00",
+    f"{BASE}/webhook-notifications?reference=TXN%001",
+    f"{BASE}/webhook-notifications?eventType=a%00",
+    f"{BASE}/webhook-notifications?cursor=%00",
+    f"{BASE}/webhook-notifications?a%00=1",
+])
+def test_nul_characters_in_path_or_query_are_400(partner, path):
+    method = "GET" if "?" in path or path.endswith("b") else "POST"
+
+    def check():
+        t.assert_error(partner.api.request(method, path), 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("body", [
+    {"url": "http://127.0.0.1:9/ho\u0000ok"},
+    {"alertEmail": "a\u0000@example.com"},
+    {"url": "http://127.0.0.1:9/hook", "\u0000": 1},
+])
+def test_nul_characters_in_json_are_400(partner, body):
+    def check():
+        t.assert_error(partner.api.put(SETTINGS, json=body), 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("DELETE", SETTINGS),
+    ("PATCH", SETTINGS),
+    ("GET", f"{BASE}/webhook-notifications/8374f327-38bd-4b0b-b8a7-2524599eb903/retry"),
+    ("PUT", f"{BASE}/webhook-notifications"),
+    ("GET", f"{BASE}/transactions/TXN-1/resend-webhook"),
+    ("DELETE", "/api/webhooks/deliveries"),
+])
+def test_wrong_method_is_405(partner, method, path):
+    def check():
+        t.assert_error(partner.api.request(method, path), 405, "METHOD_NOT_ALLOWED")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("path", [f"{BASE}/nope", "/api/partner/v3/webhook-notifications",
+                                  f"{BASE}/transactions/a/b/resend-webhook", "/", "/api"])
+def test_unknown_path_is_404(partner, path):
+    t.assert_error(partner.api.get(path), 404, "NOT_FOUND")
+
+
+# --------------------------------------------------------------------------- internal API
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"type": "transaction.paid", "reference": "R", "payload": {}},  # no partnerId
+    {"partnerId": "{pid}", "reference": "R", "payload": {}},  # no type
+    {"partnerId": "{pid}", "type": "t", "payload": {}},  # no reference
+    {"partnerId": "{pid}", "type": "t", "reference": "R"},  # no payload
+    {"partnerId": "{pid}", "type": "t", "reference": "R", "payload": [1]},
+    {"partnerId": "{pid}", "type": "t", "reference": "R", "payload": "x"},
+    {"partnerId": "{pid}", "type": "", "reference": "R", "payload": {}},
+    {"partnerId": "{pid}", "type": "t" * 101, "reference": "R", "payload": {}},
+    {"partnerId": "{pid}", "type": "t", "reference": "R" * 201, "payload": {}},
+    {"partnerId": "{pid}", "type": 5, "reference": "R", "payload": {}},
+    {"partnerId": "{pid}", "type": "t", "reference": "R", "payload": {},
+     "callbackUrl": "ftp://example.com/"},
+    {"partnerId": "{pid}", "type": "t", "reference": "R", "payload": {}, "extra": 1},
+    {"partnerId": "8374f327-38bd-4b0b-b8a7-2524599eb903", "type": "t", "reference": "R",
+     "payload": {}},  # unknown partner: 404
+    {"partnerId": "x" * 37, "type": "t", "reference": "R", "payload": {}},
+    {"partnerId": "{pid}", "type": "t\u0000", "reference": "R", "payload": {}},
+])
+def test_internal_publish_bad_input(partner, admin, body):
+    body = json.loads(json.dumps(body).replace("{pid}", partner.partner_id))
+
+    def check():
+        t.assert_client_error(admin.post("/internal/v1/events", json=body))
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("body", [{}, {"name": ""}, {"name": 5}, {"name": "x" * 201},
+                                  {"name": "n", "flow": "CARRIER_PIGEON"},
+                                  {"name": "n", "webhookUrl": "gopher://x"},
+                                  {"name": "n", "alertEmail": "nope"},
+                                  {"name": "n", "apiKey": "dlv_" + "0" * 48}])
+def test_internal_create_partner_bad_input(partner, admin, body):
+    def check():
+        t.assert_error(admin.post("/internal/v1/partners", json=body), 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong", "test-admin-token-012345678"])
+def test_internal_api_needs_the_admin_token(partner, anonymous, token):
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+
+    def check():
+        for path, body in (("/internal/v1/partners", {"name": "x"}),
+                           ("/internal/v1/events", {"partnerId": partner.partner_id,
+                                                    "type": "t", "reference": "r",
+                                                    "payload": {}})):
+            response = anonymous.post(path, json=body, headers=headers)
+            t.assert_error(response, 401, "UNAUTHORIZED")
+
+    unchanged(partner, check)
+
+
+def test_internal_publish_and_create_work(admin, receiver, worker):
+    created = admin.post("/internal/v1/partners",
+                         json={"name": "Via API", "webhookUrl": receiver.url("/hook")})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert set(body) == {"id", "apiKey", "signingSecret"}
+    published = admin.post("/internal/v1/events", json={
+        "partnerId": body["id"], "type": "transaction.paid", "reference": "TXN-9",
+        "payload": {"amount": 5}})
+    assert published.status_code == 201, published.text
+    [got] = receiver.wait_for(1, "/hook")
+    assert got.headers["webhook-id"] == published.json()["notificationId"]

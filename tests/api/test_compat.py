@@ -1,0 +1,212 @@
+"""Compatibility routes in the seed providers' shapes (seeds 001, 002, 004)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+import pytest
+
+from deliverer.models import NotificationStatus, Trigger
+from tests.api import helpers as t
+from tests.support import helpers as h
+from tests.support.receiver import sleep, status
+
+SEED001_RETRY = "/api/webhooks/deliveries/{}/retry"
+SEED001_LIST = "/api/webhooks/deliveries"
+SEED002_RESEND = "/api/v1/merchant/transactions/{}/resend-webhook"
+SEED004_RESEND = "/invoices/resend-webhook/{}"
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+@pytest.fixture
+def long_wait(api_settings):
+    with api_settings(resend_wait_seconds=10.0) as changed:
+        yield changed
+
+
+# --------------------------------------------------------------------------- seed 001
+
+
+def test_seed001_retry_success_shape_and_redelivery(make_partner, receiver, slow_ladder):
+    receiver.program("/hook", [status(500)], then=status(200))
+    partner = make_partner(receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    response = partner.api.post(SEED001_RETRY.format(nid))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"success": True, "deliveryId": nid,
+                               "message": "Retry queued successfully."}
+    receiver.wait_for(2, "/hook")
+    h.wait_until(lambda: h.sent(nid), message="SENT")
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
+    assert h.notification(nid).manual_retry_count == 1
+
+
+def test_seed001_retry_errors_are_seed000s(make_partner):
+    partner = make_partner("http://127.0.0.1:9/hook")
+    url = "http://127.0.0.1:9/hook"
+    sent = t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
+    maxed = t.insert_notification(partner.partner_id, url, manual_retry_count=3)
+    t.assert_error(partner.api.post(SEED001_RETRY.format("delivery-uuid")), 404, "NOT_FOUND",
+                   t.NOT_FOUND)
+    t.assert_error(partner.api.post(SEED001_RETRY.format(sent)), 409, "CONFLICT", t.NOT_FAILED)
+    t.assert_error(partner.api.post(SEED001_RETRY.format(maxed)), 409, "CONFLICT",
+                   t.MAX_MANUAL)
+
+
+def test_seed001_list_failed_deliveries(make_partner):
+    partner = make_partner("http://127.0.0.1:9/hook")
+    other = make_partner("http://127.0.0.1:9/hook", name="Other")
+    url = "http://127.0.0.1:9/hook"
+    t0 = datetime(2025, 5, 1, tzinfo=UTC)
+    error = {"kind": "http_status", "message": "HTTP 503", "httpStatus": 503, "hint": "h"}
+    failed = [t.insert_notification(partner.partner_id, url, created_at=t0 + timedelta(minutes=i),
+                                    reference=f"TXN-{i}", latest_error_payload=error,
+                                    retry_attempts=2)
+              for i in range(5)]
+    t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
+    t.insert_notification(other.partner_id, url)  # someone else's FAILED one
+
+    response = partner.api.get(f"{SEED001_LIST}?status=FAILED")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"data", "nextCursor"}
+    assert [d["deliveryId"] for d in body["data"]] == failed[::-1]
+    item = body["data"][0]
+    assert item["status"] == "FAILED"
+    assert item["reference"] == "TXN-4"
+    assert item["attempts"] == 2
+    assert item["lastError"] == error
+    assert set(item) >= {"deliveryId", "eventId", "eventType", "reference", "status",
+                         "attempts", "lastError", "createdAt", "nextAttemptAt"}
+    # Without a filter: all of this partner's, none of the other's.
+    assert len(partner.api.get(SEED001_LIST).json()["data"]) == 6
+    # Cursor pagination in the same shape.
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        url_ = f"{SEED001_LIST}?status=FAILED&limit=2" + (f"&cursor={quote(cursor)}"
+                                                         if cursor else "")
+        page = partner.api.get(url_).json()
+        seen += [d["deliveryId"] for d in page["data"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == failed[::-1]
+    # The deliveryId from the list is what the retry route takes (seed 001's note).
+    assert partner.api.post(SEED001_RETRY.format(seen[0])).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["status=failed", "status=BOGUS", "limit=0", "limit=x",
+                                   "cursor=%%%"])
+def test_seed001_list_bad_query_is_400(make_partner, query):
+    partner = make_partner()
+    t.assert_error(partner.api.get(f"{SEED001_LIST}?{query}"), 400, "BAD_REQUEST")
+
+
+# --------------------------------------------------------------------------- seed 002
+
+
+def test_seed002_resend_success_shape(make_partner, receiver, long_wait):
+    url = receiver.url("/hook")
+    partner = make_partner(url)
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT,
+                             reference="CO-695E8FF9383839393")
+    response = partner.bearer.post(SEED002_RESEND.format("CO-695E8FF9383839393"),
+                                   headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "status": "success",
+        "message": "Webhook sent successfully",
+        "data": {"transaction_id": "CO-695E8FF9383839393", "webhook_url": url},
+    }
+    receiver.wait_for(2, "/hook")
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.notification(nid).status == NotificationStatus.SENT
+
+
+def test_seed002_resend_to_the_callback_url(make_partner, receiver, long_wait):
+    partner = make_partner(receiver.url("/default"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-CB",
+                       callback_url=receiver.url("/callback"))
+    response = partner.bearer.post(SEED002_RESEND.format("TXN-CB"))
+    assert response.json()["data"]["webhook_url"] == receiver.url("/callback")
+
+
+def test_seed002_not_found_shape(make_partner):
+    partner = make_partner("http://127.0.0.1:9/hook")
+    response = partner.bearer.post(SEED002_RESEND.format("TXN-1234567890ABCDEF"))
+    assert response.status_code == 404
+    assert response.json() == {"status": "error", "message": "Transaction not found",
+                               "data": None}
+
+
+def test_seed002_pending_and_rate_limited(make_partner, receiver, api_settings):
+    receiver.program("/hook", [status(200)], then=sleep(1.0, status(200)))
+    partner = make_partner(receiver.url("/hook"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-P")
+    with api_settings(resend_wait_seconds=0.2, resend_rate_per_minute=1):
+        response = partner.bearer.post(SEED002_RESEND.format("TXN-P"))
+        assert response.status_code == 202, response.text
+        assert response.json() == {
+            "status": "pending", "message": "Webhook resend in progress",
+            "data": {"transaction_id": "TXN-P", "webhook_url": receiver.url("/hook")}}
+        limited = partner.bearer.post(SEED002_RESEND.format("TXN-P"))
+    assert limited.status_code == 429
+    assert limited.json() == {"status": "error", "data": None, "message": t.RATE_LIMITED}
+    assert limited.headers["Retry-After"].isdigit()
+
+
+# --------------------------------------------------------------------------- seed 004
+
+
+def test_seed004_resend_success_shape(make_partner, receiver, long_wait):
+    partner = make_partner(receiver.url("/hook"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="123")
+    response = partner.bearer.post(SEED004_RESEND.format(123),
+                                   headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"message", "invoice_id", "status"}
+    assert body["invoice_id"] == 123  # a number, as in seed 004
+    assert body["status"] == "success"
+    assert body["message"]
+    receiver.wait_for(2, "/hook")
+
+
+def test_seed004_non_numeric_invoice_id_is_echoed_as_given(make_partner, receiver, long_wait):
+    partner = make_partner(receiver.url("/hook"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="INV-7")
+    body = partner.bearer.post(SEED004_RESEND.format("INV-7")).json()
+    assert (body["invoice_id"], body["status"]) == ("INV-7", "success")
+
+
+def test_seed004_pending(make_partner, receiver, api_settings):
+    receiver.program("/hook", [status(200)], then=sleep(1.0, status(200)))
+    partner = make_partner(receiver.url("/hook"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="124")
+    with api_settings(resend_wait_seconds=0.2):
+        response = partner.bearer.post(SEED004_RESEND.format(124))
+    assert response.status_code in (200, 202), response.text
+    body = response.json()
+    assert set(body) == {"message", "invoice_id", "status"}
+    assert (body["invoice_id"], body["status"]) == (124, "pending")
+    receiver.wait_for(2, "/hook")
+
+
+def test_seed004_not_found(make_partner):
+    partner = make_partner("http://127.0.0.1:9/hook")
+    t.assert_error(partner.bearer.post(SEED004_RESEND.format(999)), 404, "NOT_FOUND",
+                   "Transaction not found")
+
+
+@pytest.mark.parametrize("path", [SEED002_RESEND.format("TXN-1"), SEED004_RESEND.format(1),
+                                  SEED001_RETRY.format("8374f327-38bd-4b0b-b8a7-2524599eb903"),
+                                  SEED001_LIST])
+def test_compat_routes_take_either_header(make_partner, anonymous, path):
+    partner = make_partner("http://127.0.0.1:9/hook")
+    method = "GET" if path == SEED001_LIST else "POST"
+    for client in (partner.api, partner.bearer):
+        assert client.request(method, path).status_code in (200, 404)
+    t.assert_error(anonymous.request(method, path), 401, "UNAUTHORIZED", t.MISSING)

@@ -1,0 +1,191 @@
+"""POST /api/partner/v2/transactions/{reference}/resend-webhook (seeds 002, 004)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import deliverer
+from deliverer.models import NotificationStatus, Trigger
+from tests.api import helpers as t
+from tests.support import helpers as h
+from tests.support.receiver import sleep, status
+
+RESEND = "/api/partner/v2/transactions/{}/resend-webhook"
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+@pytest.fixture
+def quick_wait(api_settings):
+    """Room for the worker to deliver within the request on a busy machine."""
+    with api_settings(resend_wait_seconds=10.0) as changed:
+        yield changed
+
+
+def test_resend_delivered_within_the_wait_is_200_success(make_partner, receiver, quick_wait):
+    url = receiver.url("/hook")
+    partner = make_partner(url)
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-1")
+    before = t.snapshot(nid)
+
+    response = partner.api.post(RESEND.format("TXN-1"))
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "success", "message": "Webhook sent successfully",
+                               "reference": "TXN-1", "notificationId": nid,
+                               "webhookUrl": url}
+    got = receiver.wait_for(2, "/hook")
+    assert got[1].body == got[0].body  # the same event, again
+    h.verify_signature(partner.signing_secret, got[1])
+    # The original is untouched; the resend is an attempt of its own.
+    assert t.snapshot(nid) == before
+    attempts = h.attempts(nid)
+    assert [(a.trigger, a.success) for a in attempts] == [
+        (Trigger.AUTOMATIC, True), (Trigger.RESEND, True)]
+    [row] = t.accepted(partner.partner_id, kind="resend")
+    assert (row.reference, row.notification_id, row.delivery_status) == ("TXN-1", nid, "SENT")
+
+
+def test_resend_can_be_repeated_without_side_effects(make_partner, receiver, quick_wait):
+    partner = make_partner(receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-R")
+    before = t.snapshot(nid)
+    for _ in range(3):
+        response = partner.api.post(RESEND.format("TXN-R"))
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "success"
+    assert len(receiver.wait_for(4, "/hook")) == 4
+    assert t.snapshot(nid) == before
+    assert t.triggers(nid) == [Trigger.AUTOMATIC] + [Trigger.RESEND] * 3
+    assert t.row_counts()["notifications"] == 1
+    assert t.row_counts()["events"] == 1
+
+
+def test_slow_receiver_gives_202_pending_then_delivers(make_partner, receiver, api_settings):
+    receiver.program("/hook", [status(200)], then=sleep(1.5, status(200)))
+    partner = make_partner(receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-S")
+    with api_settings(resend_wait_seconds=0.3):
+        response = partner.api.post(RESEND.format("TXN-S"))
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "pending"
+    assert body["notificationId"] == nid
+    assert body["message"]
+    # ... and it does arrive.
+    receiver.wait_for(2, "/hook")
+    h.wait_until(lambda: t.partner_requests(partner.partner_id, kind="resend",
+                                            delivery_status="SENT"), message="resend SENT")
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.notification(nid).status == NotificationStatus.SENT
+
+
+def test_resend_of_a_failed_notification_leaves_it_failed(make_partner, receiver, quick_wait,
+                                                          slow_ladder):
+    receiver.program("/hook", [status(500)], then=status(200))
+    partner = make_partner(receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED, reference="TXN-F")
+    before = t.snapshot(nid)
+    response = partner.api.post(RESEND.format("TXN-F"))
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "success"
+    after = t.snapshot(nid)
+    assert after == before  # still FAILED, same counters, same error, same ladder
+    assert after["status"] == NotificationStatus.FAILED
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+
+
+def test_resend_that_fails_is_reported_in_the_error_format(make_partner, receiver, quick_wait):
+    receiver.program("/hook", [status(200)], then=status(503))
+    partner = make_partner(receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-E")
+    response = partner.api.post(RESEND.format("TXN-E"))
+    body = t.assert_error(response, 502, "WEBHOOK_DELIVERY_FAILED")
+    assert "503" in body["message"]
+    assert h.notification(nid).status == NotificationStatus.SENT
+    [attempt] = [a for a in h.attempts(nid) if a.trigger == Trigger.RESEND]
+    assert attempt.success is False
+    assert attempt.error_payload["httpStatus"] == 503
+    assert attempt.error_payload["hint"]
+
+
+def test_resend_sends_the_latest_event_of_the_reference(make_partner, receiver, quick_wait):
+    partner = make_partner(receiver.url("/hook"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-L",
+                       event_type="transaction.created", payload={"n": 1})
+    latest = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-L",
+                                event_type="transaction.paid", payload={"n": 2})
+    response = partner.api.post(RESEND.format("TXN-L"))
+    assert response.status_code == 200, response.text
+    assert response.json()["notificationId"] == latest
+    resent = json.loads(receiver.wait_for(3, "/hook")[2].body)
+    assert resent["type"] == "transaction.paid"
+    assert resent["data"] == {"n": 2}
+
+
+def test_resend_goes_to_the_events_callback_url(make_partner, receiver, quick_wait):
+    partner = make_partner(receiver.url("/default"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-CB",
+                       callback_url=receiver.url("/callback"))
+    response = partner.api.post(RESEND.format("TXN-CB"))
+    assert response.status_code == 200, response.text
+    assert response.json()["webhookUrl"] == receiver.url("/callback")
+    assert len(receiver.wait_for(2, "/callback")) == 2
+    assert receiver.requests("/default") == []
+
+
+def test_resend_goes_to_the_current_webhook_url(make_partner, receiver, quick_wait):
+    partner = make_partner(receiver.url("/old"))
+    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-U")
+    new_url = receiver.url("/new")
+    assert partner.api.put("/api/partner/v2/webhook-settings",
+                           json={"url": new_url}).status_code == 200
+    response = partner.api.post(RESEND.format("TXN-U"))
+    assert response.status_code == 200, response.text
+    assert response.json()["webhookUrl"] == new_url
+    receiver.wait_for(1, "/new")
+    assert len(receiver.requests("/old")) == 1
+
+
+@pytest.mark.parametrize("reference", ["TXN-NOPE", "txn-1", "TXN-1 ", "%20", "x" * 300,
+                                       "TXN-1234567890ABCDEF", "çà-ü"])
+def test_unknown_reference_is_404(make_partner, reference):
+    partner = make_partner("http://127.0.0.1:9/hook")
+    t.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook", reference="TXN-1")
+    before = t.row_counts()["attempts"]
+    response = partner.api.post(RESEND.format(reference))
+    t.assert_error(response, 404, "NOT_FOUND", "Transaction not found")
+    assert t.row_counts()["attempts"] == before
+    assert t.accepted(partner.partner_id, kind="resend") == []
+
+
+def test_resend_without_any_webhook_url_is_409(make_partner):
+    partner = make_partner(None)
+    deliverer.publish_event(partner.partner_id, "transaction.paid", "TXN-N", {"a": 1})
+    t.assert_error(partner.api.post(RESEND.format("TXN-N")), 409, "CONFLICT")
+
+
+def test_resend_rate_limit_is_per_partner_and_separate_from_retries(make_partner, receiver,
+                                                                    api_settings):
+    url = receiver.url("/hook")
+    partner = make_partner(url)
+    other = make_partner(url, name="Other")
+    t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT,
+                          reference="TXN-RL")
+    t.insert_notification(other.partner_id, url, status=NotificationStatus.SENT,
+                          reference="TXN-RL")
+    with api_settings(resend_wait_seconds=0.05):
+        for _ in range(10):
+            assert partner.api.post(RESEND.format("TXN-RL")).status_code in (200, 202)
+        response = partner.api.post(RESEND.format("TXN-RL"))
+        t.assert_error(response, 429, "TOO_MANY_REQUESTS", t.RATE_LIMITED)
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+        # Another partner is not affected; nor are this partner's manual retries.
+        assert other.api.post(RESEND.format("TXN-RL")).status_code in (200, 202)
+        failed = t.insert_notification(partner.partner_id, url)
+        response = partner.api.post(f"/api/partner/v2/webhook-notifications/{failed}/retry")
+        assert response.status_code == 200, response.text
+    assert len(t.accepted(partner.partner_id, kind="resend")) == 10
+    receiver.wait_for(12, "/hook")  # 10 + 1 resends, 1 manual retry

@@ -1,0 +1,176 @@
+"""The operator console in a real browser: headless Chromium driven by Selenium.
+
+Debian's ``chromium`` and ``chromium-driver`` (scripts/bootstrap installs them); the app
+runs on a threaded werkzeug server on 127.0.0.1 with a real worker delivering to a real
+receiver. The operator signs in, finds the failing endpoint, opens a FAILED
+notification, clicks Retry and sees it delivered, then ignores another one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from deliverer.models import NotificationStatus
+from deliverer.operations.replay import OPERATOR
+from tests.console.conftest import OPERATOR_TOKEN
+from tests.console.helpers import publish, requests_of, wait_failed
+from tests.support import helpers as h
+from tests.support.receiver import Receiver, ok, status
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="Chromium is not installed (/usr/bin/chromium): "
+                              "apt-get install chromium chromium-driver, or scripts/bootstrap"),
+]
+
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    # Selenium must not phone home or fetch a driver: both are on this machine.
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    profile = tempfile.mkdtemp(prefix="deliverer-chromium-")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-extensions",
+                 "--disable-default-apps", "--window-size=1400,1000",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def click(driver: WebDriver, element_id: str | None = None, element=None) -> None:
+    """Click a link or submit button and wait until the next page has loaded."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    target = element if element is not None else driver.find_element(By.ID, element_id)
+    page = driver.find_element(By.TAG_NAME, "html")
+    target.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def flash_text(driver: WebDriver) -> str:
+    return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".flash"))
+
+
+def wait_for_page(driver: WebDriver, predicate, timeout: float = 20.0, reload: bool = True,
+                  message: str = "page condition") -> None:
+    """Check ``predicate(driver)``, reloading the page between checks, up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate(driver):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}; "
+                                 f"page: {driver.page_source[:2000]}")
+        time.sleep(0.2)
+        if reload:
+            driver.refresh()
+
+
+def test_operator_retries_and_ignores_in_chromium(browser: WebDriver, console_server, settings,
+                                                  worker, receiver: Receiver, override_settings,
+                                                  tmp_path):
+    base = console_server.url
+    with override_settings(time_scale=1.0):  # a FAILED notification stays FAILED meanwhile
+        flaky_url = receiver.program("/flaky", [], status(503))
+        gone_url = receiver.program("/gone", [], status(500))
+        shop = h.new_partner(settings, flaky_url, name="Browser Shop")
+        other = h.new_partner(settings, gone_url, name="Gone Ltd")
+        to_retry = publish(settings, shop.partner_id, "TXN-BROWSER-1")
+        to_ignore = publish(settings, other.partner_id, "TXN-BROWSER-2")
+        wait_failed(to_retry.notification_id)
+        wait_failed(to_ignore.notification_id)
+
+        # Sign in: a wrong token first, then the right one.
+        browser.get(f"{base}/console/")
+        assert "/console/login" in browser.current_url
+        browser.find_element(By.ID, "token").send_keys("not-the-token")
+        click(browser, "sign-in")
+        assert "Wrong admin token." in flash_text(browser)
+        browser.find_element(By.ID, "token").send_keys(OPERATOR_TOKEN)
+        click(browser, "sign-in")
+        assert "Signed in." in flash_text(browser)
+
+        # The failing endpoints, each with its queue and error.
+        table = browser.find_element(By.ID, "endpoints").text
+        assert flaky_url in table and gone_url in table
+        assert "Browser Shop" in table and "1 in queue" in table
+        assert "Service unavailable" in table  # the 503's hint
+        browser.save_screenshot(str(tmp_path / "endpoints.png"))
+
+        # Open the flaky endpoint's queue, then its FAILED notification.
+        row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "tr.endpoint")
+                   if flaky_url in r.text)
+        click(browser, element=row.find_element(By.CSS_SELECTOR, "a.queue"))
+        results = browser.find_elements(By.CSS_SELECTOR, "tr.result")
+        assert len(results) == 1 and "TXN-BROWSER-1" in results[0].text
+        click(browser, element=results[0].find_element(By.CSS_SELECTOR, "a.open"))
+        assert browser.find_element(By.ID, "status").text == "FAILED"
+        attempts = browser.find_element(By.ID, "attempts").text
+        assert "HTTP 503" in attempts and "Service unavailable" in attempts
+
+        # The merchant fixed their server: Retry delivers it.
+        receiver.program("/flaky", [], ok())
+        click(browser, "retry")
+        wait_for_page(browser, lambda d: d.find_element(By.ID, "status").text == "SENT",
+                      message="status SENT after Retry")
+        assert "Retry delivered" in flash_text(browser) or "Retry queued" in flash_text(browser)
+        assert "delivered" in browser.find_element(By.ID, "attempts").text
+        assert not browser.find_elements(By.ID, "retry")
+        browser.save_screenshot(str(tmp_path / "retried.png"))
+
+        # Find the other one by its reference and ignore it.
+        browser.get(f"{base}/console/notifications")
+        browser.find_element(By.ID, "q").send_keys("TXN-BROWSER-2")
+        click(browser, "search")
+        click(browser, element=browser.find_element(By.CSS_SELECTOR, "tr.result a.open"))
+        assert "Internal server error" in browser.find_element(By.ID, "latest-error").text
+        click(browser, "ignore")
+        assert "Notification ignored" in flash_text(browser)
+        assert browser.find_element(By.ID, "status").text == "NOT_SENT"
+
+        # The event log shows both, and both operator actions.
+        browser.get(f"{base}/console/events")
+        events = browser.find_element(By.ID, "events").text
+        assert "TXN-BROWSER-1" in events and "TXN-BROWSER-2" in events
+        assert "SENT" in events and "NOT_SENT" in events
+        assert browser.find_element(By.ID, "actions").text.count("operator") == 2
+
+        # Sign out.
+        click(browser, "logout")
+        assert "/console/login" in browser.current_url
+
+    assert h.notification(to_retry.notification_id).status == NotificationStatus.SENT
+    assert h.notification(to_ignore.notification_id).status == NotificationStatus.NOT_SENT
+    assert [(r.kind, r.outcome) for r in requests_of(to_retry.notification_id)] == [
+        ("retry", OPERATOR)]
+    assert [(r.kind, r.outcome) for r in requests_of(to_ignore.notification_id)] == [
+        ("ignore", OPERATOR)]
+    assert len(receiver.requests("/flaky")) == 2  # the failed attempt, then the retry

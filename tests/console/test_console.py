@@ -1,0 +1,289 @@
+"""The operator console over HTTP: who gets in, CSRF, and what the pages and buttons do.
+
+The browser test (test_browser.py) clicks through it in Chromium; these check the rules
+behind it request by request, against the app on a live server with a real worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+from sqlalchemy import update
+
+import api
+import deliverer.config
+from deliverer.db import session_scope
+from deliverer.models import Notification, NotificationStatus
+from deliverer.notifications.service import ACCEPTED, check_rate
+from deliverer.operations.replay import OPERATOR
+from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient, csrf_of
+from tests.console.helpers import publish, requests_of, wait_failed
+from tests.support import helpers as h
+from tests.support.receiver import Receiver, ok, status
+
+
+@pytest.fixture
+def slow_ladder(override_settings) -> Iterator[None]:
+    """Real-time ladder: after a failure the next automatic try is 2 minutes away, so a
+    FAILED notification stays put while the test works on it."""
+    with override_settings(time_scale=1.0):
+        yield
+
+
+@pytest.fixture
+def failing(settings, worker, receiver: Receiver, slow_ladder):
+    """A partner whose endpoint answers 500, with one FAILED notification (real attempt)."""
+    url = receiver.program("/hooks", [], status(500))
+    partner = h.new_partner(settings, url, name="Failing Shop")
+    published = publish(settings, partner.partner_id, "TXN-FAIL-1")
+    wait_failed(published.notification_id)
+    return partner, published, url
+
+
+# -- getting in -------------------------------------------------------------------------------
+
+def test_pages_redirect_to_sign_in_until_signed_in(console):
+    client = console()
+    for path in ("/console/", "/console/notifications", "/console/events"):
+        response = client.get(path, allow_redirects=False)
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith("/console/login?next=")
+    response = client.get("/console/events")
+    assert response.url.endswith("/console/login?next=/console/events")
+    assert 'name="token"' in response.text
+
+
+def test_wrong_token_is_refused_right_token_signs_in_and_follows_next(console):
+    client = console()
+    page = client.get("/console/login?next=/console/events")
+    refused = client.post("/console/login", {"csrf_token": csrf_of(page.text),
+                                             "token": OPERATOR_TOKEN + "x"})
+    assert refused.status_code == 401
+    assert "Wrong admin token." in refused.text
+    assert client.get("/console/", allow_redirects=False).status_code == 302
+
+    page = client.get("/console/login?next=/console/events")
+    signed_in = client.post("/console/login", {"csrf_token": csrf_of(page.text),
+                                               "token": OPERATOR_TOKEN,
+                                               "next": "/console/events"},
+                            allow_redirects=False)
+    assert signed_in.status_code == 302
+    assert signed_in.headers["Location"] == "/console/events"
+    cookie = signed_in.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert client.get("/console/").status_code == 200
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/console",
+                                    "/api/partner/v2/webhook-settings", "/\\evil.example"])
+def test_sign_in_never_redirects_off_the_console(console, target):
+    client = console()
+    page = client.get("/console/login")
+    response = client.post("/console/login", {"csrf_token": csrf_of(page.text),
+                                              "token": OPERATOR_TOKEN, "next": target},
+                           allow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/console/"
+
+
+def test_sign_in_without_the_form_token_is_refused(console):
+    client = console()
+    client.get("/console/login")
+    response = client.post("/console/login", {"token": OPERATOR_TOKEN})
+    assert response.status_code == 400
+    assert "Form expired" in response.text
+    assert client.get("/console/", allow_redirects=False).status_code == 302
+
+
+def test_basic_auth_with_the_token_as_password(console_server):
+    url = console_server.url + "/console/"
+    assert requests.get(url, auth=("ops", OPERATOR_TOKEN), timeout=30).status_code == 200
+    wrong = requests.get(url, auth=("ops", "nope"), timeout=30, allow_redirects=False)
+    assert wrong.status_code == 401
+    assert wrong.headers["WWW-Authenticate"] == 'Basic realm="deliverer console"'
+
+
+def test_sign_out(operator: ConsoleClient):
+    response = operator.submit("/console/", "/console/logout")
+    assert response.url.endswith("/console/login")
+    assert operator.get("/console/", allow_redirects=False).status_code == 302
+
+
+def test_rotating_the_admin_token_signs_everybody_out(operator: ConsoleClient, console_server):
+    assert operator.get("/console/").status_code == 200
+    with console_server.overridden(admin_token="a-brand-new-token-7c1d"):
+        assert operator.get("/console/", allow_redirects=False).status_code == 302
+    assert operator.get("/console/").status_code == 200
+
+
+def test_signed_session_survives_an_explicit_secret_key_but_not_a_new_token(
+        operator: ConsoleClient, console_server):
+    with console_server.overridden(secret_key="explicit-secret-0b7e"):
+        # A different signing key: the old cookie no longer verifies.
+        assert operator.get("/console/", allow_redirects=False).status_code == 302
+        assert operator.login().status_code == 200
+        assert operator.get("/console/").status_code == 200
+        with console_server.overridden(admin_token="another-token-4d2a"):
+            # Same signing key, but the mark of the old token no longer matches.
+            assert operator.get("/console/", allow_redirects=False).status_code == 302
+
+
+def test_console_is_closed_without_an_admin_token(settings, celery_app):
+    app = api.create_app(settings.with_overrides(admin_token=None))
+    deliverer.config.set_settings(settings)
+    celery_app.set_current()
+    celery_app.set_default()
+    client = app.test_client()
+    for path in ("/console/", "/console/login"):
+        response = client.get(path)
+        assert response.status_code == 503
+        assert "console is closed" in response.text
+    assert client.post("/console/login", data={"token": ""}).status_code == 503
+    assert client.get("/console/", auth=("ops", "")).status_code == 503
+
+
+def test_security_headers(operator: ConsoleClient):
+    response = operator.get("/console/")
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "script-src" not in csp  # no script runs at all
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "<script" not in response.text
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+def test_failing_endpoints_show_queue_depth_last_error_and_next_retry(operator, failing,
+                                                                       settings):
+    partner, _published, url = failing
+    second = publish(settings, partner.partner_id, "TXN-FAIL-2")
+    wait_failed(second.notification_id)
+    page = operator.get("/console/")
+    assert page.status_code == 200
+    assert "Failing Shop" in page.text and url in page.text
+    assert "2 in queue" in page.text
+    assert "HTTP 500" in page.text or "500" in page.text
+    assert "Internal server error" in page.text  # the hint
+    assert "in 1m" in page.text or "in 2m" in page.text  # next retry, about 2 minutes away
+
+
+def test_search_by_reference_partner_status_and_id(operator, failing, settings):
+    _partner, published, _ = failing
+    other = h.new_partner(settings, None, name="Quiet Co")
+    quiet = publish(settings, other.partner_id, "INV-QUIET")  # NOT_SENT: no URL
+    by_ref = operator.get("/console/notifications", params={"q": "TXN-FAIL-1"})
+    assert published.notification_id in by_ref.text and quiet.notification_id not in by_ref.text
+    by_partner = operator.get("/console/notifications", params={"partner": "quiet"})
+    assert quiet.notification_id in by_partner.text
+    assert published.notification_id not in by_partner.text
+    by_status = operator.get("/console/notifications", params={"status": "FAILED"})
+    assert published.notification_id in by_status.text
+    assert quiet.notification_id not in by_status.text
+    by_id = operator.get("/console/notifications", params={"q": quiet.notification_id})
+    assert quiet.notification_id in by_id.text and "INV-QUIET" in by_id.text
+    nothing = operator.get("/console/notifications", params={"reference": "NOPE"})
+    assert "No notification matches." in nothing.text
+
+
+def test_notification_page_shows_attempts_errors_hints_and_payload(operator, failing):
+    _, published, url = failing
+    page = operator.get(f"/console/notifications/{published.notification_id}")
+    assert page.status_code == 200
+    text = page.text
+    assert "FAILED" in text and "TXN-FAIL-1" in text and url in text
+    assert "HTTP 500" in text
+    assert "Internal server error: usually a generic error from your server" in text
+    assert "&#34;amount&#34;: 1000" in text or '"amount": 1000' in text
+    assert 'id="retry"' in text and 'id="ignore"' in text
+    assert operator.get("/console/notifications/not-a-uuid").status_code == 404
+
+
+def test_retry_ignores_merchant_limits_and_is_recorded_as_operator(operator, failing,
+                                                                    receiver: Receiver):
+    partner, published, _url = failing
+    nid = published.notification_id
+    # The merchant has used up their three manual retries.
+    with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id == nid)
+                        .values(manual_retry_count=3))
+    receiver.program("/hooks", [], ok())
+    page = f"/console/notifications/{nid}"
+    response = operator.submit(page, f"{page}/retry")
+    assert response.status_code == 200
+    assert response.url.endswith(page)
+    h.wait_until(lambda: h.sent(nid), message="operator retry delivered")
+    assert "Retry delivered" in response.text or "Retry queued" in response.text
+    row = h.notification(nid)
+    assert row.manual_retry_count == 3  # the merchant's allowance is untouched
+    audit = requests_of(nid)
+    assert [(r.kind, r.outcome, r.api_key_id) for r in audit] == [("retry", OPERATOR, None)]
+    # Not counted by the merchant's rate limit (it counts ACCEPTED rows only).
+    assert all(r.outcome != ACCEPTED for r in audit)
+    with session_scope() as session:
+        check_rate(session, partner.partner_id, "retry", 1, h.utcnow())
+    page_after = operator.get(page)
+    assert ">SENT<" in page_after.text and "operator" in page_after.text
+    assert 'id="retry"' not in page_after.text
+
+
+def test_retry_of_a_delivered_notification_is_refused(operator, settings, worker,
+                                                      receiver: Receiver):
+    partner = h.new_partner(settings, receiver.program("/fine", [], ok()))
+    published = publish(settings, partner.partner_id, "TXN-OK")
+    h.wait_until(lambda: h.sent(published.notification_id))
+    path = f"/console/notifications/{published.notification_id}"
+    page = operator.get(path)
+    assert 'id="retry"' not in page.text  # no button for it
+    response = operator.post(f"{path}/retry", {"csrf_token": csrf_of(page.text)})
+    assert "Retry refused: Notification is not in FAILED status" in response.text
+    assert h.notification(published.notification_id).status == NotificationStatus.SENT
+
+
+def test_actions_need_the_form_token(operator, failing):
+    _, published, _ = failing
+    nid = published.notification_id
+    for action in ("retry", "ignore"):
+        response = operator.post(f"/console/notifications/{nid}/{action}", {})
+        assert response.status_code == 400
+        response = operator.post(f"/console/notifications/{nid}/{action}",
+                                 {"csrf_token": "forged-" + "x" * 40})
+        assert response.status_code == 400
+    assert h.notification(nid).status == NotificationStatus.FAILED
+    assert requests_of(nid) == []
+
+
+def test_signed_out_post_is_refused(console, failing):
+    client = console()
+    page = client.get("/console/login")  # a CSRF token, but no sign-in
+    response = client.post(f"/console/notifications/{failing[1].notification_id}/ignore",
+                           {"csrf_token": csrf_of(page.text)})
+    assert response.status_code == 401
+    assert h.notification(failing[1].notification_id).status == NotificationStatus.FAILED
+
+
+def test_ignore_takes_it_out_of_the_queue_for_good(operator, failing, receiver: Receiver):
+    _, published, _ = failing
+    nid = published.notification_id
+    page = f"/console/notifications/{nid}"
+    response = operator.submit(page, f"{page}/ignore")
+    assert "Notification ignored" in response.text
+    row = h.notification(nid)
+    assert row.status == NotificationStatus.NOT_SENT and row.next_attempt_at is None
+    audit = requests_of(nid)
+    assert [(r.kind, r.outcome, r.api_key_id) for r in audit] == [("ignore", OPERATOR, None)]
+    assert 'id="retry"' not in response.text and 'id="ignore"' not in response.text
+
+
+def test_event_log_lists_events_with_delivery_status_and_actions(operator, failing, settings):
+    _partner, published, _ = failing
+    page = f"/console/notifications/{published.notification_id}"
+    operator.submit(page, f"{page}/ignore")
+    log = operator.get("/console/events")
+    assert log.status_code == 200
+    assert "TXN-FAIL-1" in log.text and "transaction.paid" in log.text
+    assert "NOT_SENT" in log.text and OPERATOR in log.text
+    filtered = operator.get("/console/events", params={"partner": "Nobody"})
+    assert "TXN-FAIL-1" not in filtered.text

@@ -1,0 +1,115 @@
+"""The batch path: bulk publish, one claim per batch, parallel POSTs, bulk records."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from deliverer.db import session_scope
+from deliverer.delivery import batch
+from deliverer.models import Attempt, Lane, Notification, NotificationStatus, utcnow
+from deliverer.publishing.api import publish_events
+from deliverer.scheduling.sweep import Due, group_due
+from tests.support import receiver as rx
+from tests.support.helpers import (
+    endpoint_sequences,
+    insert_notification,
+    new_partner,
+    notification,
+    wait_until,
+)
+
+
+def _count(*where) -> int:
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(Notification).where(*where)))
+
+
+def test_bulk_publish_is_delivered_once_each_with_every_attempt_recorded(
+        settings, worker, receiver):
+    url = receiver.always("/bulk", rx.ok())
+    partner = new_partner(settings, url)
+    events = [{"type": "transaction.paid", "reference": f"TXN-{i}", "payload": {"n": i}}
+              for i in range(120)]
+    published = publish_events(partner.partner_id, events)
+    assert [p.sequence for p in published] == list(range(1, 121))
+    wait_until(lambda: _count(Notification.status == NotificationStatus.SENT) == 120,
+               timeout=60, message="120 deliveries")
+    ids = Counter(r.headers["webhook-id"] for r in receiver.requests("/bulk"))
+    assert set(ids) == {p.notification_id for p in published}
+    assert set(ids.values()) == {1}
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Attempt)) == 120
+    last, seqs = endpoint_sequences(partner.partner_id, url)
+    assert last == 120 and seqs == list(range(1, 121))
+
+
+def test_a_batch_with_failures_moves_each_failure_onto_the_ladder(settings, receiver):
+    ok_url = receiver.always("/fine", rx.ok())
+    bad_url = receiver.always("/broken", rx.status(502))
+    partner = new_partner(settings, ok_url)
+    now = utcnow()
+    good = [insert_notification(partner.partner_id, ok_url, next_attempt_at=now)
+            for _ in range(5)]
+    bad = [insert_notification(partner.partner_id, bad_url, next_attempt_at=now)
+           for _ in range(2)]
+    outcome = batch.deliver_many(good + bad, settings)
+    assert (outcome.sent, outcome.failed) == (5, 2)
+    for nid in good:
+        row = notification(nid)
+        assert row.status == NotificationStatus.SENT and row.attempt_count == 1
+        assert row.lease_token is None and row.next_attempt_at is None
+    head = notification(bad[0])
+    assert head.status == NotificationStatus.FAILED and head.retry_attempts == 1
+    assert head.next_attempt_at is not None
+    assert head.latest_error_payload["httpStatus"] == 502
+    # The second failure on the same endpoint waits behind the first (per-endpoint queue).
+    assert notification(bad[1]).held
+
+
+def test_racing_batches_post_each_notification_once(settings, receiver):
+    url = receiver.always("/race", rx.sleep(0.2))
+    partner = new_partner(settings, url)
+    now = utcnow()
+    ids = [insert_notification(partner.partner_id, url, next_attempt_at=now) for _ in range(10)]
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        barrier.wait()
+        batch.deliver_many(ids, settings)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert Counter(r.headers["webhook-id"] for r in receiver.requests("/race")) == Counter(ids)
+    assert _count(Notification.status == NotificationStatus.SENT) == 10
+
+
+def test_rows_not_yet_due_are_left_alone_and_reported(settings, receiver):
+    url = receiver.always("/later", rx.ok())
+    partner = new_partner(settings, url)
+    later = utcnow() + timedelta(seconds=30)
+    nid = insert_notification(partner.partner_id, url, next_attempt_at=later,
+                              status=NotificationStatus.FAILED, lane=Lane.RETRY)
+    outcome = batch.deliver_many([nid], settings)
+    assert outcome.sent == 0 and [n[0] for n in outcome.not_due] == [nid]
+    assert receiver.requests("/later") == []
+
+
+@pytest.mark.unit
+def test_group_due_batches_by_lane_window_and_size():
+    t0 = utcnow()
+    due = [Due(f"a{i}", Lane.RETRY, t0 + timedelta(milliseconds=i)) for i in range(5)]
+    due += [Due("b", Lane.MANUAL, t0), Due("late", Lane.RETRY, t0 + timedelta(seconds=1))]
+    groups = group_due(due, max_size=3)
+    retry = [g for g in groups if g.lane == Lane.RETRY]
+    assert [g.notification_ids for g in retry] == [["a0", "a1", "a2"], ["a3", "a4"], ["late"]]
+    # A batch's ETA is its latest member's due time: never early for any of them.
+    assert retry[0].eta == t0 + timedelta(milliseconds=2)
+    assert [g.notification_ids for g in groups if g.lane == Lane.MANUAL] == [["b"]]

@@ -1,0 +1,178 @@
+"""Per-endpoint retry queues: a failing endpoint is probed by one notification at a time,
+and drains in order once it recovers. Driven through the real service and sender against
+a real loopback receiver; the worker is not needed for these."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import select
+
+from deliverer.db import session_scope
+from deliverer.delivery import endpoint_queue, service
+from deliverer.delivery.ladder import Ladder
+from deliverer.models import Alert, Endpoint, NotificationStatus, utcnow
+from deliverer.partners import webhook_settings
+from deliverer.publishing.service import publish_event
+from deliverer.scheduling.sweep import collect_due
+from tests.support import receiver as rx
+from tests.support.helpers import insert_notification, new_partner, notification
+
+
+def _deliver_when_due(nid: str, settings, timeout: float = 5.0) -> service.AttemptOutcome:
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = service.deliver(nid, settings)
+        if outcome.state != service.ClaimState.NOT_DUE:
+            return outcome
+        assert time.monotonic() < deadline, "notification never became due"
+        time.sleep(0.02)
+
+
+def _endpoint(partner_id: str, url: str) -> Endpoint:
+    with session_scope() as session:
+        row = session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
+                                                    Endpoint.url == url))
+        assert row is not None
+        session.expunge(row)
+        return row
+
+
+def test_dead_endpoint_is_probed_by_its_earliest_notification_only(settings, receiver):
+    dead_url = receiver.always("/dead", rx.status(503))
+    ok_url = receiver.always("/ok", rx.ok())
+    dead = new_partner(settings, dead_url, name="Dead")
+    healthy = new_partner(settings, ok_url, name="Healthy")
+    now = utcnow()
+    ids = [insert_notification(dead.partner_id, dead_url, next_attempt_at=now) for _ in range(4)]
+    fine = [insert_notification(healthy.partner_id, ok_url, next_attempt_at=now)
+            for _ in range(3)]
+
+    for nid in ids:  # every fresh notification is tried once
+        service.deliver(nid, settings)
+    for nid in fine:
+        assert service.deliver(nid, settings).status == NotificationStatus.SENT
+
+    head, *rest = (notification(n) for n in ids)
+    assert head.status == NotificationStatus.FAILED and not head.held
+    assert head.next_attempt_at is not None
+    for row in rest:
+        assert row.status == NotificationStatus.FAILED
+        assert row.held and row.next_attempt_at is None
+    assert len(receiver.requests("/dead")) == 4
+    assert len(receiver.requests("/ok")) == 3
+
+    # Over several ladder steps, only the head is retried: one request at a time.
+    for step in range(3):
+        outcome = _deliver_when_due(ids[0], settings)
+        assert outcome.status == NotificationStatus.FAILED
+        with session_scope() as session:
+            due = collect_due(session, settings, now=utcnow(), limit=100)
+        assert {d.notification_id for d in due} <= {ids[0]}
+        assert len(receiver.requests("/dead")) == 4 + step + 1
+    for nid in ids[1:]:
+        assert notification(nid).held
+
+
+def test_recovery_drains_in_order_at_a_bounded_rate(settings, receiver, override_settings):
+    url = receiver.program("/flaky", [rx.status(500)] * 5, rx.ok())
+    partner = new_partner(settings, url)
+    now = utcnow()
+    ids = [insert_notification(partner.partner_id, url, next_attempt_at=now) for _ in range(5)]
+    for nid in ids:
+        service.deliver(nid, settings)
+    assert [notification(n).held for n in ids] == [False, True, True, True, True]
+
+    with override_settings(drain_rate=20.0, sweep_interval=0.1) as s:
+        assert _deliver_when_due(ids[0], s).status == NotificationStatus.SENT
+        assert _endpoint(partner.partner_id, url).draining
+        released_at: dict[str, object] = {}
+        for _ in range(50):
+            with session_scope() as session:
+                endpoint_queue.drain(session, s, utcnow())
+            for nid in ids[1:]:
+                row = notification(nid)
+                if not row.held and nid not in released_at:
+                    released_at[nid] = row.next_attempt_at
+            if len(released_at) == 4:
+                break
+            time.sleep(0.1)
+        assert len(released_at) == 4
+        # Released in sequence order, never two at the same instant (bounded rate).
+        times = [released_at[n] for n in ids[1:]]
+        assert times == sorted(times)
+        assert len(set(times)) == 4
+        for nid in ids[1:]:
+            assert _deliver_when_due(nid, s).status == NotificationStatus.SENT
+    order = [r.headers["webhook-id"] for r in receiver.requests("/flaky")[5:]]
+    assert order == ids
+
+
+def test_exhausted_head_hands_over_to_the_next(settings, receiver, override_settings):
+    url = receiver.always("/down", rx.status(500))
+    partner = new_partner(settings, url)
+    short = Ladder(steps=(0.3,), repeat=0.3, max_age=1.0)
+    with override_settings(ladder=short, time_scale=1.0) as s:
+        now = utcnow()
+        first, second = (insert_notification(partner.partner_id, url, next_attempt_at=now)
+                         for _ in range(2))
+        service.deliver(first, s)
+        service.deliver(second, s)
+        assert notification(second).held
+        for _ in range(10):
+            if notification(first).next_attempt_at is None:
+                break
+            _deliver_when_due(first, s)
+        head = notification(first)
+        assert head.status == NotificationStatus.FAILED and head.next_attempt_at is None
+        promoted = notification(second)
+        assert not promoted.held and promoted.next_attempt_at is not None
+
+
+def test_410_gone_disables_the_endpoint_until_settings_are_saved(settings, receiver):
+    url = receiver.always("/gone", rx.status(410))
+    partner = new_partner(settings, url)
+    now = utcnow()
+    nid = insert_notification(partner.partner_id, url, next_attempt_at=now)
+    service.deliver(nid, settings)
+    row = notification(nid)
+    assert row.status == NotificationStatus.FAILED and row.next_attempt_at is None
+    assert row.latest_error_payload["httpStatus"] == 410
+    endpoint = _endpoint(partner.partner_id, url)
+    assert endpoint.disabled_at is not None and "410" in (endpoint.disabled_reason or "")
+    with session_scope() as session:
+        kinds = [a.kind for a in session.scalars(select(Alert))]
+    assert kinds == ["endpoint_disabled"]
+
+    with session_scope() as session:
+        published = publish_event(session, settings, partner_id=partner.partner_id,
+                                  type="invoice.settled", reference="INV-1", payload={})
+    assert published.status == NotificationStatus.NOT_SENT
+    assert notification(published.notification_id).latest_error_payload["kind"] == (
+        "endpoint_disabled")
+    assert len(receiver.requests("/gone")) == 1
+
+    with session_scope() as session:
+        webhook_settings.update_settings(session, settings, partner.partner_id, url=url)
+    assert _endpoint(partner.partner_id, url).disabled_at is None
+
+
+def test_alert_after_the_fifth_failed_retry_once_per_failing_period(
+        settings, receiver, override_settings):
+    url = receiver.always("/alerting", rx.status(500))
+    partner = new_partner(settings, url)
+    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    fast = override_settings(ladder=Ladder(steps=(0.01,), repeat=0.01, max_age=60),
+                             time_scale=1.0)
+    with fast as s:
+        service.deliver(nid, s)  # first attempt
+        for retry in range(1, 8):
+            _deliver_when_due(nid, s)
+            with session_scope() as session:
+                alerts = list(session.scalars(select(Alert)))
+            # First attempt + 5 retries failed: alert after the fifth retry, only once.
+            assert len(alerts) == (1 if retry >= 5 else 0), retry
+    alert = alerts[0]
+    assert alert.kind == "endpoint_failing" and alert.notification_id == nid
+    assert json.dumps(alert.message)

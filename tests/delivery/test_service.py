@@ -1,0 +1,389 @@
+"""Delivering one notification (claim, send, record) against the real database and a real
+receiver, without the broker: the service is called directly, as a worker would."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from deliverer.db import session_scope
+from deliverer.delivery import service
+from deliverer.delivery.service import ClaimState
+from deliverer.delivery.troubleshooting import FailureKind, hint_for
+from deliverer.models import (
+    Endpoint,
+    Lane,
+    Notification,
+    NotificationStatus,
+    Trigger,
+    WebhookSettings,
+    utcnow,
+)
+from deliverer.scheduling.sweep import collect_due
+from tests.support import helpers as h
+from tests.support import receiver as rx
+
+
+@pytest.fixture
+def partner(settings, receiver):
+    return h.new_partner(settings, receiver.url("/hook"))
+
+
+def due_now(partner, url, **kwargs):
+    return h.insert_notification(partner.partner_id, url, next_attempt_at=utcnow(), **kwargs)
+
+
+def test_successful_delivery(settings, receiver, partner):
+    url = receiver.url("/hook")
+    nid = due_now(partner, url)
+    outcome = service.deliver(nid, settings)
+
+    assert outcome.state == ClaimState.CLAIMED
+    assert outcome.status == NotificationStatus.SENT
+    assert outcome.next_attempt is None
+    row = h.notification(nid)
+    assert row.status == NotificationStatus.SENT
+    assert row.sent_at is not None
+    assert row.next_attempt_at is None
+    assert row.scheduled_for is None
+    assert row.lease_token is None and row.lease_expires_at is None
+    assert (row.attempt_count, row.retry_attempts) == (1, 0)
+    assert row.latest_error_payload is None
+
+    [attempt] = h.attempts(nid)
+    assert attempt.success is True
+    assert attempt.response_status == 200
+    assert attempt.response_body == "ok"
+    assert attempt.error_payload is None
+    assert attempt.trigger == Trigger.AUTOMATIC
+    assert attempt.url == url
+    assert attempt.duration_ms >= 0
+
+    [got] = receiver.requests("/hook")
+    assert got.headers["webhook-id"] == nid
+    assert got.body == h.event_body_of(nid)
+    envelope = h.verify_signature(partner.signing_secret, got)
+    assert set(envelope) == {"id", "type", "reference", "timestamp", "data"}
+    assert envelope["data"] == {"amount": 42}
+
+
+FAILURES = {
+    "500": (rx.status(500), "http_status", 500),
+    "404": (rx.status(404), "http_status", 404),
+    "401": (rx.status(401), "http_status", 401),
+    "redirect": (rx.redirect("https://example.invalid/hook", 302), "redirect", 302),
+    "timeout": (rx.sleep(3.0), "timeout", None),
+    "reset": (rx.reset(), "connection_reset", None),
+}
+
+
+@pytest.mark.parametrize("name", list(FAILURES))
+def test_failed_attempt_is_recorded_with_its_error_payload(settings, receiver, partner, name):
+    behaviour, kind, status = FAILURES[name]
+    url = receiver.always(f"/{name}", behaviour)
+    nid = due_now(partner, url)
+    quick = settings.with_overrides(total_timeout=0.5)
+    before = utcnow()
+    outcome = service.deliver(nid, quick)
+    after = utcnow()
+
+    assert outcome.status == NotificationStatus.FAILED
+    row = h.notification(nid)
+    [attempt] = h.attempts(nid)
+    assert attempt.success is False
+    assert attempt.response_status == status
+    assert attempt.error_payload["kind"] == kind
+    assert attempt.error_payload["httpStatus"] == status
+    assert attempt.error_payload["hint"] == hint_for(FailureKind(kind), status)
+    assert attempt.error_payload["message"]
+    assert row.latest_error_payload == attempt.error_payload
+    assert row.status == NotificationStatus.FAILED
+    assert (row.retry_attempts, row.attempt_count) == (1, 1)
+    assert row.lane == Lane.RETRY
+    # First rung of the ladder: 2 minutes, scaled.
+    step = timedelta(seconds=120 * settings.time_scale)
+    assert before + step <= row.next_attempt_at <= after + step
+    # Due within the sweep horizon: the caller is told to enqueue it, and the row says so.
+    assert outcome.next_attempt is not None
+    assert outcome.next_attempt.due_at == row.next_attempt_at
+    assert outcome.next_attempt.lane == Lane.RETRY
+    assert row.scheduled_for == row.next_attempt_at
+
+
+@pytest.mark.parametrize("target, kind", [
+    ("refused", "connection_refused"),
+    ("dns", "dns"),
+    ("tls", "tls"),
+    ("blocked", "blocked_address"),
+])
+def test_network_failures_are_recorded(settings, receiver, partner, target, kind):
+    urls = {
+        "refused": f"http://127.0.0.1:{rx.closed_port()}/hook",
+        "dns": "http://nonexistent.invalid/hook",
+        "tls": receiver.url("/hook", scheme="https"),
+        "blocked": receiver.url("/hook"),
+    }
+    run_settings = settings.with_overrides(allow_private_urls=(target != "blocked"))
+    nid = due_now(partner, urls[target])
+    service.deliver(nid, run_settings)
+    [attempt] = h.attempts(nid)
+    assert attempt.error_payload["kind"] == kind
+    assert attempt.error_payload["httpStatus"] is None
+    assert attempt.response_status is None
+    assert h.notification(nid).latest_error_payload == attempt.error_payload
+    assert receiver.requests() == []
+
+
+def test_whole_cycle_of_an_always_failing_receiver(settings, receiver, partner):
+    """The real default ladder at full scale, time injected: 30 days of attempts, each one a
+    real POST and a real attempt row, ending FAILED with nothing scheduled."""
+    url = receiver.always("/down", rx.status(500))
+    full = settings.with_overrides(time_scale=1.0)
+    ladder = full.ladder
+    t0 = utcnow()
+    nid = h.insert_notification(partner.partner_id, url, next_attempt_at=t0, cycle_started_at=t0)
+
+    now = t0
+    failures = 0
+    while True:
+        with session_scope() as session:
+            claim = service.claim(session, nid, full, now=now)
+        assert claim.state == ClaimState.CLAIMED, claim
+        result = service.perform(claim.job, full)
+        with session_scope() as session:
+            outcome = service.record(session, claim.job, result, full, now=now)
+        failures += 1
+        assert outcome.status == NotificationStatus.FAILED
+        if outcome.due_at is None:
+            break
+        assert outcome.due_at - now == timedelta(seconds=ladder.delay(failures))
+        # Beyond the sweep horizon: left to the sweep, not enqueued by the worker.
+        assert outcome.next_attempt is None
+        if failures <= len(ladder.steps) + 1:
+            # Not claimable a moment before it is due.
+            with session_scope() as session:
+                early = service.claim(session, nid, full,
+                                      now=outcome.due_at - timedelta(seconds=1))
+            assert early.state == ClaimState.NOT_DUE
+            assert early.due_at == outcome.due_at
+        now = outcome.due_at
+
+    assert now <= t0 + timedelta(days=30) < now + timedelta(seconds=ladder.repeat)
+    # The first attempt, one per ladder step, then one every 8 hours up to day 30.
+    expected = 1 + len(ladder.steps) + int((30 * 86400 - sum(ladder.steps)) // ladder.repeat)
+    assert failures == expected
+
+    row = h.notification(nid)
+    assert row.status == NotificationStatus.FAILED
+    assert row.next_attempt_at is None
+    assert row.scheduled_for is None
+    assert row.retry_attempts == row.attempt_count == failures
+
+    rows = h.attempts(nid)
+    assert len(rows) == failures
+    assert all(not a.success and a.error_payload["kind"] == "http_status" for a in rows)
+    got = receiver.requests("/down")
+    assert len(got) == failures
+    assert {r.headers["webhook-id"] for r in got} == {nid}
+    assert {r.body for r in got} == {h.event_body_of(nid)}
+    for r in got[:3] + got[-3:]:
+        h.verify_signature(partner.signing_secret, r)
+
+    # Exhausted: nothing to claim, nothing for the sweep.
+    with session_scope() as session:
+        assert service.claim(session, nid, full, now=now + timedelta(days=1)).state == \
+            ClaimState.FINAL
+        assert collect_due(session, full, now=now + timedelta(days=1)) == []
+
+
+def test_two_workers_racing_send_one_post(settings, receiver, partner):
+    url = receiver.always("/slow", rx.sleep(0.5))
+    nid = due_now(partner, url)
+    racers = 6
+    barrier = threading.Barrier(racers)
+    outcomes: list[service.AttemptOutcome] = []
+    errors: list[BaseException] = []
+
+    def race():
+        try:
+            barrier.wait(5)
+            outcomes.append(service.deliver(nid, settings))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(outcomes) == racers
+    states = sorted(o.state for o in outcomes)
+    assert states.count(ClaimState.CLAIMED) == 1, states
+    assert all(s in (ClaimState.CLAIMED, ClaimState.BUSY, ClaimState.LOCKED, ClaimState.FINAL)
+               for s in states)
+    assert len(receiver.requests("/slow")) == 1
+    assert len(h.attempts(nid)) == 1
+    assert h.notification(nid).status == NotificationStatus.SENT
+
+
+def test_expired_lease_is_taken_over_and_the_late_worker_changes_nothing(
+        settings, receiver, partner):
+    url = receiver.url("/hook")
+    t0 = utcnow()
+    nid = h.insert_notification(partner.partner_id, url, next_attempt_at=t0)
+    with session_scope() as session:
+        first = service.claim(session, nid, settings, now=t0)
+    assert first.state == ClaimState.CLAIMED
+    with session_scope() as session:
+        assert service.claim(session, nid, settings, now=t0).state == ClaimState.BUSY
+    # The first worker stalls past its lease; a second worker takes over.
+    later = t0 + timedelta(seconds=settings.lease_seconds + 1)
+    with session_scope() as session:
+        second = service.claim(session, nid, settings, now=later)
+    assert second.state == ClaimState.CLAIMED
+    assert second.job.lease_token != first.job.lease_token
+
+    late_result = service.perform(first.job, settings)
+    with session_scope() as session:
+        late = service.record(session, first.job, late_result, settings, now=later)
+    assert late.state == ClaimState.BUSY
+    row = h.notification(nid)
+    assert row.lease_token == second.job.lease_token
+    assert row.status == NotificationStatus.PENDING
+    assert row.attempt_count == 0
+
+    with session_scope() as session:
+        done = service.record(session, second.job, service.perform(second.job, settings),
+                              settings, now=later)
+    assert done.status == NotificationStatus.SENT
+    row = h.notification(nid)
+    assert (row.status, row.attempt_count, row.lease_token) == (NotificationStatus.SENT, 1, None)
+    assert len(h.attempts(nid)) == 2  # both POSTs happened and both are on record
+
+
+def test_nothing_is_sent_when_not_due_final_or_missing(settings, receiver, partner):
+    url = receiver.url("/hook")
+    future = h.insert_notification(partner.partner_id, url,
+                                   next_attempt_at=utcnow() + timedelta(minutes=5))
+    outcome = service.deliver(future, settings)
+    assert outcome.state == ClaimState.NOT_DUE
+    assert outcome.due_at == h.notification(future).next_attempt_at
+
+    done = due_now(partner, url)
+    assert service.deliver(done, settings).status == NotificationStatus.SENT
+    assert service.deliver(done, settings).state == ClaimState.FINAL
+
+    assert service.deliver("00000000-0000-0000-0000-000000000000", settings).state == \
+        ClaimState.MISSING
+    assert len(receiver.requests()) == 1
+
+
+def test_retry_after_is_honoured_within_the_cycle(settings, receiver, partner):
+    url = receiver.always("/busy", rx.retry_after("600", 429))
+    nid = due_now(partner, url)
+    before = utcnow()
+    service.deliver(nid, settings)
+    row = h.notification(nid)
+    # The ladder says 120 s; the receiver asked for 600 s (both scaled).
+    wait = (row.next_attempt_at - before).total_seconds()
+    assert 600 * settings.time_scale <= wait < 600 * settings.time_scale + 0.5
+    assert h.attempts(nid)[0].error_payload["httpStatus"] == 429
+
+    # A Retry-After beyond the 30-day cycle is capped at its end.
+    url = receiver.always("/gone-for-long", rx.retry_after(str(10**9), 503))
+    nid = due_now(partner, url)
+    service.deliver(nid, settings)
+    row = h.notification(nid)
+    cap = row.cycle_started_at + timedelta(seconds=settings.ladder.max_age * settings.time_scale)
+    assert row.next_attempt_at == cap
+
+
+def test_endpoint_health_tracks_failures_and_recovery(settings, receiver, partner):
+    url = receiver.program("/flaky", [rx.status(500), rx.status(503)], rx.ok())
+    first = due_now(partner, url)
+    second = due_now(partner, url)
+    service.deliver(first, settings)
+    service.deliver(second, settings)
+    with session_scope() as session:
+        endpoint = session.scalar(select(Endpoint).where(Endpoint.url == url))
+        assert endpoint.consecutive_failures == 2
+        assert endpoint.failing_since is not None
+        assert endpoint.last_failure_at >= endpoint.failing_since
+    third = due_now(partner, url)
+    assert service.deliver(third, settings).status == NotificationStatus.SENT
+    with session_scope() as session:
+        endpoint = session.scalar(select(Endpoint).where(Endpoint.url == url))
+        assert endpoint.consecutive_failures == 0
+        assert endpoint.failing_since is None
+        assert endpoint.last_success_at is not None
+
+
+def test_concurrent_failures_are_all_counted(settings, receiver, partner):
+    url = receiver.always("/down", rx.sleep(0.2, rx.status(500)))
+    nids = [due_now(partner, url) for _ in range(6)]
+    threads = [threading.Thread(target=service.deliver, args=(nid, settings)) for nid in nids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with session_scope() as session:
+        endpoint = session.scalar(select(Endpoint).where(Endpoint.url == url))
+        assert endpoint.consecutive_failures == len(nids)
+
+
+def test_rotated_secret_signs_with_both_until_it_expires(settings, receiver, partner):
+    old_secret = partner.signing_secret
+    from deliverer.delivery.signing import generate_secret
+
+    new_secret = generate_secret()
+    with session_scope() as session:
+        session.execute(update(WebhookSettings).where(
+            WebhookSettings.partner_id == partner.partner_id).values(
+            signing_secret=new_secret, previous_secret=old_secret,
+            previous_secret_expires_at=utcnow() + timedelta(hours=1)))
+    url = receiver.url("/hook")
+    service.deliver(due_now(partner, url), settings)
+    [got] = receiver.requests("/hook")
+    assert len(got.headers["webhook-signature"].split(" ")) == 2
+    h.verify_signature(new_secret, got)
+    h.verify_signature(old_secret, got)
+
+    with session_scope() as session:
+        session.execute(update(WebhookSettings).where(
+            WebhookSettings.partner_id == partner.partner_id).values(
+            previous_secret_expires_at=utcnow() - timedelta(seconds=1)))
+    service.deliver(due_now(partner, url), settings)
+    latest = receiver.requests("/hook")[-1]
+    assert len(latest.headers["webhook-signature"].split(" ")) == 1
+    h.verify_signature(new_secret, latest)
+
+
+def test_stored_response_body_is_capped(settings, receiver, partner):
+    url = receiver.always("/huge", rx.huge(2 * 1024 * 1024, 500))
+    nid = due_now(partner, url)
+    service.deliver(nid, settings)
+    [attempt] = h.attempts(nid)
+    assert len(attempt.response_body) == settings.max_response_bytes
+    assert attempt.error_payload["httpStatus"] == 500
+
+
+def test_manual_lane_records_manual_trigger(settings, receiver, partner):
+    nid = due_now(partner, receiver.url("/hook"), lane=Lane.MANUAL)
+    service.deliver(nid, settings)
+    assert h.attempts(nid)[0].trigger == Trigger.MANUAL
+
+
+def test_attempt_payloads_are_json_round_tripped(settings, receiver, partner):
+    url = receiver.always("/err", rx.status(500, "ünïcödé ✓".encode()))
+    nid = due_now(partner, url)
+    service.deliver(nid, settings)
+    with session_scope() as session:
+        stored = session.scalar(select(Notification.latest_error_payload)
+                                .where(Notification.id == nid))
+    assert json.loads(json.dumps(stored)) == stored
+    assert h.attempts(nid)[0].response_body == "ünïcödé ✓"

@@ -1,0 +1,149 @@
+"""The operator CLI, run as a user would: the real ``deliverer`` script in a subprocess,
+pointed at the test's database and broker through the environment."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from deliverer.db import session_scope
+from deliverer.errors import Unauthorized
+from deliverer.models import NotificationStatus, utcnow
+from deliverer.operations.replay import OPERATOR
+from deliverer.partners.service import authenticate
+from tests.operations.helpers import add_attempt, attempt_count, audit, failed, run_cli
+from tests.support import helpers as h
+from tests.support.receiver import Receiver
+
+
+def test_help_lists_the_operator_commands(settings):
+    out = run_cli(settings, "--help").stdout
+    for command in ("db", "partner", "stats", "replay", "purge-attempts", "publish", "sweep"):
+        assert command in out
+    assert "rotate-key" in run_cli(settings, "partner", "--help").stdout
+
+
+def test_partner_create_prints_the_key_once_and_rotate_key_replaces_it(settings):
+    created = run_cli(settings, "partner", "create", "--name", "CLI Shop",
+                      "--webhook-url", "https://cli-shop.example/hooks")
+    body = json.loads(created.stdout)
+    assert set(body) == {"id", "apiKey", "signingSecret"}
+    assert "Store the API key now" in created.stderr
+    with session_scope() as session:
+        assert authenticate(session, body["apiKey"]).partner_id == body["id"]
+
+    new_key = run_cli(settings, "partner", "rotate-key", body["id"]).stdout.strip()
+    assert new_key and new_key != body["apiKey"]
+    with session_scope() as session:
+        assert authenticate(session, new_key).partner_id == body["id"]
+        with pytest.raises(Unauthorized):
+            authenticate(session, body["apiKey"])
+
+    missing = run_cli(settings, "partner", "rotate-key", "nope", check=False)
+    assert missing.returncode == 1 and "Partner not found" in missing.stderr
+
+
+def test_stats_json(settings, receiver: Receiver):
+    url = receiver.url("/stats")
+    shop = h.new_partner(settings, url)
+    for _ in range(2):
+        failed(shop.partner_id, url)
+    failed(shop.partner_id, url, held=True)
+    sent = h.insert_notification(shop.partner_id, url, next_attempt_at=None,
+                                 status=NotificationStatus.SENT)
+    h.insert_notification(shop.partner_id, url, next_attempt_at=utcnow() - timedelta(seconds=30),
+                          scheduled_for=utcnow(), enqueued_at=utcnow())
+    now = utcnow()
+    add_attempt(sent, now - timedelta(minutes=5), success=True, url=url)
+    add_attempt(sent, now - timedelta(minutes=6), success=False, url=url)
+    add_attempt(sent, now - timedelta(minutes=7), success=False, url=url)
+    add_attempt(sent, now - timedelta(hours=3), success=False, url=url)  # outside the window
+
+    out = json.loads(run_cli(settings, "stats", "--json", "--window", "3600").stdout)
+    assert out["notifications"]["byStatus"] == {"PENDING": 1, "SENT": 1, "FAILED": 3,
+                                                "NOT_SENT": 0}
+    assert out["notifications"]["held"] == 1 and out["notifications"]["exhausted"] == 2
+    assert out["due"]["count"] == 1 and out["due"]["lagSeconds"] >= 29
+    assert out["endpoints"] == [{"partnerId": shop.partner_id, "url": url, "attempts": 3,
+                                 "successes": 1, "successRate": 0.3333}]
+    assert set(out["brokerQueues"]) == {"deliver.first", "deliver.retry", "deliver.manual",
+                                        "deliverer.maintenance"}
+    assert all(isinstance(v, int) for v in out["brokerQueues"].values())
+
+
+def test_stats_table(settings):
+    out = run_cli(settings, "stats", "--no-broker").stdout
+    assert "Notifications by status" in out and "Due now: 0" in out
+    assert "no attempt in the window" in out and "Broker queues" not in out
+
+
+def test_replay_with_a_progress_bar_then_the_worker_delivers(settings, worker,
+                                                             receiver: Receiver):
+    url = receiver.url("/replayed")
+    shop = h.new_partner(settings, url)
+    ids = [failed(shop.partner_id, url, created_ago=timedelta(minutes=9 - i)) for i in range(5)]
+    other_url = receiver.url("/elsewhere")
+    elsewhere = failed(shop.partner_id, other_url)
+
+    dry = run_cli(settings, "replay", "--partner", shop.partner_id, "--endpoint", url,
+                  "--dry-run")
+    assert "5 FAILED notification(s) match." in dry.stdout
+    assert all(h.notification(nid).status == NotificationStatus.FAILED for nid in ids)
+
+    result = run_cli(settings, "replay", "--partner", shop.partner_id, "--endpoint", url,
+                     "--since", (utcnow() - timedelta(hours=1)).isoformat(), "--yes")
+    assert "replayed 5 of 5 notification(s)" in result.stdout
+    assert "Replaying" in result.stderr  # the progress bar
+    for nid in ids:
+        h.wait_until(lambda nid=nid: h.sent(nid), message=f"{nid} delivered after replay")
+        assert audit(nid) == [("retry", OPERATOR, None)]
+    assert len(receiver.requests("/replayed")) == 5
+    assert h.notification(elsewhere).status == NotificationStatus.FAILED
+
+
+def test_replay_asks_before_acting_when_interactive_only(settings, receiver: Receiver):
+    shop = h.new_partner(settings, receiver.url("/x"))
+    failed(shop.partner_id, receiver.url("/x"))
+    # No terminal: no question (scripts and cron), the --until filter leaves nothing.
+    result = run_cli(settings, "replay", "--partner", shop.partner_id, "--until",
+                     "2001-01-01")
+    assert "0 FAILED notification(s) match." in result.stdout
+
+
+def test_replay_errors(settings):
+    unknown = run_cli(settings, "replay", "--partner", "00000000-0000-0000-0000-000000000000",
+                      check=False)
+    assert unknown.returncode == 1 and "Partner not found" in unknown.stderr
+    shop = h.new_partner(settings, None)
+    bad_date = run_cli(settings, "replay", "--partner", shop.partner_id, "--since", "yesterday",
+                       check=False)
+    assert bad_date.returncode == 2 and "not an ISO 8601" in bad_date.stderr
+    backwards = run_cli(settings, "replay", "--partner", shop.partner_id, "--since",
+                        "2030-01-02", "--until", "2030-01-01", check=False)
+    assert backwards.returncode == 2 and "--since must be before --until" in backwards.stderr
+    missing = run_cli(settings, "replay", check=False)
+    assert missing.returncode == 2 and "--partner" in missing.stderr
+
+
+def test_purge_attempts(settings):
+    shop = h.new_partner(settings, None)
+    nid = failed(shop.partner_id, "http://127.0.0.1:9/hook")
+    now = utcnow()
+    for days in (45, 40, 31):
+        add_attempt(nid, now - timedelta(days=days))
+    add_attempt(nid, now - timedelta(days=29))
+    add_attempt(nid, now - timedelta(minutes=1))
+
+    dry = run_cli(settings, "purge-attempts", "--older-than-days", "30", "--dry-run")
+    assert "3 attempt(s) older than 30 day(s)" in dry.stdout
+    assert attempt_count() == 5
+    out = run_cli(settings, "purge-attempts", "--older-than-days", "30", "--batch-size", "2")
+    assert "deleted 3 attempt(s) older than 30 day(s)" in out.stdout
+    assert attempt_count() == 2
+    # The default is DELIVERER_ATTEMPT_RETENTION_DAYS.
+    out = run_cli(settings, "purge-attempts", DELIVERER_ATTEMPT_RETENTION_DAYS="10")
+    assert "deleted 1 attempt(s) older than 10 day(s)" in out.stdout
+    assert attempt_count() == 1
+    assert h.notification(nid).latest_error_payload is not None  # the error survives

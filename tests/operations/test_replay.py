@@ -1,0 +1,171 @@
+"""Operator retries and bulk replay (deliverer.operations.replay), called directly."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from deliverer.db import session_scope
+from deliverer.errors import Conflict, NotificationNotFound, PartnerNotFound
+from deliverer.models import NotificationStatus, utcnow
+from deliverer.operations.replay import (
+    OPERATOR,
+    ReplayFilter,
+    operator_ignore,
+    operator_retry,
+    replay,
+)
+from deliverer.scheduling import queues
+from tests.operations.helpers import audit, failed
+from tests.support import helpers as h
+from tests.support.receiver import Receiver
+
+
+def _manual_publishes(published_tasks) -> list[str]:
+    return [t["args"][0] for t in published_tasks
+            if t["task"] == "deliverer.deliver" and t["queue"] == queues.MANUAL]
+
+
+def test_replay_sends_a_partners_failed_notifications_in_order(settings, worker,
+                                                                receiver: Receiver,
+                                                                published_tasks):
+    url = receiver.url("/shop")
+    shop = h.new_partner(settings, url, name="Shop")
+    other = h.new_partner(settings, receiver.url("/other"), name="Other")
+    ids = [failed(shop.partner_id, url, created_ago=timedelta(minutes=10 - i)) for i in range(3)]
+    delivered = h.insert_notification(shop.partner_id, url, next_attempt_at=None,
+                                      status=NotificationStatus.SENT)
+    ignored = failed(shop.partner_id, url, status=NotificationStatus.NOT_SENT)
+    someone_elses = failed(other.partner_id, receiver.url("/other"))
+    held = failed(shop.partner_id, url, held=True)
+
+    progress: list[int] = []
+    result = replay(settings, ReplayFilter(shop.partner_id), batch_size=2,
+                    progress=progress.append)
+
+    assert (result.matched, result.replayed, result.skipped) == (4, 4, 0)
+    assert sum(progress) == 4 and progress == [2, 2]
+    for nid in [*ids, held]:
+        h.wait_until(lambda nid=nid: h.sent(nid), message=f"{nid} replayed and sent")
+        row = h.notification(nid)
+        assert row.manual_retry_count == 0 and row.held is False
+        assert audit(nid) == [("retry", OPERATOR, None)]
+    # Sent on the manual lane, oldest first.
+    assert _manual_publishes(published_tasks) == [*ids, held]
+    assert [r.path for r in receiver.requests()] == ["/shop"] * 4
+    assert h.notification(delivered).status == NotificationStatus.SENT
+    assert h.notification(ignored).status == NotificationStatus.NOT_SENT
+    assert h.notification(someone_elses).status == NotificationStatus.FAILED
+    assert audit(someone_elses) == [] and audit(ignored) == []
+
+
+def test_replay_filters_by_endpoint_and_time_range_and_can_include_not_sent(
+        settings, worker, receiver: Receiver):
+    a, b = receiver.url("/a"), receiver.url("/b")
+    shop = h.new_partner(settings, a)
+    old_a = failed(shop.partner_id, a, created_ago=timedelta(days=3))
+    mid_a = failed(shop.partner_id, a, created_ago=timedelta(days=1))
+    mid_b = failed(shop.partner_id, b, created_ago=timedelta(days=1))
+    mid_a_ignored = failed(shop.partner_id, a, created_ago=timedelta(days=1),
+                           status=NotificationStatus.NOT_SENT)
+    new_a = failed(shop.partner_id, a, created_ago=timedelta(minutes=1))
+
+    now = utcnow()
+    flt = ReplayFilter(shop.partner_id, endpoint_url=a, since=now - timedelta(days=2),
+                       until=now - timedelta(hours=1))
+    result = replay(settings, flt)
+    assert (result.matched, result.replayed) == (1, 1)
+    h.wait_until(lambda: h.sent(mid_a))
+    for nid in (old_a, mid_b, new_a):
+        assert h.notification(nid).status == NotificationStatus.FAILED
+    assert h.notification(mid_a_ignored).status == NotificationStatus.NOT_SENT
+
+    result = replay(settings, ReplayFilter(shop.partner_id, endpoint_url=a,
+                                           since=now - timedelta(days=2),
+                                           until=now - timedelta(hours=1),
+                                           include_not_sent=True))
+    assert (result.matched, result.replayed) == (1, 1)
+    h.wait_until(lambda: h.sent(mid_a_ignored))
+
+
+def test_replay_at_a_bounded_rate_spreads_the_attempts(settings, receiver: Receiver,
+                                                       published_tasks):
+    url = receiver.url("/recovered")
+    shop = h.new_partner(settings, url)
+    ids = [failed(shop.partner_id, url, created_ago=timedelta(minutes=5 - i)) for i in range(3)]
+    started = utcnow()
+    # 0.1 per second: one now, the next in 10 s and 20 s, beyond the 5 s sweep horizon of
+    # the tests, so the beat sweep (not run here) would enqueue those when they are near.
+    result = replay(settings, ReplayFilter(shop.partner_id), rate=0.1, now=started)
+    assert result.replayed == 3
+    second, third = h.notification(ids[1]), h.notification(ids[2])
+    assert second.next_attempt_at == started + timedelta(seconds=10)
+    assert third.next_attempt_at == started + timedelta(seconds=20)
+    assert second.scheduled_for is None and third.scheduled_for is None
+    assert second.status == third.status == NotificationStatus.PENDING
+    assert _manual_publishes(published_tasks) == [ids[0]]
+
+
+def test_replay_of_an_unknown_partner(settings):
+    with pytest.raises(PartnerNotFound):
+        replay(settings, ReplayFilter("00000000-0000-0000-0000-000000000000"))
+
+
+def test_replay_to_nowhere_is_skipped(settings):
+    shop = h.new_partner(settings, None)
+    nid = failed(shop.partner_id, "http://127.0.0.1:9/old")
+    with session_scope() as session:
+        from sqlalchemy import update
+
+        from deliverer.models import Notification
+
+        session.execute(update(Notification).where(Notification.id == nid)
+                        .values(url=None, endpoint_id=None, sequence=None))
+    result = replay(settings, ReplayFilter(shop.partner_id))
+    assert (result.matched, result.replayed, result.skipped) == (1, 0, 1)
+    assert h.notification(nid).status == NotificationStatus.FAILED
+
+
+def test_operator_retry_obeys_the_status_rule_but_not_the_merchant_limits(settings, worker,
+                                                                          receiver: Receiver):
+    url = receiver.url("/hook")
+    shop = h.new_partner(settings, url)
+    nid = failed(shop.partner_id, url)
+    pending = h.insert_notification(shop.partner_id, url, next_attempt_at=utcnow()
+                                    + timedelta(hours=1))
+    with session_scope() as session, pytest.raises(Conflict, match="not in FAILED status"):
+        operator_retry(session, settings, pending)
+    with session_scope() as session, pytest.raises(NotificationNotFound):
+        operator_retry(session, settings, "not-a-uuid")
+    # Far beyond the merchant's 3 retries and 10 a minute.
+    for _ in range(12):
+        h.wait_until(lambda: h.status_is(nid, NotificationStatus.FAILED, NotificationStatus.SENT))
+        with session_scope() as session:
+            from sqlalchemy import update
+
+            from deliverer.models import Notification
+
+            session.execute(update(Notification).where(Notification.id == nid)
+                            .values(status=NotificationStatus.FAILED, next_attempt_at=None))
+        with session_scope() as session:
+            operator_retry(session, settings, nid)
+    h.wait_until(lambda: h.sent(nid))
+    assert audit(nid) == [("retry", OPERATOR, None)] * 12
+    assert h.notification(nid).manual_retry_count == 0
+
+
+def test_operator_ignore_reuses_the_partner_api_rule(settings, receiver: Receiver):
+    url = receiver.url("/hook")
+    shop = h.new_partner(settings, url)
+    nid = failed(shop.partner_id, url)
+    sent = h.insert_notification(shop.partner_id, url, next_attempt_at=None,
+                                 status=NotificationStatus.SENT)
+    with session_scope() as session:
+        operator_ignore(session, nid)
+    assert h.notification(nid).status == NotificationStatus.NOT_SENT
+    assert audit(nid) == [("ignore", OPERATOR, None)]
+    with session_scope() as session, pytest.raises(Conflict, match="already been delivered"):
+        operator_ignore(session, sent)
+    # The refusal is on record too, as the partner API records its own.
+    assert audit(sent) == [("ignore", "CONFLICT", None)]

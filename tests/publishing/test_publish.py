@@ -1,0 +1,208 @@
+"""Publishing: the event, its notification and its sequence number in one transaction; the
+broker message only after the commit."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from sqlalchemy import func, select, update
+
+import deliverer
+from deliverer.db import session_scope
+from deliverer.errors import PartnerNotFound, UnsafeUrl
+from deliverer.models import Event, Notification, NotificationStatus, Partner, WebhookSettings
+from deliverer.publishing.service import publish_event
+from deliverer.scheduling import queues
+from tests.support import helpers as h
+
+
+def deliver_messages(published_tasks):
+    return [t for t in published_tasks if t["task"] == "deliverer.deliver"]
+
+
+def test_publish_records_event_and_notification_and_enqueues(settings, receiver,
+                                                              published_tasks):
+    url = receiver.url("/hook")
+    partner = h.new_partner(settings, url)
+    published = deliverer.publish_event(partner.partner_id, "transaction.updated", "tx-1",
+                                        {"amount": 1250, "currency": "EUR"})
+    assert published.status == NotificationStatus.PENDING
+    assert published.sequence == 1
+
+    row = h.notification(published.notification_id)
+    assert row.event_id == published.event_id
+    assert row.url == url
+    assert row.status == NotificationStatus.PENDING
+    assert row.next_attempt_at is not None
+    assert row.scheduled_for == row.next_attempt_at  # a message is on its way
+    assert (row.retry_attempts, row.attempt_count) == (0, 0)
+
+    body = json.loads(h.event_body_of(published.notification_id))
+    assert body["id"] == published.event_id
+    assert body["type"] == "transaction.updated"
+    assert body["reference"] == "tx-1"
+    assert body["data"] == {"amount": 1250, "currency": "EUR"}
+    assert body["timestamp"].endswith("Z")
+
+    [message] = deliver_messages(published_tasks)
+    assert message["args"] == [published.notification_id]
+    assert message["queue"] == queues.FIRST
+    assert message["eta"] is None
+
+
+def test_callback_url_overrides_the_partner_url(settings, receiver, published_tasks):
+    partner = h.new_partner(settings, receiver.url("/default"))
+    other = receiver.url("/per-event")
+    published = deliverer.publish_event(partner.partner_id, "t", "r", {}, callback_url=other)
+    assert h.notification(published.notification_id).url == other
+    # Its own endpoint, so its own sequence.
+    assert published.sequence == 1
+    assert deliverer.publish_event(partner.partner_id, "t", "r", {}).sequence == 1
+
+
+@pytest.mark.parametrize("case", ["no_url", "disabled", "inactive"])
+def test_not_sent_without_a_usable_url(settings, receiver, published_tasks, case):
+    partner = h.new_partner(settings, None if case == "no_url" else receiver.url("/hook"))
+    with session_scope() as session:
+        if case == "disabled":
+            session.execute(update(WebhookSettings).where(
+                WebhookSettings.partner_id == partner.partner_id).values(enabled=False))
+        if case == "inactive":
+            session.execute(update(Partner).where(Partner.id == partner.partner_id)
+                            .values(active=False))
+    published = deliverer.publish_event(partner.partner_id, "t", "r", {"x": 1})
+    assert published.status == NotificationStatus.NOT_SENT
+    assert published.sequence is None
+    row = h.notification(published.notification_id)
+    assert row.status == NotificationStatus.NOT_SENT
+    assert row.next_attempt_at is None
+    assert row.latest_error_payload["kind"] == "no_url"
+    assert deliver_messages(published_tasks) == []
+
+
+def test_unknown_partner(settings):
+    with pytest.raises(PartnerNotFound):
+        deliverer.publish_event("00000000-0000-0000-0000-000000000000", "t", "r", {})
+
+
+def test_private_callback_url_rejected_when_not_allowed(settings, receiver, published_tasks):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    strict = settings.with_overrides(allow_private_urls=False)
+    with pytest.raises(UnsafeUrl), session_scope() as session:
+        publish_event(session, strict, partner_id=partner.partner_id, type="t", reference="r",
+                      payload={}, callback_url=receiver.url("/evil"))
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+    assert deliver_messages(published_tasks) == []
+
+
+def test_sequences_per_endpoint_have_no_gaps(settings, receiver):
+    a, b = receiver.url("/a"), receiver.url("/b")
+    partner = h.new_partner(settings, a)
+    seqs_a = [deliverer.publish_event(partner.partner_id, "t", f"r{i}", {}).sequence
+              for i in range(5)]
+    seqs_b = [deliverer.publish_event(partner.partner_id, "t", f"r{i}", {}, callback_url=b)
+              .sequence for i in range(3)]
+    assert seqs_a == [1, 2, 3, 4, 5]
+    assert seqs_b == [1, 2, 3]
+    # Another partner on the same URL is another endpoint.
+    other = h.new_partner(settings, a, name="Other")
+    assert deliverer.publish_event(other.partner_id, "t", "r", {}).sequence == 1
+    assert h.endpoint_sequences(partner.partner_id, a) == (5, [1, 2, 3, 4, 5])
+
+
+def test_concurrent_publishing_gives_gap_free_unique_sequences(settings, receiver):
+    url = receiver.url("/hook")
+    partner = h.new_partner(settings, url)
+    threads_n, per_thread = 8, 12
+    barrier = threading.Barrier(threads_n)
+    got: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def publisher(n):
+        try:
+            barrier.wait(5)
+            for i in range(per_thread):
+                seq = deliverer.publish_event(partner.partner_id, "t", f"r{n}-{i}", {}).sequence
+                with lock:
+                    got.append(seq)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(n,)) for n in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    total = threads_n * per_thread
+    assert sorted(got) == list(range(1, total + 1))
+    assert h.endpoint_sequences(partner.partner_id, url) == (total, list(range(1, total + 1)))
+
+
+def test_concurrent_first_publishes_to_a_new_endpoint(settings, receiver):
+    """Racing to create the endpoint row itself: one endpoint, numbers 1..n."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    fresh = receiver.url("/fresh")
+    n = 8
+    barrier = threading.Barrier(n)
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def publisher(i):
+        try:
+            barrier.wait(5)
+            got.append(deliverer.publish_event(partner.partner_id, "t", f"r{i}", {},
+                                               callback_url=fresh).sequence)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(got) == list(range(1, n + 1))
+
+
+class Boom(Exception):
+    pass
+
+
+def test_rolled_back_publish_leaves_no_gap_and_sends_nothing(settings, receiver,
+                                                             published_tasks):
+    url = receiver.url("/hook")
+    partner = h.new_partner(settings, url)
+    assert deliverer.publish_event(partner.partner_id, "t", "r1", {}).sequence == 1
+
+    with pytest.raises(Boom), session_scope() as session:
+        doomed = publish_event(session, settings, partner_id=partner.partner_id, type="t",
+                               reference="r2", payload={})
+        assert doomed.sequence == 2
+        raise Boom  # the producer's transaction fails after publishing
+
+    assert deliverer.publish_event(partner.partner_id, "t", "r3", {}).sequence == 2
+    assert h.endpoint_sequences(partner.partner_id, url) == (2, [1, 2])
+    with session_scope() as session:
+        assert session.get(Notification, doomed.notification_id) is None
+        assert session.get(Event, doomed.event_id) is None
+    # Only the two committed publishes produced broker messages.
+    ids = [m["args"][0] for m in deliver_messages(published_tasks)]
+    assert len(ids) == 2
+    assert doomed.notification_id not in ids
+
+
+def test_publish_inside_a_producer_transaction_enqueues_only_on_commit(settings, receiver,
+                                                                       published_tasks):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    with session_scope() as session:
+        published = publish_event(session, settings, partner_id=partner.partner_id, type="t",
+                                  reference="r", payload={})
+        session.flush()
+        assert deliver_messages(published_tasks) == []  # not before the commit
+    [message] = deliver_messages(published_tasks)
+    assert message["args"] == [published.notification_id]

@@ -1,0 +1,148 @@
+"""Small helpers shared by the tests: waiting, reading rows back, making rows."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook
+
+from deliverer.config import Settings
+from deliverer.db import session_scope
+from deliverer.models import (
+    Attempt,
+    Endpoint,
+    Event,
+    Lane,
+    Notification,
+    NotificationStatus,
+    utcnow,
+)
+from deliverer.models.base import new_id
+from deliverer.partners.service import NewPartner, create_partner
+from deliverer.publishing.service import event_body, next_sequence
+
+T = TypeVar("T")
+
+DEFAULT_WAIT = 15.0
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = DEFAULT_WAIT, interval: float = 0.02,
+               message: str = "condition", on_poll: Callable[[], object] | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
+
+    ``on_poll`` runs before each check (the tests use it to run the beat sweep).
+    """
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        if on_poll is not None:
+            on_poll()
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}; "
+                                 f"last value: {last!r}")
+        time.sleep(interval)
+
+
+def new_partner(settings: Settings, webhook_url: str | None, name: str = "Acme") -> NewPartner:
+    with session_scope() as session:
+        return create_partner(session, settings, name=name, webhook_url=webhook_url)
+
+
+def notification(nid: str) -> Notification:
+    """A detached snapshot of the notification row."""
+    with session_scope() as session:
+        row = session.get(Notification, nid)
+        assert row is not None, f"notification {nid} not found"
+        session.expunge(row)
+        return row
+
+
+def attempts(nid: str) -> list[Attempt]:
+    with session_scope() as session:
+        rows = list(session.scalars(
+            select(Attempt).where(Attempt.notification_id == nid).order_by(Attempt.id)))
+        session.expunge_all()
+        return rows
+
+
+def status_is(nid: str, *statuses: str) -> Notification | None:
+    row = notification(nid)
+    return row if row.status in statuses else None
+
+
+def sent(nid: str) -> Notification | None:
+    return status_is(nid, NotificationStatus.SENT)
+
+
+def insert_notification(
+    partner_id: str,
+    url: str,
+    *,
+    next_attempt_at: datetime | None,
+    scheduled_for: datetime | None = None,
+    enqueued_at: datetime | None = None,
+    status: str = NotificationStatus.PENDING,
+    lane: str = Lane.FIRST,
+    cycle_started_at: datetime | None = None,
+    lease_expires_at: datetime | None = None,
+    payload: dict[str, Any] | None = None,
+) -> str:
+    """Write an event and its notification directly, with no broker message.
+
+    For tests that drive the sweep or the service by hand: nothing is enqueued, so the
+    worker (if running) only sees the row when the test says so.
+    """
+    now = utcnow()
+    with session_scope() as session:
+        event = Event(id=new_id(), partner_id=partner_id, type="transaction.updated",
+                      reference=f"ref-{new_id()[:8]}", payload=payload or {"amount": 42},
+                      created_at=now)
+        event.body = event_body(event)
+        session.add(event)
+        endpoint_id, sequence = next_sequence(session, partner_id, url, now)
+        nid = new_id()
+        session.add(Notification(
+            id=nid, partner_id=partner_id, event_id=event.id, endpoint_id=endpoint_id,
+            sequence=sequence, url=url, status=status, retry_attempts=0, manual_retry_count=0,
+            attempt_count=0, next_attempt_at=next_attempt_at, scheduled_for=scheduled_for,
+            enqueued_at=enqueued_at, cycle_started_at=cycle_started_at or now, created_at=now,
+            updated_at=now, lane=lane, lease_token="held" if lease_expires_at else None,
+            lease_expires_at=lease_expires_at,
+        ))
+    return nid
+
+
+def event_body_of(nid: str) -> bytes:
+    with session_scope() as session:
+        body = session.scalar(
+            select(Event.body).join(Notification, Notification.event_id == Event.id)
+            .where(Notification.id == nid))
+        assert body is not None
+        return body.encode()
+
+
+def endpoint_sequences(partner_id: str, url: str) -> tuple[int, list[int]]:
+    """(endpoint.last_sequence, sorted sequences of its notifications)."""
+    with session_scope() as session:
+        endpoint = session.scalar(
+            select(Endpoint).where(Endpoint.partner_id == partner_id, Endpoint.url == url))
+        assert endpoint is not None
+        seqs = sorted(session.scalars(
+            select(Notification.sequence).where(Notification.endpoint_id == endpoint.id)))
+        return endpoint.last_sequence, [int(s) for s in seqs]
+
+
+def verify_signature(secret: str, recorded: Any) -> dict[str, Any]:
+    """Verify a received request with the reference ``standardwebhooks`` implementation."""
+    headers = {name: recorded.headers[name]
+               for name in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+    Webhook(secret).verify(recorded.body, headers)
+    return json.loads(recorded.body)
