@@ -75,6 +75,12 @@ class Settings:
     send_concurrency: int = 16
     endpoint_concurrency: int = 8
     delivery_batch_size: int = 50
+    # The slow lane (delivery/slow_lane.py): an endpoint whose sends take this long (by
+    # default a third of the total timeout) may have only slow_endpoint_concurrency of
+    # them in flight per worker process, for slow_window seconds after the last one.
+    slow_send_seconds: float = 5.0
+    slow_endpoint_concurrency: int = 2
+    slow_window: float = 60.0
     # Signs the operator console's session cookie; derived from admin_token when unset.
     secret_key: str | None = None
     # prometheus-client's multiprocess directory (it reads the variable itself too): set,
@@ -109,6 +115,7 @@ class Settings:
         if env.get("DELIVERER_RETRY_LADDER"):
             ladder = Ladder.parse(env["DELIVERER_RETRY_LADDER"])
         time_scale = _float(env, "DELIVERER_TIME_SCALE", 1.0)
+        total_timeout = _float(env, "DELIVERER_TOTAL_TIMEOUT", 15.0)
         if time_scale <= 0:
             raise ValueError("DELIVERER_TIME_SCALE must be positive")
         return cls(
@@ -123,7 +130,7 @@ class Settings:
             sweep_horizon=_float(env, "DELIVERER_SWEEP_HORIZON", 60.0),
             lost_message_grace=_float(env, "DELIVERER_LOST_MESSAGE_GRACE", 120.0),
             connect_timeout=_float(env, "DELIVERER_CONNECT_TIMEOUT", 5.0),
-            total_timeout=_float(env, "DELIVERER_TOTAL_TIMEOUT", 15.0),
+            total_timeout=total_timeout,
             lease_seconds=_float(env, "DELIVERER_LEASE_SECONDS", 60.0),
             resend_wait_seconds=_float(env, "DELIVERER_RESEND_WAIT", 2.0),
             attempt_retention_days=_float(env, "DELIVERER_ATTEMPT_RETENTION_DAYS", 90.0),
@@ -133,6 +140,10 @@ class Settings:
             send_concurrency=int(_float(env, "DELIVERER_SEND_CONCURRENCY", 16)),
             endpoint_concurrency=int(_float(env, "DELIVERER_ENDPOINT_CONCURRENCY", 8)),
             delivery_batch_size=int(_float(env, "DELIVERER_BATCH_SIZE", 50)),
+            slow_send_seconds=_float(env, "DELIVERER_SLOW_SEND_SECONDS", total_timeout / 3),
+            slow_endpoint_concurrency=max(
+                1, int(_float(env, "DELIVERER_SLOW_ENDPOINT_CONCURRENCY", 2))),
+            slow_window=_float(env, "DELIVERER_SLOW_WINDOW", 60.0),
             secret_key=env.get("DELIVERER_SECRET_KEY") or None,
             metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         )

@@ -52,6 +52,15 @@ ATTEMPT_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+DEFERRED = Counter(
+    "deliverer_deferred_deliveries",
+    "Deliveries not attempted yet because their endpoint is slow and already has its "
+    "share of sends in flight (the slow lane); each is tried again later.",
+    # Labelled, so that in multiprocess mode its file is created on first use, once
+    # _ensure_multiproc_dir has made the directory.
+    ["reason"],
+)
+
 _dir_checked = False
 
 
@@ -73,6 +82,14 @@ def observe_attempt(success: bool, kind: str | None, duration_s: float) -> None:
         DELIVERIES.labels(outcome=outcome,
                           kind="none" if success else (kind or "unknown")).inc()
         ATTEMPT_SECONDS.labels(outcome=outcome).observe(max(0.0, float(duration_s)))
+    except Exception:
+        log.warning("could not record delivery metrics", exc_info=True)
+
+
+def observe_deferred(count: int) -> None:
+    try:
+        _ensure_multiproc_dir()
+        DEFERRED.labels(reason="slow_endpoint").inc(count)
     except Exception:
         log.warning("could not record delivery metrics", exc_info=True)
 

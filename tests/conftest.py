@@ -32,6 +32,7 @@ from deliverer import migrate
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.db import get_database, reset_database
+from deliverer.delivery import slow_lane
 from deliverer.models import Base
 from deliverer.scheduling import queues
 from tests.support.backend import (
@@ -255,6 +256,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
     app.set_default()
     truncate_all()
     purge_broker(app)
+    slow_lane.GATE.reset()
 
 
 # --------------------------------------------------------------------------- receiver

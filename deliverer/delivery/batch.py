@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import endpoint_queue, sender
+from deliverer.delivery import endpoint_queue, sender, slow_lane
 from deliverer.delivery.service import (
     LIVE_STATUSES,
     DeliveryJob,
@@ -155,18 +155,40 @@ def _slot(job: DeliveryJob, limit: int) -> threading.BoundedSemaphore:
         return slot
 
 
-def perform_many(jobs: Sequence[DeliveryJob], settings: Settings) -> list[sender.SendResult]:
+def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
+               ) -> tuple[list[tuple[DeliveryJob, slow_lane.Ticket]], list[DeliveryJob]]:
+    """Split a claimed batch into the jobs to send now and those the slow lane defers."""
+    admitted: list[tuple[DeliveryJob, slow_lane.Ticket]] = []
+    refused: list[DeliveryJob] = []
+    for job in jobs:
+        ticket = slow_lane.GATE.admit(slow_lane.key_for(job.endpoint_id, job.url), settings)
+        if ticket is None:
+            refused.append(job)
+        else:
+            admitted.append((job, ticket))
+    return admitted, refused
+
+
+def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
+                 settings: Settings) -> list[sender.SendResult]:
     """POST in parallel, at most ``endpoint_concurrency`` at once per endpoint in this
     process, so a batch for one merchant does not open dozens of connections at once."""
+
+    def one(admitted: tuple[DeliveryJob, slow_lane.Ticket]) -> sender.SendResult:
+        job, ticket = admitted
+        try:
+            with delivery_context(job.notification_id), \
+                    _slot(job, settings.endpoint_concurrency):
+                result = perform(job, settings)
+        except BaseException:
+            slow_lane.GATE.done(ticket, None, settings)
+            raise
+        slow_lane.GATE.done(ticket, result, settings)
+        return result
+
     if len(jobs) == 1:
-        return [perform(jobs[0], settings)]
-    pool = _executor(settings.send_concurrency)
-
-    def one(job: DeliveryJob) -> sender.SendResult:
-        with delivery_context(job.notification_id), _slot(job, settings.endpoint_concurrency):
-            return perform(job, settings)
-
-    return list(pool.map(one, jobs))
+        return [one(jobs[0])]
+    return list(_executor(settings.send_concurrency).map(one, jobs))
 
 
 def record_many(session: Session, jobs: Sequence[DeliveryJob],
@@ -220,22 +242,31 @@ class BatchOutcome:
     following: list[NextAttempt]
     not_due: list[tuple[str, str, datetime]]
     locked: list[str] = field(default_factory=list)
+    deferred: int = 0
 
 
 def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     """Claim, send and record a batch; each database step in its own short transaction."""
     with session_scope() as session:
         batch = claim_many(session, ids, settings)
-    if not batch.jobs:
-        return BatchOutcome(0, 0, [], batch.not_due, batch.locked)
-    results = perform_many(batch.jobs, settings)
+    admitted, refused = admit_many(batch.jobs, settings)
+    if refused:
+        in_transaction(
+            lambda session: slow_lane.defer(
+                session, [job.notification_id for job in refused], batch.token, settings),
+            retry_for=settings.lease_seconds)
+    if not admitted:
+        return BatchOutcome(0, 0, [], batch.not_due, batch.locked, deferred=len(refused))
+    results = perform_many(admitted, settings)
+    jobs = [job for job, _ in admitted]
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
     # recording them is retried, not left to resend every webhook of the batch.
     following = in_transaction(
-        lambda session: record_many(session, batch.jobs, results, settings),
+        lambda session: record_many(session, jobs, results, settings),
         retry_for=settings.lease_seconds)
     sent = sum(1 for r in results if r.success)
-    return BatchOutcome(sent, len(results) - sent, following, batch.not_due, batch.locked)
+    return BatchOutcome(sent, len(results) - sent, following, batch.not_due, batch.locked,
+                        deferred=len(refused))
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

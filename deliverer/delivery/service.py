@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from deliverer import metrics
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
-from deliverer.delivery import endpoint_queue, sender, signing
+from deliverer.delivery import endpoint_queue, sender, signing, slow_lane
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import (
     Attempt,
@@ -52,6 +52,7 @@ class ClaimState(StrEnum):
     LOCKED = "locked"  # another transaction holds the row lock right now (a request, a sweep)
     FINAL = "final"  # SENT, NOT_SENT or exhausted: nothing to do
     MISSING = "missing"
+    DEFERRED = "deferred"  # claimed, but its endpoint is slow and at its cap (slow lane)
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,19 @@ def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
     if claimed.job is None:
         return AttemptOutcome(claimed.state, due_at=claimed.due_at)
     job = claimed.job
-    result = perform(job, settings)
+    ticket = slow_lane.GATE.admit(slow_lane.key_for(job.endpoint_id, job.url), settings)
+    if ticket is None:
+        until = in_transaction(
+            lambda session: slow_lane.defer(session, [notification_id], job.lease_token,
+                                            settings),
+            retry_for=settings.lease_seconds)
+        return AttemptOutcome(ClaimState.DEFERRED, due_at=until)
+    try:
+        result = perform(job, settings)
+    except BaseException:
+        slow_lane.GATE.done(ticket, None, settings)
+        raise
+    slow_lane.GATE.done(ticket, result, settings)
     # The POST happened: record it even if the first try is a deadlock victim or meets a
     # database restart, or the webhook is sent again when the lease runs out.
     outcome = in_transaction(lambda session: record(session, job, result, settings),

@@ -1,0 +1,138 @@
+"""The slow lane: an endpoint that hangs may not take every worker thread.
+
+A POST to an endpoint that hangs holds a worker thread until the total timeout. When
+such endpoints receive webhooks faster than their sends time out, they would soon hold
+every thread of every worker, and healthy merchants' webhooks would wait behind them.
+
+So each worker process counts its sends in flight per endpoint. An endpoint is *slow*
+while one of its sends has been in flight for ``slow_send_seconds`` or more, and for
+``slow_window`` seconds after a send to it took that long or timed out. A slow endpoint
+gets at most ``slow_endpoint_concurrency`` sends in flight in this process; a delivery
+beyond that is *deferred*: no request is made, so no attempt is recorded; its lease is
+released and its next attempt moved a timeout or two later, when the beat sweep hands
+it over again (the outbox path, so nothing is lost if the worker dies). Healthy
+endpoints are never refused here; ``batch.perform_many`` caps their parallelism.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from deliverer import metrics
+from deliverer.config import Settings
+from deliverer.delivery.sender import SendResult
+from deliverer.delivery.troubleshooting import FailureKind
+from deliverer.models import Notification, utcnow
+
+log = logging.getLogger(__name__)
+
+Key = object  # the endpoint id, or the URL for a notification without an endpoint row
+
+
+@dataclass(frozen=True)
+class Ticket:
+    key: Key
+    number: int
+
+
+class EndpointGate:
+    """Per-process admission of sends, by endpoint. Thread-safe."""
+
+    MAX_TRACKED = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._numbers = itertools.count()
+        # key -> {ticket number: start time} of the sends in flight
+        self._in_flight: dict[Key, dict[int, float]] = {}
+        self._slow_until: dict[Key, float] = {}
+
+    def admit(self, key: Key, settings: Settings) -> Ticket | None:
+        """A ticket to send now, or None: the endpoint is slow and at its cap here."""
+        now = self._clock()
+        with self._lock:
+            flying = self._in_flight.setdefault(key, {})
+            if len(flying) >= settings.slow_endpoint_concurrency and self._is_slow(
+                    key, flying, now, settings):
+                return None
+            number = next(self._numbers)
+            flying[number] = now
+            return Ticket(key, number)
+
+    def done(self, ticket: Ticket, result: SendResult | None, settings: Settings) -> None:
+        """The send is over; a slow one (or a timeout) marks the endpoint slow a while."""
+        now = self._clock()
+        with self._lock:
+            flying = self._in_flight.get(ticket.key, {})
+            started = flying.pop(ticket.number, now)
+            if not flying:
+                self._in_flight.pop(ticket.key, None)
+            timed_out = result is not None and (result.error or {}).get("kind") == str(
+                FailureKind.TIMEOUT)
+            if timed_out or now - started >= settings.slow_send_seconds:
+                if len(self._slow_until) >= self.MAX_TRACKED:
+                    self._forget_expired(now)
+                self._slow_until[ticket.key] = now + settings.slow_window
+
+    def is_slow(self, key: Key, settings: Settings) -> bool:
+        with self._lock:
+            return self._is_slow(key, self._in_flight.get(key, {}), self._clock(), settings)
+
+    def reset(self) -> None:
+        """Forget every endpoint (tests: endpoint ids can be reused after a cleanup)."""
+        with self._lock:
+            self._in_flight.clear()
+            self._slow_until.clear()
+
+    def _is_slow(self, key: Key, flying: dict[int, float], now: float,
+                 settings: Settings) -> bool:
+        if self._slow_until.get(key, 0.0) > now:
+            return True
+        return any(now - started >= settings.slow_send_seconds for started in flying.values())
+
+    def _forget_expired(self, now: float) -> None:
+        for key in [k for k, until in self._slow_until.items() if until <= now]:
+            del self._slow_until[key]
+
+
+GATE = EndpointGate()
+
+
+def key_for(endpoint_id: int | None, url: str) -> Key:
+    return endpoint_id if endpoint_id is not None else url
+
+
+def defer_until(settings: Settings, now: datetime | None = None) -> datetime:
+    """When a deferred delivery is tried again: once its endpoint's sends in flight have
+    had time to finish or time out, spread so the deferred do not come back together."""
+    now = now or utcnow()
+    return now + timedelta(seconds=settings.total_timeout * random.uniform(1.0, 2.0))
+
+
+def defer(session: Session, ids: Sequence[str], lease_token: str, settings: Settings,
+          now: datetime | None = None) -> datetime:
+    """Give the leases back and move the next attempt later. Commits nothing."""
+    until = defer_until(settings, now)
+    session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids), Notification.lease_token == lease_token)
+        .values(lease_token=None, lease_expires_at=None, next_attempt_at=until,
+                scheduled_for=None)
+        .execution_options(synchronize_session=False)
+    )
+    metrics.observe_deferred(len(ids))
+    for notification_id in ids:
+        log.info("deferred: endpoint is slow and at its cap in this worker",
+                 extra={"notification_id": notification_id})
+    return until

@@ -1,0 +1,201 @@
+"""The slow lane: a hanging endpoint gets a few sends in flight per worker, no more;
+the rest are deferred (no request, no attempt) and delivered later, once each."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from deliverer.config import Settings
+from deliverer.delivery import batch, service, slow_lane
+from deliverer.delivery.sender import SendResult
+from deliverer.delivery.service import ClaimState
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.models import NotificationStatus, utcnow
+from deliverer.publishing.api import publish_events
+from deliverer.scheduling.tasks import sweep_due
+from tests.support import helpers as h
+from tests.support import receiver as rx
+
+SLOW = dict(slow_send_seconds=1.0, slow_endpoint_concurrency=2, slow_window=60.0,
+            total_timeout=0.5)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _settings(settings: Settings) -> Settings:
+    return settings.with_overrides(**SLOW)
+
+
+def _result(seconds: float, kind: FailureKind | None = None) -> SendResult:
+    return SendResult(started_at=utcnow(), duration_ms=int(seconds * 1000),
+                      success=kind is None,
+                      error=error_payload(kind, "x") if kind is not None else None)
+
+
+@pytest.mark.unit
+def test_a_healthy_endpoint_is_never_refused(settings):
+    gate, s = slow_lane.EndpointGate(Clock()), _settings(settings)
+    tickets = [gate.admit(7, s) for _ in range(50)]
+    assert all(t is not None for t in tickets)
+
+
+@pytest.mark.unit
+def test_sends_in_flight_too_long_make_the_endpoint_slow(settings):
+    clock = Clock()
+    gate, s = slow_lane.EndpointGate(clock), _settings(settings)
+    first = [gate.admit(7, s) for _ in range(3)]
+    assert all(first)
+    clock.now += 1.0  # they have now been in flight for slow_send_seconds
+    assert gate.is_slow(7, s)
+    assert gate.admit(7, s) is None  # 3 in flight >= cap 2
+    assert gate.admit(8, s) is not None  # other endpoints are not concerned
+    for ticket in first[:2]:
+        assert ticket is not None
+        gate.done(ticket, _result(1.0, FailureKind.TIMEOUT), s)
+    # One still in flight: below the cap, one more may go.
+    assert gate.admit(7, s) is not None
+    assert gate.admit(7, s) is None
+
+
+@pytest.mark.unit
+def test_a_timeout_keeps_the_endpoint_slow_for_the_window_only(settings):
+    clock = Clock()
+    gate, s = slow_lane.EndpointGate(clock), _settings(settings)
+    ticket = gate.admit("http://x/hook", s)
+    assert ticket is not None
+    gate.done(ticket, _result(0.5, FailureKind.TIMEOUT), s)
+    assert gate.is_slow("http://x/hook", s)
+    held = [gate.admit("http://x/hook", s) for _ in range(3)]
+    assert [t is not None for t in held] == [True, True, False]
+    for t in held[:2]:
+        assert t is not None
+        gate.done(t, _result(0.01), s)  # fast successes do not end the window early
+    clock.now += 59.0
+    assert gate.is_slow("http://x/hook", s)
+    clock.now += 1.0
+    assert not gate.is_slow("http://x/hook", s)
+    assert all(gate.admit("http://x/hook", s) is not None for _ in range(5))
+
+
+@pytest.mark.unit
+def test_fast_failures_do_not_make_an_endpoint_slow(settings):
+    gate, s = slow_lane.EndpointGate(Clock()), _settings(settings)
+    for _ in range(10):
+        ticket = gate.admit(7, s)
+        assert ticket is not None
+        gate.done(ticket, _result(0.01, FailureKind.HTTP_STATUS), s)
+    assert not gate.is_slow(7, s)
+
+
+def _mark_slow(endpoint_id: int, settings: Settings) -> None:
+    ticket = slow_lane.GATE.admit(endpoint_id, settings)
+    assert ticket is not None
+    slow_lane.GATE.done(ticket, _result(0.5, FailureKind.TIMEOUT), settings)
+
+
+def _endpoint_of(nid: str) -> int:
+    endpoint_id = h.notification(nid).endpoint_id
+    assert endpoint_id is not None
+    return endpoint_id
+
+
+def test_a_delivery_beyond_the_cap_is_deferred_without_a_request(settings, receiver):
+    # Sends hang until the 2 s timeout; in flight for 0.3 s makes the endpoint slow.
+    s = _settings(settings).with_overrides(total_timeout=2.0, slow_send_seconds=0.3)
+    slow_url = receiver.always("/slow", rx.sleep(3.0))
+    fine_url = receiver.always("/fine", rx.ok())
+    partner = h.new_partner(settings, slow_url)
+    now = utcnow()
+    first, second, third = (h.insert_notification(partner.partner_id, slow_url,
+                                                  next_attempt_at=now) for _ in range(3))
+    healthy = h.insert_notification(partner.partner_id, fine_url, next_attempt_at=now)
+
+    outcomes: dict[str, service.AttemptOutcome] = {}
+    threads = [threading.Thread(target=lambda n=n: outcomes.update({n: service.deliver(n, s)}))
+               for n in (first, second)]
+    for t in threads:
+        t.start()
+    receiver.wait_for(2, "/slow")
+    # Both sends hang; once they have been in flight for slow_send_seconds the endpoint
+    # is slow, and it already has its 2 sends in flight here.
+    h.wait_until(lambda: slow_lane.GATE.is_slow(_endpoint_of(first), s),
+                 message="endpoint seen as slow")
+    before = utcnow()
+    deferred = service.deliver(third, s)
+    assert deferred.state == ClaimState.DEFERRED
+    row = h.notification(third)
+    assert row.status == NotificationStatus.PENDING
+    assert row.lease_token is None and row.lease_expires_at is None
+    assert row.scheduled_for is None  # the beat sweep hands it over again when due
+    assert row.next_attempt_at is not None
+    # A timeout or two later: by then the sends in flight are over, one way or the other.
+    assert before + timedelta(seconds=2.0) <= row.next_attempt_at
+    assert row.next_attempt_at <= utcnow() + timedelta(seconds=4.0)
+    assert row.attempt_count == 0 and h.attempts(third) == []
+
+    # Other endpoints go on while the slow one's sends hang.
+    assert service.deliver(healthy, s).status == NotificationStatus.SENT
+    for t in threads:
+        t.join(timeout=10)
+    assert [r.headers["webhook-id"] for r in receiver.requests("/slow")].count(third) == 0
+    for nid in (first, second):
+        [attempt] = h.attempts(nid)
+        assert attempt.error_payload["kind"] == "timeout"
+
+
+def test_a_batch_sends_what_the_cap_allows_and_defers_the_rest(settings, receiver):
+    s = _settings(settings)
+    slow_url = receiver.always("/slow", rx.ok())
+    fine_url = receiver.always("/fine", rx.ok())
+    partner = h.new_partner(settings, slow_url)
+    now = utcnow()
+    to_slow = [h.insert_notification(partner.partner_id, slow_url, next_attempt_at=now)
+               for _ in range(5)]
+    to_fine = [h.insert_notification(partner.partner_id, fine_url, next_attempt_at=now)
+               for _ in range(5)]
+    _mark_slow(_endpoint_of(to_slow[0]), s)
+
+    outcome = batch.deliver_many(to_slow + to_fine, s)
+
+    assert (outcome.sent, outcome.failed, outcome.deferred) == (7, 0, 3)
+    sent_to_slow = [n for n in to_slow if h.notification(n).status == NotificationStatus.SENT]
+    assert len(sent_to_slow) == 2
+    for nid in set(to_slow) - set(sent_to_slow):
+        row = h.notification(nid)
+        assert row.status == NotificationStatus.PENDING and row.lease_token is None
+        assert row.next_attempt_at is not None and row.next_attempt_at > now
+        assert h.attempts(nid) == []
+    assert all(h.notification(n).status == NotificationStatus.SENT for n in to_fine)
+    assert len(receiver.requests("/slow")) == 2
+
+
+def test_deferred_deliveries_are_sent_later_once_each(settings, worker, receiver,
+                                                      override_settings):
+    url = receiver.always("/slow", rx.sleep(0.2))
+    with override_settings(**SLOW) as s:
+        partner = h.new_partner(s, url)
+        first = h.insert_notification(partner.partner_id, url, next_attempt_at=None)
+        _mark_slow(_endpoint_of(first), s)
+        published = publish_events(partner.partner_id, [
+            {"type": "transaction.paid", "reference": f"TXN-{i}", "payload": {"n": i}}
+            for i in range(6)])
+        ids = {p.notification_id for p in published}
+        h.wait_until(
+            lambda: all(h.sent(n) for n in ids), timeout=30, interval=0.1,
+            on_poll=sweep_due, message="every deferred delivery sent in the end")
+
+    got = Counter(r.headers["webhook-id"] for r in receiver.requests("/slow"))
+    assert set(got) == ids and set(got.values()) == {1}  # one POST each, none lost
+    for nid in ids:
+        [attempt] = h.attempts(nid)
+        assert attempt.success
