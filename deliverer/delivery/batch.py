@@ -11,37 +11,32 @@ the ladder, the per-endpoint queue and the alerts.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import endpoint_queue, sender, slow_lane
+from deliverer.delivery import sender, slow_lane
 from deliverer.delivery.service import (
     LIVE_STATUSES,
     DeliveryJob,
     NextAttempt,
-    _trigger_for,
-    endpoint_failing_now,
+    due_and_free,
+    is_plain_success,
+    lease,
     perform,
     record,
-    stop_at_disabled_endpoint,
+    record_successes,
 )
 from deliverer.logging import delivery_context
 from deliverer.models import (
-    Attempt,
-    Endpoint,
-    Event,
     Notification,
-    NotificationStatus,
-    WebhookSettings,
     utcnow,
 )
 
@@ -60,57 +55,11 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
                now: datetime | None = None) -> BatchClaim:
     """Lease every due, unleased row among ``ids``. Commits nothing."""
     now = now or utcnow()
-    batch = BatchClaim(token=str(uuid.uuid4()))
     if not ids:
-        return batch
-    due_and_free = (
-        Notification.id.in_(ids),
-        Notification.status.in_(LIVE_STATUSES),
-        Notification.next_attempt_at <= now,
-        or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
-    )
-    # PostgreSQL: rows another worker is claiming right now are skipped, not waited for.
-    locked = list(session.scalars(
-        select(Notification.id).where(*due_and_free).with_for_update(skip_locked=True)
-    ))
-    if locked:
-        # The WHERE repeats the checks: on SQLite this compare-and-set is the lock.
-        session.execute(
-            update(Notification)
-            .where(Notification.id.in_(locked), *due_and_free[1:])
-            .values(lease_token=batch.token,
-                    lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                    scheduled_for=None)
-            .execution_options(synchronize_session=False)
-        )
-        rows = session.execute(
-            select(Notification.id, Notification.url, Notification.lane,
-                   Notification.endpoint_id, Notification.partner_id, Event.body,
-                   Endpoint.failing_since, Endpoint.disabled_at, Endpoint.disabled_reason)
-            .join(Event, Event.id == Notification.event_id)
-            .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
-            .where(Notification.id.in_(locked), Notification.lease_token == batch.token)
-        ).all()
-        partners = {r.partner_id for r in rows}
-        secrets = {
-            s.partner_id: s.active_secrets(now)
-            for s in session.scalars(
-                select(WebhookSettings).where(WebhookSettings.partner_id.in_(partners)))
-        }
-        disabled = []
-        for r in rows:
-            if r.disabled_at is not None:
-                disabled.append((r.id, r.disabled_reason))
-                continue
-            batch.jobs.append(DeliveryJob(
-                notification_id=r.id, lease_token=batch.token, url=r.url or "",
-                body=r.body.encode(), secrets=secrets.get(r.partner_id, []),
-                trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
-                endpoint_failing=r.failing_since is not None,
-            ))
-        for notification_id, reason in disabled:
-            stop_at_disabled_endpoint(session, notification_id, reason)
-    if len(batch.jobs) < len(ids):
+        return BatchClaim(token="")
+    leased, jobs = lease(session, ids, settings, now)
+    batch = BatchClaim(token=jobs[0].lease_token if jobs else "", jobs=jobs)
+    if len(leased) < len(ids):
         batch.not_due = [
             (r.id, r.lane, r.next_attempt_at)
             for r in session.execute(
@@ -121,11 +70,12 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
         ]
         # Due and unleased, yet not claimed: skipped because another transaction held the
         # row lock (a merchant's request, the sweep). Their message must not be dropped.
-        taken = set(locked) | {n[0] for n in batch.not_due}
+        taken = set(leased) | {n[0] for n in batch.not_due}
         rest = [i for i in ids if i not in taken]
         if rest:
             batch.locked = list(session.scalars(
-                select(Notification.id).where(Notification.id.in_(rest), *due_and_free[1:])))
+                select(Notification.id).where(Notification.id.in_(rest),
+                                              *due_and_free(now))))
     return batch
 
 
@@ -196,40 +146,14 @@ def record_many(session: Session, jobs: Sequence[DeliveryJob],
                 now: datetime | None = None) -> list[NextAttempt]:
     """Write every attempt, then move each notification on. Commits nothing."""
     now = now or utcnow()
-    if not jobs:
-        return []
-    session.execute(insert(Attempt), [
-        {"notification_id": job.notification_id, "trigger": job.trigger, "url": job.url,
-         "started_at": result.started_at, "duration_ms": result.duration_ms,
-         "success": result.success, "response_status": result.status_code,
-         "response_body": result.body, "error_payload": result.error}
-        for job, result in zip(jobs, results, strict=True)
-    ])
-    plain = [job.notification_id for job, result in zip(jobs, results, strict=True)
-             if result.success and not job.endpoint_failing]
-    if plain:
-        session.execute(
-            update(Notification)
-            .where(Notification.id.in_(plain), Notification.lease_token == jobs[0].lease_token)
-            .values(status=NotificationStatus.SENT, sent_at=now, next_attempt_at=None,
-                    scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
-                    attempt_count=Notification.attempt_count + 1, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        # A plain success on an endpoint that became failing meanwhile still releases it
-        # (see service.endpoint_failing_now).
-        endpoint_ids = sorted({job.endpoint_id for job, result in zip(jobs, results, strict=True)
-                               if result.success and not job.endpoint_failing
-                               and job.endpoint_id is not None})
-        if endpoint_ids:
-            for endpoint_id in endpoint_failing_now(session, endpoint_ids):
-                endpoint_queue.on_recovery(session, endpoint_id, now)
+    done = list(zip(jobs, results, strict=True))
+    record_successes(session, [(j, r) for j, r in done if is_plain_success(j, r)], now)
     following: list[NextAttempt] = []
-    for job, result in zip(jobs, results, strict=True):
-        if result.success and not job.endpoint_failing:
+    for job, result in done:
+        if is_plain_success(job, result):
             continue
         with delivery_context(job.notification_id):
-            outcome = record(session, job, result, settings, now, attempt_recorded=True)
+            outcome = record(session, job, result, settings, now)
         if outcome.next_attempt is not None:
             following.append(outcome.next_attempt)
     return following

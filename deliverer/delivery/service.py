@@ -16,11 +16,13 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from deliverer import metrics
@@ -37,6 +39,7 @@ from deliverer.models import (
     NotificationStatus,
     Trigger,
     WebhookSettings,
+    active_secrets,
     utcnow,
 )
 
@@ -95,66 +98,91 @@ def _trigger_for(lane: str) -> Trigger:
     return Trigger.MANUAL if lane == Lane.MANUAL else Trigger.AUTOMATIC
 
 
+def due_and_free(now: datetime) -> tuple[Any, ...]:
+    return (
+        Notification.status.in_(LIVE_STATUSES),
+        Notification.next_attempt_at <= now,
+        or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
+    )
+
+
+def lease(session: Session, ids: Sequence[str], settings: Settings,
+          now: datetime) -> tuple[list[str], list[DeliveryJob]]:
+    """Lease every due, unleased row among ``ids`` and load what their POSTs need.
+
+    Two statements: an UPDATE ... RETURNING whose subquery locks the rows with
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (rows another transaction holds are skipped,
+    not waited for), and one SELECT of bodies, secrets and endpoint states. The UPDATE's
+    WHERE repeats the checks: on SQLite (no row locks) that compare-and-set is what makes
+    two racing workers end with exactly one lease. Rows of a disabled endpoint are
+    stopped there and get no job. Returns (the leased ids, the jobs). Commits nothing.
+    """
+    token = str(uuid.uuid4())
+    free = due_and_free(now)
+    pick = (select(Notification.id).where(Notification.id.in_(ids), *free)
+            .with_for_update(skip_locked=True))
+    leased = list(session.scalars(
+        update(Notification)
+        .where(Notification.id.in_(pick), *free)
+        .values(lease_token=token,
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+                # The message that brought us here is consumed; if we die, the sweep
+                # re-enqueues the row as soon as the lease runs out.
+                scheduled_for=None)
+        .returning(Notification.id)
+        .execution_options(synchronize_session=False)
+    ))
+    if not leased:
+        return [], []
+    rows = session.execute(
+        select(Notification.id, Notification.url, Notification.lane, Notification.endpoint_id,
+               Event.body, Endpoint.failing_since, Endpoint.disabled_at,
+               Endpoint.disabled_reason, WebhookSettings.signing_secret,
+               WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at)
+        .join(Event, Event.id == Notification.event_id)
+        .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
+        .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
+        .where(Notification.id.in_(leased))
+    ).all()
+    jobs = []
+    for r in rows:
+        if r.disabled_at is not None:
+            stop_at_disabled_endpoint(session, r.id, r.disabled_reason)
+            continue
+        jobs.append(DeliveryJob(
+            notification_id=r.id, lease_token=token, url=r.url or "", body=r.body.encode(),
+            secrets=active_secrets(r.signing_secret, r.previous_secret,
+                                   r.previous_secret_expires_at, now),
+            trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
+            endpoint_failing=r.failing_since is not None,
+        ))
+    return leased, jobs
+
+
 def claim(session: Session, notification_id: str, settings: Settings,
           now: datetime | None = None) -> Claim:
     """Take the lease on a due notification. Commits nothing; the caller commits."""
     now = now or utcnow()
+    leased, jobs = lease(session, [notification_id], settings, now)
+    if jobs:
+        return Claim(ClaimState.CLAIMED, job=jobs[0])
+    if leased:
+        return Claim(ClaimState.FINAL)  # its endpoint is disabled
+    # Not leased: say why, so that the task knows whether to come back.
     row = session.execute(
-        select(Notification)
+        select(Notification.status, Notification.next_attempt_at,
+               Notification.lease_expires_at)
         .where(Notification.id == notification_id)
         .with_for_update(skip_locked=True)
-    ).scalar_one_or_none()
+    ).one_or_none()
     if row is None:
         exists = session.scalar(select(Notification.id).where(Notification.id == notification_id))
         return Claim(ClaimState.LOCKED if exists else ClaimState.MISSING)
     if row.status not in LIVE_STATUSES or row.next_attempt_at is None:
         return Claim(ClaimState.FINAL)
-    if row.lease_expires_at is not None and row.lease_expires_at > now:
-        return Claim(ClaimState.BUSY)
-    if row.next_attempt_at > now:
+    if row.next_attempt_at > now and not (row.lease_expires_at and row.lease_expires_at > now):
         return Claim(ClaimState.NOT_DUE, due_at=row.next_attempt_at)
-
-    token = str(uuid.uuid4())
-    # The WHERE repeats the checks: on SQLite (no row locks) this compare-and-set is what
-    # makes two racing workers end with exactly one lease.
-    taken: int = session.execute(  # type: ignore[attr-defined]
-        update(Notification)
-        .where(
-            Notification.id == notification_id,
-            Notification.status.in_(LIVE_STATUSES),
-            Notification.next_attempt_at <= now,
-            or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
-        )
-        .values(
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-            # The message that brought us here is consumed; if we die, the sweep
-            # re-enqueues the row as soon as the lease runs out.
-            scheduled_for=None,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if taken != 1:
-        return Claim(ClaimState.BUSY)
-
-    event_body, = session.execute(select(Event.body).where(Event.id == row.event_id)).one()
-    webhook_settings = session.get(WebhookSettings, row.partner_id)
-    endpoint = session.get(Endpoint, row.endpoint_id) if row.endpoint_id is not None else None
-    if endpoint is not None and endpoint.disabled_at is not None:
-        stop_at_disabled_endpoint(session, notification_id, endpoint.disabled_reason)
-        return Claim(ClaimState.FINAL)
-    secrets = webhook_settings.active_secrets(now) if webhook_settings else []
-    job = DeliveryJob(
-        notification_id=row.id,
-        lease_token=token,
-        url=row.url or "",
-        body=event_body.encode(),
-        secrets=secrets,
-        trigger=_trigger_for(row.lane),
-        endpoint_id=row.endpoint_id,
-        endpoint_failing=bool(endpoint and endpoint.failing_since is not None),
-    )
-    return Claim(ClaimState.CLAIMED, job=job)
+    return Claim(ClaimState.BUSY)  # another worker holds the lease
 
 
 def stop_at_disabled_endpoint(session: Session, notification_id: str,
@@ -196,22 +224,56 @@ def sender_config(settings: Settings) -> sender.SenderConfig:
     )
 
 
+def _attempt_row(job: DeliveryJob, result: sender.SendResult) -> dict[str, Any]:
+    return {"notification_id": job.notification_id, "trigger": job.trigger, "url": job.url,
+            "started_at": result.started_at, "duration_ms": result.duration_ms,
+            "success": result.success, "response_status": result.status_code,
+            "response_body": result.body, "error_payload": result.error}
+
+
+def is_plain_success(job: DeliveryJob, result: sender.SendResult) -> bool:
+    """Delivered, to an endpoint that was not failing: nothing moves but this row."""
+    return result.success and not job.endpoint_failing
+
+
+def record_successes(session: Session,
+                     done: Sequence[tuple[DeliveryJob, sender.SendResult]],
+                     now: datetime) -> int:
+    """Plain successes, in bulk (most deliveries): their attempts, and the notifications
+    SENT, in three statements whatever their number. Returns how many rows were still
+    leased by us (the others' attempts are kept on record; their lease holder decides).
+    Commits nothing."""
+    if not done:
+        return 0
+    session.execute(insert(Attempt), [_attempt_row(job, result) for job, result in done])
+    updated: int = session.execute(  # type: ignore[attr-defined]
+        update(Notification)
+        .where(Notification.id.in_([job.notification_id for job, _ in done]),
+               Notification.lease_token.in_({job.lease_token for job, _ in done}))
+        .values(status=NotificationStatus.SENT, sent_at=now, next_attempt_at=None,
+                scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
+                attempt_count=Notification.attempt_count + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    # A plain success on an endpoint that became failing meanwhile still releases it
+    # (see endpoint_failing_now).
+    endpoint_ids = sorted({job.endpoint_id for job, _ in done if job.endpoint_id is not None})
+    if endpoint_ids:
+        for endpoint_id in endpoint_failing_now(session, endpoint_ids):
+            endpoint_queue.on_recovery(session, endpoint_id, now)
+    return updated
+
+
 def record(session: Session, job: DeliveryJob, result: sender.SendResult, settings: Settings,
-           now: datetime | None = None, *, attempt_recorded: bool = False) -> AttemptOutcome:
+           now: datetime | None = None) -> AttemptOutcome:
     """Write the attempt and move the notification on. Commits nothing."""
     now = now or utcnow()
-    if not attempt_recorded:
-        session.add(Attempt(
-            notification_id=job.notification_id,
-            trigger=job.trigger,
-            url=job.url,
-            started_at=result.started_at,
-            duration_ms=result.duration_ms,
-            success=result.success,
-            response_status=result.status_code,
-            response_body=result.body,
-            error_payload=result.error,
-        ))
+    if is_plain_success(job, result):
+        if record_successes(session, [(job, result)], now) == 1:
+            return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.SENT)
+        log.warning("lease lost during delivery", extra={"notification_id": job.notification_id})
+        return AttemptOutcome(ClaimState.BUSY)
+    session.add(Attempt(**_attempt_row(job, result)))
     row = session.execute(
         select(Notification).where(Notification.id == job.notification_id).with_for_update()
     ).scalar_one()

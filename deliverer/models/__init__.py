@@ -11,7 +11,13 @@ from deliverer.models.notification import (
     NotificationStatus,
     Trigger,
 )
-from deliverer.models.partner import ApiKey, Partner, PartnerFlow, WebhookSettings
+from deliverer.models.partner import (
+    ApiKey,
+    Partner,
+    PartnerFlow,
+    WebhookSettings,
+    active_secrets,
+)
 from deliverer.models.request_log import PartnerRequest
 
 __all__ = [
@@ -29,5 +35,6 @@ __all__ = [
     "PartnerRequest",
     "Trigger",
     "WebhookSettings",
+    "active_secrets",
     "utcnow",
 ]

@@ -65,9 +65,15 @@ class WebhookSettings(Base):
     partner: Mapped[Partner] = relationship(back_populates="settings", lazy="raise")
 
     def active_secrets(self, now: datetime) -> list[str]:
-        secrets = [self.signing_secret]
-        if self.previous_secret and (
-            self.previous_secret_expires_at is None or self.previous_secret_expires_at > now
-        ):
-            secrets.append(self.previous_secret)
-        return secrets
+        return active_secrets(self.signing_secret, self.previous_secret,
+                              self.previous_secret_expires_at, now)
+
+
+def active_secrets(signing_secret: str | None, previous_secret: str | None,
+                   previous_expires_at: datetime | None, now: datetime) -> list[str]:
+    """The secrets deliveries are signed with: the current one, and the previous one
+    during a rotation's overlap. None for a partner without webhook settings."""
+    secrets = [signing_secret] if signing_secret else []
+    if previous_secret and (previous_expires_at is None or previous_expires_at > now):
+        secrets.append(previous_secret)
+    return secrets
