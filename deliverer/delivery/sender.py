@@ -367,13 +367,18 @@ def send(
     try:
         all_headers = {
             "Content-Type": "application/json",
+            "Accept": "*/*",
             "User-Agent": config.user_agent,
             **headers,
         }
         try:
             session = _session(config)
-            prepared = session.prepare_request(
-                requests.Request("POST", url, data=body, headers=all_headers))
+            # Prepared directly, not by Session.prepare_request: no cookie jar to merge
+            # (webhooks carry none) and none of the session's default headers, so no
+            # Accept-Encoding either: a receiver cannot send a compressed body that
+            # inflates past the response cap.
+            prepared = requests.PreparedRequest()
+            prepared.prepare(method="POST", url=url, headers=all_headers, data=body)
             # Straight to the adapter: Session.send(allow_redirects=False) still reads a 3xx
             # body in full (to compute Response.next), with no size cap and no deadline.
             response = session.get_adapter(url).send(
