@@ -8,9 +8,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, update
+from sqlalchemy import Table, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -63,16 +63,13 @@ def reserve_sequences(session: Session, partner_id: str, url: str, now: datetime
     """
     dialect = session.get_bind().dialect.name
     insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert_(Endpoint)
-        .values(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
-                consecutive_failures=0)
-        .on_conflict_do_nothing(index_elements=["partner_id", "url"])
-    )
+    # One upsert: the endpoint row is created on first use, and its counter moved on.
+    upsert = insert_(Endpoint).values(partner_id=partner_id, url=url, last_sequence=count,
+                                      created_at=now, consecutive_failures=0)
     row = session.execute(
-        update(Endpoint)
-        .where(Endpoint.partner_id == partner_id, Endpoint.url == url)
-        .values(last_sequence=Endpoint.last_sequence + count)
+        upsert.on_conflict_do_update(
+            index_elements=["partner_id", "url"],
+            set_={"last_sequence": Endpoint.last_sequence + count})
         .returning(Endpoint.id, Endpoint.last_sequence, Endpoint.disabled_at,
                    Endpoint.disabled_reason)
         .execution_options(synchronize_session=False)
@@ -119,12 +116,15 @@ def publish_events(
     the commit as batches, so a large publish costs a handful of round trips.
     """
     now = now or utcnow()
-    partner = session.get(Partner, partner_id)
+    partner = session.execute(
+        select(Partner.active, WebhookSettings.enabled, WebhookSettings.url)
+        .outerjoin(WebhookSettings, WebhookSettings.partner_id == Partner.id)
+        .where(Partner.id == partner_id)
+    ).one_or_none()
     if partner is None:
         raise PartnerNotFound()
-    webhook_settings = session.get(WebhookSettings, partner_id)
-    enabled = bool(partner.active and webhook_settings and webhook_settings.enabled)
-    default_url = webhook_settings.url if webhook_settings else None
+    enabled = bool(partner.active and partner.enabled)
+    default_url = partner.url
     checked: set[str] = set()
     for spec in events:
         callback_url = spec.get("callback_url")
@@ -181,8 +181,9 @@ def publish_events(
         notification_rows.append(row)
         published.append(Published(event.id, row["id"], row["status"], row["sequence"]))
     if event_rows:
-        session.execute(insert(Event), event_rows)
-        session.execute(insert(Notification), notification_rows)
+        # Table-level INSERTs: plain executemany, none of the ORM's bulk machinery.
+        session.execute(insert(cast(Table, Event.__table__)), event_rows)
+        session.execute(insert(cast(Table, Notification.__table__)), notification_rows)
     size = max(1, settings.delivery_batch_size)
     for start in range(0, len(to_deliver), size):
         on_commit(session, functools.partial(enqueue_batch, to_deliver[start:start + size],
