@@ -180,9 +180,13 @@ def claim(session: Session, notification_id: str, settings: Settings,
         return Claim(ClaimState.LOCKED if exists else ClaimState.MISSING)
     if row.status not in LIVE_STATUSES or row.next_attempt_at is None:
         return Claim(ClaimState.FINAL)
-    if row.next_attempt_at > now and not (row.lease_expires_at and row.lease_expires_at > now):
+    if row.lease_expires_at is not None and row.lease_expires_at > now:
+        return Claim(ClaimState.BUSY)  # another worker holds the lease
+    if row.next_attempt_at > now:
         return Claim(ClaimState.NOT_DUE, due_at=row.next_attempt_at)
-    return Claim(ClaimState.BUSY)  # another worker holds the lease
+    # Due and free now: the lease skipped it because another transaction held its row
+    # lock a moment ago (a merchant's request, the sweep). Come back, do not drop it.
+    return Claim(ClaimState.LOCKED)
 
 
 def stop_at_disabled_endpoint(session: Session, notification_id: str,
