@@ -78,9 +78,9 @@ def get_notification(notification_id: str) -> Any:
 @blp.alt_response(429, schema=ApiErrorSchema)
 def retry_notification(notification_id: str) -> Any:
     """Manually retry a FAILED notification (at most 3 times; 10 per minute)."""
-    notification = service.manual_retry(get_session(), _settings(), current_partner(),
-                                        notification_id)
-    return _dump(notification)
+    notification, event = service.manual_retry(get_session(), _settings(), current_partner(),
+                                               notification_id)
+    return presenters.notification(notification, event)
 
 
 @blp.route("/webhook-notifications/<notification_id>/ignore", methods=["POST"])

@@ -83,10 +83,9 @@ def request_resend(session: Session, settings: Settings, principal: Principal,
     except DelivererError as error:
         reject(session, principal, RequestKind.RESEND, error, reference=reference[:200])
         raise
-    request = record_request(session, principal, RequestKind.RESEND, ACCEPTED,
-                             notification_id=notification.id, reference=reference,
-                             delivery_status=PENDING, now=now)
-    request_id = request.id
+    request_id = record_request(session, principal, RequestKind.RESEND, ACCEPTED,
+                                notification_id=notification.id, reference=reference,
+                                delivery_status=PENDING, now=now)
     on_commit(session, lambda: enqueue_resend(request_id))
     return ResendRequest(request_id, reference, url, notification.id)
 

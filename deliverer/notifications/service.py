@@ -14,8 +14,9 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Table, and_, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -62,14 +63,14 @@ def is_uuid(value: str) -> bool:
 
 
 def get_notification(session: Session, partner_id: str, notification_id: str,
-                     *, for_update: bool = False) -> Notification:
+                     *, for_update: bool = False, key_share: bool = False) -> Notification:
     """The partner's notification, or 404 (also for another partner's: no existence leak)."""
     if not is_uuid(notification_id):
         raise NotificationNotFound()
     query = select(Notification).where(Notification.id == notification_id,
                                        Notification.partner_id == partner_id)
-    if for_update:
-        query = query.with_for_update()
+    if for_update or key_share:
+        query = query.with_for_update(key_share=key_share)
     notification = session.scalar(query)
     if notification is None:
         raise NotificationNotFound()
@@ -170,14 +171,16 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
 def record_request(session: Session, principal: Principal, kind: str, outcome: str, *,
                    notification_id: str | None = None, reference: str | None = None,
                    delivery_status: str | None = None,
-                   now: datetime | None = None) -> PartnerRequest:
-    row = PartnerRequest(partner_id=principal.partner_id, api_key_id=principal.api_key_id,
-                         kind=kind, outcome=outcome, notification_id=notification_id,
-                         reference=reference, delivery_status=delivery_status,
-                         created_at=now or utcnow())
-    session.add(row)
-    session.flush()
-    return row
+                   now: datetime | None = None) -> int:
+    """One row of the audit trail (what the rate limits count); returns its id."""
+    table = cast(Table, PartnerRequest.__table__)
+    return int(session.execute(
+        insert(table).values(
+            partner_id=principal.partner_id, api_key_id=principal.api_key_id, kind=kind,
+            outcome=outcome, notification_id=notification_id, reference=reference,
+            delivery_status=delivery_status, created_at=now or utcnow())
+        .returning(table.c.id)
+    ).scalar_one())
 
 
 def reject(session: Session, principal: Principal, kind: str, error: DelivererError, *,
@@ -231,27 +234,29 @@ def _check_retryable(notification: Notification, settings: Settings) -> None:
 
 
 def manual_retry(session: Session, settings: Settings, principal: Principal,
-                 notification_id: str, now: datetime | None = None) -> Notification:
-    """Seed 000: queue a FAILED notification for immediate re-delivery, a fresh cycle."""
+                 notification_id: str, now: datetime | None = None
+                 ) -> tuple[Notification, Event]:
+    """Seed 000: queue a FAILED notification for immediate re-delivery, a fresh cycle.
+
+    Returns the notification and its event (for the response; the session's identity
+    map holds objects weakly, so the event would otherwise be read a second time)."""
     now = now or utcnow()
     lock_partner(session, principal.partner_id)
     try:
-        # Checked without a row lock first: a refused request must not lock the row, or a
-        # worker claiming it (SKIP LOCKED) would see it busy and drop the delivery message
-        # of the retry that was just accepted.
-        notification = get_notification(session, principal.partner_id, notification_id)
+        # Read under a lock, so no worker records an attempt between the check and the
+        # update. A worker that meets the lock (SKIP LOCKED) comes back in a moment
+        # (ClaimState.LOCKED), so even a refused request costs no delivery.
+        notification = get_notification(session, principal.partner_id, notification_id,
+                                        key_share=True)
         _check_retryable(notification, settings)
         check_rate(session, principal.partner_id, RequestKind.RETRY,
                    settings.manual_retry_rate_per_minute, now)
-        # Retryable: lock it and look again (a worker may have recorded an attempt since).
-        session.refresh(notification, with_for_update={"key_share": True})
-        _check_retryable(notification, settings)
     except DelivererError as error:
         reject(session, principal, RequestKind.RETRY, error,
                notification_id=notification_id if is_uuid(notification_id) else None)
         raise  # unreachable: reject raises
 
-    _repoint_to_current_url(session, notification, now)
+    event = _repoint_to_current_url(session, notification, now)
     notification.manual_retry_count += 1
     start_fresh_cycle(notification, now, due=now)
     notification.scheduled_for = now
@@ -260,7 +265,7 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
                    notification_id=notification.id, now=now)
     nid = notification.id
     on_commit(session, lambda: enqueue_delivery(nid, Lane.MANUAL))
-    return notification
+    return notification, event
 
 
 def start_fresh_cycle(notification: Notification, now: datetime, *, due: datetime) -> None:
@@ -281,19 +286,21 @@ def start_fresh_cycle(notification: Notification, now: datetime, *, due: datetim
 
 
 def _repoint_to_current_url(session: Session, notification: Notification,
-                            now: datetime) -> None:
+                            now: datetime) -> Event:
     """Seed 000: merchants fix their URL in the settings, then retry."""
-    event = get_event(session, notification)
-    if event.callback_url:
-        return
-    settings_row = session.get(WebhookSettings, notification.partner_id)
-    url = settings_row.url if settings_row else None
-    if not url or url == notification.url:
-        return
+    # One query for both; the caller gets the event back for its response.
+    event, url = session.execute(
+        select(Event, WebhookSettings.url)
+        .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
+        .where(Event.id == notification.event_id)
+    ).one()
+    if event.callback_url or not url or url == notification.url:
+        return event
     endpoint_id, sequence = next_sequence(session, notification.partner_id, url, now)
     notification.url = url
     notification.endpoint_id = endpoint_id
     notification.sequence = sequence
+    return event
 
 
 def ignore(session: Session, principal: Principal, notification_id: str,

@@ -77,14 +77,14 @@ def authenticate(session: Session, raw_key: str | None) -> Principal:
         raise Unauthorized("Invalid API Key format")
     wanted = keys.hash_key(raw_key)
     row = session.execute(
-        select(ApiKey, Partner)
+        select(ApiKey.id, ApiKey.key_hash, ApiKey.revoked_at, Partner.id.label("partner_id"),
+               Partner.active, Partner.flow)
         .join(Partner, Partner.id == ApiKey.partner_id)
         .where(ApiKey.key_hash == wanted)
     ).first()
     # The index finds the row; compare_digest keeps the final comparison constant-time.
-    if row is None or not keys.same_hash(row[0].key_hash, wanted) or row[0].revoked_at:
+    if row is None or not keys.same_hash(row.key_hash, wanted) or row.revoked_at:
         raise Unauthorized("Invalid API Key")
-    api_key, partner = row
-    if not partner.active or partner.flow != PartnerFlow.WEBHOOK:
+    if not row.active or row.flow != PartnerFlow.WEBHOOK:
         raise InvalidPartnerFlow()
-    return Principal(partner.id, api_key.id)
+    return Principal(row.partner_id, row.id)
