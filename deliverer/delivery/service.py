@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from deliverer import metrics
@@ -249,7 +249,9 @@ def record_successes(session: Session,
     Commits nothing."""
     if not done:
         return 0
-    session.execute(insert(Attempt), [_attempt_row(job, result) for job, result in done])
+    # Table-level: a plain executemany, none of the ORM's bulk machinery.
+    session.execute(insert(cast(Table, Attempt.__table__)),
+                    [_attempt_row(job, result) for job, result in done])
     updated: int = session.execute(  # type: ignore[attr-defined]
         update(Notification)
         .where(Notification.id.in_([job.notification_id for job, _ in done]),

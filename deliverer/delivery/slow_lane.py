@@ -99,7 +99,9 @@ class EndpointGate:
                  settings: Settings) -> bool:
         if self._slow_until.get(key, 0.0) > now:
             return True
-        return any(now - started >= settings.slow_send_seconds for started in flying.values())
+        # Tickets are added in time order (under the lock), so the first is the oldest.
+        oldest = next(iter(flying.values()), now)
+        return now - oldest >= settings.slow_send_seconds
 
     def _forget_expired(self, now: float) -> None:
         for key in [k for k, until in self._slow_until.items() if until <= now]:
