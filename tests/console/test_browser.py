@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -72,7 +73,18 @@ def click(driver: WebDriver, element_id: str | None = None, element=None) -> Non
     target = element if element is not None else driver.find_element(By.ID, element_id)
     page = driver.find_element(By.TAG_NAME, "html")
     target.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+
+    def left(_driver: WebDriver) -> bool:
+        try:
+            return bool(expected_conditions.staleness_of(page)(_driver))
+        except WebDriverException as exc:
+            # Mid-navigation, Chromium may answer for a node of the old document with an
+            # inspector error instead of "stale element": the old page is gone all the same.
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+
+    WebDriverWait(driver, 30).until(left)
     WebDriverWait(driver, 30).until(
         lambda d: d.execute_script("return document.readyState") == "complete")
 
