@@ -387,3 +387,30 @@ def test_attempt_payloads_are_json_round_tripped(settings, receiver, partner):
                                 .where(Notification.id == nid))
     assert json.loads(json.dumps(stored)) == stored
     assert h.attempts(nid)[0].response_body == "ünïcödé ✓"
+
+
+def test_a_row_a_request_holds_locked_is_locked_not_busy(settings, partner):
+    """A merchant's retry request holds the row (FOR KEY SHARE) while a worker claims:
+    the claim skips it and says LOCKED, so the task comes back instead of dropping it."""
+    if settings.is_sqlite:
+        pytest.skip("SQLite has no row locks: a writer waits for the other one to finish")
+    nid = due_now(partner, "http://127.0.0.1:9/hook")
+    with session_scope() as request:
+        request.execute(select(Notification.id).where(Notification.id == nid)
+                        .with_for_update(key_share=True))
+        with session_scope() as session:
+            assert service.claim(session, nid, settings).state == ClaimState.LOCKED
+    with session_scope() as session:
+        assert service.claim(session, nid, settings).state == ClaimState.CLAIMED
+
+
+def test_a_row_released_between_the_two_looks_is_locked_not_busy(
+        settings, partner, monkeypatch):
+    """The lease skipped the row (locked), and the lock was gone by the second look: the
+    row is due and free, so the message must come back (LOCKED), not be dropped (BUSY)."""
+    nid = due_now(partner, "http://127.0.0.1:9/hook")
+    monkeypatch.setattr(service, "lease", lambda *args, **kwargs: ([], []))
+    with session_scope() as session:
+        assert service.claim(session, nid, settings).state == ClaimState.LOCKED
+    row = h.notification(nid)
+    assert row.lease_token is None and row.status == NotificationStatus.PENDING
