@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import (
@@ -74,24 +75,28 @@ def _ensure_multiproc_dir() -> None:
     _dir_checked = True
 
 
-def observe_attempt(success: bool, kind: str | None, duration_s: float) -> None:
-    """Count one HTTP attempt. Never raises: metrics must not break a delivery."""
+@contextmanager
+def _never_raises() -> Iterator[None]:
+    """Metrics must not break a delivery: a failure to count is logged, not raised."""
     try:
         _ensure_multiproc_dir()
+        yield
+    except Exception:
+        log.warning("could not record delivery metrics", exc_info=True)
+
+
+def observe_attempt(success: bool, kind: str | None, duration_s: float) -> None:
+    """Count one HTTP attempt."""
+    with _never_raises():
         outcome = "success" if success else "failure"
         DELIVERIES.labels(outcome=outcome,
                           kind="none" if success else (kind or "unknown")).inc()
         ATTEMPT_SECONDS.labels(outcome=outcome).observe(max(0.0, float(duration_s)))
-    except Exception:
-        log.warning("could not record delivery metrics", exc_info=True)
 
 
 def observe_deferred(count: int) -> None:
-    try:
-        _ensure_multiproc_dir()
+    with _never_raises():
         DEFERRED.labels(reason="slow_endpoint").inc(count)
-    except Exception:
-        log.warning("could not record delivery metrics", exc_info=True)
 
 
 class BacklogCollector(Collector):

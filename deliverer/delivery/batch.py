@@ -30,7 +30,7 @@ from deliverer.delivery.service import (
     due_and_free,
     is_plain_success,
     lease,
-    perform,
+    perform_admitted,
     record,
     record_successes,
 )
@@ -95,7 +95,7 @@ _endpoint_slots: dict[object, threading.BoundedSemaphore] = {}
 
 
 def _slot(job: DeliveryJob, limit: int) -> threading.BoundedSemaphore:
-    key = job.endpoint_id if job.endpoint_id is not None else job.url
+    key = slow_lane.key_for(job.endpoint_id, job.url)
     with _pool_lock:
         slot = _endpoint_slots.get(key)
         if slot is None:
@@ -137,20 +137,12 @@ def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
     runs = [indexes[k::width] for indexes in by_endpoint.values()
             for k in range(min(width, len(indexes)))]
 
-    def one(job: DeliveryJob, ticket: slow_lane.Ticket) -> sender.SendResult:
-        try:
-            with delivery_context(job.notification_id):
-                result = perform(job, settings)
-        except BaseException:
-            slow_lane.GATE.done(ticket, None, settings)
-            raise
-        slow_lane.GATE.done(ticket, result, settings)
-        return result
-
     def run(indexes: list[int]) -> None:
         with _slot(jobs[indexes[0]][0], settings.endpoint_concurrency):
             for i in indexes:
-                results[i] = one(*jobs[i])
+                job, ticket = jobs[i]
+                with delivery_context(job.notification_id):
+                    results[i] = perform_admitted(job, ticket, settings)
 
     if len(runs) == 1:
         run(runs[0])

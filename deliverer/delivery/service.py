@@ -218,6 +218,18 @@ def perform(job: DeliveryJob, settings: Settings) -> sender.SendResult:
     return result
 
 
+def perform_admitted(job: DeliveryJob, ticket: slow_lane.Ticket,
+                     settings: Settings) -> sender.SendResult:
+    """``perform``, then hand the slow lane's ticket back with how the send went."""
+    try:
+        result = perform(job, settings)
+    except BaseException:
+        slow_lane.GATE.done(ticket, None, settings)
+        raise
+    slow_lane.GATE.done(ticket, result, settings)
+    return result
+
+
 def sender_config(settings: Settings) -> sender.SenderConfig:
     return sender.SenderConfig(
         connect_timeout=settings.connect_timeout,
@@ -421,12 +433,7 @@ def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
                                             settings),
             retry_for=settings.lease_seconds)
         return AttemptOutcome(ClaimState.DEFERRED, due_at=until)
-    try:
-        result = perform(job, settings)
-    except BaseException:
-        slow_lane.GATE.done(ticket, None, settings)
-        raise
-    slow_lane.GATE.done(ticket, result, settings)
+    result = perform_admitted(job, ticket, settings)
     # The POST happened: record it even if the first try is a deadlock victim or meets a
     # database restart, or the webhook is sent again when the lease runs out.
     outcome = in_transaction(lambda session: record(session, job, result, settings),
