@@ -27,7 +27,6 @@ from deliverer.delivery.service import (
     LIVE_STATUSES,
     DeliveryJob,
     NextAttempt,
-    due_and_free,
     is_plain_success,
     lease,
     perform_admitted,
@@ -60,22 +59,22 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
     leased, jobs = lease(session, ids, settings, now)
     batch = BatchClaim(token=jobs[0].lease_token if jobs else "", jobs=jobs)
     if len(leased) < len(ids):
-        batch.not_due = [
-            (r.id, r.lane, r.next_attempt_at)
-            for r in session.execute(
-                select(Notification.id, Notification.lane, Notification.next_attempt_at)
-                .where(Notification.id.in_(ids), Notification.status.in_(LIVE_STATUSES),
-                       Notification.next_attempt_at > now)
-            )
-        ]
-        # Due and unleased, yet not claimed: skipped because another transaction held the
-        # row lock (a merchant's request, the sweep). Their message must not be dropped.
-        taken = set(leased) | {n[0] for n in batch.not_due}
-        rest = [i for i in ids if i not in taken]
-        if rest:
-            batch.locked = list(session.scalars(
-                select(Notification.id).where(Notification.id.in_(rest),
-                                              *due_and_free(now))))
+        # Why the others were not leased, read by key and told apart here: conditions on
+        # next_attempt_at in the WHERE let skewed statistics pick the due index (lease()).
+        taken = set(leased)
+        for r in session.execute(
+            select(Notification.id, Notification.lane, Notification.status,
+                   Notification.next_attempt_at, Notification.lease_expires_at)
+            .where(Notification.id.in_([i for i in ids if i not in taken]))
+        ):
+            if r.status not in LIVE_STATUSES or r.next_attempt_at is None:
+                continue  # final: nothing more to send
+            if r.next_attempt_at > now:
+                batch.not_due.append((r.id, r.lane, r.next_attempt_at))
+            elif r.lease_expires_at is None or r.lease_expires_at <= now:
+                # Due and unleased, yet not claimed: skipped because another transaction
+                # held the row lock (a merchant's request, the sweep). Not to be dropped.
+                batch.locked.append(r.id)
     return batch
 
 
