@@ -14,7 +14,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, and_, func, insert, or_, select
 from sqlalchemy.orm import Session
@@ -206,22 +206,28 @@ def lock_partner(session: Session, partner_id: str) -> None:
     )
 
 
-def check_rate(session: Session, partner_id: str, kind: str, per_minute: int,
-               now: datetime) -> None:
-    since = now - RATE_WINDOW
-    count, oldest = session.execute(
-        select(func.count(), func.min(PartnerRequest.created_at)).where(
-            PartnerRequest.partner_id == partner_id,
-            PartnerRequest.kind == kind,
-            PartnerRequest.outcome == ACCEPTED,
-            PartnerRequest.created_at > since,
-        )
-    ).one()
+def _rate_window(partner_id: str, kind: str, now: datetime) -> tuple[Any, Any]:
+    """How many accepted requests of ``kind`` the partner made in the window, and the
+    oldest one's time: scalar subqueries, so a caller can read them with other things."""
+    within = (PartnerRequest.partner_id == partner_id, PartnerRequest.kind == kind,
+              PartnerRequest.outcome == ACCEPTED, PartnerRequest.created_at > now - RATE_WINDOW)
+    return (select(func.count()).where(*within).scalar_subquery(),
+            select(func.min(PartnerRequest.created_at)).where(*within).scalar_subquery())
+
+
+def _enforce_rate(count: int, oldest: datetime | None, per_minute: int,
+                  now: datetime) -> None:
     if count >= per_minute:
         wait = 1
         if oldest is not None:
             wait = max(1, math.ceil((oldest + RATE_WINDOW - now).total_seconds()))
         raise TooManyRequests(headers={"Retry-After": str(wait)})
+
+
+def check_rate(session: Session, partner_id: str, kind: str, per_minute: int,
+               now: datetime) -> None:
+    count, oldest = session.execute(select(*_rate_window(partner_id, kind, now))).one()
+    _enforce_rate(count, oldest, per_minute, now)
 
 
 # -- retry and ignore -------------------------------------------------------------------
@@ -239,24 +245,28 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
     """Seed 000: queue a FAILED notification for immediate re-delivery, a fresh cycle.
 
     Returns the notification and its event (for the response; the session's identity
-    map holds objects weakly, so the event would otherwise be read a second time)."""
+    map holds objects weakly, so the event would otherwise be read a second time).
+    Four statements before the commit: lock and read, count and read, the audit row,
+    the update."""
     now = now or utcnow()
-    lock_partner(session, principal.partner_id)
     try:
-        # Read under a lock, so no worker records an attempt between the check and the
-        # update. A worker that meets the lock (SKIP LOCKED) comes back in a moment
-        # (ClaimState.LOCKED), so even a refused request costs no delivery.
-        notification = get_notification(session, principal.partner_id, notification_id,
-                                        key_share=True)
+        notification = _lock_for_retry(session, principal.partner_id, notification_id)
         _check_retryable(notification, settings)
-        check_rate(session, principal.partner_id, RequestKind.RETRY,
-                   settings.manual_retry_rate_per_minute, now)
+        # After the lock, in a statement of its own: READ COMMITTED gives it a snapshot
+        # that sees every retry committed by whoever held the partner's lock before us.
+        count, oldest, event, url = session.execute(
+            select(*_rate_window(principal.partner_id, RequestKind.RETRY, now), Event,
+                   WebhookSettings.url)
+            .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
+            .where(Event.id == notification.event_id)
+        ).one()
+        _enforce_rate(count, oldest, settings.manual_retry_rate_per_minute, now)
     except DelivererError as error:
         reject(session, principal, RequestKind.RETRY, error,
                notification_id=notification_id if is_uuid(notification_id) else None)
         raise  # unreachable: reject raises
 
-    event = _repoint_to_current_url(session, notification, now)
+    _repoint(session, notification, event, url, now)
     notification.manual_retry_count += 1
     start_fresh_cycle(notification, now, due=now)
     notification.scheduled_for = now
@@ -266,6 +276,29 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
     nid = notification.id
     on_commit(session, lambda: enqueue_delivery(nid, Lane.MANUAL))
     return notification, event
+
+
+def _lock_for_retry(session: Session, partner_id: str, notification_id: str) -> Notification:
+    """The partner's notification, its row and the partner's locked in one statement.
+
+    The partner's row serialises the limit decisions of one partner (PostgreSQL; SQLite
+    is serial anyway, see lock_partner). The notification's, so that no worker records
+    an attempt between the check and the update: a worker that meets it (SKIP LOCKED)
+    comes back in a moment (ClaimState.LOCKED), so even a refused request costs no
+    delivery. A notification that is not found locks nothing: a 404 decides no limit.
+    """
+    if not is_uuid(notification_id):
+        raise NotificationNotFound()
+    notification = session.scalar(
+        select(Notification)
+        .join(Partner, Partner.id == Notification.partner_id)
+        .where(Notification.id == notification_id, Notification.partner_id == partner_id)
+        # FOR NO KEY UPDATE OF both (see lock_partner on why not FOR UPDATE).
+        .with_for_update(key_share=True, of=[Partner.id, Notification.id])
+    )
+    if notification is None:
+        raise NotificationNotFound()
+    return notification
 
 
 def start_fresh_cycle(notification: Notification, now: datetime, *, due: datetime) -> None:
@@ -294,13 +327,18 @@ def _repoint_to_current_url(session: Session, notification: Notification,
         .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
         .where(Event.id == notification.event_id)
     ).one()
+    _repoint(session, notification, event, url, now)
+    return event
+
+
+def _repoint(session: Session, notification: Notification, event: Event, url: str | None,
+             now: datetime) -> None:
     if event.callback_url or not url or url == notification.url:
-        return event
+        return
     endpoint_id, sequence = next_sequence(session, notification.partner_id, url, now)
     notification.url = url
     notification.endpoint_id = endpoint_id
     notification.sequence = sequence
-    return event
 
 
 def ignore(session: Session, principal: Principal, notification_id: str,
