@@ -180,7 +180,7 @@ def record_request(session: Session, principal: Principal, kind: str, outcome: s
                    delivery_status: str | None = None,
                    now: datetime | None = None) -> int:
     """One row of the audit trail (what the rate limits count); returns its id."""
-    return int(session.execute(_INSERT_REQUEST, {
+    return int(session.connection().execute(_INSERT_REQUEST, {
         "partner_id": principal.partner_id, "api_key_id": principal.api_key_id,
         "kind": kind, "outcome": outcome, "notification_id": notification_id,
         "reference": reference, "delivery_status": delivery_status,

@@ -86,7 +86,7 @@ def authenticate(session: Session, raw_key: str | None) -> Principal:
     if not keys.looks_like_key(raw_key):
         raise Unauthorized("Invalid API Key format")
     wanted = keys.hash_key(raw_key)
-    row = session.execute(_KEY_LOOKUP, {"key_hash": wanted}).first()
+    row = session.connection().execute(_KEY_LOOKUP, {"key_hash": wanted}).first()
     # The index finds the row; compare_digest keeps the final comparison constant-time.
     if row is None or not keys.same_hash(row.key_hash, wanted) or row.revoked_at:
         raise Unauthorized("Invalid API Key")
