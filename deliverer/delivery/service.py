@@ -22,8 +22,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from deliverer import metrics
 from deliverer.alerts import service as alerts
@@ -98,12 +99,50 @@ def _trigger_for(lane: str) -> Trigger:
     return Trigger.MANUAL if lane == Lane.MANUAL else Trigger.AUTOMATIC
 
 
-def due_and_free(now: datetime) -> tuple[Any, ...]:
-    return (
-        Notification.status.in_(LIVE_STATUSES),
-        Notification.next_attempt_at <= now,
-        or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
-    )
+# The statements of every delivery are built once, with bind parameters (``:now``,
+# expanding ``:ids``): building them per call cost more CPU than executing them
+# (SQLAlchemy's compiled cache spares only the compilation). They are Core statements
+# and run on the session's connection, past the ORM's execute path.
+_NOTIFICATIONS = cast(Table, Notification.__table__)
+_N = _NOTIFICATIONS.c
+_NOW: BindParameter[datetime] = bindparam("now")
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_DUE_AND_FREE = and_(_N.status.in_(LIVE_STATUSES), _N.next_attempt_at <= _NOW,
+                     or_(_N.lease_expires_at.is_(None), _N.lease_expires_at <= _NOW))
+_PICK = (select(_N.id, _DUE_AND_FREE.label("free")).where(_N.id.in_(_IDS))
+         .with_for_update(skip_locked=True).cte("pick"))
+_LEASE = (
+    update(_NOTIFICATIONS)
+    .where(_N.id == _PICK.c.id, _PICK.c.free)
+    .values(lease_token=bindparam("token"), lease_expires_at=bindparam("expires"),
+            # The message that brought us here is consumed; if we die, the sweep
+            # re-enqueues the row as soon as the lease runs out.
+            scheduled_for=None)
+    .returning(_N.id)
+)
+_INSERT_ATTEMPTS = insert(cast(Table, Attempt.__table__))
+_MARK_SENT = (
+    update(_NOTIFICATIONS)
+    .where(_N.id.in_(_IDS), _N.lease_token.in_(bindparam("tokens", expanding=True)))
+    .values(status=NotificationStatus.SENT, sent_at=_NOW, next_attempt_at=None,
+            scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
+            attempt_count=_N.attempt_count + 1, updated_at=_NOW)
+)
+_ENDPOINTS_FOR_KEY_SHARE = (
+    select(Endpoint.id, Endpoint.failing_since)
+    .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
+    .order_by(Endpoint.id)
+    .with_for_update(key_share=True)
+)
+_JOBS = (
+    select(_N.id, _N.url, _N.lane, _N.endpoint_id, Event.body, Endpoint.failing_since,
+           Endpoint.disabled_at, Endpoint.disabled_reason, WebhookSettings.signing_secret,
+           WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at)
+    .join(Event, Event.id == _N.event_id)
+    .outerjoin(Endpoint, Endpoint.id == _N.endpoint_id)
+    .outerjoin(WebhookSettings, WebhookSettings.partner_id == _N.partner_id)
+    .where(_N.id.in_(_IDS))
+)
 
 
 def lease(session: Session, ids: Sequence[str], settings: Settings,
@@ -125,33 +164,13 @@ def lease(session: Session, ids: Sequence[str], settings: Settings,
     still a compare-and-set on SQLite, which has no row locks.
     """
     token = str(uuid.uuid4())
-    pick = (select(Notification.id, and_(*due_and_free(now)).label("free"))
-            .where(Notification.id.in_(ids))
-            .with_for_update(skip_locked=True)
-            .cte("pick"))
-    leased = list(session.scalars(
-        update(Notification)
-        .where(Notification.id == pick.c.id, pick.c.free)
-        .values(lease_token=token,
-                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                # The message that brought us here is consumed; if we die, the sweep
-                # re-enqueues the row as soon as the lease runs out.
-                scheduled_for=None)
-        .returning(Notification.id)
-        .execution_options(synchronize_session=False)
-    ))
+    connection = session.connection()
+    leased = list(connection.execute(_LEASE, {
+        "ids": list(ids), "now": now, "token": token,
+        "expires": now + timedelta(seconds=settings.lease_seconds)}).scalars())
     if not leased:
         return [], []
-    rows = session.execute(
-        select(Notification.id, Notification.url, Notification.lane, Notification.endpoint_id,
-               Event.body, Endpoint.failing_since, Endpoint.disabled_at,
-               Endpoint.disabled_reason, WebhookSettings.signing_secret,
-               WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at)
-        .join(Event, Event.id == Notification.event_id)
-        .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
-        .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
-        .where(Notification.id.in_(leased))
-    ).all()
+    rows = connection.execute(_JOBS, {"ids": leased}).all()
     jobs = []
     for r in rows:
         if r.disabled_at is not None:
@@ -269,18 +288,12 @@ def record_successes(session: Session,
     Commits nothing."""
     if not done:
         return 0
+    connection = session.connection()
     # Table-level: a plain executemany, none of the ORM's bulk machinery.
-    session.execute(insert(cast(Table, Attempt.__table__)),
-                    [_attempt_row(job, result) for job, result in done])
-    updated: int = session.execute(  # type: ignore[attr-defined]
-        update(Notification)
-        .where(Notification.id.in_([job.notification_id for job, _ in done]),
-               Notification.lease_token.in_({job.lease_token for job, _ in done}))
-        .values(status=NotificationStatus.SENT, sent_at=now, next_attempt_at=None,
-                scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
-                attempt_count=Notification.attempt_count + 1, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    connection.execute(_INSERT_ATTEMPTS, [_attempt_row(job, result) for job, result in done])
+    updated = connection.execute(_MARK_SENT, {
+        "ids": [job.notification_id for job, _ in done],
+        "tokens": list({job.lease_token for job, _ in done}), "now": now}).rowcount
     # A plain success on an endpoint that became failing meanwhile still releases it
     # (see endpoint_failing_now).
     endpoint_ids = sorted({job.endpoint_id for job, _ in done if job.endpoint_id is not None})
@@ -397,12 +410,8 @@ def endpoint_failing_now(session: Session, endpoint_ids: list[int]) -> list[int]
     which conflicts with FOR KEY SHARE: whichever of the two commits second sees the
     other's outcome (the success recovers the endpoint, or the failure finds no head).
     """
-    rows = session.execute(
-        select(Endpoint.id, Endpoint.failing_since)
-        .where(Endpoint.id.in_(endpoint_ids))
-        .order_by(Endpoint.id)
-        .with_for_update(key_share=True)
-    ).all()
+    rows = session.connection().execute(_ENDPOINTS_FOR_KEY_SHARE,
+                                        {"endpoint_ids": endpoint_ids}).all()
     return [endpoint_id for endpoint_id, failing_since in rows if failing_since is not None]
 
 
