@@ -63,14 +63,14 @@ def is_uuid(value: str) -> bool:
 
 
 def get_notification(session: Session, partner_id: str, notification_id: str,
-                     *, for_update: bool = False, key_share: bool = False) -> Notification:
+                     *, for_update: bool = False) -> Notification:
     """The partner's notification, or 404 (also for another partner's: no existence leak)."""
     if not is_uuid(notification_id):
         raise NotificationNotFound()
     query = select(Notification).where(Notification.id == notification_id,
                                        Notification.partner_id == partner_id)
-    if for_update or key_share:
-        query = query.with_for_update(key_share=key_share)
+    if for_update:
+        query = query.with_for_update()
     notification = session.scalar(query)
     if notification is None:
         raise NotificationNotFound()
