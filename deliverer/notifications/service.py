@@ -227,13 +227,16 @@ def _rate_params(partner_id: str, kind: str, now: datetime) -> dict[str, Any]:
 
 
 _RATE = select(*_rate_window())
-# After the partner's lock, in a statement of its own: READ COMMITTED gives it a snapshot
-# that sees every retry committed by whoever held the lock before us.
-_RATE_EVENT_URL = (
-    select(*_rate_window(), Event, WebhookSettings.url)
+# A notification's event and the partner's current webhook URL (seed 000: merchants fix
+# their URL in the settings, then retry).
+_EVENT_AND_URL = (
+    select(Event, WebhookSettings.url)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
     .where(Event.id == bindparam("event_id"))
 )
+# After the partner's lock, in a statement of its own: READ COMMITTED gives it a snapshot
+# that sees every retry committed by whoever held the lock before us.
+_EVENT_URL_AND_RATE = _EVENT_AND_URL.add_columns(*_rate_window())
 
 
 def _enforce_rate(count: int, oldest: datetime | None, per_minute: int,
@@ -273,7 +276,7 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
     try:
         notification = _lock_for_retry(session, principal.partner_id, notification_id)
         _check_retryable(notification, settings)
-        count, oldest, event, url = session.execute(_RATE_EVENT_URL, {
+        event, url, count, oldest = session.execute(_EVENT_URL_AND_RATE, {
             **_rate_params(principal.partner_id, RequestKind.RETRY, now),
             "event_id": notification.event_id}).one()
         _enforce_rate(count, oldest, settings.manual_retry_rate_per_minute, now)
@@ -342,12 +345,8 @@ def start_fresh_cycle(notification: Notification, now: datetime, *, due: datetim
 def _repoint_to_current_url(session: Session, notification: Notification,
                             now: datetime) -> Event:
     """Seed 000: merchants fix their URL in the settings, then retry."""
-    # One query for both; the caller gets the event back for its response.
-    event, url = session.execute(
-        select(Event, WebhookSettings.url)
-        .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
-        .where(Event.id == notification.event_id)
-    ).one()
+    # One query for both; the caller gets the event back.
+    event, url = session.execute(_EVENT_AND_URL, {"event_id": notification.event_id}).one()
     _repoint(session, notification, event, url, now)
     return event
 
