@@ -9,10 +9,12 @@ from flask import Flask
 from flask_smorest import Api
 
 from api import db, guards
+from api.batching import Coalescer
 from api.errors import register_error_handlers
 from api.extensions import celery_init_app
 from deliverer.config import Settings, get_settings, set_settings
 from deliverer.logging import configure_logging
+from deliverer.notifications import manual_retry
 
 
 class _Api(Api):
@@ -53,6 +55,12 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     register_error_handlers(app)
     guards.init_app(app)  # 413 on every route, no NUL characters
     celery_init_app(app, settings)
+
+    # Concurrent manual retries share a transaction (api.batching).
+    # The settings are read per batch, as views read them per request.
+    app.extensions["deliverer_retries"] = Coalescer(
+        "retries", lambda requests: manual_retry.run_batch(app.config["DELIVERER_SETTINGS"],
+                                                           requests))
 
     api = _Api(app)
     from api.views import compat, health, internal, partner

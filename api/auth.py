@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
 from api.db import get_session
 from deliverer.errors import DelivererError, Unauthorized
-from deliverer.partners.service import Principal, authenticate
+from deliverer.partners.service import Principal, authenticate, key_hash
 
 
 class AdminUnauthorized(DelivererError):
@@ -34,19 +36,43 @@ def check_admin() -> None:
         raise AdminUnauthorized()
 
 
+def _raw_key() -> str | None:
+    raw = request.headers.get("X-Api-Key")
+    if raw is None:
+        raw = _bearer()
+        if raw is None and request.headers.get("Authorization"):
+            raise Unauthorized("Invalid API Key format")
+    return raw
+
+
 def current_partner() -> Principal:
     principal: Principal | None = g.get("principal")
     if principal is None:
-        raw = request.headers.get("X-Api-Key")
-        if raw is None:
-            raw = _bearer()
-            if raw is None and request.headers.get("Authorization"):
-                raise Unauthorized("Invalid API Key format")
-        principal = authenticate(get_session(), raw)
+        principal = authenticate(get_session(), _raw_key())
         g.principal = principal
     return principal
 
 
+def current_key_hash() -> str:
+    """The presented key's lookup hash, for a view that resolves it in a batch."""
+    return str(g.get("key_hash") or key_hash(_raw_key()))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def key_resolved_in_batch(view: F) -> F:
+    """Mark a view whose key is looked up with its batch (``api.batching``): the guard
+    still refuses a missing or malformed key (401 before anything else), without a
+    query of its own."""
+    view.key_resolved_in_batch = True  # type: ignore[attr-defined]
+    return view
+
+
 def check_partner() -> None:
     """``before_request`` guard of the partner blueprints: 401/403 before any validation."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "key_resolved_in_batch", False):
+        g.key_hash = key_hash(_raw_key())
+        return
     current_partner()

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from deliverer.models import Attempt, Event, Notification
 
+# A notification's own fields in the response, after its id, event id, type and reference.
+_FIELDS = ("status", "url", "sequence", "retry_attempts", "manual_retry_count",
+           "attempt_count", "latest_error_payload", "next_attempt_at", "cycle_started_at",
+           "sent_at", "created_at", "updated_at")
+
 
 def notification(n: Notification, event: Event) -> dict[str, Any]:
-    return {
-        "id": n.id,
-        "event_id": n.event_id,
-        "event_type": event.type,
-        "reference": event.reference,
-        "status": n.status,
-        "url": n.url,
-        "sequence": n.sequence,
-        "retry_attempts": n.retry_attempts,
-        "manual_retry_count": n.manual_retry_count,
-        "attempt_count": n.attempt_count,
-        "latest_error_payload": n.latest_error_payload,
-        "next_attempt_at": n.next_attempt_at,
-        "cycle_started_at": n.cycle_started_at,
-        "sent_at": n.sent_at,
-        "created_at": n.created_at,
-        "updated_at": n.updated_at,
-    }
+    return {"id": n.id, "event_id": n.event_id, "event_type": event.type,
+            "reference": event.reference, **{f: getattr(n, f) for f in _FIELDS}}
+
+
+def notification_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The same from a row of the notification's columns with its event's ``type`` and
+    ``reference`` (what a manual retry's batch reads)."""
+    return {"id": row["id"], "event_id": row["event_id"], "event_type": row["type"],
+            "reference": row["reference"], **{f: row[f] for f in _FIELDS}}
 
 
 def attempt(a: Attempt) -> dict[str, Any]:

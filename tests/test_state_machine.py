@@ -18,6 +18,7 @@ from deliverer.delivery import sender, service
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import Conflict
 from deliverer.models import ApiKey, Attempt, Notification, NotificationStatus, utcnow
+from deliverer.notifications import manual_retry as manual_retries
 from deliverer.notifications import service as notifications
 from deliverer.partners.service import Principal
 from deliverer.scheduling.sweep import collect_due
@@ -86,7 +87,7 @@ class NotificationLifecycle(RuleBasedStateMachine):
         before = self.row()
         try:
             with session_scope() as session:
-                notifications.manual_retry(session, self.settings, self.principal, self.nid,
+                manual_retries.manual_retry(session, self.settings, self.principal, self.nid,
                                            now=self.now)
         except Conflict:
             assert before.status != S.FAILED or before.manual_retry_count >= 3
@@ -150,8 +151,8 @@ def test_notification_state_machine(settings, monkeypatch):
     # manual retry's broker message must not also reach a real worker left running by
     # other tests.
     queued: list[str] = []
-    monkeypatch.setattr(notifications, "enqueue_delivery",
-                        lambda nid, lane, due_at=None: queued.append(nid))
+    monkeypatch.setattr(manual_retries, "enqueue_batch",
+                        lambda nids, lane, due_at=None: queued.extend(nids))
     NotificationLifecycle.config = settings
     run_state_machine_as_test(
         NotificationLifecycle,

@@ -16,7 +16,7 @@ from api.db import get_session
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import resend
 from deliverer.errors import DelivererError
-from deliverer.notifications import service
+from deliverer.notifications import manual_retry, service
 
 blp = Blueprint("compat", __name__, url_prefix="",
                 description="Compatibility routes for merchants migrating from other providers.")
@@ -28,7 +28,7 @@ blp.before_request(check_partner)
 @blp.route("/api/webhooks/deliveries/<delivery_id>/retry", methods=["POST"])
 def retry_delivery(delivery_id: str) -> Any:
     """Seed 001: retry a failed delivery."""
-    service.manual_retry(get_session(), current_app.config["DELIVERER_SETTINGS"],
+    manual_retry.manual_retry(get_session(), current_app.config["DELIVERER_SETTINGS"],
                          current_partner(), delivery_id)
     return jsonify({"success": True, "deliveryId": delivery_id,
                     "message": "Retry queued successfully."})

@@ -9,7 +9,8 @@ from flask import current_app
 from flask_smorest import Blueprint
 
 from api import presenters
-from api.auth import check_partner, current_partner
+from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
+from api.batching import Coalescer
 from api.db import get_session
 from api.schemas.common import ApiErrorSchema
 from api.schemas.partner import (
@@ -76,11 +77,14 @@ def get_notification(notification_id: str) -> Any:
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(409, schema=ApiErrorSchema)
 @blp.alt_response(429, schema=ApiErrorSchema)
+@key_resolved_in_batch
 def retry_notification(notification_id: str) -> Any:
     """Manually retry a FAILED notification (at most 3 times; 10 per minute)."""
-    notification, event = service.manual_retry(get_session(), _settings(), current_partner(),
-                                               notification_id)
-    return presenters.notification(notification, event)
+    retries: Coalescer[tuple[str, str], Any] = current_app.extensions["deliverer_retries"]
+    outcome = retries.submit((current_key_hash(), notification_id))
+    if isinstance(outcome, DelivererError):
+        raise outcome
+    return presenters.notification_row(outcome)
 
 
 @blp.route("/webhook-notifications/<notification_id>/ignore", methods=["POST"])

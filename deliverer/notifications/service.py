@@ -1,9 +1,11 @@
-"""What merchants do with their notifications: list, read, retry, ignore (seeds 000, 003).
+"""What merchants do with their notifications: list, read, ignore (seeds 000, 003), and
+the rules and the audit trail that retries and resends share.
 
-Manual retries are limited per notification (3) and per partner (10 a rolling minute).
-Both limits hold under concurrent requests: on PostgreSQL the partner row is locked for
-the decision; on SQLite every write transaction is serialised (BEGIN IMMEDIATE). The
-limits count rows of ``partner_requests``, the audit trail, so they need no Redis.
+Manual retries (``manual_retry``) are limited per notification (3) and per partner (10 a
+rolling minute); resends per partner. The limits hold under concurrent requests: on
+PostgreSQL the partner row is locked for the decision; on SQLite every write transaction
+is serialised (BEGIN IMMEDIATE). They count rows of ``partner_requests``, the audit
+trail, so they need no Redis.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from sqlalchemy import Table, and_, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.db import on_commit
 from deliverer.delivery import endpoint_queue
 from deliverer.errors import Conflict, DelivererError, NotificationNotFound, TooManyRequests
 from deliverer.models import (
@@ -36,7 +37,6 @@ from deliverer.models import (
 )
 from deliverer.partners.service import Principal
 from deliverer.publishing.service import next_sequence
-from deliverer.scheduling.enqueue import enqueue_delivery
 
 NOT_FAILED = "Notification is not in FAILED status"
 MAX_MANUAL = "Partner webhook notification has reached the maximum number of manual retries ({n})"
@@ -211,22 +211,12 @@ def lock_partner(session: Session, partner_id: str) -> None:
     )
 
 
-def _rate_window() -> tuple[Any, Any]:
-    """How many accepted requests of ``:kind`` the partner ``:partner_id`` made since
-    ``:since``, and the oldest one's time: scalar subqueries, so that a caller can read
-    them with other things."""
-    within = (PartnerRequest.partner_id == bindparam("partner_id"),
-              PartnerRequest.kind == bindparam("kind"), PartnerRequest.outcome == ACCEPTED,
-              PartnerRequest.created_at > bindparam("since"))
-    return (select(func.count()).where(*within).scalar_subquery(),
-            select(func.min(PartnerRequest.created_at)).where(*within).scalar_subquery())
-
-
-def _rate_params(partner_id: str, kind: str, now: datetime) -> dict[str, Any]:
-    return {"partner_id": partner_id, "kind": kind, "since": now - RATE_WINDOW}
-
-
-_RATE = select(*_rate_window())
+# How many accepted requests of ``:kind`` the partner made since ``:since``, and the
+# oldest one's time (for Retry-After).
+_RATE = select(func.count(), func.min(PartnerRequest.created_at)).where(
+    PartnerRequest.partner_id == bindparam("partner_id"),
+    PartnerRequest.kind == bindparam("kind"), PartnerRequest.outcome == ACCEPTED,
+    PartnerRequest.created_at > bindparam("since"))
 # A notification's event and the partner's current webhook URL (seed 000: merchants fix
 # their URL in the settings, then retry).
 _EVENT_AND_URL = (
@@ -234,13 +224,10 @@ _EVENT_AND_URL = (
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
     .where(Event.id == bindparam("event_id"))
 )
-# After the partner's lock, in a statement of its own: READ COMMITTED gives it a snapshot
-# that sees every retry committed by whoever held the lock before us.
-_EVENT_URL_AND_RATE = _EVENT_AND_URL.add_columns(*_rate_window())
 
 
-def _enforce_rate(count: int, oldest: datetime | None, per_minute: int,
-                  now: datetime) -> None:
+def enforce_rate(count: int, oldest: datetime | None, per_minute: int,
+                 now: datetime) -> None:
     if count >= per_minute:
         wait = 1
         if oldest is not None:
@@ -250,96 +237,43 @@ def _enforce_rate(count: int, oldest: datetime | None, per_minute: int,
 
 def check_rate(session: Session, partner_id: str, kind: str, per_minute: int,
                now: datetime) -> None:
-    count, oldest = session.execute(_RATE, _rate_params(partner_id, kind, now)).one()
-    _enforce_rate(count, oldest, per_minute, now)
+    count, oldest = session.execute(_RATE, {"partner_id": partner_id, "kind": kind,
+                                            "since": now - RATE_WINDOW}).one()
+    enforce_rate(count, oldest, per_minute, now)
 
 
 # -- retry and ignore -------------------------------------------------------------------
 
-def _check_retryable(notification: Notification, settings: Settings) -> None:
-    if notification.status != NotificationStatus.FAILED:
+def check_retryable(status: str, manual_retry_count: int, settings: Settings) -> None:
+    if status != NotificationStatus.FAILED:
         raise Conflict(NOT_FAILED)
-    if notification.manual_retry_count >= settings.max_manual_retries:
+    if manual_retry_count >= settings.max_manual_retries:
         raise Conflict(MAX_MANUAL.format(n=settings.max_manual_retries))
 
 
-def manual_retry(session: Session, settings: Settings, principal: Principal,
-                 notification_id: str, now: datetime | None = None
-                 ) -> tuple[Notification, Event]:
-    """Seed 000: queue a FAILED notification for immediate re-delivery, a fresh cycle.
-
-    Returns the notification and its event (for the response; the session's identity
-    map holds objects weakly, so the event would otherwise be read a second time).
-    Four statements before the commit: lock and read, count and read, the audit row,
-    the update."""
-    now = now or utcnow()
-    try:
-        notification = _lock_for_retry(session, principal.partner_id, notification_id)
-        _check_retryable(notification, settings)
-        event, url, count, oldest = session.execute(_EVENT_URL_AND_RATE, {
-            **_rate_params(principal.partner_id, RequestKind.RETRY, now),
-            "event_id": notification.event_id}).one()
-        _enforce_rate(count, oldest, settings.manual_retry_rate_per_minute, now)
-    except DelivererError as error:
-        reject(session, principal, RequestKind.RETRY, error,
-               notification_id=notification_id if is_uuid(notification_id) else None)
-        raise  # unreachable: reject raises
-
-    _repoint(session, notification, event, url, now)
-    notification.manual_retry_count += 1
-    start_fresh_cycle(notification, now, due=now)
-    notification.scheduled_for = now
-    notification.enqueued_at = now
-    record_request(session, principal, RequestKind.RETRY, ACCEPTED,
-                   notification_id=notification.id, now=now)
-    nid = notification.id
-    on_commit(session, lambda: enqueue_delivery(nid, Lane.MANUAL))
-    return notification, event
-
-
-_LOCK_FOR_RETRY = (
-    select(Notification)
-    .join(Partner, Partner.id == Notification.partner_id)
-    .where(Notification.id == bindparam("notification_id"),
-           Notification.partner_id == bindparam("partner_id"))
-    # FOR NO KEY UPDATE OF both (see lock_partner on why not FOR UPDATE).
-    .with_for_update(key_share=True, of=[Partner.id, Notification.id])
-)
-
-
-def _lock_for_retry(session: Session, partner_id: str, notification_id: str) -> Notification:
-    """The partner's notification, its row and the partner's locked in one statement.
-
-    The partner's row serialises the limit decisions of one partner (PostgreSQL; SQLite
-    is serial anyway, see lock_partner). The notification's, so that no worker records
-    an attempt between the check and the update: a worker that meets it (SKIP LOCKED)
-    comes back in a moment (ClaimState.LOCKED), so even a refused request costs no
-    delivery. A notification that is not found locks nothing: a 404 decides no limit.
-    """
-    if not is_uuid(notification_id):
-        raise NotificationNotFound()
-    notification = session.scalar(_LOCK_FOR_RETRY, {"notification_id": notification_id,
-                                                    "partner_id": partner_id})
-    if notification is None:
-        raise NotificationNotFound()
-    return notification
+def fresh_cycle_values(now: datetime, *, due: datetime) -> dict[str, Any]:
+    """Seed 000's reset for a manual retry (also an operator's replay): retryAttempts 0,
+    latestErrorPayload cleared, a new 30-day cycle, next attempt on the manual lane."""
+    return {
+        "held": False,
+        "retry_attempts": 0,
+        "latest_error_payload": None,
+        "status": NotificationStatus.PENDING,
+        "cycle_started_at": now,
+        "next_attempt_at": due,
+        "lane": Lane.MANUAL,
+        # A lease still held by an automatic attempt in flight is void: its outcome is
+        # recorded as an attempt but no longer decides the state.
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
 
 
 def start_fresh_cycle(notification: Notification, now: datetime, *, due: datetime) -> None:
-    """Seed 000's reset for a manual retry (also an operator's replay): retryAttempts 0,
-    latestErrorPayload cleared, a new 30-day cycle, next attempt on the manual lane."""
-    notification.held = False
-    notification.retry_attempts = 0
-    notification.latest_error_payload = None
-    notification.status = NotificationStatus.PENDING
-    notification.cycle_started_at = now
-    notification.next_attempt_at = due
-    notification.lane = Lane.MANUAL
-    # A lease still held by an automatic attempt in flight is void: its outcome is
-    # recorded as an attempt but no longer decides the state.
-    notification.lease_token = None
-    notification.lease_expires_at = None
-    notification.updated_at = now
+    """``fresh_cycle_values`` applied to a loaded notification."""
+    for key, value in fresh_cycle_values(now, due=due).items():
+        setattr(notification, key, value)
 
 
 def _repoint_to_current_url(session: Session, notification: Notification,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.delivery import netguard, signing
-from deliverer.errors import InvalidPartnerFlow, PartnerNotFound, Unauthorized
+from deliverer.errors import DelivererError, InvalidPartnerFlow, PartnerNotFound, Unauthorized
 from deliverer.models import ApiKey, Partner, PartnerFlow, WebhookSettings, utcnow
 from deliverer.partners import keys
 
@@ -74,22 +76,41 @@ _KEY_LOOKUP = (
     select(ApiKey.id, ApiKey.key_hash, ApiKey.revoked_at, Partner.id.label("partner_id"),
            Partner.active, Partner.flow)
     .join(Partner, Partner.id == ApiKey.partner_id)
-    .where(ApiKey.key_hash == bindparam("key_hash"))
+    .where(ApiKey.key_hash.in_(bindparam("key_hashes", expanding=True)))
 )
 
 
-def authenticate(session: Session, raw_key: str | None) -> Principal:
-    """Resolve an API key to its partner, with seed 000's exact errors."""
+def key_hash(raw_key: str | None) -> str:
+    """The lookup hash of a presented API key; seed 000's errors for a missing or
+    malformed one, which need no database."""
     if raw_key is None or raw_key.strip() == "":
         raise Unauthorized("API Key is missing")
     raw_key = raw_key.strip()
     if not keys.looks_like_key(raw_key):
         raise Unauthorized("Invalid API Key format")
-    wanted = keys.hash_key(raw_key)
-    row = session.connection().execute(_KEY_LOOKUP, {"key_hash": wanted}).first()
+    return keys.hash_key(raw_key)
+
+
+def authenticate(session: Session, raw_key: str | None) -> Principal:
+    """Resolve an API key to its partner, with seed 000's exact errors."""
+    [principal] = principals_for(session, [key_hash(raw_key)])
+    if isinstance(principal, DelivererError):
+        raise principal
+    return principal
+
+
+def principals_for(session: Session, key_hashes: Sequence[str]
+                   ) -> list[Principal | DelivererError]:
+    """The partner of each key hash (one query for all), or the error to answer with."""
+    found = {row.key_hash: row for row in session.connection().execute(
+        _KEY_LOOKUP, {"key_hashes": sorted(set(key_hashes))})}
+    return [_judge(found.get(wanted), wanted) for wanted in key_hashes]
+
+
+def _judge(row: Any, wanted: str) -> Principal | DelivererError:
     # The index finds the row; compare_digest keeps the final comparison constant-time.
     if row is None or not keys.same_hash(row.key_hash, wanted) or row.revoked_at:
-        raise Unauthorized("Invalid API Key")
+        return Unauthorized("Invalid API Key")
     if not row.active or row.flow != PartnerFlow.WEBHOOK:
-        raise InvalidPartnerFlow()
+        return InvalidPartnerFlow()
     return Principal(row.partner_id, row.id)

@@ -1,0 +1,83 @@
+"""Concurrent requests for one operation, run as batches (group commit).
+
+Under load, the API's request threads hand their manual retries to a ``Coalescer``
+instead of each opening a transaction: one thread per process runs whatever requests
+are waiting as one call, in one transaction, and hands each request its own outcome.
+A request that finds nothing running is run at once, alone, so an idle server adds no
+wait; batches form only while the previous one is in the database, which is when
+requests would otherwise queue for it anyway.
+
+The thread is started on first use in each process (gunicorn forks its workers after
+the application is created; a thread does not survive a fork).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[T, R]):
+    """``submit(item)`` returns ``run([..., item, ...])``'s result for ``item``.
+
+    ``run`` gets up to ``max_batch`` items in arrival order and must return one result
+    per item, in that order. If it raises, every request of the batch gets the exception.
+    """
+
+    def __init__(self, name: str, run: Callable[[Sequence[T]], Sequence[R]],
+                 max_batch: int = 64) -> None:
+        self.name = name
+        self._run = run
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[T, Future[R]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    def submit(self, item: T) -> R:
+        self._ensure_thread()
+        future: Future[R] = Future()
+        self._queue.put((item, future))
+        return future.result()
+
+    def _ensure_thread(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child inherits the attribute but not the thread, nor (safely)
+                # the queue: start both afresh.
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._loop, name=f"batch-{self.name}",
+                                 daemon=True).start()
+                self._pid = os.getpid()
+
+    def _loop(self) -> None:
+        jobs = self._queue
+        while True:
+            batch = [jobs.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[T, Future[R]]]) -> None:
+        try:
+            results = self._run([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self.name}: {len(results)} results for "
+                                   f"{len(batch)} requests")
+        except BaseException as exc:  # every waiting request answers with it
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)

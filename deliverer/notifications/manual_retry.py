@@ -1,0 +1,224 @@
+"""Manual retries (seed 000), decided for several requests in one transaction.
+
+A merchant's retry is cheap to decide and expensive to commit: a transaction costs more
+than the rules it enforces. Requests that arrive together are therefore decided together
+(``api.batching`` hands the API's concurrent retry requests to one call of
+``manual_retries``); a lone request is a batch of one, decided the same way.
+
+Whatever the batch size, one transaction runs five statements: lock the notifications
+and their partners, count each partner's accepted retries of the last minute, write the
+audit rows, update the notifications, commit. The requests are then judged one by one in
+arrival order against what the earlier ones of the batch changed, so two requests for
+one notification in one batch accept the first, and a partner's tenth retry of the
+minute is its last, whichever batches the requests fell into.
+
+The limits hold across batches and processes as they did for single requests: the
+partners' rows are locked before the counts are read (PostgreSQL: FOR NO KEY UPDATE,
+taken in the order of the partner ids, so two batches never wait for each other in a
+cycle; SQLite serialises every write transaction, BEGIN IMMEDIATE), and the counts are
+read by a statement of their own, whose READ COMMITTED snapshot sees every retry that
+the previous holder of a lock committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.db import in_transaction, on_commit
+from deliverer.errors import DelivererError, NotificationNotFound
+from deliverer.models import (
+    Event,
+    Lane,
+    Notification,
+    Partner,
+    PartnerRequest,
+    WebhookSettings,
+    utcnow,
+)
+from deliverer.notifications.service import (
+    ACCEPTED,
+    RATE_WINDOW,
+    RequestKind,
+    check_retryable,
+    enforce_rate,
+    fresh_cycle_values,
+    is_uuid,
+)
+from deliverer.partners.service import Principal, principals_for
+from deliverer.publishing.service import next_sequence
+from deliverer.scheduling.enqueue import enqueue_batch
+
+
+@dataclass(frozen=True)
+class RetryRequest:
+    principal: Principal
+    notification_id: str
+
+
+# A retried notification as the retry left it: its columns, with its event's ``type`` and
+# ``reference`` (what the response shows), read by the batch's lock statement.
+Retried = Mapping[str, Any]
+
+# How long a batch the database aborted is run again before its requests get a 503.
+RUN_AGAIN_FOR = 2.0
+
+_NOTIFICATIONS = cast(Table, Notification.__table__)
+_REQUESTS = cast(Table, PartnerRequest.__table__)
+
+# Built once, with bind parameters: building them per request cost more CPU than running
+# them (SQLAlchemy's compiled cache spares only the compilation).
+_LOCK = (
+    select(_NOTIFICATIONS, Event.type, Event.reference, Event.callback_url,
+           WebhookSettings.url.label("current_url"))
+    .join(Partner, Partner.id == Notification.partner_id)
+    .join(Event, Event.id == Notification.event_id)
+    .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
+    # Only the requesting partner's own notifications: another partner's id locks nothing
+    # and is answered 404 (no existence leak).
+    .where(tuple_(Notification.id, Notification.partner_id).in_(bindparam("pairs",
+                                                                          expanding=True)))
+    # Locks are taken in this order (PostgreSQL locks the sorted rows): batches of
+    # overlapping partners queue instead of deadlocking.
+    .order_by(Partner.id, Notification.id)
+    # FOR NO KEY UPDATE, not FOR UPDATE: see service.lock_partner.
+    .with_for_update(key_share=True, of=[Partner.id, Notification.id])
+)
+_RATES = (
+    select(PartnerRequest.partner_id, func.count(), func.min(PartnerRequest.created_at))
+    .where(PartnerRequest.partner_id.in_(bindparam("partner_ids", expanding=True)),
+           PartnerRequest.kind == RequestKind.RETRY, PartnerRequest.outcome == ACCEPTED,
+           PartnerRequest.created_at > bindparam("since"))
+    .group_by(PartnerRequest.partner_id)
+)
+_AUDIT = insert(_REQUESTS)
+_ACCEPT = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id.in_(bindparam("ids", expanding=True)))
+    .values({**{k: bindparam(f"v_{k}") for k in fresh_cycle_values(utcnow(), due=utcnow())},
+             "manual_retry_count": _NOTIFICATIONS.c.manual_retry_count + 1,
+             "scheduled_for": bindparam("v_now"), "enqueued_at": bindparam("v_now")})
+)
+_REPOINT = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id == bindparam("nid"))
+    .values(url=bindparam("url"), endpoint_id=bindparam("endpoint_id"),
+            sequence=bindparam("sequence"))
+)
+
+
+def manual_retry(session: Session, settings: Settings, principal: Principal,
+                 notification_id: str, now: datetime | None = None) -> Retried:
+    """One request: a batch of one. A refusal is committed (the audit trail keeps it,
+    and the limits count only what is committed) before it is raised."""
+    [outcome] = manual_retries(session, settings,
+                               [RetryRequest(principal, notification_id)], now)
+    if isinstance(outcome, DelivererError):
+        session.commit()
+        raise outcome
+    return outcome
+
+
+def manual_retries(session: Session, settings: Settings, requests: Sequence[RetryRequest],
+                   now: datetime | None = None) -> list[Retried | DelivererError]:
+    """Decide ``requests`` in order, in the session's transaction; the accepted ones are
+    enqueued (one message) once it commits. Returns, per request, the retried
+    notification or the error to answer with. Every decision is written to the audit
+    trail."""
+    now = now or utcnow()
+    conn = session.connection()
+    pairs = sorted({(r.notification_id, r.principal.partner_id) for r in requests
+                    if is_uuid(r.notification_id)})
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    if pairs:
+        for locked in conn.execute(_LOCK, {"pairs": pairs}):
+            rows[(locked.id, locked.partner_id)] = dict(locked._mapping)
+    rates = _rates(conn, sorted({pid for _, pid in rows}), now)
+
+    outcomes: list[Retried | DelivererError] = []
+    audit: list[dict[str, Any]] = []
+    accepted: list[dict[str, Any]] = []
+    for request in requests:
+        partner_id = request.principal.partner_id
+        row = rows.get((request.notification_id, partner_id))
+        try:
+            if row is None:
+                raise NotificationNotFound()
+            check_retryable(row["status"], row["manual_retry_count"], settings)
+            count, oldest = rates.get(partner_id, (0, None))
+            enforce_rate(count, oldest, settings.manual_retry_rate_per_minute, now)
+        except DelivererError as error:
+            outcomes.append(error)
+            audit.append(_audit_row(request, error.code, now))
+            continue
+        rates[partner_id] = (count + 1, oldest or now)
+        row.update(fresh_cycle_values(now, due=now), scheduled_for=now, enqueued_at=now,
+                   manual_retry_count=row["manual_retry_count"] + 1)
+        _repoint(session, row, now)
+        accepted.append(row)
+        audit.append(_audit_row(request, ACCEPTED, now))
+        outcomes.append(row)
+
+    if audit:
+        conn.execute(_AUDIT, audit)
+    if accepted:
+        ids = [row["id"] for row in accepted]
+        conn.execute(_ACCEPT, {"ids": ids, **{f"v_{k}": v for k, v in
+                                              fresh_cycle_values(now, due=now).items()},
+                               "v_now": now})
+        on_commit(session, lambda: enqueue_batch(ids, Lane.MANUAL))
+    return outcomes
+
+
+def _rates(conn: Any, partner_ids: list[str], now: datetime
+           ) -> dict[str, tuple[int, datetime | None]]:
+    """Each partner's accepted retries within the window: (count, the oldest's time)."""
+    if not partner_ids:
+        return {}
+    return {pid: (count, oldest) for pid, count, oldest in conn.execute(
+        _RATES, {"partner_ids": partner_ids, "since": now - RATE_WINDOW})}
+
+
+def _audit_row(request: RetryRequest, outcome: str, now: datetime) -> dict[str, Any]:
+    nid = request.notification_id
+    return {"partner_id": request.principal.partner_id,
+            "api_key_id": request.principal.api_key_id, "kind": RequestKind.RETRY,
+            "outcome": outcome, "notification_id": nid if is_uuid(nid) else None,
+            "reference": None, "delivery_status": None, "created_at": now}
+
+
+def _repoint(session: Session, row: dict[str, Any], now: datetime) -> None:
+    """Seed 000: merchants fix their URL in the settings, then retry. An event with a
+    callback URL of its own keeps it."""
+    url = row["current_url"]
+    if row["callback_url"] or not url or url == row["url"]:
+        return
+    endpoint_id, sequence = next_sequence(session, row["partner_id"], url, now)
+    row.update(url=url, endpoint_id=endpoint_id, sequence=sequence)
+    session.connection().execute(_REPOINT, {"nid": row["id"], "url": url,
+                                            "endpoint_id": endpoint_id, "sequence": sequence})
+
+
+def run_batch(settings: Settings, requests: Sequence[tuple[str, str]]
+              ) -> list[Retried | DelivererError]:
+    """(API key hash, notification id) requests: authenticated and decided together in
+    a transaction of their own, run again whole if the database aborts it (a deadlock
+    victim, a connection lost in a restart)."""
+    def work(session: Session) -> list[Retried | DelivererError]:
+        principals = principals_for(session, [key for key, _ in requests])
+        outcomes: list[Retried | DelivererError] = []
+        asked = [RetryRequest(p, nid) for p, (_, nid) in zip(principals, requests, strict=True)
+                 if isinstance(p, Principal)]
+        decided = iter(manual_retries(session, settings, asked))
+        for principal in principals:
+            outcomes.append(principal if isinstance(principal, DelivererError)
+                            else next(decided))
+        return outcomes
+
+    return in_transaction(work, retry_for=RUN_AGAIN_FOR)

@@ -1,0 +1,195 @@
+"""Manual retries decided in batches (deliverer.notifications.manual_retry), called
+directly on the real database: one batch, many requests, the same rules as one by one."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from deliverer.config import Settings
+from deliverer.db import session_scope
+from deliverer.errors import (
+    Conflict,
+    DelivererError,
+    NotificationNotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from deliverer.models import (
+    ApiKey,
+    Notification,
+    NotificationStatus,
+    PartnerRequest,
+    WebhookSettings,
+    utcnow,
+)
+from deliverer.notifications.manual_retry import (
+    Retried,
+    RetryRequest,
+    manual_retries,
+    run_batch,
+)
+from deliverer.notifications.service import MAX_MANUAL, NOT_FAILED
+from deliverer.partners import keys
+from deliverer.partners.service import NewPartner, Principal, rotate_key
+from deliverer.scheduling import queues
+from tests.operations.helpers import failed
+from tests.support import helpers as h
+
+URL = "http://127.0.0.1:9/never-dialled"
+
+
+def _principal(partner: NewPartner) -> Principal:
+    with session_scope() as session:
+        key_id = session.scalar(select(ApiKey.id).where(ApiKey.partner_id == partner.partner_id))
+    return Principal(partner.partner_id, key_id)
+
+
+def _decide(settings: Settings, requests: Sequence[RetryRequest]
+            ) -> list[Retried | DelivererError]:
+    with session_scope() as session:
+        return manual_retries(session, settings, requests)
+
+
+def _audit(partner_id: str) -> list[PartnerRequest]:
+    with session_scope() as session:
+        rows = list(session.scalars(select(PartnerRequest)
+                                    .where(PartnerRequest.partner_id == partner_id)
+                                    .order_by(PartnerRequest.id)))
+        session.expunge_all()
+        return rows
+
+
+def _manual_messages(published: list[dict]) -> list[tuple[str, list]]:
+    return [(t["task"], t["args"]) for t in published if t["queue"] == queues.MANUAL]
+
+
+def test_one_batch_judges_each_request_against_the_ones_before_it(settings, published_tasks):
+    shop, other = h.new_partner(settings, URL, "Shop"), h.new_partner(settings, URL, "Other")
+    me = _principal(shop)
+    retryable = failed(shop.partner_id, URL)
+    exhausted = failed(shop.partner_id, URL)
+    with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id == exhausted)
+                        .values(manual_retry_count=3))
+    pending = h.insert_notification(shop.partner_id, URL, next_attempt_at=None)
+    someone_elses = failed(other.partner_id, URL)
+    unknown = str(uuid.uuid4())
+
+    asked = [retryable, retryable, exhausted, pending, someone_elses, "not-an-id", unknown]
+    outcomes = _decide(settings, [RetryRequest(me, nid) for nid in asked])
+
+    first = outcomes[0]
+    assert isinstance(first, dict)
+    assert (first["id"], first["status"], first["manual_retry_count"]) == (
+        retryable, NotificationStatus.PENDING, 1)
+    assert first["retry_attempts"] == 0 and first["latest_error_payload"] is None
+    assert first["type"] == "transaction.updated"
+    errors = outcomes[1:]
+    assert [type(e) for e in errors] == [Conflict, Conflict, Conflict, NotificationNotFound,
+                                         NotificationNotFound, NotificationNotFound]
+    assert [e.message for e in errors[:3]] == [NOT_FAILED, MAX_MANUAL.format(n=3), NOT_FAILED]
+
+    row = h.notification(retryable)
+    assert (row.status, row.manual_retry_count, row.retry_attempts) == (
+        NotificationStatus.PENDING, 1, 0)
+    assert row.latest_error_payload is None and row.scheduled_for is not None
+    assert h.notification(exhausted).manual_retry_count == 3
+    assert h.notification(someone_elses).status == NotificationStatus.FAILED
+    # Every decision is on record, in the order asked, with the notification where it
+    # is a well-formed id.
+    assert [(r.outcome, r.notification_id) for r in _audit(shop.partner_id)] == [
+        ("ACCEPTED", retryable), ("CONFLICT", retryable), ("CONFLICT", exhausted),
+        ("CONFLICT", pending), ("NOT_FOUND", someone_elses), ("NOT_FOUND", None),
+        ("NOT_FOUND", unknown)]
+    assert _audit(other.partner_id) == []
+    assert _manual_messages(published_tasks) == [("deliverer.deliver", [retryable])]
+
+
+def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings,
+                                                                        published_tasks):
+    busy, calm = h.new_partner(settings, URL, "Busy"), h.new_partner(settings, URL, "Calm")
+    busy_ids = [failed(busy.partner_id, URL) for _ in range(15)]
+    calm_ids = [failed(calm.partner_id, URL) for _ in range(2)]
+    # Three accepted a moment ago, in an earlier batch.
+    assert all(isinstance(o, dict) for o in _decide(
+        settings, [RetryRequest(_principal(busy), nid) for nid in busy_ids[:3]]))
+    published_tasks.clear()
+
+    requests = [RetryRequest(_principal(busy), nid) for nid in busy_ids[3:]]
+    requests.insert(4, RetryRequest(_principal(calm), calm_ids[0]))
+    requests.append(RetryRequest(_principal(calm), calm_ids[1]))
+    outcomes = _decide(settings, requests)
+
+    by_partner: dict[str, Counter[str]] = {}
+    for request, outcome in zip(requests, outcomes, strict=True):
+        kind = "ok" if isinstance(outcome, dict) else type(outcome).__name__
+        by_partner.setdefault(request.principal.partner_id, Counter())[kind] += 1
+    assert by_partner[busy.partner_id] == Counter(ok=7, TooManyRequests=5)
+    assert by_partner[calm.partner_id] == Counter(ok=2)
+    limited = [o for o in outcomes if isinstance(o, TooManyRequests)]
+    assert all(1 <= int(o.headers["Retry-After"]) <= 60 for o in limited)
+    accepted = [o["id"] for o in outcomes if isinstance(o, dict)]
+    # The first seven of the busy partner's, in order, and the calm partner's two.
+    assert accepted[:4] == busy_ids[3:7] and calm_ids[0] in accepted
+    # One message for the whole batch.
+    [(task, [ids])] = _manual_messages(published_tasks)
+    assert task == "deliverer.deliver_many" and sorted(ids) == sorted(accepted)
+    rows = _audit(busy.partner_id)
+    assert Counter(r.outcome for r in rows) == Counter(ACCEPTED=10, TOO_MANY_REQUESTS=5)
+
+
+def test_a_window_that_has_moved_on_allows_retries_again(settings):
+    shop = h.new_partner(settings, URL)
+    ids = [failed(shop.partner_id, URL) for _ in range(11)]
+    me = _principal(shop)
+    assert all(isinstance(o, dict) for o in _decide(
+        settings, [RetryRequest(me, nid) for nid in ids[:10]]))
+    [refused] = _decide(settings, [RetryRequest(me, ids[10])])
+    assert isinstance(refused, TooManyRequests)
+    with session_scope() as session:
+        session.execute(update(PartnerRequest).values(
+            created_at=utcnow() - timedelta(minutes=2)))
+    [allowed] = _decide(settings, [RetryRequest(me, ids[10])])
+    assert isinstance(allowed, dict)
+
+
+def test_a_batch_authenticates_each_request_by_its_key(settings):
+    shop = h.new_partner(settings, URL)
+    nid = failed(shop.partner_id, URL)
+    other = failed(shop.partner_id, URL)
+    old_key = shop.api_key
+    with session_scope() as session:
+        new_key = rotate_key(session, shop.partner_id)
+    never_issued = keys.hash_key(keys.generate_key())
+
+    outcomes = run_batch(settings, [(keys.hash_key(old_key), nid),
+                                    (keys.hash_key(new_key), nid),
+                                    (never_issued, other)])
+
+    assert isinstance(outcomes[0], Unauthorized)
+    assert isinstance(outcomes[1], dict) and outcomes[1]["id"] == nid
+    assert isinstance(outcomes[2], Unauthorized)
+    # Only the authenticated request is on the partner's record.
+    assert [r.outcome for r in _audit(shop.partner_id)] == ["ACCEPTED"]
+    assert h.notification(other).status == NotificationStatus.FAILED
+
+
+def test_a_retry_sends_to_the_url_the_merchant_fixed_since(settings):
+    shop = h.new_partner(settings, URL)
+    nid = failed(shop.partner_id, URL)
+    before = h.notification(nid)
+    fixed = "http://127.0.0.1:9/fixed"
+    with session_scope() as session:
+        session.execute(update(WebhookSettings)
+                        .where(WebhookSettings.partner_id == shop.partner_id)
+                        .values(url=fixed))
+    [outcome] = _decide(settings, [RetryRequest(_principal(shop), nid)])
+    assert isinstance(outcome, dict) and outcome["url"] == fixed
+    after = h.notification(nid)
+    assert after.url == fixed and after.endpoint_id != before.endpoint_id
+    assert after.sequence is not None
