@@ -1,7 +1,7 @@
 """6. API: the manual-retry endpoint under 50 concurrent clients, against ``/healthz``.
 
-gunicorn runs ``api:create_app()`` exactly as the Procfile's web line says (2 sync
-workers; bound to 127.0.0.1 instead of 0.0.0.0). wrk (Debian) drives it with 50
+gunicorn runs ``api:create_app()`` exactly as the Procfile's web line says (2 workers
+of 25 threads each; bound to 127.0.0.1 instead of 0.0.0.0). wrk (Debian) drives it with 50
 connections on 2 threads for the same duration against both endpoints, one after the
 other: ``GET /healthz`` (trivial, the reference) and
 ``POST /api/partner/v2/webhook-notifications/{id}/retry``.
@@ -166,7 +166,7 @@ def run(ctx: Ctx) -> Result:
     partners_n = int(ctx.size(2_000, 10))
     env.reset()
     port = free_port()
-    denv = ctx.deliverer_env(PORT=port, WEB_CONCURRENCY=2)
+    denv = ctx.deliverer_env(PORT=port, WEB_CONCURRENCY=2, WEB_THREADS=25)
     settings = env.configure_here(denv)
     nginx = ctx.nginx()
     # The warm-up partners' pairs take the first requests of each gunicorn worker (their
@@ -241,7 +241,7 @@ def run(ctx: Ctx) -> Result:
         "failed_notifications": partners_n * PER_PARTNER, "healthz": trivial, "retry": retry,
         "audit_outcomes": outcomes, "accepted_share": accepted / max(1, answered),
         "warmup": f"1 s of each endpoint first ({WARM_PARTNERS} other partners' pairs)",
-        "server": "gunicorn, Procfile web line (2 sync workers)",
+        "server": "gunicorn, Procfile web line (2 workers x 25 threads)",
         "log_errors": log_errors([web]),
     }
     if recorder is not None:

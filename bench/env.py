@@ -41,7 +41,7 @@ ADMIN_TOKEN = "bench-" + secrets.token_hex(12)
 
 # Inherited variables that would change what is measured; each benchmark sets its own.
 _SCRUB = re.compile(r"^(DELIVERER_|DATABASE_URL$|CELERY_|WORKER_CONCURRENCY$|WEB_CONCURRENCY$"
-                    r"|PORT$|PROMETHEUS_MULTIPROC_DIR$)")
+                    r"|WEB_THREADS$|PORT$|PROMETHEUS_MULTIPROC_DIR$)")
 
 
 _FLUSH_BUT_MARKERS = """
