@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
@@ -41,6 +41,7 @@ from deliverer.models import (
     Trigger,
     WebhookSettings,
     active_secrets,
+    table_of,
     utcnow,
 )
 
@@ -103,7 +104,7 @@ def _trigger_for(lane: str) -> Trigger:
 # expanding ``:ids``): building them per call cost more CPU than executing them
 # (SQLAlchemy's compiled cache spares only the compilation). They are Core statements
 # and run on the session's connection, past the ORM's execute path.
-_NOTIFICATIONS = cast(Table, Notification.__table__)
+_NOTIFICATIONS = table_of(Notification)
 _N = _NOTIFICATIONS.c
 _NOW: BindParameter[datetime] = bindparam("now")
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
@@ -120,7 +121,7 @@ _LEASE = (
             scheduled_for=None)
     .returning(_N.id)
 )
-_INSERT_ATTEMPTS = insert(cast(Table, Attempt.__table__))
+_INSERT_ATTEMPTS = insert(table_of(Attempt))
 _MARK_SENT = (
     update(_NOTIFICATIONS)
     .where(_N.id.in_(_IDS), _N.lease_token.in_(bindparam("tokens", expanding=True)))

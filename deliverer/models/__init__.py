@@ -1,7 +1,7 @@
 """The data model. Importing this package registers every table on ``Base.metadata``."""
 
 from deliverer.models.alert import Alert
-from deliverer.models.base import Base, utcnow
+from deliverer.models.base import Base, table_of, utcnow
 from deliverer.models.endpoint import Endpoint
 from deliverer.models.event import Event
 from deliverer.models.notification import (
@@ -36,5 +36,6 @@ __all__ = [
     "Trigger",
     "WebhookSettings",
     "active_secrets",
+    "table_of",
     "utcnow",
 ]

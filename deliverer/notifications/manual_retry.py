@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -40,6 +40,7 @@ from deliverer.models import (
     Partner,
     PartnerRequest,
     WebhookSettings,
+    table_of,
     utcnow,
 )
 from deliverer.notifications.service import (
@@ -69,8 +70,8 @@ Retried = Mapping[str, Any]
 # How long a batch the database aborted is run again before its requests get a 503.
 RUN_AGAIN_FOR = 2.0
 
-_NOTIFICATIONS = cast(Table, Notification.__table__)
-_REQUESTS = cast(Table, PartnerRequest.__table__)
+_NOTIFICATIONS = table_of(Notification)
+_REQUESTS = table_of(PartnerRequest)
 
 # Built once, with bind parameters: building them per request cost more CPU than running
 # them (SQLAlchemy's compiled cache spares only the compilation).

@@ -16,9 +16,9 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, insert, or_, select
+from sqlalchemy import and_, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -33,6 +33,7 @@ from deliverer.models import (
     Partner,
     PartnerRequest,
     WebhookSettings,
+    table_of,
     utcnow,
 )
 from deliverer.partners.service import Principal
@@ -171,7 +172,7 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
 # The statements of every manual retry are built once, with bind parameters: building
 # them per request cost more CPU than executing them (SQLAlchemy's compiled cache spares
 # only the compilation).
-_REQUESTS = cast(Table, PartnerRequest.__table__)
+_REQUESTS = table_of(PartnerRequest)
 _INSERT_REQUEST = insert(_REQUESTS).returning(_REQUESTS.c.id)
 
 

@@ -8,9 +8,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -28,6 +28,7 @@ from deliverer.models import (
     NotificationStatus,
     Partner,
     WebhookSettings,
+    table_of,
     utcnow,
 )
 from deliverer.models.base import new_id
@@ -57,9 +58,9 @@ def event_body(event: Event) -> str:
 # cost more CPU than executing them (SQLAlchemy's compiled cache spares only the
 # compilation). They run on the session's connection: they are Core statements, and the
 # ORM's execute path adds its own cost for nothing.
-_EVENTS = cast(Table, Event.__table__)
-_NOTIFICATIONS = cast(Table, Notification.__table__)
-_ENDPOINTS = cast(Table, Endpoint.__table__)
+_EVENTS = table_of(Event)
+_NOTIFICATIONS = table_of(Notification)
+_ENDPOINTS = table_of(Endpoint)
 _PARTNER = (
     select(Partner.active, WebhookSettings.enabled, WebhookSettings.url)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Partner.id)
