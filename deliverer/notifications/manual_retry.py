@@ -3,21 +3,27 @@
 A merchant's retry is cheap to decide and expensive to commit: a transaction costs more
 than the rules it enforces. Requests that arrive together are therefore decided together
 (``api.batching`` hands the API's concurrent retry requests to one call of
-``manual_retries``); a lone request is a batch of one, decided the same way.
+``run_batch``); a lone request is a batch of one, decided the same way.
 
-Whatever the batch size, one transaction runs five statements: lock the notifications
-and their partners, count each partner's accepted retries of the last minute, write the
-audit rows, update the notifications, commit. The requests are then judged one by one in
-arrival order against what the earlier ones of the batch changed, so two requests for
-one notification in one batch accept the first, and a partner's tenth retry of the
-minute is its last, whichever batches the requests fell into.
+Whatever the batch size, one transaction runs the same few statements: lock the
+partners, lock the notifications, count each partner's accepted retries of the last
+minute, write the audit rows, update the notifications, commit. The requests are judged
+one by one in arrival order against what the earlier ones of the batch changed, so two
+requests for one notification in one batch accept the first, and a partner's tenth
+retry of the minute is its last, whichever batches the requests fell into.
 
 The limits hold across batches and processes as they did for single requests: the
-partners' rows are locked before the counts are read (PostgreSQL: FOR NO KEY UPDATE,
-taken in the order of the partner ids, so two batches never wait for each other in a
-cycle; SQLite serialises every write transaction, BEGIN IMMEDIATE), and the counts are
-read by a statement of their own, whose READ COMMITTED snapshot sees every retry that
-the previous holder of a lock committed.
+partners' rows are locked before the counts are read (PostgreSQL: FOR NO KEY UPDATE, in
+the order of the partner ids, so two batches never wait for each other in a cycle;
+SQLite serialises every write transaction, BEGIN IMMEDIATE), and the counts are read by
+a statement of their own, whose READ COMMITTED snapshot sees every retry that the
+previous holder of a lock committed.
+
+A batch never waits for a notification's row while it holds another's: a worker
+recording an attempt holds its notification and may update others of its endpoint
+(``endpoint_queue``) in no particular order, and the two would deadlock. So a batch of
+several notifications skips the rows that are locked (SKIP LOCKED), and their requests
+are decided right after, each alone, in a transaction that waits for that one row.
 """
 
 from __future__ import annotations
@@ -57,6 +63,13 @@ from deliverer.publishing.service import next_sequence
 from deliverer.scheduling.enqueue import enqueue_batch
 
 
+class Busy:
+    """A request whose notification a batch found locked by someone else."""
+
+
+BUSY = Busy()
+
+
 @dataclass(frozen=True)
 class RetryRequest:
     principal: Principal
@@ -75,22 +88,29 @@ _REQUESTS = table_of(PartnerRequest)
 
 # Built once, with bind parameters: building them per request cost more CPU than running
 # them (SQLAlchemy's compiled cache spares only the compilation).
-_LOCK = (
+_LOCK_PARTNERS = (
+    select(Partner.id)
+    .where(Partner.id.in_(bindparam("partner_ids", expanding=True)))
+    # In this order (PostgreSQL locks the sorted rows): batches of overlapping partners
+    # queue instead of deadlocking. FOR NO KEY UPDATE, not FOR UPDATE: see
+    # service.lock_partner.
+    .order_by(Partner.id)
+    .with_for_update(key_share=True)
+)
+_ROWS = (
     select(_NOTIFICATIONS, Event.type, Event.reference, Event.callback_url,
            WebhookSettings.url.label("current_url"))
-    .join(Partner, Partner.id == Notification.partner_id)
     .join(Event, Event.id == Notification.event_id)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
     # Only the requesting partner's own notifications: another partner's id locks nothing
     # and is answered 404 (no existence leak).
     .where(tuple_(Notification.id, Notification.partner_id).in_(bindparam("pairs",
                                                                           expanding=True)))
-    # Locks are taken in this order (PostgreSQL locks the sorted rows): batches of
-    # overlapping partners queue instead of deadlocking.
-    .order_by(Partner.id, Notification.id)
-    # FOR NO KEY UPDATE, not FOR UPDATE: see service.lock_partner.
-    .with_for_update(key_share=True, of=[Partner.id, Notification.id])
 )
+_LOCK_ONE = _ROWS.with_for_update(key_share=True, of=Notification.id)
+_LOCK_FREE = _ROWS.with_for_update(key_share=True, skip_locked=True, of=Notification.id)
+_EXISTING = select(Notification.id, Notification.partner_id).where(
+    tuple_(Notification.id, Notification.partner_id).in_(bindparam("pairs", expanding=True)))
 _RATES = (
     select(PartnerRequest.partner_id, func.count(), func.min(PartnerRequest.created_at))
     .where(PartnerRequest.partner_id.in_(bindparam("partner_ids", expanding=True)),
@@ -120,6 +140,7 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
     and the limits count only what is committed) before it is raised."""
     [outcome] = manual_retries(session, settings,
                                [RetryRequest(principal, notification_id)], now)
+    assert not isinstance(outcome, Busy)  # one notification: its row is waited for
     if isinstance(outcome, DelivererError):
         session.commit()
         raise outcome
@@ -127,26 +148,37 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
 
 
 def manual_retries(session: Session, settings: Settings, requests: Sequence[RetryRequest],
-                   now: datetime | None = None) -> list[Retried | DelivererError]:
+                   now: datetime | None = None) -> list[Retried | DelivererError | Busy]:
     """Decide ``requests`` in order, in the session's transaction; the accepted ones are
     enqueued (one message) once it commits. Returns, per request, the retried
-    notification or the error to answer with. Every decision is written to the audit
-    trail."""
+    notification, the error to answer with, or ``BUSY``: its notification's row was
+    locked (several notifications are never waited for, see the module's docstring) and
+    the request is to be decided alone, after this transaction. Every decision is
+    written to the audit trail."""
     now = now or utcnow()
     conn = session.connection()
     pairs = sorted({(r.notification_id, r.principal.partner_id) for r in requests
                     if is_uuid(r.notification_id)})
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    busy: set[tuple[str, str]] = set()
     if pairs:
-        for locked in conn.execute(_LOCK, {"pairs": pairs}):
+        conn.execute(_LOCK_PARTNERS, {"partner_ids": sorted({pid for _, pid in pairs})})
+        one_row = len({nid for nid, _ in pairs}) == 1
+        for locked in conn.execute(_LOCK_ONE if one_row else _LOCK_FREE, {"pairs": pairs}):
             rows[(locked.id, locked.partner_id)] = dict(locked._mapping)
+        missing = [pair for pair in pairs if pair not in rows]
+        if missing and not one_row:
+            busy = {(nid, pid) for nid, pid in conn.execute(_EXISTING, {"pairs": missing})}
     rates = _rates(conn, sorted({pid for _, pid in rows}), now)
 
-    outcomes: list[Retried | DelivererError] = []
+    outcomes: list[Retried | DelivererError | Busy] = []
     audit: list[dict[str, Any]] = []
     accepted: list[dict[str, Any]] = []
     for request in requests:
         partner_id = request.principal.partner_id
+        if (request.notification_id, partner_id) in busy:
+            outcomes.append(BUSY)
+            continue
         row = rows.get((request.notification_id, partner_id))
         try:
             if row is None:
@@ -210,16 +242,32 @@ def run_batch(settings: Settings, requests: Sequence[tuple[str, str]]
               ) -> list[Retried | DelivererError]:
     """(API key hash, notification id) requests: authenticated and decided together in
     a transaction of their own, run again whole if the database aborts it (a deadlock
-    victim, a connection lost in a restart)."""
-    def work(session: Session) -> list[Retried | DelivererError]:
+    victim, a connection lost in a restart). Requests whose notification was locked are
+    then decided one by one, each in a transaction of its own."""
+    def work(session: Session) -> list[Retried | DelivererError | RetryRequest]:
         principals = principals_for(session, [key for key, _ in requests])
-        outcomes: list[Retried | DelivererError] = []
         asked = [RetryRequest(p, nid) for p, (_, nid) in zip(principals, requests, strict=True)
                  if isinstance(p, Principal)]
-        decided = iter(manual_retries(session, settings, asked))
+        decided = iter(zip(asked, manual_retries(session, settings, asked), strict=True))
+        # A busy request is handed back as itself, to be decided alone below.
+        outcomes: list[Retried | DelivererError | RetryRequest] = []
         for principal in principals:
-            outcomes.append(principal if isinstance(principal, DelivererError)
-                            else next(decided))
+            if isinstance(principal, DelivererError):
+                outcomes.append(principal)
+                continue
+            request, outcome = next(decided)
+            outcomes.append(request if isinstance(outcome, Busy) else outcome)
         return outcomes
 
-    return in_transaction(work, retry_for=RUN_AGAIN_FOR)
+    outcomes = in_transaction(work, retry_for=RUN_AGAIN_FOR)
+    return [_alone(settings, o) if isinstance(o, RetryRequest) else o for o in outcomes]
+
+
+def _alone(settings: Settings, request: RetryRequest) -> Retried | DelivererError:
+    def work(session: Session) -> Retried | DelivererError | Busy:
+        [outcome] = manual_retries(session, settings, [request])
+        return outcome
+
+    outcome = in_transaction(work, retry_for=RUN_AGAIN_FOR)
+    assert not isinstance(outcome, Busy)  # one notification: its row is waited for
+    return outcome

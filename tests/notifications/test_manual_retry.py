@@ -3,15 +3,17 @@ directly on the real database: one batch, many requests, the same rules as one b
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from deliverer.config import Settings
-from deliverer.db import session_scope
+from deliverer.db import get_database, session_scope
 from deliverer.errors import (
     Conflict,
     DelivererError,
@@ -193,3 +195,37 @@ def test_a_retry_sends_to_the_url_the_merchant_fixed_since(settings):
     after = h.notification(nid)
     assert after.url == fixed and after.endpoint_id != before.endpoint_id
     assert after.sequence is not None
+
+
+def test_a_batch_skips_a_locked_notification_and_decides_it_alone_after(settings):
+    """A worker recording an attempt holds its notification's row (and may update others
+    of its endpoint): a batch of several notifications must not wait for it while
+    holding the others, or the two deadlock. It decides the free ones, commits, then
+    waits for the locked one alone."""
+    if settings.is_sqlite:
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises write transactions")
+    shop = h.new_partner(settings, URL)
+    free, locked = failed(shop.partner_id, URL), failed(shop.partner_id, URL)
+    key = keys.hash_key(shop.api_key)
+    holder = get_database().engine.connect()
+    holder.execute(select(Notification.id).where(Notification.id == locked)
+                   .with_for_update())
+    result: list[list[Retried | DelivererError]] = []
+    batch = threading.Thread(target=lambda: result.append(
+        run_batch(settings, [(key, locked), (key, free)])))
+    batch.start()
+    try:
+        # The free one is decided and committed while the other's row is still held.
+        h.wait_until(lambda: [r.notification_id for r in _audit(shop.partner_id)] == [free],
+                     message="the free notification decided while the other is locked")
+        assert h.notification(free).status == NotificationStatus.PENDING
+        assert h.notification(locked).status == NotificationStatus.FAILED
+        assert batch.is_alive()
+    finally:
+        holder.rollback()
+        holder.close()
+    batch.join(10)
+    [outcomes] = result
+    assert [o["id"] for o in outcomes if isinstance(o, dict)] == [locked, free]
+    assert [(r.notification_id, r.outcome) for r in _audit(shop.partner_id)] == [
+        (free, "ACCEPTED"), (locked, "ACCEPTED")]
