@@ -7,8 +7,9 @@ A request that finds nothing running is run at once, alone, so an idle server ad
 wait; batches form only while the previous one is in the database, which is when
 requests would otherwise queue for it anyway.
 
-The thread is started on first use in each process (gunicorn forks its workers after
-the application is created; a thread does not survive a fork).
+The thread is started on first use in each process: a process forked after the
+application was created (gunicorn's ``--preload``) inherits the object but not its
+thread.
 """
 
 from __future__ import annotations
