@@ -23,12 +23,14 @@ from deliverer.errors import (
 )
 from deliverer.models import (
     ApiKey,
+    Lane,
     Notification,
     NotificationStatus,
     PartnerRequest,
     WebhookSettings,
     utcnow,
 )
+from deliverer.notifications import manual_retry
 from deliverer.notifications.manual_retry import (
     Retried,
     RetryRequest,
@@ -38,7 +40,6 @@ from deliverer.notifications.manual_retry import (
 from deliverer.notifications.service import MAX_MANUAL, NOT_FAILED
 from deliverer.partners import keys
 from deliverer.partners.service import NewPartner, Principal, rotate_key
-from deliverer.scheduling import queues
 from tests.operations.helpers import failed
 from tests.support import helpers as h
 
@@ -66,11 +67,18 @@ def _audit(partner_id: str) -> list[PartnerRequest]:
         return rows
 
 
-def _manual_messages(published: list[dict]) -> list[tuple[str, list]]:
-    return [(t["task"], t["args"]) for t in published if t["queue"] == queues.MANUAL]
+@pytest.fixture(autouse=True)
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]:
+    """What each committed batch hands to the broker: (ids, lane). Recorded instead of
+    sent, so that a worker left running by other tests does not deliver (and change)
+    the notifications these tests read back."""
+    calls: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(manual_retry, "enqueue_batch",
+                        lambda ids, lane, due_at=None: calls.append((list(ids), lane)))
+    return calls
 
 
-def test_one_batch_judges_each_request_against_the_ones_before_it(settings, published_tasks):
+def test_one_batch_judges_each_request_against_the_ones_before_it(settings, enqueued):
     shop, other = h.new_partner(settings, URL, "Shop"), h.new_partner(settings, URL, "Other")
     me = _principal(shop)
     retryable = failed(shop.partner_id, URL)
@@ -109,18 +117,17 @@ def test_one_batch_judges_each_request_against_the_ones_before_it(settings, publ
         ("CONFLICT", pending), ("NOT_FOUND", someone_elses), ("NOT_FOUND", None),
         ("NOT_FOUND", unknown)]
     assert _audit(other.partner_id) == []
-    assert _manual_messages(published_tasks) == [("deliverer.deliver", [retryable])]
+    assert enqueued == [([retryable], Lane.MANUAL)]
 
 
-def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings,
-                                                                        published_tasks):
+def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings, enqueued):
     busy, calm = h.new_partner(settings, URL, "Busy"), h.new_partner(settings, URL, "Calm")
     busy_ids = [failed(busy.partner_id, URL) for _ in range(15)]
     calm_ids = [failed(calm.partner_id, URL) for _ in range(2)]
     # Three accepted a moment ago, in an earlier batch.
     assert all(isinstance(o, dict) for o in _decide(
         settings, [RetryRequest(_principal(busy), nid) for nid in busy_ids[:3]]))
-    published_tasks.clear()
+    enqueued.clear()
 
     requests = [RetryRequest(_principal(busy), nid) for nid in busy_ids[3:]]
     requests.insert(4, RetryRequest(_principal(calm), calm_ids[0]))
@@ -139,8 +146,8 @@ def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings,
     # The first seven of the busy partner's, in order, and the calm partner's two.
     assert accepted[:4] == busy_ids[3:7] and calm_ids[0] in accepted
     # One message for the whole batch.
-    [(task, [ids])] = _manual_messages(published_tasks)
-    assert task == "deliverer.deliver_many" and sorted(ids) == sorted(accepted)
+    [(ids, lane)] = enqueued
+    assert lane == Lane.MANUAL and sorted(ids) == sorted(accepted)
     rows = _audit(busy.partner_id)
     assert Counter(r.outcome for r in rows) == Counter(ACCEPTED=10, TOO_MANY_REQUESTS=5)
 
