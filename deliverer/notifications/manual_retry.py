@@ -88,6 +88,11 @@ _REQUESTS = table_of(PartnerRequest)
 
 # Built once, with bind parameters: building them per request cost more CPU than running
 # them (SQLAlchemy's compiled cache spares only the compilation).
+
+# Only the requesting partner's own notifications: another partner's id locks nothing and
+# is answered 404 (no existence leak).
+_OWN = tuple_(Notification.id, Notification.partner_id).in_(bindparam("pairs",
+                                                                      expanding=True))
 _LOCK_PARTNERS = (
     select(Partner.id)
     .where(Partner.id.in_(bindparam("partner_ids", expanding=True)))
@@ -102,15 +107,11 @@ _ROWS = (
            WebhookSettings.url.label("current_url"))
     .join(Event, Event.id == Notification.event_id)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
-    # Only the requesting partner's own notifications: another partner's id locks nothing
-    # and is answered 404 (no existence leak).
-    .where(tuple_(Notification.id, Notification.partner_id).in_(bindparam("pairs",
-                                                                          expanding=True)))
+    .where(_OWN)
 )
 _LOCK_ONE = _ROWS.with_for_update(key_share=True, of=Notification.id)
 _LOCK_FREE = _ROWS.with_for_update(key_share=True, skip_locked=True, of=Notification.id)
-_EXISTING = select(Notification.id, Notification.partner_id).where(
-    tuple_(Notification.id, Notification.partner_id).in_(bindparam("pairs", expanding=True)))
+_EXISTING = select(Notification.id, Notification.partner_id).where(_OWN)
 _RATES = (
     select(PartnerRequest.partner_id, func.count(), func.min(PartnerRequest.created_at))
     .where(PartnerRequest.partner_id.in_(bindparam("partner_ids", expanding=True)),
@@ -171,6 +172,7 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
             busy = {(nid, pid) for nid, pid in conn.execute(_EXISTING, {"pairs": missing})}
     rates = _rates(conn, sorted({pid for _, pid in rows}), now)
 
+    fresh = fresh_cycle_values(now, due=now)
     outcomes: list[Retried | DelivererError | Busy] = []
     audit: list[dict[str, Any]] = []
     accepted: list[dict[str, Any]] = []
@@ -191,7 +193,7 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
             audit.append(_audit_row(request, error.code, now))
             continue
         rates[partner_id] = (count + 1, oldest or now)
-        row.update(fresh_cycle_values(now, due=now), scheduled_for=now, enqueued_at=now,
+        row.update(fresh, scheduled_for=now, enqueued_at=now,
                    manual_retry_count=row["manual_retry_count"] + 1)
         _repoint(session, row, now)
         accepted.append(row)
@@ -202,8 +204,7 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
         conn.execute(_AUDIT, audit)
     if accepted:
         ids = [row["id"] for row in accepted]
-        conn.execute(_ACCEPT, {"ids": ids, **{f"v_{k}": v for k, v in
-                                              fresh_cycle_values(now, due=now).items()},
+        conn.execute(_ACCEPT, {"ids": ids, **{f"v_{k}": v for k, v in fresh.items()},
                                "v_now": now})
         on_commit(session, lambda: enqueue_batch(ids, Lane.MANUAL))
     return outcomes

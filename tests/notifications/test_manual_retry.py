@@ -40,6 +40,7 @@ from deliverer.notifications.manual_retry import (
 from deliverer.notifications.service import MAX_MANUAL, NOT_FAILED
 from deliverer.partners import keys
 from deliverer.partners.service import NewPartner, Principal, rotate_key
+from tests.api.helpers import partner_requests
 from tests.operations.helpers import failed
 from tests.support import helpers as h
 
@@ -56,15 +57,6 @@ def _decide(settings: Settings, requests: Sequence[RetryRequest]
             ) -> list[Retried | DelivererError]:
     with session_scope() as session:
         return manual_retries(session, settings, requests)
-
-
-def _audit(partner_id: str) -> list[PartnerRequest]:
-    with session_scope() as session:
-        rows = list(session.scalars(select(PartnerRequest)
-                                    .where(PartnerRequest.partner_id == partner_id)
-                                    .order_by(PartnerRequest.id)))
-        session.expunge_all()
-        return rows
 
 
 @pytest.fixture(autouse=True)
@@ -112,11 +104,11 @@ def test_one_batch_judges_each_request_against_the_ones_before_it(settings, enqu
     assert h.notification(someone_elses).status == NotificationStatus.FAILED
     # Every decision is on record, in the order asked, with the notification where it
     # is a well-formed id.
-    assert [(r.outcome, r.notification_id) for r in _audit(shop.partner_id)] == [
+    assert [(r.outcome, r.notification_id) for r in partner_requests(shop.partner_id)] == [
         ("ACCEPTED", retryable), ("CONFLICT", retryable), ("CONFLICT", exhausted),
         ("CONFLICT", pending), ("NOT_FOUND", someone_elses), ("NOT_FOUND", None),
         ("NOT_FOUND", unknown)]
-    assert _audit(other.partner_id) == []
+    assert partner_requests(other.partner_id) == []
     assert enqueued == [([retryable], Lane.MANUAL)]
 
 
@@ -148,7 +140,7 @@ def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings,
     # One message for the whole batch.
     [(ids, lane)] = enqueued
     assert lane == Lane.MANUAL and sorted(ids) == sorted(accepted)
-    rows = _audit(busy.partner_id)
+    rows = partner_requests(busy.partner_id)
     assert Counter(r.outcome for r in rows) == Counter(ACCEPTED=10, TOO_MANY_REQUESTS=5)
 
 
@@ -184,7 +176,7 @@ def test_a_batch_authenticates_each_request_by_its_key(settings):
     assert isinstance(outcomes[1], dict) and outcomes[1]["id"] == nid
     assert isinstance(outcomes[2], Unauthorized)
     # Only the authenticated request is on the partner's record.
-    assert [r.outcome for r in _audit(shop.partner_id)] == ["ACCEPTED"]
+    assert [r.outcome for r in partner_requests(shop.partner_id)] == ["ACCEPTED"]
     assert h.notification(other).status == NotificationStatus.FAILED
 
 
@@ -223,7 +215,8 @@ def test_a_batch_skips_a_locked_notification_and_decides_it_alone_after(settings
     batch.start()
     try:
         # The free one is decided and committed while the other's row is still held.
-        h.wait_until(lambda: [r.notification_id for r in _audit(shop.partner_id)] == [free],
+        h.wait_until(lambda: [r.notification_id
+                              for r in partner_requests(shop.partner_id)] == [free],
                      message="the free notification decided while the other is locked")
         assert h.notification(free).status == NotificationStatus.PENDING
         assert h.notification(locked).status == NotificationStatus.FAILED
@@ -234,5 +227,5 @@ def test_a_batch_skips_a_locked_notification_and_decides_it_alone_after(settings
     batch.join(10)
     [outcomes] = result
     assert [o["id"] for o in outcomes if isinstance(o, dict)] == [locked, free]
-    assert [(r.notification_id, r.outcome) for r in _audit(shop.partner_id)] == [
+    assert [(r.notification_id, r.outcome) for r in partner_requests(shop.partner_id)] == [
         (free, "ACCEPTED"), (locked, "ACCEPTED")]
