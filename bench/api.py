@@ -52,6 +52,8 @@ CONNECTIONS = 50
 THREADS = 2
 PER_PARTNER = 10
 WARM_PARTNERS = 4
+# One set of partners per retry run, so the runs' rate limits stay apart.
+RUN_PREFIXES = ("api", "api2")
 LUA = Path(__file__).parent / "wrk" / "load.lua"
 
 _FAILED = """
@@ -181,16 +183,15 @@ def run(ctx: Ctx) -> Result:
     # The warm-up partners' pairs take the first requests of each gunicorn worker (their
     # first request builds the broker connection and more: about a second, once).
     warm_pairs = make_pairs(env, settings, nginx, WARM_PARTNERS, "warm", 0)
-    # Each retry run has partners of its own, so the runs' rate limits stay apart.
     pairs = [make_pairs(env, settings, nginx, partners_n, prefix,
                         (WARM_PARTNERS + i * partners_n) * PER_PARTNER)
-             for i, prefix in enumerate(("api", "api2"))]
+             for i, prefix in enumerate(RUN_PREFIXES)]
     warm_items = env.tmp / "wrk-warm-items.txt"
     warm_items.write_text("".join(f"{k} {n}\n" for k, n in warm_pairs))
     items = [env.tmp / f"wrk-items-{i}.txt" for i in range(len(pairs))]
     for path, run_pairs in zip(items, pairs, strict=True):
         path.write_text("".join(f"{k} {n}\n" for k, n in run_pairs))
-    measured = _partner_ids(env, "api") + _partner_ids(env, "api2")
+    measured = [pid for prefix in RUN_PREFIXES for pid in _partner_ids(env, prefix)]
 
     web = env.procs.start_procfile("web", denv)
     base = f"http://127.0.0.1:{port}"
@@ -227,7 +228,9 @@ def run(ctx: Ctx) -> Result:
                 healthz.append(wrk_run(base, "/healthz", duration, "get", None,
                                        env.log_dir, tag=f"-{i}"))
                 drained()
-                if ctx.profile and i == 0:
+                # --profile records the first retry run only.
+                profiled = ctx.profile and i == 0
+                if profiled:
                     from bench.profiling import Recorder
 
                     recorder = Recorder(web.pid, ctx.results_dir, "profile-api-web")
@@ -235,7 +238,7 @@ def run(ctx: Ctx) -> Result:
                     retries.append(wrk_run(base, "/", duration, "retry", run_items,
                                            env.log_dir, tag=f"-{i}"))
                 finally:
-                    if recorder is not None:
+                    if profiled and recorder is not None:
                         recorder.stop()
                 drained()
         else:
