@@ -143,7 +143,7 @@ def explain_sweep(settings: Any) -> str:
     return "\n".join(r[0] for r in rows)
 
 
-def _message_ids(raw: bytes) -> list[str]:
+def _message_ids(raw: bytes | str) -> list[str]:
     """Notification ids referenced by one kombu message (Celery protocol 2, JSON)."""
     try:
         message = json.loads(raw)

@@ -90,7 +90,7 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
         proc.start()
     try:
         def take(kind: str, timeout: float) -> list[Any]:
-            got = []
+            got: list[Any] = []
             deadline = time.monotonic() + timeout
             while len(got) < PUBLISHERS:
                 try:

@@ -160,7 +160,7 @@ class ReceiverClient:
 
         response = requests.get(self.url("/_records"), timeout=30)
         response.raise_for_status()
-        return [tuple(r) for r in response.json()]  # type: ignore[misc]
+        return [tuple(r) for r in response.json()]
 
     def stop(self) -> None:
         self._env.procs.stop(self.proc, timeout=5)
