@@ -25,6 +25,12 @@ the refusal is written to the audit trail). The mix is reported from wrk's statu
 and the audit table. No worker runs (the manual-lane messages wait in Redis): the web box
 is measured alone.
 
+Two floors follow, each on a server of its own (``bench/api_floor.py``): the same route
+with the batch replaced by no database work at all, then by an empty transaction and one
+broker message. They have no target; they say how much of the gap to ``/healthz`` is the
+HTTP side, how much the least any committing batch costs, and how much the retry's own
+statements.
+
 Without wrk on the machine, a Python thread pool (50 threads, ``http.client``) stands in,
 in the bench process; the JSON says which client was used.
 """
@@ -42,8 +48,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import api_floor
 from bench.context import Ctx, create_partners, log_errors
-from bench.env import BenchError, free_port, wait_until
+from bench.env import BenchError, free_port, procfile, wait_until
 from bench.report import Result, Row, percentile
 
 NAME = "api"
@@ -55,6 +62,9 @@ WARM_PARTNERS = 4
 # One set of partners per retry run, so the runs' rate limits stay apart.
 RUN_PREFIXES = ("api", "api2")
 LUA = Path(__file__).parent / "wrk" / "load.lua"
+# The Procfile's web application, and the floors' stand-in for it (bench/api_floor.py).
+APP = '"api:create_app()"'
+FLOOR_APP = '"bench.api_floor:create_app()"'
 
 _FAILED = """
 INSERT INTO events (id, partner_id, type, reference, payload, callback_url, body, created_at)
@@ -170,15 +180,52 @@ def make_pairs(env: Any, settings: Any, nginx: Any, count: int, prefix: str,
             for pid, ids in by_partner.items() if j < len(ids)]
 
 
+def _start_web(ctx: Ctx, app: str, **env_extra: object) -> tuple[Any, str, int]:
+    """gunicorn as the Procfile's web line runs it (loopback only), serving ``app``;
+    returns the process, its base URL and port once ``/healthz`` answers."""
+    env = ctx.env
+    line = procfile()["web"].replace("0.0.0.0", "127.0.0.1")
+    if APP not in line:
+        raise BenchError(f"the Procfile's web line no longer serves {APP}: {line}")
+    port = free_port()
+    denv = ctx.deliverer_env(PORT=port, WEB_CONCURRENCY=2, WEB_THREADS=25, **env_extra)
+    name = "web" if app == APP else "web-" + str(env_extra.get(api_floor.ENV, "ref"))
+    web = env.procs.start(name, ["bash", "-c", "exec " + line.replace(APP, app)], denv)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        import requests
+
+        if not web.alive():
+            raise BenchError(f"gunicorn exited:\n{web.tail()}")
+        try:
+            return requests.get(base + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(up, 60, "gunicorn to answer /healthz", interval=0.2)
+    except BaseException:
+        env.procs.stop(web)
+        raise
+    return web, base, port
+
+
+def _drained(base: str) -> None:
+    # Requests wrk left in the listen queue when it stopped are still served: wait for
+    # them (a /healthz behind them answers), so runs do not overlap.
+    import requests
+
+    requests.get(base + "/healthz", timeout=120)
+
+
 def run(ctx: Ctx) -> Result:
     env = ctx.env
     duration = float(ctx.size(15, 1))
     # Per retry run: enough pairs for ~1,300 accepted retries a second over the whole run.
     partners_n = int(ctx.size(2_000, 10))
     env.reset()
-    port = free_port()
-    denv = ctx.deliverer_env(PORT=port, WEB_CONCURRENCY=2, WEB_THREADS=25)
-    settings = env.configure_here(denv)
+    settings = env.configure_here(ctx.deliverer_env())
     nginx = ctx.nginx()
     # The warm-up partners' pairs take the first requests of each gunicorn worker (their
     # first request builds the broker connection and more: about a second, once).
@@ -193,64 +240,62 @@ def run(ctx: Ctx) -> Result:
         path.write_text("".join(f"{k} {n}\n" for k, n in run_pairs))
     measured = [pid for prefix in RUN_PREFIXES for pid in _partner_ids(env, prefix)]
 
-    web = env.procs.start_procfile("web", denv)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        import requests
-
-        if not web.alive():
-            raise BenchError(f"gunicorn exited:\n{web.tail()}")
-        try:
-            return requests.get(base + "/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
     use_wrk = shutil.which("wrk") is not None
+
+    def measure(base: str, port: int, mode: str, run_items: Path | None,
+                run_pairs: list[tuple[str, str]], seconds: float, tag: str = ""
+                ) -> dict[str, Any]:
+        if use_wrk:
+            path = "/healthz" if mode == "get" else "/"
+            done = wrk_run(base, path, seconds, mode, run_items, env.log_dir, tag=tag)
+            _drained(base)
+            return done
+        return python_run(port, seconds, mode, run_pairs)
+
     recorder = None
     healthz: list[dict[str, Any]] = []
     retries: list[dict[str, Any]] = []
+    web, base, port = _start_web(ctx, APP)
+    logs = [web]
     try:
-        wait_until(up, 60, "gunicorn to answer /healthz", interval=0.2)
-        def drained() -> None:
-            # Requests wrk left in the listen queue when it stopped are still served: wait
-            # for them (a /healthz behind them answers), so runs do not overlap.
-            import requests
+        # Warm-up, not measured: both endpoints, on the warm-up partners' pairs.
+        measure(base, port, "get", None, [], 1)
+        measure(base, port, "retry", warm_items, warm_pairs, 1)
+        for i, (run_items, run_pairs) in enumerate(zip(items, pairs, strict=True)):
+            healthz.append(measure(base, port, "get", None, [], duration, tag=f"-{i}"))
+            # --profile records the first retry run only.
+            profiled = ctx.profile and i == 0
+            if profiled:
+                from bench.profiling import Recorder
 
-            requests.get(base + "/healthz", timeout=120)
-
-        if use_wrk:
-            # Warm-up, not measured: both endpoints, on the warm-up partners' pairs.
-            wrk_run(base, "/healthz", 1, "get", None, env.log_dir)
-            wrk_run(base, "/", 1, "retry", warm_items, env.log_dir)
-            drained()
-            for i, run_items in enumerate(items):
-                healthz.append(wrk_run(base, "/healthz", duration, "get", None,
-                                       env.log_dir, tag=f"-{i}"))
-                drained()
-                # --profile records the first retry run only.
-                profiled = ctx.profile and i == 0
-                if profiled:
-                    from bench.profiling import Recorder
-
-                    recorder = Recorder(web.pid, ctx.results_dir, "profile-api-web")
-                try:
-                    retries.append(wrk_run(base, "/", duration, "retry", run_items,
-                                           env.log_dir, tag=f"-{i}"))
-                finally:
-                    if profiled and recorder is not None:
-                        recorder.stop()
-                drained()
-        else:
-            python_run(port, 1, "get", [])
-            python_run(port, 1, "retry", warm_pairs)
-            for run_pairs in pairs:
-                healthz.append(python_run(port, duration, "get", []))
-                retries.append(python_run(port, duration, "retry", run_pairs))
+                recorder = Recorder(web.pid, ctx.results_dir, "profile-api-web")
+            try:
+                retries.append(measure(base, port, "retry", run_items, run_pairs, duration,
+                                       tag=f"-{i}"))
+            finally:
+                if profiled and recorder is not None:
+                    recorder.stop()
     finally:
         env.procs.stop(web)
+
+    # The floors (bench/api_floor.py): the same route with the batch replaced, on the
+    # first run's pairs (the stand-ins check no limit), twice each like the real one.
+    floors: dict[str, list[dict[str, Any]]] = {}
+    for variant in api_floor.VARIANTS:
+        floor_web, floor_base, floor_port = _start_web(ctx, FLOOR_APP,
+                                                       **{api_floor.ENV: variant})
+        logs.append(floor_web)
+        try:
+            measure(floor_base, floor_port, "retry", warm_items, warm_pairs, 1)
+            floors[variant] = [measure(floor_base, floor_port, "retry", items[0], pairs[0],
+                                       duration, tag=f"-{variant}-{i}") for i in range(2)]
+        finally:
+            env.procs.stop(floor_web)
+
     trivial = max(healthz, key=lambda run: run["per_s"])
     retry = max(retries, key=lambda run: run["per_s"])
+    floor = {variant: max(runs, key=lambda run: run["per_s"])
+             for variant, runs in floors.items()}
     outcomes = dict(env.query("SELECT outcome, count(*) FROM partner_requests "
                               "WHERE kind = 'retry' AND partner_id = ANY(%s) GROUP BY outcome",
                               (measured,)))
@@ -260,15 +305,17 @@ def run(ctx: Ctx) -> Result:
     answered = sum(outcomes.values())
     statuses = retry["statuses"]
     all_statuses = {status for run in retries for status in run["statuses"]}
+    floor_runs = [run for runs in floors.values() for run in runs]
     result = Result(NAME, TITLE)
     result.details = {
         "duration_s": duration, "connections": CONNECTIONS, "partners": partners_n,
         "failed_notifications": partners_n * PER_PARTNER, "healthz": trivial,
         "healthz_runs": healthz, "retry": retry, "retry_runs": retries,
+        "floors": floor, "floor_runs": floors,
         "audit_outcomes": outcomes, "accepted_share": accepted / max(1, answered),
         "warmup": f"1 s of each endpoint first ({WARM_PARTNERS} other partners' pairs)",
         "server": "gunicorn, Procfile web line (2 workers x 25 threads)",
-        "log_errors": log_errors([web]),
+        "log_errors": log_errors(logs),
     }
     if recorder is not None:
         from bench.profiling import report
@@ -278,7 +325,10 @@ def run(ctx: Ctx) -> Result:
         "every accepted retry left its notification PENDING": accepted == queued,
         "only 200/409/429 answers": all_statuses <= {"200", "409", "429"},
         "no socket errors or timeouts": not any(
-            v for run in retries for k, v in run["errors"].items() if k != "status"),
+            v for run in retries + floor_runs for k, v in run["errors"].items()
+            if k != "status"),
+        "the floors answered every retry 200": all(
+            set(run["statuses"]) == {"200"} for run in floor_runs),
     }
     result.rows = [
         Row("manual retry requests/s", retry["per_s"], "/s", reference=trivial["per_s"],
@@ -288,5 +338,11 @@ def run(ctx: Ctx) -> Result:
             reference_label="GET /healthz", target=("<=", 50.0)),
         Row("manual retries accepted (audit table)", 100.0 * accepted / max(1, answered), "%",
             note="the rest: 409 once the pairs ran out"),
+        Row("floor: retry route, batch without database", floor["nodb"]["per_s"], "/s",
+            reference=trivial["per_s"], reference_label="GET /healthz, same server",
+            note="bench/api_floor.py nodb: what the HTTP side costs"),
+        Row("floor: retry route, batch = empty commit + publish", floor["commit"]["per_s"],
+            "/s", reference=trivial["per_s"], reference_label="GET /healthz, same server",
+            note="bench/api_floor.py commit: SELECT 1, COMMIT, one broker message"),
     ]
     return result
