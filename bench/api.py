@@ -286,7 +286,8 @@ def run(ctx: Ctx) -> Result:
                                                        **{api_floor.ENV: variant})
         logs.append(floor_web)
         try:
-            measure(floor_base, floor_port, "retry", warm_items, warm_pairs, 1)
+            measure(floor_base, floor_port, "retry", warm_items, warm_pairs, 1,
+                    tag=f"-{variant}-warm")
             floors[variant] = [measure(floor_base, floor_port, "retry", items[0], pairs[0],
                                        duration, tag=f"-{variant}-{i}") for i in range(2)]
         finally:
