@@ -50,7 +50,7 @@ from typing import Any
 
 from bench import api_floor
 from bench.context import Ctx, create_partners, log_errors
-from bench.env import BenchError, free_port, procfile, wait_until
+from bench.env import BenchError, free_port, wait_until
 from bench.report import Result, Row, percentile
 
 NAME = "api"
@@ -180,17 +180,15 @@ def make_pairs(env: Any, settings: Any, nginx: Any, count: int, prefix: str,
             for pid, ids in by_partner.items() if j < len(ids)]
 
 
-def _start_web(ctx: Ctx, app: str, **env_extra: object) -> tuple[Any, str, int]:
+def _start_web(ctx: Ctx, name: str, app: str = APP, **env_extra: object
+               ) -> tuple[Any, str, int]:
     """gunicorn as the Procfile's web line runs it (loopback only), serving ``app``;
     returns the process, its base URL and port once ``/healthz`` answers."""
     env = ctx.env
-    line = procfile()["web"].replace("0.0.0.0", "127.0.0.1")
-    if APP not in line:
-        raise BenchError(f"the Procfile's web line no longer serves {APP}: {line}")
     port = free_port()
     denv = ctx.deliverer_env(PORT=port, WEB_CONCURRENCY=2, WEB_THREADS=25, **env_extra)
-    name = "web" if app == APP else "web-" + str(env_extra.get(api_floor.ENV, "ref"))
-    web = env.procs.start(name, ["bash", "-c", "exec " + line.replace(APP, app)], denv)
+    # Swapping APP for itself still checks that the Procfile serves it.
+    web = env.procs.start_procfile("web", denv, name=name, swap=(APP, app))
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -255,7 +253,7 @@ def run(ctx: Ctx) -> Result:
     recorder = None
     healthz: list[dict[str, Any]] = []
     retries: list[dict[str, Any]] = []
-    web, base, port = _start_web(ctx, APP)
+    web, base, port = _start_web(ctx, "web")
     logs = [web]
     try:
         # Warm-up, not measured: both endpoints, on the warm-up partners' pairs.
@@ -282,7 +280,7 @@ def run(ctx: Ctx) -> Result:
     # first run's pairs (the stand-ins check no limit), twice each like the real one.
     floors: dict[str, list[dict[str, Any]]] = {}
     for variant in api_floor.VARIANTS:
-        floor_web, floor_base, floor_port = _start_web(ctx, FLOOR_APP,
+        floor_web, floor_base, floor_port = _start_web(ctx, f"web-{variant}", FLOOR_APP,
                                                        **{api_floor.ENV: variant})
         logs.append(floor_web)
         try:

@@ -137,12 +137,19 @@ class Processes:
         self.running.append(proc)
         return proc
 
-    def start_procfile(self, kind: str, env: Mapping[str, str], name: str | None = None) -> Proc:
+    def start_procfile(self, kind: str, env: Mapping[str, str], name: str | None = None,
+                       swap: tuple[str, str] | None = None) -> Proc:
         """A Procfile line run as the platform runs it: ``bash -c`` with the environment.
 
         The web line binds 0.0.0.0; the suite binds 127.0.0.1 instead (loopback only).
+        ``swap`` = (old, new) replaces a part of the line that must be there (a reference
+        server in place of the application).
         """
         command = procfile()[kind].replace("0.0.0.0", "127.0.0.1")
+        if swap is not None:
+            if swap[0] not in command:
+                raise BenchError(f"the Procfile's {kind} line has no {swap[0]}: {command}")
+            command = command.replace(*swap)
         return self.start(name or kind, ["bash", "-c", "exec " + command], env)
 
     def stop(self, proc: Proc, timeout: float = 20.0) -> None:
