@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import heapq
+import re
 import socket
 import ssl
 import threading
@@ -239,19 +240,27 @@ def _session(config: SenderConfig) -> requests.Session:
     return session
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]{1,20}")
+# Longer than any retry cycle (30 days), which the recorder caps a wait to anyway. Without
+# a bound, "Retry-After: 999999999999" overflowed the datetime arithmetic in the recorder:
+# the attempt was never written and the webhook was POSTed again at every lease expiry.
+MAX_RETRY_AFTER = 31 * 24 * 3600.0
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait, from delta-seconds or an HTTP date; None when unreadable."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):  # not str.isdigit: "²" is a digit, not a number
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -208,3 +208,14 @@ def test_parse_retry_after():
     assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0  # past: no wait
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after("-5", now) is None
+    assert parse_retry_after("\u00b2", now) is None  # a digit to str.isdigit, not a number
+    assert parse_retry_after("9" * 40, now) is None
+
+
+@pytest.mark.unit
+def test_parse_retry_after_is_bounded():
+    """However long a receiver asks for, the wait stays within datetime arithmetic."""
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("999999999999", now) == sender.MAX_RETRY_AFTER
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now) == sender.MAX_RETRY_AFTER
+    assert now + timedelta(seconds=sender.MAX_RETRY_AFTER) > now

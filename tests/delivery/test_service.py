@@ -303,6 +303,20 @@ def test_retry_after_is_honoured_within_the_cycle(settings, receiver, partner):
     assert row.next_attempt_at == cap
 
 
+def test_an_absurd_retry_after_is_recorded_at_full_time_scale(settings, receiver, partner):
+    """Unscaled, 999999999999 s is past the year 9999: the attempt must still be written."""
+    real_time = settings.with_overrides(time_scale=1.0)
+    url = receiver.always("/never", rx.retry_after("999999999999", 503))
+    nid = due_now(partner, url)
+    outcome = service.deliver(nid, real_time)
+    assert outcome.status == "FAILED"
+    row = h.notification(nid)
+    assert row.lease_token is None
+    assert row.next_attempt_at == row.cycle_started_at + timedelta(
+        seconds=real_time.ladder.max_age)
+    assert [a.response_status for a in h.attempts(nid)] == [503]
+
+
 def test_endpoint_health_tracks_failures_and_recovery(settings, receiver, partner):
     url = receiver.program("/flaky", [rx.status(500), rx.status(503)], rx.ok())
     first = due_now(partner, url)
