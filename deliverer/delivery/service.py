@@ -249,6 +249,7 @@ def perform(job: DeliveryJob, settings: Settings) -> sender.SendResult:
 def perform_admitted(job: DeliveryJob, ticket: slow_lane.Ticket,
                      settings: Settings) -> sender.SendResult:
     """``perform``, then hand the slow lane's ticket back with how the send went."""
+    slow_lane.GATE.started(ticket)
     try:
         result = perform(job, settings)
     except BaseException:

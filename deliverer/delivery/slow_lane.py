@@ -54,12 +54,18 @@ class EndpointGate:
         self._clock = clock
         self._lock = threading.Lock()
         self._numbers = itertools.count()
-        # key -> {ticket number: start time} of the sends in flight
-        self._in_flight: dict[Key, dict[int, float]] = {}
+        # key -> {ticket number: when its POST started, or None while it waits its turn}
+        # of the sends admitted and not yet done.
+        self._in_flight: dict[Key, dict[int, float | None]] = {}
         self._slow_until: dict[Key, float] = {}
 
     def admit(self, key: Key, settings: Settings) -> Ticket | None:
-        """A ticket to send now, or None: the endpoint is slow and at its cap here."""
+        """A ticket to send, or None: the endpoint is slow and at its cap here.
+
+        The ticket counts towards the cap at once; its send is timed from ``started``,
+        not from here: a batch's jobs wait their turn behind the endpoint's earlier POSTs,
+        and that wait says nothing of how the endpoint answers.
+        """
         now = self._clock()
         with self._lock:
             flying = self._in_flight.setdefault(key, {})
@@ -67,23 +73,43 @@ class EndpointGate:
                     key, flying, now, settings):
                 return None
             number = next(self._numbers)
-            flying[number] = now
+            flying[number] = None
             return Ticket(key, number)
+
+    def started(self, ticket: Ticket) -> None:
+        """The ticket's POST starts now."""
+        with self._lock:
+            flying = self._in_flight.get(ticket.key)
+            if flying is not None and ticket.number in flying:
+                # Moved to the end, so the started sends stay in the order they started.
+                del flying[ticket.number]
+                flying[ticket.number] = self._clock()
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The ticket's POST will not be made: forget it, judging nothing."""
+        with self._lock:
+            self._forget(ticket)
 
     def done(self, ticket: Ticket, result: SendResult | None, settings: Settings) -> None:
         """The send is over; a slow one (or a timeout) marks the endpoint slow a while."""
         now = self._clock()
         with self._lock:
-            flying = self._in_flight.get(ticket.key, {})
-            started = flying.pop(ticket.number, now)
-            if not flying:
-                self._in_flight.pop(ticket.key, None)
+            started = self._forget(ticket)
+            if started is None:
+                started = now  # never started: nothing to judge the endpoint by
             timed_out = result is not None and (result.error or {}).get("kind") == str(
                 FailureKind.TIMEOUT)
             if timed_out or now - started >= settings.slow_send_seconds:
                 if len(self._slow_until) >= self.MAX_TRACKED:
                     self._forget_expired(now)
                 self._slow_until[ticket.key] = now + settings.slow_window
+
+    def _forget(self, ticket: Ticket) -> float | None:
+        flying = self._in_flight.get(ticket.key, {})
+        started = flying.pop(ticket.number, None)
+        if not flying:
+            self._in_flight.pop(ticket.key, None)
+        return started
 
     def is_slow(self, key: Key, settings: Settings) -> bool:
         with self._lock:
@@ -95,12 +121,13 @@ class EndpointGate:
             self._in_flight.clear()
             self._slow_until.clear()
 
-    def _is_slow(self, key: Key, flying: dict[int, float], now: float,
+    def _is_slow(self, key: Key, flying: dict[int, float | None], now: float,
                  settings: Settings) -> bool:
         if self._slow_until.get(key, 0.0) > now:
             return True
-        # Tickets are added in time order (under the lock), so the first is the oldest.
-        oldest = next(iter(flying.values()), now)
+        # Started tickets are moved to the end as they start (under the lock), so the first
+        # started one is the oldest send in flight.
+        oldest = next((t for t in flying.values() if t is not None), now)
         return now - oldest >= settings.slow_send_seconds
 
     def _forget_expired(self, now: float) -> None:

@@ -54,7 +54,9 @@ def test_sends_in_flight_too_long_make_the_endpoint_slow(settings):
     clock = Clock()
     gate, s = slow_lane.EndpointGate(clock), _settings(settings)
     first = [gate.admit(7, s) for _ in range(3)]
-    assert all(first)
+    for ticket in first:
+        assert ticket is not None
+        gate.started(ticket)
     clock.now += 1.0  # they have now been in flight for slow_send_seconds
     assert gate.is_slow(7, s)
     assert gate.admit(7, s) is None  # 3 in flight >= cap 2
@@ -65,6 +67,31 @@ def test_sends_in_flight_too_long_make_the_endpoint_slow(settings):
     # One still in flight: below the cap, one more may go.
     assert gate.admit(7, s) is not None
     assert gate.admit(7, s) is None
+
+
+@pytest.mark.unit
+def test_sends_waiting_their_turn_are_not_timed(settings):
+    """A batch's jobs queue behind the endpoint's earlier POSTs: the queue is not slowness."""
+    clock = Clock()
+    gate, s = slow_lane.EndpointGate(clock), _settings(settings)
+    waiting = [gate.admit(7, s) for _ in range(3)]
+    clock.now += 5.0
+    assert not gate.is_slow(7, s)
+    assert waiting[0] is not None and waiting[1] is not None
+    gate.started(waiting[0])
+    clock.now += 0.5
+    gate.started(waiting[1])  # the later start does not hide the earlier one
+    clock.now += 0.5
+    assert gate.is_slow(7, s)  # the first POST has run for slow_send_seconds
+    gate.done(waiting[0], _result(0.9), s)
+    assert gate.is_slow(7, s)  # it was slow: the window holds
+    # A ticket whose POST is called off is forgotten without judging the endpoint.
+    other = gate.admit(8, s)
+    assert other is not None
+    clock.now += 10.0
+    gate.cancel(other)
+    assert not gate.is_slow(8, s)
+    assert gate.admit(8, s) is not None
 
 
 @pytest.mark.unit
