@@ -10,14 +10,16 @@ the ladder, the per-endpoint queue and the alerts.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -38,6 +40,8 @@ from deliverer.models import (
     Notification,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,14 +122,33 @@ def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
     return admitted, refused
 
 
+# Of a lease's time beyond one POST's total timeout, how much is kept for recording the
+# outcome (at most: half of it when the lease is short, as in tests).
+RECORDING_MARGIN = 5.0
+
+
+def send_cutoff(leased_at: float, settings: Settings) -> float:
+    """The last moment (``time.monotonic``) a POST under a lease taken at ``leased_at`` may
+    start: it must end, and be recorded, before the lease runs out. A POST started later
+    could still be in flight when the sweep hands the row to another worker, which would
+    POST it again."""
+    spare = max(0.0, settings.lease_seconds - settings.total_timeout)
+    keep_for_recording = min(RECORDING_MARGIN, spare / 2)
+    return leased_at + settings.lease_seconds - settings.total_timeout - keep_for_recording
+
+
 def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
-                 settings: Settings) -> list[sender.SendResult]:
+                 settings: Settings, send_until: float | None = None
+                 ) -> list[sender.SendResult | None]:
     """POST in parallel, at most ``endpoint_concurrency`` at once per endpoint in this
     process, so a batch for one merchant does not open dozens of connections at once.
 
     Each endpoint's jobs are dealt into at most that many runs; a run holds one of the
     endpoint's slots and sends its jobs one after the other. One pool task and one slot
     per run, not per job: the thread hand-offs were a tenth of a worker's CPU.
+
+    A job whose turn comes after ``send_until`` is not sent (its result is None): a run
+    behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
     """
     results: list[sender.SendResult | None] = [None] * len(jobs)
     by_endpoint: dict[object, list[int]] = {}
@@ -140,6 +163,9 @@ def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
         with _slot(jobs[indexes[0]][0], settings.endpoint_concurrency):
             for i in indexes:
                 job, ticket = jobs[i]
+                if send_until is not None and time.monotonic() > send_until:
+                    slow_lane.GATE.cancel(ticket)
+                    continue
                 with delivery_context(job.notification_id):
                     results[i] = perform_admitted(job, ticket, settings)
 
@@ -147,7 +173,18 @@ def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
         run(runs[0])
     else:
         list(_executor(settings.send_concurrency).map(run, runs))
-    return cast(list[sender.SendResult], results)  # every slot filled, or map raised
+    return results
+
+
+def release_unsent(session: Session, ids: Sequence[str], token: str) -> None:
+    """Give back the leases of jobs that were not sent, so they can be claimed at once.
+    Commits nothing."""
+    session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids), Notification.lease_token == token)
+        .values(lease_token=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def record_many(session: Session, jobs: Sequence[DeliveryJob],
@@ -176,10 +213,13 @@ class BatchOutcome:
     not_due: list[tuple[str, str, datetime]]
     locked: list[str] = field(default_factory=list)
     deferred: int = 0
+    # Claimed, not sent: the lease would have run out before their POSTs ended.
+    unsent: list[str] = field(default_factory=list)
 
 
 def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     """Claim, send and record a batch; each database step in its own short transaction."""
+    leased_at = time.monotonic()  # no later than the lease's start: the cutoff errs early
     with session_scope() as session:
         batch = claim_many(session, ids, settings)
     admitted, refused = admit_many(batch.jobs, settings)
@@ -190,16 +230,25 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
             retry_for=settings.lease_seconds)
     if not admitted:
         return BatchOutcome(0, 0, [], batch.not_due, batch.locked, deferred=len(refused))
-    results = perform_many(admitted, settings)
-    jobs = [job for job, _ in admitted]
+    results = perform_many(admitted, settings, send_cutoff(leased_at, settings))
+    done = [(job, r) for (job, _), r in zip(admitted, results, strict=True) if r is not None]
+    unsent = [job.notification_id for (job, _), r in zip(admitted, results, strict=True)
+              if r is None]
+    if unsent:
+        log.warning("lease running out: %d of %d deliveries handed back unsent",
+                    len(unsent), len(admitted))
+
+    def write(session: Session) -> list[NextAttempt]:
+        if unsent:
+            release_unsent(session, unsent, batch.token)
+        return record_many(session, [j for j, _ in done], [r for _, r in done], settings)
+
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
     # recording them is retried, not left to resend every webhook of the batch.
-    following = in_transaction(
-        lambda session: record_many(session, jobs, results, settings),
-        retry_for=settings.lease_seconds)
-    sent = sum(1 for r in results if r.success)
-    return BatchOutcome(sent, len(results) - sent, following, batch.not_due, batch.locked,
-                        deferred=len(refused))
+    following = in_transaction(write, retry_for=settings.lease_seconds)
+    sent = sum(1 for _, r in done if r.success)
+    return BatchOutcome(sent, len(done) - sent, following, batch.not_due, batch.locked,
+                        deferred=len(refused), unsent=unsent)
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -55,4 +55,7 @@ def deliver_many(notification_ids: list[str]) -> int:
             enqueue_delivery(notification_id, lane, due_at)
     if outcome.locked:
         enqueue_batch(outcome.locked, Lane.RETRY, utcnow() + LOCKED_RETRY)
+    if outcome.unsent:
+        # Claimable again at once (their leases were given back): another batch, now.
+        enqueue_batch(outcome.unsent, Lane.RETRY)
     return outcome.sent

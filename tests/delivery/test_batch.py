@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -100,6 +102,60 @@ def test_rows_not_yet_due_are_left_alone_and_reported(settings, receiver):
     outcome = batch.deliver_many([nid], settings)
     assert outcome.sent == 0 and [n[0] for n in outcome.not_due] == [nid]
     assert receiver.requests("/later") == []
+
+
+def test_a_batch_starts_no_post_its_lease_could_not_cover(settings, receiver):
+    """One endpoint, one POST at a time, each 0.4 s: the batch's later jobs would run past
+    the lease. They are handed back unsent (lease released, nothing recorded) and the next
+    batch sends them; every webhook goes out once."""
+    url = receiver.always("/slowish", rx.sleep(0.4))
+    partner = new_partner(settings, url)
+    one_at_a_time = settings.with_overrides(endpoint_concurrency=1)
+    ids = [insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+           for _ in range(6)]
+    started = time.monotonic()
+    cutoff = batch.send_cutoff(started, one_at_a_time) - started
+    assert 0 < cutoff < one_at_a_time.lease_seconds - one_at_a_time.total_timeout
+
+    first = batch.deliver_many(ids, one_at_a_time)
+    assert first.unsent and first.sent >= 1
+    assert first.sent + len(first.unsent) == 6
+    # Only POSTs that started before the cutoff were made.
+    assert len(receiver.requests("/slowish")) == first.sent
+    assert first.sent <= cutoff / 0.4 + 1
+    for nid in first.unsent:
+        row = notification(nid)
+        assert row.status == NotificationStatus.PENDING and row.attempt_count == 0
+        assert row.lease_token is None and row.lease_expires_at is None
+
+    pending = first.unsent
+    for _ in range(6):  # bounded: each batch sends at least its first job
+        if not pending:
+            break
+        pending = batch.deliver_many(pending, one_at_a_time).unsent
+    assert not pending
+    assert Counter(r.headers["webhook-id"] for r in receiver.requests("/slowish")) == Counter(ids)
+    assert _count(Notification.status == NotificationStatus.SENT) == 6
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Attempt)) == 6
+
+
+def test_a_worker_re_enqueues_what_a_batch_handed_back(settings, worker, receiver, caplog):
+    """Through the task: a bulk publish to a slowish endpoint, more than one lease's worth
+    of POSTs per run; the task enqueues the unsent at once, and each goes out once."""
+    caplog.set_level(logging.WARNING, logger=batch.__name__)
+    url = receiver.always("/slow-bulk", rx.sleep(0.3))
+    partner = new_partner(settings, url)
+    events = [{"type": "transaction.paid", "reference": f"TXN-{i}", "payload": {"n": i}}
+              for i in range(60)]
+    published = publish_events(partner.partner_id, events)
+    wait_until(lambda: _count(Notification.status == NotificationStatus.SENT) == 60,
+               timeout=60, message="60 deliveries")
+    ids = Counter(r.headers["webhook-id"] for r in receiver.requests("/slow-bulk"))
+    assert ids == Counter(p.notification_id for p in published)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Attempt)) == 60
+    assert any("handed back unsent" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.unit

@@ -116,6 +116,14 @@ def test_settings_read_ladder_and_time_scale_from_env(tmp_path):
         Settings.from_env({"DELIVERER_DATA_DIR": str(tmp_path), "DELIVERER_TIME_SCALE": "0"})
 
 
+def test_a_lease_must_outlast_a_post(tmp_path):
+    """Otherwise a POST still in flight could see its row claimed and POSTed again."""
+    base = {"DELIVERER_DATA_DIR": str(tmp_path), "DELIVERER_TOTAL_TIMEOUT": "15"}
+    with pytest.raises(ValueError, match="DELIVERER_LEASE_SECONDS"):
+        Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "15"})
+    assert Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "16"}).lease_seconds == 16
+
+
 @pytest.mark.parametrize("given", [
     "postgres://u:p@db.example:5432/app",
     "postgresql://u:p@db.example:5432/app",
