@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit
+from deliverer.delivery import endpoint_queue
 from deliverer.errors import DelivererError, NotificationNotFound
 from deliverer.models import (
     Event,
@@ -233,10 +234,15 @@ def _repoint(session: Session, row: dict[str, Any], now: datetime) -> None:
     url = row["current_url"]
     if row["callback_url"] or not url or url == row["url"]:
         return
+    left = row["endpoint_id"]
     endpoint_id, sequence = next_sequence(session, row["partner_id"], url, now)
     row.update(url=url, endpoint_id=endpoint_id, sequence=sequence)
     session.connection().execute(_REPOINT, {"nid": row["id"], "url": url,
                                             "endpoint_id": endpoint_id, "sequence": sequence})
+    if left is not None and left != endpoint_id:
+        # It may have been the head of the old endpoint's queue: the next one held behind
+        # it takes its place, or nothing would ever release them.
+        endpoint_queue.promote_next(session, left, now)
 
 
 def run_batch(settings: Settings, requests: Sequence[tuple[str, str]]

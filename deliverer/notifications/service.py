@@ -290,10 +290,15 @@ def _repoint(session: Session, notification: Notification, event: Event, url: st
              now: datetime) -> None:
     if event.callback_url or not url or url == notification.url:
         return
+    left = notification.endpoint_id
     endpoint_id, sequence = next_sequence(session, notification.partner_id, url, now)
     notification.url = url
     notification.endpoint_id = endpoint_id
     notification.sequence = sequence
+    if left is not None and left != endpoint_id:
+        # As in manual_retry._repoint: the old queue's next held notification takes over.
+        session.flush()
+        endpoint_queue.promote_next(session, left, now)
 
 
 def ignore(session: Session, principal: Principal, notification_id: str,

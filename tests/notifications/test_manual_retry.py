@@ -41,7 +41,7 @@ from deliverer.notifications.service import MAX_MANUAL, NOT_FAILED
 from deliverer.partners import keys
 from deliverer.partners.service import NewPartner, Principal, rotate_key
 from tests.api.helpers import partner_requests
-from tests.operations.helpers import failed
+from tests.operations.helpers import failed, head_and_held, set_webhook_url
 from tests.support import helpers as h
 
 URL = "http://127.0.0.1:9/never-dialled"
@@ -194,6 +194,22 @@ def test_a_retry_sends_to_the_url_the_merchant_fixed_since(settings):
     after = h.notification(nid)
     assert after.url == fixed and after.endpoint_id != before.endpoint_id
     assert after.sequence is not None
+
+
+def test_a_head_moved_to_the_fixed_url_hands_the_old_queue_to_the_next(settings):
+    """The head of a failing endpoint's queue is retried to the merchant's new URL: the
+    notification held behind it on the old endpoint climbs the ladder in its place (it
+    was left held, with no next attempt, for good)."""
+    shop = h.new_partner(settings, URL)
+    head, behind = head_and_held(shop.partner_id, URL)
+    set_webhook_url(shop.partner_id, "http://127.0.0.1:9/fixed")
+    before = utcnow()
+    [outcome] = _decide(settings, [RetryRequest(_principal(shop), head)])
+    assert isinstance(outcome, dict) and outcome["url"] == "http://127.0.0.1:9/fixed"
+    promoted = h.notification(behind)
+    assert not promoted.held and promoted.status == NotificationStatus.FAILED
+    assert promoted.next_attempt_at is not None and promoted.next_attempt_at >= before
+    assert promoted.url == URL  # still the old endpoint's: only a retry repoints
 
 
 def test_a_batch_skips_a_locked_notification_and_decides_it_alone_after(settings):

@@ -12,7 +12,14 @@ from sqlalchemy import select, update
 
 from deliverer.config import Settings
 from deliverer.db import session_scope
-from deliverer.models import Attempt, Notification, NotificationStatus, PartnerRequest, utcnow
+from deliverer.models import (
+    Attempt,
+    Notification,
+    NotificationStatus,
+    PartnerRequest,
+    WebhookSettings,
+    utcnow,
+)
 from tests.support import helpers as h
 
 DELIVERER = Path(sys.executable).with_name("deliverer")
@@ -81,3 +88,17 @@ def audit(nid: str | None = None) -> list[tuple[str, str, str | None]]:
         if nid is not None:
             query = query.where(PartnerRequest.notification_id == nid)
         return [(r.kind, r.outcome, r.api_key_id) for r in session.scalars(query)]
+
+
+def head_and_held(partner_id: str, url: str) -> tuple[str, str]:
+    """A failing endpoint's queue: its head on the ladder, and one held behind it."""
+    head = h.insert_notification(partner_id, url, status=NotificationStatus.FAILED,
+                                 next_attempt_at=utcnow() + timedelta(hours=1))
+    return head, failed(partner_id, url, held=True)
+
+
+def set_webhook_url(partner_id: str, url: str) -> None:
+    """The merchant fixes the URL in the settings (the endpoint rows stay as they are)."""
+    with session_scope() as session:
+        session.execute(update(WebhookSettings).where(WebhookSettings.partner_id == partner_id)
+                        .values(url=url))

@@ -17,7 +17,7 @@ from deliverer.operations.replay import (
     replay,
 )
 from deliverer.scheduling import queues
-from tests.operations.helpers import audit, failed
+from tests.operations.helpers import audit, failed, head_and_held, set_webhook_url
 from tests.support import helpers as h
 from tests.support.receiver import Receiver
 
@@ -153,6 +153,21 @@ def test_operator_retry_obeys_the_status_rule_but_not_the_merchant_limits(settin
     h.wait_until(lambda: h.sent(nid))
     assert audit(nid) == [("retry", OPERATOR, None)] * 12
     assert h.notification(nid).manual_retry_count == 0
+
+
+def test_an_operator_retry_to_a_new_url_hands_the_old_queue_to_the_next(settings):
+    """As for a merchant's retry: the head leaves for the fixed URL, the one held behind
+    it on the old endpoint takes its place instead of staying held for good."""
+    old = "http://127.0.0.1:9/old"
+    shop = h.new_partner(settings, old)
+    head, behind = head_and_held(shop.partner_id, old)
+    set_webhook_url(shop.partner_id, "http://127.0.0.1:9/new")
+    with session_scope() as session:
+        operator_retry(session, settings, head)
+    assert h.notification(head).url == "http://127.0.0.1:9/new"
+    promoted = h.notification(behind)
+    assert not promoted.held and promoted.next_attempt_at is not None
+    assert promoted.url == old
 
 
 def test_operator_ignore_reuses_the_partner_api_rule(settings, receiver: Receiver):
