@@ -219,11 +219,12 @@ def claim(session: Session, notification_id: str, settings: Settings,
 
 def stop_at_disabled_endpoint(session: Session, notification_id: str,
                               reason: str | None) -> None:
-    """Disabled after a 410 Gone: no request until the merchant saves the settings."""
+    """Disabled after a 410 Gone: no request until the merchant saves the settings, which
+    releases the held notifications (``endpoint_queue.drain``), this one among them."""
     session.execute(
         update(Notification).where(Notification.id == notification_id)
         .values(status=NotificationStatus.FAILED, next_attempt_at=None, lease_token=None,
-                lease_expires_at=None, held=False,
+                lease_expires_at=None, held=True,
                 latest_error_payload=error_payload(FailureKind.ENDPOINT_DISABLED,
                                                    reason or "Endpoint disabled"))
         .execution_options(synchronize_session=False)
@@ -391,8 +392,10 @@ def record(session: Session, job: DeliveryJob, result: sender.SendResult, settin
 
 def _disable_endpoint(session: Session, endpoint: Endpoint, row: Notification,
                       now: datetime) -> None:
-    """410 Gone: the receiver says the endpoint no longer exists. Stop, and say so."""
+    """410 Gone: the receiver says the endpoint no longer exists. Stop, and say so. The
+    notification is held, like those behind it: re-enabling the endpoint releases them."""
     row.next_attempt_at = None
+    row.held = True
     endpoint.disabled_at = now
     endpoint.disabled_reason = "The receiver answered 410 Gone"
     alerts.raise_alert(

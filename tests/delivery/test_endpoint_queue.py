@@ -156,6 +156,34 @@ def test_410_gone_disables_the_endpoint_until_settings_are_saved(settings, recei
     with session_scope() as session:
         webhook_settings.update_settings(session, settings, partner.partner_id, url=url)
     assert _endpoint(partner.partner_id, url).disabled_at is None
+    # Re-enabled: the notification stopped by the 410 is released like a recovered
+    # endpoint's held ones; the one published while disabled was never queued.
+    with session_scope() as session:
+        assert endpoint_queue.drain(session, settings, utcnow()) == 1
+    row = notification(nid)
+    assert not row.held and row.next_attempt_at is not None
+    assert notification(published.notification_id).status == NotificationStatus.NOT_SENT
+
+
+def test_notifications_claimed_while_disabled_wait_for_the_endpoint(settings, receiver):
+    """Claimed after the 410 (messages already on their way): no request, held, and
+    released once the merchant saves the settings."""
+    url = receiver.always("/gone-too", rx.status(410))
+    partner = new_partner(settings, url)
+    first = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    later = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    service.deliver(first, settings)
+    assert service.deliver(later, settings).state == service.ClaimState.FINAL
+    assert len(receiver.requests("/gone-too")) == 1
+    stopped = notification(later)
+    assert stopped.held and stopped.next_attempt_at is None
+    assert stopped.latest_error_payload["kind"] == "endpoint_disabled"
+    with session_scope() as session:
+        webhook_settings.update_settings(session, settings, partner.partner_id, url=url)
+    with session_scope() as session:
+        assert endpoint_queue.drain(session, settings, utcnow()) == 2
+    assert all(not notification(n).held and notification(n).next_attempt_at is not None
+               for n in (first, later))
 
 
 def test_alert_after_the_fifth_failed_retry_once_per_failing_period(
