@@ -49,7 +49,6 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging(logging.INFO)  # notification ids on every line (deliverer.logging)
-    logging.basicConfig(level=logging.INFO)
 
     db.init_app(app)
     register_error_handlers(app)

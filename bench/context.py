@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,17 +138,3 @@ def bulk_publish(settings: Any, partner_id: str, specs: Sequence[dict[str, Any]]
                                                    **spec) for spec in chunk]
         ids.extend(p.notification_id for p in published)
     return ids, ("publish_events" if bulk is not None else "publish_event per event")
-
-
-def paced(count: int, rate: float, deadline_s: float) -> Any:
-    """Yield 0..count-1 on an open-loop schedule of ``rate`` per second (never skipping;
-    late items go at once), stopping at ``deadline_s`` whatever happens."""
-    start = time.monotonic()
-    for i in range(count):
-        target = start + i / rate
-        now = time.monotonic()
-        if now - start > deadline_s:
-            return
-        if target > now:
-            time.sleep(target - now)
-        yield i

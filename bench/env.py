@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
@@ -370,6 +369,3 @@ class BenchEnv:
         if not self.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-
-def shell_join(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

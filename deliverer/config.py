@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deliverer.delivery.ladder import DEFAULT_LADDER, Ladder
@@ -86,7 +86,6 @@ class Settings:
     # prometheus-client's multiprocess directory (it reads the variable itself too): set,
     # /metrics adds up the counters every worker process wrote there.
     metrics_dir: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 
 import requests
 
-from deliverer.config import Settings, get_settings, set_settings
+from deliverer.config import Settings, set_settings
 from deliverer.scheduling import queues
 
 # The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
@@ -66,15 +65,13 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
-def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int,
-            extra_env: Sequence[tuple[str, str]] = ()) -> int:
+def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> int:
     env = dict(os.environ)
     if demo:
         env.setdefault("DELIVERER_TIME_SCALE", DEMO_TIME_SCALE)
         env.setdefault("DELIVERER_ALLOW_PRIVATE_URLS", "1")
         env.setdefault("DELIVERER_SWEEP_INTERVAL", "1")
         env.setdefault("DELIVERER_ADMIN_TOKEN", "demo-" + secrets.token_hex(12))
-    env.update(dict(extra_env))
     settings = Settings.from_env(env)
     set_settings(settings)
     env["DELIVERER_DATA_DIR"] = str(settings.data_dir)
@@ -114,4 +111,3 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int,
         return 0
     finally:
         _stop(procs)
-        get_settings()

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -250,6 +249,3 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     return BatchOutcome(sent, len(done) - sent, following, batch.not_due, batch.locked,
                         deferred=len(refused), unsent=unsent)
 
-
-def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
