@@ -16,12 +16,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer.config import Settings
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus
 
 
-def _climbing(endpoint_id: int):  # type: ignore[no-untyped-def]
+def _climbing(endpoint_id: int) -> tuple[ColumnElement[bool], ...]:
+    """Conditions for the endpoint's notifications climbing the ladder (its head)."""
     return (
         Notification.endpoint_id == endpoint_id,
         Notification.status == NotificationStatus.FAILED,

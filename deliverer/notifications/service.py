@@ -16,7 +16,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session
@@ -190,8 +190,9 @@ def record_request(session: Session, principal: Principal, kind: str, outcome: s
 
 
 def reject(session: Session, principal: Principal, kind: str, error: DelivererError, *,
-           notification_id: str | None = None, reference: str | None = None) -> None:
-    """Keep a refused request on record even though the request's changes roll back."""
+           notification_id: str | None = None, reference: str | None = None) -> NoReturn:
+    """Keep a refused request on record even though the request's changes roll back,
+    then raise ``error``."""
     session.rollback()
     record_request(session, principal, kind, error.code, notification_id=notification_id,
                    reference=reference)
@@ -313,7 +314,6 @@ def ignore(session: Session, principal: Principal, notification_id: str,
     except DelivererError as error:
         reject(session, principal, RequestKind.IGNORE, error,
                notification_id=notification_id if is_uuid(notification_id) else None)
-        raise
     if notification.status != NotificationStatus.NOT_SENT:
         notification.status = NotificationStatus.NOT_SENT
         notification.next_attempt_at = None
