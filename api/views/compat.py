@@ -5,6 +5,7 @@ Thin adapters over the same services as ``/api/partner/v2``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import current_app, jsonify
@@ -15,8 +16,9 @@ from api.auth import check_partner, current_partner
 from api.db import get_session
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import resend
-from deliverer.errors import DelivererError
+from deliverer.errors import DelivererError, NotFound
 from deliverer.notifications import manual_retry, service
+from deliverer.notifications.resend import TransactionNotFound
 
 blp = Blueprint("compat", __name__, url_prefix="",
                 description="Compatibility routes for merchants migrating from other providers.")
@@ -81,13 +83,28 @@ def resend_transaction_webhook(transaction_id: str) -> Any:
 
 # -- seed 004 ---------------------------------------------------------------------------
 
+# ASCII digits only: str.isdigit() also takes "²" or "٣", which int() refuses. At most
+# 200 of them, the longest reference there is (and int() refuses more than 4300 digits).
+_INVOICE_NUMBER = re.compile(r"[0-9]{1,200}")
+
+
+class InvoiceNotFound(NotFound):
+    message = "Invoice not found"  # seed 004
+
+
 @blp.route("/invoices/resend-webhook/<invoice_id>", methods=["POST"])
 def resend_invoice_webhook(invoice_id: str) -> Any:
     """Seed 004: ``status`` is ``success`` or ``pending``."""
-    outcome, _body = resend(invoice_id)
+    # Decided before the resend is recorded and queued: nothing after it may fail.
+    echoed: int | str = (int(invoice_id) if _INVOICE_NUMBER.fullmatch(invoice_id)
+                         else invoice_id)
+    try:
+        outcome, _body = resend(invoice_id)
+    except TransactionNotFound as exc:
+        raise InvoiceNotFound() from exc
     return jsonify({
         "message": ("Webhook reenviado com sucesso" if outcome == "success"
                     else "Reenvio do webhook em andamento"),
-        "invoice_id": int(invoice_id) if invoice_id.isdigit() else invoice_id,
+        "invoice_id": echoed,
         "status": outcome,
     })

@@ -195,10 +195,24 @@ def test_seed004_pending(make_partner, receiver, api_settings):
     receiver.wait_for(2, "/hook")
 
 
-def test_seed004_not_found(make_partner):
+def test_seed004_non_ascii_digits_are_echoed_as_given(make_partner, receiver, long_wait):
+    # "²".isdigit() is true but int("²") fails: that was a 500 after the resend had been
+    # recorded and queued.
+    partner = make_partner(receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="²")
+    response = partner.bearer.post(SEED004_RESEND.format("%C2%B2"))
+    assert response.status_code == 200, response.text
+    assert response.json()["invoice_id"] == "²"
+    receiver.wait_for(2, "/hook")
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+
+
+@pytest.mark.parametrize("invoice_id", [999, "%D9%A3", "1" * 201, "1" * 5000])
+def test_seed004_not_found(make_partner, invoice_id):
     partner = make_partner("http://127.0.0.1:9/hook")
-    t.assert_error(partner.bearer.post(SEED004_RESEND.format(999)), 404, "NOT_FOUND",
-                   "Transaction not found")
+    t.assert_error(partner.bearer.post(SEED004_RESEND.format(invoice_id)), 404, "NOT_FOUND",
+                   "Invoice not found")
+    assert t.accepted(partner.partner_id, kind="resend") == []
 
 
 @pytest.mark.parametrize("path", [SEED002_RESEND.format("TXN-1"), SEED004_RESEND.format(1),

@@ -53,7 +53,7 @@ def test_b_cannot_reach_a_notifications_or_references(two_partners, receiver, ap
             assert response.json() == {"status": "error", "message": "Transaction not found",
                                        "data": None}
             t.assert_error(b.bearer.post(f"/invoices/resend-webhook/{reference}"),
-                           404, "NOT_FOUND", "Transaction not found")
+                           404, "NOT_FOUND", "Invoice not found")
     assert a_state(a, a_rows) == before
     assert receiver.requests() == []
     assert t.accepted(a.partner_id) == t.accepted(b.partner_id) == []
