@@ -5,10 +5,15 @@
 * NUL characters are refused (400) in the path, the query string and JSON strings: a
   text column on PostgreSQL cannot hold them (psycopg2 raises, which was a 500) and on
   SQLite they would be stored and sent on.
+* JSON nested more than ``MAX_DEPTH`` levels deep is refused (400). Python's parser
+  raises RecursionError (not ValueError) around a thousand levels, which was a 500 on
+  every route; and a body that the guard could still parse might not be parsed again,
+  stored or sent a few frames deeper down.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Flask, current_app, request
@@ -17,7 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from deliverer.errors import DelivererError, ValidationFailed
 
 NUL = "\x00"
-_MAX_DEPTH = 64
+MAX_DEPTH = 64
 
 
 class UnsupportedMediaType(DelivererError):
@@ -30,16 +35,38 @@ class NulCharacter(ValidationFailed):
     message = "Invalid request: NUL characters are not allowed"
 
 
-def _has_nul(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, str):
-        return NUL in value
-    if depth > _MAX_DEPTH:
-        return False  # the JSON parser's own recursion limit applies long before this
-    if isinstance(value, dict):
-        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v, depth + 1) for v in value)
-    return False
+class NestedTooDeeply(ValidationFailed):
+    message = f"Invalid request: JSON may be nested at most {MAX_DEPTH} levels deep"
+
+
+def _json_body() -> Any:
+    """The parsed JSON body, or None when it is malformed: the view's schema reports
+    that, in its own words."""
+    try:
+        return json.loads(request.get_data(cache=True))
+    except RecursionError:
+        raise NestedTooDeeply() from None
+    except ValueError:
+        return None
+
+
+def _check_json(value: Any) -> None:
+    """One walk over the parsed body, without recursion (so without a depth limit of
+    its own): every string, keys included, and how deep the containers nest."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                raise NulCharacter()
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                raise NestedTooDeeply()
+            if isinstance(item, dict):
+                pending += [(key, depth) for key in item]
+                pending += [(child, depth + 1) for child in item.values()]
+            else:
+                pending += [(child, depth + 1) for child in item]
 
 
 def check_request() -> None:
@@ -50,9 +77,8 @@ def check_request() -> None:
         NUL in key or NUL in value for key, value in request.args.items(multi=True)
     ):
         raise NulCharacter()
-    # silent: malformed JSON is reported by the view's schema, in its own words.
-    if request.is_json and _has_nul(request.get_json(silent=True)):
-        raise NulCharacter()
+    if request.is_json:
+        _check_json(_json_body())
     # A body that is not JSON would be read as "no fields given" and answered 200 with
     # nothing changed; say what is wrong instead.
     if (request.method in ("POST", "PUT", "PATCH") and request.content_length

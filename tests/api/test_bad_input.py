@@ -167,6 +167,42 @@ def test_nul_characters_in_json_are_400(partner, body):
     unchanged(partner, check)
 
 
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.parametrize("body", [
+    nested(1000),  # the parser's RecursionError, which was a 500
+    nested(100_000),
+    nested(65),  # one level more than the guard takes
+    nested(100, '"\\u0000"'),  # a NUL deeper than the old walk looked
+    '{"url": "http://127.0.0.1:9/x", "x": ' + nested(70) + "}",
+])
+@pytest.mark.parametrize(("method", "path"), [
+    ("PUT", SETTINGS),
+    ("POST", f"{BASE}/webhook-notifications/{{nid}}/retry"),  # a route that reads no body
+    ("POST", "/invoices/resend-webhook/TXN-1"),
+    ("POST", "/internal/v1/events"),
+])
+def test_json_nested_too_deeply_is_400(partner, failed, method, path, body):
+    def check():
+        response = partner.api.request(method, path.format(nid=failed), data=body.encode(),
+                                       headers=JSON)
+        t.assert_error(response, 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+    assert t.snapshot(failed)["status"] == NotificationStatus.FAILED
+
+
+def test_json_nested_as_deep_as_allowed_is_published(partner, admin):
+    payload: object = 1
+    for _ in range(62):  # with the body's object and the payload's, 64 levels
+        payload = [payload]
+    response = admin.post("/internal/v1/events", json={
+        "partnerId": partner.partner_id, "type": "t", "reference": "R", "payload": {"a": payload}})
+    assert response.status_code == 201, response.text
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("DELETE", SETTINGS),
     ("PATCH", SETTINGS),
