@@ -5,6 +5,9 @@
 * NUL characters are refused (400) in the path, the query string and JSON strings: a
   text column on PostgreSQL cannot hold them (psycopg2 raises, which was a 500) and on
   SQLite they would be stored and sent on.
+* Lone UTF-16 surrogates (``"\\ud800"``) are refused (400) in JSON strings: Python's
+  parser lets them through, and no database driver can encode them (a
+  UnicodeEncodeError deep in the database layer, which was a 500).
 * JSON nested more than ``MAX_DEPTH`` levels deep is refused (400). Python's parser
   raises RecursionError (not ValueError) around a thousand levels, which was a 500 on
   every route; and a body that the guard could still parse might not be parsed again,
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Flask, current_app, request
@@ -23,6 +27,9 @@ from deliverer.errors import DelivererError, ValidationFailed
 
 NUL = "\x00"
 MAX_DEPTH = 64
+# What a parsed JSON string may not hold: NUL, or a surrogate (the parser joins a pair
+# of escaped surrogates into one character, so any surrogate left is a lone one).
+_FORBIDDEN_IN_JSON = re.compile("[\x00\ud800-\udfff]")
 
 
 class UnsupportedMediaType(DelivererError):
@@ -33,6 +40,11 @@ class UnsupportedMediaType(DelivererError):
 
 class NulCharacter(ValidationFailed):
     message = "Invalid request: NUL characters are not allowed"
+
+
+class LoneSurrogate(ValidationFailed):
+    message = ("Invalid request: JSON strings may not contain lone UTF-16 surrogates "
+               "(\\ud800-\\udfff)")
 
 
 class NestedTooDeeply(ValidationFailed):
@@ -57,8 +69,9 @@ def _check_json(value: Any) -> None:
     while pending:
         item, depth = pending.pop()
         if isinstance(item, str):
-            if NUL in item:
-                raise NulCharacter()
+            found = _FORBIDDEN_IN_JSON.search(item)
+            if found:
+                raise NulCharacter() if found.group() == NUL else LoneSurrogate()
         elif isinstance(item, dict | list):
             if depth >= MAX_DEPTH:
                 raise NestedTooDeeply()

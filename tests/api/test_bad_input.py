@@ -167,6 +167,57 @@ def test_nul_characters_in_json_are_400(partner, body):
     unchanged(partner, check)
 
 
+SURROGATE = '"\\ud800"'  # a JSON string with a lone surrogate escape
+
+
+@pytest.mark.parametrize("body", [
+    '{"url": "http://1.1.1.1/' + SURROGATE[1:] + "}",
+    '{"alertEmail": "a' + SURROGATE[1:-1] + '@example.com"}',
+    '{"url": "http://127.0.0.1:9/hook", ' + SURROGATE + ": 1}",
+    '{"url": "http://127.0.0.1:9/\\udfff"}',
+    '{"url": "http://127.0.0.1:9/\\ude00\\ud83d"}',  # a pair, the wrong way round
+])
+def test_lone_surrogates_in_json_are_400(partner, body):
+    def check():
+        response = partner.api.put(SETTINGS, data=body.encode(), headers=JSON)
+        assert "surrogate" in t.assert_error(response, 400, "BAD_REQUEST")["message"]
+
+    unchanged(partner, check)
+
+
+def test_surrogate_pairs_in_json_are_text(partner):
+    response = partner.api.put(SETTINGS, data=b'{"url": "http://127.0.0.1:9/\\ud83d\\ude00"}',
+                               headers=JSON)
+    assert response.status_code == 200, response.text
+    assert response.json()["url"] == "http://127.0.0.1:9/\U0001f600"
+
+
+@pytest.mark.parametrize("field", ["partnerId", "type", "reference", "callbackUrl", "payload"])
+def test_internal_publish_lone_surrogates_are_400(partner, admin, field):
+    body = {"partnerId": partner.partner_id, "type": "t", "reference": "R", "payload": {},
+            "callbackUrl": "http://127.0.0.1:9/cb"}
+    body[field] = {"note": "\ud800"} if field == "payload" else body[field] + "\ud800"
+
+    def check():
+        response = admin.post("/internal/v1/events", data=json.dumps(body), headers=JSON)
+        t.assert_error(response, 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("field", ["name", "webhookUrl", "alertEmail"])
+def test_internal_create_partner_lone_surrogates_are_400(partner, admin, field):
+    body = {"name": "n", "webhookUrl": "http://127.0.0.1:9/hook", "alertEmail": "a@example.com"}
+    body[field] = body[field].replace("@", "\udc80@") if field == "alertEmail" \
+        else body[field] + "\udc80"
+
+    def check():
+        response = admin.post("/internal/v1/partners", data=json.dumps(body), headers=JSON)
+        t.assert_error(response, 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
 def nested(depth: int, inner: str = "1") -> str:
     return "[" * depth + inner + "]" * depth
 
