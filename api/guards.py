@@ -8,6 +8,10 @@
 * Lone UTF-16 surrogates (``"\\ud800"``) are refused (400) in JSON strings: Python's
   parser lets them through, and no database driver can encode them (a
   UnicodeEncodeError deep in the database layer, which was a 500).
+* Numbers that JSON cannot carry are refused (400): Python's parser reads ``NaN``,
+  ``Infinity`` and ``-Infinity`` (not JSON at all) and ``1e999`` (read as infinity),
+  which were stored, signed and sent on in a body that is not JSON; an integer of more
+  than 4300 digits makes it raise a ValueError that the view's parser let through (500).
 * JSON nested more than ``MAX_DEPTH`` levels deep is refused (400). Python's parser
   raises RecursionError (not ValueError) around a thousand levels, which was a 500 on
   every route; and a body that the guard could still parse might not be parsed again,
@@ -17,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -47,19 +52,39 @@ class LoneSurrogate(ValidationFailed):
                "(\\ud800-\\udfff)")
 
 
+class NotJsonNumber(ValidationFailed):
+    message = "Invalid request: numbers must be finite JSON numbers"
+
+
 class NestedTooDeeply(ValidationFailed):
     message = f"Invalid request: JSON may be nested at most {MAX_DEPTH} levels deep"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NotJsonNumber(f"Invalid request: {name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 is JSON, but no double holds it
+        raise NotJsonNumber("Invalid request: a number is out of range")
+    return value
 
 
 def _json_body() -> Any:
     """The parsed JSON body, or None when it is malformed: the view's schema reports
     that, in its own words."""
     try:
-        return json.loads(request.get_data(cache=True))
+        return json.loads(request.get_data(cache=True), parse_constant=_refuse_constant,
+                          parse_float=_finite_float)
     except RecursionError:
         raise NestedTooDeeply() from None
-    except ValueError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    except ValueError:
+        # Not a syntax error: int() refusing a number of more than 4300 digits, which the
+        # view's parser would not catch. (A parse_int check would cost every integer.)
+        raise NotJsonNumber("Invalid request: a number has too many digits") from None
 
 
 def _check_json(value: Any) -> None:

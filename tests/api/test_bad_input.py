@@ -218,6 +218,51 @@ def test_internal_create_partner_lone_surrogates_are_400(partner, admin, field):
     unchanged(partner, check)
 
 
+def publish_body(partner_id: str, payload: str) -> bytes:
+    head = json.dumps({"partnerId": partner_id, "type": "t", "reference": "R"})
+    return f'{head[:-1]}, "payload": {payload}}}'.encode()
+
+
+@pytest.mark.parametrize("payload", [
+    '{"amount": NaN, "fee": 1e999}',  # was a 201 and a stored, signed body that is no JSON
+    '{"amount": Infinity}',
+    '{"amount": -Infinity}',
+    '{"amount": 1e999}',
+    '{"amount": -1E+400}',
+    '{"amount": [1.5, {"x": 2e308}]}',
+    '{"amount": ' + "1" * 5000 + "}",  # int() refuses it: was a 500
+])
+def test_internal_publish_numbers_json_cannot_carry_are_400(partner, admin, payload):
+    def check():
+        response = admin.post("/internal/v1/events", data=publish_body(partner.partner_id, payload),
+                              headers=JSON)
+        t.assert_error(response, 400, "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+@pytest.mark.parametrize("body", ['{"overlapSeconds": NaN}', '{"overlapSeconds": 1e999}',
+                                  '{"overlapSeconds": ' + "9" * 4301 + "}"])
+def test_numbers_json_cannot_carry_are_400_in_partner_routes(partner, body):
+    def check():
+        t.assert_error(partner.api.post(ROTATE, data=body.encode(), headers=JSON), 400,
+                       "BAD_REQUEST")
+
+    unchanged(partner, check)
+
+
+def test_large_finite_numbers_are_published_as_sent(partner, admin, receiver, worker):
+    partner_ = admin.post("/internal/v1/partners",
+                          json={"name": "Numbers", "webhookUrl": receiver.url("/hook")}).json()
+    payload = '{"big": 1.7976931348623157e308, "long": ' + "9" * 4300 + "}"
+    response = admin.post("/internal/v1/events", data=publish_body(partner_["id"], payload),
+                          headers=JSON)
+    assert response.status_code == 201, response.text
+    [got] = receiver.wait_for(1, "/hook")
+    data = json.loads(got.body)["data"]
+    assert data == {"big": 1.7976931348623157e308, "long": int("9" * 4300)}
+
+
 def nested(depth: int, inner: str = "1") -> str:
     return "[" * depth + inner + "]" * depth
 
