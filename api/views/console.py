@@ -285,13 +285,22 @@ def index() -> Any:
                  alerts=inspect.recent_alerts(db), now=utcnow())
 
 
+def _endpoint_id(value: str) -> int:
+    """An endpoint id filter: a positive 64-bit integer. A larger one overflowed in the
+    database driver (a 500); a ValueError makes the filter ignored, like any bad one."""
+    number = int(value)
+    if not 0 < number < 2**63:
+        raise ValueError(value)
+    return number
+
+
 @bp.get("/notifications")
 def notifications() -> Any:
     args = request.args
     status = args.get("status") or None
     if status is not None and status not in STATUSES:
         status = None
-    endpoint_id = args.get("endpoint_id", type=int)
+    endpoint_id = args.get("endpoint_id", type=_endpoint_id)
     searched = any(args.get(k) for k in ("q", "partner", "reference", "status", "endpoint_id"))
     results = inspect.search_notifications(
         get_session(), q=args.get("q"), partner=args.get("partner"),
