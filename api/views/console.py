@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -237,13 +237,20 @@ def _helpers() -> dict[str, Any]:
 
 # -- sign in and out ------------------------------------------------------------------------
 
+# C0 and C1 control characters and DEL.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _safe_next(target: str | None) -> str:
-    default = url_for("console.index")
-    if not target:
-        return default
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or "\\" in target or not parts.path.startswith("/console"):
-        return default
+    """``target`` itself if it is a path on the console, else the console's first page.
+
+    Checked as it will be sent, not through urlsplit(), which drops tabs, line breaks
+    and leading blanks before it parses: a line break passed its check and went into the
+    Location header (a 500).
+    """
+    if (not target or _CONTROL.search(target) or "\\" in target
+            or not target.startswith("/console")):
+        return url_for("console.index")
     return target
 
 

@@ -76,8 +76,14 @@ def test_wrong_token_is_refused_right_token_signs_in_and_follows_next(console):
     assert client.get("/console/").status_code == 200
 
 
-@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/console",
-                                    "/api/partner/v2/webhook-settings", "/\\evil.example"])
+@pytest.mark.parametrize("target", [
+    "https://evil.example/", "//evil.example/console", "/api/partner/v2/webhook-settings",
+    "/\\evil.example",
+    # Control characters: a line break in the Location header was a 500.
+    "/console/\r\nX: 1", "/console/\nfoo", "/console/\rfoo", "/console/\tx",
+    "/\t/evil.example/console", "/console/\x00", "/console/\x7f", "/console/\x85",
+    " /console/", "\n/console/",
+])
 def test_sign_in_never_redirects_off_the_console(console, target):
     client = console()
     page = client.get("/console/login")
@@ -85,6 +91,13 @@ def test_sign_in_never_redirects_off_the_console(console, target):
                                               "token": OPERATOR_TOKEN, "next": target},
                            allow_redirects=False)
     assert response.status_code == 302
+    assert response.headers["Location"] == "/console/"
+
+
+@pytest.mark.parametrize("target", ["/console/%0Afoo", "/console/%0D%0AX:%201", "/console/%09x"])
+def test_signed_in_login_page_with_control_characters_in_next(operator, target):
+    response = operator.get(f"/console/login?next={target}", allow_redirects=False)
+    assert response.status_code == 302, response.text
     assert response.headers["Location"] == "/console/"
 
 
