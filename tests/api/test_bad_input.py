@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -133,6 +134,35 @@ def test_bad_ids_are_404(partner, bad_id, action):
         t.assert_client_error(response, 404)
 
     unchanged(partner, check)
+
+
+def spellings(nid: str) -> list[str]:
+    """Forms of a real notification id that uuid.UUID() takes but that are not it."""
+    hexits = nid.replace("-", "")
+    return ["urn:uuid:" + nid, "{" + nid + "}", hexits, "-".join(hexits),
+            "urn:uuid:" + "-".join(hexits), nid + "-", nid.upper()]
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", f"{BASE}/webhook-notifications/{{}}"),
+    ("POST", f"{BASE}/webhook-notifications/{{}}/retry"),
+    ("POST", f"{BASE}/webhook-notifications/{{}}/ignore"),
+    ("POST", "/api/webhooks/deliveries/{}/retry"),  # seed 001
+])
+def test_other_spellings_of_an_id_are_404(partner, failed, method, path):
+    # A 72-character "uuid" went into the audit trail's String(36) column: a DataError
+    # (500) on PostgreSQL, fine on SQLite; these tests run on both backends.
+    before = t.snapshot(failed)
+
+    def check():
+        for spelling in spellings(failed):
+            response = partner.api.request(method, path.format(quote(spelling, safe="")))
+            t.assert_error(response, 404, "NOT_FOUND", t.NOT_FOUND)
+
+    unchanged(partner, check)
+    assert t.snapshot(failed) == before
+    recorded = {r.notification_id for r in t.partner_requests(partner.partner_id)}
+    assert recorded <= {None, failed.upper()}
 
 
 @pytest.mark.parametrize("path", [
