@@ -137,7 +137,8 @@ _ENDPOINTS_FOR_KEY_SHARE = (
 )
 _JOBS = (
     select(_N.id, _N.url, _N.lane, _N.endpoint_id, Event.body, Endpoint.failing_since,
-           Endpoint.disabled_at, Endpoint.disabled_reason, WebhookSettings.signing_secret,
+           Endpoint.disabled_at, Endpoint.disabled_reason, WebhookSettings.enabled,
+           WebhookSettings.signing_secret,
            WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at)
     .join(Event, Event.id == _N.event_id)
     .outerjoin(Endpoint, Endpoint.id == _N.endpoint_id)
@@ -175,7 +176,12 @@ def lease(session: Session, ids: Sequence[str], settings: Settings,
     jobs = []
     for r in rows:
         if r.disabled_at is not None:
-            stop_at_disabled_endpoint(session, r.id, r.disabled_reason)
+            hold_undeliverable(session, r.id, error_payload(
+                FailureKind.ENDPOINT_DISABLED, r.disabled_reason or "Endpoint disabled"))
+            continue
+        if r.enabled is False:  # None: a partner without settings, sent as before
+            hold_undeliverable(session, r.id, error_payload(
+                FailureKind.WEBHOOKS_DISABLED, "Webhooks are turned off"))
             continue
         jobs.append(DeliveryJob(
             notification_id=r.id, lease_token=token, url=r.url or "", body=r.body.encode(),
@@ -217,16 +223,15 @@ def claim(session: Session, notification_id: str, settings: Settings,
     return Claim(ClaimState.LOCKED)
 
 
-def stop_at_disabled_endpoint(session: Session, notification_id: str,
-                              reason: str | None) -> None:
-    """Disabled after a 410 Gone: no request until the merchant saves the settings, which
-    releases the held notifications (``endpoint_queue.drain``), this one among them."""
+def hold_undeliverable(session: Session, notification_id: str,
+                       error: dict[str, Any]) -> None:
+    """No request while the endpoint is disabled (a 410 Gone) or the merchant has turned
+    webhooks off: the notification is held, and saving the settings releases it
+    (``webhook_settings.resume_deliveries``, then ``endpoint_queue.drain``)."""
     session.execute(
         update(Notification).where(Notification.id == notification_id)
         .values(status=NotificationStatus.FAILED, next_attempt_at=None, lease_token=None,
-                lease_expires_at=None, held=True,
-                latest_error_payload=error_payload(FailureKind.ENDPOINT_DISABLED,
-                                                   reason or "Endpoint disabled"))
+                lease_expires_at=None, held=True, latest_error_payload=error)
         .execution_options(synchronize_session=False)
     )
 

@@ -19,6 +19,7 @@ class FailureKind(StrEnum):
     CONNECTION_ERROR = "connection_error"
     NO_URL = "no_url"
     ENDPOINT_DISABLED = "endpoint_disabled"
+    WEBHOOKS_DISABLED = "webhooks_disabled"  # the merchant turned webhooks off
 
 
 _STATUS_HINTS = {
@@ -71,8 +72,11 @@ _KIND_HINTS = {
     "that it is reachable from the internet.",
     FailureKind.NO_URL: "No webhook URL is configured. Set one in your webhook settings.",
     FailureKind.ENDPOINT_DISABLED: "This endpoint answered 410 Gone and was disabled. Save "
-    "your webhook settings (PUT /api/partner/v2/webhook-settings) to enable it again, then "
-    "retry.",
+    "your webhook settings (PUT /api/partner/v2/webhook-settings) to enable it again: the "
+    "notifications held meanwhile are then sent.",
+    FailureKind.WEBHOOKS_DISABLED: "Webhooks are turned off in your webhook settings. Turn "
+    "them on (PUT /api/partner/v2/webhook-settings with enabled true): the notifications "
+    "held meanwhile are then sent.",
 }
 
 

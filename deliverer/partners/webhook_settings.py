@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.delivery import netguard, signing
+from deliverer.delivery import endpoint_queue, netguard, signing
 from deliverer.errors import ValidationFailed
-from deliverer.models import Endpoint, WebhookSettings, utcnow
+from deliverer.models import Endpoint, Notification, WebhookSettings, utcnow
 
 _UNSET = object()
 MAX_OVERLAP = timedelta(days=7)
@@ -36,24 +36,46 @@ def update_settings(session: Session, settings: Settings, partner_id: str, *,
             assert isinstance(url, str)
             netguard.validate_url(url, allow_private=settings.allow_private_urls)
         row.url = url
-        if url is not None:
-            _enable_endpoint(session, partner_id, url)
     if enabled is not _UNSET:
         row.enabled = bool(enabled)
     if alert_email is not _UNSET:
         row.alert_email = alert_email  # type: ignore[assignment]
     row.updated_at = utcnow()
+    if row.enabled:
+        resume_deliveries(session, partner_id, row.url, row.updated_at)
     return row
 
 
-def _enable_endpoint(session: Session, partner_id: str, url: str) -> None:
-    """Saving the settings is how a merchant says an endpoint disabled by 410 is back."""
-    session.execute(
-        update(Endpoint)
-        .where(Endpoint.partner_id == partner_id, Endpoint.url == url,
-               Endpoint.disabled_at.is_not(None))
-        .values(disabled_at=None, disabled_reason=None, draining=True, failing_since=None)
-    )
+def resume_deliveries(session: Session, partner_id: str, url: str | None,
+                      now: datetime) -> None:
+    """Saving settings that leave webhooks on is how a merchant says deliveries may go:
+    the endpoint a 410 disabled is enabled again if it is the configured URL, and what was
+    held while it was disabled or webhooks were off is released.
+
+    Healthy endpoints drain their held notifications at the drain rate (the beat sweep);
+    a failing one keeps probing with one notification at a time, so if the one held was
+    its head, the next takes its place.
+    """
+    if url is not None:
+        session.execute(
+            update(Endpoint)
+            .where(Endpoint.partner_id == partner_id, Endpoint.url == url,
+                   Endpoint.disabled_at.is_not(None))
+            .values(disabled_at=None, disabled_reason=None, failing_since=None)
+        )
+    endpoints = session.execute(
+        select(Endpoint.id, Endpoint.failing_since)
+        .where(Endpoint.partner_id == partner_id, Endpoint.disabled_at.is_(None),
+               exists().where(Notification.endpoint_id == Endpoint.id,
+                              Notification.held.is_(True)))
+        .order_by(Endpoint.id)
+    ).all()
+    draining = [endpoint_id for endpoint_id, failing_since in endpoints if failing_since is None]
+    if draining:
+        session.execute(update(Endpoint).where(Endpoint.id.in_(draining)).values(draining=True))
+    for endpoint_id, failing_since in endpoints:
+        if failing_since is not None:
+            endpoint_queue.promote_next(session, endpoint_id, now)
 
 
 def rotate_secret(session: Session, partner_id: str, overlap: timedelta,

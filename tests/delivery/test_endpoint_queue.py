@@ -186,6 +186,63 @@ def test_notifications_claimed_while_disabled_wait_for_the_endpoint(settings, re
                for n in (first, later))
 
 
+def _save(partner_id: str, settings, **changes) -> None:
+    with session_scope() as session:
+        webhook_settings.update_settings(session, settings, partner_id, **changes)
+
+
+def _drain(settings) -> int:
+    with session_scope() as session:
+        return endpoint_queue.drain(session, settings, utcnow())
+
+
+def test_any_save_that_leaves_webhooks_on_enables_the_endpoint_again(settings, receiver):
+    """The alert says "save your settings": an alert address alone is a save. Turning
+    webhooks off is not a reason to send."""
+    url = receiver.always("/gone-again", rx.status(410))
+    partner = new_partner(settings, url)
+    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    service.deliver(nid, settings)
+    assert _endpoint(partner.partner_id, url).disabled_at is not None
+    _save(partner.partner_id, settings, enabled=False)
+    assert _endpoint(partner.partner_id, url).disabled_at is not None
+    assert _drain(settings) == 0
+    _save(partner.partner_id, settings, enabled=True, alert_email="ops@example.com")
+    assert _endpoint(partner.partner_id, url).disabled_at is None
+    assert _drain(settings) == 1
+    assert not notification(nid).held
+
+
+def test_turning_webhooks_off_holds_what_was_queued_until_they_are_on(settings, receiver):
+    """Queued before the merchant turned webhooks off: no request, held (not spent), and
+    sent once they are turned on again; a failing endpoint's head is promoted back."""
+    ok_url = receiver.always("/paused", rx.ok())
+    partner = new_partner(settings, ok_url)
+    queued = insert_notification(partner.partner_id, ok_url, next_attempt_at=utcnow())
+    failing_url = receiver.always("/paused-failing", rx.status(503))
+    head = insert_notification(partner.partner_id, failing_url, next_attempt_at=utcnow())
+    service.deliver(head, settings)  # fails: the endpoint is failing, head on the ladder
+    assert len(receiver.requests("/paused-failing")) == 1
+
+    _save(partner.partner_id, settings, enabled=False)
+    assert service.deliver(queued, settings).state == service.ClaimState.FINAL
+    _deliver_when_due(head, settings)
+    assert receiver.requests("/paused") == []
+    assert len(receiver.requests("/paused-failing")) == 1
+    for nid in (queued, head):
+        row = notification(nid)
+        assert row.held and row.next_attempt_at is None and row.attempt_count <= 1
+        assert row.latest_error_payload["kind"] == "webhooks_disabled"
+
+    _save(partner.partner_id, settings, enabled=True)
+    promoted = notification(head)  # failing endpoint: probing resumes with its head
+    assert not promoted.held and promoted.next_attempt_at is not None
+    assert _drain(settings) == 1  # healthy endpoint: drained
+    service.deliver(queued, settings)
+    assert notification(queued).status == NotificationStatus.SENT
+    assert len(receiver.requests("/paused")) == 1
+
+
 def test_alert_after_the_fifth_failed_retry_once_per_failing_period(
         settings, receiver, override_settings):
     url = receiver.always("/alerting", rx.status(500))
