@@ -149,6 +149,7 @@ def put_settings(data: dict[str, Any]) -> Any:
 @blp.route("/webhook-settings/rotate-secret", methods=["POST"])
 @blp.arguments(RotateSecretSchema)
 @blp.response(200, SettingsSchema)
+@blp.alt_response(409, schema=ApiErrorSchema)
 def rotate_secret(data: dict[str, Any]) -> Any:
     """New signing secret; deliveries carry both signatures during the overlap."""
     return webhook_settings.rotate_secret(get_session(), current_partner().partner_id,

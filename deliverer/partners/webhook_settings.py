@@ -9,11 +9,14 @@ from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, netguard, signing
-from deliverer.errors import ValidationFailed
+from deliverer.errors import Conflict, ValidationFailed
 from deliverer.models import Endpoint, Notification, WebhookSettings, utcnow
 
 _UNSET = object()
 MAX_OVERLAP = timedelta(days=7)
+ROTATION_IN_PROGRESS = ("A secret rotation is in progress until {until}. The current secret "
+                        "is in GET /webhook-settings; rotate with overlapSeconds 0 to drop "
+                        "every older secret now.")
 
 
 def get_settings_row(session: Session, partner_id: str, *, for_update: bool = False
@@ -85,6 +88,14 @@ def rotate_secret(session: Session, partner_id: str, overlap: timedelta,
     if overlap < timedelta(0) or overlap > MAX_OVERLAP:
         raise ValidationFailed("overlapSeconds must be between 0 and 604800")
     row = get_settings_row(session, partner_id, for_update=True)
+    expires = row.previous_secret_expires_at
+    if overlap > timedelta(0) and row.previous_secret and expires and expires > now:
+        # A second rotation would drop the secret receivers may still verify with for the
+        # current one, which they may never have seen (a client retrying a rotation whose
+        # answer it lost). The current secret is in GET /webhook-settings; overlap 0
+        # drops every older secret at once (a leaked one).
+        raise Conflict(ROTATION_IN_PROGRESS.format(
+            until=expires.isoformat().replace("+00:00", "Z")))
     row.previous_secret = row.signing_secret if overlap > timedelta(0) else None
     row.previous_secret_expires_at = now + overlap if overlap > timedelta(0) else None
     row.signing_secret = signing.generate_secret()

@@ -216,12 +216,32 @@ def test_after_the_overlap_only_the_new_secret_signs(make_partner, receiver, wor
 
 
 def test_rotation_default_overlap_is_a_day(make_partner):
-    partner = make_partner()
     for kwargs in ({}, {"json": {}}):
-        response = partner.api.post(ROTATE, **kwargs)
+        response = make_partner().api.post(ROTATE, **kwargs)
         assert response.status_code == 200, response.text
         expires = when(response.json()["previousSecretExpiresAt"])
         assert timedelta(hours=23, minutes=59) < expires - utcnow() <= timedelta(days=1)
+
+
+def test_a_second_rotation_waits_for_the_overlap_or_drops_every_older_secret(make_partner):
+    """A client retrying a rotation whose answer it lost must not drop the secret its
+    receivers still verify with: during an overlap, only overlap 0 rotates again."""
+    partner = make_partner()
+    first = partner.api.post(ROTATE, json={"overlapSeconds": 600}).json()
+    again = partner.api.post(ROTATE, json={"overlapSeconds": 600})
+    t.assert_error(again, 409, "CONFLICT")
+    assert first["previousSecretExpiresAt"][:19] in again.json()["message"]
+    row = t.settings_row(partner.partner_id)
+    assert (row.signing_secret, row.previous_secret) == (first["signingSecret"],
+                                                          partner.signing_secret)
+    assert partner.api.get(SETTINGS).json()["signingSecret"] == first["signingSecret"]
+    # Overlap 0: a leaked secret is replaced, every older one dropped, at once.
+    now = partner.api.post(ROTATE, json={"overlapSeconds": 0})
+    assert now.status_code == 200, now.text
+    row = t.settings_row(partner.partner_id)
+    assert row.previous_secret is None and row.signing_secret == now.json()["signingSecret"]
+    # With no overlap running, an overlapping rotation is fine again.
+    assert partner.api.post(ROTATE, json={"overlapSeconds": 60}).status_code == 200
 
 
 @pytest.mark.parametrize("body", [{"overlapSeconds": -1}, {"overlapSeconds": 604801},
