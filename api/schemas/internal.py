@@ -14,6 +14,14 @@ class PublishEventSchema(Schema):
     callback_url = WebhookUrl(load_default=None, allow_none=True, data_key="callbackUrl")
 
 
+class IdempotencyHeaderSchema(Schema):
+    idempotency_key = fields.String(
+        load_default=None, data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
+        metadata={"description": "The producer's key for this event: a publish repeated "
+                                 "with the same key (after a timeout, a 5xx) returns the "
+                                 "event first recorded instead of recording another."})
+
+
 class PublishedSchema(Schema):
     event_id = fields.String(data_key="eventId")
     notification_id = fields.String(data_key="notificationId")

@@ -13,7 +13,10 @@ class Event(Base):
     """Something that happened to a partner's transaction or invoice."""
 
     __tablename__ = "events"
-    __table_args__ = (Index(None, "partner_id", "reference", "created_at"),)
+    __table_args__ = (
+        Index(None, "partner_id", "reference", "created_at"),
+        Index(None, "partner_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
@@ -25,3 +28,7 @@ class Event(Base):
     # body, so signatures and receivers' deduplication stay consistent.
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The producer's key for this publish (its Idempotency-Key, or the Celery task id of
+    # deliverer.publish_event): publishing again with the same key returns this event
+    # instead of recording a second one. Unique per partner; NULL for unkeyed publishes.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))

@@ -6,14 +6,22 @@ from typing import Any
 
 from deliverer.config import get_settings
 from deliverer.db import session_scope
-from deliverer.publishing.service import Published
+from deliverer.publishing.service import Published, publish_event_once
 from deliverer.publishing.service import publish_event as _publish_event
 from deliverer.publishing.service import publish_events as _publish_events
 
 
 def publish_event(partner_id: str, type: str, reference: str, payload: dict[str, Any],
-                  callback_url: str | None = None) -> Published:
-    """Record an event for a partner and queue its webhook; returns the ids."""
+                  callback_url: str | None = None, *,
+                  idempotency_key: str | None = None) -> Published:
+    """Record an event for a partner and queue its webhook; returns the ids.
+
+    With an ``idempotency_key``, calling it again with the same key (say after an error
+    whose commit may have happened) returns the event first recorded."""
+    if idempotency_key is not None:
+        return publish_event_once(get_settings(), idempotency_key=idempotency_key,
+                                  partner_id=partner_id, type=type, reference=reference,
+                                  payload=payload, callback_url=callback_url)
     with session_scope() as session:
         return _publish_event(session, get_settings(), partner_id=partner_id, type=type,
                               reference=reference, payload=payload, callback_url=callback_url)

@@ -1,5 +1,12 @@
 """Publishing an event: the event row, its notification and its sequence number in one
-transaction; the delivery message is sent only after that commit."""
+transaction; the delivery message is sent only after that commit.
+
+A publish may carry the producer's idempotency key (its Idempotency-Key header, or the
+Celery task id of ``deliverer.publish_event``): publishing again with the same key,
+because the first call's outcome was not known (an error that may have followed its
+commit, a redelivered task), returns the event the first call recorded instead of
+recording a second one, whose webhook would reach the merchant under another webhook-id.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +20,14 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.db import on_commit
+from deliverer.db import in_transaction, on_commit
 from deliverer.delivery import netguard
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
-from deliverer.errors import PartnerNotFound
+from deliverer.errors import Conflict, PartnerNotFound
 from deliverer.models import (
     Endpoint,
     Event,
@@ -41,6 +49,10 @@ class Published:
     notification_id: str
     status: str
     sequence: int | None
+
+
+class IdempotencyKeyReused(Conflict):
+    message = "This idempotency key was already used for a different event"
 
 
 def event_body(event: Event) -> str:
@@ -65,6 +77,13 @@ _PARTNER = (
     select(Partner.active, WebhookSettings.enabled, WebhookSettings.url)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Partner.id)
     .where(Partner.id == bindparam("partner_id"))
+)
+_KEYED = (
+    select(Event.type, Event.reference, Event.payload, Event.callback_url, Event.id,
+           Notification.id, Notification.status, Notification.sequence)
+    .join(Notification, Notification.event_id == Event.id)
+    .where(Event.partner_id == bindparam("partner_id"),
+           Event.idempotency_key == bindparam("key"))
 )
 
 
@@ -115,12 +134,50 @@ def publish_event(
     reference: str,
     payload: dict[str, Any],
     callback_url: str | None = None,
+    idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> Published:
-    """Publish one event: the one-event case of ``publish_events``."""
+    """Publish one event: the one-event case of ``publish_events``.
+
+    With an ``idempotency_key`` already used for this partner, nothing is written: the
+    result is the recorded event and its notification's current status, or
+    ``IdempotencyKeyReused`` if that event differs from this one. When a concurrent
+    publish with the same key commits first, this one's INSERT fails with IntegrityError
+    (``publish_event_once`` runs it again, and it finds that event).
+    """
+    if idempotency_key is not None:
+        row = session.connection().execute(
+            _KEYED, {"partner_id": partner_id, "key": idempotency_key}).one_or_none()
+        if row is not None:
+            if (row[0], row[1], _canonical(row[2]), row[3]) != (
+                    type, reference, _canonical(payload), callback_url or None):
+                raise IdempotencyKeyReused()
+            return Published(row[4], row[5], row[6], row[7])
     event = {"type": type, "reference": reference, "payload": payload,
-             "callback_url": callback_url}
+             "callback_url": callback_url, "idempotency_key": idempotency_key}
     return publish_events(session, settings, partner_id=partner_id, events=[event], now=now)[0]
+
+
+def _canonical(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def publish_event_once(settings: Settings, *, idempotency_key: str, retry_for: float = 0.0,
+                       **event: Any) -> Published:
+    """``publish_event`` with an idempotency key, in a transaction of its own.
+
+    The key makes running it again safe even when an error may have followed the commit:
+    it is run again on a transient database error for up to ``retry_for`` seconds
+    (``in_transaction``), and once more when it lost a race for the key (see
+    ``publish_event``).
+    """
+    def work(session: Session) -> Published:
+        return publish_event(session, settings, idempotency_key=idempotency_key, **event)
+
+    try:
+        return in_transaction(work, retry_for=retry_for)
+    except IntegrityError:
+        return in_transaction(work, retry_for=retry_for)
 
 
 def publish_events(
@@ -172,7 +229,8 @@ def publish_events(
         event_rows.append({"id": event.id, "partner_id": partner_id, "type": event.type,
                            "reference": event.reference, "payload": event.payload,
                            "callback_url": event.callback_url, "body": event_body(event),
-                           "created_at": now})
+                           "created_at": now,
+                           "idempotency_key": spec.get("idempotency_key")})
         url = event.callback_url or default_url
         row: dict[str, Any] = {
             "id": new_id(), "partner_id": partner_id, "event_id": event.id, "url": url,

@@ -1,0 +1,243 @@
+"""Publishing with an idempotency key, and the broker task that publishes with its task id.
+
+The ``deliverer.publish_event`` message is the only copy of a producer's event until the
+event's transaction commits: a database error must be retried, not acked away, and a
+retry or redelivery after the commit must not record the event a second time (a second
+notification, a second POST under another webhook-id).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from celery.signals import task_postrun
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
+
+import deliverer
+from deliverer.db import get_database, session_scope
+from deliverer.models import Event, Notification
+from deliverer.publishing.service import (
+    IdempotencyKeyReused,
+    publish_event,
+    publish_event_once,
+)
+from deliverer.scheduling.tasks import sweep_due
+from tests.support import helpers as h
+
+
+def count(model) -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def deliver_messages(published_tasks):
+    return [t for t in published_tasks if t["task"] == "deliverer.deliver"]
+
+
+def test_publishing_again_with_the_key_returns_the_recorded_event(settings, receiver,
+                                                                  published_tasks):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    first = deliverer.publish_event(partner.partner_id, "t", "r", {"n": 1},
+                                    idempotency_key="k-1")
+    again = deliverer.publish_event(partner.partner_id, "t", "r", {"n": 1},
+                                    idempotency_key="k-1")
+    assert again.event_id == first.event_id
+    assert again.notification_id == first.notification_id
+    assert again.sequence == first.sequence == 1
+    assert (count(Event), count(Notification)) == (1, 1)
+    assert len(deliver_messages(published_tasks)) == 1
+    assert h.endpoint_sequences(partner.partner_id, receiver.url("/hook")) == (1, [1])
+
+    # Keys are the partner's own: another partner's "k-1" is another event.
+    other = h.new_partner(settings, receiver.url("/other"), name="Other")
+    theirs = deliverer.publish_event(other.partner_id, "t", "r", {"n": 1},
+                                     idempotency_key="k-1")
+    assert theirs.event_id != first.event_id
+    # Unkeyed publishes are not deduplicated.
+    assert deliverer.publish_event(partner.partner_id, "t", "r", {"n": 1}).sequence == 2
+
+
+def test_a_key_used_for_another_event_is_refused(settings, receiver):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    deliverer.publish_event(partner.partner_id, "t", "r", {"n": 1}, idempotency_key="k")
+    for changed in ({"type": "u"}, {"reference": "s"}, {"payload": {"n": 2}},
+                    {"callback_url": receiver.url("/elsewhere")}):
+        fields = {"type": "t", "reference": "r", "payload": {"n": 1}} | changed
+        with pytest.raises(IdempotencyKeyReused):
+            deliverer.publish_event(partner.partner_id, idempotency_key="k", **fields)
+    assert (count(Event), count(Notification)) == (1, 1)
+
+
+def test_concurrent_publishes_with_one_key_record_one_event(settings, receiver):
+    """The second publish checks before the first commits: the unique index makes its
+    INSERT wait, then refuses it, and its second run finds the first one's event."""
+    url = receiver.url("/hook")
+    partner = h.new_partner(settings, url)
+    fields = {"partner_id": partner.partner_id, "type": "t", "reference": "r",
+              "payload": {"n": 1}}
+    results: list = []
+
+    def second() -> None:
+        try:
+            results.append(publish_event_once(settings, idempotency_key="k", **fields))
+        except BaseException as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    with session_scope() as session:
+        first = publish_event(session, settings, idempotency_key="k", **fields)
+        racer = threading.Thread(target=second)
+        racer.start()
+        # Let the racer get as far as it can (PostgreSQL: blocked on the first's rows;
+        # SQLite: on the write lock) before the first commits.
+        time.sleep(0.5)
+        assert racer.is_alive()
+    racer.join(30)
+    assert not racer.is_alive()
+    [got] = results
+    assert not isinstance(got, BaseException), got
+    assert (got.event_id, got.notification_id) == (first.event_id, first.notification_id)
+    assert (count(Event), count(Notification)) == (1, 1)
+    assert h.endpoint_sequences(partner.partner_id, url) == (1, [1])
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@contextmanager
+def task_runs(task_id: str) -> Iterator[list[str]]:
+    """The states in which the worker finished each run of ``task_id``."""
+    runs: list[str] = []
+
+    def finished(task_id: str | None = None, state: str | None = None, **_) -> None:
+        if task_id == wanted:
+            runs.append(str(state))
+
+    wanted = task_id
+    task_postrun.connect(finished, weak=False)
+    try:
+        yield runs
+    finally:
+        task_postrun.disconnect(finished)
+
+
+@contextmanager
+def failing_event_insert(partner_id: str, *, after_commit: bool = False) -> Iterator[list[int]]:
+    """Fail the first transaction that inserts an event for ``partner_id`` with an
+    OperationalError (the connection lost, the database restarting): before the INSERT,
+    or, with ``after_commit``, once it has committed (the commit's outcome unknown to
+    the client). Yields the number of faults injected."""
+    engine = get_database().engine
+    injected: list[int] = []
+    inserting = threading.local()
+
+    def fault() -> OperationalError:
+        injected.append(1)
+        return OperationalError("INSERT INTO events ...", {},
+                                Exception("server closed the connection unexpectedly"))
+
+    def before(conn, cursor, statement, parameters, context, executemany) -> None:
+        if injected or not statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
+            return
+        rows = parameters if executemany else [parameters]
+        if not any(partner_id in (row.values() if isinstance(row, dict) else row)
+                   for row in rows):
+            return
+        if after_commit:
+            inserting.flag = True
+        else:
+            raise fault()
+
+    def commit(conn) -> None:
+        if getattr(inserting, "flag", False):
+            inserting.flag = False
+            conn.connection.dbapi_connection.commit()  # committed, but the client
+            raise fault()                               # hears of an error
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "commit", commit)
+    try:
+        yield injected
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "commit", commit)
+
+
+def send_publish(celery_app, partner_id: str, task_id: str, reference: str = "inv-1") -> None:
+    celery_app.send_task("deliverer.publish_event", task_id=task_id, kwargs={
+        "partner_id": partner_id, "type": "invoice.paid", "reference": reference,
+        "payload": {"total": 99}})
+
+
+def test_task_redelivered_after_its_commit_publishes_once(settings, celery_app, worker,
+                                                          receiver):
+    """A worker killed between commit and ack: the broker delivers the same message (the
+    same task id) again."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    task_id = str(uuid.uuid4())
+    with task_runs(task_id) as runs:
+        send_publish(celery_app, partner.partner_id, task_id)
+        h.wait_until(lambda: len(runs) == 1, message="first run")
+        send_publish(celery_app, partner.partner_id, task_id)
+        h.wait_until(lambda: len(runs) == 2, message="second run")
+    assert runs == ["SUCCESS", "SUCCESS"]
+    [got] = receiver.wait_for(1, "/hook")
+    h.wait_until(lambda: h.sent(got.headers["webhook-id"]), message="SENT")
+    assert (count(Event), count(Notification)) == (1, 1)
+    assert len(receiver.requests("/hook")) == 1
+
+
+def test_task_retries_a_database_error(settings, celery_app, worker, receiver):
+    """Before: the task failed, was acked, and the event was gone for good."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    task_id = str(uuid.uuid4())
+    with failing_event_insert(partner.partner_id) as injected, task_runs(task_id) as runs:
+        send_publish(celery_app, partner.partner_id, task_id)
+        [got] = receiver.wait_for(1, "/hook")
+    assert injected == [1]
+    assert runs[0] == "RETRY"
+    envelope = h.verify_signature(partner.signing_secret, got)
+    assert (envelope["type"], envelope["reference"]) == ("invoice.paid", "inv-1")
+    assert (count(Event), count(Notification)) == (1, 1)
+
+
+def test_task_retried_after_an_unknown_commit_publishes_once(settings, celery_app, worker,
+                                                             receiver):
+    """The commit went through but the worker heard of an error: the retry (same task
+    id) finds the event instead of recording a second one. The commit's after-commit
+    enqueue never ran, so the sweep sends the notification once it is overdue."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    task_id = str(uuid.uuid4())
+    with failing_event_insert(partner.partner_id, after_commit=True) as injected, \
+            task_runs(task_id) as runs:
+        send_publish(celery_app, partner.partner_id, task_id)
+        h.wait_until(lambda: runs[-1:] == ["SUCCESS"], message="the retry's success")
+    assert injected == [1]
+    assert runs == ["RETRY", "SUCCESS"]
+    assert (count(Event), count(Notification)) == (1, 1)
+    # No message went out for it: the sweep's lost-message grace recovers it.
+    h.wait_until(lambda: receiver.requests("/hook"), on_poll=sweep_due, interval=0.2,
+                 message="the sweep's delivery")
+    [got] = receiver.requests("/hook")
+    h.wait_until(lambda: h.sent(got.headers["webhook-id"]), message="SENT")
+    assert len(receiver.requests("/hook")) == 1
+
+
+def test_task_takes_the_producers_idempotency_key(settings, celery_app, worker, receiver):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    kwargs = {"partner_id": partner.partner_id, "type": "t", "reference": "r",
+              "payload": {}, "idempotency_key": "order-7"}
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    with task_runs(ids[0]) as first, task_runs(ids[1]) as second:
+        for task_id in ids:
+            celery_app.send_task("deliverer.publish_event", task_id=task_id, kwargs=kwargs)
+        h.wait_until(lambda: first and second, message="both runs")
+    assert first + second == ["SUCCESS", "SUCCESS"]
+    receiver.wait_for(1, "/hook")
+    with session_scope() as session:
+        assert session.scalars(select(Event.idempotency_key)).all() == ["order-7"]
