@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from deliverer.models.base import Base, BigIntPK, utcnow
+
+# Resends whose POST has not been recorded yet (deliverer.notifications.resend).
+OPEN_RESENDS = "delivery_status IN ('PENDING', 'SENDING')"
 
 
 class PartnerRequest(Base):
@@ -16,7 +19,12 @@ class PartnerRequest(Base):
     """
 
     __tablename__ = "partner_requests"
-    __table_args__ = (Index(None, "partner_id", "kind", "created_at"),)
+    __table_args__ = (
+        Index(None, "partner_id", "kind", "created_at"),
+        # The beat sweep's look-up of resends not yet done: O(open resends), not O(trail).
+        Index("ix_partner_requests_open_resends", "delivery_status",
+              postgresql_where=text(OPEN_RESENDS), sqlite_where=text(OPEN_RESENDS)),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
@@ -26,6 +34,14 @@ class PartnerRequest(Base):
     reference: Mapped[str | None] = mapped_column(String(200))
     # ACCEPTED, or the error code returned (CONFLICT, TOO_MANY_REQUESTS, NOT_FOUND...).
     outcome: Mapped[str] = mapped_column(String(32))
-    # For resends: PENDING until the worker's attempt, then SENT or FAILED.
+    # For resends: PENDING until a worker takes it (SENDING), then SENT or FAILED.
     delivery_status: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # For resends: when the beat sweep last sent its message again (a PENDING resend
+    # whose message, sent at the request's commit or by the sweep, was not taken within
+    # the lost-message grace was lost); NULL: only the request's own message.
+    enqueued_at: Mapped[datetime | None]
+    # For resends, while SENDING: by when the worker that took it must have recorded its
+    # POST. Past it the worker is taken for dead and the sweep makes the resend PENDING
+    # again, to be sent again (at least once).
+    lease_expires_at: Mapped[datetime | None]

@@ -4,19 +4,27 @@ A resend is a delivery of its own: it sends the event again to its callback URL 
 partner's current webhook URL, is recorded as an attempt (trigger ``resend``) on the
 notification, and changes no status of the original, so calling it again has no side
 effect beyond another POST. Its progress lives on its ``partner_requests`` row.
+
+That row is an outbox, as notifications are: PENDING until a worker takes it (SENDING,
+with a lease), then SENT or FAILED. The beat sweep (``deliverer.scheduling.sweep``)
+sends the message again for a PENDING row whose message was lost (the broker down at
+the request's commit), and makes a SENDING row whose lease ran out (its worker died, or
+could not record the POST) PENDING again: a resend the API accepted is sent at least
+once. Taking the row is a conditional UPDATE, so a message sent twice still makes one
+POST.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.db import on_commit, session_scope
+from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.delivery import service as delivery
 from deliverer.errors import Conflict, DelivererError, NotFound
 from deliverer.models import (
@@ -41,6 +49,12 @@ from deliverer.partners.service import Principal
 
 PENDING = "PENDING"
 SENDING = "SENDING"
+
+
+def resend_lease(settings: Settings) -> timedelta:
+    """How long a worker may hold a resend: its POST (at most the total timeout), then
+    recording it, retried for up to lease_seconds through database hiccups."""
+    return timedelta(seconds=settings.lease_seconds + settings.total_timeout)
 
 
 class TransactionNotFound(NotFound):
@@ -103,7 +117,7 @@ def perform_resend(request_id: int, settings: Settings) -> str | None:
         taken = session.execute(
             update(PartnerRequest)
             .where(PartnerRequest.id == request_id, PartnerRequest.delivery_status == PENDING)
-            .values(delivery_status=SENDING)
+            .values(delivery_status=SENDING, lease_expires_at=utcnow() + resend_lease(settings))
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
         if taken != 1:
@@ -124,17 +138,25 @@ def perform_resend(request_id: int, settings: Settings) -> str | None:
         )
     result = delivery.perform(job, settings)
     status = NotificationStatus.SENT if result.success else NotificationStatus.FAILED
-    with session_scope() as session:
+
+    def record(session: Session) -> None:
         session.add(Attempt(
             notification_id=job.notification_id, trigger=Trigger.RESEND, url=job.url,
             started_at=result.started_at, duration_ms=result.duration_ms,
             success=result.success, response_status=result.status_code,
             response_body=result.body, error_payload=result.error,
         ))
+        # Whatever the row says now: had the sweep already taken this worker for dead and
+        # made it PENDING again, this outcome spares the merchant a second POST.
         session.execute(
             update(PartnerRequest).where(PartnerRequest.id == request_id)
-            .values(delivery_status=status)
+            .values(delivery_status=status, lease_expires_at=None)
         )
+
+    # The POST happened: record it through a deadlock or a database restart, as
+    # deliveries do, or the request stays SENDING until its lease runs out and the
+    # resend is sent again.
+    in_transaction(record, retry_for=settings.lease_seconds)
     return status
 
 

@@ -6,6 +6,9 @@ an ETA beyond the horizon: on Redis, long ETAs are redelivered after
 ``visibility_timeout`` and held in worker memory. Running it twice at once (two beats
 by mistake) is harmless: rows are claimed with SKIP LOCKED and marked as scheduled, and
 delivery itself takes a lease, so no webhook is sent twice.
+
+Merchants' resend requests are an outbox too (``deliverer.notifications.resend``): the
+sweep hands over again those whose message was lost or whose worker died.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.models import Lane, Notification, utcnow
+from deliverer.models import Lane, Notification, PartnerRequest, utcnow
+from deliverer.models.request_log import OPEN_RESENDS
+from deliverer.notifications.resend import PENDING, SENDING, resend_lease
 
 
 @dataclass(frozen=True)
@@ -100,3 +105,44 @@ def collect_due(session: Session, settings: Settings, now: datetime | None = Non
             .execution_options(synchronize_session=False)
         )
     return due
+
+
+def collect_lost_resends(session: Session, settings: Settings, now: datetime | None = None,
+                         limit: int | None = None) -> list[int]:
+    """Resend requests nothing will send unless the sweep hands them over again, at most
+    ``limit`` (the oldest first): PENDING ones whose message was not taken within the
+    lost-message grace (the broker was down at the request's commit, or lost it), and
+    SENDING ones whose worker's lease ran out (it died after taking the request, or could
+    not record its POST: sent again, at least once). Marks them PENDING and re-enqueued
+    now, and returns their ids; the caller enqueues them after the commit.
+    """
+    now = now or utcnow()
+    grace = now - timedelta(seconds=settings.lost_message_grace)
+    request = PartnerRequest
+    rows = session.scalars(
+        select(request.id)
+        .where(
+            text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
+            or_(
+                and_(request.delivery_status == PENDING,
+                     func.coalesce(request.enqueued_at, request.created_at) < grace),
+                and_(request.delivery_status == SENDING,
+                     or_(request.lease_expires_at <= now,
+                         # Taken before leases were recorded (migration 0004).
+                         and_(request.lease_expires_at.is_(None),
+                              request.created_at <= now - resend_lease(settings)))),
+            ),
+        )
+        .order_by(request.id)
+        .limit(limit or settings.sweep_batch)
+        .with_for_update(skip_locked=True)
+    ).all()
+    ids = list(rows)
+    if ids:
+        session.execute(
+            update(PartnerRequest)
+            .where(PartnerRequest.id.in_(ids))
+            .values(delivery_status=PENDING, enqueued_at=now, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    return ids

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 from deliverer.config import get_settings
 from deliverer.db import session_scope
 from deliverer.delivery import endpoint_queue
 from deliverer.models import utcnow
+from deliverer.notifications.resend import enqueue_resend
 from deliverer.scheduling.enqueue import enqueue_batch
-from deliverer.scheduling.sweep import collect_due, group_due
+from deliverer.scheduling.sweep import collect_due, collect_lost_resends, group_due
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="deliverer.sweep_due", ignore_result=True)
 def sweep_due() -> int:
-    """Enqueue every notification due within the horizon that has no message yet."""
+    """Enqueue every notification due within the horizon that has no message yet, and
+    every resend request that was lost on its way; returns the number of notifications."""
     settings = get_settings()
     with session_scope() as session:
         endpoint_queue.drain(session, settings, utcnow())
@@ -22,4 +28,11 @@ def sweep_due() -> int:
         due = collect_due(session, settings)
     for group in group_due(due, settings.delivery_batch_size):
         enqueue_batch(group.notification_ids, group.lane, group.eta)
+    with session_scope() as session:
+        resends = collect_lost_resends(session, settings)
+    if resends:
+        log.warning("%d resend request(s) lost on the way (broker down, worker died): "
+                    "enqueued again", len(resends))
+    for request_id in resends:
+        enqueue_resend(request_id)
     return len(due)

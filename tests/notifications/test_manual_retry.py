@@ -22,7 +22,6 @@ from deliverer.errors import (
     Unauthorized,
 )
 from deliverer.models import (
-    ApiKey,
     Lane,
     Notification,
     NotificationStatus,
@@ -39,18 +38,12 @@ from deliverer.notifications.manual_retry import (
 )
 from deliverer.notifications.service import MAX_MANUAL, NOT_FAILED
 from deliverer.partners import keys
-from deliverer.partners.service import NewPartner, Principal, rotate_key
+from deliverer.partners.service import rotate_key
 from tests.api.helpers import partner_requests
 from tests.operations.helpers import failed, head_and_held, set_webhook_url
 from tests.support import helpers as h
 
 URL = "http://127.0.0.1:9/never-dialled"
-
-
-def _principal(partner: NewPartner) -> Principal:
-    with session_scope() as session:
-        key_id = session.scalar(select(ApiKey.id).where(ApiKey.partner_id == partner.partner_id))
-    return Principal(partner.partner_id, key_id)
 
 
 def _decide(settings: Settings, requests: Sequence[RetryRequest]
@@ -72,7 +65,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]:
 
 def test_one_batch_judges_each_request_against_the_ones_before_it(settings, enqueued):
     shop, other = h.new_partner(settings, URL, "Shop"), h.new_partner(settings, URL, "Other")
-    me = _principal(shop)
+    me = h.principal(shop)
     retryable = failed(shop.partner_id, URL)
     exhausted = failed(shop.partner_id, URL)
     with session_scope() as session:
@@ -118,12 +111,12 @@ def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings,
     calm_ids = [failed(calm.partner_id, URL) for _ in range(2)]
     # Three accepted a moment ago, in an earlier batch.
     assert all(isinstance(o, dict) for o in _decide(
-        settings, [RetryRequest(_principal(busy), nid) for nid in busy_ids[:3]]))
+        settings, [RetryRequest(h.principal(busy), nid) for nid in busy_ids[:3]]))
     enqueued.clear()
 
-    requests = [RetryRequest(_principal(busy), nid) for nid in busy_ids[3:]]
-    requests.insert(4, RetryRequest(_principal(calm), calm_ids[0]))
-    requests.append(RetryRequest(_principal(calm), calm_ids[1]))
+    requests = [RetryRequest(h.principal(busy), nid) for nid in busy_ids[3:]]
+    requests.insert(4, RetryRequest(h.principal(calm), calm_ids[0]))
+    requests.append(RetryRequest(h.principal(calm), calm_ids[1]))
     outcomes = _decide(settings, requests)
 
     by_partner: dict[str, Counter[str]] = {}
@@ -147,7 +140,7 @@ def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings,
 def test_a_window_that_has_moved_on_allows_retries_again(settings):
     shop = h.new_partner(settings, URL)
     ids = [failed(shop.partner_id, URL) for _ in range(11)]
-    me = _principal(shop)
+    me = h.principal(shop)
     assert all(isinstance(o, dict) for o in _decide(
         settings, [RetryRequest(me, nid) for nid in ids[:10]]))
     [refused] = _decide(settings, [RetryRequest(me, ids[10])])
@@ -189,7 +182,7 @@ def test_a_retry_sends_to_the_url_the_merchant_fixed_since(settings):
         session.execute(update(WebhookSettings)
                         .where(WebhookSettings.partner_id == shop.partner_id)
                         .values(url=fixed))
-    [outcome] = _decide(settings, [RetryRequest(_principal(shop), nid)])
+    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), nid)])
     assert isinstance(outcome, dict) and outcome["url"] == fixed
     after = h.notification(nid)
     assert after.url == fixed and after.endpoint_id != before.endpoint_id

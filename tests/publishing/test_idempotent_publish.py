@@ -11,16 +11,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from celery.signals import task_postrun
-from sqlalchemy import event, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select
 
 import deliverer
-from deliverer.db import get_database, session_scope
+from deliverer.db import session_scope
 from deliverer.models import Event, Notification
 from deliverer.publishing.service import (
     IdempotencyKeyReused,
@@ -29,6 +25,7 @@ from deliverer.publishing.service import (
 )
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
+from tests.support.db_faults import failing_inserts
 
 
 def count(model) -> int:
@@ -109,65 +106,6 @@ def test_concurrent_publishes_with_one_key_record_one_event(settings, receiver):
 # --------------------------------------------------------------------------- the task
 
 
-@contextmanager
-def task_runs(task_id: str) -> Iterator[list[str]]:
-    """The states in which the worker finished each run of ``task_id``."""
-    runs: list[str] = []
-
-    def finished(task_id: str | None = None, state: str | None = None, **_) -> None:
-        if task_id == wanted:
-            runs.append(str(state))
-
-    wanted = task_id
-    task_postrun.connect(finished, weak=False)
-    try:
-        yield runs
-    finally:
-        task_postrun.disconnect(finished)
-
-
-@contextmanager
-def failing_event_insert(partner_id: str, *, after_commit: bool = False) -> Iterator[list[int]]:
-    """Fail the first transaction that inserts an event for ``partner_id`` with an
-    OperationalError (the connection lost, the database restarting): before the INSERT,
-    or, with ``after_commit``, once it has committed (the commit's outcome unknown to
-    the client). Yields the number of faults injected."""
-    engine = get_database().engine
-    injected: list[int] = []
-    inserting = threading.local()
-
-    def fault() -> OperationalError:
-        injected.append(1)
-        return OperationalError("INSERT INTO events ...", {},
-                                Exception("server closed the connection unexpectedly"))
-
-    def before(conn, cursor, statement, parameters, context, executemany) -> None:
-        if injected or not statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
-            return
-        rows = parameters if executemany else [parameters]
-        if not any(partner_id in (row.values() if isinstance(row, dict) else row)
-                   for row in rows):
-            return
-        if after_commit:
-            inserting.flag = True
-        else:
-            raise fault()
-
-    def commit(conn) -> None:
-        if getattr(inserting, "flag", False):
-            inserting.flag = False
-            conn.connection.dbapi_connection.commit()  # committed, but the client
-            raise fault()                               # hears of an error
-
-    event.listen(engine, "before_cursor_execute", before)
-    event.listen(engine, "commit", commit)
-    try:
-        yield injected
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
-        event.remove(engine, "commit", commit)
-
-
 def send_publish(celery_app, partner_id: str, task_id: str, reference: str = "inv-1") -> None:
     celery_app.send_task("deliverer.publish_event", task_id=task_id, kwargs={
         "partner_id": partner_id, "type": "invoice.paid", "reference": reference,
@@ -180,7 +118,7 @@ def test_task_redelivered_after_its_commit_publishes_once(settings, celery_app, 
     same task id) again."""
     partner = h.new_partner(settings, receiver.url("/hook"))
     task_id = str(uuid.uuid4())
-    with task_runs(task_id) as runs:
+    with h.task_runs(task_id) as runs:
         send_publish(celery_app, partner.partner_id, task_id)
         h.wait_until(lambda: len(runs) == 1, message="first run")
         send_publish(celery_app, partner.partner_id, task_id)
@@ -196,7 +134,7 @@ def test_task_retries_a_database_error(settings, celery_app, worker, receiver):
     """Before: the task failed, was acked, and the event was gone for good."""
     partner = h.new_partner(settings, receiver.url("/hook"))
     task_id = str(uuid.uuid4())
-    with failing_event_insert(partner.partner_id) as injected, task_runs(task_id) as runs:
+    with failing_inserts("events", partner.partner_id) as injected, h.task_runs(task_id) as runs:
         send_publish(celery_app, partner.partner_id, task_id)
         [got] = receiver.wait_for(1, "/hook")
     assert injected == [1]
@@ -213,8 +151,8 @@ def test_task_retried_after_an_unknown_commit_publishes_once(settings, celery_ap
     enqueue never ran, so the sweep sends the notification once it is overdue."""
     partner = h.new_partner(settings, receiver.url("/hook"))
     task_id = str(uuid.uuid4())
-    with failing_event_insert(partner.partner_id, after_commit=True) as injected, \
-            task_runs(task_id) as runs:
+    with failing_inserts("events", partner.partner_id, after_commit=True) as injected, \
+            h.task_runs(task_id) as runs:
         send_publish(celery_app, partner.partner_id, task_id)
         h.wait_until(lambda: runs[-1:] == ["SUCCESS"], message="the retry's success")
     assert injected == [1]
@@ -233,7 +171,7 @@ def test_task_takes_the_producers_idempotency_key(settings, celery_app, worker, 
     kwargs = {"partner_id": partner.partner_id, "type": "t", "reference": "r",
               "payload": {}, "idempotency_key": "order-7"}
     ids = [str(uuid.uuid4()), str(uuid.uuid4())]
-    with task_runs(ids[0]) as first, task_runs(ids[1]) as second:
+    with h.task_runs(ids[0]) as first, h.task_runs(ids[1]) as second:
         for task_id in ids:
             celery_app.send_task("deliverer.publish_event", task_id=task_id, kwargs=kwargs)
         h.wait_until(lambda: first and second, message="both runs")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
+from celery.signals import task_postrun
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from deliverer.config import Settings
 from deliverer.db import session_scope
 from deliverer.models import (
+    ApiKey,
     Attempt,
     Endpoint,
     Event,
@@ -23,7 +26,7 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.models.base import new_id
-from deliverer.partners.service import NewPartner, create_partner
+from deliverer.partners.service import NewPartner, Principal, create_partner
 from deliverer.publishing.service import event_body, next_sequence
 
 T = TypeVar("T")
@@ -51,9 +54,35 @@ def wait_until(predicate: Callable[[], T], timeout: float = DEFAULT_WAIT, interv
         time.sleep(interval)
 
 
+@contextmanager
+def task_runs(task_id: str | None = None, name: str | None = None) -> Iterator[list[str]]:
+    """The states (SUCCESS, RETRY, FAILURE...) in which the session's worker finished each
+    run of the task ``task_id``, or of the tasks called ``name``, while in the block."""
+    runs: list[str] = []
+
+    def finished(task_id: str | None = None, task: Any = None, state: str | None = None,
+                 **_: Any) -> None:
+        if task_id == wanted_id or (name is not None and getattr(task, "name", None) == name):
+            runs.append(str(state))
+
+    wanted_id = task_id
+    task_postrun.connect(finished, weak=False)
+    try:
+        yield runs
+    finally:
+        task_postrun.disconnect(finished)
+
+
 def new_partner(settings: Settings, webhook_url: str | None, name: str = "Acme") -> NewPartner:
     with session_scope() as session:
         return create_partner(session, settings, name=name, webhook_url=webhook_url)
+
+
+def principal(partner: NewPartner) -> Principal:
+    """The partner acting with its API key, as the Partner API would authenticate it."""
+    with session_scope() as session:
+        key_id = session.scalar(select(ApiKey.id).where(ApiKey.partner_id == partner.partner_id))
+    return Principal(partner.partner_id, key_id)
 
 
 def notification(nid: str) -> Notification:

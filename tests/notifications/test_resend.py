@@ -1,0 +1,189 @@
+"""Resend requests as an outbox (deliverer.notifications.resend and the beat sweep): a
+resend the API accepted is sent, even when its message was lost (the broker down at the
+request's commit), its worker died after taking it, or the database failed while the
+worker recorded its POST."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from deliverer.celery_app import make_celery
+from deliverer.db import session_scope
+from deliverer.models import NotificationStatus, PartnerRequest, Trigger, utcnow
+from deliverer.notifications.resend import (
+    PENDING,
+    SENDING,
+    request_resend,
+    resend_lease,
+)
+from deliverer.partners.service import NewPartner
+from deliverer.scheduling.sweep import collect_lost_resends
+from deliverer.scheduling.tasks import sweep_due
+from tests.api import helpers as t
+from tests.conftest import current_celery_app
+from tests.support import helpers as h
+from tests.support.db_faults import failing_inserts
+
+UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
+
+
+def ask_resend(settings, partner: NewPartner, reference: str) -> int:
+    with session_scope() as session:
+        return request_resend(session, settings, h.principal(partner), reference).request_id
+
+
+def request_row(request_id: int) -> PartnerRequest:
+    [row] = t.partner_requests(id=request_id)
+    return row
+
+
+def resend_posts(receiver, nid: str) -> list:
+    return [r for r in receiver.requests("/hook") if r.headers["webhook-id"] == nid][1:]
+
+
+@pytest.fixture
+def sent(settings, receiver, worker):
+    """A partner and a notification of reference TXN-1, delivered once."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-1")
+    receiver.wait_for(1, "/hook")
+    return partner, nid
+
+
+def test_a_resend_whose_message_was_lost_is_sent_after_the_grace(
+        settings, celery_app, receiver, sent, override_settings):
+    partner, nid = sent
+    with override_settings(lost_message_grace=1.0) as s:
+        down = make_celery(s.with_overrides(broker_url=UNREACHABLE_BROKER))
+        try:
+            with current_celery_app(down):
+                request_id = ask_resend(s, partner, "TXN-1")  # accepted, message lost
+                asked = time.monotonic()
+        finally:
+            celery_app.set_current()
+            celery_app.set_default()
+        assert request_row(request_id).delivery_status == PENDING
+
+        h.wait_until(lambda: request_row(request_id).delivery_status == NotificationStatus.SENT,
+                     on_poll=sweep_due, interval=0.1, message="resend SENT via the sweep")
+    [again] = resend_posts(receiver, nid)
+    assert again.at - asked >= 0.9  # not before the grace (minus clock slack)
+    assert again.body == receiver.requests("/hook")[0].body
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+
+
+def test_recording_the_resend_survives_a_database_error(settings, receiver, sent):
+    """The POST was made: a failed INSERT of its attempt is run again, not left SENDING."""
+    partner, nid = sent
+    with failing_inserts("attempts", nid, Trigger.RESEND) as injected:
+        request_id = ask_resend(settings, partner, "TXN-1")
+        h.wait_until(lambda: request_row(request_id).delivery_status == NotificationStatus.SENT,
+                     message="resend SENT")
+    assert injected == [1]
+    assert len(resend_posts(receiver, nid)) == 1
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+
+
+def test_a_resend_whose_worker_died_is_sent_again_after_its_lease(
+        settings, receiver, sent, override_settings):
+    """The worker took the request (SENDING), POSTed, and never recorded it (the database
+    gone for longer than it retries): once the lease has run out the sweep makes it
+    PENDING again and it is sent again (at least once, as deliveries)."""
+    partner, nid = sent
+    with override_settings(lease_seconds=0.3, total_timeout=1.0) as s:
+        lease = resend_lease(s).total_seconds()
+        with failing_inserts("attempts", nid, Trigger.RESEND, times=None), \
+                h.task_runs(name="deliverer.resend") as runs:
+            request_id = ask_resend(s, partner, "TXN-1")
+            h.wait_until(lambda: runs, message="the resend task's end")
+        assert runs == ["FAILURE"]
+        row = request_row(request_id)
+        assert row.delivery_status == SENDING
+        assert row.lease_expires_at is not None
+        [lost] = resend_posts(receiver, nid)
+
+        h.wait_until(lambda: request_row(request_id).delivery_status == NotificationStatus.SENT,
+                     on_poll=sweep_due, interval=0.1, message="resend SENT again")
+    first, second = resend_posts(receiver, nid)
+    assert first.at == lost.at
+    assert second.at - first.at >= lease - 0.3  # not while the worker might be alive
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert request_row(request_id).lease_expires_at is None
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def insert_request(partner_id: str, status: str | None, created_at, *, kind: str = "resend",
+                   enqueued_at=None, lease_expires_at=None) -> int:
+    with session_scope() as session:
+        row = PartnerRequest(partner_id=partner_id, api_key_id=None, kind=kind,
+                             notification_id=None, reference="TXN", outcome="ACCEPTED",
+                             delivery_status=status, created_at=created_at,
+                             enqueued_at=enqueued_at, lease_expires_at=lease_expires_at)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def collect(settings, now, limit=None) -> list[int]:
+    with session_scope() as session:
+        return collect_lost_resends(session, settings, now=now, limit=limit)
+
+
+def test_the_sweep_hands_over_exactly_the_lost_resends(settings, receiver):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    pid = partner.partner_id
+    now = utcnow()
+    sec = timedelta(seconds=1)
+    grace = timedelta(seconds=settings.lost_message_grace)
+    lease = resend_lease(settings)
+    lost = {
+        "pending_past_grace": insert_request(pid, PENDING, now - grace - sec),
+        "sending_past_lease": insert_request(pid, SENDING, now - lease - 2 * sec,
+                                             lease_expires_at=now - sec),
+        # Taken by a worker before leases were recorded.
+        "sending_without_lease": insert_request(pid, SENDING, now - lease - sec),
+    }
+    kept = {
+        "pending_fresh": insert_request(pid, PENDING, now - sec),
+        "pending_enqueued_again_lately": insert_request(pid, PENDING, now - 10 * grace,
+                                                        enqueued_at=now - sec),
+        "sending_leased": insert_request(pid, SENDING, now - 10 * grace,
+                                         lease_expires_at=now + sec),
+        "sending_without_lease_lately": insert_request(pid, SENDING, now - sec),
+        "sent": insert_request(pid, NotificationStatus.SENT, now - 10 * grace),
+        "failed": insert_request(pid, NotificationStatus.FAILED, now - 10 * grace),
+        "a_retry": insert_request(pid, None, now - 10 * grace, kind="retry"),
+    }
+
+    assert sorted(collect(settings, now)) == sorted(lost.values())
+    for request_id in lost.values():
+        row = request_row(request_id)
+        assert (row.delivery_status, row.enqueued_at, row.lease_expires_at) == (
+            PENDING, now, None)
+    for name, request_id in kept.items():
+        assert request_row(request_id).enqueued_at in (None, now - sec), name
+
+    # Just handed over: not again before another grace has gone by.
+    assert collect(settings, now + sec / 2) == []
+    # Later still: the ones handed over are still PENDING (their messages lost again), and
+    # the fresh ones have aged past the grace, the lease run out.
+    later = now + grace + sec
+    assert later - lease < now - sec  # the SENDING one without lease is still too young
+    assert sorted(collect(settings, later)) == sorted(
+        [*lost.values(), kept["pending_fresh"], kept["pending_enqueued_again_lately"],
+         kept["sending_leased"]])
+
+
+def test_the_sweep_hands_over_a_bounded_number_oldest_first(settings, receiver):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    now = utcnow()
+    old = now - timedelta(seconds=settings.lost_message_grace + 1)
+    ids = [insert_request(partner.partner_id, PENDING, old) for _ in range(5)]
+    assert collect(settings, now, limit=2) == ids[:2]
+    assert collect(settings, now, limit=2) == ids[2:4]
+    assert collect(settings, now, limit=2) == ids[4:]

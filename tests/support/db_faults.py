@@ -1,0 +1,69 @@
+"""Database faults on the real engine: an INSERT that fails as if the connection had
+dropped (the database restarting, a failover), before it runs or after its transaction
+really committed (the client never hears the commit's outcome)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+
+from deliverer.db import get_database
+
+
+def _row_has(parameters: Any, executemany: bool, values: tuple[Any, ...]) -> bool:
+    rows = parameters if executemany else [parameters]
+    for row in rows:
+        present = list(row.values() if isinstance(row, dict) else row)
+        if all(value in present for value in values):
+            return True
+    return False
+
+
+@contextmanager
+def failing_inserts(table: str, *values: Any, times: int | None = 1,
+                    after_commit: bool = False) -> Iterator[list[int]]:
+    """Fail the INSERTs into ``table`` of a row holding all of ``values`` with an
+    OperationalError, ``times`` times (None: every time): before the INSERT runs, or,
+    with ``after_commit``, once its transaction has committed. Yields the faults so far.
+    """
+    engine = get_database().engine
+    injected: list[int] = []
+    pending = threading.local()  # after_commit: this thread's transaction is to fail
+    prefix = f"INSERT INTO {table.upper()} "
+
+    def fault() -> OperationalError:
+        injected.append(1)
+        return OperationalError(f"INSERT INTO {table} ...", {},
+                                Exception("server closed the connection unexpectedly"))
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> None:
+        if times is not None and len(injected) >= times:
+            return
+        if not statement.lstrip().upper().startswith(prefix):
+            return
+        if not _row_has(parameters, executemany, values):
+            return
+        if after_commit:
+            pending.flag = True
+        else:
+            raise fault()
+
+    def commit(conn: Any) -> None:
+        if getattr(pending, "flag", False):
+            pending.flag = False
+            conn.connection.dbapi_connection.commit()  # committed, and yet the client
+            raise fault()                               # hears of an error
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "commit", commit)
+    try:
+        yield injected
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "commit", commit)
