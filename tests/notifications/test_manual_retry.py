@@ -197,7 +197,7 @@ def test_a_head_moved_to_the_fixed_url_hands_the_old_queue_to_the_next(settings)
     head, behind = head_and_held(shop.partner_id, URL)
     set_webhook_url(shop.partner_id, "http://127.0.0.1:9/fixed")
     before = utcnow()
-    [outcome] = _decide(settings, [RetryRequest(_principal(shop), head)])
+    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), head)])
     assert isinstance(outcome, dict) and outcome["url"] == "http://127.0.0.1:9/fixed"
     promoted = h.notification(behind)
     assert not promoted.held and promoted.status == NotificationStatus.FAILED
