@@ -30,6 +30,9 @@ _EXTRA_BLOCKED = [
         "240.0.0.0/4",
         "fc00::/7",  # ULA
         "fe80::/10",
+        # Site-local: deprecated (RFC 3879), so Python counts it as global, but still
+        # routed inside the networks that configured it.
+        "fec0::/10",
         "64:ff9b::/96",  # NAT64 can reach IPv4 private space
         "2001:db8::/32",
     )

@@ -24,6 +24,7 @@ FORBIDDEN = [
     "::1", "::",  # loopback, unspecified
     "fc00::1", "fd12:3456::1",  # ULA
     "fe80::1",  # link-local
+    "fec0::1", "feff:ffff::1",  # site-local, deprecated but still routed where configured
     "ff02::1",  # multicast
     "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
     "2002:7f00:1::1",  # 6to4 wrapping 127.0.0.1
