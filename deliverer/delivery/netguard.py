@@ -1,19 +1,23 @@
 """SSRF protection: webhook URLs must not reach the provider's own network.
 
 Checked twice: when a URL is saved (every address the host resolves to) and when a
-connection is made (the address actually dialled, so DNS rebinding between the check
-and the connect gains nothing).
+connection is made: the sender resolves the host once with ``vetted_addresses`` and
+dials only the addresses checked there, so DNS rebinding between the save and the send,
+or between a check and the connect, gains nothing.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from deliverer.errors import UnsafeUrl
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
 
 _EXTRA_BLOCKED = [
     ipaddress.ip_network(n)
@@ -84,9 +88,21 @@ def validate_url(url: str, *, allow_private: bool, resolve: bool = True) -> str:
         return url
     host = parts.hostname
     try:
-        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
+        vetted_addresses(host, port or (443 if parts.scheme == "https" else 80))
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeUrl(f"Webhook URL host {host!r} does not resolve") from exc
+    return url
+
+
+def vetted_addresses(host: str, port: int, family: int = socket.AF_UNSPEC) -> Sequence[AddrInfo]:
+    """Resolve ``host`` once; its addresses if none is forbidden, else raise UnsafeUrl.
+
+    One forbidden answer refuses the host rather than being skipped: a mix of public and
+    private answers is what a rebinding server gives, and skipping would make delivery
+    depend on which answer the resolver happens to return, where refusing gives the
+    merchant the same error every time (and the save-time check the same verdict).
+    """
+    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     for info in infos:
         check_address(str(info[4][0]), allow_private=False)
-    return url
+    return infos

@@ -14,17 +14,20 @@ import heapq
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.connection import allowed_gai_family
 
 from deliverer.delivery import netguard
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
@@ -32,7 +35,7 @@ from deliverer.errors import UnsafeUrl
 
 
 class BlockedAddress(Exception):
-    """The connection reached a forbidden address; raised past urllib3's retry logic."""
+    """The host resolves to a forbidden address; raised past urllib3's retry logic."""
 
 
 def _check_peer(sock: socket.socket) -> None:
@@ -42,6 +45,61 @@ def _check_peer(sock: socket.socket) -> None:
     except UnsafeUrl as exc:
         sock.close()
         raise BlockedAddress(str(exc)) from exc
+
+
+def _connect_first(candidates: Sequence[netguard.AddrInfo], conn: HTTPConnection,
+                   ) -> socket.socket:
+    """urllib3's create_connection, over addresses already resolved and vetted."""
+    error: OSError | None = None
+    for family, kind, proto, _canonname, sockaddr in candidates:
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            if conn.timeout is None or isinstance(conn.timeout, int | float):
+                sock.settimeout(conn.timeout)
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError("getaddrinfo returned no address")
+
+
+def _dial_vetted(conn: HTTPConnection) -> socket.socket:
+    """A connected socket to an address of ``conn.host`` the SSRF guard accepted.
+
+    Checking only the peer after connect() still sent the SYN to an internal address, and
+    whether that port refused or accepted showed in the attempt's error, which merchants
+    read: a host rebinding to internal addresses could scan ports. Here the name is
+    resolved once, every answer is checked before any socket exists, and only those
+    sockaddrs are dialled, leaving no second lookup for a rebinding server to answer.
+    TLS SNI, certificate checks and the Host header still use ``conn.host``.
+    """
+    try:
+        candidates = netguard.vetted_addresses(conn._dns_host, conn.port, allowed_gai_family())
+    except UnsafeUrl as exc:
+        raise BlockedAddress(str(exc)) from exc
+    except socket.gaierror as exc:
+        raise urllib3.exceptions.NameResolutionError(conn.host, conn, exc) from exc
+    except UnicodeError as exc:  # as urllib3: a label IDNA cannot encode
+        raise urllib3.exceptions.LocationParseError(conn.host) from exc
+    # The same wrapping as urllib3's own _new_conn, so classify_exception and urllib3's
+    # retry logic see the exceptions they expect.
+    try:
+        sock = _connect_first(candidates, conn)
+    except TimeoutError as exc:
+        raise urllib3.exceptions.ConnectTimeoutError(
+            conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})",
+        ) from exc
+    except OSError as exc:
+        raise urllib3.exceptions.NewConnectionError(
+            conn, f"Failed to establish a new connection: {exc}") from exc
+    sys.audit("http.client.connect", conn, conn.host, conn.port)
+    _check_peer(sock)  # defence in depth: cheap, and catches a dial we did not vet
+    return sock
 
 
 class _Watch:
@@ -129,15 +187,15 @@ def _watch_socket(sock: socket.socket | None) -> None:
 
 
 class _WatchedMixin:
-    """Hands each connection's socket to the watchdog; optionally checks the peer."""
+    """Hands each connection's socket to the watchdog; guarded ones dial vetted addresses."""
 
-    check_peer = False
+    guarded = False
     sock: socket.socket | None
 
     def _new_conn(self) -> socket.socket:
-        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-        if self.check_peer:
-            _check_peer(sock)
+        sock: socket.socket = (
+            _dial_vetted(cast(HTTPConnection, self)) if self.guarded
+            else super()._new_conn())  # type: ignore[misc]
         _watch_socket(sock)
         return sock
 
@@ -155,11 +213,11 @@ class _WatchedHTTPSConnection(_WatchedMixin, HTTPSConnection):
 
 
 class _GuardedHTTPConnection(_WatchedHTTPConnection):
-    check_peer = True
+    guarded = True
 
 
 class _GuardedHTTPSConnection(_WatchedHTTPSConnection):
-    check_peer = True
+    guarded = True
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
@@ -190,8 +248,8 @@ class WatchedAdapter(HTTPAdapter):
 
 
 class GuardedAdapter(WatchedAdapter):
-    """Also checks the address actually dialled, so DNS rebinding cannot reach private
-    networks."""
+    """Also dials only addresses the SSRF guard vetted (pools stay keyed by host name, and
+    every connection in a host's pool was dialled to a vetted address of that host)."""
 
     pools = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
 

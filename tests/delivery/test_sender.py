@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
-from deliverer.delivery import sender
+from deliverer.delivery import netguard, sender
 from deliverer.delivery.sender import SenderConfig, parse_retry_after, send
 from deliverer.delivery.troubleshooting import hint_for
 from tests.support import receiver as rx
@@ -15,6 +21,7 @@ from tests.support import receiver as rx
 BODY = b'{"id":"evt_1","type":"transaction.updated"}'
 CONFIG = SenderConfig(connect_timeout=1.0, total_timeout=0.5, max_response_bytes=20 * 1024,
                       allow_private_urls=True, user_agent="deliverer-test/1")
+GUARDED = SenderConfig(connect_timeout=1.0, total_timeout=0.5, allow_private_urls=False)
 
 
 def assert_payload(result, kind, status=None, message=None):
@@ -121,20 +128,203 @@ def test_tls_failure_against_plain_http(receiver):
 
 
 def test_ssrf_guard_blocks_loopback(receiver):
-    guarded = SenderConfig(connect_timeout=1.0, total_timeout=0.5, allow_private_urls=False)
-    result = send(receiver.url("/hook"), BODY, {}, guarded)
+    result = send(receiver.url("/hook"), BODY, {}, GUARDED)
     assert_payload(result, "blocked_address", message="127.0.0.1")
-    # The guard checks the address actually dialled and hangs up before sending anything.
+    # The guard checks the address before dialling it, so nothing is sent.
     time.sleep(0.1)
     assert receiver.requests() == []
 
 
 def test_ssrf_guard_blocks_a_name_resolving_to_loopback(receiver):
-    guarded = SenderConfig(connect_timeout=1.0, total_timeout=0.5, allow_private_urls=False)
-    result = send(f"http://localhost:{receiver.port}/hook", BODY, {}, guarded)
+    result = send(f"http://localhost:{receiver.port}/hook", BODY, {}, GUARDED)
     assert_payload(result, "blocked_address")
     time.sleep(0.1)
     assert receiver.requests() == []
+
+
+class FakeNet:
+    """Names resolve to the answers a test gives, without a DNS query, and no connect
+    leaves loopback: one to another address goes to the loopback port routed for it, or
+    is refused without a packet sent."""
+
+    def __init__(self) -> None:
+        # One answer per lookup, the last repeating: what a rebinding DNS server gives.
+        self.answers: dict[str, list[list[str]]] = {}
+        self.routes: dict[tuple[str, int], tuple[str, int]] = {}
+        self.lookups: list[str] = []
+        self.connects: list[tuple[str, int]] = []  # attempted on the test's thread
+
+    def answer(self, name: str, *answers: list[str]) -> None:
+        self.answers[name] = list(answers)
+
+    def getaddrinfo(self, real: Any, host: Any, port: Any, *args: Any) -> list[Any]:
+        answers = self.answers.get(host)
+        if answers is None:
+            return real(host, port, *args)  # type: ignore[no-any-return]
+        self.lookups.append(host)
+        ips = answers.pop(0) if len(answers) > 1 else answers[0]
+        if not ips:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, int(port)))
+                for ip in ips]
+
+    def connect(self, real: Any, sock: socket.socket, address: Any) -> None:
+        if threading.get_ident() == self.thread:
+            self.connects.append(address)
+        if ipaddress.ip_address(address[0]).is_loopback:
+            return real(sock, address)  # type: ignore[no-any-return]
+        if address in self.routes:
+            return real(sock, self.routes[address])  # type: ignore[no-any-return]
+        raise ConnectionRefusedError(f"test network: {address} is not reachable")
+
+    thread = 0
+
+
+@pytest.fixture
+def net(monkeypatch: pytest.MonkeyPatch) -> FakeNet:
+    fake = FakeNet()
+    fake.thread = threading.get_ident()
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda *a: fake.getaddrinfo(real_getaddrinfo, *a))
+    monkeypatch.setattr(socket.socket, "connect",
+                        lambda sock, address: fake.connect(real_connect, sock, address))
+    return fake
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A bare listening socket: any connection made to it waits in its accept queue."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        sock.settimeout(0.2)
+        yield sock
+
+
+def assert_never_connected(listener: socket.socket) -> None:
+    with pytest.raises(TimeoutError):
+        conn, _ = listener.accept()
+        conn.close()
+
+
+@pytest.mark.parametrize("answer", [["127.0.0.1"], ["93.184.216.34", "127.0.0.1"]],
+                         ids=["internal", "public-and-internal"])
+@pytest.mark.parametrize("port_state", ["open", "closed"])
+def test_ssrf_guard_blocks_a_rebound_name_before_any_connect(net, listener, answer,
+                                                             port_state):
+    """A name public when saved, internal when sent: one verdict whether the internal port
+    is open or closed (no port scan through error payloads), and no connection to it."""
+    port = listener.getsockname()[1] if port_state == "open" else rx.closed_port()
+    url = f"http://rebound.test:{port}/hook"
+    net.answer("rebound.test", ["93.184.216.34"])
+    assert netguard.validate_url(url, allow_private=False) == url  # saving it succeeds
+    net.answer("rebound.test", answer)
+    result = send(url, BODY, {}, GUARDED)
+    assert_payload(result, "blocked_address", message="127.0.0.1")
+    assert net.connects == []
+    assert_never_connected(listener)
+
+
+def test_ssrf_guard_dials_the_vetted_address_without_a_second_lookup(net, listener):
+    port = listener.getsockname()[1]
+    net.answer("public.test", ["93.184.216.34"], ["127.0.0.1"])  # rebinds after one lookup
+    result = send(f"http://public.test:{port}/hook", BODY, {}, GUARDED)
+    assert_payload(result, "connection_refused")  # the test network refused the public dial
+    assert net.lookups == ["public.test"]
+    assert net.connects == [("93.184.216.34", port)]
+    assert_never_connected(listener)
+
+
+def test_ssrf_guard_reports_a_name_that_does_not_resolve_as_dns(net):
+    net.answer("missing.test", [])
+    assert_payload(send("http://missing.test/hook", BODY, {}, GUARDED), "dns")
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 2  # the sender's pool keeps the connection open: end this thread anyway
+    server: _KeepAliveServer
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.served.append((self.client_address[1], self.headers["Host"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _KeepAliveServer(ThreadingHTTPServer):
+    daemon_threads = True
+    served: list[tuple[int, str]]  # (client port, Host header) per request
+
+
+@pytest.fixture
+def unchecked_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Routed "public" addresses really land on loopback, which the post-connect peer check
+    # (defence in depth) refuses; these tests are about what the guard dials.
+    monkeypatch.setattr(sender, "_check_peer", lambda sock: None)
+
+
+def test_guarded_send_pools_per_host_and_keeps_the_host_name(net, unchecked_peer):
+    server = _KeepAliveServer(("127.0.0.1", 0), _KeepAliveHandler)
+    server.served = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    port = 8443
+    net.answer("a.test", ["93.184.216.34"])
+    net.answer("b.test", ["93.184.216.35"])
+    for ip in ("93.184.216.34", "93.184.216.35"):
+        net.routes[(ip, port)] = ("127.0.0.1", server.server_address[1])
+    try:
+        results = [send(f"http://{host}:{port}/hook", BODY, {}, GUARDED)
+                   for host in ("a.test", "a.test", "b.test")]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r.success for r in results] == [True, True, True]
+    assert net.connects == [("93.184.216.34", port), ("93.184.216.35", port)]
+    [(a1, host1), (a2, host2), (b, host3)] = server.served
+    assert (host1, host2, host3) == (f"a.test:{port}", f"a.test:{port}", f"b.test:{port}")
+    assert a1 == a2 != b  # a.test's connection reused, b.test on its own
+
+
+def test_guarded_https_still_names_the_host_in_sni(net, unchecked_peer, listener):
+    """Dialled at the vetted address, TLS still asks for (and verifies) the host name."""
+    listener.settimeout(2.0)
+    net.answer("secure.test", ["93.184.216.34"])
+    net.routes[("93.184.216.34", 443)] = ("127.0.0.1", listener.getsockname()[1])
+    hello: list[bytes] = []
+
+    def read_client_hello() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(2.0)
+            hello.append(conn.recv(65536))
+
+    thread = threading.Thread(target=read_client_hello, daemon=True)
+    thread.start()
+    result = send("https://secure.test/hook", BODY, {}, GUARDED)
+    thread.join(3.0)
+    assert result.success is False  # the listener hung up instead of answering
+    assert net.connects == [("93.184.216.34", 443)]
+    [client_hello] = hello
+    assert b"secure.test" in client_hello  # the SNI extension, sent in the clear
+
+
+def test_guarded_send_keeps_the_total_deadline(net, unchecked_peer, receiver):
+    """The vetted socket is the one the deadline watchdog shuts down."""
+    receiver.always("/slow-headers", rx.trickle_headers(0.05))
+    net.answer("slow.test", ["93.184.216.34"])
+    net.routes[("93.184.216.34", 80)] = ("127.0.0.1", receiver.port)
+    start = time.monotonic()
+    result = send("http://slow.test/slow-headers", BODY, {}, GUARDED)
+    assert time.monotonic() - start < GUARDED.total_timeout + 0.5
+    assert_payload(result, "timeout")
+    assert net.connects == [("93.184.216.34", 80)]
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "http:///nohost", "not a url"])

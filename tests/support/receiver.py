@@ -140,6 +140,24 @@ def trickle(total: int, interval: float, code: int = 200,
     return behaviour
 
 
+def trickle_headers(interval: float, count: int = 200) -> Behaviour:
+    """Send the status line, then one header byte every ``interval`` seconds, never ending
+    the headers: only a total deadline stops a client waiting for them."""
+
+    def behaviour(handler: _Handler, receiver: Receiver) -> None:
+        deadline = time.monotonic() + MAX_SLEEP
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * count:
+                handler.wfile.write(bytes([byte]))
+                if receiver._stopping.wait(interval) or time.monotonic() > deadline:
+                    return
+        except OSError:
+            pass  # the client gave up, as intended
+        handler.close_connection = True
+
+    return behaviour
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"  # one request per connection: no keep-alive surprises
