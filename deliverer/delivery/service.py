@@ -398,9 +398,15 @@ def record(session: Session, job: DeliveryJob, result: sender.SendResult, settin
 def _disable_endpoint(session: Session, endpoint: Endpoint, row: Notification,
                       now: datetime) -> None:
     """410 Gone: the receiver says the endpoint no longer exists. Stop, and say so. The
-    notification is held, like those behind it: re-enabling the endpoint releases them."""
+    notification is held, like those behind it: re-enabling the endpoint releases them.
+
+    Notifications in flight when the first 410 arrives get theirs too: only the one that
+    disables the endpoint raises the alert (the endpoint row is locked FOR UPDATE here, so
+    of concurrent recorders exactly one sees it enabled)."""
     row.next_attempt_at = None
     row.held = True
+    if endpoint.disabled_at is not None:
+        return
     endpoint.disabled_at = now
     endpoint.disabled_reason = "The receiver answered 410 Gone"
     alerts.raise_alert(

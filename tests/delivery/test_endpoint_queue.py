@@ -165,6 +165,34 @@ def test_410_gone_disables_the_endpoint_until_settings_are_saved(settings, recei
     assert notification(published.notification_id).status == NotificationStatus.NOT_SENT
 
 
+def test_notifications_in_flight_at_a_410_raise_one_alert(settings, receiver):
+    """Three POSTs in flight when the receiver starts answering 410: each is recorded
+    (held), but the endpoint is disabled, and the partner alerted, once."""
+    url = receiver.always("/gone-at-once", rx.status(410))
+    partner = new_partner(settings, url)
+    ids = [insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+           for _ in range(3)]
+    jobs = []
+    for nid in ids:  # all claimed before any outcome is recorded
+        with session_scope() as session:
+            claimed = service.claim(session, nid, settings)
+        assert claimed.job is not None
+        jobs.append(claimed.job)
+    results = [service.perform(job, settings) for job in jobs]
+    disabled_at = []
+    for job, result in zip(jobs, results, strict=True):
+        with session_scope() as session:
+            service.record(session, job, result, settings)
+        disabled_at.append(_endpoint(partner.partner_id, url).disabled_at)
+    assert len(receiver.requests("/gone-at-once")) == 3
+    assert all(notification(n).held for n in ids)
+    # The first 410 disabled it; the later ones leave the time (and the alert) alone.
+    assert disabled_at[0] is not None and disabled_at == [disabled_at[0]] * 3
+    with session_scope() as session:
+        alerts = list(session.scalars(select(Alert)))
+    assert [(a.kind, a.notification_id) for a in alerts] == [("endpoint_disabled", ids[0])]
+
+
 def test_notifications_claimed_while_disabled_wait_for_the_endpoint(settings, receiver):
     """Claimed after the 410 (messages already on their way): no request, held, and
     released once the merchant saves the settings."""
