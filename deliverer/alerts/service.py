@@ -51,7 +51,7 @@ def list_alerts(session: Session, partner_id: str, limit: int = 50) -> list[Aler
 
 def email_alert(alert_id: int, settings: Settings) -> bool:
     """Send the alert's e-mail once. Returns whether a message went out."""
-    from deliverer.alerts.mailer import send_mail
+    from deliverer.alerts.mailer import SmtpConfigError, send_mail
 
     with session_scope() as session:
         alert = session.get(Alert, alert_id)
@@ -67,7 +67,12 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
                 f"Notification: {alert.notification_id}\nSince: {alert.created_at.isoformat()}\n"
                 "Fix your endpoint, then retry the failed notifications from the API or "
                 "the console.\n")
-    send_mail(settings.smtp_url, settings.alert_sender, to, subject, body)
+    try:
+        send_mail(settings.smtp_url, settings.alert_sender, to, subject, body)
+    except SmtpConfigError as exc:
+        # Retrying cannot help; the alert stays un-mailed until the settings are fixed.
+        log.error("alert %s not e-mailed: %s", alert_id, exc)
+        return False
     with session_scope() as session:
         session.execute(update(Alert).where(Alert.id == alert_id).values(emailed_at=utcnow()))
     return True

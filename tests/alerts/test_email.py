@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-import socket
-import threading
+import logging
+from datetime import datetime
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
+from deliverer.alerts import service as alerts
 from deliverer.db import session_scope
 from deliverer.delivery import service
-from deliverer.models import Alert, utcnow
+from deliverer.models import Alert, Endpoint, utcnow
 from deliverer.partners import webhook_settings
 from tests.support import receiver as rx
 from tests.support.helpers import insert_notification, new_partner, wait_until
-
-
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.lock:
-            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 Message accepted for delivery"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.smtp import Inbox, serve
 
 
 @pytest.fixture
 def smtp_inbox():
-    inbox = _Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    try:
-        yield inbox, f"smtp://127.0.0.1:{controller.port}"
-    finally:
-        controller.stop()
+    inbox = Inbox()
+    with serve(inbox) as port:
+        yield inbox, f"smtp://127.0.0.1:{port}"
 
 
 def test_alert_is_emailed_to_the_partners_alert_address(settings, worker, receiver,
@@ -70,3 +50,43 @@ def _emailed() -> bool:
     with session_scope() as session:
         alert = session.scalar(select(Alert))
         return alert is not None and alert.emailed_at is not None
+
+
+def _alert(settings, alert_email: str | None = "ops@merchant.test",
+           created_at: datetime | None = None) -> int:
+    """A partner (with this alert address) and an alert on its endpoint; no message sent."""
+    url = "http://127.0.0.1:9/hook"
+    partner = new_partner(settings, url)
+    if alert_email:
+        with session_scope() as session:
+            webhook_settings.update_settings(session, settings, partner.partner_id,
+                                             alert_email=alert_email)
+    insert_notification(partner.partner_id, url, next_attempt_at=None)
+    with session_scope() as session:
+        endpoint = session.scalar(select(Endpoint).where(Endpoint.partner_id == partner.partner_id))
+        assert endpoint is not None
+        alert = Alert(partner_id=partner.partner_id, endpoint_id=endpoint.id,
+                      kind=alerts.KIND_FAILING, message="failing",
+                      created_at=created_at or utcnow())
+        session.add(alert)
+        session.flush()
+        return alert.id
+
+
+def _emailed_at(alert_id: int) -> datetime | None:
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        return alert.emailed_at
+
+
+def test_credentials_without_tls_leave_the_alert_unmailed(settings, override_settings, caplog):
+    inbox = Inbox()
+    alert_id = _alert(settings)
+    caplog.set_level(logging.ERROR, logger=alerts.__name__)
+    with (serve(inbox, auth_require_tls=False) as port,
+          override_settings(smtp_url=f"smtp://alerts:s3cret@127.0.0.1:{port}") as s):
+        assert alerts.email_alert(alert_id, s) is False
+    assert inbox.logins == [] and inbox.messages == []
+    assert _emailed_at(alert_id) is None
+    assert any("offers no STARTTLS" in r.getMessage() for r in caplog.records)
