@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.db import on_commit, session_scope
+from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.models import Alert, Endpoint, WebhookSettings, utcnow
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,13 @@ def list_alerts(session: Session, partner_id: str, limit: int = 50) -> list[Aler
 
 
 def email_alert(alert_id: int, settings: Settings) -> bool:
-    """Send the alert's e-mail once. Returns whether a message went out."""
+    """Send the alert's e-mail once. Returns whether a message went out.
+
+    ``emailed_at`` is the claim: set by a conditional UPDATE, committed before the SMTP
+    conversation, so a second task for the alert (a duplicate, a redelivery) sends nothing
+    while this one is sending or after it sent. A send that fails gives the claim back, and
+    the task's retries try again.
+    """
     from deliverer.alerts.mailer import SmtpConfigError, send_mail
 
     with session_scope() as session:
@@ -67,12 +73,27 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
                 f"Notification: {alert.notification_id}\nSince: {alert.created_at.isoformat()}\n"
                 "Fix your endpoint, then retry the failed notifications from the API or "
                 "the console.\n")
+        claimed = session.execute(
+            update(Alert).where(Alert.id == alert_id, Alert.emailed_at.is_(None))
+            .values(emailed_at=utcnow()))
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return False
     try:
         send_mail(settings.smtp_url, settings.alert_sender, to, subject, body)
     except SmtpConfigError as exc:
-        # Retrying cannot help; the alert stays un-mailed until the settings are fixed.
+        # Retrying cannot help; the alert waits, un-mailed, for the settings to be fixed.
         log.error("alert %s not e-mailed: %s", alert_id, exc)
+        _unclaim(alert_id, settings)
         return False
-    with session_scope() as session:
-        session.execute(update(Alert).where(Alert.id == alert_id).values(emailed_at=utcnow()))
+    except BaseException:
+        _unclaim(alert_id, settings)
+        raise
     return True
+
+
+def _unclaim(alert_id: int, settings: Settings) -> None:
+    # Retried through a database hiccup: a claim left behind would mean no e-mail at all.
+    in_transaction(
+        lambda session: session.execute(
+            update(Alert).where(Alert.id == alert_id).values(emailed_at=None)),
+        retry_for=settings.lease_seconds)

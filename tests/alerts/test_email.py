@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import datetime
+import threading
+from datetime import datetime, timedelta
 
 import pytest
+from celery.signals import task_postrun
 from sqlalchemy import select
 
 from deliverer.alerts import service as alerts
+from deliverer.alerts.tasks import send_alert_email
 from deliverer.db import session_scope
 from deliverer.delivery import service
 from deliverer.models import Alert, Endpoint, utcnow
@@ -53,10 +57,11 @@ def _emailed() -> bool:
 
 
 def _alert(settings, alert_email: str | None = "ops@merchant.test",
-           created_at: datetime | None = None) -> int:
-    """A partner (with this alert address) and an alert on its endpoint; no message sent."""
+           created_at: datetime | None = None, name: str = "Acme") -> int:
+    """A partner (with this alert address) and an alert on its endpoint; no message sent,
+    as if the broker had been down when the alert was committed."""
     url = "http://127.0.0.1:9/hook"
-    partner = new_partner(settings, url)
+    partner = new_partner(settings, url, name=name)
     if alert_email:
         with session_scope() as session:
             webhook_settings.update_settings(session, settings, partner.partner_id,
@@ -90,3 +95,54 @@ def test_credentials_without_tls_leave_the_alert_unmailed(settings, override_set
     assert inbox.logins == [] and inbox.messages == []
     assert _emailed_at(alert_id) is None
     assert any("offers no STARTTLS" in r.getMessage() for r in caplog.records)
+
+
+def _minutes_ago(minutes: float) -> datetime:
+    return utcnow() - timedelta(minutes=minutes)
+
+
+class _SlowInbox(Inbox):
+    """Holds every message at DATA until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.arrived.set()
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_second_task_for_an_alert_being_mailed_sends_nothing(settings, worker,
+                                                               override_settings):
+    alert_id = _alert(settings, created_at=_minutes_ago(10))
+    inbox = _SlowInbox()
+    with serve(inbox) as port, override_settings(smtp_url=f"smtp://127.0.0.1:{port}") as s:
+        first = threading.Thread(target=alerts.email_alert, args=(alert_id, s))
+        first.start()
+        try:
+            assert inbox.arrived.wait(10), "the first send never reached DATA"
+            # In flight: a duplicate, a redelivery find it claimed.
+            assert alerts.email_alert(alert_id, s) is False
+        finally:
+            inbox.release.set()
+            first.join(15)
+        # Sent: more tasks for it, run by the worker, send nothing either.
+        runs: list[object] = []
+
+        def ran(sender=None, args=None, retval=None, **_):
+            if sender.name == send_alert_email.name and list(args or ()) == [alert_id]:
+                runs.append(retval)
+
+        task_postrun.connect(ran, weak=False)
+        try:
+            for _ in range(3):
+                send_alert_email.delay(alert_id)
+            wait_until(lambda: len(runs) == 3, message="three more tasks run")
+        finally:
+            task_postrun.disconnect(ran)
+    assert runs == [False, False, False]
+    assert len(inbox.messages) == 1 and _emailed_at(alert_id) is not None
