@@ -24,6 +24,13 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             # A sweep that waited longer than its own interval is superseded by the next.
             "options": {"expires": max(1.0, settings.sweep_interval)},
         },
+        # Alert e-mails whose task was lost (broker down at the commit) or gave up (SMTP
+        # down longer than its retries): offered again for a day (deliverer.alerts.service).
+        "email-unmailed-alerts": {
+            "task": "deliverer.sweep_alert_emails",
+            "schedule": timedelta(minutes=5),
+            "options": {"expires": 300.0},
+        },
         # Retention: attempts older than DELIVERER_ATTEMPT_RETENTION_DAYS, daily at 03:17 UTC.
         "purge-old-attempts": {
             "task": "deliverer.purge_attempts",

@@ -2,13 +2,15 @@
 
 An alert is raised once per failing period of an endpoint, recorded in ``alerts``
 (listed by ``GET /api/partner/v2/webhook-alerts``) and e-mailed to the partner's alert
-address when one is set, by a task sent after the commit.
+address when one is set, by a task sent after the commit. An alert whose message was lost
+(the broker was down at the commit) or whose task gave up (SMTP down for longer than its
+retries) is offered again by beat's alert sweep for a day (``enqueue_unmailed``).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -23,6 +25,13 @@ log = logging.getLogger(__name__)
 ALERT_AFTER_FAILED_RETRIES = 5
 KIND_FAILING = "endpoint_failing"
 KIND_DISABLED = "endpoint_disabled"
+
+# The alert sweep offers an un-mailed alert again once the first task and its retries
+# (about 2.5 minutes) had their chance, for up to a day after it was raised, so many
+# per run at the most.
+UNMAILED_AFTER = timedelta(minutes=5)
+UNMAILED_MAX_AGE = timedelta(hours=24)
+UNMAILED_PER_SWEEP = 100
 
 
 def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *,
@@ -49,13 +58,42 @@ def list_alerts(session: Session, partner_id: str, limit: int = 50) -> list[Aler
     ))
 
 
+def unmailed_alerts(session: Session, settings: Settings, now: datetime,
+                    limit: int = UNMAILED_PER_SWEEP) -> list[int]:
+    """Recent alerts still to be e-mailed to an address, oldest first (none without SMTP)."""
+    if not settings.smtp_url:
+        return []
+    return list(session.scalars(
+        select(Alert.id)
+        .join(WebhookSettings, WebhookSettings.partner_id == Alert.partner_id)
+        .where(Alert.emailed_at.is_(None),
+               Alert.created_at >= now - UNMAILED_MAX_AGE,
+               Alert.created_at <= now - UNMAILED_AFTER,
+               WebhookSettings.alert_email.is_not(None), WebhookSettings.alert_email != "")
+        .order_by(Alert.created_at, Alert.id).limit(limit)
+    ))
+
+
+def enqueue_unmailed(settings: Settings, now: datetime | None = None) -> int:
+    """The alert sweep: send another e-mail task for each alert ``unmailed_alerts`` finds.
+
+    Safe while an earlier task for the same alert is queued or sending: whichever runs
+    first claims the alert (``email_alert``), the other finds it claimed and sends nothing.
+    """
+    with session_scope() as session:
+        alert_ids = unmailed_alerts(session, settings, now or utcnow())
+    for alert_id in alert_ids:
+        enqueue_alert_email(alert_id)
+    return len(alert_ids)
+
+
 def email_alert(alert_id: int, settings: Settings) -> bool:
     """Send the alert's e-mail once. Returns whether a message went out.
 
     ``emailed_at`` is the claim: set by a conditional UPDATE, committed before the SMTP
-    conversation, so a second task for the alert (a duplicate, a redelivery) sends nothing
+    conversation, so a second task for the alert (the sweep's, a redelivery) sends nothing
     while this one is sending or after it sent. A send that fails gives the claim back, and
-    the task's retries try again.
+    the task's retries or the alert sweep try again.
     """
     from deliverer.alerts.mailer import SmtpConfigError, send_mail
 

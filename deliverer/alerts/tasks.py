@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from deliverer.alerts.service import email_alert
+from deliverer.alerts.service import email_alert, enqueue_unmailed
 from deliverer.config import get_settings
 
 
@@ -10,3 +10,9 @@ from deliverer.config import get_settings
              autoretry_for=(OSError,), retry_backoff=5, max_retries=5)
 def send_alert_email(alert_id: int) -> bool:
     return email_alert(alert_id, get_settings())
+
+
+@shared_task(name="deliverer.sweep_alert_emails", ignore_result=True)
+def sweep_alert_emails() -> int:
+    """Beat: another e-mail task for each recent alert not e-mailed yet."""
+    return enqueue_unmailed(get_settings())

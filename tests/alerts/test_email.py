@@ -9,17 +9,18 @@ from datetime import datetime, timedelta
 
 import pytest
 from celery.signals import task_postrun
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+import beat_schedule
 from deliverer.alerts import service as alerts
-from deliverer.alerts.tasks import send_alert_email
+from deliverer.alerts.tasks import send_alert_email, sweep_alert_emails
 from deliverer.db import session_scope
 from deliverer.delivery import service
 from deliverer.models import Alert, Endpoint, utcnow
 from deliverer.partners import webhook_settings
 from tests.support import receiver as rx
 from tests.support.helpers import insert_notification, new_partner, wait_until
-from tests.support.smtp import Inbox, serve
+from tests.support.smtp import Inbox, free_port, serve
 
 
 @pytest.fixture
@@ -101,6 +102,56 @@ def _minutes_ago(minutes: float) -> datetime:
     return utcnow() - timedelta(minutes=minutes)
 
 
+def test_beat_runs_the_alert_sweep(settings, celery_app):
+    entry = beat_schedule.build(settings)["email-unmailed-alerts"]
+    assert entry["task"] == sweep_alert_emails.name
+    assert entry["schedule"] == timedelta(minutes=5)
+    assert celery_app.conf.beat_schedule["email-unmailed-alerts"]["task"] == entry["task"]
+
+
+def test_the_sweep_mails_an_alert_whose_message_was_lost(settings, worker, smtp_inbox,
+                                                         override_settings):
+    inbox, smtp_url = smtp_inbox
+    alert_id = _alert(settings, created_at=_minutes_ago(10))
+    with override_settings(smtp_url=smtp_url) as s:
+        sweep_alert_emails.apply_async()  # what beat sends; run by the worker
+        wait_until(lambda: inbox.messages, message="the alert e-mail")
+        wait_until(lambda: _emailed_at(alert_id), message="emailed_at recorded")
+        assert alerts.enqueue_unmailed(s) == 0  # mailed: not offered again
+    assert [m[1] for m in inbox.messages] == [["ops@merchant.test"]]
+
+
+def test_the_sweep_mails_an_alert_once_smtp_is_back(settings, worker, override_settings):
+    alert_id = _alert(settings, created_at=_minutes_ago(10))
+    with override_settings(smtp_url=f"smtp://127.0.0.1:{free_port()}") as s:  # SMTP down
+        with pytest.raises(ConnectionRefusedError):
+            alerts.email_alert(alert_id, s)  # what the task's last retry meets
+        assert _emailed_at(alert_id) is None  # the claim was given back
+    inbox = Inbox()
+    with serve(inbox) as port, override_settings(smtp_url=f"smtp://127.0.0.1:{port}") as s:
+        assert alerts.enqueue_unmailed(s) == 1
+        wait_until(lambda: _emailed_at(alert_id), message="emailed_at recorded")
+        wait_until(lambda: inbox.messages, message="the alert e-mail")
+    assert len(inbox.messages) == 1
+
+
+def test_the_sweep_offers_recent_unmailed_alerts_that_have_an_address(settings,
+                                                                      override_settings):
+    oldest = _alert(settings, created_at=_minutes_ago(23 * 60), name="Oldest")
+    due = _alert(settings, created_at=_minutes_ago(10), name="Due")
+    _alert(settings, created_at=_minutes_ago(1), name="Fresh")  # its first task's turn
+    _alert(settings, created_at=_minutes_ago(25 * 60), name="Stale")  # given up on
+    _alert(settings, alert_email=None, created_at=_minutes_ago(10), name="No address")
+    mailed = _alert(settings, created_at=_minutes_ago(10), name="Mailed")
+    with session_scope() as session:
+        session.execute(update(Alert).where(Alert.id == mailed).values(emailed_at=utcnow()))
+    with session_scope() as session:
+        assert alerts.unmailed_alerts(session, settings, utcnow()) == []  # no SMTP
+        with override_settings(smtp_url="smtp://127.0.0.1:9") as s:
+            assert alerts.unmailed_alerts(session, s, utcnow()) == [oldest, due]
+            assert alerts.unmailed_alerts(session, s, utcnow(), limit=1) == [oldest]
+
+
 class _SlowInbox(Inbox):
     """Holds every message at DATA until ``release`` is set."""
 
@@ -125,8 +176,9 @@ def test_a_second_task_for_an_alert_being_mailed_sends_nothing(settings, worker,
         first.start()
         try:
             assert inbox.arrived.wait(10), "the first send never reached DATA"
-            # In flight: a duplicate, a redelivery find it claimed.
+            # In flight: the sweep's task, a duplicate, a redelivery all find it claimed.
             assert alerts.email_alert(alert_id, s) is False
+            assert alerts.enqueue_unmailed(s) == 0
         finally:
             inbox.release.set()
             first.join(15)
