@@ -117,11 +117,12 @@ class Settings:
         total_timeout = _float(env, "DELIVERER_TOTAL_TIMEOUT", 15.0)
         if time_scale <= 0:
             raise ValueError("DELIVERER_TIME_SCALE must be positive")
+        connect_timeout = _float(env, "DELIVERER_CONNECT_TIMEOUT", 5.0)
         lease_seconds = _float(env, "DELIVERER_LEASE_SECONDS", 60.0)
-        if lease_seconds <= total_timeout:
+        if lease_seconds <= connect_timeout + total_timeout:
             # A POST could then outlive its lease, and the row be claimed and POSTed again.
             raise ValueError("DELIVERER_LEASE_SECONDS must be longer than "
-                             "DELIVERER_TOTAL_TIMEOUT")
+                             "DELIVERER_CONNECT_TIMEOUT + DELIVERER_TOTAL_TIMEOUT")
         return cls(
             database_url=database_url,
             broker_url=broker_url,
@@ -133,7 +134,7 @@ class Settings:
             sweep_interval=_float(env, "DELIVERER_SWEEP_INTERVAL", 5.0),
             sweep_horizon=_float(env, "DELIVERER_SWEEP_HORIZON", 60.0),
             lost_message_grace=_float(env, "DELIVERER_LOST_MESSAGE_GRACE", 120.0),
-            connect_timeout=_float(env, "DELIVERER_CONNECT_TIMEOUT", 5.0),
+            connect_timeout=connect_timeout,
             total_timeout=total_timeout,
             lease_seconds=lease_seconds,
             resend_wait_seconds=_float(env, "DELIVERER_RESEND_WAIT", 2.0),

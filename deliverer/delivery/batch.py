@@ -121,7 +121,7 @@ def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
     return admitted, refused
 
 
-# Of a lease's time beyond one POST's total timeout, how much is kept for recording the
+# Of a lease's time beyond the longest POST, how much is kept for recording the
 # outcome (at most: half of it when the lease is short, as in tests).
 RECORDING_MARGIN = 5.0
 
@@ -131,9 +131,12 @@ def send_cutoff(leased_at: float, settings: Settings) -> float:
     start: it must end, and be recorded, before the lease runs out. A POST started later
     could still be in flight when the sweep hands the row to another worker, which would
     POST it again."""
-    spare = max(0.0, settings.lease_seconds - settings.total_timeout)
+    # The total deadline is enforced on the connected socket; connecting has a timeout of
+    # its own, so a POST can take both.
+    longest_post = settings.connect_timeout + settings.total_timeout
+    spare = max(0.0, settings.lease_seconds - longest_post)
     keep_for_recording = min(RECORDING_MARGIN, spare / 2)
-    return leased_at + settings.lease_seconds - settings.total_timeout - keep_for_recording
+    return leased_at + settings.lease_seconds - longest_post - keep_for_recording
 
 
 def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],

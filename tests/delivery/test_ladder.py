@@ -118,10 +118,11 @@ def test_settings_read_ladder_and_time_scale_from_env(tmp_path):
 
 def test_a_lease_must_outlast_a_post(tmp_path):
     """Otherwise a POST still in flight could see its row claimed and POSTed again."""
-    base = {"DELIVERER_DATA_DIR": str(tmp_path), "DELIVERER_TOTAL_TIMEOUT": "15"}
+    base = {"DELIVERER_DATA_DIR": str(tmp_path), "DELIVERER_TOTAL_TIMEOUT": "15",
+            "DELIVERER_CONNECT_TIMEOUT": "5"}
     with pytest.raises(ValueError, match="DELIVERER_LEASE_SECONDS"):
-        Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "15"})
-    assert Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "16"}).lease_seconds == 16
+        Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "20"})
+    assert Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "21"}).lease_seconds == 21
 
 
 @pytest.mark.parametrize("given", [
