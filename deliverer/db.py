@@ -112,7 +112,8 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0) -> T:
+def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0,
+                   only_if: Callable[[OperationalError], bool] | None = None) -> T:
     """Run ``work`` in a transaction of its own; if the database aborts it for a transient
     reason (PostgreSQL chose it as a deadlock victim, the connection was lost in a restart),
     run it again, for up to ``retry_for`` seconds.
@@ -120,6 +121,10 @@ def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0) -> T
     Such an abort rolls the whole transaction back, so running it again is safe. Delivery
     records its outcome this way: giving up would leave a POST that was made unrecorded,
     and the webhook would be sent a second time once its lease ran out.
+
+    ``only_if`` narrows which errors are run again: work that must not run twice when the
+    error may have followed its commit (a connection lost during COMMIT) passes
+    ``is_transient_abort``, the aborts that certainly rolled everything back.
     """
     deadline = time.monotonic() + retry_for
     pause = 0.05
@@ -128,7 +133,8 @@ def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0) -> T
             with session_scope() as session:
                 return work(session)
         except OperationalError as exc:
-            if time.monotonic() + pause > deadline:
+            if time.monotonic() + pause > deadline or (only_if is not None
+                                                       and not only_if(exc)):
                 raise
             log.warning("transaction aborted, running it again: %s",
                         str(exc.orig or exc).splitlines()[0])

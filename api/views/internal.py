@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import current_app
 from flask_smorest import Blueprint
-from sqlalchemy.exc import OperationalError
 
 from api.auth import check_admin
 from api.db import get_session
@@ -17,8 +16,9 @@ from api.schemas.internal import (
     PublishedSchema,
     PublishEventSchema,
 )
-from deliverer.db import is_transient_abort, session_scope
+from deliverer.db import in_transaction, is_transient_abort
 from deliverer.partners.service import create_partner
+from deliverer.publishing.api import ABORT_RETRY_FOR
 from deliverer.publishing.service import publish_event, publish_event_once
 
 # With an Idempotency-Key, any transient database error may be retried, even one that
@@ -45,14 +45,8 @@ def post_event(data: dict[str, Any], idempotency_key: str | None = None) -> Any:
                                   retry_for=KEYED_RETRY_FOR, **data)
     # Its own transaction, run again if PostgreSQL picks it as a deadlock victim against
     # a worker: such an abort rolled everything back, so a second run cannot duplicate.
-    for attempt in range(3):
-        try:
-            with session_scope() as session:
-                return publish_event(session, settings, **data)
-        except OperationalError as exc:
-            if attempt == 2 or not is_transient_abort(exc):
-                raise
-    raise AssertionError("unreachable")
+    return in_transaction(lambda session: publish_event(session, settings, **data),
+                          retry_for=ABORT_RETRY_FOR, only_if=is_transient_abort)
 
 
 @blp.route("/partners", methods=["POST"])

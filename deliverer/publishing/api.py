@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from deliverer.config import get_settings
-from deliverer.db import session_scope
+from deliverer.db import in_transaction, is_transient_abort
 from deliverer.publishing.service import Published, publish_event_once
 from deliverer.publishing.service import publish_event as _publish_event
 from deliverer.publishing.service import publish_events as _publish_events
+
+# How long a publish a deadlock aborted is run again (a worker recording an attempt can
+# hold the endpoint row its sequence number comes from).
+ABORT_RETRY_FOR = 2.0
 
 
 def publish_event(partner_id: str, type: str, reference: str, payload: dict[str, Any],
@@ -22,12 +26,17 @@ def publish_event(partner_id: str, type: str, reference: str, payload: dict[str,
         return publish_event_once(get_settings(), idempotency_key=idempotency_key,
                                   partner_id=partner_id, type=type, reference=reference,
                                   payload=payload, callback_url=callback_url)
-    with session_scope() as session:
-        return _publish_event(session, get_settings(), partner_id=partner_id, type=type,
-                              reference=reference, payload=payload, callback_url=callback_url)
+    # Without a key, only an abort that certainly rolled everything back is run again.
+    return in_transaction(
+        lambda session: _publish_event(session, get_settings(), partner_id=partner_id,
+                                       type=type, reference=reference, payload=payload,
+                                       callback_url=callback_url),
+        retry_for=ABORT_RETRY_FOR, only_if=is_transient_abort)
 
 
 def publish_events(partner_id: str, events: list[dict[str, Any]]) -> list[Published]:
     """Bulk: ``events`` are dicts with type, reference, payload and optional callback_url."""
-    with session_scope() as session:
-        return _publish_events(session, get_settings(), partner_id=partner_id, events=events)
+    return in_transaction(
+        lambda session: _publish_events(session, get_settings(), partner_id=partner_id,
+                                        events=events),
+        retry_for=ABORT_RETRY_FOR, only_if=is_transient_abort)

@@ -215,7 +215,9 @@ def publish_events(
             urls[url] = urls.get(url, 0) + 1
     # url -> (endpoint id, next number to hand out, disabled reason)
     numbering: dict[str, list[Any]] = {}
-    for url, count in urls.items():
+    # In URL order: two bulk publishes reserving the same endpoints lock their rows in
+    # the same order, so one waits for the other instead of both deadlocking.
+    for url, count in sorted(urls.items()):
         numbering[url] = list(reserve_sequences(session, partner_id, url, now, count))
 
     event_rows: list[dict[str, Any]] = []

@@ -4,6 +4,7 @@ broker message only after the commit."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import pytest
@@ -13,6 +14,7 @@ import deliverer
 from deliverer.db import session_scope
 from deliverer.errors import PartnerNotFound, UnsafeUrl
 from deliverer.models import Event, Notification, NotificationStatus, Partner, WebhookSettings
+from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import publish_event
 from deliverer.scheduling import queues
 from tests.support import helpers as h
@@ -141,6 +143,40 @@ def test_concurrent_publishing_gives_gap_free_unique_sequences(settings, receive
     total = threads_n * per_thread
     assert sorted(got) == list(range(1, total + 1))
     assert h.endpoint_sequences(partner.partner_id, url) == (total, list(range(1, total + 1)))
+
+
+def test_concurrent_bulk_publishes_to_the_same_endpoints_do_not_deadlock(settings, receiver,
+                                                                          caplog):
+    """Bulk publishes whose events name the same callback URLs in opposite orders: each
+    reserves sequence numbers (locking the endpoint rows) in URL order, so they queue
+    (and no deadlock victim needs running again)."""
+    caplog.set_level(logging.WARNING, logger="deliverer.db")
+    partner = h.new_partner(settings, receiver.url("/default"))
+    a, b = receiver.url("/a"), receiver.url("/b")
+    rounds = 15
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def bulk(order: tuple[str, str]) -> None:
+        for i in range(rounds):
+            try:
+                barrier.wait(10)
+                publish_events(partner.partner_id, [
+                    {"type": "t", "reference": f"r{i}", "payload": {}, "callback_url": url}
+                    for url in order])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=bulk, args=(order,)) for order in ((a, b), (b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert not [r for r in caplog.records if "aborted" in r.getMessage()]
+    for url in (a, b):
+        assert h.endpoint_sequences(partner.partner_id, url) == (
+            2 * rounds, list(range(1, 2 * rounds + 1)))
 
 
 def test_concurrent_first_publishes_to_a_new_endpoint(settings, receiver):
