@@ -27,7 +27,7 @@ from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit
 from deliverer.delivery import netguard
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
-from deliverer.errors import Conflict, PartnerNotFound
+from deliverer.errors import Conflict, PartnerNotFound, ValidationFailed
 from deliverer.models import (
     Endpoint,
     Event,
@@ -63,7 +63,18 @@ def event_body(event: Event) -> str:
         "timestamp": event.created_at.isoformat().replace("+00:00", "Z"),
         "data": event.payload,
     }
-    return json.dumps(envelope, separators=(",", ":"), sort_keys=True)
+    # allow_nan=False: NaN and Infinity are not JSON; a body carrying them would be
+    # signed and sent, and refused by every strict parser (_check_payload says so first).
+    return json.dumps(envelope, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def _check_payload(payload: Any) -> None:
+    """The API's guard refuses such payloads at the edge; Python and Celery producers
+    (deliverer.publish_event, the publish task) and the CLI come through here."""
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"The payload is not JSON: {exc}") from exc
 
 
 # Publishing's statements are built once, with bind parameters: building them per call
@@ -203,6 +214,7 @@ def publish_events(
     default_url = partner.url
     checked: set[str] = set()
     for spec in events:
+        _check_payload(spec["payload"])
         callback_url = spec.get("callback_url")
         if callback_url and callback_url not in checked:
             netguard.validate_url(callback_url, allow_private=settings.allow_private_urls)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 
 import deliverer
 from deliverer.db import session_scope
-from deliverer.errors import PartnerNotFound, UnsafeUrl
+from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
 from deliverer.models import Event, Notification, NotificationStatus, Partner, WebhookSettings
 from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import publish_event
@@ -87,6 +87,19 @@ def test_not_sent_without_a_usable_url(settings, receiver, published_tasks, case
 def test_unknown_partner(settings):
     with pytest.raises(PartnerNotFound):
         deliverer.publish_event("00000000-0000-0000-0000-000000000000", "t", "r", {})
+
+
+@pytest.mark.parametrize("payload", [{"amount": float("nan")}, {"fee": float("inf")},
+                                     {"at": object()}])
+def test_a_payload_that_is_not_json_is_refused_and_nothing_written(settings, receiver,
+                                                                    published_tasks, payload):
+    """The API guard refuses NaN at the edge; Python producers reach the service directly."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    with pytest.raises(ValidationFailed, match="not JSON"):
+        deliverer.publish_event(partner.partner_id, "t", "r", payload)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+    assert deliver_messages(published_tasks) == []
 
 
 def test_private_callback_url_rejected_when_not_allowed(settings, receiver, published_tasks):
