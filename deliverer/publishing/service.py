@@ -35,6 +35,7 @@ from deliverer.models import (
     Notification,
     NotificationStatus,
     Partner,
+    PartnerFlow,
     WebhookSettings,
     table_of,
     utcnow,
@@ -85,7 +86,7 @@ _EVENTS = table_of(Event)
 _NOTIFICATIONS = table_of(Notification)
 _ENDPOINTS = table_of(Endpoint)
 _PARTNER = (
-    select(Partner.active, WebhookSettings.enabled, WebhookSettings.url)
+    select(Partner.active, Partner.flow, WebhookSettings.enabled, WebhookSettings.url)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Partner.id)
     .where(Partner.id == bindparam("partner_id"))
 )
@@ -210,7 +211,8 @@ def publish_events(
                                            ).one_or_none()
     if partner is None:
         raise PartnerNotFound()
-    enabled = bool(partner.active and partner.enabled)
+    # POLLING partners read their events rather than receive them (models.PartnerFlow).
+    enabled = bool(partner.active and partner.enabled and partner.flow == PartnerFlow.WEBHOOK)
     default_url = partner.url
     checked: set[str] = set()
     for spec in events:

@@ -13,7 +13,14 @@ from sqlalchemy import func, select, update
 import deliverer
 from deliverer.db import session_scope
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
-from deliverer.models import Event, Notification, NotificationStatus, Partner, WebhookSettings
+from deliverer.models import (
+    Event,
+    Notification,
+    NotificationStatus,
+    Partner,
+    PartnerFlow,
+    WebhookSettings,
+)
 from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import publish_event
 from deliverer.scheduling import queues
@@ -64,16 +71,16 @@ def test_callback_url_overrides_the_partner_url(settings, receiver, published_ta
     assert deliverer.publish_event(partner.partner_id, "t", "r", {}).sequence == 1
 
 
-@pytest.mark.parametrize("case", ["no_url", "disabled", "inactive"])
+@pytest.mark.parametrize("case", ["no_url", "disabled", "inactive", "polling"])
 def test_not_sent_without_a_usable_url(settings, receiver, published_tasks, case):
     partner = h.new_partner(settings, None if case == "no_url" else receiver.url("/hook"))
     with session_scope() as session:
         if case == "disabled":
             session.execute(update(WebhookSettings).where(
                 WebhookSettings.partner_id == partner.partner_id).values(enabled=False))
-        if case == "inactive":
-            session.execute(update(Partner).where(Partner.id == partner.partner_id)
-                            .values(active=False))
+        if case in ("inactive", "polling"):
+            session.execute(update(Partner).where(Partner.id == partner.partner_id).values(
+                {"active": False} if case == "inactive" else {"flow": PartnerFlow.POLLING}))
     published = deliverer.publish_event(partner.partner_id, "t", "r", {"x": 1})
     assert published.status == NotificationStatus.NOT_SENT
     assert published.sequence is None
