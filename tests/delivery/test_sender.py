@@ -16,6 +16,7 @@ import pytest
 from deliverer.delivery import netguard, sender
 from deliverer.delivery.sender import SenderConfig, parse_retry_after, send
 from deliverer.delivery.troubleshooting import hint_for
+from tests.support import helpers as h
 from tests.support import receiver as rx
 
 BODY = b'{"id":"evt_1","type":"transaction.updated"}'
@@ -116,8 +117,8 @@ def test_connection_reset(receiver):
 
 
 def test_dns_failure():
-    # .invalid never resolves (RFC 6761).
-    result = send("http://nonexistent.invalid/hook", BODY, {}, CONFIG)
+    with h.unresolvable_host() as host:
+        result = send(f"http://{host}/hook", BODY, {}, CONFIG)
     assert_payload(result, "dns")
 
 

@@ -123,13 +123,14 @@ def test_failed_attempt_is_recorded_with_its_error_payload(settings, receiver, p
 def test_network_failures_are_recorded(settings, receiver, partner, target, kind):
     urls = {
         "refused": f"http://127.0.0.1:{rx.closed_port()}/hook",
-        "dns": "http://nonexistent.invalid/hook",
+        "dns": f"http://{h.UNRESOLVABLE}/hook",
         "tls": receiver.url("/hook", scheme="https"),
         "blocked": receiver.url("/hook"),
     }
     run_settings = settings.with_overrides(allow_private_urls=(target != "blocked"))
     nid = due_now(partner, urls[target])
-    service.deliver(nid, run_settings)
+    with h.unresolvable_host():
+        service.deliver(nid, run_settings)
     [attempt] = h.attempts(nid)
     assert attempt.error_payload["kind"] == kind
     assert attempt.error_payload["httpStatus"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -175,3 +176,24 @@ def verify_signature(secret: str, recorded: Any) -> dict[str, Any]:
                for name in ("webhook-id", "webhook-timestamp", "webhook-signature")}
     Webhook(secret).verify(recorded.body, headers)
     return json.loads(recorded.body)
+
+
+UNRESOLVABLE = "nonexistent.invalid"
+
+
+@contextmanager
+def unresolvable_host() -> Iterator[str]:
+    """A host name whose lookup fails as a DNS failure does, without a query leaving the
+    machine (a real look-up of a .invalid name still asks the configured resolver)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == UNRESOLVABLE:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    try:
+        yield UNRESOLVABLE
+    finally:
+        socket.getaddrinfo = real
