@@ -54,6 +54,12 @@ def browser() -> Iterator[WebDriver]:
                  "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-extensions",
                  "--disable-default-apps", "--window-size=1400,1000",
+                 # Chromium still looks names up for its own services (autofill,
+                 # component updates): no name resolves but loopback, so nothing leaves it.
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1, "
+                 "EXCLUDE localhost",
+                 "--disable-features=AutofillServerCommunication,OptimizationHints,"
+                 "MediaRouter",
                  f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
