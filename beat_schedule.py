@@ -14,6 +14,9 @@ from celery.schedules import crontab
 if TYPE_CHECKING:
     from deliverer.config import Settings
 
+# Every minute at the default sweep interval: a held queue is a rare race's leftover.
+REPAIR_EVERY_SWEEPS = 12
+
 
 def build(settings: Settings) -> dict[str, dict[str, Any]]:
     interval = timedelta(seconds=settings.sweep_interval)
@@ -23,6 +26,13 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": interval,
             # A sweep that waited longer than its own interval is superseded by the next.
             "options": {"expires": max(1.0, settings.sweep_interval)},
+        },
+        # The net under the endpoint queues: held notifications that no head, drain or
+        # promotion would release (deliverer.delivery.endpoint_queue.repair).
+        "repair-held-queues": {
+            "task": "deliverer.repair_queues",
+            "schedule": interval * REPAIR_EVERY_SWEEPS,
+            "options": {"expires": max(1.0, settings.sweep_interval * REPAIR_EVERY_SWEEPS)},
         },
         # Alert e-mails whose task was lost (broker down at the commit) or gave up (SMTP
         # down longer than its retries): offered again for a day (deliverer.alerts.service).

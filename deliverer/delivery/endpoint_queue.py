@@ -15,14 +15,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer.config import Settings
-from deliverer.models import Endpoint, Lane, Notification, NotificationStatus
+from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, WebhookSettings
 
 
-def _climbing(endpoint_id: int) -> tuple[ColumnElement[bool], ...]:
+def _climbing(endpoint_id: int | QueryableAttribute[int]) -> tuple[ColumnElement[bool], ...]:
     """Conditions for the endpoint's notifications climbing the ladder (its head)."""
     return (
         Notification.endpoint_id == endpoint_id,
@@ -100,10 +100,14 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
     spacing = 1.0 / settings.drain_rate
     endpoints = session.scalars(
         select(Endpoint)
+        .join(WebhookSettings, WebhookSettings.partner_id == Endpoint.partner_id, isouter=True)
         .where(Endpoint.draining.is_(True), Endpoint.failing_since.is_(None),
-               Endpoint.disabled_at.is_(None))
+               Endpoint.disabled_at.is_(None),
+               # Webhooks turned off: what drain released would only be held again at its
+               # claim, every sweep. It resumes when they are turned on.
+               WebhookSettings.enabled.is_not(False))
         .limit(max_endpoints)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=Endpoint)
     ).all()
     released = 0
     max_age = timedelta(seconds=settings.ladder.max_age * settings.time_scale)
@@ -127,3 +131,40 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
         if len(rows) < per_sweep:
             endpoint.draining = False
     return released
+
+
+def repair(session: Session, now: datetime, max_endpoints: int = 100) -> int:
+    """Release queues that nothing else would: held notifications on an enabled endpoint
+    that is neither draining nor probed by a head of its own. Returns how many endpoints.
+
+    Every path that holds or releases notifications keeps a queue moving (a head climbs,
+    a success drains, a retry or an ignore promotes the next); this is the net under
+    them. A claim that read "webhooks off" just before the merchant turned them on again
+    commits its hold after ``resume_deliveries`` has looked: that row would otherwise be
+    held for good. Healthy endpoints are set draining; failing ones without a head, and
+    with nothing PENDING that could fail and become one, get the next held one promoted.
+    """
+    endpoints = session.execute(
+        select(Endpoint.id, Endpoint.failing_since)
+        .join(WebhookSettings, WebhookSettings.partner_id == Endpoint.partner_id, isouter=True)
+        .where(Endpoint.disabled_at.is_(None), Endpoint.draining.is_(False),
+               WebhookSettings.enabled.is_not(False),
+               exists().where(Notification.endpoint_id == Endpoint.id,
+                              Notification.held.is_(True)),
+               or_(Endpoint.failing_since.is_(None),
+                   ~exists().where(*_climbing(Endpoint.id)).correlate(Endpoint)
+                   & ~exists().where(Notification.endpoint_id == Endpoint.id,
+                                     Notification.status == NotificationStatus.PENDING)
+                   .correlate(Endpoint)))
+        .order_by(Endpoint.id)
+        .limit(max_endpoints)
+    ).all()
+    healthy = [endpoint_id for endpoint_id, failing_since in endpoints if failing_since is None]
+    if healthy:
+        session.execute(update(Endpoint).where(Endpoint.id.in_(healthy),
+                                               Endpoint.failing_since.is_(None))
+                        .values(draining=True))
+    for endpoint_id, failing_since in endpoints:
+        if failing_since is not None:
+            promote_next(session, endpoint_id, now)
+    return len(endpoints)

@@ -73,7 +73,8 @@ _KIND_HINTS = {
     FailureKind.NO_URL: "No webhook URL is configured. Set one in your webhook settings.",
     FailureKind.ENDPOINT_DISABLED: "This endpoint answered 410 Gone and was disabled. Save "
     "your webhook settings (PUT /api/partner/v2/webhook-settings) to enable it again: the "
-    "notifications held meanwhile are then sent.",
+    "notifications held meanwhile are then sent. If you moved to another URL, retry them: "
+    "a retry sends to the URL in your settings.",
     FailureKind.WEBHOOKS_DISABLED: "Webhooks are turned off in your webhook settings. Turn "
     "them on (PUT /api/partner/v2/webhook-settings with enabled true): the notifications "
     "held meanwhile are then sent.",

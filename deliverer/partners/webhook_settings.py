@@ -66,6 +66,18 @@ def resume_deliveries(session: Session, partner_id: str, url: str | None,
                    Endpoint.disabled_at.is_not(None))
             .values(disabled_at=None, disabled_reason=None, failing_since=None)
         )
+    # An endpoint a 410 disabled that is no longer the configured URL will not be enabled
+    # again: what it holds stops there, exhausted, as before the 410 holds (a merchant's
+    # retry sends it to the URL now configured).
+    session.execute(
+        update(Notification)
+        .where(Notification.held.is_(True),
+               Notification.endpoint_id.in_(
+                   select(Endpoint.id).where(Endpoint.partner_id == partner_id,
+                                             Endpoint.disabled_at.is_not(None))))
+        .values(held=False, next_attempt_at=None, scheduled_for=None)
+        .execution_options(synchronize_session=False)
+    )
     endpoints = session.execute(
         select(Endpoint.id, Endpoint.failing_since)
         .where(Endpoint.partner_id == partner_id, Endpoint.disabled_at.is_(None),

@@ -17,6 +17,17 @@ from deliverer.scheduling.sweep import collect_due, collect_lost_resends, group_
 log = logging.getLogger(__name__)
 
 
+@shared_task(name="deliverer.repair_queues", ignore_result=True)
+def repair_queues() -> int:
+    """Release endpoint queues that nothing else would (endpoint_queue.repair)."""
+    with session_scope() as session:
+        repaired = endpoint_queue.repair(session, utcnow())
+    if repaired:
+        log.warning("%d endpoint queue(s) held with nothing to release them: released",
+                    repaired)
+    return repaired
+
+
 @shared_task(name="deliverer.sweep_due", ignore_result=True)
 def sweep_due() -> int:
     """Enqueue every notification due within the horizon that has no message yet, and

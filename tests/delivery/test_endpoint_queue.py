@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
 from deliverer.db import session_scope
 from deliverer.delivery import endpoint_queue, service
 from deliverer.delivery.ladder import Ladder
-from deliverer.models import Alert, Endpoint, NotificationStatus, utcnow
+from deliverer.models import (
+    Alert,
+    Endpoint,
+    Notification,
+    NotificationStatus,
+    WebhookSettings,
+    utcnow,
+)
 from deliverer.partners import webhook_settings
 from deliverer.publishing.service import publish_event
 from deliverer.scheduling.sweep import collect_due
@@ -269,6 +278,101 @@ def test_turning_webhooks_off_holds_what_was_queued_until_they_are_on(settings, 
     service.deliver(queued, settings)
     assert notification(queued).status == NotificationStatus.SENT
     assert len(receiver.requests("/paused")) == 1
+
+
+def test_a_410_endpoint_left_behind_for_a_new_url_exhausts_what_it_held(settings, receiver):
+    """Moving to another URL does not enable the old endpoint: its held notifications stop
+    (FAILED, exhausted) instead of staying held for good; a retry repoints them."""
+    old_url = receiver.always("/gone-old", rx.status(410))
+    partner = new_partner(settings, old_url)
+    nid = insert_notification(partner.partner_id, old_url, next_attempt_at=utcnow())
+    service.deliver(nid, settings)
+    assert notification(nid).held
+    _save(partner.partner_id, settings, url=receiver.url("/new"))
+    row = notification(nid)
+    assert not row.held and row.status == NotificationStatus.FAILED
+    assert row.next_attempt_at is None
+    assert _endpoint(partner.partner_id, old_url).disabled_at is not None
+
+
+def test_turned_off_webhooks_stop_a_drain(settings, receiver):
+    """A drain under way when webhooks are turned off releases nothing (each release
+    would only be held again at its claim, every sweep) until they are on again."""
+    url = receiver.always("/draining", rx.ok())
+    partner = new_partner(settings, url)
+    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    _hold(nid)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.url == url).values(draining=True))
+        session.execute(update(WebhookSettings)
+                        .where(WebhookSettings.partner_id == partner.partner_id)
+                        .values(enabled=False))
+    assert _drain(settings) == 0
+    _save(partner.partner_id, settings, enabled=True)
+    assert _drain(settings) == 1
+
+
+def _hold(*ids: str) -> None:
+    """Held, as a race can leave a notification: nothing scheduled to release it."""
+    with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id.in_(ids))
+                        .values(held=True, status=NotificationStatus.FAILED,
+                                next_attempt_at=None, scheduled_for=None))
+
+
+def _repair() -> int:
+    with session_scope() as session:
+        return endpoint_queue.repair(session, utcnow())
+
+
+def test_repair_releases_queues_that_nothing_else_would(settings, receiver):
+    """The net under the queues: a healthy endpoint that holds notifications but is not
+    draining is set draining; a failing one with no head and nothing pending gets its
+    next held notification promoted. Queues that are moving are left alone."""
+    partner = new_partner(settings, receiver.url("/x"))
+    healthy_url, failing_url = receiver.url("/healthy"), receiver.url("/failing")
+    probed_url, off_url = receiver.url("/probed"), receiver.url("/disabled")
+    stuck = insert_notification(partner.partner_id, healthy_url, next_attempt_at=None)
+    first, second = (insert_notification(partner.partner_id, failing_url, next_attempt_at=None)
+                     for _ in range(2))
+    head = insert_notification(partner.partner_id, probed_url, status=NotificationStatus.FAILED,
+                               next_attempt_at=utcnow() + timedelta(hours=1))
+    behind = insert_notification(partner.partner_id, probed_url, next_attempt_at=None)
+    gone = insert_notification(partner.partner_id, off_url, next_attempt_at=None)
+    _hold(stuck, first, second, behind, gone)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.url.in_([failing_url, probed_url]))
+                        .values(failing_since=utcnow()))
+        session.execute(update(Endpoint).where(Endpoint.url == off_url)
+                        .values(disabled_at=utcnow(), disabled_reason="410"))
+
+    assert _repair() == 2  # the healthy one and the failing one without a head
+    assert _endpoint(partner.partner_id, healthy_url).draining
+    promoted = notification(first)
+    assert not promoted.held and promoted.next_attempt_at is not None
+    assert notification(second).held  # one probe at a time
+    assert notification(behind).held and notification(head).next_attempt_at is not None
+    assert notification(gone).held  # waits for the merchant to save the settings
+    assert _repair() == 0  # now moving: a head climbs, a drain runs
+    assert _drain(settings) == 1 and not notification(stuck).held
+
+
+def test_repair_leaves_partners_with_webhooks_off_alone(settings, receiver):
+    url = receiver.url("/paused-repair")
+    partner = new_partner(settings, url)
+    nid = insert_notification(partner.partner_id, url, next_attempt_at=None)
+    _hold(nid)
+    _save(partner.partner_id, settings, enabled=False)
+    assert _repair() == 0
+    assert not _endpoint(partner.partner_id, url).draining
+
+
+def test_the_beat_runs_the_repair(settings):
+    import beat_schedule
+
+    entry = beat_schedule.build(settings)["repair-held-queues"]
+    assert entry["task"] == "deliverer.repair_queues"
+    assert entry["schedule"].total_seconds() == pytest.approx(settings.sweep_interval * 12)
 
 
 def test_alert_after_the_fifth_failed_retry_once_per_failing_period(
