@@ -38,6 +38,8 @@ from deliverer.models import (
     Lane,
     Notification,
     NotificationStatus,
+    Partner,
+    PartnerFlow,
     Trigger,
     WebhookSettings,
     active_secrets,
@@ -139,8 +141,10 @@ _JOBS = (
     select(_N.id, _N.url, _N.lane, _N.endpoint_id, Event.body, Endpoint.failing_since,
            Endpoint.disabled_at, Endpoint.disabled_reason, WebhookSettings.enabled,
            WebhookSettings.signing_secret,
-           WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at)
+           WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at,
+           Partner.active, Partner.flow)
     .join(Event, Event.id == _N.event_id)
+    .join(Partner, Partner.id == _N.partner_id)
     .outerjoin(Endpoint, Endpoint.id == _N.endpoint_id)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == _N.partner_id)
     .where(_N.id.in_(_IDS))
@@ -178,6 +182,11 @@ def lease(session: Session, ids: Sequence[str], settings: Settings,
         if r.disabled_at is not None:
             hold_undeliverable(session, r.id, error_payload(
                 FailureKind.ENDPOINT_DISABLED, r.disabled_reason or "Endpoint disabled"))
+            continue
+        if not r.active or r.flow != PartnerFlow.WEBHOOK:
+            stop_for_good(session, r.id, error_payload(
+                FailureKind.NOT_A_WEBHOOK_PARTNER,
+                "The partner is inactive" if not r.active else "The partner polls"))
             continue
         if r.enabled is False:  # None: a partner without settings, sent as before
             hold_undeliverable(session, r.id, error_payload(
@@ -221,6 +230,19 @@ def claim(session: Session, notification_id: str, settings: Settings,
     # Due and free now: the lease skipped it because another transaction held its row
     # lock a moment ago (a merchant's request, the sweep). Come back, do not drop it.
     return Claim(ClaimState.LOCKED)
+
+
+def stop_for_good(session: Session, notification_id: str, error: dict[str, Any]) -> None:
+    """No request, ever: the partner was deactivated or moved to polling after this was
+    queued. NOT_SENT, as what is published for such partners is (an operator's replay
+    sends it if that changes back)."""
+    session.execute(
+        update(Notification).where(Notification.id == notification_id)
+        .values(status=NotificationStatus.NOT_SENT, next_attempt_at=None, lease_token=None,
+                lease_expires_at=None, held=False, scheduled_for=None,
+                latest_error_payload=error)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def hold_undeliverable(session: Session, notification_id: str,

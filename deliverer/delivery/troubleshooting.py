@@ -20,6 +20,7 @@ class FailureKind(StrEnum):
     NO_URL = "no_url"
     ENDPOINT_DISABLED = "endpoint_disabled"
     WEBHOOKS_DISABLED = "webhooks_disabled"  # the merchant turned webhooks off
+    NOT_A_WEBHOOK_PARTNER = "not_a_webhook_partner"  # deactivated, or moved to polling
 
 
 _STATUS_HINTS = {
@@ -75,6 +76,8 @@ _KIND_HINTS = {
     "your webhook settings (PUT /api/partner/v2/webhook-settings) to enable it again: the "
     "notifications held meanwhile are then sent. If you moved to another URL, retry them: "
     "a retry sends to the URL in your settings.",
+    FailureKind.NOT_A_WEBHOOK_PARTNER: "This partner is inactive or reads its events by "
+    "polling, so no webhook is sent. Ask the provider to enable webhook delivery.",
     FailureKind.WEBHOOKS_DISABLED: "Webhooks are turned off in your webhook settings. Turn "
     "them on (PUT /api/partner/v2/webhook-settings with enabled true): the notifications "
     "held meanwhile are then sent.",

@@ -19,6 +19,8 @@ from deliverer.models import (
     Endpoint,
     Notification,
     NotificationStatus,
+    Partner,
+    PartnerFlow,
     WebhookSettings,
     utcnow,
 )
@@ -373,6 +375,23 @@ def test_the_beat_runs_the_repair(settings):
     entry = beat_schedule.build(settings)["repair-held-queues"]
     assert entry["task"] == "deliverer.repair_queues"
     assert entry["schedule"].total_seconds() == pytest.approx(settings.sweep_interval * 12)
+
+
+@pytest.mark.parametrize("change", [{"active": False}, {"flow": PartnerFlow.POLLING}])
+def test_a_partner_that_stopped_taking_webhooks_gets_none_of_what_was_queued(
+        settings, receiver, change):
+    """Deactivated, or moved to polling, after the notification was queued: no request,
+    NOT_SENT for good (as what is published for such partners)."""
+    url = receiver.always("/former", rx.ok())
+    partner = new_partner(settings, url)
+    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    with session_scope() as session:
+        session.execute(update(Partner).where(Partner.id == partner.partner_id).values(change))
+    assert service.deliver(nid, settings).state == service.ClaimState.FINAL
+    assert receiver.requests("/former") == []
+    row = notification(nid)
+    assert row.status == NotificationStatus.NOT_SENT and not row.held
+    assert row.latest_error_payload["kind"] == "not_a_webhook_partner"
 
 
 def test_alert_after_the_fifth_failed_retry_once_per_failing_period(
