@@ -215,8 +215,8 @@ class BatchOutcome:
     not_due: list[tuple[str, str, datetime]]
     locked: list[str] = field(default_factory=list)
     deferred: int = 0
-    # Claimed, not sent: the lease would have run out before their POSTs ended.
-    unsent: list[str] = field(default_factory=list)
+    # Claimed, not sent: the lease would have run out before their POSTs ended. (id, lane)
+    unsent: list[tuple[str, str]] = field(default_factory=list)
 
 
 def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
@@ -234,15 +234,15 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
         return BatchOutcome(0, 0, [], batch.not_due, batch.locked, deferred=len(refused))
     results = perform_many(admitted, settings, send_cutoff(leased_at, settings))
     done = [(job, r) for (job, _), r in zip(admitted, results, strict=True) if r is not None]
-    unsent = [job.notification_id for (job, _), r in zip(admitted, results, strict=True)
-              if r is None]
+    unsent = [(job.notification_id, job.lane)
+              for (job, _), r in zip(admitted, results, strict=True) if r is None]
     if unsent:
         log.warning("lease running out: %d of %d deliveries handed back unsent",
                     len(unsent), len(admitted))
 
     def write(session: Session) -> list[NextAttempt]:
         if unsent:
-            release_unsent(session, unsent, batch.token)
+            release_unsent(session, [nid for nid, _ in unsent], batch.token)
         return record_many(session, [j for j, _ in done], [r for _, r in done], settings)
 
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while

@@ -72,6 +72,8 @@ class DeliveryJob:
     trigger: Trigger
     endpoint_id: int | None
     endpoint_failing: bool
+    # The queue its message came from, for a job handed back unsent (batch.deliver_many).
+    lane: str = Lane.FIRST
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def lease(session: Session, ids: Sequence[str], settings: Settings,
             secrets=active_secrets(r.signing_secret, r.previous_secret,
                                    r.previous_secret_expires_at, now),
             trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
-            endpoint_failing=r.failing_since is not None,
+            endpoint_failing=r.failing_since is not None, lane=r.lane,
         ))
     return leased, jobs
 

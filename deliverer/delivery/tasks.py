@@ -55,7 +55,11 @@ def deliver_many(notification_ids: list[str]) -> int:
             enqueue_delivery(notification_id, lane, due_at)
     if outcome.locked:
         enqueue_batch(outcome.locked, Lane.RETRY, utcnow() + LOCKED_RETRY)
-    if outcome.unsent:
-        # Claimable again at once (their leases were given back): another batch, now.
-        enqueue_batch(outcome.unsent, Lane.RETRY)
+    # Claimable again at once (their leases were given back): another batch, now, on the
+    # queue each came from, so a first attempt does not wait behind the retry backlog.
+    by_lane: dict[str, list[str]] = {}
+    for notification_id, lane in outcome.unsent:
+        by_lane.setdefault(lane, []).append(notification_id)
+    for lane, ids in by_lane.items():
+        enqueue_batch(ids, lane)
     return outcome.sent
