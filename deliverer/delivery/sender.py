@@ -49,15 +49,24 @@ def _check_peer(sock: socket.socket) -> None:
 
 def _connect_first(candidates: Sequence[netguard.AddrInfo], conn: HTTPConnection,
                    ) -> socket.socket:
-    """urllib3's create_connection, over addresses already resolved and vetted."""
+    """urllib3's create_connection, over addresses already resolved and vetted, with one
+    connect timeout for them all: per address, a host with several unreachable ones
+    would hold the send for that many timeouts, which the lease cutoff does not allow
+    for (batch.send_cutoff counts one connect timeout)."""
     error: OSError | None = None
+    budget = conn.timeout if isinstance(conn.timeout, int | float) else None
+    deadline = None if budget is None else time.monotonic() + budget
     for family, kind, proto, _canonname, sockaddr in candidates:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError("connect timeout spent on earlier addresses")
         sock = socket.socket(family, kind, proto)
         try:
             for option in conn.socket_options or ():
                 sock.setsockopt(*option)
-            if conn.timeout is None or isinstance(conn.timeout, int | float):
-                sock.settimeout(conn.timeout)
+            if deadline is not None:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+            elif conn.timeout is None:
+                sock.settimeout(None)
             if conn.source_address:
                 sock.bind(conn.source_address)
             sock.connect(sockaddr)

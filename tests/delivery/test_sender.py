@@ -176,9 +176,13 @@ class FakeNet:
             return real(sock, address)  # type: ignore[no-any-return]
         if address in self.routes:
             return real(sock, self.routes[address])  # type: ignore[no-any-return]
+        if address[0] in self.silent:  # drops the SYN: the connect times out
+            time.sleep(sock.gettimeout() or 0.0)
+            raise TimeoutError("timed out")
         raise ConnectionRefusedError(f"test network: {address} is not reachable")
 
     thread = 0
+    silent: frozenset[str] = frozenset()
 
 
 @pytest.fixture
@@ -233,6 +237,21 @@ def test_ssrf_guard_dials_the_vetted_address_without_a_second_lookup(net, listen
     assert net.lookups == ["public.test"]
     assert net.connects == [("93.184.216.34", port)]
     assert_never_connected(listener)
+
+
+def test_one_connect_timeout_covers_every_address_of_a_host(net):
+    """Three addresses that never answer: the send gives up after one connect timeout,
+    not three (the lease's send cutoff allows for one)."""
+    addresses = ["93.184.216.34", "93.184.216.35", "93.184.216.36"]
+    net.silent = frozenset(addresses)
+    net.answer("silent.test", addresses)
+    started = time.monotonic()
+    result = send("http://silent.test/hook", BODY, {}, GUARDED)
+    elapsed = time.monotonic() - started
+    assert result.success is False and result.error is not None
+    assert result.error["kind"] == "timeout", result.error
+    assert elapsed < GUARDED.connect_timeout + 0.5, elapsed
+    assert 1 <= len(net.connects) <= len(addresses)
 
 
 def test_ssrf_guard_reports_a_name_that_does_not_resolve_as_dns(net):
