@@ -6,22 +6,65 @@ STARTTLS whenever the server offers it. Certificates are verified (the system's 
 store; ``SSL_CERT_FILE`` adds one) unless the URL ends with ``?tls_verify=false``.
 Credentials are only ever sent over TLS: an ``smtp://`` URL with a user, to a server that
 does not offer STARTTLS, is refused rather than logging in in cleartext.
+
+The conversation is bounded in time, so that whoever sends knows for how long a message
+may still be in flight (``LONGEST_SEND``): every wait for the server lasts at most
+``SMTP_TIMEOUT``, and nothing more is sent to the server, the message's final dot
+included, once ``SMTP_SEND_WITHIN`` has passed since the call began. A server may only
+accept a message on that dot, so it cannot accept it later than that; its answer is
+awaited one ``SMTP_TIMEOUT`` more (a server that trickles its answer out byte by byte can
+stretch that wait, not the moment it accepted).
 """
 
 from __future__ import annotations
 
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+# Each wait for the server (a reply, a connection, a write), in seconds.
+SMTP_TIMEOUT = 10.0
+# Every command, and the message itself, is sent within this many seconds of the start.
+SMTP_SEND_WITHIN = 30.0
+# How long a ``send_mail`` call with the defaults may go on (but for a server trickling
+# its answers out): past it, the server has accepted the message or never will.
+LONGEST_SEND = SMTP_SEND_WITHIN + SMTP_TIMEOUT
 
 
 class SmtpConfigError(ValueError):
     """``DELIVERER_SMTP_URL`` cannot be used as it is; trying again will not help."""
 
 
+class _BoundedSMTP(smtplib.SMTP):
+    """Sends nothing past ``send_by`` (a ``time.monotonic()`` value): ``TimeoutError``."""
+
+    send_by = float("inf")
+
+    def send(self, s: Buffer | str) -> None:
+        remaining = self.send_by - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("SMTP conversation too slow: nothing more is sent to the server")
+        if self.sock is not None:
+            self.sock.settimeout(min(self.timeout, remaining))
+        try:
+            super().send(s)
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout)  # the reply may take the full timeout
+
+
+class _BoundedSMTP_SSL(_BoundedSMTP, smtplib.SMTP_SSL):
+    pass
+
+
 def send_mail(smtp_url: str, sender: str, to: str, subject: str, body: str,
-              timeout: float = 10.0) -> None:
+              timeout: float = SMTP_TIMEOUT, send_within: float = SMTP_SEND_WITHIN) -> None:
     parts = urlsplit(smtp_url)
     if parts.scheme not in ("smtp", "smtps"):
         raise SmtpConfigError("DELIVERER_SMTP_URL must be smtp:// or smtps://")
@@ -32,11 +75,13 @@ def send_mail(smtp_url: str, sender: str, to: str, subject: str, body: str,
     message["Subject"] = subject
     message.set_content(body)
     host = parts.hostname or "127.0.0.1"
-    client: smtplib.SMTP
+    send_by = time.monotonic() + send_within
+    client: _BoundedSMTP
     if parts.scheme == "smtps":
-        client = smtplib.SMTP_SSL(host, parts.port or 465, timeout=timeout, context=context)
+        client = _BoundedSMTP_SSL(host, parts.port or 465, timeout=timeout, context=context)
     else:
-        client = smtplib.SMTP(host, parts.port or 25, timeout=timeout)
+        client = _BoundedSMTP(host, parts.port or 25, timeout=timeout)
+    client.send_by = send_by
     try:
         if parts.scheme == "smtp":
             client.ehlo()

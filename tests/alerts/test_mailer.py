@@ -1,7 +1,9 @@
-"""The mailer against a real SMTP server on loopback: credentials only over TLS."""
+"""The mailer against a real SMTP server on loopback: credentials only over TLS, and a
+conversation bounded in time."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -75,4 +77,32 @@ def test_smtps_is_tls_from_the_start(certificate, monkeypatch):
     with serve(inbox, ssl_context=server_tls_context(cert, key), auth_require_tls=False) as port:
         _send(f"smtps://alerts:s3cret@127.0.0.1:{port}")
     assert [login[1:] for login in inbox.logins] == [("alerts", "s3cret", True)]
+    assert len(inbox.messages) == 1
+
+
+class _SlowToAnswerRcpt(Inbox):
+    """Answers RCPT TO only after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        await asyncio.sleep(self.delay)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_nothing_is_sent_past_the_conversations_deadline():
+    """Each wait is within the timeout, but the conversation has run past ``send_within``:
+    the message is not sent (the server could accept it later than the caller counts on)."""
+    inbox = _SlowToAnswerRcpt(delay=0.6)
+    with serve(inbox) as port:
+        url = f"smtp://127.0.0.1:{port}"
+        with pytest.raises(TimeoutError, match="nothing more is sent"):
+            send_mail(url, "alerts@deliverer.test", "ops@merchant.test", "Failing", "Body",
+                      timeout=5, send_within=0.5)
+        assert inbox.messages == []
+        send_mail(url, "alerts@deliverer.test", "ops@merchant.test", "Failing", "Body",
+                  timeout=5, send_within=5)
     assert len(inbox.messages) == 1
