@@ -66,6 +66,7 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
     return list(session.scalars(
         select(Alert.id)
         .join(WebhookSettings, WebhookSettings.partner_id == Alert.partner_id)
+        # Served by the partial index ix_alerts_unmailed: O(recent unmailed alerts).
         .where(Alert.emailed_at.is_(None),
                Alert.created_at >= now - UNMAILED_MAX_AGE,
                Alert.created_at <= now - UNMAILED_AFTER,
