@@ -34,8 +34,9 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": interval * REPAIR_EVERY_SWEEPS,
             "options": {"expires": max(1.0, settings.sweep_interval * REPAIR_EVERY_SWEEPS)},
         },
-        # Alert e-mails whose task was lost (broker down at the commit) or gave up (SMTP
-        # down longer than its retries): offered again for a day (deliverer.alerts.service).
+        # Alert e-mails whose task was lost (broker down at the commit), gave up (SMTP down
+        # longer than its retries) or died mid-send: offered again for a day, once the dead
+        # worker's claim has run out (deliverer.alerts.service).
         "email-unmailed-alerts": {
             "task": "deliverer.sweep_alert_emails",
             "schedule": timedelta(minutes=5),

@@ -3,8 +3,13 @@
 An alert is raised once per failing period of an endpoint, recorded in ``alerts``
 (listed by ``GET /api/partner/v2/webhook-alerts``) and e-mailed to the partner's alert
 address when one is set, by a task sent after the commit. An alert whose message was lost
-(the broker was down at the commit) or whose task gave up (SMTP down for longer than its
-retries) is offered again by beat's alert sweep for a day (``enqueue_unmailed``).
+(the broker was down at the commit), whose task gave up (SMTP down for longer than its
+retries) or whose worker died while sending is offered again by beat's alert sweep for a
+day (``enqueue_unmailed``).
+
+E-mailing is at least once, and at most once per claim: a worker claims the alert for
+``email_claim`` (the longest SMTP conversation, then recording it) before sending, and
+``emailed_at`` is set only once the server has accepted the message.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
@@ -32,6 +38,22 @@ KIND_DISABLED = "endpoint_disabled"
 UNMAILED_AFTER = timedelta(minutes=5)
 UNMAILED_MAX_AGE = timedelta(hours=24)
 UNMAILED_PER_SWEEP = 100
+
+
+def email_claim(settings: Settings) -> timedelta:
+    """How long a worker may hold an alert it is e-mailing: the SMTP conversation (at most
+    ``LONGEST_SEND``: by then the server has accepted the message or never will), then
+    recording it, retried for up to lease_seconds through database hiccups. Past it the
+    worker is taken for dead and another task, or the alert sweep, may e-mail the alert."""
+    from deliverer.alerts.mailer import LONGEST_SEND
+
+    return timedelta(seconds=LONGEST_SEND + settings.lease_seconds)
+
+
+def _free_to_claim(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Not e-mailed, and nobody's claim (or one that ran out: its worker died)."""
+    return (Alert.emailed_at.is_(None),
+            or_(Alert.email_claimed_until.is_(None), Alert.email_claimed_until < now))
 
 
 def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *,
@@ -67,7 +89,7 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
         select(Alert.id)
         .join(WebhookSettings, WebhookSettings.partner_id == Alert.partner_id)
         # Served by the partial index ix_alerts_unmailed: O(recent unmailed alerts).
-        .where(Alert.emailed_at.is_(None),
+        .where(*_free_to_claim(now),
                Alert.created_at >= now - UNMAILED_MAX_AGE,
                Alert.created_at <= now - UNMAILED_AFTER,
                WebhookSettings.alert_email.is_not(None), WebhookSettings.alert_email != "")
@@ -78,8 +100,10 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
 def enqueue_unmailed(settings: Settings, now: datetime | None = None) -> int:
     """The alert sweep: send another e-mail task for each alert ``unmailed_alerts`` finds.
 
-    Safe while an earlier task for the same alert is queued or sending: whichever runs
-    first claims the alert (``email_alert``), the other finds it claimed and sends nothing.
+    Alerts being sent are left alone; those whose claim ran out (their worker died mid-send)
+    are offered again. Safe while an earlier task for the same alert is queued: whichever
+    runs first claims the alert (``email_alert``), the other finds it claimed and sends
+    nothing.
     """
     with session_scope() as session:
         alert_ids = unmailed_alerts(session, settings, now or utcnow())
@@ -89,12 +113,15 @@ def enqueue_unmailed(settings: Settings, now: datetime | None = None) -> int:
 
 
 def email_alert(alert_id: int, settings: Settings) -> bool:
-    """Send the alert's e-mail once. Returns whether a message went out.
+    """Send the alert's e-mail, unless it was sent or is being sent. Returns whether a
+    message went out.
 
-    ``emailed_at`` is the claim: set by a conditional UPDATE, committed before the SMTP
-    conversation, so a second task for the alert (the sweep's, a redelivery) sends nothing
-    while this one is sending or after it sent. A send that fails gives the claim back, and
-    the task's retries or the alert sweep try again.
+    The claim is ``email_claimed_until``, set by a conditional UPDATE committed before the
+    SMTP conversation, so a second task for the alert (the sweep's, a duplicate) sends
+    nothing while this one holds it. ``emailed_at`` is set once the server has accepted the
+    message, so a worker that dies mid-send (``kill -9``, out of memory) leaves the alert
+    un-mailed: once its claim has run out, a redelivered task or the alert sweep sends it.
+    A send that fails gives the claim back, and the task's retries or the sweep try again.
     """
     from deliverer.alerts.mailer import SmtpConfigError, send_mail
 
@@ -112,27 +139,48 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
                 f"Notification: {alert.notification_id}\nSince: {alert.created_at.isoformat()}\n"
                 "Fix your endpoint, then retry the failed notifications from the API or "
                 "the console.\n")
-        claimed = session.execute(
-            update(Alert).where(Alert.id == alert_id, Alert.emailed_at.is_(None))
-            .values(emailed_at=utcnow()))
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        claimed_until = claim_alert_email(session, alert_id, settings)
+        if claimed_until is None:
             return False
     try:
         send_mail(settings.smtp_url, settings.alert_sender, to, subject, body)
     except SmtpConfigError as exc:
         # Retrying cannot help; the alert waits, un-mailed, for the settings to be fixed.
         log.error("alert %s not e-mailed: %s", alert_id, exc)
-        _unclaim(alert_id, settings)
+        _unclaim(alert_id, claimed_until, settings)
         return False
     except BaseException:
-        _unclaim(alert_id, settings)
+        _unclaim(alert_id, claimed_until, settings)
         raise
+    # Accepted (send_mail does not raise for a failed QUIT after that). Recorded through
+    # database hiccups: left unrecorded, the claim would run out and a second e-mail go.
+    in_transaction(
+        lambda session: session.execute(
+            update(Alert).where(Alert.id == alert_id, Alert.emailed_at.is_(None))
+            .values(emailed_at=utcnow(), email_claimed_until=None)),
+        retry_for=settings.lease_seconds)
     return True
 
 
-def _unclaim(alert_id: int, settings: Settings) -> None:
-    # Retried through a database hiccup: a claim left behind would mean no e-mail at all.
+def claim_alert_email(session: Session, alert_id: int, settings: Settings,
+                      now: datetime | None = None) -> datetime | None:
+    """Claim the alert for e-mailing it (the caller commits): until when, or None when it
+    is e-mailed already or claimed by a worker that is (or may still be) sending it."""
+    now = now or utcnow()
+    until = now + email_claim(settings)
+    claimed = session.execute(
+        update(Alert).where(Alert.id == alert_id, *_free_to_claim(now))
+        .values(email_claimed_until=until))
+    return until if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def _unclaim(alert_id: int, claimed_until: datetime, settings: Settings) -> None:
+    # Retried through a database hiccup: a claim left behind delays the e-mail until it
+    # runs out. Only our own claim: had ours run out and another worker claimed the alert
+    # since, freeing its claim would let a third send at the same time.
     in_transaction(
         lambda session: session.execute(
-            update(Alert).where(Alert.id == alert_id).values(emailed_at=None)),
+            update(Alert).where(Alert.id == alert_id,
+                                Alert.email_claimed_until == claimed_until)
+            .values(email_claimed_until=None)),
         retry_for=settings.lease_seconds)
