@@ -59,6 +59,8 @@ class Notification(Base):
             sqlite_where=text("next_attempt_at IS NOT NULL"),
         ),
         Index(None, "partner_id", "created_at", "id"),
+        # The operator console's newest-first pages across partners (operations.inspect).
+        Index(None, "created_at", "id"),
         Index(None, "partner_id", "status", "created_at"),
         Index(None, "endpoint_id", "status", "next_attempt_at"),
         Index(None, "endpoint_id", "held", "sequence"),

@@ -21,6 +21,9 @@ class PartnerRequest(Base):
     __tablename__ = "partner_requests"
     __table_args__ = (
         Index(None, "partner_id", "kind", "created_at"),
+        # The console: recent actions newest first, and a notification's actions.
+        Index(None, "created_at", "id"),
+        Index(None, "notification_id", "created_at"),
         # The beat sweep's look-up of resends not yet done: O(open resends), not O(trail).
         Index("ix_partner_requests_open_resends", "delivery_status",
               postgresql_where=text(OPEN_RESENDS), sqlite_where=text(OPEN_RESENDS)),
