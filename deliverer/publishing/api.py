@@ -35,7 +35,9 @@ def publish_event(partner_id: str, type: str, reference: str, payload: dict[str,
 
 
 def publish_events(partner_id: str, events: list[dict[str, Any]]) -> list[Published]:
-    """Bulk: ``events`` are dicts with type, reference, payload and optional callback_url."""
+    """Bulk: ``events`` are dicts with type, reference, payload and optional callback_url
+    and idempotency_key; an event whose key was recorded before is not recorded again
+    (``deliverer.publishing.service.publish_events``)."""
     return in_transaction(
         lambda session: _publish_events(session, get_settings(), partner_id=partner_id,
                                         events=events),

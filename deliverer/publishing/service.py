@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,12 +91,15 @@ _PARTNER = (
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Partner.id)
     .where(Partner.id == bindparam("partner_id"))
 )
+# The events a partner already recorded under any of a publish's keys: one statement,
+# however many events the publish carries.
 _KEYED = (
-    select(Event.type, Event.reference, Event.payload, Event.callback_url, Event.id,
-           Notification.id, Notification.status, Notification.sequence)
+    select(Event.idempotency_key, Event.type, Event.reference, Event.payload,
+           Event.callback_url, Event.id, Notification.id, Notification.status,
+           Notification.sequence)
     .join(Notification, Notification.event_id == Event.id)
     .where(Event.partner_id == bindparam("partner_id"),
-           Event.idempotency_key == bindparam("key"))
+           Event.idempotency_key.in_(bindparam("keys", expanding=True)))
 )
 
 
@@ -149,25 +153,42 @@ def publish_event(
     idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> Published:
-    """Publish one event: the one-event case of ``publish_events``.
-
-    With an ``idempotency_key`` already used for this partner, nothing is written: the
-    result is the recorded event and its notification's current status, or
-    ``IdempotencyKeyReused`` if that event differs from this one. When a concurrent
-    publish with the same key commits first, this one's INSERT fails with IntegrityError
-    (``publish_event_once`` runs it again, and it finds that event).
-    """
-    if idempotency_key is not None:
-        row = session.connection().execute(
-            _KEYED, {"partner_id": partner_id, "key": idempotency_key}).one_or_none()
-        if row is not None:
-            if (row[0], row[1], _canonical(row[2]), row[3]) != (
-                    type, reference, _canonical(payload), callback_url or None):
-                raise IdempotencyKeyReused()
-            return Published(row[4], row[5], row[6], row[7])
+    """Publish one event: the one-event case of ``publish_events``, keys included."""
     event = {"type": type, "reference": reference, "payload": payload,
              "callback_url": callback_url, "idempotency_key": idempotency_key}
     return publish_events(session, settings, partner_id=partner_id, events=[event], now=now)[0]
+
+
+def _recorded(session: Session, partner_id: str,
+              events: Sequence[Mapping[str, Any]]) -> dict[str, Published]:
+    """The events already recorded under the idempotency keys of ``events``, by key.
+
+    A key used twice in one publish is refused: the two events are either the same one
+    (the producer's mistake) or two under one key, and neither can be recorded as asked.
+    A key recorded for an event that differs from this publish's is ``IdempotencyKeyReused``.
+    """
+    keys = [spec["idempotency_key"] for spec in events
+            if spec.get("idempotency_key") is not None]
+    if not keys:
+        return {}
+    if len(set(keys)) != len(keys):
+        repeated = sorted(key for key, n in Counter(keys).items() if n > 1)
+        raise ValidationFailed(
+            f"Idempotency keys must differ within one publish; repeated: {repeated[:5]}")
+    rows = {row[0]: row for row in session.connection().execute(
+        _KEYED, {"partner_id": partner_id, "keys": keys})}
+    recorded: dict[str, Published] = {}
+    for spec in events:
+        key = spec.get("idempotency_key")
+        row = rows.get(key) if key is not None else None
+        if row is None:
+            continue
+        if (row[1], row[2], _canonical(row[3]), row[4]) != (
+                spec["type"], spec["reference"], _canonical(spec["payload"]),
+                spec.get("callback_url") or None):
+            raise IdempotencyKeyReused()
+        recorded[row[0]] = Published(row[5], row[6], row[7], row[8])
+    return recorded
 
 
 def _canonical(payload: Any) -> str:
@@ -202,9 +223,18 @@ def publish_events(
 ) -> list[Published]:
     """Publish many events of one partner in one transaction (bulk producers).
 
-    Same rules as ``publish_event``; rows are written with multi-row INSERTs, sequence
-    numbers are reserved per endpoint in one statement, and deliveries are enqueued after
-    the commit as batches, so a large publish costs a handful of round trips.
+    Rows are written with multi-row INSERTs, sequence numbers are reserved per endpoint in
+    one statement, and deliveries are enqueued after the commit as batches, so a large
+    publish costs a handful of round trips.
+
+    An event may carry an ``idempotency_key`` (unique per partner): one SELECT finds the
+    events already recorded under the publish's keys, and for those nothing is written:
+    their result is the recorded event and its notification's current status. A key
+    recorded for a different event is ``IdempotencyKeyReused``, a key given twice in one
+    publish ``ValidationFailed``; either refuses the whole publish. When a concurrent
+    publish with one of the keys commits first, this one's INSERT fails with
+    IntegrityError and rolls everything back (``publish_event_once`` runs it again, and
+    it finds that event).
     """
     now = now or utcnow()
     partner = session.connection().execute(_PARTNER, {"partner_id": partner_id}
@@ -214,16 +244,21 @@ def publish_events(
     # POLLING partners read their events rather than receive them (models.PartnerFlow).
     enabled = bool(partner.active and partner.enabled and partner.flow == PartnerFlow.WEBHOOK)
     default_url = partner.url
-    checked: set[str] = set()
     for spec in events:
         _check_payload(spec["payload"])
+    # Looked up before the URL checks (which resolve host names): a publish repeated after
+    # an unknown outcome gets its recorded events even if a callback URL no longer passes.
+    recorded = _recorded(session, partner_id, events)
+    fresh = [spec for spec in events if spec.get("idempotency_key") not in recorded]
+    checked: set[str] = set()
+    for spec in fresh:
         callback_url = spec.get("callback_url")
         if callback_url and callback_url not in checked:
             netguard.validate_url(callback_url, allow_private=settings.allow_private_urls)
             checked.add(callback_url)
 
     urls: dict[str, int] = {}
-    for spec in events:
+    for spec in fresh:
         url = spec.get("callback_url") or default_url
         if url and enabled:
             urls[url] = urls.get(url, 0) + 1
@@ -239,6 +274,10 @@ def publish_events(
     published: list[Published] = []
     to_deliver: list[str] = []
     for spec in events:
+        key = spec.get("idempotency_key")
+        if key is not None and key in recorded:
+            published.append(recorded[key])
+            continue
         event = Event(id=new_id(), partner_id=partner_id, type=spec["type"],
                       reference=spec["reference"], payload=spec["payload"],
                       callback_url=spec.get("callback_url"), created_at=now)

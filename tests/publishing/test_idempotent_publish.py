@@ -17,7 +17,9 @@ from sqlalchemy import func, select
 
 import deliverer
 from deliverer.db import session_scope
+from deliverer.errors import ValidationFailed
 from deliverer.models import Event, Notification
+from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import (
     IdempotencyKeyReused,
     publish_event,
@@ -35,6 +37,17 @@ def count(model) -> int:
 
 def deliver_messages(published_tasks):
     return [t for t in published_tasks if t["task"] == "deliverer.deliver"]
+
+
+def enqueued_ids(published_tasks) -> list[str]:
+    """The notifications of every delivery message, single or batched."""
+    ids: list[str] = []
+    for task in published_tasks:
+        if task["task"] == "deliverer.deliver":
+            ids.extend(task["args"])
+        elif task["task"] == "deliverer.deliver_many":
+            ids.extend(task["args"][0])
+    return ids
 
 
 def test_publishing_again_with_the_key_returns_the_recorded_event(settings, receiver,
@@ -101,6 +114,73 @@ def test_concurrent_publishes_with_one_key_record_one_event(settings, receiver):
     assert (got.event_id, got.notification_id) == (first.event_id, first.notification_id)
     assert (count(Event), count(Notification)) == (1, 1)
     assert h.endpoint_sequences(partner.partner_id, url) == (1, [1])
+
+
+# --------------------------------------------------------------------------- bulk
+
+
+def spec(reference: str, key: str | None = None, **changes) -> dict:
+    return {"type": "t", "reference": reference, "payload": {"ref": reference},
+            "idempotency_key": key} | changes
+
+
+def test_a_bulk_publish_repeated_returns_the_recorded_events(settings, receiver,
+                                                              published_tasks):
+    """Before: the repeat's INSERT hit the unique index, and the whole batch failed with
+    a raw IntegrityError."""
+    url = receiver.url("/hook")
+    partner = h.new_partner(settings, url)
+    batch = [spec("a", "k-a"), spec("b", "k-b"), spec("c", "k-c")]
+    first = publish_events(partner.partner_id, batch)
+    assert [p.sequence for p in first] == [1, 2, 3]
+    again = publish_events(partner.partner_id, batch)
+    assert [(p.event_id, p.notification_id, p.sequence) for p in again] == [
+        (p.event_id, p.notification_id, p.sequence) for p in first]
+    assert (count(Event), count(Notification)) == (3, 3)
+    assert sorted(enqueued_ids(published_tasks)) == sorted(p.notification_id for p in first)
+
+    # Known keys, new keys and no key in one batch: in order, only the new ones written,
+    # numbered on from the last without a gap.
+    mixed = publish_events(partner.partner_id, [
+        spec("b", "k-b"), spec("d", "k-d"), spec("e"), spec("a", "k-a")])
+    assert (mixed[0].event_id, mixed[3].event_id) == (first[1].event_id, first[0].event_id)
+    assert [mixed[1].sequence, mixed[2].sequence] == [4, 5]
+    assert (count(Event), count(Notification)) == (5, 5)
+    assert h.endpoint_sequences(partner.partner_id, url) == (5, [1, 2, 3, 4, 5])
+    assert len(enqueued_ids(published_tasks)) == 5
+
+    # A single keyed publish and a bulk one share the partner's keys.
+    single = deliverer.publish_event(partner.partner_id, "t", "d", {"ref": "d"},
+                                     idempotency_key="k-d")
+    assert single.event_id == mixed[1].event_id
+    [bulk] = publish_events(partner.partner_id, [spec("f", "k-f")])
+    assert deliverer.publish_event(partner.partner_id, "t", "f", {"ref": "f"},
+                                   idempotency_key="k-f").event_id == bulk.event_id
+    assert (count(Event), count(Notification)) == (6, 6)
+
+
+def test_a_bulk_publish_reusing_a_key_for_another_event_writes_nothing(settings, receiver,
+                                                                       published_tasks):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    publish_events(partner.partner_id, [spec("a", "k-a")])
+    before = len(enqueued_ids(published_tasks))
+    with pytest.raises(IdempotencyKeyReused):
+        publish_events(partner.partner_id, [spec("new", "k-new"),
+                                            spec("a", "k-a", payload={"changed": True})])
+    assert (count(Event), count(Notification)) == (1, 1)
+    assert len(enqueued_ids(published_tasks)) == before
+    # The refused batch gave its sequence number back.
+    assert h.endpoint_sequences(partner.partner_id, receiver.url("/hook")) == (1, [1])
+
+
+def test_a_key_twice_in_one_bulk_publish_is_refused(settings, receiver, published_tasks):
+    """Before: the second row's INSERT hit the unique index (a raw IntegrityError)."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    for batch in ([spec("a", "k"), spec("a", "k")], [spec("a", "k"), spec("b", "k")]):
+        with pytest.raises(ValidationFailed, match="repeated: \\['k'\\]"):
+            publish_events(partner.partner_id, [spec("x", "other"), *batch])
+    assert (count(Event), count(Notification)) == (0, 0)
+    assert enqueued_ids(published_tasks) == []
 
 
 # --------------------------------------------------------------------------- the task
