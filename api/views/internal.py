@@ -16,14 +16,8 @@ from api.schemas.internal import (
     PublishedSchema,
     PublishEventSchema,
 )
-from deliverer.db import in_transaction, is_transient_abort
 from deliverer.partners.service import create_partner
-from deliverer.publishing.api import ABORT_RETRY_FOR
-from deliverer.publishing.service import publish_event, publish_event_once
-
-# With an Idempotency-Key, any transient database error may be retried, even one that
-# could have followed the commit: the key finds the event if it was recorded.
-KEYED_RETRY_FOR = 2.0
+from deliverer.publishing.service import publish_one_and_commit
 
 blp = Blueprint("internal", __name__, url_prefix="/internal/v1",
                 description="Publishing events and setting up partners (admin token).")
@@ -39,14 +33,10 @@ def post_event(data: dict[str, Any], idempotency_key: str | None = None) -> Any:
 
     With an Idempotency-Key header, a publish repeated with the same key returns the
     event first recorded (409 if the key was used for a different event)."""
-    settings = current_app.config["DELIVERER_SETTINGS"]
-    if idempotency_key is not None:
-        return publish_event_once(settings, idempotency_key=idempotency_key,
-                                  retry_for=KEYED_RETRY_FOR, **data)
-    # Its own transaction, run again if PostgreSQL picks it as a deadlock victim against
-    # a worker: such an abort rolled everything back, so a second run cannot duplicate.
-    return in_transaction(lambda session: publish_event(session, settings, **data),
-                          retry_for=ABORT_RETRY_FOR, only_if=is_transient_abort)
+    # In a transaction of its own, run again through transient database errors as the
+    # key allows (publish_and_commit).
+    return publish_one_and_commit(current_app.config["DELIVERER_SETTINGS"],
+                                  idempotency_key=idempotency_key, **data)
 
 
 @blp.route("/partners", methods=["POST"])

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.db import in_transaction, on_commit
+from deliverer.db import in_transaction, is_transient_abort, on_commit
 from deliverer.delivery import netguard
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import Conflict, PartnerNotFound, ValidationFailed
@@ -195,22 +195,54 @@ def _canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
-def publish_event_once(settings: Settings, *, idempotency_key: str, retry_for: float = 0.0,
-                       **event: Any) -> Published:
-    """``publish_event`` with an idempotency key, in a transaction of its own.
+# How long a publish in a transaction of its own is run again after a transient database
+# error (a deadlock against a worker recording an attempt, which holds the endpoint row
+# the sequence number comes from; a connection lost in a database restart). One window
+# for every producer: the internal HTTP API and the Python API alike.
+PUBLISH_RETRY_FOR = 2.0
 
-    The key makes running it again safe even when an error may have followed the commit:
-    it is run again on a transient database error for up to ``retry_for`` seconds
-    (``in_transaction``), and once more when it lost a race for the key (see
-    ``publish_event``).
+
+def publish_and_commit(settings: Settings, *, partner_id: str,
+                       events: Sequence[Mapping[str, Any]],
+                       retry_for: float = PUBLISH_RETRY_FOR) -> list[Published]:
+    """``publish_events`` in a transaction of its own: how every producer publishes
+    (``POST /internal/v1/events``, ``deliverer.publish_event(s)``, the broker task).
+
+    A transient database error is run again for up to ``retry_for`` seconds
+    (``in_transaction``). Which ones depends on whether a second run can tell that the
+    first committed: when every event carries an idempotency key, any of them, even one
+    that may have followed the commit (the keys find the events recorded); otherwise only
+    an abort that certainly rolled everything back (``is_transient_abort``). A publish
+    with keys that lost a race for one (IntegrityError on INSERT: nothing committed) runs
+    once more, and finds the winner's event.
     """
-    def work(session: Session) -> Published:
-        return publish_event(session, settings, idempotency_key=idempotency_key, **event)
+    keys = [spec.get("idempotency_key") is not None for spec in events]
+    only_if = None if keys and all(keys) else is_transient_abort
+
+    def run() -> list[Published]:
+        return in_transaction(
+            lambda session: publish_events(session, settings, partner_id=partner_id,
+                                           events=events),
+            retry_for=retry_for, only_if=only_if)
 
     try:
-        return in_transaction(work, retry_for=retry_for)
+        return run()
     except IntegrityError:
-        return in_transaction(work, retry_for=retry_for)
+        if not any(keys):
+            raise
+        return run()
+
+
+def publish_one_and_commit(settings: Settings, *, partner_id: str, type: str,
+                           reference: str, payload: dict[str, Any],
+                           callback_url: str | None = None,
+                           idempotency_key: str | None = None,
+                           retry_for: float = PUBLISH_RETRY_FOR) -> Published:
+    """``publish_and_commit`` of one event."""
+    event = {"type": type, "reference": reference, "payload": payload,
+             "callback_url": callback_url, "idempotency_key": idempotency_key}
+    return publish_and_commit(settings, partner_id=partner_id, events=[event],
+                              retry_for=retry_for)[0]
 
 
 def publish_events(
@@ -233,7 +265,7 @@ def publish_events(
     recorded for a different event is ``IdempotencyKeyReused``, a key given twice in one
     publish ``ValidationFailed``; either refuses the whole publish. When a concurrent
     publish with one of the keys commits first, this one's INSERT fails with
-    IntegrityError and rolls everything back (``publish_event_once`` runs it again, and
+    IntegrityError and rolls everything back (``publish_and_commit`` runs it again, and
     it finds that event).
     """
     now = now or utcnow()

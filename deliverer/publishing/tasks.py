@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from deliverer.config import get_settings
-from deliverer.publishing.service import publish_event_once
+from deliverer.publishing.service import publish_one_and_commit
 
 # Backoff 1, 2, 4 ... 60 s (jittered), for up to 20 retries: a database restart or
 # failover of several minutes loses nothing; past that the task fails and says so.
@@ -32,8 +32,10 @@ def publish_event(self: Task, partner_id: str, type: str, reference: str,
                   payload: dict[str, Any], callback_url: str | None = None,
                   idempotency_key: str | None = None) -> dict[str, Any]:
     key = idempotency_key or self.request.id
-    published = publish_event_once(get_settings(), idempotency_key=key, partner_id=partner_id,
-                                   type=type, reference=reference, payload=payload,
-                                   callback_url=callback_url)
+    # retry_for=0: Celery's own retries (with backoff, for minutes) run it again.
+    published = publish_one_and_commit(get_settings(), idempotency_key=key,
+                                       partner_id=partner_id, type=type, reference=reference,
+                                       payload=payload, callback_url=callback_url,
+                                       retry_for=0.0)
     return {"eventId": published.event_id, "notificationId": published.notification_id,
             "status": published.status}

@@ -4,11 +4,15 @@ event already recorded, not a second webhook under another webhook-id."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
+import deliverer
 from deliverer.db import session_scope
 from deliverer.models import Event, Notification
 from tests.api import helpers as t
+from tests.support.db_faults import failing_inserts
 
 EVENTS = "/internal/v1/events"
 
@@ -57,3 +61,57 @@ def test_a_bad_key_is_a_client_error(make_partner, admin, receiver):
         t.assert_error(admin.post(EVENTS, json=body, headers={"Idempotency-Key": key}),
                        400, "BAD_REQUEST")
     assert counts() == (0, 0)
+
+
+# ------------------------------------------------- the two entry points publish alike
+
+
+@pytest.fixture(params=["http", "python"])
+def publish(request, admin):
+    """``publish(partner_id, key)``: the event id, or None if the producer was told of
+    an error; over ``POST /internal/v1/events`` or ``deliverer.publish_event``."""
+    fields = {"type": "invoice.paid", "reference": "INV-1", "payload": {"total": 5}}
+
+    def over_http(partner_id: str, key: str | None) -> str | None:
+        response = admin.post(EVENTS, json={"partnerId": partner_id, **fields},
+                              headers={"Idempotency-Key": key} if key else {})
+        if response.status_code == 503:
+            return None
+        assert response.status_code == 201, response.text
+        return response.json()["eventId"]
+
+    def over_python(partner_id: str, key: str | None) -> str | None:
+        try:
+            return deliverer.publish_event(partner_id, **fields,
+                                           idempotency_key=key).event_id
+        except OperationalError:
+            return None
+
+    return over_http if request.param == "http" else over_python
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_a_keyed_publish_rides_out_a_lost_connection(make_partner, receiver, publish,
+                                                    after_commit):
+    """Before: ``deliverer.publish_event`` ran a keyed publish once (no retry window,
+    where the HTTP API had 2 s), so a connection lost on its INSERT or its COMMIT reached
+    the producer, who could not tell whether the event was recorded."""
+    partner = make_partner(receiver.url("/hook"))
+    with failing_inserts("events", partner.partner_id, after_commit=after_commit) as faults:
+        event_id = publish(partner.partner_id, "order-1")
+    assert faults == [1]
+    assert event_id is not None
+    with session_scope() as session:
+        assert session.scalars(select(Event.id)).all() == [event_id]
+    assert counts() == (1, 1)
+
+
+def test_an_unkeyed_publish_is_not_run_again_after_a_lost_connection(make_partner, receiver,
+                                                                     publish):
+    """Without a key a second run cannot tell that the first committed: the producer
+    hears of the error, and the event is recorded once."""
+    partner = make_partner(receiver.url("/hook"))
+    with failing_inserts("events", partner.partner_id, after_commit=True) as faults:
+        assert publish(partner.partner_id, None) is None
+    assert faults == [1]
+    assert counts() == (1, 1)

@@ -23,8 +23,9 @@ from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import (
     IdempotencyKeyReused,
     publish_event,
-    publish_event_once,
+    publish_one_and_commit,
 )
+from deliverer.publishing.service import publish_events as service_publish_events
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
 from tests.support.db_faults import failing_inserts
@@ -84,6 +85,31 @@ def test_a_key_used_for_another_event_is_refused(settings, receiver):
     assert (count(Event), count(Notification)) == (1, 1)
 
 
+def race_an_open_publish(first, racer):
+    """Run ``first(session)`` and keep its transaction open while ``racer()`` runs in a
+    thread as far as it can (PostgreSQL: blocked on the first's rows; SQLite: on the write
+    lock); then commit. Returns both results."""
+    results: list = []
+
+    def run() -> None:
+        try:
+            results.append(racer())
+        except BaseException as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    with session_scope() as session:
+        mine = first(session)
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive()
+    thread.join(30)
+    assert not thread.is_alive()
+    [got] = results
+    assert not isinstance(got, BaseException), got
+    return mine, got
+
+
 def test_concurrent_publishes_with_one_key_record_one_event(settings, receiver):
     """The second publish checks before the first commits: the unique index makes its
     INSERT wait, then refuses it, and its second run finds the first one's event."""
@@ -91,26 +117,9 @@ def test_concurrent_publishes_with_one_key_record_one_event(settings, receiver):
     partner = h.new_partner(settings, url)
     fields = {"partner_id": partner.partner_id, "type": "t", "reference": "r",
               "payload": {"n": 1}}
-    results: list = []
-
-    def second() -> None:
-        try:
-            results.append(publish_event_once(settings, idempotency_key="k", **fields))
-        except BaseException as exc:  # pragma: no cover - reported below
-            results.append(exc)
-
-    with session_scope() as session:
-        first = publish_event(session, settings, idempotency_key="k", **fields)
-        racer = threading.Thread(target=second)
-        racer.start()
-        # Let the racer get as far as it can (PostgreSQL: blocked on the first's rows;
-        # SQLite: on the write lock) before the first commits.
-        time.sleep(0.5)
-        assert racer.is_alive()
-    racer.join(30)
-    assert not racer.is_alive()
-    [got] = results
-    assert not isinstance(got, BaseException), got
+    first, got = race_an_open_publish(
+        lambda session: publish_event(session, settings, idempotency_key="k", **fields),
+        lambda: publish_one_and_commit(settings, idempotency_key="k", **fields))
     assert (got.event_id, got.notification_id) == (first.event_id, first.notification_id)
     assert (count(Event), count(Notification)) == (1, 1)
     assert h.endpoint_sequences(partner.partner_id, url) == (1, [1])
@@ -181,6 +190,22 @@ def test_a_key_twice_in_one_bulk_publish_is_refused(settings, receiver, publishe
             publish_events(partner.partner_id, [spec("x", "other"), *batch])
     assert (count(Event), count(Notification)) == (0, 0)
     assert enqueued_ids(published_tasks) == []
+
+
+def test_concurrent_bulk_publishes_sharing_a_key_record_its_event_once(settings, receiver):
+    """As for one event: the racer's INSERT of the shared key fails once the first
+    commits, and its second run returns that event and records only its own."""
+    url = receiver.url("/hook")
+    partner = h.new_partner(settings, url)
+    [first], got = race_an_open_publish(
+        lambda session: service_publish_events(session, settings,
+                                               partner_id=partner.partner_id,
+                                               events=[spec("shared", "k")]),
+        lambda: publish_events(partner.partner_id, [spec("b", "k-b"), spec("shared", "k")]))
+    assert got[1].event_id == first.event_id
+    assert got[0].event_id != first.event_id
+    assert (count(Event), count(Notification)) == (2, 2)
+    assert h.endpoint_sequences(partner.partner_id, url) == (2, [1, 2])
 
 
 # --------------------------------------------------------------------------- the task
