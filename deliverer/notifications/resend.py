@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.delivery import service as delivery
+from deliverer.delivery.batch import RECORDING_MARGIN
 from deliverer.errors import Conflict, DelivererError, NotFound
 from deliverer.models import (
     Attempt,
@@ -51,10 +52,27 @@ PENDING = "PENDING"
 SENDING = "SENDING"
 
 
+# The record step's last run starts before its retry window closes (in_transaction's
+# jittered pause may even end half a second past it), and then takes as long as it takes
+# on a struggling database: the lease keeps this long for it beyond the window, what a
+# batch keeps for recording its outcome.
+LAST_RECORD_RUN = RECORDING_MARGIN
+
+
+def record_window(settings: Settings) -> float:
+    """How long recording a resend's POST is run again through database errors: as long as
+    a delivery's record is (``delivery.service.deliver``)."""
+    return settings.lease_seconds
+
+
 def resend_lease(settings: Settings) -> timedelta:
-    """How long a worker may hold a resend: its POST (at most the total timeout), then
-    recording it, retried for up to lease_seconds through database hiccups."""
-    return timedelta(seconds=settings.lease_seconds + settings.total_timeout)
+    """How long a worker may hold a resend: until then the sweep hands the request to no
+    other worker, so it must outlast all the worker may still do with it. Its POST: up to
+    connect timeout + total deadline (the deadline runs on the connected socket, as
+    ``delivery.batch.send_cutoff`` counts it). Then recording it: run again through
+    database errors for ``record_window``, plus that window's last run."""
+    return timedelta(seconds=settings.connect_timeout + settings.total_timeout
+                     + record_window(settings) + LAST_RECORD_RUN)
 
 
 class TransactionNotFound(NotFound):
@@ -156,7 +174,7 @@ def perform_resend(request_id: int, settings: Settings) -> str | None:
     # The POST happened: record it through a deadlock or a database restart, as
     # deliveries do, or the request stays SENDING until its lease runs out and the
     # resend is sent again.
-    in_transaction(record, retry_for=settings.lease_seconds)
+    in_transaction(record, retry_for=record_window(settings))
     return status
 
 

@@ -25,6 +25,7 @@ from deliverer.scheduling.tasks import sweep_due
 from tests.api import helpers as t
 from tests.conftest import current_celery_app
 from tests.support import helpers as h
+from tests.support import receiver as rx
 from tests.support.db_faults import failing_inserts
 
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
@@ -106,12 +107,44 @@ def test_a_resend_whose_worker_died_is_sent_again_after_its_lease(
         [lost] = resend_posts(receiver, nid)
 
         h.wait_until(lambda: request_row(request_id).delivery_status == NotificationStatus.SENT,
-                     on_poll=sweep_due, interval=0.1, message="resend SENT again")
+                     on_poll=sweep_due, interval=0.1, timeout=lease + 10,
+                     message="resend SENT again")
     first, second = resend_posts(receiver, nid)
     assert first.at == lost.at
     assert second.at - first.at >= lease - 0.3  # not while the worker might be alive
     assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
     assert request_row(request_id).lease_expires_at is None
+
+
+def test_the_sweep_leaves_a_resend_alone_while_its_worker_may_still_record_it(
+        settings, receiver, sent, override_settings):
+    """A POST that takes its whole deadline, then a record through a database that times
+    out on every try: the worker holds the request until its record window has closed and
+    that window's last try has ended. Before, the lease (lease_seconds + total_timeout)
+    ran out first: the sweep handed the request to another worker while this one was
+    still recording (and counted no connect timeout either)."""
+    partner, nid = sent
+    receiver.program("/hook", [rx.sleep(3.0)])  # the POST ends at its deadline
+    with override_settings(lease_seconds=1.3, connect_timeout=0.2, total_timeout=1.0) as s:
+        handed_over: list[int] = []
+        with failing_inserts("attempts", nid, Trigger.RESEND, times=None, delay=0.5), \
+                h.task_runs(name="deliverer.resend") as runs:
+            request_id = ask_resend(s, partner, "TXN-1")
+
+            def worker_done_or_handed_over() -> bool:
+                if runs:
+                    return True
+                handed_over.extend(collect(s, utcnow()))  # the sweep, as beat runs it
+                return bool(handed_over)
+
+            h.wait_until(worker_done_or_handed_over, interval=0.02,
+                         message="the resend task's end")
+        assert handed_over == []
+        assert runs == ["FAILURE"]
+        row = request_row(request_id)
+        assert row.delivery_status == SENDING
+        assert row.lease_expires_at > utcnow()
+        assert len(resend_posts(receiver, nid)) == 1
 
 
 # --------------------------------------------------------------------------- the sweep

@@ -5,6 +5,7 @@ really committed (the client never hears the commit's outcome)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,10 +27,12 @@ def _row_has(parameters: Any, executemany: bool, values: tuple[Any, ...]) -> boo
 
 @contextmanager
 def failing_inserts(table: str, *values: Any, times: int | None = 1,
-                    after_commit: bool = False) -> Iterator[list[int]]:
+                    after_commit: bool = False, delay: float = 0.0) -> Iterator[list[int]]:
     """Fail the INSERTs into ``table`` of a row holding all of ``values`` with an
     OperationalError, ``times`` times (None: every time): before the INSERT runs, or,
-    with ``after_commit``, once its transaction has committed. Yields the faults so far.
+    with ``after_commit``, once its transaction has committed. Each fault surfaces only
+    after ``delay`` seconds (a database that times out rather than refuses). Yields the
+    faults so far.
     """
     engine = get_database().engine
     injected: list[int] = []
@@ -52,13 +55,15 @@ def failing_inserts(table: str, *values: Any, times: int | None = 1,
         if after_commit:
             pending.flag = True
         else:
+            time.sleep(delay)
             raise fault()
 
     def commit(conn: Any) -> None:
         if getattr(pending, "flag", False):
             pending.flag = False
             conn.connection.dbapi_connection.commit()  # committed, and yet the client
-            raise fault()                               # hears of an error
+            time.sleep(delay)                           # hears of an error
+            raise fault()
 
     event.listen(engine, "before_cursor_execute", before)
     event.listen(engine, "commit", commit)
