@@ -24,6 +24,14 @@ from deliverer.models import Lane, Notification, PartnerRequest, utcnow
 from deliverer.models.request_log import OPEN_RESENDS
 from deliverer.notifications.resend import PENDING, SENDING, resend_lease
 
+# The sweep recovers only resends requested within this long. Migration 0004 made the
+# resend rows an outbox, and before it nothing ever finished a row its worker left
+# PENDING or SENDING: most of those old rows were POSTed by a worker that died before
+# recording it, and their merchants long since moved on. Without a bound the first sweep
+# after the deploy would send every one of them again, however old. A day outlasts any
+# broker or worker outage the recovery is for.
+LOST_RESEND_MAX_AGE = timedelta(hours=24)
+
 
 @dataclass(frozen=True)
 class Due:
@@ -113,8 +121,9 @@ def collect_lost_resends(session: Session, settings: Settings, now: datetime | N
     ``limit`` (the oldest first): PENDING ones whose message was not taken within the
     lost-message grace (the broker was down at the request's commit, or lost it), and
     SENDING ones whose worker's lease ran out (it died after taking the request, or could
-    not record its POST: sent again, at least once). Marks them PENDING and re-enqueued
-    now, and returns their ids; the caller enqueues them after the commit.
+    not record its POST: sent again, at least once). Only requests made within
+    ``LOST_RESEND_MAX_AGE``: older ones are left as they are. Marks them PENDING and
+    re-enqueued now, and returns their ids; the caller enqueues them after the commit.
     """
     now = now or utcnow()
     grace = now - timedelta(seconds=settings.lost_message_grace)
@@ -123,6 +132,7 @@ def collect_lost_resends(session: Session, settings: Settings, now: datetime | N
         select(request.id)
         .where(
             text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
+            request.created_at >= now - LOST_RESEND_MAX_AGE,
             or_(
                 and_(request.delivery_status == PENDING,
                      func.coalesce(request.enqueued_at, request.created_at) < grace),

@@ -20,7 +20,7 @@ from deliverer.notifications.resend import (
     resend_lease,
 )
 from deliverer.partners.service import NewPartner
-from deliverer.scheduling.sweep import collect_lost_resends
+from deliverer.scheduling.sweep import LOST_RESEND_MAX_AGE, collect_lost_resends
 from deliverer.scheduling.tasks import sweep_due
 from tests.api import helpers as t
 from tests.conftest import current_celery_app
@@ -174,12 +174,14 @@ def test_the_sweep_hands_over_exactly_the_lost_resends(settings, receiver):
     sec = timedelta(seconds=1)
     grace = timedelta(seconds=settings.lost_message_grace)
     lease = resend_lease(settings)
+    max_age = LOST_RESEND_MAX_AGE
     lost = {
         "pending_past_grace": insert_request(pid, PENDING, now - grace - sec),
         "sending_past_lease": insert_request(pid, SENDING, now - lease - 2 * sec,
                                              lease_expires_at=now - sec),
         # Taken by a worker before leases were recorded.
         "sending_without_lease": insert_request(pid, SENDING, now - lease - sec),
+        "pending_almost_too_old": insert_request(pid, PENDING, now - max_age + 20 * sec),
     }
     kept = {
         "pending_fresh": insert_request(pid, PENDING, now - sec),
@@ -191,6 +193,12 @@ def test_the_sweep_hands_over_exactly_the_lost_resends(settings, receiver):
         "sent": insert_request(pid, NotificationStatus.SENT, now - 10 * grace),
         "failed": insert_request(pid, NotificationStatus.FAILED, now - 10 * grace),
         "a_retry": insert_request(pid, None, now - 10 * grace, kind="retry"),
+        # Older than the recovery's bound: left PENDING or SENDING before migration 0004,
+        # and most of them POSTed long ago; not sent again on deploy.
+        "pending_too_old": insert_request(pid, PENDING, now - max_age - sec),
+        "sending_too_old": insert_request(pid, SENDING, now - max_age - sec,
+                                          lease_expires_at=now - max_age + lease),
+        "sending_too_old_without_lease": insert_request(pid, SENDING, now - 2 * max_age),
     }
 
     assert sorted(collect(settings, now)) == sorted(lost.values())
