@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from deliverer import migrate
 from deliverer.db import get_database
 from deliverer.models import Base
-from tests.support.backend import scratch_database_url
+from tests.support.backend import BACKEND, scratch_database_url
 
 
 def schema_differences(engine) -> list:
@@ -61,6 +66,103 @@ def test_history_steps_up_down_and_up_again(settings, tmp_path):
 
             migrate.upgrade(scratch)
             engine.dispose()
+            assert schema_differences(engine) == []
+        finally:
+            engine.dispose()
+
+
+def waiting_on_a_lock(conn) -> bool:
+    """Whether a session of ``conn``'s database waits for a lock (pg_stat_activity is
+    read once per transaction: each look is a transaction of its own)."""
+    try:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'")).scalar())
+    finally:
+        conn.rollback()
+
+
+@pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL: SQLite has one writer")
+def test_the_idempotency_index_is_built_while_events_are_written(settings, tmp_path):
+    """0003's unique index on events is built CONCURRENTLY, outside the release's
+    transaction: publishing goes on meanwhile. Before, it was built in the transaction
+    that also added the column (ACCESS EXCLUSIVE on events) and ran every later
+    migration, so events took no write until the whole release step committed.
+
+    A transaction holding an old snapshot (and a read lock on partner_requests, which
+    0004 alters) keeps the migration waiting; meanwhile another session takes the lock
+    an INSERT into events takes."""
+    with scratch_database_url(tmp_path) as url:
+        scratch = settings.with_overrides(database_url=url, data_dir=tmp_path)
+        command.upgrade(migrate.alembic_config(scratch), "0002")
+        engine = create_engine(url)
+        errors: list[BaseException] = []
+
+        def release_step() -> None:
+            try:
+                migrate.upgrade(scratch)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        try:
+            with engine.connect() as old, engine.connect() as writer:
+                old.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+                old.execute(text("SELECT count(*) FROM partner_requests"))
+                migration = threading.Thread(target=release_step)
+                migration.start()
+                deadline = time.monotonic() + 10
+                while not waiting_on_a_lock(writer):
+                    assert time.monotonic() < deadline, "the migration never waited"
+                    time.sleep(0.05)
+                try:
+                    writer.execute(text("SET lock_timeout = '3s'"))
+                    writer.execute(text("LOCK TABLE events IN ROW EXCLUSIVE MODE"))
+                    writer.rollback()
+                    blocked = None
+                except OperationalError as exc:
+                    blocked = exc
+                old.rollback()  # the migration may go on
+                migration.join(60)
+            assert not migration.is_alive()
+            assert not errors, errors
+            assert blocked is None, f"writes to events were blocked: {blocked}"
+            assert schema_differences(engine) == []
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL: CONCURRENTLY")
+def test_the_idempotency_migration_runs_again_after_its_index_build_failed(settings,
+                                                                          tmp_path):
+    """A concurrent build that fails (cancelled, a lost connection) leaves the column
+    committed, the revision at 0002 and an INVALID index: the release step run again
+    rebuilds the index instead of failing on the column or keeping the invalid index."""
+    with scratch_database_url(tmp_path) as url:
+        scratch = settings.with_overrides(database_url=url, data_dir=tmp_path)
+        command.upgrade(migrate.alembic_config(scratch), "0002")
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("ALTER TABLE events ADD COLUMN idempotency_key VARCHAR(255)"))
+                conn.execute(text("INSERT INTO partners VALUES ('p', 'P', 'WEBHOOK', true, now())"))
+                for event_id in ("e1", "e2"):
+                    conn.execute(text(
+                        "INSERT INTO events (id, partner_id, type, reference, payload, body,"
+                        " created_at, idempotency_key) VALUES"
+                        " (:id, 'p', 't', 'r', '{}', '{}', now(), 'k')"), {"id": event_id})
+                # The build fails (here: on duplicates) and leaves its index INVALID.
+                with pytest.raises(IntegrityError, match="could not create unique index"):
+                    conn.execute(text(
+                        "CREATE UNIQUE INDEX CONCURRENTLY ix_events_partner_id_idempotency_key"
+                        " ON events (partner_id, idempotency_key)"))
+                conn.execute(text("UPDATE events SET idempotency_key = id"))
+
+            migrate.upgrade(scratch)
+
+            with engine.connect() as conn:
+                assert conn.execute(text(
+                    "SELECT indisvalid FROM pg_index WHERE indexrelid ="
+                    " 'ix_events_partner_id_idempotency_key'::regclass")).scalar() is True
             assert schema_differences(engine) == []
         finally:
             engine.dispose()
