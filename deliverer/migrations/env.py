@@ -23,8 +23,13 @@ def run_migrations_online() -> None:
     connectable = create_engine(url, poolclass=pool.NullPool)
     with connectable.connect() as connection:
         # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table.
+        # transaction_per_migration: 0003 and 0006 build indexes CONCURRENTLY in an
+        # autocommit block, which commits the transaction it is in; with one transaction
+        # per migration, that is only its own migration's, and each revision is recorded
+        # as it completes.
         context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=True, compare_type=True)
+                          render_as_batch=True, compare_type=True,
+                          transaction_per_migration=True)
         with context.begin_transaction():
             context.run_migrations()
 
