@@ -201,7 +201,11 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
     click.echo(f"{count} {statuses} notification(s) match.")
     if dry_run or count == 0:
         return
-    if not yes and sys.stdin.isatty():
+    if not yes:
+        if not sys.stdin.isatty():
+            # Nobody to ask (a script, cron, </dev/null): replaying is not the default.
+            raise click.ClickException("no terminal to confirm on: pass --yes to replay "
+                                       "without a prompt")
         click.confirm(f"Replay {count} notification(s)?", abort=True)
 
     from deliverer.celery_app import make_celery

@@ -103,13 +103,26 @@ def test_replay_with_a_progress_bar_then_the_worker_delivers(settings, worker,
     assert h.notification(elsewhere).status == NotificationStatus.FAILED
 
 
-def test_replay_asks_before_acting_when_interactive_only(settings, receiver: Receiver):
+def test_replay_of_nothing_asks_nothing(settings, receiver: Receiver):
     shop = h.new_partner(settings, receiver.url("/x"))
     failed(shop.partner_id, receiver.url("/x"))
-    # No terminal: no question (scripts and cron), the --until filter leaves nothing.
+    # Nothing matches (the --until filter): nothing to confirm, no terminal needed.
     result = run_cli(settings, "replay", "--partner", shop.partner_id, "--until",
                      "2001-01-01")
     assert "0 FAILED notification(s) match." in result.stdout
+
+
+def test_replay_without_a_terminal_needs_yes(settings, receiver: Receiver):
+    """A script or cron job (stdin not a terminal) cannot confirm: without --yes the
+    replay is refused, not done unasked."""
+    shop = h.new_partner(settings, receiver.url("/x"))
+    nid = failed(shop.partner_id, receiver.url("/x"))
+    result = run_cli(settings, "replay", "--partner", shop.partner_id, check=False)
+    assert result.returncode == 1
+    assert "1 FAILED notification(s) match." in result.stdout
+    assert "pass --yes to replay without a prompt" in result.stderr
+    assert h.notification(nid).status == NotificationStatus.FAILED
+    assert audit(nid) == []
 
 
 def test_replay_errors(settings):
