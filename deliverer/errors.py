@@ -55,6 +55,13 @@ class Conflict(DelivererError):
     message = "Conflict"
 
 
+class NotPushed(Conflict):
+    """An operator retry or replay for a partner that is sent no webhook (POLLING flow,
+    or inactive): publishing leaves its notifications NOT_SENT, and so must operators."""
+
+    message = "The partner is sent no webhooks"
+
+
 class TooManyRequests(DelivererError):
     status_code = 429
     code = "TOO_MANY_REQUESTS"

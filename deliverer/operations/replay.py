@@ -7,6 +7,8 @@ a minute): an operator is the escape hatch when those are exhausted, and replayi
 an outage may concern thousands of notifications. It still obeys the status rule: only
 FAILED notifications (and, when asked for, NOT_SENT ones) are replayed; a SENT one never
 is. It does not use up the merchant's manual retries (``manual_retry_count`` unchanged).
+Neither pushes anything to a partner publishing sends no webhook to (the POLLING flow,
+an inactive partner): those are refused with ``NotPushed``.
 
 Every operator action is on the audit trail: a ``partner_requests`` row with no API key
 and the outcome ``OPERATOR``. The merchant rate limits count ``ACCEPTED`` rows only, so
@@ -24,12 +26,13 @@ from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.db import on_commit, session_scope
-from deliverer.errors import Conflict, NotificationNotFound, PartnerNotFound
+from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
 from deliverer.models import (
     Lane,
     Notification,
     NotificationStatus,
     Partner,
+    PartnerFlow,
     PartnerRequest,
     utcnow,
 )
@@ -46,6 +49,25 @@ from deliverer.scheduling.enqueue import enqueue_delivery
 OPERATOR = "OPERATOR"  # partner_requests.outcome of an operator's action
 
 NO_URL = "The partner has no webhook URL to send to"
+POLLING = ("The partner is on the POLLING flow: it reads its notifications, no webhook "
+           "is pushed to it")
+INACTIVE = "The partner is inactive: no webhook is pushed to it"
+
+
+def not_pushed(partner: Partner) -> str | None:
+    """Why publishing sends the partner no webhook (POLLING flow, inactive), or None: an
+    operator must not push what the partner was never to receive."""
+    if not partner.active:
+        return INACTIVE
+    if partner.flow != PartnerFlow.WEBHOOK:
+        return POLLING
+    return None
+
+
+def check_pushed(partner: Partner) -> None:
+    reason = not_pushed(partner)
+    if reason is not None:
+        raise NotPushed(reason)
 
 
 def record_operator_action(session: Session, notification: Notification, kind: str,
@@ -103,6 +125,9 @@ def operator_retry(session: Session, settings: Settings, notification_id: str,
     notification = _lock(session, notification_id)
     if notification.status != NotificationStatus.FAILED:
         raise Conflict(NOT_FAILED)
+    partner = session.get(Partner, notification.partner_id)
+    assert partner is not None  # a foreign key
+    check_pushed(partner)
     if not requeue(session, settings, notification, now):
         raise Conflict(NO_URL)
     record_operator_action(session, notification, RequestKind.RETRY, now)
@@ -158,13 +183,16 @@ class ReplayFilter:
 class ReplayResult:
     matched: int
     replayed: int
-    skipped: int  # changed status meanwhile (delivered, retried), or nowhere to send
+    skipped: int  # changed status meanwhile (delivered, retried), nowhere to send, or the
+                  # partner left the WEBHOOK flow meanwhile
 
 
 def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
     """Ids of the matching notifications, oldest first (per endpoint: sequence order)."""
-    if session.get(Partner, flt.partner_id) is None:
+    partner = session.get(Partner, flt.partner_id)
+    if partner is None:
         raise PartnerNotFound()
+    check_pushed(partner)
     query = select(Notification.id).where(Notification.partner_id == flt.partner_id,
                                           Notification.status.in_(flt.statuses))
     if flt.endpoint_url is not None:
@@ -183,10 +211,16 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
     """Requeue those of ``ids`` still in ``statuses``; returns how many. Commits nothing."""
     rows = {n.id: n for n in session.scalars(
         select(Notification).where(Notification.id.in_(list(ids))).with_for_update())}
+    pushed: dict[str, bool] = {}  # by partner: it may have left the WEBHOOK flow meanwhile
     replayed = 0
     for offset, nid in enumerate(ids):
         row = rows.get(nid)
         if row is None or row.status not in statuses:
+            continue
+        if row.partner_id not in pushed:
+            partner = session.get(Partner, row.partner_id)
+            pushed[row.partner_id] = partner is not None and not_pushed(partner) is None
+        if not pushed[row.partner_id]:
             continue
         due = None
         if rate:

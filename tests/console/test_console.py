@@ -15,7 +15,7 @@ from sqlalchemy import update
 import api
 import deliverer.config
 from deliverer.db import session_scope
-from deliverer.models import Notification, NotificationStatus
+from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow
 from deliverer.notifications.service import ACCEPTED, check_rate
 from deliverer.operations.replay import OPERATOR
 from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient, csrf_of
@@ -277,6 +277,22 @@ def test_retry_of_a_delivered_notification_is_refused(operator, settings, worker
     response = operator.post(f"{path}/retry", {"csrf_token": csrf_of(page.text)})
     assert "Retry refused: Notification is not in FAILED status" in response.text
     assert h.notification(published.notification_id).status == NotificationStatus.SENT
+
+
+def test_retry_for_a_polling_partner_is_refused(operator, failing):
+    """A POLLING partner is sent no webhook: the operator's Retry says so and does
+    nothing."""
+    partner, published, _url = failing
+    nid = published.notification_id
+    with session_scope() as session:
+        session.execute(update(Partner).where(Partner.id == partner.partner_id)
+                        .values(flow=PartnerFlow.POLLING))
+    page = f"/console/notifications/{nid}"
+    response = operator.submit(page, f"{page}/retry")
+    assert response.status_code == 200 and response.url.endswith(page)
+    assert "Retry refused: The partner is on the POLLING flow" in response.text
+    assert h.notification(nid).status == NotificationStatus.FAILED
+    assert requests_of(nid) == []
 
 
 def test_actions_need_the_form_token(operator, failing):

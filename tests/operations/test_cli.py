@@ -136,6 +136,11 @@ def test_replay_errors(settings):
     backwards = run_cli(settings, "replay", "--partner", shop.partner_id, "--since",
                         "2030-01-02", "--until", "2030-01-01", check=False)
     assert backwards.returncode == 2 and "--since must be before --until" in backwards.stderr
+    polling = run_cli(settings, "partner", "create", "--name", "Poller", "--flow", "POLLING")
+    refused = run_cli(settings, "replay", "--partner", json.loads(polling.stdout)["id"],
+                      "--yes", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "Error: The partner is on the POLLING flow" in refused.stderr
     missing = run_cli(settings, "replay", check=False)
     assert missing.returncode == 2 and "--partner" in missing.stderr
 

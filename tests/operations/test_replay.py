@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from deliverer.db import session_scope
-from deliverer.errors import Conflict, NotificationNotFound, PartnerNotFound
-from deliverer.models import NotificationStatus, utcnow
+from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
+from deliverer.models import NotificationStatus, Partner, PartnerFlow, utcnow
 from deliverer.operations.replay import (
     OPERATOR,
     ReplayFilter,
@@ -110,6 +110,39 @@ def test_replay_at_a_bounded_rate_spreads_the_attempts(settings, receiver: Recei
 def test_replay_of_an_unknown_partner(settings):
     with pytest.raises(PartnerNotFound):
         replay(settings, ReplayFilter("00000000-0000-0000-0000-000000000000"))
+
+
+def _set_partner(partner_id: str, **values: object) -> None:
+    from sqlalchemy import update
+
+    with session_scope() as session:
+        session.execute(update(Partner).where(Partner.id == partner_id).values(**values))
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"flow": PartnerFlow.POLLING}, "POLLING flow"),
+    ({"active": False}, "inactive"),
+])
+def test_no_operator_pushes_to_a_partner_that_is_sent_no_webhook(settings, published_tasks,
+                                                                  change, reason):
+    """Publishing leaves a POLLING or inactive partner's notifications NOT_SENT; an
+    operator's replay or retry must not push them either (a FAILED one from before the
+    partner changed flow, or an ignored one)."""
+    url = "http://127.0.0.1:9/hook"
+    shop = h.new_partner(settings, url)
+    nid = failed(shop.partner_id, url)
+    not_sent = failed(shop.partner_id, url, status=NotificationStatus.NOT_SENT)
+    _set_partner(shop.partner_id, **change)
+
+    for include_not_sent in (False, True):
+        with pytest.raises(NotPushed, match=reason):
+            replay(settings, ReplayFilter(shop.partner_id, include_not_sent=include_not_sent))
+    with session_scope() as session, pytest.raises(Conflict, match=reason):
+        operator_retry(session, settings, nid)
+    assert h.notification(nid).status == NotificationStatus.FAILED
+    assert h.notification(not_sent).status == NotificationStatus.NOT_SENT
+    assert audit(nid) == [] and audit(not_sent) == []
+    assert _manual_publishes(published_tasks) == []
 
 
 def test_replay_to_nowhere_is_skipped(settings):
