@@ -194,9 +194,10 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
         raise click.BadParameter("--since must be before --until", param_hint="--since")
     try:
         with session_scope() as session:
-            count = len(find_replayable(session, flt))
+            ids = find_replayable(session, flt)
     except DelivererError as exc:
         raise click.ClickException(exc.message) from exc
+    count = len(ids)
     statuses = " or ".join(flt.statuses)
     click.echo(f"{count} {statuses} notification(s) match.")
     if dry_run or count == 0:
@@ -211,11 +212,13 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
     from deliverer.celery_app import make_celery
 
     make_celery().set_default()  # the delivery messages go to the configured broker
+    # Exactly the notifications counted and confirmed: not those failing since.
     with click.progressbar(length=count, label="Replaying", file=sys.stderr,
                            show_pos=True) as bar:
-        result = run_replay(get_settings(), flt, rate=rate, progress=bar.update)
+        result = run_replay(get_settings(), flt, ids=ids, rate=rate, progress=bar.update)
     click.echo(f"replayed {result.replayed} of {result.matched} notification(s)"
-               + (f"; {result.skipped} skipped (changed meanwhile, or no URL)"
+               + (f"; {result.skipped} skipped (changed meanwhile, no URL, or the partner "
+                  "takes no webhooks any more)"
                   if result.skipped else ""))
 
 

@@ -232,21 +232,27 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
     return replayed
 
 
-def replay(settings: Settings, flt: ReplayFilter, *, batch_size: int = 200,
-           rate: float | None = None, progress: Callable[[int], object] | None = None,
+def replay(settings: Settings, flt: ReplayFilter, *, ids: Sequence[str] | None = None,
+           batch_size: int = 200, rate: float | None = None,
+           progress: Callable[[int], object] | None = None,
            now: datetime | None = None) -> ReplayResult:
-    """Replay every matching notification, one short transaction per batch.
+    """Replay the matching notifications, one short transaction per batch.
 
-    ``rate`` (notifications per second) spreads the attempts out instead of sending them
-    all at once, for an endpoint that has just come back. ``progress`` is called with the
-    number of notifications handled after each batch (the CLI's progress bar).
+    ``ids``: exactly these, as ``find_replayable(flt)`` returned them, e.g. what the
+    operator was shown and confirmed (notifications failing since are not added); by
+    default, whatever matches now. Either way a notification is replayed only if it is
+    still in the filter's statuses. ``rate`` (notifications per second) spreads the
+    attempts out instead of sending them all at once, for an endpoint that has just come
+    back. ``progress`` is called with the number of notifications handled after each
+    batch (the CLI's progress bar; they add up to ``len(ids)``).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive")
-    with session_scope() as session:
-        ids = find_replayable(session, flt)
+    if ids is None:
+        with session_scope() as session:
+            ids = find_replayable(session, flt)
     start = now or utcnow()
     replayed = 0
     for index in range(0, len(ids), batch_size):

@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
 from deliverer.db import session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
-from deliverer.models import NotificationStatus, Partner, PartnerFlow, utcnow
+from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow, utcnow
 from deliverer.operations.replay import (
     OPERATOR,
     ReplayFilter,
+    find_replayable,
     operator_ignore,
     operator_retry,
     replay,
@@ -107,14 +109,37 @@ def test_replay_at_a_bounded_rate_spreads_the_attempts(settings, receiver: Recei
     assert _manual_publishes(published_tasks) == [ids[0]]
 
 
+def test_replay_of_the_confirmed_ids_adds_none_failing_since(settings, published_tasks):
+    """The CLI counts the matches, asks, then replays: a notification that fails in
+    between was not confirmed and is not replayed; one delivered meanwhile is skipped."""
+    url = "http://127.0.0.1:9/hook"
+    shop = h.new_partner(settings, url)
+    confirmed = [failed(shop.partner_id, url, created_ago=timedelta(minutes=5 - i))
+                 for i in range(3)]
+    flt = ReplayFilter(shop.partner_id)
+    with session_scope() as session:
+        ids = find_replayable(session, flt)
+    assert ids == confirmed
+    newcomer = failed(shop.partner_id, url)
+    with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id == confirmed[1])
+                        .values(status=NotificationStatus.SENT))
+
+    progress: list[int] = []
+    result = replay(settings, flt, ids=ids, batch_size=2, progress=progress.append)
+    assert (result.matched, result.replayed, result.skipped) == (3, 2, 1)
+    assert sum(progress) == len(ids)
+    assert _manual_publishes(published_tasks) == [confirmed[0], confirmed[2]]
+    assert h.notification(newcomer).status == NotificationStatus.FAILED
+    assert audit(newcomer) == []
+
+
 def test_replay_of_an_unknown_partner(settings):
     with pytest.raises(PartnerNotFound):
         replay(settings, ReplayFilter("00000000-0000-0000-0000-000000000000"))
 
 
 def _set_partner(partner_id: str, **values: object) -> None:
-    from sqlalchemy import update
-
     with session_scope() as session:
         session.execute(update(Partner).where(Partner.id == partner_id).values(**values))
 
