@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.db import on_commit, session_scope
+from deliverer.db import in_transaction, is_transient_abort, on_commit, session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
 from deliverer.models import (
     Lane,
@@ -47,6 +47,9 @@ from deliverer.publishing.service import next_sequence
 from deliverer.scheduling.enqueue import enqueue_delivery
 
 OPERATOR = "OPERATOR"  # partner_requests.outcome of an operator's action
+
+# How long a replay batch the database aborted (a deadlock victim) is run again.
+RUN_AGAIN_FOR = 10.0
 
 NO_URL = "The partner has no webhook URL to send to"
 POLLING = ("The partner is on the POLLING flow: it reads its notifications, no webhook "
@@ -207,15 +210,30 @@ def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
 
 def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
                statuses: Sequence[str], now: datetime, *, start_index: int = 0,
-               rate: float | None = None) -> int:
-    """Requeue those of ``ids`` still in ``statuses``; returns how many. Commits nothing."""
+               rate: float | None = None) -> tuple[int, list[str]]:
+    """Requeue those of ``ids`` still in ``statuses``. Commits nothing.
+
+    Returns how many were requeued, and the ids it did not look at because another
+    transaction held their rows: a call for several notifications never waits for their
+    rows (SKIP LOCKED), since a worker recording an attempt holds its notification and
+    may update others of its endpoint in no particular order, and the two would deadlock
+    (``deliverer.notifications.manual_retry``). The caller replays those one by one: a
+    call for one notification waits for its row.
+    """
+    several = len(ids) > 1
     rows = {n.id: n for n in session.scalars(
-        select(Notification).where(Notification.id.in_(list(ids))).with_for_update())}
+        select(Notification).where(Notification.id.in_(list(ids)))
+        .with_for_update(key_share=True, skip_locked=several))}
     pushed: dict[str, bool] = {}  # by partner: it may have left the WEBHOOK flow meanwhile
     replayed = 0
+    busy = []
     for offset, nid in enumerate(ids):
         row = rows.get(nid)
-        if row is None or row.status not in statuses:
+        if row is None:
+            if several:
+                busy.append(nid)  # or gone: the call for it alone will tell
+            continue
+        if row.status not in statuses:
             continue
         if row.partner_id not in pushed:
             partner = session.get(Partner, row.partner_id)
@@ -229,7 +247,7 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
             record_operator_action(session, row, RequestKind.RETRY, now)
             replayed += 1
     session.flush()
-    return replayed
+    return replayed, busy
 
 
 def replay(settings: Settings, flt: ReplayFilter, *, ids: Sequence[str] | None = None,
@@ -254,14 +272,27 @@ def replay(settings: Settings, flt: ReplayFilter, *, ids: Sequence[str] | None =
         with session_scope() as session:
             ids = find_replayable(session, flt)
     start = now or utcnow()
+
+    def run(chunk: Sequence[str], start_index: int) -> tuple[int, list[str]]:
+        # A transaction of its own, run again if PostgreSQL aborts it as a deadlock
+        # victim (or a serialization failure): such an abort rolled it all back. Not
+        # after any other error, which may have followed its commit.
+        return in_transaction(
+            lambda session: replay_ids(session, settings, chunk, flt.statuses,
+                                       # With a rate, every batch keeps the schedule
+                                       # computed from the start.
+                                       start if rate else (now or utcnow()),
+                                       start_index=start_index, rate=rate),
+            retry_for=RUN_AGAIN_FOR, only_if=is_transient_abort)
+
     replayed = 0
     for index in range(0, len(ids), batch_size):
         batch = ids[index:index + batch_size]
-        with session_scope() as session:
-            # With a rate, every batch keeps the schedule computed from the start.
-            replayed += replay_ids(session, settings, batch, flt.statuses,
-                                   start if rate else (now or utcnow()),
-                                   start_index=index, rate=rate)
+        done, busy = run(batch, index)
+        replayed += done
+        # The rows another transaction held, right after: each alone, waiting for it.
+        for nid in busy:
+            replayed += run([nid], index + batch.index(nid))[0]
         if progress is not None:
             progress(len(batch))
     return ReplayResult(matched=len(ids), replayed=replayed, skipped=len(ids) - replayed)

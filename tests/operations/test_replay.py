@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from deliverer.db import session_scope
+from deliverer.db import get_database, session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
 from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow, utcnow
 from deliverer.operations.replay import (
     OPERATOR,
     ReplayFilter,
+    ReplayResult,
     find_replayable,
     operator_ignore,
     operator_retry,
@@ -21,6 +23,7 @@ from deliverer.operations.replay import (
 from deliverer.scheduling import queues
 from tests.operations.helpers import audit, failed, head_and_held, set_webhook_url
 from tests.support import helpers as h
+from tests.support.db_faults import failing_inserts
 from tests.support.receiver import Receiver
 
 
@@ -132,6 +135,54 @@ def test_replay_of_the_confirmed_ids_adds_none_failing_since(settings, published
     assert _manual_publishes(published_tasks) == [confirmed[0], confirmed[2]]
     assert h.notification(newcomer).status == NotificationStatus.FAILED
     assert audit(newcomer) == []
+
+
+def test_a_replay_batch_skips_locked_rows_and_replays_them_alone_after(settings,
+                                                                      published_tasks):
+    """A worker recording an attempt holds its notification's row (and may update others
+    of its endpoint): a replay batch must not wait for it while holding the others, or
+    the two deadlock. It replays the free ones, commits, then waits for the locked one
+    alone."""
+    if settings.is_sqlite:
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises write transactions")
+    url = "http://127.0.0.1:9/hook"
+    shop = h.new_partner(settings, url)
+    first, locked, last = (failed(shop.partner_id, url, created_ago=timedelta(minutes=5 - i))
+                           for i in range(3))
+    holder = get_database().engine.connect()
+    holder.execute(select(Notification.id).where(Notification.id == locked).with_for_update())
+    results: list[ReplayResult] = []
+    thread = threading.Thread(target=lambda: results.append(
+        replay(settings, ReplayFilter(shop.partner_id))))
+    thread.start()
+    try:
+        h.wait_until(lambda: audit(first) and audit(last),
+                     message="the free notifications replayed while the other is locked")
+        assert h.notification(locked).status == NotificationStatus.FAILED
+        assert thread.is_alive()  # waiting for the locked one, alone
+    finally:
+        holder.rollback()
+        holder.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    [result] = results
+    assert (result.matched, result.replayed, result.skipped) == (3, 3, 0)
+    assert _manual_publishes(published_tasks) == [first, last, locked]
+    assert audit(locked) == [("retry", OPERATOR, None)]
+
+
+def test_a_replay_batch_aborted_as_a_deadlock_victim_runs_again(settings, published_tasks):
+    url = "http://127.0.0.1:9/hook"
+    shop = h.new_partner(settings, url)
+    ids = [failed(shop.partner_id, url, created_ago=timedelta(minutes=5 - i))
+           for i in range(3)]
+    with failing_inserts("partner_requests", ids[0], deadlock=True) as injected:
+        result = replay(settings, ReplayFilter(shop.partner_id))
+    assert injected == [1]
+    assert (result.matched, result.replayed, result.skipped) == (3, 3, 0)
+    assert _manual_publishes(published_tasks) == ids  # once each: the abort sent nothing
+    for nid in ids:
+        assert audit(nid) == [("retry", OPERATOR, None)]
 
 
 def test_replay_of_an_unknown_partner(settings):

@@ -25,13 +25,22 @@ def _row_has(parameters: Any, executemany: bool, values: tuple[Any, ...]) -> boo
     return False
 
 
+class Deadlock(Exception):
+    """What psycopg raises for a deadlock victim (SQLSTATE 40P01)."""
+
+    pgcode = "40P01"
+
+
 @contextmanager
 def failing_inserts(table: str, *values: Any, times: int | None = 1,
-                    after_commit: bool = False, delay: float = 0.0) -> Iterator[list[int]]:
+                    after_commit: bool = False, delay: float = 0.0,
+                    deadlock: bool = False) -> Iterator[list[int]]:
     """Fail the INSERTs into ``table`` of a row holding all of ``values`` with an
     OperationalError, ``times`` times (None: every time): before the INSERT runs, or,
-    with ``after_commit``, once its transaction has committed. Each fault surfaces only
-    after ``delay`` seconds (a database that times out rather than refuses). Yields the
+    with ``after_commit``, once its transaction has committed. The error is a lost
+    connection, or with ``deadlock`` PostgreSQL's abort of a deadlock victim. Each fault
+    surfaces only after ``delay`` seconds (a database that times out rather than
+    refuses). Yields the
     faults so far.
     """
     engine = get_database().engine
@@ -41,8 +50,9 @@ def failing_inserts(table: str, *values: Any, times: int | None = 1,
 
     def fault() -> OperationalError:
         injected.append(1)
-        return OperationalError(f"INSERT INTO {table} ...", {},
-                                Exception("server closed the connection unexpectedly"))
+        orig = (Deadlock("deadlock detected") if deadlock
+                else Exception("server closed the connection unexpectedly"))
+        return OperationalError(f"INSERT INTO {table} ...", {}, orig)
 
     def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
                executemany: bool) -> None:
