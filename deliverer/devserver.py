@@ -1,7 +1,8 @@
 """``deliverer run``: the Procfile's web, worker and beat on one machine.
 
 It starts the same three commands the Procfile lists, as child processes, after
-applying the migrations, and stops them together. With nothing configured that is the
+applying the migrations, and stops them together: on Ctrl-C, SIGTERM or SIGHUP, or when
+one of them exits. With nothing configured that is the
 embedded default: SQLite plus kombu's SQLAlchemy transport.
 """
 
@@ -53,6 +54,20 @@ def _wait_healthy(base_url: str, procs: dict[str, subprocess.Popen[bytes]],
     raise RuntimeError("the API did not come up in time")
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached ``deliverer run``: stop everything, as Ctrl-C does."""
+
+
+# A supervisor (systemd, docker stop, a CI runner) sends SIGTERM; closing the terminal
+# sends SIGHUP. Both reach this process alone, not its children: without a handler it
+# died at once and left gunicorn (holding the port), the worker and beat running.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
 def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     for proc in procs.values():
         if proc.poll() is None:
@@ -86,12 +101,12 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
     from deliverer.migrate import upgrade
 
     upgrade(settings)
-    procs = {
-        name: subprocess.Popen(cmd, env=env)
-        for name, cmd in process_commands(settings, port, concurrency).items()
-    }
     base_url = f"http://127.0.0.1:{port}"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
     try:
+        for name, cmd in process_commands(settings, port, concurrency).items():
+            procs[name] = subprocess.Popen(cmd, env=env)
         _wait_healthy(base_url, procs)
         print(f"deliverer is up: API {base_url} (database {settings.database_url}, "
               f"broker {settings.broker_url})", flush=True)
@@ -107,7 +122,11 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         dead = [n for n, p in procs.items() if p.poll() is not None]
         print(f"stopping: {', '.join(dead)} exited", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         return 0
     finally:
+        for sig in STOP_SIGNALS:  # a second signal must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
         _stop(procs)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

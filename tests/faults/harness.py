@@ -112,9 +112,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, message: str,
         time.sleep(interval)
 
 
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc; no psutil needed)."""
-    found: list[int] = []
+def _proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after "pid (comm)": state, ppid, pgrp, ...)
+    of every process; no psutil needed."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -123,9 +123,19 @@ def child_pids(pid: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
+        if len(fields) > 2:
+            yield int(entry), fields
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    return sorted(p for p, fields in _proc_stats() if int(fields[1]) == pid)
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies left out)."""
+    return sorted(p for p, fields in _proc_stats() if int(fields[2]) == pgid
+                  and fields[0] != "Z")
 
 
 def _tail(path: Path, lines: int = 40) -> str:
