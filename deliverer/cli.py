@@ -242,16 +242,21 @@ def purge_attempts(older_than_days: float | None, batch_size: int, dry_run: bool
 
 
 @main.command("run")
-@click.option("--port", default=5000, show_default=True, envvar="PORT")
+@click.option("--port", default=5000, show_default=True, envvar="PORT",
+              type=click.IntRange(1, 65535))
 @click.option("--demo/--no-demo", default=False, help="Play the demo once everything is up.")
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything when the demo ends.")
-@click.option("--concurrency", default=8, show_default=True)
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
 def run(port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> None:
     """API, worker and beat together on this machine (the embedded default)."""
-    from deliverer.devserver import run_all
+    from deliverer.devserver import StartFailed, run_all
 
-    sys.exit(run_all(port=port, demo=demo, exit_after_demo=exit_after_demo,
-                     concurrency=concurrency))
+    try:
+        status = run_all(port=port, demo=demo, exit_after_demo=exit_after_demo,
+                         concurrency=concurrency)
+    except StartFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,6 +60,28 @@ def _verify(secret: str, request: dict[str, Any]) -> bool:
     return any(hmac.compare_digest(expected, s) for s in headers["webhook-signature"].split())
 
 
+class _Refused(Exception):
+    """The API did not answer a demo request as expected."""
+
+
+def _post(base_url: str, path: str, admin: dict[str, str], body: dict[str, Any],
+          expected: tuple[str, ...]) -> dict[str, Any]:
+    """POST ``body``; the JSON answer, which must be a 201 holding ``expected``."""
+    try:
+        response = requests.post(f"{base_url}{path}", headers=admin, json=body, timeout=10)
+    except requests.RequestException as exc:
+        raise _Refused(f"POST {path} failed: {exc}") from exc
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.status_code != 201 or not isinstance(answer, dict) or any(
+            key not in answer for key in expected):
+        raise _Refused(f"POST {path} answered HTTP {response.status_code}: "
+                       f"{response.text[:200]}")
+    return answer
+
+
 def play(base_url: str, settings: Settings, timeout: float = 90.0) -> bool:
     receiver = _Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
@@ -69,15 +91,20 @@ def play(base_url: str, settings: Settings, timeout: float = 90.0) -> bool:
         say(f"merchant receiver at {receiver.url} will answer {SCRIPT}")
         say(f"ladder time scale {settings.time_scale}: 2m waits "
             f"{120 * settings.time_scale:.2f}s, 5m waits {300 * settings.time_scale:.2f}s")
-        partner = requests.post(f"{base_url}/internal/v1/partners", headers=admin, timeout=10,
-                                json={"name": "Demo Merchant", "webhookUrl": receiver.url}).json()
-        say(f"partner {partner['id']} created; API key {partner['apiKey'][:12]}...")
-        published = requests.post(
-            f"{base_url}/internal/v1/events", headers=admin, timeout=10,
-            json={"partnerId": partner["id"], "type": "transaction.paid",
-                  "reference": "TXN-DEMO-0001",
-                  "payload": {"amount": 1000, "currency": "XOF", "status": "successful"}},
-        ).json()
+        try:
+            partner = _post(base_url, "/internal/v1/partners", admin,
+                            {"name": "Demo Merchant", "webhookUrl": receiver.url},
+                            ("id", "apiKey", "signingSecret"))
+            say(f"partner {partner['id']} created; API key {partner['apiKey'][:12]}...")
+            published = _post(
+                base_url, "/internal/v1/events", admin,
+                {"partnerId": partner["id"], "type": "transaction.paid",
+                 "reference": "TXN-DEMO-0001",
+                 "payload": {"amount": 1000, "currency": "XOF", "status": "successful"}},
+                ("notificationId", "sequence"))
+        except _Refused as exc:
+            say(f"the demo stops: {exc}")
+            return False
         nid = published["notificationId"]
         say(f"event published: notification {nid} (sequence {published['sequence']})")
 

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,20 +39,37 @@ def process_commands(settings: Settings, port: int, concurrency: int) -> dict[st
     }
 
 
+class StartFailed(Exception):
+    """``deliverer run`` could not start (the port is taken, a process died at start)."""
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:``port`` (another deliverer, or
+    any other program): binding it is the only check that does not depend on what that
+    program answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def _wait_healthy(base_url: str, procs: dict[str, subprocess.Popen[bytes]],
                   timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, proc in procs.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}")
+                raise StartFailed(f"{name} exited with {proc.returncode}")
         try:
             if requests.get(f"{base_url}/healthz", timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    raise RuntimeError("the API did not come up in time")
+    raise StartFailed("the API did not come up in time")
 
 
 class _Stopped(Exception):
@@ -81,6 +99,12 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> int:
+    """Start web, worker and beat; returns the exit status. Raises ``StartFailed``."""
+    # Before anything else: a second instance would otherwise migrate the same
+    # database, empty the first one's metrics directory, and take the first one's
+    # /healthz for its own.
+    if port_in_use(port):
+        raise StartFailed(f"port {port} is in use: pass --port or set PORT")
     env = dict(os.environ)
     if demo:
         env.setdefault("DELIVERER_TIME_SCALE", DEMO_TIME_SCALE)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from deliverer.config import Settings
+from deliverer.demo import play
+from deliverer.devserver import port_in_use
 from tests.faults.harness import free_port, group_pids, wait_for
 from tests.operations.helpers import DELIVERER
 
@@ -27,14 +30,30 @@ START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+@contextmanager
+def answering(status: int) -> Iterator[int]:
+    """A loopback HTTP server answering ``status`` to everything (200: as another
+    deliverer's /healthz would); yields its port."""
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"statusCode": %d}' % status)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def devserver_env(data_dir: Path) -> dict[str, str]:
@@ -99,10 +118,41 @@ def test_a_stop_signal_stops_web_worker_and_beat(tmp_path: Path, signum: int):
         running.wait_for("deliverer is up")
         children = [pid for pid in group_pids(running.proc.pid) if pid != running.proc.pid]
         assert len(children) >= 4, running.output  # gunicorn and its workers, worker, beat
-        assert not port_is_free(port)
+        assert port_in_use(port)
 
         running.proc.send_signal(signum)
         assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
         wait_for(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT,
                  "the children of deliverer run to exit")
-        assert port_is_free(port)
+        assert not port_in_use(port)
+
+
+def test_a_port_another_program_holds_is_refused_before_anything_starts(tmp_path: Path):
+    """Another deliverer (its /healthz answers 200) or any other program on the port: no
+    false "deliverer is up", no traceback, nothing started or migrated."""
+    with answering(200) as port, deliverer_run(tmp_path, "--port", str(port)) as running:
+        assert running.proc.wait(STOP_TIMEOUT) == 1
+        running.wait_for(f"Error: port {port} is in use: pass --port or set PORT")
+        assert "deliverer is up" not in running.output
+        assert "Traceback" not in running.output
+        assert group_pids(running.proc.pid) == []
+        assert not (tmp_path / "deliverer.db").exists()
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path):
+    for args, env in ((["--port", "99999"], {}), ([], {"PORT": "0"})):
+        result = subprocess.run([str(DELIVERER), "run", *args], capture_output=True,
+                                text=True, timeout=STOP_TIMEOUT, stdin=subprocess.DEVNULL,
+                                env={**devserver_env(tmp_path), **env})
+        assert result.returncode == 2, result.stderr
+        assert "is not in the range 1<=x<=65535" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_the_demo_says_what_the_api_answered_instead_of_a_key_error(tmp_path: Path, capsys):
+    settings = Settings.from_env({"DELIVERER_DATA_DIR": str(tmp_path),
+                                  "DELIVERER_ADMIN_TOKEN": "not-the-servers-token"})
+    with answering(401) as port:
+        assert play(f"http://127.0.0.1:{port}", settings, timeout=5) is False
+    out = capsys.readouterr().out
+    assert "the demo stops: POST /internal/v1/partners answered HTTP 401" in out
