@@ -98,6 +98,18 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
+def _console_line(base_url: str, settings: Settings, made_up_token: str | None) -> str:
+    console = f"operator console: {base_url}/console/"
+    if made_up_token is not None:
+        # A credential made up for this local run, on loopback: safe to show, and the
+        # only way in (it was never printed before).
+        return (f"{console} (sign in with the admin token {made_up_token}, made up for "
+                f"this local demo; set DELIVERER_ADMIN_TOKEN to choose your own)")
+    if settings.admin_token:
+        return f"{console} (sign in with your DELIVERER_ADMIN_TOKEN)"
+    return f"{console} (closed: set DELIVERER_ADMIN_TOKEN to open it)"
+
+
 def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> int:
     """Start web, worker and beat; returns the exit status. Raises ``StartFailed``."""
     # Before anything else: a second instance would otherwise migrate the same
@@ -110,7 +122,11 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         env.setdefault("DELIVERER_TIME_SCALE", DEMO_TIME_SCALE)
         env.setdefault("DELIVERER_ALLOW_PRIVATE_URLS", "1")
         env.setdefault("DELIVERER_SWEEP_INTERVAL", "1")
-        env.setdefault("DELIVERER_ADMIN_TOKEN", "demo-" + secrets.token_hex(12))
+    # The demo needs an admin token (it creates its partner over /internal/v1); made up
+    # here unless the user set one, and then shown, or nobody could open the console.
+    made_up_token = None
+    if demo and not env.get("DELIVERER_ADMIN_TOKEN"):
+        made_up_token = env["DELIVERER_ADMIN_TOKEN"] = "demo-" + secrets.token_hex(12)
     settings = Settings.from_env(env)
     set_settings(settings)
     env["DELIVERER_DATA_DIR"] = str(settings.data_dir)
@@ -134,6 +150,7 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         _wait_healthy(base_url, procs)
         print(f"deliverer is up: API {base_url} (database {settings.database_url}, "
               f"broker {settings.broker_url})", flush=True)
+        print(_console_line(base_url, settings, made_up_token), flush=True)
         if demo:
             from deliverer.demo import play
 

@@ -7,6 +7,7 @@ Run once (``unit``): it brings its own database and broker, whatever the backend
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from deliverer.config import Settings
 from deliverer.demo import play
@@ -125,6 +127,27 @@ def test_a_stop_signal_stops_web_worker_and_beat(tmp_path: Path, signum: int):
         wait_for(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT,
                  "the children of deliverer run to exit")
         assert not port_in_use(port)
+
+
+def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Path):
+    """The demo makes up an admin token: without it shown, nobody could open the
+    console the README points to."""
+    port = free_port()
+    with deliverer_run(tmp_path, "--port", str(port), "--demo") as running:
+        running.wait_for("Press Ctrl-C to stop.")  # the demo has delivered
+        console = f"http://127.0.0.1:{port}/console/"
+        match = re.search(rf"operator console: {re.escape(console)} \(sign in with the "
+                          r"admin token (demo-[0-9a-f]{24}), made up for this local demo",
+                          running.output)
+        assert match, running.output
+        closed = requests.get(console, timeout=10, allow_redirects=False)
+        assert closed.status_code == 302
+        opened = requests.get(console, auth=("operator", match.group(1)), timeout=10)
+        assert opened.status_code == 200
+        running.proc.send_signal(signal.SIGTERM)
+        assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
+        wait_for(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT,
+                 "the children of deliverer run to exit")
 
 
 def test_a_port_another_program_holds_is_refused_before_anything_starts(tmp_path: Path):
