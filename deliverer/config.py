@@ -157,6 +157,16 @@ class Settings:
 _settings: Settings | None = None
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit to print (database, broker)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: its scheme only
+        return url.split(":", 1)[0] + ":..."
+
+
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     global _settings

@@ -165,3 +165,36 @@ def test_purge_attempts(settings):
     assert "deleted 1 attempt(s) older than 10 day(s)" in out.stdout
     assert attempt_count() == 1
     assert h.notification(nid).latest_error_payload is not None  # the error survives
+
+
+UNREACHABLE = "postgresql://deliverer:s3cret-pw@127.0.0.1:1/deliverer"  # nothing on port 1
+
+
+@pytest.mark.parametrize("args", [
+    ("stats", "--no-broker"),
+    ("partner", "create", "--name", "Shop"),
+    ("replay", "--partner", "00000000-0000-0000-0000-000000000000", "--yes"),
+    ("purge-attempts", "--dry-run"),
+    ("db", "upgrade"),
+])
+def test_an_unreachable_database_is_one_line_not_a_traceback(settings, args):
+    result = run_cli(settings, *args, check=False, DATABASE_URL=UNREACHABLE)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(
+        "Error: cannot reach the database (DATABASE_URL=postgresql+psycopg2://"
+        "deliverer:***@127.0.0.1:1/deliverer): "), result.stderr
+    assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_database_without_the_schema_says_to_run_db_upgrade(settings, tmp_path):
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    for args in (("stats", "--no-broker"), ("purge-attempts", "--dry-run"),
+                 ("partner", "create", "--name", "Shop")):
+        result = run_cli(settings, *args, check=False, DATABASE_URL=empty)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"Error: the database has no schema "
+                                        f"(DATABASE_URL={empty}): "), result.stderr
+        assert "no such table" in result.stderr
+        assert result.stderr.strip().endswith("run `deliverer db upgrade`")
+        assert "Traceback" not in result.stderr
