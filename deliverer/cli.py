@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
 from deliverer.config import get_settings, masked_url
+
+# The longest periods the options accept: beyond, now - period is before year 1
+# (OverflowError), and no attempt is that old anyway.
+MAX_DAYS = 36500.0  # 100 years
+MAX_WINDOW = MAX_DAYS * 86400
+
+# Purging attempts younger than this needs --yes (or a yes on a terminal).
+CONFIRM_PURGE_UNDER_DAYS = 1.0
 
 
 def database_error_message(exc: Exception) -> str:
@@ -67,8 +76,16 @@ def partner() -> None:
     """Partners and their API keys."""
 
 
+def _partner_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("must not be empty")
+    if len(value) > 200:  # the column's size, and the internal API's limit
+        raise click.BadParameter("at most 200 characters")
+    return value
+
+
 @partner.command("create")
-@click.option("--name", required=True)
+@click.option("--name", required=True, callback=_partner_name)
 @click.option("--webhook-url", default=None)
 @click.option("--alert-email", default=None)
 @click.option("--flow", type=click.Choice(["WEBHOOK", "POLLING"]), default="WEBHOOK")
@@ -143,6 +160,15 @@ def sweep() -> None:
     click.echo(f"enqueued {sweep_due()} notification(s)")
 
 
+def _confirm(question: str | Callable[[], str], action: str, *,
+             why: str = "no terminal to confirm on") -> None:
+    """Ask ``question`` on a terminal (no: abort). Without one (a script, cron,
+    </dev/null) there is nobody to ask, and acting is not the default: refuse."""
+    if not sys.stdin.isatty():
+        raise click.ClickException(f"{why}: pass --yes to {action} without a prompt")
+    click.confirm(question() if callable(question) else question, abort=True)
+
+
 def _parse_when(value: str | None, name: str) -> datetime | None:
     """An ISO 8601 date or date-time; without a zone it is UTC."""
     if value is None:
@@ -156,7 +182,8 @@ def _parse_when(value: str | None, name: str) -> datetime | None:
 
 
 @main.command("stats")
-@click.option("--window", default=3600.0, show_default=True, type=click.FloatRange(min=1),
+@click.option("--window", default=3600.0, show_default=True,
+              type=click.FloatRange(min=1, max=MAX_WINDOW),
               help="Seconds of attempts the success rates cover.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
               help="Endpoints listed (worst success rate first).")
@@ -233,11 +260,7 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
     if dry_run or count == 0:
         return
     if not yes:
-        if not sys.stdin.isatty():
-            # Nobody to ask (a script, cron, </dev/null): replaying is not the default.
-            raise click.ClickException("no terminal to confirm on: pass --yes to replay "
-                                       "without a prompt")
-        click.confirm(f"Replay {count} notification(s)?", abort=True)
+        _confirm(f"Replay {count} notification(s)?", "replay")
 
     from deliverer.celery_app import make_celery
 
@@ -253,20 +276,31 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
 
 
 @main.command("purge-attempts")
-@click.option("--older-than-days", type=click.FloatRange(min=0), default=None,
+@click.option("--older-than-days", type=click.FloatRange(min=0, max=MAX_DAYS), default=None,
               help="Retention in days [default: DELIVERER_ATTEMPT_RETENTION_DAYS, 90].")
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1))
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
-def purge_attempts(older_than_days: float | None, batch_size: int, dry_run: bool) -> None:
+@click.option("--yes", "-y", is_flag=True,
+              help="Do not ask for confirmation (asked when keeping less than a day).")
+def purge_attempts(older_than_days: float | None, batch_size: int, dry_run: bool,
+                   yes: bool) -> None:
     """Delete attempts older than the retention period (beat also does it daily)."""
     from deliverer.operations.purge import count_purgeable
     from deliverer.operations.purge import purge_attempts as purge
 
     days = get_settings().attempt_retention_days if older_than_days is None else older_than_days
+    if not 0 <= days <= MAX_DAYS:  # DELIVERER_ATTEMPT_RETENTION_DAYS is not checked by click
+        raise click.BadParameter(f"{days:g} is not in the range 0<=x<={MAX_DAYS:g}",
+                                 param_hint="DELIVERER_ATTEMPT_RETENTION_DAYS")
     older_than = timedelta(days=days)
     if dry_run:
         click.echo(f"{count_purgeable(older_than)} attempt(s) older than {days:g} day(s)")
         return
+    if days < CONFIRM_PURGE_UNDER_DAYS and not yes:
+        # Under a day is (nearly) the whole attempt history, today's failures included.
+        _confirm(lambda: f"Delete {count_purgeable(older_than)} attempt(s) older than "
+                         f"{days:g} day(s)?", "purge",
+                 why=f"keeping only {days:g} day(s) deletes nearly every attempt")
     deleted = purge(older_than, batch_size=batch_size)
     click.echo(f"deleted {deleted} attempt(s) older than {days:g} day(s)")
 

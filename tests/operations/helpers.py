@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -53,6 +54,20 @@ def run_cli(settings: Settings, *args: str, check: bool = True, input: str | Non
         raise AssertionError(f"deliverer {' '.join(args)} exited {result.returncode}\n"
                              f"stdout: {result.stdout}\nstderr: {result.stderr}")
     return result
+
+
+def run_cli_on_a_terminal(settings: Settings, *args: str,
+                          answer: str) -> subprocess.CompletedProcess[str]:
+    """``deliverer ARGS...`` with a terminal (a pseudo-terminal) as stdin, on which
+    ``answer`` is typed."""
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, answer.encode() + b"\n")
+        return subprocess.run([str(DELIVERER), *args], env=cli_env(settings), stdin=terminal,
+                              capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    finally:
+        os.close(terminal)
+        os.close(controller)
 
 
 def failed(partner_id: str, url: str, *, created_ago: timedelta = timedelta(0),

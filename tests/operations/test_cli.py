@@ -13,7 +13,14 @@ from deliverer.errors import Unauthorized
 from deliverer.models import NotificationStatus, utcnow
 from deliverer.operations.replay import OPERATOR
 from deliverer.partners.service import authenticate
-from tests.operations.helpers import add_attempt, attempt_count, audit, failed, run_cli
+from tests.operations.helpers import (
+    add_attempt,
+    attempt_count,
+    audit,
+    failed,
+    run_cli,
+    run_cli_on_a_terminal,
+)
 from tests.support import helpers as h
 from tests.support.receiver import Receiver
 
@@ -165,6 +172,70 @@ def test_purge_attempts(settings):
     assert "deleted 1 attempt(s) older than 10 day(s)" in out.stdout
     assert attempt_count() == 1
     assert h.notification(nid).latest_error_payload is not None  # the error survives
+
+
+def test_purge_of_less_than_a_day_needs_yes(settings):
+    """--older-than-days 0 deletes every attempt, today's failures included: like
+    replay, not without --yes (or a yes on a terminal)."""
+    shop = h.new_partner(settings, None)
+    nid = failed(shop.partner_id, "http://127.0.0.1:9/hook")
+    add_attempt(nid, utcnow() - timedelta(hours=2))
+    refused = run_cli(settings, "purge-attempts", "--older-than-days", "0", check=False)
+    assert refused.returncode == 1
+    assert "pass --yes to purge without a prompt" in refused.stderr
+    assert attempt_count() == 1
+    dry = run_cli(settings, "purge-attempts", "--older-than-days", "0.05", "--dry-run")
+    assert "1 attempt(s) older than 0.05 day(s)" in dry.stdout
+    out = run_cli(settings, "purge-attempts", "--older-than-days", "0.05", "--yes")
+    assert "deleted 1 attempt(s)" in out.stdout
+    assert attempt_count() == 0
+
+
+def test_on_a_terminal_replay_and_a_short_purge_ask_first(settings):
+    shop = h.new_partner(settings, "http://127.0.0.1:9/hook")
+    nid = failed(shop.partner_id, "http://127.0.0.1:9/hook")
+    add_attempt(nid, utcnow() - timedelta(hours=2))
+    replay = run_cli_on_a_terminal(settings, "replay", "--partner", shop.partner_id,
+                                   answer="n")
+    assert "Replay 1 notification(s)? [y/N]" in replay.stdout
+    assert replay.returncode == 1 and "Aborted" in replay.stderr
+    purge = run_cli_on_a_terminal(settings, "purge-attempts", "--older-than-days", "0",
+                                  answer="n")
+    assert "Delete 1 attempt(s) older than 0 day(s)? [y/N]" in purge.stdout
+    assert purge.returncode == 1 and "Aborted" in purge.stderr
+    assert h.notification(nid).status == NotificationStatus.FAILED and audit(nid) == []
+    assert attempt_count() == 1
+    purge = run_cli_on_a_terminal(settings, "purge-attempts", "--older-than-days", "0",
+                                  answer="y")
+    assert purge.returncode == 0 and "deleted 1 attempt(s)" in purge.stdout
+    assert attempt_count() == 0
+
+
+@pytest.mark.parametrize("args", [
+    ("purge-attempts", "--older-than-days", "1e7", "--dry-run"),
+    ("purge-attempts", "--older-than-days", "-1"),
+    ("stats", "--window", "1e12", "--no-broker"),
+    ("stats", "--window", "0", "--no-broker"),
+])
+def test_out_of_range_periods_are_usage_errors(settings, args):
+    """Periods beyond 100 years made now - period overflow (a traceback)."""
+    result = run_cli(settings, *args, check=False)
+    assert result.returncode == 2 and "is not in the range" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_out_of_range_retention_setting_is_an_error_not_a_traceback(settings):
+    result = run_cli(settings, "purge-attempts", "--dry-run", check=False,
+                     DELIVERER_ATTEMPT_RETENTION_DAYS="1e9")
+    assert result.returncode == 2 and "DELIVERER_ATTEMPT_RETENTION_DAYS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+def test_partner_create_refuses_an_empty_or_overlong_name(settings, name):
+    result = run_cli(settings, "partner", "create", "--name", name, check=False)
+    assert result.returncode == 2 and "--name" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 UNREACHABLE = "postgresql://deliverer:s3cret-pw@127.0.0.1:1/deliverer"  # nothing on port 1
