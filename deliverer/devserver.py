@@ -19,7 +19,7 @@ import time
 
 import requests
 
-from deliverer.config import Settings, set_settings
+from deliverer.config import Settings, masked_url, set_settings
 from deliverer.scheduling import queues
 
 # The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
@@ -148,8 +148,8 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         for name, cmd in process_commands(settings, port, concurrency).items():
             procs[name] = subprocess.Popen(cmd, env=env)
         _wait_healthy(base_url, procs)
-        print(f"deliverer is up: API {base_url} (database {settings.database_url}, "
-              f"broker {settings.broker_url})", flush=True)
+        print(f"deliverer is up: API {base_url} (database {masked_url(settings.database_url)}, "
+              f"broker {masked_url(settings.broker_url)})", flush=True)
         print(_console_line(base_url, settings, made_up_token), flush=True)
         if demo:
             from deliverer.demo import play
