@@ -83,7 +83,15 @@ def imported_distributions() -> set[str]:
     files = [ROOT / "beat_schedule.py", *(ROOT / "deliverer").rglob("*.py"),
              *(ROOT / "api").rglob("*.py")]
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        # Imports under ``if TYPE_CHECKING:`` are for the type checker, not the runtime.
+        typing_only = {id(inner) for node in ast.walk(tree)
+                       if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                       and node.test.id == "TYPE_CHECKING"
+                       for stmt in node.body for inner in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from _typeshed import ReadableBuffer as Buffer
 
 # Each wait for the server (a reply, a connection, a write), in seconds.
 SMTP_TIMEOUT = 10.0
