@@ -133,7 +133,8 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
     return released
 
 
-def repair(session: Session, now: datetime, max_endpoints: int = 100) -> int:
+def repair(session: Session, now: datetime, *, partner_id: str | None = None,
+           max_endpoints: int = 100) -> int:
     """Release queues that nothing else would: held notifications on an enabled endpoint
     that is neither draining nor probed by a head of its own. Returns how many endpoints.
 
@@ -143,8 +144,9 @@ def repair(session: Session, now: datetime, max_endpoints: int = 100) -> int:
     commits its hold after ``resume_deliveries`` has looked: that row would otherwise be
     held for good. Healthy endpoints are set draining; failing ones without a head, and
     with nothing PENDING that could fail and become one, get the next held one promoted.
+    With ``partner_id``, only that partner's endpoints (``resume_deliveries``).
     """
-    endpoints = session.execute(
+    query = (
         select(Endpoint.id, Endpoint.failing_since)
         .join(WebhookSettings, WebhookSettings.partner_id == Endpoint.partner_id, isouter=True)
         .where(Endpoint.disabled_at.is_(None), Endpoint.draining.is_(False),
@@ -158,7 +160,10 @@ def repair(session: Session, now: datetime, max_endpoints: int = 100) -> int:
                    .correlate(Endpoint)))
         .order_by(Endpoint.id)
         .limit(max_endpoints)
-    ).all()
+    )
+    if partner_id is not None:
+        query = query.where(Endpoint.partner_id == partner_id)
+    endpoints = session.execute(query).all()
     healthy = [endpoint_id for endpoint_id, failing_since in endpoints if failing_since is None]
     if healthy:
         session.execute(update(Endpoint).where(Endpoint.id.in_(healthy),

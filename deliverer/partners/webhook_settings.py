@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -53,11 +53,11 @@ def resume_deliveries(session: Session, partner_id: str, url: str | None,
                       now: datetime) -> None:
     """Saving settings that leave webhooks on is how a merchant says deliveries may go:
     the endpoint a 410 disabled is enabled again if it is the configured URL, and what was
-    held while it was disabled or webhooks were off is released.
-
-    Healthy endpoints drain their held notifications at the drain rate (the beat sweep);
-    a failing one keeps probing with one notification at a time, so if the one held was
-    its head, the next takes its place.
+    held while it was disabled or webhooks were off is released, as
+    ``endpoint_queue.repair`` releases any queue that nothing else would: healthy
+    endpoints drain their held notifications at the drain rate (the beat sweep); a failing
+    one keeps probing with one notification at a time, so if the one held was its head,
+    the next takes its place.
     """
     if url is not None:
         session.execute(
@@ -78,19 +78,8 @@ def resume_deliveries(session: Session, partner_id: str, url: str | None,
         .values(held=False, next_attempt_at=None, scheduled_for=None)
         .execution_options(synchronize_session=False)
     )
-    endpoints = session.execute(
-        select(Endpoint.id, Endpoint.failing_since)
-        .where(Endpoint.partner_id == partner_id, Endpoint.disabled_at.is_(None),
-               exists().where(Notification.endpoint_id == Endpoint.id,
-                              Notification.held.is_(True)))
-        .order_by(Endpoint.id)
-    ).all()
-    draining = [endpoint_id for endpoint_id, failing_since in endpoints if failing_since is None]
-    if draining:
-        session.execute(update(Endpoint).where(Endpoint.id.in_(draining)).values(draining=True))
-    for endpoint_id, failing_since in endpoints:
-        if failing_since is not None:
-            endpoint_queue.promote_next(session, endpoint_id, now)
+    session.flush()  # the settings row: repair reads whether webhooks are on
+    endpoint_queue.repair(session, now, partner_id=partner_id)
 
 
 def rotate_secret(session: Session, partner_id: str, overlap: timedelta,
