@@ -92,6 +92,12 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     @property
+    def longest_post(self) -> float:
+        """How long one POST can take: the total deadline runs on the connected socket,
+        and connecting has a timeout of its own before it."""
+        return self.connect_timeout + self.total_timeout
+
+    @property
     def broker_is_redis(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://"))
 

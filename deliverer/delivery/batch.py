@@ -131,12 +131,9 @@ def send_cutoff(leased_at: float, settings: Settings) -> float:
     start: it must end, and be recorded, before the lease runs out. A POST started later
     could still be in flight when the sweep hands the row to another worker, which would
     POST it again."""
-    # The total deadline is enforced on the connected socket; connecting has a timeout of
-    # its own, so a POST can take both.
-    longest_post = settings.connect_timeout + settings.total_timeout
-    spare = max(0.0, settings.lease_seconds - longest_post)
+    spare = max(0.0, settings.lease_seconds - settings.longest_post)
     keep_for_recording = min(RECORDING_MARGIN, spare / 2)
-    return leased_at + settings.lease_seconds - longest_post - keep_for_recording
+    return leased_at + settings.lease_seconds - settings.longest_post - keep_for_recording
 
 
 def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
@@ -166,7 +163,7 @@ def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
             for i in indexes:
                 job, ticket = jobs[i]
                 if send_until is not None and time.monotonic() > send_until:
-                    slow_lane.GATE.cancel(ticket)
+                    slow_lane.GATE.done(ticket, None, settings)  # never started
                     continue
                 with delivery_context(job.notification_id):
                     results[i] = perform_admitted(job, ticket, settings)
@@ -178,13 +175,16 @@ def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
     return results
 
 
-def release_unsent(session: Session, ids: Sequence[str], token: str) -> None:
-    """Give back the leases of jobs that were not sent, so they can be claimed at once.
-    Commits nothing."""
+def release_unsent(session: Session, ids: Sequence[str], token: str,
+                   now: datetime) -> None:
+    """Give back the leases of jobs that were not sent, so they can be claimed at once,
+    and mark them enqueued, as the task does right after this commit (so the sweep does
+    not send a second message meanwhile). Commits nothing."""
     session.execute(
         update(Notification)
         .where(Notification.id.in_(ids), Notification.lease_token == token)
-        .values(lease_token=None, lease_expires_at=None)
+        .values(lease_token=None, lease_expires_at=None,
+                scheduled_for=Notification.next_attempt_at, enqueued_at=now)
         .execution_options(synchronize_session=False)
     )
 
@@ -242,7 +242,7 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
 
     def write(session: Session) -> list[NextAttempt]:
         if unsent:
-            release_unsent(session, [nid for nid, _ in unsent], batch.token)
+            release_unsent(session, [nid for nid, _ in unsent], batch.token, utcnow())
         return record_many(session, [j for j, _ in done], [r for _, r in done], settings)
 
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while

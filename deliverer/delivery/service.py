@@ -39,10 +39,10 @@ from deliverer.models import (
     Notification,
     NotificationStatus,
     Partner,
-    PartnerFlow,
     Trigger,
     WebhookSettings,
     active_secrets,
+    not_receiving_webhooks,
     table_of,
     utcnow,
 )
@@ -185,10 +185,10 @@ def lease(session: Session, ids: Sequence[str], settings: Settings,
             hold_undeliverable(session, r.id, error_payload(
                 FailureKind.ENDPOINT_DISABLED, r.disabled_reason or "Endpoint disabled"))
             continue
-        if not r.active or r.flow != PartnerFlow.WEBHOOK:
-            stop_for_good(session, r.id, error_payload(
-                FailureKind.NOT_A_WEBHOOK_PARTNER,
-                "The partner is inactive" if not r.active else "The partner polls"))
+        not_receiving = not_receiving_webhooks(r.active, r.flow)
+        if not_receiving is not None:
+            stop_for_good(session, r.id, error_payload(FailureKind.NOT_A_WEBHOOK_PARTNER,
+                                                       not_receiving))
             continue
         if r.enabled is False:  # None: a partner without settings, sent as before
             hold_undeliverable(session, r.id, error_payload(

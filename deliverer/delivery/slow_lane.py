@@ -85,16 +85,16 @@ class EndpointGate:
                 del flying[ticket.number]
                 flying[ticket.number] = self._clock()
 
-    def cancel(self, ticket: Ticket) -> None:
-        """The ticket's POST will not be made: forget it, judging nothing."""
-        with self._lock:
-            self._forget(ticket)
-
     def done(self, ticket: Ticket, result: SendResult | None, settings: Settings) -> None:
-        """The send is over; a slow one (or a timeout) marks the endpoint slow a while."""
+        """The send is over; a slow one (or a timeout) marks the endpoint slow a while. A
+        ticket whose POST never started (a batch's job past its lease cutoff) is forgotten,
+        judging nothing."""
         now = self._clock()
         with self._lock:
-            started = self._forget(ticket)
+            flying = self._in_flight.get(ticket.key, {})
+            started = flying.pop(ticket.number, None)
+            if not flying:
+                self._in_flight.pop(ticket.key, None)
             if started is None:
                 started = now  # never started: nothing to judge the endpoint by
             timed_out = result is not None and (result.error or {}).get("kind") == str(
@@ -103,13 +103,6 @@ class EndpointGate:
                 if len(self._slow_until) >= self.MAX_TRACKED:
                     self._forget_expired(now)
                 self._slow_until[ticket.key] = now + settings.slow_window
-
-    def _forget(self, ticket: Ticket) -> float | None:
-        flying = self._in_flight.get(ticket.key, {})
-        started = flying.pop(ticket.number, None)
-        if not flying:
-            self._in_flight.pop(ticket.key, None)
-        return started
 
     def is_slow(self, key: Key, settings: Settings) -> bool:
         with self._lock:

@@ -17,6 +17,7 @@ from deliverer.models.partner import (
     PartnerFlow,
     WebhookSettings,
     active_secrets,
+    not_receiving_webhooks,
 )
 from deliverer.models.request_log import PartnerRequest
 
@@ -36,6 +37,7 @@ __all__ = [
     "Trigger",
     "WebhookSettings",
     "active_secrets",
+    "not_receiving_webhooks",
     "table_of",
     "utcnow",
 ]

@@ -77,3 +77,14 @@ def active_secrets(signing_secret: str | None, previous_secret: str | None,
     if previous_secret and (previous_expires_at is None or previous_expires_at > now):
         secrets.append(previous_secret)
     return secrets
+
+
+def not_receiving_webhooks(active: bool, flow: str) -> str | None:
+    """Why no webhook is pushed to a partner (inactive, or on the POLLING flow), or None.
+    Publishing, claims, operator retries and the partner API all ask this."""
+    if not active:
+        return "The partner is inactive: no webhook is pushed to it"
+    if flow != PartnerFlow.WEBHOOK:
+        return ("The partner is on the POLLING flow: it reads its notifications, no webhook "
+                "is pushed to it")
+    return None

@@ -52,27 +52,15 @@ PENDING = "PENDING"
 SENDING = "SENDING"
 
 
-# The record step's last run starts before its retry window closes (in_transaction's
-# jittered pause may even end half a second past it), and then takes as long as it takes
-# on a struggling database: the lease keeps this long for it beyond the window, what a
-# batch keeps for recording its outcome.
-LAST_RECORD_RUN = RECORDING_MARGIN
-
-
-def record_window(settings: Settings) -> float:
-    """How long recording a resend's POST is run again through database errors: as long as
-    a delivery's record is (``delivery.service.deliver``)."""
-    return settings.lease_seconds
-
-
 def resend_lease(settings: Settings) -> timedelta:
     """How long a worker may hold a resend: until then the sweep hands the request to no
-    other worker, so it must outlast all the worker may still do with it. Its POST: up to
-    connect timeout + total deadline (the deadline runs on the connected socket, as
-    ``delivery.batch.send_cutoff`` counts it). Then recording it: run again through
-    database errors for ``record_window``, plus that window's last run."""
-    return timedelta(seconds=settings.connect_timeout + settings.total_timeout
-                     + record_window(settings) + LAST_RECORD_RUN)
+    other worker, so it must outlast all the worker may still do with it: its POST
+    (``Settings.longest_post``), then recording it, run again through database errors for
+    ``lease_seconds`` as a delivery's record is (``delivery.service.deliver``), plus that
+    window's last run, which starts just before the window closes and takes as long as a
+    struggling database makes it (what a batch keeps for recording, RECORDING_MARGIN)."""
+    return timedelta(seconds=settings.longest_post + settings.lease_seconds
+                     + RECORDING_MARGIN)
 
 
 class TransactionNotFound(NotFound):
@@ -174,7 +162,7 @@ def perform_resend(request_id: int, settings: Settings) -> str | None:
     # The POST happened: record it through a deadlock or a database restart, as
     # deliveries do, or the request stays SENDING until its lease runs out and the
     # resend is sent again.
-    in_transaction(record, retry_for=record_window(settings))
+    in_transaction(record, retry_for=settings.lease_seconds)
     return status
 
 

@@ -32,8 +32,8 @@ from deliverer.models import (
     Notification,
     NotificationStatus,
     Partner,
-    PartnerFlow,
     PartnerRequest,
+    not_receiving_webhooks,
     utcnow,
 )
 from deliverer.notifications.service import (
@@ -52,19 +52,12 @@ OPERATOR = "OPERATOR"  # partner_requests.outcome of an operator's action
 RUN_AGAIN_FOR = 10.0
 
 NO_URL = "The partner has no webhook URL to send to"
-POLLING = ("The partner is on the POLLING flow: it reads its notifications, no webhook "
-           "is pushed to it")
-INACTIVE = "The partner is inactive: no webhook is pushed to it"
 
 
 def not_pushed(partner: Partner) -> str | None:
     """Why publishing sends the partner no webhook (POLLING flow, inactive), or None: an
     operator must not push what the partner was never to receive."""
-    if not partner.active:
-        return INACTIVE
-    if partner.flow != PartnerFlow.WEBHOOK:
-        return POLLING
-    return None
+    return not_receiving_webhooks(partner.active, partner.flow)
 
 
 def check_pushed(partner: Partner) -> None:

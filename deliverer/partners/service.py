@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session
 from deliverer.config import Settings
 from deliverer.delivery import netguard, signing
 from deliverer.errors import DelivererError, InvalidPartnerFlow, PartnerNotFound, Unauthorized
-from deliverer.models import ApiKey, Partner, PartnerFlow, WebhookSettings, utcnow
+from deliverer.models import (
+    ApiKey,
+    Partner,
+    PartnerFlow,
+    WebhookSettings,
+    not_receiving_webhooks,
+    utcnow,
+)
 from deliverer.partners import keys
 
 
@@ -111,6 +118,6 @@ def _judge(row: Any, wanted: str) -> Principal | DelivererError:
     # The index finds the row; compare_digest keeps the final comparison constant-time.
     if row is None or not keys.same_hash(row.key_hash, wanted) or row.revoked_at:
         return Unauthorized("Invalid API Key")
-    if not row.active or row.flow != PartnerFlow.WEBHOOK:
+    if not_receiving_webhooks(row.active, row.flow) is not None:
         return InvalidPartnerFlow()
     return Principal(row.partner_id, row.id)

@@ -36,8 +36,8 @@ from deliverer.models import (
     Notification,
     NotificationStatus,
     Partner,
-    PartnerFlow,
     WebhookSettings,
+    not_receiving_webhooks,
     table_of,
     utcnow,
 )
@@ -66,15 +66,19 @@ def event_body(event: Event) -> str:
         "data": event.payload,
     }
     # allow_nan=False: NaN and Infinity are not JSON; a body carrying them would be
-    # signed and sent, and refused by every strict parser (_check_payload says so first).
+    # signed and sent, and refused by every strict parser.
     return json.dumps(envelope, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
-def _check_payload(payload: Any) -> None:
-    """The API's guard refuses such payloads at the edge; Python and Celery producers
+def _new_event(partner_id: str, spec: Mapping[str, Any], now: datetime) -> tuple[Event, str]:
+    """The event a spec describes, and its body; ValidationFailed if its payload is not
+    JSON. The API's guard refuses such payloads at the edge; Python and Celery producers
     (deliverer.publish_event, the publish task) and the CLI come through here."""
+    event = Event(id=new_id(), partner_id=partner_id, type=spec["type"],
+                  reference=spec["reference"], payload=spec["payload"],
+                  callback_url=spec.get("callback_url"), created_at=now)
     try:
-        json.dumps(payload, allow_nan=False)
+        return event, event_body(event)
     except (TypeError, ValueError) as exc:
         raise ValidationFailed(f"The payload is not JSON: {exc}") from exc
 
@@ -273,11 +277,11 @@ def publish_events(
                                            ).one_or_none()
     if partner is None:
         raise PartnerNotFound()
-    # POLLING partners read their events rather than receive them (models.PartnerFlow).
-    enabled = bool(partner.active and partner.enabled and partner.flow == PartnerFlow.WEBHOOK)
+    enabled = bool(partner.enabled) and not_receiving_webhooks(partner.active,
+                                                                partner.flow) is None
     default_url = partner.url
-    for spec in events:
-        _check_payload(spec["payload"])
+    # Built first: a payload that is not JSON refuses the publish before anything is done.
+    new_events = [_new_event(partner_id, spec, now) for spec in events]
     # Looked up before the URL checks (which resolve host names): a publish repeated after
     # an unknown outcome gets its recorded events even if a callback URL no longer passes.
     recorded = _recorded(session, partner_id, events)
@@ -305,17 +309,14 @@ def publish_events(
     notification_rows: list[dict[str, Any]] = []
     published: list[Published] = []
     to_deliver: list[str] = []
-    for spec in events:
+    for spec, (event, body) in zip(events, new_events, strict=True):
         key = spec.get("idempotency_key")
         if key is not None and key in recorded:
             published.append(recorded[key])
             continue
-        event = Event(id=new_id(), partner_id=partner_id, type=spec["type"],
-                      reference=spec["reference"], payload=spec["payload"],
-                      callback_url=spec.get("callback_url"), created_at=now)
         event_rows.append({"id": event.id, "partner_id": partner_id, "type": event.type,
                            "reference": event.reference, "payload": event.payload,
-                           "callback_url": event.callback_url, "body": event_body(event),
+                           "callback_url": event.callback_url, "body": body,
                            "created_at": now,
                            "idempotency_key": spec.get("idempotency_key")})
         url = event.callback_url or default_url
