@@ -15,7 +15,7 @@ from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import get_session
 from api.schemas.partner import DeliveryQuerySchema
-from api.views.partner import resend
+from api.views.partner import DeliveryFailed, resend
 from deliverer.errors import DelivererError, NotFound
 from deliverer.notifications import manual_retry, service
 from deliverer.notifications.resend import TransactionNotFound
@@ -92,6 +92,14 @@ class InvoiceNotFound(NotFound):
     message = "Invoice not found"  # seed 004
 
 
+class InvoiceResendFailed(DeliveryFailed):
+    """Seed 004 lists 500 for a resend that failed, not the 502 of our own route. The
+    endpoint's answer is in the attempt's error payload (GET the notification)."""
+
+    status_code = 500
+    message = "Internal error while resending webhook"  # seed 004
+
+
 @blp.route("/invoices/resend-webhook/<invoice_id>", methods=["POST"])
 def resend_invoice_webhook(invoice_id: str) -> Any:
     """Seed 004: ``status`` is ``success`` or ``pending``."""
@@ -102,6 +110,8 @@ def resend_invoice_webhook(invoice_id: str) -> Any:
         outcome, _body = resend(invoice_id)
     except TransactionNotFound as exc:
         raise InvoiceNotFound() from exc
+    except DeliveryFailed as exc:
+        raise InvoiceResendFailed() from exc
     return jsonify({
         "message": ("Webhook reenviado com sucesso" if outcome == "success"
                     else "Reenvio do webhook em andamento"),

@@ -207,6 +207,17 @@ def test_seed004_non_ascii_digits_are_echoed_as_given(make_partner, receiver, lo
     assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
 
 
+def test_seed004_failed_resend_is_its_500(make_partner, receiver, long_wait):
+    # Seed 004's status codes: "500: Internal error while resending webhook".
+    receiver.program("/hook", [status(200)], then=status(503))
+    partner = make_partner(receiver.url("/hook"))
+    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="125")
+    t.assert_error(partner.bearer.post(SEED004_RESEND.format(125)), 500,
+                   "WEBHOOK_DELIVERY_FAILED", "Internal error while resending webhook")
+    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.notification(nid).status == NotificationStatus.SENT  # a resend changes nothing
+
+
 @pytest.mark.parametrize("invoice_id", [999, "%D9%A3", "1" * 201, "1" * 5000])
 def test_seed004_not_found(make_partner, invoice_id):
     partner = make_partner("http://127.0.0.1:9/hook")
