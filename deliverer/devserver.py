@@ -20,6 +20,7 @@ import time
 import requests
 
 from deliverer.config import Settings, masked_url, set_settings
+from deliverer.delivery.batch import RECORDING_MARGIN
 from deliverer.scheduling import queues
 
 # The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
@@ -86,16 +87,40 @@ def _raise_stopped(signum: int, _frame: object) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 
-def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+def stop_grace(settings: Settings) -> float:
+    """How long the children get to stop before they are killed: as long as a worker may
+    hold a lease. Celery's warm shutdown lets the worker finish the POSTs it has started
+    and record them; killed sooner, it leaves them leased and unrecorded, and each is
+    POSTed a second time once its lease runs out."""
+    return settings.lease_seconds + RECORDING_MARGIN
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    deadline = time.monotonic() + grace
+    told = False
+    try:
+        for name, proc in procs.items():
+            while proc.poll() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    break
+                try:
+                    proc.wait(timeout=min(left, 2.0))
+                except subprocess.TimeoutExpired:
+                    if not told:
+                        print(f"stopping: waiting up to {grace:.0f} s for the {name} to "
+                              f"finish what it started (Ctrl-C again to stop at once; "
+                              f"what it was sending is then sent again later)",
+                              file=sys.stderr, flush=True)
+                        told = True
+    except KeyboardInterrupt:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
 
 
 def _console_line(base_url: str, settings: Settings, made_up_token: str | None) -> str:
@@ -168,6 +193,6 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
     finally:
         for sig in STOP_SIGNALS:  # a second signal must not cut the stopping short
             signal.signal(sig, signal.SIG_IGN)
-        _stop(procs)
+        _stop(procs, stop_grace(settings))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
