@@ -20,7 +20,7 @@ REPAIR_EVERY_SWEEPS = 12
 
 def build(settings: Settings) -> dict[str, dict[str, Any]]:
     interval = timedelta(seconds=settings.sweep_interval)
-    return {
+    schedule = {
         "sweep-due-notifications": {
             "task": "deliverer.sweep_due",
             "schedule": interval,
@@ -49,3 +49,12 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": 3600.0},
         },
     }
+    if settings.broker_is_sqla:
+        # kombu's SQLAlchemy transport (the embedded default) keeps every message it has
+        # handed out (deliverer.scheduling.sqla_broker).
+        schedule["prune-broker-messages"] = {
+            "task": "deliverer.prune_broker",
+            "schedule": timedelta(minutes=10),
+            "options": {"expires": 600.0},
+        }
+    return schedule

@@ -29,7 +29,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     import beat_schedule
 
     transport_options: dict[str, Any] = {}
-    if settings.broker_url.startswith("sqla+"):
+    if settings.broker_is_sqla:
         # kombu's SQLAlchemy transport hands these to create_engine: wait for SQLite's
         # write lock instead of failing when web, worker and beat write at once.
         transport_options = {"connect_args": {"timeout": 30}}
@@ -49,8 +49,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_timeout": 2,
         "task_ignore_result": True,
         "result_backend": None,
-        # At-least-once: a worker killed mid-task gets its message redelivered. Tasks are
-        # idempotent (the claim), so a redelivery never causes a second POST.
+        # At-least-once: a worker killed mid-task gets its message redelivered (Redis:
+        # once the visibility timeout has passed). Tasks are idempotent (the claim), so a
+        # redelivery never causes a second POST. kombu's SQLAlchemy transport (embedded)
+        # has no acknowledgement: what a killed worker had taken is gone, and the beat
+        # sweep hands it over again after DELIVERER_LOST_MESSAGE_GRACE.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 4,
@@ -97,7 +100,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     if settings.is_sqlite or settings.broker_url.startswith("sqla+sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.broker_url.startswith("sqla+"):
+    if settings.broker_is_sqla:
         _poll_sqla_faster()
     app = Celery("deliverer", include=TASK_MODULES)
     app.conf.update(celery_config(settings))

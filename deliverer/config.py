@@ -101,6 +101,11 @@ class Settings:
     def broker_is_redis(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://"))
 
+    @property
+    def broker_is_sqla(self) -> bool:
+        """kombu's SQLAlchemy transport: the embedded default's broker."""
+        return self.broker_url.startswith("sqla+")
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ from deliverer.db import session_scope
 from deliverer.delivery import endpoint_queue
 from deliverer.models import utcnow
 from deliverer.notifications.resend import enqueue_resend
+from deliverer.scheduling import sqla_broker
 from deliverer.scheduling.enqueue import enqueue_batch
 from deliverer.scheduling.sweep import collect_due, collect_lost_resends, group_due
 
@@ -26,6 +27,15 @@ def repair_queues() -> int:
         log.warning("%d endpoint queue(s) held with nothing to release them: released",
                     repaired)
     return repaired
+
+
+@shared_task(name="deliverer.prune_broker", ignore_result=True)
+def prune_broker() -> int:
+    """Delete the messages kombu's SQLAlchemy broker has handed out (sqla_broker)."""
+    settings = get_settings()
+    if not settings.broker_is_sqla:
+        return 0
+    return sqla_broker.prune_consumed(settings.broker_url)
 
 
 @shared_task(name="deliverer.sweep_due", ignore_result=True)

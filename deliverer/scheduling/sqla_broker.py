@@ -1,0 +1,43 @@
+"""Housekeeping for kombu's SQLAlchemy transport, the embedded default's broker.
+
+The transport hands a message to a worker by marking its row invisible, and never
+deletes it: ``broker.db`` grew by a row per message for good (the beat sweep alone sends
+one every few seconds, some 17,000 rows a day with no traffic). Nothing upstream prunes
+it (kombu calls its SQL transports unsupported). An invisible row is never read again:
+a message a worker took but did not acknowledge comes back as a new row (kombu's
+``Channel._restore`` puts it again), so deleting the invisible rows loses nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Boolean, Integer, column, create_engine, delete, inspect, select, table
+
+# The transport's default table; deliverer sets no ``message_tablename``.
+MESSAGES = table("kombu_message", column("id", Integer), column("visible", Boolean))
+
+# Rows per DELETE: each is a short write transaction, so SQLite's lock is never held long
+# against the web, the worker and beat, which all write to the broker.
+PRUNE_BATCH = 5_000
+
+
+def prune_consumed(broker_url: str, batch: int = PRUNE_BATCH) -> int:
+    """Delete every message the broker has handed out; returns how many."""
+    url = broker_url.removeprefix("sqla+")
+    connect_args: dict[str, Any] = {"timeout": 30} if url.startswith("sqlite") else {}
+    engine = create_engine(url, connect_args=connect_args)
+    try:
+        if not inspect(engine).has_table(MESSAGES.name):
+            return 0  # nothing has been sent through this broker yet
+        consumed = (select(MESSAGES.c.id).where(MESSAGES.c.visible.is_(False))
+                    .limit(batch).scalar_subquery())
+        pruned = 0
+        while True:
+            with engine.begin() as conn:
+                deleted = conn.execute(delete(MESSAGES).where(MESSAGES.c.id.in_(consumed)))
+            pruned += deleted.rowcount
+            if deleted.rowcount < batch:
+                return pruned
+    finally:
+        engine.dispose()
