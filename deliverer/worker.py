@@ -4,7 +4,27 @@ Tasks open their own database sessions and need no Flask application context, so
 workers do not build the web app.
 """
 
+import gc
+import logging
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready
+
 from deliverer.celery_app import make_celery
+
+log = logging.getLogger(__name__)
 
 celery_app = make_celery()
 app = celery_app
+
+
+@worker_ready.connect  # the threads pool: the worker's own process
+@worker_process_init.connect  # a prefork pool's children
+def _freeze_startup_heap(**_: Any) -> None:
+    # Full (gen2) collections walked every object made at start-up (Celery, kombu,
+    # SQLAlchemy's mappers and compiled statements): 44-70 ms each on the 2-core EPYC
+    # machine, two or three times a benchmark run, every thread of the pool stalled
+    # meanwhile (BENCHMARKS.rst). Frozen objects are left out of every collection.
+    # Here, not in celery_app: the tests' in-process workers must not freeze pytest's heap.
+    gc.freeze()
+    log.info("%d start-up objects frozen out of garbage collection", gc.get_freeze_count())
