@@ -25,14 +25,18 @@ TASK_MODULES = [
 ]
 
 
+# kombu's SQLAlchemy transport hands these to create_engine (and so does the broker's
+# pruning, deliverer.scheduling.sqla_broker): wait for SQLite's write lock instead of
+# failing when web, worker and beat write at once.
+SQLA_TRANSPORT_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     import beat_schedule
 
     transport_options: dict[str, Any] = {}
     if settings.broker_is_sqla:
-        # kombu's SQLAlchemy transport hands these to create_engine: wait for SQLite's
-        # write lock instead of failing when web, worker and beat write at once.
-        transport_options = {"connect_args": {"timeout": 30}}
+        transport_options = SQLA_TRANSPORT_OPTIONS
     if settings.broker_is_redis:
         transport_options = {
             # Must exceed the longest ETA we ever send (the sweep horizon) plus a run,

@@ -10,9 +10,9 @@ a message a worker took but did not acknowledge comes back as a new row (kombu's
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Boolean, Integer, column, create_engine, delete, inspect, select, table
+
+from deliverer.celery_app import SQLA_TRANSPORT_OPTIONS
 
 # The transport's default table; deliverer sets no ``message_tablename``.
 MESSAGES = table("kombu_message", column("id", Integer), column("visible", Boolean))
@@ -24,9 +24,8 @@ PRUNE_BATCH = 5_000
 
 def prune_consumed(broker_url: str, batch: int = PRUNE_BATCH) -> int:
     """Delete every message the broker has handed out; returns how many."""
-    url = broker_url.removeprefix("sqla+")
-    connect_args: dict[str, Any] = {"timeout": 30} if url.startswith("sqlite") else {}
-    engine = create_engine(url, connect_args=connect_args)
+    # As kombu's transport makes its own engine.
+    engine = create_engine(broker_url.removeprefix("sqla+"), **SQLA_TRANSPORT_OPTIONS)
     try:
         if not inspect(engine).has_table(MESSAGES.name):
             return 0  # nothing has been sent through this broker yet

@@ -26,6 +26,7 @@ from deliverer.demo import play
 from deliverer.devserver import port_in_use
 from tests.faults.harness import free_port, group_pids, wait_for
 from tests.operations.helpers import DELIVERER
+from tests.support.receiver import Receiver, sleep, status
 
 pytestmark = pytest.mark.unit
 
@@ -54,34 +55,6 @@ def answering(status: int) -> Iterator[int]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@contextmanager
-def hanging_receiver(seconds: float) -> Iterator[tuple[int, list[str]]]:
-    """A loopback webhook receiver that answers 200 ``seconds`` after each POST arrives;
-    yields its port and its log: "start" when a POST arrives, "done" once answered."""
-    log: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            log.append("start")
-            time.sleep(seconds)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            log.append("done")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1]), log
     finally:
         server.shutdown()
         server.server_close()
@@ -159,34 +132,35 @@ def test_a_stop_signal_stops_web_worker_and_beat(tmp_path: Path, signum: int):
         assert not port_in_use(port)
 
 
-def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path):
+def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path,
+                                                             receiver: Receiver):
     """The worker's warm shutdown finishes the POSTs it started. ``deliverer run`` used to
     kill it 10 s after SIGTERM: a POST to a slow endpoint (it may take connect + total
     timeout, 20 s by default) was cut off unrecorded, and sent again once its lease ran
     out."""
     port = free_port()
     token = "test-admin-token"
-    with hanging_receiver(12.0) as (receiver_port, log), deliverer_run(
+    hook = receiver.program("/hook", [], then=sleep(12.0, status(200)))
+    with deliverer_run(
             tmp_path, "--port", str(port), DELIVERER_ADMIN_TOKEN=token,
             DELIVERER_ALLOW_PRIVATE_URLS="1") as running:
         running.wait_for("deliverer is up")
         base, admin = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
         partner = requests.post(f"{base}/internal/v1/partners", headers=admin, timeout=10,
-                                json={"name": "Slow", "webhookUrl":
-                                      f"http://127.0.0.1:{receiver_port}/hook"})
+                                json={"name": "Slow", "webhookUrl": hook})
         assert partner.status_code == 201, partner.text
         event = requests.post(f"{base}/internal/v1/events", headers=admin, timeout=10,
                               json={"partnerId": partner.json()["id"], "type": "t.paid",
                                     "reference": "TXN-SLOW", "payload": {"n": 1}})
         assert event.status_code == 201, event.text
-        wait_for(lambda: log == ["start"], 30, "the POST to arrive")
+        receiver.wait_for(1, "/hook", timeout=30)
 
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(60) == 0, running.output
         wait_for(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT,
                  "the children of deliverer run to exit")
 
-    assert log == ["start", "done"]
+    assert len(receiver.requests("/hook")) == 1  # answered 200: the attempt below
     with sqlite3.connect(tmp_path / "deliverer.db") as db:
         nid = event.json()["notificationId"]
         assert db.execute("SELECT status, lease_expires_at FROM notifications WHERE id = ?",
