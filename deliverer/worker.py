@@ -8,9 +8,10 @@ import gc
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from deliverer.celery_app import make_celery
+from deliverer.delivery import batch
 
 log = logging.getLogger(__name__)
 
@@ -28,3 +29,10 @@ def _freeze_startup_heap(**_: Any) -> None:
     # Here, not in celery_app: the tests' in-process workers must not freeze pytest's heap.
     gc.freeze()
     log.info("%d start-up objects frozen out of garbage collection", gc.get_freeze_count())
+
+
+@worker_shutting_down.connect  # in the worker's own process, where the threads pool runs
+def _stop_starting_posts(**_: Any) -> None:
+    # Running batches start no new POST and hand their remaining jobs back, so a warm
+    # shutdown ends within one POST, not a batch's worth (deliverer.delivery.batch).
+    batch.begin_shutdown()

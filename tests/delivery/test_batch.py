@@ -31,6 +31,24 @@ def _count(*where) -> int:
         return int(session.scalar(select(func.count()).select_from(Notification).where(*where)))
 
 
+def _assert_handed_back(unsent: list[tuple[str, str]]) -> None:
+    """Not sent, nothing recorded, the lease given back: claimable at once."""
+    for nid, _ in unsent:
+        row = notification(nid)
+        assert row.status == NotificationStatus.PENDING and row.attempt_count == 0
+        assert row.lease_token is None and row.lease_expires_at is None
+
+
+def _send_the_rest(unsent: list[tuple[str, str]], settings) -> None:
+    """Batch after batch, as the next workers would, until every one was sent."""
+    pending = [nid for nid, _ in unsent]
+    for _ in range(20):  # bounded
+        if not pending:
+            break
+        pending = [nid for nid, _ in batch.deliver_many(pending, settings).unsent]
+    assert not pending
+
+
 def test_bulk_publish_is_delivered_once_each_with_every_attempt_recorded(
         settings, worker, receiver):
     url = receiver.always("/bulk", rx.ok())
@@ -127,17 +145,9 @@ def test_a_batch_starts_no_post_its_lease_could_not_cover(settings, receiver):
     # Only POSTs that started before the cutoff were made.
     assert len(receiver.requests("/slowish")) == first.sent
     assert first.sent <= cutoff / 0.4 + 1
-    for nid, _ in first.unsent:
-        row = notification(nid)
-        assert row.status == NotificationStatus.PENDING and row.attempt_count == 0
-        assert row.lease_token is None and row.lease_expires_at is None
+    _assert_handed_back(first.unsent)
 
-    pending = [nid for nid, _ in first.unsent]
-    for _ in range(20):  # bounded
-        if not pending:
-            break
-        pending = [nid for nid, _ in batch.deliver_many(pending, one_at_a_time).unsent]
-    assert not pending
+    _send_the_rest(first.unsent, one_at_a_time)
     assert Counter(r.headers["webhook-id"] for r in receiver.requests("/slowish")) == Counter(ids)
     assert _count(Notification.status == NotificationStatus.SENT) == 10
     with session_scope() as session:
@@ -160,6 +170,51 @@ def test_a_worker_re_enqueues_what_a_batch_handed_back(settings, worker, receive
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Attempt)) == 60
     assert any("handed back unsent" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def worker_stopping():
+    """``batch.begin_shutdown`` as the worker's SIGTERM calls it, undone after the test."""
+    yield batch.begin_shutdown
+    batch.end_shutdown()
+
+
+def test_a_stopping_worker_starts_no_new_post_and_hands_the_rest_back(
+        settings, receiver, worker_stopping, caplog):
+    """Once the worker is stopping, a batch lets its POST in flight finish and be
+    recorded, starts no other, and gives the rest back at once (lease released) for
+    another worker: a warm shutdown lasts one POST, not a batch's worth of them."""
+    caplog.set_level(logging.WARNING, logger=batch.__name__)
+    url = receiver.always("/stopping", rx.sleep(0.5))
+    partner = new_partner(settings, url)
+    one_at_a_time = settings.with_overrides(endpoint_concurrency=1)
+    ids = [insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+           for _ in range(6)]
+    outcomes: list[batch.BatchOutcome] = []
+    run = threading.Thread(target=lambda: outcomes.append(
+        batch.deliver_many(ids, one_at_a_time)))
+    run.start()
+    receiver.wait_for(1, "/stopping", timeout=10)
+    worker_stopping()
+    run.join(10)
+    [outcome] = outcomes
+
+    # The POST in flight when the worker began stopping (and, on a starved machine, the
+    # one that started while the flag was being set) went out and was recorded.
+    assert 1 <= outcome.sent <= 2
+    assert outcome.sent + len(outcome.unsent) == 6
+    assert len(receiver.requests("/stopping")) == outcome.sent
+    assert {lane for _, lane in outcome.unsent} == {Lane.FIRST}
+    _assert_handed_back(outcome.unsent)
+    assert any("worker stopping" in r.getMessage() and "handed back unsent" in r.getMessage()
+               for r in caplog.records)
+
+    batch.end_shutdown()  # another worker takes them
+    _send_the_rest(outcome.unsent, one_at_a_time)
+    assert Counter(r.headers["webhook-id"] for r in receiver.requests("/stopping")) == \
+        Counter(ids)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Attempt)) == 6
 
 
 @pytest.mark.unit
