@@ -10,8 +10,8 @@ with a lease), then SENT or FAILED. The beat sweep (``deliverer.scheduling.sweep
 sends the message again for a PENDING row whose message was lost (the broker down at
 the request's commit), and makes a SENDING row whose lease ran out (its worker died, or
 could not record the POST) PENDING again: a resend the API accepted is sent at least
-once. Taking the row is a conditional UPDATE, so a message sent twice still makes one
-POST.
+once. A row still unsent a day after the request is given up: EXPIRED. Taking the row
+is a conditional UPDATE, so a message sent twice still makes one POST.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from deliverer.partners.service import Principal
 
 PENDING = "PENDING"
 SENDING = "SENDING"
+# Final: still PENDING or SENDING a day after the request, past what the sweep recovers
+# (deliverer.scheduling.sweep.LOST_RESEND_MAX_AGE); not sent again.
+EXPIRED = "EXPIRED"
 
 
 def resend_lease(settings: Settings) -> timedelta:

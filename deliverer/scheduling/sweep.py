@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from deliverer.config import Settings
 from deliverer.models import Lane, Notification, PartnerRequest, utcnow
 from deliverer.models.request_log import OPEN_RESENDS
-from deliverer.notifications.resend import PENDING, SENDING, resend_lease
+from deliverer.notifications.resend import EXPIRED, PENDING, SENDING, resend_lease
 
 # The sweep recovers only resends requested within this long. Migration 0004 made the
 # resend rows an outbox, and before it nothing ever finished a row its worker left
@@ -156,3 +156,33 @@ def collect_lost_resends(session: Session, settings: Settings, now: datetime | N
             .execution_options(synchronize_session=False)
         )
     return ids
+
+
+def expire_old_resends(session: Session, now: datetime | None = None,
+                       limit: int = 1_000) -> int:
+    """Mark EXPIRED, at most ``limit`` at a time, the resend requests still PENDING or
+    SENDING past ``LOST_RESEND_MAX_AGE``, which ``collect_lost_resends`` no longer hands
+    over: without it they would read PENDING in the audit trail for ever, and stay in the
+    open resends' index that every sweep reads. A SENDING row whose lease still runs
+    (handed over just before the bound, its worker POSTing now) is left to finish."""
+    now = now or utcnow()
+    request = PartnerRequest
+    ids = session.scalars(
+        select(request.id)
+        .where(
+            text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
+            request.created_at < now - LOST_RESEND_MAX_AGE,
+            or_(request.lease_expires_at.is_(None), request.lease_expires_at <= now),
+        )
+        .order_by(request.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if ids:
+        session.execute(
+            update(PartnerRequest)
+            .where(PartnerRequest.id.in_(ids))
+            .values(delivery_status=EXPIRED, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    return len(ids)

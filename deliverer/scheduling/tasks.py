@@ -13,7 +13,12 @@ from deliverer.models import utcnow
 from deliverer.notifications.resend import enqueue_resend
 from deliverer.scheduling import sqla_broker
 from deliverer.scheduling.enqueue import enqueue_batch
-from deliverer.scheduling.sweep import collect_due, collect_lost_resends, group_due
+from deliverer.scheduling.sweep import (
+    collect_due,
+    collect_lost_resends,
+    expire_old_resends,
+    group_due,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,10 @@ def sweep_due() -> int:
         enqueue_batch(group.notification_ids, group.lane, group.eta)
     with session_scope() as session:
         resends = collect_lost_resends(session, settings)
+        expired = expire_old_resends(session)
+    if expired:
+        log.warning("%d resend request(s) still unsent a day after they were made: "
+                    "marked EXPIRED, not sent again", expired)
     if resends:
         log.warning("%d resend request(s) lost on the way (broker down, worker died): "
                     "enqueued again", len(resends))

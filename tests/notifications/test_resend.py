@@ -5,6 +5,7 @@ worker recorded its POST."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 
@@ -14,13 +15,18 @@ from deliverer.celery_app import make_celery
 from deliverer.db import session_scope
 from deliverer.models import NotificationStatus, PartnerRequest, Trigger, utcnow
 from deliverer.notifications.resend import (
+    EXPIRED,
     PENDING,
     SENDING,
     request_resend,
     resend_lease,
 )
 from deliverer.partners.service import NewPartner
-from deliverer.scheduling.sweep import LOST_RESEND_MAX_AGE, collect_lost_resends
+from deliverer.scheduling.sweep import (
+    LOST_RESEND_MAX_AGE,
+    collect_lost_resends,
+    expire_old_resends,
+)
 from deliverer.scheduling.tasks import sweep_due
 from tests.api import helpers as t
 from tests.conftest import current_celery_app
@@ -218,6 +224,54 @@ def test_the_sweep_hands_over_exactly_the_lost_resends(settings, receiver):
     assert sorted(collect(settings, later)) == sorted(
         [*lost.values(), kept["pending_fresh"], kept["pending_enqueued_again_lately"],
          kept["sending_leased"]])
+
+
+def test_the_sweep_expires_the_resends_it_no_longer_recovers(settings, receiver):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    pid = partner.partner_id
+    now = utcnow()
+    sec = timedelta(seconds=1)
+    too_old = now - LOST_RESEND_MAX_AGE - sec
+    expired = [
+        insert_request(pid, PENDING, too_old),
+        insert_request(pid, PENDING, too_old, enqueued_at=now - 10 * sec),
+        insert_request(pid, SENDING, too_old, lease_expires_at=now - sec),
+        insert_request(pid, SENDING, now - 2 * LOST_RESEND_MAX_AGE),  # no lease recorded
+    ]
+    kept = {
+        # Handed over just before the bound: its worker is POSTing it now.
+        "sending_leased": (insert_request(pid, SENDING, too_old, lease_expires_at=now + sec),
+                           SENDING),
+        "pending_within_a_day": (insert_request(pid, PENDING, now - LOST_RESEND_MAX_AGE + sec),
+                                 PENDING),
+        "sent": (insert_request(pid, NotificationStatus.SENT, too_old),
+                 NotificationStatus.SENT),
+        "failed": (insert_request(pid, NotificationStatus.FAILED, too_old),
+                   NotificationStatus.FAILED),
+        "a_retry": (insert_request(pid, None, too_old, kind="retry"), None),
+    }
+    with session_scope() as session:
+        assert expire_old_resends(session, now=now, limit=3) == 3  # bounded, oldest first
+    assert [request_row(i).delivery_status for i in expired] == [EXPIRED] * 3 + [SENDING]
+    with session_scope() as session:
+        assert expire_old_resends(session, now=now) == 1
+        assert expire_old_resends(session, now=now) == 0
+    for request_id in expired:
+        row = request_row(request_id)
+        assert (row.delivery_status, row.lease_expires_at) == (EXPIRED, None)
+    for name, (request_id, status) in kept.items():
+        assert request_row(request_id).delivery_status == status, name
+
+
+def test_beats_sweep_expires_a_day_old_resend(settings, receiver, caplog):
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    stale = insert_request(partner.partner_id, PENDING,
+                           utcnow() - LOST_RESEND_MAX_AGE - timedelta(minutes=1))
+    caplog.set_level(logging.WARNING, logger="deliverer.scheduling.tasks")
+    sweep_due()
+    assert request_row(stale).delivery_status == EXPIRED
+    assert any("marked EXPIRED" in r.getMessage() for r in caplog.records)
+    assert receiver.requests("/hook") == []
 
 
 def test_the_sweep_hands_over_a_bounded_number_oldest_first(settings, receiver):
