@@ -25,11 +25,12 @@ the refusal is written to the audit trail). The mix is reported from wrk's statu
 and the audit table. No worker runs (the manual-lane messages wait in Redis): the web box
 is measured alone.
 
-Two floors follow, each on a server of its own (``bench/api_floor.py``): the same route
+Three floors follow, each on a server of its own (``bench/api_floor.py``): the same route
 with the batch replaced by no database work at all, then by an empty transaction and one
-broker message. They have no target; they say how much of the gap to ``/healthz`` is the
-HTTP side, how much the least any committing batch costs, and how much the retry's own
-statements.
+broker message, then by the same made as cheaply as it can be (one raw round trip to
+PostgreSQL, one LPUSH). They have no target; they say how much of the gap to
+``/healthz`` is the HTTP side, how much the least any committing batch costs, with the
+project's stack and below it, and how much the retry's own statements.
 
 Without wrk on the machine, a Python thread pool (50 threads, ``http.client``) stands in,
 in the bench process; the JSON says which client was used.
@@ -343,5 +344,10 @@ def run(ctx: Ctx) -> Result:
         Row("floor: retry route, batch = empty commit + publish", floor["commit"]["per_s"],
             "/s", reference=trivial["per_s"], reference_label="GET /healthz, same server",
             note="bench/api_floor.py commit: SELECT 1, COMMIT, one broker message"),
+        Row("floor: the same, one raw round trip + LPUSH", floor["raw"]["per_s"], "/s",
+            reference=trivial["per_s"], reference_label="GET /healthz, same server",
+            note="bench/api_floor.py raw: no pool, ORM or kombu"),
+        Row("floor p99: the same, one raw round trip + LPUSH", floor["raw"]["p99_ms"], "ms",
+            reference=trivial["p99_ms"], reference_label="GET /healthz"),
     ]
     return result

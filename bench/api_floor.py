@@ -12,6 +12,10 @@ costs, against two floors:
   broker message for the batch's notifications, as an accepted batch sends. The least a
   batch that decides anything and enqueues its retries has to do; no rule is checked and
   nothing is written.
+* ``raw``: the same, below the project's own stack: one round trip that runs
+  ``BEGIN; SELECT 1; COMMIT`` on a psycopg2 connection the batch thread keeps (no pool,
+  no ping, no ORM), then one ``LPUSH`` of the batch's ids to Redis (no kombu). The least
+  any batch that commits and hands work on can cost, whoever writes it.
 
 Run by gunicorn as the Procfile's web line runs ``api:create_app()``, with
 ``BENCH_API_FLOOR`` naming the stand-in. Not for anything but the benchmark: it answers
@@ -20,16 +24,21 @@ Run by gunicorn as the Procfile's web line runs ``api:create_app()``, with
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import psycopg2
+import redis
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from api import create_app as create_api
 from api.batching import Coalescer
+from deliverer.config import get_settings
 from deliverer.db import in_transaction, on_commit
 from deliverer.models import Lane, utcnow
 from deliverer.scheduling.enqueue import enqueue_batch
@@ -65,8 +74,34 @@ def empty_commit(requests: Sequence[Request]) -> list[Mapping[str, Any]]:
     return [accepted(nid) for nid in ids]
 
 
+class _Raw:
+    """The ``raw`` floor's connections: the batch thread's own, one per process."""
+
+    pid: int | None = None
+    pg: Any = None
+    redis: Any = None
+    key = "bench-api-floor-raw"  # a list nothing reads; the bench's Redis db is flushed
+
+
+def raw_commit(requests: Sequence[Request]) -> list[Mapping[str, Any]]:
+    ids = [nid for _, nid in requests]
+    if _Raw.pid != os.getpid():
+        settings = get_settings()
+        if not settings.broker_is_redis:
+            raise RuntimeError("the raw floor pushes to Redis: CELERY_BROKER_URL must be one")
+        url = make_url(settings.database_url).set(drivername="postgresql")
+        _Raw.pg = psycopg2.connect(url.render_as_string(hide_password=False))
+        _Raw.pg.autocommit = True  # the statement carries its own BEGIN and COMMIT
+        _Raw.redis = redis.Redis.from_url(settings.broker_url)
+        _Raw.pid = os.getpid()
+    with _Raw.pg.cursor() as cursor:
+        cursor.execute("BEGIN; SELECT 1; COMMIT")
+    _Raw.redis.lpush(_Raw.key, json.dumps(ids))
+    return [accepted(nid) for nid in ids]
+
+
 _RUNS: dict[str, Callable[[Sequence[Request]], list[Mapping[str, Any]]]] = {
-    "nodb": no_database, "commit": empty_commit}
+    "nodb": no_database, "commit": empty_commit, "raw": raw_commit}
 VARIANTS = tuple(_RUNS)
 
 
