@@ -10,7 +10,7 @@ with a lease), then SENT or FAILED. The beat sweep (``deliverer.scheduling.sweep
 sends the message again for a PENDING row whose message was lost (the broker down at
 the request's commit), and makes a SENDING row whose lease ran out (its worker died, or
 could not record the POST) PENDING again: a resend the API accepted is sent at least
-once. A row still unsent a day after the request is given up: EXPIRED. Taking the row
+once. A row still open a day after the request is given up: EXPIRED. Taking the row
 is a conditional UPDATE, so a message sent twice still makes one POST.
 """
 
@@ -51,7 +51,8 @@ from deliverer.partners.service import Principal
 PENDING = "PENDING"
 SENDING = "SENDING"
 # Final: still PENDING or SENDING a day after the request, past what the sweep recovers
-# (deliverer.scheduling.sweep.LOST_RESEND_MAX_AGE); not sent again.
+# (deliverer.scheduling.sweep.LOST_RESEND_MAX_AGE); given up, outcome unknown (a SENDING
+# one may have been POSTed by a worker that died before recording it), not sent again.
 EXPIRED = "EXPIRED"
 
 

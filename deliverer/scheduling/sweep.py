@@ -158,31 +158,42 @@ def collect_lost_resends(session: Session, settings: Settings, now: datetime | N
     return ids
 
 
-def expire_old_resends(session: Session, now: datetime | None = None,
+def expire_old_resends(session: Session, settings: Settings, now: datetime | None = None,
                        limit: int = 1_000) -> int:
     """Mark EXPIRED, at most ``limit`` at a time, the resend requests still PENDING or
     SENDING past ``LOST_RESEND_MAX_AGE``, which ``collect_lost_resends`` no longer hands
     over: without it they would read PENDING in the audit trail for ever, and stay in the
-    open resends' index that every sweep reads. A SENDING row whose lease still runs
-    (handed over just before the bound, its worker POSTing now) is left to finish."""
+    open resends' index that every sweep reads. Given up, outcome unknown: a SENDING one
+    may have been POSTed by a worker that died before recording it.
+
+    Left to finish: one handed over again (re-enqueued) within the lost-message grace,
+    its message perhaps about to be taken, and a SENDING one whose lease still runs, its
+    worker POSTing it now. Pass the ``now`` the sweep's recovery used."""
     now = now or utcnow()
+    grace = now - timedelta(seconds=settings.lost_message_grace)
     request = PartnerRequest
+    stale = and_(
+        text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
+        request.created_at < now - LOST_RESEND_MAX_AGE,
+        or_(
+            and_(request.delivery_status == PENDING,
+                 func.coalesce(request.enqueued_at, request.created_at) < grace),
+            and_(request.delivery_status == SENDING,
+                 or_(request.lease_expires_at.is_(None), request.lease_expires_at <= now)),
+        ),
+    )
     ids = session.scalars(
-        select(request.id)
-        .where(
-            text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
-            request.created_at < now - LOST_RESEND_MAX_AGE,
-            or_(request.lease_expires_at.is_(None), request.lease_expires_at <= now),
-        )
-        .order_by(request.id)
-        .limit(limit)
+        select(request.id).where(stale).order_by(request.id).limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    if ids:
-        session.execute(
-            update(PartnerRequest)
-            .where(PartnerRequest.id.in_(ids))
-            .values(delivery_status=EXPIRED, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
-    return len(ids)
+    if not ids:
+        return 0
+    # The conditions again: SQLite takes no row locks, and a worker may have taken a row
+    # since it was read.
+    result = session.execute(
+        update(PartnerRequest)
+        .where(PartnerRequest.id.in_(ids), stale)
+        .values(delivery_status=EXPIRED, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -55,10 +55,11 @@ def sweep_due() -> int:
     for group in group_due(due, settings.delivery_batch_size):
         enqueue_batch(group.notification_ids, group.lane, group.eta)
     with session_scope() as session:
-        resends = collect_lost_resends(session, settings)
-        expired = expire_old_resends(session)
+        now = utcnow()  # one bound for both: a row is recovered or expired, never both
+        resends = collect_lost_resends(session, settings, now=now)
+        expired = expire_old_resends(session, settings, now=now)
     if expired:
-        log.warning("%d resend request(s) still unsent a day after they were made: "
+        log.warning("%d resend request(s) still open a day after they were made: "
                     "marked EXPIRED, not sent again", expired)
     if resends:
         log.warning("%d resend request(s) lost on the way (broker down, worker died): "
