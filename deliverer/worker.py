@@ -10,8 +10,8 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
+from deliverer import stopping
 from deliverer.celery_app import make_celery
-from deliverer.delivery import batch
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _freeze_startup_heap(**_: Any) -> None:
 
 
 @worker_shutting_down.connect  # in the worker's own process, where the threads pool runs
-def _stop_starting_posts(**_: Any) -> None:
-    # Running batches start no new POST and hand their remaining jobs back, so a warm
-    # shutdown ends within one POST, not a batch's worth (deliverer.delivery.batch).
-    batch.begin_shutdown()
+def _tell_running_tasks(**_: Any) -> None:
+    # Batches start no new POST and hand the rest back; the purge stops between batches:
+    # the warm shutdown ends within the POSTs in flight (deliverer.stopping).
+    stopping.begin()

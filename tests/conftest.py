@@ -28,11 +28,12 @@ from celery.signals import before_task_publish
 from sqlalchemy.exc import DBAPIError
 
 import deliverer.config
+import deliverer.stopping
 from deliverer import migrate
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.db import get_database, reset_database
-from deliverer.delivery import batch, slow_lane
+from deliverer.delivery import slow_lane
 from deliverer.models import Base
 from deliverer.scheduling import queues
 from tests.support.backend import (
@@ -257,7 +258,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
     truncate_all()
     purge_broker(app)
     slow_lane.GATE.reset()
-    batch.end_shutdown()  # a test of a stopping worker that failed midway
+    deliverer.stopping.end()  # a test of a stopping worker that failed midway
 
 
 # --------------------------------------------------------------------------- receiver

@@ -39,6 +39,7 @@ from deliverer.models import (
     Notification,
     utcnow,
 )
+from deliverer.stopping import stopping
 
 log = logging.getLogger(__name__)
 
@@ -121,37 +122,6 @@ def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
     return admitted, refused
 
 
-class _Stopping:
-    """Whether this process's worker has begun a warm shutdown (SIGTERM, Ctrl-C).
-
-    Celery then waits for the running tasks, and a batch task may still have dozens of
-    POSTs to start, one after another behind a slow endpoint: up to the send cutoff, half
-    a minute or more. Platforms do not wait that long (Heroku and Kubernetes send SIGKILL
-    30 s after SIGTERM by default), and a POST cut off by the kill is sent again once its
-    lease runs out: a duplicate. So once the worker is stopping, a batch starts no new
-    POST and hands its unstarted jobs back as it does at the cutoff; the worker stops
-    after the POSTs already in flight (``Settings.longest_post`` at most) are recorded.
-
-    A plain flag, not a ``threading.Event``: it is set from Celery's signal handler.
-    """
-
-    flag = False
-
-
-def begin_shutdown() -> None:
-    """Called from the worker's ``worker_shutting_down`` signal (``deliverer.worker``)."""
-    _Stopping.flag = True
-
-
-def stopping() -> bool:
-    return _Stopping.flag
-
-
-def end_shutdown() -> None:
-    """For tests, which go on in the process that "stopped"."""
-    _Stopping.flag = False
-
-
 # Of a lease's time beyond the longest POST, how much is kept for recording the
 # outcome (at most: half of it when the lease is short, as in tests).
 RECORDING_MARGIN = 5.0
@@ -179,7 +149,8 @@ def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
 
     A job whose turn comes after ``send_until`` is not sent (its result is None): a run
     behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
-    Nor is one whose turn comes once the worker is stopping (``begin_shutdown``).
+    Nor is one whose turn comes once the worker is stopping (``deliverer.stopping``): its
+    warm shutdown then lasts the POSTs in flight, not a batch's worth of them.
     """
     results: list[sender.SendResult | None] = [None] * len(jobs)
     by_endpoint: dict[object, list[int]] = {}
@@ -194,8 +165,8 @@ def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
         with _slot(jobs[indexes[0]][0], settings.endpoint_concurrency):
             for i in indexes:
                 job, ticket = jobs[i]
-                if _Stopping.flag or (send_until is not None
-                                      and time.monotonic() > send_until):
+                if stopping() or (send_until is not None
+                                  and time.monotonic() > send_until):
                     slow_lane.GATE.done(ticket, None, settings)  # never started
                     continue
                 with delivery_context(job.notification_id):

@@ -25,8 +25,10 @@ DEFAULT_MAX_BATCHES = 2000  # 10 million rows per run at the default batch size
 
 def purge_attempts(older_than: timedelta, *, now: datetime | None = None,
                    batch_size: int = DEFAULT_BATCH, max_batches: int = DEFAULT_MAX_BATCHES,
-                   progress: Callable[[int], object] | None = None) -> int:
-    """Delete attempts that started before ``now - older_than``; returns how many."""
+                   progress: Callable[[int], object] | None = None,
+                   stop: Callable[[], bool] = lambda: False) -> int:
+    """Delete attempts that started before ``now - older_than``; returns how many.
+    ``stop`` is asked before each batch: the rest is left to the next run."""
     if older_than < timedelta(0):
         raise ValueError("the retention period cannot be negative")
     if batch_size < 1 or max_batches < 1:
@@ -34,6 +36,9 @@ def purge_attempts(older_than: timedelta, *, now: datetime | None = None,
     cutoff = (now or utcnow()) - older_than
     total = 0
     for _ in range(max_batches):
+        if stop():
+            log.info("purge stopped early (the worker is stopping); the next run continues")
+            break
         with session_scope() as session:
             ids = list(session.scalars(
                 select(Attempt.id).where(Attempt.started_at < cutoff)

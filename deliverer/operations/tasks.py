@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from celery import shared_task
 
+from deliverer import stopping
 from deliverer.config import get_settings
 from deliverer.operations.purge import purge_attempts as purge
 
@@ -14,4 +15,4 @@ from deliverer.operations.purge import purge_attempts as purge
 def purge_attempts() -> int:
     """Delete attempts older than DELIVERER_ATTEMPT_RETENTION_DAYS. Safe to run twice."""
     settings = get_settings()
-    return purge(timedelta(days=settings.attempt_retention_days))
+    return purge(timedelta(days=settings.attempt_retention_days), stop=stopping.stopping)

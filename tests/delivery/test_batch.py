@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from deliverer import stopping
 from deliverer.db import session_scope
 from deliverer.delivery import batch
 from deliverer.models import Attempt, Lane, Notification, NotificationStatus, utcnow
@@ -174,9 +175,9 @@ def test_a_worker_re_enqueues_what_a_batch_handed_back(settings, worker, receive
 
 @pytest.fixture
 def worker_stopping():
-    """``batch.begin_shutdown`` as the worker's SIGTERM calls it, undone after the test."""
-    yield batch.begin_shutdown
-    batch.end_shutdown()
+    """``stopping.begin`` as the worker's SIGTERM calls it, undone after the test."""
+    yield stopping.begin
+    stopping.end()
 
 
 def test_a_stopping_worker_starts_no_new_post_and_hands_the_rest_back(
@@ -206,7 +207,7 @@ def test_a_stopping_worker_starts_no_new_post_and_hands_the_rest_back(
     assert any("worker stopping: 5 of 6 deliveries handed back unsent" in r.getMessage()
                for r in caplog.records)
 
-    batch.end_shutdown()  # another worker takes them
+    stopping.end()  # another worker takes them
     receiver.always("/stopping", answer)
     _send_the_rest(outcome.unsent, one_at_a_time)
     assert Counter(r.headers["webhook-id"] for r in receiver.requests("/stopping")) == \

@@ -8,6 +8,7 @@ import pytest
 from celery.schedules import crontab
 
 import beat_schedule
+from deliverer import stopping
 from deliverer.db import session_scope
 from deliverer.models import utcnow
 from deliverer.operations import stats
@@ -34,6 +35,37 @@ def test_purge_deletes_in_bounded_batches(settings):
     assert purge_attempts(timedelta(days=90)) == 0
     with pytest.raises(ValueError):
         purge_attempts(timedelta(days=-1))
+
+
+def test_a_stopping_worker_leaves_the_rest_of_the_purge_to_the_next_run(settings):
+    shop = h.new_partner(settings, None)
+    nid = failed(shop.partner_id, "http://127.0.0.1:9/hook")
+    for i in range(6):
+        add_attempt(nid, utcnow() - timedelta(days=100, minutes=i))
+    asked: list[int] = []
+
+    def stop_after_two_batches() -> bool:  # the SIGTERM arrives during the second batch
+        asked.append(len(asked))
+        return len(asked) > 2
+
+    assert purge_attempts(timedelta(days=90), batch_size=2,
+                          stop=stop_after_two_batches) == 4
+    assert attempt_count() == 2
+    assert purge_attempts(timedelta(days=90), batch_size=2) == 2  # the next run
+    assert attempt_count() == 0
+
+
+def test_the_purge_task_asks_whether_the_worker_is_stopping(settings):
+    shop = h.new_partner(settings, None)
+    nid = failed(shop.partner_id, "http://127.0.0.1:9/hook")
+    add_attempt(nid, utcnow() - timedelta(days=settings.attempt_retention_days + 1))
+    stopping.begin()
+    try:
+        assert purge_task() == 0  # called in-process, as the worker's thread would
+    finally:
+        stopping.end()
+    assert attempt_count() == 1
+    assert purge_task() == 1
 
 
 def test_beat_runs_the_purge_daily(settings, celery_app):
