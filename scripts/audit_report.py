@@ -14,7 +14,11 @@ from pathlib import Path
 
 
 def main(path: str) -> int:
-    dependencies = json.loads(Path(path).read_text())["dependencies"]
+    text = Path(path).read_text()
+    if not text.strip():
+        print("pip-audit wrote no report: it failed (its error is above)", file=sys.stderr)
+        return 2
+    dependencies = json.loads(text)["dependencies"]
     audited = [d for d in dependencies if "skip_reason" not in d]
     found = [(d, v) for d in audited for v in d.get("vulns", [])]
     for dependency, vuln in found:

@@ -54,3 +54,13 @@ def test_an_audit_that_saw_nothing_says_so(tmp_path: Path):
     assert done.returncode == 0  # not a failure of the project: of the machine's reach
     assert "0 of 2 installed packages audited" in done.stdout
     assert "WARNING: nothing was audited" in done.stdout
+
+
+def test_no_report_at_all_fails_with_a_message(tmp_path: Path):
+    """pip-audit exits before writing its report when it fails itself."""
+    path = tmp_path / "audit.json"
+    path.write_text("")
+    done = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2
+    assert "pip-audit wrote no report" in done.stderr

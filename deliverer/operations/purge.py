@@ -37,7 +37,7 @@ def purge_attempts(older_than: timedelta, *, now: datetime | None = None,
     total = 0
     for _ in range(max_batches):
         if stop():
-            log.info("purge stopped early (the worker is stopping); the next run continues")
+            log.info("purge stopped early, as asked; the next run continues")
             break
         with session_scope() as session:
             ids = list(session.scalars(
