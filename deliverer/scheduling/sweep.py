@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
@@ -115,39 +116,49 @@ def collect_due(session: Session, settings: Settings, now: datetime | None = Non
     return due
 
 
+def _abandoned_resends(now: datetime, settings: Settings):  # type: ignore[no-untyped-def]
+    """Open resend requests nothing will send unless the sweep acts: PENDING ones whose
+    message was not taken within the lost-message grace of their last hand-over (the
+    broker was down at the request's commit, or lost it), and SENDING ones whose
+    worker's lease ran out (it died after taking the request, or could not record its
+    POST)."""
+    grace = now - timedelta(seconds=settings.lost_message_grace)
+    request = PartnerRequest
+    return and_(
+        text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
+        or_(
+            and_(request.delivery_status == PENDING,
+                 func.coalesce(request.enqueued_at, request.created_at) < grace),
+            and_(request.delivery_status == SENDING,
+                 or_(request.lease_expires_at <= now,
+                     # Taken before leases were recorded (migration 0004).
+                     and_(request.lease_expires_at.is_(None),
+                          request.created_at <= now - resend_lease(settings)))),
+        ),
+    )
+
+
+def _take_resends(session: Session, where: Any, limit: int) -> list[int]:
+    """The ids of at most ``limit`` resend requests matching ``where``, oldest first,
+    row-locked (none another transaction holds)."""
+    return list(session.scalars(
+        select(PartnerRequest.id).where(where).order_by(PartnerRequest.id).limit(limit)
+        .with_for_update(skip_locked=True)
+    ))
+
+
 def collect_lost_resends(session: Session, settings: Settings, now: datetime | None = None,
                          limit: int | None = None) -> list[int]:
-    """Resend requests nothing will send unless the sweep hands them over again, at most
-    ``limit`` (the oldest first): PENDING ones whose message was not taken within the
-    lost-message grace (the broker was down at the request's commit, or lost it), and
-    SENDING ones whose worker's lease ran out (it died after taking the request, or could
-    not record its POST: sent again, at least once). Only requests made within
-    ``LOST_RESEND_MAX_AGE``: older ones are left as they are. Marks them PENDING and
+    """The abandoned resend requests (``_abandoned_resends``) made within
+    ``LOST_RESEND_MAX_AGE``, at most ``limit``, the oldest first: handed over again, at
+    least once (older ones are ``expire_old_resends``'). Marks them PENDING and
     re-enqueued now, and returns their ids; the caller enqueues them after the commit.
     """
     now = now or utcnow()
-    grace = now - timedelta(seconds=settings.lost_message_grace)
-    request = PartnerRequest
-    rows = session.scalars(
-        select(request.id)
-        .where(
-            text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
-            request.created_at >= now - LOST_RESEND_MAX_AGE,
-            or_(
-                and_(request.delivery_status == PENDING,
-                     func.coalesce(request.enqueued_at, request.created_at) < grace),
-                and_(request.delivery_status == SENDING,
-                     or_(request.lease_expires_at <= now,
-                         # Taken before leases were recorded (migration 0004).
-                         and_(request.lease_expires_at.is_(None),
-                              request.created_at <= now - resend_lease(settings)))),
-            ),
-        )
-        .order_by(request.id)
-        .limit(limit or settings.sweep_batch)
-        .with_for_update(skip_locked=True)
-    ).all()
-    ids = list(rows)
+    ids = _take_resends(
+        session, and_(_abandoned_resends(now, settings),
+                      PartnerRequest.created_at >= now - LOST_RESEND_MAX_AGE),
+        limit or settings.sweep_batch)
     if ids:
         session.execute(
             update(PartnerRequest)
@@ -160,32 +171,19 @@ def collect_lost_resends(session: Session, settings: Settings, now: datetime | N
 
 def expire_old_resends(session: Session, settings: Settings, now: datetime | None = None,
                        limit: int = 1_000) -> int:
-    """Mark EXPIRED, at most ``limit`` at a time, the resend requests still PENDING or
-    SENDING past ``LOST_RESEND_MAX_AGE``, which ``collect_lost_resends`` no longer hands
-    over: without it they would read PENDING in the audit trail for ever, and stay in the
-    open resends' index that every sweep reads. Given up, outcome unknown: a SENDING one
-    may have been POSTed by a worker that died before recording it.
+    """Mark EXPIRED, at most ``limit`` at a time, the abandoned resend requests made
+    before ``LOST_RESEND_MAX_AGE``, which ``collect_lost_resends`` no longer hands over:
+    without it they would read PENDING in the audit trail for ever, and stay in the open
+    resends' index that every sweep reads. Given up, outcome unknown: a SENDING one may
+    have been POSTed by a worker that died before recording it.
 
-    Left to finish: one handed over again (re-enqueued) within the lost-message grace,
-    its message perhaps about to be taken, and a SENDING one whose lease still runs, its
-    worker POSTing it now. Pass the ``now`` the sweep's recovery used."""
+    Left to finish, as not abandoned: one handed over again within the lost-message
+    grace, its message perhaps about to be taken, and a SENDING one whose lease still
+    runs, its worker POSTing it now. Pass the ``now`` the sweep's recovery used."""
     now = now or utcnow()
-    grace = now - timedelta(seconds=settings.lost_message_grace)
-    request = PartnerRequest
-    stale = and_(
-        text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
-        request.created_at < now - LOST_RESEND_MAX_AGE,
-        or_(
-            and_(request.delivery_status == PENDING,
-                 func.coalesce(request.enqueued_at, request.created_at) < grace),
-            and_(request.delivery_status == SENDING,
-                 or_(request.lease_expires_at.is_(None), request.lease_expires_at <= now)),
-        ),
-    )
-    ids = session.scalars(
-        select(request.id).where(stale).order_by(request.id).limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    stale = and_(_abandoned_resends(now, settings),
+                 PartnerRequest.created_at < now - LOST_RESEND_MAX_AGE)
+    ids = _take_resends(session, stale, limit)
     if not ids:
         return 0
     # The conditions again: SQLite takes no row locks, and a worker may have taken a row
