@@ -48,7 +48,8 @@ class NotificationLifecycle(RuleBasedStateMachine):
             key_id = session.scalar(select(ApiKey.id).where(
                 ApiKey.partner_id == partner.partner_id))
         self.principal = Principal(partner.partner_id, key_id)
-        self.nid = insert_notification(partner.partner_id, url, next_attempt_at=self.now,
+        self.nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                       next_attempt_at=self.now,
                                        cycle_started_at=self.now)
         self.previous = S.PENDING
         self.attempts = 0

@@ -22,13 +22,12 @@ import pytest
 import deliverer
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
-from deliverer.models import utcnow
+from deliverer.models import NotificationStatus, utcnow
 from deliverer.scheduling import queues
-from tests.conftest import BACKEND
-from tests.operations.helpers import cli_env
 from tests.support import helpers as h
 from tests.support import receiver as rx
-from tests.support.backend import claim_redis_db, release_redis_db
+from tests.support.backend import BACKEND, claim_redis_db, release_redis_db
+from tests.support.cli import cli_env
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +73,8 @@ def test_a_worker_stopped_mid_batch_hands_its_unsent_jobs_to_the_next(
         settings: Settings, receiver: rx.Receiver, private_broker: str, tmp_path: Path):
     url = receiver.always("/scale-down", rx.sleep(POST_SECONDS))
     partner = h.new_partner(settings, url)
-    ids = [h.insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    ids = [h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=utcnow())
            for _ in range(JOBS)]
     # One POST at a time to the endpoint: the batch would take JOBS x POST_SECONDS.
     env = cli_env(settings, CELERY_BROKER_URL=private_broker,

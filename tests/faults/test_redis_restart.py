@@ -69,8 +69,9 @@ def test_redis_restart_mid_run(stack: harness.Stack, receiver, faults: harness.F
     assert left_to_sweep > 0 and queued > 0, ledger.explain(stack)
     assert during["errors"] == {}, ledger.explain(stack)
     assert during["max_latency_s"] < FAST, ledger.explain(stack)
-    # And everything was delivered afterwards, by the same processes (a worker used to
-    # exit with "Unrecoverable error" here: see worker_enable_remote_control).
+    # And everything was delivered afterwards, by the same processes (a worker with
+    # remote control on exits with "Unrecoverable error" here: see
+    # worker_enable_remote_control).
     assert worker.alive() and beat.alive(), stack.logs()
     assert ledger.published == EVENTS, ledger.explain(stack)
     assert ledger.balanced, ledger.explain(stack)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import deliverer.config
-from tests.support.receiver import closed_port
+from tests.support.ports import closed_port
 
 
 def test_healthz(make_app):

@@ -10,12 +10,13 @@ from celery.schedules import crontab
 import beat_schedule
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.models import utcnow
+from deliverer.models import NotificationStatus, utcnow
 from deliverer.operations import stats
 from deliverer.operations.purge import purge_attempts
 from deliverer.operations.tasks import purge_attempts as purge_task
-from tests.operations.helpers import add_attempt, attempt_count, failed
+from tests.operations.helpers import add_attempt, attempt_count
 from tests.support import helpers as h
+from tests.support.rows import failed
 
 
 def test_purge_deletes_in_bounded_batches(settings):
@@ -90,11 +91,14 @@ def test_stats_functions(settings):
     url = "http://127.0.0.1:9/hook"
     shop = h.new_partner(settings, url)
     now = utcnow()
-    h.insert_notification(shop.partner_id, url, next_attempt_at=now - timedelta(seconds=90),
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=now - timedelta(seconds=90),
                           scheduled_for=now, enqueued_at=now)
-    h.insert_notification(shop.partner_id, url, next_attempt_at=now - timedelta(seconds=10),
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=now - timedelta(seconds=10),
                           scheduled_for=now, enqueued_at=now)
-    h.insert_notification(shop.partner_id, url, next_attempt_at=now + timedelta(hours=1))
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=now + timedelta(hours=1))
     with session_scope() as session:
         due = stats.due_summary(session, now)
         assert due.count == 2
