@@ -104,8 +104,9 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
     # 1. A failed first attempt is retried by the sweep: the ladder's step (6 s) is
     #    beyond the horizon (2 s), so no countdown message carries it.
     retried = _publish(app, partner_id, "RETRY-1", receiver.url(retry_path))
-    harness.wait_for(lambda: len(receiver.requests(retry_path)) >= 2, 40,
-                     "beat's sweep to enqueue the retry")
+    harness.wait_for(lambda: not beat.alive() or len(receiver.requests(retry_path)) >= 2,
+                     40, "beat's sweep to enqueue the retry")
+    assert beat.alive(), f"beat exited:\n{beat.tail()}"
     first, second = receiver.requests(retry_path)[:2]
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == retried
     assert second.at - first.at >= 0.9 * 120 * TIME_SCALE
