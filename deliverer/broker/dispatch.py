@@ -1,0 +1,124 @@
+"""Handing work to the broker, by task name, once the rows it needs are committed.
+
+Services enqueue through here and never import a task module: the tasks import the
+services, so the dependency points one way. Messages name their task
+(``Celery.send_task``), go to the queue of their lane (``queues``), and are sent after
+the commit that made them necessary (``deliverer.db.on_commit``). A broker outage loses
+nothing: the row is committed, and the beat sweep hands it over again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from celery import current_app
+from sqlalchemy import update
+
+from deliverer.broker import queues
+from deliverer.db import session_scope
+from deliverer.models import Lane, Notification, utcnow
+
+log = logging.getLogger(__name__)
+
+# The task names: part of the broker contract (producers in other services send
+# ``deliverer.publish_event`` by name), so never renamed.
+DELIVER = "deliverer.deliver"
+DELIVER_MANY = "deliverer.deliver_many"
+RESEND = "deliverer.resend"
+SEND_ALERT_EMAIL = "deliverer.send_alert_email"
+SWEEP_DUE = "deliverer.sweep_due"
+PUBLISH_EVENT = "deliverer.publish_event"
+
+# Which queue a task's messages go to when the sender names none (Celery's task_routes);
+# every other task goes to the maintenance queue.
+ROUTES: dict[str, dict[str, str]] = {
+    DELIVER: {"queue": queues.FIRST},
+    RESEND: {"queue": queues.MANUAL},
+    DELIVER_MANY: {"queue": queues.FIRST},
+    SWEEP_DUE: {"queue": queues.MAINTENANCE},
+    PUBLISH_EVENT: {"queue": queues.MAINTENANCE},
+}
+
+
+def _send(name: str, args: list[Any], **options: Any) -> None:
+    current_app.send_task(name, args=args, ignore_result=True, **options)
+
+
+def _options(lane: Lane | str, due_at: datetime | None, *, argsrepr: str | None = None
+             ) -> dict[str, object]:
+    """Send options for a delivery message.
+
+    Two of them spare Celery work on every publish, manual retry and sweep. ``argsrepr``
+    (given for one id) is what Celery's ``saferepr`` of such plain arguments gives.
+    ``declare=[]`` skips the queue declaration check: messages go to the default exchange
+    with the queue's name as routing key, which needs no binding (the workers declare
+    their queues at start; kombu's SQLAlchemy transport creates a missing queue on the
+    first message).
+    """
+    options: dict[str, object] = {"queue": queues.BY_LANE[Lane(lane)], "declare": []}
+    if argsrepr is not None:
+        options.update(argsrepr=argsrepr, kwargsrepr="{}")
+    if due_at is not None and due_at > utcnow():
+        options["eta"] = due_at
+    return options
+
+
+def enqueue_delivery(
+    notification_id: str, lane: Lane | str, due_at: datetime | None = None
+) -> bool:
+    """Send the delivery message; on a broker failure, leave the row to the beat sweep.
+
+    Returns whether the message was sent. The row is already committed, so a broker
+    outage loses nothing: we clear its ``scheduled_for`` so the next sweep picks it up.
+    """
+    args = [notification_id]
+    try:
+        _send(DELIVER, args, **_options(lane, due_at, argsrepr=repr(args)))
+        return True
+    except Exception:
+        log.warning("broker unavailable; the beat sweep will enqueue %s", notification_id,
+                    exc_info=True, extra={"notification_id": notification_id})
+    _release([notification_id])
+    return False
+
+
+def enqueue_batch(notification_ids: list[str], lane: Lane | str,
+                  due_at: datetime | None = None) -> bool:
+    """One message for several notifications of a lane (bulk publish, sweep)."""
+    if len(notification_ids) == 1:
+        return enqueue_delivery(notification_ids[0], lane, due_at)
+    try:
+        _send(DELIVER_MANY, [list(notification_ids)], **_options(lane, due_at))
+        return True
+    except Exception:
+        log.warning("broker unavailable; the beat sweep will enqueue %d notifications",
+                    len(notification_ids), exc_info=True)
+    _release(notification_ids)
+    return False
+
+
+def enqueue_resend(request_id: int) -> None:
+    """The message for a merchant's resend request (its row is the outbox)."""
+    _send(RESEND, [request_id], queue=queues.MANUAL)
+
+
+def enqueue_alert_email(alert_id: int) -> None:
+    """The message that e-mails an alert (the alert sweep offers a lost one again)."""
+    _send(SEND_ALERT_EMAIL, [alert_id])
+
+
+def _release(notification_ids: list[str]) -> None:
+    """Mark rows as having no message, so the next sweep enqueues them."""
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(Notification)
+                .where(Notification.id.in_(notification_ids))
+                .values(scheduled_for=None)
+            )
+    except Exception:
+        # The lost-message grace in the sweep still catches these rows, only later.
+        log.exception("could not release %d notification(s) for the sweep",
+                      len(notification_ids))
