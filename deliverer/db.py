@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from deliverer.config import Settings, get_settings
+from deliverer.config import Settings, get_settings, on_settings_change
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ def reset_database() -> None:
     if _database is not None:
         _database.dispose()
     _database = None
+
+
+on_settings_change(reset_database)
 
 
 def dispose_after_fork() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deliverer.config import Settings
-from deliverer.delivery.ladder import Ladder
+from deliverer.config import Ladder, Settings
 
 pytestmark = pytest.mark.unit
 

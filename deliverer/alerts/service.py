@@ -21,6 +21,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from deliverer.broker.dispatch import enqueue_alert_email
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.models import Alert, Endpoint, WebhookSettings, utcnow
@@ -65,12 +66,6 @@ def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *
     alert_id = alert.id
     on_commit(session, lambda: enqueue_alert_email(alert_id))
     return alert
-
-
-def enqueue_alert_email(alert_id: int) -> None:
-    from deliverer.alerts.tasks import send_alert_email
-
-    send_alert_email.delay(alert_id)
 
 
 def list_alerts(session: Session, partner_id: str, limit: int = 50) -> list[Alert]:

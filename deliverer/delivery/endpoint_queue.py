@@ -19,6 +19,7 @@ from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer.config import Settings
+from deliverer.delivery import ladder
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, WebhookSettings
 
 
@@ -110,7 +111,6 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
         .with_for_update(skip_locked=True, of=Endpoint)
     ).all()
     released = 0
-    max_age = timedelta(seconds=settings.ladder.max_age * settings.time_scale)
     for endpoint in endpoints:
         rows = session.execute(
             select(Notification.id, Notification.cycle_started_at)
@@ -120,7 +120,7 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
         ).all()
         for i, (notification_id, cycle_started_at) in enumerate(rows):
             due: datetime | None = now + timedelta(seconds=i * spacing)
-            if due is not None and due > cycle_started_at + max_age:
+            if due is not None and due > ladder.cycle_deadline(settings, cycle_started_at):
                 due = None  # waited past its 30 days: exhausted
             session.execute(
                 update(Notification).where(Notification.id == notification_id)

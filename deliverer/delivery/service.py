@@ -29,7 +29,7 @@ from sqlalchemy.sql.elements import BindParameter
 from deliverer import metrics
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
-from deliverer.delivery import endpoint_queue, sender, signing, slow_lane
+from deliverer.delivery import endpoint_queue, ladder, sender, signing, slow_lane
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import (
     Attempt,
@@ -370,19 +370,9 @@ def record(session: Session, job: DeliveryJob, result: sender.SendResult, settin
     row.retry_attempts += 1
     row.latest_error_payload = result.error
     row.lane = Lane.RETRY
-    due = settings.ladder.next_attempt_at(
-        cycle_started_at=row.cycle_started_at,
-        failed_at=now,
-        failures=row.retry_attempts,
-        time_scale=settings.time_scale,
-    )
-    if due is not None and result.retry_after:
-        # The receiver asked for more time than the ladder gives: honour it, within the cycle.
-        asked = now + timedelta(seconds=result.retry_after * settings.time_scale)
-        cap = row.cycle_started_at + timedelta(
-            seconds=settings.ladder.max_age * settings.time_scale
-        )
-        due = min(max(due, asked), cap)
+    due = ladder.next_attempt_at(settings, cycle_started_at=row.cycle_started_at,
+                                 failed_at=now, failures=row.retry_attempts,
+                                 retry_after=result.retry_after)
     row.next_attempt_at = due
     row.scheduled_for = None
     if endpoint is not None:

@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from deliverer.broker.dispatch import enqueue_batch
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit
 from deliverer.delivery import endpoint_queue
@@ -61,7 +62,6 @@ from deliverer.notifications.service import (
 )
 from deliverer.partners.service import Principal, principals_for
 from deliverer.publishing.service import next_sequence
-from deliverer.scheduling.enqueue import enqueue_batch
 
 
 class Busy:

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from deliverer.broker.dispatch import enqueue_resend
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.delivery import service as delivery
@@ -112,13 +113,6 @@ def request_resend(session: Session, settings: Settings, principal: Principal,
                                 delivery_status=PENDING, now=now)
     on_commit(session, lambda: enqueue_resend(request_id))
     return ResendRequest(request_id, reference, url, notification.id)
-
-
-def enqueue_resend(request_id: int) -> None:
-    from deliverer.notifications.tasks import resend
-    from deliverer.scheduling import queues
-
-    resend.apply_async(args=[request_id], queue=queues.MANUAL)
 
 
 def perform_resend(request_id: int, settings: Settings) -> str | None:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deliverer.broker.dispatch import enqueue_delivery
 from deliverer.config import Settings
 from deliverer.db import in_transaction, is_transient_abort, on_commit, session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
@@ -44,7 +45,6 @@ from deliverer.notifications.service import (
     start_fresh_cycle,
 )
 from deliverer.publishing.service import next_sequence
-from deliverer.scheduling.enqueue import enqueue_delivery
 
 OPERATOR = "OPERATOR"  # partner_requests.outcome of an operator's action
 

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from deliverer.broker.dispatch import enqueue_batch
 from deliverer.config import Settings
 from deliverer.db import in_transaction, is_transient_abort, on_commit
 from deliverer.delivery import netguard
@@ -42,7 +43,6 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.models.base import new_id
-from deliverer.scheduling.enqueue import enqueue_batch
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
+from deliverer.broker import dispatch
 from deliverer.config import get_settings
 from deliverer.publishing.service import publish_one_and_commit
 
@@ -24,7 +25,7 @@ MAX_RETRIES = 20
 RETRY_BACKOFF_MAX = 60
 
 
-@shared_task(name="deliverer.publish_event", bind=True, acks_late=True,
+@shared_task(name=dispatch.PUBLISH_EVENT, bind=True, acks_late=True,
              reject_on_worker_lost=True, ignore_result=True,
              autoretry_for=(OperationalError,), retry_backoff=True,
              retry_backoff_max=RETRY_BACKOFF_MAX, retry_jitter=True, max_retries=MAX_RETRIES)

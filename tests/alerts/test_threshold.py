@@ -7,9 +7,9 @@ import json
 
 from sqlalchemy import select
 
+from deliverer.config import Ladder
 from deliverer.db import session_scope
 from deliverer.delivery import service
-from deliverer.delivery.ladder import Ladder
 from deliverer.models import Alert, NotificationStatus, utcnow
 from tests.support import receiver as rx
 from tests.support.helpers import deliver_when_due, insert_notification, new_partner

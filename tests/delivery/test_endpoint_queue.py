@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from deliverer.config import Ladder
 from deliverer.db import session_scope
 from deliverer.delivery import endpoint_queue, service
-from deliverer.delivery.ladder import Ladder
 from deliverer.models import (
     Alert,
     Endpoint,

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 import deliverer
+from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.models import NotificationStatus, utcnow
-from deliverer.scheduling import queues
 from tests.support import helpers as h
 from tests.support import receiver as rx
 from tests.support.backend import BACKEND, claim_redis_db, release_redis_db

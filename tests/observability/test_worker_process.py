@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import deliverer.delivery
+from deliverer.broker import queues
 from deliverer.config import Settings
-from deliverer.scheduling import queues
 from tests.observability.metrics_text import value
 from tests.support import helpers as h
 from tests.support.backend import BACKEND

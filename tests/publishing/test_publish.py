@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 import deliverer
+from deliverer.broker import queues
 from deliverer.db import session_scope
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
 from deliverer.models import (
@@ -23,7 +24,6 @@ from deliverer.models import (
 )
 from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import publish_event
-from deliverer.scheduling import queues
 from tests.support import helpers as h
 from tests.support.race import race
 
