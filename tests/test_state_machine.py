@@ -139,7 +139,8 @@ class NotificationLifecycle(RuleBasedStateMachine):
             cap = timedelta(seconds=self.settings.ladder.max_age * self.settings.time_scale)
             assert row.next_attempt_at <= row.cycle_started_at + cap
         assert 0 <= row.manual_retry_count <= 3 and row.manual_retry_count == self.manual_retries
-        assert row.retry_attempts >= 0 and row.lease_token is None
+        # Every failed attempt of the cycle is one of the attempts counted.
+        assert 0 <= row.retry_attempts <= row.attempt_count and row.lease_token is None
         with session_scope() as session:
             recorded = session.scalar(select(func.count()).select_from(Attempt)
                                       .where(Attempt.notification_id == self.nid))

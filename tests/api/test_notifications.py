@@ -279,14 +279,6 @@ def test_detail_hints_for_network_failures(make_partner, receiver, worker, slow_
     assert detail["latestErrorPayload"] == attempt["errorPayload"]
 
 
-def test_hints_for_dns_and_tls_kinds():
-    # DNS failures need a resolver, which these loopback-only tests do not use.
-    assert "DNS" in hint_for(FailureKind.DNS)
-    assert "certificate" in hint_for(FailureKind.TLS)
-    assert "Connection refused" in hint_for(FailureKind.CONNECTION_REFUSED)
-    assert "Timeout" in hint_for(FailureKind.TIMEOUT)
-
-
 def test_detail_of_unknown_malformed_or_foreign_id_is_404(make_partner):
     mine = make_partner(name="Mine")
     theirs = make_partner(name="Theirs")

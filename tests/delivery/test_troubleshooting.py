@@ -53,3 +53,11 @@ def test_kind_hints(kind, start):
     assert payload == {"kind": str(kind), "message": "msg", "httpStatus": None,
                        "hint": hint_for(kind)}
     assert payload["hint"].startswith(start)
+
+
+def test_hints_for_dns_and_tls_kinds():
+    # DNS failures need a resolver, which the loopback-only API tests do not use.
+    assert "DNS" in hint_for(FailureKind.DNS)
+    assert "certificate" in hint_for(FailureKind.TLS)
+    assert "Connection refused" in hint_for(FailureKind.CONNECTION_REFUSED)
+    assert "Timeout" in hint_for(FailureKind.TIMEOUT)

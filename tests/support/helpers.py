@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from celery.signals import task_postrun
 from sqlalchemy import select
@@ -32,7 +32,6 @@ from deliverer.partners.service import NewPartner, Principal, create_partner
 from deliverer.publishing.service import event_body, next_sequence
 from tests.support.waiting import wait_until as wait_until  # shared by every test area
 
-T = TypeVar("T")
 
 @contextmanager
 def task_runs(task_id: str | None = None, name: str | None = None) -> Iterator[list[str]]:
@@ -55,6 +54,7 @@ def task_runs(task_id: str | None = None, name: str | None = None) -> Iterator[l
 
 def deliver_when_due(nid: str, settings: Settings, timeout: float = 5.0) -> AttemptOutcome:
     """Deliver ``nid`` as soon as it is due (its next attempt may be moments away)."""
+
     def delivered() -> AttemptOutcome | None:
         outcome = deliver(nid, settings)
         return None if outcome.state == ClaimState.NOT_DUE else outcome
@@ -91,6 +91,10 @@ def attempts(nid: str) -> list[Attempt]:
         return rows
 
 
+def triggers(nid: str) -> list[str]:
+    return [a.trigger for a in attempts(nid)]
+
+
 def status_is(nid: str, *statuses: str) -> Notification | None:
     row = notification(nid)
     return row if row.status in statuses else None
@@ -98,6 +102,19 @@ def status_is(nid: str, *statuses: str) -> Notification | None:
 
 def sent(nid: str) -> Notification | None:
     return status_is(nid, NotificationStatus.SENT)
+
+
+def publish_and_wait(partner_id: str, *statuses: str, reference: str | None = None,
+                     event_type: str = "transaction.updated",
+                     payload: dict[str, Any] | None = None,
+                     callback_url: str | None = None, timeout: float = 15.0) -> str:
+    """Publish through the real pipeline and wait until the worker settles it."""
+    published = deliverer.publish_event(partner_id, event_type,
+                                        reference or f"ref-{new_id()[:8]}",
+                                        payload or {"amount": 1000}, callback_url)
+    wait_until(lambda: status_is(published.notification_id, *statuses), timeout=timeout,
+               message=f"notification {published.notification_id} in {statuses}")
+    return published.notification_id
 
 
 def insert_notification(
@@ -204,20 +221,3 @@ def unresolvable_host() -> Iterator[str]:
         yield UNRESOLVABLE
     finally:
         socket.getaddrinfo = real
-
-
-def triggers(nid: str) -> list[str]:
-    return [a.trigger for a in attempts(nid)]
-
-
-def publish_and_wait(partner_id: str, *statuses: str, reference: str | None = None,
-                     event_type: str = "transaction.updated",
-                     payload: dict[str, Any] | None = None,
-                     callback_url: str | None = None, timeout: float = 15.0) -> str:
-    """Publish through the real pipeline and wait until the worker settles it."""
-    published = deliverer.publish_event(partner_id, event_type,
-                                        reference or f"ref-{new_id()[:8]}",
-                                        payload or {"amount": 1000}, callback_url)
-    wait_until(lambda: status_is(published.notification_id, *statuses), timeout=timeout,
-               message=f"notification {published.notification_id} in {statuses}")
-    return published.notification_id
