@@ -19,7 +19,7 @@ from deliverer.models.partner import (
     active_secrets,
     not_receiving_webhooks,
 )
-from deliverer.models.request_log import PartnerRequest
+from deliverer.models.request_log import PartnerRequest, RequestKind, ResendStatus
 
 __all__ = [
     "Alert",
@@ -34,6 +34,8 @@ __all__ = [
     "Partner",
     "PartnerFlow",
     "PartnerRequest",
+    "RequestKind",
+    "ResendStatus",
     "Trigger",
     "WebhookSettings",
     "active_secrets",
