@@ -6,8 +6,10 @@ workers do not build the web app.
 
 import gc
 import logging
+import warnings
 from typing import Any
 
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from deliverer import stopping
@@ -17,6 +19,12 @@ log = logging.getLogger(__name__)
 
 celery_app = make_celery()
 app = celery_app
+
+# Printed (nine lines) at every lost broker connection. It announces Celery 6's default for
+# worker_cancel_long_running_tasks_on_connection_loss; we keep 5.x's (running sends finish
+# and are recorded; their redelivered messages find the claim taken), so it says nothing.
+warnings.filterwarnings("ignore", category=CPendingDeprecationWarning,
+                        message=r"\s*In Celery 5\.1 we introduced an optional breaking change")
 
 
 @worker_ready.connect  # the threads pool: the worker's own process

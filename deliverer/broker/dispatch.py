@@ -17,6 +17,7 @@ from celery import current_app
 from sqlalchemy import update
 
 from deliverer.broker import queues
+from deliverer.broker_outage import describe, is_broker_outage
 from deliverer.db import session_scope
 from deliverer.models import Lane, Notification, utcnow
 
@@ -77,9 +78,8 @@ def enqueue_delivery(
     try:
         _send(DELIVER, args, **_options(lane, due_at, argsrepr=repr(args)))
         return True
-    except Exception:
-        log.warning("broker unavailable; the beat sweep will enqueue %s", notification_id,
-                    exc_info=True, extra={"notification_id": notification_id})
+    except Exception as exc:
+        _log_unsent(exc, notification_id, extra={"notification_id": notification_id})
     _release([notification_id])
     return False
 
@@ -92,9 +92,8 @@ def enqueue_batch(notification_ids: list[str], lane: Lane | str,
     try:
         _send(DELIVER_MANY, [list(notification_ids)], **_options(lane, due_at))
         return True
-    except Exception:
-        log.warning("broker unavailable; the beat sweep will enqueue %d notifications",
-                    len(notification_ids), exc_info=True)
+    except Exception as exc:
+        _log_unsent(exc, f"{len(notification_ids)} notifications")
     _release(notification_ids)
     return False
 
@@ -107,6 +106,17 @@ def enqueue_resend(request_id: int) -> None:
 def enqueue_alert_email(alert_id: int) -> None:
     """The message that e-mails an alert (the alert sweep offers a lost one again)."""
     _send(SEND_ALERT_EMAIL, [alert_id])
+
+
+def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
+    """One line for a broker outage; a traceback for anything unexpected. Either way the
+    row is left to the sweep, so nothing is lost."""
+    if is_broker_outage(exc):
+        log.warning("broker unavailable (%s); the beat sweep will enqueue %s",
+                    describe(exc), what, **kwargs)
+    else:
+        log.exception("could not send the message; the beat sweep will enqueue %s",
+                      what, **kwargs)
 
 
 def _release(notification_ids: list[str]) -> None:
