@@ -141,8 +141,8 @@ def partner_rotate_key(partner_id: str) -> None:
 def publish(partner_id: str, event_type: str, reference: str, payload: str,
             callback_url: str | None) -> None:
     """Publish an event for a partner."""
+    from deliverer import publish_event
     from deliverer.errors import DelivererError
-    from deliverer.publishing.api import publish_event
 
     try:
         data: Any = json.loads(payload)

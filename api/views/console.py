@@ -44,10 +44,11 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from api.db import get_session
+from api.db import commit_then, get_session, roll_back_refused
 from deliverer.config import Settings
 from deliverer.errors import DelivererError
-from deliverer.models import Notification, NotificationStatus, utcnow
+from deliverer.models import NotificationStatus, utcnow
+from deliverer.notifications.outcome import wait_for_attempt
 from deliverer.operations import inspect
 from deliverer.operations.replay import operator_ignore, operator_retry
 
@@ -326,36 +327,18 @@ def notification(notification_id: str) -> Any:
     return _page("console/notification.html", d=detail, n=detail.notification)
 
 
-def _wait_for_attempt(notification_id: str, wait: float) -> tuple[str | None, Any]:
-    """Poll the row until the queued attempt has an outcome, for at most ``wait`` s."""
-    db = get_session()
-    deadline = time.monotonic() + wait
-    while True:
-        db.expire_all()
-        row = db.get(Notification, notification_id)
-        outcome = (row.status, row.latest_error_payload) if row is not None else (None, None)
-        db.commit()  # end the read transaction (SQLite: release the lock between polls)
-        if outcome[0] is not None and outcome[0] != NotificationStatus.PENDING:
-            return outcome
-        if time.monotonic() >= deadline:
-            return None, None
-        time.sleep(0.1)
-
-
 @bp.post("/notifications/<notification_id>/retry")
 def retry(notification_id: str) -> Any:
-    db = get_session()
     try:
-        operator_retry(db, _settings(), notification_id)
-        db.commit()  # the delivery message goes out now (deliverer.db.on_commit)
+        operator_retry(get_session(), _settings(), notification_id)
     except DelivererError as exc:
-        db.rollback()
+        roll_back_refused(exc)
         flash(f"Retry refused: {exc.message}", "error")
         return redirect(url_for("console.notification", notification_id=notification_id))
     current_app.logger.info("operator retry of %s", notification_id,
                             extra={"notification_id": notification_id})
-    status, error = _wait_for_attempt(notification_id,
-                                      min(_settings().resend_wait_seconds, RETRY_WAIT_CAP))
+    wait = min(_settings().resend_wait_seconds, RETRY_WAIT_CAP)
+    status, error = commit_then(lambda: wait_for_attempt(notification_id, wait))
     if status == NotificationStatus.SENT:
         flash("Retry delivered: the endpoint accepted the webhook.", "ok")
     elif status == NotificationStatus.FAILED:
@@ -369,12 +352,10 @@ def retry(notification_id: str) -> Any:
 
 @bp.post("/notifications/<notification_id>/ignore")
 def ignore(notification_id: str) -> Any:
-    db = get_session()
     try:
-        operator_ignore(db, notification_id)
-        db.commit()
+        operator_ignore(get_session(), notification_id)
     except DelivererError as exc:
-        db.rollback()
+        roll_back_refused(exc)
         flash(f"Ignore refused: {exc.message}", "error")
     else:
         current_app.logger.info("operator ignored %s", notification_id,

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from deliverer import lease
 from deliverer.broker.dispatch import enqueue_alert_email
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
@@ -53,8 +54,7 @@ def email_claim(settings: Settings) -> timedelta:
 
 def _free_to_claim(now: datetime) -> tuple[ColumnElement[bool], ...]:
     """Not e-mailed, and nobody's claim (or one that ran out: its worker died)."""
-    return (Alert.emailed_at.is_(None),
-            or_(Alert.email_claimed_until.is_(None), Alert.email_claimed_until < now))
+    return (Alert.emailed_at.is_(None), lease.is_free(Alert.email_claimed_until, now))
 
 
 def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *,
@@ -163,10 +163,9 @@ def claim_alert_email(session: Session, alert_id: int, settings: Settings,
     is e-mailed already or claimed by a worker that is (or may still be) sending it."""
     now = now or utcnow()
     until = now + email_claim(settings)
-    claimed = session.execute(
-        update(Alert).where(Alert.id == alert_id, *_free_to_claim(now))
-        .values(email_claimed_until=until))
-    return until if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+    taken = lease.take(session, Alert.email_claimed_until, until, now, Alert.id == alert_id,
+                       Alert.emailed_at.is_(None))
+    return until if taken == 1 else None
 
 
 def _unclaim(alert_id: int, claimed_until: datetime, settings: Settings) -> None:
@@ -174,8 +173,6 @@ def _unclaim(alert_id: int, claimed_until: datetime, settings: Settings) -> None
     # runs out. Only our own claim: had ours run out and another worker claimed the alert
     # since, freeing its claim would let a third send at the same time.
     in_transaction(
-        lambda session: session.execute(
-            update(Alert).where(Alert.id == alert_id,
-                                Alert.email_claimed_until == claimed_until)
-            .values(email_claimed_until=None)),
+        lambda session: lease.give_back(session, Alert.email_claimed_until, claimed_until,
+                                        Alert.id == alert_id),
         retry_for=settings.lease_seconds)

@@ -98,6 +98,16 @@ def enqueue_batch(notification_ids: list[str], lane: Lane | str,
     return False
 
 
+def enqueue_resend(request_id: int) -> None:
+    """The message for a merchant's resend request (its row is the outbox)."""
+    _send(RESEND, [request_id], queue=queues.MANUAL)
+
+
+def enqueue_alert_email(alert_id: int) -> None:
+    """The message that e-mails an alert (the alert sweep offers a lost one again)."""
+    _send(SEND_ALERT_EMAIL, [alert_id])
+
+
 def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
     """One line for a broker outage; a traceback for anything unexpected. Either way the
     row is left to the sweep, so nothing is lost."""
@@ -107,16 +117,6 @@ def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
     else:
         log.exception("could not send the message; the beat sweep will enqueue %s",
                       what, **kwargs)
-
-
-def enqueue_resend(request_id: int) -> None:
-    """The message for a merchant's resend request (its row is the outbox)."""
-    _send(RESEND, [request_id], queue=queues.MANUAL)
-
-
-def enqueue_alert_email(alert_id: int) -> None:
-    """The message that e-mails an alert (the alert sweep offers a lost one again)."""
-    _send(SEND_ALERT_EMAIL, [alert_id])
 
 
 def _release(notification_ids: list[str]) -> None:

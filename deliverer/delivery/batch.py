@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from deliverer import lease
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import sender, slow_lane
@@ -29,7 +30,7 @@ from deliverer.delivery.service import (
     DeliveryJob,
     NextAttempt,
     is_plain_success,
-    lease,
+    lease_jobs,
     perform_admitted,
     record,
     record_successes,
@@ -60,11 +61,11 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
     now = now or utcnow()
     if not ids:
         return BatchClaim(token="")
-    leased, jobs = lease(session, ids, settings, now)
+    leased, jobs = lease_jobs(session, ids, settings, now)
     batch = BatchClaim(token=jobs[0].lease_token if jobs else "", jobs=jobs)
     if len(leased) < len(ids):
         # Why the others were not leased, read by key and told apart here: conditions on
-        # next_attempt_at in the WHERE let skewed statistics pick the due index (lease()).
+        # next_attempt_at in the WHERE let skewed statistics pick the due index (lease_jobs()).
         taken = set(leased)
         for r in session.execute(
             select(Notification.id, Notification.lane, Notification.status,
@@ -75,7 +76,7 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
                 continue  # final: nothing more to send
             if r.next_attempt_at > now:
                 batch.not_due.append((r.id, r.lane, r.next_attempt_at))
-            elif r.lease_expires_at is None or r.lease_expires_at <= now:
+            elif lease.ran_out(r.lease_expires_at, now):
                 # Due and unleased, yet not claimed: skipped because another transaction
                 # held the row lock (a merchant's request, the sweep). Not to be dropped.
                 batch.locked.append(r.id)

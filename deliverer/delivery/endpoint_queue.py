@@ -18,6 +18,7 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from deliverer import lease
 from deliverer.config import Settings
 from deliverer.delivery import ladder
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, WebhookSettings
@@ -51,7 +52,7 @@ def hold_later_climbers(session: Session, endpoint_id: int, sequence: int,
             *_climbing(endpoint_id),
             Notification.sequence > sequence,
             Notification.lane != Lane.MANUAL,
-            or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
+            lease.is_free(Notification.lease_expires_at, now),
         )
         .values(held=True, next_attempt_at=None, scheduled_for=None)
         .execution_options(synchronize_session=False)

@@ -22,11 +22,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
-from deliverer import metrics
+from deliverer import lease, metrics
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, ladder, sender, signing, slow_lane
@@ -113,7 +113,7 @@ _N = _NOTIFICATIONS.c
 _NOW: BindParameter[datetime] = bindparam("now")
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
 _DUE_AND_FREE = and_(_N.status.in_(LIVE_STATUSES), _N.next_attempt_at <= _NOW,
-                     or_(_N.lease_expires_at.is_(None), _N.lease_expires_at <= _NOW))
+                     lease.is_free(_N.lease_expires_at, _NOW))
 _PICK = (select(_N.id, _DUE_AND_FREE.label("free")).where(_N.id.in_(_IDS))
          .with_for_update(skip_locked=True).cte("pick"))
 _LEASE = (
@@ -153,8 +153,8 @@ _JOBS = (
 )
 
 
-def lease(session: Session, ids: Sequence[str], settings: Settings,
-          now: datetime) -> tuple[list[str], list[DeliveryJob]]:
+def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
+               now: datetime) -> tuple[list[str], list[DeliveryJob]]:
     """Lease every due, unleased row among ``ids`` and load what their POSTs need.
 
     Two statements: an UPDATE ... RETURNING fed by a CTE that locks the rows by primary
@@ -208,7 +208,7 @@ def claim(session: Session, notification_id: str, settings: Settings,
           now: datetime | None = None) -> Claim:
     """Take the lease on a due notification. Commits nothing; the caller commits."""
     now = now or utcnow()
-    leased, jobs = lease(session, [notification_id], settings, now)
+    leased, jobs = lease_jobs(session, [notification_id], settings, now)
     if jobs:
         return Claim(ClaimState.CLAIMED, job=jobs[0])
     if leased:
@@ -225,7 +225,7 @@ def claim(session: Session, notification_id: str, settings: Settings,
         return Claim(ClaimState.LOCKED if exists else ClaimState.MISSING)
     if row.status not in LIVE_STATUSES or row.next_attempt_at is None:
         return Claim(ClaimState.FINAL)
-    if row.lease_expires_at is not None and row.lease_expires_at > now:
+    if not lease.ran_out(row.lease_expires_at, now):
         return Claim(ClaimState.BUSY)  # another worker holds the lease
     if row.next_attempt_at > now:
         return Claim(ClaimState.NOT_DUE, due_at=row.next_attempt_at)
@@ -299,7 +299,8 @@ def sender_config(settings: Settings) -> sender.SenderConfig:
     )
 
 
-def _attempt_row(job: DeliveryJob, result: sender.SendResult) -> dict[str, Any]:
+def attempt_row(job: DeliveryJob, result: sender.SendResult) -> dict[str, Any]:
+    """The attempt's row: every POST is recorded so, whoever made it."""
     return {"notification_id": job.notification_id, "trigger": job.trigger, "url": job.url,
             "started_at": result.started_at, "duration_ms": result.duration_ms,
             "success": result.success, "response_status": result.status_code,
@@ -322,7 +323,7 @@ def record_successes(session: Session,
         return 0
     connection = session.connection()
     # Table-level: a plain executemany, none of the ORM's bulk machinery.
-    connection.execute(_INSERT_ATTEMPTS, [_attempt_row(job, result) for job, result in done])
+    connection.execute(_INSERT_ATTEMPTS, [attempt_row(job, result) for job, result in done])
     updated = connection.execute(_MARK_SENT, {
         "ids": [job.notification_id for job, _ in done],
         "tokens": list({job.lease_token for job, _ in done}), "now": now}).rowcount
@@ -344,7 +345,7 @@ def record(session: Session, job: DeliveryJob, result: sender.SendResult, settin
             return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.SENT)
         log.warning("lease lost during delivery", extra={"notification_id": job.notification_id})
         return AttemptOutcome(ClaimState.BUSY)
-    session.add(Attempt(**_attempt_row(job, result)))
+    session.add(Attempt(**attempt_row(job, result)))
     row = session.execute(
         select(Notification).where(Notification.id == job.notification_id).with_for_update()
     ).scalar_one()

@@ -24,7 +24,7 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.partners import webhook_settings
-from deliverer.publishing.service import publish_event
+from deliverer.publishing.service import record_event as publish_event
 from deliverer.scheduling.sweep import collect_due
 from tests.support import receiver as rx
 from tests.support.helpers import (

@@ -412,7 +412,7 @@ def test_a_row_released_between_the_two_looks_is_locked_not_busy(
     """The lease skipped the row (locked), and the lock was gone by the second look: the
     row is due and free, so the message must come back (LOCKED), not be dropped (BUSY)."""
     nid = due_now(partner, "http://127.0.0.1:9/hook")
-    monkeypatch.setattr(service, "lease", lambda *args, **kwargs: ([], []))
+    monkeypatch.setattr(service, "lease_jobs", lambda *args, **kwargs: ([], []))
     with session_scope() as session:
         assert service.claim(session, nid, settings).state == ClaimState.LOCKED
     row = h.notification(nid)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -19,6 +17,7 @@ from deliverer.operations.tasks import PURGE_EVERY
 from deliverer.operations.tasks import purge_attempts as purge_task
 from tests.operations.helpers import add_attempt, attempt_count
 from tests.support import helpers as h
+from tests.support.race import race
 from tests.support.rows import failed
 
 
@@ -126,14 +125,7 @@ def test_racing_purge_triggers_let_exactly_one_run(settings):
                                                 every=timedelta(hours=23),
                                                 lease=timedelta(minutes=15))
 
-    barrier = threading.Barrier(8)
-
-    def at_once() -> bool:
-        barrier.wait(timeout=10)
-        return claim()
-
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: at_once(), range(8)))
+    results = race([claim] * 8)
     assert sorted(results) == [False] * 7 + [True]
 
 

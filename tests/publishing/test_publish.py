@@ -23,7 +23,7 @@ from deliverer.models import (
     WebhookSettings,
 )
 from deliverer.publishing.api import publish_events
-from deliverer.publishing.service import publish_event
+from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
 from tests.support.race import race
 
