@@ -109,7 +109,9 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
         t0 = time.time() + 0.5
         for q in starts:
             q.put(t0)
-        rows = [r for part in take("done", duration * 3 + 120) for r in part]
+        # At least 50 publishes/s even on a loaded machine; the achieved rate is reported.
+        rows = [r for part in take("done", max(duration * 3, count / 50) + 120)
+                for r in part]
     finally:
         for proc in procs:
             proc.join(timeout=10)
@@ -169,7 +171,7 @@ def _measure(ctx: Ctx, rate: float, duration: float) -> dict[str, Any]:
 def run(ctx: Ctx) -> Result:
     duration = float(ctx.size(30, 1))
     low = _measure(ctx, RATE, duration)
-    high = _measure(ctx, HIGH_RATE, duration)
+    high = _measure(ctx, HIGH_RATE, duration / 3)  # 5,000 events in a full run
     stats, fast = low["latency_ms"], high["latency_ms"]
     result = Result(NAME, TITLE)
     result.details = {"at_100": low, "at_500": high, "receiver": "Python (separate process)",
