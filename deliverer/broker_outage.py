@@ -7,8 +7,8 @@ stays for what is not expected, such as wrong credentials or a bug.
 
 ``BrokerOutageFilter`` sits on the handlers of web, CLI, worker and beat
 (``deliverer.logging``) and shortens the records that Celery, kombu and deliverer log
-about these errors: beat's "Message Error" with its formatted stack, the worker's
-"Cannot connect" retry lines, a publish that fell back to the sweep.
+about these errors: beat's "Message Error" with its formatted stack, the worker's and
+beat's reconnect lines, a publish that fell back to the sweep.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ _NOT_OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.AuthorizationError,
     amqp.exceptions.AccessRefused,
 )
-_CONSUMER_LOGGER = "celery.worker.consumer"
-_CANNOT_CONNECT = "consumer: Cannot connect to"
+# Celery's own reconnect lines, logged as errors without an exception attached: the
+# worker's consumer, and beat's connection and its pidbox.
+_RECONNECT_LINES = ("consumer: Cannot connect to", "beat: Connection error:",
+                    "beat pidbox: Connection error:")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -79,7 +81,7 @@ class BrokerOutageFilter(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and is_broker_outage(exc):
             _shorten(record, exc)
-        elif (exc is None and record.name.startswith(_CONSUMER_LOGGER)
-              and isinstance(record.msg, str) and record.msg.startswith(_CANNOT_CONNECT)):
+        elif (exc is None and record.name.startswith("celery")
+              and isinstance(record.msg, str) and record.msg.startswith(_RECONNECT_LINES)):
             _shorten(record, None)
         return True

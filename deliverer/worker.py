@@ -20,11 +20,14 @@ log = logging.getLogger(__name__)
 celery_app = make_celery()
 app = celery_app
 
-# Printed (nine lines) at every lost broker connection. It announces Celery 6's default for
-# worker_cancel_long_running_tasks_on_connection_loss; we keep 5.x's (running sends finish
-# and are recorded; their redelivered messages find the claim taken), so it says nothing.
-warnings.filterwarnings("ignore", category=CPendingDeprecationWarning,
-                        message=r"\s*In Celery 5\.1 we introduced an optional breaking change")
+
+@worker_ready.connect  # after Celery's logging set-up, whose "always" filter wins otherwise
+def _quiet_cancel_on_connection_loss_notice(**_: Any) -> None:
+    # Printed (nine lines) at every lost broker connection. It announces Celery 6's default
+    # for worker_cancel_long_running_tasks_on_connection_loss; we keep 5.x's (running sends
+    # finish and are recorded; their redelivered messages find the claim taken).
+    warnings.filterwarnings("ignore", category=CPendingDeprecationWarning,
+                            message=r"\s*In Celery 5\.1 we introduced an optional breaking")
 
 
 @worker_ready.connect  # the threads pool: the worker's own process

@@ -61,6 +61,13 @@ def test_the_workers_reconnect_lines_are_one_warning_line_each():
                                   "redis://127.0.0.1:6391/0: Error 111 connecting")
 
 
+def test_beats_reconnect_line_is_a_warning():
+    record = _record("celery.beat", logging.ERROR,
+                     "beat: Connection error: %s. Trying again in %s seconds...",
+                     ("Error 111 connecting to 127.0.0.1:6391. Connection refused.", 2.0), None)
+    assert _formatted(record).startswith("WARNING beat: Connection error: Error 111")
+
+
 def test_a_connection_error_logged_with_its_traceback_loses_the_traceback():
     exc = _raised(redis.exceptions.ConnectionError("Connection closed by server."))
     line = _formatted(_record("deliverer.x", logging.WARNING, "publish failed", (), exc))
