@@ -92,6 +92,20 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
     ))
 
 
+def on_failed_retry(session: Session, endpoint: Endpoint, notification_id: str,
+                    failures: int, error_message: str | None, now: datetime) -> None:
+    """An automatic retry to ``endpoint`` failed, the ``failures``-th in a row of its
+    notification: past ``ALERT_AFTER_FAILED_RETRIES``, alert once per failing period (the
+    endpoint's ``alerted_at``, cleared when it recovers)."""
+    if endpoint.alerted_at is not None or failures <= ALERT_AFTER_FAILED_RETRIES:
+        return
+    endpoint.alerted_at = now
+    raise_alert(session, endpoint, KIND_FAILING,
+                f"Webhook endpoint {endpoint.url} has failed {failures} deliveries "
+                f"in a row; last error: {error_message}",
+                notification_id=notification_id, now=now)
+
+
 def enqueue_unmailed(settings: Settings, now: datetime | None = None) -> int:
     """The alert sweep: send another e-mail task for each alert ``unmailed_alerts`` finds.
 

@@ -25,16 +25,11 @@ from deliverer import lease
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import sender, slow_lane
-from deliverer.delivery.service import (
-    LIVE_STATUSES,
-    DeliveryJob,
-    NextAttempt,
-    is_plain_success,
-    lease_jobs,
-    perform_admitted,
-    record,
-    record_successes,
-)
+from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
+from deliverer.delivery.outcome import NextAttempt
+from deliverer.delivery.perform import perform_admitted
+from deliverer.delivery.record import record
+from deliverer.delivery.success import is_plain_success, record_successes
 from deliverer.logging import delivery_context
 from deliverer.models import (
     Notification,

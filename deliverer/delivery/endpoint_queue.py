@@ -76,6 +76,28 @@ def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
         )
 
 
+def join_after_failure(session: Session, endpoint_id: int, notification: Notification,
+                       now: datetime) -> bool:
+    """A failed notification of the endpoint, its next attempt set (None: exhausted),
+    takes its place in the queue; returns whether it is now held.
+
+    Exhausted, it leaves the ladder and the next held one takes its place. Behind an
+    earlier notification that already probes the endpoint, it is held. Otherwise it is
+    the head, and later ones on the ladder wait behind it."""
+    if notification.sequence is None:
+        return False
+    if notification.next_attempt_at is None:
+        session.flush()
+        promote_next(session, endpoint_id, now)
+    elif has_earlier_climber(session, endpoint_id, notification.id, notification.sequence):
+        notification.held = True
+        notification.next_attempt_at = None
+        return True
+    else:
+        hold_later_climbers(session, endpoint_id, notification.sequence, now)
+    return False
+
+
 def on_recovery(session: Session, endpoint_id: int, now: datetime) -> None:
     """A delivery succeeded: retry the head now; held ones drain via the sweep."""
     session.execute(

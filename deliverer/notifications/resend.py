@@ -26,8 +26,10 @@ from deliverer import lease
 from deliverer.broker.dispatch import enqueue_resend
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
-from deliverer.delivery import service as delivery
 from deliverer.delivery.batch import RECORDING_MARGIN
+from deliverer.delivery.claim import DeliveryJob
+from deliverer.delivery.perform import perform
+from deliverer.delivery.success import attempt_row
 from deliverer.errors import Conflict, DelivererError, NotFound
 from deliverer.models import (
     Attempt,
@@ -127,17 +129,17 @@ def perform_resend(request_id: int, settings: Settings) -> ResendStatus | None:
         assert event is not None
         webhook_settings = session.get(WebhookSettings, notification.partner_id)
         url = event.callback_url or (webhook_settings.url if webhook_settings else None) or ""
-        job = delivery.DeliveryJob(
+        job = DeliveryJob(
             notification_id=notification.id, lease_token="", url=url,
             body=event.body.encode(),
             secrets=webhook_settings.active_secrets(utcnow()) if webhook_settings else [],
             trigger=Trigger.RESEND, endpoint_id=None, endpoint_failing=False,
         )
-    result = delivery.perform(job, settings)
+    result = perform(job, settings)
     status = ResendStatus.SENT if result.success else ResendStatus.FAILED
 
     def record(session: Session) -> None:
-        session.add(Attempt(**delivery.attempt_row(job, result)))
+        session.add(Attempt(**attempt_row(job, result)))
         # Whatever the row says now: had the sweep already taken this worker for dead and
         # made it PENDING again, this outcome spares the merchant a second POST.
         session.execute(

@@ -5,7 +5,11 @@ A publish may carry the producer's idempotency key (its Idempotency-Key header, 
 Celery task id of ``deliverer.publish_event``): publishing again with the same key,
 because the first call's outcome was not known (an error that may have followed its
 commit, a redelivered task), returns the event the first call recorded instead of
-recording a second one, whose webhook would reach the merchant under another webhook-id.
+recording a second one, whose webhook would reach the merchant under another webhook-id
+(``idempotency.py``).
+
+``record_events`` writes in the caller's transaction; ``publish`` and ``publish_one``
+are how producers publish, each in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ _PARTNER = (
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Partner.id)
     .where(Partner.id == bindparam("partner_id"))
 )
+
+
 def record_event(
     session: Session,
     settings: Settings,
