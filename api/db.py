@@ -71,8 +71,6 @@ def init_app(app: Flask) -> None:
             # stored, and the client is told to try again, not a bare 500.
             log.warning("commit failed", exc_info=True)
             session.rollback()
-            if refused is not None:
-                return response  # the refusal stands; only its audit row is lost
             return error_response(503, "SERVICE_UNAVAILABLE",
                                   "Service temporarily unavailable. Try again shortly.",
                                   headers={"Retry-After": "5"})

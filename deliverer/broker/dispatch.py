@@ -10,6 +10,7 @@ nothing: the row is committed, and the beat sweep hands it over again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +44,7 @@ ROUTES: dict[str, dict[str, str]] = {
 }
 
 
-def _send(name: str, args: list[Any], **options: Any) -> None:
+def _send(name: str, args: Sequence[Any], **options: Any) -> None:
     current_app.send_task(name, args=args, ignore_result=True, **options)
 
 
@@ -105,7 +106,7 @@ def enqueue_resend(request_id: int) -> None:
 
 def enqueue_alert_email(alert_id: int) -> None:
     """The message that e-mails an alert (the alert sweep offers a lost one again)."""
-    _send(SEND_ALERT_EMAIL, [alert_id])
+    _send(SEND_ALERT_EMAIL, (alert_id,))  # a tuple, as the task's delay() sent it
 
 
 def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:

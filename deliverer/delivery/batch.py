@@ -4,7 +4,7 @@ The same guarantees as ``service.deliver`` (a lease per row, one POST per attemp
 attempt recorded) at a fraction of the database round trips: one claim for the whole
 batch, the POSTs in parallel on a thread pool (they are I/O-bound), and one transaction
 that writes every attempt and marks every plain success. Failures, and successes on an
-endpoint that was failing, go through ``service.record`` row by row, because they move
+endpoint that was failing, go through ``record.record`` row by row, because they move
 the ladder, the per-endpoint queue and the alerts.
 """
 
