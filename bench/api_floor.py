@@ -38,10 +38,10 @@ from sqlalchemy.orm import Session
 
 from api import create_app as create_api
 from api.batching import Coalescer
+from deliverer.broker.dispatch import enqueue_batch
 from deliverer.config import get_settings
 from deliverer.db import in_transaction, on_commit
 from deliverer.models import Lane, utcnow
-from deliverer.scheduling.enqueue import enqueue_batch
 
 ENV = "BENCH_API_FLOOR"
 

@@ -6,16 +6,17 @@ from datetime import timedelta
 
 from celery import shared_task
 
+from deliverer.broker import dispatch
+from deliverer.broker.dispatch import enqueue_batch, enqueue_delivery
 from deliverer.config import get_settings
 from deliverer.delivery import batch, service
 from deliverer.logging import delivery_context
 from deliverer.models import Lane, utcnow
-from deliverer.scheduling.enqueue import enqueue_batch, enqueue_delivery
 
 LOCKED_RETRY = timedelta(milliseconds=500)
 
 
-@shared_task(name="deliverer.deliver", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name=dispatch.DELIVER, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def deliver(notification_id: str) -> str:
     """Attempt one delivery. Safe to run twice: the claim lets only one POST through."""
@@ -41,7 +42,7 @@ def deliver(notification_id: str) -> str:
     return str(outcome.status or outcome.state)
 
 
-@shared_task(name="deliverer.deliver_many", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name=dispatch.DELIVER_MANY, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def deliver_many(notification_ids: list[str]) -> int:
     """Attempt a batch of deliveries (bulk publishes, sweeps of a backlog)."""
