@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from api import create_app as create_api
-from api.batching import Coalescer
+from deliverer.batching import Coalescer
 from deliverer.config import get_settings
 from deliverer.db import in_transaction, on_commit
 from deliverer.models import Lane, utcnow

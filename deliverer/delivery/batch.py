@@ -221,6 +221,20 @@ class BatchOutcome:
     deferred: int = 0
     # Claimed, not sent: the lease would have run out before their POSTs ended. (id, lane)
     unsent: list[tuple[str, str]] = field(default_factory=list)
+    # What each POST sent here came to: SENT or FAILED, by notification id.
+    results: dict[str, str] = field(default_factory=dict)
+
+    def status_of(self, notification_id: str) -> str:
+        """What happened to one notification of the batch, for its task's result."""
+        if notification_id in self.results:
+            return self.results[notification_id]
+        if any(nid == notification_id for nid, _lane, _due in self.not_due):
+            return "not_due"
+        if notification_id in self.locked:
+            return "locked"
+        if any(nid == notification_id for nid, _lane in self.unsent):
+            return "unsent"
+        return "not_sent_here"  # final, leased elsewhere, deferred, or missing
 
 
 def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
@@ -254,6 +268,7 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     # recording them is retried, not left to resend every webhook of the batch.
     following = in_transaction(write, retry_for=settings.lease_seconds)
     sent = sum(1 for _, r in done if r.success)
+    by_id = {job.notification_id: "SENT" if r.success else "FAILED" for job, r in done}
     return BatchOutcome(sent, len(done) - sent, following, batch.not_due, batch.locked,
-                        deferred=len(refused), unsent=unsent)
+                        deferred=len(refused), unsent=unsent, results=by_id)
 
