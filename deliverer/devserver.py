@@ -19,9 +19,9 @@ import time
 
 import requests
 
+from deliverer.broker import queues
 from deliverer.config import Settings, masked_url, set_settings
 from deliverer.delivery.batch import RECORDING_MARGIN
-from deliverer.scheduling import queues
 
 # The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
 DEMO_TIME_SCALE = "0.005"

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 import deliverer
+from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.models import utcnow
-from deliverer.scheduling import queues
 from tests.conftest import BACKEND
 from tests.operations.helpers import cli_env
 from tests.support import helpers as h
