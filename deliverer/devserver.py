@@ -101,7 +101,9 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
     deadline = time.monotonic() + grace
     told = False
     try:
-        for name, proc in procs.items():
+        # The worker first: it is the one finishing POSTs, and the one to name if slow
+        # (gunicorn may take a few seconds of its own to stop meanwhile).
+        for name, proc in sorted(procs.items(), key=lambda item: item[0] != "worker"):
             while proc.poll() is None:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -10,7 +10,6 @@ from flask_smorest import Blueprint
 
 from api import presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
-from api.batching import Coalescer
 from api.db import commit_then, get_session
 from api.schemas.common import ApiErrorSchema
 from api.schemas.partner import (
@@ -26,6 +25,7 @@ from api.schemas.partner import (
     SettingsUpdateSchema,
 )
 from deliverer.alerts import service as alerts
+from deliverer.batching import Coalescer
 from deliverer.errors import DelivererError
 from deliverer.notifications import queries
 from deliverer.notifications.ignore import ignore

@@ -10,6 +10,7 @@ the ladder, the per-endpoint queue and the alerts.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -249,6 +250,10 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
     # recording them is retried, not left to resend every webhook of the batch.
     following = in_transaction(write, retry_for=settings.lease_seconds)
+    for job, r in done:  # once recorded, one line per attempt, as service.deliver logs it
+        log.info("attempt %s: %s", "delivered" if r.success else "failed",
+                 json.dumps(r.error) if r.error else r.status_code,
+                 extra={"notification_id": job.notification_id})
     sent = sum(1 for _, r in done if r.success)
     return BatchOutcome(sent, len(done) - sent, following, batch.not_due, batch.locked,
                         deferred=len(refused), unsent=unsent)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from api.batching import Coalescer
+from deliverer.batching import Coalescer
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.unit
