@@ -31,6 +31,13 @@ TASK_MODULES = [
 SQLA_TRANSPORT_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
 
 
+# RabbitMQ: a publish returns once the broker has taken the message (publisher
+# confirms), so a message is never lost between a committed row and a broker that
+# accepted the publish but went down before writing it. Queues are classic and durable
+# (kombu's default) and messages persistent (Celery's): README, "Choosing a broker".
+AMQP_TRANSPORT_OPTIONS: dict[str, Any] = {"confirm_publish": True}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     import beat_schedule
 
@@ -50,6 +57,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # restart and blocks the worker's event loop reading the new socket: alive,
             # consuming nothing (tests/faults/test_redis_restart.py, README).
         }
+    if settings.broker_is_amqp:
+        transport_options = AMQP_TRANSPORT_OPTIONS
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options,
