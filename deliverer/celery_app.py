@@ -55,7 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # covers connection errors, and the worker's pub/sub connection (remote
             # control's pidbox) then reconnects inside kombu's read after a Redis
             # restart and blocks the worker's event loop reading the new socket: alive,
-            # consuming nothing (tests/faults/test_redis_restart.py, README).
+            # consuming nothing (tests/faults/test_broker_restart.py, README).
         }
     if settings.broker_is_amqp:
         transport_options = AMQP_TRANSPORT_OPTIONS
