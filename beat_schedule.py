@@ -2,6 +2,12 @@
 
 Run exactly one beat per deployment. Everything it triggers is safe to run twice, so a
 second beat started by mistake causes no double delivery (see deliverer.scheduling.sweep).
+
+Beat keeps no state: it runs Celery's in-memory scheduler (``beat_scheduler`` in
+deliverer.celery_app), so it needs no writable file and starts under any working
+directory, a read-only one included. Every entry is an interval that is safe to run late,
+early or twice; what must happen once a day (the attempt purge) keeps its last run in the
+database.
 """
 
 from __future__ import annotations
@@ -9,13 +15,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from celery.schedules import crontab
-
 if TYPE_CHECKING:
     from deliverer.config import Settings
 
 # Every minute at the default sweep interval: a held queue is a rare race's leftover.
 REPAIR_EVERY_SWEEPS = 12
+PURGE_CHECK_EVERY = timedelta(hours=1)
 
 
 def build(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -42,11 +47,14 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(minutes=5),
             "options": {"expires": 300.0},
         },
-        # Retention: attempts older than DELIVERER_ATTEMPT_RETENTION_DAYS, daily at 03:17 UTC.
+        # Retention: attempts older than DELIVERER_ATTEMPT_RETENTION_DAYS, once a day.
+        # Checked hourly: the maintenance_runs row, not beat, knows when it last ran, so a
+        # beat restart or a beat down at some hour never skips it, and it never runs twice
+        # at once (deliverer.operations.maintenance_run).
         "purge-old-attempts": {
             "task": "deliverer.purge_attempts",
-            "schedule": crontab(hour=3, minute=17),
-            "options": {"expires": 3600.0},
+            "schedule": PURGE_CHECK_EVERY,
+            "options": {"expires": PURGE_CHECK_EVERY.total_seconds()},
         },
     }
     if settings.broker_is_sqla:

@@ -1,4 +1,4 @@
-"""2. Latency at a steady 100 events/s: publish to first byte at the receiver.
+"""2. Latency at a steady 100 and 500 events/s: publish to first byte at the receiver.
 
 Events are published one at a time with ``deliverer.publish_event`` (the producers' Python
 entry point) on an open-loop schedule: event i is due at t0 + i/100 s and is published
@@ -26,8 +26,9 @@ from bench.receiver import ReceiverClient
 from bench.report import Result, Row, summary
 
 NAME = "latency"
-TITLE = "Latency at a steady 100 events/s (publish to first byte at the receiver)"
-RATE = 100.0
+TITLE = "Latency at a steady 100 and 500 events/s (publish to first byte at the receiver)"
+RATE = 100.0  # the latency targets hold here
+HIGH_RATE = 500.0  # reported, to show that latency stays bounded
 PUBLISHERS = 4
 PARTNERS = 10
 
@@ -108,7 +109,9 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
         t0 = time.time() + 0.5
         for q in starts:
             q.put(t0)
-        rows = [r for part in take("done", duration * 3 + 120) for r in part]
+        # At least 50 publishes/s even on a loaded machine; the achieved rate is reported.
+        rows = [r for part in take("done", max(duration * 3, count / 50) + 120)
+                for r in part]
     finally:
         for proc in procs:
             proc.join(timeout=10)
@@ -147,9 +150,8 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
             "log_errors": log_errors(workers)}
 
 
-def run(ctx: Ctx) -> Result:
+def _measure(ctx: Ctx, rate: float, duration: float) -> dict[str, Any]:
     env = ctx.env
-    duration = float(ctx.size(30, 1))
     env.reset()
     denv = ctx.deliverer_env()
     settings = env.configure_here(denv)
@@ -158,21 +160,33 @@ def run(ctx: Ctx) -> Result:
         settings, [receiver.url(f"/ok/{p}/hook") for p in range(PARTNERS)])]
     workers = ctx.start_workers(denv)
     try:
-        out = steady_publish(denv, partners, RATE, duration, receiver, workers)
+        out = steady_publish(denv, partners, rate, duration, receiver, workers)
     finally:
         ctx.stop(workers)
         receiver.stop()
     values = [v for vs in out.pop("latencies_by_partner").values() for v in vs]
-    stats = summary(values)
+    return {"rate": rate, "duration_s": duration, "latency_ms": summary(values), **out}
+
+
+def run(ctx: Ctx) -> Result:
+    duration = float(ctx.size(30, 1))
+    low = _measure(ctx, RATE, duration)
+    high = _measure(ctx, HIGH_RATE, duration / 3)  # 5,000 events in a full run
+    stats, fast = low["latency_ms"], high["latency_ms"]
     result = Result(NAME, TITLE)
-    result.details = {"rate": RATE, "duration_s": duration, "latency_ms": stats, **out,
-                      "receiver": "Python (separate process)", "partners": PARTNERS}
-    result.checks = {"every webhook arrived": out["missing_healthy"] == 0}
+    result.details = {"at_100": low, "at_500": high, "receiver": "Python (separate process)",
+                      "partners": PARTNERS}
+    result.checks = {"every webhook arrived at 100/s": low["missing_healthy"] == 0,
+                     "every webhook arrived at 500/s": high["missing_healthy"] == 0}
     result.rows = [
-        Row("p50 latency", stats["p50"], "ms", target=("<=", 20.0)),
-        Row("p99 latency", stats["p99"], "ms", target=("<=", 100.0)),
-        Row("achieved publish rate", out["achieved_rate"], "/s", note="target rate 100/s"),
-        Row("publish call p50 (part of the latency)", out["publish_call_ms"]["p50"], "ms",
+        Row("p50 latency at 100/s", stats["p50"], "ms", target=("<=", 20.0)),
+        Row("p99 latency at 100/s", stats["p99"], "ms", target=("<=", 100.0)),
+        Row("achieved publish rate", low["achieved_rate"], "/s", note="target rate 100/s"),
+        Row("publish call p50 (part of the latency)", low["publish_call_ms"]["p50"], "ms",
             note="deliverer.publish_event, one event"),
+        Row("p50 latency at 500/s", fast["p50"], "ms", note="reported: bounded, no target"),
+        Row("p99 latency at 500/s", fast["p99"], "ms", note="reported: bounded, no target"),
+        Row("achieved publish rate, aiming at 500/s", high["achieved_rate"], "/s",
+            note=f"{PUBLISHERS} publisher processes"),
     ]
     return result

@@ -19,13 +19,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import api, backlog, isolation, latency, retry, throughput
+from bench import api, backlog, isolation, latency, publish_cost, retention, retry, throughput
 from bench.context import Ctx
 from bench.env import REPO, BenchEnv
 from bench.report import Result, render_rst, render_text, table
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, latency, retry, backlog, isolation, api)
+    m.NAME: m for m in (throughput, latency, publish_cost, retry, backlog, isolation, api,
+                        retention)
 }
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "latest.json"
 

@@ -1,16 +1,22 @@
 """1. Throughput end to end: N events published, delivered to nginx, every attempt recorded.
 
-Three measurements in the same run, all POSTing the same kind of body to the same nginx:
+Measured in the same run, all POSTing the same kind of body to the same nginx:
 
 * the client limit: a ``requests.Session`` POST loop in 2 processes (one per core);
 * the plain-Celery reference (``bench.plain_celery``): one task per webhook, prefork -c 2;
-* deliverer: N events published (``publish_events`` when the code base has it), then the
-  Procfile's worker started, once per core; the rate is N over the time from the first
-  attempt's start to the moment all N attempts are recorded. Publishing happens first, so
-  the workers drain a backlog of N: the sustained rate of a busy worker box.
+* deliverer, the headline: a burst of single publishes, as producers publish (a payment
+  completes, one event is published): N events published one ``deliverer.publish_event``
+  call at a time, with no worker running, then the Procfile's worker line started once per
+  core. The rate is N over the time from the first attempt's start to the moment all N
+  attempts are recorded: the workers drain a backlog of N (an end-of-day settlement, a
+  big sale, the queue after a broker outage). Three shapes: N events for 1 partner, spread
+  over 10, and spread over 1,000;
+* scaling: the 10-partner shape with one worker process against two;
+* the bulk path, second: ``publish_events`` (batched messages) for 10 partners.
 
-Checks: N attempt rows, all successful, one per notification, every notification SENT,
-and nginx logged exactly N POSTs on deliverer's paths (one POST per attempt).
+Checks, for every deliverer run: N attempt rows, all successful, one per notification,
+every notification SENT, and nginx logged exactly N POSTs on deliverer's paths (one POST
+per attempt).
 """
 
 from __future__ import annotations
@@ -106,29 +112,54 @@ def plain_celery_run(ctx: Ctx, url: str, n: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ deliverer
 
-def deliverer_run(ctx: Ctx, n: int) -> dict[str, Any]:
+def _publish_singly(partners: list[tuple[str, str]], n: int) -> list[str]:
+    """Event i goes to partner i mod len(partners), one publish_event call each."""
+    import deliverer
+
+    ids = []
+    for i in range(n):
+        spec = event_spec(i)
+        published = deliverer.publish_event(partners[i % len(partners)][0], spec["type"],
+                                            spec["reference"], spec["payload"])
+        ids.append(published.notification_id)
+    return ids
+
+
+def _publish_in_bulk(settings: Any, partners: list[tuple[str, str]], n: int
+                     ) -> tuple[list[str], str]:
+    ids: list[str] = []
+    method = ""
+    for p, (partner_id, _key) in enumerate(partners):
+        specs = [event_spec(i) for i in range(p, n, len(partners))]
+        published, method = bulk_publish(settings, partner_id, specs)
+        ids.extend(published)
+    return ids, method
+
+
+def deliverer_run(ctx: Ctx, n: int, partner_count: int, workers_count: int | None = None,
+                  bulk: bool = False) -> dict[str, Any]:
     env = ctx.env
     nginx = ctx.nginx()
     env.reset()
     denv = ctx.deliverer_env()
     settings = env.configure_here(denv)
-    partners = create_partners(settings, [nginx.url(f"/d/{p}/hook") for p in range(PARTNERS)])
+    tag = f"{'bulk' if bulk else 'single'}-{partner_count}-{workers_count or ctx.workers}"
+    partners = create_partners(settings, [nginx.url(f"/d/{tag}/{p}/hook")
+                                          for p in range(partner_count)])
 
     t0 = time.time()
-    method = ""
-    ids: list[str] = []
-    for p, (partner_id, _key) in enumerate(partners):
-        specs = [event_spec(i) for i in range(p, n, PARTNERS)]
-        published, method = bulk_publish(settings, partner_id, specs)
-        ids.extend(published)
+    if bulk:
+        ids, method = _publish_in_bulk(settings, partners, n)
+    else:
+        ids, method = _publish_singly(partners, n), "deliverer.publish_event, one per event"
     publish_s = time.time() - t0
     if len(ids) != n:
         raise BenchError(f"published {len(ids)} of {n}")
 
-    workers = ctx.start_workers(denv, wait=False)
+    workers = ctx.start_workers(denv, count=workers_count, wait=False)
     recorder = None
     try:
-        if ctx.profile:
+        if ctx.profile and not bulk and partner_count == PARTNERS and workers_count is None:
             from bench.context import wait_ready
             from bench.profiling import Recorder
 
@@ -157,21 +188,22 @@ def deliverer_run(ctx: Ctx, n: int) -> dict[str, Any]:
         "SELECT count(*), count(*) FILTER (WHERE success), count(DISTINCT notification_id), "
         "extract(epoch FROM min(started_at)) FROM attempts")
     sent = dict(env.query("SELECT status, count(*) FROM notifications GROUP BY status"))
-    posts = nginx.counts("/d/")
+    posts = sum(nginx.counts(f"/d/{tag}/").values())
     checks = {
         "attempts == N": attempts == n,
         "all attempts successful": ok == n,
         "one attempt per notification": distinct == n,
         "all notifications SENT": sent.get("SENT", 0) == n,
-        "nginx got exactly N POSTs": sum(posts.values()) == n,
+        "nginx got exactly N POSTs": posts == n,
     }
     seconds = done_at - float(first)
     result: dict[str, Any] = {
-        "events": n, "publish_method": method, "publish_s": round(publish_s, 2),
-        "publish_per_s": n / publish_s, "drain_s": round(seconds, 2), "per_s": n / seconds,
-        "workers": len(workers), "worker_command": "Procfile worker line, -n benchK@%h",
+        "events": n, "partners": partner_count, "publish_method": method,
+        "publish_s": round(publish_s, 2), "publish_per_s": n / publish_s,
+        "drain_s": round(seconds, 2), "per_s": n / seconds, "workers": len(workers),
+        "worker_command": "Procfile worker line, -n benchK@%h",
         "worker_concurrency": denv.get("WORKER_CONCURRENCY", "Procfile default"),
-        "attempts": attempts, "statuses": sent, "nginx_posts": dict(posts), "checks": checks,
+        "attempts": attempts, "statuses": sent, "nginx_posts": posts, "checks": checks,
         "log_errors": log_errors(workers),
     }
     if recorder is not None:
@@ -182,25 +214,45 @@ def deliverer_run(ctx: Ctx, n: int) -> dict[str, Any]:
 
 
 def run(ctx: Ctx) -> Result:
-    n = int(ctx.size(20_000, 200))
+    n = int(ctx.size(5_000, 100))
     nginx = ctx.nginx()
     loop = requests_loop(nginx.url("/ref/requests/hook"), n)
     plain = plain_celery_run(ctx, nginx.url("/ref/celery/hook"), n)
-    ours = deliverer_run(ctx, n)
+    shapes = (1, PARTNERS, min(1_000, n)) if not ctx.smoke else (PARTNERS,)
+    singles = {k: deliverer_run(ctx, n, k) for k in shapes}
+    one_worker = deliverer_run(ctx, n, PARTNERS, workers_count=1)
+    bulk = deliverer_run(ctx, n, PARTNERS, bulk=True)
     plain_posts = sum(nginx.counts("/ref/celery/").values())
+
     result = Result(NAME, TITLE)
-    result.checks = dict(ours.pop("checks"))
+    runs = {f"single, {k} partner(s)": out for k, out in singles.items()}
+    runs["single, 10 partners, 1 worker"] = one_worker
+    runs["bulk, 10 partners"] = bulk
+    result.checks = {f"{label}: {check}": ok for label, out in runs.items()
+                     for check, ok in out.pop("checks").items()}
     result.checks["plain Celery: nginx got N POSTs"] = plain_posts == n
-    result.details = {"events": n, "deliverer": ours, "plain_celery": plain,
+    result.details = {"events": n, "deliverer": runs, "plain_celery": plain,
                       "requests_loop": loop, "receiver": nginx.label}
-    result.rows = [
-        Row("deliverer webhooks/s vs plain Celery", ours["per_s"], "/s",
+    result.rows = []
+    for k, out in singles.items():
+        shape = f"single publishes, {k} partner{'s' if k > 1 else ''}"
+        result.rows += [
+            Row(f"{shape}: webhooks/s vs plain Celery", out["per_s"], "/s",
+                reference=plain["per_s"], reference_label="plain Celery task, prefork -c 2",
+                target=(">=", 2.0), on="ratio"),
+            Row(f"{shape}: webhooks/s vs client limit", out["per_s"], "/s",
+                reference=loop["per_s"], reference_label="requests.Session loop x2 processes",
+                target=(">=", 0.5), on="ratio"),
+        ]
+    two = singles[PARTNERS]
+    result.rows += [
+        Row(f"scaling: {two['workers']} worker processes vs 1 (single, 10 partners)",
+            two["per_s"], "/s", reference=one_worker["per_s"],
+            reference_label="1 worker process", target=(">=", 1.6), on="ratio"),
+        Row("bulk path (publish_events), 10 partners, vs plain Celery", bulk["per_s"], "/s",
             reference=plain["per_s"], reference_label="plain Celery task, prefork -c 2",
-            target=(">=", 2.0), on="ratio"),
-        Row("deliverer webhooks/s vs client limit", ours["per_s"], "/s",
-            reference=loop["per_s"], reference_label="requests.Session loop x2 processes",
-            target=(">=", 0.5), on="ratio"),
-        Row("publish rate (before the drain)", ours["publish_per_s"], "/s",
-            note=ours["publish_method"]),
+            note="second row: producers publish one event at a time"),
+        Row("single publish rate, one producer (before the drain)", two["publish_per_s"],
+            "/s", note="deliverer.publish_event"),
     ]
     return result

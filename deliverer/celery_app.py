@@ -95,7 +95,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 0.2,
         },
         "beat_schedule": beat_schedule.build(settings),
-        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        # Beat's state in memory, not in a shelve file: no file to create or write, so it
+        # runs from a read-only working directory, and a fresh deploy needs no folder.
+        # Nothing is lost on a restart: intervals start over, and the daily purge keeps its
+        # last run in the database (beat_schedule.py).
+        "beat_scheduler": "celery.beat:Scheduler",
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,

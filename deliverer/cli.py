@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -89,8 +90,10 @@ def _partner_name(_ctx: click.Context, _param: click.Parameter, value: str) -> s
 @click.option("--webhook-url", default=None)
 @click.option("--alert-email", default=None)
 @click.option("--flow", type=click.Choice(["WEBHOOK", "POLLING"]), default="WEBHOOK")
+@click.option("--output", type=click.Choice(["json", "shell"]), default="json",
+              help="shell: PARTNER_ID=... lines, for eval \"$(deliverer partner create ...)\".")
 def partner_create(name: str, webhook_url: str | None, alert_email: str | None,
-                   flow: str) -> None:
+                   flow: str, output: str) -> None:
     """Create a partner; prints its API key, which is not shown again."""
     from deliverer.db import session_scope
     from deliverer.errors import DelivererError
@@ -102,8 +105,14 @@ def partner_create(name: str, webhook_url: str | None, alert_email: str | None,
                                      webhook_url=webhook_url, alert_email=alert_email, flow=flow)
     except DelivererError as exc:
         raise click.ClickException(exc.message) from exc
-    click.echo(json.dumps({"id": created.partner_id, "apiKey": created.api_key,
-                           "signingSecret": created.signing_secret}, indent=2))
+    if output == "shell":
+        for variable, value in (("PARTNER_ID", created.partner_id),
+                                ("PARTNER_API_KEY", created.api_key),
+                                ("PARTNER_SIGNING_SECRET", created.signing_secret)):
+            click.echo(f"{variable}={shlex.quote(value)}")
+    else:
+        click.echo(json.dumps({"id": created.partner_id, "apiKey": created.api_key,
+                               "signingSecret": created.signing_secret}, indent=2))
     click.echo("Store the API key now: it is kept only as a hash.", err=True)
 
 

@@ -35,8 +35,7 @@ def process_commands(settings: Settings, port: int, concurrency: int) -> dict[st
         "worker": [py, "-m", "celery", "-A", "deliverer.worker", "worker", "--pool", "threads",
                    "--concurrency", str(concurrency), "-Q", ",".join(queues.ALL),
                    "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
-        "beat": [py, "-m", "celery", "-A", "deliverer.worker", "beat", "--loglevel", "WARNING",
-                 "--schedule", str(settings.data_dir / "celerybeat-schedule")],
+        "beat": [py, "-m", "celery", "-A", "deliverer.worker", "beat", "--loglevel", "WARNING"],
     }
 
 

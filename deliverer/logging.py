@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 from celery.utils.log import ColorFormatter
 
+from deliverer.broker_outage import BrokerOutageFilter
+
 _notification_id: ContextVar[str | None] = ContextVar("deliverer_notification_id",
                                                       default=None)
 
@@ -85,12 +87,11 @@ def configure_logging(level: int | str = logging.INFO, stream: TextIO | None = N
         return
     if root.handlers:
         for handler in root.handlers:
-            if not any(isinstance(f, NotificationIdFilter) for f in handler.filters):
-                handler.addFilter(NotificationIdFilter())
+            _add_filters(handler)
         return
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(ContextFormatter())
-    handler.addFilter(NotificationIdFilter())
+    _add_filters(handler)
     setattr(handler, _MARK, True)
     root.addHandler(handler)
     root.setLevel(level)
@@ -117,5 +118,11 @@ def configure_celery_handlers(logger: logging.Logger | None = None, **_: Any) ->
             replacement = ContextColorFormatter(fmt, use_color=formatter.use_color)
             replacement.datefmt = formatter.datefmt
             handler.setFormatter(replacement)
-        if not any(isinstance(f, NotificationIdFilter) for f in handler.filters):
-            handler.addFilter(NotificationIdFilter())
+        _add_filters(handler)
+
+
+def _add_filters(handler: logging.Handler) -> None:
+    """The notification id on every line, and a broker outage in one line."""
+    for kind in (NotificationIdFilter, BrokerOutageFilter):
+        if not any(isinstance(f, kind) for f in handler.filters):
+            handler.addFilter(kind())

@@ -6,8 +6,10 @@ workers do not build the web app.
 
 import gc
 import logging
+import warnings
 from typing import Any
 
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 # remote_shutdown registers `celery control shutdown` anew: SIGTERM's stop path (below).
@@ -18,6 +20,15 @@ log = logging.getLogger(__name__)
 
 celery_app = make_celery()
 app = celery_app
+
+
+@worker_ready.connect  # after Celery's logging set-up, whose "always" filter wins otherwise
+def _quiet_cancel_on_connection_loss_notice(**_: Any) -> None:
+    # Printed (nine lines) at every lost broker connection. It announces Celery 6's default
+    # for worker_cancel_long_running_tasks_on_connection_loss; we keep 5.x's (running sends
+    # finish and are recorded; their redelivered messages find the claim taken).
+    warnings.filterwarnings("ignore", category=CPendingDeprecationWarning,
+                            message=r"\s*In Celery 5\.1 we introduced an optional breaking")
 
 
 @worker_ready.connect  # the threads pool: the worker's own process

@@ -1,9 +1,9 @@
 """SSRF protection: webhook URLs must not reach the provider's own network.
 
-Checked twice: when a URL is saved (every address the host resolves to) and when a
-connection is made: the sender resolves the host once with ``vetted_addresses`` and
-dials only the addresses checked there, so DNS rebinding between the save and the send,
-or between a check and the connect, gains nothing.
+Checked when a URL is saved (a literal address, or a localhost name) and, what counts,
+when a connection is made: the sender resolves the host once with ``vetted_addresses``
+and dials only the addresses checked there, so DNS rebinding between the save and the
+send, or between a check and the connect, gains nothing.
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def check_address(ip: str, *, allow_private: bool) -> None:
         raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({address})")
 
 
-def validate_url(url: str, *, allow_private: bool, resolve: bool = True) -> str:
-    """Return the URL if it is an acceptable webhook target, else raise UnsafeUrl."""
+def check_url_form(url: str) -> str:
+    """Return the URL if it is a well-formed http(s) URL without credentials."""
     if len(url) > 2048:
         raise UnsafeUrl("Webhook URL is too long")
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
     except ValueError as exc:
         raise UnsafeUrl("Webhook URL is not a valid URL") from exc
     if parts.scheme not in ("http", "https"):
@@ -84,13 +84,32 @@ def validate_url(url: str, *, allow_private: bool, resolve: bool = True) -> str:
         raise UnsafeUrl("Webhook URL has no host")
     if parts.username or parts.password:
         raise UnsafeUrl("Webhook URL must not carry credentials")
-    if allow_private or not resolve:
+    return url
+
+
+def validate_url(url: str, *, allow_private: bool) -> str:
+    """Return the URL if it may be saved as a webhook target, else raise UnsafeUrl.
+
+    A literal address is checked here; a host name is not looked up: it is vetted each
+    time it is dialled (``vetted_addresses``), which is the check that counts, since DNS
+    can change between a save and a send. So a merchant can save a name whose DNS does
+    not exist yet, as Stripe and Svix allow, and saving makes no DNS query.
+    """
+    check_url_form(url)
+    if allow_private:
         return url
-    host = parts.hostname
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        # RFC 6761: always loopback, whatever a resolver would answer.
+        raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({host} is loopback)")
     try:
-        vetted_addresses(host, port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UnsafeUrl(f"Webhook URL host {host!r} does not resolve") from exc
+        # Every form the resolver would take as an address (127.1, 2130706433, 0x7f.1),
+        # parsed without a DNS query.
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        return url  # a name
+    for info in infos:
+        check_address(str(info[4][0]), allow_private=False)
     return url
 
 

@@ -441,7 +441,7 @@ def send(
         )
 
     try:
-        netguard.validate_url(url, allow_private=config.allow_private_urls, resolve=False)
+        netguard.check_url_form(url)
     except UnsafeUrl as exc:
         return failure(FailureKind.INVALID_URL, exc.message)
 

@@ -4,6 +4,7 @@ from deliverer.models.alert import Alert
 from deliverer.models.base import Base, table_of, utcnow
 from deliverer.models.endpoint import Endpoint
 from deliverer.models.event import Event
+from deliverer.models.maintenance import MaintenanceRun
 from deliverer.models.notification import (
     Attempt,
     Lane,
@@ -29,6 +30,7 @@ __all__ = [
     "Endpoint",
     "Event",
     "Lane",
+    "MaintenanceRun",
     "Notification",
     "NotificationStatus",
     "Partner",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import update
 
+from deliverer.broker_outage import describe, is_broker_outage
 from deliverer.db import session_scope
 from deliverer.models import Lane, Notification, utcnow
 from deliverer.scheduling import queues
@@ -47,9 +49,8 @@ def enqueue_delivery(
     try:
         deliver.apply_async(args=args, **_options(lane, due_at, argsrepr=repr(args)))
         return True
-    except Exception:
-        log.warning("broker unavailable; the beat sweep will enqueue %s", notification_id,
-                    exc_info=True, extra={"notification_id": notification_id})
+    except Exception as exc:
+        _log_unsent(exc, notification_id, extra={"notification_id": notification_id})
     _release([notification_id])
     return False
 
@@ -64,11 +65,21 @@ def enqueue_batch(notification_ids: list[str], lane: Lane | str,
     try:
         deliver_many.apply_async(args=[list(notification_ids)], **_options(lane, due_at))
         return True
-    except Exception:
-        log.warning("broker unavailable; the beat sweep will enqueue %d notifications",
-                    len(notification_ids), exc_info=True)
+    except Exception as exc:
+        _log_unsent(exc, f"{len(notification_ids)} notifications")
     _release(notification_ids)
     return False
+
+
+def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
+    """One line for a broker outage; a traceback for anything unexpected. Either way the
+    row is left to the sweep, so nothing is lost."""
+    if is_broker_outage(exc):
+        log.warning("broker unavailable (%s); the beat sweep will enqueue %s",
+                    describe(exc), what, **kwargs)
+    else:
+        log.exception("could not send the message; the beat sweep will enqueue %s",
+                      what, **kwargs)
 
 
 def _release(notification_ids: list[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 
@@ -78,9 +79,26 @@ def test_invalid_urls(url, reason):
 def test_urls_resolving_to_private_addresses_are_rejected(url):
     with pytest.raises(UnsafeUrl, match="forbidden address"):
         netguard.validate_url(url, allow_private=False)
-    # The same URL is fine when private URLs are allowed, or when not resolving.
+    # The same URL is fine when private URLs are allowed, and well formed.
     assert netguard.validate_url(url, allow_private=True) == url
-    assert netguard.validate_url(url, allow_private=False, resolve=False) == url
+    assert netguard.check_url_form(url) == url
+
+
+def test_a_name_is_saved_without_a_dns_query_and_vetted_when_dialled(monkeypatch):
+    """A merchant may save a name whose DNS does not exist yet (README's acme.example);
+    the address check happens at each send (vetted_addresses)."""
+    real = socket.getaddrinfo
+
+    def numeric_only(host: str, *args: object, flags: int = 0, **kwargs: object) -> object:
+        if not flags & socket.AI_NUMERICHOST:
+            raise AssertionError("saving a URL must not query DNS")
+        return real(host, *args, flags=flags, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", numeric_only)
+    for url in ("https://acme.example/hooks", "https://hooks.example.com:8443/in"):
+        assert netguard.validate_url(url, allow_private=False) == url
+    with pytest.raises(UnsafeUrl, match="forbidden address"):
+        netguard.validate_url("http://api.localhost/hook", allow_private=False)
 
 
 def test_public_literal_address_is_accepted():

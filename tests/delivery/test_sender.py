@@ -158,10 +158,12 @@ class FakeNet:
     def answer(self, name: str, *answers: list[str]) -> None:
         self.answers[name] = list(answers)
 
-    def getaddrinfo(self, real: Any, host: Any, port: Any, *args: Any) -> list[Any]:
+    def getaddrinfo(self, real: Any, host: Any, port: Any, *args: Any,
+                    **kwargs: Any) -> list[Any]:
         answers = self.answers.get(host)
-        if answers is None:
-            return real(host, port, *args)  # type: ignore[no-any-return]
+        flags = kwargs.get("flags", args[3] if len(args) > 3 else 0)
+        if answers is None or flags & socket.AI_NUMERICHOST:  # not a DNS query
+            return real(host, port, *args, **kwargs)  # type: ignore[no-any-return]
         self.lookups.append(host)
         ips = answers.pop(0) if len(answers) > 1 else answers[0]
         if not ips:
@@ -191,7 +193,7 @@ def net(monkeypatch: pytest.MonkeyPatch) -> FakeNet:
     fake.thread = threading.get_ident()
     real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
     monkeypatch.setattr(socket, "getaddrinfo",
-                        lambda *a: fake.getaddrinfo(real_getaddrinfo, *a))
+                        lambda *a, **kw: fake.getaddrinfo(real_getaddrinfo, *a, **kw))
     monkeypatch.setattr(socket.socket, "connect",
                         lambda sock, address: fake.connect(real_connect, sock, address))
     return fake

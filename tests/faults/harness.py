@@ -498,10 +498,9 @@ class Stack:
         return worker
 
     def start_beat(self, name: str, wait: bool = True, timeout: float = 30.0) -> ManagedProcess:
-        """A beat; ``name`` picks its schedule file (a restart reuses it)."""
+        """A beat, as the Procfile starts it: no schedule file (beat keeps no state)."""
         beat = self.spawn("beat", [
             "-m", "celery", "-A", "deliverer.worker", "beat", "--loglevel", "INFO",
-            "--schedule", str(self.workdir / "data" / f"{name}-schedule"),
         ], name=name)
         if wait:
             self.wait_ready(beat, timeout=timeout)

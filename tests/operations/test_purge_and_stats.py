@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from celery.schedules import crontab
+from sqlalchemy import update
 
 import beat_schedule
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.models import utcnow
-from deliverer.operations import stats
+from deliverer.models import MaintenanceRun, utcnow
+from deliverer.operations import maintenance_run, stats
 from deliverer.operations.purge import purge_attempts
+from deliverer.operations.tasks import PURGE_EVERY
 from deliverer.operations.tasks import purge_attempts as purge_task
 from tests.operations.helpers import add_attempt, attempt_count, failed
 from tests.support import helpers as h
@@ -68,12 +71,69 @@ def test_the_purge_task_asks_whether_the_worker_is_stopping(settings):
     assert purge_task() == 1
 
 
-def test_beat_runs_the_purge_daily(settings, celery_app):
+def test_beat_checks_the_purge_hourly_and_keeps_no_schedule_file(settings, celery_app):
     entry = beat_schedule.build(settings)["purge-old-attempts"]
     assert entry["task"] == "deliverer.purge_attempts"
-    assert isinstance(entry["schedule"], crontab)
-    assert entry["schedule"].hour == {3} and entry["schedule"].minute == {17}
+    assert entry["schedule"] == timedelta(hours=1)
     assert celery_app.conf.beat_schedule["purge-old-attempts"]["task"] == purge_task.name
+    assert celery_app.conf.beat_scheduler == "celery.beat:Scheduler"
+
+
+def test_the_purge_task_runs_once_a_day_however_often_it_is_triggered(settings):
+    shop = h.new_partner(settings, None)
+    nid = failed(shop.partner_id, "http://127.0.0.1:9/hook")
+    old = utcnow() - timedelta(days=settings.attempt_retention_days + 1)
+    add_attempt(nid, old)
+    assert purge_task() == 1
+    add_attempt(nid, old)
+    assert purge_task() == 0  # completed less than a day ago: the next trigger waits
+    assert attempt_count() == 1
+    with session_scope() as session:  # a day later
+        session.execute(update(MaintenanceRun).values(
+            last_completed_at=utcnow() - PURGE_EVERY - timedelta(seconds=1)))
+    assert purge_task() == 1
+    assert attempt_count() == 0
+
+
+def test_a_purge_claim_is_held_by_one_run_and_lapses_with_a_dead_worker(settings):
+    t0 = utcnow()
+    day, lease = timedelta(hours=23), timedelta(minutes=15)
+
+    def claim(at: timedelta) -> bool:
+        with session_scope() as session:
+            return maintenance_run.claim_if_due(session, "job", now=t0 + at, every=day,
+                                                lease=lease)
+
+    def finish(at: timedelta, completed: bool) -> None:
+        with session_scope() as session:
+            maintenance_run.finish(session, "job", now=t0 + at, completed=completed)
+
+    assert claim(timedelta(0))  # never run: due
+    assert not claim(timedelta(minutes=1))  # held
+    assert claim(timedelta(minutes=16))  # the holder died: its claim ran out
+    finish(timedelta(minutes=20), completed=False)  # stopped early
+    assert claim(timedelta(minutes=21))  # so the next trigger carries on
+    finish(timedelta(minutes=30), completed=True)
+    assert not claim(timedelta(hours=23, minutes=29))  # not due yet
+    assert claim(timedelta(hours=23, minutes=30))
+
+
+def test_racing_purge_triggers_let_exactly_one_run(settings):
+    def claim() -> bool:
+        with session_scope() as session:
+            return maintenance_run.claim_if_due(session, "race", now=utcnow(),
+                                                every=timedelta(hours=23),
+                                                lease=timedelta(minutes=15))
+
+    barrier = threading.Barrier(8)
+
+    def at_once() -> bool:
+        barrier.wait(timeout=10)
+        return claim()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: at_once(), range(8)))
+    assert sorted(results) == [False] * 7 + [True]
 
 
 def test_the_purge_task_runs_on_the_worker(settings, worker, override_settings):

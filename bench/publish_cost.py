@@ -1,0 +1,126 @@
+"""7. What one ``deliverer.publish_event`` costs, beside the least a commit can cost.
+
+Side by side, alternating in the same process on the same database engine (so the same
+pooled connection, single-threaded): one ``deliverer.publish_event`` call, and a bare
+``INSERT`` of a row of about the same size plus ``COMMIT`` into a table of the
+benchmark's own. The ratio of their medians says how far publishing is from one round
+trip of a committed write. No worker runs meanwhile (the messages wait in the broker).
+
+Then producers in parallel: 1 process, and 4 processes, each publishing its share one
+event at a time; the ratio of their rates says whether producers scale.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+from bench.context import PAYLOAD, Ctx, create_partners, event_spec
+from bench.report import Result, Row, summary
+
+NAME = "publish"
+TITLE = "Publish cost (one publish_event vs INSERT + COMMIT) and parallel producers"
+PARTNERS = 10
+PRODUCERS = 4
+PROBE_TABLE = "bench_insert_probe"
+
+
+def side_by_side(settings: Any, partners: Sequence[str], n: int) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    import deliverer
+    from deliverer.db import get_database
+
+    engine = get_database().engine
+    body = json.dumps(PAYLOAD)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {PROBE_TABLE}"))
+        conn.execute(text(f"CREATE TABLE {PROBE_TABLE} (id bigserial PRIMARY KEY, "
+                          "reference text NOT NULL, payload text NOT NULL)"))
+    publish_ms: list[float] = []
+    insert_ms: list[float] = []
+    try:
+        for i in range(n):
+            spec = event_spec(i)
+            t0 = time.perf_counter()
+            deliverer.publish_event(partners[i % len(partners)], spec["type"],
+                                    spec["reference"], spec["payload"])
+            publish_ms.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            with engine.connect() as conn:
+                conn.execute(text(f"INSERT INTO {PROBE_TABLE} (reference, payload) "
+                                  "VALUES (:r, :p)"), {"r": spec["reference"], "p": body})
+                conn.commit()
+            insert_ms.append((time.perf_counter() - t0) * 1000)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {PROBE_TABLE}"))
+    return {"publish_ms": summary(publish_ms), "insert_commit_ms": summary(insert_ms)}
+
+
+def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, count: int,
+              start_at: float) -> tuple[float, float]:
+    import os
+
+    os.environ.update(env)
+    import deliverer
+    from deliverer.celery_app import make_celery
+
+    make_celery().set_default()
+    deliverer.publish_event(partners[0], "transaction.paid", f"WARM-{offset}", PAYLOAD)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    begin = time.time()
+    for i in range(offset, offset + count):
+        spec = event_spec(i)
+        deliverer.publish_event(partners[i % len(partners)], spec["type"], spec["reference"],
+                                spec["payload"])
+    return begin, time.time()
+
+
+def producers(env: Mapping[str, str], partners: Sequence[str], processes: int,
+              n: int) -> dict[str, Any]:
+    per = n // processes
+    start_at = time.time() + 3.0  # every process spawned, imported and warmed up by then
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_producer, dict(env), list(partners), k * per, per, start_at)
+                   for k in range(processes)]
+        parts = [f.result(timeout=600) for f in futures]
+    seconds = max(p[1] for p in parts) - min(p[0] for p in parts)
+    return {"processes": processes, "events": per * processes, "seconds": round(seconds, 2),
+            "per_s": per * processes / seconds}
+
+
+def run(ctx: Ctx) -> Result:
+    env = ctx.env
+    n = int(ctx.size(2_000, 40))
+    env.reset()
+    denv = ctx.deliverer_env()
+    settings = env.configure_here(denv)
+    partners = [p for p, _ in create_partners(
+        settings, [f"http://127.0.0.1:9/p/{p}/hook" for p in range(PARTNERS)])]
+    costs = side_by_side(settings, partners, n)
+    one = producers(denv, partners, 1, n)
+    many = producers(denv, partners, PRODUCERS, n)
+    (published,), = env.query("SELECT count(*) FROM notifications")
+    env.reset()
+    result = Result(NAME, TITLE)
+    result.details = {**costs, "one_producer": one, "parallel_producers": many,
+                      "partners": PARTNERS}
+    expected = n + one["events"] + many["events"] + 1 + PRODUCERS
+    result.checks = {"every publish recorded a notification": published == expected}
+    result.rows = [
+        Row("publish_event p50 vs INSERT + COMMIT p50", costs["publish_ms"]["p50"], "ms",
+            reference=costs["insert_commit_ms"]["p50"],
+            reference_label="bare INSERT + COMMIT, same engine", target=("<=", 2.0),
+            on="ratio"),
+        Row("publish_event p99", costs["publish_ms"]["p99"], "ms"),
+        Row(f"{PRODUCERS} producer processes vs 1", many["per_s"], "/s",
+            reference=one["per_s"], reference_label="1 producer process",
+            target=(">=", 1.6), on="ratio"),
+    ]
+    return result

@@ -1,0 +1,87 @@
+"""An expected broker outage is one WARNING line in the logs, not a traceback.
+
+The broker going away (Redis or RabbitMQ restarted, a network blip) is handled: a publish
+leaves its committed row to the beat sweep, the worker reconnects, beat sends the next
+sweep. What an operator needs from each such event is one line saying so; a traceback
+stays for what is not expected, such as wrong credentials or a bug.
+
+``BrokerOutageFilter`` sits on the handlers of web, CLI, worker and beat
+(``deliverer.logging``) and shortens the records that Celery, kombu and deliverer log
+about these errors: beat's "Message Error" with its formatted stack, the worker's and
+beat's reconnect lines, a publish that fell back to the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import amqp.exceptions
+import kombu.exceptions
+import redis.exceptions
+
+_OUTAGES: tuple[type[BaseException], ...] = (
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    TimeoutError,
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    amqp.exceptions.RecoverableConnectionError,
+)
+# A refused login is a configuration error, not an outage: it keeps its traceback.
+_NOT_OUTAGES: tuple[type[BaseException], ...] = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+    amqp.exceptions.AccessRefused,
+)
+# Celery's own reconnect lines, logged as errors without an exception attached: the
+# worker's consumer, and beat's connection and its pidbox.
+_RECONNECT_LINES = ("consumer: Cannot connect to", "beat: Connection error:",
+                    "beat pidbox: Connection error:")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def is_broker_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is the broker being unreachable."""
+    chain = _chain(exc)
+    if any(isinstance(e, _NOT_OUTAGES) for e in chain):
+        return False
+    return any(isinstance(e, _OUTAGES) for e in chain)
+
+
+def describe(exc: BaseException) -> str:
+    """The exception in one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _shorten(record: logging.LogRecord, exc: BaseException | None) -> None:
+    message = (record.getMessage().strip().splitlines() or [""])[0].rstrip(".")
+    if exc is not None:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if not first or first.rstrip(".") not in message:
+            message = f"{message}: {describe(exc)}"
+    record.msg, record.args = message, None
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    if record.levelno > logging.WARNING:
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+
+
+class BrokerOutageFilter(logging.Filter):
+    """Handler filter: records about a broker outage become one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_broker_outage(exc):
+            _shorten(record, exc)
+        elif (exc is None and record.name.startswith("celery")
+              and isinstance(record.msg, str) and record.msg.startswith(_RECONNECT_LINES)):
+            _shorten(record, None)
+        return True

@@ -1,0 +1,87 @@
+"""An expected broker outage is one WARNING line; anything else keeps its traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import kombu.exceptions
+import pytest
+import redis.exceptions
+from celery.beat import SchedulingError
+
+from deliverer.broker_outage import BrokerOutageFilter, is_broker_outage
+
+pytestmark = pytest.mark.unit
+
+
+def _raised(exc: BaseException, cause: BaseException | None = None) -> BaseException:
+    try:
+        try:
+            if cause is not None:
+                raise cause
+        except BaseException as inner:
+            raise exc from inner
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def _record(name: str, level: int, msg: str, args: tuple[object, ...],
+            exc: BaseException | None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    return logging.LogRecord(name, level, __file__, 1, msg, args, exc_info)
+
+
+def _formatted(record: logging.LogRecord) -> str:
+    BrokerOutageFilter().filter(record)
+    return logging.Formatter("%(levelname)s %(message)s").format(record)
+
+
+def test_beats_message_error_about_a_refused_broker_is_one_warning_line():
+    refused = kombu.exceptions.OperationalError(
+        "Error 111 connecting to 127.0.0.1:6391. Connection refused.")
+    exc = _raised(SchedulingError("Couldn't apply scheduled task sweep-due-notifications: "
+                                  f"{refused}"), refused)
+    record = _record("celery.beat", logging.ERROR, "Message Error: %s\n%s",
+                     (exc, ["  File 'celery', line 6\n"] * 30), exc)
+    line = _formatted(record)
+    assert line == ("WARNING Message Error: Couldn't apply scheduled task "
+                    "sweep-due-notifications: Error 111 connecting to 127.0.0.1:6391. "
+                    "Connection refused")
+    assert "\n" not in line and "Traceback" not in line
+
+
+def test_the_workers_reconnect_lines_are_one_warning_line_each():
+    record = _record("celery.worker.consumer.consumer", logging.ERROR,
+                     "consumer: Cannot connect to %s: %s.\n%s\n",
+                     ("redis://127.0.0.1:6391/0", "Error 111 connecting",
+                      "Trying again in 2.00 seconds... (1/100)"), None)
+    assert _formatted(record) == ("WARNING consumer: Cannot connect to "
+                                  "redis://127.0.0.1:6391/0: Error 111 connecting")
+
+
+def test_beats_reconnect_line_is_a_warning():
+    record = _record("celery.beat", logging.ERROR,
+                     "beat: Connection error: %s. Trying again in %s seconds...",
+                     ("Error 111 connecting to 127.0.0.1:6391. Connection refused.", 2.0), None)
+    assert _formatted(record).startswith("WARNING beat: Connection error: Error 111")
+
+
+def test_a_connection_error_logged_with_its_traceback_loses_the_traceback():
+    exc = _raised(redis.exceptions.ConnectionError("Connection closed by server."))
+    line = _formatted(_record("deliverer.x", logging.WARNING, "publish failed", (), exc))
+    assert line == "WARNING publish failed: ConnectionError: Connection closed by server."
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("a bug"),
+    redis.exceptions.AuthenticationError("invalid password"),  # configuration, not outage
+])
+def test_anything_else_keeps_its_traceback(exc):
+    raised = _raised(exc)
+    assert not is_broker_outage(raised)
+    record = _record("celery.beat", logging.ERROR, "Message Error: %s", (raised,), raised)
+    line = _formatted(record)
+    assert line.startswith("ERROR Message Error") and "Traceback" in line
+    assert sys.exc_info() == (None, None, None)
