@@ -9,6 +9,7 @@ in-process worker never takes its messages; the database is the session's.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.models import utcnow
 from deliverer.scheduling import queues
-from tests.operations.helpers import cli_env
+from tests.operations.helpers import cli_env, run_cli
 from tests.support import helpers as h
 from tests.support import receiver as rx
 from tests.support.backend import BACKEND, private_broker_url
@@ -142,6 +143,14 @@ def test_flower_lists_the_worker_and_its_delivery_tasks(fleet: Fleet, settings: 
         except subprocess.TimeoutExpired:
             flower.kill()
             flower.wait(5)
+
+
+def test_deliverer_stats_counts_the_live_workers(fleet: Fleet, settings: Settings):
+    out = run_cli(settings, "stats", "--json", CELERY_BROKER_URL=fleet.broker_url)
+    health = json.loads(out.stdout)["fleet"]
+    assert health["liveWorkers"] == 1, health
+    # Redis tells how long a worker has held a message; RabbitMQ's AMQP cannot.
+    assert (health["oldestUnackedSeconds"] is None) == (BACKEND == "rabbitmq"), health
 
 
 def test_control_shutdown_stops_the_worker_warmly(fleet: Fleet):
