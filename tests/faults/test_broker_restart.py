@@ -45,6 +45,11 @@ def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.
         time.sleep(1.5)
         queued = stack.broker.queued_messages()
         with faults.inject(f"{BROKER} stop/start", detail=f"{OUTAGE:.0f}s down") as outage:
+            if BROKER == "rabbitmq":
+                # RabbitMQ keeps the backlog; the worker runs when it goes down, holding
+                # messages it has not acknowledged (handed back to the next consumer).
+                # A worker frozen across RabbitMQ's stop is not tested: README.
+                worker.resume()
             stack.broker.stop(signal.SIGTERM)
             worker.resume()
             time.sleep(OUTAGE)
@@ -58,7 +63,7 @@ def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.
     ledger = harness.Ledger.collect(f"{BROKER} restart", stack, witness, publisher, faults)
     during = publisher.stats(window=down)
     # Each publish whose message could not be sent says so once; the sweep enqueued those.
-    left_to_sweep = sum(p.log().count("broker unavailable; the beat sweep will enqueue")
+    left_to_sweep = sum(p.log().count("; the beat sweep will enqueue")
                         for p in stack.processes if p.role == "web")
     ledger.extra.update({
         "duration_s": round(time.monotonic() - began, 1),
