@@ -103,9 +103,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
-        # celery inspect / control and Flower need the worker's remote control (the
-        # default); the Redis transport options above say what once broke it.
-        "worker_enable_remote_control": True,
+        # celery inspect / control and Flower need the worker's remote control; the Redis
+        # transport options above say what once broke it. kombu's SQLAlchemy transport
+        # (embedded) cannot carry a broadcast between processes: there it would only add
+        # a queue for the worker to poll.
+        "worker_enable_remote_control": not settings.broker_is_sqla,
     }
     if settings.broker_url.startswith("redis://"):
         # One publishing client per channel instead of one per publish (rediss:// keeps
