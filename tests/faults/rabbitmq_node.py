@@ -21,7 +21,7 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-import amqp
+from kombu import Connection
 
 from deliverer.scheduling import queues
 from tests.faults.harness import free_port, group_pids, wait_for
@@ -52,9 +52,8 @@ class PrivateRabbitMQ:
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
 
-    def _connect(self, timeout: float) -> amqp.Connection:
-        conn = amqp.Connection(f"127.0.0.1:{self.port}", userid="guest", password="guest",
-                               virtual_host="/", connect_timeout=timeout)
+    def _connect(self, timeout: float) -> Connection:
+        conn = Connection(self.url, connect_timeout=timeout)
         conn.connect()
         return conn
 
@@ -74,7 +73,7 @@ class PrivateRabbitMQ:
                 channel = conn.channel()
                 try:
                     total += channel.queue_declare(name, passive=True).message_count
-                except amqp.exceptions.NotFound:
+                except conn.channel_errors:
                     pass  # not declared yet; the channel is closed by the broker
                 else:
                     channel.close()
