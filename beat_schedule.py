@@ -59,7 +59,7 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
     }
     if settings.broker_is_sqla:
         # kombu's SQLAlchemy transport (the embedded default) keeps every message it has
-        # handed out (deliverer.scheduling.sqla_broker).
+        # handed out (deliverer.broker.sqla_broker).
         schedule["prune-broker-messages"] = {
             "task": "deliverer.prune_broker",
             "schedule": timedelta(minutes=10),

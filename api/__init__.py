@@ -9,9 +9,9 @@ from flask import Flask
 from flask_smorest import Api
 
 from api import db, guards
-from api.batching import Coalescer
 from api.errors import register_error_handlers
 from api.extensions import celery_init_app
+from deliverer.batching import Coalescer
 from deliverer.config import Settings, get_settings, set_settings
 from deliverer.logging import configure_logging
 from deliverer.notifications import manual_retry

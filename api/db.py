@@ -1,8 +1,18 @@
-"""One session and one transaction per request, opened lazily and closed in one place."""
+"""The request owns its transaction: one session per request, opened lazily, committed
+(or rolled back) here and nowhere else in the API.
+
+A request that succeeds commits after its view has returned; the messages that services
+registered with ``deliverer.db.on_commit`` go out inside that commit. One that fails
+rolls back, and a refused merchant request (an error carrying a ``Refusal``) is then
+kept on the audit trail in a transaction of its own. The only commit before the answer
+is ``commit_then``'s, for the two views that wait for a worker's outcome.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Flask, Response, g
 from sqlalchemy.exc import DBAPIError
@@ -10,8 +20,11 @@ from sqlalchemy.orm import Session
 
 from api.errors import error_response
 from deliverer.db import get_database
+from deliverer.errors import DelivererError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def get_session() -> Session:
@@ -22,25 +35,45 @@ def get_session() -> Session:
     return session
 
 
+def commit_then(work: Callable[[], T]) -> T:
+    """Commit the request's transaction now, then run ``work``: for a view that waits for
+    what a worker does with the rows it just wrote (a resend, an operator's retry). The
+    worker must see them, and the message that sends it goes out with this commit."""
+    get_session().commit()
+    return work()
+
+
+def roll_back_refused(error: DelivererError) -> None:
+    """Undo the request's changes and keep its refusal, if any, on the audit trail: for a
+    view that answers a refusal itself (the console's flash and redirect)."""
+    session = get_session()
+    session.rollback()
+    error.keep_refusal(session)
+
+
 def init_app(app: Flask) -> None:
     @app.after_request
     def _commit(response: Response) -> Response:
         session: Session | None = g.get("db_session")
-        if session is not None:
-            if response.status_code < 400:
-                # Enqueues registered with deliverer.db.on_commit run inside this commit.
-                try:
-                    session.commit()
-                except DBAPIError:
-                    # The database went away between the work and the commit: nothing was
-                    # stored, and the client is told to try again, not a bare 500.
-                    log.warning("commit failed", exc_info=True)
-                    session.rollback()
-                    return error_response(503, "SERVICE_UNAVAILABLE",
-                                          "Service temporarily unavailable. Try again shortly.",
-                                          headers={"Retry-After": "5"})
-            else:
-                session.rollback()
+        if session is None:
+            return response
+        refused: DelivererError | None = g.pop("refused", None)
+        if response.status_code >= 400:
+            session.rollback()
+            if refused is None:
+                return response
+            refused.keep_refusal(session)
+        # Enqueues registered with deliverer.db.on_commit run inside this commit.
+        try:
+            session.commit()
+        except DBAPIError:
+            # The database went away between the work and the commit: nothing was
+            # stored, and the client is told to try again, not a bare 500.
+            log.warning("commit failed", exc_info=True)
+            session.rollback()
+            return error_response(503, "SERVICE_UNAVAILABLE",
+                                  "Service temporarily unavailable. Try again shortly.",
+                                  headers={"Retry-After": "5"})
         return response
 
     @app.teardown_appcontext

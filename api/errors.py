@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -61,6 +61,8 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DelivererError)
     def _service_error(exc: DelivererError) -> Response:
+        if exc.refusal is not None:
+            g.refused = exc  # kept on the audit trail after the rollback (api.db)
         return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
 
     @app.errorhandler(HTTPException)

@@ -1,7 +1,7 @@
 """Reference servers of the API benchmark: the manual retry with its batch replaced.
 
 ``bench/api.py`` measures the manual retry against ``GET /healthz``. These servers run
-the same application, route, authentication check, schema and batching (``api.batching``)
+the same application, route, authentication check, schema and batching (``deliverer.batching``)
 as the real one, but hand each batch to a stand-in instead of
 ``manual_retry.run_batch``, so the benchmark can say what the retry's own database work
 costs, against two floors:
@@ -37,11 +37,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from api import create_app as create_api
-from api.batching import Coalescer
+from deliverer.batching import Coalescer
+from deliverer.broker.dispatch import enqueue_batch
 from deliverer.config import get_settings
 from deliverer.db import in_transaction, on_commit
 from deliverer.models import Lane, utcnow
-from deliverer.scheduling.enqueue import enqueue_batch
 
 ENV = "BENCH_API_FLOOR"
 

@@ -164,7 +164,7 @@ def _message_ids(raw: bytes | str) -> list[str]:
 
 
 def broker_state(ctx: Ctx, horizon: float) -> dict[str, Any]:
-    from deliverer.scheduling import queues
+    from deliverer.broker import queues
 
     client = ctx.env.redis
     lengths = {q: int(client.llen(q)) for q in queues.ALL}

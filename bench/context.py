@@ -127,14 +127,16 @@ def bulk_publish(settings: Any, partner_id: str, specs: Sequence[dict[str, Any]]
     from deliverer.publishing import service
 
     ids: list[str] = []
-    bulk = getattr(service, "publish_events", None)
+    # record_events: publish_events before the publishing service was renamed.
+    bulk = getattr(service, "record_events", None) or getattr(service, "publish_events", None)
+    one: Any = vars(service).get("record_event") or vars(service).get("publish_event")
     for start in range(0, len(specs), batch):
         chunk = specs[start:start + batch]
         with session_scope() as session:
             if bulk is not None:
                 published = bulk(session, settings, partner_id=partner_id, events=list(chunk))
             else:
-                published = [service.publish_event(session, settings, partner_id=partner_id,
-                                                   **spec) for spec in chunk]
+                published = [one(session, settings, partner_id=partner_id, **spec)
+                             for spec in chunk]
         ids.extend(p.notification_id for p in published)
     return ids, ("publish_events" if bulk is not None else "publish_event per event")

@@ -10,7 +10,7 @@ import os
 import secrets
 import subprocess
 
-from deliverer.scheduling import queues
+from deliverer.broker import queues
 
 SERVER = "amqp://guest:guest@127.0.0.1:5672"
 

@@ -12,8 +12,9 @@ from celery import Celery
 from celery.signals import after_setup_logger, worker_process_init
 from kombu import Exchange, Queue
 
+from deliverer.broker import dispatch, queues
+from deliverer.broker.sqla_broker import SQLA_TRANSPORT_OPTIONS
 from deliverer.config import Settings, get_settings
-from deliverer.scheduling import queues
 
 TASK_MODULES = [
     "deliverer.delivery.tasks",
@@ -23,12 +24,6 @@ TASK_MODULES = [
     "deliverer.operations.tasks",
     "deliverer.alerts.tasks",
 ]
-
-
-# kombu's SQLAlchemy transport hands these to create_engine (and so does the broker's
-# pruning, deliverer.scheduling.sqla_broker): wait for SQLite's write lock instead of
-# failing when web, worker and beat write at once.
-SQLA_TRANSPORT_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
 
 
 # RabbitMQ: a publish returns once the broker has taken the message (publisher
@@ -79,13 +74,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name)
                         for name in queues.ALL],
         "task_default_queue": queues.MAINTENANCE,
-        "task_routes": {
-            "deliverer.deliver": {"queue": queues.FIRST},
-            "deliverer.resend": {"queue": queues.MANUAL},
-            "deliverer.deliver_many": {"queue": queues.FIRST},
-            "deliverer.sweep_due": {"queue": queues.MAINTENANCE},
-            "deliverer.publish_event": {"queue": queues.MAINTENANCE},
-        },
+        "task_routes": dispatch.ROUTES,
         # A publish during a broker outage must return quickly: the row is committed and
         # the sweep will enqueue it, so do not hang the API retrying the broker.
         "task_publish_retry_policy": {
@@ -112,7 +101,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("redis://"):
         # One publishing client per channel instead of one per publish (rediss:// keeps
         # kombu's own, whose TLS set-up this was not measured with).
-        config["broker_transport"] = "deliverer.scheduling.redis_transport:Transport"
+        config["broker_transport"] = "deliverer.broker.redis_transport:Transport"
     return config
 
 

@@ -20,7 +20,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from deliverer.config import Settings, get_settings
+from deliverer.config import Settings, get_settings, on_settings_change
+from deliverer.errors import DelivererError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ def reset_database() -> None:
     _database = None
 
 
+on_settings_change(reset_database)
+
+
 def dispose_after_fork() -> None:
     """A forked child must not reuse its parent's connections."""
     if _database is not None:
@@ -100,13 +104,17 @@ def dispose_after_fork() -> None:
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on error."""
+    """A session whose transaction commits on success and rolls back on error: the
+    transaction of a task run or a CLI command. A refused merchant request (an error
+    carrying a ``Refusal``) is kept on the audit trail after the rollback."""
     session = get_database().sessionmaker()
     try:
         yield session
         session.commit()
-    except BaseException:
+    except BaseException as exc:
         session.rollback()
+        if isinstance(exc, DelivererError) and exc.keep_refusal(session):
+            session.commit()  # a refused request stays on the audit trail
         raise
     finally:
         session.close()

@@ -19,9 +19,9 @@ import time
 
 import requests
 
+from deliverer.broker import queues
 from deliverer.config import Settings, masked_url, set_settings
 from deliverer.delivery.batch import RECORDING_MARGIN
-from deliverer.scheduling import queues
 
 # The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
 DEMO_TIME_SCALE = "0.005"
@@ -101,7 +101,9 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
     deadline = time.monotonic() + grace
     told = False
     try:
-        for name, proc in procs.items():
+        # The worker first: it is the one finishing POSTs, and the one to name if slow
+        # (gunicorn may take a few seconds of its own to stop meanwhile).
+        for name, proc in sorted(procs.items(), key=lambda item: item[0] != "worker"):
             while proc.poll() is None:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -5,11 +5,44 @@ Codes and messages marked (seed 000) are contracts published to merchants.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from deliverer.models import PartnerRequest, utcnow
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What the audit trail keeps of a refused merchant request. The request's own
+    changes roll back; the owner of its transaction (``api.db`` for a request,
+    ``deliverer.db.session_scope`` for a task or a command) then writes this row."""
+
+    partner_id: str
+    api_key_id: str | None
+    kind: str
+    notification_id: str | None = None
+    reference: str | None = None
+
 
 class DelivererError(Exception):
     status_code = 400
     code = "BAD_REQUEST"
     message = "Bad request"
+    # Set on a refused merchant request that the audit trail must keep.
+    refusal: Refusal | None = None
+
+    def keep_refusal(self, session: Session) -> bool:
+        """Add the refused request's audit row to ``session`` (which the caller, having
+        rolled the request's changes back, commits); whether there was one."""
+        refusal = self.refusal
+        if refusal is None:
+            return False
+        session.add(PartnerRequest(
+            partner_id=refusal.partner_id, api_key_id=refusal.api_key_id, kind=refusal.kind,
+            outcome=self.code, notification_id=refusal.notification_id,
+            reference=refusal.reference, created_at=utcnow()))
+        return True
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
         self.message = message or type(self).message

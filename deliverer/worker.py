@@ -35,8 +35,7 @@ def _quiet_cancel_on_connection_loss_notice(**_: Any) -> None:
 @worker_process_init.connect  # a prefork pool's children
 def _freeze_startup_heap(**_: Any) -> None:
     # Full (gen2) collections walked every object made at start-up (Celery, kombu,
-    # SQLAlchemy's mappers and compiled statements): 44-70 ms each on the 2-core EPYC
-    # machine, two or three times a benchmark run, every thread of the pool stalled
+    # SQLAlchemy's mappers and compiled statements), every thread of the pool stalled
     # meanwhile (BENCHMARKS.rst). Frozen objects are left out of every collection.
     # Here, not in celery_app: the tests' in-process workers must not freeze pytest's heap.
     gc.freeze()

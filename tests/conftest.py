@@ -33,12 +33,12 @@ from sqlalchemy.exc import DBAPIError
 import deliverer.config
 import deliverer.stopping
 from deliverer import migrate
+from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.db import get_database, reset_database
 from deliverer.delivery import slow_lane
 from deliverer.models import Base
-from deliverer.scheduling import queues
 from tests.support.backend import (
     BACKEND,
     BACKENDS,

@@ -14,11 +14,11 @@ from datetime import timedelta
 import pytest
 
 import deliverer
+from deliverer.broker.dispatch import enqueue_delivery
 from deliverer.celery_app import make_celery
-from deliverer.delivery.ladder import Ladder
+from deliverer.config import Ladder
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
 from deliverer.models import NotificationStatus, utcnow
-from deliverer.scheduling.enqueue import enqueue_delivery
 from deliverer.scheduling.tasks import sweep_due
 from tests.conftest import current_celery_app
 from tests.support import helpers as h

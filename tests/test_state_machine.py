@@ -18,8 +18,8 @@ from deliverer.delivery import sender, service
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import Conflict
 from deliverer.models import ApiKey, Attempt, Notification, NotificationStatus, utcnow
+from deliverer.notifications import ignore as notifications
 from deliverer.notifications import manual_retry as manual_retries
-from deliverer.notifications import service as notifications
 from deliverer.partners.service import Principal
 from deliverer.scheduling.sweep import collect_due
 from tests.support.helpers import insert_notification, new_partner

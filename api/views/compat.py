@@ -17,7 +17,7 @@ from api.db import get_session
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import DeliveryFailed, resend
 from deliverer.errors import DelivererError, NotFound
-from deliverer.notifications import manual_retry, service
+from deliverer.notifications import manual_retry, queries
 from deliverer.notifications.resend import TransactionNotFound
 
 blp = Blueprint("compat", __name__, url_prefix="",
@@ -40,8 +40,8 @@ def retry_delivery(delivery_id: str) -> Any:
 @blp.arguments(DeliveryQuerySchema, location="query")
 def list_deliveries(query: dict[str, Any]) -> Any:
     """Seed 001: list deliveries, e.g. ``?status=FAILED``."""
-    page = service.list_notifications(get_session(), current_partner().partner_id,
-                                      service.ListFilters(**query))
+    page = queries.list_notifications(get_session(), current_partner().partner_id,
+                                      queries.ListFilters(**query))
     data = []
     for notification, event in page.items:
         body = presenters.notification(notification, event)

@@ -1,4 +1,9 @@
-"""``/internal/v1``: for the provider's own services, guarded by the admin token."""
+"""``/internal/v1``: for the provider's own services, guarded by the admin token.
+
+Each view runs its service in a transaction of its own, committed before it answers
+(``deliverer.db.in_transaction``): a publish is run again through transient database
+errors as its idempotency key allows (``deliverer.publishing.service.publish``), and
+creating a partner through an abort that certainly rolled everything back."""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from flask import current_app
 from flask_smorest import Blueprint
 
 from api.auth import check_admin
-from api.db import get_session
 from api.schemas.internal import (
     CreatedPartnerSchema,
     CreatePartnerSchema,
@@ -16,8 +20,9 @@ from api.schemas.internal import (
     PublishedSchema,
     PublishEventSchema,
 )
+from deliverer.db import in_transaction, is_transient_abort
 from deliverer.partners.service import create_partner
-from deliverer.publishing.service import publish_one_and_commit
+from deliverer.publishing.service import PUBLISH_RETRY_FOR, publish_one
 
 blp = Blueprint("internal", __name__, url_prefix="/internal/v1",
                 description="Publishing events and setting up partners (admin token).")
@@ -33,10 +38,8 @@ def post_event(data: dict[str, Any], idempotency_key: str | None = None) -> Any:
 
     With an Idempotency-Key header, a publish repeated with the same key returns the
     event first recorded (409 if the key was used for a different event)."""
-    # In a transaction of its own, run again through transient database errors as the
-    # key allows (publish_and_commit).
-    return publish_one_and_commit(current_app.config["DELIVERER_SETTINGS"],
-                                  idempotency_key=idempotency_key, **data)
+    return publish_one(current_app.config["DELIVERER_SETTINGS"],
+                       idempotency_key=idempotency_key, **data)
 
 
 @blp.route("/partners", methods=["POST"])
@@ -44,6 +47,8 @@ def post_event(data: dict[str, Any], idempotency_key: str | None = None) -> Any:
 @blp.response(201, CreatedPartnerSchema)
 def post_partner(data: dict[str, Any]) -> Any:
     """Create a partner. The API key is returned here and never again."""
-    created = create_partner(get_session(), current_app.config["DELIVERER_SETTINGS"], **data)
+    settings = current_app.config["DELIVERER_SETTINGS"]
+    created = in_transaction(lambda session: create_partner(session, settings, **data),
+                             retry_for=PUBLISH_RETRY_FOR, only_if=is_transient_abort)
     return {"id": created.partner_id, "api_key": created.api_key,
             "signing_secret": created.signing_secret}

@@ -10,8 +10,7 @@ from flask_smorest import Blueprint
 
 from api import presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
-from api.batching import Coalescer
-from api.db import get_session
+from api.db import commit_then, get_session
 from api.schemas.common import ApiErrorSchema
 from api.schemas.partner import (
     AlertListSchema,
@@ -26,9 +25,12 @@ from api.schemas.partner import (
     SettingsUpdateSchema,
 )
 from deliverer.alerts import service as alerts
+from deliverer.batching import Coalescer
 from deliverer.errors import DelivererError
-from deliverer.notifications import service
-from deliverer.notifications.resend import request_resend, wait_for_outcome
+from deliverer.notifications import queries
+from deliverer.notifications.ignore import ignore
+from deliverer.notifications.outcome import wait_for_resend
+from deliverer.notifications.resend import request_resend
 from deliverer.partners import webhook_settings
 
 blp = Blueprint("partner", __name__, url_prefix="/api/partner/v2",
@@ -42,7 +44,7 @@ def _settings() -> Any:
 
 def _dump(notification: Any) -> dict[str, Any]:
     return presenters.notification(notification,
-                                   service.get_event(get_session(), notification))
+                                   queries.get_event(get_session(), notification))
 
 
 @blp.route("/webhook-notifications", methods=["GET"])
@@ -50,8 +52,8 @@ def _dump(notification: Any) -> dict[str, Any]:
 @blp.response(200, NotificationPageSchema)
 def list_notifications(query: dict[str, Any]) -> Any:
     """List notifications, newest first, with cursor pagination."""
-    page = service.list_notifications(get_session(), current_partner().partner_id,
-                                      service.ListFilters(**query))
+    page = queries.list_notifications(get_session(), current_partner().partner_id,
+                                      queries.ListFilters(**query))
     return {"data": [presenters.notification(n, e) for n, e in page.items],
             "next_cursor": page.next_cursor}
 
@@ -62,12 +64,12 @@ def list_notifications(query: dict[str, Any]) -> Any:
 def get_notification(notification_id: str) -> Any:
     """A notification with its attempts, newest first, each with its error and hint."""
     session = get_session()
-    notification = service.get_notification(session, current_partner().partner_id,
+    notification = queries.get_notification(session, current_partner().partner_id,
                                             notification_id)
-    event = service.get_event(session, notification)
+    event = queries.get_event(session, notification)
     body = presenters.notification(notification, event)
     body["payload"] = event.payload
-    body["attempts"] = [presenters.attempt(a) for a in service.attempts_of(session,
+    body["attempts"] = [presenters.attempt(a) for a in queries.attempts_of(session,
                                                                            notification.id)]
     return body
 
@@ -93,7 +95,7 @@ def retry_notification(notification_id: str) -> Any:
 @blp.alt_response(409, schema=ApiErrorSchema)
 def ignore_notification(notification_id: str) -> Any:
     """Remove a notification from the retry queue for good (status NOT_SENT)."""
-    return _dump(service.ignore(get_session(), current_partner(), notification_id))
+    return _dump(ignore(get_session(), current_partner(), notification_id))
 
 
 class DeliveryFailed(DelivererError):
@@ -104,11 +106,10 @@ class DeliveryFailed(DelivererError):
 
 def resend(reference: str) -> tuple[str, dict[str, Any]]:
     """Shared by this API and the compatibility routes: ("success"|"pending", body)."""
-    session = get_session()
     settings = _settings()
-    request = request_resend(session, settings, current_partner(), reference)
-    session.commit()  # the worker must see the request row, and the message goes out now
-    status, error = wait_for_outcome(request.request_id, settings.resend_wait_seconds)
+    request = request_resend(get_session(), settings, current_partner(), reference)
+    status, error = commit_then(
+        lambda: wait_for_resend(request.request_id, settings.resend_wait_seconds))
     body = {"reference": reference, "notification_id": request.notification_id,
             "webhook_url": request.url}
     if status == "SENT":

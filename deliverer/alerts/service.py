@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from deliverer import lease
+from deliverer.broker.dispatch import enqueue_alert_email
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.models import Alert, Endpoint, WebhookSettings, utcnow
@@ -52,8 +54,7 @@ def email_claim(settings: Settings) -> timedelta:
 
 def _free_to_claim(now: datetime) -> tuple[ColumnElement[bool], ...]:
     """Not e-mailed, and nobody's claim (or one that ran out: its worker died)."""
-    return (Alert.emailed_at.is_(None),
-            or_(Alert.email_claimed_until.is_(None), Alert.email_claimed_until < now))
+    return (Alert.emailed_at.is_(None), lease.is_free(Alert.email_claimed_until, now))
 
 
 def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *,
@@ -65,12 +66,6 @@ def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *
     alert_id = alert.id
     on_commit(session, lambda: enqueue_alert_email(alert_id))
     return alert
-
-
-def enqueue_alert_email(alert_id: int) -> None:
-    from deliverer.alerts.tasks import send_alert_email
-
-    send_alert_email.delay(alert_id)
 
 
 def list_alerts(session: Session, partner_id: str, limit: int = 50) -> list[Alert]:
@@ -95,6 +90,20 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
                WebhookSettings.alert_email.is_not(None), WebhookSettings.alert_email != "")
         .order_by(Alert.created_at, Alert.id).limit(limit)
     ))
+
+
+def on_failed_retry(session: Session, endpoint: Endpoint, notification_id: str,
+                    failures: int, error_message: str | None, now: datetime) -> None:
+    """An automatic retry to ``endpoint`` failed, the ``failures``-th in a row of its
+    notification: past ``ALERT_AFTER_FAILED_RETRIES``, alert once per failing period (the
+    endpoint's ``alerted_at``, cleared when it recovers)."""
+    if endpoint.alerted_at is not None or failures <= ALERT_AFTER_FAILED_RETRIES:
+        return
+    endpoint.alerted_at = now
+    raise_alert(session, endpoint, KIND_FAILING,
+                f"Webhook endpoint {endpoint.url} has failed {failures} deliveries "
+                f"in a row; last error: {error_message}",
+                notification_id=notification_id, now=now)
 
 
 def enqueue_unmailed(settings: Settings, now: datetime | None = None) -> int:
@@ -168,10 +177,9 @@ def claim_alert_email(session: Session, alert_id: int, settings: Settings,
     is e-mailed already or claimed by a worker that is (or may still be) sending it."""
     now = now or utcnow()
     until = now + email_claim(settings)
-    claimed = session.execute(
-        update(Alert).where(Alert.id == alert_id, *_free_to_claim(now))
-        .values(email_claimed_until=until))
-    return until if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+    taken = lease.take(session, Alert.email_claimed_until, until, now, Alert.id == alert_id,
+                       Alert.emailed_at.is_(None))
+    return until if taken == 1 else None
 
 
 def _unclaim(alert_id: int, claimed_until: datetime, settings: Settings) -> None:
@@ -179,8 +187,6 @@ def _unclaim(alert_id: int, claimed_until: datetime, settings: Settings) -> None
     # runs out. Only our own claim: had ours run out and another worker claimed the alert
     # since, freeing its claim would let a third send at the same time.
     in_transaction(
-        lambda session: session.execute(
-            update(Alert).where(Alert.id == alert_id,
-                                Alert.email_claimed_until == claimed_until)
-            .values(email_claimed_until=None)),
+        lambda session: lease.give_back(session, Alert.email_claimed_until, claimed_until,
+                                        Alert.id == alert_id),
         retry_for=settings.lease_seconds)

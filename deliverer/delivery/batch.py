@@ -4,12 +4,13 @@ The same guarantees as ``service.deliver`` (a lease per row, one POST per attemp
 attempt recorded) at a fraction of the database round trips: one claim for the whole
 batch, the POSTs in parallel on a thread pool (they are I/O-bound), and one transaction
 that writes every attempt and marks every plain success. Failures, and successes on an
-endpoint that was failing, go through ``service.record`` row by row, because they move
+endpoint that was failing, go through ``record.record`` row by row, because they move
 the ladder, the per-endpoint queue and the alerts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -21,19 +22,15 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from deliverer import lease
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import sender, slow_lane
-from deliverer.delivery.service import (
-    LIVE_STATUSES,
-    DeliveryJob,
-    NextAttempt,
-    is_plain_success,
-    lease,
-    perform_admitted,
-    record,
-    record_successes,
-)
+from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
+from deliverer.delivery.outcome import NextAttempt
+from deliverer.delivery.perform import perform_admitted
+from deliverer.delivery.record import record
+from deliverer.delivery.success import is_plain_success, record_successes
 from deliverer.logging import delivery_context
 from deliverer.models import (
     Notification,
@@ -60,11 +57,11 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
     now = now or utcnow()
     if not ids:
         return BatchClaim(token="")
-    leased, jobs = lease(session, ids, settings, now)
+    leased, jobs = lease_jobs(session, ids, settings, now)
     batch = BatchClaim(token=jobs[0].lease_token if jobs else "", jobs=jobs)
     if len(leased) < len(ids):
         # Why the others were not leased, read by key and told apart here: conditions on
-        # next_attempt_at in the WHERE let skewed statistics pick the due index (lease()).
+        # next_attempt_at in the WHERE let skewed statistics pick the due index (lease_jobs()).
         taken = set(leased)
         for r in session.execute(
             select(Notification.id, Notification.lane, Notification.status,
@@ -75,7 +72,7 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
                 continue  # final: nothing more to send
             if r.next_attempt_at > now:
                 batch.not_due.append((r.id, r.lane, r.next_attempt_at))
-            elif r.lease_expires_at is None or r.lease_expires_at <= now:
+            elif lease.ran_out(r.lease_expires_at, now):
                 # Due and unleased, yet not claimed: skipped because another transaction
                 # held the row lock (a merchant's request, the sweep). Not to be dropped.
                 batch.locked.append(r.id)
@@ -253,6 +250,10 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
     # recording them is retried, not left to resend every webhook of the batch.
     following = in_transaction(write, retry_for=settings.lease_seconds)
+    for job, r in done:  # once recorded, one line per attempt, as service.deliver logs it
+        log.info("attempt %s: %s", "delivered" if r.success else "failed",
+                 json.dumps(r.error) if r.error else r.status_code,
+                 extra={"notification_id": job.notification_id})
     sent = sum(1 for _, r in done if r.success)
     return BatchOutcome(sent, len(done) - sent, following, batch.not_due, batch.locked,
                         deferred=len(refused), unsent=unsent)

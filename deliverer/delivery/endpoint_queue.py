@@ -18,7 +18,9 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from deliverer import lease
 from deliverer.config import Settings
+from deliverer.delivery import ladder
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, WebhookSettings
 
 
@@ -50,7 +52,7 @@ def hold_later_climbers(session: Session, endpoint_id: int, sequence: int,
             *_climbing(endpoint_id),
             Notification.sequence > sequence,
             Notification.lane != Lane.MANUAL,
-            or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
+            lease.is_free(Notification.lease_expires_at, now),
         )
         .values(held=True, next_attempt_at=None, scheduled_for=None)
         .execution_options(synchronize_session=False)
@@ -72,6 +74,28 @@ def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
             .values(held=False, next_attempt_at=now, lane=Lane.RETRY, scheduled_for=None)
             .execution_options(synchronize_session=False)
         )
+
+
+def join_after_failure(session: Session, endpoint_id: int, notification: Notification,
+                       now: datetime) -> bool:
+    """A failed notification of the endpoint, its next attempt set (None: exhausted),
+    takes its place in the queue; returns whether it is now held.
+
+    Exhausted, it leaves the ladder and the next held one takes its place. Behind an
+    earlier notification that already probes the endpoint, it is held. Otherwise it is
+    the head, and later ones on the ladder wait behind it."""
+    if notification.sequence is None:
+        return False
+    if notification.next_attempt_at is None:
+        session.flush()
+        promote_next(session, endpoint_id, now)
+    elif has_earlier_climber(session, endpoint_id, notification.id, notification.sequence):
+        notification.held = True
+        notification.next_attempt_at = None
+        return True
+    else:
+        hold_later_climbers(session, endpoint_id, notification.sequence, now)
+    return False
 
 
 def on_recovery(session: Session, endpoint_id: int, now: datetime) -> None:
@@ -110,7 +134,6 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
         .with_for_update(skip_locked=True, of=Endpoint)
     ).all()
     released = 0
-    max_age = timedelta(seconds=settings.ladder.max_age * settings.time_scale)
     for endpoint in endpoints:
         rows = session.execute(
             select(Notification.id, Notification.cycle_started_at)
@@ -120,7 +143,7 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
         ).all()
         for i, (notification_id, cycle_started_at) in enumerate(rows):
             due: datetime | None = now + timedelta(seconds=i * spacing)
-            if due is not None and due > cycle_started_at + max_age:
+            if due is not None and due > ladder.cycle_deadline(settings, cycle_started_at):
                 due = None  # waited past its 30 days: exhausted
             session.execute(
                 update(Notification).where(Notification.id == notification_id)

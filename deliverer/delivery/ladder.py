@@ -1,81 +1,27 @@
-"""The retry ladder: how long to wait after each failed attempt, and when to give up.
-
-Seed 003: 2m, 5m, 10m, 15m, 30m, 1h, 2h, 4h, 8h, then every 8h, for 30 days from
-the start of the delivery cycle. A manual retry starts a fresh cycle.
-"""
+"""When a failed notification is tried again: the configured ladder (``config.Ladder``),
+time-scaled, and the receiver's Retry-After, never past the cycle's 30 days."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-MINUTE = 60.0
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
+from deliverer.config import Settings
 
 
-@dataclass(frozen=True)
-class Ladder:
-    steps: tuple[float, ...]
-    # After the last step, wait this long between attempts until max_age.
-    repeat: float
-    # Measured from the cycle start; no attempt is scheduled past it.
-    max_age: float
-
-    def __post_init__(self) -> None:
-        if not self.steps or any(s <= 0 for s in self.steps) or self.repeat <= 0:
-            raise ValueError("ladder delays must be positive")
-        if self.max_age <= 0:
-            raise ValueError("ladder max_age must be positive")
-
-    @classmethod
-    def parse(cls, text: str) -> Ladder:
-        """``"120,300,600;repeat=28800;max_age=2592000"`` (seconds)."""
-        parts = [p.strip() for p in text.split(";") if p.strip()]
-        steps = tuple(float(s) for s in parts[0].split(",") if s.strip())
-        options = dict(p.split("=", 1) for p in parts[1:])
-        return cls(
-            steps=steps,
-            repeat=float(options.get("repeat", steps[-1])),
-            max_age=float(options.get("max_age", 30 * DAY)),
-        )
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failed attempt of a cycle (1-based)."""
-        if failures < 1:
-            raise ValueError("failures counts from 1")
-        if failures <= len(self.steps):
-            return self.steps[failures - 1]
-        return self.repeat
-
-    def next_attempt_at(
-        self,
-        *,
-        cycle_started_at: datetime,
-        failed_at: datetime,
-        failures: int,
-        time_scale: float = 1.0,
-    ) -> datetime | None:
-        """When to try again after a failure, or None when the cycle is exhausted."""
-        due = failed_at + timedelta(seconds=self.delay(failures) * time_scale)
-        deadline = cycle_started_at + timedelta(seconds=self.max_age * time_scale)
-        if due > deadline:
-            return None
-        return due
+def cycle_deadline(settings: Settings, cycle_started_at: datetime) -> datetime:
+    """No attempt of a cycle is scheduled past this."""
+    return cycle_started_at + timedelta(seconds=settings.ladder.max_age * settings.time_scale)
 
 
-DEFAULT_LADDER = Ladder(
-    steps=(
-        2 * MINUTE,
-        5 * MINUTE,
-        10 * MINUTE,
-        15 * MINUTE,
-        30 * MINUTE,
-        1 * HOUR,
-        2 * HOUR,
-        4 * HOUR,
-        8 * HOUR,
-    ),
-    repeat=8 * HOUR,
-    max_age=30 * DAY,
-)
+def next_attempt_at(settings: Settings, *, cycle_started_at: datetime, failed_at: datetime,
+                    failures: int, retry_after: float | None = None) -> datetime | None:
+    """When to try again after the ``failures``-th failure of a cycle, or None when the
+    cycle is exhausted. A receiver that asked for more time than the ladder gives
+    (``Retry-After``, in seconds) gets it, within the cycle."""
+    due = settings.ladder.next_attempt_at(cycle_started_at=cycle_started_at,
+                                          failed_at=failed_at, failures=failures,
+                                          time_scale=settings.time_scale)
+    if due is not None and retry_after:
+        asked = failed_at + timedelta(seconds=retry_after * settings.time_scale)
+        due = min(max(due, asked), cycle_deadline(settings, cycle_started_at))
+    return due

@@ -1,4 +1,5 @@
-"""Celery tasks for delivery: thin wrappers around ``deliverer.delivery.service``."""
+"""Celery tasks for delivery: thin wrappers around ``deliverer.delivery.together`` and
+``deliverer.delivery.batch``."""
 
 from __future__ import annotations
 
@@ -6,34 +7,37 @@ from datetime import timedelta
 
 from celery import shared_task
 
+from deliverer.broker import dispatch
+from deliverer.broker.dispatch import enqueue_batch, enqueue_delivery
 from deliverer.config import get_settings
-from deliverer.delivery import batch, service
+from deliverer.delivery import batch, together
+from deliverer.delivery.claim import ClaimState
 from deliverer.logging import delivery_context
 from deliverer.models import Lane, utcnow
-from deliverer.scheduling.enqueue import enqueue_batch, enqueue_delivery
 
 LOCKED_RETRY = timedelta(milliseconds=500)
 
 
-@shared_task(name="deliverer.deliver", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name=dispatch.DELIVER, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def deliver(notification_id: str) -> str:
-    """Attempt one delivery. Safe to run twice: the claim lets only one POST through."""
+    """Attempt one delivery. Safe to run twice: the claim lets only one POST through.
+    Its claim and record are shared with the messages running beside it (together.py)."""
     settings = get_settings()
     with delivery_context(notification_id):
-        outcome = service.deliver(notification_id, settings)
+        outcome = together.deliver(notification_id, settings)
     if outcome.next_attempt is not None:
         nxt = outcome.next_attempt
         enqueue_delivery(nxt.notification_id, nxt.lane, nxt.due_at)
     elif (
-        outcome.state == service.ClaimState.NOT_DUE
+        outcome.state == ClaimState.NOT_DUE
         and outcome.due_at is not None
         and (outcome.due_at - utcnow()).total_seconds() <= settings.sweep_horizon
     ):
         # This message arrived before its row was due (a stale or early message). Come
         # back at the due time if that is near; otherwise the sweep will.
         enqueue_delivery(notification_id, Lane.RETRY, outcome.due_at)
-    elif outcome.state == service.ClaimState.LOCKED:
+    elif outcome.state == ClaimState.LOCKED:
         # Row-locked by a short transaction (a merchant's request, the sweep), not leased
         # by a worker: dropping the message would leave it to the sweep's lost-message
         # grace. Come back in a moment instead.
@@ -41,7 +45,7 @@ def deliver(notification_id: str) -> str:
     return str(outcome.status or outcome.state)
 
 
-@shared_task(name="deliverer.deliver_many", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name=dispatch.DELIVER_MANY, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def deliver_many(notification_ids: list[str]) -> int:
     """Attempt a batch of deliveries (bulk publishes, sweeps of a backlog)."""

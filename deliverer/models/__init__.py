@@ -20,7 +20,7 @@ from deliverer.models.partner import (
     active_secrets,
     not_receiving_webhooks,
 )
-from deliverer.models.request_log import PartnerRequest
+from deliverer.models.request_log import PartnerRequest, RequestKind, ResendStatus
 
 __all__ = [
     "Alert",
@@ -36,6 +36,8 @@ __all__ = [
     "Partner",
     "PartnerFlow",
     "PartnerRequest",
+    "RequestKind",
+    "ResendStatus",
     "Trigger",
     "WebhookSettings",
     "active_secrets",

@@ -1,14 +1,39 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from deliverer.models.base import Base, BigIntPK, utcnow
 
-# Resends whose POST has not been recorded yet (deliverer.notifications.resend).
-OPEN_RESENDS = "delivery_status IN ('PENDING', 'SENDING')"
+
+class RequestKind(StrEnum):
+    """What a merchant (or an operator) asked for: ``partner_requests.kind``."""
+
+    RETRY = "retry"
+    RESEND = "resend"
+    IGNORE = "ignore"
+
+
+class ResendStatus(StrEnum):
+    """A resend request's progress: ``partner_requests.delivery_status``
+    (deliverer.notifications.resend)."""
+
+    PENDING = "PENDING"  # accepted, its message on the way to a worker
+    SENDING = "SENDING"  # a worker took it (with a lease)
+    SENT = "SENT"
+    FAILED = "FAILED"
+    # Still PENDING or SENDING a day after the request, past what the sweep recovers
+    # (deliverer.scheduling.sweep.LOST_RESEND_MAX_AGE): given up, outcome unknown (a
+    # SENDING one may have been POSTed by a worker that died before recording it).
+    EXPIRED = "EXPIRED"
+
+
+# Resends whose POST has not been recorded yet (as the partial index says it).
+OPEN_RESENDS = (f"delivery_status IN ('{ResendStatus.PENDING.value}', "
+                f"'{ResendStatus.SENDING.value}')")
 
 
 class PartnerRequest(Base):
@@ -32,12 +57,13 @@ class PartnerRequest(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
-    kind: Mapped[str] = mapped_column(String(16))  # retry | resend | ignore
+    kind: Mapped[str] = mapped_column(String(16))  # RequestKind
     notification_id: Mapped[str | None] = mapped_column(String(36))
     reference: Mapped[str | None] = mapped_column(String(200))
     # ACCEPTED, or the error code returned (CONFLICT, TOO_MANY_REQUESTS, NOT_FOUND...).
     outcome: Mapped[str] = mapped_column(String(32))
-    # For resends: PENDING until a worker takes it (SENDING), then SENT or FAILED.
+    # For resends (ResendStatus): PENDING until a worker takes it (SENDING), then SENT or
+    # FAILED.
     delivery_status: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # For resends: when the beat sweep last sent its message again (a PENDING resend

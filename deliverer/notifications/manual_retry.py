@@ -36,32 +36,29 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from deliverer.broker.dispatch import enqueue_batch
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit
-from deliverer.delivery import endpoint_queue
-from deliverer.errors import DelivererError, NotificationNotFound
+from deliverer.errors import DelivererError, NotificationNotFound, Refusal
 from deliverer.models import (
     Event,
     Lane,
     Notification,
     Partner,
     PartnerRequest,
+    RequestKind,
     WebhookSettings,
     table_of,
     utcnow,
 )
-from deliverer.notifications.service import (
+from deliverer.notifications.audit import (
     ACCEPTED,
     RATE_WINDOW,
-    RequestKind,
-    check_retryable,
     enforce_rate,
-    fresh_cycle_values,
-    is_uuid,
 )
+from deliverer.notifications.cycle import check_retryable, fresh_cycle_values, repoint
+from deliverer.notifications.queries import is_uuid
 from deliverer.partners.service import Principal, principals_for
-from deliverer.publishing.service import next_sequence
-from deliverer.scheduling.enqueue import enqueue_batch
 
 
 class Busy:
@@ -99,7 +96,7 @@ _LOCK_PARTNERS = (
     .where(Partner.id.in_(bindparam("partner_ids", expanding=True)))
     # In this order (PostgreSQL locks the sorted rows): batches of overlapping partners
     # queue instead of deadlocking. FOR NO KEY UPDATE, not FOR UPDATE: see
-    # service.lock_partner.
+    # audit.lock_partner.
     .order_by(Partner.id)
     .with_for_update(key_share=True)
 )
@@ -128,23 +125,18 @@ _ACCEPT = (
              "manual_retry_count": _NOTIFICATIONS.c.manual_retry_count + 1,
              "scheduled_for": bindparam("v_now"), "enqueued_at": bindparam("v_now")})
 )
-_REPOINT = (
-    update(_NOTIFICATIONS)
-    .where(_NOTIFICATIONS.c.id == bindparam("nid"))
-    .values(url=bindparam("url"), endpoint_id=bindparam("endpoint_id"),
-            sequence=bindparam("sequence"))
-)
-
-
 def manual_retry(session: Session, settings: Settings, principal: Principal,
                  notification_id: str, now: datetime | None = None) -> Retried:
-    """One request: a batch of one. A refusal is committed (the audit trail keeps it,
-    and the limits count only what is committed) before it is raised."""
+    """One request: a batch of one. A refusal, already on the audit trail of this
+    transaction, is raised carrying it (``Refusal``): an owner that rolls the request
+    back writes it again (``DelivererError.keep_refusal``)."""
     [outcome] = manual_retries(session, settings,
                                [RetryRequest(principal, notification_id)], now)
     assert not isinstance(outcome, Busy)  # one notification: its row is waited for
     if isinstance(outcome, DelivererError):
-        session.commit()
+        outcome.refusal = Refusal(principal.partner_id, principal.api_key_id,
+                                  RequestKind.RETRY, notification_id=notification_id
+                                  if is_uuid(notification_id) else None)
         raise outcome
     return outcome
 
@@ -196,7 +188,12 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
         rates[partner_id] = (count + 1, oldest or now)
         row.update(fresh, scheduled_for=now, enqueued_at=now,
                    manual_retry_count=row["manual_retry_count"] + 1)
-        _repoint(session, row, now)
+        moved = repoint(session, notification_id=row["id"], partner_id=row["partner_id"],
+                        url=row["url"], endpoint_id=row["endpoint_id"],
+                        callback_url=row["callback_url"], current_url=row["current_url"],
+                        now=now)
+        if moved is not None:
+            row.update(url=moved[0], endpoint_id=moved[1], sequence=moved[2])
         accepted.append(row)
         audit.append(_audit_row(request, ACCEPTED, now))
         outcomes.append(row)
@@ -226,23 +223,6 @@ def _audit_row(request: RetryRequest, outcome: str, now: datetime) -> dict[str, 
             "api_key_id": request.principal.api_key_id, "kind": RequestKind.RETRY,
             "outcome": outcome, "notification_id": nid if is_uuid(nid) else None,
             "reference": None, "delivery_status": None, "created_at": now}
-
-
-def _repoint(session: Session, row: dict[str, Any], now: datetime) -> None:
-    """Seed 000: merchants fix their URL in the settings, then retry. An event with a
-    callback URL of its own keeps it."""
-    url = row["current_url"]
-    if row["callback_url"] or not url or url == row["url"]:
-        return
-    left = row["endpoint_id"]
-    endpoint_id, sequence = next_sequence(session, row["partner_id"], url, now)
-    row.update(url=url, endpoint_id=endpoint_id, sequence=sequence)
-    session.connection().execute(_REPOINT, {"nid": row["id"], "url": url,
-                                            "endpoint_id": endpoint_id, "sequence": sequence})
-    if left is not None and left != endpoint_id:
-        # It may have been the head of the old endpoint's queue: the next one held behind
-        # it takes its place, or nothing would ever release them.
-        endpoint_queue.promote_next(session, left, now)
 
 
 def run_batch(settings: Settings, requests: Sequence[tuple[str, str]]

@@ -16,44 +16,40 @@ is a conditional UPDATE, so a message sent twice still makes one POST.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from deliverer import lease
+from deliverer.broker.dispatch import enqueue_resend
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
-from deliverer.delivery import service as delivery
 from deliverer.delivery.batch import RECORDING_MARGIN
+from deliverer.delivery.claim import DeliveryJob
+from deliverer.delivery.perform import perform
+from deliverer.delivery.success import attempt_row
 from deliverer.errors import Conflict, DelivererError, NotFound
 from deliverer.models import (
     Attempt,
     Event,
     Notification,
-    NotificationStatus,
     PartnerRequest,
+    RequestKind,
+    ResendStatus,
     Trigger,
     WebhookSettings,
     utcnow,
 )
-from deliverer.notifications.service import (
+from deliverer.notifications.audit import (
     ACCEPTED,
-    RequestKind,
     check_rate,
     lock_partner,
     record_request,
     reject,
 )
 from deliverer.partners.service import Principal
-
-PENDING = "PENDING"
-SENDING = "SENDING"
-# Final: still PENDING or SENDING a day after the request, past what the sweep recovers
-# (deliverer.scheduling.sweep.LOST_RESEND_MAX_AGE); given up, outcome unknown (a SENDING
-# one may have been POSTed by a worker that died before recording it), not sent again.
-EXPIRED = "EXPIRED"
 
 
 def resend_lease(settings: Settings) -> timedelta:
@@ -109,27 +105,20 @@ def request_resend(session: Session, settings: Settings, principal: Principal,
         raise
     request_id = record_request(session, principal, RequestKind.RESEND, ACCEPTED,
                                 notification_id=notification.id, reference=reference,
-                                delivery_status=PENDING, now=now)
+                                delivery_status=ResendStatus.PENDING, now=now)
     on_commit(session, lambda: enqueue_resend(request_id))
     return ResendRequest(request_id, reference, url, notification.id)
 
 
-def enqueue_resend(request_id: int) -> None:
-    from deliverer.notifications.tasks import resend
-    from deliverer.scheduling import queues
-
-    resend.apply_async(args=[request_id], queue=queues.MANUAL)
-
-
-def perform_resend(request_id: int, settings: Settings) -> str | None:
+def perform_resend(request_id: int, settings: Settings) -> ResendStatus | None:
     """The worker side: one POST per resend request, however often the task runs."""
     with session_scope() as session:
-        taken = session.execute(
-            update(PartnerRequest)
-            .where(PartnerRequest.id == request_id, PartnerRequest.delivery_status == PENDING)
-            .values(delivery_status=SENDING, lease_expires_at=utcnow() + resend_lease(settings))
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+        now = utcnow()
+        taken = lease.take(session, PartnerRequest.lease_expires_at,
+                           now + resend_lease(settings), now,
+                           PartnerRequest.id == request_id,
+                           PartnerRequest.delivery_status == ResendStatus.PENDING,
+                           delivery_status=ResendStatus.SENDING)
         if taken != 1:
             return None
         request = session.get(PartnerRequest, request_id)
@@ -140,22 +129,17 @@ def perform_resend(request_id: int, settings: Settings) -> str | None:
         assert event is not None
         webhook_settings = session.get(WebhookSettings, notification.partner_id)
         url = event.callback_url or (webhook_settings.url if webhook_settings else None) or ""
-        job = delivery.DeliveryJob(
+        job = DeliveryJob(
             notification_id=notification.id, lease_token="", url=url,
             body=event.body.encode(),
             secrets=webhook_settings.active_secrets(utcnow()) if webhook_settings else [],
             trigger=Trigger.RESEND, endpoint_id=None, endpoint_failing=False,
         )
-    result = delivery.perform(job, settings)
-    status = NotificationStatus.SENT if result.success else NotificationStatus.FAILED
+    result = perform(job, settings)
+    status = ResendStatus.SENT if result.success else ResendStatus.FAILED
 
     def record(session: Session) -> None:
-        session.add(Attempt(
-            notification_id=job.notification_id, trigger=Trigger.RESEND, url=job.url,
-            started_at=result.started_at, duration_ms=result.duration_ms,
-            success=result.success, response_status=result.status_code,
-            response_body=result.body, error_payload=result.error,
-        ))
+        session.add(Attempt(**attempt_row(job, result)))
         # Whatever the row says now: had the sweep already taken this worker for dead and
         # made it PENDING again, this outcome spares the merchant a second POST.
         session.execute(
@@ -168,24 +152,3 @@ def perform_resend(request_id: int, settings: Settings) -> str | None:
     # resend is sent again.
     in_transaction(record, retry_for=settings.lease_seconds)
     return status
-
-
-def wait_for_outcome(request_id: int, timeout: float) -> tuple[str, dict | None]:
-    """Poll the request row briefly: (delivery status, the error payload if it failed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with session_scope() as session:
-            status = session.scalar(
-                select(PartnerRequest.delivery_status).where(PartnerRequest.id == request_id)
-            )
-            if status == NotificationStatus.FAILED:
-                error = session.scalar(
-                    select(Attempt.error_payload)
-                    .join(PartnerRequest, PartnerRequest.notification_id == Attempt.notification_id)
-                    .where(PartnerRequest.id == request_id, Attempt.trigger == Trigger.RESEND)
-                    .order_by(Attempt.id.desc()).limit(1)
-                )
-                return status, error
-        if status == NotificationStatus.SENT or time.monotonic() >= deadline:
-            return status or PENDING, None
-        time.sleep(0.05)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from deliverer.scheduling import queues
+from deliverer.broker import queues
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from deliverer.models import (
     Partner,
     PartnerRequest,
 )
-from deliverer.notifications.service import is_uuid
+from deliverer.notifications.queries import is_uuid
 
 MAX_ROWS = 500
 

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deliverer.broker.dispatch import enqueue_delivery
 from deliverer.config import Settings
 from deliverer.db import in_transaction, is_transient_abort, on_commit, session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
@@ -33,18 +34,16 @@ from deliverer.models import (
     NotificationStatus,
     Partner,
     PartnerRequest,
+    RequestKind,
     not_receiving_webhooks,
     utcnow,
 )
-from deliverer.notifications.service import (
-    NOT_FAILED,
-    RequestKind,
-    _repoint_to_current_url,
-    is_uuid,
-    start_fresh_cycle,
-)
-from deliverer.publishing.service import next_sequence
-from deliverer.scheduling.enqueue import enqueue_delivery
+from deliverer.notifications.audit import ACCEPTED
+from deliverer.notifications.cycle import NOT_FAILED, repoint_to_current_url, start_fresh_cycle
+from deliverer.notifications.ignore import ignore
+from deliverer.notifications.queries import is_uuid
+from deliverer.partners.endpoints import next_sequence
+from deliverer.partners.service import Principal
 
 OPERATOR = "OPERATOR"  # partner_requests.outcome of an operator's action
 
@@ -78,12 +77,12 @@ def requeue(session: Session, settings: Settings, notification: Notification, no
             *, due_at: datetime | None = None) -> bool:
     """Reset ``notification`` like a manual retry and queue it once the session commits.
 
-    Mirrors ``deliverer.notifications.service.manual_retry`` minus the limits and minus
+    Mirrors ``deliverer.notifications.manual_retry`` minus the limits and minus
     ``manual_retry_count``. ``due_at`` (bulk replay at a bounded rate) delays the attempt:
     within the sweep horizon it is enqueued with that ETA, later the beat sweep enqueues
     it. Returns False, changing nothing, when there is no URL to send to.
     """
-    _repoint_to_current_url(session, notification, now)
+    repoint_to_current_url(session, notification, now)
     if not notification.url:
         return False
     if notification.endpoint_id is None:
@@ -138,18 +137,15 @@ def operator_ignore(session: Session, notification_id: str,
     Runs the partner API's own ``ignore`` (so the endpoint's queue moves on the same
     way), then relabels its audit row as an operator's. Commits nothing.
     """
-    from deliverer.notifications import service
-    from deliverer.partners.service import Principal
-
     now = now or utcnow()
     owner = _lock(session, notification_id).partner_id
-    notification = service.ignore(session, Principal(owner, None), notification_id, now)
+    notification = ignore(session, Principal(owner, None), notification_id, now)
     row = session.scalar(
         select(PartnerRequest)
         .where(PartnerRequest.notification_id == notification.id,
                PartnerRequest.kind == RequestKind.IGNORE,
                PartnerRequest.api_key_id.is_(None),
-               PartnerRequest.outcome == service.ACCEPTED)
+               PartnerRequest.outcome == ACCEPTED)
         .order_by(PartnerRequest.id.desc()).limit(1)
     )
     if row is not None:

@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from deliverer.broker import queues
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
-from deliverer.scheduling import queues
 
 log = logging.getLogger(__name__)
 

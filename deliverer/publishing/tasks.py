@@ -15,8 +15,9 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
+from deliverer.broker import dispatch
 from deliverer.config import get_settings
-from deliverer.publishing.service import publish_one_and_commit
+from deliverer.publishing.service import publish_one
 
 # Backoff 1, 2, 4 ... 60 s (jittered), for up to 20 retries: a database restart or
 # failover of several minutes loses nothing; past that the task fails and says so.
@@ -24,18 +25,17 @@ MAX_RETRIES = 20
 RETRY_BACKOFF_MAX = 60
 
 
-@shared_task(name="deliverer.publish_event", bind=True, acks_late=True,
+@shared_task(name=dispatch.PUBLISH_EVENT, bind=True, acks_late=True,
              reject_on_worker_lost=True, ignore_result=True,
              autoretry_for=(OperationalError,), retry_backoff=True,
              retry_backoff_max=RETRY_BACKOFF_MAX, retry_jitter=True, max_retries=MAX_RETRIES)
-def publish_event(self: Task, partner_id: str, type: str, reference: str,
+def publish_event_task(self: Task, partner_id: str, type: str, reference: str,
                   payload: dict[str, Any], callback_url: str | None = None,
                   idempotency_key: str | None = None) -> dict[str, Any]:
     key = idempotency_key or self.request.id
     # retry_for=0: Celery's own retries (with backoff, for minutes) run it again.
-    published = publish_one_and_commit(get_settings(), idempotency_key=key,
-                                       partner_id=partner_id, type=type, reference=reference,
-                                       payload=payload, callback_url=callback_url,
-                                       retry_for=0.0)
+    published = publish_one(get_settings(), idempotency_key=key, partner_id=partner_id,
+                            type=type, reference=reference, payload=payload,
+                            callback_url=callback_url, retry_for=0.0)
     return {"eventId": published.event_id, "notificationId": published.notification_id,
             "status": published.status}

@@ -20,10 +20,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from deliverer import lease
 from deliverer.config import Settings
-from deliverer.models import Lane, Notification, PartnerRequest, utcnow
+from deliverer.models import Lane, Notification, PartnerRequest, ResendStatus, utcnow
 from deliverer.models.request_log import OPEN_RESENDS
-from deliverer.notifications.resend import EXPIRED, PENDING, SENDING, resend_lease
+from deliverer.notifications.resend import resend_lease
 
 # The sweep recovers only resends requested within this long. Migration 0004 made the
 # resend rows an outbox, and before it nothing ever finished a row its worker left
@@ -50,7 +51,7 @@ def due_notifications_query(now: datetime, settings: Settings, limit: int):  # t
             # Served by the partial index ix_notifications_due: O(rows due), not O(table).
             Notification.next_attempt_at.is_not(None),
             Notification.next_attempt_at <= horizon,
-            or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at <= now),
+            lease.is_free(Notification.lease_expires_at, now),
             or_(
                 Notification.scheduled_for.is_(None),
                 Notification.scheduled_for != Notification.next_attempt_at,
@@ -127,9 +128,9 @@ def _abandoned_resends(now: datetime, settings: Settings):  # type: ignore[no-un
     return and_(
         text(OPEN_RESENDS),  # as the partial index says it, so SQLite uses it too
         or_(
-            and_(request.delivery_status == PENDING,
+            and_(request.delivery_status == ResendStatus.PENDING,
                  func.coalesce(request.enqueued_at, request.created_at) < grace),
-            and_(request.delivery_status == SENDING,
+            and_(request.delivery_status == ResendStatus.SENDING,
                  or_(request.lease_expires_at <= now,
                      # Taken before leases were recorded (migration 0004).
                      and_(request.lease_expires_at.is_(None),
@@ -163,7 +164,8 @@ def collect_lost_resends(session: Session, settings: Settings, now: datetime | N
         session.execute(
             update(PartnerRequest)
             .where(PartnerRequest.id.in_(ids))
-            .values(delivery_status=PENDING, enqueued_at=now, lease_expires_at=None)
+            .values(delivery_status=ResendStatus.PENDING, enqueued_at=now,
+                    lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
     return ids
@@ -191,7 +193,7 @@ def expire_old_resends(session: Session, settings: Settings, now: datetime | Non
     result = session.execute(
         update(PartnerRequest)
         .where(PartnerRequest.id.in_(ids), stale)
-        .values(delivery_status=EXPIRED, lease_expires_at=None)
+        .values(delivery_status=ResendStatus.EXPIRED, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

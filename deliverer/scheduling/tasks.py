@@ -6,13 +6,12 @@ import logging
 
 from celery import shared_task
 
+from deliverer.broker import dispatch, sqla_broker
+from deliverer.broker.dispatch import enqueue_batch, enqueue_resend
 from deliverer.config import get_settings
 from deliverer.db import session_scope
 from deliverer.delivery import endpoint_queue
 from deliverer.models import utcnow
-from deliverer.notifications.resend import enqueue_resend
-from deliverer.scheduling import sqla_broker
-from deliverer.scheduling.enqueue import enqueue_batch
 from deliverer.scheduling.sweep import (
     collect_due,
     collect_lost_resends,
@@ -43,7 +42,7 @@ def prune_broker() -> int:
     return sqla_broker.prune_consumed(settings.broker_url)
 
 
-@shared_task(name="deliverer.sweep_due", ignore_result=True)
+@shared_task(name=dispatch.SWEEP_DUE, ignore_result=True)
 def sweep_due() -> int:
     """Enqueue every notification due within the horizon that has no message yet, and
     every resend request that was lost on its way; returns the number of notifications."""

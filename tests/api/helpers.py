@@ -29,7 +29,8 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.models.base import new_id
-from deliverer.publishing.service import event_body, next_sequence
+from deliverer.partners.endpoints import next_sequence
+from deliverer.publishing.envelope import event_body
 from tests.support import helpers as h
 from tests.support.live_server import ApiClient
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from api.batching import Coalescer
+from deliverer.batching import Coalescer
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from deliverer.delivery.ladder import Ladder
+from deliverer.config import Ladder
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
 from deliverer.models import NotificationStatus
 from tests.api import helpers as t

@@ -6,9 +6,9 @@ from datetime import datetime
 
 import pytest
 
+from deliverer.broker import queues
 from deliverer.models import NotificationStatus, Trigger
 from deliverer.models.base import new_id
-from deliverer.scheduling import queues
 from tests.api import helpers as t
 from tests.support import helpers as h
 from tests.support.receiver import closed_port, status

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from deliverer.config import Settings
 from deliverer.db import session_scope
 from deliverer.models import Notification, NotificationStatus, PartnerRequest
-from deliverer.publishing.service import publish_event
+from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
 
 

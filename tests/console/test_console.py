@@ -16,7 +16,7 @@ import api
 import deliverer.config
 from deliverer.db import session_scope
 from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow
-from deliverer.notifications.service import ACCEPTED, check_rate
+from deliverer.notifications.audit import ACCEPTED, check_rate
 from deliverer.operations.replay import OPERATOR
 from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient, csrf_of
 from tests.console.helpers import publish, requests_of, wait_failed

@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from deliverer.config import Ladder
 from deliverer.db import session_scope
 from deliverer.delivery import endpoint_queue, service
-from deliverer.delivery.ladder import Ladder
 from deliverer.models import (
     Alert,
     Endpoint,
@@ -25,7 +25,7 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.partners import webhook_settings
-from deliverer.publishing.service import publish_event
+from deliverer.publishing.service import record_event as publish_event
 from deliverer.scheduling.sweep import collect_due
 from tests.support import receiver as rx
 from tests.support.helpers import insert_notification, new_partner, notification

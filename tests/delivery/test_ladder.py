@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from deliverer.config import Settings
-from deliverer.delivery.ladder import DAY, DEFAULT_LADDER, HOUR, MINUTE, Ladder
+from deliverer.config import DAY, DEFAULT_LADDER, HOUR, MINUTE, Ladder, Settings
 
 pytestmark = pytest.mark.unit
 

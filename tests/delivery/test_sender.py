@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from deliverer.delivery import netguard, sender
+from deliverer.delivery.http import dial
 from deliverer.delivery.sender import SenderConfig, parse_retry_after, send
 from deliverer.delivery.troubleshooting import hint_for
 from tests.support import helpers as h
@@ -287,7 +288,7 @@ class _KeepAliveServer(ThreadingHTTPServer):
 def unchecked_peer(monkeypatch: pytest.MonkeyPatch) -> None:
     # Routed "public" addresses really land on loopback, which the post-connect peer check
     # (defence in depth) refuses; these tests are about what the guard dials.
-    monkeypatch.setattr(sender, "_check_peer", lambda sock: None)
+    monkeypatch.setattr(dial, "_check_peer", lambda sock: None)
 
 
 def test_guarded_send_pools_per_host_and_keeps_the_host_name(net, unchecked_peer):

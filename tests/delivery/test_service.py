@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from deliverer.db import session_scope
+from deliverer.delivery import claim as claim_module
 from deliverer.delivery import service
 from deliverer.delivery.service import ClaimState
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
@@ -424,7 +425,7 @@ def test_a_row_released_between_the_two_looks_is_locked_not_busy(
     """The lease skipped the row (locked), and the lock was gone by the second look: the
     row is due and free, so the message must come back (LOCKED), not be dropped (BUSY)."""
     nid = due_now(partner, "http://127.0.0.1:9/hook")
-    monkeypatch.setattr(service, "lease", lambda *args, **kwargs: ([], []))
+    monkeypatch.setattr(claim_module, "lease_jobs", lambda *args, **kwargs: ([], []))
     with session_scope() as session:
         assert service.claim(session, nid, settings).state == ClaimState.LOCKED
     row = h.notification(nid)

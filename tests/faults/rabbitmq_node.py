@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kombu import Connection
 
-from deliverer.scheduling import queues
+from deliverer.broker import queues
 from tests.faults.harness import free_port, group_pids, wait_for
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"

@@ -30,13 +30,13 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.notifications import manual_retry
+from deliverer.notifications.cycle import MAX_MANUAL, NOT_FAILED
 from deliverer.notifications.manual_retry import (
     Retried,
     RetryRequest,
     manual_retries,
     run_batch,
 )
-from deliverer.notifications.service import MAX_MANUAL, NOT_FAILED
 from deliverer.partners import keys
 from deliverer.partners.service import rotate_key
 from tests.api.helpers import partner_requests

@@ -13,14 +13,8 @@ import pytest
 
 from deliverer.celery_app import make_celery
 from deliverer.db import session_scope
-from deliverer.models import NotificationStatus, PartnerRequest, Trigger, utcnow
-from deliverer.notifications.resend import (
-    EXPIRED,
-    PENDING,
-    SENDING,
-    request_resend,
-    resend_lease,
-)
+from deliverer.models import NotificationStatus, PartnerRequest, ResendStatus, Trigger, utcnow
+from deliverer.notifications.resend import request_resend, resend_lease
 from deliverer.partners.service import NewPartner
 from deliverer.scheduling.sweep import (
     LOST_RESEND_MAX_AGE,
@@ -35,6 +29,7 @@ from tests.support import receiver as rx
 from tests.support.db_faults import failing_inserts
 
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
+PENDING, SENDING, EXPIRED = ResendStatus.PENDING, ResendStatus.SENDING, ResendStatus.EXPIRED
 
 
 def ask_resend(settings, partner: NewPartner, reference: str) -> int:

@@ -7,8 +7,8 @@ import time
 import pytest
 
 import deliverer.config
+from deliverer.broker.dispatch import enqueue_delivery
 from deliverer.models import utcnow
-from deliverer.scheduling.enqueue import enqueue_delivery
 from tests.support import helpers as h
 from tests.support.backend import BACKEND
 from tests.support.receiver import closed_port, sleep

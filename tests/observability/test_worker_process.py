@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import deliverer.delivery
+from deliverer.broker import queues
 from deliverer.config import Settings
-from deliverer.scheduling import queues
 from tests.conftest import BACKEND
 from tests.observability.test_metrics import value
 from tests.operations.helpers import cli_env, run_cli

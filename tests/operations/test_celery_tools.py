@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.models import utcnow
-from deliverer.scheduling import queues
 from tests.operations.helpers import cli_env, run_cli
 from tests.support import helpers as h
 from tests.support import receiver as rx

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from deliverer.broker import queues
 from deliverer.db import get_database, session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
 from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow, utcnow
@@ -20,7 +21,6 @@ from deliverer.operations.replay import (
     operator_retry,
     replay,
 )
-from deliverer.scheduling import queues
 from tests.operations.helpers import audit, failed, head_and_held, set_webhook_url
 from tests.support import helpers as h
 from tests.support.db_faults import failing_inserts

@@ -20,12 +20,10 @@ from deliverer.db import session_scope
 from deliverer.errors import ValidationFailed
 from deliverer.models import Event, Notification
 from deliverer.publishing.api import publish_events
-from deliverer.publishing.service import (
-    IdempotencyKeyReused,
-    publish_event,
-    publish_one_and_commit,
-)
-from deliverer.publishing.service import publish_events as service_publish_events
+from deliverer.publishing.idempotency import IdempotencyKeyReused
+from deliverer.publishing.service import publish_one as publish_one_and_commit
+from deliverer.publishing.service import record_event as publish_event
+from deliverer.publishing.service import record_events as service_publish_events
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
 from tests.support.db_faults import failing_inserts

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 import deliverer
+from deliverer.broker import queues
 from deliverer.db import session_scope
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
 from deliverer.models import (
@@ -22,8 +23,7 @@ from deliverer.models import (
     WebhookSettings,
 )
 from deliverer.publishing.api import publish_events
-from deliverer.publishing.service import publish_event
-from deliverer.scheduling import queues
+from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
 
 

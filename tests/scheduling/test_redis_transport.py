@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
+from deliverer.broker import redis_transport
 from deliverer.config import Settings
-from deliverer.scheduling import redis_transport
 
 
 def test_every_publish_of_a_channel_uses_one_client_and_messages_arrive(
         settings: Settings, celery_app: Celery) -> None:
     if not settings.broker_url.startswith("redis://"):
         pytest.skip("the Redis transport is used when the broker is Redis")
-    assert celery_app.conf.broker_transport == ("deliverer.scheduling.redis_transport:"
+    assert celery_app.conf.broker_transport == ("deliverer.broker.redis_transport:"
                                                 "Transport")
     with celery_app.connection_for_write() as conn:
         channel = conn.default_channel

@@ -12,8 +12,9 @@ import pytest
 from kombu import Connection
 
 import beat_schedule
+from deliverer.broker import sqla_broker
 from deliverer.config import Settings
-from deliverer.scheduling import sqla_broker, tasks
+from deliverer.scheduling import tasks
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from deliverer.broker import queues
 from deliverer.db import session_scope
 from deliverer.models import Lane, NotificationStatus, utcnow
-from deliverer.scheduling import queues
 from deliverer.scheduling.sweep import collect_due
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h

@@ -27,8 +27,9 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.models.base import new_id
+from deliverer.partners.endpoints import next_sequence
 from deliverer.partners.service import NewPartner, Principal, create_partner
-from deliverer.publishing.service import event_body, next_sequence
+from deliverer.publishing.envelope import event_body
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import deliverer
-from deliverer.scheduling import queues
+from deliverer.broker import queues
 
 REPO = Path(deliverer.__file__).resolve().parent.parent
 

@@ -10,9 +10,14 @@ a message a worker took but did not acknowledge comes back as a new row (kombu's
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Boolean, Integer, column, create_engine, delete, inspect, select, table
 
-from deliverer.celery_app import SQLA_TRANSPORT_OPTIONS
+# kombu's SQLAlchemy transport hands these to create_engine (deliverer.celery_app), and
+# so does the pruning here: wait for SQLite's write lock instead of failing when web,
+# worker and beat write at once.
+SQLA_TRANSPORT_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
 
 # The transport's default table; deliverer sets no ``message_tablename``.
 MESSAGES = table("kombu_message", column("id", Integer), column("visible", Boolean))

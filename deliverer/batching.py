@@ -1,15 +1,17 @@
-"""Concurrent requests for one operation, run as batches (group commit).
+"""Concurrent calls of one operation, run as batches (group commit).
 
-Under load, the API's request threads hand their manual retries to a ``Coalescer``
-instead of each opening a transaction: one thread per process runs whatever requests
-are waiting as one call, in one transaction, and hands each request its own outcome.
-A request that finds nothing running is run at once, alone, so an idle server adds no
-wait; batches form only while the previous one is in the database, which is when
-requests would otherwise queue for it anyway.
+Threads hand their items to a ``Coalescer`` instead of each running the operation: a
+runner thread takes whatever items are waiting and runs them as one call, and hands each
+caller its own outcome. An item that finds a runner idle is run at once, alone, so an
+idle process adds no wait; batches form only while the runners are busy, which is when
+the callers would otherwise queue for the database anyway. Used by the API's request
+threads (manual retries: one transaction for the batch) and by the worker's delivery
+tasks (one claim and one record for the messages running at the same moment).
 
-The thread is started on first use in each process: a process forked after the
-application was created (gunicorn's ``--preload``) inherits the object but not its
-thread.
+With several runners, one batch can be in the database while the next is being
+collected or sent. The runner threads are started on first use in each process: a
+process forked after the object was created (gunicorn's ``--preload``, a prefork pool)
+inherits the object but not its threads.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ class Coalescer(Generic[T, R]):
     """
 
     def __init__(self, name: str, run: Callable[[Sequence[T]], Sequence[R]],
-                 max_batch: int = 64) -> None:
+                 max_batch: int = 64, runners: int = 1) -> None:
         self.name = name
         self._run = run
         self._max_batch = max_batch
+        self._runners = runners
         self._queue: queue.SimpleQueue[tuple[T, Future[R]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -55,8 +58,9 @@ class Coalescer(Generic[T, R]):
                 # A forked child inherits the attribute but not the thread, nor (safely)
                 # the queue: start both afresh.
                 self._queue = queue.SimpleQueue()
-                threading.Thread(target=self._loop, name=f"batch-{self.name}",
-                                 daemon=True).start()
+                for k in range(self._runners):
+                    threading.Thread(target=self._loop, name=f"batch-{self.name}-{k}",
+                                     daemon=True).start()
                 self._pid = os.getpid()
 
     def _loop(self) -> None:

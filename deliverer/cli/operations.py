@@ -1,17 +1,15 @@
-"""The operator CLI: ``deliverer --help``."""
+"""Operating deliverer: a sweep now, statistics, bulk replays, purging old attempts."""
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import click
 
-from deliverer.config import get_settings, masked_url
+from deliverer.config import get_settings
 
 # The longest periods the options accept: beyond, now - period is before year 1
 # (OverflowError), and no attempt is that old anyway.
@@ -22,144 +20,7 @@ MAX_WINDOW = MAX_DAYS * 86400
 CONFIRM_PURGE_UNDER_DAYS = 1.0
 
 
-def database_error_message(exc: Exception) -> str:
-    """One line for an operator, instead of a traceback: what failed and what to do."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    orig = getattr(exc, "orig", None) or exc
-    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    where = f"DATABASE_URL={masked_url(get_settings().database_url)}"
-    # SQLite says so in words, PostgreSQL with SQLSTATE 42P01 (undefined_table).
-    if "no such table" in first or getattr(orig, "pgcode", None) == "42P01":
-        return (f"the database has no schema ({where}): {first}; "
-                "run `deliverer db upgrade`")
-    if isinstance(exc, OperationalError | InterfaceError):
-        return f"cannot reach the database ({where}): {first}"
-    return f"database error ({where}): {first}"
-
-
-class _Main(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Exception as exc:
-            # An unreachable database, or one without the schema, is the operator's to
-            # fix: a sentence, not a traceback. (Imported here: --help stays fast.)
-            from sqlalchemy.exc import DBAPIError
-
-            if isinstance(exc, DBAPIError):
-                raise click.ClickException(database_error_message(exc)) from exc
-            raise
-
-
-@click.group(cls=_Main)
-def main() -> None:
-    """deliverer: webhook delivery pipeline."""
-
-
-@main.group()
-def db() -> None:
-    """Database schema."""
-
-
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-def db_upgrade(revision: str) -> None:
-    """Apply the Alembic migrations (the Procfile's release step)."""
-    from deliverer.migrate import upgrade
-
-    upgrade(get_settings(), revision)
-    click.echo(f"database at {revision}")
-
-
-@main.group()
-def partner() -> None:
-    """Partners and their API keys."""
-
-
-def _partner_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if not value.strip():
-        raise click.BadParameter("must not be empty")
-    if len(value) > 200:  # the column's size, and the internal API's limit
-        raise click.BadParameter("at most 200 characters")
-    return value
-
-
-@partner.command("create")
-@click.option("--name", required=True, callback=_partner_name)
-@click.option("--webhook-url", default=None)
-@click.option("--alert-email", default=None)
-@click.option("--flow", type=click.Choice(["WEBHOOK", "POLLING"]), default="WEBHOOK")
-@click.option("--output", type=click.Choice(["json", "shell"]), default="json",
-              help="shell: PARTNER_ID=... lines, for eval \"$(deliverer partner create ...)\".")
-def partner_create(name: str, webhook_url: str | None, alert_email: str | None,
-                   flow: str, output: str) -> None:
-    """Create a partner; prints its API key, which is not shown again."""
-    from deliverer.db import session_scope
-    from deliverer.errors import DelivererError
-    from deliverer.partners.service import create_partner
-
-    try:
-        with session_scope() as session:
-            created = create_partner(session, get_settings(), name=name,
-                                     webhook_url=webhook_url, alert_email=alert_email, flow=flow)
-    except DelivererError as exc:
-        raise click.ClickException(exc.message) from exc
-    if output == "shell":
-        for variable, value in (("PARTNER_ID", created.partner_id),
-                                ("PARTNER_API_KEY", created.api_key),
-                                ("PARTNER_SIGNING_SECRET", created.signing_secret)):
-            click.echo(f"{variable}={shlex.quote(value)}")
-    else:
-        click.echo(json.dumps({"id": created.partner_id, "apiKey": created.api_key,
-                               "signingSecret": created.signing_secret}, indent=2))
-    click.echo("Store the API key now: it is kept only as a hash.", err=True)
-
-
-@partner.command("rotate-key")
-@click.argument("partner_id")
-def partner_rotate_key(partner_id: str) -> None:
-    """Revoke the partner's API keys and print a new one."""
-    from deliverer.db import session_scope
-    from deliverer.errors import DelivererError
-    from deliverer.partners.service import rotate_key
-
-    try:
-        with session_scope() as session:
-            key = rotate_key(session, partner_id)
-    except DelivererError as exc:
-        raise click.ClickException(exc.message) from exc
-    click.echo(key)
-
-
-@main.command("publish")
-@click.argument("partner_id")
-@click.argument("event_type")
-@click.argument("reference")
-@click.option("--payload", default="{}", help="JSON object")
-@click.option("--callback-url", default=None)
-def publish(partner_id: str, event_type: str, reference: str, payload: str,
-            callback_url: str | None) -> None:
-    """Publish an event for a partner."""
-    from deliverer.errors import DelivererError
-    from deliverer.publishing.api import publish_event
-
-    try:
-        data: Any = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
-    if not isinstance(data, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--payload")
-    try:
-        published = publish_event(partner_id, event_type, reference, data, callback_url)
-    except DelivererError as exc:
-        raise click.ClickException(exc.message) from exc
-    click.echo(json.dumps({"eventId": published.event_id,
-                           "notificationId": published.notification_id,
-                           "status": published.status, "sequence": published.sequence}))
-
-
-@main.command("sweep")
+@click.command("sweep")
 def sweep() -> None:
     """Run one beat sweep now (enqueue what is due)."""
     from deliverer.celery_app import make_celery
@@ -190,7 +51,7 @@ def _parse_when(value: str | None, name: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@main.command("stats")
+@click.command("stats")
 @click.option("--window", default=3600.0, show_default=True,
               type=click.FloatRange(min=1, max=MAX_WINDOW),
               help="Seconds of attempts the success rates cover.")
@@ -246,7 +107,7 @@ def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
                    f"{rate.url}  (partner {rate.partner_id})")
 
 
-@main.command("replay")
+@click.command("replay")
 @click.option("--partner", "partner_id", required=True, help="Partner id.")
 @click.option("--endpoint", "endpoint_url", default=None, help="Only this webhook URL.")
 @click.option("--since", default=None, help="Created at or after (ISO 8601, UTC by default).")
@@ -297,7 +158,7 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
                   if result.skipped else ""))
 
 
-@main.command("purge-attempts")
+@click.command("purge-attempts")
 @click.option("--older-than-days", type=click.FloatRange(min=0, max=MAX_DAYS), default=None,
               help="Retention in days [default: DELIVERER_ATTEMPT_RETENTION_DAYS, 90].")
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1))
@@ -325,25 +186,3 @@ def purge_attempts(older_than_days: float | None, batch_size: int, dry_run: bool
                  why=f"keeping only {days:g} day(s) deletes nearly every attempt")
     deleted = purge(older_than, batch_size=batch_size)
     click.echo(f"deleted {deleted} attempt(s) older than {days:g} day(s)")
-
-
-@main.command("run")
-@click.option("--port", default=5000, show_default=True, envvar="PORT",
-              type=click.IntRange(1, 65535))
-@click.option("--demo/--no-demo", default=False, help="Play the demo once everything is up.")
-@click.option("--exit-after-demo", is_flag=True, help="Stop everything when the demo ends.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
-def run(port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> None:
-    """API, worker and beat together on this machine (the embedded default)."""
-    from deliverer.devserver import StartFailed, run_all
-
-    try:
-        status = run_all(port=port, demo=demo, exit_after_demo=exit_after_demo,
-                         concurrency=concurrency)
-    except StartFailed as exc:
-        raise click.ClickException(str(exc)) from exc
-    sys.exit(status)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,107 @@
+"""The console's pages: failing endpoints, notifications (search, one, Retry, Ignore)
+and recent events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, flash, redirect, request, url_for
+
+from api.db import commit_then, get_session, roll_back_refused
+from api.views.console.blueprint import bp, deliverer_settings, page
+from api.views.console.filters import STATUSES
+from deliverer.errors import DelivererError
+from deliverer.models import NotificationStatus, utcnow
+from deliverer.notifications.outcome import wait_for_attempt
+from deliverer.operations import inspect
+from deliverer.operations.replay import operator_ignore, operator_retry
+
+# How long a Retry waits for the attempt's outcome before answering "queued" (seed 003:
+# "if your endpoint successfully receives the webhook, you get a success message").
+RETRY_WAIT_CAP = 5.0
+
+
+@bp.get("/")
+def index() -> Any:
+    db = get_session()
+    return page("console/endpoints.html", endpoints=inspect.failing_endpoints(db),
+                alerts=inspect.recent_alerts(db), now=utcnow())
+
+
+def _endpoint_id(value: str) -> int:
+    """An endpoint id filter: a positive 64-bit integer. A larger one overflowed in the
+    database driver (a 500); a ValueError makes the filter ignored, like any bad one."""
+    number = int(value)
+    if not 0 < number < 2**63:
+        raise ValueError(value)
+    return number
+
+
+@bp.get("/notifications")
+def notifications() -> Any:
+    args = request.args
+    status = args.get("status") or None
+    if status is not None and status not in STATUSES:
+        status = None
+    endpoint_id = args.get("endpoint_id", type=_endpoint_id)
+    searched = any(args.get(k) for k in ("q", "partner", "reference", "status", "endpoint_id"))
+    results = inspect.search_notifications(
+        get_session(), q=args.get("q"), partner=args.get("partner"),
+        reference=args.get("reference"), status=status, endpoint_id=endpoint_id,
+        limit=args.get("limit", default=100, type=int) or 100)
+    return page("console/notifications.html", results=results, searched=searched,
+                args=args, selected_status=status, endpoint_id=endpoint_id)
+
+
+@bp.get("/notifications/<notification_id>")
+def notification(notification_id: str) -> Any:
+    detail = inspect.notification_detail(get_session(), notification_id)
+    if detail is None:
+        return page("console/error.html", 404, title="Not found",
+                    message=f"No notification {notification_id}.")
+    return page("console/notification.html", d=detail, n=detail.notification)
+
+
+@bp.post("/notifications/<notification_id>/retry")
+def retry(notification_id: str) -> Any:
+    try:
+        operator_retry(get_session(), deliverer_settings(), notification_id)
+    except DelivererError as exc:
+        roll_back_refused(exc)
+        flash(f"Retry refused: {exc.message}", "error")
+        return redirect(url_for("console.notification", notification_id=notification_id))
+    current_app.logger.info("operator retry of %s", notification_id,
+                            extra={"notification_id": notification_id})
+    wait = min(deliverer_settings().resend_wait_seconds, RETRY_WAIT_CAP)
+    status, error = commit_then(lambda: wait_for_attempt(notification_id, wait))
+    if status == NotificationStatus.SENT:
+        flash("Retry delivered: the endpoint accepted the webhook.", "ok")
+    elif status == NotificationStatus.FAILED:
+        message = (error or {}).get("message") or "delivery failed"
+        flash(f"Retry failed: {message}", "error")
+    else:
+        flash("Retry queued: the webhook will be sent in a moment. Reload to see the result.",
+              "ok")
+    return redirect(url_for("console.notification", notification_id=notification_id))
+
+
+@bp.post("/notifications/<notification_id>/ignore")
+def ignore(notification_id: str) -> Any:
+    try:
+        operator_ignore(get_session(), notification_id)
+    except DelivererError as exc:
+        roll_back_refused(exc)
+        flash(f"Ignore refused: {exc.message}", "error")
+    else:
+        current_app.logger.info("operator ignored %s", notification_id,
+                                extra={"notification_id": notification_id})
+        flash("Notification ignored: it is out of the retry queue for good (NOT_SENT).", "ok")
+    return redirect(url_for("console.notification", notification_id=notification_id))
+
+
+@bp.get("/events")
+def events() -> Any:
+    db = get_session()
+    partner = request.args.get("partner")
+    return page("console/events.html", rows=inspect.recent_events(db, partner=partner),
+                actions=inspect.recent_actions(db), partner=partner or "")

@@ -1,0 +1,132 @@
+"""Setting deliverer up: its schema, partners, a test publish, everything in one process."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from deliverer.config import get_settings
+
+
+@click.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the Alembic migrations (the Procfile's release step)."""
+    from deliverer.migrate import upgrade
+
+    upgrade(get_settings(), revision)
+    click.echo(f"database at {revision}")
+
+
+@click.group()
+def partner() -> None:
+    """Partners and their API keys."""
+
+
+def _partner_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("must not be empty")
+    if len(value) > 200:  # the column's size, and the internal API's limit
+        raise click.BadParameter("at most 200 characters")
+    return value
+
+
+@partner.command("create")
+@click.option("--name", required=True, callback=_partner_name)
+@click.option("--webhook-url", default=None)
+@click.option("--alert-email", default=None)
+@click.option("--flow", type=click.Choice(["WEBHOOK", "POLLING"]), default="WEBHOOK")
+@click.option("--output", type=click.Choice(["json", "shell"]), default="json",
+              help="shell: PARTNER_ID=... lines, for eval \"$(deliverer partner create ...)\".")
+def partner_create(name: str, webhook_url: str | None, alert_email: str | None,
+                   flow: str, output: str) -> None:
+    """Create a partner; prints its API key, which is not shown again."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.partners.service import create_partner
+
+    try:
+        with session_scope() as session:
+            created = create_partner(session, get_settings(), name=name,
+                                     webhook_url=webhook_url, alert_email=alert_email, flow=flow)
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    if output == "shell":
+        for variable, value in (("PARTNER_ID", created.partner_id),
+                                ("PARTNER_API_KEY", created.api_key),
+                                ("PARTNER_SIGNING_SECRET", created.signing_secret)):
+            click.echo(f"{variable}={shlex.quote(value)}")
+    else:
+        click.echo(json.dumps({"id": created.partner_id, "apiKey": created.api_key,
+                               "signingSecret": created.signing_secret}, indent=2))
+    click.echo("Store the API key now: it is kept only as a hash.", err=True)
+
+
+@partner.command("rotate-key")
+@click.argument("partner_id")
+def partner_rotate_key(partner_id: str) -> None:
+    """Revoke the partner's API keys and print a new one."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.partners.service import rotate_key
+
+    try:
+        with session_scope() as session:
+            key = rotate_key(session, partner_id)
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(key)
+
+
+@click.command("publish")
+@click.argument("partner_id")
+@click.argument("event_type")
+@click.argument("reference")
+@click.option("--payload", default="{}", help="JSON object")
+@click.option("--callback-url", default=None)
+def publish(partner_id: str, event_type: str, reference: str, payload: str,
+            callback_url: str | None) -> None:
+    """Publish an event for a partner."""
+    from deliverer import publish_event
+    from deliverer.errors import DelivererError
+
+    try:
+        data: Any = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    try:
+        published = publish_event(partner_id, event_type, reference, data, callback_url)
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps({"eventId": published.event_id,
+                           "notificationId": published.notification_id,
+                           "status": published.status, "sequence": published.sequence}))
+
+
+@click.command("run")
+@click.option("--port", default=5000, show_default=True, envvar="PORT",
+              type=click.IntRange(1, 65535))
+@click.option("--demo/--no-demo", default=False, help="Play the demo once everything is up.")
+@click.option("--exit-after-demo", is_flag=True, help="Stop everything when the demo ends.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
+def run(port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> None:
+    """API, worker and beat together on this machine (the embedded default)."""
+    from deliverer.devserver import StartFailed, run_all
+
+    try:
+        status = run_all(port=port, demo=demo, exit_after_demo=exit_after_demo,
+                         concurrency=concurrency)
+    except StartFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)

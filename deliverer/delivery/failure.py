@@ -1,0 +1,71 @@
+"""Recording a failed delivery: the ladder gives the next attempt time (the receiver's
+Retry-After included), the notification joins its endpoint's queue, a 410 Gone disables
+the endpoint, and a long run of failures raises an alert."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from deliverer.alerts import service as alerts
+from deliverer.config import Settings
+from deliverer.delivery import endpoint_queue, ladder, sender
+from deliverer.delivery.claim import ClaimState, DeliveryJob
+from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
+from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, Trigger
+
+
+def record_failure(session: Session, row: Notification, endpoint: Endpoint | None,
+                   job: DeliveryJob, result: sender.SendResult, settings: Settings,
+                   now: datetime) -> AttemptOutcome:
+    """A failed attempt of ``row`` (leased by us, its attempt written): the ladder's next
+    time, the endpoint's queue, its alerts, and whether to come back soon."""
+    row.status = NotificationStatus.FAILED
+    row.retry_attempts += 1
+    row.latest_error_payload = result.error
+    row.lane = Lane.RETRY
+    due = ladder.next_attempt_at(settings, cycle_started_at=row.cycle_started_at,
+                                 failed_at=now, failures=row.retry_attempts,
+                                 retry_after=result.retry_after)
+    row.next_attempt_at = due
+    row.scheduled_for = None
+    if endpoint is not None:
+        if result.status_code == 410:
+            _disable_endpoint(session, endpoint, row, now)
+            return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+        if result.retry_after:
+            endpoint.retry_after_until = now + timedelta(
+                seconds=result.retry_after * settings.time_scale)
+        if endpoint_queue.join_after_failure(session, endpoint.id, row, now):
+            return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+        if job.trigger == Trigger.AUTOMATIC:
+            alerts.on_failed_retry(session, endpoint, row.id, row.retry_attempts,
+                                   (result.error or {}).get("message"), now)
+    if due is not None and (due - now).total_seconds() <= settings.sweep_horizon:
+        row.scheduled_for = due
+        row.enqueued_at = now
+        return AttemptOutcome(ClaimState.CLAIMED, status=row.status,
+                              next_attempt=NextAttempt(row.id, Lane.RETRY, due), due_at=due)
+    return AttemptOutcome(ClaimState.CLAIMED, status=row.status, due_at=due)
+
+
+def _disable_endpoint(session: Session, endpoint: Endpoint, row: Notification,
+                      now: datetime) -> None:
+    """410 Gone: the receiver says the endpoint no longer exists. Stop, and say so. The
+    notification is held, like those behind it: re-enabling the endpoint releases them.
+
+    Notifications in flight when the first 410 arrives get theirs too: only the one that
+    disables the endpoint raises the alert (the endpoint row is locked FOR UPDATE here, so
+    of concurrent recorders exactly one sees it enabled)."""
+    row.next_attempt_at = None
+    row.held = True
+    if endpoint.disabled_at is not None:
+        return
+    endpoint.disabled_at = now
+    endpoint.disabled_reason = "The receiver answered 410 Gone"
+    alerts.raise_alert(
+        session, endpoint, alerts.KIND_DISABLED,
+        f"Webhook endpoint {endpoint.url} answered 410 Gone and has been disabled. "
+        "Update your webhook settings to enable it again.",
+        notification_id=row.id, now=now)

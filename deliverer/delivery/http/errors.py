@@ -1,0 +1,55 @@
+"""What went wrong with a POST that raised: the failure kind merchants read, and a
+message."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import requests
+import urllib3.exceptions
+
+from deliverer.delivery.http.dial import BlockedAddress
+from deliverer.delivery.troubleshooting import FailureKind
+from deliverer.errors import UnsafeUrl
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        for nxt in (current.__cause__, current.__context__, *current.args):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    return seen
+
+
+def classify_exception(exc: BaseException) -> tuple[FailureKind, str]:
+    chain = _chain(exc)
+
+    def has(*types: type[BaseException]) -> bool:
+        return any(isinstance(e, types) for e in chain)
+
+    if has(BlockedAddress, UnsafeUrl):
+        return FailureKind.BLOCKED, "Connection refused by the SSRF guard: " + str(exc)
+    if has(requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+           requests.exceptions.InvalidSchema, urllib3.exceptions.LocationParseError):
+        return FailureKind.INVALID_URL, f"Invalid webhook URL: {exc}"
+    if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
+        return FailureKind.DNS, "DNS resolution failed for the webhook host"
+    if has(requests.exceptions.SSLError, ssl.SSLError):
+        return FailureKind.TLS, f"TLS handshake failed: {exc}"
+    if has(requests.exceptions.ConnectTimeout):
+        return FailureKind.TIMEOUT, "Timed out connecting to the webhook URL"
+    if has(requests.exceptions.Timeout, socket.timeout, TimeoutError):
+        return FailureKind.TIMEOUT, "Timed out waiting for the webhook response"
+    if has(ConnectionRefusedError):
+        return FailureKind.CONNECTION_REFUSED, "Connection refused by the webhook host"
+    if has(ConnectionResetError, BrokenPipeError, urllib3.exceptions.ProtocolError,
+           requests.exceptions.ChunkedEncodingError):
+        return FailureKind.CONNECTION_RESET, "Connection closed by the webhook host"
+    return FailureKind.CONNECTION_ERROR, f"Could not reach the webhook URL: {type(exc).__name__}"

@@ -1,0 +1,79 @@
+"""Recording an attempt: the attempt row and the notification's new state in one
+transaction, by the holder of its lease. Plain successes go in bulk (``success``);
+failures move the ladder, the endpoint's queue and its alerts (``failure``)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deliverer.config import Settings
+from deliverer.delivery import endpoint_queue, sender
+from deliverer.delivery.claim import ClaimState, DeliveryJob
+from deliverer.delivery.failure import record_failure
+from deliverer.delivery.outcome import AttemptOutcome
+from deliverer.delivery.success import (
+    attempt_row,
+    endpoint_failing_now,
+    is_plain_success,
+    record_successes,
+)
+from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def record(session: Session, job: DeliveryJob, result: sender.SendResult, settings: Settings,
+           now: datetime | None = None) -> AttemptOutcome:
+    """Write the attempt and move the notification on. Commits nothing."""
+    now = now or utcnow()
+    if is_plain_success(job, result):
+        if record_successes(session, [(job, result)], now) == 1:
+            return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.SENT)
+        log.warning("lease lost during delivery", extra={"notification_id": job.notification_id})
+        return AttemptOutcome(ClaimState.BUSY)
+    session.add(Attempt(**attempt_row(job, result)))
+    row = session.execute(
+        select(Notification).where(Notification.id == job.notification_id).with_for_update()
+    ).scalar_one()
+    if row.lease_token != job.lease_token:
+        # We overran the lease and another worker took over: keep the attempt on record,
+        # leave the state to the lease holder.
+        log.warning("lease lost during delivery", extra={"notification_id": row.id})
+        return AttemptOutcome(ClaimState.BUSY, status=row.status)
+
+    row.lease_token = None
+    row.lease_expires_at = None
+    row.attempt_count += 1
+    endpoint = _update_endpoint_health(session, job, result, now)
+    if result.success:
+        row.status = NotificationStatus.SENT
+        row.sent_at = now
+        row.next_attempt_at = None
+        row.scheduled_for = None
+        row.held = False
+        return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+
+    return record_failure(session, row, endpoint, job, result, settings, now)
+
+
+def _update_endpoint_health(session: Session, job: DeliveryJob, result: sender.SendResult,
+                            now: datetime) -> Endpoint | None:
+    """Failures load and update the endpoint; a healthy endpoint's success writes nothing."""
+    if job.endpoint_id is None:
+        return None
+    if result.success:
+        if job.endpoint_failing or endpoint_failing_now(session, [job.endpoint_id]):
+            endpoint_queue.on_recovery(session, job.endpoint_id, now)
+        return None
+    endpoint = session.get(Endpoint, job.endpoint_id, with_for_update=True)
+    if endpoint is None:
+        return None
+    endpoint.consecutive_failures += 1
+    endpoint.last_failure_at = now
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now
+    return endpoint

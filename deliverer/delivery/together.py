@@ -1,0 +1,101 @@
+"""One delivery per message, its database steps shared with the messages running beside it.
+
+``service.deliver``'s three steps, for the ``deliverer.deliver`` task, with the two
+database steps group-committed across the worker's task threads
+(``deliverer.batching.Coalescer``): the claims of the messages that arrive while a claim
+is in the database are taken together in one transaction (``batch.claim_many``), and the
+outcomes written together in one (``batch.record_many``). A message that finds the
+process idle has its claim and record run at once, alone: no added wait.
+
+The POST stays in the task's own thread. A slow endpoint so holds only the threads
+sending to it (and the slow lane caps those), never another endpoint's delivery: a
+batch that waited for all its POSTs before recording any would make every endpoint
+wait for the slowest one in it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from deliverer.batching import Coalescer
+from deliverer.config import Settings, get_settings
+from deliverer.db import in_transaction, session_scope
+from deliverer.delivery import sender, slow_lane
+from deliverer.delivery.batch import claim_many, record_many
+from deliverer.delivery.claim import Claim, ClaimState, DeliveryJob
+from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
+from deliverer.delivery.perform import perform_admitted
+from deliverer.models import NotificationStatus
+
+log = logging.getLogger(__name__)
+
+# A claim or record batch holds at most this many rows; two runners each, so one batch
+# can be in the database while the next is collected.
+MAX_BATCH = 64
+RUNNERS = 2
+
+
+def _claim_together(ids: Sequence[str]) -> list[Claim]:
+    settings = get_settings()
+    with session_scope() as session:
+        batch = claim_many(session, list(dict.fromkeys(ids)), settings)
+    jobs = {job.notification_id: job for job in batch.jobs}
+    not_due = {nid: due for nid, _lane, due in batch.not_due}
+    locked = set(batch.locked)
+    claims: list[Claim] = []
+    for nid in ids:
+        if nid in jobs:
+            claims.append(Claim(ClaimState.CLAIMED, job=jobs.pop(nid)))
+        elif nid in not_due:
+            claims.append(Claim(ClaimState.NOT_DUE, due_at=not_due[nid]))
+        elif nid in locked:
+            claims.append(Claim(ClaimState.LOCKED))
+        else:  # final, disabled endpoint, leased elsewhere, a duplicate message, missing
+            claims.append(Claim(ClaimState.FINAL))
+    return claims
+
+
+def _record_together(done: Sequence[tuple[DeliveryJob, sender.SendResult]]
+                     ) -> list[NextAttempt | None]:
+    settings = get_settings()
+    # By endpoint: concurrent record batches lock failing endpoints in one order.
+    ordered = sorted(done, key=lambda item: (item[0].endpoint_id or 0,
+                                             item[0].notification_id))
+    # The POSTs happened: a deadlock or a database restart while recording them is
+    # retried, not left to resend them when their leases run out.
+    following = in_transaction(
+        lambda session: record_many(session, [job for job, _ in ordered],
+                                    [result for _, result in ordered], settings),
+        retry_for=settings.lease_seconds)
+    by_id = {nxt.notification_id: nxt for nxt in following}
+    return [by_id.get(job.notification_id) for job, _ in done]
+
+
+_CLAIMS: Coalescer[str, Claim] = Coalescer("claim", _claim_together, MAX_BATCH, RUNNERS)
+_RECORDS: Coalescer[tuple[DeliveryJob, sender.SendResult], NextAttempt | None] = Coalescer(
+    "record", _record_together, MAX_BATCH, RUNNERS)
+
+
+def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
+    """Claim, send and record one attempt; returns once the attempt is recorded."""
+    claimed = _CLAIMS.submit(notification_id)
+    if claimed.job is None:
+        return AttemptOutcome(claimed.state, due_at=claimed.due_at)
+    job = claimed.job
+    ticket = slow_lane.GATE.admit(slow_lane.key_for(job.endpoint_id, job.url), settings)
+    if ticket is None:
+        until = in_transaction(
+            lambda session: slow_lane.defer(session, [notification_id], job.lease_token,
+                                            settings),
+            retry_for=settings.lease_seconds)
+        return AttemptOutcome(ClaimState.DEFERRED, due_at=until)
+    result = perform_admitted(job, ticket, settings)
+    following = _RECORDS.submit((job, result))
+    log.info("attempt %s: %s", "delivered" if result.success else "failed",
+             json.dumps(result.error) if result.error else result.status_code,
+             extra={"notification_id": notification_id})
+    status = NotificationStatus.SENT if result.success else NotificationStatus.FAILED
+    return AttemptOutcome(ClaimState.CLAIMED, status=status, next_attempt=following,
+                          due_at=following.due_at if following else None)

@@ -1,0 +1,127 @@
+"""What merchants read of their notifications (seeds 000, 003): one, its event and
+attempts, or a keyset-paginated list."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from deliverer.errors import DelivererError, NotificationNotFound
+from deliverer.models import Attempt, Event, Notification
+
+# The canonical form only, in either case. uuid.UUID() also takes "urn:uuid:", braces,
+# no hyphens or hyphens anywhere (up to 72 characters), and a "valid" id is written to
+# the audit trail's String(36) column: a DataError, so a 500, on PostgreSQL.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def is_uuid(value: str) -> bool:
+    return _UUID.fullmatch(value) is not None
+
+
+def get_notification(session: Session, partner_id: str, notification_id: str,
+                     *, for_update: bool = False) -> Notification:
+    """The partner's notification, or 404 (also for another partner's: no existence leak)."""
+    if not is_uuid(notification_id):
+        raise NotificationNotFound()
+    query = select(Notification).where(Notification.id == notification_id,
+                                       Notification.partner_id == partner_id)
+    if for_update:
+        query = query.with_for_update()
+    notification = session.scalar(query)
+    if notification is None:
+        raise NotificationNotFound()
+    return notification
+
+
+def get_event(session: Session, notification: Notification) -> Event:
+    event = session.get(Event, notification.event_id)
+    assert event is not None  # FK
+    return event
+
+
+def attempts_of(session: Session, notification_id: str) -> list[Attempt]:
+    return list(session.scalars(
+        select(Attempt).where(Attempt.notification_id == notification_id)
+        .order_by(Attempt.started_at.desc(), Attempt.id.desc())
+    ))
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    status: str | None = None
+    event_type: str | None = None
+    reference: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    limit: int = 20
+    cursor: str | None = None
+
+
+class InvalidCursor(DelivererError):
+    message = "Invalid cursor"
+
+
+def _encode_cursor(created_at: datetime, notification_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{notification_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, notification_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None or not is_uuid(notification_id):
+            raise InvalidCursor()
+        created_at = created_at.astimezone(UTC)  # OverflowError for 0001-01-01T00:00+01:00
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor() from exc
+    return created_at, notification_id
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[tuple[Notification, Event]]
+    next_cursor: str | None
+
+
+def list_notifications(session: Session, partner_id: str, filters: ListFilters) -> Page:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = (
+        select(Notification, Event)
+        .join(Event, Event.id == Notification.event_id)
+        .where(Notification.partner_id == partner_id)
+    )
+    if filters.status:
+        query = query.where(Notification.status == filters.status)
+    if filters.event_type:
+        query = query.where(Event.type == filters.event_type)
+    if filters.reference:
+        query = query.where(Event.reference == filters.reference)
+    if filters.created_from:
+        query = query.where(Notification.created_at >= filters.created_from)
+    if filters.created_to:
+        query = query.where(Notification.created_at < filters.created_to)
+    if filters.cursor:
+        created_at, notification_id = _decode_cursor(filters.cursor)
+        query = query.where(or_(
+            Notification.created_at < created_at,
+            and_(Notification.created_at == created_at, Notification.id < notification_id),
+        ))
+    rows = session.execute(
+        query.order_by(Notification.created_at.desc(), Notification.id.desc())
+        .limit(filters.limit + 1)
+    ).all()
+    items = [(r[0], r[1]) for r in rows[: filters.limit]]
+    next_cursor = None
+    if len(rows) > filters.limit:
+        last = items[-1][0]
+        next_cursor = _encode_cursor(last.created_at, last.id)
+    return Page(items, next_cursor)

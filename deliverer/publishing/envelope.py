@@ -1,0 +1,39 @@
+"""The envelope merchants receive: the event as one canonical JSON body, signed and
+sent as it is on every attempt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from deliverer.errors import ValidationFailed
+from deliverer.models import Event
+from deliverer.models.base import new_id
+
+
+def event_body(event: Event) -> str:
+    envelope = {
+        "id": event.id,
+        "type": event.type,
+        "reference": event.reference,
+        "timestamp": event.created_at.isoformat().replace("+00:00", "Z"),
+        "data": event.payload,
+    }
+    # allow_nan=False: NaN and Infinity are not JSON; a body carrying them would be
+    # signed and sent, and refused by every strict parser.
+    return json.dumps(envelope, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def new_event(partner_id: str, spec: Mapping[str, Any], now: datetime) -> tuple[Event, str]:
+    """The event a spec describes, and its body; ValidationFailed if its payload is not
+    JSON. The API's guard refuses such payloads at the edge; Python and Celery producers
+    (deliverer.publish_event, the publish task) and the CLI come through here."""
+    event = Event(id=new_id(), partner_id=partner_id, type=spec["type"],
+                  reference=spec["reference"], payload=spec["payload"],
+                  callback_url=spec.get("callback_url"), created_at=now)
+    try:
+        return event, event_body(event)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"The payload is not JSON: {exc}") from exc
