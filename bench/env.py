@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import rabbitmq
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -229,8 +231,12 @@ class BenchEnv:
         except Exception:
             self._drop_database()
             raise
-        self.broker_url = f"{REDIS_SERVER}/{self.redis_db}"
-        self.redis = redis.Redis.from_url(self.broker_url)
+        self.redis_url = f"{REDIS_SERVER}/{self.redis_db}"
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.broker_url = self.redis_url
+        self.rabbitmq_vhost: str | None = None
+        if rabbitmq.chosen():
+            self.rabbitmq_vhost, self.broker_url = rabbitmq.create_vhost()
         self._closed = False
 
     # ---------------------------------------------------------------- claims
@@ -324,9 +330,14 @@ class BenchEnv:
         self.data_dir.mkdir()
 
     def flush_redis(self) -> None:
-        """Delete every key of our index but the claim markers (no window for a claimer)."""
+        """Delete every key of our index but the claim markers (no window for a claimer);
+        on RabbitMQ, purge the queues too."""
         self.redis.eval(_FLUSH_BUT_MARKERS, 0, BENCH_KEY, TEST_KEY)
         self._marks()
+        if self.rabbitmq_vhost is not None:
+            from bench import plain_celery
+
+            rabbitmq.purge(self.broker_url, (plain_celery.QUEUE,))
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
@@ -364,6 +375,8 @@ class BenchEnv:
             self._drop_database()
         with contextlib.suppress(Exception):
             self.redis.flushdb()  # also releases the index
+        if self.rabbitmq_vhost is not None:
+            rabbitmq.delete_vhost(self.rabbitmq_vhost)
         with contextlib.suppress(Exception):
             self._admin.close()
         if not self.keep:

@@ -30,6 +30,8 @@ KEY_DONE = "bench:plain:done"
 SECRET = base64.b64encode(b"bench-plain-celery-secret-32-byt").decode()
 
 BROKER = os.environ.get("BENCH_PLAIN_BROKER", "redis://127.0.0.1:6379/15")
+# Where the progress counters go: the broker itself, unless it is RabbitMQ (bench.rabbitmq).
+PROGRESS = os.environ.get("BENCH_PLAIN_PROGRESS", BROKER)
 app = Celery("bench_plain", broker=BROKER)
 app.conf.update(task_ignore_result=True, task_default_queue=QUEUE,
                 worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
@@ -42,7 +44,7 @@ def _clients() -> tuple[requests.Session, redis.Redis]:
     global _session, _redis
     if _session is None or _redis is None:
         _session = requests.Session()
-        _redis = redis.Redis.from_url(BROKER)
+        _redis = redis.Redis.from_url(PROGRESS)
     return _session, _redis
 
 

@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     env = BenchEnv(keep=args.keep)
     meta["database"] = env.db_name
     meta["redis_db"] = env.redis_db
-    print(f"bench: database {env.db_name}, Redis index {env.redis_db}, temp {env.tmp}",
-          flush=True)
+    meta["broker"] = "rabbitmq" if env.rabbitmq_vhost else "redis"
+    print(f"bench: database {env.db_name}, Redis index {env.redis_db}, broker "
+          f"{meta['broker']}, temp {env.tmp}", flush=True)
     try:
         env.migrate()
         ctx = Ctx(env=env, smoke=args.smoke, results_dir=args.output.parent,

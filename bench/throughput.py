@@ -94,7 +94,7 @@ def plain_celery_run(ctx: Ctx, url: str, n: int) -> dict[str, Any]:
         sys.executable, "-m", "celery", "-A", "bench.plain_celery", "worker",
         "--pool", "prefork", "--concurrency", "2", "-Q", plain_celery.QUEUE,
         "--without-gossip", "--without-mingle", "--loglevel", "WARNING", "-n", "plain@%h",
-    ], env.env(BENCH_PLAIN_BROKER=env.broker_url))
+    ], env.env(BENCH_PLAIN_BROKER=env.broker_url, BENCH_PLAIN_PROGRESS=env.redis_url))
     try:
         def finished() -> bool:
             if not worker.alive():

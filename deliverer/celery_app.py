@@ -26,6 +26,13 @@ TASK_MODULES = [
 ]
 
 
+# RabbitMQ: a publish returns once the broker has taken the message (publisher
+# confirms), so a message is never lost between a committed row and a broker that
+# accepted the publish but went down before writing it. Queues are classic and durable
+# (kombu's default) and messages persistent (Celery's): README, "Choosing a broker".
+AMQP_TRANSPORT_OPTIONS: dict[str, Any] = {"confirm_publish": True}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     import beat_schedule
 
@@ -39,8 +46,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": max(3600, int(settings.sweep_horizon * 10)),
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
-            "retry_on_timeout": True,
+            # No retry_on_timeout: it gives redis-py's connections a retry that also
+            # covers connection errors, and the worker's pub/sub connection (remote
+            # control's pidbox) then reconnects inside kombu's read after a Redis
+            # restart and blocks the worker's event loop reading the new socket: alive,
+            # consuming nothing (tests/faults/test_broker_restart.py, README).
         }
+    if settings.broker_is_amqp:
+        transport_options = AMQP_TRANSPORT_OPTIONS
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options,
@@ -79,12 +92,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
-        # No remote control (celery inspect/control; deliverer uses none). On Redis its
-        # fanout channel is what killed workers when the broker restarted: kombu closes the
-        # half-closed pidbox channel again after the transport was detached, raises
-        # AttributeError instead of a connection error, and the worker exits with
-        # "Unrecoverable error" instead of reconnecting (tests/faults/test_redis_restart.py).
-        "worker_enable_remote_control": False,
+        # celery inspect / control and Flower need the worker's remote control; the Redis
+        # transport options above say what once broke it. kombu's SQLAlchemy transport
+        # (embedded) cannot carry a broadcast between processes: there it would only add
+        # a queue for the worker to poll.
+        "worker_enable_remote_control": not settings.broker_is_sqla,
     }
     if settings.broker_url.startswith("redis://"):
         # One publishing client per channel instead of one per publish (rediss:// keeps

@@ -176,6 +176,11 @@ class Settings:
         return self.broker_url.startswith(("redis://", "rediss://"))
 
     @property
+    def broker_is_amqp(self) -> bool:
+        """RabbitMQ (py-amqp): ``amqp://``, ``amqps://`` or ``pyamqp://``."""
+        return self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+    @property
     def broker_is_sqla(self) -> bool:
         """kombu's SQLAlchemy transport: the embedded default's broker."""
         return self.broker_url.startswith("sqla+")

@@ -7,6 +7,9 @@
 * ``production``: a fresh, uniquely named PostgreSQL database on 127.0.0.1:5432 (created
   here, dropped at the end) and Redis on 127.0.0.1:6379, database 13 (flushed at start;
   another free database when a concurrent session holds 13).
+* ``rabbitmq``: the same PostgreSQL database, and RabbitMQ on 127.0.0.1:5672 in a vhost
+  of the session's own (created here, deleted at the end). CI runs a chosen part of
+  the suite on it (scripts/test).
 
 Tests marked ``unit`` touch neither and run only on the embedded pass.
 """
@@ -38,16 +41,20 @@ from deliverer.delivery import slow_lane
 from deliverer.models import Base
 from tests.support.backend import (
     BACKEND,
+    BACKENDS,
     PG_SERVER,
+    RABBITMQ_SERVER,
     claim_redis_db,
     create_pg_database,
+    create_rabbitmq_vhost,
+    delete_rabbitmq_vhost,
     drop_pg_database,
     release_redis_db,
 )
 from tests.support.receiver import Receiver
 
-if BACKEND not in ("embedded", "production"):
-    raise pytest.UsageError(f"DELIVERER_TEST_BACKEND must be embedded or production, "
+if BACKEND not in BACKENDS:
+    raise pytest.UsageError(f"DELIVERER_TEST_BACKEND must be one of {', '.join(BACKENDS)}, "
                             f"not {BACKEND!r}")
 
 # Loopback-only timings that make the whole ladder a matter of milliseconds.
@@ -67,7 +74,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if BACKEND != "production":
+    if BACKEND == "embedded":
         return
     skip = pytest.mark.skip(reason="unit test: runs once, in the embedded pass")
     for item in items:
@@ -90,17 +97,24 @@ def backend_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         return
 
     name = create_pg_database()
-    redis_url, redis_db = claim_redis_db()
+    if BACKEND == "rabbitmq":
+        vhost = create_rabbitmq_vhost()
+        broker_url = f"{RABBITMQ_SERVER}/{vhost}"
+    else:
+        broker_url, redis_db = claim_redis_db()
     try:
         yield {
             "database_url": f"{PG_SERVER}/{name}",
-            "broker_url": redis_url,
+            "broker_url": broker_url,
             "data_dir": data_dir,
         }
     finally:
         reset_database()
         drop_pg_database(name)
-        release_redis_db(redis_db)
+        if BACKEND == "rabbitmq":
+            delete_rabbitmq_vhost(vhost)
+        else:
+            release_redis_db(redis_db)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
 from deliverer.db import get_database
+from deliverer.operations import fleet
 
 bp = Blueprint("health", __name__)
 
@@ -34,6 +35,9 @@ def readyz() -> Any:
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), (
-        200 if ready else 503
-    )
+    body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
+    if checks["broker"] == "ok":
+        # Reported, not a condition of readiness (the web app serves without workers);
+        # bounded: a one-second ping (deliverer.operations.fleet).
+        body["fleet"] = fleet.collect(current_app.extensions["celery"]).as_dict()
+    return jsonify(body), 200 if ready else 503

@@ -58,7 +58,8 @@ def _parse_when(value: str | None, name: str) -> datetime | None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
               help="Endpoints listed (worst success rate first).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@click.option("--no-broker", is_flag=True, help="Do not ask the broker for its queue depths.")
+@click.option("--no-broker", is_flag=True,
+              help="Do not ask the broker for its queue depths and workers.")
 def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
     """Queue depths per status, due retries, success rate by endpoint."""
     from deliverer.db import session_scope
@@ -72,8 +73,14 @@ def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
     with session_scope() as session:
         result = ops_stats.collect(session, window=timedelta(seconds=window),
                                    celery_app=celery_app, endpoint_limit=limit)
+    fleet = None
+    if celery_app is not None:
+        from deliverer.operations import fleet as ops_fleet
+
+        fleet = ops_fleet.collect(celery_app)
     if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
+        click.echo(json.dumps({**result.as_dict(), "fleet": fleet and fleet.as_dict()},
+                              indent=2))
         return
     click.echo("Notifications by status")
     for status, count in result.by_status.items():
@@ -86,6 +93,12 @@ def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
         click.echo("Broker queues")
         for queue, depth in result.broker.items():
             click.echo(f"  {queue:<24} {'unreachable' if depth is None else depth:>10}")
+    if fleet is not None:
+        workers = "unknown" if fleet.live_workers is None else fleet.live_workers
+        click.echo(f"Workers answering a ping: {workers}")
+        for queue, age in (fleet.oldest_unacked_seconds or {}).items():
+            click.echo(f"  oldest unacknowledged in {queue:<24} "
+                       f"{'unknown' if age is None else f'{age:.1f} s':>10}")
     click.echo(f"Success rate by endpoint, last {window:g} s")
     if not result.endpoints:
         click.echo("  no attempt in the window")

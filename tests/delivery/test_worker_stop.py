@@ -1,17 +1,16 @@
 """Stopping a real worker process in the middle of a batch, as an operator scaling down
-does (SIGTERM): the worker stops once its POST in flight is recorded, instead of sending
-the rest of the batch first, and the next worker sends the rest, each webhook once.
+does (SIGTERM, or ``celery control shutdown``): the worker stops once its POST in flight
+is recorded, instead of sending the rest of the batch first, and the next worker sends
+the rest, each webhook once.
 
-The workers get a broker of their own (a separate SQLite file, or a Redis database of
-their own), so the test session's in-process worker never takes their messages; the
-database is the session's.
+The workers get a broker of their own (a separate SQLite file, a Redis database or a
+RabbitMQ vhost of their own), so the test session's in-process worker never takes their
+messages; the database is the session's.
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-import deliverer
 from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.models import NotificationStatus, utcnow
 from tests.support import helpers as h
 from tests.support import receiver as rx
-from tests.support.backend import BACKEND, claim_redis_db, release_redis_db
+from tests.support.backend import BACKEND, private_broker_url
 from tests.support.cli import cli_env
+from tests.support.worker_process import start_worker, stop_worker, wait_exit
 
 pytestmark = pytest.mark.slow
 
@@ -37,40 +36,40 @@ JOBS = 8
 
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[str]:
-    if BACKEND == "production":
-        url, db = claim_redis_db()
-        try:
-            yield url
-        finally:
-            release_redis_db(db)
-    else:
-        yield f"sqla+sqlite:///{tmp_path / 'workers-broker.db'}"
+    with private_broker_url(tmp_path) as url:
+        yield url
 
 
-def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "deliverer.worker", "worker", "--pool",
-             "threads", "--concurrency", "2", "-Q", ",".join(queues.ALL), "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-            cwd=Path(deliverer.__file__).resolve().parent.parent)
+NODE = "scale-down@test"  # the first worker's node name, for `celery control`
 
 
-def _stop(worker: subprocess.Popen[bytes], timeout: float = 30.0) -> float:
-    """SIGTERM, as a platform scaling down sends it; how long the worker took to exit."""
+def _stop(worker: subprocess.Popen[bytes], how: str, broker_url: str,
+          settings: Settings, timeout: float = 30.0) -> float:
+    """SIGTERM, as a platform scaling down sends it, or the broadcast ``celery control
+    shutdown`` sends (here from this process: the command line's start-up would take
+    seconds, tests/operations/test_celery_tools.py runs it); how long the worker took to
+    exit."""
+    if how == "sigterm":
+        return stop_worker(worker, timeout)
     began = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
+    app = make_celery(settings.with_overrides(broker_url=broker_url))
     try:
-        worker.wait(timeout)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait(10)
-    return time.monotonic() - began
+        app.control.shutdown(destination=[NODE])
+    finally:
+        app.close()
+    return wait_exit(worker, timeout, began)
 
 
+# Remote control needs a broadcast, which kombu's SQLAlchemy transport cannot carry from
+# one process to another (its fanout bindings live in each process's memory).
+STOPS = ["sigterm", pytest.param("celery control shutdown", marks=pytest.mark.skipif(
+    BACKEND == "embedded", reason="no remote control on kombu's SQLAlchemy transport"))]
+
+
+@pytest.mark.parametrize("how", STOPS)
 def test_a_worker_stopped_mid_batch_hands_its_unsent_jobs_to_the_next(
-        settings: Settings, receiver: rx.Receiver, private_broker: str, tmp_path: Path):
+        settings: Settings, receiver: rx.Receiver, private_broker: str, tmp_path: Path,
+        how: str):
     url = receiver.always("/scale-down", rx.sleep(POST_SECONDS))
     partner = h.new_partner(settings, url)
     ids = [h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
@@ -81,7 +80,7 @@ def test_a_worker_stopped_mid_batch_hands_its_unsent_jobs_to_the_next(
                   DELIVERER_ENDPOINT_CONCURRENCY="1")
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
 
-    first = _start_worker(env, first_log)
+    first = start_worker(env, first_log, NODE, "--without-heartbeat")
     try:
         sender = make_celery(settings.with_overrides(broker_url=private_broker))
         try:
@@ -90,7 +89,7 @@ def test_a_worker_stopped_mid_batch_hands_its_unsent_jobs_to_the_next(
             sender.close()
         receiver.wait_for(1, "/scale-down", timeout=60)
     finally:
-        took = _stop(first)
+        took = _stop(first, how, private_broker, settings)
     log = first_log.read_text()
     assert first.returncode == 0, log
     sent_by_first = len(receiver.requests("/scale-down"))
@@ -102,11 +101,11 @@ def test_a_worker_stopped_mid_batch_hands_its_unsent_jobs_to_the_next(
         in log, log
     assert sum(1 for nid in ids if h.sent(nid)) == sent_by_first  # recorded before it exited
 
-    second = _start_worker(env, second_log)
+    second = start_worker(env, second_log, "next@test", "--without-heartbeat")
     try:
         h.wait_until(lambda: all(h.sent(nid) for nid in ids), timeout=60,
                      message="the next worker sent what the first handed back")
     finally:
-        _stop(second)
+        _stop(second, "sigterm", private_broker, settings)
     assert Counter(r.headers["webhook-id"] for r in receiver.requests("/scale-down")) == \
         Counter(ids)

@@ -3,7 +3,9 @@
 These scenarios bring their own private PostgreSQL and Redis (see ``harness``), so they
 never touch the shared servers the rest of the suite uses, and they run once per test
 run: in the production-backend pass (``DELIVERER_TEST_BACKEND=production``), whose stack
-they exercise. The embedded pass skips them rather than run the same thing twice.
+they exercise. The embedded pass skips them rather than run the same thing twice. The
+RabbitMQ pass (``rabbitmq``) runs those about the broker (scripts/test chooses them) on
+a private RabbitMQ node instead of Redis (``rabbitmq_node``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from tests.support.backend import BACKEND
 @pytest.fixture(autouse=True)
 def _clean_state() -> None:
     """Replaces the suite-wide autouse fixture: nothing shared to clean here."""
-    if BACKEND != "production":
-        pytest.skip("fault injection runs in the production-backend pass "
-                    "(it brings its own PostgreSQL and Redis)")
-    tools = ["redis-server"] + (["runuser"] if os.geteuid() == 0 else [])
+    if BACKEND == "embedded":
+        pytest.skip("fault injection runs in the server backends' passes "
+                    "(it brings its own PostgreSQL and broker)")
+    broker = "rabbitmq-server" if BACKEND == "rabbitmq" else "redis-server"
+    tools = [broker] + (["runuser"] if os.geteuid() == 0 else [])
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"fault injection needs {', '.join(missing)} on PATH")

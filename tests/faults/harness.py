@@ -68,6 +68,7 @@ import redis
 import requests
 
 from tests.support import receiver as rcv
+from tests.support.backend import BACKEND
 from tests.support.ports import free_port
 from tests.support.processes import child_pids
 from tests.support.receiver import Receiver
@@ -323,7 +324,9 @@ class Stack:
 
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    redis: PrivateRedis = field(init=False)
+    # The broker of the pass: a private Redis, or a private RabbitMQ node in the
+    # RabbitMQ pass (DELIVERER_TEST_BACKEND=rabbitmq; tests.faults.rabbitmq_node).
+    broker: Any = field(init=False)
     pg: PrivatePostgres = field(init=False)
     processes: list[ManagedProcess] = field(default_factory=list)
     publishers: list[Publisher] = field(default_factory=list)
@@ -334,7 +337,12 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
-        self.redis = PrivateRedis(self.workdir)
+        if BACKEND == "rabbitmq":
+            from tests.faults.rabbitmq_node import PrivateRabbitMQ  # it imports this module
+
+            self.broker = PrivateRabbitMQ()
+        else:
+            self.broker = PrivateRedis(self.workdir)
         self.pg = PrivatePostgres()
 
     # ------------------------------------------------------------ life cycle
@@ -343,7 +351,7 @@ class Stack:
         self.pg.init()
         self.pg.start()
         self.pg.create_database()
-        self.redis.start()
+        self.broker.start()
         self.migrate()
 
     def close(self) -> None:
@@ -365,7 +373,10 @@ class Stack:
             with suppress(Exception):
                 process.stop(timeout=0)
         try:
-            self.redis.stop(signal.SIGKILL)
+            if BACKEND == "rabbitmq":
+                self.broker.destroy()
+            else:
+                self.broker.stop(signal.SIGKILL)
         finally:
             self.pg.destroy()
 
@@ -377,7 +388,7 @@ class Stack:
         env.update(BASE_ENV)
         env.update({
             "DATABASE_URL": self.pg.url(),
-            "CELERY_BROKER_URL": self.redis.url,
+            "CELERY_BROKER_URL": self.broker.url,
             "DELIVERER_DATA_DIR": str(self.workdir / "data"),
             "DELIVERER_ADMIN_TOKEN": ADMIN_TOKEN,
             "PYTHONUNBUFFERED": "1",

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 import deliverer.config
+from deliverer.broker.dispatch import enqueue_delivery
+from deliverer.models import NotificationStatus, utcnow
+from tests.support import helpers as h
+from tests.support.backend import BACKEND
 from tests.support.ports import closed_port
+from tests.support.receiver import sleep
 
 
 def test_healthz(make_app):
@@ -12,15 +21,41 @@ def test_healthz(make_app):
 
 
 def test_readyz_when_database_and_broker_answer(make_app):
+    began = time.monotonic()
     response = make_app().test_client().get("/readyz")
     assert response.status_code == 200
-    assert response.json == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    assert response.json["status"] == "ready"
+    assert response.json["checks"] == {"database": "ok", "broker": "ok"}
+    assert set(response.json["fleet"]) == {"liveWorkers", "oldestUnackedSeconds"}
+    assert time.monotonic() - began < 10  # a one-second ping, at most
+
+
+@pytest.mark.skipif(BACKEND == "embedded", reason="no broadcast on the SQLAlchemy broker")
+def test_readyz_counts_the_workers_and_the_oldest_unacknowledged(
+        make_app, worker, settings, receiver):
+    url = receiver.always("/held", sleep(2.0))
+    partner = h.new_partner(settings, url)
+    nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    enqueue_delivery(nid, "first")
+    receiver.wait_for(1, "/held", timeout=30)
+    fleet = make_app().test_client().get("/readyz").json["fleet"]
+    assert fleet["liveWorkers"] >= 1, fleet
+    unacked = fleet["oldestUnackedSeconds"]
+    if BACKEND == "production":  # Redis can tell; RabbitMQ's AMQP cannot
+        assert unacked["deliver.first"] > 0, fleet
+        assert unacked["deliverer.maintenance"] is not None, fleet
+    else:
+        assert unacked is None, fleet
 
 
 def test_readyz_when_the_broker_is_down(make_app):
     app = make_app(broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    began = time.monotonic()
     response = app.test_client().get("/readyz")
+    assert time.monotonic() - began < 10  # never hangs on a broker that is down
     assert response.status_code == 503
+    assert "fleet" not in response.json
     body = response.json
     assert body["status"] == "unavailable"
     assert body["checks"]["database"] == "ok"

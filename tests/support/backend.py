@@ -1,14 +1,22 @@
-"""Which backend the session runs on, and how to make a throwaway database on it."""
+"""Which backend the session runs on, and how to make a throwaway database on it.
+
+``embedded``: SQLite + kombu's SQLAlchemy transport; ``production``: PostgreSQL + Redis;
+``rabbitmq``: PostgreSQL + RabbitMQ (a vhost of the session's own).
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 BACKEND = os.environ.get("DELIVERER_TEST_BACKEND", "embedded").strip().lower()
+BACKENDS = ("embedded", "production", "rabbitmq")
+# PostgreSQL is the database of both server backends.
+ON_POSTGRES = BACKEND in ("production", "rabbitmq")
 
 # The session's settings get the plain URL, through Settings.from_env (which picks the
 # driver); URLs handed straight to SQLAlchemy name psycopg2, since SQLAlchemy 2.1 maps a
@@ -50,7 +58,7 @@ def drop_pg_database(name: str) -> None:
 @contextmanager
 def scratch_database_url(tmp_dir: Path) -> Iterator[str]:
     """An empty database of the session's kind, removed afterwards."""
-    if BACKEND == "production":
+    if ON_POSTGRES:
         name = create_pg_database("deliverer_scratch")
         try:
             yield f"{PG_SERVER_PSYCOPG2}/{name}"
@@ -98,3 +106,46 @@ def release_redis_db(db: int) -> None:
         client.flushdb()  # also drops the claim
     finally:
         client.close()
+
+
+RABBITMQ_SERVER = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True,
+                   timeout=60, stdin=subprocess.DEVNULL)
+
+
+def create_rabbitmq_vhost(prefix: str = "deliverer_test") -> str:
+    """A vhost of this session's own on the machine's RabbitMQ: sessions running at the
+    same time never share (or purge) each other's queues."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    _rabbitmqctl("add_vhost", name)
+    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    return name
+
+
+def delete_rabbitmq_vhost(name: str) -> None:
+    # A vhost left behind holds nothing another session reads.
+    with suppress(OSError, subprocess.SubprocessError):
+        _rabbitmqctl("delete_vhost", name)
+
+
+@contextmanager
+def private_broker_url(tmp_dir: Path) -> Iterator[str]:
+    """A broker of the session's kind that nothing else consumes from, removed afterwards
+    (a worker subprocess of a test must not share the session worker's queues)."""
+    if BACKEND == "production":
+        url, db = claim_redis_db()
+        try:
+            yield url
+        finally:
+            release_redis_db(db)
+    elif BACKEND == "rabbitmq":
+        vhost = create_rabbitmq_vhost("deliverer_private")
+        try:
+            yield f"{RABBITMQ_SERVER}/{vhost}"
+        finally:
+            delete_rabbitmq_vhost(vhost)
+    else:
+        yield f"sqla+sqlite:///{tmp_dir / 'private-broker.db'}"
