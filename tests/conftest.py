@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery, _state
+from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
 from sqlalchemy.exc import DBAPIError
@@ -152,20 +152,6 @@ def override_settings(settings: Settings) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------- celery
-
-
-@contextmanager
-def current_celery_app(app: Celery) -> Iterator[Celery]:
-    """Make ``app`` the current and default app (``shared_task`` resolves through it)."""
-    saved_current = getattr(_state._tls, "current_app", None)
-    saved_default = _state.default_app
-    app.set_current()
-    app.set_default()
-    try:
-        yield app
-    finally:
-        _state._tls.current_app = saved_current
-        _state.set_default_app(saved_default)
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,9 @@ from deliverer.config import Ladder
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
 from deliverer.models import NotificationStatus, utcnow
 from deliverer.scheduling.tasks import sweep_due
-from tests.conftest import current_celery_app
 from tests.support import helpers as h
 from tests.support import receiver as rx
+from tests.support.celery_app import current_celery_app
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -187,7 +187,8 @@ def test_lost_message_is_resent_after_the_grace(settings, receiver, override_set
     with override_settings(lost_message_grace=1.0) as s:
         partner = h.new_partner(s, url)
         now = utcnow()
-        nid = h.insert_notification(partner.partner_id, url, next_attempt_at=now,
+        nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                    next_attempt_at=now,
                                     scheduled_for=now, enqueued_at=now)
         start = time.monotonic()
         h.wait_until(lambda: h.sent(nid), on_poll=sweep, message="SENT after the grace")

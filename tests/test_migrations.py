@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from alembic import command
@@ -17,6 +16,7 @@ from deliverer import migrate
 from deliverer.db import get_database
 from deliverer.models import Base
 from tests.support.backend import BACKEND, scratch_database_url
+from tests.support.waiting import wait_until
 
 
 def schema_differences(engine) -> list:
@@ -110,10 +110,8 @@ def test_the_idempotency_index_is_built_while_events_are_written(settings, tmp_p
                 old.execute(text("SELECT count(*) FROM partner_requests"))
                 migration = threading.Thread(target=release_step)
                 migration.start()
-                deadline = time.monotonic() + 10
-                while not waiting_on_a_lock(writer):
-                    assert time.monotonic() < deadline, "the migration never waited"
-                    time.sleep(0.05)
+                wait_until(lambda: waiting_on_a_lock(writer), 10, interval=0.05,
+                           message="the migration to wait on its lock")
                 try:
                     writer.execute(text("SET lock_timeout = '3s'"))
                     writer.execute(text("LOCK TABLE events IN ROW EXCLUSIVE MODE"))

@@ -48,7 +48,8 @@ class NotificationLifecycle(RuleBasedStateMachine):
             key_id = session.scalar(select(ApiKey.id).where(
                 ApiKey.partner_id == partner.partner_id))
         self.principal = Principal(partner.partner_id, key_id)
-        self.nid = insert_notification(partner.partner_id, url, next_attempt_at=self.now,
+        self.nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                       next_attempt_at=self.now,
                                        cycle_started_at=self.now)
         self.previous = S.PENDING
         self.attempts = 0
@@ -138,7 +139,8 @@ class NotificationLifecycle(RuleBasedStateMachine):
             cap = timedelta(seconds=self.settings.ladder.max_age * self.settings.time_scale)
             assert row.next_attempt_at <= row.cycle_started_at + cap
         assert 0 <= row.manual_retry_count <= 3 and row.manual_retry_count == self.manual_retries
-        assert row.retry_attempts >= 0 and row.lease_token is None
+        # Every failed attempt of the cycle is one of the attempts counted.
+        assert 0 <= row.retry_attempts <= row.attempt_count and row.lease_token is None
         with session_scope() as session:
             recorded = session.scalar(select(func.count()).select_from(Attempt)
                                       .where(Attempt.notification_id == self.nid))

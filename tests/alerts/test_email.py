@@ -22,12 +22,13 @@ from deliverer.alerts import service as alerts
 from deliverer.alerts.tasks import send_alert_email, sweep_alert_emails
 from deliverer.db import session_scope
 from deliverer.delivery import service
-from deliverer.models import Alert, Endpoint, utcnow
+from deliverer.models import Alert, Endpoint, NotificationStatus, utcnow
 from deliverer.partners import webhook_settings
-from tests.operations.helpers import cli_env
 from tests.support import receiver as rx
+from tests.support.cli import cli_env
 from tests.support.helpers import insert_notification, new_partner, wait_until
-from tests.support.smtp import Inbox, free_port, serve
+from tests.support.ports import free_port
+from tests.support.smtp import Inbox, serve
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def test_alert_is_emailed_to_the_partners_alert_address(settings, worker, receiv
         webhook_settings.update_settings(session, settings, partner.partner_id,
                                          alert_email="ops@merchant.test")
     with override_settings(smtp_url=smtp_url, alert_sender="alerts@deliverer.test") as s:
-        nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+        nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                  next_attempt_at=utcnow())
         service.deliver(nid, s)
         wait_until(lambda: inbox.messages, message="the alert e-mail")
         mail_from, rcpt, content = inbox.messages[0]
@@ -74,7 +76,8 @@ def _alert(settings, alert_email: str | None = "ops@merchant.test",
         with session_scope() as session:
             webhook_settings.update_settings(session, settings, partner.partner_id,
                                              alert_email=alert_email)
-    insert_notification(partner.partner_id, url, next_attempt_at=None)
+    insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                        next_attempt_at=None)
     with session_scope() as session:
         endpoint = session.scalar(select(Endpoint).where(Endpoint.partner_id == partner.partner_id))
         assert endpoint is not None

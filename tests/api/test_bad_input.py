@@ -9,6 +9,8 @@ import pytest
 
 from deliverer.models import NotificationStatus
 from tests.api import helpers as t
+from tests.support import helpers as h
+from tests.support.rows import partner_requests
 
 BASE = "/api/partner/v2"
 SETTINGS = f"{BASE}/webhook-settings"
@@ -24,8 +26,8 @@ def partner(make_partner):
 
 @pytest.fixture
 def failed(partner):
-    return t.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook",
-                                 reference="TXN-1")
+    return h.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook",
+                                 status=NotificationStatus.FAILED, reference="TXN-1")
 
 
 def unchanged(partner, check):
@@ -161,7 +163,7 @@ def test_other_spellings_of_an_id_are_404(partner, failed, method, path):
 
     unchanged(partner, check)
     assert t.snapshot(failed) == before
-    recorded = {r.notification_id for r in t.partner_requests(partner.partner_id)}
+    recorded = {r.notification_id for r in partner_requests(partner.partner_id)}
     assert recorded <= {None, failed.upper()}
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from deliverer.batching import Coalescer
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -45,11 +46,8 @@ def _submit_all(coalescer: Coalescer[int, int], items: list[int]
 
 
 def _wait_queued(coalescer: Coalescer[int, int], count: int) -> None:
-    for _ in range(1000):
-        if coalescer._queue.qsize() >= count:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError(f"{count} requests never queued")
+    wait_until(lambda: coalescer._queue.qsize() >= count, 10.0, interval=0.01,
+               message=f"{count} requests queued")
 
 
 def test_a_lone_request_runs_at_once_and_alone() -> None:

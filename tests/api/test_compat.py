@@ -32,22 +32,23 @@ def long_wait(api_settings):
 def test_seed001_retry_success_shape_and_redelivery(make_partner, receiver, slow_ladder):
     receiver.program("/hook", [status(500)], then=status(200))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     response = partner.api.post(SEED001_RETRY.format(nid))
     assert response.status_code == 200, response.text
     assert response.json() == {"success": True, "deliveryId": nid,
                                "message": "Retry queued successfully."}
     receiver.wait_for(2, "/hook")
     h.wait_until(lambda: h.sent(nid), message="SENT")
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
     assert h.notification(nid).manual_retry_count == 1
 
 
 def test_seed001_retry_errors_are_seed000s(make_partner):
     partner = make_partner("http://127.0.0.1:9/hook")
     url = "http://127.0.0.1:9/hook"
-    sent = t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
-    maxed = t.insert_notification(partner.partner_id, url, manual_retry_count=3)
+    sent = h.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
+    maxed = h.insert_notification(partner.partner_id, url, status=NotificationStatus.FAILED,
+                                  manual_retry_count=3)
     t.assert_error(partner.api.post(SEED001_RETRY.format("delivery-uuid")), 404, "NOT_FOUND",
                    t.NOT_FOUND)
     t.assert_error(partner.api.post(SEED001_RETRY.format(sent)), 409, "CONFLICT", t.NOT_FAILED)
@@ -61,12 +62,14 @@ def test_seed001_list_failed_deliveries(make_partner):
     url = "http://127.0.0.1:9/hook"
     t0 = datetime(2025, 5, 1, tzinfo=UTC)
     error = {"kind": "http_status", "message": "HTTP 503", "httpStatus": 503, "hint": "h"}
-    failed = [t.insert_notification(partner.partner_id, url, created_at=t0 + timedelta(minutes=i),
+    failed = [h.insert_notification(partner.partner_id, url, status=NotificationStatus.FAILED,
+                                    created_at=t0 + timedelta(minutes=i),
                                     reference=f"TXN-{i}", latest_error_payload=error,
                                     retry_attempts=2)
               for i in range(5)]
-    t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
-    t.insert_notification(other.partner_id, url)  # someone else's FAILED one
+    h.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
+    h.insert_notification(other.partner_id, url,
+                          status=NotificationStatus.FAILED)  # someone else's FAILED one
 
     response = partner.api.get(f"{SEED001_LIST}?status=FAILED")
     assert response.status_code == 200, response.text
@@ -111,7 +114,7 @@ def test_seed001_list_bad_query_is_400(make_partner, query):
 def test_seed002_resend_success_shape(make_partner, receiver, long_wait):
     url = receiver.url("/hook")
     partner = make_partner(url)
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT,
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT,
                              reference="CO-695E8FF9383839393")
     response = partner.bearer.post(SEED002_RESEND.format("CO-695E8FF9383839393"),
                                    headers={"Content-Type": "application/json"})
@@ -122,13 +125,13 @@ def test_seed002_resend_success_shape(make_partner, receiver, long_wait):
         "data": {"transaction_id": "CO-695E8FF9383839393", "webhook_url": url},
     }
     receiver.wait_for(2, "/hook")
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
     assert h.notification(nid).status == NotificationStatus.SENT
 
 
 def test_seed002_resend_to_the_callback_url(make_partner, receiver, long_wait):
     partner = make_partner(receiver.url("/default"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-CB",
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-CB",
                        callback_url=receiver.url("/callback"))
     response = partner.bearer.post(SEED002_RESEND.format("TXN-CB"))
     assert response.json()["data"]["webhook_url"] == receiver.url("/callback")
@@ -145,7 +148,7 @@ def test_seed002_not_found_shape(make_partner):
 def test_seed002_pending_and_rate_limited(make_partner, receiver, api_settings):
     receiver.program("/hook", [status(200)], then=sleep(1.0, status(200)))
     partner = make_partner(receiver.url("/hook"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-P")
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-P")
     with api_settings(resend_wait_seconds=0.2, resend_rate_per_minute=1):
         response = partner.bearer.post(SEED002_RESEND.format("TXN-P"))
         assert response.status_code == 202, response.text
@@ -163,7 +166,7 @@ def test_seed002_pending_and_rate_limited(make_partner, receiver, api_settings):
 
 def test_seed004_resend_success_shape(make_partner, receiver, long_wait):
     partner = make_partner(receiver.url("/hook"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="123")
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="123")
     response = partner.bearer.post(SEED004_RESEND.format(123),
                                    headers={"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
@@ -177,7 +180,7 @@ def test_seed004_resend_success_shape(make_partner, receiver, long_wait):
 
 def test_seed004_non_numeric_invoice_id_is_echoed_as_given(make_partner, receiver, long_wait):
     partner = make_partner(receiver.url("/hook"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="INV-7")
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="INV-7")
     body = partner.bearer.post(SEED004_RESEND.format("INV-7")).json()
     assert (body["invoice_id"], body["status"]) == ("INV-7", "success")
 
@@ -185,7 +188,7 @@ def test_seed004_non_numeric_invoice_id_is_echoed_as_given(make_partner, receive
 def test_seed004_pending(make_partner, receiver, api_settings):
     receiver.program("/hook", [status(200)], then=sleep(1.0, status(200)))
     partner = make_partner(receiver.url("/hook"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="124")
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="124")
     with api_settings(resend_wait_seconds=0.2):
         response = partner.bearer.post(SEED004_RESEND.format(124))
     assert response.status_code in (200, 202), response.text
@@ -199,22 +202,22 @@ def test_seed004_non_ascii_digits_are_echoed_as_given(make_partner, receiver, lo
     # "²".isdigit() is true but int("²") fails: that was a 500 after the resend had been
     # recorded and queued.
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="²")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="²")
     response = partner.bearer.post(SEED004_RESEND.format("%C2%B2"))
     assert response.status_code == 200, response.text
     assert response.json()["invoice_id"] == "²"
     receiver.wait_for(2, "/hook")
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
 
 
 def test_seed004_failed_resend_is_its_500(make_partner, receiver, long_wait):
     # Seed 004's status codes: "500: Internal error while resending webhook".
     receiver.program("/hook", [status(200)], then=status(503))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="125")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="125")
     t.assert_error(partner.bearer.post(SEED004_RESEND.format(125)), 500,
                    "WEBHOOK_DELIVERY_FAILED", "Internal error while resending webhook")
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
     assert h.notification(nid).status == NotificationStatus.SENT  # a resend changes nothing
 
 

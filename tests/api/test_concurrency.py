@@ -14,7 +14,9 @@ import pytest
 from deliverer.models import NotificationStatus, Trigger
 from tests.api import helpers as t
 from tests.support import helpers as h
+from tests.support.race import race
 from tests.support.receiver import sleep, status
+from tests.support.rows import partner_requests
 
 RETRY = "/api/partner/v2/webhook-notifications/{}/retry"
 RESEND = "/api/partner/v2/transactions/{}/resend-webhook"
@@ -27,9 +29,9 @@ def test_fifty_parallel_retries_of_one_notification_accept_exactly_one(
     # First attempt fails; the manual one is answered slowly, then succeeds.
     receiver.program("/hook", [status(500)], then=sleep(0.5))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
 
-    responses = t.burst([lambda: partner.api.post(RETRY.format(nid))] * 50)
+    responses = race([lambda: partner.api.post(RETRY.format(nid))] * 50)
 
     assert t.statuses(responses) == Counter({200: 1, 409: 49}), t.statuses(responses)
     for response in responses:
@@ -39,9 +41,9 @@ def test_fifty_parallel_retries_of_one_notification_accept_exactly_one(
     assert winner["manualRetryCount"] == 1
     h.wait_until(lambda: h.sent(nid), message="SENT after the one manual retry")
     assert h.notification(nid).manual_retry_count == 1
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
     assert len(receiver.requests("/hook")) == 2  # one first attempt, one manual retry
-    rows = t.partner_requests(partner.partner_id, kind="retry")
+    rows = partner_requests(partner.partner_id, kind="retry")
     assert Counter(r.outcome for r in rows) == Counter({"ACCEPTED": 1, "CONFLICT": 49})
 
 
@@ -54,7 +56,7 @@ def test_parallel_waves_never_give_a_fourth_manual_retry(
     head), or each to a callback URL of its own.
     """
     partner = make_partner(receiver.always("/down", status(500)))
-    nids = [t.publish_and_wait(
+    nids = [h.publish_and_wait(
                 partner.partner_id, NotificationStatus.FAILED,
                 callback_url=(receiver.always(f"/down/{i}", status(500))
                               if endpoints == "endpoint each" else None))
@@ -64,7 +66,7 @@ def test_parallel_waves_never_give_a_fourth_manual_retry(
         for _wave in range(6):
             calls = [lambda nid=nids[i % 10]: partner.api.post(RETRY.format(nid))
                      for i in range(50)]
-            responses = t.burst(calls)
+            responses = race(calls)
             assert set(t.statuses(responses)) <= {200, 409}, t.statuses(responses)
             for response in responses:
                 if response.status_code == 200:
@@ -77,14 +79,14 @@ def test_parallel_waves_never_give_a_fourth_manual_retry(
                          message="every manual retry attempted")
             if all(h.notification(n).manual_retry_count == 3 for n in nids):
                 break
-        final = t.burst([lambda nid=nids[i % 10]: partner.api.post(RETRY.format(nid))
-                         for i in range(50)])
+        final = race([lambda nid=nids[i % 10]: partner.api.post(RETRY.format(nid))
+                      for i in range(50)])
     for response in final:
         t.assert_error(response, 409, "CONFLICT", t.MAX_MANUAL)
     assert accepted_by_id == Counter({n: 3 for n in nids})
     for nid in nids:
         assert h.notification(nid).manual_retry_count == 3
-        assert t.triggers(nid).count(Trigger.MANUAL) == 3
+        assert h.triggers(nid).count(Trigger.MANUAL) == 3
     per_row = Counter(r.notification_id for r in t.accepted(partner.partner_id))
     assert per_row == Counter({n: 3 for n in nids})
 
@@ -93,10 +95,11 @@ def test_fifty_parallel_retries_over_twenty_notifications_accept_exactly_ten(
         make_partner, receiver):
     url = receiver.url("/ok")
     partner = make_partner(url)
-    nids = [t.insert_notification(partner.partner_id, url) for _ in range(20)]
+    nids = [h.insert_notification(partner.partner_id, url,
+                                  status=NotificationStatus.FAILED) for _ in range(20)]
 
-    responses = t.burst([lambda nid=nids[i % 20]: partner.api.post(RETRY.format(nid))
-                         for i in range(50)])
+    responses = race([lambda nid=nids[i % 20]: partner.api.post(RETRY.format(nid))
+                      for i in range(50)])
 
     counts = t.statuses(responses)
     assert counts[200] == 10, counts
@@ -128,11 +131,13 @@ def test_fifty_parallel_retries_over_twenty_notifications_accept_exactly_ten(
 def test_parallel_retries_of_two_partners_are_limited_separately(make_partner, receiver):
     url = receiver.url("/ok")
     partners = [make_partner(url, name=f"P{i}") for i in range(2)]
-    nids = {p.partner_id: [t.insert_notification(p.partner_id, url) for _ in range(15)]
+    nids = {p.partner_id: [h.insert_notification(p.partner_id, url,
+                                                 status=NotificationStatus.FAILED)
+                           for _ in range(15)]
             for p in partners}
     calls = [lambda p=p, nid=nid: (p.partner_id, p.api.post(RETRY.format(nid)))
              for p in partners for nid in nids[p.partner_id]]
-    results = t.burst(calls)
+    results = race(calls)
     for partner in partners:
         mine = [r for pid, r in results if pid == partner.partner_id]
         assert t.statuses(mine) == Counter({200: 10, 429: 5}), t.statuses(mine)
@@ -142,10 +147,10 @@ def test_parallel_retries_of_two_partners_are_limited_separately(make_partner, r
 def test_parallel_resends_are_rate_limited(make_partner, receiver, api_settings):
     url = receiver.url("/ok")
     partner = make_partner(url)
-    t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT,
+    h.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT,
                           reference="TXN-PAR")
     with api_settings(resend_wait_seconds=0.1):
-        responses = t.burst([lambda: partner.api.post(RESEND.format("TXN-PAR"))] * 30)
+        responses = race([lambda: partner.api.post(RESEND.format("TXN-PAR"))] * 30)
     counts = t.statuses(responses)
     assert counts[200] + counts[202] == 10, counts
     assert counts[429] == 20, counts
@@ -155,7 +160,7 @@ def test_parallel_resends_are_rate_limited(make_partner, receiver, api_settings)
             assert response.headers["Retry-After"].isdigit()
     assert len(t.accepted(partner.partner_id, kind="resend")) == 10
     receiver.wait_for(10, "/ok")
-    h.wait_until(lambda: len(t.partner_requests(partner.partner_id, kind="resend",
+    h.wait_until(lambda: len(partner_requests(partner.partner_id, kind="resend",
                                                 delivery_status="SENT")) == 10,
                  message="ten resends delivered")
     assert len(receiver.requests("/ok")) == 10

@@ -12,6 +12,7 @@ from deliverer.scheduling.sweep import collect_due
 from tests.api import helpers as t
 from tests.support import helpers as h
 from tests.support.receiver import sleep, status
+from tests.support.rows import partner_requests
 
 IGNORE = "/api/partner/v2/webhook-notifications/{}/ignore"
 RETRY = "/api/partner/v2/webhook-notifications/{}/retry"
@@ -32,7 +33,7 @@ def test_ignore_failed_takes_it_out_of_the_retry_queue_for_good(make_partner, re
                                                                 settings):
     receiver.always("/hook", status(500))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     # Still climbing the (time-scaled) ladder: the sweep would pick it up.
     h.wait_until(lambda: h.notification(nid).next_attempt_at is not None
                  or h.notification(nid).lease_token is not None, message="on the ladder")
@@ -69,7 +70,7 @@ def test_ignore_during_an_attempt_in_flight_keeps_it_ignored(make_partner, recei
     # The first attempt is answered slowly, then with a success that must not count.
     receiver.program("/hook", [status(500), sleep(1.0, status(200))])
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     assert partner.api.post(RETRY.format(nid)).status_code == 200
     receiver.wait_for(2, "/hook")  # the manual attempt is being answered (slowly)
     response = partner.api.post(IGNORE.format(nid))
@@ -83,19 +84,19 @@ def test_ignore_during_an_attempt_in_flight_keeps_it_ignored(make_partner, recei
 
 def test_ignore_sent_is_conflict(make_partner):
     partner = make_partner()
-    nid = t.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook",
+    nid = h.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook",
                                 status=NotificationStatus.SENT)
     before = t.snapshot(nid)
     t.assert_error(partner.api.post(IGNORE.format(nid)), 409, "CONFLICT")
     assert t.snapshot(nid) == before
-    assert [r.outcome for r in t.partner_requests(partner.partner_id)] == ["CONFLICT"]
+    assert [r.outcome for r in partner_requests(partner.partner_id)] == ["CONFLICT"]
 
 
 @pytest.mark.parametrize("state", [NotificationStatus.PENDING, NotificationStatus.NOT_SENT])
 def test_ignore_pending_or_not_sent(make_partner, state):
     partner = make_partner()
     due = utcnow() + timedelta(days=1) if state == NotificationStatus.PENDING else None
-    nid = t.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook", status=state,
+    nid = h.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook", status=state,
                                 next_attempt_at=due)
     for _ in range(2):  # idempotent
         response = partner.api.post(IGNORE.format(nid))
@@ -107,7 +108,8 @@ def test_ignore_pending_or_not_sent(make_partner, state):
 def test_ignore_unknown_or_foreign_is_not_found(make_partner):
     mine = make_partner(name="Mine")
     theirs = make_partner(name="Theirs")
-    foreign = t.insert_notification(theirs.partner_id, "http://127.0.0.1:9/hook")
+    foreign = h.insert_notification(theirs.partner_id, "http://127.0.0.1:9/hook",
+                                    status=NotificationStatus.FAILED)
     before = t.snapshot(foreign)
     for bad in (foreign, "8374f327-38bd-4b0b-b8a7-2524599eb903", "nope"):
         t.assert_error(mine.api.post(IGNORE.format(bad)), 404, "NOT_FOUND", t.NOT_FOUND)

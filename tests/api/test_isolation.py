@@ -7,6 +7,8 @@ import pytest
 
 from deliverer.models import NotificationStatus
 from tests.api import helpers as t
+from tests.support import helpers as h
+from tests.support.rows import partner_requests
 
 BASE = "/api/partner/v2"
 
@@ -16,10 +18,12 @@ def two_partners(make_partner, receiver, worker):
     a = make_partner(receiver.url("/a"), name="A", alert_email="a@example.com")
     b = make_partner(receiver.url("/b"), name="B")
     a_rows = {
-        "failed": t.insert_notification(a.partner_id, receiver.url("/a"), reference="TXN-A1"),
-        "sent": t.insert_notification(a.partner_id, receiver.url("/a"), reference="TXN-A2",
+        "failed": h.insert_notification(a.partner_id, receiver.url("/a"),
+                                        status=NotificationStatus.FAILED, reference="TXN-A1"),
+        "sent": h.insert_notification(a.partner_id, receiver.url("/a"), reference="TXN-A2",
                                       status=NotificationStatus.SENT),
-        "numeric": t.insert_notification(a.partner_id, receiver.url("/a"), reference="777"),
+        "numeric": h.insert_notification(a.partner_id, receiver.url("/a"),
+                                         status=NotificationStatus.FAILED, reference="777"),
     }
     return a, b, a_rows
 
@@ -61,13 +65,14 @@ def test_b_cannot_reach_a_notifications_or_references(two_partners, receiver, ap
     assert {k: v for k, v in after.items() if k != "partner_requests"} == {
         k: v for k, v in counts.items() if k != "partner_requests"}
     # Every refused request is on B's record, none on A's.
-    assert t.partner_requests(a.partner_id) == []
-    assert {r.outcome for r in t.partner_requests(b.partner_id)} == {"NOT_FOUND"}
+    assert partner_requests(a.partner_id) == []
+    assert {r.outcome for r in partner_requests(b.partner_id)} == {"NOT_FOUND"}
 
 
 def test_lists_show_only_own(two_partners):
     a, b, a_rows = two_partners
-    b_nid = t.insert_notification(b.partner_id, "http://127.0.0.1:9/b", reference="TXN-A1")
+    b_nid = h.insert_notification(b.partner_id, "http://127.0.0.1:9/b",
+                                  status=NotificationStatus.FAILED, reference="TXN-A1")
     for client in (b.api, b.bearer):
         for path in (f"{BASE}/webhook-notifications",
                      f"{BASE}/webhook-notifications?reference=TXN-A1",
@@ -82,7 +87,7 @@ def test_lists_show_only_own(two_partners):
 
 def test_same_reference_resends_only_own_event(two_partners, receiver, api_settings):
     _a, b, _ = two_partners
-    b_nid = t.insert_notification(b.partner_id, receiver.url("/b"), reference="TXN-A1",
+    b_nid = h.insert_notification(b.partner_id, receiver.url("/b"), reference="TXN-A1",
                                   status=NotificationStatus.SENT)
     with api_settings(resend_wait_seconds=10.0):
         response = b.api.post(f"{BASE}/transactions/TXN-A1/resend-webhook")

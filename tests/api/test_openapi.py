@@ -15,8 +15,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from deliverer.models import NotificationStatus
-from tests.api import helpers as t
 from tests.api.conftest import ADMIN_TOKEN
+from tests.support import helpers as h
 
 SPEC = "/api/openapi.json"
 EXAMPLES_PER_OPERATION = 25
@@ -72,7 +72,7 @@ def fuzz_partner(make_partner, receiver, worker, api_settings):
     url = receiver.url("/hook")
     for state in (NotificationStatus.FAILED, NotificationStatus.SENT,
                   NotificationStatus.PENDING, NotificationStatus.NOT_SENT):
-        t.insert_notification(partner.partner_id, url, status=state, reference="TXN-1")
+        h.insert_notification(partner.partner_id, url, status=state, reference="TXN-1")
     with api_settings(resend_wait_seconds=0.05, manual_retry_rate_per_minute=1_000_000,
                       resend_rate_per_minute=1_000_000):
         yield partner

@@ -11,6 +11,7 @@ from deliverer.models import NotificationStatus, Trigger
 from tests.api import helpers as t
 from tests.support import helpers as h
 from tests.support.receiver import sleep, status
+from tests.support.rows import partner_requests
 
 RESEND = "/api/partner/v2/transactions/{}/resend-webhook"
 
@@ -27,7 +28,7 @@ def quick_wait(api_settings):
 def test_resend_delivered_within_the_wait_is_200_success(make_partner, receiver, quick_wait):
     url = receiver.url("/hook")
     partner = make_partner(url)
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-1")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-1")
     before = t.snapshot(nid)
 
     response = partner.api.post(RESEND.format("TXN-1"))
@@ -50,7 +51,7 @@ def test_resend_delivered_within_the_wait_is_200_success(make_partner, receiver,
 
 def test_resend_can_be_repeated_without_side_effects(make_partner, receiver, quick_wait):
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-R")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-R")
     before = t.snapshot(nid)
     for _ in range(3):
         response = partner.api.post(RESEND.format("TXN-R"))
@@ -58,7 +59,7 @@ def test_resend_can_be_repeated_without_side_effects(make_partner, receiver, qui
         assert response.json()["status"] == "success"
     assert len(receiver.wait_for(4, "/hook")) == 4
     assert t.snapshot(nid) == before
-    assert t.triggers(nid) == [Trigger.AUTOMATIC] + [Trigger.RESEND] * 3
+    assert h.triggers(nid) == [Trigger.AUTOMATIC] + [Trigger.RESEND] * 3
     assert t.row_counts()["notifications"] == 1
     assert t.row_counts()["events"] == 1
 
@@ -66,7 +67,7 @@ def test_resend_can_be_repeated_without_side_effects(make_partner, receiver, qui
 def test_slow_receiver_gives_202_pending_then_delivers(make_partner, receiver, api_settings):
     receiver.program("/hook", [status(200)], then=sleep(1.5, status(200)))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-S")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-S")
     with api_settings(resend_wait_seconds=0.3):
         response = partner.api.post(RESEND.format("TXN-S"))
     assert response.status_code == 202, response.text
@@ -76,9 +77,9 @@ def test_slow_receiver_gives_202_pending_then_delivers(make_partner, receiver, a
     assert body["message"]
     # ... and it does arrive.
     receiver.wait_for(2, "/hook")
-    h.wait_until(lambda: t.partner_requests(partner.partner_id, kind="resend",
+    h.wait_until(lambda: partner_requests(partner.partner_id, kind="resend",
                                             delivery_status="SENT"), message="resend SENT")
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
     assert h.notification(nid).status == NotificationStatus.SENT
 
 
@@ -86,7 +87,7 @@ def test_resend_of_a_failed_notification_leaves_it_failed(make_partner, receiver
                                                           slow_ladder):
     receiver.program("/hook", [status(500)], then=status(200))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED, reference="TXN-F")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED, reference="TXN-F")
     before = t.snapshot(nid)
     response = partner.api.post(RESEND.format("TXN-F"))
     assert response.status_code == 200, response.text
@@ -94,13 +95,13 @@ def test_resend_of_a_failed_notification_leaves_it_failed(make_partner, receiver
     after = t.snapshot(nid)
     assert after == before  # still FAILED, same counters, same error, same ladder
     assert after["status"] == NotificationStatus.FAILED
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
 
 
 def test_resend_that_fails_is_reported_in_the_error_format(make_partner, receiver, quick_wait):
     receiver.program("/hook", [status(200)], then=status(503))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-E")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-E")
     response = partner.api.post(RESEND.format("TXN-E"))
     body = t.assert_error(response, 502, "WEBHOOK_DELIVERY_FAILED")
     assert "503" in body["message"]
@@ -113,9 +114,9 @@ def test_resend_that_fails_is_reported_in_the_error_format(make_partner, receive
 
 def test_resend_sends_the_latest_event_of_the_reference(make_partner, receiver, quick_wait):
     partner = make_partner(receiver.url("/hook"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-L",
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-L",
                        event_type="transaction.created", payload={"n": 1})
-    latest = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-L",
+    latest = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-L",
                                 event_type="transaction.paid", payload={"n": 2})
     response = partner.api.post(RESEND.format("TXN-L"))
     assert response.status_code == 200, response.text
@@ -127,7 +128,7 @@ def test_resend_sends_the_latest_event_of_the_reference(make_partner, receiver, 
 
 def test_resend_goes_to_the_events_callback_url(make_partner, receiver, quick_wait):
     partner = make_partner(receiver.url("/default"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-CB",
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-CB",
                        callback_url=receiver.url("/callback"))
     response = partner.api.post(RESEND.format("TXN-CB"))
     assert response.status_code == 200, response.text
@@ -138,7 +139,7 @@ def test_resend_goes_to_the_events_callback_url(make_partner, receiver, quick_wa
 
 def test_resend_goes_to_the_current_webhook_url(make_partner, receiver, quick_wait):
     partner = make_partner(receiver.url("/old"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-U")
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-U")
     new_url = receiver.url("/new")
     assert partner.api.put("/api/partner/v2/webhook-settings",
                            json={"url": new_url}).status_code == 200
@@ -153,7 +154,8 @@ def test_resend_goes_to_the_current_webhook_url(make_partner, receiver, quick_wa
                                        "TXN-1234567890ABCDEF", "çà-ü"])
 def test_unknown_reference_is_404(make_partner, reference):
     partner = make_partner("http://127.0.0.1:9/hook")
-    t.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook", reference="TXN-1")
+    h.insert_notification(partner.partner_id, "http://127.0.0.1:9/hook",
+                          status=NotificationStatus.FAILED, reference="TXN-1")
     before = t.row_counts()["attempts"]
     response = partner.api.post(RESEND.format(reference))
     t.assert_error(response, 404, "NOT_FOUND", "Transaction not found")
@@ -172,9 +174,9 @@ def test_resend_rate_limit_is_per_partner_and_separate_from_retries(make_partner
     url = receiver.url("/hook")
     partner = make_partner(url)
     other = make_partner(url, name="Other")
-    t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT,
+    h.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT,
                           reference="TXN-RL")
-    t.insert_notification(other.partner_id, url, status=NotificationStatus.SENT,
+    h.insert_notification(other.partner_id, url, status=NotificationStatus.SENT,
                           reference="TXN-RL")
     with api_settings(resend_wait_seconds=0.05):
         for _ in range(10):
@@ -184,7 +186,7 @@ def test_resend_rate_limit_is_per_partner_and_separate_from_retries(make_partner
         assert 1 <= int(response.headers["Retry-After"]) <= 60
         # Another partner is not affected; nor are this partner's manual retries.
         assert other.api.post(RESEND.format("TXN-RL")).status_code in (200, 202)
-        failed = t.insert_notification(partner.partner_id, url)
+        failed = h.insert_notification(partner.partner_id, url, status=NotificationStatus.FAILED)
         response = partner.api.post(f"/api/partner/v2/webhook-notifications/{failed}/retry")
         assert response.status_code == 200, response.text
     assert len(t.accepted(partner.partner_id, kind="resend")) == 10

@@ -11,7 +11,9 @@ from deliverer.models import NotificationStatus, Trigger
 from deliverer.models.base import new_id
 from tests.api import helpers as t
 from tests.support import helpers as h
-from tests.support.receiver import closed_port, status
+from tests.support.ports import closed_port
+from tests.support.receiver import status
+from tests.support.rows import partner_requests
 
 RETRY = "/api/partner/v2/webhook-notifications/{}/retry"
 DETAIL = "/api/partner/v2/webhook-notifications/{}"
@@ -51,7 +53,7 @@ def test_unknown_or_malformed_id_is_not_found(make_partner, bad_id):
 def test_another_partners_notification_is_not_found(make_partner):
     owner = make_partner(dead_url(), name="Owner")
     other = make_partner(dead_url(), name="Other")
-    nid = t.insert_notification(owner.partner_id, dead_url())
+    nid = h.insert_notification(owner.partner_id, dead_url(), status=NotificationStatus.FAILED)
     before = t.snapshot(nid)
     t.assert_error(other.api.post(RETRY.format(nid)), 404, "NOT_FOUND", t.NOT_FOUND)
     assert t.snapshot(nid) == before
@@ -67,18 +69,19 @@ def test_another_partners_notification_is_not_found(make_partner):
                                    NotificationStatus.NOT_SENT])
 def test_not_failed_is_conflict(make_partner, state):
     partner = make_partner(dead_url())
-    nid = t.insert_notification(partner.partner_id, dead_url(), status=state)
+    nid = h.insert_notification(partner.partner_id, dead_url(), status=state)
     before = t.snapshot(nid)
     response = partner.api.post(RETRY.format(nid))
     t.assert_error(response, 409, "CONFLICT", t.NOT_FAILED)
     assert t.snapshot(nid) == before
-    rows = t.partner_requests(partner.partner_id, kind="retry")
+    rows = partner_requests(partner.partner_id, kind="retry")
     assert [(r.outcome, r.notification_id) for r in rows] == [("CONFLICT", nid)]
 
 
 def test_fourth_manual_retry_is_conflict(make_partner):
     partner = make_partner(dead_url())
-    nid = t.insert_notification(partner.partner_id, dead_url(), manual_retry_count=3)
+    nid = h.insert_notification(partner.partner_id, dead_url(), status=NotificationStatus.FAILED,
+                                manual_retry_count=3)
     before = t.snapshot(nid)
     t.assert_error(partner.api.post(RETRY.format(nid)), 409, "CONFLICT", t.MAX_MANUAL)
     assert t.snapshot(nid) == before
@@ -86,7 +89,7 @@ def test_fourth_manual_retry_is_conflict(make_partner):
 
 def test_status_is_checked_before_the_manual_limit(make_partner):
     partner = make_partner(dead_url())
-    nid = t.insert_notification(partner.partner_id, dead_url(), status=NotificationStatus.SENT,
+    nid = h.insert_notification(partner.partner_id, dead_url(), status=NotificationStatus.SENT,
                                 manual_retry_count=3)
     t.assert_error(partner.api.post(RETRY.format(nid)), 409, "CONFLICT", t.NOT_FAILED)
 
@@ -95,18 +98,18 @@ def test_three_real_manual_retries_then_conflict(make_partner, receiver, slow_la
     """Each manual retry really goes out and fails again; the fourth is refused."""
     url = receiver.always("/down", status(503))
     partner = make_partner(url)
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     for n in (1, 2, 3):
         response = partner.api.post(RETRY.format(nid))
         assert response.status_code == 200, response.text
         assert response.json()["manualRetryCount"] == n
         receiver.wait_for(1 + n, "/down")
-        h.wait_until(lambda n=n: t.triggers(nid).count(Trigger.MANUAL) == n
+        h.wait_until(lambda n=n: h.triggers(nid).count(Trigger.MANUAL) == n
                      and h.status_is(nid, NotificationStatus.FAILED), message=f"manual #{n}")
     t.assert_error(partner.api.post(RETRY.format(nid)), 409, "CONFLICT", t.MAX_MANUAL)
     row = h.notification(nid)
     assert row.manual_retry_count == 3
-    assert t.triggers(nid) == [Trigger.AUTOMATIC] + [Trigger.MANUAL] * 3
+    assert h.triggers(nid) == [Trigger.AUTOMATIC] + [Trigger.MANUAL] * 3
     assert len(t.accepted(partner.partner_id)) == 3
     assert len(receiver.requests("/down")) == 4
 
@@ -117,7 +120,8 @@ def test_three_real_manual_retries_then_conflict(make_partner, receiver, slow_la
 def test_eleventh_retry_in_a_minute_is_rate_limited(make_partner, receiver):
     url = receiver.url("/ok")
     partner = make_partner(url)
-    nids = [t.insert_notification(partner.partner_id, url) for _ in range(12)]
+    nids = [h.insert_notification(partner.partner_id, url,
+                                  status=NotificationStatus.FAILED) for _ in range(12)]
     for nid in nids[:10]:
         response = partner.api.post(RETRY.format(nid))
         assert response.status_code == 200, response.text
@@ -132,7 +136,7 @@ def test_eleventh_retry_in_a_minute_is_rate_limited(make_partner, receiver):
     t.assert_error(partner.api.post(f"/api/webhooks/deliveries/{nids[11]}/retry"),
                    429, "TOO_MANY_REQUESTS", t.RATE_LIMITED)
     assert len(t.accepted(partner.partner_id)) == 10
-    refused = t.partner_requests(partner.partner_id, outcome="TOO_MANY_REQUESTS")
+    refused = partner_requests(partner.partner_id, outcome="TOO_MANY_REQUESTS")
     assert [r.notification_id for r in refused] == [nids[10], nids[11]]
 
 
@@ -141,22 +145,23 @@ def test_rate_limit_is_per_partner(make_partner, receiver):
     busy = make_partner(url, name="Busy")
     calm = make_partner(url, name="Calm")
     for _ in range(10):
-        nid = t.insert_notification(busy.partner_id, url)
+        nid = h.insert_notification(busy.partner_id, url, status=NotificationStatus.FAILED)
         assert busy.api.post(RETRY.format(nid)).status_code == 200
-    t.assert_error(busy.api.post(RETRY.format(t.insert_notification(busy.partner_id, url))),
+    one_more = h.insert_notification(busy.partner_id, url, status=NotificationStatus.FAILED)
+    t.assert_error(busy.api.post(RETRY.format(one_more)),
                    429, "TOO_MANY_REQUESTS", t.RATE_LIMITED)
-    calm_nid = t.insert_notification(calm.partner_id, url)
+    calm_nid = h.insert_notification(calm.partner_id, url, status=NotificationStatus.FAILED)
     assert calm.api.post(RETRY.format(calm_nid)).status_code == 200
 
 
 def test_refused_requests_do_not_count_towards_the_limit(make_partner, receiver):
     url = receiver.url("/ok")
     partner = make_partner(url)
-    sent = t.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
+    sent = h.insert_notification(partner.partner_id, url, status=NotificationStatus.SENT)
     for _ in range(15):
         t.assert_error(partner.api.post(RETRY.format(sent)), 409, "CONFLICT", t.NOT_FAILED)
         t.assert_error(partner.api.post(RETRY.format(new_id())), 404, "NOT_FOUND", t.NOT_FOUND)
-    nid = t.insert_notification(partner.partner_id, url)
+    nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.FAILED)
     assert partner.api.post(RETRY.format(nid)).status_code == 200
 
 
@@ -166,7 +171,7 @@ def test_refused_requests_do_not_count_towards_the_limit(make_partner, receiver)
 def test_retry_success_semantics(make_partner, receiver, slow_ladder, published_tasks):
     receiver.always("/hook", status(500))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     failed = partner.api.get(DETAIL.format(nid)).json()
     assert failed["status"] == "FAILED"
     assert failed["retryAttempts"] == 1
@@ -199,7 +204,7 @@ def test_retry_success_semantics(make_partner, receiver, slow_ladder, published_
     assert got[1].headers["webhook-id"] == nid
     assert got[1].body == got[0].body
     h.wait_until(lambda: h.sent(nid), message="SENT after the manual retry")
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
     detail = partner.api.get(DETAIL.format(nid)).json()
     assert detail["status"] == "SENT"
     assert detail["manualRetryCount"] == 1
@@ -215,9 +220,9 @@ def test_retry_success_semantics(make_partner, receiver, slow_ladder, published_
 def test_manual_retry_that_fails_again_records_a_new_error(make_partner, receiver, slow_ladder):
     receiver.program("/hook", [status(500)], then=status(422))
     partner = make_partner(receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     assert partner.api.post(RETRY.format(nid)).status_code == 200
-    h.wait_until(lambda: t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
+    h.wait_until(lambda: h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.MANUAL]
                  and h.status_is(nid, NotificationStatus.FAILED), message="manual attempt")
     detail = partner.api.get(DETAIL.format(nid)).json()
     assert detail["manualRetryCount"] == 1
@@ -229,7 +234,7 @@ def test_manual_retry_that_fails_again_records_a_new_error(make_partner, receive
 
 def test_retry_goes_to_the_url_changed_in_settings(make_partner, receiver, slow_ladder):
     partner = make_partner(dead_url())
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     assert h.notification(nid).latest_error_payload["kind"] == "connection_refused"
     new_url = receiver.url("/new-hook")
     response = partner.api.put("/api/partner/v2/webhook-settings", json={"url": new_url})
@@ -250,7 +255,7 @@ def test_retry_goes_to_the_url_changed_in_settings(make_partner, receiver, slow_
 def test_retry_of_an_event_with_a_callback_url_keeps_it(make_partner, receiver, slow_ladder):
     receiver.program("/callback", [status(500)], then=status(200))
     partner = make_partner(receiver.url("/default"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.FAILED,
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED,
                              callback_url=receiver.url("/callback"))
     assert partner.api.post(RETRY.format(nid)).status_code == 200
     receiver.wait_for(2, "/callback")
@@ -261,7 +266,7 @@ def test_retry_of_an_event_with_a_callback_url_keeps_it(make_partner, receiver, 
 def test_retry_through_bearer_auth(make_partner, receiver):
     url = receiver.url("/ok")
     partner = make_partner(url)
-    nid = t.insert_notification(partner.partner_id, url)
+    nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.FAILED)
     response = partner.bearer.post(RETRY.format(nid))
     assert response.status_code == 200, response.text
     receiver.wait_for(1, "/ok")

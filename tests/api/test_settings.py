@@ -69,7 +69,7 @@ def test_disabled_webhooks_are_not_sent_and_enabled_ones_are(make_partner, recei
     off = deliverer.publish_event(partner.partner_id, "transaction.paid", "TXN-OFF", {})
     assert off.status == NotificationStatus.NOT_SENT
     assert partner.api.put(SETTINGS, json={"enabled": True}).status_code == 200
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-ON")
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-ON")
     [got] = receiver.wait_for(1, "/hook")
     assert b"TXN-ON" in got.body
     assert h.notification(off.notification_id).status == NotificationStatus.NOT_SENT
@@ -160,7 +160,7 @@ def test_rotation_overlap_carries_two_verifiable_signatures(make_partner, receiv
     expires = when(body["previousSecretExpiresAt"])
     assert timedelta(minutes=59) < expires - utcnow() <= timedelta(hours=1)
 
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT)
     [got] = receiver.wait_for(1, "/hook")
     signatures = got.headers["webhook-signature"].split(" ")
     assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
@@ -176,7 +176,7 @@ def test_rotation_overlap_carries_two_verifiable_signatures(make_partner, receiv
 def test_resend_during_the_overlap_is_signed_with_both(make_partner, receiver, worker,
                                                        api_settings):
     partner = make_partner(receiver.url("/hook"))
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-ROT")
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-ROT")
     new_secret = partner.api.post(ROTATE, json={"overlapSeconds": 600}).json()["signingSecret"]
     with api_settings(resend_wait_seconds=10.0):
         assert partner.api.post(
@@ -192,7 +192,7 @@ def test_rotation_without_overlap_drops_the_old_secret(make_partner, receiver, w
     assert response.status_code == 200, response.text
     new_secret = response.json()["signingSecret"]
     assert response.json()["previousSecretExpiresAt"] is None
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT)
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT)
     [got] = receiver.wait_for(1, "/hook")
     assert len(got.headers["webhook-signature"].split(" ")) == 1
     Webhook(new_secret).verify(got.body, signature_headers(got))
@@ -209,7 +209,7 @@ def test_after_the_overlap_only_the_new_secret_signs(make_partner, receiver, wor
     with session_scope() as session:
         row = webhook_settings.get_settings_row(session, partner.partner_id)
         row.previous_secret_expires_at = utcnow() - timedelta(seconds=1)
-    t.publish_and_wait(partner.partner_id, NotificationStatus.SENT)
+    h.publish_and_wait(partner.partner_id, NotificationStatus.SENT)
     [got] = receiver.wait_for(1, "/hook")
     assert len(got.headers["webhook-signature"].split(" ")) == 1
     Webhook(new_secret).verify(got.body, signature_headers(got))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from datetime import timedelta
@@ -25,6 +24,7 @@ from tests.support.helpers import (
     notification,
     wait_until,
 )
+from tests.support.race import race
 
 
 def _count(*where) -> int:
@@ -74,9 +74,11 @@ def test_a_batch_with_failures_moves_each_failure_onto_the_ladder(settings, rece
     bad_url = receiver.always("/broken", rx.status(502))
     partner = new_partner(settings, ok_url)
     now = utcnow()
-    good = [insert_notification(partner.partner_id, ok_url, next_attempt_at=now)
+    good = [insert_notification(partner.partner_id, ok_url, status=NotificationStatus.PENDING,
+                                next_attempt_at=now)
             for _ in range(5)]
-    bad = [insert_notification(partner.partner_id, bad_url, next_attempt_at=now)
+    bad = [insert_notification(partner.partner_id, bad_url, status=NotificationStatus.PENDING,
+                               next_attempt_at=now)
            for _ in range(2)]
     outcome = batch.deliver_many(good + bad, settings)
     assert (outcome.sent, outcome.failed) == (5, 2)
@@ -96,18 +98,9 @@ def test_racing_batches_post_each_notification_once(settings, receiver):
     url = receiver.always("/race", rx.sleep(0.2))
     partner = new_partner(settings, url)
     now = utcnow()
-    ids = [insert_notification(partner.partner_id, url, next_attempt_at=now) for _ in range(10)]
-    barrier = threading.Barrier(4)
-
-    def run() -> None:
-        barrier.wait()
-        batch.deliver_many(ids, settings)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=now) for _ in range(10)]
+    race([lambda: batch.deliver_many(ids, settings)] * 4)
     assert Counter(r.headers["webhook-id"] for r in receiver.requests("/race")) == Counter(ids)
     assert _count(Notification.status == NotificationStatus.SENT) == 10
 
@@ -132,7 +125,8 @@ def test_a_batch_starts_no_post_its_lease_could_not_cover(settings, receiver):
     # A lease of 8 s leaves 2.5 s to start POSTs in (batch.send_cutoff): ten 0.4 s POSTs
     # one after the other cannot all start in time, however fast the machine.
     one_at_a_time = settings.with_overrides(endpoint_concurrency=1, lease_seconds=8.0)
-    ids = [insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow())
            for _ in range(10)]
     started = time.monotonic()
     cutoff = batch.send_cutoff(started, one_at_a_time) - started
@@ -195,7 +189,8 @@ def test_a_stopping_worker_starts_no_new_post_and_hands_the_rest_back(
     url = receiver.always("/stopping", sigterm_during_the_post)
     partner = new_partner(settings, url)
     one_at_a_time = settings.with_overrides(endpoint_concurrency=1)
-    ids = [insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow())
            for _ in range(6)]
     outcome = batch.deliver_many(ids, one_at_a_time)
 

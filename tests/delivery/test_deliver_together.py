@@ -8,7 +8,6 @@ task's thread, so a slow endpoint holds no other endpoint's delivery.
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
@@ -19,24 +18,15 @@ from deliverer.delivery import together
 from deliverer.delivery.claim import ClaimState
 from deliverer.models import Attempt, Notification, NotificationStatus, utcnow
 from tests.support import helpers as h
+from tests.support.race import race
 from tests.support.receiver import ok, sleep
 
 
 def _run_at_once(ids: list[str], settings) -> dict[str, together.AttemptOutcome]:
     """One thread per id, released together, as the threads pool runs the tasks."""
-    barrier = threading.Barrier(len(ids))
-    outcomes: dict[str, together.AttemptOutcome] = {}
-
-    def task(nid: str) -> None:
-        barrier.wait(timeout=10)
-        outcomes[nid] = together.deliver(nid, settings)
-
-    threads = [threading.Thread(target=task, args=(nid,)) for nid in ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return outcomes
+    outcomes = race([lambda nid=nid: together.deliver(nid, settings) for nid in ids],
+                    timeout=30)
+    return dict(zip(ids, outcomes, strict=True))
 
 
 def _batch_sizes(monkeypatch) -> tuple[list[int], list[int]]:
@@ -94,18 +84,12 @@ def test_a_slow_endpoint_holds_no_other_endpoints_delivery(settings, receiver):
                                   status=NotificationStatus.PENDING) for _ in range(6)]
     done_at: dict[str, float] = {}
     started = time.monotonic()
-    barrier = threading.Barrier(len(slow) + len(fast))
 
     def task(nid: str) -> None:
-        barrier.wait(timeout=10)
         together.deliver(nid, settings)
         done_at[nid] = time.monotonic() - started
 
-    threads = [threading.Thread(target=task, args=(nid,)) for nid in slow + fast]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    race([lambda nid=nid: task(nid) for nid in slow + fast], timeout=30)
     assert all(done_at[nid] >= 1.5 for nid in slow)
     assert max(done_at[nid] for nid in fast) < 1.0, done_at  # recorded before the slow end
 

@@ -4,8 +4,6 @@ a real loopback receiver; the worker is not needed for these."""
 
 from __future__ import annotations
 
-import json
-import time
 from datetime import timedelta
 
 import pytest
@@ -17,6 +15,7 @@ from deliverer.delivery import endpoint_queue, service
 from deliverer.models import (
     Alert,
     Endpoint,
+    Lane,
     Notification,
     NotificationStatus,
     Partner,
@@ -28,17 +27,13 @@ from deliverer.partners import webhook_settings
 from deliverer.publishing.service import record_event as publish_event
 from deliverer.scheduling.sweep import collect_due
 from tests.support import receiver as rx
-from tests.support.helpers import insert_notification, new_partner, notification
-
-
-def _deliver_when_due(nid: str, settings, timeout: float = 5.0) -> service.AttemptOutcome:
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = service.deliver(nid, settings)
-        if outcome.state != service.ClaimState.NOT_DUE:
-            return outcome
-        assert time.monotonic() < deadline, "notification never became due"
-        time.sleep(0.02)
+from tests.support.helpers import (
+    deliver_when_due,
+    insert_notification,
+    new_partner,
+    notification,
+    wait_until,
+)
 
 
 def _endpoint(partner_id: str, url: str) -> Endpoint:
@@ -56,8 +51,10 @@ def test_dead_endpoint_is_probed_by_its_earliest_notification_only(settings, rec
     dead = new_partner(settings, dead_url, name="Dead")
     healthy = new_partner(settings, ok_url, name="Healthy")
     now = utcnow()
-    ids = [insert_notification(dead.partner_id, dead_url, next_attempt_at=now) for _ in range(4)]
-    fine = [insert_notification(healthy.partner_id, ok_url, next_attempt_at=now)
+    ids = [insert_notification(dead.partner_id, dead_url, status=NotificationStatus.PENDING,
+                               next_attempt_at=now) for _ in range(4)]
+    fine = [insert_notification(healthy.partner_id, ok_url, status=NotificationStatus.PENDING,
+                                next_attempt_at=now)
             for _ in range(3)]
 
     for nid in ids:  # every fresh notification is tried once
@@ -76,7 +73,7 @@ def test_dead_endpoint_is_probed_by_its_earliest_notification_only(settings, rec
 
     # Over several ladder steps, only the head is retried: one request at a time.
     for step in range(3):
-        outcome = _deliver_when_due(ids[0], settings)
+        outcome = deliver_when_due(ids[0], settings)
         assert outcome.status == NotificationStatus.FAILED
         with session_scope() as session:
             due = collect_due(session, settings, now=utcnow(), limit=100)
@@ -90,32 +87,34 @@ def test_recovery_drains_in_order_at_a_bounded_rate(settings, receiver, override
     url = receiver.program("/flaky", [rx.status(500)] * 5, rx.ok())
     partner = new_partner(settings, url)
     now = utcnow()
-    ids = [insert_notification(partner.partner_id, url, next_attempt_at=now) for _ in range(5)]
+    ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=now) for _ in range(5)]
     for nid in ids:
         service.deliver(nid, settings)
     assert [notification(n).held for n in ids] == [False, True, True, True, True]
 
     with override_settings(drain_rate=20.0, sweep_interval=0.1) as s:
-        assert _deliver_when_due(ids[0], s).status == NotificationStatus.SENT
+        assert deliver_when_due(ids[0], s).status == NotificationStatus.SENT
         assert _endpoint(partner.partner_id, url).draining
         released_at: dict[str, object] = {}
-        for _ in range(50):
+
+        def all_released() -> bool:
             with session_scope() as session:
                 endpoint_queue.drain(session, s, utcnow())
             for nid in ids[1:]:
                 row = notification(nid)
                 if not row.held and nid not in released_at:
                     released_at[nid] = row.next_attempt_at
-            if len(released_at) == 4:
-                break
-            time.sleep(0.1)
+            return len(released_at) == 4
+
+        wait_until(all_released, 5.0, interval=0.1, message="the held ones released")
         assert len(released_at) == 4
         # Released in sequence order, never two at the same instant (bounded rate).
         times = [released_at[n] for n in ids[1:]]
         assert times == sorted(times)
         assert len(set(times)) == 4
         for nid in ids[1:]:
-            assert _deliver_when_due(nid, s).status == NotificationStatus.SENT
+            assert deliver_when_due(nid, s).status == NotificationStatus.SENT
     order = [r.headers["webhook-id"] for r in receiver.requests("/flaky")[5:]]
     assert order == ids
 
@@ -126,7 +125,8 @@ def test_exhausted_head_hands_over_to_the_next(settings, receiver, override_sett
     short = Ladder(steps=(0.3,), repeat=0.3, max_age=1.0)
     with override_settings(ladder=short, time_scale=1.0) as s:
         now = utcnow()
-        first, second = (insert_notification(partner.partner_id, url, next_attempt_at=now)
+        first, second = (insert_notification(partner.partner_id, url,
+                                             status=NotificationStatus.PENDING, next_attempt_at=now)
                          for _ in range(2))
         service.deliver(first, s)
         service.deliver(second, s)
@@ -134,7 +134,7 @@ def test_exhausted_head_hands_over_to_the_next(settings, receiver, override_sett
         for _ in range(10):
             if notification(first).next_attempt_at is None:
                 break
-            _deliver_when_due(first, s)
+            deliver_when_due(first, s)
         head = notification(first)
         assert head.status == NotificationStatus.FAILED and head.next_attempt_at is None
         promoted = notification(second)
@@ -145,7 +145,8 @@ def test_410_gone_disables_the_endpoint_until_settings_are_saved(settings, recei
     url = receiver.always("/gone", rx.status(410))
     partner = new_partner(settings, url)
     now = utcnow()
-    nid = insert_notification(partner.partner_id, url, next_attempt_at=now)
+    nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                              next_attempt_at=now)
     service.deliver(nid, settings)
     row = notification(nid)
     assert row.status == NotificationStatus.FAILED and row.next_attempt_at is None
@@ -181,7 +182,8 @@ def test_notifications_in_flight_at_a_410_raise_one_alert(settings, receiver):
     (held), but the endpoint is disabled, and the partner alerted, once."""
     url = receiver.always("/gone-at-once", rx.status(410))
     partner = new_partner(settings, url)
-    ids = [insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow())
            for _ in range(3)]
     jobs = []
     for nid in ids:  # all claimed before any outcome is recorded
@@ -209,8 +211,10 @@ def test_notifications_claimed_while_disabled_wait_for_the_endpoint(settings, re
     released once the merchant saves the settings."""
     url = receiver.always("/gone-too", rx.status(410))
     partner = new_partner(settings, url)
-    first = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
-    later = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    first = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    later = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
     service.deliver(first, settings)
     assert service.deliver(later, settings).state == service.ClaimState.FINAL
     assert len(receiver.requests("/gone-too")) == 1
@@ -240,7 +244,8 @@ def test_any_save_that_leaves_webhooks_on_enables_the_endpoint_again(settings, r
     webhooks off is not a reason to send."""
     url = receiver.always("/gone-again", rx.status(410))
     partner = new_partner(settings, url)
-    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                              next_attempt_at=utcnow())
     service.deliver(nid, settings)
     assert _endpoint(partner.partner_id, url).disabled_at is not None
     _save(partner.partner_id, settings, enabled=False)
@@ -257,15 +262,17 @@ def test_turning_webhooks_off_holds_what_was_queued_until_they_are_on(settings, 
     sent once they are turned on again; a failing endpoint's head is promoted back."""
     ok_url = receiver.always("/paused", rx.ok())
     partner = new_partner(settings, ok_url)
-    queued = insert_notification(partner.partner_id, ok_url, next_attempt_at=utcnow())
+    queued = insert_notification(partner.partner_id, ok_url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=utcnow())
     failing_url = receiver.always("/paused-failing", rx.status(503))
-    head = insert_notification(partner.partner_id, failing_url, next_attempt_at=utcnow())
+    head = insert_notification(partner.partner_id, failing_url, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow())
     service.deliver(head, settings)  # fails: the endpoint is failing, head on the ladder
     assert len(receiver.requests("/paused-failing")) == 1
 
     _save(partner.partner_id, settings, enabled=False)
     assert service.deliver(queued, settings).state == service.ClaimState.FINAL
-    _deliver_when_due(head, settings)
+    deliver_when_due(head, settings)
     assert receiver.requests("/paused") == []
     assert len(receiver.requests("/paused-failing")) == 1
     for nid in (queued, head):
@@ -287,7 +294,8 @@ def test_a_410_endpoint_left_behind_for_a_new_url_exhausts_what_it_held(settings
     (FAILED, exhausted) instead of staying held for good; a retry repoints them."""
     old_url = receiver.always("/gone-old", rx.status(410))
     partner = new_partner(settings, old_url)
-    nid = insert_notification(partner.partner_id, old_url, next_attempt_at=utcnow())
+    nid = insert_notification(partner.partner_id, old_url, status=NotificationStatus.PENDING,
+                              next_attempt_at=utcnow())
     service.deliver(nid, settings)
     assert notification(nid).held
     _save(partner.partner_id, settings, url=receiver.url("/new"))
@@ -302,7 +310,8 @@ def test_turned_off_webhooks_stop_a_drain(settings, receiver):
     would only be held again at its claim, every sweep) until they are on again."""
     url = receiver.always("/draining", rx.ok())
     partner = new_partner(settings, url)
-    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                              next_attempt_at=utcnow())
     _hold(nid)
     with session_scope() as session:
         session.execute(update(Endpoint).where(Endpoint.url == url).values(draining=True))
@@ -334,13 +343,18 @@ def test_repair_releases_queues_that_nothing_else_would(settings, receiver):
     partner = new_partner(settings, receiver.url("/x"))
     healthy_url, failing_url = receiver.url("/healthy"), receiver.url("/failing")
     probed_url, off_url = receiver.url("/probed"), receiver.url("/disabled")
-    stuck = insert_notification(partner.partner_id, healthy_url, next_attempt_at=None)
-    first, second = (insert_notification(partner.partner_id, failing_url, next_attempt_at=None)
+    stuck = insert_notification(partner.partner_id, healthy_url, status=NotificationStatus.PENDING,
+                                next_attempt_at=None)
+    first, second = (insert_notification(partner.partner_id, failing_url,
+                                         status=NotificationStatus.PENDING, next_attempt_at=None)
                      for _ in range(2))
-    head = insert_notification(partner.partner_id, probed_url, status=NotificationStatus.FAILED,
+    head = insert_notification(partner.partner_id, probed_url, lane=Lane.FIRST,
+                               status=NotificationStatus.FAILED,
                                next_attempt_at=utcnow() + timedelta(hours=1))
-    behind = insert_notification(partner.partner_id, probed_url, next_attempt_at=None)
-    gone = insert_notification(partner.partner_id, off_url, next_attempt_at=None)
+    behind = insert_notification(partner.partner_id, probed_url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=None)
+    gone = insert_notification(partner.partner_id, off_url, status=NotificationStatus.PENDING,
+                               next_attempt_at=None)
     _hold(stuck, first, second, behind, gone)
     with session_scope() as session:
         session.execute(update(Endpoint).where(Endpoint.url.in_([failing_url, probed_url]))
@@ -362,7 +376,8 @@ def test_repair_releases_queues_that_nothing_else_would(settings, receiver):
 def test_repair_leaves_partners_with_webhooks_off_alone(settings, receiver):
     url = receiver.url("/paused-repair")
     partner = new_partner(settings, url)
-    nid = insert_notification(partner.partner_id, url, next_attempt_at=None)
+    nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                              next_attempt_at=None)
     _hold(nid)
     _save(partner.partner_id, settings, enabled=False)
     assert _repair() == 0
@@ -384,7 +399,8 @@ def test_a_partner_that_stopped_taking_webhooks_gets_none_of_what_was_queued(
     NOT_SENT for good (as what is published for such partners)."""
     url = receiver.always("/former", rx.ok())
     partner = new_partner(settings, url)
-    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                              next_attempt_at=utcnow())
     with session_scope() as session:
         session.execute(update(Partner).where(Partner.id == partner.partner_id).values(change))
     assert service.deliver(nid, settings).state == service.ClaimState.FINAL
@@ -392,23 +408,3 @@ def test_a_partner_that_stopped_taking_webhooks_gets_none_of_what_was_queued(
     row = notification(nid)
     assert row.status == NotificationStatus.NOT_SENT and not row.held
     assert row.latest_error_payload["kind"] == "not_a_webhook_partner"
-
-
-def test_alert_after_the_fifth_failed_retry_once_per_failing_period(
-        settings, receiver, override_settings):
-    url = receiver.always("/alerting", rx.status(500))
-    partner = new_partner(settings, url)
-    nid = insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
-    fast = override_settings(ladder=Ladder(steps=(0.01,), repeat=0.01, max_age=60),
-                             time_scale=1.0)
-    with fast as s:
-        service.deliver(nid, s)  # first attempt
-        for retry in range(1, 8):
-            _deliver_when_due(nid, s)
-            with session_scope() as session:
-                alerts = list(session.scalars(select(Alert)))
-            # First attempt + 5 retries failed: alert after the fifth retry, only once.
-            assert len(alerts) == (1 if retry >= 5 else 0), retry
-    alert = alerts[0]
-    assert alert.kind == "endpoint_failing" and alert.notification_id == nid
-    assert json.dumps(alert.message)

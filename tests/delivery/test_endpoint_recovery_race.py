@@ -36,7 +36,8 @@ def _head_in_flight_then_later_fails(settings):
     # The head: on the ladder of an endpoint that is healthy again (it just recovered).
     head = insert_notification(partner.partner_id, URL, next_attempt_at=due,
                                status=NotificationStatus.FAILED, lane=Lane.RETRY)
-    later = insert_notification(partner.partner_id, URL, next_attempt_at=due)
+    later = insert_notification(partner.partner_id, URL, status=NotificationStatus.PENDING,
+                                next_attempt_at=due)
     with session_scope() as session:
         head_job = batch.claim_many(session, [head], settings).jobs[0]
     assert not head_job.endpoint_failing

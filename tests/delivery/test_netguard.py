@@ -8,7 +8,6 @@ import socket
 import pytest
 
 from deliverer.delivery import netguard
-from deliverer.delivery.troubleshooting import FailureKind, error_payload, hint_for
 from deliverer.errors import UnsafeUrl
 
 pytestmark = pytest.mark.unit
@@ -103,52 +102,3 @@ def test_a_name_is_saved_without_a_dns_query_and_vetted_when_dialled(monkeypatch
 
 def test_public_literal_address_is_accepted():
     assert netguard.validate_url("https://8.8.8.8/hook", allow_private=False)
-
-
-# ------------------------------------------------------------------ error payloads and hints
-
-
-def test_error_payload_shape():
-    payload = error_payload(FailureKind.HTTP_STATUS, "HTTP 500 Internal Server Error", 500)
-    assert set(payload) == {"kind", "message", "httpStatus", "hint"}
-    assert payload["kind"] == "http_status"
-    assert payload["httpStatus"] == 500
-    assert payload["hint"].startswith("Internal server error")
-
-
-@pytest.mark.parametrize("status, start", [
-    (400, "Bad request"), (401, "Unauthorized"), (403, "Forbidden"), (404, "Not found"),
-    (410, "Gone"), (413, "Payload too large"), (422, "Unprocessable"), (429, "Too many"),
-    (500, "Internal server error"), (502, "Bad gateway"), (503, "Service unavailable"),
-    (504, "Gateway timeout"),
-    (507, "Internal server error"),  # any other 5xx gets the generic server-error hint
-])
-def test_status_hints(status, start):
-    assert hint_for(FailureKind.HTTP_STATUS, status).startswith(start)
-
-
-def test_unknown_4xx_hint_names_the_status():
-    assert "HTTP 418" in hint_for(FailureKind.HTTP_STATUS, 418)
-
-
-def test_redirect_hint_whatever_the_status():
-    for status in (301, 302, 307, 308):
-        assert hint_for(FailureKind.REDIRECT, status).startswith("Redirects are not followed")
-
-
-@pytest.mark.parametrize("kind, start", [
-    (FailureKind.TIMEOUT, "Timeout"),
-    (FailureKind.CONNECTION_REFUSED, "Connection refused"),
-    (FailureKind.CONNECTION_RESET, "Connection reset"),
-    (FailureKind.DNS, "DNS error"),
-    (FailureKind.TLS, "TLS error"),
-    (FailureKind.BLOCKED, "The webhook URL points to a private"),
-    (FailureKind.INVALID_URL, "The webhook URL is not a valid"),
-    (FailureKind.CONNECTION_ERROR, "Connection error"),
-    (FailureKind.NO_URL, "No webhook URL"),
-])
-def test_kind_hints(kind, start):
-    payload = error_payload(kind, "msg")
-    assert payload == {"kind": str(kind), "message": "msg", "httpStatus": None,
-                       "hint": hint_for(kind)}
-    assert payload["hint"].startswith(start)

@@ -19,6 +19,7 @@ from deliverer.delivery.sender import SenderConfig, parse_retry_after, send
 from deliverer.delivery.troubleshooting import hint_for
 from tests.support import helpers as h
 from tests.support import receiver as rx
+from tests.support.ports import closed_port
 
 BODY = b'{"id":"evt_1","type":"transaction.updated"}'
 CONFIG = SenderConfig(connect_timeout=1.0, total_timeout=0.5, max_response_bytes=20 * 1024,
@@ -41,12 +42,14 @@ def assert_payload(result, kind, status=None, message=None):
 @pytest.mark.parametrize("code", [200, 201, 202, 204])
 def test_2xx_is_success(receiver, code):
     url = receiver.always("/ok", rx.ok(code, b"" if code == 204 else b"thanks"))
+    called_at, before = datetime.now(UTC), time.monotonic()
     result = send(url, BODY, {"webhook-id": "msg_1"}, CONFIG)
+    wall_ms = (time.monotonic() - before) * 1000
     assert result.success is True
     assert result.status_code == code
     assert result.error is None
-    assert result.duration_ms >= 0
-    assert result.started_at <= datetime.now(UTC)
+    assert result.duration_ms <= wall_ms  # timed within the call
+    assert called_at <= result.started_at <= datetime.now(UTC)
     [got] = receiver.requests("/ok")
     assert got.method == "POST"
     assert got.body == BODY
@@ -104,7 +107,7 @@ def test_total_deadline_bounds_a_trickling_body(receiver, code, headers):
 
 
 def test_connection_refused():
-    url = f"http://127.0.0.1:{rx.closed_port()}/hook"
+    url = f"http://127.0.0.1:{closed_port()}/hook"
     result = send(url, BODY, {}, CONFIG)
     assert_payload(result, "connection_refused")
     assert result.status_code is None
@@ -221,7 +224,7 @@ def test_ssrf_guard_blocks_a_rebound_name_before_any_connect(net, listener, answ
                                                              port_state):
     """A name public when saved, internal when sent: one verdict whether the internal port
     is open or closed (no port scan through error payloads), and no connection to it."""
-    port = listener.getsockname()[1] if port_state == "open" else rx.closed_port()
+    port = listener.getsockname()[1] if port_state == "open" else closed_port()
     url = f"http://rebound.test:{port}/hook"
     net.answer("rebound.test", ["93.184.216.34"])
     assert netguard.validate_url(url, allow_private=False) == url  # saving it succeeds

@@ -144,8 +144,10 @@ def test_a_delivery_beyond_the_cap_is_deferred_without_a_request(settings, recei
     partner = h.new_partner(settings, slow_url)
     now = utcnow()
     first, second, third = (h.insert_notification(partner.partner_id, slow_url,
+                                                  status=NotificationStatus.PENDING,
                                                   next_attempt_at=now) for _ in range(3))
-    healthy = h.insert_notification(partner.partner_id, fine_url, next_attempt_at=now)
+    healthy = h.insert_notification(partner.partner_id, fine_url, status=NotificationStatus.PENDING,
+                                    next_attempt_at=now)
 
     outcomes: dict[str, service.AttemptOutcome] = {}
     threads = [threading.Thread(target=lambda n=n: outcomes.update({n: service.deliver(n, s)}))
@@ -186,9 +188,11 @@ def test_a_batch_sends_what_the_cap_allows_and_defers_the_rest(settings, receive
     fine_url = receiver.always("/fine", rx.ok())
     partner = h.new_partner(settings, slow_url)
     now = utcnow()
-    to_slow = [h.insert_notification(partner.partner_id, slow_url, next_attempt_at=now)
+    to_slow = [h.insert_notification(partner.partner_id, slow_url,
+                                     status=NotificationStatus.PENDING, next_attempt_at=now)
                for _ in range(5)]
-    to_fine = [h.insert_notification(partner.partner_id, fine_url, next_attempt_at=now)
+    to_fine = [h.insert_notification(partner.partner_id, fine_url,
+                                     status=NotificationStatus.PENDING, next_attempt_at=now)
                for _ in range(5)]
     _mark_slow(_endpoint_of(to_slow[0]), s)
 
@@ -211,7 +215,8 @@ def test_deferred_deliveries_are_sent_later_once_each(settings, worker, receiver
     url = receiver.always("/slow", rx.sleep(0.2))
     with override_settings(**SLOW) as s:
         partner = h.new_partner(s, url)
-        first = h.insert_notification(partner.partner_id, url, next_attempt_at=None)
+        first = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                      next_attempt_at=None)
         _mark_slow(_endpoint_of(first), s)
         published = publish_events(partner.partner_id, [
             {"type": "transaction.paid", "reference": f"TXN-{i}", "payload": {"n": i}}

@@ -21,11 +21,11 @@ import pytest
 from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
-from deliverer.models import utcnow
-from tests.operations.helpers import cli_env
+from deliverer.models import NotificationStatus, utcnow
 from tests.support import helpers as h
 from tests.support import receiver as rx
 from tests.support.backend import BACKEND, private_broker_url
+from tests.support.cli import cli_env
 from tests.support.worker_process import start_worker, stop_worker, wait_exit
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,8 @@ def test_a_worker_stopped_mid_batch_hands_its_unsent_jobs_to_the_next(
         how: str):
     url = receiver.always("/scale-down", rx.sleep(POST_SECONDS))
     partner = h.new_partner(settings, url)
-    ids = [h.insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    ids = [h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=utcnow())
            for _ in range(JOBS)]
     # One POST at a time to the endpoint: the batch would take JOBS x POST_SECONDS.
     env = cli_env(settings, CELERY_BROKER_URL=private_broker,

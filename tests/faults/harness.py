@@ -49,7 +49,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -70,7 +69,10 @@ import requests
 
 from tests.support import receiver as rcv
 from tests.support.backend import BACKEND
+from tests.support.ports import free_port
+from tests.support.processes import child_pids
 from tests.support.receiver import Receiver
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "faults-" + secrets.token_hex(12)
@@ -93,50 +95,6 @@ BASE_ENV: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- small tools
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str,
-             interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
-        time.sleep(interval)
-
-
-def _proc_stats() -> Iterator[tuple[int, list[str]]]:
-    """(pid, the fields of /proc/PID/stat after "pid (comm)": state, ppid, pgrp, ...)
-    of every process; no psutil needed."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2:
-            yield int(entry), fields
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid``."""
-    return sorted(p for p, fields in _proc_stats() if int(fields[1]) == pid)
-
-
-def group_pids(pgid: int) -> list[int]:
-    """The live processes of process group ``pgid`` (zombies left out)."""
-    return sorted(p for p, fields in _proc_stats() if int(fields[2]) == pgid
-                  and fields[0] != "Z")
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -193,7 +151,8 @@ class PrivateRedis:
             start_new_session=True,
         )
         proc = self.proc
-        wait_for(lambda: proc.poll() is not None or self.ping(), timeout, "redis to answer")
+        wait_until(lambda: proc.poll() is not None or self.ping(), timeout,
+                   message="redis to answer", interval=0.1)
         if proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with {proc.returncode}: "
                                f"{_tail(self.dir / f'redis-{self.starts}.log')}")
@@ -482,7 +441,7 @@ class Stack:
             except requests.RequestException:
                 return False
 
-        wait_for(up, timeout, "the API to answer /healthz")
+        wait_until(up, timeout, message="the API to answer /healthz", interval=0.1)
         return web
 
     def start_worker(self, name: str, pool: str = "threads", concurrency: int = 8,
@@ -516,8 +475,8 @@ class Stack:
                     raise RuntimeError(f"{process.name} exited:\n{process.tail()}")
             return all(marks[p.role] in p.log() for p in processes if p.role in marks)
 
-        wait_for(ready, timeout, "processes to be ready: "
-                 + ", ".join(p.name for p in processes), interval=0.1)
+        wait_until(ready, timeout, interval=0.1,
+                   message="processes to be ready: " + ", ".join(p.name for p in processes))
 
     def exceptions(self, role: str = "web") -> dict[str, int]:
         """The exceptions these processes logged, by their summary line (why a 5xx)."""
@@ -564,8 +523,8 @@ class Stack:
         duplicate would show up then). Returns the seconds waited."""
         start = time.monotonic()
         try:
-            wait_for(lambda: self.live_count() == 0, timeout, "every notification to settle",
-                     interval=0.25)
+            wait_until(lambda: self.live_count() == 0, timeout,
+                       message="every notification to settle", interval=0.25)
         except AssertionError:
             return time.monotonic() - start  # the ledger reports what is still pending
         time.sleep(quiet)

@@ -24,7 +24,9 @@ from pathlib import Path
 from kombu import Connection
 
 from deliverer.broker import queues
-from tests.faults.harness import free_port, group_pids, wait_for
+from tests.support.ports import free_port
+from tests.support.processes import group_pids
+from tests.support.waiting import wait_until
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
@@ -113,8 +115,8 @@ class PrivateRabbitMQ:
                                          stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         proc = self.proc
-        wait_for(lambda: proc.poll() is not None or self.ping(), timeout,
-                 "rabbitmq to answer", interval=0.25)
+        wait_until(lambda: proc.poll() is not None or self.ping(), timeout,
+                   message="rabbitmq to answer", interval=0.25)
         if proc.poll() is not None:
             raise RuntimeError(f"rabbitmq-server exited with {proc.returncode}: "
                                f"{log.read_text(errors='replace')[-3000:]}")
@@ -134,7 +136,8 @@ class PrivateRabbitMQ:
             proc.wait(10)
         # The VM itself may outlive the wrapper for a moment: wait for the group to go.
         with suppress(AssertionError):
-            wait_for(lambda: not group_pids(proc.pid), timeout, "rabbitmq to exit")
+            wait_until(lambda: not group_pids(proc.pid), timeout, message="rabbitmq to exit",
+                       interval=0.1)
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
 

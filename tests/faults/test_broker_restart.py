@@ -81,8 +81,8 @@ def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.
     assert left_to_sweep > 0 and queued > 0, ledger.explain(stack)
     assert during["errors"] == {}, ledger.explain(stack)
     assert during["max_latency_s"] < FAST, ledger.explain(stack)
-    # And everything was delivered afterwards, by the same processes (a worker used to
-    # hang here: see the module's docstring).
+    # And everything was delivered afterwards, by the same processes (a worker can hang
+    # here: see the module's docstring).
     assert worker.alive() and beat.alive(), stack.logs()
     assert ledger.published == EVENTS, ledger.explain(stack)
     assert ledger.balanced, ledger.explain(stack)

@@ -18,7 +18,9 @@ import requests
 from tests.faults import harness
 from tests.faults.fresh_deploy import Deploy, readme_names
 from tests.support.backend import PG_SERVER, create_pg_database, drop_pg_database
+from tests.support.ports import free_port
 from tests.support.receiver import Receiver, ok, sleep
+from tests.support.waiting import wait_until
 
 ADMIN_TOKEN = "fresh-deploy-admin"
 TIME_SCALE = 0.05  # the ladder's first step, 2 minutes, takes 6 s
@@ -31,7 +33,7 @@ def deploy(tmp_path: Path) -> Iterator[tuple[Deploy, harness.PrivateRedis]]:
     database = create_pg_database("deliverer_fresh")
     broker = harness.PrivateRedis(tmp_path)
     broker.start()
-    port = harness.free_port()
+    port = free_port()
     env = {
         "DATABASE_URL": f"{PG_SERVER}/{database}",
         "CELERY_BROKER_URL": broker.url,
@@ -99,13 +101,14 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
 
     started = time.monotonic()
     web, worker, beat = app.run("web"), app.run("worker"), app.run("beat")
-    harness.wait_for(lambda: _healthy(app), 30, "the web process to answer")
+    wait_until(lambda: _healthy(app), 30, message="the web process to answer",
+               interval=0.1)
 
     # 1. A failed first attempt is retried by the sweep: the ladder's step (6 s) is
     #    beyond the horizon (2 s), so no countdown message carries it.
     retried = _publish(app, partner_id, "RETRY-1", receiver.url(retry_path))
-    harness.wait_for(lambda: not beat.alive() or len(receiver.requests(retry_path)) >= 2,
-                     40, "beat's sweep to enqueue the retry")
+    wait_until(lambda: not beat.alive() or len(receiver.requests(retry_path)) >= 2,
+               40, message="beat's sweep to enqueue the retry", interval=0.1)
     assert beat.alive(), f"beat exited:\n{beat.tail()}"
     first, second = receiver.requests(retry_path)[:2]
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == retried
@@ -123,8 +126,8 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
     during = _publish(app, partner_id, "OUTAGE-1")
     time.sleep(1.5)  # a few sweeps and worker reconnects fail meanwhile
     broker.start()
-    harness.wait_for(lambda: during in _delivered(receiver, "/steady"), 40,
-                     "the event published during the outage to be delivered")
+    wait_until(lambda: during in _delivered(receiver, "/steady"), 40, interval=0.1,
+               message="the event published during the outage to be delivered")
     assert "broker unavailable" in web.log()
     for process in (web, worker, beat):
         assert _tracebacks(process.log()) == 0, f"{process.name}:\n{process.tail(80)}"
@@ -136,8 +139,8 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
     receiver.wait_for(2, "/slow", timeout=20)
     worker.kill9()
     app.run("worker", serial=1)
-    harness.wait_for(lambda: set(burst) <= _delivered(receiver, "/slow"), 60,
-                     "every event of the burst to be delivered after the kill")
+    wait_until(lambda: set(burst) <= _delivered(receiver, "/slow"), 60, interval=0.1,
+               message="every event of the burst to be delivered after the kill")
 
 
 def _healthy(app: Deploy) -> bool:

@@ -39,9 +39,8 @@ from deliverer.notifications.manual_retry import (
 )
 from deliverer.partners import keys
 from deliverer.partners.service import rotate_key
-from tests.api.helpers import partner_requests
-from tests.operations.helpers import failed, head_and_held, set_webhook_url
 from tests.support import helpers as h
+from tests.support.rows import failed, head_and_held, partner_requests, set_webhook_url
 
 URL = "http://127.0.0.1:9/never-dialled"
 
@@ -71,7 +70,8 @@ def test_one_batch_judges_each_request_against_the_ones_before_it(settings, enqu
     with session_scope() as session:
         session.execute(update(Notification).where(Notification.id == exhausted)
                         .values(manual_retry_count=3))
-    pending = h.insert_notification(shop.partner_id, URL, next_attempt_at=None)
+    pending = h.insert_notification(shop.partner_id, URL, status=NotificationStatus.PENDING,
+                                    next_attempt_at=None)
     someone_elses = failed(other.partner_id, URL)
     unknown = str(uuid.uuid4())
 

@@ -22,11 +22,11 @@ from deliverer.scheduling.sweep import (
     expire_old_resends,
 )
 from deliverer.scheduling.tasks import sweep_due
-from tests.api import helpers as t
-from tests.conftest import current_celery_app
 from tests.support import helpers as h
 from tests.support import receiver as rx
+from tests.support.celery_app import current_celery_app
 from tests.support.db_faults import failing_inserts
+from tests.support.rows import partner_requests
 
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
 PENDING, SENDING, EXPIRED = ResendStatus.PENDING, ResendStatus.SENDING, ResendStatus.EXPIRED
@@ -38,7 +38,7 @@ def ask_resend(settings, partner: NewPartner, reference: str) -> int:
 
 
 def request_row(request_id: int) -> PartnerRequest:
-    [row] = t.partner_requests(id=request_id)
+    [row] = partner_requests(id=request_id)
     return row
 
 
@@ -50,7 +50,7 @@ def resend_posts(receiver, nid: str) -> list:
 def sent(settings, receiver, worker):
     """A partner and a notification of reference TXN-1, delivered once."""
     partner = h.new_partner(settings, receiver.url("/hook"))
-    nid = t.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-1")
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="TXN-1")
     receiver.wait_for(1, "/hook")
     return partner, nid
 
@@ -74,7 +74,7 @@ def test_a_resend_whose_message_was_lost_is_sent_after_the_grace(
     [again] = resend_posts(receiver, nid)
     assert again.at - asked >= 0.9  # not before the grace (minus clock slack)
     assert again.body == receiver.requests("/hook")[0].body
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
 
 
 def test_recording_the_resend_survives_a_database_error(settings, receiver, sent):
@@ -86,7 +86,7 @@ def test_recording_the_resend_survives_a_database_error(settings, receiver, sent
                      message="resend SENT")
     assert injected == [1]
     assert len(resend_posts(receiver, nid)) == 1
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
 
 
 def test_a_resend_whose_worker_died_is_sent_again_after_its_lease(
@@ -113,7 +113,7 @@ def test_a_resend_whose_worker_died_is_sent_again_after_its_lease(
     first, second = resend_posts(receiver, nid)
     assert first.at == lost.at
     assert second.at - first.at >= lease - 0.3  # not while the worker might be alive
-    assert t.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
     assert request_row(request_id).lease_expires_at is None
 
 

@@ -8,10 +8,11 @@ import pytest
 
 import deliverer.config
 from deliverer.broker.dispatch import enqueue_delivery
-from deliverer.models import utcnow
+from deliverer.models import NotificationStatus, utcnow
 from tests.support import helpers as h
 from tests.support.backend import BACKEND
-from tests.support.receiver import closed_port, sleep
+from tests.support.ports import closed_port
+from tests.support.receiver import sleep
 
 
 def test_healthz(make_app):
@@ -34,7 +35,8 @@ def test_readyz_counts_the_workers_and_the_oldest_unacknowledged(
         make_app, worker, settings, receiver):
     url = receiver.always("/held", sleep(2.0))
     partner = h.new_partner(settings, url)
-    nid = h.insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
     enqueue_delivery(nid, "first")
     receiver.wait_for(1, "/held", timeout=30)
     fleet = make_app().test_client().get("/readyz").json["fleet"]

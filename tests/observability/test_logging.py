@@ -19,6 +19,7 @@ from deliverer.logging import (
     delivery_context,
     with_notification_id,
 )
+from tests.support.race import race
 
 pytestmark = pytest.mark.unit
 
@@ -71,11 +72,7 @@ def test_contexts_do_not_leak_between_threads(captured):
             barrier.wait()  # both contexts are open at once
             logger.info("sending")
 
-    threads = [threading.Thread(target=deliver, args=(nid,)) for nid in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    race([lambda nid=nid: deliver(nid) for nid in ("a", "b")], timeout=10)
     assert sorted(lines(stream)) == ["a sending", "b sending"]
 
 

@@ -22,10 +22,10 @@ import pytest
 import deliverer.delivery
 from deliverer.broker import queues
 from deliverer.config import Settings
-from tests.conftest import BACKEND
-from tests.observability.test_metrics import value
-from tests.operations.helpers import cli_env, run_cli
+from tests.observability.metrics_text import value
 from tests.support import helpers as h
+from tests.support.backend import BACKEND
+from tests.support.cli import cli_env, run_cli
 from tests.support.receiver import Receiver, status
 
 REDIS_FOR_THIS_TEST = "redis://127.0.0.1:6379/14"

@@ -23,12 +23,12 @@ import requests
 from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
-from deliverer.models import utcnow
-from tests.operations.helpers import cli_env, run_cli
+from deliverer.models import NotificationStatus, utcnow
 from tests.support import helpers as h
 from tests.support import receiver as rx
 from tests.support.backend import BACKEND, private_broker_url
-from tests.support.receiver import closed_port
+from tests.support.cli import cli_env, run_cli
+from tests.support.ports import closed_port
 from tests.support.worker_process import REPO, celery_cli, start_worker, stop_worker
 
 pytestmark = [
@@ -84,7 +84,8 @@ def test_inspect_active_shows_the_delivery_running(fleet: Fleet, settings: Setti
                                                     receiver: rx.Receiver):
     url = receiver.always("/slow", rx.sleep(HANG_SECONDS))
     partner = h.new_partner(settings, url)
-    nid = h.insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+    nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
     task_id = fleet.send(settings, nid)
     receiver.wait_for(1, "/slow", timeout=30)
     result = celery_cli(fleet.env, "inspect", "active", "-d", NODE, "--timeout", "5",
@@ -124,7 +125,8 @@ def test_flower_lists_the_worker_and_its_delivery_tasks(fleet: Fleet, settings: 
         # Flower is now listening to the task events: a delivery it sees from start to end.
         url = receiver.always("/flower", rx.ok())
         partner = h.new_partner(settings, url)
-        nid = h.insert_notification(partner.partner_id, url, next_attempt_at=utcnow())
+        nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                    next_attempt_at=utcnow())
         task_id = fleet.send(settings, nid)
 
         def task() -> dict:

@@ -13,16 +13,11 @@ from deliverer.errors import Unauthorized
 from deliverer.models import NotificationStatus, utcnow
 from deliverer.operations.replay import OPERATOR
 from deliverer.partners.service import authenticate
-from tests.operations.helpers import (
-    add_attempt,
-    attempt_count,
-    audit,
-    failed,
-    run_cli,
-    run_cli_on_a_terminal,
-)
+from tests.operations.helpers import add_attempt, attempt_count, audit
 from tests.support import helpers as h
+from tests.support.cli import run_cli, run_cli_on_a_terminal
 from tests.support.receiver import Receiver
+from tests.support.rows import failed
 
 
 def test_help_lists_the_operator_commands(settings):
@@ -60,7 +55,8 @@ def test_stats_json(settings, receiver: Receiver):
     failed(shop.partner_id, url, held=True)
     sent = h.insert_notification(shop.partner_id, url, next_attempt_at=None,
                                  status=NotificationStatus.SENT)
-    h.insert_notification(shop.partner_id, url, next_attempt_at=utcnow() - timedelta(seconds=30),
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=utcnow() - timedelta(seconds=30),
                           scheduled_for=utcnow(), enqueued_at=utcnow())
     now = utcnow()
     add_attempt(sent, now - timedelta(minutes=5), success=True, url=url)

@@ -24,9 +24,11 @@ import requests
 from deliverer.config import Settings
 from deliverer.demo import play
 from deliverer.devserver import port_in_use
-from tests.faults.harness import free_port, group_pids, wait_for
-from tests.operations.helpers import DELIVERER
+from tests.support.cli import DELIVERER
+from tests.support.ports import free_port
+from tests.support.processes import group_pids
 from tests.support.receiver import Receiver, sleep, status
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -127,17 +129,16 @@ def test_a_stop_signal_stops_web_worker_and_beat(tmp_path: Path, signum: int):
 
         running.proc.send_signal(signum)
         assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
-        wait_for(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT,
-                 "the children of deliverer run to exit")
+        wait_until(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
+                   message="the children of deliverer run to exit")
         assert not port_in_use(port)
 
 
 def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path,
                                                              receiver: Receiver):
-    """The worker's warm shutdown finishes the POSTs it started. ``deliverer run`` used to
-    kill it 10 s after SIGTERM: a POST to a slow endpoint (it may take connect + total
-    timeout, 20 s by default) was cut off unrecorded, and sent again once its lease ran
-    out."""
+    """The worker's warm shutdown finishes the POSTs it started, however long they take
+    (connect + total timeout, 20 s by default): cut off, a POST would be unrecorded, and
+    sent again once its lease ran out."""
     port = free_port()
     token = "test-admin-token"
     hook = receiver.program("/hook", [], then=sleep(12.0, status(200)))
@@ -157,8 +158,8 @@ def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path,
 
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(60) == 0, running.output
-        wait_for(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT,
-                 "the children of deliverer run to exit")
+        wait_until(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
+                   message="the children of deliverer run to exit")
 
     assert len(receiver.requests("/hook")) == 1  # answered 200: the attempt below
     with sqlite3.connect(tmp_path / "deliverer.db") as db:
@@ -187,8 +188,8 @@ def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Pat
         assert opened.status_code == 200
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
-        wait_for(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT,
-                 "the children of deliverer run to exit")
+        wait_until(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
+                   message="the children of deliverer run to exit")
 
 
 def test_a_port_another_program_holds_is_refused_before_anything_starts(tmp_path: Path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -12,13 +10,15 @@ from sqlalchemy import update
 import beat_schedule
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.models import MaintenanceRun, utcnow
+from deliverer.models import MaintenanceRun, NotificationStatus, utcnow
 from deliverer.operations import maintenance_run, stats
 from deliverer.operations.purge import purge_attempts
 from deliverer.operations.tasks import PURGE_EVERY
 from deliverer.operations.tasks import purge_attempts as purge_task
-from tests.operations.helpers import add_attempt, attempt_count, failed
+from tests.operations.helpers import add_attempt, attempt_count
 from tests.support import helpers as h
+from tests.support.race import race
+from tests.support.rows import failed
 
 
 def test_purge_deletes_in_bounded_batches(settings):
@@ -125,14 +125,7 @@ def test_racing_purge_triggers_let_exactly_one_run(settings):
                                                 every=timedelta(hours=23),
                                                 lease=timedelta(minutes=15))
 
-    barrier = threading.Barrier(8)
-
-    def at_once() -> bool:
-        barrier.wait(timeout=10)
-        return claim()
-
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: at_once(), range(8)))
+    results = race([claim] * 8)
     assert sorted(results) == [False] * 7 + [True]
 
 
@@ -150,11 +143,14 @@ def test_stats_functions(settings):
     url = "http://127.0.0.1:9/hook"
     shop = h.new_partner(settings, url)
     now = utcnow()
-    h.insert_notification(shop.partner_id, url, next_attempt_at=now - timedelta(seconds=90),
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=now - timedelta(seconds=90),
                           scheduled_for=now, enqueued_at=now)
-    h.insert_notification(shop.partner_id, url, next_attempt_at=now - timedelta(seconds=10),
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=now - timedelta(seconds=10),
                           scheduled_for=now, enqueued_at=now)
-    h.insert_notification(shop.partner_id, url, next_attempt_at=now + timedelta(hours=1))
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=now + timedelta(hours=1))
     with session_scope() as session:
         due = stats.due_summary(session, now)
         assert due.count == 2

@@ -21,10 +21,11 @@ from deliverer.operations.replay import (
     operator_retry,
     replay,
 )
-from tests.operations.helpers import audit, failed, head_and_held, set_webhook_url
+from tests.operations.helpers import audit
 from tests.support import helpers as h
 from tests.support.db_faults import failing_inserts
 from tests.support.receiver import Receiver
+from tests.support.rows import failed, head_and_held, set_webhook_url
 
 
 def _manual_publishes(published_tasks) -> list[str]:
@@ -241,7 +242,8 @@ def test_operator_retry_obeys_the_status_rule_but_not_the_merchant_limits(settin
     url = receiver.url("/hook")
     shop = h.new_partner(settings, url)
     nid = failed(shop.partner_id, url)
-    pending = h.insert_notification(shop.partner_id, url, next_attempt_at=utcnow()
+    pending = h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                                    next_attempt_at=utcnow()
                                     + timedelta(hours=1))
     with session_scope() as session, pytest.raises(Conflict, match="not in FAILED status"):
         operator_retry(session, settings, pending)

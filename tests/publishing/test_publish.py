@@ -25,6 +25,7 @@ from deliverer.models import (
 from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
+from tests.support.race import race
 
 
 def deliver_messages(published_tasks):
@@ -139,27 +140,13 @@ def test_concurrent_publishing_gives_gap_free_unique_sequences(settings, receive
     url = receiver.url("/hook")
     partner = h.new_partner(settings, url)
     threads_n, per_thread = 8, 12
-    barrier = threading.Barrier(threads_n)
-    got: list[int] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
 
-    def publisher(n):
-        try:
-            barrier.wait(5)
-            for i in range(per_thread):
-                seq = deliverer.publish_event(partner.partner_id, "t", f"r{n}-{i}", {}).sequence
-                with lock:
-                    got.append(seq)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def publisher(n: int) -> list[int]:
+        return [deliverer.publish_event(partner.partner_id, "t", f"r{n}-{i}", {}).sequence
+                for i in range(per_thread)]
 
-    threads = [threading.Thread(target=publisher, args=(n,)) for n in range(threads_n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    got = [seq for seqs in race([lambda n=n: publisher(n) for n in range(threads_n)])
+           for seq in seqs]
     total = threads_n * per_thread
     assert sorted(got) == list(range(1, total + 1))
     assert h.endpoint_sequences(partner.partner_id, url) == (total, list(range(1, total + 1)))
@@ -187,11 +174,7 @@ def test_concurrent_bulk_publishes_to_the_same_endpoints_do_not_deadlock(setting
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
-    threads = [threading.Thread(target=bulk, args=(order,)) for order in ((a, b), (b, a))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    race([lambda order=order: bulk(order) for order in ((a, b), (b, a))])
     assert not errors, errors
     assert not [r for r in caplog.records if "aborted" in r.getMessage()]
     for url in (a, b):
@@ -204,24 +187,9 @@ def test_concurrent_first_publishes_to_a_new_endpoint(settings, receiver):
     partner = h.new_partner(settings, receiver.url("/hook"))
     fresh = receiver.url("/fresh")
     n = 8
-    barrier = threading.Barrier(n)
-    got: list[int] = []
-    errors: list[BaseException] = []
-
-    def publisher(i):
-        try:
-            barrier.wait(5)
-            got.append(deliverer.publish_event(partner.partner_id, "t", f"r{i}", {},
-                                               callback_url=fresh).sequence)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    got = race([lambda i=i: deliverer.publish_event(partner.partner_id, "t", f"r{i}", {},
+                                                    callback_url=fresh).sequence
+                for i in range(n)])
     assert sorted(got) == list(range(1, n + 1))
 
 

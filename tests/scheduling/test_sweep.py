@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,6 +12,7 @@ from deliverer.models import Lane, NotificationStatus, utcnow
 from deliverer.scheduling.sweep import collect_due
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
+from tests.support.race import race
 
 
 @pytest.fixture
@@ -53,8 +53,8 @@ def test_collect_due_returns_exactly_the_rows_due_within_the_horizon(settings, p
     sec = timedelta(seconds=1)
     pid = partner.partner_id
 
-    def row(due, **kw):
-        return h.insert_notification(pid, url, next_attempt_at=due, **kw)
+    def row(due, status=NotificationStatus.PENDING, **kw):
+        return h.insert_notification(pid, url, status=status, next_attempt_at=due, **kw)
 
     expected = {
         "overdue": row(now - 10 * sec),
@@ -110,10 +110,12 @@ def test_sweep_task_never_sends_an_eta_beyond_the_horizon(settings, partner, url
                                                           published_tasks):
     now = utcnow()
     pid = partner.partner_id
-    due_now = h.insert_notification(pid, url, next_attempt_at=now)
+    due_now = h.insert_notification(pid, url, status=NotificationStatus.PENDING,
+                                    next_attempt_at=now)
     soon = h.insert_notification(pid, url, next_attempt_at=now + timedelta(seconds=3),
                                  status=NotificationStatus.FAILED, lane=Lane.RETRY)
-    far = [h.insert_notification(pid, url, next_attempt_at=now + delta)
+    far = [h.insert_notification(pid, url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=now + delta)
            for delta in (timedelta(seconds=settings.sweep_horizon + 5), timedelta(hours=8),
                          timedelta(days=29))]
 
@@ -141,26 +143,12 @@ def test_sweep_task_never_sends_an_eta_beyond_the_horizon(settings, partner, url
 def test_concurrent_sweeps_hand_out_each_row_once(settings, partner, url):
     """Two beats by mistake: each due row goes to exactly one of them."""
     now = utcnow()
-    ids = {h.insert_notification(partner.partner_id, url, next_attempt_at=now)
+    ids = {h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=now)
            for _ in range(40)}
     sweepers = 4
-    barrier = threading.Barrier(sweepers)
-    results: list[list[str]] = []
-    errors: list[BaseException] = []
-
-    def sweep():
-        try:
-            barrier.wait(5)
-            results.append([d.notification_id for d in collect(settings, now=now)])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=sweep) for _ in range(sweepers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors
+    results = race([lambda: [d.notification_id for d in collect(settings, now=now)]]
+                   * sweepers)
     handed_out = [nid for batch in results for nid in batch]
     assert len(handed_out) == len(set(handed_out)), "a row was handed to two sweeps"
     assert set(handed_out) == ids
@@ -169,6 +157,7 @@ def test_concurrent_sweeps_hand_out_each_row_once(settings, partner, url):
 def test_batch_limit_takes_the_earliest_first(settings, partner, url):
     now = utcnow()
     ids = [h.insert_notification(partner.partner_id, url,
+                                 status=NotificationStatus.PENDING,
                                  next_attempt_at=now - timedelta(seconds=10 - i))
            for i in range(10)]
     first = collect(settings, now=now, limit=4)

@@ -1,21 +1,22 @@
-"""Small helpers shared by the tests: waiting, reading rows back, making rows."""
+"""Small helpers shared by the tests: making rows, reading them back, waiting for them."""
 
 from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from celery.signals import task_postrun
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
+import deliverer
 from deliverer.config import Settings
 from deliverer.db import session_scope
+from deliverer.delivery.service import AttemptOutcome, ClaimState, deliver
 from deliverer.models import (
     ApiKey,
     Attempt,
@@ -30,30 +31,7 @@ from deliverer.models.base import new_id
 from deliverer.partners.endpoints import next_sequence
 from deliverer.partners.service import NewPartner, Principal, create_partner
 from deliverer.publishing.envelope import event_body
-
-T = TypeVar("T")
-
-DEFAULT_WAIT = 15.0
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = DEFAULT_WAIT, interval: float = 0.02,
-               message: str = "condition", on_poll: Callable[[], object] | None = None) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
-
-    ``on_poll`` runs before each check (the tests use it to run the beat sweep).
-    """
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        if on_poll is not None:
-            on_poll()
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; "
-                                 f"last value: {last!r}")
-        time.sleep(interval)
+from tests.support.waiting import wait_until as wait_until  # shared by every test area
 
 
 @contextmanager
@@ -73,6 +51,16 @@ def task_runs(task_id: str | None = None, name: str | None = None) -> Iterator[l
         yield runs
     finally:
         task_postrun.disconnect(finished)
+
+
+def deliver_when_due(nid: str, settings: Settings, timeout: float = 5.0) -> AttemptOutcome:
+    """Deliver ``nid`` as soon as it is due (its next attempt may be moments away)."""
+
+    def delivered() -> AttemptOutcome | None:
+        outcome = deliver(nid, settings)
+        return None if outcome.state == ClaimState.NOT_DUE else outcome
+
+    return wait_until(delivered, timeout, message=f"notification {nid} to become due")
 
 
 def new_partner(settings: Settings, webhook_url: str | None, name: str = "Acme") -> NewPartner:
@@ -104,6 +92,10 @@ def attempts(nid: str) -> list[Attempt]:
         return rows
 
 
+def triggers(nid: str) -> list[str]:
+    return [a.trigger for a in attempts(nid)]
+
+
 def status_is(nid: str, *statuses: str) -> Notification | None:
     row = notification(nid)
     return row if row.status in statuses else None
@@ -113,40 +105,72 @@ def sent(nid: str) -> Notification | None:
     return status_is(nid, NotificationStatus.SENT)
 
 
+def publish_and_wait(partner_id: str, *statuses: str, reference: str | None = None,
+                     event_type: str = "transaction.updated",
+                     payload: dict[str, Any] | None = None,
+                     callback_url: str | None = None, timeout: float = 15.0) -> str:
+    """Publish through the real pipeline and wait until the worker settles it."""
+    published = deliverer.publish_event(partner_id, event_type,
+                                        reference or f"ref-{new_id()[:8]}",
+                                        payload or {"amount": 1000}, callback_url)
+    wait_until(lambda: status_is(published.notification_id, *statuses), timeout=timeout,
+               message=f"notification {published.notification_id} in {statuses}")
+    return published.notification_id
+
+
 def insert_notification(
     partner_id: str,
-    url: str,
+    url: str | None,
     *,
-    next_attempt_at: datetime | None,
+    status: str,
+    next_attempt_at: datetime | None = None,
     scheduled_for: datetime | None = None,
     enqueued_at: datetime | None = None,
-    status: str = NotificationStatus.PENDING,
-    lane: str = Lane.FIRST,
+    lane: str | None = None,
     cycle_started_at: datetime | None = None,
     lease_expires_at: datetime | None = None,
+    created_at: datetime | None = None,
+    reference: str | None = None,
+    event_type: str = "transaction.updated",
     payload: dict[str, Any] | None = None,
+    callback_url: str | None = None,
+    retry_attempts: int = 0,
+    manual_retry_count: int = 0,
+    latest_error_payload: dict[str, Any] | None = None,
 ) -> str:
     """Write an event and its notification directly, with no broker message.
 
-    For tests that drive the sweep or the service by hand: nothing is enqueued, so the
-    worker (if running) only sees the row when the test says so.
+    For tests that drive the sweep, the services or the API by hand: nothing is enqueued,
+    so the worker (if running) only sees the row when the test says so. ``status`` is
+    required: a PENDING row with a ``next_attempt_at`` is due for the sweep, a FAILED one
+    with none is exhausted and left alone. Unless given, the lane follows the status
+    (RETRY for FAILED, FIRST otherwise), and a SENT row has its ``sent_at``.
     """
-    now = utcnow()
+    now = created_at or utcnow()
     with session_scope() as session:
-        event = Event(id=new_id(), partner_id=partner_id, type="transaction.updated",
-                      reference=f"ref-{new_id()[:8]}", payload=payload or {"amount": 42},
+        event = Event(id=new_id(), partner_id=partner_id, type=event_type,
+                      reference=reference or f"ref-{new_id()[:8]}",
+                      payload=payload or {"amount": 42}, callback_url=callback_url,
                       created_at=now)
         event.body = event_body(event)
         session.add(event)
-        endpoint_id, sequence = next_sequence(session, partner_id, url, now)
+        endpoint_id = sequence = None
+        target = callback_url or url
+        if target:
+            endpoint_id, sequence = next_sequence(session, partner_id, target, now)
+        if lane is None:
+            lane = Lane.RETRY if status == NotificationStatus.FAILED else Lane.FIRST
         nid = new_id()
         session.add(Notification(
             id=nid, partner_id=partner_id, event_id=event.id, endpoint_id=endpoint_id,
-            sequence=sequence, url=url, status=status, retry_attempts=0, manual_retry_count=0,
-            attempt_count=0, next_attempt_at=next_attempt_at, scheduled_for=scheduled_for,
-            enqueued_at=enqueued_at, cycle_started_at=cycle_started_at or now, created_at=now,
-            updated_at=now, lane=lane, lease_token="held" if lease_expires_at else None,
-            lease_expires_at=lease_expires_at,
+            sequence=sequence, url=target, status=status, retry_attempts=retry_attempts,
+            manual_retry_count=manual_retry_count,
+            attempt_count=retry_attempts + manual_retry_count,
+            latest_error_payload=latest_error_payload, next_attempt_at=next_attempt_at,
+            scheduled_for=scheduled_for, enqueued_at=enqueued_at,
+            cycle_started_at=cycle_started_at or now, created_at=now, updated_at=now,
+            lane=lane, sent_at=now if status == NotificationStatus.SENT else None,
+            lease_token="held" if lease_expires_at else None, lease_expires_at=lease_expires_at,
         ))
     return nid
 

@@ -284,10 +284,3 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(5)
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

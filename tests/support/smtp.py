@@ -5,7 +5,6 @@ accepts and the logins it is sent, and can offer STARTTLS with a self-signed cer
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -16,6 +15,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.support.ports import free_port
 
 
 class Inbox:
@@ -38,12 +39,6 @@ class Inbox:
                 self.logins.append((mechanism, auth_data.login.decode(),
                                     auth_data.password.decode(), encrypted))
         return AuthResult(success=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
