@@ -19,25 +19,49 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import slow_lane
-from deliverer.delivery.claim import ClaimState, claim
+from deliverer.delivery.claim import Claim, ClaimState, DeliveryJob, claim
 from deliverer.delivery.outcome import AttemptOutcome
 from deliverer.delivery.perform import perform, perform_admitted
 from deliverer.delivery.record import record
+from deliverer.delivery.sender import SendResult
 
 log = logging.getLogger(__name__)
 
 # The three steps, and ``deliver`` that runs them.
-__all__ = ["AttemptOutcome", "ClaimState", "claim", "deliver", "perform", "record"]
+__all__ = ["AttemptOutcome", "ClaimState", "claim", "deliver", "perform", "record",
+           "run_steps"]
+
+
+ClaimStep = Callable[[str], Claim]
+RecordStep = Callable[[DeliveryJob, SendResult], AttemptOutcome]
 
 
 def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
     """Claim, send and record one attempt, each database step in its own transaction."""
-    with session_scope() as session:
-        claimed = claim(session, notification_id, settings)
+
+    def claim_alone(nid: str) -> Claim:
+        with session_scope() as session:
+            return claim(session, nid, settings)
+
+    def record_alone(job: DeliveryJob, result: SendResult) -> AttemptOutcome:
+        # The POST happened: record it even if the first try is a deadlock victim or
+        # meets a database restart, or the webhook is sent again when the lease runs out.
+        return in_transaction(lambda session: record(session, job, result, settings),
+                              retry_for=settings.lease_seconds)
+
+    return run_steps(notification_id, settings, claim_alone, record_alone)
+
+
+def run_steps(notification_id: str, settings: Settings, claim_step: ClaimStep,
+              record_step: RecordStep) -> AttemptOutcome:
+    """The three steps with the given claim and record (alone here, or shared with the
+    messages running beside it: ``together.py``), the slow lane between them."""
+    claimed = claim_step(notification_id)
     if claimed.job is None:
         return AttemptOutcome(claimed.state, due_at=claimed.due_at)
     job = claimed.job
@@ -49,10 +73,7 @@ def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
             retry_for=settings.lease_seconds)
         return AttemptOutcome(ClaimState.DEFERRED, due_at=until)
     result = perform_admitted(job, ticket, settings)
-    # The POST happened: record it even if the first try is a deadlock victim or meets a
-    # database restart, or the webhook is sent again when the lease runs out.
-    outcome = in_transaction(lambda session: record(session, job, result, settings),
-                             retry_for=settings.lease_seconds)
+    outcome = record_step(job, result)
     log.info(
         "attempt %s: %s",
         "delivered" if result.success else "failed",

@@ -15,21 +15,17 @@ wait for the slowest one in it.
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Sequence
 
 from deliverer.batching import Coalescer
 from deliverer.config import Settings, get_settings
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import sender, slow_lane
+from deliverer.delivery import sender
 from deliverer.delivery.batch import claim_many, record_many
 from deliverer.delivery.claim import Claim, ClaimState, DeliveryJob
 from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
-from deliverer.delivery.perform import perform_admitted
+from deliverer.delivery.service import run_steps
 from deliverer.models import NotificationStatus
-
-log = logging.getLogger(__name__)
 
 # A claim or record batch holds at most this many rows; two runners each, so one batch
 # can be in the database while the next is collected.
@@ -80,22 +76,11 @@ _RECORDS: Coalescer[tuple[DeliveryJob, sender.SendResult], NextAttempt | None] =
 
 def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
     """Claim, send and record one attempt; returns once the attempt is recorded."""
-    claimed = _CLAIMS.submit(notification_id)
-    if claimed.job is None:
-        return AttemptOutcome(claimed.state, due_at=claimed.due_at)
-    job = claimed.job
-    ticket = slow_lane.GATE.admit(slow_lane.key_for(job.endpoint_id, job.url), settings)
-    if ticket is None:
-        until = in_transaction(
-            lambda session: slow_lane.defer(session, [notification_id], job.lease_token,
-                                            settings),
-            retry_for=settings.lease_seconds)
-        return AttemptOutcome(ClaimState.DEFERRED, due_at=until)
-    result = perform_admitted(job, ticket, settings)
-    following = _RECORDS.submit((job, result))
-    log.info("attempt %s: %s", "delivered" if result.success else "failed",
-             json.dumps(result.error) if result.error else result.status_code,
-             extra={"notification_id": notification_id})
-    status = NotificationStatus.SENT if result.success else NotificationStatus.FAILED
-    return AttemptOutcome(ClaimState.CLAIMED, status=status, next_attempt=following,
-                          due_at=following.due_at if following else None)
+
+    def record_together(job: DeliveryJob, result: sender.SendResult) -> AttemptOutcome:
+        following = _RECORDS.submit((job, result))
+        status = NotificationStatus.SENT if result.success else NotificationStatus.FAILED
+        return AttemptOutcome(ClaimState.CLAIMED, status=status, next_attempt=following,
+                              due_at=following.due_at if following else None)
+
+    return run_steps(notification_id, settings, _CLAIMS.submit, record_together)
