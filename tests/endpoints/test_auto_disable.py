@@ -16,7 +16,7 @@ import beat_schedule
 import deliverer
 from deliverer.alerts import service as alerts
 from deliverer.db import session_scope
-from deliverer.delivery import auto_disable
+from deliverer.delivery import auto_disable, service
 from deliverer.models import Alert, Endpoint, Notification, NotificationStatus, utcnow
 from deliverer.partners import registered, webhook_settings
 from deliverer.scheduling.tasks import disable_failing_endpoints, sweep_due
@@ -156,3 +156,29 @@ def test_beat_disables_an_endpoint_nothing_is_attempted_on(settings, receiver):
     assert _endpoint(public_id).disabled_at is None
     entry = beat_schedule.build(settings)["disable-failing-endpoints"]
     assert entry["task"] == disable_failing_endpoints.name
+
+
+def test_failing_alerts_are_kept_and_named_per_endpoint(settings, receiver):
+    """Two endpoints of one merchant failing: an alert for each, naming it; a third that
+    delivers has none."""
+    shop = h.new_partner(settings, None)
+    urls = {name: receiver.always(f"/{name}", rx.status(500)) for name in ("a", "b")}
+    urls["fine"] = receiver.url("/fine")
+    public = {}
+    with session_scope() as session:
+        for name, url in urls.items():
+            public[name] = registered.create(session, settings, shop.partner_id, url=url,
+                                             description=f"Service {name}").public_id
+    for url in urls.values():
+        nid = h.insert_notification(shop.partner_id, url, status=NotificationStatus.FAILED,
+                                    next_attempt_at=utcnow(), retry_attempts=5)
+        service.deliver(nid, settings)
+    with session_scope() as session:
+        rows = session.execute(select(Alert.kind, Alert.message, Endpoint.public_id)
+                               .join(Endpoint, Endpoint.id == Alert.endpoint_id)).all()
+    assert sorted(r.public_id for r in rows) == sorted([public["a"], public["b"]])
+    for kind, message, public_id in rows:
+        name = "a" if public_id == public["a"] else "b"
+        assert kind == alerts.KIND_FAILING
+        assert urls[name] in message and public_id in message
+        assert f'"Service {name}"' in message
