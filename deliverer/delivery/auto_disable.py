@@ -8,6 +8,9 @@ away, a queue whose head is exhausted). Disabled, the endpoint is sent nothing: 
 holds stays held (FAILED, ``held``), new events to it are recorded NOT_SENT, and enabling
 it again (``partners.registered.enable``, PATCH ``enabled: true``) releases what it holds,
 in sequence order, at the drain rate.
+
+Only registered endpoints (the merchant's, which it can enable again): the row of an
+event's own ``callbackUrl`` keeps its ladder, which ends with the cycle.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def period(seconds: float) -> str:
 
 
 def failing_too_long(endpoint: Endpoint, settings: Settings, now: datetime) -> bool:
-    return (endpoint.disabled_at is None and endpoint.failing_since is not None
+    return (endpoint.registered and endpoint.disabled_at is None
+            and endpoint.failing_since is not None
             and now - endpoint.failing_since >= threshold(settings))
 
 
@@ -65,7 +69,8 @@ def sweep(session: Session, settings: Settings, now: datetime, limit: int = PER_
     """Disable the endpoints that have been failing too long; returns how many."""
     endpoints = session.scalars(
         select(Endpoint)
-        .where(Endpoint.disabled_at.is_(None), Endpoint.failing_since.is_not(None),
+        .where(Endpoint.registered.is_(True), Endpoint.disabled_at.is_(None),
+               Endpoint.failing_since.is_not(None),
                Endpoint.failing_since <= now - threshold(settings))
         .order_by(Endpoint.failing_since, Endpoint.id).limit(limit)
         .with_for_update(skip_locked=True)

@@ -182,3 +182,17 @@ def test_failing_alerts_are_kept_and_named_per_endpoint(settings, receiver):
         assert kind == alerts.KIND_FAILING
         assert urls[name] in message and public_id in message
         assert f'"Service {name}"' in message
+
+
+def test_a_callback_urls_row_is_not_disabled(settings):
+    """Nobody could enable it again: its notifications keep their ladder."""
+    shop = h.new_partner(settings, None)
+    callback = "http://127.0.0.1:9/callback"
+    nid = h.insert_notification(shop.partner_id, None, callback_url=callback,
+                                status=NotificationStatus.FAILED,
+                                next_attempt_at=utcnow() + timedelta(hours=8))
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.url == callback).values(
+            failing_since=utcnow() - auto_disable.threshold(settings) * 2))
+    assert disable_failing_endpoints() == 0
+    assert not h.notification(nid).held
