@@ -75,9 +75,10 @@ def recover(session: Session, settings: Settings, principal: Principal, endpoint
             now: datetime | None = None) -> Recovered:
     """A fresh cycle for the FAILED notifications of the partner's endpoint
     ``endpoint_id`` (its public id) created from ``since`` to ``until`` (now if None),
-    in the session's transaction. Refused (and on the audit trail): another partner's or
-    an unknown endpoint (404), a disabled one (409), ``since`` after ``until`` (400), the
-    rate limit (429)."""
+    in the session's transaction, which the caller commits. ``principal`` is who asks:
+    the partner and its API key (``Principal(partner_id, None)`` for a caller without
+    one). Refused (and on the audit trail): another partner's or an unknown endpoint
+    (404), a disabled one (409), ``since`` after ``until`` (400), the rate limit (429)."""
     now = now or utcnow()
     until = until or now
     lock_partner(session, principal.partner_id)

@@ -48,9 +48,10 @@ class TestSent:
 def send_test_event(session: Session, settings: Settings, principal: Principal,
                     endpoint_id: str, now: datetime | None = None) -> TestSent:
     """Publish a ``webhook.test`` event to the partner's endpoint ``endpoint_id`` (its
-    public id), in the session's transaction; its message goes out at the commit.
-    EndpointNotFound (also for another partner's endpoint) or TooManyRequests otherwise,
-    each on the audit trail."""
+    public id), in the session's transaction; its message goes out at the commit, which
+    is the caller's. ``principal``: the partner and its API key
+    (``Principal(partner_id, None)`` without one). EndpointNotFound (also for another
+    partner's endpoint) or TooManyRequests otherwise, each on the audit trail."""
     now = now or utcnow()
     lock_partner(session, principal.partner_id)
     try:
