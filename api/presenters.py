@@ -23,9 +23,11 @@ def notification(n: Notification, event: Event, endpoint_id: str | None = None
 
 def notification_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """The same from a row of the notification's columns with its event's ``type`` and
-    ``reference`` (what a manual retry's batch reads)."""
+    ``reference`` and its endpoint's ``endpoint_public_id`` (what a manual retry's batch
+    reads)."""
     return {"id": row["id"], "event_id": row["event_id"], "event_type": row["type"],
-            "reference": row["reference"], **{f: row[f] for f in _FIELDS}}
+            "reference": row["reference"], "endpoint_id": row.get("endpoint_public_id"),
+            **{f: row[f] for f in _FIELDS}}
 
 
 def attempt(a: Attempt) -> dict[str, Any]:

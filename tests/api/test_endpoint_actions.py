@@ -86,7 +86,13 @@ def test_a_disabled_endpoint_is_not_sent_the_test(make_partner, receiver, long_w
     body = partner.api.post(f"{ENDPOINTS}/{off['id']}/test").json()
     assert (body["status"], body["delivered"]) == ("NOT_SENT", False)
     assert body["error"]["message"] == "Disabled by the merchant"
-    assert receiver.requests("/off") == []
+    # Webhooks turned off in the settings: nothing is sent to any endpoint.
+    on = create(partner, receiver.url("/on"))
+    settings = partner.api.put("/api/partner/v2/webhook-settings", json={"enabled": False})
+    assert settings.status_code == 200, settings.text
+    body = partner.api.post(f"{ENDPOINTS}/{on['id']}/test").json()
+    assert (body["status"], body["error"]["message"]) == ("NOT_SENT", "Webhooks are disabled")
+    assert receiver.requests() == []
 
 
 def test_without_an_outcome_within_the_wait_it_is_pending(make_partner, receiver,

@@ -115,3 +115,23 @@ def test_a_deleted_endpoints_notifications_can_still_be_listed(make_partner):
     assert partner.api.delete(f"{ENDPOINTS}/{gone['id']}").status_code == 200
     data = listing(partner, endpointId=gone["id"], sequenceAfter=0)["data"]
     assert [(n["id"], n["endpointId"]) for n in data] == [(nid, gone["id"])]
+
+
+def test_every_notification_answer_names_its_endpoint(make_partner):
+    partner = make_partner("http://127.0.0.1:9/default")
+    mine = create(partner, "http://127.0.0.1:9/mine")
+    retried = h.insert_notification(partner.partner_id, "http://127.0.0.1:9/mine",
+                                    status=NotificationStatus.FAILED)
+    ignored = h.insert_notification(partner.partner_id, "http://127.0.0.1:9/mine",
+                                    status=NotificationStatus.FAILED)
+    no_url = h.insert_notification(partner.partner_id, None,
+                                   status=NotificationStatus.NOT_SENT)
+    answers = [partner.api.post(f"{LIST}/{retried}/retry"),
+               partner.api.post(f"{LIST}/{ignored}/ignore"),
+               partner.api.get(f"{LIST}/{retried}")]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        assert response.json()["endpointId"] == mine["id"]
+    assert partner.api.get(f"{LIST}/{no_url}").json()["endpointId"] is None
+    assert {n["id"]: n["endpointId"] for n in listing(partner)["data"]} == {
+        retried: mine["id"], ignored: mine["id"], no_url: None}
