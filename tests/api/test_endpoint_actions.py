@@ -17,6 +17,7 @@ from deliverer.notifications.recover import MAX_RECOVERED
 from deliverer.scheduling.tasks import sweep_due
 from tests.api import helpers as t
 from tests.support import helpers as h
+from tests.support.race import race
 from tests.support.receiver import status
 from tests.support.rows import partner_requests
 
@@ -264,6 +265,16 @@ def test_recover_is_rate_limited_and_audited(make_partner, api_settings):
                                                                kind="recover")] == [
         ("ACCEPTED", endpoint["id"]), ("ACCEPTED", endpoint["id"]),
         ("TOO_MANY_REQUESTS", endpoint["id"])]
+
+
+def test_the_recover_limit_holds_under_parallel_requests(make_partner, api_settings):
+    partner = make_partner()
+    endpoint = create(partner, "http://127.0.0.1:9/a")
+    since = iso(utcnow() - timedelta(hours=1))
+    with api_settings(recover_rate_per_minute=3):
+        responses = race([lambda: recover(partner, endpoint["id"], since=since)] * 10)
+    assert t.statuses(responses) == {200: 3, 429: 7}
+    assert len(t.accepted(partner.partner_id, kind="recover")) == 3
 
 
 def test_recover_takes_at_most_a_bounded_number_at_once(make_partner, monkeypatch):

@@ -108,6 +108,21 @@ def test_deleting_the_default_endpoint_clears_the_webhook_url(make_partner):
     assert t.settings_row(partner.partner_id).url is None
 
 
+def test_moving_the_default_endpoint_moves_the_webhook_url(make_partner):
+    partner = make_partner("http://127.0.0.1:9/default")
+    [default] = partner.api.get(ENDPOINTS).json()["data"]
+    response = partner.api.patch(f"{ENDPOINTS}/{default['id']}",
+                                 json={"url": "http://127.0.0.1:9/moved",
+                                       "eventTypes": ["transaction.*"]})
+    assert response.status_code == 200, response.text
+    assert t.settings_row(partner.partner_id).url == "http://127.0.0.1:9/moved"
+    settings = partner.api.get("/api/partner/v2/webhook-settings").json()
+    assert settings["url"] == "http://127.0.0.1:9/moved"
+    [moved] = partner.api.get(ENDPOINTS).json()["data"]
+    assert (moved["id"], moved["isDefault"], moved["eventTypes"]) == (
+        default["id"], True, ["transaction.*"])
+
+
 def test_rotate_secret_with_an_overlap(make_partner):
     partner = make_partner()
     body = create(partner, "http://127.0.0.1:9/a")
