@@ -3,6 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from api.schemas.common import Email, UtcDateTime, WebhookUrl
+from deliverer.notifications.queries import MAX_SEQUENCE
 
 STATUSES = ["PENDING", "SENT", "FAILED", "NOT_SENT"]
 
@@ -69,7 +70,7 @@ class NotificationQuerySchema(Schema):
     # Reconciliation: what one endpoint was sent after the sequence number it last saw.
     endpoint_id = fields.String(data_key="endpointId", validate=validate.Length(max=40))
     sequence_after = fields.Integer(data_key="sequenceAfter",
-                                    validate=validate.Range(min=0, max=2**62))
+                                    validate=validate.Range(min=0, max=MAX_SEQUENCE))
 
 
 class SettingsSchema(Schema):

@@ -109,6 +109,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 # In sequence order (sequenceAfter), the cursor is the last sequence number listed.
 _SEQUENCE_CURSOR = "seq:"
+MAX_SEQUENCE = 2**62
 
 
 def _encode_sequence_cursor(sequence: int) -> str:
@@ -119,9 +120,10 @@ def _encode_sequence_cursor(sequence: int) -> str:
 def _decode_sequence_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith(_SEQUENCE_CURSOR):
+        sequence = int(raw[len(_SEQUENCE_CURSOR):]) if raw.startswith(_SEQUENCE_CURSOR) else -1
+        if not 0 <= sequence <= MAX_SEQUENCE:  # beyond, PostgreSQL's BIGINT refuses it
             raise InvalidCursor()
-        return int(raw[len(_SEQUENCE_CURSOR):])
+        return sequence
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidCursor() from exc
 
@@ -159,8 +161,6 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
     if filters.endpoint_id is not None:
         query = query.where(Notification.endpoint_id == endpoint_key(
             session, partner_id, filters.endpoint_id))
-    if by_sequence:
-        return _by_sequence(session, query, filters)
     if filters.status:
         query = query.where(Notification.status == filters.status)
     if filters.event_type:
@@ -171,6 +171,8 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
         query = query.where(Notification.created_at >= filters.created_from)
     if filters.created_to:
         query = query.where(Notification.created_at < filters.created_to)
+    if by_sequence:
+        return _by_sequence(session, query, filters)
     if filters.cursor:
         created_at, notification_id = _decode_cursor(filters.cursor)
         query = query.where(or_(

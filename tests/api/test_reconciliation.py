@@ -4,6 +4,8 @@ numbers are gap-free per endpoint, so a merchant fetches exactly what it missed.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 import deliverer
@@ -105,6 +107,22 @@ def test_reconciliation_filters_refuse_what_they_cannot_answer(make_partner):
                    400, "BAD_REQUEST", "Invalid cursor")
     t.assert_error(partner.api.get(LIST, params={"cursor": by_sequence}), 400,
                    "BAD_REQUEST", "Invalid cursor")
+    for number in (2**63, -1):  # made up: beyond what a BIGINT holds, or negative
+        forged = base64.urlsafe_b64encode(f"seq:{number}".encode()).decode()
+        t.assert_error(partner.api.get(LIST, params={"endpointId": mine["id"],
+                                                     "sequenceAfter": 0, "cursor": forged}),
+                       400, "BAD_REQUEST", "Invalid cursor")
+
+
+def test_the_other_filters_narrow_a_reconciliation(make_partner):
+    partner = make_partner()
+    mine = create(partner, "http://127.0.0.1:9/mine")
+    states = [NotificationStatus.SENT, NotificationStatus.FAILED, NotificationStatus.SENT,
+              NotificationStatus.FAILED]
+    ids = [h.insert_notification(partner.partner_id, "http://127.0.0.1:9/mine", status=state)
+           for state in states]
+    failed = listing(partner, endpointId=mine["id"], sequenceAfter=1, status="FAILED")
+    assert [(n["id"], n["sequence"]) for n in failed["data"]] == [(ids[1], 2), (ids[3], 4)]
 
 
 def test_a_deleted_endpoints_notifications_can_still_be_listed(make_partner):
