@@ -225,6 +225,12 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     leased_at = time.monotonic()  # no later than the lease's start: the cutoff errs early
     with session_scope() as session:
         batch = claim_many(session, ids, settings)
+    return deliver_claimed(batch, leased_at, settings)
+
+
+def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings) -> BatchOutcome:
+    """Send and record a claimed batch (``leased_at``: ``time.monotonic()`` no later than
+    the claim): the slow lane, the POSTs, then one transaction for the outcomes."""
     admitted, refused = admit_many(batch.jobs, settings)
     if refused:
         in_transaction(

@@ -24,10 +24,10 @@ from sqlalchemy import and_, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from deliverer.broker.dispatch import enqueue_batch
+from deliverer.broker.dispatch import enqueue_batch, enqueue_wake
 from deliverer.config import Settings
 from deliverer.db import in_transaction, is_transient_abort, on_commit
-from deliverer.delivery import netguard
+from deliverer.delivery import netguard, wake
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import PartnerNotFound
 from deliverer.models import (
@@ -216,18 +216,26 @@ def record_events(
                 by_endpoint[target.endpoint_key] = by_endpoint.get(target.endpoint_key, 0) + 1
     # url or endpoint id -> [endpoint id, next number to hand out, disabled reason]
     numbering: dict[Any, list[Any]] = {}
-    for endpoint_key, number in reserve_for_endpoints(session, by_endpoint).items():
+    # The endpoints this publish sends a wake-up to (none pending), when it sends those
+    # rather than a message per notification (``delivery/wake.py``).
+    stale = wake.wake_stale(settings, now)
+    numbers, woken = reserve_for_endpoints(session, by_endpoint, now, stale)
+    for endpoint_key, number in numbers.items():
         numbering[endpoint_key] = [endpoint_key, number, None]
     # In URL order: two bulk publishes reserving the same endpoints lock their rows in
     # the same order, so one waits for the other instead of both deadlocking.
     for target_url, count in sorted(by_url.items()):
-        numbering[target_url] = list(reserve_sequences(session, partner_id, target_url, now,
-                                                       count))
+        endpoint_id, number, disabled, woke = reserve_sequences(
+            session, partner_id, target_url, now, count, stale)
+        numbering[target_url] = [endpoint_id, number, disabled]
+        if woke:
+            woken.add(endpoint_id)
 
     event_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
     published: list[Published] = []
     to_deliver: list[str] = []
+    by_wake: dict[int, list[str]] = {}
     plan_of = iter(plans)
     for spec, (event, body) in zip(events, new_events, strict=True):
         key = spec.get("idempotency_key")
@@ -267,7 +275,11 @@ def record_events(
             else:
                 row.update(status=NotificationStatus.PENDING, next_attempt_at=now,
                            scheduled_for=now, enqueued_at=now)
-                to_deliver.append(row["id"])
+                if stale is None:
+                    to_deliver.append(row["id"])
+                elif slot[0] in woken:
+                    by_wake.setdefault(slot[0], []).append(row["id"])
+                # Otherwise a wake-up is pending for the endpoint: it takes this one.
             notification_rows.append(row)
             deliveries.append(Delivery(row["id"], row["status"], row["sequence"],
                                        target.public_id))
@@ -279,6 +291,8 @@ def record_events(
         connection = session.connection()
         connection.execute(insert(_EVENTS), event_rows)
         connection.execute(insert(_NOTIFICATIONS), notification_rows)
+    for endpoint_id, ids in by_wake.items():
+        on_commit(session, functools.partial(enqueue_wake, endpoint_id, ids))
     size = max(1, settings.delivery_batch_size)
     for start in range(0, len(to_deliver), size):
         on_commit(session, functools.partial(enqueue_batch, to_deliver[start:start + size],
