@@ -11,6 +11,11 @@ before its POSTs, so that other threads and workers share a hot endpoint, then s
 records its batch as ``batch.deliver_many`` does. A lone publish is a batch of one,
 delivered at once; batches form only behind a backlog.
 
+The wake-ups a worker's threads take at the same moment are claimed in one transaction,
+and their outcomes recorded in one (``deliverer.batching.Coalescer``, as
+``together.py`` does for single messages): a backlog spread over many endpoints has
+few notifications per endpoint. Each batch's POSTs stay with its own task.
+
 Nothing is stranded by the dedupe: the row lock orders each publish against each claim.
 A publish that commits before the claim locks the row is seen by the claim's later
 statements (or by the test of what remains); one that comes after waits for the claim's
@@ -24,18 +29,21 @@ SQLite (the embedded default) keeps a message per notification (``uses_wake_ups`
 
 from __future__ import annotations
 
-import functools
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, case, exists, select, update
+from sqlalchemy import bindparam, case, exists, select, true, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from deliverer import lease
+from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
-from deliverer.config import Settings
-from deliverer.db import on_commit, session_scope
+from deliverer.config import Settings, get_settings
+from deliverer.db import in_transaction, is_transient_abort
+from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
 
@@ -43,22 +51,34 @@ from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, t
 # (an extra one finds little or nothing to do).
 WAKE_TTL = timedelta(seconds=5)
 
-_E = table_of(Endpoint).c
+_ENDPOINTS = table_of(Endpoint)
+_E = _ENDPOINTS.c
 _N = table_of(Notification).c
-_ENDPOINT: BindParameter[int] = bindparam("endpoint_id")
 _NOW = bindparam("now", type_=_N.next_attempt_at.type)
-_DUE_FIRST = (_N.endpoint_id == _ENDPOINT, _N.status == NotificationStatus.PENDING,
-              _N.lane == Lane.FIRST, _N.next_attempt_at <= _NOW,
-              lease.is_free(_N.lease_expires_at, _NOW))
-# FOR NO KEY UPDATE: the lock a publish's UPDATE of the row takes, not the one that
-# would also hold up inserts referencing the endpoint.
-_LOCK = select(_E.id).where(_E.id == _ENDPOINT).with_for_update(key_share=True)
-# In the order of ix (endpoint_id, status, next_attempt_at): an index range, no sort.
-_PICK = (select(_N.id).where(*_DUE_FIRST).order_by(_N.next_attempt_at)
-         .limit(bindparam("limit")).with_for_update(skip_locked=True))
-_SETTLE = (update(table_of(Endpoint)).where(_E.id == _ENDPOINT)
-           .values(wake_sent_at=case((exists().where(*_DUE_FIRST), _NOW), else_=None))
-           .returning(_E.wake_sent_at))
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+
+
+def _due_first(endpoint_id: ColumnElement[Any]) -> tuple[ColumnElement[bool], ...]:
+    return (_N.endpoint_id == endpoint_id, _N.status == NotificationStatus.PENDING,
+            _N.lane == Lane.FIRST, _N.next_attempt_at <= _NOW,
+            lease.is_free(_N.lease_expires_at, _NOW))
+
+
+# In id order, so that two claims never wait for each other's rows. FOR NO KEY UPDATE:
+# the lock a publish's UPDATE of the row takes, not one that would also hold up inserts
+# referencing the endpoint.
+_LOCK = (select(_E.id).where(_E.id.in_(_IDS)).order_by(_E.id)
+         .with_for_update(key_share=True))
+_WOKEN = select(_E.id.label("endpoint_id")).where(_E.id.in_(_IDS)).subquery("woken")
+# Per endpoint, in the order of ix (endpoint_id, status, next_attempt_at): an index range.
+_PICKED = (select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
+           .order_by(_N.next_attempt_at).limit(bindparam("limit"))
+           .with_for_update(skip_locked=True).lateral("picked"))
+_PICK = select(_WOKEN.c.endpoint_id, _PICKED.c.id).select_from(_WOKEN.join(_PICKED, true()))
+_SETTLE = (update(_ENDPOINTS).where(_E.id.in_(_IDS))
+           .values(wake_sent_at=case((exists().where(*_due_first(_E.id)),
+                                      _NOW), else_=None))
+           .returning(_E.id, _E.wake_sent_at))
 
 
 def uses_wake_ups(settings: Settings) -> bool:
@@ -72,29 +92,63 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
     return now - WAKE_TTL if uses_wake_ups(settings) else None
 
 
+def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
+                   now: datetime | None = None) -> dict[int, tuple[BatchClaim, bool]]:
+    """For each endpoint: lease its due first attempts, at most a batch, and say whether
+    due ones remain (its mark is then left set, and the caller passes its wake-up on after
+    the commit). Commits nothing."""
+    now = now or utcnow()
+    ids = sorted(set(endpoint_ids))
+    connection = session.connection()
+    connection.execute(_LOCK, {"ids": ids}).all()
+    picked = connection.execute(_PICK, {"ids": ids, "now": now,
+                                        "limit": max(1, settings.delivery_batch_size)}).all()
+    endpoint_of = {nid: endpoint_id for endpoint_id, nid in picked}
+    claim = claim_many(session, list(endpoint_of), settings, now)
+    marks: dict[int, datetime | None] = {
+        int(endpoint_id): mark
+        for endpoint_id, mark in connection.execute(_SETTLE, {"ids": ids, "now": now})}
+    claims = {endpoint_id: (BatchClaim(token=claim.token), marks.get(endpoint_id) is not None)
+              for endpoint_id in ids}
+    for job in claim.jobs:
+        claims[endpoint_of[job.notification_id]][0].jobs.append(job)
+    for item in claim.not_due:
+        claims[endpoint_of[item[0]]][0].not_due.append(item)
+    for nid in claim.locked:
+        claims[endpoint_of[nid]][0].locked.append(nid)
+    return claims
+
+
 def claim_due(session: Session, endpoint_id: int, settings: Settings,
               now: datetime | None = None) -> tuple[BatchClaim, bool]:
-    """Lease the endpoint's due first attempts, at most a batch; returns the claim and
-    whether due ones remain (the mark is then left set, and the caller passes the
-    wake-up on after the commit). Commits nothing."""
-    now = now or utcnow()
-    connection = session.connection()
-    if connection.execute(_LOCK, {"endpoint_id": endpoint_id}).first() is None:
-        return BatchClaim(token=""), False
-    ids = list(connection.execute(_PICK, {"endpoint_id": endpoint_id, "now": now,
-                                          "limit": max(1, settings.delivery_batch_size)})
-               .scalars())
-    batch = claim_many(session, ids, settings, now)
-    mark = connection.execute(_SETTLE, {"endpoint_id": endpoint_id, "now": now}).scalar()
-    return batch, mark is not None
+    """``claim_due_many`` of one endpoint."""
+    return claim_due_many(session, [endpoint_id], settings, now)[endpoint_id]
+
+
+def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
+    settings = get_settings()
+    # Rolled back whole by a deadlock (a fan-out publish locking the same endpoints):
+    # run again, or the wake-ups would be lost until the sweep's grace.
+    claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings),
+                            retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
+    seen: set[int] = set()
+    out = []
+    for endpoint_id in endpoint_ids:  # a wake-up taken twice at once: the second is empty
+        out.append(claims[endpoint_id] if endpoint_id not in seen
+                   else (BatchClaim(token=""), False))
+        seen.add(endpoint_id)
+    return out
+
+
+_CLAIMS: Coalescer[int, tuple[BatchClaim, bool]] = Coalescer(
+    "wake", _claim_together, together.MAX_BATCH, together.RUNNERS)
 
 
 def deliver_due(endpoint_id: int, settings: Settings) -> BatchOutcome:
     """Take an endpoint's wake-up: claim its due first attempts, pass the wake-up on if
     more remain, then send and record the batch."""
     leased_at = time.monotonic()  # no later than the lease's start: the cutoff errs early
-    with session_scope() as session:
-        batch, more = claim_due(session, endpoint_id, settings)
-        if more:
-            on_commit(session, functools.partial(dispatch.enqueue_wake, endpoint_id))
-    return deliver_claimed(batch, leased_at, settings)
+    claim, more = _CLAIMS.submit(endpoint_id)
+    if more:
+        dispatch.enqueue_wake(endpoint_id)
+    return deliver_claimed(claim, leased_at, settings, record=together.record_all)

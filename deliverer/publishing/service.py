@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,29 +32,24 @@ from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import PartnerNotFound
 from deliverer.models import (
     Endpoint,
-    Event,
     Lane,
-    Notification,
     NotificationStatus,
     Partner,
     WebhookSettings,
     not_receiving_webhooks,
     subscribed,
-    table_of,
     utcnow,
 )
-from deliverer.models.base import new_id
 from deliverer.partners.endpoints import reserve_for_endpoints, reserve_sequences
 from deliverer.publishing.envelope import new_event
 from deliverer.publishing.idempotency import recorded_events
 from deliverer.publishing.published import Delivery, Published
+from deliverer.publishing.rows import notification_row, write_rows
 
 # Publishing's statements are built once, with bind parameters: building them per call
 # cost more CPU than executing them (SQLAlchemy's compiled cache spares only the
 # compilation). They run on the session's connection: they are Core statements, and the
 # ORM's execute path adds its own cost for nothing.
-_EVENTS = table_of(Event)
-_NOTIFICATIONS = table_of(Notification)
 # The partner and its registered endpoints, one row per endpoint: one round trip.
 _PARTNER = (
     select(Partner.active, Partner.flow, WebhookSettings.enabled, WebhookSettings.url,
@@ -258,12 +253,12 @@ def record_events(
                 reason = f"No endpoint is subscribed to event type {event.type}"
             else:
                 reason = "No webhook URL configured"
-            row = _notification_row(partner_id, event.id, no_url, now)
+            row = notification_row(partner_id, event.id, no_url, now)
             row["latest_error_payload"] = error_payload(FailureKind.NO_URL, reason)
             notification_rows.append(row)
             deliveries.append(Delivery(row["id"], row["status"], None, None))
         for target in targets:
-            row = _notification_row(partner_id, event.id, target.url, now)
+            row = notification_row(partner_id, event.id, target.url, now)
             slot = numbering[target.url if target.endpoint_key is None
                              else target.endpoint_key]
             row["endpoint_id"], row["sequence"] = slot[0], slot[1]
@@ -287,10 +282,7 @@ def record_events(
         published.append(Published(event.id, first.notification_id, first.status,
                                    first.sequence, tuple(deliveries)))
     if event_rows:
-        # Table-level INSERTs: plain executemany, none of the ORM's bulk machinery.
-        connection = session.connection()
-        connection.execute(insert(_EVENTS), event_rows)
-        connection.execute(insert(_NOTIFICATIONS), notification_rows)
+        write_rows(session.connection(), event_rows, notification_rows)
     for endpoint_id, ids in by_wake.items():
         on_commit(session, functools.partial(enqueue_wake, endpoint_id, ids))
     size = max(1, settings.delivery_batch_size)
@@ -298,18 +290,3 @@ def record_events(
         on_commit(session, functools.partial(enqueue_batch, to_deliver[start:start + size],
                                              Lane.FIRST))
     return published
-
-
-def _notification_row(partner_id: str, event_id: str, url: str | None,
-                      now: datetime) -> dict[str, Any]:
-    """A NOT_SENT notification row with nothing attempted; a deliverable one is then made
-    PENDING and due now."""
-    return {
-        "id": new_id(), "partner_id": partner_id, "event_id": event_id, "url": url,
-        "endpoint_id": None, "sequence": None, "status": NotificationStatus.NOT_SENT,
-        "retry_attempts": 0, "manual_retry_count": 0, "attempt_count": 0,
-        "latest_error_payload": None, "next_attempt_at": None, "cycle_started_at": now,
-        "sent_at": None, "lane": Lane.FIRST, "held": False, "lease_token": None,
-        "lease_expires_at": None, "scheduled_for": None, "enqueued_at": None,
-        "created_at": now, "updated_at": now,
-    }
