@@ -4,9 +4,9 @@ notification (PostgreSQL).
 A publish marks the endpoint's row in the statement that reserves its sequence numbers
 (``partners/endpoints.py``) and sends a wake-up (``deliverer.deliver_due``) only when
 none is pending: during a burst, most publishes send no message at all. The worker that
-takes the wake-up, in one transaction, locks the endpoint's row, leases the endpoint's
-due first attempts (at most a batch, the oldest first), and leaves the mark set if due
-ones remain, or clears it. After the commit it passes the wake-up on when some remain,
+takes the wake-up clears the mark (a transaction of its own), then leases the
+endpoint's due first attempts (at most a batch, the oldest first) and sets the mark
+again if due ones remain. After the commit it passes the wake-up on when some remain,
 before its POSTs, so that other threads and workers share a hot endpoint, then sends and
 records its batch as ``batch.deliver_many`` does. A lone publish is a batch of one,
 delivered at once; batches form only behind a backlog.
@@ -16,11 +16,10 @@ and their outcomes recorded in one (``deliverer.batching.Coalescer``, as
 ``together.py`` does for single messages): a backlog spread over many endpoints has
 few notifications per endpoint. Each batch's POSTs stay with its own task.
 
-Nothing is stranded by the dedupe: the row lock orders each publish against each claim.
-A publish that commits before the claim locks the row is seen by the claim's later
-statements (or by the test of what remains); one that comes after waits for the claim's
-commit and finds the mark as the claim left it: cleared (it sends a wake-up) or set (the
-wake-up passed on will take its notification). A wake-up lost with a killed worker
+Nothing is stranded by the dedupe: the mark's row lock orders each publish against
+each clearing. A publish that found the mark set had committed before the clearing
+could lock the row, so the claim (a later transaction) sees its notification; one that
+came after found it cleared, and sent a wake-up. A wake-up lost with a killed worker
 counts as pending for ``WAKE_TTL`` only; the rows stay the outbox's, marked as enqueued
 at their publish, so the sweep's lost-message grace hands them over as before.
 
@@ -34,7 +33,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, exists, select, true, update
+from sqlalchemy import bindparam, exists, select, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -64,21 +63,15 @@ def _due_first(endpoint_id: ColumnElement[Any]) -> tuple[ColumnElement[bool], ..
             lease.is_free(_N.lease_expires_at, _NOW))
 
 
-# In id order, so that two claims never wait for each other's rows. FOR NO KEY UPDATE:
-# the lock a publish's UPDATE of the row takes, not one that would also hold up inserts
-# referencing the endpoint.
-_LOCK = (select(_E.id).where(_E.id.in_(_IDS)).order_by(_E.id)
-         .with_for_update(key_share=True))
 _WOKEN = select(_E.id.label("endpoint_id")).where(_E.id.in_(_IDS)).subquery("woken")
 # Per endpoint, in the order of ix (endpoint_id, status, next_attempt_at): an index range.
 _PICKED = (select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
            .order_by(_N.next_attempt_at).limit(bindparam("limit"))
            .with_for_update(skip_locked=True).lateral("picked"))
 _PICK = select(_WOKEN.c.endpoint_id, _PICKED.c.id).select_from(_WOKEN.join(_PICKED, true()))
-_SETTLE = (update(_ENDPOINTS).where(_E.id.in_(_IDS))
-           .values(wake_sent_at=case((exists().where(*_due_first(_E.id)),
-                                      _NOW), else_=None))
-           .returning(_E.id, _E.wake_sent_at))
+_REMAINING = select(_WOKEN.c.endpoint_id).where(exists().where(*_due_first(_WOKEN.c.endpoint_id)))
+_CLEAR = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
+_SET = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=_NOW)
 
 
 def uses_wake_ups(settings: Settings) -> bool:
@@ -92,23 +85,32 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
     return now - WAKE_TTL if uses_wake_ups(settings) else None
 
 
+def clear_marks(session: Session, endpoint_ids: Sequence[int]) -> None:
+    """The wake-ups are taken: the next publish to these endpoints sends one. Its own
+    transaction, committed before ``claim_due_many`` runs: a publish that found a mark
+    set had committed before the UPDATE here could lock the row, so the claim's snapshot
+    holds its notification. Commits nothing."""
+    session.connection().execute(_CLEAR, {"ids": sorted(set(endpoint_ids))})
+
+
 def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
                    now: datetime | None = None) -> dict[int, tuple[BatchClaim, bool]]:
-    """For each endpoint: lease its due first attempts, at most a batch, and say whether
-    due ones remain (its mark is then left set, and the caller passes its wake-up on after
-    the commit). Commits nothing."""
+    """For each endpoint (its mark cleared: ``clear_marks``): lease its due first
+    attempts, at most a batch, and say whether due ones remain (then its mark is set
+    again, and the caller passes its wake-up on after the commit). Endpoint rows are
+    locked only by that last UPDATE, held until the commit: publishes to them wait for
+    one round trip at most. Commits nothing."""
     now = now or utcnow()
     ids = sorted(set(endpoint_ids))
     connection = session.connection()
-    connection.execute(_LOCK, {"ids": ids}).all()
     picked = connection.execute(_PICK, {"ids": ids, "now": now,
                                         "limit": max(1, settings.delivery_batch_size)}).all()
     endpoint_of = {nid: endpoint_id for endpoint_id, nid in picked}
     claim = claim_many(session, list(endpoint_of), settings, now)
-    marks: dict[int, datetime | None] = {
-        int(endpoint_id): mark
-        for endpoint_id, mark in connection.execute(_SETTLE, {"ids": ids, "now": now})}
-    claims = {endpoint_id: (BatchClaim(token=claim.token), marks.get(endpoint_id) is not None)
+    remaining = set(connection.execute(_REMAINING, {"ids": ids, "now": now}).scalars())
+    if remaining:
+        connection.execute(_SET, {"ids": sorted(remaining), "now": now})
+    claims = {endpoint_id: (BatchClaim(token=claim.token), endpoint_id in remaining)
               for endpoint_id in ids}
     for job in claim.jobs:
         claims[endpoint_of[job.notification_id]][0].jobs.append(job)
@@ -121,14 +123,16 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
 
 def claim_due(session: Session, endpoint_id: int, settings: Settings,
               now: datetime | None = None) -> tuple[BatchClaim, bool]:
-    """``claim_due_many`` of one endpoint."""
+    """``claim_due_many`` of one endpoint (whose mark the caller cleared)."""
     return claim_due_many(session, [endpoint_id], settings, now)[endpoint_id]
 
 
 def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
     settings = get_settings()
-    # Rolled back whole by a deadlock (a fan-out publish locking the same endpoints):
-    # run again, or the wake-ups would be lost until the sweep's grace.
+    # Each run again if a deadlock (a fan-out publish locking the same endpoints) rolls
+    # it back whole, or the wake-ups would be lost until the sweep's grace.
+    in_transaction(lambda session: clear_marks(session, endpoint_ids),
+                   retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
     claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings),
                             retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
     seen: set[int] = set()
