@@ -29,11 +29,12 @@ SQLite (the embedded default) keeps a message per notification (``uses_wake_ups`
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, select, true, update
+from sqlalchemy import Integer, bindparam, func, select, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -41,7 +42,7 @@ from deliverer import lease
 from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
-from deliverer.db import in_transaction, is_transient_abort
+from deliverer.db import execute_alone, in_transaction, is_transient_abort
 from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
@@ -66,10 +67,18 @@ def _due_first(endpoint_id: ColumnElement[Any]) -> tuple[ColumnElement[bool], ..
 _WOKEN = select(_E.id.label("endpoint_id")).where(_E.id.in_(_IDS)).subquery("woken")
 # Per endpoint, in the order of ix (endpoint_id, status, next_attempt_at): an index range.
 _PICKED = (select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
-           .order_by(_N.next_attempt_at).limit(bindparam("limit"))
+           .order_by(_N.next_attempt_at).limit(bindparam("limit", type_=Integer()))
            .with_for_update(skip_locked=True).lateral("picked"))
-_PICK = select(_WOKEN.c.endpoint_id, _PICKED.c.id).select_from(_WOKEN.join(_PICKED, true()))
-_REMAINING = select(_WOKEN.c.endpoint_id).where(exists().where(*_due_first(_WOKEN.c.endpoint_id)))
+# How many are due (up to one more than a batch), read without locks in the same
+# statement: more than were picked means some remain (or were skipped, locked by another
+# transaction): the wake-up is passed on, which errs on the safe side.
+_LIMIT = bindparam("limit", type_=Integer())
+_DUE = (select(func.count().label("due"))
+        .select_from(select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
+                     .limit(_LIMIT + 1).correlate(_WOKEN).subquery())
+        .lateral("counted"))
+_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due)
+         .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
 _CLEAR = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
 _SET = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=_NOW)
 
@@ -85,12 +94,12 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
     return now - WAKE_TTL if uses_wake_ups(settings) else None
 
 
-def clear_marks(session: Session, endpoint_ids: Sequence[int]) -> None:
-    """The wake-ups are taken: the next publish to these endpoints sends one. Its own
-    transaction, committed before ``claim_due_many`` runs: a publish that found a mark
-    set had committed before the UPDATE here could lock the row, so the claim's snapshot
-    holds its notification. Commits nothing."""
-    session.connection().execute(_CLEAR, {"ids": sorted(set(endpoint_ids))})
+def clear_marks(endpoint_ids: Sequence[int]) -> None:
+    """The wake-ups are taken: the next publish to these endpoints sends one. Committed
+    on its own before ``claim_due_many`` runs: a publish that found a mark set had
+    committed before the UPDATE here could lock the row, so the claim's snapshot holds
+    its notification."""
+    execute_alone(_CLEAR, {"ids": sorted(set(endpoint_ids))})
 
 
 def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
@@ -103,11 +112,17 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     now = now or utcnow()
     ids = sorted(set(endpoint_ids))
     connection = session.connection()
-    picked = connection.execute(_PICK, {"ids": ids, "now": now,
-                                        "limit": max(1, settings.delivery_batch_size)}).all()
-    endpoint_of = {nid: endpoint_id for endpoint_id, nid in picked}
+    endpoint_of: dict[str, int] = {}
+    due: dict[int, int] = {}
+    for endpoint_id, nid, count in connection.execute(_PICK, {
+            "ids": ids, "now": now, "limit": max(1, settings.delivery_batch_size)}):
+        due[endpoint_id] = count
+        if nid is not None:
+            endpoint_of[nid] = endpoint_id
     claim = claim_many(session, list(endpoint_of), settings, now)
-    remaining = set(connection.execute(_REMAINING, {"ids": ids, "now": now}).scalars())
+    picked = Counter(endpoint_of.values())
+    remaining = {endpoint_id for endpoint_id, count in due.items()
+                 if count > picked[endpoint_id]}
     if remaining:
         connection.execute(_SET, {"ids": sorted(remaining), "now": now})
     claims = {endpoint_id: (BatchClaim(token=claim.token), endpoint_id in remaining)
@@ -129,10 +144,9 @@ def claim_due(session: Session, endpoint_id: int, settings: Settings,
 
 def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
     settings = get_settings()
-    # Each run again if a deadlock (a fan-out publish locking the same endpoints) rolls
-    # it back whole, or the wake-ups would be lost until the sweep's grace.
-    in_transaction(lambda session: clear_marks(session, endpoint_ids),
-                   retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
+    # Run again if a deadlock (a fan-out publish locking the same endpoints) rolls it
+    # back whole, or the wake-ups would be lost until the sweep's grace.
+    clear_marks(endpoint_ids)
     claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings),
                             retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
     seen: set[int] = set()

@@ -70,8 +70,7 @@ def test_the_woken_task_claims_a_batch_and_keeps_the_mark_while_some_remain(
     taken: list[str] = []
     with override_settings(delivery_batch_size=2) as small:
         for expected_more in (True, True, False):
-            with session_scope() as session:
-                wake.clear_marks(session, [endpoint_id])
+            wake.clear_marks([endpoint_id])
             with session_scope() as session:
                 claim, more = wake.claim_due(session, endpoint_id, small)
             taken += [job.notification_id for job in claim.jobs]
