@@ -26,9 +26,7 @@ _ENDPOINTS_FOR_KEY_SHARE = (
     select(Endpoint.id, Endpoint.failing_since)
     .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
     .order_by(Endpoint.id)
-    # FOR KEY SHARE (SQLAlchemy's key_share alone is FOR NO KEY UPDATE, which every
-    # publish to these endpoints waited for while the record's transaction lasted).
-    .with_for_update(read=True, key_share=True)
+    .with_for_update(key_share=True)
 )
 
 
