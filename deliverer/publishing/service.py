@@ -229,7 +229,9 @@ def record_events(
     event_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
     published: list[Published] = []
-    to_deliver: list[str] = []
+    # By endpoint: a batch's task records its outcomes once all its POSTs are over, so
+    # an endpoint that hangs must not share a batch with another endpoint of the partner.
+    to_deliver: dict[object, list[str]] = {}
     by_wake: dict[int, list[str]] = {}
     plan_of = iter(plans)
     for spec, (event, body) in zip(events, new_events, strict=True):
@@ -271,7 +273,8 @@ def record_events(
                 row.update(status=NotificationStatus.PENDING, next_attempt_at=now,
                            scheduled_for=now, enqueued_at=now)
                 if stale is None:
-                    to_deliver.append(row["id"])
+                    to_deliver.setdefault(row["endpoint_id"] or target.url,
+                                          []).append(row["id"])
                 elif slot[0] in woken:
                     by_wake.setdefault(slot[0], []).append(row["id"])
                 # Otherwise a wake-up is pending for the endpoint: it takes this one.
@@ -286,7 +289,8 @@ def record_events(
     for endpoint_id, ids in by_wake.items():
         on_commit(session, functools.partial(enqueue_wake, endpoint_id, ids))
     size = max(1, settings.delivery_batch_size)
-    for start in range(0, len(to_deliver), size):
-        on_commit(session, functools.partial(enqueue_batch, to_deliver[start:start + size],
-                                             Lane.FIRST))
+    for ids in to_deliver.values():
+        for start in range(0, len(ids), size):
+            on_commit(session, functools.partial(enqueue_batch, ids[start:start + size],
+                                                 Lane.FIRST))
     return published
