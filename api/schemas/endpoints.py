@@ -9,12 +9,13 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from api.schemas.common import UtcDateTime, WebhookUrl
 from api.schemas.partner import ErrorPayloadSchema
+from deliverer.partners.registered import MIN_RATE_LIMIT
 
 _EVENT_TYPE = fields.String(validate=validate.Length(min=1, max=100))
 # Deliveries per second: positive, and not beyond what one endpoint could be sent.
-_RATE_LIMIT = validate.Range(min=0, min_inclusive=False, max=10_000,
-                             error="rateLimit must be a positive number of deliveries per "
-                                   "second, at most {max}")
+_RATE_LIMIT = validate.Range(min=MIN_RATE_LIMIT, max=10_000,
+                             error="rateLimit must be between {min} and {max} deliveries "
+                                   "per second")
 
 
 class EndpointSchema(Schema):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from deliverer.config import get_settings
+from deliverer.partners.registered import MIN_RATE_LIMIT
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -34,7 +35,7 @@ def endpoint() -> None:
               help="A catalog name, a prefix such as 'transaction.*', or '*' (repeatable; "
                    "default: '*').")
 @click.option("--description", default=None)
-@click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--rate-limit", type=click.FloatRange(min=MIN_RATE_LIMIT), default=None,
               help="Deliveries per second.")
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
 def endpoint_add(partner_id: str, url: str, event_types: tuple[str, ...],

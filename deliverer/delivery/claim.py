@@ -38,6 +38,7 @@ from deliverer.models import (
 )
 
 LIVE_STATUSES = (NotificationStatus.PENDING, NotificationStatus.FAILED)
+ENDPOINT_DELETED = "The endpoint was deleted"
 
 
 class ClaimState(StrEnum):
@@ -98,7 +99,8 @@ _LEASE = (
 )
 _JOBS = (
     select(_N.id, _N.url, _N.lane, _N.endpoint_id, Event.body, Endpoint.failing_since,
-           Endpoint.disabled_at, Endpoint.disabled_reason, WebhookSettings.enabled,
+           Endpoint.disabled_at, Endpoint.disabled_reason, Endpoint.deleted_at,
+           WebhookSettings.enabled,
            WebhookSettings.signing_secret,
            WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at,
            Partner.active, Partner.flow,
@@ -145,6 +147,12 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
     jobs = []
     paced = []
     for r in rows:
+        if r.deleted_at is not None:
+            # Published while its endpoint was being deleted, or failed in flight then:
+            # as the deletion made everything else the endpoint held.
+            stop_for_good(session, r.id, error_payload(FailureKind.ENDPOINT_DISABLED,
+                                                       ENDPOINT_DELETED))
+            continue
         if r.disabled_at is not None:
             hold_undeliverable(session, r.id, error_payload(
                 FailureKind.ENDPOINT_DISABLED, r.disabled_reason or "Endpoint disabled"))

@@ -115,8 +115,11 @@ def pace(session: Session, rows: Sequence[Paced], token: str, settings: Settings
     waiting: list[dict[str, object]] = []
     horizon = now + timedelta(seconds=settings.sweep_horizon)
     for endpoint_id, paced in by_endpoint.items():
-        step = timedelta(seconds=1.0 / paced[0].rate_limit)
-        ahead = timedelta(seconds=tolerance(paced[0].rate_limit))
+        # The API refuses limits under 0.001/s; one written by hand must not overflow
+        # the date arithmetic and fail every claim it shares a batch with.
+        rate = max(paced[0].rate_limit, 0.001)
+        step = timedelta(seconds=1.0 / rate)
+        ahead = timedelta(seconds=tolerance(rate))
         locked = endpoint_id not in free
         start = now + ahead + step if locked else max(free[endpoint_id] or now, now)
         cursor, sent = start, 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -83,8 +83,12 @@ def repoint(session: Session, *, notification_id: str, partner_id: str, url: str
         return None
     if endpoint_id is not None and session.scalar(
             select(Endpoint.id).where(Endpoint.id == endpoint_id,
-                                      Endpoint.registered.is_(True),
-                                      Endpoint.is_default.is_(False))):
+                                      or_(and_(Endpoint.registered.is_(True),
+                                               Endpoint.is_default.is_(False)),
+                                          # Deleted: its claim stops it, with the reason,
+                                          # rather than sending another endpoint's event
+                                          # to the webhook URL.
+                                          Endpoint.deleted_at.is_not(None)))):
         return None
     new_endpoint_id, sequence = next_sequence(session, partner_id, current_url, now)
     session.connection().execute(_REPOINT, {"nid": notification_id, "url": current_url,

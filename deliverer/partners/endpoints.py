@@ -92,18 +92,23 @@ def reserve_for_endpoints(session: Session, counts: dict[int, int], now: datetim
                           ) -> tuple[dict[int, int], set[int]]:
     """The first of ``counts[id]`` consecutive sequence numbers for each registered
     endpoint id, in the caller's transaction (gap-free, as ``reserve_sequences``), and
-    the endpoints to send a wake-up (with ``wake_stale``: as ``reserve_sequences``). One
-    statement per distinct count: one in all for a single publish, however many
-    endpoints it fans out to."""
+    the endpoints to send a wake-up (with ``wake_stale``: as ``reserve_sequences``).
+
+    When every endpoint takes the same count (a single publish, however many endpoints
+    it fans out to) one statement does it; otherwise (a bulk publish) one statement per
+    endpoint, in id order, so that two bulk publishes lock shared endpoints in the same
+    order and one waits for the other instead of both deadlocking."""
     first: dict[int, int] = {}
     woken: set[int] = set()
-    by_count: dict[int, list[int]] = {}
-    for endpoint_id, count in counts.items():
-        by_count.setdefault(count, []).append(endpoint_id)
+    steps: list[tuple[int, list[int]]]
+    if len(set(counts.values())) <= 1:
+        steps = [(count, sorted(counts)) for count in set(counts.values())]
+    else:
+        steps = [(counts[endpoint_id], [endpoint_id]) for endpoint_id in sorted(counts)]
     connection = session.connection()
-    for count, ids in sorted(by_count.items()):
+    for count, ids in steps:
         for endpoint_id, last, mark in connection.execute(_BUMP, {
-                "s_ids": sorted(ids), "s_count": count, "s_now": now,
+                "s_ids": ids, "s_count": count, "s_now": now,
                 "s_wake": wake_stale is not None, "s_stale": wake_stale or now}):
             first[int(endpoint_id)] = int(last) - count + 1
             if _woke(mark, now, wake_stale):

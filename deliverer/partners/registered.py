@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from deliverer import lease
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, netguard, signing
+from deliverer.delivery.claim import ENDPOINT_DELETED as DELETED
 from deliverer.delivery.claim import stop_where
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import Conflict, NotFound, ValidationFailed
@@ -32,9 +33,10 @@ from deliverer.partners import catalog, rotation
 
 _UNSET: Any = object()
 DISABLED_BY_MERCHANT = "Disabled by the merchant"
-DELETED = "The endpoint was deleted"
 TOO_MANY = "A partner may have at most {limit} endpoints"
 URL_TAKEN = "Another endpoint of yours already has this URL"
+URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a secret of its "
+                      "own: delete it first, or keep receiving there through it")
 URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL or an "
                    "event's callbackUrl): register it with POST /endpoints instead")
 
@@ -66,9 +68,15 @@ def get(session: Session, partner_id: str, public_id: str, *,
     return endpoint
 
 
+# At least one delivery every ~17 minutes: a limit below that spaces a backlog over
+# months, and a vanishing one overflows the limiter's date arithmetic.
+MIN_RATE_LIMIT = 0.001
+
+
 def _check_rate_limit(rate_limit: float | None) -> None:
-    if rate_limit is not None and not rate_limit > 0:
-        raise ValidationFailed("rateLimit must be a positive number of deliveries per second")
+    if rate_limit is not None and not rate_limit >= MIN_RATE_LIMIT:
+        raise ValidationFailed(f"rateLimit must be at least {MIN_RATE_LIMIT} deliveries "
+                               "per second")
 
 
 def _row_for_url(session: Session, partner_id: str, url: str) -> Endpoint | None:
@@ -173,6 +181,7 @@ def enable(session: Session, endpoint: Endpoint, now: datetime) -> None:
     endpoint.disabled_reason = None
     endpoint.failing_since = None
     endpoint.consecutive_failures = 0
+    endpoint.alerted_at = None
     session.flush()
     endpoint_queue.repair(session, now, partner_id=endpoint.partner_id)
 
@@ -218,13 +227,18 @@ def rotate_secret(session: Session, endpoint: Endpoint, overlap: timedelta,
 def make_default(session: Session, partner_id: str, url: str | None,
                  now: datetime | None = None) -> None:
     """The webhook-settings URL is now ``url``: its row becomes the default endpoint,
-    subscribed as the previous default was; the previous default is no longer registered
-    (what it still holds is sent there, as before an URL change)."""
+    subscribed as the previous default was and signed with the settings' secret; the
+    previous default is no longer registered (what it still holds is sent there, as
+    before an URL change). The URL of another registered endpoint is refused: that
+    endpoint has subscriptions and a secret of its own, which the webhook URL has not."""
     now = now or utcnow()
     previous = session.scalar(select(Endpoint).where(
         Endpoint.partner_id == partner_id, Endpoint.is_default.is_(True)).with_for_update())
     if previous is not None and previous.url == url:
         return
+    row = _row_for_url(session, partner_id, url) if url is not None else None
+    if row is not None and row.registered:
+        raise Conflict(URL_IS_AN_ENDPOINT.format(id=row.public_id))
     carried: dict[str, Any] = {"event_types": None, "description": None}
     if previous is not None:
         carried = {"event_types": previous.event_types, "description": previous.description}
@@ -234,15 +248,19 @@ def make_default(session: Session, partner_id: str, url: str | None,
     if url is None:
         session.flush()
         return
-    row = _row_for_url(session, partner_id, url)
     if row is None:
         row = Endpoint(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
                        consecutive_failures=0)
         session.add(row)
-    if not row.registered:
-        row.event_types = carried["event_types"]
-        row.description = carried["description"]
-        row.deleted_at = None
+    # An old webhook URL, a callback URL or a deleted endpoint: nothing of what it was
+    # (a secret, a limit, the merchant's disabling) carries over to the webhook URL.
+    row.event_types = carried["event_types"]
+    row.description = carried["description"]
+    row.deleted_at = None
+    row.signing_secret = row.previous_secret = row.previous_secret_expires_at = None
+    row.rate_limit = row.next_send_at = None
+    if row.disabled_reason == DISABLED_BY_MERCHANT:
+        row.disabled_at = row.disabled_reason = None
     row.registered = True
     row.is_default = True
     session.flush()

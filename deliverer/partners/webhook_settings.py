@@ -60,7 +60,10 @@ def resume_deliveries(session: Session, partner_id: str, url: str | None,
         session.execute(
             update(Endpoint)
             .where(Endpoint.partner_id == partner_id, Endpoint.url == url,
-                   Endpoint.disabled_at.is_not(None))
+                   Endpoint.disabled_at.is_not(None),
+                   # The merchant's own "enabled: false" stands until it says otherwise.
+                   Endpoint.disabled_reason.is_distinct_from(
+                       registered.DISABLED_BY_MERCHANT))
             .values(disabled_at=None, disabled_reason=None, failing_since=None)
         )
     # An endpoint a 410 disabled that is no longer the configured URL will not be enabled

@@ -1,0 +1,132 @@
+"""Where an endpoint's deliveries go once it is deleted, and what the webhook URL takes
+over when it moves to a URL that had a row of its own (findings of a review, each of
+which sent a webhook to the wrong place or with the wrong secret)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from deliverer.db import in_transaction, session_scope
+from deliverer.delivery import sender
+from deliverer.delivery.claim import ENDPOINT_DELETED, ClaimState, claim, lease_jobs
+from deliverer.delivery.record import record
+from deliverer.errors import Conflict, ValidationFailed
+from deliverer.models import Endpoint, Notification, NotificationStatus, WebhookSettings, utcnow
+from deliverer.notifications.manual_retry import RetryRequest, manual_retries
+from deliverer.partners import registered, webhook_settings
+from deliverer.publishing.service import publish_one
+from tests.support import helpers as h
+
+DEFAULT = "http://127.0.0.1:9/default"
+BILLING = "http://127.0.0.1:9/billing"
+
+
+def add(settings, partner_id, url, types=None, **fields):
+    with session_scope() as session:
+        endpoint = registered.create(session, settings, partner_id, url=url,
+                                     event_types=types, **fields)
+        session.expunge(endpoint)
+    return endpoint
+
+
+def publish(settings, partner_id, event_type):
+    return publish_one(settings, partner_id=partner_id, type=event_type, reference="r",
+                       payload={"n": 1})
+
+
+def delete(partner_id, public_id) -> int:
+    with session_scope() as session:
+        return registered.delete(session, registered.get(session, partner_id, public_id,
+                                                         for_update=True))
+
+
+def only_transactions_to_default(settings) -> None:
+    with session_scope() as session:
+        default = session.scalar(select(Endpoint).where(Endpoint.is_default.is_(True)))
+        registered.update_endpoint(session, settings, default, event_types=["transaction.*"])
+
+
+def test_a_delivery_in_flight_when_its_endpoint_is_deleted_is_not_sent_again(settings):
+    shop = h.new_partner(settings, DEFAULT)
+    billing = add(settings, shop.partner_id, BILLING, ["invoice.*"])
+    nid = publish(settings, shop.partner_id, "invoice.settled").deliveries[-1].notification_id
+    with session_scope() as session:
+        _, [job] = lease_jobs(session, [nid], settings, utcnow())
+    assert delete(shop.partner_id, billing.public_id) == 0  # in flight: left to its worker
+    failed = sender.SendResult(utcnow(), 5, False, 500, "", {"message": "HTTP 500"})
+    in_transaction(lambda session: record(session, job, failed, settings))
+    due = h.notification(nid).next_attempt_at
+    assert due is not None  # the failure put it back on the ladder
+    with session_scope() as session:
+        outcome = claim(session, nid, settings, now=due + timedelta(seconds=1))
+    assert outcome.state != ClaimState.CLAIMED
+    row = h.notification(nid)
+    assert row.status == NotificationStatus.NOT_SENT and row.next_attempt_at is None
+    assert row.latest_error_payload["message"] == ENDPOINT_DELETED
+
+
+def test_retrying_a_deleted_endpoints_notification_never_sends_it_to_the_webhook_url(
+        settings):
+    shop = h.new_partner(settings, DEFAULT)
+    only_transactions_to_default(settings)
+    billing = add(settings, shop.partner_id, BILLING, ["invoice.*"])
+    nid = publish(settings, shop.partner_id, "invoice.settled").deliveries[-1].notification_id
+    with session_scope() as session:  # exhausted: deletion leaves it FAILED
+        session.execute(update(Notification).where(Notification.id == nid).values(
+            status=NotificationStatus.FAILED, next_attempt_at=None, scheduled_for=None))
+    delete(shop.partner_id, billing.public_id)
+    with session_scope() as session:
+        manual_retries(session, settings, [RetryRequest(h.principal(shop), nid)])
+    assert h.notification(nid).url == BILLING
+    with session_scope() as session:
+        assert claim(session, nid, settings).state != ClaimState.CLAIMED
+    assert h.notification(nid).status == NotificationStatus.NOT_SENT
+
+
+def test_the_webhook_url_moved_to_a_deleted_endpoints_url_signs_with_the_settings_secret(
+        settings):
+    shop = h.new_partner(settings, DEFAULT)
+    billing = add(settings, shop.partner_id, BILLING, ["invoice.*"], rate_limit=5.0)
+    delete(shop.partner_id, billing.public_id)
+    with session_scope() as session:
+        webhook_settings.update_settings(session, settings, shop.partner_id, url=BILLING)
+    with session_scope() as session:
+        secret = session.get(WebhookSettings, shop.partner_id).signing_secret
+        row = session.scalar(select(Endpoint).where(Endpoint.url == BILLING))
+        assert (row.is_default, row.rate_limit, row.event_types) == (True, None, None)
+    published = publish(settings, shop.partner_id, "transaction.paid")
+    with session_scope() as session:
+        _, [job] = lease_jobs(session, [published.notification_id], settings, utcnow())
+    assert job.secrets == [secret] and job.url == BILLING
+
+
+def test_the_webhook_url_cannot_take_a_registered_endpoints_url(settings):
+    shop = h.new_partner(settings, DEFAULT)
+    billing = add(settings, shop.partner_id, BILLING, ["invoice.*"])
+    with pytest.raises(Conflict, match=billing.public_id), session_scope() as session:
+        webhook_settings.update_settings(session, settings, shop.partner_id, url=BILLING)
+    assert {d.endpoint_id is not None for d in
+            publish(settings, shop.partner_id, "transaction.paid").deliveries} == {True}
+
+
+def test_saving_settings_keeps_the_default_endpoint_the_merchant_disabled(settings):
+    shop = h.new_partner(settings, DEFAULT)
+    with session_scope() as session:
+        default = session.scalar(select(Endpoint).where(Endpoint.is_default.is_(True)))
+        registered.update_endpoint(session, settings, default, enabled=False)
+    with session_scope() as session:
+        webhook_settings.update_settings(session, settings, shop.partner_id,
+                                         alert_email="ops@example.com")
+    with session_scope() as session:
+        default = session.scalar(select(Endpoint).where(Endpoint.is_default.is_(True)))
+        assert default.disabled_reason == registered.DISABLED_BY_MERCHANT
+
+
+@pytest.mark.parametrize("rate", [1e-12, 0.0009, 0.0])
+def test_a_vanishing_rate_limit_is_refused(settings, rate):
+    shop = h.new_partner(settings, DEFAULT)
+    with pytest.raises(ValidationFailed), session_scope() as session:
+        registered.create(session, settings, shop.partner_id, url=BILLING, rate_limit=rate)
