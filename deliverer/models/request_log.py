@@ -59,6 +59,9 @@ class PartnerRequest(Base):
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
     kind: Mapped[str] = mapped_column(String(16))  # RequestKind
     notification_id: Mapped[str | None] = mapped_column(String(36))
+    # Where a merchant's request came from: "portal" (the merchant portal, no API key);
+    # NULL: the Partner API with its key, or an operator (console, CLI).
+    source: Mapped[str | None] = mapped_column(String(16))
     reference: Mapped[str | None] = mapped_column(String(200))
     # ACCEPTED, or the error code returned (CONFLICT, TOO_MANY_REQUESTS, NOT_FOUND...).
     outcome: Mapped[str] = mapped_column(String(32))

@@ -42,7 +42,7 @@ def record_request(session: Session, principal: Principal, kind: str, outcome: s
     return int(session.connection().execute(_INSERT_REQUEST, {
         "partner_id": principal.partner_id, "api_key_id": principal.api_key_id,
         "kind": kind, "outcome": outcome, "notification_id": notification_id,
-        "reference": reference, "delivery_status": delivery_status,
+        "source": principal.source, "reference": reference, "delivery_status": delivery_status,
         "created_at": now or utcnow(),
     }).scalar_one())
 
@@ -54,7 +54,8 @@ def reject(session: Session, principal: Principal, kind: str, error: DelivererEr
     owner that rolls the failed request back writes it again after the rollback
     (``DelivererError.keep_refusal``): a refusal is on record whoever called."""
     error.refusal = Refusal(principal.partner_id, principal.api_key_id, kind,
-                            notification_id=notification_id, reference=reference)
+                            notification_id=notification_id, reference=reference,
+                            source=principal.source)
     error.keep_refusal(session)
     raise error
 

@@ -86,6 +86,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created_at, notification_id
 
 
+# The same keyset cursor for other newest-first lists (the merchant portal's event log).
+encode_cursor = _encode_cursor
+decode_cursor = _decode_cursor
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[tuple[Notification, Event]]

@@ -10,10 +10,8 @@ import pytest
 import requests
 from celery import Celery
 
-import api
-import deliverer.config
 from deliverer.config import Settings
-from tests.support.live_server import LiveServer, start_live_server
+from tests.support.live_server import LiveServer, app_server
 
 OPERATOR_TOKEN = "console-operator-token-5f1c2a9e"
 TIMEOUT = 30.0
@@ -22,17 +20,8 @@ TIMEOUT = 30.0
 @pytest.fixture(scope="session")
 def console_server(settings: Settings, celery_app: Celery) -> Iterator[LiveServer]:
     """``api.create_app`` with an admin token, on a threaded werkzeug server (loopback)."""
-    app = api.create_app(settings.with_overrides(admin_token=OPERATOR_TOKEN))
-    # create_app installs its settings process-wide and makes its own Celery app the
-    # default; the rest of the suite runs on the session's.
-    deliverer.config.set_settings(settings)
-    celery_app.set_current()
-    celery_app.set_default()
-    server = start_live_server(app, settings)
-    try:
+    with app_server(settings, celery_app, admin_token=OPERATOR_TOKEN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def csrf_of(html: str) -> str:

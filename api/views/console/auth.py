@@ -26,6 +26,7 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from api.html import secure_page_headers
 from api.views.console.blueprint import bp, deliverer_settings, page
 from deliverer.config import Settings
 
@@ -140,16 +141,7 @@ def _guard() -> Any:
 
 @bp.after_request
 def _headers(response: Response) -> Response:
-    nonce = g.get("csp_nonce", "")
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    )
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return secure_page_headers(response, g.get("csp_nonce", ""))
 
 
 @bp.errorhandler(HTTPException)
