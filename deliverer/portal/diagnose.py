@@ -155,6 +155,7 @@ def _handshake(step: Step, sock: socket.socket, host: str, settings: Settings) -
     start = time.monotonic()
     verdict: str | None = None
     cert: dict[str, Any] = {}
+    peer = sock.getpeername()  # the handshake takes the socket over
     try:
         with ssl.create_default_context().wrap_socket(sock, server_hostname=host) as tls:
             step.duration_ms = _ms(start)
@@ -168,7 +169,7 @@ def _handshake(step: Step, sock: socket.socket, host: str, settings: Settings) -
         step.summary = f"TLS handshake failed: {exc}"
         return False
     if verdict is not None:
-        cert = _unverified_certificate(sock.getpeername(), host, settings)
+        cert = _unverified_certificate(peer, host, settings)
     _describe(step, cert, host)
     if verdict is not None:
         step.state = FAILED
