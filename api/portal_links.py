@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request, url_for
+from flask import current_app, request
 
 from api.db import get_session
 from deliverer.config import Settings
@@ -22,8 +22,7 @@ def new_link(partner_id: str, *, read_only: bool, issued_by: str,
     settings = _settings()
     link = sessions.issue_link(get_session(), settings, partner_id, read_only=read_only,
                                issued_by=issued_by, api_key_id=api_key_id)
-    base = settings.portal_base_url or request.host_url.rstrip("/")
-    return {"url": base + url_for("portal.enter", token=link.token),
+    return {"url": sessions.link_url(settings.portal_base_url or request.host_url, link.token),
             "expires_at": link.token_expires_at, "session_expires_at": link.expires_at,
             "read_only": link.read_only}
 

@@ -47,6 +47,6 @@ def main() -> None:
     """deliverer: webhook delivery pipeline."""
 
 
-for command in (setup.db, setup.partner, setup.publish, setup.run, operations.sweep,
-                operations.stats, operations.replay, operations.purge_attempts):
+for command in (setup.db, setup.partner, setup.publish, setup.portal_url, setup.run,
+                operations.sweep, operations.stats, operations.replay, operations.purge_attempts):
     main.add_command(command)

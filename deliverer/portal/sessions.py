@@ -17,6 +17,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlencode
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -33,6 +34,7 @@ from deliverer.models import (
 from deliverer.notifications.audit import RATE_WINDOW, enforce_rate
 from deliverer.partners.service import Principal
 
+ENTER_PATH = "/portal/enter"  # where links lead (api.views.portal.auth.enter)
 SOURCE = "portal"  # partner_requests.source of what merchants do in the portal
 ISSUED_BY_ADMIN = "admin"
 ISSUED_BY_API_KEY = "api_key"
@@ -67,6 +69,11 @@ class IssuedLink:
     read_only: bool
 
 
+def link_url(base_url: str, token: str) -> str:
+    """The link a merchant opens: ``base_url`` is the portal's public address."""
+    return f"{base_url.rstrip('/')}{ENTER_PATH}?{urlencode({'token': token})}"
+
+
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -93,6 +100,18 @@ def issue_link(session: Session, settings: Settings, partner_id: str, *, read_on
         token_expires_at=token_expires_at, expires_at=expires_at))
     session.flush()
     return IssuedLink(token, token_expires_at, expires_at, read_only)
+
+
+def resolve_partner(session: Session, id_or_name: str) -> str:
+    """A partner's id from its id or its exact name (the CLI's way to name the demo's
+    partner); PartnerNotFound when none or several partners have that name."""
+    if session.get(Partner, id_or_name) is not None:
+        return id_or_name
+    ids = session.scalars(select(Partner.id).where(Partner.name == id_or_name).limit(2)).all()
+    if len(ids) != 1:
+        raise PartnerNotFound("Partner not found" if not ids else
+                              f"Several partners are named {id_or_name!r}: give the id")
+    return ids[0]
 
 
 def _check_rate(session: Session, settings: Settings, remote_addr: str,

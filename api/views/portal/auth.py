@@ -77,7 +77,7 @@ def _set_cookie(response: Response, name: str, value: str, max_age: int, path: s
                         secure=request.is_secure, samesite="Lax")
 
 
-@bp.route("/enter", methods=["GET", "POST"])
+@bp.route(sessions.ENTER_PATH.removeprefix("/portal"), methods=["GET", "POST"])
 def enter() -> Any:
     token = request.values.get("token", "")
     if request.method == "GET":
