@@ -167,6 +167,12 @@ class Settings:
     # prometheus-client's multiprocess directory (it reads the variable itself too): set,
     # /metrics adds up the counters every worker process wrote there.
     metrics_dir: str | None = None
+    # Registered endpoints (partners/registered.py): how many a partner may have, the
+    # event-type catalog operators configure (a JSON file; the seeds' types otherwise),
+    # and how long an endpoint may fail without a break before it is disabled.
+    max_endpoints_per_partner: int = 20
+    event_types_file: str | None = None
+    auto_disable_after: float = 5 * 86400.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -253,6 +259,9 @@ class Settings:
             portal_sign_ins_per_minute=int(
                 _float(env, "DELIVERER_PORTAL_SIGN_IN_RATE", 10)),
             portal_base_url=(env.get("DELIVERER_PORTAL_URL") or "").rstrip("/") or None,
+            max_endpoints_per_partner=int(_float(env, "DELIVERER_MAX_ENDPOINTS", 20)),
+            event_types_file=env.get("DELIVERER_EVENT_TYPES_FILE") or None,
+            auto_disable_after=_float(env, "DELIVERER_AUTO_DISABLE_AFTER", 5 * 86400.0),
         )
 
 

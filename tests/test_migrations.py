@@ -164,3 +164,62 @@ def test_the_idempotency_migration_runs_again_after_its_index_build_failed(setti
             assert schema_differences(engine) == []
         finally:
             engine.dispose()
+
+
+def test_0008_makes_each_webhook_url_a_default_endpoint(settings, tmp_path):
+    """Data written by the schema before registered endpoints (0007): a partner whose URL
+    already had deliveries, one whose URL had none yet, one without a URL. After 0008
+    each URL is its partner's default endpoint, registered for every event, numbering
+    goes on where it was, and the next publish fans out to exactly that endpoint."""
+    from sqlalchemy.orm import Session
+
+    from deliverer.publishing.service import record_event
+
+    with scratch_database_url(tmp_path) as url:
+        scratch = settings.with_overrides(database_url=url, data_dir=tmp_path)
+        config = migrate.alembic_config(scratch)
+        command.upgrade(config, "0007")
+        engine = create_engine(url)
+        now = "2026-12-01 10:00:00"
+        try:
+            with engine.begin() as conn:
+                for pid, hook in (("p-used", "http://127.0.0.1:9/used"),
+                                  ("p-new", "http://127.0.0.1:9/new"), ("p-none", None)):
+                    conn.execute(text(
+                        "INSERT INTO partners (id, name, flow, active, created_at) "
+                        "VALUES (:id, :id, 'WEBHOOK', true, :now)"), {"id": pid, "now": now})
+                    conn.execute(text(
+                        "INSERT INTO webhook_settings (partner_id, url, enabled, "
+                        "signing_secret, updated_at) VALUES (:id, :url, true, "
+                        "'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', :now)"),
+                        {"id": pid, "url": hook, "now": now})
+                conn.execute(text(
+                    "INSERT INTO endpoints (partner_id, url, last_sequence, created_at, "
+                    "consecutive_failures, draining) VALUES "
+                    "('p-used', 'http://127.0.0.1:9/used', 7, :now, 0, false), "
+                    "('p-used', 'http://127.0.0.1:9/callback', 2, :now, 0, false)"),
+                    {"now": now})
+            command.upgrade(config, "0008")
+            with engine.connect() as conn:
+                rows = conn.execute(text(
+                    "SELECT partner_id, url, registered, is_default, last_sequence, "
+                    "public_id, event_types FROM endpoints ORDER BY partner_id, url")).all()
+            assert [(r[0], r[1], bool(r[2]), bool(r[3]), r[4]) for r in rows] == [
+                ("p-new", "http://127.0.0.1:9/new", True, True, 0),
+                ("p-used", "http://127.0.0.1:9/callback", False, False, 2),
+                ("p-used", "http://127.0.0.1:9/used", True, True, 7),
+            ]
+            assert all(r[5].startswith("ep_") and len(r[5]) == 27 for r in rows)
+            assert len({r[5] for r in rows}) == 3
+            assert all(r[6] is None for r in rows)  # NULL: subscribed to every type
+            command.upgrade(config, "head")  # the migrations after 0008 (0009: the portal)
+            assert schema_differences(engine) == []
+            with Session(engine) as session:  # rolled back: nothing is enqueued
+                published = record_event(session, scratch, partner_id="p-used",
+                                         type="invoice.settled", reference="INV-1",
+                                         payload={"invoice_id": 1})
+                assert [(d.sequence, d.endpoint_id) for d in published.deliveries] == [
+                    (8, next(r[5] for r in rows if r[1].endswith("/used")))]
+                session.rollback()
+        finally:
+            engine.dispose()

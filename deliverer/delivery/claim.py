@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from deliverer import lease
 from deliverer.config import Settings
@@ -100,7 +100,10 @@ _JOBS = (
            Endpoint.disabled_at, Endpoint.disabled_reason, WebhookSettings.enabled,
            WebhookSettings.signing_secret,
            WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at,
-           Partner.active, Partner.flow)
+           Partner.active, Partner.flow,
+           Endpoint.signing_secret.label("own_secret"),
+           Endpoint.previous_secret.label("own_previous"),
+           Endpoint.previous_secret_expires_at.label("own_previous_expires_at"))
     .join(Event, Event.id == _N.event_id)
     .join(Partner, Partner.id == _N.partner_id)
     .outerjoin(Endpoint, Endpoint.id == _N.endpoint_id)
@@ -152,8 +155,12 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
             continue
         jobs.append(DeliveryJob(
             notification_id=r.id, lease_token=token, url=r.url or "", body=r.body.encode(),
-            secrets=active_secrets(r.signing_secret, r.previous_secret,
-                                   r.previous_secret_expires_at, now),
+            # A registered endpoint signs with its own secret; the default endpoint and
+            # callback URLs with the partner's.
+            secrets=(active_secrets(r.own_secret, r.own_previous,
+                                    r.own_previous_expires_at, now) if r.own_secret else
+                     active_secrets(r.signing_secret, r.previous_secret,
+                                    r.previous_secret_expires_at, now)),
             trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
             endpoint_failing=r.failing_since is not None, lane=r.lane,
         ))
@@ -194,13 +201,21 @@ def stop_for_good(session: Session, notification_id: str, error: dict[str, Any])
     """No request, ever: the partner was deactivated or moved to polling after this was
     queued. NOT_SENT, as what is published for such partners is (an operator's replay
     sends it if that changes back)."""
-    session.execute(
-        update(Notification).where(Notification.id == notification_id)
+    stop_where(session, error, Notification.id == notification_id)
+
+
+def stop_where(session: Session, error: dict[str, Any],
+               *conditions: ColumnElement[bool]) -> int:
+    """NOT_SENT, with nothing ahead and why on record, for every row matching
+    ``conditions``; returns how many."""
+    result = session.execute(
+        update(Notification).where(*conditions)
         .values(status=NotificationStatus.NOT_SENT, next_attempt_at=None, lease_token=None,
                 lease_expires_at=None, held=False, scheduled_for=None,
-                latest_error_payload=error)
+                latest_error_payload=error, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def hold_undeliverable(session: Session, notification_id: str,

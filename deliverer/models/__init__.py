@@ -2,7 +2,7 @@
 
 from deliverer.models.alert import Alert
 from deliverer.models.base import Base, table_of, utcnow
-from deliverer.models.endpoint import Endpoint
+from deliverer.models.endpoint import Endpoint, EndpointStatus, subscribed
 from deliverer.models.event import Event
 from deliverer.models.maintenance import MaintenanceRun
 from deliverer.models.notification import (
@@ -29,6 +29,7 @@ __all__ = [
     "Attempt",
     "Base",
     "Endpoint",
+    "EndpointStatus",
     "Event",
     "Lane",
     "MaintenanceRun",
@@ -45,6 +46,7 @@ __all__ = [
     "WebhookSettings",
     "active_secrets",
     "not_receiving_webhooks",
+    "subscribed",
     "table_of",
     "utcnow",
 ]

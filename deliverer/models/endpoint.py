@@ -1,11 +1,33 @@
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
+from enum import StrEnum
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from deliverer.models.base import Base, BigIntPK, utcnow
+
+
+class EndpointStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    FAILING = "FAILING"
+    DISABLED = "DISABLED"
+
+
+def new_endpoint_id() -> str:
+    return "ep_" + secrets.token_hex(12)
 
 
 class Endpoint(Base):
@@ -13,22 +35,49 @@ class Endpoint(Base):
 
     ``last_sequence`` hands out gap-free sequence numbers: it is bumped in the same
     transaction that inserts the notification, so a rolled-back publish leaves no hole.
+
+    A *registered* endpoint receives the partner's events (fan-out), filtered by its
+    ``event_types``: those the merchant creates under ``/api/partner/v2/endpoints``, and
+    its *default* endpoint, the URL of its webhook settings. Rows created for an event's
+    own ``callbackUrl`` are not registered: they only order and sequence those events.
     """
 
     __tablename__ = "endpoints"
-    __table_args__ = (UniqueConstraint("partner_id", "url"),)
+    __table_args__ = (
+        UniqueConstraint("partner_id", "url"),
+        # Fan-out reads a partner's registered endpoints on every publish.
+        Index(None, "partner_id", "registered"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    # The id the partner API shows: the integer key would tell merchants how many
+    # endpoints exist.
+    public_id: Mapped[str] = mapped_column(String(40), unique=True, default=new_endpoint_id)
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"))
     url: Mapped[str] = mapped_column(Text)
     last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    registered: Mapped[bool] = mapped_column(default=False, server_default=false())
+    is_default: Mapped[bool] = mapped_column(default=False, server_default=false())
+    description: Mapped[str | None] = mapped_column(Text)
+    # Names from the catalog, prefix wildcards ("transaction.*") or "*"; NULL is ["*"].
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    # Deliveries per second; NULL: no limit. next_send_at is the limiter's next free slot.
+    rate_limit: Mapped[float | None] = mapped_column(Float)
+    next_send_at: Mapped[datetime | None]
+    # NULL: deliveries are signed with the partner's webhook-settings secrets (the
+    # default endpoint, callback URLs).
+    signing_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_expires_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
     # Health, for the per-endpoint retry queue and alerts.
     failing_since: Mapped[datetime | None]
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     last_success_at: Mapped[datetime | None]
     last_failure_at: Mapped[datetime | None]
-    # Set when the receiver answered 410 Gone, or by an operator.
+    # Set when the receiver answered 410 Gone, by the merchant (enabled: false), by an
+    # operator, or after failing for days on end (auto-disable).
     disabled_at: Mapped[datetime | None]
     disabled_reason: Mapped[str | None] = mapped_column(String(200))
     # Earliest time the receiver asked us to come back (Retry-After on 429/503).
@@ -37,3 +86,25 @@ class Endpoint(Base):
     draining: Mapped[bool] = mapped_column(default=False, server_default=false())
     # One failing-endpoint alert per failing period.
     alerted_at: Mapped[datetime | None]
+
+    @property
+    def status(self) -> EndpointStatus:
+        if self.disabled_at is not None:
+            return EndpointStatus.DISABLED
+        if self.failing_since is not None:
+            return EndpointStatus.FAILING
+        return EndpointStatus.ACTIVE
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return list(self.event_types) if self.event_types else ["*"]
+
+
+def subscribed(event_types: list[str] | None, event_type: str) -> bool:
+    """Whether an endpoint subscribed to ``event_types`` receives ``event_type``."""
+    for pattern in event_types or ["*"]:
+        if pattern == "*" or pattern == event_type:
+            return True
+        if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
+            return True
+    return False

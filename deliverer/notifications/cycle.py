@@ -14,6 +14,7 @@ from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue
 from deliverer.errors import Conflict
 from deliverer.models import (
+    Endpoint,
     Event,
     Lane,
     Notification,
@@ -73,9 +74,17 @@ def repoint(session: Session, *, notification_id: str, partner_id: str, url: str
             now: datetime) -> tuple[str, int, int] | None:
     """Seed 000: merchants fix their URL in the settings, then retry. Sends the
     notification to ``current_url`` (the partner's setting) from now on, under a new
-    sequence number of that endpoint; an event with a callback URL of its own keeps it.
+    sequence number of that endpoint; an event with a callback URL of its own keeps it,
+    and so does a notification of a registered endpoint other than the default (whose URL
+    is the setting): the merchant moves that one with
+    PATCH /api/partner/v2/endpoints/{id}, which moves what it holds along.
     Returns the new (url, endpoint id, sequence), or None when nothing changed."""
     if callback_url or not current_url or current_url == url:
+        return None
+    if endpoint_id is not None and session.scalar(
+            select(Endpoint.id).where(Endpoint.id == endpoint_id,
+                                      Endpoint.registered.is_(True),
+                                      Endpoint.is_default.is_(False))):
         return None
     new_endpoint_id, sequence = next_sequence(session, partner_id, current_url, now)
     session.connection().execute(_REPOINT, {"nid": notification_id, "url": current_url,

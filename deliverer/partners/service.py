@@ -20,7 +20,7 @@ from deliverer.models import (
     not_receiving_webhooks,
     utcnow,
 )
-from deliverer.partners import keys
+from deliverer.partners import keys, registered
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ def create_partner(
     secret = signing.generate_secret()
     session.add(WebhookSettings(partner_id=partner.id, url=webhook_url, enabled=True,
                                 alert_email=alert_email, signing_secret=secret))
+    if webhook_url:
+        registered.make_default(session, partner.id, webhook_url)
     api_key = issue_key(session, partner.id)
     return NewPartner(partner.id, api_key, secret)
 

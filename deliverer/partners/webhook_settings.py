@@ -9,14 +9,10 @@ from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, netguard, signing
-from deliverer.errors import Conflict, ValidationFailed
 from deliverer.models import Endpoint, Notification, WebhookSettings, utcnow
+from deliverer.partners import registered, rotation
 
 _UNSET = object()
-MAX_OVERLAP = timedelta(days=7)
-ROTATION_IN_PROGRESS = ("A secret rotation is in progress until {until}. The current secret "
-                        "is in GET /webhook-settings; rotate with overlapSeconds 0 to drop "
-                        "every older secret now.")
 
 
 def get_settings_row(session: Session, partner_id: str, *, for_update: bool = False
@@ -39,6 +35,7 @@ def update_settings(session: Session, settings: Settings, partner_id: str, *,
             assert isinstance(url, str)
             netguard.validate_url(url, allow_private=settings.allow_private_urls)
         row.url = url
+        registered.make_default(session, partner_id, url)
     if enabled is not _UNSET:
         row.enabled = bool(enabled)
     if alert_email is not _UNSET:
@@ -74,6 +71,9 @@ def resume_deliveries(session: Session, partner_id: str, url: str | None,
         .where(Notification.held.is_(True),
                Notification.endpoint_id.in_(
                    select(Endpoint.id).where(Endpoint.partner_id == partner_id,
+                                             # A registered one the merchant disabled
+                                             # keeps what it holds until enabled again.
+                                             Endpoint.registered.is_(False),
                                              Endpoint.disabled_at.is_not(None))))
         .values(held=False, next_attempt_at=None, scheduled_for=None)
         .execution_options(synchronize_session=False)
@@ -86,19 +86,7 @@ def rotate_secret(session: Session, partner_id: str, overlap: timedelta,
                   now: datetime | None = None) -> WebhookSettings:
     """New secret now; the old one keeps signing alongside it until the overlap ends."""
     now = now or utcnow()
-    if overlap < timedelta(0) or overlap > MAX_OVERLAP:
-        raise ValidationFailed("overlapSeconds must be between 0 and 604800")
     row = get_settings_row(session, partner_id, for_update=True)
-    expires = row.previous_secret_expires_at
-    if overlap > timedelta(0) and row.previous_secret and expires and expires > now:
-        # A second rotation would drop the secret receivers may still verify with for the
-        # current one, which they may never have seen (a client retrying a rotation whose
-        # answer it lost). The current secret is in GET /webhook-settings; overlap 0
-        # drops every older secret at once (a leaked one).
-        raise Conflict(ROTATION_IN_PROGRESS.format(
-            until=expires.isoformat().replace("+00:00", "Z")))
-    row.previous_secret = row.signing_secret if overlap > timedelta(0) else None
-    row.previous_secret_expires_at = now + overlap if overlap > timedelta(0) else None
-    row.signing_secret = signing.generate_secret()
+    rotation.rotate(row, overlap, now)
     row.updated_at = now
     return row

@@ -20,6 +20,8 @@ from deliverer.models import (
     Event,
     Notification,
     NotificationStatus,
+    WebhookSettings,
+    active_secrets,
 )
 from deliverer.notifications.queries import decode_cursor, encode_cursor, is_uuid
 from deliverer.operations import inspect
@@ -29,30 +31,34 @@ QUEUE_LIMIT = 100
 PAGE_SIZE = 25
 
 
-def endpoint_status(endpoint: Endpoint) -> str:
-    if endpoint.disabled_at is not None:
-        return "DISABLED"
-    if endpoint.failing_since is not None:
-        return "FAILING"
-    return "ACTIVE"
-
-
 def _listed(partner_id: str) -> Any:
-    """The partner's endpoints the portal shows."""
-    return Endpoint.partner_id == partner_id
+    """The partner's endpoints the portal shows: its registered ones (issue 19), not the
+    rows of events' own callback URLs."""
+    return and_(Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))
 
 
-def endpoint_ref(endpoint: Endpoint) -> str:
-    """How the portal's addresses name an endpoint."""
-    return str(endpoint.id)
+def endpoint_ref(endpoint: Endpoint) -> str | None:
+    """How the portal's addresses name an endpoint (its public id), or None for one it
+    does not show."""
+    return endpoint.public_id if endpoint.registered else None
 
 
 def get_endpoint(session: Session, partner_id: str, ref: str) -> Endpoint | None:
     """The partner's endpoint ``ref`` names, or None (also for another partner's)."""
-    if not ref.isdigit() or len(ref) > 18:
+    if len(ref) > 40:
         return None
-    return session.scalar(select(Endpoint).where(Endpoint.id == int(ref),
+    return session.scalar(select(Endpoint).where(Endpoint.public_id == ref,
                                                  _listed(partner_id)))
+
+
+def secrets_of(session: Session, endpoint: Endpoint, now: datetime) -> list[str]:
+    """What deliveries to the endpoint are signed with (as ``delivery.claim`` signs): its
+    own secrets, or the partner's webhook-settings ones (the default endpoint)."""
+    if endpoint.signing_secret:
+        return active_secrets(endpoint.signing_secret, endpoint.previous_secret,
+                              endpoint.previous_secret_expires_at, now)
+    row = session.get(WebhookSettings, endpoint.partner_id)
+    return row.active_secrets(now) if row else []
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def endpoints_overview(session: Session, partner_id: str,
     for endpoint in endpoints:
         row = counts.get(endpoint.id)
         result.append(EndpointSummary(
-            endpoint=endpoint, status=endpoint_status(endpoint),
+            endpoint=endpoint, status=str(endpoint.status),
             queue_depth=int(row.queued or 0) if row else 0,
             exhausted=int(row.exhausted or 0) if row else 0,
             next_retry_at=row.next_retry_at if row else None,

@@ -13,8 +13,8 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from deliverer.errors import Conflict, ValidationFailed
-from deliverer.models import Event, Notification
-from deliverer.publishing.published import Published
+from deliverer.models import Endpoint, Event, Notification
+from deliverer.publishing.published import Delivery, Published
 
 
 class IdempotencyKeyReused(Conflict):
@@ -26,10 +26,13 @@ class IdempotencyKeyReused(Conflict):
 _KEYED = (
     select(Event.idempotency_key, Event.type, Event.reference, Event.payload,
            Event.callback_url, Event.id, Notification.id, Notification.status,
-           Notification.sequence)
+           Notification.sequence, Endpoint.public_id)
     .join(Notification, Notification.event_id == Event.id)
+    .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
     .where(Event.partner_id == bindparam("partner_id"),
            Event.idempotency_key.in_(bindparam("keys", expanding=True)))
+    # The order publishing wrote them in: the default endpoint's first.
+    .order_by(Endpoint.is_default.desc(), Notification.endpoint_id)
 )
 
 
@@ -49,8 +52,13 @@ def recorded_events(session: Session, partner_id: str,
         repeated = sorted(key for key, n in Counter(keys).items() if n > 1)
         raise ValidationFailed(
             f"Idempotency keys must differ within one publish; repeated: {repeated[:5]}")
-    rows = {row[0]: row for row in session.connection().execute(
-        _KEYED, {"partner_id": partner_id, "keys": keys})}
+    rows: dict[str, Any] = {}
+    deliveries: dict[str, list[Delivery]] = {}
+    for found in session.connection().execute(_KEYED, {"partner_id": partner_id,
+                                                       "keys": keys}):
+        rows.setdefault(found[0], found)
+        deliveries.setdefault(found[0], []).append(
+            Delivery(found[6], found[7], found[8], found[9]))
     recorded: dict[str, Published] = {}
     for spec in events:
         key = spec.get("idempotency_key")
@@ -61,7 +69,8 @@ def recorded_events(session: Session, partner_id: str,
                 spec["type"], spec["reference"], _canonical(spec["payload"]),
                 spec.get("callback_url") or None):
             raise IdempotencyKeyReused()
-        recorded[row[0]] = Published(row[5], row[6], row[7], row[8])
+        recorded[row[0]] = Published(row[5], row[6], row[7], row[8],
+                                     tuple(deliveries[row[0]]))
     return recorded
 
 

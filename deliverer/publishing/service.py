@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import and_, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,7 @@ from deliverer.delivery import netguard
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import PartnerNotFound
 from deliverer.models import (
+    Endpoint,
     Event,
     Lane,
     Notification,
@@ -37,14 +39,15 @@ from deliverer.models import (
     Partner,
     WebhookSettings,
     not_receiving_webhooks,
+    subscribed,
     table_of,
     utcnow,
 )
 from deliverer.models.base import new_id
-from deliverer.partners.endpoints import reserve_sequences
+from deliverer.partners.endpoints import reserve_for_endpoints, reserve_sequences
 from deliverer.publishing.envelope import new_event
 from deliverer.publishing.idempotency import recorded_events
-from deliverer.publishing.published import Published
+from deliverer.publishing.published import Delivery, Published
 
 # Publishing's statements are built once, with bind parameters: building them per call
 # cost more CPU than executing them (SQLAlchemy's compiled cache spares only the
@@ -52,11 +55,28 @@ from deliverer.publishing.published import Published
 # ORM's execute path adds its own cost for nothing.
 _EVENTS = table_of(Event)
 _NOTIFICATIONS = table_of(Notification)
+# The partner and its registered endpoints, one row per endpoint: one round trip.
 _PARTNER = (
-    select(Partner.active, Partner.flow, WebhookSettings.enabled, WebhookSettings.url)
+    select(Partner.active, Partner.flow, WebhookSettings.enabled, WebhookSettings.url,
+           Endpoint.id, Endpoint.public_id, Endpoint.url, Endpoint.event_types,
+           Endpoint.disabled_at, Endpoint.disabled_reason, Endpoint.is_default)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Partner.id)
+    .outerjoin(Endpoint, and_(Endpoint.partner_id == Partner.id,
+                              Endpoint.registered.is_(True)))
     .where(Partner.id == bindparam("partner_id"))
+    # The default endpoint first: its notification is the one older routes report.
+    .order_by(Endpoint.is_default.desc(), Endpoint.id)
 )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one notification of an event goes."""
+
+    url: str
+    endpoint_key: int | None  # a registered endpoint's id; None: by URL (callbackUrl)
+    public_id: str | None
+    disabled: str | None
 
 
 def record_event(
@@ -151,17 +171,20 @@ def record_events(
     it finds that event).
     """
     now = now or utcnow()
-    partner = session.connection().execute(_PARTNER, {"partner_id": partner_id}
-                                           ).one_or_none()
-    if partner is None:
+    rows = session.connection().execute(_PARTNER, {"partner_id": partner_id}).all()
+    if not rows:
         raise PartnerNotFound()
+    partner = rows[0]
     enabled = bool(partner.enabled) and not_receiving_webhooks(partner.active,
                                                                 partner.flow) is None
+    endpoints = [
+        (_Target(r[6], r[4], r[5], (r[9] or "Endpoint disabled") if r[8] else None), r[7])
+        for r in rows if r[4] is not None]
     default_url = partner.url
     # Built first: a payload that is not JSON refuses the publish before anything is done.
     new_events = [new_event(partner_id, spec, now) for spec in events]
-    # Looked up before the URL checks (which resolve host names): a publish repeated after
-    # an unknown outcome gets its recorded events even if a callback URL no longer passes.
+    # Looked up before the URL checks: a publish repeated after an unknown outcome gets
+    # its recorded events even if a callback URL no longer passes.
     recorded = recorded_events(session, partner_id, events)
     fresh = [spec for spec in events if spec.get("idempotency_key") not in recorded]
     checked: set[str] = set()
@@ -171,22 +194,41 @@ def record_events(
             netguard.validate_url(callback_url, allow_private=settings.allow_private_urls)
             checked.add(callback_url)
 
-    urls: dict[str, int] = {}
-    for spec in fresh:
-        url = spec.get("callback_url") or default_url
-        if url and enabled:
-            urls[url] = urls.get(url, 0) + 1
-    # url -> (endpoint id, next number to hand out, disabled reason)
-    numbering: dict[str, list[Any]] = {}
+    def targets_of(event_type: str, callback_url: str | None) -> list[_Target]:
+        if callback_url:
+            return [_Target(callback_url, None, None, None)]
+        matching = [t for t, types in endpoints if subscribed(types, event_type)]
+        if not endpoints and default_url:
+            # A webhook URL saved without its default endpoint row (written by hand, or
+            # by a version before endpoints were registered): sent as it always was.
+            matching = [_Target(default_url, None, None, None)]
+        return matching
+
+    plans = [targets_of(spec["type"], spec.get("callback_url")) if enabled else []
+             for spec in fresh]
+    by_url: dict[str, int] = {}
+    by_endpoint: dict[int, int] = {}
+    for targets in plans:
+        for target in targets:
+            if target.endpoint_key is None:
+                by_url[target.url] = by_url.get(target.url, 0) + 1
+            else:
+                by_endpoint[target.endpoint_key] = by_endpoint.get(target.endpoint_key, 0) + 1
+    # url or endpoint id -> [endpoint id, next number to hand out, disabled reason]
+    numbering: dict[Any, list[Any]] = {}
+    for endpoint_key, number in reserve_for_endpoints(session, by_endpoint).items():
+        numbering[endpoint_key] = [endpoint_key, number, None]
     # In URL order: two bulk publishes reserving the same endpoints lock their rows in
     # the same order, so one waits for the other instead of both deadlocking.
-    for url, count in sorted(urls.items()):
-        numbering[url] = list(reserve_sequences(session, partner_id, url, now, count))
+    for target_url, count in sorted(by_url.items()):
+        numbering[target_url] = list(reserve_sequences(session, partner_id, target_url, now,
+                                                       count))
 
     event_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
     published: list[Published] = []
     to_deliver: list[str] = []
+    plan_of = iter(plans)
     for spec, (event, body) in zip(events, new_events, strict=True):
         key = spec.get("idempotency_key")
         if key is not None and key in recorded:
@@ -197,32 +239,41 @@ def record_events(
                            "callback_url": event.callback_url, "body": body,
                            "created_at": now,
                            "idempotency_key": spec.get("idempotency_key")})
-        url = event.callback_url or default_url
-        row: dict[str, Any] = {
-            "id": new_id(), "partner_id": partner_id, "event_id": event.id, "url": url,
-            "endpoint_id": None, "sequence": None, "status": NotificationStatus.NOT_SENT,
-            "retry_attempts": 0, "manual_retry_count": 0, "attempt_count": 0,
-            "latest_error_payload": None, "next_attempt_at": None, "cycle_started_at": now,
-            "sent_at": None, "lane": Lane.FIRST, "held": False, "lease_token": None,
-            "lease_expires_at": None, "scheduled_for": None, "enqueued_at": None,
-            "created_at": now, "updated_at": now,
-        }
-        if not url or not enabled:
-            reason = "No webhook URL configured" if not url else "Webhooks are disabled"
+        targets = next(plan_of)
+        deliveries: list[Delivery] = []
+        if not targets:
+            no_url: str | None = event.callback_url or default_url
+            if not enabled:
+                reason = "Webhooks are disabled"
+            elif endpoints:
+                no_url = None
+                reason = f"No endpoint is subscribed to event type {event.type}"
+            else:
+                reason = "No webhook URL configured"
+            row = _notification_row(partner_id, event.id, no_url, now)
             row["latest_error_payload"] = error_payload(FailureKind.NO_URL, reason)
-        else:
-            slot = numbering[url]
+            notification_rows.append(row)
+            deliveries.append(Delivery(row["id"], row["status"], None, None))
+        for target in targets:
+            row = _notification_row(partner_id, event.id, target.url, now)
+            slot = numbering[target.url if target.endpoint_key is None
+                             else target.endpoint_key]
             row["endpoint_id"], row["sequence"] = slot[0], slot[1]
             slot[1] += 1
-            if slot[2] is not None:
+            disabled = target.disabled or slot[2]
+            if disabled is not None:
                 row["latest_error_payload"] = error_payload(FailureKind.ENDPOINT_DISABLED,
-                                                            slot[2])
+                                                            disabled)
             else:
                 row.update(status=NotificationStatus.PENDING, next_attempt_at=now,
                            scheduled_for=now, enqueued_at=now)
                 to_deliver.append(row["id"])
-        notification_rows.append(row)
-        published.append(Published(event.id, row["id"], row["status"], row["sequence"]))
+            notification_rows.append(row)
+            deliveries.append(Delivery(row["id"], row["status"], row["sequence"],
+                                       target.public_id))
+        first = deliveries[0]
+        published.append(Published(event.id, first.notification_id, first.status,
+                                   first.sequence, tuple(deliveries)))
     if event_rows:
         # Table-level INSERTs: plain executemany, none of the ORM's bulk machinery.
         connection = session.connection()
@@ -233,3 +284,18 @@ def record_events(
         on_commit(session, functools.partial(enqueue_batch, to_deliver[start:start + size],
                                              Lane.FIRST))
     return published
+
+
+def _notification_row(partner_id: str, event_id: str, url: str | None,
+                      now: datetime) -> dict[str, Any]:
+    """A NOT_SENT notification row with nothing attempted; a deliverable one is then made
+    PENDING and due now."""
+    return {
+        "id": new_id(), "partner_id": partner_id, "event_id": event_id, "url": url,
+        "endpoint_id": None, "sequence": None, "status": NotificationStatus.NOT_SENT,
+        "retry_attempts": 0, "manual_retry_count": 0, "attempt_count": 0,
+        "latest_error_payload": None, "next_attempt_at": None, "cycle_started_at": now,
+        "sent_at": None, "lane": Lane.FIRST, "held": False, "lease_token": None,
+        "lease_expires_at": None, "scheduled_for": None, "enqueued_at": None,
+        "created_at": now, "updated_at": now,
+    }

@@ -133,7 +133,7 @@ def test_the_diagnose_button_shows_the_failing_step(portal, merchant, worker, se
         h.wait_until(lambda: h.notification(published.notification_id).attempt_count,
                      message="first attempt")
         with session_scope() as session:
-            endpoint_id = session.scalar(select(Endpoint.id))
+            endpoint_id = session.scalar(select(Endpoint.public_id))
         client = portal(shop.partner_id)
         page = client.get(f"/portal/endpoints/{endpoint_id}")
         assert 'id="diagnose"' in page.text

@@ -41,6 +41,14 @@ def endpoint_id(nid: str) -> int:
     return endpoint
 
 
+def endpoint_ref(nid: str) -> str:
+    """The public id the portal's addresses name the notification's endpoint by."""
+    with session_scope() as session:
+        endpoint = session.get(Endpoint, endpoint_id(nid))
+        assert endpoint is not None
+        return endpoint.public_id
+
+
 def test_endpoints_page_shows_the_failing_endpoint(portal, failing):
     shop, _first, _second = failing
     page = portal(shop.partner_id).get("/portal/")
@@ -58,7 +66,7 @@ def test_endpoints_page_shows_the_failing_endpoint(portal, failing):
 def test_an_endpoints_retry_queue_lists_failures_earliest_first(portal, failing):
     shop, first, _second = failing
     client = portal(shop.partner_id)
-    page = client.get(f"/portal/endpoints/{endpoint_id(first)}")
+    page = client.get(f"/portal/endpoints/{endpoint_ref(first)}")
     assert page.status_code == 200
     assert page.text.index("TXN-1") < page.text.index("TXN-2")
     assert "waits behind the first" in page.text
@@ -128,12 +136,13 @@ def test_another_partners_ids_answer_404(portal, failing, merchant, settings):
     token = csrf_of(nosy.get("/portal/").text)
     event_id = h.notification(first).event_id
     for path in (f"/portal/notifications/{first}", f"/portal/notifications/{first}/ignore",
-                 f"/portal/endpoints/{endpoint_id(first)}", f"/portal/events/{event_id}",
-                 "/portal/notifications/not-an-id", "/portal/endpoints/99999999"):
+                 f"/portal/endpoints/{endpoint_ref(first)}", f"/portal/events/{event_id}",
+                 "/portal/notifications/not-an-id", "/portal/endpoints/ep_000000000000000000000000",
+                 f"/portal/endpoints/{endpoint_id(first)}"):
         assert nosy.get(path).status_code == 404, path
     for path in (f"/portal/notifications/{first}/retry",
                  f"/portal/notifications/{first}/ignore",
-                 f"/portal/endpoints/{endpoint_id(first)}/diagnose"):
+                 f"/portal/endpoints/{endpoint_ref(first)}/diagnose"):
         answer = nosy.post(path, {"csrf_token": token, "confirm": "yes"})
         assert answer.status_code == 404, path
     assert h.notification(first).status == NotificationStatus.FAILED

@@ -28,6 +28,7 @@ def test_a_link_from_the_partner_api_signs_in_once(portal_server, merchant, rece
     assert first.status_code == 200 and 'id="continue"' in first.text
     entered = browser.open_link(body["url"])
     assert entered.status_code == 200 and "Your webhook endpoints" in entered.text
+    assert "/hooks" in entered.text  # the default endpoint
     cookie = next(c for c in browser.http.cookies if c.name == "deliverer_portal")
     assert cookie.path == "/portal/" and cookie.has_nonstandard_attr("HttpOnly")
     assert shop.partner.api_key not in entered.text

@@ -7,7 +7,7 @@ from typing import Any
 
 from api.db import commit_then, get_session
 from api.views.portal.blueprint import bp, deliverer_settings, not_found, page, partner_id
-from deliverer.models import WebhookSettings, utcnow
+from deliverer.models import utcnow
 from deliverer.portal import queries
 from deliverer.portal.diagnose import diagnose as run_diagnosis
 
@@ -18,8 +18,7 @@ def diagnose(ref: str) -> Any:
     endpoint = queries.get_endpoint(session, partner_id(), ref)
     if endpoint is None:
         return not_found("endpoint")
-    webhook_settings = session.get(WebhookSettings, partner_id())
-    secrets = webhook_settings.active_secrets(utcnow()) if webhook_settings else []
+    secrets = queries.secrets_of(session, endpoint, utcnow())
     settings = deliverer_settings()
     # The network steps take seconds: no transaction is held open meanwhile.
     result = commit_then(lambda: run_diagnosis(endpoint.url, secrets, settings))

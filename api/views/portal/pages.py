@@ -48,7 +48,7 @@ def endpoint(ref: str) -> Any:
     if found is None:
         return not_found("endpoint")
     items, total = queries.retry_queue(session, found)
-    return page("portal/endpoint.html", e=found, state=queries.endpoint_status(found),
+    return page("portal/endpoint.html", e=found, state=str(found.status),
                 items=items, total=total,
                 chart=queries.attempts_chart(session, found, utcnow()))
 

@@ -1,7 +1,7 @@
 """Merchant portal: its sessions and sign-ins, and where an audited request came from
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-03 08:00:00
 
 ``portal_sessions`` keeps the hashes of portal links and session cookies,
@@ -19,7 +19,7 @@ from alembic import op
 import deliverer.models.base
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,243 @@
+"""A partner's registered endpoints (``/api/partner/v2/endpoints``): the URLs its events
+fan out to, each subscribed to event types (``models.endpoint``).
+
+The partner's webhook-settings URL is its *default* endpoint: saving another URL there
+moves the default to that URL's row, as saving it always started a new endpoint, so
+every existing route keeps its meaning. An endpoint's own URL changed with PATCH stays
+the same endpoint: its sequence numbers go on and what it still holds goes to the new URL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from deliverer import lease
+from deliverer.config import Settings
+from deliverer.delivery import endpoint_queue, netguard, signing
+from deliverer.delivery.claim import stop_where
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.errors import Conflict, NotFound, ValidationFailed
+from deliverer.models import (
+    Endpoint,
+    Notification,
+    NotificationStatus,
+    WebhookSettings,
+    utcnow,
+)
+from deliverer.partners import catalog, rotation
+
+_UNSET: Any = object()
+DISABLED_BY_MERCHANT = "Disabled by the merchant"
+DELETED = "The endpoint was deleted"
+TOO_MANY = "A partner may have at most {limit} endpoints"
+URL_TAKEN = "Another endpoint of yours already has this URL"
+URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL or an "
+                   "event's callbackUrl): register it with POST /endpoints instead")
+
+
+class EndpointNotFound(NotFound):
+    message = "Endpoint not found"
+
+
+def listed(session: Session, partner_id: str) -> list[Endpoint]:
+    return list(session.scalars(
+        select(Endpoint)
+        .where(Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))
+        .order_by(Endpoint.created_at, Endpoint.id)))
+
+
+def get(session: Session, partner_id: str, public_id: str, *,
+        for_update: bool = False) -> Endpoint:
+    """One registered endpoint of the partner; another partner's id is not found."""
+    query = select(Endpoint).where(Endpoint.public_id == public_id,
+                                   Endpoint.partner_id == partner_id,
+                                   Endpoint.registered.is_(True))
+    endpoint = session.scalar(query.with_for_update() if for_update else query)
+    if endpoint is None:
+        raise EndpointNotFound()
+    return endpoint
+
+
+def _check_rate_limit(rate_limit: float | None) -> None:
+    if rate_limit is not None and not rate_limit > 0:
+        raise ValidationFailed("rateLimit must be a positive number of deliveries per second")
+
+
+def _row_for_url(session: Session, partner_id: str, url: str) -> Endpoint | None:
+    return session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
+                                                 Endpoint.url == url).with_for_update())
+
+
+def create(session: Session, settings: Settings, partner_id: str, *, url: str,
+           description: str | None = None, event_types: list[str] | None = None,
+           enabled: bool = True, rate_limit: float | None = None,
+           now: datetime | None = None) -> Endpoint:
+    """A new registered endpoint with a secret of its own (shown once, in the answer).
+
+    The count is checked under a lock on the partner's settings row, so parallel creates
+    cannot pass the limit together. A URL that had a row (an old webhook URL, an event's
+    callback URL, a deleted endpoint) takes that row over, with its sequence numbers."""
+    now = now or utcnow()
+    netguard.validate_url(url, allow_private=settings.allow_private_urls)
+    subscriptions = catalog.check_subscriptions(settings, event_types or ["*"])
+    _check_rate_limit(rate_limit)
+    session.execute(select(WebhookSettings.partner_id)
+                    .where(WebhookSettings.partner_id == partner_id).with_for_update())
+    count = session.scalar(select(func.count()).select_from(Endpoint).where(
+        Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
+    if count >= settings.max_endpoints_per_partner:
+        raise Conflict(TOO_MANY.format(limit=settings.max_endpoints_per_partner))
+    endpoint = _row_for_url(session, partner_id, url)
+    if endpoint is not None and endpoint.registered:
+        raise Conflict(URL_TAKEN)
+    if endpoint is None:
+        endpoint = Endpoint(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
+                            consecutive_failures=0)
+        session.add(endpoint)
+    else:
+        endpoint.created_at = now
+    endpoint.registered = True
+    endpoint.is_default = False
+    endpoint.deleted_at = None
+    endpoint.description = description
+    endpoint.event_types = subscriptions
+    endpoint.rate_limit = rate_limit
+    endpoint.signing_secret = signing.generate_secret()
+    endpoint.previous_secret = None
+    endpoint.previous_secret_expires_at = None
+    endpoint.disabled_at = None if enabled else now
+    endpoint.disabled_reason = None if enabled else DISABLED_BY_MERCHANT
+    session.flush()
+    return endpoint
+
+
+def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
+                    url: Any = _UNSET, description: Any = _UNSET, event_types: Any = _UNSET,
+                    enabled: Any = _UNSET, rate_limit: Any = _UNSET,
+                    now: datetime | None = None) -> Endpoint:
+    now = now or utcnow()
+    if event_types is not _UNSET:
+        endpoint.event_types = catalog.check_subscriptions(settings, event_types or ["*"])
+    if rate_limit is not _UNSET:
+        _check_rate_limit(rate_limit)
+        endpoint.rate_limit = rate_limit
+        endpoint.next_send_at = None
+    if description is not _UNSET:
+        endpoint.description = description
+    if url is not _UNSET and url != endpoint.url:
+        _move(session, settings, endpoint, url)
+    if enabled is not _UNSET:
+        if not enabled and endpoint.disabled_at is None:
+            endpoint.disabled_at = now
+            endpoint.disabled_reason = DISABLED_BY_MERCHANT
+        elif enabled and endpoint.disabled_at is not None:
+            enable(session, endpoint, now)
+    session.flush()
+    return endpoint
+
+
+def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) -> None:
+    """The same endpoint at another URL: what it still holds goes there."""
+    netguard.validate_url(url, allow_private=settings.allow_private_urls)
+    other = _row_for_url(session, endpoint.partner_id, url)
+    if other is not None:
+        # Registered, or the row of an earlier webhook URL or callback URL with sequence
+        # numbers of its own, which two endpoints cannot share.
+        raise Conflict(URL_TAKEN if other.registered else URL_HAS_HISTORY)
+    endpoint.url = url
+    session.execute(
+        update(Notification)
+        .where(Notification.endpoint_id == endpoint.id,
+               Notification.status.in_((NotificationStatus.PENDING,
+                                        NotificationStatus.FAILED)))
+        .values(url=url)
+        .execution_options(synchronize_session=False))
+    if endpoint.is_default:
+        session.execute(update(WebhookSettings)
+                        .where(WebhookSettings.partner_id == endpoint.partner_id)
+                        .values(url=url, updated_at=utcnow()))
+
+
+def enable(session: Session, endpoint: Endpoint, now: datetime) -> None:
+    """Enabled again: what it holds is released in sequence order at the drain rate (the
+    beat sweep drains it), or, still failing, its queue's next one probes it."""
+    endpoint.disabled_at = None
+    endpoint.disabled_reason = None
+    endpoint.failing_since = None
+    endpoint.consecutive_failures = 0
+    session.flush()
+    endpoint_queue.repair(session, now, partner_id=endpoint.partner_id)
+
+
+def delete(session: Session, endpoint: Endpoint, now: datetime | None = None) -> int:
+    """Deleted: nothing more fans out to it, and what it still holds becomes NOT_SENT,
+    with the reason recorded on each notification. Returns how many."""
+    now = now or utcnow()
+    endpoint.deleted_at = now
+    endpoint.registered = False
+    if endpoint.is_default:
+        endpoint.is_default = False
+        session.execute(update(WebhookSettings)
+                        .where(WebhookSettings.partner_id == endpoint.partner_id)
+                        .values(url=None, updated_at=now))
+    stopped = stop_where(
+        session, error_payload(FailureKind.ENDPOINT_DISABLED, DELETED),
+        Notification.endpoint_id == endpoint.id,
+        Notification.status.in_((NotificationStatus.PENDING, NotificationStatus.FAILED)),
+        Notification.next_attempt_at.is_not(None) | Notification.held.is_(True),
+        # One in flight is recorded by its worker.
+        lease.is_free(Notification.lease_expires_at, now))
+    session.flush()
+    return stopped
+
+
+def rotate_secret(session: Session, endpoint: Endpoint, overlap: timedelta,
+                  now: datetime | None = None) -> str:
+    """The endpoint's new secret. The default endpoint signs with the webhook settings'
+    secret, which is rotated then (GET /webhook-settings shows it)."""
+    now = now or utcnow()
+    if endpoint.signing_secret is None:
+        row = session.get(WebhookSettings, endpoint.partner_id, with_for_update=True)
+        if row is None:
+            raise EndpointNotFound()
+        secret = rotation.rotate(row, overlap, now)
+        row.updated_at = now
+        return secret
+    return rotation.rotate(endpoint, overlap, now)  # type: ignore[arg-type]
+
+
+def make_default(session: Session, partner_id: str, url: str | None,
+                 now: datetime | None = None) -> None:
+    """The webhook-settings URL is now ``url``: its row becomes the default endpoint,
+    subscribed as the previous default was; the previous default is no longer registered
+    (what it still holds is sent there, as before an URL change)."""
+    now = now or utcnow()
+    previous = session.scalar(select(Endpoint).where(
+        Endpoint.partner_id == partner_id, Endpoint.is_default.is_(True)).with_for_update())
+    if previous is not None and previous.url == url:
+        return
+    carried: dict[str, Any] = {"event_types": None, "description": None}
+    if previous is not None:
+        carried = {"event_types": previous.event_types, "description": previous.description}
+        previous.is_default = False
+        # One the merchant registered itself (it has a secret of its own) stays.
+        previous.registered = previous.signing_secret is not None
+    if url is None:
+        session.flush()
+        return
+    row = _row_for_url(session, partner_id, url)
+    if row is None:
+        row = Endpoint(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
+                       consecutive_failures=0)
+        session.add(row)
+    if not row.registered:
+        row.event_types = carried["event_types"]
+        row.description = carried["description"]
+        row.deleted_at = None
+    row.registered = True
+    row.is_default = True
+    session.flush()
