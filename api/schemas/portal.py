@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
+
+from api.schemas.common import WebhookUrl
 
 
 class PortalSessionRequestSchema(Schema):
@@ -21,3 +23,22 @@ class PortalSessionSchema(Schema):
 
 class SignedOutSchema(Schema):
     signed_out = fields.Integer(data_key="signedOut")
+
+
+class EndpointFormSchema(Schema):
+    """The portal's endpoint form (add and edit). Event types are checked against the
+    catalog by the service, which lists the valid ones."""
+
+    url = WebhookUrl(required=True)
+    description = fields.String(load_default=None, validate=validate.Length(max=500))
+    event_types = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
+                              required=True, validate=validate.Length(
+                                  min=1, max=100, error="tick at least one, or All events"))
+    rate_limit = fields.Float(load_default=None, allow_none=True, allow_nan=False,
+                              validate=validate.Range(min=0, min_inclusive=False))
+    enabled = fields.Boolean(load_default=False)
+
+
+class RotateFormSchema(Schema):
+    overlap_seconds = fields.Integer(load_default=86400,
+                                     validate=validate.Range(min=0, max=604800))

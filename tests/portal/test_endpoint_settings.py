@@ -1,0 +1,134 @@
+"""Endpoint settings in the portal, over HTTP: add one subscribed to one event type (its
+secret shown once) and see only those events arrive there; edit, disable, enable,
+rotate, test, delete; bad input answered in the form."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook
+
+from deliverer.db import session_scope
+from deliverer.models import Endpoint
+from tests.console.helpers import publish
+from tests.portal.conftest import csrf_of
+from tests.support import helpers as h
+from tests.support.receiver import Receiver, ok
+
+
+def secret_in(html: str) -> str:
+    match = re.search(r'<pre id="secret">(whsec_[^<]+)</pre>', html)
+    assert match, "no secret on the page"
+    return match.group(1)
+
+
+def add(client, url: str, *types: str, **extra: str):
+    return client.submit("/portal/endpoints/new", "/portal/endpoints/new",
+                         {"url": url, "event_types": list(types), "enabled": "yes", **extra})
+
+
+def public_id(url: str) -> str:
+    with session_scope() as session:
+        found = session.scalar(select(Endpoint.public_id).where(Endpoint.url == url))
+        assert found is not None
+        return found
+
+
+def test_an_endpoint_added_for_one_type_receives_only_that_type(
+        portal, merchant, worker, settings, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    billing = receiver.program("/billing", [], ok())
+    added = add(client, billing, "invoice.settled", description="Billing service")
+    assert added.status_code == 200 and "Endpoint added" in added.text
+    secret = secret_in(added.text)
+    assert "shown only once" in added.text
+    home = client.get("/portal/")
+    assert billing in home.text and "Billing service" in home.text
+    assert secret not in home.text and secret not in client.get(
+        f"/portal/endpoints/{public_id(billing)}/settings").text
+
+    invoice = publish(settings, shop.partner_id, "INV-1", event_type="invoice.settled")
+    paid = publish(settings, shop.partner_id, "TXN-1", event_type="transaction.paid")
+    h.wait_until(lambda: len(receiver.requests("/main")) == 2, message="both to /main")
+    h.wait_until(lambda: receiver.requests("/billing"), message="invoice to /billing")
+    [received] = receiver.requests("/billing")
+    Webhook(secret).verify(received.body, received.headers)
+    assert b'"reference":"INV-1"' in received.body
+    assert invoice.notification_id and paid.notification_id
+    log = client.get("/portal/events", params={"reference": "INV-1"})
+    assert billing in log.text and log.text.count("badge s-SENT") == 2
+
+
+def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: Receiver,
+                                                   settings):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    url = receiver.program("/orders", [], ok())
+    first_secret = secret_in(add(client, url, "transaction.*").text)
+    ref = public_id(url)
+    path = f"/portal/endpoints/{ref}/settings"
+
+    saved = client.submit(path, path, {"url": url, "description": "Orders",
+                                       "event_types": ["transaction.paid", "invoice.settled"],
+                                       "rate_limit": "5"})
+    assert "Settings saved." in saved.text
+    with session_scope() as session:
+        row = session.scalar(select(Endpoint).where(Endpoint.public_id == ref))
+        assert row is not None
+        assert (row.description, row.event_types, row.rate_limit) == (
+            "Orders", ["transaction.paid", "invoice.settled"], 5.0)
+
+    disabled = client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "no"})
+    assert "Endpoint disabled" in disabled.text and 'id="enable"' in disabled.text
+    enabled = client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "yes"})
+    assert "Endpoint enabled" in enabled.text and 'id="disable"' in enabled.text
+
+    rotated = client.submit(path, f"/portal/endpoints/{ref}/rotate-secret",
+                            {"overlap_seconds": "0"})
+    assert "Secret rotated" in rotated.text and secret_in(rotated.text) != first_secret
+
+    tested = client.submit(path, f"/portal/endpoints/{ref}/test")
+    assert "your endpoint accepts webhooks now" in tested.text
+    [test] = receiver.requests("/orders")
+    Webhook(secret_in(rotated.text)).verify(test.body, test.headers)
+    assert b'"type":"webhook.test"' in test.body
+
+    confirm = client.get(f"/portal/endpoints/{ref}/delete")
+    assert "Delete this endpoint?" in confirm.text
+    deleted = client.post(f"/portal/endpoints/{ref}/delete",
+                          {"csrf_token": csrf_of(confirm.text), "confirm": "yes"})
+    assert "deleted" in deleted.text and url not in deleted.text.split("</h1>")[1]
+    assert client.get(path).status_code == 404
+
+
+def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    cases = [
+        (("not a url", "*"), {}, "url"),
+        ((receiver.url("/x"), "no.such.type"), {}, "Unknown event types: no.such.type"),
+        ((receiver.url("/x"),), {}, "event types: tick at least one, or All events"),
+        ((receiver.url("/x"), "*"), {"rate_limit": "-1"}, "rate limit"),
+        ((receiver.url("/main"), "*"), {}, "Another endpoint of yours already has this URL"),
+    ]
+    for (url, *types), extra, expected in cases:
+        answer = add(client, url, *types, **extra)
+        assert answer.status_code == 400, (url, types)
+        assert expected in answer.text, (expected, answer.text[-1500:])
+    with session_scope() as session:
+        assert len(session.scalars(select(Endpoint)).all()) == 1
+
+
+def test_read_only_sessions_see_settings_but_no_form(portal, merchant, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id, read_only=True)
+    ref = public_id(receiver.url("/main"))
+    page = client.get(f"/portal/endpoints/{ref}/settings")
+    assert page.status_code == 200 and receiver.url("/main") in page.text
+    assert 'id="endpoint-form"' not in page.text and 'id="rotate"' not in page.text
+    assert 'id="add-endpoint"' not in client.get("/portal/").text
+    refused = client.post(f"/portal/endpoints/{ref}/rotate-secret",
+                          {"csrf_token": csrf_of(client.get("/portal/").text)})
+    assert refused.status_code == 403
