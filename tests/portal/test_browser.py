@@ -24,7 +24,7 @@ from deliverer.notifications.audit import ACCEPTED
 from deliverer.portal.sessions import SOURCE
 from tests.console.helpers import publish, requests_of, wait_failed
 from tests.support import helpers as h
-from tests.support.browser import NEEDS_CHROMIUM, chromium, click, flash_text
+from tests.support.browser import NEEDS_CHROMIUM, chromium, click, flash_text, wait_for_page
 from tests.support.receiver import Receiver, ok, status
 
 pytestmark = NEEDS_CHROMIUM
@@ -134,3 +134,40 @@ def test_merchant_troubleshoots_retries_and_ignores_in_chromium(
         ("retry", ACCEPTED, SOURCE)] * 2
     assert [(r.kind, r.source) for r in requests_of(to_ignore.notification_id)] == [
         ("ignore", SOURCE)]
+
+
+def test_merchant_adds_an_endpoint_for_one_event_type_in_chromium(
+        browser: WebDriver, portal_server, admin, merchant, settings, worker,
+        receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()), name="Billing Shop")
+    sign_in(browser, new_link(admin, shop.partner_id))
+    click(browser, "add-endpoint")
+    billing = receiver.program("/billing", [], ok())
+    browser.find_element(By.ID, "url").send_keys(billing)
+    browser.find_element(By.ID, "description").send_keys("Billing service")
+    browser.find_element(By.ID, "type-all").click()  # ticked by default: untick
+    invoice_box = next(
+        box for box in browser.find_elements(By.CSS_SELECTOR, "input[name=event_types]")
+        if box.get_attribute("value") == "invoice.settled")
+    invoice_box.click()
+    click(browser, "save")
+    assert heading(browser) == "Endpoint added"
+    assert browser.find_element(By.ID, "secret").text.startswith("whsec_")
+    click(browser, "done")
+    assert "invoice.settled" in browser.page_source
+
+    publish(settings, shop.partner_id, "TXN-NOT-BILLING", event_type="transaction.paid")
+    publish(settings, shop.partner_id, "INV-BILLING", event_type="invoice.settled")
+    h.wait_until(lambda: receiver.requests("/billing"), message="the invoice at /billing")
+    h.wait_until(lambda: len(receiver.requests("/main")) == 2, message="both at /main")
+    assert [b'"reference":"INV-BILLING"' in r.body for r in receiver.requests("/billing")] \
+        == [True]
+
+    # The event log shows the invoice delivered to both endpoints.
+    browser.get(f"{portal_server.url}/portal/events")
+    browser.find_element(By.ID, "f-reference").send_keys("INV-BILLING")
+    click(browser, "filter")
+    wait_for_page(browser, lambda d: d.find_element(By.CSS_SELECTOR, "tr.event").text
+                  .count("SENT") == 2, message="delivered to both endpoints")
+    [row] = browser.find_elements(By.CSS_SELECTOR, "tr.event")
+    assert billing in row.text and receiver.url("/main") in row.text
