@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from deliverer.config import Settings
 from deliverer.errors import DelivererError, InvalidPartnerFlow, PartnerNotFound
 from deliverer.models import (
+    ApiKey,
     Partner,
     PortalSession,
     PortalSignIn,
@@ -156,19 +157,22 @@ def exchange(session: Session, settings: Settings, token: str, remote_addr: str,
 def authenticate(session: Session, raw: str | None,
                  now: datetime | None = None) -> PortalSession | None:
     """The live session the cookie value names, or None (unknown, signed out, expired,
-    or its partner no longer sent webhooks)."""
+    its partner no longer sent webhooks, or the API key that asked for it revoked)."""
     if not raw:
         return None
     now = now or utcnow()
     row = session.execute(
-        select(PortalSession, Partner.active, Partner.flow)
+        select(PortalSession, Partner.active, Partner.flow, ApiKey.revoked_at)
         .join(Partner, Partner.id == PortalSession.partner_id)
+        .outerjoin(ApiKey, ApiKey.id == PortalSession.api_key_id)
         .where(PortalSession.session_hash == _hash(raw))).one_or_none()
     if row is None:
         return None
-    portal_session, active, flow = row
+    portal_session, active, flow, key_revoked_at = row
     if (portal_session.revoked_at is not None or portal_session.expires_at <= now
-            or not_receiving_webhooks(active, flow) is not None):
+            or not_receiving_webhooks(active, flow) is not None
+            # Links the merchant's backend asked for end with the key that asked.
+            or key_revoked_at is not None):
         return None
     return portal_session
 

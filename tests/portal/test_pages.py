@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import requests
 from sqlalchemy import update
 
 from deliverer.db import session_scope
@@ -15,7 +16,7 @@ from deliverer.models import Alert, Endpoint, Notification, NotificationStatus, 
 from deliverer.notifications.audit import ACCEPTED
 from deliverer.portal.sessions import SOURCE
 from tests.console.helpers import publish, requests_of, wait_failed
-from tests.portal.conftest import Merchant, csrf_of
+from tests.portal.conftest import ADMIN_TOKEN, Merchant, csrf_of
 from tests.support import helpers as h
 from tests.support.receiver import Receiver, ok, status
 
@@ -86,7 +87,7 @@ def test_troubleshoot_shows_every_attempt(portal, failing):
 
 
 def test_retry_shows_the_error_then_delivered_and_counts_against_the_limits(
-        portal, failing, receiver: Receiver):
+        portal, portal_server, failing, receiver: Receiver):
     shop, first, _second = failing
     client = portal(shop.partner_id)
     page = f"/portal/notifications/{first}"
@@ -109,6 +110,10 @@ def test_retry_shows_the_error_then_delivered_and_counts_against_the_limits(
            "of manual retries (3)" in refused.text
     assert requests_of(first)[-1].outcome == "CONFLICT"
     assert requests_of(first)[-1].source == SOURCE
+    # The operator console tells the merchant's portal actions from operators'.
+    console = requests.get(f"{portal_server.url}/console/notifications/{first}",
+                           auth=("operator", ADMIN_TOKEN), timeout=30)
+    assert console.text.count("merchant (portal)") == 3
 
 
 def test_ignore_asks_for_confirmation_then_takes_it_out_for_good(portal, failing):

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 
 from deliverer.db import session_scope
 from deliverer.models import PortalSession, PortalSignIn, utcnow
+from deliverer.partners.service import rotate_key
 from tests.portal.conftest import PortalClient, csrf_of, field_of
 from tests.support.receiver import Receiver, ok
 
@@ -144,3 +145,15 @@ def test_read_only_sessions_see_no_buttons_and_cannot_post(portal, merchant, rec
                                                   "email": "ops@example.com"})
     assert answer.status_code == 403 and "Read-only session" in answer.text
     assert client.submit("/portal/", "/portal/logout").status_code == 200
+
+
+def test_revoking_the_api_key_ends_the_sessions_it_asked_for(portal_server, portal, merchant):
+    shop = merchant(None)
+    url = shop.api.post("/api/partner/v2/portal-sessions", json={}).json()["url"]
+    by_key = PortalClient(portal_server.url)
+    assert by_key.open_link(url).status_code == 200
+    by_admin = portal(shop.partner_id)
+    with session_scope() as session:
+        rotate_key(session, shop.partner_id)
+    assert by_key.get("/portal/").status_code == 401
+    assert by_admin.get("/portal/").status_code == 200
