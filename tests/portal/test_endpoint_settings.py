@@ -10,7 +10,8 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from deliverer.db import session_scope
-from deliverer.models import Endpoint
+from deliverer.models import Endpoint, PartnerRequest
+from deliverer.portal.sessions import SOURCE
 from tests.console.helpers import publish
 from tests.portal.conftest import csrf_of
 from tests.support import helpers as h
@@ -101,6 +102,13 @@ def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: 
                           {"csrf_token": csrf_of(confirm.text), "confirm": "yes"})
     assert "deleted" in deleted.text and url not in deleted.text.split("</h1>")[1]
     assert client.get(path).status_code == 404
+    with session_scope() as session:  # on the audit trail, as the merchant's own
+        trail = session.execute(select(PartnerRequest.kind, PartnerRequest.source,
+                                       PartnerRequest.reference, PartnerRequest.api_key_id)
+                                .order_by(PartnerRequest.id)).all()
+    assert trail == [(kind, SOURCE, ref, None) for kind in (
+        "endpoint_add", "endpoint_edit", "endpoint_disable", "endpoint_enable",
+        "secret_rotate", "test_event", "endpoint_delete")]
 
 
 def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver):

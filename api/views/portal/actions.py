@@ -18,6 +18,7 @@ from api.views.portal.blueprint import (
     flash,
     not_found,
     partner_id,
+    portal_session,
     principal,
 )
 from deliverer.errors import DelivererError
@@ -27,6 +28,7 @@ from deliverer.notifications.manual_retry import manual_retry
 from deliverer.notifications.outcome import wait_for_attempt
 from deliverer.notifications.queries import is_uuid
 from deliverer.partners import webhook_settings
+from deliverer.portal.audit import PortalAction, record
 
 # How long Retry waits for the attempt's outcome before answering "queued" (seed 003:
 # "if your endpoint successfully receives the webhook, you get a success message").
@@ -96,6 +98,7 @@ def alert_email() -> Any:
             return redirect(url_for("portal.alerts"))
     webhook_settings.update_settings(get_session(), deliverer_settings(), partner_id(),
                                      alert_email=address)
+    record(get_session(), portal_session(), PortalAction.ALERT_EMAIL, address)
     flash("ok", f"Alerts will be e-mailed to {address}." if address
           else "Alerts are no longer e-mailed.")
     return redirect(url_for("portal.alerts"))

@@ -6,9 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from api.db import commit_then, get_session
-from api.views.portal.blueprint import bp, deliverer_settings, not_found, page, partner_id
+from api.views.portal.blueprint import (
+    bp,
+    deliverer_settings,
+    not_found,
+    page,
+    partner_id,
+    portal_session,
+)
 from deliverer.models import utcnow
 from deliverer.portal import queries
+from deliverer.portal.audit import PortalAction, record
 from deliverer.portal.diagnose import diagnose as run_diagnosis
 
 
@@ -19,6 +27,7 @@ def diagnose(ref: str) -> Any:
     if endpoint is None:
         return not_found("endpoint")
     secrets = queries.secrets_of(session, endpoint, utcnow())
+    record(session, portal_session(), PortalAction.DIAGNOSE, ref)
     settings = deliverer_settings()
     # The network steps take seconds: no transaction is held open meanwhile.
     result = commit_then(lambda: run_diagnosis(endpoint.url, secrets, settings))

@@ -19,11 +19,13 @@ from api.views.portal.blueprint import (
     not_found,
     page,
     partner_id,
+    portal_session,
 )
 from deliverer.errors import DelivererError
 from deliverer.models import Endpoint, utcnow
 from deliverer.partners import catalog, registered
 from deliverer.portal import queries
+from deliverer.portal.audit import PortalAction, record
 from deliverer.portal.diagnose import send_test
 
 ALL = "*"
@@ -86,6 +88,7 @@ def new_endpoint() -> Any:
                                      **data)
     except (ValidationError, DelivererError) as exc:
         return _form(None, _problem(exc))
+    record(get_session(), portal_session(), PortalAction.ADD_ENDPOINT, endpoint.public_id)
     current_app.logger.info("portal: endpoint %s added for partner %s", endpoint.public_id,
                             partner_id())
     assert endpoint.signing_secret is not None
@@ -107,6 +110,7 @@ def endpoint_settings(ref: str) -> Any:
         data = _parsed()
         data.pop("enabled")  # the Disable / Enable buttons' business
         registered.update_endpoint(get_session(), deliverer_settings(), endpoint, **data)
+        record(get_session(), portal_session(), PortalAction.EDIT_ENDPOINT, ref)
     except (ValidationError, DelivererError) as exc:
         get_session().rollback()
         return _form(_endpoint(ref), _problem(exc))
@@ -121,6 +125,8 @@ def set_enabled(ref: str) -> Any:
         return not_found("endpoint")
     enabled = request.form.get("enabled") == "yes"
     registered.update_endpoint(get_session(), deliverer_settings(), endpoint, enabled=enabled)
+    record(get_session(), portal_session(),
+           PortalAction.ENABLE_ENDPOINT if enabled else PortalAction.DISABLE_ENDPOINT, ref)
     flash("ok", "Endpoint enabled: what it held is sent again, in order." if enabled
           else "Endpoint disabled: it receives nothing until you enable it again.")
     return redirect(url_for("portal.endpoint_settings", ref=ref))
@@ -134,6 +140,7 @@ def delete_endpoint(ref: str) -> Any:
     if request.method == "GET" or request.form.get("confirm") != "yes":
         return page("portal/confirm_delete.html", e=endpoint)
     stopped = registered.delete(get_session(), endpoint)
+    record(get_session(), portal_session(), PortalAction.DELETE_ENDPOINT, ref)
     current_app.logger.info("portal: endpoint %s deleted for partner %s", ref, partner_id())
     flash("ok", f"Endpoint {endpoint.url} deleted; {stopped} webhook(s) it still held will "
                 "not be sent (NOT_SENT).")
@@ -150,6 +157,7 @@ def rotate_secret(ref: str) -> Any:
             {"overlap_seconds": request.form.get("overlap_seconds") or 86400})
         secret = registered.rotate_secret(get_session(), endpoint,
                                           timedelta(seconds=overlap["overlap_seconds"]))
+        record(get_session(), portal_session(), PortalAction.ROTATE_SECRET, ref)
     except (ValidationError, DelivererError) as exc:
         flash("error", f"Secret not rotated: {_problem(exc)}")
         return redirect(url_for("portal.endpoint_settings", ref=ref))
@@ -164,6 +172,7 @@ def test_endpoint(ref: str) -> Any:
         return not_found("endpoint")
     secrets = queries.secrets_of(session, endpoint, utcnow())
     settings = deliverer_settings()
+    record(session, portal_session(), PortalAction.TEST_EVENT, ref)
     # The POST takes up to its timeouts: no transaction is held open meanwhile.
     result = commit_then(lambda: send_test(endpoint.url, secrets, settings))
     return page("portal/diagnosis.html", e=endpoint, d=result, title="Test event")
