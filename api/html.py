@@ -1,10 +1,17 @@
-"""What every server-rendered page (the operator console, the merchant portal) is sent
-with: a strict Content-Security-Policy (no script at all, styles by nonce), no framing,
-no caching, no referrer."""
+"""What the server-rendered pages (the operator console, the merchant portal) share: how
+they show times (UTC, and relative) and JSON, and the headers every page is sent with: a
+strict Content-Security-Policy (no script at all, styles by nonce), no framing, no
+caching, no referrer."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from typing import Any
+
 from werkzeug.wrappers import Response
+
+from deliverer.models import utcnow
 
 
 def secure_page_headers(response: Response, nonce: str) -> Response:
@@ -17,3 +24,30 @@ def secure_page_headers(response: Response, nonce: str) -> Response:
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def ts(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def rel(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    seconds = int((value - utcnow()).total_seconds())
+    future = seconds > 0
+    seconds = abs(seconds)
+    if seconds < 60:
+        text = f"{seconds}s"
+    elif seconds < 3600:
+        text = f"{seconds // 60}m {seconds % 60}s"
+    elif seconds < 86400:
+        text = f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    else:
+        text = f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -9,7 +9,8 @@ from typing import Any
 from flask import g, request
 
 from api.db import get_session
-from api.views.console.filters import STATUSES, _pretty, _rel, _ts
+from api.html import pretty, rel, ts
+from api.views.console.filters import STATUSES
 from api.views.portal.blueprint import (
     bp,
     deliverer_settings,
@@ -27,7 +28,7 @@ from deliverer.portal.chart import HEIGHT, WIDTH
 @bp.context_processor
 def _helpers() -> dict[str, Any]:
     found = g.get("portal_session")
-    return {"ts": _ts, "rel": _rel, "pretty": _pretty, "csp_nonce": g.get("csp_nonce", ""),
+    return {"ts": ts, "rel": rel, "pretty": pretty, "csp_nonce": g.get("csp_nonce", ""),
             "csrf_token": g.get("portal_csrf", ""), "statuses": STATUSES,
             "signed_in": found is not None, "read_only": bool(found and found.read_only),
             "ref": queries.endpoint_ref, "chart_width": WIDTH, "chart_height": HEIGHT,
