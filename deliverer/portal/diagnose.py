@@ -17,6 +17,8 @@ import socket
 import ssl
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -91,11 +93,21 @@ def diagnose(url: str, secrets: list[str], settings: Settings) -> Diagnosis:
 def _resolve(step: Step, host: str, port: int, settings: Settings
              ) -> list[netguard.AddrInfo] | None:
     start = time.monotonic()
+    # getaddrinfo has no timeout of its own: waited for as long as a connect may take,
+    # in a thread left to finish alone if the resolver hangs.
+    pool = ThreadPoolExecutor(max_workers=1)
+    lookup = pool.submit(socket.getaddrinfo, host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    pool.shutdown(wait=False)
     try:
-        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        infos = lookup.result(timeout=settings.connect_timeout)
     except (socket.gaierror, UnicodeError) as exc:
         step.state, step.duration_ms = FAILED, _ms(start)
         step.summary = f"{host} does not resolve: {exc}"
+        return None
+    except FutureTimeout:
+        step.state, step.duration_ms = FAILED, _ms(start)
+        step.summary = (f"No DNS answer for {host} within {settings.connect_timeout:g} s: "
+                        "its name servers do not answer.")
         return None
     step.duration_ms = _ms(start)
     forbidden = False

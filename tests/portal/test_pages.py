@@ -145,13 +145,23 @@ def test_another_partners_ids_answer_404(portal, failing, merchant, settings):
                  "/portal/notifications/not-an-id", "/portal/endpoints/ep_000000000000000000000000",
                  f"/portal/endpoints/{endpoint_id(first)}"):
         assert nosy.get(path).status_code == 404, path
+    ref = endpoint_ref(first)
+    for path in (f"/portal/endpoints/{ref}/settings", f"/portal/endpoints/{ref}/delete"):
+        assert nosy.get(path).status_code == 404, path
     for path in (f"/portal/notifications/{first}/retry",
                  f"/portal/notifications/{first}/ignore",
-                 f"/portal/endpoints/{endpoint_ref(first)}/diagnose"):
+                 f"/portal/endpoints/{ref}/diagnose", f"/portal/endpoints/{ref}/settings",
+                 f"/portal/endpoints/{ref}/enabled", f"/portal/endpoints/{ref}/delete",
+                 f"/portal/endpoints/{ref}/rotate-secret", f"/portal/endpoints/{ref}/test"):
         answer = nosy.post(path, {"csrf_token": token, "confirm": "yes"})
         assert answer.status_code == 404, path
     assert h.notification(first).status == NotificationStatus.FAILED
+    assert h.notification(first).manual_retry_count == 0
     assert "TXN-1" not in nosy.get("/portal/events").text
+    with session_scope() as session:
+        endpoint = session.get(Endpoint, endpoint_id(first))
+        assert endpoint is not None and endpoint.disabled_at is None
+        assert endpoint.registered and endpoint.deleted_at is None
 
 
 def test_event_log_filters_and_pages(portal, merchant, worker, receiver: Receiver, settings):
@@ -232,3 +242,20 @@ def test_disabled_endpoints_say_so(portal, failing):
             disabled_at=utcnow(), disabled_reason="410 Gone"))
     page = portal(shop.partner_id).get("/portal/")
     assert "Disabled" in page.text and "410 Gone" in page.text
+
+
+def test_read_only_sessions_see_no_action_buttons(portal, failing):
+    shop, first, _second = failing
+    client = portal(shop.partner_id, read_only=True)
+    for path in ("/portal/", f"/portal/endpoints/{endpoint_ref(first)}",
+                 f"/portal/notifications/{first}", f"/portal/notifications/{first}/ignore",
+                 "/portal/alerts", f"/portal/endpoints/{endpoint_ref(first)}/settings"):
+        text = client.get(path).text
+        assert "<button" not in text.replace('<button type="submit" id="logout">', ""), path
+    token = csrf_of(client.get("/portal/").text)
+    for action in ("retry", "ignore"):
+        refused = client.post(f"/portal/notifications/{first}/{action}",
+                              {"csrf_token": token, "confirm": "yes"})
+        assert refused.status_code == 403
+    assert h.notification(first).status == NotificationStatus.FAILED
+    assert requests_of(first) == []
