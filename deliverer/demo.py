@@ -96,6 +96,11 @@ def play(base_url: str, settings: Settings, timeout: float = 90.0) -> bool:
                             {"name": "Demo Merchant", "webhookUrl": receiver.url},
                             ("id", "apiKey", "signingSecret"))
             say(f"partner {partner['id']} created; API key {partner['apiKey'][:12]}...")
+            portal = _post(base_url, f"/internal/v1/partners/{partner['id']}/portal-sessions",
+                           admin, {}, ("url",))
+            say(f"its merchant portal, to open once within "
+                f"{settings.portal_link_seconds / 60:.0f} min (later: deliverer portal-url "
+                f"\"Demo Merchant\"): {portal['url']}")
             published = _post(
                 base_url, "/internal/v1/events", admin,
                 {"partnerId": partner["id"], "type": "transaction.paid",

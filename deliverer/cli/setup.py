@@ -124,7 +124,7 @@ def publish(partner_id: str, event_type: str, reference: str, payload: str,
               type=click.IntRange(1, 65535))
 def portal_url(partner: str, read_only: bool, base_url: str | None, port: int) -> None:
     """Print a single-use link into a partner's merchant portal (PARTNER: its id, or its
-    exact name)."""
+    exact name: the newest partner of that name)."""
     from deliverer.db import session_scope
     from deliverer.errors import DelivererError
     from deliverer.portal.sessions import (
@@ -137,10 +137,14 @@ def portal_url(partner: str, read_only: bool, base_url: str | None, port: int) -
     settings = get_settings()
     try:
         with session_scope() as session:
-            link = issue_link(session, settings, resolve_partner(session, partner),
-                              read_only=read_only, issued_by=ISSUED_BY_ADMIN)
+            partner_id, named = resolve_partner(session, partner)
+            link = issue_link(session, settings, partner_id, read_only=read_only,
+                              issued_by=ISSUED_BY_ADMIN)
     except DelivererError as exc:
         raise click.ClickException(exc.message) from exc
+    if named > 1:
+        click.echo(f"{named} partners are named {partner!r}: this link is for the newest, "
+                   f"{partner_id}.", err=True)
     base = base_url or settings.portal_base_url or f"http://127.0.0.1:{port}"
     click.echo(link_url(base, link.token))
     click.echo(f"Open it once, by {link.token_expires_at:%Y-%m-%d %H:%M:%S} UTC; the session "

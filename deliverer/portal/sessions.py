@@ -103,16 +103,17 @@ def issue_link(session: Session, settings: Settings, partner_id: str, *, read_on
     return IssuedLink(token, token_expires_at, expires_at, read_only)
 
 
-def resolve_partner(session: Session, id_or_name: str) -> str:
+def resolve_partner(session: Session, id_or_name: str) -> tuple[str, int]:
     """A partner's id from its id or its exact name (the CLI's way to name the demo's
-    partner); PartnerNotFound when none or several partners have that name."""
+    partner, which each demo run creates again): the newest of that name, and how many
+    have it. PartnerNotFound when none has."""
     if session.get(Partner, id_or_name) is not None:
-        return id_or_name
-    ids = session.scalars(select(Partner.id).where(Partner.name == id_or_name).limit(2)).all()
-    if len(ids) != 1:
-        raise PartnerNotFound("Partner not found" if not ids else
-                              f"Several partners are named {id_or_name!r}: give the id")
-    return ids[0]
+        return id_or_name, 1
+    ids = session.scalars(select(Partner.id).where(Partner.name == id_or_name)
+                          .order_by(Partner.created_at.desc(), Partner.id.desc())).all()
+    if not ids:
+        raise PartnerNotFound()
+    return ids[0], len(ids)
 
 
 def _check_rate(session: Session, settings: Settings, remote_addr: str,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tests.portal.conftest import PortalClient
 from tests.support import helpers as h
 from tests.support.cli import run_cli
+from tests.support.page_client import PortalClient
 
 
 def test_portal_url_prints_a_link_that_signs_in_once(settings, portal_server):
@@ -16,9 +16,13 @@ def test_portal_url_prints_a_link_that_signs_in_once(settings, portal_server):
     browser = PortalClient(portal_server.url)
     assert "Your webhook endpoints" in browser.open_link(url).text
     assert PortalClient(portal_server.url).open_link(url).status_code == 403
-    # By name, as the README names the demo's partner; the port deliverer run listens on.
+    # By name, as the README names the demo's partner (each demo run makes one more: the
+    # newest is meant); the port deliverer run listens on.
+    newest = h.new_partner(settings, None, name="CLI Shop")
     default = run_cli(settings, "portal-url", "CLI Shop", "--read-only", PORT="5123")
     assert default.stdout.startswith("http://127.0.0.1:5123/portal/enter?token=")
+    assert f"2 partners are named 'CLI Shop': this link is for the newest, " \
+           f"{newest.partner_id}" in default.stderr
 
 
 def test_portal_url_of_an_unknown_partner_says_so(settings):

@@ -19,8 +19,8 @@ from deliverer.db import session_scope
 from deliverer.models import Endpoint
 from deliverer.portal.diagnose import FAILED, OK, SKIPPED, diagnose
 from tests.console.helpers import publish
-from tests.portal.conftest import csrf_of
 from tests.support import helpers as h
+from tests.support.page_client import csrf_of
 from tests.support.ports import closed_port
 from tests.support.receiver import ok, status
 from tests.support.smtp import self_signed_certificate, server_tls_context

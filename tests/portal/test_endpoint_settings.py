@@ -13,8 +13,8 @@ from deliverer.db import session_scope
 from deliverer.models import Endpoint, PartnerRequest
 from deliverer.portal.sessions import SOURCE
 from tests.console.helpers import publish
-from tests.portal.conftest import csrf_of
 from tests.support import helpers as h
+from tests.support.page_client import csrf_of
 from tests.support.receiver import Receiver, ok
 
 

@@ -16,8 +16,9 @@ from deliverer.models import Alert, Endpoint, Notification, NotificationStatus, 
 from deliverer.notifications.audit import ACCEPTED
 from deliverer.portal.sessions import SOURCE
 from tests.console.helpers import publish, requests_of, wait_failed
-from tests.portal.conftest import ADMIN_TOKEN, Merchant, csrf_of
+from tests.portal.conftest import ADMIN_TOKEN, Merchant
 from tests.support import helpers as h
+from tests.support.page_client import csrf_of
 from tests.support.receiver import Receiver, ok, status
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from deliverer.db import session_scope
 from deliverer.models import PortalSession, PortalSignIn, utcnow
 from deliverer.partners.service import rotate_key
-from tests.portal.conftest import PortalClient, csrf_of, field_of
+from tests.support.page_client import PortalClient, csrf_of, field_of
 from tests.support.receiver import Receiver, ok
 
 
