@@ -6,8 +6,8 @@ named by a second random value that only the browser's cookie holds. Both are st
 SHA-256 hashes, so the table leaks neither. A session ends at ``portal_session_hours``
 after its link was issued, when the merchant signs out, or when every session of the
 partner is signed out at once (``sign_out_all``). Opening links is rate-limited per
-client address: the failures are kept (``LinkRefused.keep_refusal``) even though the
-request that made them rolls back.
+client address (the failed attempts of the last minute): the failures are kept
+(``LinkRefused.keep_refusal``) even though the request that made them rolls back.
 """
 
 from __future__ import annotations
@@ -118,9 +118,11 @@ def resolve_partner(session: Session, id_or_name: str) -> tuple[str, int]:
 
 def _check_rate(session: Session, settings: Settings, remote_addr: str,
                 now: datetime) -> None:
+    # Failures only: what guessing tokens makes. Behind a proxy that hides the client's
+    # address, successes would otherwise make every merchant share one allowance.
     count, oldest = session.execute(
         select(func.count(), func.min(PortalSignIn.created_at))
-        .where(PortalSignIn.remote_addr == remote_addr,
+        .where(PortalSignIn.remote_addr == remote_addr, PortalSignIn.succeeded.is_(False),
                PortalSignIn.created_at > now - RATE_WINDOW)).one()
     enforce_rate(count, oldest, settings.portal_sign_ins_per_minute, now)
 
