@@ -157,3 +157,11 @@ def test_revoking_the_api_key_ends_the_sessions_it_asked_for(portal_server, port
         rotate_key(session, shop.partner_id)
     assert by_key.get("/portal/").status_code == 401
     assert by_admin.get("/portal/").status_code == 200
+
+
+def test_signing_in_does_not_use_up_the_limit(portal_server, admin, merchant):
+    shop = merchant(None)
+    for _ in range(portal_server.settings.portal_sign_ins_per_minute + 2):
+        url = admin.post(f"/internal/v1/partners/{shop.partner_id}/portal-sessions",
+                         json={}).json()["url"]
+        assert PortalClient(portal_server.url).open_link(url).status_code == 200
