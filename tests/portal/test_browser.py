@@ -85,6 +85,7 @@ def test_merchant_troubleshoots_retries_and_ignores_in_chromium(
         assert [("TXN-B-1" in q.text, "TXN-B-2" in q.text) for q in queued] == [
             (True, False), (False, True)]
         click(browser, element=queued[0].find_element(By.CSS_SELECTOR, "a.troubleshoot"))
+        browser.save_screenshot(str(tmp_path / "troubleshoot.png"))
         attempts = browser.find_element(By.ID, "attempts").text
         assert "HTTP 503" in attempts and "maintenance" in attempts
         assert "webhook-id" in attempts
