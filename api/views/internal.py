@@ -15,6 +15,7 @@ from flask_smorest import Blueprint
 
 from api import portal_links
 from api.auth import check_admin
+from api.schemas.common import ApiErrorSchema
 from api.schemas.internal import (
     CreatedPartnerSchema,
     CreatePartnerSchema,
@@ -61,6 +62,8 @@ def post_partner(data: dict[str, Any]) -> Any:
 @blp.route("/partners/<partner_id>/portal-sessions", methods=["POST"])
 @blp.arguments(PortalSessionRequestSchema)
 @blp.response(201, PortalSessionSchema)
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
 def post_portal_session(data: dict[str, Any], partner_id: str) -> Any:
     """A single-use link into the partner's merchant portal (``readOnly``: no actions)."""
     return portal_links.new_link(partner_id, read_only=data["read_only"],
@@ -69,6 +72,7 @@ def post_portal_session(data: dict[str, Any], partner_id: str) -> Any:
 
 @blp.route("/partners/<partner_id>/portal-sessions", methods=["DELETE"])
 @blp.response(200, SignedOutSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
 def delete_portal_sessions(partner_id: str) -> Any:
     """Sign out every portal session of the partner, and spoil its unused links."""
     return portal_links.sign_out_all(partner_id)

@@ -8,8 +8,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from deliverer.db import session_scope
-from deliverer.models import PortalSession, PortalSignIn, utcnow
-from deliverer.partners.service import rotate_key
+from deliverer.models import Partner, PortalSession, PortalSignIn, utcnow
+from deliverer.partners.service import create_partner, rotate_key
 from tests.support.page_client import PortalClient, csrf_of, field_of
 from tests.support.receiver import Receiver, ok
 
@@ -165,3 +165,19 @@ def test_signing_in_does_not_use_up_the_limit(portal_server, admin, merchant):
         url = admin.post(f"/internal/v1/partners/{shop.partner_id}/portal-sessions",
                          json={}).json()["url"]
         assert PortalClient(portal_server.url).open_link(url).status_code == 200
+
+
+def test_no_portal_for_a_partner_sent_no_webhooks(admin, settings, portal, merchant):
+    with session_scope() as session:
+        polling = create_partner(session, settings, name="Poller", webhook_url=None,
+                                 flow="POLLING")
+    refused = admin.post(f"/internal/v1/partners/{polling.partner_id}/portal-sessions",
+                         json={})
+    assert refused.status_code == 403 and refused.json()["code"] == "INVALID_PARTNER_FLOW"
+    # A partner that stops being sent webhooks (made inactive) is signed out.
+    shop = merchant(None)
+    client = portal(shop.partner_id)
+    with session_scope() as session:
+        session.execute(update(Partner).where(Partner.id == shop.partner_id)
+                        .values(active=False))
+    assert client.get("/portal/").status_code == 401
