@@ -69,6 +69,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 4,
+        # Off: after a reconnect Celery lowers the prefetch count and raises it again as
+        # tasks finish, calling basic.qos from the promise of each acknowledgement. With
+        # the threads pool that promise runs in the pool thread, which then reads the
+        # AMQP socket the main loop reads too (py-amqp is not thread-safe): seen with
+        # py-spy, the thread waited for a basic.qos-ok the main loop had taken, holding
+        # the QoS lock, and the worker ran nothing more (tests/faults/
+        # test_broker_restart.py on RabbitMQ, 1 run in 4). Over-fetching after a
+        # reconnect costs nothing here: prefetched messages only wake claims.
+        "worker_enable_prefetch_count_reduction": False,
         # One exchange and routing key per queue: sharing the default exchange's key
         # would bind every queue to every message.
         "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name)

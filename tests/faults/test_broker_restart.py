@@ -7,7 +7,11 @@ on (a worker used to hang here on Redis: deliverer.celery_app's Redis options).
 This Redis keeps nothing on disk, so the messages queued before the stop (a backlog is
 built up on purpose by pausing the worker for a moment) are gone: the sweep's
 lost-message grace recovers them. RabbitMQ keeps them (durable queues, persistent
-messages) and hands back what the worker held unacknowledged."""
+messages) and hands back what the worker held unacknowledged.
+
+On RabbitMQ a worker used to stop running anything after such a restart, 1 run in 4:
+Celery restored its prefetch count from a pool thread, on the AMQP socket the main
+loop was reading (deliverer.celery_app, worker_enable_prefetch_count_reduction)."""
 
 from __future__ import annotations
 
@@ -45,11 +49,9 @@ def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.
         time.sleep(1.5)
         queued = stack.broker.queued_messages()
         with faults.inject(f"{BROKER} stop/start", detail=f"{OUTAGE:.0f}s down") as outage:
-            if BROKER == "rabbitmq":
-                # RabbitMQ keeps the backlog; the worker runs when it goes down, holding
-                # messages it has not acknowledged (handed back to the next consumer).
-                # A worker frozen across RabbitMQ's stop is not tested: README.
-                worker.resume()
+            # The worker stays frozen across the stop: it wakes to a dead connection with
+            # tasks in flight, the case where Celery's prefetch reduction once hung a
+            # threads-pool worker on RabbitMQ (deliverer.celery_app).
             stack.broker.stop(signal.SIGTERM)
             worker.resume()
             time.sleep(OUTAGE)
@@ -59,7 +61,9 @@ def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.
         worker.resume()
 
     publisher.join(timeout=30)
-    settle_s = stack.settle(timeout=60)
+    # Long enough for the slow lane: the POSTs a frozen worker had in flight count as slow
+    # sends, so the endpoint takes 2 sends at a time per worker for a minute after.
+    settle_s = stack.settle(timeout=150)
     ledger = harness.Ledger.collect(f"{BROKER} restart", stack, witness, publisher, faults)
     during = publisher.stats(window=down)
     # Each publish whose message could not be sent says so once; the sweep enqueued those.
@@ -78,7 +82,10 @@ def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.
 
     # Publishing was accepted during the outage, at once, on the first try.
     assert during["acknowledged"] >= 10, ledger.explain(stack)
-    assert left_to_sweep > 0 and queued > 0, ledger.explain(stack)
+    assert left_to_sweep > 0, ledger.explain(stack)
+    # Redis loses what was queued. RabbitMQ keeps it, and its count of ready messages
+    # leaves out what the frozen worker had prefetched (up to 32), which is often all.
+    assert queued > 0 or BROKER == "rabbitmq", ledger.explain(stack)
     assert during["errors"] == {}, ledger.explain(stack)
     assert during["max_latency_s"] < FAST, ledger.explain(stack)
     # And everything was delivered afterwards, by the same processes (a worker can hang
