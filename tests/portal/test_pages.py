@@ -224,9 +224,10 @@ def test_alerts_and_the_alert_email_subscription(portal, failing):
 
 
 def test_pages_label_their_controls(portal, failing):
-    shop, _first, _second = failing
+    shop, first, _second = failing
     client = portal(shop.partner_id)
-    for path in ("/portal/events", "/portal/alerts"):
+    for path in ("/portal/events", "/portal/alerts", "/portal/endpoints/new",
+                 f"/portal/endpoints/{endpoint_ref(first)}/settings"):
         text = client.get(path).text
         for control in ("input", "select"):
             for tag in text.split(f"<{control} ")[1:]:
