@@ -5,9 +5,12 @@ an address the SSRF guard forbids. No DNS: every URL is an IP literal."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,10 +79,33 @@ def test_a_forbidden_address_fails_at_dns_and_nothing_is_dialled(settings, recei
     assert receiver.requests("/private") == []
 
 
+def expired_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, its key): the server's, issued by the CA for
+    127.0.0.1, expires the moment it is made ("-days 0")."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a test certificate")
+    ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+    cert, key, csr = directory / "expired.pem", directory / "expired-key.pem", directory / "r"
+    ext = directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+         "/CN=Test CA", "-keyout", str(ca_key), "-out", str(ca)],
+        ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "0", "-extfile", str(ext), "-out", str(cert)],
+    ):
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
 @contextlib.contextmanager
-def tls_server(directory: Path) -> Iterator[int]:
-    """An HTTPS server on 127.0.0.1 with a self-signed certificate, answering 200."""
-    made = self_signed_certificate(directory)
+def tls_server(directory: Path, made: tuple[Path, Path] | None = None) -> Iterator[int]:
+    """An HTTPS server on 127.0.0.1 answering 200, with the certificate ``made`` (a
+    self-signed one by default)."""
+    made = made or self_signed_certificate(directory)
     if made is None:
         pytest.skip("no openssl command to make a test certificate")
     context = server_tls_context(*made)
@@ -142,3 +168,22 @@ def test_the_diagnose_button_shows_the_failing_step(portal, merchant, worker, se
     assert answer.status_code == 200
     assert "TCP connect fails:" in answer.text and "Connection refused" in answer.text
     assert answer.text.count("step-skipped") >= 2
+
+
+def test_an_expired_certificate_is_what_the_tls_step_says(settings, tmp_path, monkeypatch):
+    """A merchant whose certificate expired should read exactly that."""
+    made_at = time.time()
+    ca, cert, key = expired_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # trusted: only its expiry is wrong
+    # Its notAfter is the second it was made in: wait until that second is over.
+    h.wait_until(lambda: time.time() > int(made_at) + 2, timeout=5,
+                 message="the certificate to expire")
+    with tls_server(tmp_path, (cert, key)) as port:
+        result = diagnose(f"https://127.0.0.1:{port}/hook", [SECRET], settings)
+    assert states(result) == [OK, OK, FAILED, SKIPPED]
+    tls = result.steps[2]
+    assert tls.summary == "The certificate was refused: certificate has expired."
+    facts = details(tls)
+    assert facts["Subject"] == "commonName=127.0.0.1"
+    assert facts["Issuer"] == "commonName=Test CA"
+    assert facts["Expires"].endswith("UTC (expired)")
