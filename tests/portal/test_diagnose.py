@@ -172,11 +172,11 @@ def test_the_diagnose_button_shows_the_failing_step(portal, merchant, worker, se
 
 def test_an_expired_certificate_is_what_the_tls_step_says(settings, tmp_path, monkeypatch):
     """A merchant whose certificate expired should read exactly that."""
-    made_at = time.time()
     ca, cert, key = expired_certificate(tmp_path)
+    made_at = time.time()  # at or after its notAfter
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # trusted: only its expiry is wrong
     # Its notAfter is the second it was made in: wait until that second is over.
-    h.wait_until(lambda: time.time() > int(made_at) + 2, timeout=5,
+    h.wait_until(lambda: time.time() >= int(made_at) + 1.05, timeout=5,
                  message="the certificate to expire")
     with tls_server(tmp_path, (cert, key)) as port:
         result = diagnose(f"https://127.0.0.1:{port}/hook", [SECRET], settings)
