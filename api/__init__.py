@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
                                                            requests))
 
     api = _Api(app)
-    from api.views import compat, health, internal, partner
+    from api.views import compat, endpoints, health, internal, partner
 
     app.register_blueprint(health.bp)
     from api.views import console, metrics, portal  # consoles, /metrics (issue 4)
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app.register_blueprint(metrics.bp)
     api.register_blueprint(internal.blp)
     api.register_blueprint(partner.blp)
+    api.register_blueprint(endpoints.blp)
     api.register_blueprint(compat.blp)
     app.extensions["deliverer_api"] = api
     return app

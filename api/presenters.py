@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from deliverer.models import Attempt, Event, Notification
+from deliverer.models import Attempt, Endpoint, Event, Notification
 
 # A notification's own fields in the response, after its id, event id, type and reference.
 _FIELDS = ("status", "url", "sequence", "retry_attempts", "manual_retry_count",
@@ -13,16 +13,21 @@ _FIELDS = ("status", "url", "sequence", "retry_attempts", "manual_retry_count",
            "sent_at", "created_at", "updated_at")
 
 
-def notification(n: Notification, event: Event) -> dict[str, Any]:
+def notification(n: Notification, event: Event, endpoint_id: str | None = None
+                 ) -> dict[str, Any]:
+    """``endpoint_id``: the public id of the endpoint it is numbered on."""
     return {"id": n.id, "event_id": n.event_id, "event_type": event.type,
-            "reference": event.reference, **{f: getattr(n, f) for f in _FIELDS}}
+            "reference": event.reference, "endpoint_id": endpoint_id,
+            **{f: getattr(n, f) for f in _FIELDS}}
 
 
 def notification_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """The same from a row of the notification's columns with its event's ``type`` and
-    ``reference`` (what a manual retry's batch reads)."""
+    ``reference`` and its endpoint's ``endpoint_public_id`` (what a manual retry's batch
+    reads)."""
     return {"id": row["id"], "event_id": row["event_id"], "event_type": row["type"],
-            "reference": row["reference"], **{f: row[f] for f in _FIELDS}}
+            "reference": row["reference"], "endpoint_id": row.get("endpoint_public_id"),
+            **{f: row[f] for f in _FIELDS}}
 
 
 def attempt(a: Attempt) -> dict[str, Any]:
@@ -37,3 +42,18 @@ def attempt(a: Attempt) -> dict[str, Any]:
         "response_body": a.response_body,
         "error_payload": a.error_payload,
     }
+
+
+def endpoint(e: Endpoint, *, secret: str | None = None) -> dict[str, Any]:
+    """A registered endpoint as the partner API shows it; its signing secret only when
+    ``secret`` is given (created, rotated)."""
+    body: dict[str, Any] = {
+        "id": e.public_id, "url": e.url, "description": e.description,
+        "event_types": e.subscriptions, "enabled": e.disabled_at is None,
+        "rate_limit": e.rate_limit, "status": e.status.value,
+        "disabled_reason": e.disabled_reason, "failing_since": e.failing_since,
+        "is_default": e.is_default, "created_at": e.created_at,
+    }
+    if secret is not None:
+        body["signing_secret"] = secret
+    return body

@@ -138,6 +138,10 @@ class Settings:
     manual_retry_rate_per_minute: int = 10
     resend_rate_per_minute: int = 10
     resend_wait_seconds: float = 2.0
+    # Registered endpoints' recover (a fresh cycle for a period's FAILED notifications)
+    # and test events, per partner.
+    recover_rate_per_minute: int = 5
+    endpoint_test_rate_per_minute: int = 10
     max_request_bytes: int = 256 * 1024
     attempt_retention_days: float = 90.0
     smtp_url: str | None = None

@@ -22,11 +22,23 @@ class IdempotencyHeaderSchema(Schema):
                                  "event first recorded instead of recording another."})
 
 
+class DeliverySchema(Schema):
+    """One notification of the event: one per endpoint it fanned out to."""
+
+    endpoint_id = fields.String(allow_none=True, data_key="endpointId")
+    notification_id = fields.String(data_key="notificationId")
+    status = fields.String()
+    sequence = fields.Integer(allow_none=True)
+
+
 class PublishedSchema(Schema):
+    """The first notification (the default endpoint's), and every delivery."""
+
     event_id = fields.String(data_key="eventId")
     notification_id = fields.String(data_key="notificationId")
     status = fields.String()
     sequence = fields.Integer(allow_none=True)
+    deliveries = fields.List(fields.Nested(DeliverySchema))
 
 
 class CreatePartnerSchema(Schema):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from api.schemas.common import Email, UtcDateTime, WebhookUrl
+from deliverer.notifications.queries import MAX_SEQUENCE
 
 STATUSES = ["PENDING", "SENT", "FAILED", "NOT_SENT"]
 
@@ -31,6 +32,8 @@ class NotificationSchema(Schema):
     event_id = fields.String(data_key="eventId")
     event_type = fields.String(data_key="eventType")
     reference = fields.String()
+    # The endpoint it was sent to, which numbers it (sequence); null without one.
+    endpoint_id = fields.String(allow_none=True, data_key="endpointId")
     status = fields.String()
     url = fields.String(allow_none=True)
     sequence = fields.Integer(allow_none=True)
@@ -64,6 +67,10 @@ class NotificationQuerySchema(Schema):
     created_to = UtcDateTime(data_key="createdTo")
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(validate=validate.Length(max=200))
+    # Reconciliation: what one endpoint was sent after the sequence number it last saw.
+    endpoint_id = fields.String(data_key="endpointId", validate=validate.Length(max=40))
+    sequence_after = fields.Integer(data_key="sequenceAfter",
+                                    validate=validate.Range(min=0, max=MAX_SEQUENCE))
 
 
 class SettingsSchema(Schema):

@@ -43,7 +43,7 @@ def list_deliveries(query: dict[str, Any]) -> Any:
     page = queries.list_notifications(get_session(), current_partner().partner_id,
                                       queries.ListFilters(**query))
     data = []
-    for notification, event in page.items:
+    for notification, event, _endpoint in page.items:
         body = presenters.notification(notification, event)
         data.append({
             "deliveryId": notification.id,

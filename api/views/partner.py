@@ -45,18 +45,21 @@ def _settings() -> Any:
 
 
 def _dump(notification: Any) -> dict[str, Any]:
-    return presenters.notification(notification,
-                                   queries.get_event(get_session(), notification))
+    session = get_session()
+    return presenters.notification(notification, queries.get_event(session, notification),
+                                   queries.endpoint_public_id(session, notification))
 
 
 @blp.route("/webhook-notifications", methods=["GET"])
 @blp.arguments(NotificationQuerySchema, location="query")
 @blp.response(200, NotificationPageSchema)
 def list_notifications(query: dict[str, Any]) -> Any:
-    """List notifications, newest first, with cursor pagination."""
+    """List notifications, newest first, with cursor pagination. Reconciliation:
+    ``endpointId`` with ``sequenceAfter`` lists what that endpoint was sent after that
+    sequence number, in sequence order (numbers are gap-free per endpoint)."""
     page = queries.list_notifications(get_session(), current_partner().partner_id,
                                       queries.ListFilters(**query))
-    return {"data": [presenters.notification(n, e) for n, e in page.items],
+    return {"data": [presenters.notification(n, e, ep) for n, e, ep in page.items],
             "next_cursor": page.next_cursor}
 
 
@@ -69,7 +72,8 @@ def get_notification(notification_id: str) -> Any:
     notification = queries.get_notification(session, current_partner().partner_id,
                                             notification_id)
     event = queries.get_event(session, notification)
-    body = presenters.notification(notification, event)
+    body = presenters.notification(notification, event,
+                                   queries.endpoint_public_id(session, notification))
     body["payload"] = event.payload
     body["attempts"] = [presenters.attempt(a) for a in queries.attempts_of(session,
                                                                            notification.id)]

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from deliverer.cli import operations, setup
+from deliverer.cli import endpoints, operations, setup
 from deliverer.config import get_settings, masked_url
 
 
@@ -47,6 +47,7 @@ def main() -> None:
     """deliverer: webhook delivery pipeline."""
 
 
-for command in (setup.db, setup.partner, setup.publish, setup.portal_url, setup.run,
-                operations.sweep, operations.stats, operations.replay, operations.purge_attempts):
+for command in (setup.db, setup.partner, endpoints.endpoint, setup.publish, setup.portal_url,
+                setup.run, operations.sweep, operations.stats, operations.replay,
+                operations.purge_attempts):
     main.add_command(command)

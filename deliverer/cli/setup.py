@@ -109,9 +109,14 @@ def publish(partner_id: str, event_type: str, reference: str, payload: str,
         published = publish_event(partner_id, event_type, reference, data, callback_url)
     except DelivererError as exc:
         raise click.ClickException(exc.message) from exc
-    click.echo(json.dumps({"eventId": published.event_id,
-                           "notificationId": published.notification_id,
-                           "status": published.status, "sequence": published.sequence}))
+    # The first notification (the default endpoint's) as before, then every endpoint the
+    # event fanned out to.
+    click.echo(json.dumps({
+        "eventId": published.event_id, "notificationId": published.notification_id,
+        "status": published.status, "sequence": published.sequence,
+        "deliveries": [{"endpointId": d.endpoint_id, "notificationId": d.notification_id,
+                        "sequence": d.sequence, "status": d.status}
+                       for d in published.deliveries]}))
 
 
 @click.command("portal-url")

@@ -15,6 +15,10 @@ class RequestKind(StrEnum):
     RETRY = "retry"
     RESEND = "resend"
     IGNORE = "ignore"
+    # On a registered endpoint (``reference`` holds its public id): a fresh cycle for
+    # its FAILED notifications of a period, and a test event sent to it.
+    RECOVER = "recover"
+    ENDPOINT_TEST = "endpoint_test"
 
 
 class ResendStatus(StrEnum):
@@ -37,7 +41,8 @@ OPEN_RESENDS = (f"delivery_status IN ('{ResendStatus.PENDING.value}', "
 
 
 class PartnerRequest(Base):
-    """Every manual retry, resend and ignore request: the audit trail.
+    """Every manual retry, resend, ignore, recover and endpoint test request: the audit
+    trail.
 
     The rate limits count accepted rows here, so they behave the same on SQLite and
     PostgreSQL and survive restarts.
@@ -59,6 +64,8 @@ class PartnerRequest(Base):
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
     kind: Mapped[str] = mapped_column(String(16))  # RequestKind
     notification_id: Mapped[str | None] = mapped_column(String(36))
+    # A resend's transaction or invoice reference; a recover's or a test's endpoint
+    # (its public id).
     # Where a merchant's request came from: "portal" (the merchant portal, no API key);
     # NULL: the Partner API with its key, or an operator (console, CLI).
     source: Mapped[str | None] = mapped_column(String(16))

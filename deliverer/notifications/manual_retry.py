@@ -41,6 +41,7 @@ from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit
 from deliverer.errors import DelivererError, NotificationNotFound, Refusal
 from deliverer.models import (
+    Endpoint,
     Event,
     Lane,
     Notification,
@@ -102,9 +103,11 @@ _LOCK_PARTNERS = (
 )
 _ROWS = (
     select(_NOTIFICATIONS, Event.type, Event.reference, Event.callback_url,
-           WebhookSettings.url.label("current_url"))
+           WebhookSettings.url.label("current_url"),
+           Endpoint.public_id.label("endpoint_public_id"))
     .join(Event, Event.id == Notification.event_id)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
+    .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
     .where(_OWN)
 )
 _LOCK_ONE = _ROWS.with_for_update(key_share=True, of=Notification.id)
@@ -194,7 +197,9 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
                         callback_url=row["callback_url"], current_url=row["current_url"],
                         now=now)
         if moved is not None:
-            row.update(url=moved[0], endpoint_id=moved[1], sequence=moved[2])
+            row.update(url=moved[0], endpoint_id=moved[1], sequence=moved[2],
+                       endpoint_public_id=session.scalar(
+                           select(Endpoint.public_id).where(Endpoint.id == moved[1])))
         accepted.append(row)
         audit.append(_audit_row(request, ACCEPTED, now))
         outcomes.append(row)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from deliverer.errors import DelivererError, NotificationNotFound
-from deliverer.models import Attempt, Event, Notification
+from deliverer.errors import DelivererError, NotFound, NotificationNotFound, ValidationFailed
+from deliverer.models import Attempt, Endpoint, Event, Notification
 
 # The canonical form only, in either case. uuid.UUID() also takes "urn:uuid:", braces,
 # no hyphens or hyphens anywhere (up to 72 characters), and a "valid" id is written to
@@ -46,6 +47,14 @@ def get_event(session: Session, notification: Notification) -> Event:
     return event
 
 
+def endpoint_public_id(session: Session, notification: Notification) -> str | None:
+    """The public id of the endpoint a notification is numbered on (None: no URL)."""
+    if notification.endpoint_id is None:
+        return None
+    return session.scalar(select(Endpoint.public_id)
+                          .where(Endpoint.id == notification.endpoint_id))
+
+
 def attempts_of(session: Session, notification_id: str) -> list[Attempt]:
     return list(session.scalars(
         select(Attempt).where(Attempt.notification_id == notification_id)
@@ -62,10 +71,22 @@ class ListFilters:
     created_to: datetime | None = None
     limit: int = 20
     cursor: str | None = None
+    # Reconciliation: one endpoint's notifications (its public id), and with
+    # sequence_after, those numbered after it, in sequence order.
+    endpoint_id: str | None = None
+    sequence_after: int | None = None
 
 
 class InvalidCursor(DelivererError):
     message = "Invalid cursor"
+
+
+class EndpointFilterNotFound(NotFound):
+    message = "Endpoint not found"
+
+
+SEQUENCE_NEEDS_ENDPOINT = ("sequenceAfter needs endpointId: sequence numbers are counted "
+                           "per endpoint")
 
 
 def _encode_cursor(created_at: datetime, notification_id: str) -> str:
@@ -86,6 +107,27 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created_at, notification_id
 
 
+# In sequence order (sequenceAfter), the cursor is the last sequence number listed.
+_SEQUENCE_CURSOR = "seq:"
+MAX_SEQUENCE = 2**62
+
+
+def _encode_sequence_cursor(sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"{_SEQUENCE_CURSOR}{sequence}".encode()
+                                    ).decode().rstrip("=")
+
+
+def _decode_sequence_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        sequence = int(raw[len(_SEQUENCE_CURSOR):]) if raw.startswith(_SEQUENCE_CURSOR) else -1
+        if not 0 <= sequence <= MAX_SEQUENCE:  # beyond, PostgreSQL's BIGINT refuses it
+            raise InvalidCursor()
+        return sequence
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor() from exc
+
+
 # The same keyset cursor for other newest-first lists (the merchant portal's event log).
 encode_cursor = _encode_cursor
 decode_cursor = _decode_cursor
@@ -93,17 +135,37 @@ decode_cursor = _decode_cursor
 
 @dataclass(frozen=True)
 class Page:
-    items: list[tuple[Notification, Event]]
+    # With the public id of the endpoint each is numbered on.
+    items: Sequence[tuple[Notification, Event, str | None]]
     next_cursor: str | None
 
 
+def endpoint_key(session: Session, partner_id: str, public_id: str) -> int:
+    """The row id of the partner's endpoint ``public_id``, deleted ones included (their
+    notifications stay listed); 404 otherwise, so that a mistyped id is not read as
+    "nothing missed"."""
+    key = session.scalar(select(Endpoint.id).where(Endpoint.public_id == public_id,
+                                                   Endpoint.partner_id == partner_id))
+    if key is None:
+        raise EndpointFilterNotFound()
+    return key
+
+
 def list_notifications(session: Session, partner_id: str, filters: ListFilters) -> Page:
-    """Newest first, keyset-paginated on (created_at, id)."""
+    """Newest first, keyset-paginated on (created_at, id); with ``sequence_after``, one
+    endpoint's in sequence order (gap-free per endpoint), keyset-paginated on it."""
+    by_sequence = filters.sequence_after is not None
+    if by_sequence and filters.endpoint_id is None:
+        raise ValidationFailed(SEQUENCE_NEEDS_ENDPOINT)
     query = (
-        select(Notification, Event)
+        select(Notification, Event, Endpoint.public_id)
         .join(Event, Event.id == Notification.event_id)
+        .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
         .where(Notification.partner_id == partner_id)
     )
+    if filters.endpoint_id is not None:
+        query = query.where(Notification.endpoint_id == endpoint_key(
+            session, partner_id, filters.endpoint_id))
     if filters.status:
         query = query.where(Notification.status == filters.status)
     if filters.event_type:
@@ -114,6 +176,8 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
         query = query.where(Notification.created_at >= filters.created_from)
     if filters.created_to:
         query = query.where(Notification.created_at < filters.created_to)
+    if by_sequence:
+        return _by_sequence(session, query, filters)
     if filters.cursor:
         created_at, notification_id = _decode_cursor(filters.cursor)
         query = query.where(or_(
@@ -124,9 +188,26 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
         query.order_by(Notification.created_at.desc(), Notification.id.desc())
         .limit(filters.limit + 1)
     ).all()
-    items = [(r[0], r[1]) for r in rows[: filters.limit]]
+    items = [(r[0], r[1], r[2]) for r in rows[: filters.limit]]
     next_cursor = None
     if len(rows) > filters.limit:
         last = items[-1][0]
         next_cursor = _encode_cursor(last.created_at, last.id)
+    return Page(items, next_cursor)
+
+
+def _by_sequence(session: Session, query: Select[Notification, Event, str],
+                 filters: ListFilters) -> Page:
+    after = filters.sequence_after
+    assert after is not None
+    if filters.cursor:
+        after = max(after, _decode_sequence_cursor(filters.cursor))
+    rows = session.execute(
+        query.where(Notification.sequence > after)
+        .order_by(Notification.sequence).limit(filters.limit + 1)
+    ).all()
+    items = [(r[0], r[1], r[2]) for r in rows[: filters.limit]]
+    next_cursor = None
+    if len(rows) > filters.limit:
+        next_cursor = _encode_sequence_cursor(int(items[-1][0].sequence or 0))
     return Page(items, next_cursor)

@@ -38,6 +38,10 @@ URL_TAKEN = "Another endpoint of yours already has this URL"
 URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL or an "
                    "event's callbackUrl): register it with POST /endpoints instead")
 
+# An endpoint's own secret is shown only when created or rotated.
+ROTATION_IN_PROGRESS = ("A secret rotation of this endpoint is in progress until {until}. "
+                        "Rotate with overlapSeconds 0 to drop every older secret now.")
+
 
 class EndpointNotFound(NotFound):
     message = "Endpoint not found"
@@ -207,7 +211,8 @@ def rotate_secret(session: Session, endpoint: Endpoint, overlap: timedelta,
         secret = rotation.rotate(row, overlap, now)
         row.updated_at = now
         return secret
-    return rotation.rotate(endpoint, overlap, now)  # type: ignore[arg-type]
+    return rotation.rotate(endpoint, overlap, now,  # type: ignore[arg-type]
+                           in_progress=ROTATION_IN_PROGRESS)
 
 
 def make_default(session: Session, partner_id: str, url: str | None,

@@ -161,6 +161,9 @@ def record_events(
     one statement, and deliveries are enqueued after the commit as batches, so a large
     publish costs a handful of round trips.
 
+    An event with an ``endpoint`` (a registered endpoint's public id) goes to that
+    endpoint only, whatever it subscribes to.
+
     An event may carry an ``idempotency_key`` (unique per partner): one SELECT finds the
     events already recorded under the publish's keys, and for those nothing is written:
     their result is the recorded event and its notification's current status. A key
@@ -194,9 +197,13 @@ def record_events(
             netguard.validate_url(callback_url, allow_private=settings.allow_private_urls)
             checked.add(callback_url)
 
-    def targets_of(event_type: str, callback_url: str | None) -> list[_Target]:
+    def targets_of(event_type: str, callback_url: str | None,
+                   only: str | None) -> list[_Target]:
         if callback_url:
             return [_Target(callback_url, None, None, None)]
+        if only is not None:
+            # One endpoint, whatever it subscribes to (POST /endpoints/{id}/test).
+            return [t for t, _types in endpoints if t.public_id == only]
         matching = [t for t, types in endpoints if subscribed(types, event_type)]
         if not endpoints and default_url:
             # A webhook URL saved without its default endpoint row (written by hand, or
@@ -204,8 +211,8 @@ def record_events(
             matching = [_Target(default_url, None, None, None)]
         return matching
 
-    plans = [targets_of(spec["type"], spec.get("callback_url")) if enabled else []
-             for spec in fresh]
+    plans = [targets_of(spec["type"], spec.get("callback_url"), spec.get("endpoint"))
+             if enabled else [] for spec in fresh]
     by_url: dict[str, int] = {}
     by_endpoint: dict[int, int] = {}
     for targets in plans:

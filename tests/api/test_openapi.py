@@ -31,6 +31,15 @@ PARTNER_OPERATIONS = {
     ("GET", "/api/partner/v2/webhook-settings"),
     ("PUT", "/api/partner/v2/webhook-settings"),
     ("POST", "/api/partner/v2/webhook-settings/rotate-secret"),
+    ("GET", "/api/partner/v2/endpoints"),
+    ("POST", "/api/partner/v2/endpoints"),
+    ("GET", "/api/partner/v2/endpoints/{endpoint_id}"),
+    ("PATCH", "/api/partner/v2/endpoints/{endpoint_id}"),
+    ("DELETE", "/api/partner/v2/endpoints/{endpoint_id}"),
+    ("POST", "/api/partner/v2/endpoints/{endpoint_id}/rotate-secret"),
+    ("POST", "/api/partner/v2/endpoints/{endpoint_id}/test"),
+    ("POST", "/api/partner/v2/endpoints/{endpoint_id}/recover"),
+    ("GET", "/api/partner/v2/event-types"),
     ("POST", "/api/webhooks/deliveries/{delivery_id}/retry"),
     ("GET", "/api/webhooks/deliveries"),
     ("POST", "/api/v1/merchant/transactions/{transaction_id}/resend-webhook"),
@@ -62,7 +71,15 @@ def test_openapi_documents_the_error_shape_and_fields(anonymous):
             "cycleStartedAt"} <= set(notification["properties"])
     query = spec["paths"]["/api/partner/v2/webhook-notifications"]["get"]["parameters"]
     assert {p["name"] for p in query} >= {"status", "eventType", "reference", "createdFrom",
-                                          "createdTo", "limit", "cursor"}
+                                          "createdTo", "limit", "cursor", "endpointId",
+                                          "sequenceAfter"}
+    endpoint = schemas["Endpoint"]["properties"]
+    assert {"id", "url", "description", "eventTypes", "enabled", "rateLimit", "status",
+            "failingSince", "createdAt"} <= set(endpoint)
+    assert "signingSecret" not in endpoint
+    assert "signingSecret" in schemas["EndpointWithSecret"]["properties"]
+    recover = spec["paths"]["/api/partner/v2/endpoints/{endpoint_id}/recover"]["post"]
+    assert {"200", "404", "409", "429"} <= set(recover["responses"])
 
 
 @pytest.fixture

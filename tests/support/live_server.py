@@ -118,6 +118,12 @@ class ApiClient:
     def put(self, path: str, **kwargs: Any) -> requests.Response:
         return self.request("PUT", path, **kwargs)
 
+    def patch(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
     def as_key(self, key: str | None, auth: str | None = None) -> ApiClient:
         return ApiClient(self.base_url, key, auth or self.auth)
 

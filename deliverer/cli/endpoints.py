@@ -1,0 +1,89 @@
+"""A partner's registered endpoints from the command line: ``deliverer endpoint add`` and
+``list`` (what the partner API's ``/endpoints`` does, for operators and the demo)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from deliverer.config import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+
+def _check_partner(session: Session, partner_id: str) -> None:
+    from deliverer.errors import PartnerNotFound
+    from deliverer.models import Partner
+
+    if session.get(Partner, partner_id) is None:
+        raise PartnerNotFound()
+
+
+@click.group("endpoint")
+def endpoint() -> None:
+    """A partner's registered endpoints (its events fan out to them)."""
+
+
+@endpoint.command("add")
+@click.argument("partner_id")
+@click.argument("url")
+@click.option("--event-type", "event_types", multiple=True,
+              help="A catalog name, a prefix such as 'transaction.*', or '*' (repeatable; "
+                   "default: '*').")
+@click.option("--description", default=None)
+@click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Deliveries per second.")
+@click.option("--disabled", is_flag=True, help="Create it disabled.")
+def endpoint_add(partner_id: str, url: str, event_types: tuple[str, ...],
+                 description: str | None, rate_limit: float | None, disabled: bool) -> None:
+    """Register URL for PARTNER_ID; prints it with its signing secret, shown only now."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.partners import registered
+
+    try:
+        with session_scope() as session:
+            _check_partner(session, partner_id)
+            created = registered.create(session, get_settings(), partner_id, url=url,
+                                        description=description,
+                                        event_types=list(event_types) or None,
+                                        enabled=not disabled, rate_limit=rate_limit)
+            shown = {"id": created.public_id, "url": created.url,
+                     "eventTypes": created.subscriptions, "enabled": not disabled,
+                     "rateLimit": created.rate_limit,
+                     "signingSecret": created.signing_secret}
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps(shown, indent=2))
+    click.echo("Store the signing secret now: it is not shown again.", err=True)
+
+
+@endpoint.command("list")
+@click.argument("partner_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def endpoint_list(partner_id: str, as_json: bool) -> None:
+    """PARTNER_ID's endpoints: id, status, subscriptions, URL (* marks the default)."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.partners import registered
+
+    try:
+        with session_scope() as session:
+            _check_partner(session, partner_id)
+            rows: list[dict[str, Any]] = [
+                {"id": e.public_id, "url": e.url, "eventTypes": e.subscriptions,
+                 "status": e.status.value, "isDefault": e.is_default,
+                 "rateLimit": e.rate_limit, "lastSequence": e.last_sequence}
+                for e in registered.listed(session, partner_id)]
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        mark = "*" if row["isDefault"] else " "
+        click.echo(f"{mark} {row['id']}  {row['status']:<8}  "
+                   f"{','.join(row['eventTypes']):<30}  {row['url']}")

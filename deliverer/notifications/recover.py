@@ -1,0 +1,134 @@
+"""``POST /api/partner/v2/endpoints/{id}/recover``: after an outage of its server, a
+merchant gives the FAILED notifications one of its endpoints got in a period a fresh
+cycle, as a manual retry does (``cycle.fresh_cycle_values``), without retrying them one
+by one.
+
+They are released oldest first, paced at ``Settings.drain_rate`` per second, as a
+recovered endpoint's held notifications are: each gets its own due time, and the beat
+sweep hands them to the workers as they fall due (``scheduling.sweep``), so a server
+that just came back is not hit by the whole backlog at once. A recover started while an
+earlier one is still being released queues behind it. At most ``MAX_RECOVERED`` are
+recovered per request (the oldest; calling again takes the next ones). Notifications
+with an attempt in flight are left to that attempt. Requests are on the audit trail and
+limited per partner (``Settings.recover_rate_per_minute``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session
+
+from deliverer import lease
+from deliverer.config import Settings
+from deliverer.errors import Conflict, DelivererError, ValidationFailed
+from deliverer.models import (
+    Lane,
+    Notification,
+    NotificationStatus,
+    RequestKind,
+    table_of,
+    utcnow,
+)
+from deliverer.notifications.audit import (
+    ACCEPTED,
+    check_rate,
+    lock_partner,
+    record_request,
+    reject,
+)
+from deliverer.notifications.cycle import fresh_cycle_values
+from deliverer.partners import registered
+from deliverer.partners.service import Principal
+
+MAX_RECOVERED = 10_000
+SINCE_AFTER_UNTIL = "since must not be later than until"
+ENDPOINT_DISABLED = ("The endpoint is disabled: enable it first (PATCH enabled: true "
+                     "releases what it holds)")
+
+_NOTIFICATIONS = table_of(Notification)
+_FRESH = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id == bindparam("nid"))
+    .values({**{k: bindparam(f"v_{k}") for k in fresh_cycle_values(utcnow(), due=utcnow())
+                if k != "next_attempt_at"},
+             "next_attempt_at": bindparam("due"), "scheduled_for": None,
+             "enqueued_at": None})
+)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    endpoint_id: str  # public id
+    recovered: int
+    # More FAILED notifications of the period are left (beyond MAX_RECOVERED).
+    more: bool
+    # When the last one recovered falls due (None: none recovered).
+    last_due_at: datetime | None
+
+
+def recover(session: Session, settings: Settings, principal: Principal, endpoint_id: str,
+            since: datetime, until: datetime | None = None,
+            now: datetime | None = None) -> Recovered:
+    """A fresh cycle for the FAILED notifications of the partner's endpoint
+    ``endpoint_id`` (its public id) created from ``since`` to ``until`` (now if None),
+    in the session's transaction, which the caller commits. ``principal`` is who asks:
+    the partner and its API key (``Principal(partner_id, None)`` for a caller without
+    one). Refused (and on the audit trail): another partner's or an unknown endpoint
+    (404), a disabled one (409), ``since`` after ``until`` (400), the rate limit (429)."""
+    now = now or utcnow()
+    until = until or now
+    lock_partner(session, principal.partner_id)
+    try:
+        if since > until:
+            raise ValidationFailed(SINCE_AFTER_UNTIL)
+        endpoint = registered.get(session, principal.partner_id, endpoint_id)
+        if endpoint.disabled_at is not None:
+            raise Conflict(ENDPOINT_DISABLED)
+        check_rate(session, principal.partner_id, RequestKind.RECOVER,
+                   settings.recover_rate_per_minute, now)
+    except DelivererError as error:
+        reject(session, principal, RequestKind.RECOVER, error, reference=endpoint_id[:200])
+    ids = list(session.scalars(
+        select(Notification.id)
+        .where(Notification.endpoint_id == endpoint.id,
+               Notification.status == NotificationStatus.FAILED,
+               Notification.created_at >= since, Notification.created_at <= until,
+               lease.is_free(Notification.lease_expires_at, now))
+        .order_by(Notification.created_at, Notification.sequence)
+        .limit(MAX_RECOVERED + 1)
+        # A worker recording an attempt holds its row and may update others of the
+        # endpoint's queue: waiting for one row while holding others could deadlock.
+        # A row it holds is being attempted now, and that attempt decides it.
+        .with_for_update(skip_locked=True)))
+    more = len(ids) > MAX_RECOVERED
+    ids = ids[:MAX_RECOVERED]
+    record_request(session, principal, RequestKind.RECOVER, ACCEPTED,
+                   reference=endpoint.public_id, now=now)
+    if not ids:
+        return Recovered(endpoint.public_id, 0, more, None)
+    spacing = timedelta(seconds=1.0 / settings.drain_rate)
+    start = _released_until(session, endpoint.id, now, spacing)
+    fresh = {f"v_{k}": v for k, v in fresh_cycle_values(now, due=now).items()}
+    rows: list[dict[str, Any]] = [{"nid": nid, "due": start + i * spacing, **fresh}
+                                  for i, nid in enumerate(ids)]
+    session.connection().execute(_FRESH, rows)
+    return Recovered(endpoint.public_id, len(ids), more, rows[-1]["due"])
+
+
+def _released_until(session: Session, endpoint_key: int, now: datetime,
+                    spacing: timedelta) -> datetime:
+    """When this recover may start releasing: now, or after what an earlier recover (or
+    manual retries) of the endpoint still has due on the manual lane, so two recovers
+    in a row are not released at twice the rate."""
+    latest = session.scalar(
+        select(func.max(Notification.next_attempt_at))
+        .where(Notification.endpoint_id == endpoint_key,
+               Notification.status == NotificationStatus.PENDING,
+               Notification.lane == Lane.MANUAL))
+    if latest is None or latest < now:
+        return now
+    return latest + spacing

@@ -1,0 +1,53 @@
+"""``deliverer endpoint add/list`` and ``deliverer publish``'s deliveries, run as a user
+runs them (the real script in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support import helpers as h
+from tests.support.cli import run_cli
+
+
+def test_endpoints_added_from_the_cli_receive_what_they_subscribe_to(settings):
+    shop = h.new_partner(settings, "https://shop.example/hooks")
+    added = run_cli(settings, "endpoint", "add", shop.partner_id,
+                    "https://shop.example/billing", "--event-type", "invoice.*",
+                    "--description", "Billing", "--rate-limit", "5")
+    billing = json.loads(added.stdout)
+    assert billing["id"].startswith("ep_") and billing["signingSecret"].startswith("whsec_")
+    assert (billing["eventTypes"], billing["rateLimit"]) == (["invoice.*"], 5.0)
+    assert "not shown again" in added.stderr
+
+    listed = json.loads(run_cli(settings, "endpoint", "list", shop.partner_id,
+                                "--json").stdout)
+    assert [(e["url"], e["eventTypes"], e["isDefault"]) for e in listed] == [
+        ("https://shop.example/hooks", ["*"], True),
+        ("https://shop.example/billing", ["invoice.*"], False)]
+    table = run_cli(settings, "endpoint", "list", shop.partner_id).stdout.splitlines()
+    assert table[0].startswith("* ") and billing["id"] in table[1]
+
+    out = json.loads(run_cli(settings, "publish", shop.partner_id, "invoice.settled",
+                             "INV-1", "--payload", '{"invoice_id": 1}').stdout)
+    default_id = listed[0]["id"]
+    assert (out["notificationId"], out["sequence"]) == (
+        out["deliveries"][0]["notificationId"], 1)
+    assert [(d["endpointId"], d["sequence"], d["status"]) for d in out["deliveries"]] == [
+        (default_id, 1, "PENDING"), (billing["id"], 1, "PENDING")]
+    only_default = json.loads(run_cli(settings, "publish", shop.partner_id,
+                                      "transaction.paid", "TXN-1").stdout)
+    assert [d["endpointId"] for d in only_default["deliveries"]] == [default_id]
+
+
+def test_endpoint_commands_say_what_is_wrong(settings):
+    shop = h.new_partner(settings, None)
+    unknown = run_cli(settings, "endpoint", "add", shop.partner_id, "https://a.example/x",
+                      "--event-type", "order.shipped", check=False)
+    assert unknown.returncode == 1 and "Unknown event types: order.shipped" in unknown.stderr
+    missing = run_cli(settings, "endpoint", "list", "nope", check=False)
+    assert missing.returncode == 1 and "Partner not found" in missing.stderr
+    slow = run_cli(settings, "endpoint", "add", shop.partner_id, "https://a.example/x",
+                   "--rate-limit", "0", check=False)
+    assert slow.returncode == 2
+    assert json.loads(run_cli(settings, "endpoint", "list", shop.partner_id,
+                              "--json").stdout) == []
