@@ -139,7 +139,7 @@ def test_merchant_troubleshoots_retries_and_ignores_in_chromium(
 
 def test_merchant_adds_an_endpoint_for_one_event_type_in_chromium(
         browser: WebDriver, portal_server, admin, merchant, settings, worker,
-        receiver: Receiver):
+        receiver: Receiver, tmp_path):
     shop = merchant(receiver.program("/main", [], ok()), name="Billing Shop")
     sign_in(browser, new_link(admin, shop.partner_id))
     click(browser, "add-endpoint")
@@ -151,6 +151,7 @@ def test_merchant_adds_an_endpoint_for_one_event_type_in_chromium(
         box for box in browser.find_elements(By.CSS_SELECTOR, "input[name=event_types]")
         if box.get_attribute("value") == "invoice.settled")
     invoice_box.click()
+    browser.save_screenshot(str(tmp_path / "add-endpoint.png"))
     click(browser, "save")
     assert heading(browser) == "Endpoint added"
     assert browser.find_element(By.ID, "secret").text.startswith("whsec_")
