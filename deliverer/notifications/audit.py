@@ -1,7 +1,8 @@
 """The audit trail of merchants' requests, and the limits it enforces (seed 000).
 
 Every retry, resend and ignore a merchant asks for is a ``partner_requests`` row, refused
-ones included. Manual retries are limited per notification (3) and per partner (10 a
+ones included, with where it came from (``Principal.source``: "portal" for the merchant
+portal). Manual retries are limited per notification (3) and per partner (10 a
 rolling minute); resends per partner. The limits count the ACCEPTED rows, so they need
 no Redis, and they hold under concurrent requests: on PostgreSQL the partner row is
 locked for the decision (``lock_partner``); on SQLite every write transaction is
