@@ -94,6 +94,17 @@ def test_merchant_troubleshoots_retries_and_ignores_in_chromium(
         click(browser, "retry")
         assert "Retry failed: HTTP 503" in flash_text(browser)
         assert browser.find_element(By.ID, "status").text == "FAILED"
+        troubleshoot = browser.current_url
+
+        # Diagnose: every step passes but the last, which says what the server answered.
+        click(browser, element=browser.find_element(By.CSS_SELECTOR, "p a.mono"))
+        click(browser, "diagnose")
+        verdict = browser.find_element(By.ID, "verdict").text
+        assert verdict.startswith("Signed webhook.test POST fails: HTTP 503"), verdict
+        assert len(browser.find_elements(By.CSS_SELECTOR, "tr.step-ok")) == 2  # DNS, TCP
+        browser.save_screenshot(str(tmp_path / "diagnose.png"))
+        browser.get(troubleshoot)
+
         receiver.program("/flaky", [], ok())
         click(browser, "retry")
         assert "Delivered" in flash_text(browser)
