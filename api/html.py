@@ -9,9 +9,25 @@ import json
 from datetime import datetime
 from typing import Any
 
+from flask import Blueprint, g, render_template
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from deliverer.models import utcnow
+
+
+def serve_pages(bp: Blueprint, error_template: str) -> None:
+    """On ``bp``: every answer sent with ``secure_page_headers``, and HTTP errors (404,
+    405...) answered as pages of ``error_template`` (its ``title`` and ``message``)."""
+
+    @bp.after_request
+    def _headers(response: Response) -> Response:
+        return secure_page_headers(response, g.get("csp_nonce", ""))
+
+    @bp.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[str, int]:
+        return (render_template(error_template, title=exc.name,
+                                message=exc.description or ""), exc.code or 500)
 
 
 def secure_page_headers(response: Response, nonce: str) -> Response:

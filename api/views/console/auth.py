@@ -23,10 +23,9 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from api.html import secure_page_headers
+from api.html import serve_pages
 from api.views.console.blueprint import bp, deliverer_settings, page
 from deliverer.config import Settings
 
@@ -139,15 +138,7 @@ def _guard() -> Any:
     return None
 
 
-@bp.after_request
-def _headers(response: Response) -> Response:
-    return secure_page_headers(response, g.get("csp_nonce", ""))
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Any:
-    return page("console/error.html", exc.code or 500, title=exc.name,
-                message=exc.description or "")
+serve_pages(bp, "console/error.html")
 
 
 # C0 and C1 control characters and DEL.

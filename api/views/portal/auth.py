@@ -16,11 +16,10 @@ import secrets
 from typing import Any
 
 from flask import current_app, g, redirect, request, url_for
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from api.db import get_session
-from api.html import secure_page_headers
+from api.html import serve_pages
 from api.views.portal.blueprint import bp, deliverer_settings, page, portal_session
 from deliverer.errors import DelivererError, TooManyRequests
 from deliverer.models import utcnow
@@ -61,15 +60,7 @@ def _guard() -> Any:
     return None
 
 
-@bp.after_request
-def _headers(response: Response) -> Response:
-    return secure_page_headers(response, g.get("csp_nonce", ""))
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Any:
-    return page("portal/error.html", exc.code or 500, title=exc.name,
-                message=exc.description or "")
+serve_pages(bp, "portal/error.html")
 
 
 def _set_cookie(response: Response, name: str, value: str, max_age: int, path: str) -> None:
