@@ -39,6 +39,13 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": interval * REPAIR_EVERY_SWEEPS,
             "options": {"expires": max(1.0, settings.sweep_interval * REPAIR_EVERY_SWEEPS)},
         },
+        # Endpoints failing without a break for DELIVERER_AUTO_DISABLE_AFTER are disabled,
+        # also when no attempt to them is recorded meanwhile (deliverer.delivery.auto_disable).
+        "disable-failing-endpoints": {
+            "task": "deliverer.disable_failing_endpoints",
+            "schedule": interval * REPAIR_EVERY_SWEEPS,
+            "options": {"expires": max(1.0, settings.sweep_interval * REPAIR_EVERY_SWEEPS)},
+        },
         # Alert e-mails whose task was lost (broker down at the commit), gave up (SMTP down
         # longer than its retries) or died mid-send: offered again for a day, once the dead
         # worker's claim has run out (deliverer.alerts.service).

@@ -98,9 +98,10 @@ def setup_endpoints(ctx: Ctx, settings: Any, partners: int, endpoints: int) -> N
                                                     for i in range(partners)])]
     with ctx.env.connection() as conn, conn.cursor() as cur:
         cur.execute("""
-            INSERT INTO endpoints (partner_id, url, last_sequence, created_at,
+            INSERT INTO endpoints (public_id, partner_id, url, last_sequence, created_at,
                                    consecutive_failures, failing_since, draining)
-            SELECT (%(ids)s::text[])[1 + e %% %(p)s], %(prefix)s || e || '/hook', 0,
+            SELECT 'ep_' || substr(md5(%(prefix)s || e), 1, 24),
+                   (%(ids)s::text[])[1 + e %% %(p)s], %(prefix)s || e || '/hook', 0,
                    now() - interval '2 days', 1, now() - interval '1 day', false
             FROM generate_series(0, %(n)s - 1) AS e
         """, {"ids": ids, "p": len(ids), "prefix": nginx.url("/backlog/ep/"), "n": endpoints})

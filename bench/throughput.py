@@ -11,6 +11,8 @@ Measured in the same run, all POSTing the same kind of body to the same nginx:
   attempts are recorded: the workers drain a backlog of N (an end-of-day settlement, a
   big sale, the queue after a broker outage). Three shapes: N events for 1 partner, spread
   over 10, and spread over 1,000;
+* fan-out: the 10-partner shape with 3 endpoints per partner (the default one and two
+  registered), each event delivered to all three: N / 3 events, N webhooks;
 * scaling: the 10-partner shape with one worker process against two;
 * the bulk path, second: ``publish_events`` (batched messages) for 10 partners.
 
@@ -36,6 +38,7 @@ from bench.report import Result, Row
 NAME = "throughput"
 TITLE = "Throughput end to end (N events to nginx, every attempt recorded)"
 PARTNERS = 10
+FANOUT = 3  # endpoints per partner in the fan-out run
 
 
 def sample_body(i: int) -> str:
@@ -136,25 +139,47 @@ def _publish_in_bulk(settings: Any, partners: list[tuple[str, str]], n: int
     return ids, method
 
 
+def _register_endpoints(settings: Any, partners: list[tuple[str, str]],
+                        urls: list[list[str]]) -> None:
+    """Each partner's further endpoints (``partners.registered``), subscribed to all."""
+    from deliverer.db import session_scope
+    from deliverer.partners import registered
+
+    with session_scope() as session:
+        for (partner_id, _key), more in zip(partners, urls, strict=True):
+            for url in more:
+                registered.create(session, settings, partner_id, url=url)
+
+
 def deliverer_run(ctx: Ctx, n: int, partner_count: int, workers_count: int | None = None,
-                  bulk: bool = False) -> dict[str, Any]:
+                  bulk: bool = False, endpoints: int = 1) -> dict[str, Any]:
+    """``n`` webhooks: ``n`` events, or with ``endpoints`` per partner ``n // endpoints``
+    events each delivered to every endpoint of its partner."""
     env = ctx.env
     nginx = ctx.nginx()
     env.reset()
     denv = ctx.deliverer_env()
     settings = env.configure_here(denv)
-    tag = f"{'bulk' if bulk else 'single'}-{partner_count}-{workers_count or ctx.workers}"
+    tag = (f"{'bulk' if bulk else 'single'}-{partner_count}-{workers_count or ctx.workers}"
+           f"-{endpoints}")
     partners = create_partners(settings, [nginx.url(f"/d/{tag}/{p}/hook")
                                           for p in range(partner_count)])
+    if endpoints > 1:
+        _register_endpoints(settings, partners, [
+            [nginx.url(f"/d/{tag}/{p}/hook{e}") for e in range(1, endpoints)]
+            for p in range(partner_count)])
+    events = n // endpoints
+    n = events * endpoints
 
     t0 = time.time()
     if bulk:
-        ids, method = _publish_in_bulk(settings, partners, n)
+        ids, method = _publish_in_bulk(settings, partners, events)
     else:
-        ids, method = _publish_singly(partners, n), "deliverer.publish_event, one per event"
+        ids, method = (_publish_singly(partners, events),
+                       "deliverer.publish_event, one per event")
     publish_s = time.time() - t0
-    if len(ids) != n:
-        raise BenchError(f"published {len(ids)} of {n}")
+    if len(ids) != events:
+        raise BenchError(f"published {len(ids)} of {events}")
 
     workers = ctx.start_workers(denv, count=workers_count, wait=False)
     recorder = None
@@ -198,8 +223,9 @@ def deliverer_run(ctx: Ctx, n: int, partner_count: int, workers_count: int | Non
     }
     seconds = done_at - float(first)
     result: dict[str, Any] = {
-        "events": n, "partners": partner_count, "publish_method": method,
-        "publish_s": round(publish_s, 2), "publish_per_s": n / publish_s,
+        "events": events, "webhooks": n, "partners": partner_count,
+        "endpoints_per_partner": endpoints, "publish_method": method,
+        "publish_s": round(publish_s, 2), "publish_per_s": events / publish_s,
         "drain_s": round(seconds, 2), "per_s": n / seconds, "workers": len(workers),
         "worker_command": "Procfile worker line, -n benchK@%h",
         "worker_concurrency": denv.get("WORKER_CONCURRENCY", "Procfile default"),
@@ -220,12 +246,14 @@ def run(ctx: Ctx) -> Result:
     plain = plain_celery_run(ctx, nginx.url("/ref/celery/hook"), n)
     shapes = (1, PARTNERS, min(1_000, n)) if not ctx.smoke else (PARTNERS,)
     singles = {k: deliverer_run(ctx, n, k) for k in shapes}
+    fanout = deliverer_run(ctx, n, PARTNERS, endpoints=FANOUT)
     one_worker = deliverer_run(ctx, n, PARTNERS, workers_count=1)
     bulk = deliverer_run(ctx, n, PARTNERS, bulk=True)
     plain_posts = sum(nginx.counts("/ref/celery/").values())
 
     result = Result(NAME, TITLE)
     runs = {f"single, {k} partner(s)": out for k, out in singles.items()}
+    runs[f"single, 10 partners x {FANOUT} endpoints"] = fanout
     runs["single, 10 partners, 1 worker"] = one_worker
     runs["bulk, 10 partners"] = bulk
     result.checks = {f"{label}: {check}": ok for label, out in runs.items()
@@ -234,8 +262,11 @@ def run(ctx: Ctx) -> Result:
     result.details = {"events": n, "deliverer": runs, "plain_celery": plain,
                       "requests_loop": loop, "receiver": nginx.label}
     result.rows = []
-    for k, out in singles.items():
-        shape = f"single publishes, {k} partner{'s' if k > 1 else ''}"
+    shapes_out = [(f"single publishes, {k} partner{'s' if k > 1 else ''}", out)
+                  for k, out in singles.items()]
+    shapes_out.append((f"single publishes, 10 partners x {FANOUT} endpoints (fan-out)",
+                       fanout))
+    for shape, out in shapes_out:
         result.rows += [
             Row(f"{shape}: webhooks/s vs plain Celery", out["per_s"], "/s",
                 reference=plain["per_s"], reference_label="plain Celery task, prefork -c 2",

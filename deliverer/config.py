@@ -173,7 +173,8 @@ class Settings:
     metrics_dir: str | None = None
     # Registered endpoints (partners/registered.py): how many a partner may have, the
     # event-type catalog operators configure (a JSON file; the seeds' types otherwise),
-    # and how long an endpoint may fail without a break before it is disabled.
+    # and how long an endpoint may fail without a break before it is disabled (multiplied
+    # by time_scale, like the ladder).
     max_endpoints_per_partner: int = 20
     event_types_file: str | None = None
     auto_disable_after: float = 5 * 86400.0

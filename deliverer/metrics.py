@@ -42,8 +42,9 @@ ATTEMPT_SECONDS = Histogram(
 
 DEFERRED = Counter(
     "deliverer_deferred_deliveries",
-    "Deliveries not attempted yet because their endpoint is slow and already has its "
-    "share of sends in flight (the slow lane); each is tried again later.",
+    "Deliveries not attempted yet, by reason: slow_endpoint (the endpoint is slow and "
+    "already has its share of sends in flight: the slow lane) or rate_limit (above the "
+    "endpoint's rate limit); each is tried again later.",
     # Labelled, so that in multiprocess mode its file is created on first use, once
     # _ensure_multiproc_dir has made the directory.
     ["reason"],
@@ -81,9 +82,9 @@ def observe_attempt(success: bool, kind: str | None, duration_s: float) -> None:
         ATTEMPT_SECONDS.labels(outcome=outcome).observe(max(0.0, float(duration_s)))
 
 
-def observe_deferred(count: int) -> None:
+def observe_deferred(count: int, reason: str = "slow_endpoint") -> None:
     with _never_raises():
-        DEFERRED.labels(reason="slow_endpoint").inc(count)
+        DEFERRED.labels(reason=reason).inc(count)
 
 
 __all__ = ["ATTEMPT_SECONDS", "DELIVERIES", "observe_attempt", "observe_deferred"]

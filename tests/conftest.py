@@ -37,7 +37,7 @@ from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.db import get_database, reset_database
-from deliverer.delivery import slow_lane
+from deliverer.delivery import pacing, slow_lane
 from deliverer.models import Base
 from tests.support.backend import (
     BACKEND,
@@ -258,6 +258,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
     truncate_all()
     purge_broker(app)
     slow_lane.GATE.reset()
+    pacing.TAILS.reset()
     deliverer.stopping.end()  # a test of a stopping worker that failed midway
 
 

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 # "After the fifth retry": the first attempt plus five automatic retries have failed.
 ALERT_AFTER_FAILED_RETRIES = 5
 KIND_FAILING = "endpoint_failing"
-KIND_DISABLED = "endpoint_disabled"
+KIND_DISABLED = "endpoint_disabled"  # the receiver answered 410 Gone
+KIND_AUTO_DISABLED = "endpoint_auto_disabled"  # failed without a break for days
+SUBJECTS = {KIND_FAILING: "Webhook endpoint failing",
+            KIND_DISABLED: "Webhook endpoint disabled",
+            KIND_AUTO_DISABLED: "Webhook endpoint disabled"}
 
 # The alert sweep offers an un-mailed alert again once the first task and its retries
 # (about 2.5 minutes) had their chance, for up to a day after it was raised, so many
@@ -55,6 +59,21 @@ def email_claim(settings: Settings) -> timedelta:
 def _free_to_claim(now: datetime) -> tuple[ColumnElement[bool], ...]:
     """Not e-mailed, and nobody's claim (or one that ran out: its worker died)."""
     return (Alert.emailed_at.is_(None), lease.is_free(Alert.email_claimed_until, now))
+
+
+def describe(endpoint: Endpoint) -> str:
+    """The endpoint as alerts name it: a merchant with several endpoints must tell which
+    one failed (its URL, the id the API shows, its description)."""
+    named = f"{endpoint.url} ({endpoint.public_id}"
+    if endpoint.description:
+        named += f", \"{endpoint.description}\""
+    return named + ")"
+
+
+def how_to_enable(endpoint: Endpoint) -> str:
+    if endpoint.is_default:
+        return "save your webhook settings"
+    return f"PATCH /api/partner/v2/endpoints/{endpoint.public_id} with enabled: true"
 
 
 def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *,
@@ -101,7 +120,7 @@ def on_failed_retry(session: Session, endpoint: Endpoint, notification_id: str,
         return
     endpoint.alerted_at = now
     raise_alert(session, endpoint, KIND_FAILING,
-                f"Webhook endpoint {endpoint.url} has failed {failures} deliveries "
+                f"Webhook endpoint {describe(endpoint)} has failed {failures} deliveries "
                 f"in a row; last error: {error_message}",
                 notification_id=notification_id, now=now)
 
@@ -143,11 +162,7 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
         to = webhook_settings.alert_email if webhook_settings else None
         if not to or not settings.smtp_url:
             return False
-        subject = f"[deliverer] Webhook endpoint failing: {endpoint.url if endpoint else ''}"
-        body = (f"{alert.message}\n\nEndpoint: {endpoint.url if endpoint else '?'}\n"
-                f"Notification: {alert.notification_id}\nSince: {alert.created_at.isoformat()}\n"
-                "Fix your endpoint, then retry the failed notifications from the API or "
-                "the console.\n")
+        subject, body = _email_text(alert, endpoint)
         claimed_until = claim_alert_email(session, alert_id, settings)
         if claimed_until is None:
             return False
@@ -169,6 +184,29 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
             .values(emailed_at=utcnow(), email_claimed_until=None)),
         retry_for=settings.lease_seconds)
     return True
+
+
+def _email_text(alert: Alert, endpoint: Endpoint | None) -> tuple[str, str]:
+    """Subject and body of an alert's e-mail, naming its endpoint."""
+    what = SUBJECTS.get(alert.kind, SUBJECTS[KIND_FAILING])
+    subject = f"[deliverer] {what}: {endpoint.url if endpoint else ''}"
+    lines = [alert.message, ""]
+    if endpoint is not None:
+        lines += [f"Endpoint: {endpoint.url}", f"Endpoint id: {endpoint.public_id}"]
+        if endpoint.description:
+            lines.append(f"Description: {endpoint.description}")
+        if endpoint.disabled_reason:
+            lines.append(f"Disabled: {endpoint.disabled_reason}")
+    if alert.notification_id:
+        lines.append(f"Notification: {alert.notification_id}")
+    lines.append(f"Since: {alert.created_at.isoformat()}")
+    if alert.kind == KIND_FAILING:
+        lines.append("Fix your endpoint, then retry the failed notifications from the API "
+                     "or the console.")
+    else:
+        lines.append("Fix your endpoint, then enable it again: what it holds is sent in "
+                     "order.")
+    return subject, "\n".join(lines) + "\n"
 
 
 def claim_alert_email(session: Session, alert_id: int, settings: Settings,

@@ -89,6 +89,8 @@ def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
                f"{result.exhausted} exhausted")
     click.echo(f"Due now: {result.due.count} (oldest overdue by {result.due.lag_seconds:.1f} s)")
     click.echo(f"Failing endpoints: {result.failing_endpoints}")
+    click.echo("Registered endpoints: " + ", ".join(
+        f"{count} {status}" for status, count in result.endpoint_statuses.items()))
     if result.broker is not None:
         click.echo("Broker queues")
         for queue, depth in result.broker.items():
@@ -103,8 +105,9 @@ def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
     if not result.endpoints:
         click.echo("  no attempt in the window")
     for rate in result.endpoints:
+        named = f"{rate.endpoint_id}, " if rate.endpoint_id else ""
         click.echo(f"  {rate.success_rate:>7.1%} {rate.successes:>7}/{rate.attempts:<7} "
-                   f"{rate.url}  (partner {rate.partner_id})")
+                   f"{rate.url}  ({named}partner {rate.partner_id})")
 
 
 @click.command("replay")

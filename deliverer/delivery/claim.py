@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from deliverer import lease
 from deliverer.config import Settings
+from deliverer.delivery import pacing
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import (
     Endpoint,
@@ -103,7 +104,8 @@ _JOBS = (
            Partner.active, Partner.flow,
            Endpoint.signing_secret.label("own_secret"),
            Endpoint.previous_secret.label("own_previous"),
-           Endpoint.previous_secret_expires_at.label("own_previous_expires_at"))
+           Endpoint.previous_secret_expires_at.label("own_previous_expires_at"),
+           Endpoint.rate_limit)
     .join(Event, Event.id == _N.event_id)
     .join(Partner, Partner.id == _N.partner_id)
     .outerjoin(Endpoint, Endpoint.id == _N.endpoint_id)
@@ -120,7 +122,9 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
     key with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (rows another transaction holds are
     skipped, not waited for) and says of each whether it is due and free, and one SELECT
     of bodies, secrets and endpoint states. Rows of a disabled endpoint are stopped there
-    and get no job. Returns (the leased ids, the jobs). Commits nothing.
+    and get no job. Rows above their endpoint's rate limit are given back, due at its next
+    slot (``pacing``: more statements only when a row has a limit), and are not among the
+    leased: callers tell them NOT_DUE. Returns (the leased ids, the jobs). Commits nothing.
 
     The due-and-free test is a column of the CTE, not a WHERE condition, so the only
     thing the planner can look rows up by is the primary key. With the test in the WHERE,
@@ -139,6 +143,7 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
         return [], []
     rows = connection.execute(_JOBS, {"ids": leased}).all()
     jobs = []
+    paced = []
     for r in rows:
         if r.disabled_at is not None:
             hold_undeliverable(session, r.id, error_payload(
@@ -164,6 +169,12 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
             trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
             endpoint_failing=r.failing_since is not None, lane=r.lane,
         ))
+        if r.rate_limit:
+            paced.append(pacing.Paced(r.id, r.endpoint_id, r.rate_limit))
+    if paced:
+        waiting = pacing.pace(session, paced, token, settings, now)
+        leased = [i for i in leased if i not in waiting]
+        jobs = [job for job in jobs if job.notification_id not in waiting]
     return leased, jobs
 
 

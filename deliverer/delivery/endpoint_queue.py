@@ -59,6 +59,17 @@ def hold_later_climbers(session: Session, endpoint_id: int, sequence: int,
     )
 
 
+def hold_climbers(session: Session, endpoint_id: int, now: datetime) -> None:
+    """The endpoint is disabled: what climbs its ladder is held with the rest (one in
+    flight is held when its outcome is recorded, or at its next claim)."""
+    session.execute(
+        update(Notification)
+        .where(*_climbing(endpoint_id), lease.is_free(Notification.lease_expires_at, now))
+        .values(held=True, next_attempt_at=None, scheduled_for=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
     """The head left the ladder (exhausted, ignored): the next held one takes its place."""
     if session.scalar(select(exists().where(*_climbing(endpoint_id)))):

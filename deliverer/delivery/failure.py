@@ -1,6 +1,7 @@
 """Recording a failed delivery: the ladder gives the next attempt time (the receiver's
-Retry-After included), the notification joins its endpoint's queue, a 410 Gone disables
-the endpoint, and a long run of failures raises an alert."""
+Retry-After included), the notification joins its endpoint's queue, a 410 Gone or days of
+failures (``auto_disable``) disable the endpoint, and a long run of failures raises an
+alert."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
-from deliverer.delivery import endpoint_queue, ladder, sender
+from deliverer.delivery import auto_disable, endpoint_queue, ladder, sender
 from deliverer.delivery.claim import ClaimState, DeliveryJob
 from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, Trigger
@@ -33,6 +34,11 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
     if endpoint is not None:
         if result.status_code == 410:
             _disable_endpoint(session, endpoint, row, now)
+            return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+        if auto_disable.failing_too_long(endpoint, settings, now):
+            row.next_attempt_at = None
+            row.held = True
+            auto_disable.disable(session, endpoint, settings, now, notification_id=row.id)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
         if result.retry_after:
             endpoint.retry_after_until = now + timedelta(
@@ -66,6 +72,6 @@ def _disable_endpoint(session: Session, endpoint: Endpoint, row: Notification,
     endpoint.disabled_reason = "The receiver answered 410 Gone"
     alerts.raise_alert(
         session, endpoint, alerts.KIND_DISABLED,
-        f"Webhook endpoint {endpoint.url} answered 410 Gone and has been disabled. "
-        "Update your webhook settings to enable it again.",
+        f"Webhook endpoint {alerts.describe(endpoint)} answered 410 Gone and has been "
+        f"disabled. Enable it again once it is back: {alerts.how_to_enable(endpoint)}.",
         notification_id=row.id, now=now)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer.models import (
     Alert,
@@ -98,6 +99,65 @@ def _last_error(session: Session, endpoint_id: int) -> tuple[dict[str, Any] | No
     return (payload or None), None
 
 
+def _partner_matches(partner: str) -> ColumnElement[bool]:
+    """A partner id, else part of its name (joined as ``Partner``)."""
+    partner = partner.strip()
+    if is_uuid(partner):
+        return Partner.id == partner
+    pattern = "%" + partner.lower().replace("\\", "\\\\").replace("%", "\\%") \
+        .replace("_", "\\_") + "%"
+    return func.lower(Partner.name).like(pattern, escape="\\")
+
+
+@dataclass(frozen=True)
+class PartnerEndpoint:
+    endpoint: Endpoint
+    partner_name: str
+    pending: int  # PENDING: due for a first attempt (or paced by the rate limit)
+    queued: int  # FAILED and still to be tried: climbing the ladder or held behind it
+    held: int
+
+
+def partner_endpoints(session: Session, *, partner: str | None = None,
+                      failing_only: bool = False, limit: int = 200) -> list[PartnerEndpoint]:
+    """Registered endpoints by partner (name, then creation), each with what it holds;
+    ``failing_only``: those failing or disabled."""
+    live = or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True))
+    counts = (
+        select(
+            Notification.endpoint_id.label("endpoint_id"),
+            func.sum(case((Notification.status == NotificationStatus.PENDING, 1),
+                          else_=0)).label("pending"),
+            func.sum(case((and_(Notification.status == NotificationStatus.FAILED, live), 1),
+                          else_=0)).label("queued"),
+            func.sum(case((Notification.held.is_(True), 1), else_=0)).label("held"),
+        )
+        .where(Notification.status.in_((NotificationStatus.PENDING,
+                                        NotificationStatus.FAILED)),
+               Notification.endpoint_id.is_not(None))
+        .group_by(Notification.endpoint_id)
+        .subquery()
+    )
+    query = (
+        select(Endpoint, Partner.name, counts.c.pending, counts.c.queued, counts.c.held)
+        .join(Partner, Partner.id == Endpoint.partner_id)
+        .outerjoin(counts, counts.c.endpoint_id == Endpoint.id)
+        .where(Endpoint.registered.is_(True))
+    )
+    if partner and partner.strip():
+        query = query.where(_partner_matches(partner))
+    if failing_only:
+        query = query.where(or_(Endpoint.failing_since.is_not(None),
+                                Endpoint.disabled_at.is_not(None)))
+    rows = session.execute(
+        query.order_by(Partner.name, Partner.id, Endpoint.is_default.desc(),
+                       Endpoint.created_at, Endpoint.id)
+        .limit(max(1, min(limit, MAX_ROWS)))
+    ).all()
+    return [PartnerEndpoint(e, name, int(p or 0), int(q or 0), int(h or 0))
+            for e, name, p, q, h in rows]
+
+
 @dataclass(frozen=True)
 class SearchResult:
     notification: Notification
@@ -122,14 +182,8 @@ def search_notifications(session: Session, *, q: str | None = None,
             query = query.where(or_(Notification.id == q, Notification.event_id == q))
         else:
             query = query.where(Event.reference == q)
-    partner = (partner or "").strip()
-    if partner:
-        if is_uuid(partner):
-            query = query.where(Notification.partner_id == partner)
-        else:
-            pattern = "%" + partner.lower().replace("\\", "\\\\").replace("%", "\\%") \
-                .replace("_", "\\_") + "%"
-            query = query.where(func.lower(Partner.name).like(pattern, escape="\\"))
+    if partner and partner.strip():
+        query = query.where(_partner_matches(partner))
     if reference and reference.strip():
         query = query.where(Event.reference == reference.strip())
     if status:

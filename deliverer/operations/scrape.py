@@ -1,8 +1,8 @@
 """The ``/metrics`` page: the counters (``deliverer.metrics``) and the backlog's gauges.
 
-The gauges (oldest due notification's lag, due count, failing endpoints, broker queue
-depths) are read from the database and the broker when Prometheus scrapes, so they are
-right whichever process serves the page.
+The gauges (oldest due notification's lag, due count, failing endpoints, registered
+endpoints by status, broker queue depths) are read from the database and the broker when
+Prometheus scrapes, so they are right whichever process serves the page.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class BacklogCollector(Collector):
             with session_scope() as session:
                 due = stats.due_summary(session)
                 failing = stats.failing_endpoint_count(session)
+                by_status = stats.endpoint_statuses(session)
         except Exception:
             log.warning("metrics: database unavailable", exc_info=True)
             up.add_metric(["database"], 0)
@@ -51,6 +52,13 @@ class BacklogCollector(Collector):
                                     value=due.count)
             yield GaugeMetricFamily("deliverer_failing_endpoints",
                                     "Endpoints whose last delivery failed.", value=failing)
+            endpoints = GaugeMetricFamily(
+                "deliverer_endpoints",
+                "Registered endpoints by status (ACTIVE, FAILING, DISABLED).",
+                labels=["status"])
+            for status, count in by_status.items():
+                endpoints.add_metric([status], count)
+            yield endpoints
         if self.celery_app is not None:
             depths = stats.broker_queue_depths(self.celery_app)
             readable = {q: d for q, d in depths.items() if d is not None}

@@ -17,7 +17,14 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from deliverer.broker import queues
-from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
+from deliverer.models import (
+    Attempt,
+    Endpoint,
+    EndpointStatus,
+    Notification,
+    NotificationStatus,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,7 @@ class EndpointRate:
     url: str
     attempts: int
     successes: int
+    endpoint_id: str | None = None  # the public id; None for attempts of no endpoint
 
     @property
     def success_rate(self) -> float:
@@ -52,6 +60,8 @@ class Stats:
     failing_endpoints: int
     endpoints: list[EndpointRate]
     broker: dict[str, int | None] | None = field(default=None)
+    # Registered endpoints by status (ACTIVE, FAILING, DISABLED).
+    endpoint_statuses: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,9 +72,10 @@ class Stats:
                     "oldestDueAt": self.due.oldest_due_at.isoformat()
                     if self.due.oldest_due_at else None},
             "failingEndpoints": self.failing_endpoints,
+            "endpointsByStatus": self.endpoint_statuses,
             "windowSeconds": self.window_seconds,
-            "endpoints": [{"partnerId": e.partner_id, "url": e.url, "attempts": e.attempts,
-                           "successes": e.successes,
+            "endpoints": [{"partnerId": e.partner_id, "endpointId": e.endpoint_id,
+                           "url": e.url, "attempts": e.attempts, "successes": e.successes,
                            "successRate": round(e.success_rate, 4)}
                           for e in self.endpoints],
             "brokerQueues": self.broker,
@@ -115,17 +126,34 @@ def failing_endpoint_count(session: Session) -> int:
     ) or 0)
 
 
+def endpoint_statuses(session: Session) -> dict[str, int]:
+    """Registered (merchant-visible) endpoints by status, every status listed."""
+    status = case((Endpoint.disabled_at.is_not(None), EndpointStatus.DISABLED.value),
+                  (Endpoint.failing_since.is_not(None), EndpointStatus.FAILING.value),
+                  else_=EndpointStatus.ACTIVE.value)
+    counts = {str(s): 0 for s in EndpointStatus}
+    for name, count in session.execute(
+        select(status, func.count()).where(Endpoint.registered.is_(True)).group_by(status)
+    ):
+        counts[str(name)] = int(count)
+    return counts
+
+
 def endpoint_success_rates(session: Session, since: datetime,
                            limit: int = 100) -> list[EndpointRate]:
-    """Attempts and successes per (partner, URL) since ``since``, worst first."""
+    """Attempts and successes per endpoint since ``since``, worst first (a partner's
+    endpoints each have their own line; an endpoint whose URL changed has one)."""
     successes = func.sum(case((Attempt.success.is_(True), 1), else_=0))
+    url = func.coalesce(Endpoint.url, Attempt.url)
     rows = session.execute(
-        select(Notification.partner_id, Attempt.url, func.count(), successes)
+        select(Notification.partner_id, Endpoint.public_id, url, func.count(), successes)
         .join(Notification, Notification.id == Attempt.notification_id)
+        .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
         .where(Attempt.started_at >= since)
-        .group_by(Notification.partner_id, Attempt.url)
+        .group_by(Notification.partner_id, Endpoint.public_id, url)
     ).all()
-    rates = [EndpointRate(str(p), str(u), int(n), int(s or 0)) for p, u, n, s in rows]
+    rates = [EndpointRate(str(p), str(u), int(n), int(s or 0), e)
+             for p, e, u, n, s in rows]
     rates.sort(key=lambda r: (r.success_rate, -r.attempts, r.url))
     return rates[:limit]
 
@@ -171,6 +199,7 @@ def collect(session: Session, *, window: timedelta = timedelta(hours=1),
         exhausted=exhausted,
         due=due_summary(session, now),
         failing_endpoints=failing_endpoint_count(session),
+        endpoint_statuses=endpoint_statuses(session),
         endpoints=endpoint_success_rates(session, now - window, endpoint_limit),
         broker=broker_queue_depths(celery_app) if celery_app is not None else None,
     )

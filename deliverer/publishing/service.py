@@ -234,7 +234,9 @@ def record_events(
     event_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
     published: list[Published] = []
-    to_deliver: list[str] = []
+    # By endpoint: a batch's task records its outcomes once all its POSTs are over, so
+    # an endpoint that hangs must not share a batch with another endpoint of the partner.
+    to_deliver: dict[object, list[str]] = {}
     plan_of = iter(plans)
     for spec, (event, body) in zip(events, new_events, strict=True):
         key = spec.get("idempotency_key")
@@ -274,7 +276,7 @@ def record_events(
             else:
                 row.update(status=NotificationStatus.PENDING, next_attempt_at=now,
                            scheduled_for=now, enqueued_at=now)
-                to_deliver.append(row["id"])
+                to_deliver.setdefault(row["endpoint_id"] or target.url, []).append(row["id"])
             notification_rows.append(row)
             deliveries.append(Delivery(row["id"], row["status"], row["sequence"],
                                        target.public_id))
@@ -287,9 +289,10 @@ def record_events(
         connection.execute(insert(_EVENTS), event_rows)
         connection.execute(insert(_NOTIFICATIONS), notification_rows)
     size = max(1, settings.delivery_batch_size)
-    for start in range(0, len(to_deliver), size):
-        on_commit(session, functools.partial(enqueue_batch, to_deliver[start:start + size],
-                                             Lane.FIRST))
+    for ids in to_deliver.values():
+        for start in range(0, len(ids), size):
+            on_commit(session, functools.partial(enqueue_batch, ids[start:start + size],
+                                                 Lane.FIRST))
     return published
 
 

@@ -10,7 +10,7 @@ from deliverer.broker import dispatch, sqla_broker
 from deliverer.broker.dispatch import enqueue_batch, enqueue_resend
 from deliverer.config import get_settings
 from deliverer.db import session_scope
-from deliverer.delivery import endpoint_queue
+from deliverer.delivery import auto_disable, endpoint_queue
 from deliverer.models import utcnow
 from deliverer.scheduling.sweep import (
     collect_due,
@@ -31,6 +31,17 @@ def repair_queues() -> int:
         log.warning("%d endpoint queue(s) held with nothing to release them: released",
                     repaired)
     return repaired
+
+
+@shared_task(name="deliverer.disable_failing_endpoints", ignore_result=True)
+def disable_failing_endpoints() -> int:
+    """Disable endpoints that have failed without a break for auto_disable_after, whether
+    or not an attempt is being recorded for them (auto_disable.sweep)."""
+    with session_scope() as session:
+        disabled = auto_disable.sweep(session, get_settings(), utcnow())
+    if disabled:
+        log.warning("%d endpoint(s) failing for too long: disabled", disabled)
+    return disabled
 
 
 @shared_task(name="deliverer.prune_broker", ignore_result=True)

@@ -111,3 +111,28 @@ def test_operator_retries_and_ignores_in_chromium(browser: WebDriver, console_se
     assert [(r.kind, r.outcome) for r in requests_of(to_ignore.notification_id)] == [
         ("ignore", OPERATOR)]
     assert len(receiver.requests("/flaky")) == 2  # the failed attempt, then the retry
+
+
+def test_operator_lists_a_partners_endpoints_in_chromium(browser: WebDriver, console_server,
+                                                         settings):
+    from tests.console.test_endpoints_page import two_shops
+
+    ids = two_shops(settings)
+    base = console_server.url
+    browser.get(f"{base}/console/login")
+    if browser.find_elements(By.ID, "token"):
+        browser.find_element(By.ID, "token").send_keys(OPERATOR_TOKEN)
+        click(browser, "sign-in")
+    click(browser, element=browser.find_element(By.LINK_TEXT, "Endpoints"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.partner-endpoint")) == 4
+    browser.find_element(By.ID, "partner").send_keys("Two Hooks")
+    browser.find_element(By.ID, "failing").click()
+    click(browser, "filter")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.partner-endpoint")
+    assert {r.get_attribute("data-endpoint-id") for r in rows} == set(ids.values())
+    table = browser.find_element(By.ID, "partner-endpoints").text
+    assert "FAILING" in table and "DISABLED" in table and "Two Hooks Ltd" in table
+    # Its queue opens the endpoint's FAILED notifications.
+    billing = next(r for r in rows if r.get_attribute("data-endpoint-id") == ids["billing"])
+    click(browser, element=billing.find_element(By.CSS_SELECTOR, "a.queue"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.result")) == 1

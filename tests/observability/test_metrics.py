@@ -74,6 +74,8 @@ def test_metrics_page_has_counters_and_backlog_gauges(settings, make_app):
     lag = value(text, "deliverer_oldest_due_lag_seconds")
     assert lag is not None and 119 <= lag < 180
     assert value(text, "deliverer_failing_endpoints") == 1
+    assert value(text, "deliverer_endpoints", status="FAILING") == 1
+    assert value(text, "deliverer_endpoints", status="ACTIVE") == 0
     assert value(text, "deliverer_deliveries_total", outcome="failure",
                  kind="connection_refused") >= 1
     assert "deliverer_attempt_duration_seconds_bucket" in text

@@ -7,10 +7,11 @@ import json
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from deliverer.db import session_scope
 from deliverer.errors import Unauthorized
-from deliverer.models import NotificationStatus, utcnow
+from deliverer.models import Endpoint, NotificationStatus, utcnow
 from deliverer.operations.replay import OPERATOR
 from deliverer.partners.service import authenticate
 from tests.operations.helpers import add_attempt, attempt_count, audit
@@ -69,8 +70,13 @@ def test_stats_json(settings, receiver: Receiver):
                                                 "NOT_SENT": 0}
     assert out["notifications"]["held"] == 1 and out["notifications"]["exhausted"] == 2
     assert out["due"]["count"] == 1 and out["due"]["lagSeconds"] >= 29
-    assert out["endpoints"] == [{"partnerId": shop.partner_id, "url": url, "attempts": 3,
-                                 "successes": 1, "successRate": 0.3333}]
+    with session_scope() as session:
+        public_id = session.scalar(select(Endpoint.public_id).where(Endpoint.url == url))
+    assert out["endpoints"] == [{"partnerId": shop.partner_id, "endpointId": public_id,
+                                 "url": url, "attempts": 3, "successes": 1,
+                                 "successRate": 0.3333}]
+    # The default endpoint: failing (as the FAILED rows were inserted), not marked so.
+    assert out["endpointsByStatus"] == {"ACTIVE": 1, "FAILING": 0, "DISABLED": 0}
     assert set(out["brokerQueues"]) == {"deliver.first", "deliver.retry", "deliver.manual",
                                         "deliverer.maintenance"}
     assert all(isinstance(v, int) for v in out["brokerQueues"].values())
@@ -80,6 +86,7 @@ def test_stats_table(settings):
     out = run_cli(settings, "stats", "--no-broker").stdout
     assert "Notifications by status" in out and "Due now: 0" in out
     assert "no attempt in the window" in out and "Broker queues" not in out
+    assert "Registered endpoints: 0 ACTIVE, 0 FAILING, 0 DISABLED" in out
 
 
 def test_replay_with_a_progress_bar_then_the_worker_delivers(settings, worker,

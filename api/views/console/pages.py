@@ -1,5 +1,5 @@
-"""The console's pages: failing endpoints, notifications (search, one, Retry, Ignore)
-and recent events."""
+"""The console's pages: failing endpoints, every partner's endpoints, notifications
+(search, one, Retry, Ignore) and recent events."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def index() -> Any:
     db = get_session()
     return page("console/endpoints.html", endpoints=inspect.failing_endpoints(db),
                 alerts=inspect.recent_alerts(db), now=utcnow())
+
+
+@bp.get("/endpoints")
+def endpoints() -> Any:
+    partner = request.args.get("partner") or ""
+    failing_only = request.args.get("failing") == "1"
+    rows = inspect.partner_endpoints(get_session(), partner=partner,
+                                     failing_only=failing_only)
+    return page("console/partner_endpoints.html", rows=rows, partner=partner,
+                failing_only=failing_only)
 
 
 def _endpoint_id(value: str) -> int:
