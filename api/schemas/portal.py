@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from api.schemas.common import WebhookUrl
 
@@ -42,3 +45,20 @@ class EndpointFormSchema(Schema):
 class RotateFormSchema(Schema):
     overlap_seconds = fields.Integer(load_default=86400,
                                      validate=validate.Range(min=0, max=604800))
+
+
+class RecoverFormSchema(Schema):
+    """The recover form: UTC days, both included; ``until`` empty: up to now."""
+
+    since = fields.Date(required=True)
+    until = fields.Date(load_default=None, allow_none=True)
+
+    @post_load
+    def _window(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        since, until = data["since"], data["until"]
+        if until is not None and since > until:
+            raise ValidationError("must not be later than until", "since")
+        start = datetime.combine(since, time(), UTC)
+        end = (datetime.combine(until, time(), UTC) + timedelta(days=1)
+               if until is not None else None)
+        return {"since": start, "until": end}

@@ -23,7 +23,6 @@ class PortalAction(StrEnum):
     DISABLE_ENDPOINT = "endpoint_disable"
     DELETE_ENDPOINT = "endpoint_delete"
     ROTATE_SECRET = "secret_rotate"
-    TEST_EVENT = "test_event"
     DIAGNOSE = "diagnose"
     ALERT_EMAIL = "alert_email"
 

@@ -250,14 +250,6 @@ def _matches(name: str, host: str) -> bool:
     return name == host
 
 
-def send_test(url: str, secrets: list[str], settings: Settings) -> Diagnosis:
-    """Only the last step: a signed ``webhook.test`` POST and its answer (the endpoint
-    settings' "Send test event")."""
-    step = Step("Signed webhook.test POST")
-    _post(step, url, secrets, settings)
-    return Diagnosis(url, [step], utcnow())
-
-
 def _post(step: Step, url: str, secrets: list[str], settings: Settings) -> None:
     message_id = "diag_" + new_id()
     now = utcnow()

@@ -10,12 +10,13 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from deliverer.db import session_scope
-from deliverer.models import Endpoint, PartnerRequest
+from deliverer.models import Endpoint, NotificationStatus, PartnerRequest, utcnow
 from deliverer.portal.sessions import SOURCE
+from deliverer.scheduling.tasks import sweep_due
 from tests.console.helpers import publish
 from tests.support import helpers as h
 from tests.support.page_client import csrf_of
-from tests.support.receiver import Receiver, ok
+from tests.support.receiver import Receiver, ok, status
 
 
 def secret_in(html: str) -> str:
@@ -63,7 +64,7 @@ def test_an_endpoint_added_for_one_type_receives_only_that_type(
 
 
 def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: Receiver,
-                                                   settings):
+                                                   settings, worker):
     shop = merchant(receiver.program("/main", [], ok()))
     client = portal(shop.partner_id)
     url = receiver.program("/orders", [], ok())
@@ -91,7 +92,8 @@ def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: 
     assert "Secret rotated" in rotated.text and secret_in(rotated.text) != first_secret
 
     tested = client.submit(path, f"/portal/endpoints/{ref}/test")
-    assert "your endpoint accepts webhooks now" in tested.text
+    assert "Test event delivered" in tested.text and "/portal/notifications/" in tested.url
+    assert "webhook.test" in tested.text and ">SENT<" in tested.text
     [test] = receiver.requests("/orders")
     Webhook(secret_in(rotated.text)).verify(test.body, test.headers)
     assert b'"type":"webhook.test"' in test.body
@@ -108,7 +110,7 @@ def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: 
                                 .order_by(PartnerRequest.id)).all()
     assert trail == [(kind, SOURCE, ref, None) for kind in (
         "endpoint_add", "endpoint_edit", "endpoint_disable", "endpoint_enable",
-        "secret_rotate", "test_event", "endpoint_delete")]
+        "secret_rotate", "endpoint_test", "endpoint_delete")]
 
 
 def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver):
@@ -140,3 +142,30 @@ def test_read_only_sessions_see_settings_but_no_form(portal, merchant, receiver:
     refused = client.post(f"/portal/endpoints/{ref}/rotate-secret",
                           {"csrf_token": csrf_of(client.get("/portal/").text)})
     assert refused.status_code == 403
+
+
+def test_recover_sends_a_periods_failed_webhooks_again(portal, merchant, worker, settings,
+                                                      receiver: Receiver, override_settings):
+    with override_settings(time_scale=1.0):  # FAILED stays FAILED meanwhile
+        shop = merchant(receiver.program("/down", [], status(500)))
+        published = [publish(settings, shop.partner_id, f"TXN-R{i}") for i in range(3)]
+        for one in published:
+            h.wait_until(lambda one=one: h.notification(one.notification_id).status
+                         == NotificationStatus.FAILED, message="FAILED")
+        client = portal(shop.partner_id)
+        ref = public_id(receiver.url("/down"))
+        path = f"/portal/endpoints/{ref}/settings"
+        receiver.program("/down", [], ok())  # the outage is over
+        today = utcnow().strftime("%Y-%m-%d")
+        answer = client.submit(path, f"/portal/endpoints/{ref}/recover", {"since": today})
+        assert "3 failed webhook(s) will be sent again, oldest first" in answer.text
+        for one in published:  # the beat sweep hands them over as they fall due
+            h.wait_until(lambda one=one: h.sent(one.notification_id), message="recovered",
+                         on_poll=sweep_due, interval=0.1)
+        refused = client.submit(path, f"/portal/endpoints/{ref}/recover",
+                                {"since": today, "until": "2020-01-01"})
+        assert "Nothing recovered: since: must not be later than until" in refused.text
+    with session_scope() as session:
+        trail = session.execute(select(PartnerRequest.kind, PartnerRequest.source,
+                                       PartnerRequest.reference)).all()
+    assert trail == [("recover", SOURCE, ref)]

@@ -10,8 +10,8 @@ from typing import Any
 from flask import current_app, redirect, request, url_for
 from marshmallow import ValidationError
 
-from api.db import commit_then, get_session
-from api.schemas.portal import EndpointFormSchema, RotateFormSchema
+from api.db import commit_then, get_session, roll_back_refused
+from api.schemas.portal import EndpointFormSchema, RecoverFormSchema, RotateFormSchema
 from api.views.portal.blueprint import (
     bp,
     deliverer_settings,
@@ -20,15 +20,20 @@ from api.views.portal.blueprint import (
     page,
     partner_id,
     portal_session,
+    principal,
 )
 from deliverer.errors import DelivererError
-from deliverer.models import Endpoint, utcnow
+from deliverer.models import Endpoint, NotificationStatus
+from deliverer.notifications.outcome import wait_for_attempt
+from deliverer.notifications.recover import recover
 from deliverer.partners import catalog, registered
 from deliverer.portal import queries
 from deliverer.portal.audit import PortalAction, record
-from deliverer.portal.diagnose import send_test
+from deliverer.publishing.endpoint_check import send_test_event
 
 ALL = "*"
+# As Retry: how long the test event's outcome is waited for before "queued".
+RETRY_WAIT_CAP = 5.0
 
 
 def _form_values(endpoint: Endpoint | None = None) -> dict[str, Any]:
@@ -166,13 +171,54 @@ def rotate_secret(ref: str) -> Any:
 
 @bp.post("/endpoints/<ref>/test")
 def test_endpoint(ref: str) -> Any:
-    session = get_session()
-    endpoint = _endpoint(ref)
-    if endpoint is None:
+    """A ``webhook.test`` event published to the endpoint (issue 19's service, on the
+    audit trail and rate-limited), then its first attempt's outcome, shown on its
+    Troubleshoot page."""
+    if _endpoint(ref) is None:
         return not_found("endpoint")
-    secrets = queries.secrets_of(session, endpoint, utcnow())
     settings = deliverer_settings()
-    record(session, portal_session(), PortalAction.TEST_EVENT, ref)
-    # The POST takes up to its timeouts: no transaction is held open meanwhile.
-    result = commit_then(lambda: send_test(endpoint.url, secrets, settings))
-    return page("portal/diagnosis.html", e=endpoint, d=result, title="Test event")
+    try:
+        sent = send_test_event(get_session(), settings, principal(), ref)
+    except DelivererError as exc:
+        roll_back_refused(exc)
+        flash("error", f"Test event refused: {exc.message}")
+        return redirect(url_for("portal.endpoint_settings", ref=ref))
+    status, error = commit_then(lambda: wait_for_attempt(
+        sent.notification_id, min(settings.resend_wait_seconds, RETRY_WAIT_CAP)))
+    if status == NotificationStatus.SENT:
+        flash("ok", "Test event delivered: your endpoint accepted it.")
+    elif status is None:
+        flash("ok", "Test event queued: reload to see its outcome.")
+    else:
+        error = error or {}
+        hint = f" {error['hint']}" if error.get("hint") else ""
+        flash("error", f"Test event not delivered: {error.get('message') or status}.{hint}")
+    return redirect(url_for("portal.notification", notification_id=sent.notification_id))
+
+
+@bp.post("/endpoints/<ref>/recover")
+def recover_endpoint(ref: str) -> Any:
+    """A fresh cycle for the endpoint's FAILED webhooks of a period (issue 19's recover:
+    oldest first, at the drain rate; on the audit trail and rate-limited)."""
+    if _endpoint(ref) is None:
+        return not_found("endpoint")
+    back = redirect(url_for("portal.endpoint_settings", ref=ref))
+    try:
+        window = RecoverFormSchema().load({"since": request.form.get("since", ""),
+                                           "until": request.form.get("until") or None})
+        done = recover(get_session(), deliverer_settings(), principal(), ref,
+                       window["since"], window["until"])
+    except ValidationError as exc:
+        flash("error", f"Nothing recovered: {_problem(exc)}")
+        return back
+    except DelivererError as exc:
+        roll_back_refused(exc)
+        flash("error", f"Nothing recovered: {exc.message}")
+        return back
+    if not done.recovered:
+        flash("ok", "No failed webhook of this endpoint in that period.")
+    else:
+        more = " More are left: recover again to send the next ones." if done.more else ""
+        flash("ok", f"{done.recovered} failed webhook(s) will be sent again, oldest first, "
+                    f"{deliverer_settings().drain_rate:g} a second.{more}")
+    return back
