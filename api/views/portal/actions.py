@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app, redirect, request, url_for
 from marshmallow import ValidationError
 
-from api.db import commit_then, get_session, roll_back_refused
+from api.db import get_session, roll_back_refused
 from api.schemas.common import Email
 from api.views.portal.blueprint import (
     bp,
@@ -20,19 +20,14 @@ from api.views.portal.blueprint import (
     partner_id,
     portal_session,
     principal,
+    send_and_show,
 )
 from deliverer.errors import DelivererError
-from deliverer.models import NotificationStatus
 from deliverer.notifications.ignore import ignore as ignore_notification
 from deliverer.notifications.manual_retry import manual_retry
-from deliverer.notifications.outcome import wait_for_attempt
 from deliverer.notifications.queries import is_uuid
 from deliverer.partners import webhook_settings
 from deliverer.portal.audit import PortalAction, record
-
-# How long Retry waits for the attempt's outcome before answering "queued" (seed 003:
-# "if your endpoint successfully receives the webhook, you get a success message").
-RETRY_WAIT_CAP = 5.0
 
 
 def _back(notification_id: str) -> Any:
@@ -53,17 +48,7 @@ def retry(notification_id: str) -> Any:
         return _back(notification_id)
     current_app.logger.info("portal retry of %s", notification_id,
                             extra={"notification_id": notification_id})
-    wait = min(deliverer_settings().resend_wait_seconds, RETRY_WAIT_CAP)
-    status, error = commit_then(lambda: wait_for_attempt(notification_id, wait))
-    if status == NotificationStatus.SENT:
-        flash("ok", "Delivered: your endpoint accepted the webhook.")
-    elif status == NotificationStatus.FAILED:
-        error = error or {}
-        hint = f" {error['hint']}" if error.get("hint") else ""
-        flash("error", f"Retry failed: {error.get('message') or 'delivery failed'}.{hint}")
-    else:
-        flash("ok", "Retry queued: the webhook will be sent in a moment. Reload to see "
-                    "the result.")
+    send_and_show(notification_id, "Retry", "Delivered: your endpoint accepted the webhook.")
     return _back(notification_id)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app, redirect, request, url_for
 from marshmallow import ValidationError
 
-from api.db import commit_then, get_session, roll_back_refused
+from api.db import get_session, roll_back_refused
 from api.schemas.portal import EndpointFormSchema, RecoverFormSchema, RotateFormSchema
 from api.views.portal.blueprint import (
     bp,
@@ -21,10 +21,10 @@ from api.views.portal.blueprint import (
     partner_id,
     portal_session,
     principal,
+    send_and_show,
 )
 from deliverer.errors import DelivererError
-from deliverer.models import Endpoint, NotificationStatus
-from deliverer.notifications.outcome import wait_for_attempt
+from deliverer.models import Endpoint
 from deliverer.notifications.recover import recover
 from deliverer.partners import catalog, registered
 from deliverer.portal import queries
@@ -32,8 +32,6 @@ from deliverer.portal.audit import PortalAction, record
 from deliverer.publishing.endpoint_check import send_test_event
 
 ALL = "*"
-# As Retry: how long the test event's outcome is waited for before "queued".
-RETRY_WAIT_CAP = 5.0
 
 
 def _form_values(endpoint: Endpoint | None = None) -> dict[str, Any]:
@@ -176,23 +174,14 @@ def test_endpoint(ref: str) -> Any:
     Troubleshoot page."""
     if _endpoint(ref) is None:
         return not_found("endpoint")
-    settings = deliverer_settings()
     try:
-        sent = send_test_event(get_session(), settings, principal(), ref)
+        sent = send_test_event(get_session(), deliverer_settings(), principal(), ref)
     except DelivererError as exc:
         roll_back_refused(exc)
         flash("error", f"Test event refused: {exc.message}")
         return redirect(url_for("portal.endpoint_settings", ref=ref))
-    status, error = commit_then(lambda: wait_for_attempt(
-        sent.notification_id, min(settings.resend_wait_seconds, RETRY_WAIT_CAP)))
-    if status == NotificationStatus.SENT:
-        flash("ok", "Test event delivered: your endpoint accepted it.")
-    elif status is None:
-        flash("ok", "Test event queued: reload to see its outcome.")
-    else:
-        error = error or {}
-        hint = f" {error['hint']}" if error.get("hint") else ""
-        flash("error", f"Test event not delivered: {error.get('message') or status}.{hint}")
+    send_and_show(sent.notification_id, "Test event",
+                  "Test event delivered: your endpoint accepted it.")
     return redirect(url_for("portal.notification", notification_id=sent.notification_id))
 
 
