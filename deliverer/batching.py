@@ -50,6 +50,16 @@ class Coalescer(Generic[T, R]):
         self._queue.put((item, future))
         return future.result()
 
+    def submit_many(self, items: Sequence[T]) -> list[R]:
+        """``submit`` of each item, handed over together (one batch or a few)."""
+        self._ensure_thread()
+        futures: list[Future[R]] = []
+        for item in items:
+            future: Future[R] = Future()
+            self._queue.put((item, future))
+            futures.append(future)
+        return [future.result() for future in futures]
+
     def _ensure_thread(self) -> None:
         if self._pid == os.getpid():
             return

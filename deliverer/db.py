@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Executable, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -148,6 +148,20 @@ def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0,
                         str(exc.orig or exc).splitlines()[0])
             time.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 1.0)
+
+
+def execute_alone(statement: Executable, params: dict[str, Any]) -> None:
+    """Run one statement in a transaction of its own, committed by the database as it ends
+    (autocommit: no BEGIN and COMMIT round trips). A deadlock victim is run again."""
+    for attempt in range(3):
+        try:
+            with get_database().engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                    statement, params)
+            return
+        except OperationalError as exc:
+            if attempt == 2 or not is_transient_abort(exc):
+                raise
 
 
 def on_commit(session: Session, callback: Callable[[], object]) -> None:

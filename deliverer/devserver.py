@@ -167,6 +167,11 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
     from deliverer.migrate import upgrade
 
     upgrade(settings)
+    if settings.broker_is_sqla:
+        from deliverer.broker.queues import ALL
+        from deliverer.broker.sqla_broker import declare_queues
+
+        declare_queues(settings.broker_url, ALL)
     base_url = f"http://127.0.0.1:{port}"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}

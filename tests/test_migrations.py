@@ -212,7 +212,7 @@ def test_0008_makes_each_webhook_url_a_default_endpoint(settings, tmp_path):
             assert all(r[5].startswith("ep_") and len(r[5]) == 27 for r in rows)
             assert len({r[5] for r in rows}) == 3
             assert all(r[6] is None for r in rows)  # NULL: subscribed to every type
-            command.upgrade(config, "head")  # the migrations after 0008 (0009: the portal)
+            command.upgrade(config, "head")  # what publishing reads now
             assert schema_differences(engine) == []
             with Session(engine) as session:  # rolled back: nothing is enqueued
                 published = record_event(session, scratch, partner_id="p-used",

@@ -15,12 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from celery import current_app
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
 from deliverer.broker import queues
 from deliverer.broker_outage import describe, is_broker_outage
 from deliverer.db import session_scope
-from deliverer.models import Lane, Notification, utcnow
+from deliverer.models import Endpoint, Lane, Notification, table_of, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # ``deliverer.publish_event`` by name), so never renamed.
 DELIVER = "deliverer.deliver"
 DELIVER_MANY = "deliverer.deliver_many"
+DELIVER_DUE = "deliverer.deliver_due"
 RESEND = "deliverer.resend"
 SEND_ALERT_EMAIL = "deliverer.send_alert_email"
 SWEEP_DUE = "deliverer.sweep_due"
@@ -39,6 +40,7 @@ ROUTES: dict[str, dict[str, str]] = {
     DELIVER: {"queue": queues.FIRST},
     RESEND: {"queue": queues.MANUAL},
     DELIVER_MANY: {"queue": queues.FIRST},
+    DELIVER_DUE: {"queue": queues.FIRST},
     SWEEP_DUE: {"queue": queues.MAINTENANCE},
     PUBLISH_EVENT: {"queue": queues.MAINTENANCE},
 }
@@ -99,6 +101,23 @@ def enqueue_batch(notification_ids: list[str], lane: Lane | str,
     return False
 
 
+def enqueue_wake(endpoint_id: int, notification_ids: Sequence[str] = ()) -> bool:
+    """The wake-up of an endpoint with first attempts due (``delivery/wake.py``).
+
+    On a broker failure the endpoint's mark is cleared, so that the next publish sends a
+    wake-up again, and ``notification_ids`` (those the wake-up was for) are left to the
+    sweep, as ``enqueue_delivery`` leaves its one.
+    """
+    args = [endpoint_id]
+    try:
+        _send(DELIVER_DUE, args, **_options(Lane.FIRST, None, argsrepr=repr(args)))
+        return True
+    except Exception as exc:
+        _log_unsent(exc, f"the first attempts due to endpoint {endpoint_id}")
+    _release(list(notification_ids), endpoint_id)
+    return False
+
+
 def enqueue_resend(request_id: int) -> None:
     """The message for a merchant's resend request (its row is the outbox)."""
     _send(RESEND, [request_id], queue=queues.MANUAL)
@@ -120,15 +139,23 @@ def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
                       what, **kwargs)
 
 
-def _release(notification_ids: list[str]) -> None:
-    """Mark rows as having no message, so the next sweep enqueues them."""
+_NO_WAKE = (update(table_of(Endpoint)).where(Endpoint.id == bindparam("endpoint_id"))
+            .values(wake_sent_at=None))
+
+
+def _release(notification_ids: list[str], endpoint_id: int | None = None) -> None:
+    """Mark rows as having no message, so the next sweep enqueues them (and the endpoint
+    as having no wake-up pending)."""
     try:
         with session_scope() as session:
-            session.execute(
-                update(Notification)
-                .where(Notification.id.in_(notification_ids))
-                .values(scheduled_for=None)
-            )
+            if notification_ids:
+                session.execute(
+                    update(Notification)
+                    .where(Notification.id.in_(notification_ids))
+                    .values(scheduled_for=None)
+                )
+            if endpoint_id is not None:
+                session.execute(_NO_WAKE, {"endpoint_id": endpoint_id})
     except Exception:
         # The lost-message grace in the sweep still catches these rows, only later.
         log.exception("could not release %d notification(s) for the sweep",

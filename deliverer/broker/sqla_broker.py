@@ -45,3 +45,16 @@ def prune_consumed(broker_url: str, batch: int = PRUNE_BATCH) -> int:
                 return pruned
     finally:
         engine.dispose()
+
+
+def declare_queues(broker_url: str, names: tuple[str, ...]) -> None:
+    """Create the transport's tables and a row per queue, from one process, before the
+    web, worker and beat processes start: each creates a missing queue on first use,
+    and two doing it at once on a fresh data folder fail one of them with a UNIQUE
+    violation on ``kombu_queue.name`` (kombu's lock is per process)."""
+    from kombu import Connection
+
+    with Connection(broker_url, transport_options=SQLA_TRANSPORT_OPTIONS) as connection:
+        channel = connection.default_channel
+        for name in names:
+            channel._new_queue(name)

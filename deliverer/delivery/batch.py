@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -225,6 +225,17 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
     leased_at = time.monotonic()  # no later than the lease's start: the cutoff errs early
     with session_scope() as session:
         batch = claim_many(session, ids, settings)
+    return deliver_claimed(batch, leased_at, settings)
+
+
+RecordStep = Callable[[list[tuple[DeliveryJob, sender.SendResult]]], list[NextAttempt]]
+
+
+def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
+                    record: RecordStep | None = None) -> BatchOutcome:
+    """Send and record a claimed batch (``leased_at``: ``time.monotonic()`` no later than
+    the claim): the slow lane, the POSTs, then one transaction for the outcomes (or
+    ``record``'s, when every job was sent: ``together.record_all``)."""
     admitted, refused = admit_many(batch.jobs, settings)
     if refused:
         in_transaction(
@@ -249,7 +260,10 @@ def deliver_many(ids: Sequence[str], settings: Settings) -> BatchOutcome:
 
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
     # recording them is retried, not left to resend every webhook of the batch.
-    following = in_transaction(write, retry_for=settings.lease_seconds)
+    if record is not None and not unsent:
+        following = record(done)
+    else:
+        following = in_transaction(write, retry_for=settings.lease_seconds)
     for job, r in done:  # once recorded, one line per attempt, as service.deliver logs it
         log.info("attempt %s: %s", "delivered" if r.success else "failed",
                  json.dumps(r.error) if r.error else r.status_code,

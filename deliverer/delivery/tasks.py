@@ -1,5 +1,5 @@
-"""Celery tasks for delivery: thin wrappers around ``deliverer.delivery.together`` and
-``deliverer.delivery.batch``."""
+"""Celery tasks for delivery: thin wrappers around ``deliverer.delivery.together``,
+``deliverer.delivery.batch`` and ``deliverer.delivery.wake``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from celery import shared_task
 
 from deliverer.broker import dispatch
 from deliverer.broker.dispatch import enqueue_batch, enqueue_delivery
-from deliverer.config import get_settings
-from deliverer.delivery import batch, together
+from deliverer.config import Settings, get_settings
+from deliverer.delivery import batch, together, wake
 from deliverer.delivery.claim import ClaimState
 from deliverer.logging import delivery_context
 from deliverer.models import Lane, utcnow
@@ -51,6 +51,22 @@ def deliver_many(notification_ids: list[str]) -> int:
     """Attempt a batch of deliveries (bulk publishes, sweeps of a backlog)."""
     settings = get_settings()
     outcome = batch.deliver_many(notification_ids, settings)
+    _follow_up(outcome, settings)
+    return outcome.sent
+
+
+@shared_task(name=dispatch.DELIVER_DUE, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def deliver_due(endpoint_id: int) -> int:
+    """An endpoint's wake-up: attempt its due first attempts, a batch at a time."""
+    settings = get_settings()
+    outcome = wake.deliver_due(endpoint_id, settings)
+    _follow_up(outcome, settings)
+    return outcome.sent
+
+
+def _follow_up(outcome: batch.BatchOutcome, settings: Settings) -> None:
+    """The messages a batch's outcome calls for, once it is recorded."""
     for nxt in outcome.following:
         enqueue_delivery(nxt.notification_id, nxt.lane, nxt.due_at)
     horizon = settings.sweep_horizon
@@ -66,4 +82,3 @@ def deliver_many(notification_ids: list[str]) -> int:
         by_lane.setdefault(lane, []).append(notification_id)
     for lane, ids in by_lane.items():
         enqueue_batch(ids, lane)
-    return outcome.sent

@@ -74,6 +74,12 @@ _RECORDS: Coalescer[tuple[DeliveryJob, sender.SendResult], NextAttempt | None] =
     "record", _record_together, MAX_BATCH, RUNNERS)
 
 
+def record_all(done: Sequence[tuple[DeliveryJob, sender.SendResult]]) -> list[NextAttempt]:
+    """Record a batch's outcomes with those of the tasks recording beside it
+    (``wake.py``'s batches); returns the attempts to enqueue."""
+    return [nxt for nxt in _RECORDS.submit_many(done) if nxt is not None]
+
+
 def deliver(notification_id: str, settings: Settings) -> AttemptOutcome:
     """Claim, send and record one attempt; returns once the attempt is recorded."""
 

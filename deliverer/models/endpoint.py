@@ -86,6 +86,9 @@ class Endpoint(Base):
     draining: Mapped[bool] = mapped_column(default=False, server_default=false())
     # One failing-endpoint alert per failing period.
     alerted_at: Mapped[datetime | None]
+    # When the wake-up message now pending for the endpoint was sent (NULL: none). A
+    # publish sends one only when none is (``delivery/wake.py``).
+    wake_sent_at: Mapped[datetime | None]
 
     @property
     def status(self) -> EndpointStatus:

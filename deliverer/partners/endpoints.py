@@ -8,7 +8,7 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Boolean, and_, bindparam, case, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -16,6 +16,19 @@ from sqlalchemy.orm import Session
 from deliverer.models import Endpoint, table_of
 
 _ENDPOINTS = table_of(Endpoint)
+_E = _ENDPOINTS.c
+
+# The wake-up mark (``delivery/wake.py``), set in the statement that reserves sequence
+# numbers, so that it costs a publish no round trip: marked now, when ``s_wake`` asks for
+# it, the endpoint is enabled and no wake-up sent since ``s_stale`` is pending. The
+# statement returns the mark; a publish that finds it equal to its own ``s_now`` set it,
+# and sends the wake-up.
+_WAKE_ASKED = bindparam("s_wake", type_=Boolean())
+_NOW = bindparam("s_now", type_=_E.wake_sent_at.type)
+_WAKE = case(
+    (and_(_WAKE_ASKED, _E.disabled_at.is_(None),
+          or_(_E.wake_sent_at.is_(None), _E.wake_sent_at < bindparam("s_stale"))), _NOW),
+    else_=_E.wake_sent_at)
 
 
 @functools.cache
@@ -25,57 +38,74 @@ def _upsert(dialect: str) -> Any:
     return (
         insert_(_ENDPOINTS)
         .values(partner_id=bindparam("s_partner_id"), url=bindparam("s_url"),
-                last_sequence=bindparam("s_count"), created_at=bindparam("s_now"),
-                consecutive_failures=0)
+                last_sequence=bindparam("s_count"), created_at=_NOW,
+                consecutive_failures=0,
+                wake_sent_at=case((_WAKE_ASKED, _NOW), else_=None))
         .on_conflict_do_update(
             index_elements=["partner_id", "url"],
-            set_={"last_sequence": _ENDPOINTS.c.last_sequence + bindparam("s_count")})
-        .returning(_ENDPOINTS.c.id, _ENDPOINTS.c.last_sequence, _ENDPOINTS.c.disabled_at,
-                   _ENDPOINTS.c.disabled_reason)
+            set_={"last_sequence": _E.last_sequence + bindparam("s_count"),
+                  "wake_sent_at": _WAKE})
+        .returning(_E.id, _E.last_sequence, _E.disabled_at, _E.disabled_reason,
+                   _E.wake_sent_at)
     )
 
 
 def reserve_sequences(session: Session, partner_id: str, url: str, now: datetime,
-                      count: int = 1) -> tuple[int, int, str | None]:
+                      count: int = 1, wake_stale: datetime | None = None
+                      ) -> tuple[int, int, str | None, bool]:
     """(endpoint id, first of ``count`` consecutive sequence numbers, the reason the
-    endpoint is disabled or None), creating the endpoint on first use.
+    endpoint is disabled or None, whether to send it a wake-up), creating the endpoint on
+    first use.
 
     The increment is part of the caller's transaction: a rolled-back publish gives its
-    numbers back, so numbers per endpoint have no gaps.
+    numbers back, so numbers per endpoint have no gaps. With ``wake_stale``, the endpoint
+    is marked as having a wake-up pending unless one sent after that time is (``_WAKE``).
     """
     row = session.connection().execute(_upsert(session.get_bind().dialect.name), {
         "s_partner_id": partner_id, "s_url": url, "s_count": count, "s_now": now,
+        "s_wake": wake_stale is not None, "s_stale": wake_stale or now,
     }).one()
     disabled = (row[3] or "Endpoint disabled") if row[2] is not None else None
-    return int(row[0]), int(row[1]) - count + 1, disabled
+    return int(row[0]), int(row[1]) - count + 1, disabled, _woke(row[4], now, wake_stale)
+
+
+def _woke(mark: datetime | None, now: datetime, wake_stale: datetime | None) -> bool:
+    return wake_stale is not None and mark is not None and mark == now
 
 
 def next_sequence(session: Session, partner_id: str, url: str, now: datetime) -> tuple[int, int]:
     """(endpoint id, sequence number) for one new notification to ``url``."""
-    endpoint_id, sequence, _disabled = reserve_sequences(session, partner_id, url, now)
+    endpoint_id, sequence, _disabled, _wake = reserve_sequences(session, partner_id, url, now)
     return endpoint_id, sequence
 
 
 _BUMP = (
     update(_ENDPOINTS)
-    .where(_ENDPOINTS.c.id.in_(bindparam("s_ids", expanding=True)))
-    .values(last_sequence=_ENDPOINTS.c.last_sequence + bindparam("s_count"))
-    .returning(_ENDPOINTS.c.id, _ENDPOINTS.c.last_sequence)
+    .where(_E.id.in_(bindparam("s_ids", expanding=True)))
+    .values(last_sequence=_E.last_sequence + bindparam("s_count"), wake_sent_at=_WAKE)
+    .returning(_E.id, _E.last_sequence, _E.wake_sent_at)
 )
 
 
-def reserve_for_endpoints(session: Session, counts: dict[int, int]) -> dict[int, int]:
+def reserve_for_endpoints(session: Session, counts: dict[int, int], now: datetime,
+                          wake_stale: datetime | None = None
+                          ) -> tuple[dict[int, int], set[int]]:
     """The first of ``counts[id]`` consecutive sequence numbers for each registered
-    endpoint id, in the caller's transaction (gap-free, as ``reserve_sequences``). One
+    endpoint id, in the caller's transaction (gap-free, as ``reserve_sequences``), and
+    the endpoints to send a wake-up (with ``wake_stale``: as ``reserve_sequences``). One
     statement per distinct count: one in all for a single publish, however many
     endpoints it fans out to."""
     first: dict[int, int] = {}
+    woken: set[int] = set()
     by_count: dict[int, list[int]] = {}
     for endpoint_id, count in counts.items():
         by_count.setdefault(count, []).append(endpoint_id)
     connection = session.connection()
     for count, ids in sorted(by_count.items()):
-        for endpoint_id, last in connection.execute(_BUMP, {"s_ids": sorted(ids),
-                                                            "s_count": count}):
+        for endpoint_id, last, mark in connection.execute(_BUMP, {
+                "s_ids": sorted(ids), "s_count": count, "s_now": now,
+                "s_wake": wake_stale is not None, "s_stale": wake_stale or now}):
             first[int(endpoint_id)] = int(last) - count + 1
-    return first
+            if _woke(mark, now, wake_stale):
+                woken.add(int(endpoint_id))
+    return first, woken

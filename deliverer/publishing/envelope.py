@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,21 @@ from deliverer.models import Event
 from deliverer.models.base import new_id
 
 
-def event_body(event: Event) -> str:
+@dataclass(frozen=True)
+class NewEvent:
+    """An event about to be written: what its row and its body need. Not an ORM object,
+    whose instrumented construction was a tenth of a publish's CPU."""
+
+    id: str
+    partner_id: str
+    type: str
+    reference: str
+    payload: Any
+    callback_url: str | None
+    created_at: datetime
+
+
+def event_body(event: Event | NewEvent) -> str:
     envelope = {
         "id": event.id,
         "type": event.type,
@@ -26,13 +41,14 @@ def event_body(event: Event) -> str:
     return json.dumps(envelope, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
-def new_event(partner_id: str, spec: Mapping[str, Any], now: datetime) -> tuple[Event, str]:
+def new_event(partner_id: str, spec: Mapping[str, Any], now: datetime
+              ) -> tuple[NewEvent, str]:
     """The event a spec describes, and its body; ValidationFailed if its payload is not
     JSON. The API's guard refuses such payloads at the edge; Python and Celery producers
     (deliverer.publish_event, the publish task) and the CLI come through here."""
-    event = Event(id=new_id(), partner_id=partner_id, type=spec["type"],
-                  reference=spec["reference"], payload=spec["payload"],
-                  callback_url=spec.get("callback_url"), created_at=now)
+    event = NewEvent(id=new_id(), partner_id=partner_id, type=spec["type"],
+                     reference=spec["reference"], payload=spec["payload"],
+                     callback_url=spec.get("callback_url"), created_at=now)
     try:
         return event, event_body(event)
     except (TypeError, ValueError) as exc:

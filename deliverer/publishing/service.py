@@ -20,41 +20,36 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from deliverer.broker.dispatch import enqueue_batch
+from deliverer.broker.dispatch import enqueue_batch, enqueue_wake
 from deliverer.config import Settings
 from deliverer.db import in_transaction, is_transient_abort, on_commit
-from deliverer.delivery import netguard
+from deliverer.delivery import netguard, wake
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import PartnerNotFound
 from deliverer.models import (
     Endpoint,
-    Event,
     Lane,
-    Notification,
     NotificationStatus,
     Partner,
     WebhookSettings,
     not_receiving_webhooks,
     subscribed,
-    table_of,
     utcnow,
 )
-from deliverer.models.base import new_id
 from deliverer.partners.endpoints import reserve_for_endpoints, reserve_sequences
 from deliverer.publishing.envelope import new_event
 from deliverer.publishing.idempotency import recorded_events
 from deliverer.publishing.published import Delivery, Published
+from deliverer.publishing.rows import notification_row, write_rows
 
 # Publishing's statements are built once, with bind parameters: building them per call
 # cost more CPU than executing them (SQLAlchemy's compiled cache spares only the
 # compilation). They run on the session's connection: they are Core statements, and the
 # ORM's execute path adds its own cost for nothing.
-_EVENTS = table_of(Event)
-_NOTIFICATIONS = table_of(Notification)
 # The partner and its registered endpoints, one row per endpoint: one round trip.
 _PARTNER = (
     select(Partner.active, Partner.flow, WebhookSettings.enabled, WebhookSettings.url,
@@ -223,13 +218,20 @@ def record_events(
                 by_endpoint[target.endpoint_key] = by_endpoint.get(target.endpoint_key, 0) + 1
     # url or endpoint id -> [endpoint id, next number to hand out, disabled reason]
     numbering: dict[Any, list[Any]] = {}
-    for endpoint_key, number in reserve_for_endpoints(session, by_endpoint).items():
+    # The endpoints this publish sends a wake-up to (none pending), when it sends those
+    # rather than a message per notification (``delivery/wake.py``).
+    stale = wake.wake_stale(settings, now)
+    numbers, woken = reserve_for_endpoints(session, by_endpoint, now, stale)
+    for endpoint_key, number in numbers.items():
         numbering[endpoint_key] = [endpoint_key, number, None]
     # In URL order: two bulk publishes reserving the same endpoints lock their rows in
     # the same order, so one waits for the other instead of both deadlocking.
     for target_url, count in sorted(by_url.items()):
-        numbering[target_url] = list(reserve_sequences(session, partner_id, target_url, now,
-                                                       count))
+        endpoint_id, number, disabled, woke = reserve_sequences(
+            session, partner_id, target_url, now, count, stale)
+        numbering[target_url] = [endpoint_id, number, disabled]
+        if woke:
+            woken.add(endpoint_id)
 
     event_rows: list[dict[str, Any]] = []
     notification_rows: list[dict[str, Any]] = []
@@ -237,6 +239,7 @@ def record_events(
     # By endpoint: a batch's task records its outcomes once all its POSTs are over, so
     # an endpoint that hangs must not share a batch with another endpoint of the partner.
     to_deliver: dict[object, list[str]] = {}
+    by_wake: dict[int, list[str]] = {}
     plan_of = iter(plans)
     for spec, (event, body) in zip(events, new_events, strict=True):
         key = spec.get("idempotency_key")
@@ -259,12 +262,12 @@ def record_events(
                 reason = f"No endpoint is subscribed to event type {event.type}"
             else:
                 reason = "No webhook URL configured"
-            row = _notification_row(partner_id, event.id, no_url, now)
+            row = notification_row(partner_id, event.id, no_url, now)
             row["latest_error_payload"] = error_payload(FailureKind.NO_URL, reason)
             notification_rows.append(row)
             deliveries.append(Delivery(row["id"], row["status"], None, None))
         for target in targets:
-            row = _notification_row(partner_id, event.id, target.url, now)
+            row = notification_row(partner_id, event.id, target.url, now)
             slot = numbering[target.url if target.endpoint_key is None
                              else target.endpoint_key]
             row["endpoint_id"], row["sequence"] = slot[0], slot[1]
@@ -276,7 +279,12 @@ def record_events(
             else:
                 row.update(status=NotificationStatus.PENDING, next_attempt_at=now,
                            scheduled_for=now, enqueued_at=now)
-                to_deliver.setdefault(row["endpoint_id"] or target.url, []).append(row["id"])
+                if stale is None:
+                    to_deliver.setdefault(row["endpoint_id"] or target.url,
+                                          []).append(row["id"])
+                elif slot[0] in woken:
+                    by_wake.setdefault(slot[0], []).append(row["id"])
+                # Otherwise a wake-up is pending for the endpoint: it takes this one.
             notification_rows.append(row)
             deliveries.append(Delivery(row["id"], row["status"], row["sequence"],
                                        target.public_id))
@@ -284,28 +292,12 @@ def record_events(
         published.append(Published(event.id, first.notification_id, first.status,
                                    first.sequence, tuple(deliveries)))
     if event_rows:
-        # Table-level INSERTs: plain executemany, none of the ORM's bulk machinery.
-        connection = session.connection()
-        connection.execute(insert(_EVENTS), event_rows)
-        connection.execute(insert(_NOTIFICATIONS), notification_rows)
+        write_rows(session.connection(), event_rows, notification_rows)
+    for endpoint_id, ids in by_wake.items():
+        on_commit(session, functools.partial(enqueue_wake, endpoint_id, ids))
     size = max(1, settings.delivery_batch_size)
     for ids in to_deliver.values():
         for start in range(0, len(ids), size):
             on_commit(session, functools.partial(enqueue_batch, ids[start:start + size],
                                                  Lane.FIRST))
     return published
-
-
-def _notification_row(partner_id: str, event_id: str, url: str | None,
-                      now: datetime) -> dict[str, Any]:
-    """A NOT_SENT notification row with nothing attempted; a deliverable one is then made
-    PENDING and due now."""
-    return {
-        "id": new_id(), "partner_id": partner_id, "event_id": event_id, "url": url,
-        "endpoint_id": None, "sequence": None, "status": NotificationStatus.NOT_SENT,
-        "retry_attempts": 0, "manual_retry_count": 0, "attempt_count": 0,
-        "latest_error_payload": None, "next_attempt_at": None, "cycle_started_at": now,
-        "sent_at": None, "lane": Lane.FIRST, "held": False, "lease_token": None,
-        "lease_expires_at": None, "scheduled_for": None, "enqueued_at": None,
-        "created_at": now, "updated_at": now,
-    }

@@ -27,6 +27,7 @@ from deliverer.publishing.service import record_events as service_publish_events
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
 from tests.support.db_faults import failing_inserts
+from tests.support.messages import delivery_messages, enqueued_ids
 
 
 def count(model) -> int:
@@ -35,18 +36,7 @@ def count(model) -> int:
 
 
 def deliver_messages(published_tasks):
-    return [t for t in published_tasks if t["task"] == "deliverer.deliver"]
-
-
-def enqueued_ids(published_tasks) -> list[str]:
-    """The notifications of every delivery message, single or batched."""
-    ids: list[str] = []
-    for task in published_tasks:
-        if task["task"] == "deliverer.deliver":
-            ids.extend(task["args"])
-        elif task["task"] == "deliverer.deliver_many":
-            ids.extend(task["args"][0])
-    return ids
+    return delivery_messages(published_tasks)
 
 
 def test_publishing_again_with_the_key_returns_the_recorded_event(settings, receiver,

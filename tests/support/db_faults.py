@@ -58,7 +58,8 @@ def failing_inserts(table: str, *values: Any, times: int | None = 1,
                executemany: bool) -> None:
         if times is not None and len(injected) >= times:
             return
-        if not statement.lstrip().upper().startswith(prefix):
+        # Anywhere in the statement: a single publish inserts its event in a CTE.
+        if prefix not in statement.upper():
             return
         if not _row_has(parameters, executemany, values):
             return

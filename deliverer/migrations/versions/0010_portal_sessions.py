@@ -1,7 +1,7 @@
 """Merchant portal: its sessions and sign-ins, and where an audited request came from
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-03 08:00:00
 
 ``portal_sessions`` keeps the hashes of portal links and session cookies,
@@ -18,8 +18,8 @@ from alembic import op
 
 import deliverer.models.base
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,172 @@
+"""Wake-ups: one broker message per endpoint with first attempts due, not one per
+notification (PostgreSQL).
+
+A publish marks the endpoint's row in the statement that reserves its sequence numbers
+(``partners/endpoints.py``) and sends a wake-up (``deliverer.deliver_due``) only when
+none is pending: during a burst, most publishes send no message at all. The worker that
+takes the wake-up clears the mark (a transaction of its own), then leases the
+endpoint's due first attempts (at most a batch, the oldest first) and sets the mark
+again if due ones remain. After the commit it passes the wake-up on when some remain,
+before its POSTs, so that other threads and workers share a hot endpoint, then sends and
+records its batch as ``batch.deliver_many`` does. A lone publish is a batch of one,
+delivered at once; batches form only behind a backlog.
+
+The wake-ups a worker's threads take at the same moment are claimed in one transaction,
+and their outcomes recorded in one (``deliverer.batching.Coalescer``, as
+``together.py`` does for single messages): a backlog spread over many endpoints has
+few notifications per endpoint. Each batch's POSTs stay with its own task.
+
+Nothing is stranded by the dedupe: the mark's row lock orders each publish against
+each clearing. A publish that found the mark set had committed before the clearing
+could lock the row, so the claim (a later transaction) sees its notification; one that
+came after found it cleared, and sent a wake-up. A wake-up lost with a killed worker
+counts as pending for ``WAKE_TTL`` only; the rows stay the outbox's, marked as enqueued
+at their publish, so the sweep's lost-message grace hands them over as before.
+
+SQLite (the embedded default) keeps a message per notification (``uses_wake_ups``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Integer, bindparam, func, select, true, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+
+from deliverer import lease
+from deliverer.batching import Coalescer
+from deliverer.broker import dispatch
+from deliverer.config import Settings, get_settings
+from deliverer.db import execute_alone, in_transaction, is_transient_abort
+from deliverer.delivery import together
+from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
+from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
+
+# A wake-up not taken within this long counts as lost: the next publish sends another
+# (an extra one finds little or nothing to do).
+WAKE_TTL = timedelta(seconds=5)
+
+_ENDPOINTS = table_of(Endpoint)
+_E = _ENDPOINTS.c
+_N = table_of(Notification).c
+_NOW = bindparam("now", type_=_N.next_attempt_at.type)
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+
+
+def _due_first(endpoint_id: ColumnElement[Any]) -> tuple[ColumnElement[bool], ...]:
+    return (_N.endpoint_id == endpoint_id, _N.status == NotificationStatus.PENDING,
+            _N.lane == Lane.FIRST, _N.next_attempt_at <= _NOW,
+            lease.is_free(_N.lease_expires_at, _NOW))
+
+
+_WOKEN = select(_E.id.label("endpoint_id")).where(_E.id.in_(_IDS)).subquery("woken")
+# Per endpoint, in the order of ix (endpoint_id, status, next_attempt_at): an index range.
+_PICKED = (select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
+           .order_by(_N.next_attempt_at).limit(bindparam("limit", type_=Integer()))
+           .with_for_update(skip_locked=True).lateral("picked"))
+# How many are due (up to one more than a batch), read without locks in the same
+# statement: more than were picked means some remain (or were skipped, locked by another
+# transaction): the wake-up is passed on, which errs on the safe side.
+_LIMIT = bindparam("limit", type_=Integer())
+_DUE = (select(func.count().label("due"))
+        .select_from(select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
+                     .limit(_LIMIT + 1).correlate(_WOKEN).subquery())
+        .lateral("counted"))
+_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due)
+         .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
+_CLEAR = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
+_SET = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=_NOW)
+
+
+def uses_wake_ups(settings: Settings) -> bool:
+    """SQLite serialises every writer anyway; it keeps a message per notification."""
+    return not settings.is_sqlite
+
+
+def wake_stale(settings: Settings, now: datetime) -> datetime | None:
+    """For a publish at ``now``: a pending wake-up sent before this is taken as lost.
+    None: no wake-ups on this database."""
+    return now - WAKE_TTL if uses_wake_ups(settings) else None
+
+
+def clear_marks(endpoint_ids: Sequence[int]) -> None:
+    """The wake-ups are taken: the next publish to these endpoints sends one. Committed
+    on its own before ``claim_due_many`` runs: a publish that found a mark set had
+    committed before the UPDATE here could lock the row, so the claim's snapshot holds
+    its notification."""
+    execute_alone(_CLEAR, {"ids": sorted(set(endpoint_ids))})
+
+
+def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
+                   now: datetime | None = None) -> dict[int, tuple[BatchClaim, bool]]:
+    """For each endpoint (its mark cleared: ``clear_marks``): lease its due first
+    attempts, at most a batch, and say whether due ones remain (then its mark is set
+    again, and the caller passes its wake-up on after the commit). Endpoint rows are
+    locked only by that last UPDATE, held until the commit: publishes to them wait for
+    one round trip at most. Commits nothing."""
+    now = now or utcnow()
+    ids = sorted(set(endpoint_ids))
+    connection = session.connection()
+    endpoint_of: dict[str, int] = {}
+    due: dict[int, int] = {}
+    for endpoint_id, nid, count in connection.execute(_PICK, {
+            "ids": ids, "now": now, "limit": max(1, settings.delivery_batch_size)}):
+        due[endpoint_id] = count
+        if nid is not None:
+            endpoint_of[nid] = endpoint_id
+    claim = claim_many(session, list(endpoint_of), settings, now)
+    picked = Counter(endpoint_of.values())
+    remaining = {endpoint_id for endpoint_id, count in due.items()
+                 if count > picked[endpoint_id]}
+    if remaining:
+        connection.execute(_SET, {"ids": sorted(remaining), "now": now})
+    claims = {endpoint_id: (BatchClaim(token=claim.token), endpoint_id in remaining)
+              for endpoint_id in ids}
+    for job in claim.jobs:
+        claims[endpoint_of[job.notification_id]][0].jobs.append(job)
+    for item in claim.not_due:
+        claims[endpoint_of[item[0]]][0].not_due.append(item)
+    for nid in claim.locked:
+        claims[endpoint_of[nid]][0].locked.append(nid)
+    return claims
+
+
+def claim_due(session: Session, endpoint_id: int, settings: Settings,
+              now: datetime | None = None) -> tuple[BatchClaim, bool]:
+    """``claim_due_many`` of one endpoint (whose mark the caller cleared)."""
+    return claim_due_many(session, [endpoint_id], settings, now)[endpoint_id]
+
+
+def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
+    settings = get_settings()
+    # Run again if a deadlock (a fan-out publish locking the same endpoints) rolls it
+    # back whole, or the wake-ups would be lost until the sweep's grace.
+    clear_marks(endpoint_ids)
+    claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings),
+                            retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
+    seen: set[int] = set()
+    out = []
+    for endpoint_id in endpoint_ids:  # a wake-up taken twice at once: the second is empty
+        out.append(claims[endpoint_id] if endpoint_id not in seen
+                   else (BatchClaim(token=""), False))
+        seen.add(endpoint_id)
+    return out
+
+
+_CLAIMS: Coalescer[int, tuple[BatchClaim, bool]] = Coalescer(
+    "wake", _claim_together, together.MAX_BATCH, together.RUNNERS)
+
+
+def deliver_due(endpoint_id: int, settings: Settings) -> BatchOutcome:
+    """Take an endpoint's wake-up: claim its due first attempts, pass the wake-up on if
+    more remain, then send and record the batch."""
+    leased_at = time.monotonic()  # no later than the lease's start: the cutoff errs early
+    claim, more = _CLAIMS.submit(endpoint_id)
+    if more:
+        dispatch.enqueue_wake(endpoint_id)
+    return deliver_claimed(claim, leased_at, settings, record=together.record_all)
