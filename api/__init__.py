@@ -65,9 +65,10 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     from api.views import compat, endpoints, health, internal, partner
 
     app.register_blueprint(health.bp)
-    from api.views import console, metrics  # operator console, /metrics (issue 4)
+    from api.views import console, metrics, portal  # consoles, /metrics (issue 4)
 
     app.register_blueprint(console.bp)
+    app.register_blueprint(portal.bp)  # the merchant portal (issue 20)
     app.register_blueprint(metrics.bp)
     api.register_blueprint(internal.blp)
     api.register_blueprint(partner.blp)

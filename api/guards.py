@@ -120,7 +120,8 @@ def check_request() -> None:
     # A body that is not JSON would be read as "no fields given" and answered 200 with
     # nothing changed; say what is wrong instead.
     if (request.method in ("POST", "PUT", "PATCH") and request.content_length
-            and not request.is_json and not request.path.startswith("/console")):
+            and not request.is_json
+            and not request.path.startswith(("/console", "/portal"))):
         raise UnsupportedMediaType()
 
 

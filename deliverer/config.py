@@ -161,6 +161,13 @@ class Settings:
     slow_window: float = 60.0
     # Signs the operator console's session cookie; derived from admin_token when unset.
     secret_key: str | None = None
+    # The merchant portal (deliverer.portal): how long a session lasts, how long its link
+    # may wait to be opened, how many links one address may open a minute, and the
+    # address links start with (unset: the address the request for the link came to).
+    portal_session_hours: float = 12.0
+    portal_link_seconds: float = 600.0
+    portal_sign_ins_per_minute: int = 10
+    portal_base_url: str | None = None
     # prometheus-client's multiprocess directory (it reads the variable itself too): set,
     # /metrics adds up the counters every worker process wrote there.
     metrics_dir: str | None = None
@@ -252,6 +259,11 @@ class Settings:
             slow_window=_float(env, "DELIVERER_SLOW_WINDOW", 60.0),
             secret_key=env.get("DELIVERER_SECRET_KEY") or None,
             metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            portal_session_hours=_float(env, "DELIVERER_PORTAL_SESSION_HOURS", 12.0),
+            portal_link_seconds=_float(env, "DELIVERER_PORTAL_LINK_SECONDS", 600.0),
+            portal_sign_ins_per_minute=int(
+                _float(env, "DELIVERER_PORTAL_SIGN_IN_RATE", 10)),
+            portal_base_url=(env.get("DELIVERER_PORTAL_URL") or "").rstrip("/") or None,
             max_endpoints_per_partner=int(_float(env, "DELIVERER_MAX_ENDPOINTS", 20)),
             event_types_file=env.get("DELIVERER_EVENT_TYPES_FILE") or None,
             auto_disable_after=_float(env, "DELIVERER_AUTO_DISABLE_AFTER", 5 * 86400.0),

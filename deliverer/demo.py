@@ -143,6 +143,11 @@ def play(base_url: str, settings: Settings, timeout: float = 90.0) -> bool:
                             {"name": "Demo Merchant", "webhookUrl": receiver.url},
                             ("id", "apiKey", "signingSecret"))
             say(f"partner {partner['id']} created; API key {partner['apiKey'][:12]}...")
+            portal = _post(base_url, f"/internal/v1/partners/{partner['id']}/portal-sessions",
+                           admin, {}, ("url",))
+            say(f"its merchant portal, to open once within "
+                f"{settings.portal_link_seconds / 60:.0f} min (later: deliverer portal-url "
+                f"\"Demo Merchant\"): {portal['url']}")
             billing = _two_endpoints(base_url, partner["apiKey"], receiver, say)
             published = _publish(base_url, admin, partner["id"], "transaction.paid",
                                  "TXN-DEMO-0001", {"transaction_id": "TXN-DEMO-0001",

@@ -23,6 +23,7 @@ class Refusal:
     kind: str
     notification_id: str | None = None
     reference: str | None = None
+    source: str | None = None
 
 
 class DelivererError(Exception):
@@ -41,7 +42,7 @@ class DelivererError(Exception):
         session.add(PartnerRequest(
             partner_id=refusal.partner_id, api_key_id=refusal.api_key_id, kind=refusal.kind,
             outcome=self.code, notification_id=refusal.notification_id,
-            reference=refusal.reference, created_at=utcnow()))
+            reference=refusal.reference, source=refusal.source, created_at=utcnow()))
         return True
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):

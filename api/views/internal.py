@@ -3,7 +3,8 @@
 Each view runs its service in a transaction of its own, committed before it answers
 (``deliverer.db.in_transaction``): a publish is run again through transient database
 errors as its idempotency key allows (``deliverer.publishing.service.publish``), and
-creating a partner through an abort that certainly rolled everything back."""
+creating a partner through an abort that certainly rolled everything back. The
+portal-sessions views commit with the request (``api.db``), as the Partner API's do."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 from flask import current_app
 from flask_smorest import Blueprint
 
+from api import portal_links
 from api.auth import check_admin
+from api.schemas.common import ApiErrorSchema
 from api.schemas.internal import (
     CreatedPartnerSchema,
     CreatePartnerSchema,
@@ -20,8 +23,10 @@ from api.schemas.internal import (
     PublishedSchema,
     PublishEventSchema,
 )
+from api.schemas.portal import PortalSessionRequestSchema, PortalSessionSchema, SignedOutSchema
 from deliverer.db import in_transaction, is_transient_abort
 from deliverer.partners.service import create_partner
+from deliverer.portal.sessions import ISSUED_BY_ADMIN
 from deliverer.publishing.service import PUBLISH_RETRY_FOR, publish_one
 
 blp = Blueprint("internal", __name__, url_prefix="/internal/v1",
@@ -52,3 +57,22 @@ def post_partner(data: dict[str, Any]) -> Any:
                              retry_for=PUBLISH_RETRY_FOR, only_if=is_transient_abort)
     return {"id": created.partner_id, "api_key": created.api_key,
             "signing_secret": created.signing_secret}
+
+
+@blp.route("/partners/<partner_id>/portal-sessions", methods=["POST"])
+@blp.arguments(PortalSessionRequestSchema)
+@blp.response(201, PortalSessionSchema)
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+def post_portal_session(data: dict[str, Any], partner_id: str) -> Any:
+    """A single-use link into the partner's merchant portal (``readOnly``: no actions)."""
+    return portal_links.new_link(partner_id, read_only=data["read_only"],
+                                 issued_by=ISSUED_BY_ADMIN)
+
+
+@blp.route("/partners/<partner_id>/portal-sessions", methods=["DELETE"])
+@blp.response(200, SignedOutSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+def delete_portal_sessions(partner_id: str) -> Any:
+    """Sign out every portal session of the partner, and spoil its unused links."""
+    return portal_links.sign_out_all(partner_id)

@@ -8,7 +8,7 @@ from typing import Any
 from flask import current_app
 from flask_smorest import Blueprint
 
-from api import presenters
+from api import portal_links, presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
 from api.db import commit_then, get_session
 from api.schemas.common import ApiErrorSchema
@@ -24,6 +24,7 @@ from api.schemas.partner import (
     SettingsSchema,
     SettingsUpdateSchema,
 )
+from api.schemas.portal import PortalSessionRequestSchema, PortalSessionSchema, SignedOutSchema
 from deliverer.alerts import service as alerts
 from deliverer.batching import Coalescer
 from deliverer.errors import DelivererError
@@ -32,6 +33,7 @@ from deliverer.notifications.ignore import ignore
 from deliverer.notifications.outcome import wait_for_resend
 from deliverer.notifications.resend import request_resend
 from deliverer.partners import webhook_settings
+from deliverer.portal.sessions import ISSUED_BY_API_KEY
 
 blp = Blueprint("partner", __name__, url_prefix="/api/partner/v2",
                 description="Webhook notifications, retries, resends and settings (API key).")
@@ -168,3 +170,21 @@ def list_alerts(query: dict[str, Any]) -> Any:
     """Failing-endpoint alerts (after the fifth failed retry; 410 Gone), newest first."""
     return {"data": alerts.list_alerts(get_session(), current_partner().partner_id,
                                        query["limit"])}
+
+
+@blp.route("/portal-sessions", methods=["POST"])
+@blp.arguments(PortalSessionRequestSchema)
+@blp.response(201, PortalSessionSchema)
+def post_portal_session(data: dict[str, Any]) -> Any:
+    """A single-use link into your merchant portal, to hand to your staff
+    (``readOnly``: they can look, not act)."""
+    principal = current_partner()
+    return portal_links.new_link(principal.partner_id, read_only=data["read_only"],
+                                 issued_by=ISSUED_BY_API_KEY, api_key_id=principal.api_key_id)
+
+
+@blp.route("/portal-sessions", methods=["DELETE"])
+@blp.response(200, SignedOutSchema)
+def delete_portal_sessions() -> Any:
+    """Sign out every portal session of yours, and spoil the unused links."""
+    return portal_links.sign_out_all(current_partner().partner_id)

@@ -47,7 +47,7 @@ def main() -> None:
     """deliverer: webhook delivery pipeline."""
 
 
-for command in (setup.db, setup.partner, endpoints.endpoint, setup.publish, setup.run,
-                operations.sweep, operations.stats, operations.replay,
+for command in (setup.db, setup.partner, endpoints.endpoint, setup.publish, setup.portal_url,
+                setup.run, operations.sweep, operations.stats, operations.replay,
                 operations.purge_attempts):
     main.add_command(command)

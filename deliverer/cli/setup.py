@@ -119,6 +119,43 @@ def publish(partner_id: str, event_type: str, reference: str, payload: str,
                        for d in published.deliveries]}))
 
 
+@click.command("portal-url")
+@click.argument("partner")
+@click.option("--read-only", is_flag=True, help="A session that can look, not act.")
+@click.option("--base-url", default=None,
+              help="The API's public address (default: DELIVERER_PORTAL_URL, else "
+                   "http://127.0.0.1:$PORT, as `deliverer run` listens).")
+@click.option("--port", default=5000, show_default=True, envvar="PORT",
+              type=click.IntRange(1, 65535))
+def portal_url(partner: str, read_only: bool, base_url: str | None, port: int) -> None:
+    """Print a single-use link into a partner's merchant portal (PARTNER: its id, or its
+    exact name: the newest partner of that name)."""
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.portal.sessions import (
+        ISSUED_BY_ADMIN,
+        issue_link,
+        link_url,
+        resolve_partner,
+    )
+
+    settings = get_settings()
+    try:
+        with session_scope() as session:
+            partner_id, named = resolve_partner(session, partner)
+            link = issue_link(session, settings, partner_id, read_only=read_only,
+                              issued_by=ISSUED_BY_ADMIN)
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    if named > 1:
+        click.echo(f"{named} partners are named {partner!r}: this link is for the newest, "
+                   f"{partner_id}.", err=True)
+    base = base_url or settings.portal_base_url or f"http://127.0.0.1:{port}"
+    click.echo(link_url(base, link.token))
+    click.echo(f"Open it once, by {link.token_expires_at:%Y-%m-%d %H:%M:%S} UTC; the session "
+               f"lasts until {link.expires_at:%Y-%m-%d %H:%M:%S} UTC.", err=True)
+
+
 @click.command("run")
 @click.option("--port", default=5000, show_default=True, envvar="PORT",
               type=click.IntRange(1, 65535))

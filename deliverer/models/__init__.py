@@ -20,6 +20,7 @@ from deliverer.models.partner import (
     active_secrets,
     not_receiving_webhooks,
 )
+from deliverer.models.portal import PortalSession, PortalSignIn
 from deliverer.models.request_log import PartnerRequest, RequestKind, ResendStatus
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "Partner",
     "PartnerFlow",
     "PartnerRequest",
+    "PortalSession",
+    "PortalSignIn",
     "RequestKind",
     "ResendStatus",
     "Trigger",

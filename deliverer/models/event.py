@@ -16,6 +16,7 @@ class Event(Base):
     __table_args__ = (
         Index(None, "partner_id", "reference", "created_at"),
         Index(None, "created_at", "id"),  # the console's event log, newest first
+        Index(None, "partner_id", "created_at", "id"),  # the merchant portal's event log
         Index(None, "partner_id", "idempotency_key", unique=True),
     )
 

@@ -64,6 +64,9 @@ class PartnerRequest(Base):
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
     kind: Mapped[str] = mapped_column(String(16))  # RequestKind
     notification_id: Mapped[str | None] = mapped_column(String(36))
+    # Where a merchant's request came from: "portal" (the merchant portal, no API key);
+    # NULL: the Partner API with its key, or an operator (console, CLI).
+    source: Mapped[str | None] = mapped_column(String(16))
     # A resend's transaction or invoice reference; a recover's or a test's endpoint
     # (its public id).
     reference: Mapped[str | None] = mapped_column(String(200))

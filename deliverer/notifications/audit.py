@@ -1,7 +1,8 @@
 """The audit trail of merchants' requests, and the limits it enforces (seed 000).
 
 Every retry, resend and ignore a merchant asks for is a ``partner_requests`` row, refused
-ones included. Manual retries are limited per notification (3) and per partner (10 a
+ones included, with where it came from (``Principal.source``: "portal" for the merchant
+portal). Manual retries are limited per notification (3) and per partner (10 a
 rolling minute); resends per partner. The limits count the ACCEPTED rows, so they need
 no Redis, and they hold under concurrent requests: on PostgreSQL the partner row is
 locked for the decision (``lock_partner``); on SQLite every write transaction is
@@ -42,7 +43,7 @@ def record_request(session: Session, principal: Principal, kind: str, outcome: s
     return int(session.connection().execute(_INSERT_REQUEST, {
         "partner_id": principal.partner_id, "api_key_id": principal.api_key_id,
         "kind": kind, "outcome": outcome, "notification_id": notification_id,
-        "reference": reference, "delivery_status": delivery_status,
+        "source": principal.source, "reference": reference, "delivery_status": delivery_status,
         "created_at": now or utcnow(),
     }).scalar_one())
 
@@ -54,7 +55,8 @@ def reject(session: Session, principal: Principal, kind: str, error: DelivererEr
     owner that rolls the failed request back writes it again after the rollback
     (``DelivererError.keep_refusal``): a refusal is on record whoever called."""
     error.refusal = Refusal(principal.partner_id, principal.api_key_id, kind,
-                            notification_id=notification_id, reference=reference)
+                            notification_id=notification_id, reference=reference,
+                            source=principal.source)
     error.keep_refusal(session)
     raise error
 

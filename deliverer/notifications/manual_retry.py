@@ -139,7 +139,8 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
     if isinstance(outcome, DelivererError):
         outcome.refusal = Refusal(principal.partner_id, principal.api_key_id,
                                   RequestKind.RETRY, notification_id=notification_id
-                                  if is_uuid(notification_id) else None)
+                                  if is_uuid(notification_id) else None,
+                                  source=principal.source)
         raise outcome
     return outcome
 
@@ -227,7 +228,8 @@ def _audit_row(request: RetryRequest, outcome: str, now: datetime) -> dict[str, 
     return {"partner_id": request.principal.partner_id,
             "api_key_id": request.principal.api_key_id, "kind": RequestKind.RETRY,
             "outcome": outcome, "notification_id": nid if is_uuid(nid) else None,
-            "reference": None, "delivery_status": None, "created_at": now}
+            "source": request.principal.source, "reference": None, "delivery_status": None,
+            "created_at": now}
 
 
 def run_batch(settings: Settings, requests: Sequence[tuple[str, str]]

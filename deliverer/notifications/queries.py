@@ -128,6 +128,11 @@ def _decode_sequence_cursor(cursor: str) -> int:
         raise InvalidCursor() from exc
 
 
+# The same keyset cursor for other newest-first lists (the merchant portal's event log).
+encode_cursor = _encode_cursor
+decode_cursor = _decode_cursor
+
+
 @dataclass(frozen=True)
 class Page:
     # With the public id of the endpoint each is numbered on.

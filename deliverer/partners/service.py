@@ -76,7 +76,9 @@ def rotate_key(session: Session, partner_id: str) -> str:
 @dataclass(frozen=True)
 class Principal:
     partner_id: str
-    api_key_id: str | None  # None: an operator (console, CLI), not a merchant's key
+    api_key_id: str | None  # None: an operator (console, CLI), or the merchant's portal
+    # partner_requests.source of its requests: "portal" for the merchant portal.
+    source: str | None = None
 
 
 # Built once: every API request runs it, and building the statement cost more CPU than

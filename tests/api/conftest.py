@@ -10,14 +10,13 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, select, update
 
-import api
 import deliverer.config
 from deliverer.config import Settings
 from deliverer.db import session_scope
 from deliverer.models import Notification, PartnerRequest, utcnow
 from deliverer.partners.service import create_partner
 from tests.api.helpers import ApiPartner
-from tests.support.live_server import ApiClient, LiveServer, start_live_server
+from tests.support.live_server import ApiClient, LiveServer, app_server
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -25,18 +24,8 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 @pytest.fixture(scope="session")
 def live_server(settings: Settings, celery_app: Celery) -> Iterator[LiveServer]:
     """``api.create_app`` on a threaded werkzeug server on 127.0.0.1, for the session."""
-    app_settings = settings.with_overrides(admin_token=ADMIN_TOKEN)
-    app = api.create_app(app_settings)
-    # create_app installs its settings process-wide and makes its own Celery app the
-    # default; the rest of the suite runs on the session's settings and Celery app.
-    deliverer.config.set_settings(settings)
-    celery_app.set_current()
-    celery_app.set_default()
-    server = start_live_server(app, settings)
-    try:
+    with app_server(settings, celery_app, admin_token=ADMIN_TOKEN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

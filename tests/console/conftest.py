@@ -2,74 +2,32 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import requests
 from celery import Celery
 
-import api
-import deliverer.config
 from deliverer.config import Settings
-from tests.support.live_server import LiveServer, start_live_server
+from tests.support.live_server import LiveServer, app_server
+from tests.support.page_client import PageClient, csrf_of
 
 OPERATOR_TOKEN = "console-operator-token-5f1c2a9e"
-TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="session")
 def console_server(settings: Settings, celery_app: Celery) -> Iterator[LiveServer]:
     """``api.create_app`` with an admin token, on a threaded werkzeug server (loopback)."""
-    app = api.create_app(settings.with_overrides(admin_token=OPERATOR_TOKEN))
-    # create_app installs its settings process-wide and makes its own Celery app the
-    # default; the rest of the suite runs on the session's.
-    deliverer.config.set_settings(settings)
-    celery_app.set_current()
-    celery_app.set_default()
-    server = start_live_server(app, settings)
-    try:
+    with app_server(settings, celery_app, admin_token=OPERATOR_TOKEN) as server:
         yield server
-    finally:
-        server.stop()
 
 
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
-
-
-class ConsoleClient:
-    """A browser-like ``requests`` session against the console (cookies kept)."""
-
-    def __init__(self, base_url: str):
-        self.base_url = base_url
-        self.http = requests.Session()
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", TIMEOUT)
-        return self.http.get(self.base_url + path, **kwargs)
-
-    def post(self, path: str, data: dict[str, str] | None = None,
-             **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", TIMEOUT)
-        return self.http.post(self.base_url + path, data=data or {}, **kwargs)
+class ConsoleClient(PageClient):
+    """A browser-like client of the console (cookies kept)."""
 
     def login(self, token: str = OPERATOR_TOKEN) -> requests.Response:
         page = self.get("/console/login")
         return self.post("/console/login", {"csrf_token": csrf_of(page.text), "token": token})
-
-    def submit(self, page_path: str, action_path: str,
-               extra: dict[str, str] | None = None) -> requests.Response:
-        """Load ``page_path`` and post its form's CSRF token to ``action_path``."""
-        page = self.get(page_path)
-        assert page.status_code == 200, page.text
-        return self.post(action_path, {"csrf_token": csrf_of(page.text), **(extra or {})})
-
-    def close(self) -> None:
-        self.http.close()
 
 
 @pytest.fixture

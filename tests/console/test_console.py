@@ -18,9 +18,10 @@ from deliverer.db import session_scope
 from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow
 from deliverer.notifications.audit import ACCEPTED, check_rate
 from deliverer.operations.replay import OPERATOR
-from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient, csrf_of
+from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient
 from tests.console.helpers import publish, requests_of, wait_failed
 from tests.support import helpers as h
+from tests.support.page_client import csrf_of
 from tests.support.receiver import Receiver, ok, status
 
 

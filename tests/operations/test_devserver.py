@@ -25,6 +25,7 @@ from deliverer.config import Settings
 from deliverer.demo import play
 from deliverer.devserver import port_in_use
 from tests.support.cli import DELIVERER
+from tests.support.page_client import PortalClient
 from tests.support.ports import free_port
 from tests.support.processes import group_pids
 from tests.support.receiver import Receiver, sleep, status
@@ -186,6 +187,12 @@ def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Pat
         assert closed.status_code == 302
         opened = requests.get(console, auth=("operator", match.group(1)), timeout=10)
         assert opened.status_code == 200
+        # And a link into the demo merchant's portal, which opens it once.
+        link = re.search(rf"its merchant portal, .*: (http://127\.0\.0\.1:{port}/portal/"
+                         r"enter\?token=\S+)", running.output)
+        assert link, running.output
+        assert "Your webhook endpoints" in PortalClient(f"http://127.0.0.1:{port}").open_link(
+            link.group(1)).text
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
         wait_until(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,

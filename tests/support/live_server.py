@@ -126,3 +126,22 @@ class ApiClient:
 
     def as_key(self, key: str | None, auth: str | None = None) -> ApiClient:
         return ApiClient(self.base_url, key, auth or self.auth)
+
+
+@contextmanager
+def app_server(settings: Settings, celery_app: Any, **overrides: Any) -> Iterator[LiveServer]:
+    """``api.create_app`` with ``overrides`` (an admin token...) on a live server.
+
+    create_app installs its settings process-wide and makes its own Celery app the
+    default; the rest of the suite runs on the session's, put back here."""
+    import api
+
+    app = api.create_app(settings.with_overrides(**overrides))
+    deliverer.config.set_settings(settings)
+    celery_app.set_current()
+    celery_app.set_default()
+    server = start_live_server(app, settings)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -23,9 +23,9 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from api.html import serve_pages
 from api.views.console.blueprint import bp, deliverer_settings, page
 from deliverer.config import Settings
 
@@ -138,24 +138,7 @@ def _guard() -> Any:
     return None
 
 
-@bp.after_request
-def _headers(response: Response) -> Response:
-    nonce = g.get("csp_nonce", "")
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    )
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Any:
-    return page("console/error.html", exc.code or 500, title=exc.name,
-                message=exc.description or "")
+serve_pages(bp, "console/error.html")
 
 
 # C0 and C1 control characters and DEL.

@@ -1,0 +1,121 @@
+"""The portal's pages: endpoints, an endpoint's retry queue, a notification's attempts
+(Troubleshoot), the event log and alerts. Reads only: the actions are in ``actions``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from flask import g, request
+
+from api.db import get_session
+from api.html import pretty, rel, ts
+from api.views.console.filters import STATUSES
+from api.views.portal.blueprint import (
+    bp,
+    deliverer_settings,
+    not_found,
+    page,
+    partner_id,
+    portal_session,
+)
+from deliverer.errors import DelivererError
+from deliverer.models import WebhookSettings, utcnow
+from deliverer.portal import queries, sessions
+from deliverer.portal.chart import HEIGHT, WIDTH
+
+
+@bp.context_processor
+def _helpers() -> dict[str, Any]:
+    found = g.get("portal_session")
+    return {"ts": ts, "rel": rel, "pretty": pretty, "csp_nonce": g.get("csp_nonce", ""),
+            "csrf_token": g.get("portal_csrf", ""), "statuses": STATUSES,
+            "signed_in": found is not None, "read_only": bool(found and found.read_only),
+            "ref": queries.endpoint_ref, "chart_width": WIDTH, "chart_height": HEIGHT,
+            "flashes": sessions.pop_flash(found) if found is not None else []}
+
+
+@bp.get("/")
+def index() -> Any:
+    summaries = queries.endpoints_overview(get_session(), partner_id(), utcnow())
+    return page("portal/endpoints.html", endpoints=summaries,
+                expires_at=portal_session().expires_at)
+
+
+@bp.get("/endpoints/<ref>")
+def endpoint(ref: str) -> Any:
+    session = get_session()
+    found = queries.get_endpoint(session, partner_id(), ref)
+    if found is None:
+        return not_found("endpoint")
+    items, total = queries.retry_queue(session, found)
+    return page("portal/endpoint.html", e=found, state=str(found.status),
+                items=items, total=total,
+                chart=queries.attempts_chart(session, found, utcnow()))
+
+
+@bp.get("/notifications/<notification_id>")
+def notification(notification_id: str) -> Any:
+    detail = queries.notification_detail(get_session(), partner_id(), notification_id)
+    if detail is None:
+        return not_found("notification")
+    settings = deliverer_settings()
+    headers = {a.id: queries.headers_sent(detail.notification.id, a, settings)
+               for a in detail.attempts}
+    return page("portal/notification.html", d=detail, n=detail.notification,
+                headers=headers, max_retries=settings.max_manual_retries)
+
+
+@bp.get("/notifications/<notification_id>/ignore")
+def confirm_ignore(notification_id: str) -> Any:
+    detail = queries.notification_detail(get_session(), partner_id(), notification_id)
+    if detail is None:
+        return not_found("notification")
+    return page("portal/confirm_ignore.html", d=detail, n=detail.notification)
+
+
+def _day(name: str, *, end: bool = False) -> datetime | None:
+    """A date filter (YYYY-MM-DD, UTC); ``end``: the day after it (the range includes it).
+    Anything else is ignored, as the console ignores a bad filter."""
+    try:
+        day = datetime.strptime(request.args.get(name, ""), "%Y-%m-%d").date()
+        return datetime.combine(day, time(), UTC) + timedelta(days=1 if end else 0)
+    except (ValueError, OverflowError):
+        return None
+
+
+@bp.get("/events")
+def events() -> Any:
+    args = request.args
+    status = args.get("status") or None
+    filters = queries.EventFilters(
+        status=status if status in STATUSES else None,
+        event_type=(args.get("type") or "").strip()[:100] or None,
+        reference=(args.get("reference") or "").strip()[:200] or None,
+        created_from=_day("from"), created_to=_day("to", end=True),
+        cursor=args.get("cursor") or None)
+    try:
+        rows, next_cursor = queries.event_log(get_session(), partner_id(), filters)
+    except DelivererError:  # a cursor that is not one of ours
+        rows, next_cursor = queries.event_log(get_session(), partner_id(),
+                                              queries.EventFilters())
+    kept = {k: v for k, v in args.items() if k != "cursor" and v}
+    return page("portal/events.html", rows=rows, next_cursor=next_cursor, args=args,
+                kept=kept, filtered=bool(kept), first_page="cursor" in args)
+
+
+@bp.get("/events/<event_id>")
+def event(event_id: str) -> Any:
+    row = queries.get_event(get_session(), partner_id(), event_id)
+    if row is None:
+        return not_found("event")
+    return page("portal/event.html", row=row)
+
+
+@bp.get("/alerts")
+def alerts() -> Any:
+    session = get_session()
+    settings_row = session.get(WebhookSettings, partner_id())
+    return page("portal/alerts.html", alerts=queries.alerts_of(session, partner_id()),
+                alert_email=settings_row.alert_email if settings_row else None,
+                smtp=bool(deliverer_settings().smtp_url))

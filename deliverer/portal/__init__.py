@@ -1,0 +1,1 @@
+"""The merchant portal's services: sessions, what its pages read, Diagnose."""

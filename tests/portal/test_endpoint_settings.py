@@ -1,0 +1,171 @@
+"""Endpoint settings in the portal, over HTTP: add one subscribed to one event type (its
+secret shown once) and see only those events arrive there; edit, disable, enable,
+rotate, test, delete; bad input answered in the form."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook
+
+from deliverer.db import session_scope
+from deliverer.models import Endpoint, NotificationStatus, PartnerRequest, utcnow
+from deliverer.portal.sessions import SOURCE
+from deliverer.scheduling.tasks import sweep_due
+from tests.console.helpers import publish
+from tests.support import helpers as h
+from tests.support.page_client import csrf_of
+from tests.support.receiver import Receiver, ok, status
+
+
+def secret_in(html: str) -> str:
+    match = re.search(r'<pre id="secret">(whsec_[^<]+)</pre>', html)
+    assert match, "no secret on the page"
+    return match.group(1)
+
+
+def add(client, url: str, *types: str, **extra: str):
+    return client.submit("/portal/endpoints/new", "/portal/endpoints/new",
+                         {"url": url, "event_types": list(types), "enabled": "yes", **extra})
+
+
+def public_id(url: str) -> str:
+    with session_scope() as session:
+        found = session.scalar(select(Endpoint.public_id).where(Endpoint.url == url))
+        assert found is not None
+        return found
+
+
+def test_an_endpoint_added_for_one_type_receives_only_that_type(
+        portal, merchant, worker, settings, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    billing = receiver.program("/billing", [], ok())
+    added = add(client, billing, "invoice.settled", description="Billing service")
+    assert added.status_code == 200 and "Endpoint added" in added.text
+    secret = secret_in(added.text)
+    assert "shown only once" in added.text
+    home = client.get("/portal/")
+    assert billing in home.text and "Billing service" in home.text
+    assert secret not in home.text and secret not in client.get(
+        f"/portal/endpoints/{public_id(billing)}/settings").text
+
+    invoice = publish(settings, shop.partner_id, "INV-1", event_type="invoice.settled")
+    paid = publish(settings, shop.partner_id, "TXN-1", event_type="transaction.paid")
+    h.wait_until(lambda: len(receiver.requests("/main")) == 2, message="both to /main")
+    h.wait_until(lambda: receiver.requests("/billing"), message="invoice to /billing")
+    [received] = receiver.requests("/billing")
+    Webhook(secret).verify(received.body, received.headers)
+    assert b'"reference":"INV-1"' in received.body
+    assert invoice.notification_id and paid.notification_id
+    log = client.get("/portal/events", params={"reference": "INV-1"})
+    assert billing in log.text and log.text.count("badge s-SENT") == 2
+
+
+def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: Receiver,
+                                                   settings, worker):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    url = receiver.program("/orders", [], ok())
+    first_secret = secret_in(add(client, url, "transaction.*").text)
+    ref = public_id(url)
+    path = f"/portal/endpoints/{ref}/settings"
+
+    saved = client.submit(path, path, {"url": url, "description": "Orders",
+                                       "event_types": ["transaction.paid", "invoice.settled"],
+                                       "rate_limit": "5"})
+    assert "Settings saved." in saved.text
+    with session_scope() as session:
+        row = session.scalar(select(Endpoint).where(Endpoint.public_id == ref))
+        assert row is not None
+        assert (row.description, row.event_types, row.rate_limit) == (
+            "Orders", ["transaction.paid", "invoice.settled"], 5.0)
+
+    disabled = client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "no"})
+    assert "Endpoint disabled" in disabled.text and 'id="enable"' in disabled.text
+    enabled = client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "yes"})
+    assert "Endpoint enabled" in enabled.text and 'id="disable"' in enabled.text
+
+    rotated = client.submit(path, f"/portal/endpoints/{ref}/rotate-secret",
+                            {"overlap_seconds": "0"})
+    assert "Secret rotated" in rotated.text and secret_in(rotated.text) != first_secret
+
+    tested = client.submit(path, f"/portal/endpoints/{ref}/test")
+    assert "Test event delivered" in tested.text and "/portal/notifications/" in tested.url
+    assert "webhook.test" in tested.text and ">SENT<" in tested.text
+    [test] = receiver.requests("/orders")
+    Webhook(secret_in(rotated.text)).verify(test.body, test.headers)
+    assert b'"type":"webhook.test"' in test.body
+
+    confirm = client.get(f"/portal/endpoints/{ref}/delete")
+    assert "Delete this endpoint?" in confirm.text
+    deleted = client.post(f"/portal/endpoints/{ref}/delete",
+                          {"csrf_token": csrf_of(confirm.text), "confirm": "yes"})
+    assert "deleted" in deleted.text and url not in deleted.text.split("</h1>")[1]
+    assert client.get(path).status_code == 404
+    with session_scope() as session:  # on the audit trail, as the merchant's own
+        trail = session.execute(select(PartnerRequest.kind, PartnerRequest.source,
+                                       PartnerRequest.reference, PartnerRequest.api_key_id)
+                                .order_by(PartnerRequest.id)).all()
+    assert trail == [(kind, SOURCE, ref, None) for kind in (
+        "endpoint_add", "endpoint_edit", "endpoint_disable", "endpoint_enable",
+        "secret_rotate", "endpoint_test", "endpoint_delete")]
+
+
+def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    cases = [
+        (("not a url", "*"), {}, "url"),
+        ((receiver.url("/x"), "no.such.type"), {}, "Unknown event types: no.such.type"),
+        ((receiver.url("/x"),), {}, "event types: tick at least one, or All events"),
+        ((receiver.url("/x"), "*"), {"rate_limit": "-1"}, "rate limit"),
+        ((receiver.url("/main"), "*"), {}, "Another endpoint of yours already has this URL"),
+    ]
+    for (url, *types), extra, expected in cases:
+        answer = add(client, url, *types, **extra)
+        assert answer.status_code == 400, (url, types)
+        assert expected in answer.text, (expected, answer.text[-1500:])
+    with session_scope() as session:
+        assert len(session.scalars(select(Endpoint)).all()) == 1
+
+
+def test_read_only_sessions_see_settings_but_no_form(portal, merchant, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id, read_only=True)
+    ref = public_id(receiver.url("/main"))
+    page = client.get(f"/portal/endpoints/{ref}/settings")
+    assert page.status_code == 200 and receiver.url("/main") in page.text
+    assert 'id="endpoint-form"' not in page.text and 'id="rotate"' not in page.text
+    assert 'id="add-endpoint"' not in client.get("/portal/").text
+    refused = client.post(f"/portal/endpoints/{ref}/rotate-secret",
+                          {"csrf_token": csrf_of(client.get("/portal/").text)})
+    assert refused.status_code == 403
+
+
+def test_recover_sends_a_periods_failed_webhooks_again(portal, merchant, worker, settings,
+                                                      receiver: Receiver, override_settings):
+    with override_settings(time_scale=1.0):  # FAILED stays FAILED meanwhile
+        shop = merchant(receiver.program("/down", [], status(500)))
+        published = [publish(settings, shop.partner_id, f"TXN-R{i}") for i in range(3)]
+        for one in published:
+            h.wait_until(lambda one=one: h.notification(one.notification_id).status
+                         == NotificationStatus.FAILED, message="FAILED")
+        client = portal(shop.partner_id)
+        ref = public_id(receiver.url("/down"))
+        path = f"/portal/endpoints/{ref}/settings"
+        receiver.program("/down", [], ok())  # the outage is over
+        today = utcnow().strftime("%Y-%m-%d")
+        answer = client.submit(path, f"/portal/endpoints/{ref}/recover", {"since": today})
+        assert "3 failed webhook(s) will be sent again, oldest first" in answer.text
+        for one in published:  # the beat sweep hands them over as they fall due
+            h.wait_until(lambda one=one: h.sent(one.notification_id), message="recovered",
+                         on_poll=sweep_due, interval=0.1)
+        refused = client.submit(path, f"/portal/endpoints/{ref}/recover",
+                                {"since": today, "until": "2020-01-01"})
+        assert "Nothing recovered: since: must not be later than until" in refused.text
+    with session_scope() as session:
+        trail = session.execute(select(PartnerRequest.kind, PartnerRequest.source,
+                                       PartnerRequest.reference)).all()
+    assert trail == [("recover", SOURCE, ref)]
