@@ -59,8 +59,12 @@ def test_an_endpoint_added_for_one_type_receives_only_that_type(
     Webhook(secret).verify(received.body, received.headers)
     assert b'"reference":"INV-1"' in received.body
     assert invoice.notification_id and paid.notification_id
-    log = client.get("/portal/events", params={"reference": "INV-1"})
-    assert billing in log.text and log.text.count("badge s-SENT") == 2
+    # The receiver has the POSTs before their outcomes are recorded: wait for SENT.
+    log = h.wait_until(
+        lambda: (page if (page := client.get("/portal/events", params={"reference": "INV-1"})
+                          ).text.count("badge s-SENT") == 2 else None),
+        message="both of INV-1's notifications SENT in the event log")
+    assert billing in log.text
 
 
 def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: Receiver,
