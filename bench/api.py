@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import api_floor
-from bench.api_open import open_loop
+from bench.api_open import open_loop, request_once
 from bench.context import Ctx, create_partners, log_errors
 from bench.env import BenchError, free_port, wait_until
 from bench.report import Result, Row, percentile
@@ -141,15 +141,7 @@ def python_run(port: int, duration: float, mode: str,
             else:
                 method, path, headers = "GET", "/healthz", {}
             t0 = time.perf_counter()
-            try:
-                conn.request(method, path, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                seen[str(response.status)] += 1
-            except (OSError, http.client.HTTPException):
-                seen["error"] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn = request_once(conn, port, method, path, headers, seen)
             mine.append((time.perf_counter() - t0) * 1000)
         with lock:
             latencies.extend(mine)

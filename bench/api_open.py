@@ -23,6 +23,22 @@ from bench.report import percentile
 CONNECTIONS = 64
 
 
+def request_once(conn: http.client.HTTPConnection, port: int, method: str, path: str,
+                 headers: dict[str, str], seen: Counter[str]) -> http.client.HTTPConnection:
+    """One request on a keep-alive connection, its status counted in ``seen``; returns
+    the connection to go on with (a new one after a socket error, counted as "error")."""
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        seen[str(response.status)] += 1
+    except (OSError, http.client.HTTPException):
+        seen["error"] += 1
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    return conn
+
+
 def open_loop(port: int, pairs: list[tuple[str, str]], rate: float,
               seconds: float) -> dict[str, Any]:
     """Offer ``rate`` manual retries a second for ``seconds``, walking ``pairs`` (API key,
@@ -46,16 +62,9 @@ def open_loop(port: int, pairs: list[tuple[str, str]], rate: float,
             if wait > 0:
                 time.sleep(wait)
             late.append((time.perf_counter() - at) * 1000)
-            try:
-                conn.request("POST", f"/api/partner/v2/webhook-notifications/{nid}/retry",
-                             headers={"X-Api-Key": key, "Content-Length": "0"})
-                response = conn.getresponse()
-                response.read()
-                seen[str(response.status)] += 1
-            except (OSError, http.client.HTTPException):
-                seen["error"] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn = request_once(conn, port, "POST",
+                                f"/api/partner/v2/webhook-notifications/{nid}/retry",
+                                {"X-Api-Key": key, "Content-Length": "0"}, seen)
             mine.append((time.perf_counter() - at) * 1000)
         conn.close()
         with lock:
