@@ -65,7 +65,21 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if engine.dialect.driver == "psycopg2":
+        event.listen(engine, "checkin", _psycopg2_default_isolation)
+    return engine
+
+
+def _psycopg2_default_isolation(dbapi_connection: Any, _record: Any) -> None:
+    # After a connection ran in autocommit (``execute_alone``), SQLAlchemy restores the
+    # isolation level by naming it (READ COMMITTED), and from then on psycopg2 spends a
+    # round trip (SET default_transaction_isolation) each time autocommit is turned off
+    # again: at every pre-ping, and after every autocommitted statement. Back to
+    # psycopg2's DEFAULT (the server's level, which is what SQLAlchemy named), that
+    # costs nothing.
+    if dbapi_connection is not None and not dbapi_connection.closed:
+        dbapi_connection.isolation_level = None
 
 
 def make_database(settings: Settings) -> Database:
