@@ -20,6 +20,7 @@ from sqlalchemy import Engine, Executable, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from deliverer import prepared
 from deliverer.config import Settings, get_settings, on_settings_change
 from deliverer.errors import DelivererError
 
@@ -68,6 +69,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     if engine.dialect.driver == "psycopg2":
         event.listen(engine, "checkin", _psycopg2_default_isolation)
+    prepared.install(engine)
     return engine
 
 
