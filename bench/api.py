@@ -339,11 +339,12 @@ def run(ctx: Ctx) -> Result:
             set(run["statuses"]) == {"200"} for run in floor_runs),
     }
     result.rows = [
+        # Closed loop, 50 connections: the server saturated, so its p99 is queueing, not
+        # service time. Issue 18 restated the targets on the open loop and the raw floor.
         Row("manual retry requests/s", retry["per_s"], "/s", reference=trivial["per_s"],
-            reference_label="GET /healthz, same server", target=(">=", 0.5), on="ratio",
-            note=f"{statuses}"),
-        Row("manual retry p99", retry["p99_ms"], "ms", reference=trivial["p99_ms"],
-            reference_label="GET /healthz", target=("<=", 50.0)),
+            reference_label="GET /healthz, same server", note=f"{statuses}"),
+        Row("manual retry p99 (closed loop, saturated)", retry["p99_ms"], "ms",
+            reference=trivial["p99_ms"], reference_label="GET /healthz"),
         Row(f"manual retry p99, open loop at {OPEN_RATE:.0f}/s over {open_n:,} partners",
             offered["p99_ms"], "ms", target=("<=", 50.0),
             note=f"p50 {offered['p50_ms']:.1f} ms; latency from each request's due time"),

@@ -23,6 +23,18 @@ came after found it cleared, and sent a wake-up. A wake-up lost with a killed wo
 counts as pending for ``WAKE_TTL`` only; the rows stay the outbox's, marked as enqueued
 at their publish, so the sweep's lost-message grace hands them over as before.
 
+Behind a backlog, a batch is filled from other endpoints too: a wake-up whose own
+endpoint has fewer due than a batch also leases the due first attempts of endpoints whose
+wake-ups have waited in the broker for ``BACKLOG_AGE`` (``_steal``). A burst spread over
+many merchants (a thousand endpoints with a few notifications each) is so delivered in
+full batches by the first wake-ups taken; the later ones find their endpoints' rows
+already leased or sent, and cost a claim each. Their marks are left alone, so the
+argument above is untouched: each endpoint's own wake-up still comes, and claims whatever
+is still due. Without a backlog (wake-ups taken within milliseconds), nothing is borrowed
+and a lone publish is still a batch of one. Failing, disabled and deleted endpoints are
+not borrowed from: their own wake-ups deal with them, so a slow endpoint's POSTs never
+hold a healthy batch's record.
+
 SQLite (the embedded default) keeps a message per notification (``uses_wake_ups``).
 """
 
@@ -35,6 +47,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, func, select, true, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -50,6 +63,10 @@ from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, t
 # A wake-up not taken within this long counts as lost: the next publish sends another
 # (an extra one finds little or nothing to do).
 WAKE_TTL = timedelta(seconds=5)
+# A wake-up that waited this long in the broker marks a backlog: its endpoint's due rows
+# may fill other wake-ups' batches (``_steal``). Far above the milliseconds a wake-up
+# waits on an idle worker, far below the WAKE_TTL.
+BACKLOG_AGE = timedelta(milliseconds=200)
 
 _ENDPOINTS = table_of(Endpoint)
 _E = _ENDPOINTS.c
@@ -79,6 +96,20 @@ _DUE = (select(func.count().label("due"))
         .lateral("counted"))
 _PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due)
          .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
+# Endpoints whose wake-up has waited since before :waited_since, the longest-waiting
+# first (ix_endpoints_wake_sent_at), and per endpoint its oldest due first attempts, at
+# most :cap rows in all. Evaluated lazily, so only the rows returned are locked.
+_CAP = bindparam("cap", type_=Integer())
+_WAITING = (select(_E.id.label("endpoint_id"))
+            .where(_E.wake_sent_at < bindparam("waited_since", type_=_E.wake_sent_at.type),
+                   _E.id.not_in(_IDS), _E.failing_since.is_(None),
+                   _E.disabled_at.is_(None), _E.deleted_at.is_(None))
+            .order_by(_E.wake_sent_at).limit(_CAP).subquery("waiting"))
+_BORROWED = (select(_N.id).where(*_due_first(_WAITING.c.endpoint_id))
+             .order_by(_N.next_attempt_at).limit(_CAP)
+             .with_for_update(skip_locked=True).lateral("borrowed"))
+_STEAL = (select(_WAITING.c.endpoint_id, _BORROWED.c.id)
+          .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
 _CLEAR = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
 _SET = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=_NOW)
 
@@ -119,10 +150,16 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
         due[endpoint_id] = count
         if nid is not None:
             endpoint_of[nid] = endpoint_id
-    claim = claim_many(session, list(endpoint_of), settings, now)
     picked = Counter(endpoint_of.values())
     remaining = {endpoint_id for endpoint_id, count in due.items()
                  if count > picked[endpoint_id]}
+    # Each wake-up whose endpoint is drained carries borrowed rows up to a batch.
+    batch_size = max(1, settings.delivery_batch_size)
+    spare = {endpoint_id: batch_size - picked[endpoint_id] for endpoint_id in ids
+             if endpoint_id not in remaining and picked[endpoint_id] < batch_size}
+    carrier_of = _steal(connection, ids, spare, now)
+    claim = claim_many(session, [*endpoint_of, *carrier_of], settings, now)
+    endpoint_of.update(carrier_of)
     if remaining:
         connection.execute(_SET, {"ids": sorted(remaining), "now": now})
     claims = {endpoint_id: (BatchClaim(token=claim.token), endpoint_id in remaining)
@@ -134,6 +171,20 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     for nid in claim.locked:
         claims[endpoint_of[nid]][0].locked.append(nid)
     return claims
+
+
+def _steal(connection: Connection, woken: list[int], spare: dict[int, int],
+           now: datetime) -> dict[str, int]:
+    """Borrow due first attempts of endpoints waiting behind a backlog, up to the spare
+    room of the woken endpoints' batches; returns each borrowed row's carrier (the woken
+    endpoint whose batch takes it). Locks them, leases nothing."""
+    cap = sum(spare.values())
+    if cap <= 0:
+        return {}
+    rows = connection.execute(_STEAL, {"ids": woken, "cap": cap, "now": now,
+                                       "waited_since": now - BACKLOG_AGE}).all()
+    carriers = [endpoint_id for endpoint_id, room in spare.items() for _ in range(room)]
+    return {nid: carrier for (_endpoint_id, nid), carrier in zip(rows, carriers, strict=False)}
 
 
 def claim_due(session: Session, endpoint_id: int, settings: Settings,

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,6 +48,10 @@ class Endpoint(Base):
         UniqueConstraint("partner_id", "url"),
         # Fan-out reads a partner's registered endpoints on every publish.
         Index(None, "partner_id", "registered"),
+        # Wake-ups waiting behind a backlog, the longest-waiting first (delivery/wake.py).
+        Index("ix_endpoints_wake_sent_at", "wake_sent_at",
+              postgresql_where=text("wake_sent_at IS NOT NULL"),
+              sqlite_where=text("wake_sent_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

@@ -37,6 +37,37 @@ def _mark_of(endpoint_id: int):  # type: ignore[no-untyped-def]
         return session.scalar(select(Endpoint.wake_sent_at).where(Endpoint.id == endpoint_id))
 
 
+def _race(published_tasks, settings, partner_ids: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    """60 publishes, round-robin over the partners, in a thread, while every wake-up sent
+    is taken here by hand, as it is sent (the broker's message is not needed)."""
+    published: list[str] = []
+    done = threading.Event()
+
+    def publish() -> None:
+        try:
+            for i in range(60):
+                published.append(deliverer.publish_event(
+                    partner_ids[i % len(partner_ids)], "t", f"r{i}", {}).notification_id)
+        finally:
+            done.set()
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    taken = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        wakes = _wakes(published_tasks)
+        if taken < len(wakes):
+            wake.deliver_due(wakes[taken], settings)
+            taken += 1
+        elif done.is_set():
+            break
+        else:
+            time.sleep(0.001)
+    publisher.join(10)
+    return published
+
+
 def test_a_publish_sends_a_wake_up_only_when_none_is_pending(settings, receiver,
                                                              published_tasks):
     shop = h.new_partner(settings, receiver.url("/hook"))
@@ -90,33 +121,88 @@ def test_no_publish_is_left_without_a_wake_up_by_a_concurrent_claim(settings, re
     receiver.always("/race", ok())
     url = receiver.url("/race")
     shop = h.new_partner(settings, url)
-    published: list[str] = []
-    done = threading.Event()
-
-    def publish() -> None:
-        try:
-            for i in range(60):
-                published.append(deliverer.publish_event(shop.partner_id, "t", f"r{i}",
-                                                          {}).notification_id)
-        finally:
-            done.set()
-
     with override_settings(delivery_batch_size=2) as small:
-        publisher = threading.Thread(target=publish)
-        publisher.start()
-        taken = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            wakes = _wakes(published_tasks)
-            if taken < len(wakes):
-                wake.deliver_due(wakes[taken], small)
-                taken += 1
-            elif done.is_set():
-                break
-            else:
-                time.sleep(0.001)
-        publisher.join(10)
+        published = _race(published_tasks, small, [shop.partner_id])
     assert len(published) == 60
     h.wait_until(lambda: all(h.sent(nid) for nid in published), 10,
                  message="every notification delivered")
     assert len(receiver.requests("/race")) == 60
+
+
+def _endpoint_with_due(settings, receiver, path: str, count: int):  # type: ignore[no-untyped-def]
+    url = receiver.url(path)
+    shop = h.new_partner(settings, url)
+    ids = [h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=utcnow()) for _ in range(count)]
+    return h.notification(ids[0]).endpoint_id, ids
+
+
+def test_behind_a_backlog_a_batch_is_filled_from_endpoints_whose_wake_ups_wait(
+        settings, receiver, override_settings):
+    woken, own = _endpoint_with_due(settings, receiver, "/own", 2)
+    waiting, theirs = _endpoint_with_due(settings, receiver, "/waiting", 3)
+    recent, fresh = _endpoint_with_due(settings, receiver, "/recent", 3)
+    failing, dying = _endpoint_with_due(settings, receiver, "/failing", 3)
+    now = utcnow()
+    old = now - wake.BACKLOG_AGE - timedelta(seconds=1)
+    for endpoint_id, sent_at in ((waiting, old), (recent, now), (failing, old)):
+        _mark(endpoint_id, sent_at)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id == failing)
+                        .values(failing_since=old))
+    with override_settings(delivery_batch_size=4) as small:
+        wake.clear_marks([woken])
+        with session_scope() as session:
+            claim, more = wake.claim_due(session, woken, small)
+    taken = [job.notification_id for job in claim.jobs]
+    # Its own first, then the longest-waiting endpoint's oldest, up to a batch of four;
+    # none of an endpoint whose wake-up was just sent (no backlog) or that is failing.
+    assert sorted(taken[:2]) == sorted(own) and len(taken) == 4
+    assert set(taken[2:]) <= set(theirs)
+    assert not more
+    assert all(h.notification(nid).lease_token is None for nid in fresh + dying)
+    # The borrowed endpoint keeps its mark: its own wake-up comes and takes the rest.
+    assert _mark_of(waiting) is not None
+    wake.clear_marks([waiting])
+    with session_scope() as session:
+        rest, _ = wake.claim_due(session, waiting, small)
+    assert [job.notification_id for job in rest.jobs] == [
+        nid for nid in theirs if nid not in taken]
+
+
+def test_nothing_is_borrowed_without_a_backlog(settings, receiver):
+    woken, own = _endpoint_with_due(settings, receiver, "/own", 1)
+    waiting, _theirs = _endpoint_with_due(settings, receiver, "/waiting", 2)
+    _mark(waiting, utcnow())  # sent a moment ago: taken in milliseconds on an idle worker
+    wake.clear_marks([woken])
+    with session_scope() as session:
+        claim, _ = wake.claim_due(session, woken, settings)
+    assert [job.notification_id for job in claim.jobs] == own
+
+
+def test_no_publish_is_lost_or_sent_twice_when_wake_ups_borrow(settings, receiver,
+                                                               published_tasks,
+                                                               override_settings,
+                                                               monkeypatch):
+    """Publishes to three endpoints race with wake-ups that borrow from each other at
+    once (no backlog age): each notification is delivered once."""
+    monkeypatch.setattr(wake, "BACKLOG_AGE", timedelta(0))
+    borrowed: list[str] = []
+    steal = wake._steal
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        carried = steal(*args)
+        borrowed.extend(carried)
+        return carried
+
+    monkeypatch.setattr(wake, "_steal", counted)
+    shops = [h.new_partner(settings, receiver.url(f"/borrow{k}")) for k in range(3)]
+    for k in range(3):
+        receiver.always(f"/borrow{k}", ok())
+    with override_settings(delivery_batch_size=3) as small:
+        published = _race(published_tasks, small, [shop.partner_id for shop in shops])
+    assert len(published) == 60
+    h.wait_until(lambda: all(h.sent(nid) for nid in published), 10,
+                 message="every notification delivered")
+    assert sum(len(receiver.requests(f"/borrow{k}")) for k in range(3)) == 60
+    assert borrowed  # the race did borrow
