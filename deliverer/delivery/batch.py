@@ -29,8 +29,8 @@ from deliverer.delivery import sender, slow_lane
 from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
 from deliverer.delivery.outcome import NextAttempt
 from deliverer.delivery.perform import perform_admitted
-from deliverer.delivery.record import record
-from deliverer.delivery.success import is_plain_success, record_successes
+from deliverer.delivery.record import record_locked
+from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
 from deliverer.logging import delivery_context
 from deliverer.models import (
     Notification,
@@ -193,16 +193,19 @@ def release_unsent(session: Session, ids: Sequence[str], token: str,
 def record_many(session: Session, jobs: Sequence[DeliveryJob],
                 results: Sequence[sender.SendResult], settings: Settings,
                 now: datetime | None = None) -> list[NextAttempt]:
-    """Write every attempt, then move each notification on. Commits nothing."""
+    """Lock the endpoints (``lock_endpoints``), write every attempt, then move each
+    notification on. Commits nothing."""
     now = now or utcnow()
     done = list(zip(jobs, results, strict=True))
-    record_successes(session, [(j, r) for j, r in done if is_plain_success(j, r)], now)
+    failing = lock_endpoints(session, done)
+    record_successes(session, [(j, r) for j, r in done if is_plain_success(j, r)], now,
+                     failing)
     following: list[NextAttempt] = []
     for job, result in done:
         if is_plain_success(job, result):
             continue
         with delivery_context(job.notification_id):
-            outcome = record(session, job, result, settings, now)
+            outcome = record_locked(session, job, result, settings, now, failing)
         if outcome.next_attempt is not None:
             following.append(outcome.next_attempt)
     return following

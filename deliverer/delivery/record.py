@@ -1,10 +1,12 @@
 """Recording an attempt: the attempt row and the notification's new state in one
-transaction, by the holder of its lease. Plain successes go in bulk (``success``);
-failures move the ladder, the endpoint's queue and its alerts (``failure``)."""
+transaction, by the holder of its lease, once its endpoint is locked
+(``success.lock_endpoints``). Plain successes go in bulk (``success``); failures move
+the ladder, the endpoint's queue and its alerts (``failure``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import select
@@ -17,8 +19,8 @@ from deliverer.delivery.failure import record_failure
 from deliverer.delivery.outcome import AttemptOutcome
 from deliverer.delivery.success import (
     attempt_row,
-    endpoint_failing_now,
     is_plain_success,
+    lock_endpoints,
     record_successes,
 )
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
@@ -29,9 +31,17 @@ log = logging.getLogger(__name__)
 def record(session: Session, job: DeliveryJob, result: sender.SendResult, settings: Settings,
            now: datetime | None = None) -> AttemptOutcome:
     """Write the attempt and move the notification on. Commits nothing."""
-    now = now or utcnow()
+    failing = lock_endpoints(session, [(job, result)])
+    return record_locked(session, job, result, settings, now or utcnow(), failing)
+
+
+def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
+                  settings: Settings, now: datetime, failing: Collection[int]
+                  ) -> AttemptOutcome:
+    """``record``, the job's endpoint locked by the caller (``lock_endpoints``, which
+    returned ``failing``). Commits nothing."""
     if is_plain_success(job, result):
-        if record_successes(session, [(job, result)], now) == 1:
+        if record_successes(session, [(job, result)], now, failing) == 1:
             return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.SENT)
         log.warning("lease lost during delivery", extra={"notification_id": job.notification_id})
         return AttemptOutcome(ClaimState.BUSY)
@@ -48,7 +58,7 @@ def record(session: Session, job: DeliveryJob, result: sender.SendResult, settin
     row.lease_token = None
     row.lease_expires_at = None
     row.attempt_count += 1
-    endpoint = _update_endpoint_health(session, job, result, now)
+    endpoint = _update_endpoint_health(session, job, result, now, failing)
     if result.success:
         row.status = NotificationStatus.SENT
         row.sent_at = now
@@ -61,12 +71,13 @@ def record(session: Session, job: DeliveryJob, result: sender.SendResult, settin
 
 
 def _update_endpoint_health(session: Session, job: DeliveryJob, result: sender.SendResult,
-                            now: datetime) -> Endpoint | None:
-    """Failures load and update the endpoint; a healthy endpoint's success writes nothing."""
+                            now: datetime, failing: Collection[int]) -> Endpoint | None:
+    """Failures load and update the endpoint; a healthy endpoint's success writes nothing.
+    The endpoint is locked FOR UPDATE already (``lock_endpoints``)."""
     if job.endpoint_id is None:
         return None
     if result.success:
-        if job.endpoint_failing or endpoint_failing_now(session, [job.endpoint_id]):
+        if job.endpoint_failing or job.endpoint_id in failing:
             endpoint_queue.on_recovery(session, job.endpoint_id, now)
         return None
     endpoint = session.get(Endpoint, job.endpoint_id, with_for_update=True)

@@ -1,13 +1,15 @@
 """Recording successful deliveries: most of them in bulk, a few statements whatever their
-number; a success on a failing endpoint recovers it (``endpoint_queue.on_recovery``)."""
+number; a success on a failing endpoint recovers it (``endpoint_queue.on_recovery``).
+And the endpoint locks every record transaction takes first (``lock_endpoints``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.delivery import endpoint_queue, sender
@@ -22,12 +24,19 @@ _MARK_SENT = (
             scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
             attempt_count=_N.attempt_count + 1, updated_at=_NOW)
 )
-_ENDPOINTS_FOR_KEY_SHARE = (
-    select(Endpoint.id, Endpoint.failing_since)
-    .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
-    .order_by(Endpoint.id)
-    .with_for_update(key_share=True)
-)
+
+
+def _locking(exclusive: bool) -> Select[int, datetime | None]:
+    query = (select(Endpoint.id, Endpoint.failing_since)
+             .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
+             .order_by(Endpoint.id))  # rows are locked in this order
+    # FOR UPDATE, or FOR KEY SHARE: SQLAlchemy's key_share=True alone is FOR NO KEY
+    # UPDATE, which a publish's UPDATE of the row (its sequence number) waits for.
+    return query.with_for_update() if exclusive else query.with_for_update(read=True,
+                                                                          key_share=True)
+
+
+_LOCK_ENDPOINTS = {True: _locking(True), False: _locking(False)}
 
 
 def attempt_row(job: DeliveryJob, result: sender.SendResult) -> dict[str, Any]:
@@ -43,13 +52,57 @@ def is_plain_success(job: DeliveryJob, result: sender.SendResult) -> bool:
     return result.success and not job.endpoint_failing
 
 
+def lock_endpoints(session: Session,
+                   done: Sequence[tuple[DeliveryJob, sender.SendResult]]) -> set[int]:
+    """Lock the endpoints of these outcomes, all at once in id order, before anything
+    else is written; returns those failing *now*, not when their jobs were claimed.
+
+    An endpoint one of the outcomes moves (a failure; a success on an endpoint failing
+    at its claim) is locked FOR UPDATE: its state, queue and alerts change under that
+    lock, one recorder at a time. One with plain successes alone is locked FOR KEY
+    SHARE: they only read whether it is failing now. A failure recorded while one of
+    them was in flight can make the endpoint failing and hold later notifications
+    behind it, the head; if the head's success then went by the claim-time snapshot,
+    nothing would ever release them (they stayed held, FAILED with no next attempt, for
+    good). FOR KEY SHARE conflicts with the failure's FOR UPDATE, so whichever of the two
+    commits second sees the other's outcome (the success recovers the endpoint, or the
+    failure finds no head). It conflicts with nothing else that writes the row: a
+    publish's UPDATE of the endpoint's sequence number and wake-up mark never waits for
+    a record transaction that merely shares a healthy endpoint (a worker's threads share
+    one, together.py), nor does a claim's wake-up mark or rate-limit slot.
+
+    Each endpoint's strongest lock first, in one pass in id order, because a lock taken
+    weak and then strengthened deadlocks: two transactions holding FOR KEY SHARE on a row
+    each waited for the other's to take FOR UPDATE (a failure recorded after a success
+    of the same endpoint; the beat fault test aborted record transactions so until their
+    retries ran out, and their webhooks were sent again). What remains is a recovery's
+    UPDATE of an endpoint locked FOR KEY SHARE (``record_successes``), which conflicts
+    with no other FOR KEY SHARE. Commits nothing."""
+    moves: dict[int, bool] = {}
+    for job, result in done:
+        if job.endpoint_id is not None:
+            moves[job.endpoint_id] = (moves.get(job.endpoint_id, False)
+                                      or not is_plain_success(job, result))
+    connection = session.connection()
+    failing: set[int] = set()
+    # A statement per run of one lock mode: in the common case (plain successes alone),
+    # one statement.
+    for exclusive, run in groupby(sorted(moves), key=moves.__getitem__):
+        for endpoint_id, failing_since in connection.execute(
+                _LOCK_ENDPOINTS[exclusive], {"endpoint_ids": list(run)}):
+            if failing_since is not None:
+                failing.add(endpoint_id)
+    return failing
+
+
 def record_successes(session: Session,
                      done: Sequence[tuple[DeliveryJob, sender.SendResult]],
-                     now: datetime) -> int:
+                     now: datetime, failing: Collection[int]) -> int:
     """Plain successes, in bulk (most deliveries): their attempts, and the notifications
-    SENT, in three statements whatever their number. Returns how many rows were still
-    leased by us (the others' attempts are kept on record; their lease holder decides).
-    Commits nothing."""
+    SENT, in two statements whatever their number; each endpoint of theirs that is
+    ``failing`` (``lock_endpoints``, which the caller ran) recovers. Returns how many
+    rows were still leased by us (the others' attempts are kept on record; their lease
+    holder decides). Commits nothing."""
     if not done:
         return 0
     connection = session.connection()
@@ -58,25 +111,8 @@ def record_successes(session: Session,
     updated = connection.execute(_MARK_SENT, {
         "ids": [job.notification_id for job, _ in done],
         "tokens": list({job.lease_token for job, _ in done}), "now": now}).rowcount
-    # A plain success on an endpoint that became failing meanwhile still releases it
-    # (see endpoint_failing_now).
-    endpoint_ids = sorted({job.endpoint_id for job, _ in done if job.endpoint_id is not None})
-    if endpoint_ids:
-        for endpoint_id in endpoint_failing_now(session, endpoint_ids):
-            endpoint_queue.on_recovery(session, endpoint_id, now)
+    # A plain success on an endpoint that became failing meanwhile still releases it.
+    endpoints = {job.endpoint_id for job, _ in done}
+    for endpoint_id in sorted(e for e in failing if e in endpoints):
+        endpoint_queue.on_recovery(session, endpoint_id, now)
     return updated
-
-
-def endpoint_failing_now(session: Session, endpoint_ids: list[int]) -> list[int]:
-    """Which of these endpoints are failing *now*, not when their jobs were claimed.
-
-    A failure recorded while a POST was in flight can make the endpoint failing and hold
-    later notifications behind this one, the head; if the head's success then went by the
-    claim-time snapshot, nothing would ever release them (they stayed held, FAILED with no
-    next attempt, for good). A failure is recorded under the endpoint's FOR UPDATE lock,
-    which conflicts with FOR KEY SHARE: whichever of the two commits second sees the
-    other's outcome (the success recovers the endpoint, or the failure finds no head).
-    """
-    rows = session.connection().execute(_ENDPOINTS_FOR_KEY_SHARE,
-                                        {"endpoint_ids": endpoint_ids}).all()
-    return [endpoint_id for endpoint_id, failing_since in rows if failing_since is not None]
