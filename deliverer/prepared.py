@@ -30,6 +30,7 @@ from sqlalchemy.types import NullType
 
 _OPTION = "deliverer_prepared"
 _NAMES = "deliverer_prepared_names"  # on the DBAPI connection's info: prepared there
+_TRIES = 3
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s")
 
 S = TypeVar("S", bound=Executable)
@@ -92,15 +93,32 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
 
     texts = _texts(statement, context)
     known: set[str] = context.root_connection.connection.info.setdefault(_NAMES, set())
-    if texts.name in known:
+    # Bounded: each failure below did nothing (autocommit), and each changes what the
+    # next try sends.
+    for attempt in range(_TRIES):
+        last = attempt == _TRIES - 1
         try:
-            cursor.execute(texts.execute, parameters)
+            if texts.name in known:
+                cursor.execute(texts.execute, parameters)
+            else:
+                cursor.execute(f"{texts.prepare}; {texts.execute}", parameters)
+                known.add(texts.name)
             return True
         except errors.InvalidSqlStatementName:
-            known.discard(texts.name)  # not on this server connection: prepared below
-    try:
-        cursor.execute(f"{texts.prepare}; {texts.execute}", parameters)
-    except errors.DuplicatePreparedStatement:
-        cursor.execute(texts.execute, parameters)
-    known.add(texts.name)
-    return True
+            # Not on this server connection (a pooler gave another one, DISCARD ALL).
+            if last:
+                raise
+            known.discard(texts.name)
+        except errors.DuplicatePreparedStatement:
+            # Prepared on this server connection by an earlier client of a pooler.
+            if last:
+                raise
+            known.add(texts.name)
+        except errors.FeatureNotSupported:
+            # "cached plan must not change result type": a migration changed a column
+            # the statement returns. Prepared again from the current schema.
+            if last:
+                raise
+            cursor.execute(f"DEALLOCATE {texts.name}")
+            known.discard(texts.name)
+    raise AssertionError("unreachable")

@@ -5,10 +5,13 @@ longer has it (a pooler's other server connection, ``DISCARD ALL``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, String, bindparam, event, select
+from psycopg2 import errors
+from sqlalchemy import Connection, String, bindparam, column, event, select, table
 
+import deliverer.prepared
 from deliverer.db import get_database
 from deliverer.models.base import constant
 from deliverer.prepared import prepared
@@ -81,3 +84,50 @@ def test_in_a_transaction_it_runs_as_any_statement():
         assert run(fresh(connection), 5) == (6, "50% off", None)
         assert executions(connection) == []
         connection.rollback()
+
+
+class _SwitchingCursor:
+    """A transaction pooler's client: after the PREPARE fails (this server connection
+    has the statement), the next statement lands on a server connection without it."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor, self.connection, self.switch = cursor, cursor.connection, False
+
+    def execute(self, sql: str, parameters: Any = None) -> None:
+        if self.switch:
+            self.cursor.execute("DEALLOCATE ALL")
+            self.switch = False
+        try:
+            self.cursor.execute(sql, parameters)
+        except errors.DuplicatePreparedStatement:
+            self.switch = True
+            raise
+
+
+def test_after_a_pooler_switch_between_the_two_tries_it_is_prepared_again(connection):
+    assert run(connection, 1) == (2, "50% off", None)  # prepared on this server connection
+    connection.connection.info.clear()  # by a client that never prepared it
+    engine = get_database().engine
+    real = deliverer.prepared._execute
+
+    def through_pooler(cursor, statement, parameters, context):  # type: ignore[no-untyped-def]
+        return real(_SwitchingCursor(cursor), statement, parameters, context)
+
+    event.remove(engine, "do_execute", real)
+    event.listen(engine, "do_execute", through_pooler)
+    try:
+        assert run(connection, 2) == (3, "50% off", None)
+    finally:
+        event.remove(engine, "do_execute", through_pooler)
+        event.listen(engine, "do_execute", real)
+
+
+def test_a_statement_whose_result_type_a_migration_changed_is_prepared_again(connection):
+    connection.exec_driver_sql("CREATE TEMPORARY TABLE prepared_probe (v varchar(8))")
+    connection.exec_driver_sql("INSERT INTO prepared_probe VALUES ('a')")
+    probe = table("prepared_probe", column("v"))
+    statement = prepared(select(probe.c.v, bindparam("n", type_=String())))
+    assert tuple(connection.execute(statement, {"n": "1"}).one()) == ("a", "1")
+    connection.exec_driver_sql("ALTER TABLE prepared_probe ALTER COLUMN v TYPE text")
+    # PostgreSQL: "cached plan must not change result type"; deallocated, prepared again.
+    assert tuple(connection.execute(statement, {"n": "2"}).one()) == ("a", "2")

@@ -49,6 +49,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.types import TypeEngine
 
 from deliverer.broker.dispatch import enqueue_wake
 from deliverer.config import Settings
@@ -106,10 +107,19 @@ def _in_sql(value: Any) -> ColumnElement[Any]:
     return constant(value)
 
 
+def _cast(value: ColumnElement[Any], type_: TypeEngine[Any]) -> ColumnElement[Any]:
+    """``value`` cast to a column's type, but a string to an unbounded one: an explicit
+    cast to VARCHAR(n) cuts a longer string silently, where the INSERT refuses it (as
+    the ORM path does)."""
+    if isinstance(type_, String) and type_.length is not None:
+        type_ = String()
+    return cast(value, type_)
+
+
 def _typed(columns: Mapping[str, ColumnElement[Any]]) -> list[ColumnElement[Any]]:
     """A notification row's values in column order, cast to the columns' types: in an
     INSERT ... SELECT PostgreSQL types the SELECT's values on their own."""
-    return [cast(columns[c.name], c.type) for c in _NOTIFICATIONS.c]
+    return [_cast(columns[c.name], c.type) for c in _NOTIFICATIONS.c]
 
 
 def _error(kind: FailureKind, message: ColumnElement[str]) -> ColumnElement[Any]:
@@ -145,7 +155,7 @@ def _statement() -> Select[Any]:
     t = targets.c
     new_event = (insert(_EVENTS)
                  .from_select(list(_EVENT_ROW),
-                              select(*(cast(p, _EVENTS.c[k].type)
+                              select(*(_cast(p, _EVENTS.c[k].type)
                                        for k, p in _EVENT_ROW.items())).select_from(go))
                  .cte("new_event"))
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import JSON, cast, literal, select, update
+from sqlalchemy.exc import DataError
 
 from deliverer.db import in_transaction, session_scope
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
@@ -230,6 +231,17 @@ def test_what_record_events_refuses_or_targets_by_id_is_left_to_it(settings, spe
     if "endpoint" not in spec:
         with pytest.raises((ValidationFailed, UnsafeUrl)):
             _in_transaction(settings, partner.partner_id, _spec(None) | spec)
+
+
+@pytest.mark.parametrize("field", ["type", "reference", "idempotency_key"])
+def test_an_over_long_string_is_refused_not_cut(settings, field):
+    """As the INSERT of ``record_events`` refuses it: an explicit cast to VARCHAR(n)
+    would cut it silently (and two keys alike in their first 255 characters collide)."""
+    partner = h.new_partner(settings, DEFAULT)
+    with pytest.raises(DataError):
+        _alone(settings, partner.partner_id, _spec(None, "k") | {field: "x" * 300})
+    with session_scope() as session:
+        assert session.scalar(select(Event.id)) is None  # nothing written
 
 
 def test_an_unknown_partner_is_refused(settings):
