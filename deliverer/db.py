@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Executable, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from deliverer import prepared
 from deliverer.config import Settings, get_settings, on_settings_change
 from deliverer.errors import DelivererError
 
@@ -65,7 +66,22 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if engine.dialect.driver == "psycopg2":
+        event.listen(engine, "checkin", _psycopg2_default_isolation)
+    prepared.install(engine)
+    return engine
+
+
+def _psycopg2_default_isolation(dbapi_connection: Any, _record: Any) -> None:
+    # After a connection ran in autocommit (``autocommitted``, ``execute_alone``),
+    # SQLAlchemy restores the isolation level by naming it (READ COMMITTED), and from
+    # then on psycopg2 spends a round trip (SET default_transaction_isolation) each time
+    # autocommit is turned off again: at every pre-ping, and after every autocommitted
+    # statement. Back to psycopg2's DEFAULT (the server's level, which is what
+    # SQLAlchemy named), that costs nothing.
+    if dbapi_connection is not None and not dbapi_connection.closed:
+        dbapi_connection.isolation_level = None
 
 
 def make_database(settings: Settings) -> Database:
@@ -134,12 +150,39 @@ def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0,
     error may have followed its commit (a connection lost during COMMIT) passes
     ``is_transient_abort``, the aborts that certainly rolled everything back.
     """
+    def run() -> T:
+        with session_scope() as session:
+            return work(session)
+
+    return _run_again(run, retry_for, only_if)
+
+
+def autocommitted(work: Callable[[Connection], T], *, retry_for: float = 0.0,
+                  only_if: Callable[[OperationalError], bool] | None = None) -> T:
+    """Run ``work`` on a connection in autocommit: each of its statements is a transaction
+    of its own, committed as it ends, without the BEGIN and COMMIT round trips (work of
+    one statement). Run again after a transient error as ``in_transaction``, for the
+    same reasons; after-commit callbacks are the caller's (``run_after_commit``)."""
+    def run() -> T:
+        with _autocommit() as connection:
+            return work(connection)
+
+    return _run_again(run, retry_for, only_if)
+
+
+@contextmanager
+def _autocommit() -> Iterator[Connection]:
+    with get_database().engine.connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _run_again(run: Callable[[], T], retry_for: float,
+               only_if: Callable[[OperationalError], bool] | None) -> T:
     deadline = time.monotonic() + retry_for
     pause = 0.05
     while True:
         try:
-            with session_scope() as session:
-                return work(session)
+            return run()
         except OperationalError as exc:
             if time.monotonic() + pause > deadline or (only_if is not None
                                                        and not only_if(exc)):
@@ -155,9 +198,8 @@ def execute_alone(statement: Executable, params: dict[str, Any]) -> None:
     (autocommit: no BEGIN and COMMIT round trips). A deadlock victim is run again."""
     for attempt in range(3):
         try:
-            with get_database().engine.connect() as connection:
-                connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-                    statement, params)
+            with _autocommit() as connection:
+                connection.execute(statement, params)
             return
         except OperationalError as exc:
             if attempt == 2 or not is_transient_abort(exc):
@@ -171,7 +213,11 @@ def on_commit(session: Session, callback: Callable[[], object]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
-    callbacks = session.info.pop(_AFTER_COMMIT, [])
+    run_after_commit(session.info.pop(_AFTER_COMMIT, []))
+
+
+def run_after_commit(callbacks: Iterable[Callable[[], object]]) -> None:
+    """Run what a committed transaction made necessary (enqueue its messages)."""
     for callback in callbacks:
         # A failed enqueue must not undo a commit that already happened; the beat sweep
         # re-enqueues anything due, so log loudly and carry on with the next callback.

@@ -3,22 +3,30 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
     String,
     Text,
     UniqueConstraint,
+    case,
+    exists,
     false,
+    func,
+    or_,
+    select,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from deliverer.models.base import Base, BigIntPK, utcnow
+from deliverer.models.base import Base, BigIntPK, constant, utcnow
 
 
 class EndpointStatus(StrEnum):
@@ -116,3 +124,23 @@ def subscribed(event_types: list[str] | None, event_type: str) -> bool:
         if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
             return True
     return False
+
+
+def subscribed_in_sql(event_types: ColumnElement[Any], event_type: ColumnElement[str]
+                      ) -> ColumnElement[bool]:
+    """``subscribed`` as a PostgreSQL condition, for a publish decided in one statement
+    (``publishing/one_statement.py``): the same rules, kept beside them. NULL, JSON null
+    and an empty list are ``["*"]`` (so is any other non-list, which nothing writes).
+    CASE: PostgreSQL does not promise to evaluate OR's operands in order, and
+    ``json_array_length`` fails on what is not an array."""
+    pattern = func.json_array_elements_text(event_types).table_valued("value").alias("pattern")
+    value = pattern.c.value
+    matches = exists(select(true()).select_from(pattern).where(or_(
+        value == constant("*"), value == event_type,
+        (func.right(value, constant(2)) == constant(".*"))
+        & func.starts_with(event_type, func.left(value, constant(-1))))))
+    return case(
+        (or_(event_types.is_(None), func.json_typeof(event_types) != constant("array")),
+         true()),
+        (func.json_array_length(event_types) == constant(0), true()),
+        else_=matches)

@@ -8,15 +8,32 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, and_, bindparam, case, or_, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Insert,
+    String,
+    Update,
+    and_,
+    bindparam,
+    case,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from deliverer.models import Endpoint, table_of
+from deliverer.models.base import constant
+from deliverer.models.endpoint import subscribed_in_sql
 
 _ENDPOINTS = table_of(Endpoint)
 _E = _ENDPOINTS.c
+# Why a notification to a disabled endpoint is NOT_SENT, when no reason was recorded.
+DISABLED = "Endpoint disabled"
 
 # The wake-up mark (``delivery/wake.py``), set in the statement that reserves sequence
 # numbers, so that it costs a publish no round trip: marked now, when ``s_wake`` asks for
@@ -29,6 +46,8 @@ _WAKE = case(
     (and_(_WAKE_ASKED, _E.disabled_at.is_(None),
           or_(_E.wake_sent_at.is_(None), _E.wake_sent_at < bindparam("s_stale"))), _NOW),
     else_=_E.wake_sent_at)
+# A row created by a publish: marked now when ``s_wake`` asks for it.
+_WAKE_NEW = case((_WAKE_ASKED, _NOW), else_=None)
 
 
 @functools.cache
@@ -39,8 +58,7 @@ def _upsert(dialect: str) -> Any:
         insert_(_ENDPOINTS)
         .values(partner_id=bindparam("s_partner_id"), url=bindparam("s_url"),
                 last_sequence=bindparam("s_count"), created_at=_NOW,
-                consecutive_failures=0,
-                wake_sent_at=case((_WAKE_ASKED, _NOW), else_=None))
+                consecutive_failures=0, wake_sent_at=_WAKE_NEW)
         .on_conflict_do_update(
             index_elements=["partner_id", "url"],
             set_={"last_sequence": _E.last_sequence + bindparam("s_count"),
@@ -65,11 +83,12 @@ def reserve_sequences(session: Session, partner_id: str, url: str, now: datetime
         "s_partner_id": partner_id, "s_url": url, "s_count": count, "s_now": now,
         "s_wake": wake_stale is not None, "s_stale": wake_stale or now,
     }).one()
-    disabled = (row[3] or "Endpoint disabled") if row[2] is not None else None
-    return int(row[0]), int(row[1]) - count + 1, disabled, _woke(row[4], now, wake_stale)
+    disabled = (row[3] or DISABLED) if row[2] is not None else None
+    return int(row[0]), int(row[1]) - count + 1, disabled, woke(row[4], now, wake_stale)
 
 
-def _woke(mark: datetime | None, now: datetime, wake_stale: datetime | None) -> bool:
+def woke(mark: datetime | None, now: datetime, wake_stale: datetime | None) -> bool:
+    """Whether the publish at ``now`` set the mark ``mark``: it sends the wake-up."""
     return wake_stale is not None and mark is not None and mark == now
 
 
@@ -111,6 +130,48 @@ def reserve_for_endpoints(session: Session, counts: dict[int, int], now: datetim
                 "s_ids": ids, "s_count": count, "s_now": now,
                 "s_wake": wake_stale is not None, "s_stale": wake_stale or now}):
             first[int(endpoint_id)] = int(last) - count + 1
-            if _woke(mark, now, wake_stale):
+            if woke(mark, now, wake_stale):
                 woken.add(int(endpoint_id))
     return first, woken
+
+
+# What a publish decided in one statement (PostgreSQL, ``publishing/one_statement.py``)
+# needs of each endpoint it reserved a number on: the same columns from either statement.
+_TARGET = (_E.id, _E.url, _E.is_default, _E.last_sequence, _E.disabled_at,
+           _E.disabled_reason, _E.wake_sent_at)
+
+
+def reserve_subscribed(partner_id: ColumnElement[str], event_type: ColumnElement[str],
+                       when: ColumnElement[bool]) -> Update:
+    """One sequence number on each of the partner's registered endpoints subscribed to
+    ``event_type``, with the wake-up mark as ``reserve_sequences`` sets it (``s_now``,
+    ``s_wake``, ``s_stale``), when ``when`` holds: a statement to run as a CTE. An
+    endpoint changed meanwhile is checked again by PostgreSQL against its latest version.
+    Returns ``public_id`` and ``_TARGET``."""
+    return (
+        update(_ENDPOINTS)
+        .where(_E.partner_id == partner_id, _E.registered.is_(True),
+               subscribed_in_sql(_E.event_types, event_type), when)
+        .values(last_sequence=_E.last_sequence + constant(1), wake_sent_at=_WAKE)
+        .returning(_E.public_id, *_TARGET)
+    )
+
+
+def reserve_url(partner_id: ColumnElement[str], url: ColumnElement[str],
+                public_id: ColumnElement[str], when: ColumnElement[bool]) -> Insert:
+    """``reserve_sequences`` of one number as a statement to run as a CTE, when ``when``
+    holds: the endpoint row of ``url`` (created with ``public_id`` on first use). Returns
+    a NULL ``public_id`` (a publish by URL reports none) and ``_TARGET``."""
+    return (
+        pg_insert(_ENDPOINTS)
+        .from_select(
+            ["public_id", "partner_id", "url", "last_sequence", "created_at",
+             "consecutive_failures", "registered", "is_default", "draining", "wake_sent_at"],
+            select(public_id, partner_id, url, constant(1), _NOW, constant(0), constant(False),
+                   constant(False), constant(False), _WAKE_NEW).where(when),
+            include_defaults=False)
+        .on_conflict_do_update(
+            index_elements=["partner_id", "url"],
+            set_={"last_sequence": _E.last_sequence + constant(1), "wake_sent_at": _WAKE})
+        .returning(null().cast(String).label("public_id"), *_TARGET)
+    )

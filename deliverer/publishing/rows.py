@@ -10,6 +10,7 @@ from sqlalchemy import Connection, bindparam, insert
 
 from deliverer.models import Event, Lane, Notification, NotificationStatus, table_of
 from deliverer.models.base import new_id
+from deliverer.publishing.envelope import NewEvent
 
 _EVENTS = table_of(Event)
 _NOTIFICATIONS = table_of(Notification)
@@ -38,6 +39,22 @@ def write_rows(connection: Connection, event_rows: list[dict[str, Any]],
     connection.execute(insert(_NOTIFICATIONS), notification_rows)
 
 
+def event_row(event: NewEvent, body: str, idempotency_key: str | None) -> dict[str, Any]:
+    return {"id": event.id, "partner_id": event.partner_id, "type": event.type,
+            "reference": event.reference, "payload": event.payload,
+            "callback_url": event.callback_url, "body": body,
+            "created_at": event.created_at, "idempotency_key": idempotency_key}
+
+
+# Why an event's one notification is NOT_SENT when it has nowhere to go.
+WEBHOOKS_OFF = "Webhooks are disabled"
+NO_URL = "No webhook URL configured"
+
+
+def no_subscriber(event_type: str) -> str:
+    return f"No endpoint is subscribed to event type {event_type}"
+
+
 def notification_row(partner_id: str, event_id: str, url: str | None,
                       now: datetime) -> dict[str, Any]:
     """A NOT_SENT notification row with nothing attempted; a deliverable one is then made
@@ -51,3 +68,10 @@ def notification_row(partner_id: str, event_id: str, url: str | None,
         "lease_expires_at": None, "scheduled_for": None, "enqueued_at": None,
         "created_at": now, "updated_at": now,
     }
+
+
+def made_pending(now: datetime) -> dict[str, Any]:
+    """What makes a ``notification_row`` deliverable: PENDING, due now, its message (or
+    its endpoint's wake-up) on its way."""
+    return {"status": NotificationStatus.PENDING, "next_attempt_at": now,
+            "scheduled_for": now, "enqueued_at": now}

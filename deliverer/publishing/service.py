@@ -9,7 +9,8 @@ recording a second one, whose webhook would reach the merchant under another web
 (``idempotency.py``).
 
 ``record_events`` writes in the caller's transaction; ``publish`` and ``publish_one``
-are how producers publish, each in a transaction of its own.
+are how producers publish, each in a transaction of its own: on PostgreSQL one event is
+published by one statement (``one_statement.py``), which decides as ``record_events``.
 """
 
 from __future__ import annotations
@@ -33,18 +34,26 @@ from deliverer.errors import PartnerNotFound
 from deliverer.models import (
     Endpoint,
     Lane,
-    NotificationStatus,
     Partner,
     WebhookSettings,
     not_receiving_webhooks,
     subscribed,
     utcnow,
 )
-from deliverer.partners.endpoints import reserve_for_endpoints, reserve_sequences
+from deliverer.partners.endpoints import DISABLED, reserve_for_endpoints, reserve_sequences
 from deliverer.publishing.envelope import new_event
 from deliverer.publishing.idempotency import recorded_events
+from deliverer.publishing.one_statement import publish_alone
 from deliverer.publishing.published import Delivery, Published
-from deliverer.publishing.rows import notification_row, write_rows
+from deliverer.publishing.rows import (
+    NO_URL,
+    WEBHOOKS_OFF,
+    event_row,
+    made_pending,
+    no_subscriber,
+    notification_row,
+    write_rows,
+)
 
 # Publishing's statements are built once, with bind parameters: building them per call
 # cost more CPU than executing them (SQLAlchemy's compiled cache spares only the
@@ -112,11 +121,19 @@ def publish(settings: Settings, *, partner_id: str,
     an abort that certainly rolled everything back (``is_transient_abort``). A publish
     with keys that lost a race for one (IntegrityError on INSERT: nothing committed) runs
     once more, and finds the winner's event.
+
+    One event on PostgreSQL is one statement committed as it ends (``publish_alone``),
+    under the same rules; what it leaves to ``record_events`` is published here.
     """
     keys = [spec.get("idempotency_key") is not None for spec in events]
     only_if = None if keys and all(keys) else is_transient_abort
 
     def run() -> list[Published]:
+        if len(events) == 1:
+            published = publish_alone(settings, partner_id, events[0], retry_for=retry_for,
+                                      only_if=only_if)
+            if published is not None:
+                return [published]
         return in_transaction(
             lambda session: record_events(session, settings, partner_id=partner_id,
                                            events=events),
@@ -176,7 +193,7 @@ def record_events(
     enabled = bool(partner.enabled) and not_receiving_webhooks(partner.active,
                                                                 partner.flow) is None
     endpoints = [
-        (_Target(r[6], r[4], r[5], (r[9] or "Endpoint disabled") if r[8] else None), r[7])
+        (_Target(r[6], r[4], r[5], (r[9] or DISABLED) if r[8] else None), r[7])
         for r in rows if r[4] is not None]
     default_url = partner.url
     # Built first: a payload that is not JSON refuses the publish before anything is done.
@@ -246,22 +263,18 @@ def record_events(
         if key is not None and key in recorded:
             published.append(recorded[key])
             continue
-        event_rows.append({"id": event.id, "partner_id": partner_id, "type": event.type,
-                           "reference": event.reference, "payload": event.payload,
-                           "callback_url": event.callback_url, "body": body,
-                           "created_at": now,
-                           "idempotency_key": spec.get("idempotency_key")})
+        event_rows.append(event_row(event, body, key))
         targets = next(plan_of)
         deliveries: list[Delivery] = []
         if not targets:
             no_url: str | None = event.callback_url or default_url
             if not enabled:
-                reason = "Webhooks are disabled"
+                reason = WEBHOOKS_OFF
             elif endpoints:
                 no_url = None
-                reason = f"No endpoint is subscribed to event type {event.type}"
+                reason = no_subscriber(event.type)
             else:
-                reason = "No webhook URL configured"
+                reason = NO_URL
             row = notification_row(partner_id, event.id, no_url, now)
             row["latest_error_payload"] = error_payload(FailureKind.NO_URL, reason)
             notification_rows.append(row)
@@ -277,8 +290,7 @@ def record_events(
                 row["latest_error_payload"] = error_payload(FailureKind.ENDPOINT_DISABLED,
                                                             disabled)
             else:
-                row.update(status=NotificationStatus.PENDING, next_attempt_at=now,
-                           scheduled_for=now, enqueued_at=now)
+                row.update(made_pending(now))
                 if stale is None:
                     to_deliver.setdefault(row["endpoint_id"] or target.url,
                                           []).append(row["id"])

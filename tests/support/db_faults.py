@@ -1,6 +1,8 @@
 """Database faults on the real engine: an INSERT that fails as if the connection had
 dropped (the database restarting, a failover), before it runs or after its transaction
-really committed (the client never hears the commit's outcome)."""
+really committed (the client never hears the commit's outcome). A statement run in
+autocommit (a single publish on PostgreSQL) is its own transaction: committed as it
+ends, its fault comes then."""
 
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ def failing_inserts(table: str, *values: Any, times: int | None = 1,
     """
     engine = get_database().engine
     injected: list[int] = []
-    pending = threading.local()  # after_commit: this thread's transaction is to fail
+    # after_commit: this thread's transaction (flag) or autocommitted statement
+    # (statement) is to fail
+    pending = threading.local()
     prefix = f"INSERT INTO {table.upper()} "
 
     def fault() -> OperationalError:
@@ -64,7 +68,10 @@ def failing_inserts(table: str, *values: Any, times: int | None = 1,
         if not _row_has(parameters, executemany, values):
             return
         if after_commit:
-            pending.flag = True
+            if getattr(conn.connection.dbapi_connection, "autocommit", False) is True:
+                pending.statement = True
+            else:
+                pending.flag = True
         else:
             time.sleep(delay)
             raise fault()
@@ -76,10 +83,19 @@ def failing_inserts(table: str, *values: Any, times: int | None = 1,
             time.sleep(delay)                           # hears of an error
             raise fault()
 
+    def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+              executemany: bool) -> None:
+        if getattr(pending, "statement", False):
+            pending.statement = False  # committed by the database as it ended
+            time.sleep(delay)
+            raise fault()
+
     event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
     event.listen(engine, "commit", commit)
     try:
         yield injected
     finally:
         event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
         event.remove(engine, "commit", commit)

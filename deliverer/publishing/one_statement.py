@@ -1,0 +1,227 @@
+"""A single publish on PostgreSQL: one statement, committed as it ends.
+
+``record_events`` takes five round trips for one event besides the pool's ping (BEGIN,
+the partner and its endpoints, the sequence numbers and wake-up marks, the rows, COMMIT),
+each statement parsed and planned again. Here a statement of data-modifying CTEs does it
+all, prepared once per connection (``deliverer.prepared``) and run in autocommit
+(``db.autocommitted``): it reads
+the partner, reserves the next number on each endpoint the event goes to (the
+registered endpoints subscribed to its type, or its callback URL's endpoint) and sets
+their wake-up marks, and inserts the event and its notifications. The decisions are
+``record_events``'s, made by PostgreSQL: NOT_SENT with the same reasons when webhooks are
+off (inactive, polling, turned off), when no endpoint is subscribed, when there is no URL,
+and for a disabled endpoint.
+
+Two cases are left to ``record_events``: a publish whose idempotency key was already
+recorded (the recorded event is returned, or the key refused) and a partner whose webhook
+URL was saved without its default endpoint row (sent by URL, as it always was). For them
+the statement writes nothing and says so (``publish_alone`` returns None).
+
+The reservation locks each endpoint row until the statement commits, with the
+notifications: the wake-up dedupe's argument (``delivery/wake.py``) holds as for a publish
+in a transaction. An endpoint changed meanwhile is checked again against its latest row.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import chain
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    null,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.exc import OperationalError
+
+from deliverer.broker.dispatch import enqueue_wake
+from deliverer.config import Settings
+from deliverer.db import autocommitted, run_after_commit
+from deliverer.delivery import netguard, wake
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.errors import PartnerNotFound, ValidationFailed
+from deliverer.models import (
+    Endpoint,
+    Event,
+    Notification,
+    NotificationStatus,
+    Partner,
+    PartnerFlow,
+    WebhookSettings,
+    table_of,
+    utcnow,
+)
+from deliverer.models.base import constant
+from deliverer.models.endpoint import new_endpoint_id
+from deliverer.partners.endpoints import DISABLED, reserve_subscribed, reserve_url, woke
+from deliverer.prepared import prepared
+from deliverer.publishing.envelope import new_event
+from deliverer.publishing.published import Delivery, Published
+from deliverer.publishing.rows import (
+    NO_URL,
+    WEBHOOKS_OFF,
+    event_row,
+    made_pending,
+    no_subscriber,
+    notification_row,
+)
+
+_EVENTS, _NOTIFICATIONS = table_of(Event), table_of(Notification)
+_P, _W, _E, _V, _N = (table_of(m).c for m in (Partner, WebhookSettings, Endpoint, Event,
+                                                Notification))
+# The call's values: the event's row (``e_``), and what the endpoints' statements take.
+_EVENT_ROW = {c.name: bindparam(f"e_{c.name}", type_=c.type) for c in _EVENTS.c}
+_PARTNER_ID, _TYPE, _EVENT_ID = (_EVENT_ROW[k] for k in ("partner_id", "type", "id"))
+_NOW = bindparam("s_now", type_=_N.created_at.type)
+# Where the event goes by URL (its callback URL), or None: to the registered endpoints.
+_URL = bindparam("p_url", type_=_V.callback_url.type)
+
+# Stand-ins given to ``notification_row`` and ``made_pending`` to find which of their
+# values are the call's (parameters) and which are the same on every call (written into
+# the statement): the rows stay defined there alone.
+_AS_PARTNER, _AS_EVENT, _AS_NOW = "partner", "event", datetime.min.replace(tzinfo=UTC)
+
+
+def _in_sql(value: Any) -> ColumnElement[Any]:
+    for stand_in, param in ((_AS_PARTNER, _PARTNER_ID), (_AS_EVENT, _EVENT_ID),
+                            (_AS_NOW, _NOW)):
+        if value is stand_in:
+            return param
+    return constant(value)
+
+
+def _typed(columns: Mapping[str, ColumnElement[Any]]) -> list[ColumnElement[Any]]:
+    """A notification row's values in column order, cast to the columns' types: in an
+    INSERT ... SELECT PostgreSQL types the SELECT's values on their own."""
+    return [cast(columns[c.name], c.type) for c in _NOTIFICATIONS.c]
+
+
+def _error(kind: FailureKind, message: ColumnElement[str]) -> ColumnElement[Any]:
+    """``error_payload(kind, message)`` built by PostgreSQL, its keys in the same order."""
+    return func.json_build_object(*chain.from_iterable(
+        (constant(key), message if key == "message" else constant(value))
+        for key, value in error_payload(kind, "").items()))
+
+
+@functools.cache
+def _statement() -> Select[Any]:
+    partner = (
+        select(and_(func.coalesce(_W.enabled, constant(False)), _P.active,
+                    _P.flow == constant(PartnerFlow.WEBHOOK)).label("enabled"),
+               _W.url.label("default_url"),
+               exists().where(_E.partner_id == _P.id, _E.registered.is_(True))
+               .label("registered"),
+               exists().where(_V.partner_id == _P.id,
+                              _V.idempotency_key == _EVENT_ROW["idempotency_key"])
+               .label("recorded"))
+        .select_from(table_of(Partner).outerjoin(table_of(WebhookSettings),
+                                                 _W.partner_id == _P.id))
+        .where(_P.id == _PARTNER_ID)
+        .cte("partner"))
+    legacy = and_(partner.c.enabled, _URL.is_(None), ~partner.c.registered,
+                  partner.c.default_url.is_not(None))
+    go = select(partner).where(~partner.c.recorded, ~legacy).cte("go")
+    enabled = exists().where(go.c.enabled)
+    bumped = reserve_subscribed(_PARTNER_ID, _TYPE, and_(_URL.is_(None), enabled)).cte("bumped")
+    by_url = reserve_url(_PARTNER_ID, _URL, bindparam("p_public_id", type_=_E.public_id.type),
+                         and_(_URL.is_not(None), enabled)).cte("by_url")
+    targets = union_all(select(bumped), select(by_url)).cte("targets")
+    t = targets.c
+    new_event = (insert(_EVENTS)
+                 .from_select(list(_EVENT_ROW),
+                              select(*(cast(p, _EVENTS.c[k].type)
+                                       for k, p in _EVENT_ROW.items())).select_from(go))
+                 .cte("new_event"))
+
+    row = {k: _in_sql(v) for k, v in
+           notification_row(_AS_PARTNER, _AS_EVENT, None, _AS_NOW).items()}
+    row["id"] = func.gen_random_uuid()
+    pending = t.disabled_at.is_(None)
+    disabled_because = func.coalesce(func.nullif(t.disabled_reason, constant("")),
+                                     constant(DISABLED))
+    to_targets = select(*_typed({
+        **row, "endpoint_id": t.id, "sequence": t.last_sequence, "url": t.url,
+        "latest_error_payload": case(
+            (pending, null()), else_=_error(FailureKind.ENDPOINT_DISABLED, disabled_because)),
+        **{k: case((pending, _in_sql(v)), else_=row[k])
+           for k, v in made_pending(_AS_NOW).items()}})).select_from(targets)
+    nowhere = select(*_typed({
+        **row, "url": case((go.c.enabled, null()),
+                           else_=func.coalesce(_URL, go.c.default_url)),
+        "latest_error_payload": _error(FailureKind.NO_URL, case(
+            (~go.c.enabled, constant(WEBHOOKS_OFF)),
+            (go.c.registered, bindparam("p_no_subscriber", type_=String())),
+            else_=constant(NO_URL)))})
+    ).select_from(go).where(~exists(select(targets)))
+    notified = (insert(_NOTIFICATIONS)
+                .from_select([c.name for c in _NOTIFICATIONS.c], union_all(to_targets, nowhere))
+                .returning(_N.id, _N.status, _N.sequence, _N.endpoint_id)
+                .cte("notified"))
+    n = notified.c
+    # A row per notification, the default endpoint's first; one with no notification if
+    # the statement left the publish to ``record_events``; none for an unknown partner.
+    return prepared(
+        select(n.id, n.status, n.sequence, n.endpoint_id, t.public_id, t.wake_sent_at)
+        .select_from(partner.outerjoin(notified, true())
+                     .outerjoin(targets, t.id == n.endpoint_id))
+        .order_by(t.is_default.desc().nulls_last(), t.id)
+        .add_cte(new_event))
+
+
+def publish_alone(settings: Settings, partner_id: str, spec: Mapping[str, Any], *,
+                  retry_for: float,
+                  only_if: Callable[[OperationalError], bool] | None) -> Published | None:
+    """Publish the event ``spec`` in one statement (``record_events`` has the rules),
+    run again through transient errors as ``publish`` says; its wake-ups are sent after.
+    None when ``record_events`` is to publish it: without wake-ups (SQLite: a message
+    per notification, and no such statement), for an event sent to one endpoint by id,
+    one it refuses (its order of errors is kept) or one the statement leaves to it."""
+    now = utcnow()
+    stale = wake.wake_stale(settings, now)
+    if stale is None or spec.get("endpoint") is not None:
+        return None
+    url = spec.get("callback_url") or None
+    try:
+        if url is not None:
+            netguard.validate_url(url, allow_private=settings.allow_private_urls)
+        event, body = new_event(partner_id, spec, now)
+    except ValidationFailed:
+        return None
+    params = {f"e_{k}": v for k, v in
+              event_row(event, body, spec.get("idempotency_key")).items()}
+    params.update(p_url=url, p_public_id=new_endpoint_id(),
+                  p_no_subscriber=no_subscriber(event.type), s_now=now, s_wake=True,
+                  s_stale=stale)
+
+    def run(connection: Connection) -> Sequence[Row[Any]]:
+        return connection.execute(_statement(), params).all()
+
+    rows = autocommitted(run, retry_for=retry_for, only_if=only_if)
+    if not rows:
+        raise PartnerNotFound()
+    if rows[0].id is None:
+        return None
+    run_after_commit([
+        functools.partial(enqueue_wake, row.endpoint_id, [row.id]) for row in rows
+        if row.status == NotificationStatus.PENDING and woke(row.wake_sent_at, now, stale)])
+    deliveries = tuple(Delivery(row.id, row.status, row.sequence, row.public_id)
+                       for row in rows)
+    first = deliveries[0]
+    return Published(event.id, first.notification_id, first.status, first.sequence,
+                     deliveries)
