@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 def record(session: Session, job: DeliveryJob, result: sender.SendResult, settings: Settings,
            now: datetime | None = None) -> AttemptOutcome:
-    """Write the attempt and move the notification on. Commits nothing."""
+    """Lock the job's endpoint, write the attempt and move the notification on. Commits
+    nothing."""
     failing = lock_endpoints(session, [(job, result)])
     return record_locked(session, job, result, settings, now or utcnow(), failing)
 

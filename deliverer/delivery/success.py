@@ -54,30 +54,29 @@ def is_plain_success(job: DeliveryJob, result: sender.SendResult) -> bool:
 
 def lock_endpoints(session: Session,
                    done: Sequence[tuple[DeliveryJob, sender.SendResult]]) -> set[int]:
-    """Lock the endpoints of these outcomes, all at once in id order, before anything
+    """Lock the endpoints of these outcomes, in one pass in id order before anything
     else is written; returns those failing *now*, not when their jobs were claimed.
 
-    An endpoint one of the outcomes moves (a failure; a success on an endpoint failing
-    at its claim) is locked FOR UPDATE: its state, queue and alerts change under that
-    lock, one recorder at a time. One with plain successes alone is locked FOR KEY
-    SHARE: they only read whether it is failing now. A failure recorded while one of
-    them was in flight can make the endpoint failing and hold later notifications
-    behind it, the head; if the head's success then went by the claim-time snapshot,
-    nothing would ever release them (they stayed held, FAILED with no next attempt, for
-    good). FOR KEY SHARE conflicts with the failure's FOR UPDATE, so whichever of the two
-    commits second sees the other's outcome (the success recovers the endpoint, or the
-    failure finds no head). It conflicts with nothing else that writes the row: a
-    publish's UPDATE of the endpoint's sequence number and wake-up mark never waits for
-    a record transaction that merely shares a healthy endpoint (a worker's threads share
-    one, together.py), nor does a claim's wake-up mark or rate-limit slot.
+    FOR UPDATE an endpoint that one of the outcomes moves (a failure; a success on an
+    endpoint failing at its claim): its state, queue and alerts change under that lock,
+    one recorder at a time. FOR KEY SHARE one with plain successes alone, which only read
+    whether it is failing now: a failure recorded while one of them was in flight can
+    make the endpoint failing and hold later notifications behind it, the head; had the
+    head's success gone by the claim-time snapshot, nothing would ever release them
+    (held, FAILED with no next attempt, for good). FOR KEY SHARE conflicts with the
+    failure's FOR UPDATE, so whichever of the two commits second sees the other's
+    outcome (the success recovers the endpoint, or the failure finds no head). Unlike FOR
+    NO KEY UPDATE it lets a publish UPDATE the row (sequence number, wake-up mark), and a
+    claim (wake-up mark, rate-limit slot): neither waits for a record transaction that
+    merely shares a healthy endpoint (a worker's threads share them, ``together.py``).
 
-    Each endpoint's strongest lock first, in one pass in id order, because a lock taken
-    weak and then strengthened deadlocks: two transactions holding FOR KEY SHARE on a row
-    each waited for the other's to take FOR UPDATE (a failure recorded after a success
-    of the same endpoint; the beat fault test aborted record transactions so until their
-    retries ran out, and their webhooks were sent again). What remains is a recovery's
-    UPDATE of an endpoint locked FOR KEY SHARE (``record_successes``), which conflicts
-    with no other FOR KEY SHARE. Commits nothing."""
+    The strongest lock each endpoint needs, first and in id order, because a lock taken
+    weak and strengthened later deadlocks: two transactions that held FOR KEY SHARE for a
+    success each waited for the other's to take FOR UPDATE for a failure of the same
+    endpoint (in the beat fault test, often enough that record transactions ran out of
+    retries and their webhooks were sent again). The one upgrade left, a recovery's
+    UPDATE of an endpoint held FOR KEY SHARE, conflicts with no other FOR KEY SHARE.
+    Commits nothing."""
     moves: dict[int, bool] = {}
     for job, result in done:
         if job.endpoint_id is not None:
