@@ -11,7 +11,17 @@
   of the session's own (created here, deleted at the end). CI runs a chosen part of
   the suite on it (scripts/test).
 
-Tests marked ``unit`` touch neither and run only on the embedded pass.
+Some tests need to run only once, not once per backend: they run in the embedded pass
+(the default backend) and are skipped, saying why, in the others:
+
+* ``unit``: touches neither the database nor the broker (validation, rendering,
+  configuration, a subprocess with its own SQLite file); the per-test clean-up is skipped.
+* ``backend_independent``: uses the session's database, broker and worker like any test,
+  but what it proves does not depend on them (a real browser driving pages whose HTTP
+  side the other tests check on every backend). Cleaned up like any test.
+
+Mark a test so only when the backend cannot change its outcome; when in doubt, leave it
+to run on every backend.
 """
 
 from __future__ import annotations
@@ -73,13 +83,18 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"deliverer backend: {BACKEND}"
 
 
+ONCE = {"unit": "unit test: runs once, in the embedded pass",
+        "backend_independent": "backend-independent: runs once, in the embedded pass"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if BACKEND == "embedded":
         return
-    skip = pytest.mark.skip(reason="unit test: runs once, in the embedded pass")
     for item in items:
-        if item.get_closest_marker("unit") is not None:
-            item.add_marker(skip)
+        for marker, reason in ONCE.items():
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break
 
 
 # --------------------------------------------------------------------------- backend
