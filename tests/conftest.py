@@ -11,7 +11,17 @@
   of the session's own (created here, deleted at the end). CI runs a chosen part of
   the suite on it (scripts/test).
 
-Tests marked ``unit`` touch neither and run only on the embedded pass.
+Some tests need to run only once, not once per backend: they run in the embedded pass
+(the default backend) and are skipped, saying why, in the others:
+
+* ``unit``: touches neither the database nor the broker (validation, rendering,
+  configuration, a subprocess with its own SQLite file); the per-test clean-up is skipped.
+* ``backend_independent``: uses the session's database, broker and worker like any test,
+  but what it proves does not depend on them (a real browser driving pages whose HTTP
+  side the other tests check on every backend). Cleaned up like any test.
+
+Mark a test so only when the backend cannot change its outcome; when in doubt, leave it
+to run on every backend.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
+from kombu import Connection
 from sqlalchemy.exc import DBAPIError
 
 import deliverer.config
@@ -73,13 +84,18 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"deliverer backend: {BACKEND}"
 
 
+ONCE = {"unit": "unit test: runs once, in the embedded pass",
+        "backend_independent": "backend-independent: runs once, in the embedded pass"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if BACKEND == "embedded":
         return
-    skip = pytest.mark.skip(reason="unit test: runs once, in the embedded pass")
     for item in items:
-        if item.get_closest_marker("unit") is not None:
-            item.add_marker(skip)
+        for marker, reason in ONCE.items():
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break
 
 
 # --------------------------------------------------------------------------- backend
@@ -183,11 +199,32 @@ def worker(celery_app: Celery) -> Iterator[Any]:
         yield w
 
 
-def purge_broker(app: Celery) -> None:
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for name in queues.ALL:
-            channel.queue_purge(name)
+@pytest.fixture(scope="session")
+def purge_connection(celery_app: Celery) -> Iterator[Connection]:
+    """The broker connection the clean-up before each test purges the queues on.
+
+    One for the session: a new one per test cost 30-70 ms on Redis (redis-py reads its
+    own version from the package metadata for each new connection), before every test
+    of the production pass.
+    """
+    conn = celery_app.connection_for_write()
+    try:
+        yield conn
+    finally:
+        conn.release()
+
+
+def purge_broker(conn: Connection) -> None:
+    for attempt in range(2):
+        try:
+            channel = conn.default_channel
+            for name in queues.ALL:
+                channel.queue_purge(name)
+            return
+        except conn.connection_errors:
+            if attempt == 1:
+                raise
+            conn.close()  # dropped by the broker (an idle timeout): connect again, once
 
 
 @pytest.fixture
@@ -256,7 +293,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
     app.set_current()
     app.set_default()
     truncate_all()
-    purge_broker(app)
+    purge_broker(request.getfixturevalue("purge_connection"))
     slow_lane.GATE.reset()
     pacing.TAILS.reset()
     deliverer.stopping.end()  # a test of a stopping worker that failed midway

@@ -10,7 +10,10 @@ from tests.support import receiver as rx
 from tests.support.helpers import sent, wait_until
 
 
-def test_keys_and_secrets_are_never_logged(worker, receiver, caplog, admin):
+# slow_ladder: the failed notification waits for its manual retry; on the time-scaled
+# ladder its next automatic attempt (120 ms later) could deliver it first, and every
+# retry after that is a 409.
+def test_keys_and_secrets_are_never_logged(worker, receiver, caplog, admin, slow_ladder):
     caplog.set_level(logging.DEBUG)
     url = receiver.always("/hook", rx.status(500))
     created = admin.post("/internal/v1/partners", json={"name": "Quiet", "webhookUrl": url})

@@ -21,6 +21,10 @@ from tests.support import helpers as h
 from tests.support import receiver as rx
 from tests.support.ports import closed_port
 
+# The sender alone, against loopback servers: no database or broker, nothing that differs
+# between backends.
+pytestmark = pytest.mark.unit
+
 BODY = b'{"id":"evt_1","type":"transaction.updated"}'
 CONFIG = SenderConfig(connect_timeout=1.0, total_timeout=0.5, max_response_bytes=20 * 1024,
                       allow_private_urls=True, user_agent="deliverer-test/1")
@@ -413,7 +417,6 @@ def test_sequential_sends_reuse_nothing_stale(receiver):
         f"m{i}" for i in range(20)]
 
 
-@pytest.mark.unit
 def test_parse_retry_after():
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after(None, now) is None
@@ -428,7 +431,6 @@ def test_parse_retry_after():
     assert parse_retry_after("9" * 40, now) is None
 
 
-@pytest.mark.unit
 def test_parse_retry_after_is_bounded():
     """However long a receiver asks for, the wait stays within datetime arithmetic."""
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -101,6 +101,9 @@ def test_a_worker_stopped_mid_batch_hands_its_unsent_jobs_to_the_next(
         in log, log
     assert sum(1 for nid in ids if h.sent(nid)) == sent_by_first  # recorded before it exited
 
+    # The slow answers were for the stop; what the next worker sends is counted, not
+    # timed (one at a time, they would take (JOBS - 1) x POST_SECONDS).
+    receiver.always("/scale-down", rx.ok())
     second = start_worker(env, second_log, "next@test", "--without-heartbeat")
     try:
         h.wait_until(lambda: all(h.sent(nid) for nid in ids), timeout=60,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +39,6 @@ pytestmark = [
 ]
 
 NODE = "tools@test"
-HANG_SECONDS = 6.0  # long enough for `celery inspect active` to see the task running
 
 
 @dataclass
@@ -82,14 +82,19 @@ def test_inspect_ping_gets_the_workers_pong(fleet: Fleet):
 
 def test_inspect_active_shows_the_delivery_running(fleet: Fleet, settings: Settings,
                                                     receiver: rx.Receiver):
-    url = receiver.always("/slow", rx.sleep(HANG_SECONDS))
+    # The POST is answered once `celery inspect active` has seen its task running.
+    release = threading.Event()
+    url = receiver.always("/slow", rx.held(release))
     partner = h.new_partner(settings, url)
     nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
                                 next_attempt_at=utcnow())
     task_id = fleet.send(settings, nid)
     receiver.wait_for(1, "/slow", timeout=30)
-    result = celery_cli(fleet.env, "inspect", "active", "-d", NODE, "--timeout", "5",
-                        "--json")
+    try:
+        result = celery_cli(fleet.env, "inspect", "active", "-d", NODE, "--timeout", "5",
+                            "--json")
+    finally:
+        release.set()
     assert result.returncode == 0, result.stdout + result.stderr
     assert task_id in result.stdout and "deliverer.deliver" in result.stdout, result.stdout
     assert nid in result.stdout, result.stdout

@@ -21,6 +21,7 @@ from tests.support.receiver import Receiver
 from tests.support.rows import failed
 
 
+@pytest.mark.unit  # no database or broker: the same on every backend
 def test_help_lists_the_operator_commands(settings):
     out = run_cli(settings, "--help").stdout
     for command in ("db", "partner", "stats", "replay", "purge-attempts", "publish", "sweep"):
@@ -214,6 +215,7 @@ def test_on_a_terminal_replay_and_a_short_purge_ask_first(settings):
     assert attempt_count() == 0
 
 
+@pytest.mark.unit  # usage errors, before any database or broker
 @pytest.mark.parametrize("args", [
     ("purge-attempts", "--older-than-days", "1e7", "--dry-run"),
     ("purge-attempts", "--older-than-days", "-1"),
@@ -227,6 +229,7 @@ def test_out_of_range_periods_are_usage_errors(settings, args):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.unit  # a settings error, before any database or broker
 def test_an_out_of_range_retention_setting_is_an_error_not_a_traceback(settings):
     result = run_cli(settings, "purge-attempts", "--dry-run", check=False,
                      DELIVERER_ATTEMPT_RETENTION_DAYS="1e9")
@@ -234,6 +237,7 @@ def test_an_out_of_range_retention_setting_is_an_error_not_a_traceback(settings)
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.unit  # usage errors, before any database or broker
 @pytest.mark.parametrize("name", ["", "   ", "x" * 201])
 def test_partner_create_refuses_an_empty_or_overlong_name(settings, name):
     result = run_cli(settings, "partner", "create", "--name", name, check=False)
@@ -244,6 +248,8 @@ def test_partner_create_refuses_an_empty_or_overlong_name(settings, name):
 UNREACHABLE = "postgresql://deliverer:s3cret-pw@127.0.0.1:1/deliverer"  # nothing on port 1
 
 
+# The same unreachable PostgreSQL whatever the session's backend.
+@pytest.mark.unit
 @pytest.mark.parametrize("args", [
     ("stats", "--no-broker"),
     ("partner", "create", "--name", "Shop"),
@@ -261,6 +267,7 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(settings, args):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.unit  # an empty SQLite file of its own, whatever the session's backend
 def test_a_database_without_the_schema_says_to_run_db_upgrade(settings, tmp_path):
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     for args in (("stats", "--no-broker"), ("purge-attempts", "--dry-run"),

@@ -27,7 +27,9 @@ from tests.support import helpers as h
 from tests.support.browser import NEEDS_CHROMIUM, chromium, click, flash_text, wait_for_page
 from tests.support.receiver import Receiver, ok, status
 
-pytestmark = NEEDS_CHROMIUM
+# What the browser adds (forms, links, redirects, the page's script) is the same on
+# every backend; the pages' HTTP side is tested on each backend (test_pages.py).
+pytestmark = [*NEEDS_CHROMIUM, pytest.mark.backend_independent]
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,21 @@ def sleep(seconds: float, then: Behaviour | None = None) -> Behaviour:
     return behaviour
 
 
+def held(release: threading.Event, then: Behaviour | None = None) -> Behaviour:
+    """Hold the request until the test sets ``release`` (at most MAX_SLEEP, less if the
+    server stops), then behave as ``then``: in flight for exactly as long as needed."""
+
+    def behaviour(handler: _Handler, receiver: Receiver) -> None:
+        deadline = time.monotonic() + MAX_SLEEP
+        while not release.wait(0.05):
+            if receiver._stopping.is_set() or time.monotonic() > deadline:
+                break
+        with contextlib.suppress(OSError):
+            (then or ok())(handler, receiver)
+
+    return behaviour
+
+
 def reset() -> Behaviour:
     """Close the connection with a TCP RST instead of answering."""
 
