@@ -138,7 +138,9 @@ def _endpoint_with_due(settings, receiver, path: str, count: int):  # type: igno
 
 
 def test_behind_a_backlog_a_batch_is_filled_from_endpoints_whose_wake_ups_wait(
-        settings, receiver, override_settings):
+        settings, receiver, override_settings, monkeypatch):
+    # A backlog age no pause of a loaded machine reaches: "recent" stays recent.
+    monkeypatch.setattr(wake, "BACKLOG_AGE", timedelta(minutes=10))
     woken, own = _endpoint_with_due(settings, receiver, "/own", 2)
     waiting, theirs = _endpoint_with_due(settings, receiver, "/waiting", 3)
     recent, fresh = _endpoint_with_due(settings, receiver, "/recent", 3)
@@ -170,7 +172,8 @@ def test_behind_a_backlog_a_batch_is_filled_from_endpoints_whose_wake_ups_wait(
         nid for nid in theirs if nid not in taken]
 
 
-def test_nothing_is_borrowed_without_a_backlog(settings, receiver):
+def test_nothing_is_borrowed_without_a_backlog(settings, receiver, monkeypatch):
+    monkeypatch.setattr(wake, "BACKLOG_AGE", timedelta(minutes=10))
     woken, own = _endpoint_with_due(settings, receiver, "/own", 1)
     waiting, _theirs = _endpoint_with_due(settings, receiver, "/waiting", 2)
     _mark(waiting, utcnow())  # sent a moment ago: taken in milliseconds on an idle worker
