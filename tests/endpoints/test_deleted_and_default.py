@@ -33,6 +33,11 @@ def add(settings, partner_id, url, types=None, **fields):
 
 
 def publish(settings, partner_id, event_type):
+    """Published with a wake-up marked pending on each endpoint (PostgreSQL): none is
+    sent, so the session's worker, if one runs, does not take the row the test leases."""
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.partner_id == partner_id)
+                        .values(wake_sent_at=utcnow()))
     return publish_one(settings, partner_id=partner_id, type=event_type, reference="r",
                        payload={"n": 1})
 
