@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from deliverer import prepared
@@ -66,18 +66,49 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=10, max_overflow=20)
+    _ping_when_idle(engine)
     if engine.dialect.driver == "psycopg2":
         event.listen(engine, "checkin", _psycopg2_default_isolation)
     prepared.install(engine)
     return engine
 
 
+# A pooled connection unused for longer than this is pinged before it is handed out.
+PING_IDLE_AFTER = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, for connections that sat idle: one that was checked in less than
+    ``PING_IDLE_AFTER`` ago was working then, and a ping would be a round trip more in each
+    of a busy process's transactions (a publish is one statement: the ping was half its
+    round trips). A server restarted within that second fails the statement instead, as
+    the statements in flight at the restart fail anyway: SQLAlchemy then invalidates the
+    pool's older connections, and the callers' own handling applies (a record is run
+    again, a claim falls to the sweep, a publish answers 503)."""
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_connection: Any, record: Any) -> None:
+        record.info["deliverer.used_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used_at = record.info.get("deliverer.used_at")
+        if used_at is not None and time.monotonic() - used_at < PING_IDLE_AFTER:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool drops this connection and checks out another (a new one).
+            raise DisconnectionError(str(exc)) from exc
+
+
 def _psycopg2_default_isolation(dbapi_connection: Any, _record: Any) -> None:
     # After a connection ran in autocommit (``autocommitted``, ``execute_alone``),
     # SQLAlchemy restores the isolation level by naming it (READ COMMITTED), and from
     # then on psycopg2 spends a round trip (SET default_transaction_isolation) each time
-    # autocommit is turned off again: at every pre-ping, and after every autocommitted
+    # autocommit is turned off again: at every ping, and after every autocommitted
     # statement. Back to psycopg2's DEFAULT (the server's level, which is what
     # SQLAlchemy named), that costs nothing.
     if dbapi_connection is not None and not dbapi_connection.closed:
@@ -193,17 +224,19 @@ def _run_again(run: Callable[[], T], retry_for: float,
             pause = min(pause * 2, 1.0)
 
 
-def execute_alone(statement: Executable, params: dict[str, Any]) -> None:
+def execute_alone(statement: Executable, params: dict[str, Any]) -> list[Row[Any]]:
     """Run one statement in a transaction of its own, committed by the database as it ends
-    (autocommit: no BEGIN and COMMIT round trips). A deadlock victim is run again."""
+    (autocommit: no BEGIN and COMMIT round trips); returns its rows, if any. A deadlock
+    victim is run again."""
     for attempt in range(3):
         try:
             with _autocommit() as connection:
-                connection.execute(statement, params)
-            return
+                result = connection.execute(statement, params)
+                return list(result.all()) if result.returns_rows else []
         except OperationalError as exc:
             if attempt == 2 or not is_transient_abort(exc):
                 raise
+    raise AssertionError("not reached: the last attempt returns or raises")
 
 
 def on_commit(session: Session, callback: Callable[[], object]) -> None:

@@ -82,9 +82,12 @@ def test_a_real_worker_sends_to_a_limited_endpoint_at_its_rate(settings, receive
     span = times[-1] - times[0]
     # 30 at 10/s with a burst of at most 2: 2.8 s at the least.
     assert (count - 2) / rate * 0.95 <= span <= count / rate * 2.0, span
+    # Slots are taken at the claim, and the POST follows its claim by a delay that varies
+    # (a loaded CI machine: 6 ms after the one before, then 130 ms): one late POST can
+    # fall into the next second beside that second's own.
     for start in times:
         in_a_second = sum(1 for t in times if start <= t < start + 1.0)
-        assert in_a_second <= rate + 2, (in_a_second, times)
+        assert in_a_second <= rate + 3, (in_a_second, times)
     # The unlimited endpoint had all of its own (as fast as they were published) well
     # before the limited one.
     assert receiver.requests("/free")[-1].at < times[-1] - 0.5
