@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from deliverer import prepared
@@ -85,7 +85,8 @@ def _ping_when_idle(engine: Engine) -> None:
     round trips). A server restarted within that second fails the statement instead, as
     the statements in flight at the restart fail anyway: SQLAlchemy then invalidates the
     pool's older connections, and the callers' own handling applies (a record is run
-    again, a claim falls to the sweep, a publish answers 503)."""
+    again, a claim falls to the sweep, a publish answers 503). A ping that finds the
+    server gone does the same, as ``pool_pre_ping`` did."""
 
     @event.listens_for(engine, "connect")
     @event.listens_for(engine, "checkin")
@@ -100,8 +101,11 @@ def _ping_when_idle(engine: Engine) -> None:
         try:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as exc:
-            # The pool drops this connection and checks out another (a new one).
-            raise DisconnectionError(str(exc)) from exc
+            if not engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise
+            # The pool drops this connection and every one older (the server restarted,
+            # most likely), and checks out a new one.
+            raise InvalidatePoolError(str(exc)) from exc
 
 
 def _psycopg2_default_isolation(dbapi_connection: Any, _record: Any) -> None:
@@ -224,19 +228,17 @@ def _run_again(run: Callable[[], T], retry_for: float,
             pause = min(pause * 2, 1.0)
 
 
-def execute_alone(statement: Executable, params: dict[str, Any]) -> list[Row[Any]]:
+def execute_alone(statement: Executable, params: dict[str, Any]) -> None:
     """Run one statement in a transaction of its own, committed by the database as it ends
-    (autocommit: no BEGIN and COMMIT round trips); returns its rows, if any. A deadlock
-    victim is run again."""
+    (autocommit: no BEGIN and COMMIT round trips). A deadlock victim is run again."""
     for attempt in range(3):
         try:
             with _autocommit() as connection:
-                result = connection.execute(statement, params)
-                return list(result.all()) if result.returns_rows else []
+                connection.execute(statement, params)
+            return
         except OperationalError as exc:
             if attempt == 2 or not is_transient_abort(exc):
                 raise
-    raise AssertionError("not reached: the last attempt returns or raises")
 
 
 def on_commit(session: Session, callback: Callable[[], object]) -> None:

@@ -30,10 +30,8 @@ many merchants (a thousand endpoints with a few notifications each) is so delive
 full batches by the first wake-ups taken; the later ones find their endpoints' rows
 already leased or sent, and cost a claim each. Their marks are left alone, so the
 argument above is untouched: each endpoint's own wake-up still comes, and claims whatever
-is still due. Only a wake-up that itself waited ``BACKLOG_AGE`` looks for others to
-borrow from (the marks it clears say when it was sent): without a backlog (wake-ups taken
-within milliseconds), nothing is borrowed, no query looks, and a lone publish is still a
-batch of one. Failing, disabled and deleted endpoints are
+is still due. Without a backlog (wake-ups taken within milliseconds), nothing is borrowed
+and a lone publish is still a batch of one. Failing, disabled and deleted endpoints are
 not borrowed from: their own wake-ups deal with them, so a slow endpoint's POSTs never
 hold a healthy batch's record.
 
@@ -112,11 +110,7 @@ _BORROWED = (select(_N.id).where(*_due_first(_WAITING.c.endpoint_id))
              .with_for_update(skip_locked=True).lateral("borrowed"))
 _STEAL = (select(_WAITING.c.endpoint_id, _BORROWED.c.id)
           .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
-# Returns each mark as it was before (the statement's snapshot): how long the wake-ups
-# waited in the broker.
-_BEFORE = _ENDPOINTS.alias("before")
-_CLEAR = (update(_ENDPOINTS).where(_E.id.in_(_IDS), _BEFORE.c.id == _E.id)
-          .values(wake_sent_at=None).returning(_BEFORE.c.wake_sent_at))
+_CLEAR = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
 _SET = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=_NOW)
 
 
@@ -131,28 +125,19 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
     return now - WAKE_TTL if uses_wake_ups(settings) else None
 
 
-def clear_marks(endpoint_ids: Sequence[int]) -> datetime | None:
+def clear_marks(endpoint_ids: Sequence[int]) -> None:
     """The wake-ups are taken: the next publish to these endpoints sends one. Committed
     on its own before ``claim_due_many`` runs: a publish that found a mark set had
     committed before the UPDATE here could lock the row, so the claim's snapshot holds
-    its notification. Returns when the longest-waiting of them was sent (None: no mark
-    was set)."""
-    rows = execute_alone(_CLEAR, {"ids": sorted(set(endpoint_ids))})
-    return min((sent_at for sent_at, in rows if sent_at is not None), default=None)
-
-
-def waited(sent_at: datetime | None, now: datetime) -> bool:
-    """A wake-up sent then, taken now, waited behind a backlog (``BACKLOG_AGE``)."""
-    return sent_at is not None and sent_at < now - BACKLOG_AGE
+    its notification."""
+    execute_alone(_CLEAR, {"ids": sorted(set(endpoint_ids))})
 
 
 def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
-                   now: datetime | None = None, borrow: bool = True
-                   ) -> dict[int, tuple[BatchClaim, bool]]:
+                   now: datetime | None = None) -> dict[int, tuple[BatchClaim, bool]]:
     """For each endpoint (its mark cleared: ``clear_marks``): lease its due first
     attempts, at most a batch, and say whether due ones remain (then its mark is set
-    again, and the caller passes its wake-up on after the commit); with ``borrow``, fill
-    the batches from endpoints waiting behind a backlog (``_steal``). Endpoint rows are
+    again, and the caller passes its wake-up on after the commit). Endpoint rows are
     locked only by that last UPDATE, held until the commit: publishes to them wait for
     one round trip at most. Commits nothing."""
     now = now or utcnow()
@@ -172,7 +157,7 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     batch_size = max(1, settings.delivery_batch_size)
     spare = {endpoint_id: batch_size - picked[endpoint_id] for endpoint_id in ids
              if endpoint_id not in remaining and picked[endpoint_id] < batch_size}
-    carrier_of = _steal(connection, ids, spare, now) if borrow else {}
+    carrier_of = _steal(connection, ids, spare, now)
     claim = claim_many(session, [*endpoint_of, *carrier_of], settings, now)
     endpoint_of.update(carrier_of)
     if remaining:
@@ -212,12 +197,8 @@ def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]
     settings = get_settings()
     # Run again if a deadlock (a fan-out publish locking the same endpoints) rolls it
     # back whole, or the wake-ups would be lost until the sweep's grace.
-    sent_at = clear_marks(endpoint_ids)
-    # Wake-ups taken promptly mean no backlog: the query for endpoints to borrow from
-    # (a statement in each claim, most of a lone delivery's) would find none.
-    borrow = waited(sent_at, utcnow())
-    claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings,
-                                                           borrow=borrow),
+    clear_marks(endpoint_ids)
+    claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings),
                             retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
     seen: set[int] = set()
     out = []

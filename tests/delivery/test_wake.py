@@ -184,34 +184,6 @@ def test_nothing_is_borrowed_without_a_backlog(settings, receiver, monkeypatch):
     assert [job.notification_id for job in claim.jobs] == own
 
 
-def test_a_wake_up_taken_promptly_does_not_look_for_rows_to_borrow(settings, receiver,
-                                                                    monkeypatch):
-    """A lone delivery spends no query on borrowing: a wake-up sent a moment ago means
-    no backlog. One that waited itself borrows."""
-    monkeypatch.setattr(wake, "BACKLOG_AGE", timedelta(minutes=10))
-    woken, own = _endpoint_with_due(settings, receiver, "/own", 1)
-    waiting, theirs = _endpoint_with_due(settings, receiver, "/waiting", 2)
-    old = utcnow() - wake.BACKLOG_AGE - timedelta(seconds=1)
-    _mark(waiting, old)
-    _mark(woken, utcnow())
-    looked: list[object] = []
-    steal = wake._steal
-
-    def counted(*args):  # type: ignore[no-untyped-def]
-        looked.append(args)
-        return steal(*args)
-
-    monkeypatch.setattr(wake, "_steal", counted)
-    [(claim, _)] = wake._claim_together([woken])
-    assert [job.notification_id for job in claim.jobs] == own
-    assert not looked
-    assert _mark_of(woken) is None  # taken
-    _mark(woken, old)  # its next wake-up waited: its own row is leased, the batch borrows
-    [(claim, _)] = wake._claim_together([woken])
-    assert {job.notification_id for job in claim.jobs} == set(theirs)
-    assert looked
-
-
 def test_no_publish_is_lost_or_sent_twice_when_wake_ups_borrow(settings, receiver,
                                                                published_tasks,
                                                                override_settings,
