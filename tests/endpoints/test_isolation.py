@@ -58,6 +58,8 @@ def _compare(settings, receiver, dead: str) -> None:
         dead_url = receiver.always("/hanging", rx.sleep(settings.total_timeout * 3))
     beside = _deliver_to(settings, receiver, "/beside", dead_url)
     # The same pace, within a margin for the loaded machine (publishing dominates both).
-    allowed = alone * 1.5 + 1.0 + (settings.total_timeout if dead == "hanging" else 0.0)
+    # 1.5 s of slack for a loaded machine (CI runs two passes at once: 3.03 s against
+    # 2.99 s allowed was seen); the failure it guards against costs whole timeouts.
+    allowed = alone * 1.5 + 1.5 + (settings.total_timeout if dead == "hanging" else 0.0)
     assert beside <= allowed, (alone, beside)
     assert len(receiver.requests("/beside")) == COUNT
