@@ -335,7 +335,6 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "data").mkdir(exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         if BACKEND == "rabbitmq":
             from tests.faults.rabbitmq_node import PrivateRabbitMQ  # it imports this module
