@@ -9,7 +9,7 @@ retry lies beyond the sweep horizon: only beat's sweep can enqueue it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,8 +107,8 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
     # 1. A failed first attempt is retried by the sweep: the ladder's step (6 s) is
     #    beyond the horizon (2 s), so no countdown message carries it.
     retried = _publish(app, partner_id, "RETRY-1", receiver.url(retry_path))
-    wait_until(lambda: not beat.alive() or len(receiver.requests(retry_path)) >= 2,
-               40, message="beat's sweep to enqueue the retry", interval=0.1)
+    _wait(lambda: not beat.alive() or len(receiver.requests(retry_path)) >= 2, 40,
+          "beat's sweep to enqueue the retry", web, worker, beat)
     assert beat.alive(), f"beat exited:\n{beat.tail()}"
     first, second = receiver.requests(retry_path)[:2]
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == retried
@@ -126,8 +126,8 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
     during = _publish(app, partner_id, "OUTAGE-1")
     time.sleep(1.5)  # a few sweeps and worker reconnects fail meanwhile
     broker.start()
-    wait_until(lambda: during in _delivered(receiver, "/steady"), 40, interval=0.1,
-               message="the event published during the outage to be delivered")
+    _wait(lambda: during in _delivered(receiver, "/steady"), 40,
+          "the event published during the outage to be delivered", web, worker, beat)
     assert "broker unavailable" in web.log()
     for process in (web, worker, beat):
         assert _tracebacks(process.log()) == 0, f"{process.name}:\n{process.tail(80)}"
@@ -138,9 +138,21 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
              for i in range(BURST)]
     receiver.wait_for(2, "/slow", timeout=20)
     worker.kill9()
-    app.run("worker", serial=1)
-    wait_until(lambda: set(burst) <= _delivered(receiver, "/slow"), 60, interval=0.1,
-               message="every event of the burst to be delivered after the kill")
+    again = app.run("worker", serial=1)
+    _wait(lambda: set(burst) <= _delivered(receiver, "/slow"), 60,
+          "every event of the burst to be delivered after the kill", web, again, beat)
+
+
+def _wait(predicate: Callable[[], object], timeout: float, message: str,
+          *processes: harness.ManagedProcess) -> None:
+    """``wait_until``, failing with the processes' last log lines: a timeout alone does
+    not say which process stopped doing its part."""
+    try:
+        wait_until(predicate, timeout, message=message, interval=0.1)
+    except AssertionError as exc:
+        tails = "\n".join(f"--- {p.name} (alive: {p.alive()}):\n{p.tail(60)}"
+                           for p in processes)
+        raise AssertionError(f"{exc}\n{tails}") from None
 
 
 def _healthy(app: Deploy) -> bool:
