@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,7 +109,7 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 def _psycopg2_default_isolation(dbapi_connection: Any, _record: Any) -> None:
-    # After a connection ran in autocommit (``autocommitted``, ``execute_alone``),
+    # After a connection ran in autocommit (``autocommitted``),
     # SQLAlchemy restores the isolation level by naming it (READ COMMITTED), and from
     # then on psycopg2 spends a round trip (SET default_transaction_isolation) each time
     # autocommit is turned off again: at every ping, and after every autocommitted
@@ -226,19 +226,6 @@ def _run_again(run: Callable[[], T], retry_for: float,
                         str(exc.orig or exc).splitlines()[0])
             time.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 1.0)
-
-
-def execute_alone(statement: Executable, params: dict[str, Any]) -> None:
-    """Run one statement in a transaction of its own, committed by the database as it ends
-    (autocommit: no BEGIN and COMMIT round trips). A deadlock victim is run again."""
-    for attempt in range(3):
-        try:
-            with _autocommit() as connection:
-                connection.execute(statement, params)
-            return
-        except OperationalError as exc:
-            if attempt == 2 or not is_transient_abort(exc):
-                raise
 
 
 def on_commit(session: Session, callback: Callable[[], object]) -> None:

@@ -4,9 +4,9 @@ notification (PostgreSQL).
 A publish marks the endpoint's row in the statement that reserves its sequence numbers
 (``partners/endpoints.py``) and sends a wake-up (``deliverer.deliver_due``) only when
 none is pending: during a burst, most publishes send no message at all. The worker that
-takes the wake-up clears the mark (a transaction of its own), then leases the
-endpoint's due first attempts (at most a batch, the oldest first) and sets the mark
-again if due ones remain. After the commit it passes the wake-up on when some remain,
+takes the wake-up clears the mark, then, in the same transaction, leases the endpoint's
+due first attempts (at most a batch, the oldest first) and sets the mark again if due
+ones remain. After the commit it passes the wake-up on when some remain,
 before its POSTs, so that other threads and workers share a hot endpoint, then sends and
 records its batch as ``batch.deliver_many`` does. A lone publish is a batch of one,
 delivered at once; batches form only behind a backlog.
@@ -18,10 +18,13 @@ few notifications per endpoint. Each batch's POSTs stay with its own task.
 
 Nothing is stranded by the dedupe: the mark's row lock orders each publish against
 each clearing. A publish that found the mark set had committed before the clearing
-could lock the row, so the claim (a later transaction) sees its notification; one that
-came after found it cleared, and sent a wake-up. A wake-up lost with a killed worker
-counts as pending for ``WAKE_TTL`` only; the rows stay the outbox's, marked as enqueued
-at their publish, so the sweep's lost-message grace hands them over as before.
+could lock the row, so the claim's next statement (READ COMMITTED: each statement sees
+what committed before it began) sees its notification; one that came after waited for
+the claim's commit, then found the mark cleared and sent a wake-up, or found it set
+again, with the wake-up passed on after that commit to take its notification. A wake-up
+lost with a killed worker counts as pending for ``WAKE_TTL`` only; the rows stay the
+outbox's, marked as enqueued at their publish, so the sweep's lost-message grace hands
+them over as before.
 
 Behind a backlog, a batch is filled from other endpoints too: a wake-up whose own
 endpoint has fewer due than a batch also leases the due first attempts of endpoints whose
@@ -55,7 +58,7 @@ from deliverer import lease
 from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
-from deliverer.db import execute_alone, in_transaction, is_transient_abort
+from deliverer.db import in_transaction, is_transient_abort
 from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
@@ -125,24 +128,18 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
     return now - WAKE_TTL if uses_wake_ups(settings) else None
 
 
-def clear_marks(endpoint_ids: Sequence[int]) -> None:
-    """The wake-ups are taken: the next publish to these endpoints sends one. Committed
-    on its own before ``claim_due_many`` runs: a publish that found a mark set had
-    committed before the UPDATE here could lock the row, so the claim's snapshot holds
-    its notification."""
-    execute_alone(_CLEAR, {"ids": sorted(set(endpoint_ids))})
-
-
 def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
                    now: datetime | None = None) -> dict[int, tuple[BatchClaim, bool]]:
-    """For each endpoint (its mark cleared: ``clear_marks``): lease its due first
-    attempts, at most a batch, and say whether due ones remain (then its mark is set
-    again, and the caller passes its wake-up on after the commit). Endpoint rows are
-    locked only by that last UPDATE, held until the commit: publishes to them wait for
-    one round trip at most. Commits nothing."""
+    """Take the endpoints' wake-ups: clear their marks, then, for each, lease its due
+    first attempts, at most a batch, and say whether due ones remain (then its mark is
+    set again, and the caller passes its wake-up on after the commit). The clearing
+    locks the endpoint rows until the commit: a publish to them waits for the claim (a
+    few round trips), which is one commit fewer than a clearing committed on its own.
+    Commits nothing."""
     now = now or utcnow()
     ids = sorted(set(endpoint_ids))
     connection = session.connection()
+    connection.execute(_CLEAR, {"ids": ids})  # first: see the module's docstring
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
     for endpoint_id, nid, count in connection.execute(_PICK, {
@@ -189,7 +186,7 @@ def _steal(connection: Connection, woken: list[int], spare: dict[int, int],
 
 def claim_due(session: Session, endpoint_id: int, settings: Settings,
               now: datetime | None = None) -> tuple[BatchClaim, bool]:
-    """``claim_due_many`` of one endpoint (whose mark the caller cleared)."""
+    """``claim_due_many`` of one endpoint."""
     return claim_due_many(session, [endpoint_id], settings, now)[endpoint_id]
 
 
@@ -197,7 +194,6 @@ def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]
     settings = get_settings()
     # Run again if a deadlock (a fan-out publish locking the same endpoints) rolls it
     # back whole, or the wake-ups would be lost until the sweep's grace.
-    clear_marks(endpoint_ids)
     claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings),
                             retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
     seen: set[int] = set()

@@ -101,7 +101,6 @@ def test_the_woken_task_claims_a_batch_and_keeps_the_mark_while_some_remain(
     taken: list[str] = []
     with override_settings(delivery_batch_size=2) as small:
         for expected_more in (True, True, False):
-            wake.clear_marks([endpoint_id])
             with session_scope() as session:
                 claim, more = wake.claim_due(session, endpoint_id, small)
             taken += [job.notification_id for job in claim.jobs]
@@ -152,10 +151,8 @@ def test_behind_a_backlog_a_batch_is_filled_from_endpoints_whose_wake_ups_wait(
     with session_scope() as session:
         session.execute(update(Endpoint).where(Endpoint.id == failing)
                         .values(failing_since=old))
-    with override_settings(delivery_batch_size=4) as small:
-        wake.clear_marks([woken])
-        with session_scope() as session:
-            claim, more = wake.claim_due(session, woken, small)
+    with override_settings(delivery_batch_size=4) as small, session_scope() as session:
+        claim, more = wake.claim_due(session, woken, small)
     taken = [job.notification_id for job in claim.jobs]
     # Its own first, then the longest-waiting endpoint's oldest, up to a batch of four;
     # none of an endpoint whose wake-up was just sent (no backlog) or that is failing.
@@ -166,7 +163,6 @@ def test_behind_a_backlog_a_batch_is_filled_from_endpoints_whose_wake_ups_wait(
     assert all(h.notification(nid).lease_token is None for nid in fresh + dying)
     # The borrowed endpoint keeps its mark: its own wake-up comes and takes the rest.
     assert _mark_of(waiting) is not None
-    wake.clear_marks([waiting])
     with session_scope() as session:
         rest, _ = wake.claim_due(session, waiting, small)
     assert [job.notification_id for job in rest.jobs] == [
@@ -178,7 +174,6 @@ def test_nothing_is_borrowed_without_a_backlog(settings, receiver, monkeypatch):
     woken, own = _endpoint_with_due(settings, receiver, "/own", 1)
     waiting, _theirs = _endpoint_with_due(settings, receiver, "/waiting", 2)
     _mark(waiting, utcnow())  # sent a moment ago: taken in milliseconds on an idle worker
-    wake.clear_marks([woken])
     with session_scope() as session:
         claim, _ = wake.claim_due(session, woken, settings)
     assert [job.notification_id for job in claim.jobs] == own
