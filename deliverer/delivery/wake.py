@@ -136,10 +136,13 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     locks the endpoint rows until the commit: a publish to them waits for the claim (a
     few round trips), which is one commit fewer than a clearing committed on its own.
     Commits nothing."""
-    now = now or utcnow()
     ids = sorted(set(endpoint_ids))
     connection = session.connection()
     connection.execute(_CLEAR, {"ids": ids})  # first: see the module's docstring
+    # Read after the clearing, which waited for any publish holding these rows: what
+    # such a publish made is due by this clock. Read before, it was not due yet, so not
+    # counted either, and the wake-up ended with the mark cleared and that row stranded.
+    now = now or utcnow()
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
     for endpoint_id, nid, count in connection.execute(_PICK, {

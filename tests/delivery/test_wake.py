@@ -15,6 +15,7 @@ from deliverer.broker import dispatch
 from deliverer.db import session_scope
 from deliverer.delivery import wake
 from deliverer.models import Endpoint, NotificationStatus, utcnow
+from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
 from tests.support.messages import WAKE_UPS
 from tests.support.receiver import ok
@@ -109,6 +110,42 @@ def test_the_woken_task_claims_a_batch_and_keeps_the_mark_while_some_remain(
     assert sorted(taken) == sorted(due)
     assert h.notification(later).lease_token is None  # not due yet
     assert h.notification(retry).lease_token is None  # a retry: its own message
+
+
+def _default_endpoint(shop) -> int:  # type: ignore[no-untyped-def]
+    with session_scope() as session:
+        endpoint_id: int = session.scalar(select(Endpoint.id).where(
+            Endpoint.partner_id == shop.partner_id))
+    return endpoint_id
+
+
+def test_a_claim_that_waited_for_a_publish_takes_its_notification(settings, receiver):
+    """A publish holds its endpoint's row (sequence number, mark) when a wake-up's claim
+    clears the mark: the claim waits for it, then takes the notification it made, though
+    that was made after the claim began. (The claim once read its clock before waiting:
+    by it the notification was not due yet, and it stayed PENDING, its mark cleared.)"""
+    shop = h.new_partner(settings, receiver.url("/held"))
+    endpoint_id = _default_endpoint(shop)
+    _mark(endpoint_id, utcnow())  # a wake-up pending: the publish sends none
+    taken: list[tuple[object, bool]] = []
+
+    def claim() -> None:
+        with session_scope() as session:
+            taken.append(wake.claim_due(session, endpoint_id, settings))
+
+    with session_scope() as publishing:
+        publishing.execute(update(Endpoint).where(Endpoint.id == endpoint_id)
+                           .values(last_sequence=Endpoint.last_sequence))  # held from here
+        claiming = threading.Thread(target=claim)
+        claiming.start()
+        time.sleep(0.3)
+        assert claiming.is_alive()  # waiting for the row
+        published = publish_event(publishing, settings, partner_id=shop.partner_id,
+                                  type="t", reference="held", payload={})
+    claiming.join(10)
+    [(batch, more)] = taken
+    assert [job.notification_id for job in batch.jobs] == [published.notification_id]
+    assert not more
 
 
 def test_no_publish_is_left_without_a_wake_up_by_a_concurrent_claim(settings, receiver,
