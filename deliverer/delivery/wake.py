@@ -43,6 +43,7 @@ SQLite (the embedded default) keeps a message per notification (``uses_wake_ups`
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -58,7 +59,7 @@ from deliverer import lease
 from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
-from deliverer.db import in_transaction, is_transient_abort
+from deliverer.db import autocommitted, in_transaction, is_transient_abort
 from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
@@ -197,8 +198,18 @@ def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]
     settings = get_settings()
     # Run again if a deadlock (a fan-out publish locking the same endpoints) rolls it
     # back whole, or the wake-ups would be lost until the sweep's grace.
-    claims = in_transaction(lambda session: claim_due_many(session, endpoint_ids, settings),
-                            retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
+    try:
+        claims = in_transaction(
+            lambda session: claim_due_many(session, endpoint_ids, settings),
+            retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
+    except Exception:
+        # Its rollback undid the clearing too: the marks would say a wake-up is pending
+        # while these were taken, and publishes would send none for WAKE_TTL. Cleared on
+        # their own, at best (the database may be what failed): the next publish wakes.
+        with contextlib.suppress(Exception):
+            autocommitted(lambda connection: connection.execute(
+                _CLEAR, {"ids": sorted(set(endpoint_ids))}))
+        raise
     seen: set[int] = set()
     out = []
     for endpoint_id in endpoint_ids:  # a wake-up taken twice at once: the second is empty

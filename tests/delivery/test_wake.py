@@ -148,6 +148,23 @@ def test_a_claim_that_waited_for_a_publish_takes_its_notification(settings, rece
     assert not more
 
 
+def test_a_claim_that_fails_leaves_the_mark_cleared(settings, receiver, monkeypatch):
+    """The claim's rollback undoes its clearing: the mark is cleared again on its own, so
+    the next publish sends a wake-up rather than trusting one that was taken."""
+    shop = h.new_partner(settings, receiver.url("/broken"))
+    endpoint_id = _default_endpoint(shop)
+    _mark(endpoint_id, utcnow())
+
+    def broken(session, *args, **kwargs):  # type: ignore[no-untyped-def]
+        session.execute(wake._CLEAR, {"ids": [endpoint_id]})
+        raise RuntimeError("claim failed")
+
+    monkeypatch.setattr(wake, "claim_due_many", broken)
+    with pytest.raises(RuntimeError, match="claim failed"):
+        wake._claim_together([endpoint_id])
+    assert _mark_of(endpoint_id) is None
+
+
 def test_no_publish_is_left_without_a_wake_up_by_a_concurrent_claim(settings, receiver,
                                                                     published_tasks,
                                                                     override_settings):
