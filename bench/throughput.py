@@ -30,6 +30,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from statistics import fmean
 from typing import Any
 
 from bench import plain_celery
@@ -272,9 +273,8 @@ def run(ctx: Ctx) -> Result:
         runs[label] = deliverer_run(ctx, n, **kwargs)
         if not ctx.smoke:
             references()
-        pair = slice(-2, None) if len(loops) > 1 else slice(-1, None)
-        beside[label] = (sum(r["per_s"] for r in loops[pair]) / len(loops[pair]),
-                         sum(r["per_s"] for r in plains[pair]) / len(plains[pair]))
+        beside[label] = (fmean(r["per_s"] for r in loops[-2:]),
+                         fmean(r["per_s"] for r in plains[-2:]))
     plain_posts = sum(nginx.counts("/ref/celery/").values())
 
     result = Result(NAME, TITLE)

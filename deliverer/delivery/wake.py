@@ -129,8 +129,8 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
     return now - WAKE_TTL if uses_wake_ups(settings) else None
 
 
-def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
-                   now: datetime | None = None) -> dict[int, tuple[BatchClaim, bool]]:
+def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings
+                   ) -> dict[int, tuple[BatchClaim, bool]]:
     """Take the endpoints' wake-ups: clear their marks, then, for each, lease its due
     first attempts, at most a batch, and say whether due ones remain (then its mark is
     set again, and the caller passes its wake-up on after the commit). The clearing
@@ -140,10 +140,9 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     ids = sorted(set(endpoint_ids))
     connection = session.connection()
     connection.execute(_CLEAR, {"ids": ids})  # first: see the module's docstring
-    # Read after the clearing, which waited for any publish holding these rows: what
-    # such a publish made is due by this clock. Read before, it was not due yet, so not
-    # counted either, and the wake-up ended with the mark cleared and that row stranded.
-    now = now or utcnow()
+    # Read after the clearing, which waited for any publish holding these rows, so that
+    # what such a publish made is due by this clock: taken, or counted as remaining.
+    now = utcnow()
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
     for endpoint_id, nid, count in connection.execute(_PICK, {
@@ -188,10 +187,10 @@ def _steal(connection: Connection, woken: list[int], spare: dict[int, int],
     return {nid: carrier for (_endpoint_id, nid), carrier in zip(rows, carriers, strict=False)}
 
 
-def claim_due(session: Session, endpoint_id: int, settings: Settings,
-              now: datetime | None = None) -> tuple[BatchClaim, bool]:
+def claim_due(session: Session, endpoint_id: int, settings: Settings
+              ) -> tuple[BatchClaim, bool]:
     """``claim_due_many`` of one endpoint."""
-    return claim_due_many(session, [endpoint_id], settings, now)[endpoint_id]
+    return claim_due_many(session, [endpoint_id], settings)[endpoint_id]
 
 
 def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
