@@ -38,6 +38,11 @@ and a lone publish is still a batch of one. Failing, disabled and deleted endpoi
 not borrowed from: their own wake-ups deal with them, so a slow endpoint's POSTs never
 hold a healthy batch's record.
 
+Clocks: a publish makes its first attempt due at the publisher's clock, the claim
+compares with the worker's. From a producer whose clock runs ahead, a notification is not
+due yet when its wake-up is taken; the claim hands each such row a message of its own,
+due when it is (``_EARLY``), instead of leaving it to the sweep's lost-message grace.
+
 SQLite (the embedded default) keeps a message per notification (``uses_wake_ups``).
 """
 
@@ -67,6 +72,9 @@ from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, t
 # A wake-up not taken within this long counts as lost: the next publish sends another
 # (an extra one finds little or nothing to do).
 WAKE_TTL = timedelta(seconds=5)
+# How far ahead of a worker's clock a publisher's may be for its first attempts to be
+# sent when they come due, not after the sweep's lost-message grace (``_early``).
+CLOCK_SKEW = timedelta(seconds=10)
 # A wake-up that waited this long in the broker marks a backlog: its endpoint's due rows
 # may fill other wake-ups' batches (``_steal``). Far above the milliseconds a wake-up
 # waits on an idle worker, far below the WAKE_TTL.
@@ -98,8 +106,34 @@ _DUE = (select(func.count().label("due"))
         .select_from(select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
                      .limit(_LIMIT + 1).correlate(_WOKEN).subquery())
         .lateral("counted"))
-_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due)
-         .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
+# First attempts published "due now" by a clock ahead of the worker's: not due by its
+# clock, so neither taken nor counted, and nothing else would send them until the
+# sweep's lost-message grace. Published rows are enqueued at their due time; a row paced
+# back to a later slot is enqueued before it (``pacing``), so it is not one of these.
+_EARLY_BY = bindparam("early_by", type_=_N.next_attempt_at.type)
+
+
+def _early(of_endpoints: ColumnElement[bool]) -> tuple[ColumnElement[bool], ...]:
+    return (of_endpoints, _N.status == NotificationStatus.PENDING,
+            _N.lane == Lane.FIRST, _N.next_attempt_at > _NOW,
+            _N.next_attempt_at <= _EARLY_BY, _N.enqueued_at >= _N.next_attempt_at,
+            lease.is_free(_N.lease_expires_at, _NOW))
+
+
+_EARLY = (select(func.count().label("early"))
+          .select_from(select(_N.id).where(*_early(_N.endpoint_id == _WOKEN.c.endpoint_id))
+                       .limit(1).correlate(_WOKEN).subquery())
+          .lateral("early"))
+_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due, _EARLY.c.early)
+         .select_from(_WOKEN.join(_DUE, true()).join(_EARLY, true())
+                      .outerjoin(_PICKED, true())))
+# Each such row is handed its own message, due when it is (the task's NOT_DUE follow-up),
+# and marked as enqueued now, so that the next wake-up does not send it another.
+_EARLY_ROWS = (select(_N.id).where(*_early(_N.endpoint_id.in_(_IDS)))
+               .with_for_update(skip_locked=True).scalar_subquery())
+_RESCHEDULE = (update(table_of(Notification)).where(_N.id.in_(_EARLY_ROWS))
+               .values(enqueued_at=_NOW)
+               .returning(_N.id, _N.lane, _N.next_attempt_at, _N.endpoint_id))
 # Endpoints whose wake-up has waited since before :waited_since, the longest-waiting
 # first (ix_endpoints_wake_sent_at), and per endpoint its oldest due first attempts, at
 # most :cap rows in all. Evaluated lazily, so only the rows returned are locked.
@@ -145,8 +179,12 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     now = utcnow()
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
-    for endpoint_id, nid, count in connection.execute(_PICK, {
-            "ids": ids, "now": now, "limit": max(1, settings.delivery_batch_size)}):
+    early: list[int] = []
+    for endpoint_id, nid, count, early_count in connection.execute(_PICK, {
+            "ids": ids, "now": now, "limit": max(1, settings.delivery_batch_size),
+            "early_by": now + CLOCK_SKEW}):
+        if endpoint_id not in due and early_count:
+            early.append(endpoint_id)
         due[endpoint_id] = count
         if nid is not None:
             endpoint_of[nid] = endpoint_id
@@ -170,6 +208,10 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
         claims[endpoint_of[item[0]]][0].not_due.append(item)
     for nid in claim.locked:
         claims[endpoint_of[nid]][0].locked.append(nid)
+    if early:
+        for nid, lane, due_at, endpoint_id in connection.execute(_RESCHEDULE, {
+                "ids": early, "now": now, "early_by": now + CLOCK_SKEW}):
+            claims[endpoint_id][0].not_due.append((nid, lane, due_at))
     return claims
 
 

@@ -19,6 +19,7 @@ from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
 from tests.support.messages import WAKE_UPS
 from tests.support.receiver import ok
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not WAKE_UPS, reason="SQLite sends a message per notification")
 
@@ -259,3 +260,47 @@ def test_no_publish_is_lost_or_sent_twice_when_wake_ups_borrow(settings, receive
                  message="every notification delivered")
     assert sum(len(receiver.requests(f"/borrow{k}")) for k in range(3)) == 60
     assert borrowed  # the race did borrow
+
+
+def test_first_attempts_published_by_a_clock_ahead_get_their_own_message(settings, receiver):
+    """A producer on another machine whose clock runs ahead makes its first attempts due
+    a little later by the worker's clock. The wake-up finds them not due yet: each gets a
+    message due when it is (once, not once per wake-up), so that it is sent then and not
+    after the sweep's lost-message grace. A row paced back to a later slot (enqueued
+    before it is due) already has its message and is not among them."""
+    url = receiver.url("/ahead")
+    shop = h.new_partner(settings, url)
+    endpoint_id = _default_endpoint(shop)
+    now = utcnow()
+    ahead = now + timedelta(seconds=2)
+    early = h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                                  next_attempt_at=ahead, scheduled_for=ahead,
+                                  enqueued_at=ahead)
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=ahead, scheduled_for=ahead, enqueued_at=now)
+    h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                          next_attempt_at=now + wake.CLOCK_SKEW + timedelta(seconds=5),
+                          enqueued_at=now + wake.CLOCK_SKEW + timedelta(seconds=5))
+    for expected in ([(early, ahead)], []):
+        _mark(endpoint_id, utcnow())
+        with session_scope() as session:
+            claim, more = wake.claim_due(session, endpoint_id, settings)
+        assert claim.jobs == [] and not more
+        assert [(nid, due) for nid, _lane, due in claim.not_due] == expected
+        assert _mark_of(endpoint_id) is None
+
+
+def test_a_publish_by_a_clock_ahead_is_delivered_when_due(settings, receiver, worker,
+                                                          monkeypatch):
+    """End to end, with a worker: the publisher's clock 1.5 s ahead of the worker's."""
+    from deliverer.publishing import one_statement
+
+    shop = h.new_partner(settings, receiver.url("/skewed"))
+    monkeypatch.setattr(one_statement, "utcnow", lambda: utcnow() + timedelta(seconds=1.5))
+    started = time.monotonic()
+    published = deliverer.publish_event(shop.partner_id, "t", "ahead", {})
+    receiver.wait_for(1, "/skewed", timeout=15)
+    assert time.monotonic() - started >= 1.0  # not before it was due
+    wait_until(lambda: h.notification(published.notification_id).status
+               == NotificationStatus.SENT)
+    assert len(receiver.requests("/skewed")) == 1
