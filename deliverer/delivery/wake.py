@@ -55,7 +55,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, func, select, true, update
+from sqlalchemy import Integer, bindparam, case, exists, false, func, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -74,7 +74,7 @@ from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, t
 WAKE_TTL = timedelta(seconds=5)
 # How far ahead of a worker's clock a publisher's may be for its first attempts to be
 # sent when they come due, not after the sweep's lost-message grace (``_early``).
-CLOCK_SKEW = timedelta(seconds=10)
+CLOCK_SKEW = timedelta(seconds=2)
 # A wake-up that waited this long in the broker marks a backlog: its endpoint's due rows
 # may fill other wake-ups' batches (``_steal``). Far above the milliseconds a wake-up
 # waits on an idle worker, far below the WAKE_TTL.
@@ -120,13 +120,15 @@ def _early(of_endpoints: ColumnElement[bool]) -> tuple[ColumnElement[bool], ...]
             lease.is_free(_N.lease_expires_at, _NOW))
 
 
-_EARLY = (select(func.count().label("early"))
-          .select_from(select(_N.id).where(*_early(_N.endpoint_id == _WOKEN.c.endpoint_id))
-                       .limit(1).correlate(_WOKEN).subquery())
-          .lateral("early"))
-_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due, _EARLY.c.early)
-         .select_from(_WOKEN.join(_DUE, true()).join(_EARLY, true())
-                      .outerjoin(_PICKED, true())))
+# Looked for only where none is due (PostgreSQL runs a CASE branch's subquery only when
+# it is taken): an index range of the endpoint's rows due within CLOCK_SKEW, which for a
+# rate-limited endpoint with a backlog holds its paced rows.
+_EARLY = case((_DUE.c.due == 0,
+               exists(select(_N.id).where(*_early(_N.endpoint_id == _WOKEN.c.endpoint_id))
+                      .correlate(_WOKEN))),
+              else_=false())
+_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due, _EARLY.label("early"))
+         .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
 # Each such row is handed its own message, due when it is (the task's NOT_DUE follow-up),
 # and marked as enqueued now, so that the next wake-up does not send it another.
 _EARLY_ROWS = (select(_N.id).where(*_early(_N.endpoint_id.in_(_IDS)))
@@ -180,10 +182,10 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
     early: list[int] = []
-    for endpoint_id, nid, count, early_count in connection.execute(_PICK, {
+    for endpoint_id, nid, count, has_early in connection.execute(_PICK, {
             "ids": ids, "now": now, "limit": max(1, settings.delivery_batch_size),
             "early_by": now + CLOCK_SKEW}):
-        if endpoint_id not in due and early_count:
+        if endpoint_id not in due and has_early:
             early.append(endpoint_id)
         due[endpoint_id] = count
         if nid is not None:

@@ -272,7 +272,7 @@ def test_first_attempts_published_by_a_clock_ahead_get_their_own_message(setting
     shop = h.new_partner(settings, url)
     endpoint_id = _default_endpoint(shop)
     now = utcnow()
-    ahead = now + timedelta(seconds=2)
+    ahead = now + wake.CLOCK_SKEW / 2
     early = h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
                                   next_attempt_at=ahead, scheduled_for=ahead,
                                   enqueued_at=ahead)
