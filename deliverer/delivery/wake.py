@@ -179,14 +179,15 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     # Read after the clearing, which waited for any publish holding these rows, so that
     # what such a publish made is due by this clock: taken, or counted as remaining.
     now = utcnow()
+    early_by = now + CLOCK_SKEW
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
-    early: list[int] = []
+    early: set[int] = set()
     for endpoint_id, nid, count, has_early in connection.execute(_PICK, {
             "ids": ids, "now": now, "limit": max(1, settings.delivery_batch_size),
-            "early_by": now + CLOCK_SKEW}):
-        if endpoint_id not in due and has_early:
-            early.append(endpoint_id)
+            "early_by": early_by}):
+        if has_early:
+            early.add(endpoint_id)
         due[endpoint_id] = count
         if nid is not None:
             endpoint_of[nid] = endpoint_id
@@ -212,7 +213,7 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
         claims[endpoint_of[nid]][0].locked.append(nid)
     if early:
         for nid, lane, due_at, endpoint_id in connection.execute(_RESCHEDULE, {
-                "ids": early, "now": now, "early_by": now + CLOCK_SKEW}):
+                "ids": sorted(early), "now": now, "early_by": early_by}):
             claims[endpoint_id][0].not_due.append((nid, lane, due_at))
     return claims
 
