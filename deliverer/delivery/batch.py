@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,10 +23,9 @@ from sqlalchemy.orm import Session
 from deliverer import lease
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import sender, slow_lane
+from deliverer.delivery import runs, sender, slow_lane
 from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
 from deliverer.delivery.outcome import NextAttempt
-from deliverer.delivery.perform import perform_admitted
 from deliverer.delivery.record import record_locked
 from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
 from deliverer.logging import delivery_context
@@ -77,103 +74,6 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
                 # held the row lock (a merchant's request, the sweep). Not to be dropped.
                 batch.locked.append(r.id)
     return batch
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _executor(size: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="deliverer-send")
-        return _pool
-
-
-_endpoint_slots: dict[object, threading.BoundedSemaphore] = {}
-
-
-def _slot(job: DeliveryJob, limit: int) -> threading.BoundedSemaphore:
-    key = slow_lane.key_for(job.endpoint_id, job.url)
-    with _pool_lock:
-        slot = _endpoint_slots.get(key)
-        if slot is None:
-            if len(_endpoint_slots) > 10_000:  # bounded: forget idle endpoints
-                _endpoint_slots.clear()
-            slot = _endpoint_slots[key] = threading.BoundedSemaphore(limit)
-        return slot
-
-
-def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
-               ) -> tuple[list[tuple[DeliveryJob, slow_lane.Ticket]], list[DeliveryJob]]:
-    """Split a claimed batch into the jobs to send now and those the slow lane defers."""
-    admitted: list[tuple[DeliveryJob, slow_lane.Ticket]] = []
-    refused: list[DeliveryJob] = []
-    for job in jobs:
-        ticket = slow_lane.GATE.admit(slow_lane.key_for(job.endpoint_id, job.url), settings)
-        if ticket is None:
-            refused.append(job)
-        else:
-            admitted.append((job, ticket))
-    return admitted, refused
-
-
-# Of a lease's time beyond the longest POST, how much is kept for recording the
-# outcome (at most: half of it when the lease is short, as in tests).
-RECORDING_MARGIN = 5.0
-
-
-def send_cutoff(leased_at: float, settings: Settings) -> float:
-    """The last moment (``time.monotonic``) a POST under a lease taken at ``leased_at`` may
-    start: it must end, and be recorded, before the lease runs out. A POST started later
-    could still be in flight when the sweep hands the row to another worker, which would
-    POST it again."""
-    spare = max(0.0, settings.lease_seconds - settings.longest_post)
-    keep_for_recording = min(RECORDING_MARGIN, spare / 2)
-    return leased_at + settings.lease_seconds - settings.longest_post - keep_for_recording
-
-
-def perform_many(jobs: Sequence[tuple[DeliveryJob, slow_lane.Ticket]],
-                 settings: Settings, send_until: float | None = None
-                 ) -> list[sender.SendResult | None]:
-    """POST in parallel, at most ``endpoint_concurrency`` at once per endpoint in this
-    process, so a batch for one merchant does not open dozens of connections at once.
-
-    Each endpoint's jobs are dealt into at most that many runs; a run holds one of the
-    endpoint's slots and sends its jobs one after the other. One pool task and one slot
-    per run, not per job: the thread hand-offs were a tenth of a worker's CPU.
-
-    A job whose turn comes after ``send_until`` is not sent (its result is None): a run
-    behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
-    Nor is one whose turn comes once the worker is stopping (``deliverer.stopping``): its
-    warm shutdown then lasts the POSTs in flight, not a batch's worth of them.
-    """
-    results: list[sender.SendResult | None] = [None] * len(jobs)
-    by_endpoint: dict[object, list[int]] = {}
-    for i, (job, _ticket) in enumerate(jobs):
-        key = slow_lane.key_for(job.endpoint_id, job.url)
-        by_endpoint.setdefault(key, []).append(i)
-    width = max(1, settings.endpoint_concurrency)
-    runs = [indexes[k::width] for indexes in by_endpoint.values()
-            for k in range(min(width, len(indexes)))]
-
-    def run(indexes: list[int]) -> None:
-        with _slot(jobs[indexes[0]][0], settings.endpoint_concurrency):
-            for i in indexes:
-                job, ticket = jobs[i]
-                if stopping() or (send_until is not None
-                                  and time.monotonic() > send_until):
-                    slow_lane.GATE.done(ticket, None, settings)  # never started
-                    continue
-                with delivery_context(job.notification_id):
-                    results[i] = perform_admitted(job, ticket, settings)
-
-    if len(runs) == 1:
-        run(runs[0])
-    else:
-        list(_executor(settings.send_concurrency).map(run, runs))
-    return results
 
 
 def release_unsent(session: Session, ids: Sequence[str], token: str,
@@ -239,7 +139,7 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
     """Send and record a claimed batch (``leased_at``: ``time.monotonic()`` no later than
     the claim): the slow lane, the POSTs, then one transaction for the outcomes (or
     ``record``'s, when every job was sent: ``together.record_all``)."""
-    admitted, refused = admit_many(batch.jobs, settings)
+    admitted, refused = runs.admit_many(batch.jobs, settings)
     if refused:
         in_transaction(
             lambda session: slow_lane.defer(
@@ -247,23 +147,28 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
             retry_for=settings.lease_seconds)
     if not admitted:
         return BatchOutcome(0, 0, [], batch.not_due, batch.locked, deferred=len(refused))
-    results = perform_many(admitted, settings, send_cutoff(leased_at, settings))
-    done = [(job, r) for (job, _), r in zip(admitted, results, strict=True) if r is not None]
+    sends = runs.perform_many(admitted, settings, runs.send_cutoff(leased_at, settings))
+    done = [(job, r) for (job, _), r in zip(admitted, sends.results, strict=True)
+            if r is not None]
+    refused_late = [admitted[i][0].notification_id for i in sorted(sends.refused)]
     unsent = [(job.notification_id, job.lane)
-              for (job, _), r in zip(admitted, results, strict=True) if r is None]
+              for i, ((job, _), r) in enumerate(zip(admitted, sends.results, strict=True))
+              if r is None and i not in sends.refused]
     if unsent:
         log.warning("%s: %d of %d deliveries handed back unsent",
                     "worker stopping" if stopping() else "lease running out",
                     len(unsent), len(admitted))
 
     def write(session: Session) -> list[NextAttempt]:
+        if refused_late:
+            slow_lane.defer(session, refused_late, batch.token, settings)
         if unsent:
             release_unsent(session, [nid for nid, _ in unsent], batch.token, utcnow())
         return record_many(session, [j for j, _ in done], [r for _, r in done], settings)
 
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
     # recording them is retried, not left to resend every webhook of the batch.
-    if record is not None and not unsent:
+    if record is not None and not unsent and not refused_late:
         following = record(done)
     else:
         following = in_transaction(write, retry_for=settings.lease_seconds)
@@ -273,5 +178,5 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
                  extra={"notification_id": job.notification_id})
     sent = sum(1 for _, r in done if r.success)
     return BatchOutcome(sent, len(done) - sent, following, batch.not_due, batch.locked,
-                        deferred=len(refused), unsent=unsent)
+                        deferred=len(refused) + len(refused_late), unsent=unsent)
 

@@ -10,8 +10,11 @@ while one of its sends has been in flight for ``slow_send_seconds`` or more, and
 gets at most ``slow_endpoint_concurrency`` sends in flight in this process; a delivery
 beyond that is *deferred*: no request is made, so no attempt is recorded; its lease is
 released and its next attempt moved a timeout or two later, when the beat sweep hands
-it over again (the outbox path, so nothing is lost if the worker dies). Healthy
-endpoints are never refused here; ``batch.perform_many`` caps their parallelism.
+it over again (the outbox path, so nothing is lost if the worker dies). In a batch, the
+jobs beyond the cap first wait their turn in the runs of those admitted
+(``runs.perform_many``) and are deferred only if the send before them answered slowly:
+an endpoint that was slow once and answers fast again is capped, not deferred. Healthy
+endpoints are never refused here; ``runs.perform_many`` caps their parallelism.
 """
 
 from __future__ import annotations
@@ -97,9 +100,7 @@ class EndpointGate:
                 self._in_flight.pop(ticket.key, None)
             if started is None:
                 started = now  # never started: nothing to judge the endpoint by
-            timed_out = result is not None and (result.error or {}).get("kind") == str(
-                FailureKind.TIMEOUT)
-            if timed_out or now - started >= settings.slow_send_seconds:
+            if _timed_out(result) or now - started >= settings.slow_send_seconds:
                 if len(self._slow_until) >= self.MAX_TRACKED:
                     self._forget_expired(now)
                 self._slow_until[ticket.key] = now + settings.slow_window
@@ -129,6 +130,15 @@ class EndpointGate:
 
 
 GATE = EndpointGate()
+
+
+def _timed_out(result: SendResult | None) -> bool:
+    return result is not None and (result.error or {}).get("kind") == str(FailureKind.TIMEOUT)
+
+
+def answered_fast(result: SendResult, settings: Settings) -> bool:
+    """The send neither timed out nor took ``slow_send_seconds``: the endpoint answers."""
+    return not _timed_out(result) and result.duration_ms < settings.slow_send_seconds * 1000
 
 
 def key_for(endpoint_id: int | None, url: str) -> Key:

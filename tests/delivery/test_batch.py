@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.delivery import batch
+from deliverer.delivery import batch, runs
 from deliverer.models import Attempt, Lane, Notification, NotificationStatus, utcnow
 from deliverer.publishing.api import publish_events
 from deliverer.scheduling.sweep import Due, group_due
@@ -122,14 +122,14 @@ def test_a_batch_starts_no_post_its_lease_could_not_cover(settings, receiver):
     batch sends them; every webhook goes out once."""
     url = receiver.always("/slowish", rx.sleep(0.4))
     partner = new_partner(settings, url)
-    # A lease of 8 s leaves 2.5 s to start POSTs in (batch.send_cutoff): ten 0.4 s POSTs
+    # A lease of 8 s leaves 2.5 s to start POSTs in (runs.send_cutoff): ten 0.4 s POSTs
     # one after the other cannot all start in time, however fast the machine.
     one_at_a_time = settings.with_overrides(endpoint_concurrency=1, lease_seconds=8.0)
     ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
                                next_attempt_at=utcnow())
            for _ in range(10)]
     started = time.monotonic()
-    cutoff = batch.send_cutoff(started, one_at_a_time) - started
+    cutoff = runs.send_cutoff(started, one_at_a_time) - started
     assert 0 < cutoff < (one_at_a_time.lease_seconds - one_at_a_time.total_timeout
                          - one_at_a_time.connect_timeout)
 

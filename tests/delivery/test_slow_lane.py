@@ -10,11 +10,12 @@ from datetime import timedelta
 import pytest
 
 from deliverer.config import Settings
-from deliverer.delivery import batch, service, slow_lane
+from deliverer.delivery import batch, runs, service, slow_lane
+from deliverer.delivery.claim import DeliveryJob
 from deliverer.delivery.sender import SendResult
 from deliverer.delivery.service import ClaimState
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
-from deliverer.models import NotificationStatus, utcnow
+from deliverer.models import NotificationStatus, Trigger, utcnow
 from deliverer.publishing.api import publish_events
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
@@ -182,32 +183,136 @@ def test_a_delivery_beyond_the_cap_is_deferred_without_a_request(settings, recei
         assert attempt.error_payload["kind"] == "timeout"
 
 
-def test_a_batch_sends_what_the_cap_allows_and_defers_the_rest(settings, receiver):
+class InFlight:
+    """A receiver behaviour that answers after ``seconds`` and counts the most requests
+    it held at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, handler, receiver) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            rx.sleep(self.seconds)(handler, receiver)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def _batch_for(partner_id: str, url: str, count: int) -> list[str]:
+    now = utcnow()
+    return [h.insert_notification(partner_id, url, status=NotificationStatus.PENDING,
+                                  next_attempt_at=now) for _ in range(count)]
+
+
+def test_a_batch_for_an_endpoint_slow_once_sends_all_within_the_cap(settings, receiver):
+    # One slow answer marks the endpoint slow for the window; it answers fast again, so
+    # a batch for it is sent whole, at most the slow cap at once, none deferred.
     s = _settings(settings)
-    slow_url = receiver.always("/slow", rx.ok())
+    answers = InFlight(0.05)
+    slow_url = receiver.always("/slow", answers)
     fine_url = receiver.always("/fine", rx.ok())
     partner = h.new_partner(settings, slow_url)
-    now = utcnow()
-    to_slow = [h.insert_notification(partner.partner_id, slow_url,
-                                     status=NotificationStatus.PENDING, next_attempt_at=now)
-               for _ in range(5)]
-    to_fine = [h.insert_notification(partner.partner_id, fine_url,
-                                     status=NotificationStatus.PENDING, next_attempt_at=now)
-               for _ in range(5)]
+    to_slow = _batch_for(partner.partner_id, slow_url, 12)
+    to_fine = _batch_for(partner.partner_id, fine_url, 5)
     _mark_slow(_endpoint_of(to_slow[0]), s)
 
     outcome = batch.deliver_many(to_slow + to_fine, s)
 
-    assert (outcome.sent, outcome.failed, outcome.deferred) == (7, 0, 3)
-    sent_to_slow = [n for n in to_slow if h.notification(n).status == NotificationStatus.SENT]
-    assert len(sent_to_slow) == 2
-    for nid in set(to_slow) - set(sent_to_slow):
+    assert (outcome.sent, outcome.failed, outcome.deferred) == (17, 0, 0)
+    assert all(h.sent(n) for n in to_slow + to_fine)
+    assert answers.most <= s.slow_endpoint_concurrency < s.endpoint_concurrency
+    assert len(receiver.requests("/slow")) == 12
+    assert slow_lane.GATE.is_slow(_endpoint_of(to_slow[0]), s)  # still in its window
+
+
+def test_a_batch_defers_what_waits_behind_a_slow_answer(settings, receiver):
+    # The endpoint was slow and still is: the cap's sends time out, and the jobs waiting
+    # behind them are deferred (no request, no attempt), not sent one after the other.
+    s = _settings(settings)
+    slow_url = receiver.always("/slow", rx.sleep(1.5))
+    fine_url = receiver.always("/fine", rx.ok())
+    partner = h.new_partner(settings, slow_url)
+    now = utcnow()
+    to_slow = _batch_for(partner.partner_id, slow_url, 6)
+    to_fine = _batch_for(partner.partner_id, fine_url, 5)
+    _mark_slow(_endpoint_of(to_slow[0]), s)
+
+    outcome = batch.deliver_many(to_slow + to_fine, s)
+
+    assert (outcome.sent, outcome.failed, outcome.deferred) == (5, 2, 4)
+    tried = [n for n in to_slow if h.attempts(n)]
+    assert len(tried) == 2  # the cap's two, one per run
+    for nid in tried:
+        [attempt] = h.attempts(nid)
+        assert attempt.error_payload["kind"] == "timeout"
+    for nid in set(to_slow) - set(tried):
         row = h.notification(nid)
         assert row.status == NotificationStatus.PENDING and row.lease_token is None
         assert row.next_attempt_at is not None and row.next_attempt_at > now
-        assert h.attempts(nid) == []
-    assert all(h.notification(n).status == NotificationStatus.SENT for n in to_fine)
+        assert row.attempt_count == 0
+    assert all(h.sent(n) for n in to_fine)
     assert len(receiver.requests("/slow")) == 2
+
+
+@pytest.mark.unit
+def test_runs_wait_behind_the_admitted_and_stop_after_a_slow_answer(settings, monkeypatch):
+    # No database: the runs' order of admission, with sends faked by their durations.
+    s = _settings(settings).with_overrides(endpoint_concurrency=8)
+    gate = slow_lane.EndpointGate(clock=Clock())
+    monkeypatch.setattr(slow_lane, "GATE", gate)
+    _mark_slow_on(gate, 7, s)
+    slow_answers = {"n1": 2.0}  # beyond slow_send_seconds (1 s); the others take 10 ms
+    sent: list[str] = []
+
+    def fake_perform(job, ticket, settings):
+        gate.started(ticket)
+        result = _result(slow_answers.get(job.notification_id, 0.01))
+        gate.done(ticket, result, settings)
+        sent.append(job.notification_id)
+        return result
+
+    monkeypatch.setattr(runs, "perform_admitted", fake_perform)
+    jobs = [_job(f"n{i}", 7) for i in range(7)]
+    admitted, refused = runs.admit_many(jobs, s)
+    assert refused == [] and [t is not None for _, t in admitted] == [True, True] + [False] * 5
+    monkeypatch.setattr(runs, "_executor", lambda size: _InOrder())
+
+    sends = runs.perform_many(admitted, s)
+
+    # Two runs: n0 n2 n4 n6 and n1 n3 n5. n1 answered in 2 s (slow): its run's waiting
+    # jobs are deferred; n0 answered fast, so its run goes on within the cap.
+    assert sent == ["n0", "n2", "n4", "n6", "n1"]
+    assert sends.refused == {3, 5}
+    assert [r is not None for r in sends.results] == [True, True, True, False, True, False,
+                                                        True]
+    # A second batch while the endpoint is slow and every ticket is out: deferred at once.
+    gate2 = [gate.admit(7, s), gate.admit(7, s)]
+    assert None not in gate2
+    assert runs.admit_many([_job("m0", 7)], s) == ([], [_job("m0", 7)])
+
+
+class _InOrder:
+    """The send pool, run in order on this thread (the fake sends do not block)."""
+
+    def map(self, fn, items):
+        return [fn(item) for item in items]
+
+
+def _job(nid: str, endpoint_id: int) -> DeliveryJob:
+    return DeliveryJob(notification_id=nid, lease_token="t", url="http://127.0.0.1:9/hook",
+                       body=b"{}", secrets=[], trigger=Trigger.AUTOMATIC,
+                       endpoint_id=endpoint_id, endpoint_failing=False)
+
+
+def _mark_slow_on(gate: slow_lane.EndpointGate, key: int, settings: Settings) -> None:
+    ticket = gate.admit(key, settings)
+    assert ticket is not None
+    gate.done(ticket, _result(0.5, FailureKind.TIMEOUT), settings)
 
 
 def test_deferred_deliveries_are_sent_later_once_each(settings, worker, receiver,

@@ -34,7 +34,7 @@ def _connect_first(candidates: Sequence[netguard.AddrInfo], conn: HTTPConnection
     """urllib3's create_connection, over addresses already resolved and vetted, with one
     connect timeout for them all: per address, a host with several unreachable ones
     would hold the send for that many timeouts, which the lease cutoff does not allow
-    for (batch.send_cutoff counts one connect timeout)."""
+    for (runs.send_cutoff counts one connect timeout)."""
     error: OSError | None = None
     budget = conn.timeout if isinstance(conn.timeout, int | float) else None
     deadline = None if budget is None else time.monotonic() + budget

@@ -1,0 +1,147 @@
+"""A claimed batch's POSTs: dealt into runs per endpoint on the send pool, admitted by the
+slow lane, and cut off before the lease runs out. No database access."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from deliverer.config import Settings
+from deliverer.delivery import sender, slow_lane
+from deliverer.delivery.claim import DeliveryJob
+from deliverer.delivery.perform import perform_admitted
+from deliverer.logging import delivery_context
+from deliverer.stopping import stopping
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="deliverer-send")
+        return _pool
+
+
+_endpoint_slots: dict[object, threading.BoundedSemaphore] = {}
+
+
+def _slot(job: DeliveryJob, limit: int) -> threading.BoundedSemaphore:
+    key = slow_lane.key_for(job.endpoint_id, job.url)
+    with _pool_lock:
+        slot = _endpoint_slots.get(key)
+        if slot is None:
+            if len(_endpoint_slots) > 10_000:  # bounded: forget idle endpoints
+                _endpoint_slots.clear()
+            slot = _endpoint_slots[key] = threading.BoundedSemaphore(limit)
+        return slot
+
+
+# Of a lease's time beyond the longest POST, how much is kept for recording the
+# outcome (at most: half of it when the lease is short, as in tests).
+RECORDING_MARGIN = 5.0
+
+
+def send_cutoff(leased_at: float, settings: Settings) -> float:
+    """The last moment (``time.monotonic``) a POST under a lease taken at ``leased_at`` may
+    start: it must end, and be recorded, before the lease runs out. A POST started later
+    could still be in flight when the sweep hands the row to another worker, which would
+    POST it again."""
+    spare = max(0.0, settings.lease_seconds - settings.longest_post)
+    keep_for_recording = min(RECORDING_MARGIN, spare / 2)
+    return leased_at + settings.lease_seconds - settings.longest_post - keep_for_recording
+
+
+Admitted = tuple[DeliveryJob, slow_lane.Ticket | None]
+
+
+def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
+               ) -> tuple[list[Admitted], list[DeliveryJob]]:
+    """Split a claimed batch into the jobs to send and those the slow lane defers now.
+
+    An endpoint that is slow and at its cap gets no ticket beyond it: its jobs past the
+    cap wait (ticket None) in the runs of those admitted, for their turn
+    (``perform_many``); only when not one of its jobs got a ticket are they deferred here.
+    """
+    tickets: list[slow_lane.Ticket | None] = [
+        slow_lane.GATE.admit(slow_lane.key_for(job.endpoint_id, job.url), settings)
+        for job in jobs]
+    with_ticket = {slow_lane.key_for(job.endpoint_id, job.url)
+                   for job, ticket in zip(jobs, tickets, strict=True) if ticket is not None}
+    admitted: list[Admitted] = []
+    refused: list[DeliveryJob] = []
+    for job, ticket in zip(jobs, tickets, strict=True):
+        if ticket is None and slow_lane.key_for(job.endpoint_id, job.url) not in with_ticket:
+            refused.append(job)
+        else:
+            admitted.append((job, ticket))
+    return admitted, refused
+
+
+@dataclass
+class Sends:
+    """``perform_many``'s results, by job: a POST's result, or None when it was not sent:
+    past the cutoff (``unsent``) or refused by the slow lane at its turn (``refused``)."""
+    results: list[sender.SendResult | None]
+    refused: set[int] = field(default_factory=set)
+
+
+def perform_many(jobs: Sequence[Admitted], settings: Settings,
+                 send_until: float | None = None) -> Sends:
+    """POST in parallel, at most ``endpoint_concurrency`` at once per endpoint in this
+    process, so a batch for one merchant does not open dozens of connections at once.
+
+    Each endpoint's jobs are dealt into at most that many runs; a run holds one of the
+    endpoint's slots and sends its jobs one after the other. One pool task and one slot
+    per run, not per job: the thread hand-offs were a tenth of a worker's CPU. An endpoint
+    with waiting jobs (slow, at its cap) gets one run per ticket: a waiting job asks the
+    slow lane again at its turn, once the send before it in its run answered fast; a
+    healthy endpoint that answered slowly once is not deferred for the whole slow window.
+
+    A job whose turn comes after ``send_until`` is not sent (its result is None): a run
+    behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
+    Nor is one whose turn comes once the worker is stopping (``deliverer.stopping``): its
+    warm shutdown then lasts the POSTs in flight, not a batch's worth of them.
+    """
+    sends = Sends([None] * len(jobs))
+    by_endpoint: dict[object, list[int]] = {}
+    for i, (job, _ticket) in enumerate(jobs):
+        by_endpoint.setdefault(slow_lane.key_for(job.endpoint_id, job.url), []).append(i)
+    runs: list[list[int]] = []
+    for indexes in by_endpoint.values():
+        # The admitted come first (admit_many hands out tickets in the batch's order), so
+        # every run starts with one when the endpoint has waiting jobs.
+        ticketed = sum(1 for i in indexes if jobs[i][1] is not None)
+        width = max(1, min(settings.endpoint_concurrency, ticketed, len(indexes)))
+        runs.extend(indexes[k::width] for k in range(width))
+
+    def run(indexes: list[int]) -> None:
+        answered_fast = True
+        with _slot(jobs[indexes[0]][0], settings.endpoint_concurrency):
+            for i in indexes:
+                job, ticket = jobs[i]
+                key = slow_lane.key_for(job.endpoint_id, job.url)
+                if ticket is None:
+                    ticket = slow_lane.GATE.admit(key, settings) if answered_fast else None
+                    if ticket is None:
+                        sends.refused.add(i)
+                        continue
+                if stopping() or (send_until is not None
+                                  and time.monotonic() > send_until):
+                    slow_lane.GATE.done(ticket, None, settings)  # never started
+                    continue
+                with delivery_context(job.notification_id):
+                    result = perform_admitted(job, ticket, settings)
+                sends.results[i] = result
+                answered_fast = slow_lane.answered_fast(result, settings)
+
+    if len(runs) == 1:
+        run(runs[0])
+    else:
+        list(_executor(settings.send_concurrency).map(run, runs))
+    return sends
