@@ -67,10 +67,18 @@ def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
     An endpoint that is slow and at its cap gets no ticket beyond it: its jobs past the
     cap wait (ticket None) in the runs of those admitted, for their turn
     (``perform_many``); only when not one of its jobs got a ticket are they deferred here.
+    Once the gate refuses an endpoint, its later jobs are not asked for (a ticket freed
+    meanwhile is for a waiting job's turn): an endpoint's tickets are the first of its
+    jobs, so each of its runs starts with one.
     """
-    tickets: list[slow_lane.Ticket | None] = [
-        slow_lane.GATE.admit(slow_lane.key_for(job.endpoint_id, job.url), settings)
-        for job in jobs]
+    tickets: list[slow_lane.Ticket | None] = []
+    refused_keys: set[object] = set()
+    for job in jobs:
+        key = slow_lane.key_for(job.endpoint_id, job.url)
+        ticket = None if key in refused_keys else slow_lane.GATE.admit(key, settings)
+        if ticket is None:
+            refused_keys.add(key)
+        tickets.append(ticket)
     with_ticket = {slow_lane.key_for(job.endpoint_id, job.url)
                    for job, ticket in zip(jobs, tickets, strict=True) if ticket is not None}
     admitted: list[Admitted] = []
@@ -86,7 +94,8 @@ def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
 @dataclass
 class Sends:
     """``perform_many``'s results, by job: a POST's result, or None when it was not sent:
-    past the cutoff (``unsent``) or refused by the slow lane at its turn (``refused``)."""
+    refused by the slow lane at its turn (its index in ``refused``), or past the cutoff
+    or once the worker was stopping (handed back unsent)."""
     results: list[sender.SendResult | None]
     refused: set[int] = field(default_factory=set)
 
@@ -100,8 +109,10 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     endpoint's slots and sends its jobs one after the other. One pool task and one slot
     per run, not per job: the thread hand-offs were a tenth of a worker's CPU. An endpoint
     with waiting jobs (slow, at its cap) gets one run per ticket: a waiting job asks the
-    slow lane again at its turn, once the send before it in its run answered fast; a
-    healthy endpoint that answered slowly once is not deferred for the whole slow window.
+    slow lane again at its turn if the send before it in its run answered fast and the
+    run has not yet lasted ``slow_send_seconds``, so a healthy endpoint that answered
+    slowly once is not deferred for the whole slow window, while a slow one's run holds
+    the batch's recording for one more send at most.
 
     A job whose turn comes after ``send_until`` is not sent (its result is None): a run
     behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
@@ -123,11 +134,14 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     def run(indexes: list[int]) -> None:
         answered_fast = True
         with _slot(jobs[indexes[0]][0], settings.endpoint_concurrency):
+            started = time.monotonic()
             for i in indexes:
                 job, ticket = jobs[i]
                 key = slow_lane.key_for(job.endpoint_id, job.url)
                 if ticket is None:
-                    ticket = slow_lane.GATE.admit(key, settings) if answered_fast else None
+                    in_time = time.monotonic() - started < settings.slow_send_seconds
+                    ticket = (slow_lane.GATE.admit(key, settings)
+                              if answered_fast and in_time else None)
                     if ticket is None:
                         sends.refused.add(i)
                         continue

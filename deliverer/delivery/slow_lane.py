@@ -165,6 +165,7 @@ def defer(session: Session, ids: Sequence[str], lease_token: str, settings: Sett
     )
     metrics.observe_deferred(len(ids))
     for notification_id in ids:
-        log.info("deferred: endpoint is slow and at its cap in this worker",
+        log.info("deferred: endpoint is slow (at its cap in this worker, or answering "
+                 "slowly)",
                  extra={"notification_id": notification_id})
     return until
