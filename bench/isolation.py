@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.context import Ctx, create_partners
 from bench.env import BenchEnv, Proc
-from bench.latency import RATE, steady_publish
+from bench.latency import LATE_MS, RATE, steady_publish
 from bench.receiver import ReceiverClient
 from bench.report import Result, Row, summary
 
@@ -58,11 +58,33 @@ def one_run(ctx: Ctx, duration: float, slow: set[int]) -> dict[str, Any]:
         receiver.stop()
     out["deferred"] = _deferred(env, workers, [partners[p] for p in sorted(slow)])
     by_partner = out.pop("latencies_by_partner")
+    out["late"] = _late(env, [x for x in out.pop("late") if x[1] not in slow])
     healthy = [v for p, vs in by_partner.items() if p not in slow for v in vs]
     (failed,), = env.query("SELECT count(*) FROM attempts WHERE NOT success")
     out["healthy_latency_ms"] = summary(healthy)
     out["failed_attempts"] = int(failed)
     return out
+
+
+def _late(env: BenchEnv, late: list[tuple[str, int, float, float]]) -> dict[str, Any]:
+    """The healthy webhooks that arrived more than ``LATE_MS`` after their publish: how
+    many, per partner, when they were published (seconds into the run), and the worst,
+    each with what its row says (ms after its creation: enqueued, first attempt)."""
+    if not late:
+        return {"count": 0}
+    per_partner: dict[int, int] = {}
+    for _nid, p, _at, _ms in late:
+        per_partner[p] = per_partner.get(p, 0) + 1
+    worst = sorted(late, key=lambda x: -x[3])[:20]
+    rows = {r[0]: r[1:] for r in env.query(
+        "SELECT n.id, n.lane, n.attempt_count,"
+        " (extract(epoch FROM n.enqueued_at - n.created_at) * 1000)::float8,"
+        " (extract(epoch FROM min(a.started_at) - n.created_at) * 1000)::float8"
+        " FROM notifications n LEFT JOIN attempts a ON a.notification_id = n.id"
+        " WHERE n.id = ANY(%s) GROUP BY n.id", ([w[0] for w in worst],))}
+    return {"count": len(late), "per_partner": per_partner,
+            "published_from_s": late[0][2], "published_to_s": late[-1][2],
+            "worst": [(*w, *(rows.get(w[0]) or ())) for w in worst]}
 
 
 _DEFERRED = re.compile(r"\[notification=([0-9a-f-]{36})\] deferred:")
@@ -100,6 +122,9 @@ def run(ctx: Ctx) -> Result:
             reference_label="all endpoints healthy", target=("<=", 2.0), on="ratio"),
         Row("healthy endpoints' p50, 20% slow", got["p50"], "ms", reference=ref["p50"],
             reference_label="all endpoints healthy"),
+        Row(f"healthy webhooks later than {LATE_MS / 1000:g} s, 20% slow",
+            slow_run["late"]["count"], "",
+            note=f"{healthy_run['late']['count']} with all endpoints healthy"),
         Row("healthy endpoints' notifications deferred by the slow lane, 20% slow",
             slow_run["deferred"]["healthy"], "",
             note=f"{slow_run['deferred']['slow']} of the slow endpoints'"),

@@ -71,6 +71,10 @@ def _publisher(k: int, parts: int, env: Mapping[str, str], partners: Sequence[st
         out.put(("error", k, f"{type(exc).__name__}: {exc}"))
 
 
+# A webhook this late (publish to first byte) is listed for diagnosis (``late``).
+LATE_MS = 1000.0
+
+
 def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
                    duration: float, receiver: ReceiverClient, workers: Sequence[Proc],
                    healthy: Sequence[int] | None = None, warmup: int = 5,
@@ -138,11 +142,16 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
     except BenchError as exc:
         missing_note = str(exc)
     latencies: dict[int, list[float]] = {}
+    late: list[tuple[str, int, float, float]] = []
     for nid, (p, begin) in sent.items():
         if nid in first:
-            latencies.setdefault(p, []).append((first[nid] - begin) * 1000)
+            ms = (first[nid] - begin) * 1000
+            latencies.setdefault(p, []).append(ms)
+            if ms > LATE_MS:
+                late.append((nid, p, round(begin - t0, 3), round(ms, 1)))
     return {"published": len(sent), "achieved_rate": len(sent) / wall if wall else 0.0,
-            "latencies_by_partner": latencies, "missing_healthy": len(expected - first.keys()),
+            "latencies_by_partner": latencies, "late": sorted(late, key=lambda x: x[2]),
+            "missing_healthy": len(expected - first.keys()),
             "missing_note": missing_note,
             "publish_call_ms": summary([r[3] * 1000 for r in rows]),
             "publishers": f"{PUBLISHERS} processes", "schedule_lag_ms": summary(
@@ -165,6 +174,7 @@ def _measure(ctx: Ctx, rate: float, duration: float) -> dict[str, Any]:
         ctx.stop(workers)
         receiver.stop()
     values = [v for vs in out.pop("latencies_by_partner").values() for v in vs]
+    out.pop("late")
     return {"rate": rate, "duration_s": duration, "latency_ms": summary(values), **out}
 
 
