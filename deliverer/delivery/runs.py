@@ -109,10 +109,13 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     endpoint's slots and sends its jobs one after the other. One pool task and one slot
     per run, not per job: the thread hand-offs were a tenth of a worker's CPU. An endpoint
     with waiting jobs (slow, at its cap) gets one run per ticket: a waiting job asks the
-    slow lane again at its turn if the send before it in its run answered fast and the
-    run has not yet lasted ``slow_send_seconds``, so a healthy endpoint that answered
-    slowly once is not deferred for the whole slow window, while a slow one's run holds
-    the batch's recording for one more send at most.
+    slow lane again at its turn if the run has not yet lasted ``slow_send_seconds``, so
+    a healthy endpoint that answered slowly once is not deferred for the whole slow
+    window, while a slow one's run holds the batch's recording for one more send at
+    most. In every run, a send that answers slowly or times out ends it: the jobs after
+    it are deferred (``refused``), so an endpoint that starts hanging in the middle of a
+    batch admitted whole holds each of its runs' threads for one timeout, not for one
+    per job, and other endpoints' runs do not queue behind it for the send pool.
 
     A job whose turn comes after ``send_until`` is not sent (its result is None): a run
     behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
@@ -138,10 +141,17 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
             for i in indexes:
                 job, ticket = jobs[i]
                 key = slow_lane.key_for(job.endpoint_id, job.url)
+                if not answered_fast:
+                    # The endpoint hangs or crawls: the rest of this run would hold a
+                    # send thread a timeout each, and every other endpoint's runs would
+                    # queue behind it. Deferred, as the slow lane defers.
+                    if ticket is not None:
+                        slow_lane.GATE.done(ticket, None, settings)  # never started
+                    sends.refused.add(i)
+                    continue
                 if ticket is None:
                     in_time = time.monotonic() - started < settings.slow_send_seconds
-                    ticket = (slow_lane.GATE.admit(key, settings)
-                              if answered_fast and in_time else None)
+                    ticket = slow_lane.GATE.admit(key, settings) if in_time else None
                     if ticket is None:
                         sends.refused.add(i)
                         continue

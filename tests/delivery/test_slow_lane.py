@@ -264,6 +264,33 @@ def test_a_batch_defers_what_waits_behind_a_slow_answer(settings, receiver):
     assert len(receiver.requests("/slow")) == 2
 
 
+def test_an_endpoint_that_starts_hanging_costs_each_run_one_timeout(settings, receiver):
+    # Not known as slow yet, so the whole batch is admitted, in 2 runs of 3. The first
+    # send of each run times out; the jobs after it are deferred, not sent one timeout
+    # after the other while they hold the send pool's threads.
+    s = _settings(settings).with_overrides(endpoint_concurrency=2)
+    slow_url = receiver.always("/slow", rx.sleep(1.5))
+    fine_url = receiver.always("/fine", rx.ok())
+    partner = h.new_partner(settings, slow_url)
+    now = utcnow()
+    to_slow = _batch_for(partner.partner_id, slow_url, 6)
+    to_fine = _batch_for(partner.partner_id, fine_url, 5)
+    assert not slow_lane.GATE.is_slow(_endpoint_of(to_slow[0]), s)
+
+    outcome = batch.deliver_many(to_slow + to_fine, s)
+
+    assert (outcome.sent, outcome.failed, outcome.deferred) == (5, 2, 4)
+    assert len(receiver.requests("/slow")) == 2
+    for nid in to_slow:
+        row = h.notification(nid)
+        if h.attempts(nid):
+            assert h.attempts(nid)[0].error_payload["kind"] == "timeout"
+        else:
+            assert row.status == NotificationStatus.PENDING and row.lease_token is None
+            assert row.next_attempt_at is not None and row.next_attempt_at > now
+    assert all(h.sent(n) for n in to_fine)
+
+
 @pytest.mark.unit
 def test_runs_wait_behind_the_admitted_and_stop_after_a_slow_answer(settings, monkeypatch):
     # No database: the runs' order of admission, with sends faked by their durations.
