@@ -235,23 +235,29 @@ def test_a_batch_for_an_endpoint_slow_once_sends_all_within_the_cap(settings, re
     assert slow_lane.GATE.is_slow(_endpoint_of(to_slow[0]), s)  # still in its window
 
 
-def test_a_batch_defers_what_waits_behind_a_slow_answer(settings, receiver):
-    # The endpoint was slow and still is: the cap's sends time out, and the jobs waiting
-    # behind them are deferred (no request, no attempt), not sent one after the other.
-    s = _settings(settings)
+@pytest.mark.parametrize("known_slow", [True, False], ids=["known-slow", "starts-hanging"])
+def test_a_batch_defers_what_comes_after_a_timeout(settings, receiver, known_slow):
+    # known-slow: the endpoint was slow and still is: the cap's two sends time out, and
+    # the jobs waiting behind them are deferred. starts-hanging: not known as slow yet,
+    # the whole batch is admitted, in 2 runs of 3; the first send of each run times out
+    # and the jobs after it are deferred, not sent one timeout after the other while
+    # they hold the send pool's threads. Deferred: no request, no attempt.
+    s = _settings(settings).with_overrides(endpoint_concurrency=2)
     slow_url = receiver.always("/slow", rx.sleep(1.5))
     fine_url = receiver.always("/fine", rx.ok())
     partner = h.new_partner(settings, slow_url)
     now = utcnow()
     to_slow = _batch_for(partner.partner_id, slow_url, 6)
     to_fine = _batch_for(partner.partner_id, fine_url, 5)
-    _mark_slow(_endpoint_of(to_slow[0]), s)
+    if known_slow:
+        _mark_slow(_endpoint_of(to_slow[0]), s)
+    assert slow_lane.GATE.is_slow(_endpoint_of(to_slow[0]), s) == known_slow
 
     outcome = batch.deliver_many(to_slow + to_fine, s)
 
     assert (outcome.sent, outcome.failed, outcome.deferred) == (5, 2, 4)
     tried = [n for n in to_slow if h.attempts(n)]
-    assert len(tried) == 2  # the cap's two, one per run
+    assert len(tried) == 2  # one per run
     for nid in tried:
         [attempt] = h.attempts(nid)
         assert attempt.error_payload["kind"] == "timeout"
@@ -262,33 +268,6 @@ def test_a_batch_defers_what_waits_behind_a_slow_answer(settings, receiver):
         assert row.attempt_count == 0
     assert all(h.sent(n) for n in to_fine)
     assert len(receiver.requests("/slow")) == 2
-
-
-def test_an_endpoint_that_starts_hanging_costs_each_run_one_timeout(settings, receiver):
-    # Not known as slow yet, so the whole batch is admitted, in 2 runs of 3. The first
-    # send of each run times out; the jobs after it are deferred, not sent one timeout
-    # after the other while they hold the send pool's threads.
-    s = _settings(settings).with_overrides(endpoint_concurrency=2)
-    slow_url = receiver.always("/slow", rx.sleep(1.5))
-    fine_url = receiver.always("/fine", rx.ok())
-    partner = h.new_partner(settings, slow_url)
-    now = utcnow()
-    to_slow = _batch_for(partner.partner_id, slow_url, 6)
-    to_fine = _batch_for(partner.partner_id, fine_url, 5)
-    assert not slow_lane.GATE.is_slow(_endpoint_of(to_slow[0]), s)
-
-    outcome = batch.deliver_many(to_slow + to_fine, s)
-
-    assert (outcome.sent, outcome.failed, outcome.deferred) == (5, 2, 4)
-    assert len(receiver.requests("/slow")) == 2
-    for nid in to_slow:
-        row = h.notification(nid)
-        if h.attempts(nid):
-            assert h.attempts(nid)[0].error_payload["kind"] == "timeout"
-        else:
-            assert row.status == NotificationStatus.PENDING and row.lease_token is None
-            assert row.next_attempt_at is not None and row.next_attempt_at > now
-    assert all(h.sent(n) for n in to_fine)
 
 
 @pytest.mark.unit
