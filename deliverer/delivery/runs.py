@@ -113,9 +113,11 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     a healthy endpoint that answered slowly once is not deferred for the whole slow
     window, while a slow one's run holds the batch's recording for one more send at
     most. In every run, a send that answers slowly or times out ends it: the jobs after
-    it are deferred (``refused``), so an endpoint that starts hanging in the middle of a
-    batch admitted whole holds each of its runs' threads for one timeout, not for one
-    per job, and other endpoints' runs do not queue behind it for the send pool.
+    it are deferred (``refused``), so an endpoint that starts hanging holds each of its
+    runs' threads for one timeout, not for one per job. And an endpoint that has not
+    answered this process fast lately (``GATE.trusted``) gets no more runs than a slow
+    one: a batch for an endpoint that turns out to hang takes two of the send pool's
+    threads for a timeout, not eight, and other endpoints' runs do not queue behind it.
 
     A job whose turn comes after ``send_until`` is not sent (its result is None): a run
     behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
@@ -131,7 +133,11 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
         # The admitted come first (admit_many hands out tickets in the batch's order), so
         # every run starts with one when the endpoint has waiting jobs.
         ticketed = sum(1 for i in indexes if jobs[i][1] is not None)
-        width = max(1, min(settings.endpoint_concurrency, ticketed, len(indexes)))
+        width = min(settings.endpoint_concurrency, ticketed, len(indexes))
+        job = jobs[indexes[0]][0]
+        if not slow_lane.GATE.trusted(slow_lane.key_for(job.endpoint_id, job.url), settings):
+            width = min(width, settings.slow_endpoint_concurrency)
+        width = max(1, width)
         runs.extend(indexes[k::width] for k in range(width))
 
     def run(indexes: list[int]) -> None:

@@ -14,7 +14,10 @@ it over again (the outbox path, so nothing is lost if the worker dies). In a bat
 jobs beyond the cap first wait their turn in the runs of those admitted
 (``runs.perform_many``) and are deferred only if the send before them answered slowly:
 an endpoint that was slow once and answers fast again is capped, not deferred. Healthy
-endpoints are never refused here; ``runs.perform_many`` caps their parallelism.
+endpoints are never refused here; ``runs.perform_many`` caps their parallelism, and
+gives an endpoint no more runs than a slow one until it has answered fast lately
+(``trusted``): before its first answer, nothing tells a healthy endpoint from one that
+hangs.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class EndpointGate:
         # of the sends admitted and not yet done.
         self._in_flight: dict[Key, dict[int, float | None]] = {}
         self._slow_until: dict[Key, float] = {}
+        # Endpoints that answered fast within slow_window: a batch for them may open all
+        # its runs at once (``trusted``).
+        self._fast_until: dict[Key, float] = {}
 
     def admit(self, key: Key, settings: Settings) -> Ticket | None:
         """A ticket to send, or None: the endpoint is slow and at its cap here.
@@ -101,19 +107,28 @@ class EndpointGate:
             if started is None:
                 started = now  # never started: nothing to judge the endpoint by
             if _timed_out(result) or now - started >= settings.slow_send_seconds:
-                if len(self._slow_until) >= self.MAX_TRACKED:
-                    self._forget_expired(now)
-                self._slow_until[ticket.key] = now + settings.slow_window
+                self._mark(self._slow_until, ticket.key, now + settings.slow_window, now)
+            elif result is not None:
+                self._mark(self._fast_until, ticket.key, now + settings.slow_window, now)
 
     def is_slow(self, key: Key, settings: Settings) -> bool:
         with self._lock:
             return self._is_slow(key, self._in_flight.get(key, {}), self._clock(), settings)
+
+    def trusted(self, key: Key, settings: Settings) -> bool:
+        """Answered fast within ``slow_window`` and not slow now. An endpoint this process
+        has not heard from lately is not: it may be the one that hangs."""
+        now = self._clock()
+        with self._lock:
+            return (self._fast_until.get(key, 0.0) > now
+                    and not self._is_slow(key, self._in_flight.get(key, {}), now, settings))
 
     def reset(self) -> None:
         """Forget every endpoint (tests: endpoint ids can be reused after a cleanup)."""
         with self._lock:
             self._in_flight.clear()
             self._slow_until.clear()
+            self._fast_until.clear()
 
     def _is_slow(self, key: Key, flying: dict[int, float | None], now: float,
                  settings: Settings) -> bool:
@@ -124,9 +139,11 @@ class EndpointGate:
         oldest = next((t for t in flying.values() if t is not None), now)
         return now - oldest >= settings.slow_send_seconds
 
-    def _forget_expired(self, now: float) -> None:
-        for key in [k for k, until in self._slow_until.items() if until <= now]:
-            del self._slow_until[key]
+    def _mark(self, marks: dict[Key, float], key: Key, until: float, now: float) -> None:
+        if len(marks) >= self.MAX_TRACKED:
+            for old in [k for k, t in marks.items() if t <= now]:
+                del marks[old]
+        marks[key] = until
 
 
 GATE = EndpointGate()

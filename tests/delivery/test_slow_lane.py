@@ -329,6 +329,60 @@ def test_an_endpoint_refused_once_is_not_asked_again_in_the_batch(settings, monk
     assert [t is not None for _, t in admitted] == [True, False, False, False]
 
 
+@pytest.mark.unit
+def test_an_endpoint_is_trusted_while_it_answers_fast(settings):
+    s = _settings(settings)
+    clock = Clock()
+    gate = slow_lane.EndpointGate(clock=clock)
+    assert not gate.trusted(7, s)  # not heard from: it may be the one that hangs
+    ticket = gate.admit(7, s)
+    assert ticket is not None
+    gate.done(ticket, _result(0.01), s)
+    assert gate.trusted(7, s)
+    clock.now += s.slow_window + 1
+    assert not gate.trusted(7, s)  # not heard from lately
+    ticket = gate.admit(7, s)
+    assert ticket is not None
+    gate.done(ticket, _result(0.01), s)
+    _mark_slow_on(gate, 7, s)
+    assert not gate.trusted(7, s)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("trusted, runs_expected", [(True, 6), (False, 2)])
+def test_an_endpoint_not_trusted_gets_as_many_runs_as_a_slow_one(settings, monkeypatch,
+                                                                 trusted, runs_expected):
+    s = _settings(settings).with_overrides(endpoint_concurrency=8)
+    gate = slow_lane.EndpointGate(clock=Clock())
+    monkeypatch.setattr(slow_lane, "GATE", gate)
+    if trusted:
+        ticket = gate.admit(7, s)
+        assert ticket is not None
+        gate.done(ticket, _result(0.01), s)
+
+    def fake_perform(job, ticket, settings):
+        gate.started(ticket)
+        gate.done(ticket, _result(0.01), settings)
+        return _result(0.01)
+
+    monkeypatch.setattr(runs, "perform_admitted", fake_perform)
+    dealt: list[int] = []
+
+    class Counting(_InOrder):
+        def map(self, fn, items):
+            dealt.append(len(items))
+            return super().map(fn, items)
+
+    monkeypatch.setattr(runs, "_executor", lambda size: Counting())
+    admitted, refused = runs.admit_many([_job(f"n{i}", 7) for i in range(6)], s)
+    assert refused == [] and all(t is not None for _, t in admitted)
+
+    sends = runs.perform_many(admitted, s)
+
+    assert dealt == [runs_expected]
+    assert sends.refused == set() and None not in sends.results
+
+
 class _InOrder:
     """The send pool, run in order on this thread (the fake sends do not block)."""
 
