@@ -94,8 +94,9 @@ def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
 @dataclass
 class Sends:
     """``perform_many``'s results, by job: a POST's result, or None when it was not sent:
-    refused by the slow lane at its turn (its index in ``refused``), or past the cutoff
-    or once the worker was stopping (handed back unsent)."""
+    refused by the slow lane (its index in ``refused``: after a slow answer in its run,
+    or the endpoint slow and at its cap), or past the cutoff or once the worker was
+    stopping (handed back unsent)."""
     results: list[sender.SendResult | None]
     refused: set[int] = field(default_factory=set)
 
@@ -114,10 +115,11 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     window, while a slow one's run holds the batch's recording for one more send at
     most. In every run, a send that answers slowly or times out ends it: the jobs after
     it are deferred (``refused``), so an endpoint that starts hanging holds each of its
-    runs' threads for one timeout, not for one per job. And an endpoint that has not
-    answered this process fast lately (``GATE.trusted``) gets no more runs than a slow
-    one: a batch for an endpoint that turns out to hang takes two of the send pool's
-    threads for a timeout, not eight, and other endpoints' runs do not queue behind it.
+    runs' threads for one timeout, not for one per job. An endpoint that has not answered
+    this process fast lately (``GATE.trusted``) gets no more runs per batch than a slow
+    one, and once it shows as slow no POST to it starts beyond its cap, whichever batch
+    it belongs to (``GATE.may_start``): of the send pool, which every endpoint's runs
+    share, a hanging endpoint holds the POSTs started before it was seen to hang.
 
     A job whose turn comes after ``send_until`` is not sent (its result is None): a run
     behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
@@ -161,6 +163,12 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
                     if ticket is None:
                         sends.refused.add(i)
                         continue
+                if not slow_lane.GATE.may_start(ticket, settings):
+                    # Admitted before the endpoint was seen to hang (another batch's
+                    # POSTs show it now): its cap holds for the POSTs, batch or not.
+                    slow_lane.GATE.done(ticket, None, settings)  # never started
+                    sends.refused.add(i)
+                    continue
                 if stopping() or (send_until is not None
                                   and time.monotonic() > send_until):
                     slow_lane.GATE.done(ticket, None, settings)  # never started

@@ -12,12 +12,14 @@ beyond that is *deferred*: no request is made, so no attempt is recorded; its le
 released and its next attempt moved a timeout or two later, when the beat sweep hands
 it over again (the outbox path, so nothing is lost if the worker dies). In a batch, the
 jobs beyond the cap first wait their turn in the runs of those admitted
-(``runs.perform_many``) and are deferred only if the send before them answered slowly:
-an endpoint that was slow once and answers fast again is capped, not deferred. Healthy
-endpoints are never refused here; ``runs.perform_many`` caps their parallelism, and
-gives an endpoint no more runs than a slow one until it has answered fast lately
-(``trusted``): before its first answer, nothing tells a healthy endpoint from one that
-hangs.
+(``runs.perform_many``): an endpoint that was slow once and answers fast again is
+capped, not deferred. In a run, a slow answer or a timeout defers the jobs after it,
+admitted or waiting, and a waiting job is admitted only while its run has lasted less
+than ``slow_send_seconds``. Tickets are handed out a batch at a time; ``may_start``
+holds the cap for the POSTs themselves. Endpoints never slow are never refused here;
+``runs.perform_many`` caps their parallelism, and gives an endpoint no more runs than a
+slow one until it has answered fast lately (``trusted``): before its first answer,
+nothing tells a healthy endpoint from one that hangs.
 """
 
 from __future__ import annotations
@@ -94,10 +96,28 @@ class EndpointGate:
                 del flying[ticket.number]
                 flying[ticket.number] = self._clock()
 
+    def may_start(self, ticket: Ticket, settings: Settings) -> bool:
+        """Whether the ticket's POST may start now: not when the endpoint is slow and
+        already has ``slow_endpoint_concurrency`` POSTs started in this process. Tickets
+        are handed out a batch at a time, before anything tells that the endpoint hangs;
+        this holds the cap for the POSTs themselves, whichever batch they belong to."""
+        now = self._clock()
+        with self._lock:
+            flying = self._in_flight.get(ticket.key, {})
+            started = sum(1 for t in flying.values() if t is not None)
+            return started < settings.slow_endpoint_concurrency or not self._is_slow(
+                ticket.key, flying, now, settings)
+
+    def in_flight(self, key: Key) -> int:
+        """Tickets handed out for the endpoint and not yet done (started or not)."""
+        with self._lock:
+            return len(self._in_flight.get(key, {}))
+
     def done(self, ticket: Ticket, result: SendResult | None, settings: Settings) -> None:
-        """The send is over; a slow one (or a timeout) marks the endpoint slow a while. A
-        ticket whose POST never started (a batch's job past its lease cutoff) is forgotten,
-        judging nothing."""
+        """The send is over; a slow one (or a timeout) marks the endpoint slow a while, a
+        fast answer (``answered_fast``) trusted a while. A ticket whose POST never started
+        (a batch's job past its lease cutoff, or deferred) is forgotten, judging
+        nothing."""
         now = self._clock()
         with self._lock:
             flying = self._in_flight.get(ticket.key, {})
@@ -108,7 +128,7 @@ class EndpointGate:
                 started = now  # never started: nothing to judge the endpoint by
             if _timed_out(result) or now - started >= settings.slow_send_seconds:
                 self._mark(self._slow_until, ticket.key, now + settings.slow_window, now)
-            elif result is not None:
+            elif result is not None and answered_fast(result, settings):
                 self._mark(self._fast_until, ticket.key, now + settings.slow_window, now)
 
     def is_slow(self, key: Key, settings: Settings) -> bool:
@@ -140,9 +160,15 @@ class EndpointGate:
         return now - oldest >= settings.slow_send_seconds
 
     def _mark(self, marks: dict[Key, float], key: Key, until: float, now: float) -> None:
+        """Bounded: past MAX_TRACKED endpoints, the expired marks go, then the least
+        recently set (with that many endpoints marked at once, some are forgotten: a
+        forgotten fast one gets fewer runs, a forgotten slow one is timed again)."""
+        marks.pop(key, None)  # re-inserted last: the dict's order is the marks' age
         if len(marks) >= self.MAX_TRACKED:
             for old in [k for k, t in marks.items() if t <= now]:
                 del marks[old]
+            while len(marks) >= self.MAX_TRACKED:
+                del marks[next(iter(marks))]
         marks[key] = until
 
 

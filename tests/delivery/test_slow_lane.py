@@ -239,20 +239,23 @@ def test_a_batch_for_an_endpoint_slow_once_sends_all_within_the_cap(settings, re
 def test_a_batch_defers_what_comes_after_a_timeout(settings, receiver, known_slow):
     # known-slow: the endpoint was slow and still is: the cap's two sends time out, and
     # the jobs waiting behind them are deferred. starts-hanging: not known as slow yet,
-    # the whole batch is admitted, in 2 runs of 3; the first send of each run times out
-    # and the jobs after it are deferred, not sent one timeout after the other while
-    # they hold the send pool's threads. Deferred: no request, no attempt.
-    s = _settings(settings).with_overrides(endpoint_concurrency=2)
+    # the whole batch is admitted, but in 2 runs of 3, not 8 (never heard answer fast);
+    # the first send of each run times out and the jobs after it are deferred, not sent
+    # one timeout after the other while they hold the send pool's threads. Deferred: no
+    # request, no attempt. A long lease: every turn comes before the cutoff.
+    s = _settings(settings).with_overrides(lease_seconds=60.0)
+    assert s.endpoint_concurrency == 8
     slow_url = receiver.always("/slow", rx.sleep(1.5))
     fine_url = receiver.always("/fine", rx.ok())
     partner = h.new_partner(settings, slow_url)
-    now = utcnow()
     to_slow = _batch_for(partner.partner_id, slow_url, 6)
     to_fine = _batch_for(partner.partner_id, fine_url, 5)
+    endpoint = _endpoint_of(to_slow[0])
     if known_slow:
-        _mark_slow(_endpoint_of(to_slow[0]), s)
-    assert slow_lane.GATE.is_slow(_endpoint_of(to_slow[0]), s) == known_slow
+        _mark_slow(endpoint, s)
+    assert slow_lane.GATE.is_slow(endpoint, s) == known_slow
 
+    before = utcnow()
     outcome = batch.deliver_many(to_slow + to_fine, s)
 
     assert (outcome.sent, outcome.failed, outcome.deferred) == (5, 2, 4)
@@ -264,10 +267,13 @@ def test_a_batch_defers_what_comes_after_a_timeout(settings, receiver, known_slo
     for nid in set(to_slow) - set(tried):
         row = h.notification(nid)
         assert row.status == NotificationStatus.PENDING and row.lease_token is None
-        assert row.next_attempt_at is not None and row.next_attempt_at > now
+        assert row.scheduled_for is None  # deferred (the sweep's), not handed back unsent
+        assert row.next_attempt_at is not None
+        assert row.next_attempt_at >= before + timedelta(seconds=s.total_timeout)
         assert row.attempt_count == 0
     assert all(h.sent(n) for n in to_fine)
     assert len(receiver.requests("/slow")) == 2
+    assert slow_lane.GATE.in_flight(endpoint) == 0  # every ticket handed back
 
 
 @pytest.mark.unit
@@ -330,6 +336,29 @@ def test_an_endpoint_refused_once_is_not_asked_again_in_the_batch(settings, monk
 
 
 @pytest.mark.unit
+def test_no_post_starts_beyond_the_cap_once_the_endpoint_shows_slow(settings):
+    # Four tickets handed out (two batches) before anything showed the endpoint hangs;
+    # two POSTs start and stay in flight past slow_send_seconds: the others may not.
+    s = _settings(settings)
+    clock = Clock()
+    gate = slow_lane.EndpointGate(clock=clock)
+    tickets = [gate.admit(7, s) for _ in range(4)]
+    assert None not in tickets
+    first, second, third, fourth = (t for t in tickets if t is not None)
+    gate.started(first)
+    assert gate.may_start(second, s)
+    gate.started(second)
+    assert gate.may_start(third, s)  # not slow yet: nothing in flight long
+    clock.now += s.slow_send_seconds
+    assert not gate.may_start(third, s) and not gate.may_start(fourth, s)
+    gate.done(first, _result(s.slow_send_seconds, FailureKind.TIMEOUT), s)
+    assert gate.may_start(third, s)  # one started in flight: room under the cap of 2
+    for ticket in (second, third, fourth):
+        gate.done(ticket, None, s)
+    assert gate.in_flight(7) == 0
+
+
+@pytest.mark.unit
 def test_an_endpoint_is_trusted_while_it_answers_fast(settings):
     s = _settings(settings)
     clock = Clock()
@@ -346,6 +375,13 @@ def test_an_endpoint_is_trusted_while_it_answers_fast(settings):
     gate.done(ticket, _result(0.01), s)
     _mark_slow_on(gate, 7, s)
     assert not gate.trusted(7, s)
+    # Neither a send that never started nor a slow answer (by its own duration: the
+    # gate's clock does not move here) earns trust.
+    for result in (None, _result(s.slow_send_seconds + 1)):
+        ticket = gate.admit(8, s)
+        assert ticket is not None
+        gate.done(ticket, result, s)
+        assert not gate.trusted(8, s)
 
 
 @pytest.mark.unit
