@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
@@ -15,12 +16,14 @@ from deliverer.broker import queues
 from deliverer.db import session_scope
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
 from deliverer.models import (
+    Endpoint,
     Event,
     Notification,
     NotificationStatus,
     Partner,
     PartnerFlow,
     WebhookSettings,
+    utcnow,
 )
 from deliverer.publishing.api import publish_events
 from deliverer.publishing.service import record_event as publish_event
@@ -154,13 +157,26 @@ def test_concurrent_publishing_gives_gap_free_unique_sequences(settings, receive
 
 
 def test_concurrent_bulk_publishes_to_the_same_endpoints_do_not_deadlock(settings, receiver,
-                                                                          caplog):
+                                                                          caplog, worker):
     """Bulk publishes whose events name the same callback URLs in opposite orders: each
     reserves sequence numbers (locking the endpoint rows) in URL order, so they queue
-    (and no deadlock victim needs running again)."""
-    caplog.set_level(logging.WARNING, logger="deliverer.db")
+    (and no deadlock victim needs running again).
+
+    Between publishes only: the endpoints are created first and their wake-ups taken,
+    then marked as having one pending, so that no wake-up's claim (which clears the marks
+    of the endpoints it takes, in its plan's order, and is run again after a deadlock)
+    locks them meanwhile."""
     partner = h.new_partner(settings, receiver.url("/default"))
     a, b = receiver.url("/a"), receiver.url("/b")
+    setup = publish_events(partner.partner_id, [
+        {"type": "t", "reference": f"setup-{url}", "payload": {}, "callback_url": url}
+        for url in (a, b)])
+    h.wait_until(lambda: all(h.sent(p.notification_id) for p in setup), timeout=30,
+                 message="the setup webhooks sent")
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.partner_id == partner.partner_id)
+                        .values(wake_sent_at=utcnow() + timedelta(hours=1)))
+    caplog.set_level(logging.WARNING, logger="deliverer.db")
     rounds = 15
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -180,7 +196,7 @@ def test_concurrent_bulk_publishes_to_the_same_endpoints_do_not_deadlock(setting
     assert not [r for r in caplog.records if "aborted" in r.getMessage()]
     for url in (a, b):
         assert h.endpoint_sequences(partner.partner_id, url) == (
-            2 * rounds, list(range(1, 2 * rounds + 1)))
+            2 * rounds + 1, list(range(1, 2 * rounds + 2)))
 
 
 def test_concurrent_first_publishes_to_a_new_endpoint(settings, receiver):
