@@ -71,20 +71,18 @@ def admit_many(jobs: Sequence[DeliveryJob], settings: Settings
     meanwhile is for a waiting job's turn): an endpoint's tickets are the first of its
     jobs, so each of its runs starts with one.
     """
+    keys = [slow_lane.key_for(job.endpoint_id, job.url) for job in jobs]
     tickets: list[slow_lane.Ticket | None] = []
     refused_keys: set[object] = set()
-    for job in jobs:
-        key = slow_lane.key_for(job.endpoint_id, job.url)
+    ticketed_keys: set[object] = set()
+    for key in keys:
         ticket = None if key in refused_keys else slow_lane.GATE.admit(key, settings)
-        if ticket is None:
-            refused_keys.add(key)
+        (refused_keys if ticket is None else ticketed_keys).add(key)
         tickets.append(ticket)
-    with_ticket = {slow_lane.key_for(job.endpoint_id, job.url)
-                   for job, ticket in zip(jobs, tickets, strict=True) if ticket is not None}
     admitted: list[Admitted] = []
     refused: list[DeliveryJob] = []
-    for job, ticket in zip(jobs, tickets, strict=True):
-        if ticket is None and slow_lane.key_for(job.endpoint_id, job.url) not in with_ticket:
+    for job, key, ticket in zip(jobs, keys, tickets, strict=True):
+        if ticket is None and key not in ticketed_keys:
             refused.append(job)
         else:
             admitted.append((job, ticket))
@@ -131,13 +129,12 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     for i, (job, _ticket) in enumerate(jobs):
         by_endpoint.setdefault(slow_lane.key_for(job.endpoint_id, job.url), []).append(i)
     runs: list[list[int]] = []
-    for indexes in by_endpoint.values():
+    for key, indexes in by_endpoint.items():
         # The admitted come first (admit_many hands out tickets in the batch's order), so
         # every run starts with one when the endpoint has waiting jobs.
         ticketed = sum(1 for i in indexes if jobs[i][1] is not None)
         width = min(settings.endpoint_concurrency, ticketed, len(indexes))
-        job = jobs[indexes[0]][0]
-        if not slow_lane.GATE.trusted(slow_lane.key_for(job.endpoint_id, job.url), settings):
+        if not slow_lane.GATE.trusted(key, settings):
             width = min(width, settings.slow_endpoint_concurrency)
         width = max(1, width)
         runs.extend(indexes[k::width] for k in range(width))
@@ -148,25 +145,20 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
             started = time.monotonic()
             for i in indexes:
                 job, ticket = jobs[i]
-                key = slow_lane.key_for(job.endpoint_id, job.url)
-                if not answered_fast:
-                    # The endpoint hangs or crawls: the rest of this run would hold a
-                    # send thread a timeout each, and every other endpoint's runs would
-                    # queue behind it. Deferred, as the slow lane defers.
+                if (ticket is None and answered_fast
+                        and time.monotonic() - started < settings.slow_send_seconds):
+                    ticket = slow_lane.GATE.admit(
+                        slow_lane.key_for(job.endpoint_id, job.url), settings)
+                # Deferred, as the slow lane defers: after a slow answer in this run (the
+                # endpoint hangs or crawls: the rest would hold a send thread a timeout
+                # each, and other endpoints' runs would queue behind it), a waiting job
+                # the gate still refuses, or a ticket handed out before the endpoint was
+                # seen to hang whose POST would go past the cap (another batch's POSTs
+                # show it now).
+                if (not answered_fast or ticket is None
+                        or not slow_lane.GATE.may_start(ticket, settings)):
                     if ticket is not None:
                         slow_lane.GATE.done(ticket, None, settings)  # never started
-                    sends.refused.add(i)
-                    continue
-                if ticket is None:
-                    in_time = time.monotonic() - started < settings.slow_send_seconds
-                    ticket = slow_lane.GATE.admit(key, settings) if in_time else None
-                    if ticket is None:
-                        sends.refused.add(i)
-                        continue
-                if not slow_lane.GATE.may_start(ticket, settings):
-                    # Admitted before the endpoint was seen to hang (another batch's
-                    # POSTs show it now): its cap holds for the POSTs, batch or not.
-                    slow_lane.GATE.done(ticket, None, settings)  # never started
                     sends.refused.add(i)
                     continue
                 if stopping() or (send_until is not None
