@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, update
 from deliverer.broker import queues
 from deliverer.broker_outage import describe, is_broker_outage
 from deliverer.db import session_scope
-from deliverer.models import Endpoint, Lane, Notification, table_of, utcnow
+from deliverer.models import Endpoint, Lane, Notification, WakeGroup, table_of, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DELIVER = "deliverer.deliver"
 DELIVER_MANY = "deliverer.deliver_many"
 DELIVER_DUE = "deliverer.deliver_due"
+DELIVER_GROUP = "deliverer.deliver_group"
 RESEND = "deliverer.resend"
 SEND_ALERT_EMAIL = "deliverer.send_alert_email"
 SWEEP_DUE = "deliverer.sweep_due"
@@ -41,6 +42,7 @@ ROUTES: dict[str, dict[str, str]] = {
     RESEND: {"queue": queues.MANUAL},
     DELIVER_MANY: {"queue": queues.FIRST},
     DELIVER_DUE: {"queue": queues.FIRST},
+    DELIVER_GROUP: {"queue": queues.FIRST},
     SWEEP_DUE: {"queue": queues.MAINTENANCE},
     PUBLISH_EVENT: {"queue": queues.MAINTENANCE},
 }
@@ -114,7 +116,23 @@ def enqueue_wake(endpoint_id: int, notification_ids: Sequence[str] = ()) -> bool
         return True
     except Exception as exc:
         _log_unsent(exc, f"the first attempts due to endpoint {endpoint_id}")
-    _release(list(notification_ids), endpoint_id)
+    _release(list(notification_ids), [endpoint_id])
+    return False
+
+
+def enqueue_group_wake(group_id: int, endpoint_ids: Sequence[int] = (),
+                       notification_ids: Sequence[str] = ()) -> bool:
+    """The wake-up of a group of endpoints (``delivery/wake_groups.py``). On a broker
+    failure the group's mark and those of ``endpoint_ids`` (the endpoints it was sent
+    for) are cleared, and ``notification_ids`` left to the sweep, as ``enqueue_wake``
+    does."""
+    args = [group_id]
+    try:
+        _send(DELIVER_GROUP, args, **_options(Lane.FIRST, None, argsrepr=repr(args)))
+        return True
+    except Exception as exc:
+        _log_unsent(exc, f"the first attempts due to wake-up group {group_id}")
+    _release(list(notification_ids), list(endpoint_ids), group_id)
     return False
 
 
@@ -139,13 +157,17 @@ def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
                       what, **kwargs)
 
 
-_NO_WAKE = (update(table_of(Endpoint)).where(Endpoint.id == bindparam("endpoint_id"))
+_NO_WAKE = (update(table_of(Endpoint))
+            .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
             .values(wake_sent_at=None))
+_NO_GROUP_WAKE = (update(table_of(WakeGroup)).where(WakeGroup.id == bindparam("group_id"))
+                  .values(wake_sent_at=None))
 
 
-def _release(notification_ids: list[str], endpoint_id: int | None = None) -> None:
-    """Mark rows as having no message, so the next sweep enqueues them (and the endpoint
-    as having no wake-up pending)."""
+def _release(notification_ids: list[str], endpoint_ids: Sequence[int] = (),
+             group_id: int | None = None) -> None:
+    """Mark rows as having no message, so the next sweep enqueues them (and the
+    endpoints, and the group, as having no wake-up pending)."""
     try:
         with session_scope() as session:
             if notification_ids:
@@ -154,8 +176,10 @@ def _release(notification_ids: list[str], endpoint_id: int | None = None) -> Non
                     .where(Notification.id.in_(notification_ids))
                     .values(scheduled_for=None)
                 )
-            if endpoint_id is not None:
-                session.execute(_NO_WAKE, {"endpoint_id": endpoint_id})
+            if group_id is not None:
+                session.execute(_NO_GROUP_WAKE, {"group_id": group_id})
+            if endpoint_ids:
+                session.execute(_NO_WAKE, {"endpoint_ids": sorted(endpoint_ids)})
     except Exception:
         # The lost-message grace in the sweep still catches these rows, only later.
         log.exception("could not release %d notification(s) for the sweep",

@@ -1,5 +1,5 @@
 """Celery tasks for delivery: thin wrappers around ``deliverer.delivery.together``,
-``deliverer.delivery.batch`` and ``deliverer.delivery.wake``."""
+``deliverer.delivery.batch``, ``deliverer.delivery.wake`` and ``wake_groups``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from celery import shared_task
 from deliverer.broker import dispatch
 from deliverer.broker.dispatch import enqueue_batch, enqueue_delivery
 from deliverer.config import Settings, get_settings
-from deliverer.delivery import batch, together, wake
+from deliverer.delivery import batch, together, wake, wake_groups
 from deliverer.delivery.claim import ClaimState
 from deliverer.logging import delivery_context
 from deliverer.models import Lane, utcnow
@@ -61,6 +61,16 @@ def deliver_due(endpoint_id: int) -> int:
     """An endpoint's wake-up: attempt its due first attempts, a batch at a time."""
     settings = get_settings()
     outcome = wake.deliver_due(endpoint_id, settings)
+    _follow_up(outcome, settings)
+    return outcome.sent
+
+
+@shared_task(name=dispatch.DELIVER_GROUP, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def deliver_group(group_id: int) -> int:
+    """A group's wake-up: attempt its endpoints' due first attempts, a batch at a time."""
+    settings = get_settings()
+    outcome = wake_groups.deliver_group(group_id, settings)
     _follow_up(outcome, settings)
     return outcome.sent
 

@@ -51,11 +51,23 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, case, exists, false, func, select, true, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Integer,
+    bindparam,
+    case,
+    exists,
+    false,
+    func,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -93,18 +105,21 @@ def _due_first(endpoint_id: ColumnElement[Any]) -> tuple[ColumnElement[bool], ..
             lease.is_free(_N.lease_expires_at, _NOW))
 
 
-_WOKEN = select(_E.id.label("endpoint_id")).where(_E.id.in_(_IDS)).subquery("woken")
+# The woken endpoints, each with how many of its rows to take (a batch for its own
+# wake-up, a share of one for a group's).
+_WOKEN = (func.unnest(bindparam("w_ids", type_=ARRAY(BigInteger())),
+                      bindparam("w_limits", type_=ARRAY(Integer())))
+          .table_valued("endpoint_id", "lim").render_derived("woken"))
 # Per endpoint, in the order of ix (endpoint_id, status, next_attempt_at): an index range.
 _PICKED = (select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
-           .order_by(_N.next_attempt_at).limit(bindparam("limit", type_=Integer()))
+           .order_by(_N.next_attempt_at).limit(_WOKEN.c.lim)
            .with_for_update(skip_locked=True).lateral("picked"))
-# How many are due (up to one more than a batch), read without locks in the same
-# statement: more than were picked means some remain (or were skipped, locked by another
-# transaction): the wake-up is passed on, which errs on the safe side.
-_LIMIT = bindparam("limit", type_=Integer())
+# How many are due (up to one more than were to be taken), read without locks in the
+# same statement: more than were picked means some remain (or were skipped, locked by
+# another transaction): the wake-up is passed on, which errs on the safe side.
 _DUE = (select(func.count().label("due"))
         .select_from(select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
-                     .limit(_LIMIT + 1).correlate(_WOKEN).subquery())
+                     .limit(_WOKEN.c.lim + 1).correlate(_WOKEN).subquery())
         .lateral("counted"))
 # First attempts published "due now" by a clock ahead of the worker's: not due by its
 # clock, so neither taken nor counted, and nothing else would send them until the
@@ -165,15 +180,19 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
     return now - WAKE_TTL if uses_wake_ups(settings) else None
 
 
-def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings
+def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
+                   limits: Mapping[int, int] | None = None
                    ) -> dict[int, tuple[BatchClaim, bool]]:
     """Take the endpoints' wake-ups: clear their marks, then, for each, lease its due
-    first attempts, at most a batch, and say whether due ones remain (then its mark is
-    set again, and the caller passes its wake-up on after the commit). The clearing
-    locks the endpoint rows until the commit: a publish to them waits for the claim (a
-    few round trips), which is one commit fewer than a clearing committed on its own.
-    Commits nothing."""
+    first attempts, at most a batch (or ``limits[id]``), and say whether due ones remain
+    (then its mark is set again, and the caller passes its wake-up on after the commit).
+    The clearing locks the endpoint rows until the commit: a publish to them waits for
+    the claim (a few round trips), which is one commit fewer than a clearing committed
+    on its own. Commits nothing."""
     ids = sorted(set(endpoint_ids))
+    batch_size = max(1, settings.delivery_batch_size)
+    limit_of = {endpoint_id: max(1, (limits or {}).get(endpoint_id, batch_size))
+                for endpoint_id in ids}
     connection = session.connection()
     connection.execute(_CLEAR, {"ids": ids})  # first: see the module's docstring
     # Read after the clearing, which waited for any publish holding these rows, so that
@@ -184,7 +203,7 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     due: dict[int, int] = {}
     early: set[int] = set()
     for endpoint_id, nid, count, has_early in connection.execute(_PICK, {
-            "ids": ids, "now": now, "limit": max(1, settings.delivery_batch_size),
+            "w_ids": ids, "w_limits": [limit_of[i] for i in ids], "now": now,
             "early_by": early_by}):
         if has_early:
             early.add(endpoint_id)
@@ -194,10 +213,9 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     picked = Counter(endpoint_of.values())
     remaining = {endpoint_id for endpoint_id, count in due.items()
                  if count > picked[endpoint_id]}
-    # Each wake-up whose endpoint is drained carries borrowed rows up to a batch.
-    batch_size = max(1, settings.delivery_batch_size)
-    spare = {endpoint_id: batch_size - picked[endpoint_id] for endpoint_id in ids
-             if endpoint_id not in remaining and picked[endpoint_id] < batch_size}
+    # Each wake-up whose endpoint is drained carries borrowed rows up to its limit.
+    spare = {endpoint_id: limit_of[endpoint_id] - picked[endpoint_id] for endpoint_id in ids
+             if endpoint_id not in remaining and picked[endpoint_id] < limit_of[endpoint_id]}
     carrier_of = _steal(connection, ids, spare, now)
     claim = claim_many(session, [*endpoint_of, *carrier_of], settings, now)
     endpoint_of.update(carrier_of)

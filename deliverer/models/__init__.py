@@ -22,8 +22,10 @@ from deliverer.models.partner import (
 )
 from deliverer.models.portal import PortalSession, PortalSignIn
 from deliverer.models.request_log import PartnerRequest, RequestKind, ResendStatus
+from deliverer.models.wake_group import WAKE_GROUPS, WakeGroup
 
 __all__ = [
+    "WAKE_GROUPS",
     "Alert",
     "ApiKey",
     "Attempt",
@@ -43,6 +45,7 @@ __all__ = [
     "RequestKind",
     "ResendStatus",
     "Trigger",
+    "WakeGroup",
     "WebhookSettings",
     "active_secrets",
     "not_receiving_webhooks",

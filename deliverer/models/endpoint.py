@@ -60,6 +60,11 @@ class Endpoint(Base):
         Index("ix_endpoints_wake_sent_at", "wake_sent_at",
               postgresql_where=text("wake_sent_at IS NOT NULL"),
               sqlite_where=text("wake_sent_at IS NOT NULL")),
+        # The endpoints a group's wake-up is for, the longest-waiting first
+        # (delivery/wake_groups.py; 64 is models.wake_group.WAKE_GROUPS).
+        Index("ix_endpoints_wake_group", text("(id % 64)"), "wake_sent_at",
+              postgresql_where=text("wake_sent_at IS NOT NULL"),
+              sqlite_where=text("wake_sent_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -99,8 +104,8 @@ class Endpoint(Base):
     draining: Mapped[bool] = mapped_column(default=False, server_default=false())
     # One failing-endpoint alert per failing period.
     alerted_at: Mapped[datetime | None]
-    # When the wake-up message now pending for the endpoint was sent (NULL: none). A
-    # publish sends one only when none is (``delivery/wake.py``).
+    # When the wake-up now pending for the endpoint (its own or its group's) was sent,
+    # NULL: none. A publish sends one only when none is (``delivery/wake.py``).
     wake_sent_at: Mapped[datetime | None]
 
     @property

@@ -138,7 +138,7 @@ def reserve_for_endpoints(session: Session, counts: dict[int, int], now: datetim
 # What a publish decided in one statement (PostgreSQL, ``publishing/one_statement.py``)
 # needs of each endpoint it reserved a number on: the same columns from either statement.
 _TARGET = (_E.id, _E.url, _E.is_default, _E.last_sequence, _E.disabled_at,
-           _E.disabled_reason, _E.wake_sent_at)
+           _E.disabled_reason, _E.wake_sent_at, _E.failing_since)
 
 
 def reserve_subscribed(partner_id: ColumnElement[str], event_type: ColumnElement[str],

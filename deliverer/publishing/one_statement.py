@@ -20,6 +20,8 @@ the statement writes nothing and says so (``publish_alone`` returns None).
 The reservation locks each endpoint row until the statement commits, with the
 notifications: the wake-up dedupe's argument (``delivery/wake.py``) holds as for a publish
 in a transaction. An endpoint changed meanwhile is checked again against its latest row.
+A healthy endpoint whose mark the statement set marks its group too, in the statement
+(``delivery/wake_groups.py``): the publish sends the group's wake-up, not the endpoint's.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeEngine
 
-from deliverer.broker.dispatch import enqueue_wake
+from deliverer.broker.dispatch import enqueue_group_wake, enqueue_wake
 from deliverer.config import Settings
 from deliverer.db import autocommitted, run_after_commit
-from deliverer.delivery import netguard, wake
+from deliverer.delivery import netguard, wake, wake_groups
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import PartnerNotFound, ValidationFailed
 from deliverer.models import (
+    WAKE_GROUPS,
     Endpoint,
     Event,
     Notification,
@@ -153,6 +156,11 @@ def _statement() -> Select[Any]:
                          and_(_URL.is_not(None), enabled)).cte("by_url")
     targets = union_all(select(bumped), select(by_url)).cte("targets")
     t = targets.c
+    # The groups of the healthy endpoints whose marks this publish set (wake_groups.py).
+    groups = wake_groups.mark_groups(
+        select(t.id).where(t.wake_sent_at == _NOW, t.failing_since.is_(None),
+                           t.disabled_at.is_(None)),
+        _NOW, bindparam("s_stale", type_=_N.created_at.type))
     new_event = (insert(_EVENTS)
                  .from_select(list(_EVENT_ROW),
                               select(*(_cast(p, _EVENTS.c[k].type)
@@ -187,9 +195,11 @@ def _statement() -> Select[Any]:
     # A row per notification, the default endpoint's first; one with no notification if
     # the statement left the publish to ``record_events``; none for an unknown partner.
     return prepared(
-        select(n.id, n.status, n.sequence, n.endpoint_id, t.public_id, t.wake_sent_at)
+        select(n.id, n.status, n.sequence, n.endpoint_id, t.public_id, t.wake_sent_at,
+               t.failing_since, groups.c.wake_sent_at.label("group_mark"))
         .select_from(partner.outerjoin(notified, true())
-                     .outerjoin(targets, t.id == n.endpoint_id))
+                     .outerjoin(targets, t.id == n.endpoint_id)
+                     .outerjoin(groups, groups.c.id == t.id % constant(WAKE_GROUPS)))
         .order_by(t.is_default.desc().nulls_last(), t.id)
         .add_cte(new_event))
 
@@ -227,11 +237,29 @@ def publish_alone(settings: Settings, partner_id: str, spec: Mapping[str, Any], 
         raise PartnerNotFound()
     if rows[0].id is None:
         return None
-    run_after_commit([
-        functools.partial(enqueue_wake, row.endpoint_id, [row.id]) for row in rows
-        if row.status == NotificationStatus.PENDING and woke(row.wake_sent_at, now, stale)])
+    run_after_commit(_wake_ups(rows, now, stale))
     deliveries = tuple(Delivery(row.id, row.status, row.sequence, row.public_id)
                        for row in rows)
     first = deliveries[0]
     return Published(event.id, first.notification_id, first.status, first.sequence,
                      deliveries)
+
+
+def _wake_ups(rows: Sequence[Row[Any]], now: datetime, stale: datetime
+              ) -> list[Callable[[], object]]:
+    """The wake-ups a publish sends: a failing endpoint's own, a healthy one's group's,
+    each only where this publish set the mark (``delivery/wake_groups.py``)."""
+    sends: list[Callable[[], object]] = []
+    groups: dict[int, tuple[list[int], list[str]]] = {}
+    for row in rows:
+        if row.status != NotificationStatus.PENDING or not woke(row.wake_sent_at, now, stale):
+            continue
+        if row.failing_since is not None:
+            sends.append(functools.partial(enqueue_wake, row.endpoint_id, [row.id]))
+        elif woke(row.group_mark, now, stale):
+            endpoints, ids = groups.setdefault(wake_groups.group_of(row.endpoint_id), ([], []))
+            endpoints.append(row.endpoint_id)
+            ids.append(row.id)
+    sends += [functools.partial(enqueue_group_wake, group, endpoints, ids)
+              for group, (endpoints, ids) in groups.items()]
+    return sends

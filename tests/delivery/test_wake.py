@@ -1,5 +1,6 @@
-"""Wake-ups (PostgreSQL): a publish wakes its endpoint only when no wake-up is pending,
-and the woken task claims the endpoint's due first attempts a batch at a time."""
+"""Wake-ups (PostgreSQL): a publish wakes its endpoint (or its group) only when no
+wake-up is pending, and the woken task claims the endpoint's due first attempts a batch
+at a time."""
 
 from __future__ import annotations
 
@@ -14,18 +15,16 @@ import deliverer
 from deliverer.broker import dispatch
 from deliverer.db import session_scope
 from deliverer.delivery import wake
+from deliverer.delivery.wake_groups import group_of
 from deliverer.models import Endpoint, NotificationStatus, utcnow
 from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
 from tests.support.messages import WAKE_UPS
 from tests.support.receiver import ok
 from tests.support.waiting import wait_until
+from tests.support.wakeups import race_publishes, wake_ups
 
 pytestmark = pytest.mark.skipif(not WAKE_UPS, reason="SQLite sends a message per notification")
-
-
-def _wakes(published_tasks) -> list[int]:
-    return [t["args"][0] for t in published_tasks if t["task"] == dispatch.DELIVER_DUE]
 
 
 def _mark(endpoint_id: int, value) -> None:  # type: ignore[no-untyped-def]
@@ -39,37 +38,6 @@ def _mark_of(endpoint_id: int):  # type: ignore[no-untyped-def]
         return session.scalar(select(Endpoint.wake_sent_at).where(Endpoint.id == endpoint_id))
 
 
-def _race(published_tasks, settings, partner_ids: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
-    """60 publishes, round-robin over the partners, in a thread, while every wake-up sent
-    is taken here by hand, as it is sent (the broker's message is not needed)."""
-    published: list[str] = []
-    done = threading.Event()
-
-    def publish() -> None:
-        try:
-            for i in range(60):
-                published.append(deliverer.publish_event(
-                    partner_ids[i % len(partner_ids)], "t", f"r{i}", {}).notification_id)
-        finally:
-            done.set()
-
-    publisher = threading.Thread(target=publish)
-    publisher.start()
-    taken = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        wakes = _wakes(published_tasks)
-        if taken < len(wakes):
-            wake.deliver_due(wakes[taken], settings)
-            taken += 1
-        elif done.is_set():
-            break
-        else:
-            time.sleep(0.001)
-    publisher.join(10)
-    return published
-
-
 def test_a_publish_sends_a_wake_up_only_when_none_is_pending(settings, receiver,
                                                              published_tasks):
     shop = h.new_partner(settings, receiver.url("/hook"))
@@ -80,11 +48,12 @@ def test_a_publish_sends_a_wake_up_only_when_none_is_pending(settings, receiver,
     _mark(endpoint_id, utcnow())
     for i in range(3):
         deliverer.publish_event(shop.partner_id, "t", f"r{i}", {})
-    assert _wakes(published_tasks) == []
+    assert wake_ups(published_tasks) == []
 
     _mark(endpoint_id, utcnow() - wake.WAKE_TTL - timedelta(seconds=1))  # taken as lost
     deliverer.publish_event(shop.partner_id, "t", "r3", {})
-    assert _wakes(published_tasks) == [endpoint_id]
+    # A single publish to a healthy endpoint wakes its group (wake_groups.py).
+    assert wake_ups(published_tasks) == [(dispatch.DELIVER_GROUP, group_of(endpoint_id))]
 
 
 def test_the_woken_task_claims_a_batch_and_keeps_the_mark_while_some_remain(
@@ -176,7 +145,7 @@ def test_no_publish_is_left_without_a_wake_up_by_a_concurrent_claim(settings, re
     url = receiver.url("/race")
     shop = h.new_partner(settings, url)
     with override_settings(delivery_batch_size=2) as small:
-        published = _race(published_tasks, small, [shop.partner_id])
+        published = race_publishes(published_tasks, small, [shop.partner_id])
     assert len(published) == 60
     h.wait_until(lambda: all(h.sent(nid) for nid in published), 10,
                  message="every notification delivered")
@@ -254,7 +223,7 @@ def test_no_publish_is_lost_or_sent_twice_when_wake_ups_borrow(settings, receive
     for k in range(3):
         receiver.always(f"/borrow{k}", ok())
     with override_settings(delivery_batch_size=3) as small:
-        published = _race(published_tasks, small, [shop.partner_id for shop in shops])
+        published = race_publishes(published_tasks, small, [shop.partner_id for shop in shops])
     assert len(published) == 60
     h.wait_until(lambda: all(h.sent(nid) for nid in published), 10,
                  message="every notification delivered")

@@ -13,6 +13,7 @@ from sqlalchemy import JSON, cast, literal, select, update
 from sqlalchemy.exc import DataError
 
 from deliverer.db import in_transaction, session_scope
+from deliverer.delivery.wake_groups import group_of
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
 from deliverer.models import (
     Endpoint,
@@ -164,15 +165,24 @@ def _in_transaction(settings, partner_id: str, spec: dict[str, Any]):
 @pytest.fixture
 def wake_ups(monkeypatch) -> list[tuple[int, list[str]]]:
     """The wake-ups publishes send, kept from the broker (a worker the session started
-    would deliver, and change what is compared)."""
+    would deliver, and change what is compared): a group's, as its endpoints'."""
     sent: list[tuple[int, list[str]]] = []
 
     def enqueue_wake(endpoint_id: int, notification_ids: Sequence[str] = ()) -> bool:
         sent.append((endpoint_id, list(notification_ids)))
         return True
 
+    def enqueue_group_wake(group_id: int, endpoint_ids: Sequence[int] = (),
+                           notification_ids: Sequence[str] = ()) -> bool:
+        # Taken as the wake-ups of the endpoints it is sent for (one notification each):
+        # what record_events sends them.
+        assert all(group_of(e) == group_id for e in endpoint_ids)
+        sent.extend((e, [n]) for e, n in zip(endpoint_ids, notification_ids, strict=True))
+        return True
+
     for module in (service, one_statement):
         monkeypatch.setattr(module, "enqueue_wake", enqueue_wake)
+    monkeypatch.setattr(one_statement, "enqueue_group_wake", enqueue_group_wake)
     return sent
 
 

@@ -253,4 +253,5 @@ def test_publish_inside_a_producer_transaction_enqueues_only_on_commit(settings,
         session.flush()
         assert deliver_messages(published_tasks) == []  # not before the commit
     [message] = deliver_messages(published_tasks)
-    assert (message["task"], message["args"]) == expected_message(published.notification_id)
+    assert (message["task"], message["args"]) == expected_message(published.notification_id,
+                                                                  alone=False)

@@ -1,0 +1,175 @@
+"""Group wake-ups: one broker message per group of endpoints with first attempts due,
+not one per endpoint (PostgreSQL).
+
+A burst spread over many merchants (a thousand endpoints with a few notifications each)
+cost a wake-up message per endpoint, and most found their rows already taken by other
+batches (``wake._steal``): a message and a claim each for nothing. Endpoints now share
+a wake-up in ``WAKE_GROUPS`` groups, by id. A single publish (``publishing/
+one_statement.py``) that sets a healthy endpoint's mark (``partners/endpoints.py``) also
+marks the endpoint's group, in the same statement (``mark_groups``), and sends the
+group's wake-up (``deliverer.deliver_group``) only when none is pending. The worker that
+takes it clears the group's mark, then takes the group's marked endpoints, the
+longest-waiting first, as ``wake.claim_due_many`` takes an endpoint's wake-up: a batch
+shared among them, their marks cleared and set again where due ones remain, and the
+group's mark too, the wake-up passed on after the commit.
+
+Nothing is stranded. The publish that newly marks an endpoint locks the group's row (an
+UPDATE, even of a mark already set), so it is ordered against the group's clearing: one
+that came first had committed before the clearing could lock the row, and the claim,
+which reads the marks after the clearing committed, sees its endpoint; one that came
+after found the group's mark cleared and sent a new wake-up. A publish that found its
+endpoint's mark already set relies on the endpoint's argument (``wake.py``): the claim
+clears the endpoint's mark before it reads the rows. The group's clearing is committed
+on its own, before the endpoints are touched: publishes lock an endpoint, then its
+group; a claim holding the group while it waits for an endpoint would deadlock with
+them.
+
+An endpoint's mark means a wake-up that takes it is pending: its own or its group's.
+Publishes by other paths (bulk, by endpoint id, by URL without the one statement) and
+failing endpoints keep their own wake-ups (a failing endpoint's POSTs must not hold a
+healthy batch's record, as ``wake._steal`` says); a group's claim takes any marked
+endpoint of the group that is not failing, and hands a failing one a wake-up of its own
+(its mark cleared, so that a publish sends another rather than trusting one taken).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import CTE, ColumnElement, Select, bindparam, case, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
+
+from deliverer.batching import Coalescer
+from deliverer.broker import dispatch
+from deliverer.config import Settings, get_settings
+from deliverer.db import autocommitted, in_transaction, is_transient_abort
+from deliverer.delivery import together, wake
+from deliverer.delivery.batch import BatchClaim, BatchOutcome, deliver_claimed
+from deliverer.models import WAKE_GROUPS, Endpoint, WakeGroup, table_of, utcnow
+from deliverer.models.base import constant
+
+_GROUPS = table_of(WakeGroup)
+_G = _GROUPS.c
+_E = table_of(Endpoint).c
+# The group of an endpoint, written as ix_endpoints_wake_group's expression.
+GROUP = _E.id % constant(WAKE_GROUPS)
+_IDS: BindParameter[list[int]] = bindparam("groups", expanding=True)
+_NOW = bindparam("now", type_=_G.wake_sent_at.type)
+
+_CLEAR = update(_GROUPS).where(_G.id.in_(_IDS)).values(wake_sent_at=None)
+_SET = update(_GROUPS).where(_G.id.in_(_IDS)).values(wake_sent_at=_NOW)
+# The groups' marked endpoints, the longest-waiting first (ix_endpoints_wake_group).
+_MARKED = (select(_E.id, GROUP, _E.failing_since.is_not(None))
+           .where(GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
+           .order_by(_E.wake_sent_at, _E.id))
+# After a failed claim (see ``_claim_together``).
+_UNMARK = (update(table_of(Endpoint)).where(GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
+           .values(wake_sent_at=None))
+
+
+def group_of(endpoint_id: int) -> int:
+    return endpoint_id % WAKE_GROUPS
+
+
+def mark_groups(woken: Select[tuple[int]], now: ColumnElement[datetime],
+                stale: ColumnElement[datetime]) -> CTE:
+    """A CTE of a publish's statement: the groups of the endpoints ``woken`` selects
+    (ids of the healthy endpoints whose marks it newly set), each marked ``now`` unless a
+    wake-up sent since ``stale`` is pending; created on first use. Every such group row
+    is locked, marked or not (see the module's docstring). Returns ``id`` and
+    ``wake_sent_at``: a publish that finds it equal to its ``now`` sends the wake-up."""
+    groups = woken.subquery("woken_endpoints")
+    new = (select((groups.c[0] % constant(WAKE_GROUPS)).label("id"), now.label("at"))
+           .distinct().order_by("id"))  # one order of locks for every publish
+    return (pg_insert(_GROUPS).from_select(["id", "wake_sent_at"], new)
+            .on_conflict_do_update(index_elements=["id"], set_={"wake_sent_at": case(
+                (or_(_G.wake_sent_at.is_(None), _G.wake_sent_at < stale), now),
+                else_=_G.wake_sent_at)})
+            .returning(_G.id, _G.wake_sent_at).cte("woken_groups"))
+
+
+def claim_groups(session: Session, group_ids: Sequence[int], settings: Settings
+                 ) -> tuple[dict[int, tuple[BatchClaim, bool]], list[int]]:
+    """Take the groups' wake-ups, whose marks were cleared and committed before: each
+    group's marked endpoints share a batch (at most a batch of endpoints, the
+    longest-waiting first, each taking an equal share). Returns, per group, its claim
+    and whether due ones remain (then its mark is set again, and the caller passes its
+    wake-up on after the commit), and the failing endpoints to hand a wake-up of their
+    own, their marks cleared. Commits nothing."""
+    groups = sorted(set(group_ids))
+    batch_size = max(1, settings.delivery_batch_size)
+    connection = session.connection()
+    members: dict[int, list[int]] = {group: [] for group in groups}
+    overflow: set[int] = set()
+    handed: list[int] = []
+    for endpoint_id, group, failing in connection.execute(_MARKED, {"groups": groups}):
+        if failing:
+            handed.append(endpoint_id)
+        elif len(members[group]) < batch_size:
+            members[group].append(endpoint_id)
+        else:
+            overflow.add(group)
+    if handed:
+        connection.execute(wake._CLEAR, {"ids": sorted(handed)})
+    limits = {endpoint_id: max(1, batch_size // len(ids))
+              for ids in members.values() for endpoint_id in ids}
+    claims = wake.claim_due_many(session, list(limits), settings, limits) if limits else {}
+    out: dict[int, tuple[BatchClaim, bool]] = {}
+    for group, ids in members.items():
+        merged = BatchClaim(token=claims[ids[0]][0].token if ids else "")
+        for endpoint_id in ids:
+            claim = claims[endpoint_id][0]
+            merged.jobs += claim.jobs
+            merged.not_due += claim.not_due
+            merged.locked += claim.locked
+        out[group] = (merged, group in overflow or any(claims[i][1] for i in ids))
+    more = sorted(group for group, (_claim, remain) in out.items() if remain)
+    if more:
+        connection.execute(_SET, {"groups": more, "now": utcnow()})
+    return out, handed
+
+
+def _claim_together(group_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
+    settings = get_settings()
+    groups = sorted(set(group_ids))
+    retry_for = settings.lease_seconds / 4
+    # Committed first, on its own: see the module's docstring.
+    autocommitted(lambda connection: connection.execute(_CLEAR, {"groups": groups}),
+                  retry_for=retry_for, only_if=is_transient_abort)
+    try:
+        claims, handed = in_transaction(
+            lambda session: claim_groups(session, groups, settings),
+            retry_for=retry_for, only_if=is_transient_abort)
+    except Exception:
+        # The group's mark is cleared but its endpoints' marks are not: publishes to
+        # them would send no wake-up for WAKE_TTL. Cleared too, at best: the next wakes.
+        with contextlib.suppress(Exception):
+            autocommitted(lambda connection: connection.execute(_UNMARK, {"groups": groups}))
+        raise
+    for endpoint_id in handed:
+        dispatch.enqueue_wake(endpoint_id)
+    seen: set[int] = set()
+    out = []
+    for group in group_ids:  # a wake-up taken twice at once: the second is empty
+        out.append(claims[group] if group not in seen else (BatchClaim(token=""), False))
+        seen.add(group)
+    return out
+
+
+_CLAIMS: Coalescer[int, tuple[BatchClaim, bool]] = Coalescer(
+    "wake-group", _claim_together, together.MAX_BATCH, together.RUNNERS)
+
+
+def deliver_group(group_id: int, settings: Settings) -> BatchOutcome:
+    """Take a group's wake-up: claim its endpoints' due first attempts, pass the wake-up
+    on if more remain, then send and record the batch."""
+    leased_at = time.monotonic()  # no later than the lease's start: the cutoff errs early
+    claim, more = _CLAIMS.submit(group_id)
+    if more:
+        dispatch.enqueue_group_wake(group_id)
+    return deliver_claimed(claim, leased_at, settings, record=together.record_all)

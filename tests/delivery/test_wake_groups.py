@@ -1,0 +1,190 @@
+"""Group wake-ups (PostgreSQL): a single publish to a healthy endpoint wakes the
+endpoint's group only when no wake-up is pending for it, and the group's claim takes its
+marked endpoints, a shared batch at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text, update
+
+import deliverer
+from deliverer.broker import dispatch
+from deliverer.db import session_scope
+from deliverer.delivery import wake_groups
+from deliverer.delivery.wake_groups import group_of
+from deliverer.models import WAKE_GROUPS, Endpoint, NotificationStatus, WakeGroup, utcnow
+from deliverer.publishing.service import record_event as publish_event
+from tests.support import helpers as h
+from tests.support.messages import WAKE_UPS
+from tests.support.receiver import ok
+from tests.support.wakeups import race_publishes, wake_ups
+
+pytestmark = pytest.mark.skipif(not WAKE_UPS, reason="SQLite sends a message per notification")
+
+
+def _in_one_group(settings, receiver, count: int) -> tuple[int, list[tuple[str, str, int]]]:  # type: ignore[no-untyped-def]
+    """``count`` partners whose default endpoints share a wake-up group: (group, [(partner
+    id, url, endpoint id)]). The id sequence is moved on so that each new endpoint's id
+    falls in the first one's group."""
+    made: list[tuple[str, str, int]] = []
+    for k in range(count):
+        if made:
+            with session_scope() as session:
+                last = session.scalar(text("SELECT last_value FROM endpoints_id_seq"))
+                session.execute(text("SELECT setval('endpoints_id_seq', :v)"),
+                                {"v": last + WAKE_GROUPS - 1})
+        url = receiver.url(f"/group{k}")
+        receiver.always(f"/group{k}", ok())
+        shop = h.new_partner(settings, url)
+        with session_scope() as session:
+            endpoint_id = session.scalar(select(Endpoint.id).where(
+                Endpoint.partner_id == shop.partner_id))
+        made.append((shop.partner_id, url, endpoint_id))
+    group = group_of(made[0][2])
+    assert all(group_of(endpoint_id) == group for _p, _u, endpoint_id in made)
+    return group, made
+
+
+def _marks(*endpoint_ids: int) -> list[bool]:
+    with session_scope() as session:
+        return [session.scalar(select(Endpoint.wake_sent_at).where(Endpoint.id == e))
+                is not None for e in endpoint_ids]
+
+
+def _group_mark(group: int):  # type: ignore[no-untyped-def]
+    with session_scope() as session:
+        return session.scalar(select(WakeGroup.wake_sent_at).where(WakeGroup.id == group))
+
+
+def _set_group_mark(group: int, value) -> None:  # type: ignore[no-untyped-def]
+    with session_scope() as session:
+        session.execute(text(
+            "INSERT INTO wake_groups (id, wake_sent_at) VALUES (:g, :v) "
+            "ON CONFLICT (id) DO UPDATE SET wake_sent_at = :v"), {"g": group, "v": value})
+
+
+def test_publishes_to_endpoints_of_one_group_send_one_wake_up(settings, receiver,
+                                                              published_tasks):
+    group, shops = _in_one_group(settings, receiver, 3)
+    published = [deliverer.publish_event(partner_id, "t", "r", {}).notification_id
+                 for partner_id, _url, _e in shops]
+    # The first publish woke the group; the others found its wake-up pending. (A worker
+    # of the session, if one runs, may take it meanwhile: then another is sent.)
+    messages = wake_ups(published_tasks)
+    assert messages[0] == (dispatch.DELIVER_GROUP, group)
+    assert set(messages) == {(dispatch.DELIVER_GROUP, group)}
+    wake_groups.deliver_group(group, settings)
+    h.wait_until(lambda: all(h.sent(nid) for nid in published), 10,
+                 message="every notification delivered")
+    for k in range(3):
+        assert len(receiver.requests(f"/group{k}")) == 1
+    h.wait_until(lambda: not any(_marks(*(e for _p, _u, e in shops)))
+                 and _group_mark(group) is None, 5, message="every mark cleared")
+
+
+def test_a_failing_endpoint_keeps_a_wake_up_of_its_own(settings, receiver, published_tasks):
+    _group, [(partner_id, _url, endpoint_id)] = _in_one_group(settings, receiver, 1)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id == endpoint_id)
+                        .values(failing_since=utcnow()))
+    deliverer.publish_event(partner_id, "t", "r", {})
+    assert wake_ups(published_tasks) == [(dispatch.DELIVER_DUE, endpoint_id)]
+
+
+def test_a_group_claim_shares_a_batch_and_passes_on_while_some_remain(
+        settings, receiver, override_settings, published_tasks):
+    group, shops = _in_one_group(settings, receiver, 4)
+    now = utcnow()
+    due = {e: [h.insert_notification(p, url, status=NotificationStatus.PENDING,
+                                     next_attempt_at=now) for _ in range(n)]
+           for (p, url, e), n in zip(shops[:3], (1, 3, 4), strict=True)}
+    failing_partner, failing_url, failing = shops[3]
+    dying = h.insert_notification(failing_partner, failing_url,
+                                  status=NotificationStatus.PENDING, next_attempt_at=now)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id.in_([*due, failing]))
+                        .values(wake_sent_at=now))
+        session.execute(update(Endpoint).where(Endpoint.id == failing)
+                        .values(failing_since=now))
+    taken: list[str] = []
+    rounds = 0
+    with override_settings(delivery_batch_size=3) as small:
+        more = True
+        while more:
+            rounds += 1
+            assert rounds <= 10
+            _set_group_mark(group, None)  # as _claim_together clears it first
+            with session_scope() as session:
+                claims, handed = wake_groups.claim_groups(session, [group], small)
+            claim, more = claims[group]
+            assert len(claim.jobs) <= 3  # a batch shared by the group's endpoints
+            taken += [job.notification_id for job in claim.jobs]
+            assert (_group_mark(group) is not None) is more
+            if rounds == 1:
+                # Three endpoints, a third of a batch each; the failing one handed a
+                # wake-up of its own, its mark cleared, its row not leased.
+                assert sorted(job.endpoint_id for job in claim.jobs) == sorted(due)
+                assert handed == [failing]
+                assert _marks(*due) == [False, True, True]
+    assert sorted(taken) == sorted(nid for ids in due.values() for nid in ids)
+    assert _marks(*due, failing) == [False, False, False, False]
+    assert h.notification(dying).lease_token is None
+
+
+def test_a_group_claim_waits_for_a_publish_that_marked_the_group(settings, receiver):
+    """A publish that marks an endpoint holds its group's row (the statement's UPDATE of
+    it) until it commits; the claim's clearing waits for it, then the claim finds the
+    endpoint and takes the notification, though it was made after the claim began."""
+    group, [(partner_id, _url, endpoint_id)] = _in_one_group(settings, receiver, 1)
+    _set_group_mark(group, utcnow())  # pending: the claim is that wake-up's
+    taken: list[tuple[object, bool]] = []
+
+    def claim() -> None:
+        taken.extend(wake_groups._claim_together([group]))
+
+    with session_scope() as publishing:
+        publishing.execute(update(WakeGroup).where(WakeGroup.id == group)
+                           .values(wake_sent_at=WakeGroup.wake_sent_at))  # held from here
+        claiming = threading.Thread(target=claim)
+        claiming.start()
+        time.sleep(0.3)
+        assert claiming.is_alive()  # waiting for the group's row
+        published = publish_event(publishing, settings, partner_id=partner_id,
+                                  type="t", reference="held", payload={})
+        assert _marks(endpoint_id) == [False]  # not committed yet
+    claiming.join(10)
+    [(batch, more)] = taken
+    assert [job.notification_id for job in batch.jobs] == [published.notification_id]
+    assert not more
+
+
+def test_no_publish_is_lost_or_sent_twice_when_a_group_is_claimed_meanwhile(
+        settings, receiver, published_tasks, override_settings):
+    """Publishes to three endpoints of one group race with the group's wake-ups, taken
+    here by hand as they are sent, in batches of two: each notification is delivered
+    once."""
+    group, shops = _in_one_group(settings, receiver, 3)
+    with override_settings(delivery_batch_size=2) as small:
+        published = race_publishes(published_tasks, small, [p for p, _u, _e in shops])
+    assert set(wake_ups(published_tasks)) == {(dispatch.DELIVER_GROUP, group)}
+    assert len(published) == 60
+    h.wait_until(lambda: all(h.sent(nid) for nid in published), 10,
+                 message="every notification delivered")
+    assert sum(len(receiver.requests(f"/group{k}")) for k in range(3)) == 60
+
+
+def test_a_stale_group_mark_is_taken_as_lost(settings, receiver, published_tasks):
+    group, [(partner_id, _url, _e)] = _in_one_group(settings, receiver, 1)
+    _set_group_mark(group, utcnow())
+    deliverer.publish_event(partner_id, "t", "r0", {})
+    assert wake_ups(published_tasks) == []  # the group's wake-up is pending
+    _set_group_mark(group, utcnow() - timedelta(seconds=30))
+    with session_scope() as session:  # and the endpoint's mark taken as lost too
+        session.execute(update(Endpoint).where(Endpoint.partner_id == partner_id)
+                        .values(wake_sent_at=None))
+    deliverer.publish_event(partner_id, "t", "r1", {})
+    assert wake_ups(published_tasks) == [(dispatch.DELIVER_GROUP, group)]
