@@ -16,11 +16,20 @@ from typing import Any
 
 from celery import current_app
 from sqlalchemy import bindparam, update
+from sqlalchemy.sql.elements import BindParameter
 
 from deliverer.broker import queues
 from deliverer.broker_outage import describe, is_broker_outage
 from deliverer.db import session_scope
-from deliverer.models import Endpoint, Lane, Notification, WakeGroup, table_of, utcnow
+from deliverer.models import (
+    Endpoint,
+    Lane,
+    Notification,
+    WakeGroup,
+    endpoint_group,
+    table_of,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +141,14 @@ def enqueue_group_wake(group_id: int, endpoint_ids: Sequence[int] = (),
         return True
     except Exception as exc:
         _log_unsent(exc, f"the first attempts due to wake-up group {group_id}")
-    _release(list(notification_ids), list(endpoint_ids), group_id)
+    _release(list(notification_ids), list(endpoint_ids), [group_id])
     return False
+
+
+def release_groups(group_ids: Sequence[int]) -> None:
+    """Mark the groups, and their endpoints, as having no wake-up pending: a claim of
+    theirs failed and was rolled back (``delivery/wake_groups.py``)."""
+    _release([], (), group_ids)
 
 
 def enqueue_resend(request_id: int) -> None:
@@ -160,14 +175,21 @@ def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
 _NO_WAKE = (update(table_of(Endpoint))
             .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
             .values(wake_sent_at=None))
-_NO_GROUP_WAKE = (update(table_of(WakeGroup)).where(WakeGroup.id == bindparam("group_id"))
+_GROUP_IDS: BindParameter[list[int]] = bindparam("group_ids", expanding=True)
+# A group's wake-up is pending for every marked endpoint of the group.
+_NO_GROUP_WAKE_ENDPOINTS = (update(table_of(Endpoint))
+                            .where(endpoint_group(table_of(Endpoint).c.id).in_(_GROUP_IDS),
+                                   Endpoint.wake_sent_at.is_not(None))
+                            .values(wake_sent_at=None))
+_NO_GROUP_WAKE = (update(table_of(WakeGroup)).where(WakeGroup.id.in_(_GROUP_IDS))
                   .values(wake_sent_at=None))
 
 
 def _release(notification_ids: list[str], endpoint_ids: Sequence[int] = (),
-             group_id: int | None = None) -> None:
+             group_ids: Sequence[int] = ()) -> None:
     """Mark rows as having no message, so the next sweep enqueues them (and the
-    endpoints, and the group, as having no wake-up pending)."""
+    endpoints, and the groups with all their endpoints, as having no wake-up pending:
+    endpoints first, as a publish locks them)."""
     try:
         with session_scope() as session:
             if notification_ids:
@@ -176,10 +198,11 @@ def _release(notification_ids: list[str], endpoint_ids: Sequence[int] = (),
                     .where(Notification.id.in_(notification_ids))
                     .values(scheduled_for=None)
                 )
-            if group_id is not None:
-                session.execute(_NO_GROUP_WAKE, {"group_id": group_id})
             if endpoint_ids:
                 session.execute(_NO_WAKE, {"endpoint_ids": sorted(endpoint_ids)})
+            if group_ids:
+                session.execute(_NO_GROUP_WAKE_ENDPOINTS, {"group_ids": sorted(group_ids)})
+                session.execute(_NO_GROUP_WAKE, {"group_ids": sorted(group_ids)})
     except Exception:
         # The lost-message grace in the sweep still catches these rows, only later.
         log.exception("could not release %d notification(s) for the sweep",

@@ -165,7 +165,7 @@ _BORROWED = (select(_N.id).where(*_due_first(_WAITING.c.endpoint_id))
              .with_for_update(skip_locked=True).lateral("borrowed"))
 _STEAL = (select(_WAITING.c.endpoint_id, _BORROWED.c.id)
           .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
-_CLEAR = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
+CLEAR_MARKS = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
 _SET = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=_NOW)
 
 
@@ -194,7 +194,7 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     limit_of = {endpoint_id: max(1, (limits or {}).get(endpoint_id, batch_size))
                 for endpoint_id in ids}
     connection = session.connection()
-    connection.execute(_CLEAR, {"ids": ids})  # first: see the module's docstring
+    connection.execute(CLEAR_MARKS, {"ids": ids})  # first: see the module's docstring
     # Read after the clearing, which waited for any publish holding these rows, so that
     # what such a publish made is due by this clock: taken, or counted as remaining.
     now = utcnow()
@@ -270,7 +270,7 @@ def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]
         # their own, at best (the database may be what failed): the next publish wakes.
         with contextlib.suppress(Exception):
             autocommitted(lambda connection: connection.execute(
-                _CLEAR, {"ids": sorted(set(endpoint_ids))}))
+                CLEAR_MARKS, {"ids": sorted(set(endpoint_ids))}))
         raise
     seen: set[int] = set()
     out = []

@@ -14,32 +14,46 @@ shared among them, their marks cleared and set again where due ones remain, and 
 group's mark too, the wake-up passed on after the commit.
 
 Nothing is stranded. The publish that newly marks an endpoint locks the group's row (an
-UPDATE, even of a mark already set), so it is ordered against the group's clearing: one
-that came first had committed before the clearing could lock the row, and the claim,
-which reads the marks after the clearing committed, sees its endpoint; one that came
-after found the group's mark cleared and sent a new wake-up. A publish that found its
+UPDATE, even of a mark already set), so it is ordered against the group's clearing, the
+claim's first statement: one that came first had committed before the clearing could
+lock the row, so the claim's next statements (READ COMMITTED) see its endpoint; one
+that came after waited for the claim's commit and found the group's mark cleared (it
+sent a new wake-up) or set again (passed on after that commit). A publish that found its
 endpoint's mark already set relies on the endpoint's argument (``wake.py``): the claim
-clears the endpoint's mark before it reads the rows. The group's clearing is committed
-on its own, before the endpoints are touched: publishes lock an endpoint, then its
-group; a claim holding the group while it waits for an endpoint would deadlock with
-them.
+clears the endpoint's mark before it reads the rows. Publishes lock an endpoint, then
+its group, which the claim holds; so the claim takes its endpoints with SKIP LOCKED, never
+waiting for one: an endpoint held by another transaction is left marked, and the group's
+wake-up passed on to take it.
 
 An endpoint's mark means a wake-up that takes it is pending: its own or its group's.
 Publishes by other paths (bulk, by endpoint id, by URL without the one statement) and
 failing endpoints keep their own wake-ups (a failing endpoint's POSTs must not hold a
 healthy batch's record, as ``wake._steal`` says); a group's claim takes any marked
-endpoint of the group that is not failing, and hands a failing one a wake-up of its own
-(its mark cleared, so that a publish sends another rather than trusting one taken).
+endpoint of the group that is not failing. A failing one marked before it was failing
+was marked by a publish that woke the group: it is handed a wake-up of its own (its mark
+cleared, so that a publish sends another rather than trusting one taken); one marked
+since has its own wake-up pending, and is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import CTE, ColumnElement, Select, bindparam, case, or_, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Select,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -47,29 +61,33 @@ from sqlalchemy.sql.elements import BindParameter
 from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
-from deliverer.db import autocommitted, in_transaction, is_transient_abort
+from deliverer.db import in_transaction, is_transient_abort
 from deliverer.delivery import together, wake
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, deliver_claimed
-from deliverer.models import WAKE_GROUPS, Endpoint, WakeGroup, table_of, utcnow
-from deliverer.models.base import constant
+from deliverer.models import WAKE_GROUPS, Endpoint, WakeGroup, endpoint_group, table_of, utcnow
 
 _GROUPS = table_of(WakeGroup)
 _G = _GROUPS.c
 _E = table_of(Endpoint).c
-# The group of an endpoint, written as ix_endpoints_wake_group's expression.
-GROUP = _E.id % constant(WAKE_GROUPS)
+GROUP = endpoint_group(_E.id)
 _IDS: BindParameter[list[int]] = bindparam("groups", expanding=True)
 _NOW = bindparam("now", type_=_G.wake_sent_at.type)
 
-_CLEAR = update(_GROUPS).where(_G.id.in_(_IDS)).values(wake_sent_at=None)
+# The groups' rows locked in id order, as publishes lock them (``mark_groups``).
+_LOCKED = select(_G.id).where(_G.id.in_(_IDS)).order_by(_G.id).with_for_update()
+_CLEAR = update(_GROUPS).where(_G.id.in_(_LOCKED.scalar_subquery())).values(wake_sent_at=None)
 _SET = update(_GROUPS).where(_G.id.in_(_IDS)).values(wake_sent_at=_NOW)
-# The groups' marked endpoints, the longest-waiting first (ix_endpoints_wake_group).
-_MARKED = (select(_E.id, GROUP, _E.failing_since.is_not(None))
-           .where(GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
-           .order_by(_E.wake_sent_at, _E.id))
-# After a failed claim (see ``_claim_together``).
-_UNMARK = (update(table_of(Endpoint)).where(GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
-           .values(wake_sent_at=None))
+_MARKED_IN = (GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
+# The groups' marked endpoints, the longest-waiting first (ix_endpoints_wake_group),
+# those another transaction holds skipped: a publish locks an endpoint, then its group,
+# which the claim holds. Whether it is failing, and marked before it was: by a publish
+# to a healthy endpoint, which woke the group, not the endpoint.
+_MARKED = (select(_E.id, GROUP, _E.failing_since.is_not(None),
+                  _E.wake_sent_at < _E.failing_since)
+           .where(*_MARKED_IN).order_by(_E.wake_sent_at, _E.id)
+           .with_for_update(key_share=True, skip_locked=True))
+# How many are marked per group, locked or not (committed marks: READ COMMITTED).
+_COUNTED = select(GROUP, func.count()).where(*_MARKED_IN).group_by(GROUP)
 
 
 def group_of(endpoint_id: int) -> int:
@@ -84,7 +102,7 @@ def mark_groups(woken: Select[tuple[int]], now: ColumnElement[datetime],
     is locked, marked or not (see the module's docstring). Returns ``id`` and
     ``wake_sent_at``: a publish that finds it equal to its ``now`` sends the wake-up."""
     groups = woken.subquery("woken_endpoints")
-    new = (select((groups.c[0] % constant(WAKE_GROUPS)).label("id"), now.label("at"))
+    new = (select(endpoint_group(groups.c[0]).label("id"), now.label("at"))
            .distinct().order_by("id"))  # one order of locks for every publish
     return (pg_insert(_GROUPS).from_select(["id", "wake_sent_at"], new)
             .on_conflict_do_update(index_elements=["id"], set_={"wake_sent_at": case(
@@ -95,27 +113,34 @@ def mark_groups(woken: Select[tuple[int]], now: ColumnElement[datetime],
 
 def claim_groups(session: Session, group_ids: Sequence[int], settings: Settings
                  ) -> tuple[dict[int, tuple[BatchClaim, bool]], list[int]]:
-    """Take the groups' wake-ups, whose marks were cleared and committed before: each
-    group's marked endpoints share a batch (at most a batch of endpoints, the
-    longest-waiting first, each taking an equal share). Returns, per group, its claim
-    and whether due ones remain (then its mark is set again, and the caller passes its
-    wake-up on after the commit), and the failing endpoints to hand a wake-up of their
-    own, their marks cleared. Commits nothing."""
+    """Take the groups' wake-ups: clear their marks, then share a batch among each
+    group's marked endpoints (at most a batch of endpoints, the longest-waiting first,
+    each taking an equal share). Returns, per group, its claim and whether due ones
+    remain, or marked endpoints were skipped (then its mark is set again, and the caller
+    passes its wake-up on after the commit); and the failing endpoints to hand a wake-up
+    of their own, their marks cleared. Commits nothing."""
     groups = sorted(set(group_ids))
     batch_size = max(1, settings.delivery_batch_size)
     connection = session.connection()
+    connection.execute(_CLEAR, {"groups": groups})  # first: see the module's docstring
     members: dict[int, list[int]] = {group: [] for group in groups}
-    overflow: set[int] = set()
+    more: set[int] = set()
     handed: list[int] = []
-    for endpoint_id, group, failing in connection.execute(_MARKED, {"groups": groups}):
+    seen: Counter[int] = Counter()
+    for endpoint_id, group, failing, woke_group in connection.execute(
+            _MARKED, {"groups": groups}):
+        seen[group] += 1
         if failing:
-            handed.append(endpoint_id)
+            if woke_group:
+                handed.append(endpoint_id)
         elif len(members[group]) < batch_size:
             members[group].append(endpoint_id)
         else:
-            overflow.add(group)
+            more.add(group)  # left marked for the next claim
+    more.update(group for group, marked in connection.execute(_COUNTED, {"groups": groups})
+                if marked > seen[group])  # held by another transaction: skipped
     if handed:
-        connection.execute(wake._CLEAR, {"ids": sorted(handed)})
+        connection.execute(wake.CLEAR_MARKS, {"ids": sorted(handed)})
     limits = {endpoint_id: max(1, batch_size // len(ids))
               for ids in members.values() for endpoint_id in ids}
     claims = wake.claim_due_many(session, list(limits), settings, limits) if limits else {}
@@ -127,29 +152,27 @@ def claim_groups(session: Session, group_ids: Sequence[int], settings: Settings
             merged.jobs += claim.jobs
             merged.not_due += claim.not_due
             merged.locked += claim.locked
-        out[group] = (merged, group in overflow or any(claims[i][1] for i in ids))
-    more = sorted(group for group, (_claim, remain) in out.items() if remain)
-    if more:
-        connection.execute(_SET, {"groups": more, "now": utcnow()})
+        remain = group in more or any(claims[i][1] for i in ids)
+        out[group] = (merged, remain)
+    again = sorted(group for group, (_claim, remain) in out.items() if remain)
+    if again:
+        connection.execute(_SET, {"groups": again, "now": utcnow()})
     return out, handed
 
 
 def _claim_together(group_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
     settings = get_settings()
     groups = sorted(set(group_ids))
-    retry_for = settings.lease_seconds / 4
-    # Committed first, on its own: see the module's docstring.
-    autocommitted(lambda connection: connection.execute(_CLEAR, {"groups": groups}),
-                  retry_for=retry_for, only_if=is_transient_abort)
     try:
         claims, handed = in_transaction(
             lambda session: claim_groups(session, groups, settings),
-            retry_for=retry_for, only_if=is_transient_abort)
+            retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
     except Exception:
-        # The group's mark is cleared but its endpoints' marks are not: publishes to
-        # them would send no wake-up for WAKE_TTL. Cleared too, at best: the next wakes.
+        # Its rollback undid the clearings: the marks would say a wake-up is pending
+        # while these were taken, and publishes would send none for WAKE_TTL. Cleared on
+        # their own, at best (the database may be what failed): the next publish wakes.
         with contextlib.suppress(Exception):
-            autocommitted(lambda connection: connection.execute(_UNMARK, {"groups": groups}))
+            dispatch.release_groups(groups)
         raise
     for endpoint_id in handed:
         dispatch.enqueue_wake(endpoint_id)

@@ -22,7 +22,7 @@ from deliverer.models.partner import (
 )
 from deliverer.models.portal import PortalSession, PortalSignIn
 from deliverer.models.request_log import PartnerRequest, RequestKind, ResendStatus
-from deliverer.models.wake_group import WAKE_GROUPS, WakeGroup
+from deliverer.models.wake_group import WAKE_GROUPS, WakeGroup, endpoint_group
 
 __all__ = [
     "WAKE_GROUPS",
@@ -48,6 +48,7 @@ __all__ = [
     "WakeGroup",
     "WebhookSettings",
     "active_secrets",
+    "endpoint_group",
     "not_receiving_webhooks",
     "subscribed",
     "table_of",

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Mapped, mapped_column
 
-from deliverer.models.base import Base
+from deliverer.models.base import Base, constant
 
 # Endpoints share a wake-up in this many groups, by id (``delivery/wake_groups.py``).
 # Part of the schema (the partial index on endpoints, migration 0012): changing it means
@@ -20,3 +21,8 @@ class WakeGroup(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     wake_sent_at: Mapped[datetime | None]
+
+
+def endpoint_group(endpoint_id: ColumnElement[int]) -> ColumnElement[int]:
+    """An endpoint's group in SQL, written as ix_endpoints_wake_group's expression."""
+    return endpoint_id % constant(WAKE_GROUPS)

@@ -60,7 +60,6 @@ from deliverer.delivery import netguard, wake, wake_groups
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import PartnerNotFound, ValidationFailed
 from deliverer.models import (
-    WAKE_GROUPS,
     Endpoint,
     Event,
     Notification,
@@ -68,6 +67,7 @@ from deliverer.models import (
     Partner,
     PartnerFlow,
     WebhookSettings,
+    endpoint_group,
     table_of,
     utcnow,
 )
@@ -199,7 +199,7 @@ def _statement() -> Select[Any]:
                t.failing_since, groups.c.wake_sent_at.label("group_mark"))
         .select_from(partner.outerjoin(notified, true())
                      .outerjoin(targets, t.id == n.endpoint_id)
-                     .outerjoin(groups, groups.c.id == t.id % constant(WAKE_GROUPS)))
+                     .outerjoin(groups, groups.c.id == endpoint_group(t.id)))
         .order_by(t.is_default.desc().nulls_last(), t.id)
         .add_cte(new_event))
 

@@ -126,7 +126,7 @@ def test_a_claim_that_fails_leaves_the_mark_cleared(settings, receiver, monkeypa
     _mark(endpoint_id, utcnow())
 
     def broken(session, *args, **kwargs):  # type: ignore[no-untyped-def]
-        session.execute(wake._CLEAR, {"ids": [endpoint_id]})
+        session.execute(wake.CLEAR_MARKS, {"ids": [endpoint_id]})
         raise RuntimeError("claim failed")
 
     monkeypatch.setattr(wake, "claim_due_many", broken)

@@ -17,6 +17,7 @@ from deliverer.db import session_scope
 from deliverer.delivery import wake_groups
 from deliverer.delivery.wake_groups import group_of
 from deliverer.models import WAKE_GROUPS, Endpoint, NotificationStatus, WakeGroup, utcnow
+from deliverer.publishing import one_statement, service
 from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h
 from tests.support.messages import WAKE_UPS
@@ -68,22 +69,28 @@ def _set_group_mark(group: int, value) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_publishes_to_endpoints_of_one_group_send_one_wake_up(settings, receiver,
-                                                              published_tasks):
+                                                              monkeypatch):
+    sent: list[tuple[int, list[int]]] = []
+
+    def enqueue_group_wake(group_id: int, endpoint_ids=(), notification_ids=()) -> bool:  # type: ignore[no-untyped-def]
+        sent.append((group_id, list(endpoint_ids)))  # kept from the session's worker
+        return True
+
+    monkeypatch.setattr(one_statement, "enqueue_group_wake", enqueue_group_wake)
     group, shops = _in_one_group(settings, receiver, 3)
     published = [deliverer.publish_event(partner_id, "t", "r", {}).notification_id
                  for partner_id, _url, _e in shops]
-    # The first publish woke the group; the others found its wake-up pending. (A worker
-    # of the session, if one runs, may take it meanwhile: then another is sent.)
-    messages = wake_ups(published_tasks)
-    assert messages[0] == (dispatch.DELIVER_GROUP, group)
-    assert set(messages) == {(dispatch.DELIVER_GROUP, group)}
-    wake_groups.deliver_group(group, settings)
-    h.wait_until(lambda: all(h.sent(nid) for nid in published), 10,
-                 message="every notification delivered")
+    # The first publish woke the group; the others found its wake-up pending.
+    assert sent == [(group, [shops[0][2]])]
+    assert _marks(*(e for _p, _u, e in shops)) == [True, True, True]
+    assert _group_mark(group) is not None
+    outcome = wake_groups.deliver_group(group, settings)
+    assert outcome.sent == 3
+    assert all(h.sent(nid) for nid in published)
     for k in range(3):
         assert len(receiver.requests(f"/group{k}")) == 1
-    h.wait_until(lambda: not any(_marks(*(e for _p, _u, e in shops)))
-                 and _group_mark(group) is None, 5, message="every mark cleared")
+    assert _marks(*(e for _p, _u, e in shops)) == [False, False, False]
+    assert _group_mark(group) is None
 
 
 def test_a_failing_endpoint_keeps_a_wake_up_of_its_own(settings, receiver, published_tasks):
@@ -96,20 +103,24 @@ def test_a_failing_endpoint_keeps_a_wake_up_of_its_own(settings, receiver, publi
 
 
 def test_a_group_claim_shares_a_batch_and_passes_on_while_some_remain(
-        settings, receiver, override_settings, published_tasks):
-    group, shops = _in_one_group(settings, receiver, 4)
+        settings, receiver, override_settings):
+    group, shops = _in_one_group(settings, receiver, 5)
     now = utcnow()
     due = {e: [h.insert_notification(p, url, status=NotificationStatus.PENDING,
                                      next_attempt_at=now) for _ in range(n)]
            for (p, url, e), n in zip(shops[:3], (1, 3, 4), strict=True)}
-    failing_partner, failing_url, failing = shops[3]
-    dying = h.insert_notification(failing_partner, failing_url,
-                                  status=NotificationStatus.PENDING, next_attempt_at=now)
-    with session_scope() as session:
-        session.execute(update(Endpoint).where(Endpoint.id.in_([*due, failing]))
-                        .values(wake_sent_at=now))
-        session.execute(update(Endpoint).where(Endpoint.id == failing)
-                        .values(failing_since=now))
+    # Two failing endpoints: one marked before it failed (by a publish that woke the
+    # group), one since (its own wake-up is pending).
+    dying = {e: h.insert_notification(p, url, status=NotificationStatus.PENDING,
+                                      next_attempt_at=now) for p, url, e in shops[3:]}
+    woke_group, own = shops[3][2], shops[4][2]
+    failed_at = now - timedelta(seconds=1)
+    for endpoint_id, marked in ((woke_group, failed_at - timedelta(seconds=1)),
+                                (own, now), *((e, now) for e in due)):
+        with session_scope() as session:
+            session.execute(update(Endpoint).where(Endpoint.id == endpoint_id).values(
+                wake_sent_at=marked,
+                failing_since=failed_at if endpoint_id in dying else None))
     taken: list[str] = []
     rounds = 0
     with override_settings(delivery_batch_size=3) as small:
@@ -117,7 +128,7 @@ def test_a_group_claim_shares_a_batch_and_passes_on_while_some_remain(
         while more:
             rounds += 1
             assert rounds <= 10
-            _set_group_mark(group, None)  # as _claim_together clears it first
+            _set_group_mark(group, utcnow())  # the wake-up being taken
             with session_scope() as session:
                 claims, handed = wake_groups.claim_groups(session, [group], small)
             claim, more = claims[group]
@@ -125,22 +136,55 @@ def test_a_group_claim_shares_a_batch_and_passes_on_while_some_remain(
             taken += [job.notification_id for job in claim.jobs]
             assert (_group_mark(group) is not None) is more
             if rounds == 1:
-                # Three endpoints, a third of a batch each; the failing one handed a
-                # wake-up of its own, its mark cleared, its row not leased.
+                # Three endpoints, a third of a batch each; the failing one the group
+                # woke handed a wake-up of its own, its mark cleared; none of either
+                # failing one's rows leased.
                 assert sorted(job.endpoint_id for job in claim.jobs) == sorted(due)
-                assert handed == [failing]
-                assert _marks(*due) == [False, True, True]
+                assert handed == [woke_group]
+                assert _marks(*due, woke_group, own) == [False, True, True, False, True]
+            else:
+                assert handed == []
     assert sorted(taken) == sorted(nid for ids in due.values() for nid in ids)
-    assert _marks(*due, failing) == [False, False, False, False]
-    assert h.notification(dying).lease_token is None
+    assert _marks(*due, woke_group, own) == [False, False, False, False, True]
+    assert all(h.notification(nid).lease_token is None for nid in dying.values())
 
 
-def test_a_group_claim_waits_for_a_publish_that_marked_the_group(settings, receiver):
+def test_an_endpoint_held_by_another_transaction_is_left_to_the_next_claim(settings,
+                                                                           receiver):
+    """A claim holds its group's row: it never waits for an endpoint (a publish holding
+    one waits for the group's row next), it skips it and passes the wake-up on."""
+    group, [(partner_id, url, endpoint_id)] = _in_one_group(settings, receiver, 1)
+    nid = h.insert_notification(partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id == endpoint_id)
+                        .values(wake_sent_at=utcnow()))
+    _set_group_mark(group, utcnow())
+    with session_scope() as holding:
+        holding.execute(update(Endpoint).where(Endpoint.id == endpoint_id)
+                        .values(last_sequence=Endpoint.last_sequence))
+        with session_scope() as session:
+            claims, _handed = wake_groups.claim_groups(session, [group], settings)
+        claim, more = claims[group]
+        assert claim.jobs == [] and more
+    assert _marks(endpoint_id) == [True] and _group_mark(group) is not None
+    with session_scope() as session:
+        claims, _handed = wake_groups.claim_groups(session, [group], settings)
+    assert [job.notification_id for job in claims[group][0].jobs] == [nid]
+    assert not claims[group][1]
+
+
+def test_a_group_claim_waits_for_a_publish_that_marked_the_group(settings, receiver,
+                                                                  monkeypatch):
     """A publish that marks an endpoint holds its group's row (the statement's UPDATE of
     it) until it commits; the claim's clearing waits for it, then the claim finds the
-    endpoint and takes the notification, though it was made after the claim began."""
+    endpoint and takes the notification, though it was made after the claim began. (The
+    one statement cannot be paused between its UPDATEs: a transaction stands in.)"""
     group, [(partner_id, _url, endpoint_id)] = _in_one_group(settings, receiver, 1)
     _set_group_mark(group, utcnow())  # pending: the claim is that wake-up's
+    # The publish below (in a producer's transaction) sends the endpoint's own wake-up:
+    # kept from the session's worker, which would take the notification first.
+    monkeypatch.setattr(service, "enqueue_wake", lambda *args: True)
     taken: list[tuple[object, bool]] = []
 
     def claim() -> None:
@@ -188,3 +232,29 @@ def test_a_stale_group_mark_is_taken_as_lost(settings, receiver, published_tasks
                         .values(wake_sent_at=None))
     deliverer.publish_event(partner_id, "t", "r1", {})
     assert wake_ups(published_tasks) == [(dispatch.DELIVER_GROUP, group)]
+
+
+def test_publishes_to_one_group_with_workers_are_each_delivered_once(settings, receiver,
+                                                                     worker):
+    """The real path: three producers publish to three endpoints of one group while
+    the session's worker takes the group's wake-ups, its threads claiming at once."""
+    _group, shops = _in_one_group(settings, receiver, 3)
+    published: list[str] = []
+    lock = threading.Lock()
+
+    def produce(partner_id: str) -> None:
+        for i in range(40):
+            nid = deliverer.publish_event(partner_id, "t", f"r{i}", {}).notification_id
+            with lock:
+                published.append(nid)
+
+    producers = [threading.Thread(target=produce, args=(p,)) for p, _u, _e in shops]
+    for producer in producers:
+        producer.start()
+    for producer in producers:
+        producer.join(30)
+    assert len(published) == 120
+    h.wait_until(lambda: all(h.sent(nid) for nid in published), 30,
+                 message="every notification delivered")
+    for k in range(3):
+        assert len(receiver.requests(f"/group{k}")) == 40
