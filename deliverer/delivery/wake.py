@@ -43,6 +43,10 @@ compares with the worker's. From a producer whose clock runs ahead, a notificati
 due yet when its wake-up is taken; the claim hands each such row a message of its own,
 due when it is (``_EARLY``), instead of leaving it to the sweep's lost-message grace.
 
+A single publish to a healthy endpoint wakes the endpoint's group instead
+(``wake_groups.py``), whose claim takes the group's marked endpoints through
+``claim_due_many``, each with a share of a batch (``limits``).
+
 SQLite (the embedded default) keeps a message per notification (``uses_wake_ups``).
 """
 
