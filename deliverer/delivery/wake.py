@@ -170,7 +170,8 @@ _BORROWED = (select(_N.id).where(*_due_first(_WAITING.c.endpoint_id))
 _STEAL = (select(_WAITING.c.endpoint_id, _BORROWED.c.id)
           .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
 CLEAR_MARKS = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
-_SET = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=_NOW)
+_SET = (update(_ENDPOINTS).where(_E.id.in_(_IDS))
+        .values(wake_sent_at=_NOW, wake_by_group=bindparam("by_group")))
 
 
 def uses_wake_ups(settings: Settings) -> bool:
@@ -185,11 +186,12 @@ def wake_stale(settings: Settings, now: datetime) -> datetime | None:
 
 
 def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Settings,
-                   limits: Mapping[int, int] | None = None
+                   limits: Mapping[int, int] | None = None, by_group: bool = False
                    ) -> dict[int, tuple[BatchClaim, bool]]:
     """Take the endpoints' wake-ups: clear their marks, then, for each, lease its due
     first attempts, at most a batch (or ``limits[id]``), and say whether due ones remain
-    (then its mark is set again, and the caller passes its wake-up on after the commit).
+    (then its mark is set again, the group's wake-up's with ``by_group``, and the caller
+    passes its wake-up on after the commit).
     The clearing locks the endpoint rows until the commit: a publish to them waits for
     the claim (a few round trips), which is one commit fewer than a clearing committed
     on its own. Commits nothing."""
@@ -224,7 +226,7 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     claim = claim_many(session, [*endpoint_of, *carrier_of], settings, now)
     endpoint_of.update(carrier_of)
     if remaining:
-        connection.execute(_SET, {"ids": sorted(remaining), "now": now})
+        connection.execute(_SET, {"ids": sorted(remaining), "now": now, "by_group": by_group})
     claims = {endpoint_id: (BatchClaim(token=claim.token), endpoint_id in remaining)
               for endpoint_id in ids}
     for job in claim.jobs:

@@ -29,10 +29,11 @@ An endpoint's mark means a wake-up that takes it is pending: its own or its grou
 Publishes by other paths (bulk, by endpoint id, by URL without the one statement) and
 failing endpoints keep their own wake-ups (a failing endpoint's POSTs must not hold a
 healthy batch's record, as ``wake._steal`` says); a group's claim takes any marked
-endpoint of the group that is not failing. A failing one marked before it was failing
-was marked by a publish that woke the group: it is handed a wake-up of its own (its mark
-cleared, so that a publish sends another rather than trusting one taken); one marked
-since has its own wake-up pending, and is left alone.
+endpoint of the group that is not failing. A failing one whose mark stands for the
+group's wake-up (``endpoints.wake_by_group``: set by the publish or the claim that set
+the mark) is handed a wake-up of its own (its mark cleared, so that a publish sends
+another rather than trusting one taken); one whose mark stands for its own wake-up is
+left to it.
 """
 
 from __future__ import annotations
@@ -80,10 +81,9 @@ _SET = update(_GROUPS).where(_G.id.in_(_IDS)).values(wake_sent_at=_NOW)
 _MARKED_IN = (GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
 # The groups' marked endpoints, the longest-waiting first (ix_endpoints_wake_group),
 # those another transaction holds skipped: a publish locks an endpoint, then its group,
-# which the claim holds. Whether it is failing, and marked before it was: by a publish
-# to a healthy endpoint, which woke the group, not the endpoint.
-_MARKED = (select(_E.id, GROUP, _E.failing_since.is_not(None),
-                  _E.wake_sent_at < _E.failing_since)
+# which the claim holds. Whether it is failing, and whether its mark stands for the
+# group's wake-up (set by a publish to it when healthy, or by a group's claim).
+_MARKED = (select(_E.id, GROUP, _E.failing_since.is_not(None), _E.wake_by_group)
            .where(*_MARKED_IN).order_by(_E.wake_sent_at, _E.id)
            .with_for_update(key_share=True, skip_locked=True))
 # How many are marked per group, locked or not (committed marks: READ COMMITTED).
@@ -143,7 +143,8 @@ def claim_groups(session: Session, group_ids: Sequence[int], settings: Settings
         connection.execute(wake.CLEAR_MARKS, {"ids": sorted(handed)})
     limits = {endpoint_id: max(1, batch_size // len(ids))
               for ids in members.values() for endpoint_id in ids}
-    claims = wake.claim_due_many(session, list(limits), settings, limits) if limits else {}
+    claims = (wake.claim_due_many(session, list(limits), settings, limits, by_group=True)
+              if limits else {})
     out: dict[int, tuple[BatchClaim, bool]] = {}
     for group, ids in members.items():
         merged = BatchClaim(token=claims[ids[0]][0].token if ids else "")

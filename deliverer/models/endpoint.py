@@ -107,6 +107,9 @@ class Endpoint(Base):
     # When the wake-up now pending for the endpoint (its own or its group's) was sent,
     # NULL: none. A publish sends one only when none is (``delivery/wake.py``).
     wake_sent_at: Mapped[datetime | None]
+    # Whose wake-up that is: the group's (``delivery/wake_groups.py``) or the endpoint's
+    # own. Read only while wake_sent_at is set.
+    wake_by_group: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     @property
     def status(self) -> EndpointStatus:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    false,
     null,
     or_,
     select,
@@ -42,12 +43,17 @@ DISABLED = "Endpoint disabled"
 # and sends the wake-up.
 _WAKE_ASKED = bindparam("s_wake", type_=Boolean())
 _NOW = bindparam("s_now", type_=_E.wake_sent_at.type)
-_WAKE = case(
-    (and_(_WAKE_ASKED, _E.disabled_at.is_(None),
-          or_(_E.wake_sent_at.is_(None), _E.wake_sent_at < bindparam("s_stale"))), _NOW),
-    else_=_E.wake_sent_at)
+_NEWLY = and_(_WAKE_ASKED, _E.disabled_at.is_(None),
+              or_(_E.wake_sent_at.is_(None), _E.wake_sent_at < bindparam("s_stale")))
+_WAKE = case((_NEWLY, _NOW), else_=_E.wake_sent_at)
 # A row created by a publish: marked now when ``s_wake`` asks for it.
 _WAKE_NEW = case((_WAKE_ASKED, _NOW), else_=None)
+
+
+def _by_group(value: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Whose wake-up a newly set mark stands for (``wake_by_group``): its group's when
+    ``value`` holds, otherwise the endpoint's own; a mark already set keeps its own."""
+    return case((_NEWLY, value), else_=_E.wake_by_group)
 
 
 @functools.cache
@@ -58,11 +64,11 @@ def _upsert(dialect: str) -> Any:
         insert_(_ENDPOINTS)
         .values(partner_id=bindparam("s_partner_id"), url=bindparam("s_url"),
                 last_sequence=bindparam("s_count"), created_at=_NOW,
-                consecutive_failures=0, wake_sent_at=_WAKE_NEW)
+                consecutive_failures=0, wake_sent_at=_WAKE_NEW, wake_by_group=False)
         .on_conflict_do_update(
             index_elements=["partner_id", "url"],
             set_={"last_sequence": _E.last_sequence + bindparam("s_count"),
-                  "wake_sent_at": _WAKE})
+                  "wake_sent_at": _WAKE, "wake_by_group": _by_group(false())})
         .returning(_E.id, _E.last_sequence, _E.disabled_at, _E.disabled_reason,
                    _E.wake_sent_at)
     )
@@ -101,7 +107,8 @@ def next_sequence(session: Session, partner_id: str, url: str, now: datetime) ->
 _BUMP = (
     update(_ENDPOINTS)
     .where(_E.id.in_(bindparam("s_ids", expanding=True)))
-    .values(last_sequence=_E.last_sequence + bindparam("s_count"), wake_sent_at=_WAKE)
+    .values(last_sequence=_E.last_sequence + bindparam("s_count"), wake_sent_at=_WAKE,
+            wake_by_group=_by_group(false()))
     .returning(_E.id, _E.last_sequence, _E.wake_sent_at)
 )
 
@@ -152,7 +159,8 @@ def reserve_subscribed(partner_id: ColumnElement[str], event_type: ColumnElement
         update(_ENDPOINTS)
         .where(_E.partner_id == partner_id, _E.registered.is_(True),
                subscribed_in_sql(_E.event_types, event_type), when)
-        .values(last_sequence=_E.last_sequence + constant(1), wake_sent_at=_WAKE)
+        .values(last_sequence=_E.last_sequence + constant(1), wake_sent_at=_WAKE,
+                wake_by_group=_by_group(_E.failing_since.is_(None)))
         .returning(_E.public_id, *_TARGET)
     )
 
@@ -166,12 +174,14 @@ def reserve_url(partner_id: ColumnElement[str], url: ColumnElement[str],
         pg_insert(_ENDPOINTS)
         .from_select(
             ["public_id", "partner_id", "url", "last_sequence", "created_at",
-             "consecutive_failures", "registered", "is_default", "draining", "wake_sent_at"],
+             "consecutive_failures", "registered", "is_default", "draining", "wake_sent_at",
+             "wake_by_group"],
             select(public_id, partner_id, url, constant(1), _NOW, constant(0), constant(False),
-                   constant(False), constant(False), _WAKE_NEW).where(when),
+                   constant(False), constant(False), _WAKE_NEW, _WAKE_ASKED).where(when),
             include_defaults=False)
         .on_conflict_do_update(
             index_elements=["partner_id", "url"],
-            set_={"last_sequence": _E.last_sequence + constant(1), "wake_sent_at": _WAKE})
+            set_={"last_sequence": _E.last_sequence + constant(1), "wake_sent_at": _WAKE,
+                  "wake_by_group": _by_group(_E.failing_since.is_(None))})
         .returning(null().cast(String).label("public_id"), *_TARGET)
     )

@@ -77,6 +77,9 @@ def test_the_woken_task_claims_a_batch_and_keeps_the_mark_while_some_remain(
             taken += [job.notification_id for job in claim.jobs]
             assert more is expected_more
             assert (_mark_of(endpoint_id) is not None) is expected_more
+            with session_scope() as session:  # set again for its own wake-up
+                assert session.scalar(select(Endpoint.wake_by_group)
+                                      .where(Endpoint.id == endpoint_id)) is False
     assert sorted(taken) == sorted(due)
     assert h.notification(later).lease_token is None  # not due yet
     assert h.notification(retry).lease_token is None  # a retry: its own message

@@ -56,6 +56,12 @@ def _marks(*endpoint_ids: int) -> list[bool]:
                 is not None for e in endpoint_ids]
 
 
+def _by_group(*endpoint_ids: int) -> list[bool]:
+    with session_scope() as session:
+        return [session.scalar(select(Endpoint.wake_by_group).where(Endpoint.id == e))
+                for e in endpoint_ids]
+
+
 def _group_mark(group: int):  # type: ignore[no-untyped-def]
     with session_scope() as session:
         return session.scalar(select(WakeGroup.wake_sent_at).where(WakeGroup.id == group))
@@ -83,6 +89,7 @@ def test_publishes_to_endpoints_of_one_group_send_one_wake_up(settings, receiver
     # The first publish woke the group; the others found its wake-up pending.
     assert sent == [(group, [shops[0][2]])]
     assert _marks(*(e for _p, _u, e in shops)) == [True, True, True]
+    assert _by_group(*(e for _p, _u, e in shops)) == [True, True, True]
     assert _group_mark(group) is not None
     outcome = wake_groups.deliver_group(group, settings)
     assert outcome.sent == 3
@@ -100,6 +107,7 @@ def test_a_failing_endpoint_keeps_a_wake_up_of_its_own(settings, receiver, publi
                         .values(failing_since=utcnow()))
     deliverer.publish_event(partner_id, "t", "r", {})
     assert wake_ups(published_tasks) == [(dispatch.DELIVER_DUE, endpoint_id)]
+    assert _by_group(endpoint_id) == [False]
 
 
 def test_a_group_claim_shares_a_batch_and_passes_on_while_some_remain(
@@ -109,18 +117,17 @@ def test_a_group_claim_shares_a_batch_and_passes_on_while_some_remain(
     due = {e: [h.insert_notification(p, url, status=NotificationStatus.PENDING,
                                      next_attempt_at=now) for _ in range(n)]
            for (p, url, e), n in zip(shops[:3], (1, 3, 4), strict=True)}
-    # Two failing endpoints: one marked before it failed (by a publish that woke the
-    # group), one since (its own wake-up is pending).
+    # Two failing endpoints: one whose mark stands for the group's wake-up (set when it
+    # was healthy, or by a group's claim: the mark may be later than its failing_since,
+    # a record's clock), one whose mark stands for its own pending wake-up.
     dying = {e: h.insert_notification(p, url, status=NotificationStatus.PENDING,
                                       next_attempt_at=now) for p, url, e in shops[3:]}
     woke_group, own = shops[3][2], shops[4][2]
-    failed_at = now - timedelta(seconds=1)
-    for endpoint_id, marked in ((woke_group, failed_at - timedelta(seconds=1)),
-                                (own, now), *((e, now) for e in due)):
+    for endpoint_id in (*due, woke_group, own):
         with session_scope() as session:
             session.execute(update(Endpoint).where(Endpoint.id == endpoint_id).values(
-                wake_sent_at=marked,
-                failing_since=failed_at if endpoint_id in dying else None))
+                wake_sent_at=now, wake_by_group=endpoint_id != own,
+                failing_since=now - timedelta(seconds=1) if endpoint_id in dying else None))
     taken: list[str] = []
     rounds = 0
     with override_settings(delivery_batch_size=3) as small:
@@ -142,6 +149,9 @@ def test_a_group_claim_shares_a_batch_and_passes_on_while_some_remain(
                 assert sorted(job.endpoint_id for job in claim.jobs) == sorted(due)
                 assert handed == [woke_group]
                 assert _marks(*due, woke_group, own) == [False, True, True, False, True]
+                # Set again for the group's wake-up, passed on: failing next time, they
+                # would be handed off, whatever their clocks.
+                assert _by_group(*list(due)[1:]) == [True, True]
             else:
                 assert handed == []
     assert sorted(taken) == sorted(nid for ids in due.values() for nid in ids)

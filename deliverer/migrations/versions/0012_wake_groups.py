@@ -6,7 +6,8 @@ Create Date: 2026-12-05 22:00:00
 
 A single publish to a healthy endpoint wakes the endpoint's group (one of 64, by id)
 rather than the endpoint (``delivery/wake_groups.py``): ``wake_groups`` says when the
-group's pending wake-up was sent, and a partial index on ``endpoints ((id % 64),
+group's pending wake-up was sent, ``endpoints.wake_by_group`` whose wake-up an endpoint's
+mark stands for (a constant default: no rewrite), and a partial index on ``endpoints ((id % 64),
 wake_sent_at)`` finds the endpoints it is for. The index is built CONCURRENTLY on
 PostgreSQL (as 0011 does), so publishing goes on meanwhile.
 """
@@ -36,6 +37,9 @@ def upgrade() -> None:
         sa.Column("wake_sent_at", _DATETIME, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_wake_groups")),
     )
+    with op.batch_alter_table("endpoints") as batch:
+        batch.add_column(sa.Column("wake_by_group", sa.Boolean(), nullable=False,
+                                   server_default=sa.false()))
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
             op.create_index(NAME, "endpoints", COLUMNS, postgresql_where=PENDING,
@@ -46,4 +50,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index(NAME, table_name="endpoints")
+    with op.batch_alter_table("endpoints") as batch:
+        batch.drop_column("wake_by_group")
     op.drop_table("wake_groups")
