@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import timedelta
 
+import kombu.exceptions
 import pytest
 from sqlalchemy import select, text, update
 
@@ -268,3 +269,27 @@ def test_publishes_to_one_group_with_workers_are_each_delivered_once(settings, r
                  message="every notification delivered")
     for k in range(3):
         assert len(receiver.requests(f"/group{k}")) == 40
+
+
+def test_a_group_wake_up_the_broker_refuses_clears_every_mark_of_the_group(
+        settings, receiver, monkeypatch):
+    """No wake-up is pending then: the group's mark and those of all its marked
+    endpoints (the publish's, and others that relied on the group's wake-up) are
+    cleared, so the next publish sends one; the notification is left to the sweep."""
+    group, shops = _in_one_group(settings, receiver, 2)
+    (partner_id, url, first), (_p, _u, second) = shops
+    nid = h.insert_notification(partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow(), scheduled_for=utcnow())
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id.in_([first, second]))
+                        .values(wake_sent_at=utcnow(), wake_by_group=True))
+    _set_group_mark(group, utcnow())
+
+    def refused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise kombu.exceptions.OperationalError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(dispatch, "_send", refused)
+    assert dispatch.enqueue_group_wake(group, [first], [nid]) is False
+    assert _marks(first, second) == [False, False]
+    assert _group_mark(group) is None
+    assert h.notification(nid).scheduled_for is None
