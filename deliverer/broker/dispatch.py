@@ -119,12 +119,8 @@ def enqueue_wake(endpoint_id: int, notification_ids: Sequence[str] = ()) -> bool
     wake-up again, and ``notification_ids`` (those the wake-up was for) are left to the
     sweep, as ``enqueue_delivery`` leaves its one.
     """
-    args = [endpoint_id]
-    try:
-        _send(DELIVER_DUE, args, **_options(Lane.FIRST, None, argsrepr=repr(args)))
+    if _send_wake(DELIVER_DUE, endpoint_id, f"the first attempts due to endpoint {endpoint_id}"):
         return True
-    except Exception as exc:
-        _log_unsent(exc, f"the first attempts due to endpoint {endpoint_id}")
     _release(list(notification_ids), [endpoint_id])
     return False
 
@@ -135,14 +131,23 @@ def enqueue_group_wake(group_id: int, endpoint_ids: Sequence[int] = (),
     failure the group's mark and those of ``endpoint_ids`` (the endpoints it was sent
     for) are cleared, and ``notification_ids`` left to the sweep, as ``enqueue_wake``
     does."""
-    args = [group_id]
-    try:
-        _send(DELIVER_GROUP, args, **_options(Lane.FIRST, None, argsrepr=repr(args)))
+    if _send_wake(DELIVER_GROUP, group_id,
+                  f"the first attempts due to wake-up group {group_id}"):
         return True
-    except Exception as exc:
-        _log_unsent(exc, f"the first attempts due to wake-up group {group_id}")
     _release(list(notification_ids), list(endpoint_ids), [group_id])
     return False
+
+
+def _send_wake(task: str, target: int, what: str) -> bool:
+    """Send a wake-up of ``target`` (an endpoint or a group); False if the broker
+    refused it (logged)."""
+    args = [target]
+    try:
+        _send(task, args, **_options(Lane.FIRST, None, argsrepr=repr(args)))
+        return True
+    except Exception as exc:
+        _log_unsent(exc, what)
+        return False
 
 
 def release_groups(group_ids: Sequence[int]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from celery import shared_task
@@ -59,18 +60,19 @@ def deliver_many(notification_ids: list[str]) -> int:
              ignore_result=True)
 def deliver_due(endpoint_id: int) -> int:
     """An endpoint's wake-up: attempt its due first attempts, a batch at a time."""
-    settings = get_settings()
-    outcome = wake.deliver_due(endpoint_id, settings)
-    _follow_up(outcome, settings)
-    return outcome.sent
+    return _woken(wake.deliver_due, endpoint_id)
 
 
 @shared_task(name=dispatch.DELIVER_GROUP, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def deliver_group(group_id: int) -> int:
     """A group's wake-up: attempt its endpoints' due first attempts, a batch at a time."""
+    return _woken(wake_groups.deliver_group, group_id)
+
+
+def _woken(deliver: Callable[[int, Settings], batch.BatchOutcome], target: int) -> int:
     settings = get_settings()
-    outcome = wake_groups.deliver_group(group_id, settings)
+    outcome = deliver(target, settings)
     _follow_up(outcome, settings)
     return outcome.sent
 
