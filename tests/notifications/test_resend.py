@@ -104,7 +104,8 @@ def test_a_resend_whose_worker_died_is_sent_again_after_its_lease(
         assert runs == ["FAILURE"]
         row = request_row(request_id)
         assert row.delivery_status == SENDING
-        assert row.lease_expires_at is not None
+        expires = row.lease_expires_at
+        assert expires is not None
         [lost] = resend_posts(receiver, nid)
 
         h.wait_until(lambda: request_row(request_id).delivery_status == NotificationStatus.SENT,
@@ -112,7 +113,9 @@ def test_a_resend_whose_worker_died_is_sent_again_after_its_lease(
                      message="resend SENT again")
     first, second = resend_posts(receiver, nid)
     assert first.at == lost.at
-    assert second.at - first.at >= lease - 0.3  # not while the worker might be alive
+    # Not while the worker might be alive: the lease runs from the claim, which comes
+    # before the first POST by however long a loaded machine takes, so it is the bound.
+    assert second.received_at >= expires
     assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
     assert request_row(request_id).lease_expires_at is None
 
