@@ -9,6 +9,12 @@ publish call; the receiver, a separate Python process, stamps the time its reque
 arrives. Latency = arrival - publish start, for the first arrival of each notification
 (``webhook-id``). Workers: the Procfile's worker line, once per core, started and warmed
 up (a few events per publisher) before the measured run.
+
+The CPU each event cost is reported beside the latencies: the workers' and
+PostgreSQL's (from /proc, from the schedule's start until the last webhook arrived) and
+the publishers' own, divided by the events published. At a steady rate a worker mostly
+finds one event per wake-up, so this is what a lone delivery costs, against the
+throughput benchmark's bursts, where claims and records are shared by many.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from bench.context import PAYLOAD, Ctx, create_partners, log_errors
-from bench.env import BenchError, Proc, wait_until
+from bench.env import BenchError, Proc, cpu_seconds, postgres_pids, tree_pids, wait_until
 from bench.receiver import ReceiverClient
 from bench.report import Result, Row, summary
 
@@ -58,6 +64,7 @@ def _publisher(k: int, parts: int, env: Mapping[str, str], partners: Sequence[st
         warm = [publish(healthy[j % len(healthy)])[0] for j in range(warmup)]
         out.put(("ready", k, warm))
         t0 = start.get(timeout=300)
+        cpu0 = time.process_time()
         records = []
         for i in range(k, count, parts):
             target = t0 + i / rate
@@ -66,7 +73,7 @@ def _publisher(k: int, parts: int, env: Mapping[str, str], partners: Sequence[st
                 time.sleep(delay)
             nid, p, begin, took = publish(i)
             records.append((nid, p, begin, took, max(0.0, begin - target)))
-        out.put(("done", k, records))
+        out.put(("done", k, (records, time.process_time() - cpu0)))
     except BaseException as exc:  # reported to the parent, which raises
         out.put(("error", k, f"{type(exc).__name__}: {exc}"))
 
@@ -113,9 +120,12 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
         t0 = time.time() + 0.5
         for q in starts:
             q.put(t0)
+        servers = [pid for w in workers for pid in tree_pids(w.pid)], postgres_pids()
+        cpu_before = [cpu_seconds(pids) for pids in servers]
         # At least 50 publishes/s even on a loaded machine; the achieved rate is reported.
-        rows = [r for part in take("done", max(duration * 3, count / 50) + 120)
-                for r in part]
+        parts = take("done", max(duration * 3, count / 50) + 120)
+        rows = [r for records, _cpu in parts for r in records]
+        publishers_cpu = sum(cpu for _records, cpu in parts)
     finally:
         for proc in procs:
             proc.join(timeout=10)
@@ -138,9 +148,12 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
 
     missing_note = None
     try:
-        wait_until(arrived, settle, "webhooks to arrive", interval=0.5)
+        wait_until(arrived, settle, "webhooks to arrive", interval=0.1)
     except BenchError as exc:
         missing_note = str(exc)
+    workers_cpu, postgres_cpu = (cpu_seconds(pids) - before
+                                 for pids, before in zip(servers, cpu_before, strict=True))
+    per_event = 1000 / max(1, len(rows))
     latencies: dict[int, list[float]] = {}
     late: list[tuple[str, int, float, float]] = []
     for nid, (p, begin) in sent.items():
@@ -156,6 +169,10 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
             "publish_call_ms": summary([r[3] * 1000 for r in rows]),
             "publishers": f"{PUBLISHERS} processes", "schedule_lag_ms": summary(
                 [r[4] * 1000 for r in rows]),
+            # CPU from the schedule's start until the last webhook arrived, per event.
+            "cpu_ms_per_event": {"workers": workers_cpu * per_event,
+                                 "postgres": postgres_cpu * per_event,
+                                 "publishers": publishers_cpu * per_event},
             "log_errors": log_errors(workers)}
 
 
@@ -202,5 +219,9 @@ def run(ctx: Ctx) -> Result:
         # to the schedule, how late the calls started is left out of them, and shown here.
         Row("publishers' lag behind the schedule p50 at 500/s",
             high["schedule_lag_ms"]["p50"], "ms", note="not in the latencies above"),
+        *(Row(f"CPU per event at {label}", sum(cpu.values()), "ms",
+              note=", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+          for label, cpu in (("100/s", low["cpu_ms_per_event"]),
+                             ("500/s", high["cpu_ms_per_event"]))),
     ]
     return result
