@@ -116,6 +116,7 @@ def test_a_resend_whose_worker_died_is_sent_again_after_its_lease(
     # Not while the worker might be alive: the lease runs from the claim, which comes
     # before the first POST by however long a loaded machine takes, so it is the bound.
     assert second.received_at >= expires
+    assert request_row(request_id).enqueued_at >= expires  # the sweep's hand-over
     assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
     assert request_row(request_id).lease_expires_at is None
 
