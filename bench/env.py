@@ -206,17 +206,26 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / tick
 
 
-def postgres_pids() -> list[int]:
-    """The PostgreSQL server's processes on this machine (the benchmark's database
-    among others: the benchmarks run alone)."""
-    pids = []
+def postgres_cpu_seconds() -> float:
+    """CPU time so far of the PostgreSQL server on this machine (the benchmark's database
+    among others: the benchmarks run alone): its live processes', plus what the
+    postmaster's exited children used (its ``cutime`` + ``cstime``), so that a backend
+    whose connection closed meanwhile (a publisher's, a pool's overflow) still counts.
+    The difference of two readings is the server's CPU between them."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
-                pids.append(int(entry.name))
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-    return pids
+    total = 0
+    for fields in stats.values():
+        total += int(fields[11]) + int(fields[12])
+        if int(fields[1]) not in stats:  # the postmaster: its parent is not the server
+            total += int(fields[13]) + int(fields[14])
+    return total / tick
 
 
 def rss_bytes(pid: int) -> int:

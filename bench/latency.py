@@ -27,7 +27,14 @@ from multiprocessing import get_context
 from typing import Any
 
 from bench.context import PAYLOAD, Ctx, create_partners, log_errors
-from bench.env import BenchError, Proc, cpu_seconds, postgres_pids, tree_pids, wait_until
+from bench.env import (
+    BenchError,
+    Proc,
+    cpu_seconds,
+    postgres_cpu_seconds,
+    tree_pids,
+    wait_until,
+)
 from bench.receiver import ReceiverClient
 from bench.report import Result, Row, summary
 
@@ -120,8 +127,8 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
         t0 = time.time() + 0.5
         for q in starts:
             q.put(t0)
-        servers = [pid for w in workers for pid in tree_pids(w.pid)], postgres_pids()
-        cpu_before = [cpu_seconds(pids) for pids in servers]
+        worker_pids = [pid for w in workers for pid in tree_pids(w.pid)]
+        cpu_before = cpu_seconds(worker_pids), postgres_cpu_seconds()
         # At least 50 publishes/s even on a loaded machine; the achieved rate is reported.
         parts = take("done", max(duration * 3, count / 50) + 120)
         rows = [r for records, _cpu in parts for r in records]
@@ -151,8 +158,8 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
         wait_until(arrived, settle, "webhooks to arrive", interval=0.1)
     except BenchError as exc:
         missing_note = str(exc)
-    workers_cpu, postgres_cpu = (cpu_seconds(pids) - before
-                                 for pids, before in zip(servers, cpu_before, strict=True))
+    workers_cpu = cpu_seconds(worker_pids) - cpu_before[0]
+    postgres_cpu = postgres_cpu_seconds() - cpu_before[1]
     per_event = 1000 / max(1, len(rows))
     latencies: dict[int, list[float]] = {}
     late: list[tuple[str, int, float, float]] = []
