@@ -173,18 +173,22 @@ class Processes:
             self.stop(proc, timeout=10.0)
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 onwards, so
+    index 1 is the parent's pid, 11-12 the process's CPU ticks, 13-14 its reaped
+    children's), or None for a process gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def tree_pids(pid: int) -> list[int]:
     """``pid`` and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        if entry.name.isdigit() and (fields := _stat(entry.name)) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     result, stack = [], [pid]
     while stack:
         current = stack.pop()
@@ -195,15 +199,9 @@ def tree_pids(pid: int) -> list[int]:
 
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU time so far of ``pids`` (those still running), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+    ticks = sum(int(fields[11]) + int(fields[12])
+                for fields in map(_stat, pids) if fields is not None)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu_seconds() -> float:
@@ -212,20 +210,15 @@ def postgres_cpu_seconds() -> float:
     postmaster's exited children used (its ``cutime`` + ``cstime``), so that a backend
     whose connection closed meanwhile (a publisher's, a pool's overflow) still counts.
     The difference of two readings is the server's CPU between them."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, list[str]] = {}
+    server: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
-                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-    total = 0
-    for fields in stats.values():
-        total += int(fields[11]) + int(fields[12])
-        if int(fields[1]) not in stats:  # the postmaster: its parent is not the server
-            total += int(fields[13]) + int(fields[14])
-    return total / tick
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres" \
+                    and (fields := _stat(entry.name)) is not None:
+                server[int(entry.name)] = fields
+    reaped = sum(int(fields[13]) + int(fields[14]) for fields in server.values()
+                 if int(fields[1]) not in server)  # the postmaster: no server parent
+    return cpu_seconds(list(server)) + reaped / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:

@@ -45,9 +45,17 @@ def _probe_table(create: bool) -> None:
                               "reference text NOT NULL, payload text NOT NULL)"))
 
 
-def side_by_side(settings: Any, partners: Sequence[str], n: int) -> dict[str, Any]:
+def _bare_write(engine: Any, reference: str, body: str) -> None:
+    """The reference: one bare INSERT + COMMIT of a row the size of an event's."""
     from sqlalchemy import text
 
+    with engine.connect() as conn:
+        conn.execute(text(f"INSERT INTO {PROBE_TABLE} (reference, payload) VALUES (:r, :p)"),
+                     {"r": reference, "p": body})
+        conn.commit()
+
+
+def side_by_side(settings: Any, partners: Sequence[str], n: int) -> dict[str, Any]:
     import deliverer
     from deliverer.db import get_database
 
@@ -62,10 +70,7 @@ def side_by_side(settings: Any, partners: Sequence[str], n: int) -> dict[str, An
                                 spec["reference"], spec["payload"])
         publish_ms.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
-        with engine.connect() as conn:
-            conn.execute(text(f"INSERT INTO {PROBE_TABLE} (reference, payload) "
-                              "VALUES (:r, :p)"), {"r": spec["reference"], "p": body})
-            conn.commit()
+        _bare_write(engine, spec["reference"], body)
         insert_ms.append((time.perf_counter() - t0) * 1000)
     return {"publish_ms": summary(publish_ms), "insert_commit_ms": summary(insert_ms)}
 
@@ -77,8 +82,6 @@ def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, coun
     import os
 
     os.environ.update(env)
-    from sqlalchemy import text
-
     import deliverer
     from deliverer.celery_app import make_celery
     from deliverer.db import get_database
@@ -86,14 +89,11 @@ def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, coun
     make_celery().set_default()
     engine = get_database().engine
     body = json.dumps(PAYLOAD)
-    insert = text(f"INSERT INTO {PROBE_TABLE} (reference, payload) VALUES (:r, :p)")
 
     def one(i: int) -> None:
         spec = event_spec(i)
         if not partners:
-            with engine.connect() as conn:
-                conn.execute(insert, {"r": spec["reference"], "p": body})
-                conn.commit()
+            _bare_write(engine, spec["reference"], body)
             return
         deliverer.publish_event(partners[i % len(partners)], spec["type"], spec["reference"],
                                 spec["payload"])
