@@ -183,7 +183,8 @@ def steady_publish(env: Mapping[str, str], partners: Sequence[str], rate: float,
             "log_errors": log_errors(workers)}
 
 
-def _measure(ctx: Ctx, rate: float, duration: float) -> dict[str, Any]:
+def _measure(ctx: Ctx, rate: float, duration: float, profile: bool = False
+             ) -> dict[str, Any]:
     env = ctx.env
     env.reset()
     denv = ctx.deliverer_env()
@@ -192,11 +193,22 @@ def _measure(ctx: Ctx, rate: float, duration: float) -> dict[str, Any]:
     partners = [p for p, _ in create_partners(
         settings, [receiver.url(f"/ok/{p}/hook") for p in range(PARTNERS)])]
     workers = ctx.start_workers(denv)
+    recorder = None
+    if profile:  # where a lone delivery's CPU goes, in the first worker
+        from bench.profiling import Recorder
+
+        recorder = Recorder(workers[0].pid, ctx.results_dir, "profile-latency-worker")
     try:
         out = steady_publish(denv, partners, rate, duration, receiver, workers)
     finally:
+        if recorder is not None:
+            recorder.stop()
         ctx.stop(workers)
         receiver.stop()
+    if recorder is not None:
+        from bench.profiling import report
+
+        out["profile"] = report(recorder)
     values = [v for vs in out.pop("latencies_by_partner").values() for v in vs]
     out.pop("late")
     return {"rate": rate, "duration_s": duration, "latency_ms": summary(values), **out}
@@ -204,7 +216,7 @@ def _measure(ctx: Ctx, rate: float, duration: float) -> dict[str, Any]:
 
 def run(ctx: Ctx) -> Result:
     duration = float(ctx.size(30, 1))
-    low = _measure(ctx, RATE, duration)
+    low = _measure(ctx, RATE, duration, profile=ctx.profile)
     high = _measure(ctx, HIGH_RATE, duration / 3)  # 5,000 events in a full run
     stats, fast = low["latency_ms"], high["latency_ms"]
     result = Result(NAME, TITLE)

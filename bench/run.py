@@ -103,8 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"run only these ({', '.join(BENCHMARKS)}); repeat or "
                              "comma-separate")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy on a worker during the throughput benchmark and on "
-                             "gunicorn during the API one; writes bench/results/profile-*")
+                        help="py-spy on a worker during the throughput benchmark and the "
+                             "latency one at 100/s, and on gunicorn during the API one; "
+                             "writes bench/results/profile-*")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="where to write the JSON results (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2,
