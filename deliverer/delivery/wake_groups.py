@@ -83,11 +83,18 @@ _MARKED_IN = (GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
 # those another transaction holds skipped: a publish locks an endpoint, then its group,
 # which the claim holds. Whether it is failing, and whether its mark stands for the
 # group's wake-up (set by a publish to it when healthy, or by a group's claim).
-_MARKED = (select(_E.id, GROUP, _E.failing_since.is_not(None), _E.wake_by_group)
-           .where(*_MARKED_IN).order_by(_E.wake_sent_at, _E.id)
-           .with_for_update(key_share=True, skip_locked=True))
-# How many are marked per group, locked or not (committed marks: READ COMMITTED).
-_COUNTED = select(GROUP, func.count()).where(*_MARKED_IN).group_by(GROUP)
+_LOCKED_MARKED = (select(_E.id, GROUP.label("grp"), _E.failing_since.is_not(None).label(
+    "failing"), _E.wake_by_group, _E.wake_sent_at)
+    .where(*_MARKED_IN).with_for_update(key_share=True, skip_locked=True).cte("marked"))
+# How many each group has marked, locked or not, in the same snapshot: more than were
+# taken means some were skipped. Each group once, with its endpoints taken (none: NULLs).
+_COUNTED = (select(GROUP.label("grp"), func.count().label("marked")).where(*_MARKED_IN)
+            .group_by(GROUP).cte("counted"))
+_MARKED = (select(_COUNTED.c.grp, _COUNTED.c.marked, _LOCKED_MARKED.c.id,
+                  _LOCKED_MARKED.c.failing, _LOCKED_MARKED.c.wake_by_group)
+           .select_from(_COUNTED.outerjoin(_LOCKED_MARKED,
+                                           _LOCKED_MARKED.c.grp == _COUNTED.c.grp))
+           .order_by(_LOCKED_MARKED.c.wake_sent_at, _LOCKED_MARKED.c.id))
 
 
 def group_of(endpoint_id: int) -> int:
@@ -127,8 +134,12 @@ def claim_groups(session: Session, group_ids: Sequence[int], settings: Settings
     more: set[int] = set()
     handed: list[int] = []
     seen: Counter[int] = Counter()
-    for endpoint_id, group, failing, woke_group in connection.execute(
+    counted: dict[int, int] = {}
+    for group, marked, endpoint_id, failing, woke_group in connection.execute(
             _MARKED, {"groups": groups}):
+        counted[group] = marked
+        if endpoint_id is None:
+            continue  # every marked endpoint of the group held by another transaction
         seen[group] += 1
         if failing:
             if woke_group:
@@ -137,8 +148,8 @@ def claim_groups(session: Session, group_ids: Sequence[int], settings: Settings
             members[group].append(endpoint_id)
         else:
             more.add(group)  # left marked for the next claim
-    more.update(group for group, marked in connection.execute(_COUNTED, {"groups": groups})
-                if marked > seen[group])  # held by another transaction: skipped
+    # Held by another transaction: skipped, left marked for the next claim.
+    more.update(group for group, marked in counted.items() if marked > seen[group])
     if handed:
         connection.execute(wake.CLEAR_MARKS, {"ids": sorted(handed)})
     limits = {endpoint_id: max(1, batch_size // len(ids))
