@@ -27,16 +27,17 @@ outbox's, marked as enqueued at their publish, so the sweep's lost-message grace
 them over as before.
 
 Behind a backlog, a batch is filled from other endpoints too: a wake-up whose own
-endpoint has fewer due than a batch also leases the due first attempts of endpoints whose
-wake-ups have waited in the broker for ``BACKLOG_AGE`` (``_steal``). A burst spread over
-many merchants (a thousand endpoints with a few notifications each) is so delivered in
-full batches by the first wake-ups taken; the later ones find their endpoints' rows
-already leased or sent, and cost a claim each. Their marks are left alone, so the
+endpoint has fewer due than a batch, and whose own rows waited for ``BACKLOG_AGE`` (or
+that found none), also leases the due first attempts of endpoints whose wake-ups have
+waited in the broker that long (``_steal``). A burst spread over many merchants (a
+thousand endpoints with a few notifications each) is so delivered in full batches by the
+first wake-ups taken; the later ones find their endpoints' rows already leased or sent,
+and cost a claim each. Their marks are left alone, so the
 argument above is untouched: each endpoint's own wake-up still comes, and claims whatever
 is still due. Without a backlog (wake-ups taken within milliseconds), nothing is borrowed
-and a lone publish is still a batch of one. Failing, disabled and deleted endpoints are
-not borrowed from: their own wake-ups deal with them, so a slow endpoint's POSTs never
-hold a healthy batch's record.
+and a lone publish is still a batch of one, claimed without the borrowing's statement.
+Failing, disabled and deleted endpoints are not borrowed from: their own wake-ups deal
+with them, so a slow endpoint's POSTs never hold a healthy batch's record.
 
 Clocks: a publish makes its first attempt due at the publisher's clock, the claim
 compares with the worker's. From a producer whose clock runs ahead, a notification is not
@@ -115,7 +116,7 @@ _WOKEN = (func.unnest(bindparam("w_ids", type_=ARRAY(BigInteger())),
                       bindparam("w_limits", type_=ARRAY(Integer())))
           .table_valued("endpoint_id", "lim").render_derived("woken"))
 # Per endpoint, in the order of ix (endpoint_id, status, next_attempt_at): an index range.
-_PICKED = (select(_N.id).where(*_due_first(_WOKEN.c.endpoint_id))
+_PICKED = (select(_N.id, _N.next_attempt_at).where(*_due_first(_WOKEN.c.endpoint_id))
            .order_by(_N.next_attempt_at).limit(_WOKEN.c.lim)
            .with_for_update(skip_locked=True).lateral("picked"))
 # How many are due (up to one more than were to be taken), read without locks in the
@@ -146,7 +147,8 @@ _EARLY = case((_DUE.c.due == 0,
                exists(select(_N.id).where(*_early(_N.endpoint_id == _WOKEN.c.endpoint_id))
                       .correlate(_WOKEN))),
               else_=false())
-_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _DUE.c.due, _EARLY.label("early"))
+_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _PICKED.c.next_attempt_at, _DUE.c.due,
+                _EARLY.label("early"))
          .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
 # Each such row is handed its own message, due when it is (the task's NOT_DUE follow-up),
 # and marked as enqueued now, so that the next wake-up does not send it another.
@@ -208,7 +210,8 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
     early: set[int] = set()
-    for endpoint_id, nid, count, has_early in connection.execute(_PICK, {
+    oldest: datetime | None = None
+    for endpoint_id, nid, due_at, count, has_early in connection.execute(_PICK, {
             "w_ids": ids, "w_limits": [limit_of[i] for i in ids], "now": now,
             "early_by": early_by}):
         if has_early:
@@ -216,13 +219,17 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
         due[endpoint_id] = count
         if nid is not None:
             endpoint_of[nid] = endpoint_id
+            oldest = due_at if oldest is None else min(oldest, due_at)
     picked = Counter(endpoint_of.values())
     remaining = {endpoint_id for endpoint_id, count in due.items()
                  if count > picked[endpoint_id]}
-    # Each wake-up whose endpoint is drained carries borrowed rows up to its limit.
+    # Each wake-up whose endpoint is drained carries borrowed rows up to its limit, behind
+    # a backlog: when its own rows waited too (or it found none). At a steady rate a
+    # lone row, due milliseconds ago, skips the statement.
+    backlog = oldest is None or oldest <= now - BACKLOG_AGE
     spare = {endpoint_id: limit_of[endpoint_id] - picked[endpoint_id] for endpoint_id in ids
              if endpoint_id not in remaining and picked[endpoint_id] < limit_of[endpoint_id]}
-    carrier_of = _steal(connection, ids, spare, now)
+    carrier_of = _steal(connection, ids, spare, now) if backlog and spare else {}
     claim = claim_many(session, [*endpoint_of, *carrier_of], settings, now)
     endpoint_of.update(carrier_of)
     if remaining:

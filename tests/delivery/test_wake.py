@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -155,11 +155,12 @@ def test_no_publish_is_left_without_a_wake_up_by_a_concurrent_claim(settings, re
     assert len(receiver.requests("/race")) == 60
 
 
-def _endpoint_with_due(settings, receiver, path: str, count: int):  # type: ignore[no-untyped-def]
+def _endpoint_with_due(settings, receiver, path: str, count: int,  # type: ignore[no-untyped-def]
+                       due: datetime | None = None):
     url = receiver.url(path)
     shop = h.new_partner(settings, url)
     ids = [h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
-                                 next_attempt_at=utcnow()) for _ in range(count)]
+                                 next_attempt_at=due or utcnow()) for _ in range(count)]
     return h.notification(ids[0]).endpoint_id, ids
 
 
@@ -167,12 +168,13 @@ def test_behind_a_backlog_a_batch_is_filled_from_endpoints_whose_wake_ups_wait(
         settings, receiver, override_settings, monkeypatch):
     # A backlog age no pause of a loaded machine reaches: "recent" stays recent.
     monkeypatch.setattr(wake, "BACKLOG_AGE", timedelta(minutes=10))
-    woken, own = _endpoint_with_due(settings, receiver, "/own", 2)
+    now = utcnow()
+    old = now - wake.BACKLOG_AGE - timedelta(seconds=1)
+    # Its own rows waited behind the backlog too.
+    woken, own = _endpoint_with_due(settings, receiver, "/own", 2, due=old)
     waiting, theirs = _endpoint_with_due(settings, receiver, "/waiting", 3)
     recent, fresh = _endpoint_with_due(settings, receiver, "/recent", 3)
     failing, dying = _endpoint_with_due(settings, receiver, "/failing", 3)
-    now = utcnow()
-    old = now - wake.BACKLOG_AGE - timedelta(seconds=1)
     for endpoint_id, sent_at in ((waiting, old), (recent, now), (failing, old)):
         _mark(endpoint_id, sent_at)
     with session_scope() as session:
@@ -204,6 +206,23 @@ def test_nothing_is_borrowed_without_a_backlog(settings, receiver, monkeypatch):
     with session_scope() as session:
         claim, _ = wake.claim_due(session, woken, settings)
     assert [job.notification_id for job in claim.jobs] == own
+
+
+def test_a_wake_up_whose_own_rows_did_not_wait_borrows_nothing(settings, receiver,
+                                                               monkeypatch):
+    # At a steady rate a lone row is claimed milliseconds after its publish: no backlog,
+    # whatever other endpoints wait for (their own wake-ups come), and no statement spent
+    # looking for one.
+    monkeypatch.setattr(wake, "BACKLOG_AGE", timedelta(minutes=10))
+    woken, own = _endpoint_with_due(settings, receiver, "/own", 1)
+    waiting, _theirs = _endpoint_with_due(settings, receiver, "/waiting", 2)
+    _mark(waiting, utcnow() - wake.BACKLOG_AGE - timedelta(seconds=1))
+    called: list[object] = []
+    monkeypatch.setattr(wake, "_steal", lambda *args: called.append(args) or {})
+    with session_scope() as session:
+        claim, _ = wake.claim_due(session, woken, settings)
+    assert [job.notification_id for job in claim.jobs] == own
+    assert called == []
 
 
 def test_no_publish_is_lost_or_sent_twice_when_wake_ups_borrow(settings, receiver,
