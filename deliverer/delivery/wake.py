@@ -172,6 +172,10 @@ _BORROWED = (select(_N.id).where(*_due_first(_WAITING.c.endpoint_id))
 _STEAL = (select(_WAITING.c.endpoint_id, _BORROWED.c.id)
           .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
 CLEAR_MARKS = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
+# For a group's claim, which holds the endpoints' rows already (``wake_groups._MARKED``):
+# a publish to them committed before that lock, so the clearing, no longer the step that
+# orders them, can go into the pick's statement (a round trip fewer).
+_CLEAR_AND_PICK = _PICK.add_cte(CLEAR_MARKS.cte("cleared"))
 _SET = (update(_ENDPOINTS).where(_E.id.in_(_IDS))
         .values(wake_sent_at=_NOW, wake_by_group=bindparam("by_group")))
 
@@ -193,7 +197,8 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     """Take the endpoints' wake-ups: clear their marks, then, for each, lease its due
     first attempts, at most a batch (or ``limits[id]``), and say whether due ones remain
     (then its mark is set again, the group's wake-up's with ``by_group``, and the caller
-    passes its wake-up on after the commit).
+    passes its wake-up on after the commit). ``by_group``: a group's claim, which holds
+    the endpoints' rows already.
     The clearing locks the endpoint rows until the commit: a publish to them waits for
     the claim (a few round trips), which is one commit fewer than a clearing committed
     on its own. Commits nothing."""
@@ -202,18 +207,21 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     limit_of = {endpoint_id: max(1, (limits or {}).get(endpoint_id, batch_size))
                 for endpoint_id in ids}
     connection = session.connection()
-    connection.execute(CLEAR_MARKS, {"ids": ids})  # first: see the module's docstring
-    # Read after the clearing, which waited for any publish holding these rows, so that
-    # what such a publish made is due by this clock: taken, or counted as remaining.
+    if not by_group:
+        connection.execute(CLEAR_MARKS, {"ids": ids})  # first: see the module's docstring
+    # Read after the rows were locked (the clearing waited for any publish holding them),
+    # so that what such a publish made is due by this clock: taken, or counted as
+    # remaining.
     now = utcnow()
     early_by = now + CLOCK_SKEW
     endpoint_of: dict[str, int] = {}
     due: dict[int, int] = {}
     early: set[int] = set()
     oldest: datetime | None = None
-    for endpoint_id, nid, due_at, count, has_early in connection.execute(_PICK, {
-            "w_ids": ids, "w_limits": [limit_of[i] for i in ids], "now": now,
-            "early_by": early_by}):
+    for endpoint_id, nid, due_at, count, has_early in connection.execute(
+            _CLEAR_AND_PICK if by_group else _PICK, {
+                "ids": ids, "w_ids": ids, "w_limits": [limit_of[i] for i in ids], "now": now,
+                "early_by": early_by}):
         if has_early:
             early.add(endpoint_id)
         due[endpoint_id] = count
