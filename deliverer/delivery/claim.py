@@ -121,7 +121,8 @@ def _jobs_of(rows: Any) -> Select[Any]:
 
 _JOBS = _jobs_of(_NOTIFICATIONS).where(_N.id.in_(_IDS))
 # PostgreSQL: the lease and the load in one statement (a round trip fewer per claim).
-# Its joins read the endpoints and settings as the statement began, the lease's moment.
+# Its joins read the endpoints and settings as the statement began (just before the
+# pick's locks), not a moment after the lease as a second statement would.
 _LEASE_JOBS = _jobs_of(_LEASING.returning(
     _N.id, _N.url, _N.lane, _N.endpoint_id, _N.event_id, _N.partner_id).cte("leased"))
 

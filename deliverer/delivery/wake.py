@@ -27,17 +27,19 @@ outbox's, marked as enqueued at their publish, so the sweep's lost-message grace
 them over as before.
 
 Behind a backlog, a batch is filled from other endpoints too: a wake-up whose own
-endpoint has fewer due than a batch, and whose own rows waited for ``BACKLOG_AGE`` (or
-that found none), also leases the due first attempts of endpoints whose wake-ups have
-waited in the broker that long (``_steal``). A burst spread over many merchants (a
-thousand endpoints with a few notifications each) is so delivered in full batches by the
-first wake-ups taken; the later ones find their endpoints' rows already leased or sent,
-and cost a claim each. Their marks are left alone, so the
-argument above is untouched: each endpoint's own wake-up still comes, and claims whatever
-is still due. Without a backlog (wake-ups taken within milliseconds), nothing is borrowed
-and a lone publish is still a batch of one, claimed without the borrowing's statement.
-Failing, disabled and deleted endpoints are not borrowed from: their own wake-ups deal
-with them, so a slow endpoint's POSTs never hold a healthy batch's record.
+endpoint has fewer due than a batch, and whose claim's oldest row waited for
+``BACKLOG_AGE`` (or that found none), also leases the due first attempts of endpoints
+whose wake-ups have waited in the broker that long (``_steal``). A burst spread over
+many merchants (a thousand endpoints with a few notifications each) is so delivered in
+full batches by the first wake-ups taken; the later ones find their endpoints' rows
+already leased or sent, and cost a claim each. Their marks are left alone, so the
+argument above is untouched: each endpoint's own wake-up still comes, and claims
+whatever is still due. Without a backlog (wake-ups taken within milliseconds), nothing
+is borrowed and a lone publish is still a batch of one, claimed without the borrowing's
+statement (so the rows of a wake-up lost with a killed worker wait, at a steady rate,
+for the next publish after ``WAKE_TTL`` or the sweep's grace, not for the next claim
+with room). Failing, disabled and deleted endpoints are not borrowed from: their own
+wake-ups deal with them, so a slow endpoint's POSTs never hold a healthy batch's record.
 
 Clocks: a publish makes its first attempt due at the publisher's clock, the claim
 compares with the worker's. From a producer whose clock runs ahead, a notification is not
@@ -197,11 +199,12 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     """Take the endpoints' wake-ups: clear their marks, then, for each, lease its due
     first attempts, at most a batch (or ``limits[id]``), and say whether due ones remain
     (then its mark is set again, the group's wake-up's with ``by_group``, and the caller
-    passes its wake-up on after the commit). ``by_group``: a group's claim, which holds
-    the endpoints' rows already.
+    passes its wake-up on after the commit).
     The clearing locks the endpoint rows until the commit: a publish to them waits for
     the claim (a few round trips), which is one commit fewer than a clearing committed
-    on its own. Commits nothing."""
+    on its own. With ``by_group`` (a group's claim), the rows are locked already, by the
+    group's ``_MARKED``, which skipped those other transactions held: the clearing goes
+    into the pick's statement. Commits nothing."""
     ids = sorted(set(endpoint_ids))
     batch_size = max(1, settings.delivery_batch_size)
     limit_of = {endpoint_id: max(1, (limits or {}).get(endpoint_id, batch_size))
@@ -209,9 +212,9 @@ def claim_due_many(session: Session, endpoint_ids: Sequence[int], settings: Sett
     connection = session.connection()
     if not by_group:
         connection.execute(CLEAR_MARKS, {"ids": ids})  # first: see the module's docstring
-    # Read after the rows were locked (the clearing waited for any publish holding them),
-    # so that what such a publish made is due by this clock: taken, or counted as
-    # remaining.
+    # Read after the rows were locked (by the clearing, which waited for any publish
+    # holding them, or by the group's claim), so that what such a publish made is due by
+    # this clock: taken, or counted as remaining.
     now = utcnow()
     early_by = now + CLOCK_SKEW
     endpoint_of: dict[str, int] = {}

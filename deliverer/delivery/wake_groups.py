@@ -19,11 +19,13 @@ claim's first statement: one that came first had committed before the clearing c
 lock the row, so the claim's next statements (READ COMMITTED) see its endpoint; one
 that came after waited for the claim's commit and found the group's mark cleared (it
 sent a new wake-up) or set again (passed on after that commit). A publish that found its
-endpoint's mark already set relies on the endpoint's argument (``wake.py``): the claim
-clears the endpoint's mark before it reads the rows. Publishes lock an endpoint, then
-its group, which the claim holds; so the claim takes its endpoints with SKIP LOCKED, never
-waiting for one: an endpoint held by another transaction is left marked, and the group's
-wake-up passed on to take it.
+endpoint's mark already set relies on the endpoint's argument (``wake.py``), with the
+claim's lock of the endpoint (``_MARKED``) in the clearing's place: a publish to it
+committed before that lock, so the next statement, which clears the mark and reads the
+rows, sees what it made; a later one waits for the claim's commit. Publishes lock an
+endpoint, then its group, which the claim holds; so the claim takes its endpoints with
+SKIP LOCKED, never waiting for one: an endpoint held by another transaction is left
+marked, and the group's wake-up passed on to take it.
 
 An endpoint's mark means a wake-up that takes it is pending: its own or its group's.
 Publishes by other paths (bulk, by endpoint id, by URL without the one statement) and

@@ -200,7 +200,10 @@ def test_behind_a_backlog_a_batch_is_filled_from_endpoints_whose_wake_ups_wait(
 
 def test_nothing_is_borrowed_without_a_backlog(settings, receiver, monkeypatch):
     monkeypatch.setattr(wake, "BACKLOG_AGE", timedelta(minutes=10))
-    woken, own = _endpoint_with_due(settings, receiver, "/own", 1)
+    # Its own row waited (so it looks): what decides is the other endpoint's wait.
+    woken, own = _endpoint_with_due(
+        settings, receiver, "/own", 1,
+        due=utcnow() - wake.BACKLOG_AGE - timedelta(seconds=1))
     waiting, _theirs = _endpoint_with_due(settings, receiver, "/waiting", 2)
     _mark(waiting, utcnow())  # sent a moment ago: taken in milliseconds on an idle worker
     with session_scope() as session:
