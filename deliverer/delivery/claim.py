@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, select, update
+from sqlalchemy import FromClause, Select, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -99,7 +99,7 @@ _LEASING = (
 _LEASE = _LEASING.returning(_N.id)
 
 
-def _jobs_of(rows: Any) -> Select[Any]:
+def _jobs_of(rows: FromClause) -> Select[Any]:
     """What the POSTs of ``rows`` (notifications, or the lease's RETURNING) need."""
     return (
         select(rows.c.id, rows.c.url, rows.c.lane, rows.c.endpoint_id, Event.body,

@@ -85,9 +85,11 @@ _MARKED_IN = (GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
 # those another transaction holds skipped: a publish locks an endpoint, then its group,
 # which the claim holds. Whether it is failing, and whether its mark stands for the
 # group's wake-up (set by a publish to it when healthy, or by a group's claim).
-_LOCKED_MARKED = (select(_E.id, GROUP.label("grp"), _E.failing_since.is_not(None).label(
-    "failing"), _E.wake_by_group, _E.wake_sent_at)
-    .where(*_MARKED_IN).with_for_update(key_share=True, skip_locked=True).cte("marked"))
+_LOCKED_MARKED = (select(_E.id, GROUP.label("grp"),
+                         _E.failing_since.is_not(None).label("failing"),
+                         _E.wake_by_group, _E.wake_sent_at)
+                  .where(*_MARKED_IN).with_for_update(key_share=True, skip_locked=True)
+                  .cte("marked"))
 # How many each group has marked, locked or not, in the same snapshot: more than were
 # taken means some were skipped. Each group once, with its endpoints taken (none: NULLs).
 _COUNTED = (select(GROUP.label("grp"), func.count().label("marked")).where(*_MARKED_IN)
