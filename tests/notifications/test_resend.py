@@ -62,8 +62,10 @@ def test_a_resend_whose_message_was_lost_is_sent_after_the_grace(
         down = make_celery(s.with_overrides(broker_url=UNREACHABLE_BROKER))
         try:
             with current_celery_app(down):
-                request_id = ask_resend(s, partner, "TXN-1")  # accepted, message lost
+                # Taken before the request: its row is marked enqueued at its commit, and
+                # the failed broker publish after it may take long on a loaded machine.
                 asked = time.monotonic()
+                request_id = ask_resend(s, partner, "TXN-1")  # accepted, message lost
         finally:
             celery_app.set_current()
             celery_app.set_default()
