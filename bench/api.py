@@ -59,6 +59,7 @@ from bench import api_floor
 from bench.api_open import open_loop, request_once
 from bench.context import Ctx, create_partners, log_errors
 from bench.env import BenchError, free_port, wait_until
+from bench.profiling import profiled
 from bench.report import Result, Row, percentile
 
 NAME = "api"
@@ -256,7 +257,7 @@ def run(ctx: Ctx) -> Result:
             return done
         return python_run(port, seconds, mode, run_pairs)
 
-    recorder = None
+    profile: dict[str, Any] = {}
     healthz: list[dict[str, Any]] = []
     retries: list[dict[str, Any]] = []
     web, base, port = _start_web(ctx, "web")
@@ -268,17 +269,11 @@ def run(ctx: Ctx) -> Result:
         for i, (run_items, run_pairs) in enumerate(zip(items, pairs, strict=True)):
             healthz.append(measure(base, port, "get", None, [], duration, tag=f"-{i}"))
             # --profile records the first retry run only.
-            profiled = ctx.profile and i == 0
-            if profiled:
-                from bench.profiling import Recorder
-
-                recorder = Recorder(web.pid, ctx.results_dir, "profile-api-web")
-            try:
+            with profiled(ctx.profile and i == 0, web.pid, ctx.results_dir,
+                          "profile-api-web") as found:
                 retries.append(measure(base, port, "retry", run_items, run_pairs, duration,
                                        tag=f"-{i}"))
-            finally:
-                if profiled and recorder is not None:
-                    recorder.stop()
+            profile.update(found)
         offered = open_loop(port, open_pairs, OPEN_RATE, duration)
     finally:
         env.procs.stop(web)
@@ -323,10 +318,8 @@ def run(ctx: Ctx) -> Result:
         "server": "gunicorn, Procfile web line (2 workers x 25 threads)",
         "log_errors": log_errors(logs),
     }
-    if recorder is not None:
-        from bench.profiling import report
-
-        result.details["profile"] = report(recorder)
+    if profile:
+        result.details["profile"] = profile
     result.checks = {
         "every accepted retry left its notification PENDING": accepted == queued,
         "only 200/409/429 answers": all_statuses <= {"200", "409", "429"},

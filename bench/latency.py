@@ -35,6 +35,7 @@ from bench.env import (
     tree_pids,
     wait_until,
 )
+from bench.profiling import profiled
 from bench.receiver import ReceiverClient
 from bench.report import Result, Row, summary
 
@@ -193,22 +194,16 @@ def _measure(ctx: Ctx, rate: float, duration: float, profile: bool = False
     partners = [p for p, _ in create_partners(
         settings, [receiver.url(f"/ok/{p}/hook") for p in range(PARTNERS)])]
     workers = ctx.start_workers(denv)
-    recorder = None
-    if profile:  # where a lone delivery's CPU goes, in the first worker
-        from bench.profiling import Recorder
-
-        recorder = Recorder(workers[0].pid, ctx.results_dir, "profile-latency-worker")
     try:
-        out = steady_publish(denv, partners, rate, duration, receiver, workers)
+        # Where a lone delivery's CPU goes, in the first worker.
+        with profiled(profile, workers[0].pid, ctx.results_dir,
+                      "profile-latency-worker") as found:
+            out = steady_publish(denv, partners, rate, duration, receiver, workers)
     finally:
-        if recorder is not None:
-            recorder.stop()
         ctx.stop(workers)
         receiver.stop()
-    if recorder is not None:
-        from bench.profiling import report
-
-        out["profile"] = report(recorder)
+    if found:
+        out["profile"] = found
     values = [v for vs in out.pop("latencies_by_partner").values() for v in vs]
     out.pop("late")
     return {"rate": rate, "duration_s": duration, "latency_ms": summary(values), **out}

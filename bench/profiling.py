@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,20 @@ def report(recorder: Recorder) -> dict[str, Any]:
             "all_threads_collapsed": str(recorder.wall),
             "gil_summary": summarise(recorder.collapsed),
             "all_threads_summary": summarise(recorder.wall)}
+
+
+@contextlib.contextmanager
+def profiled(enabled: bool, pid: int, out_dir: Path, stem: str
+             ) -> Iterator[dict[str, Any]]:
+    """py-spy on ``pid`` for the ``with`` block when ``enabled``: the dict it yields is
+    filled with ``report`` once the block ends without an error (empty otherwise)."""
+    found: dict[str, Any] = {}
+    if not enabled:
+        yield found
+        return
+    recorder = Recorder(pid, out_dir, stem)
+    try:
+        yield found
+    finally:
+        recorder.stop()
+    found.update(report(recorder))

@@ -34,8 +34,17 @@ from statistics import fmean
 from typing import Any
 
 from bench import plain_celery
-from bench.context import PAYLOAD, Ctx, bulk_publish, create_partners, event_spec, log_errors
+from bench.context import (
+    PAYLOAD,
+    Ctx,
+    bulk_publish,
+    create_partners,
+    event_spec,
+    log_errors,
+    wait_ready,
+)
 from bench.env import BenchError, wait_until
+from bench.profiling import profiled
 from bench.report import Result, Row
 
 NAME = "throughput"
@@ -185,31 +194,30 @@ def deliverer_run(ctx: Ctx, n: int, partner_count: int, workers_count: int | Non
         raise BenchError(f"published {len(ids)} of {events}")
 
     workers = ctx.start_workers(denv, count=workers_count, wait=False)
-    recorder = None
+    # --profile: the first worker of one shape (single publishes to PARTNERS partners, one
+    # endpoint each), from when it is ready.
+    profile = (ctx.profile and not bulk and partner_count == PARTNERS and endpoints == 1
+               and workers_count is None)
     try:
-        if ctx.profile and not bulk and partner_count == PARTNERS and workers_count is None:
-            from bench.context import wait_ready
-            from bench.profiling import Recorder
-
+        if profile:
             wait_ready(workers[0], "ready.")
-            recorder = Recorder(workers[0].pid, ctx.results_dir, "profile-throughput-worker")
+        with profiled(profile, workers[0].pid, ctx.results_dir,
+                      "profile-throughput-worker") as found:
+            def recorded() -> bool:
+                dead = [w for w in workers if not w.alive()]
+                if dead:
+                    raise BenchError(f"{dead[0].name} exited:\n{dead[0].tail()}")
+                (count,), = env.query("SELECT count(*) FROM attempts")
+                return count >= n
 
-        def recorded() -> bool:
-            dead = [w for w in workers if not w.alive()]
-            if dead:
-                raise BenchError(f"{dead[0].name} exited:\n{dead[0].tail()}")
-            (count,), = env.query("SELECT count(*) FROM attempts")
-            return count >= n
-
-        wait_until(recorded, max(180.0, n / 10), f"{n} attempts recorded", interval=0.1)
-        done_at = time.time()
+            wait_until(recorded, max(180.0, n / 10), f"{n} attempts recorded",
+                       interval=0.1)
+            done_at = time.time()  # before py-spy stops: writing its files takes a while
     except BenchError as exc:
         counts = env.query("SELECT status, count(*) FROM notifications GROUP BY status")
         raise BenchError(f"{exc}; notifications by status: {counts}; "
                          f"log errors: {log_errors(workers)}") from exc
     finally:
-        if recorder is not None:
-            recorder.stop()
         ctx.stop(workers)
 
     (attempts, ok, distinct, first), = env.query(
@@ -235,10 +243,8 @@ def deliverer_run(ctx: Ctx, n: int, partner_count: int, workers_count: int | Non
         "attempts": attempts, "statuses": sent, "nginx_posts": posts, "checks": checks,
         "log_errors": log_errors(workers),
     }
-    if recorder is not None:
-        from bench.profiling import report
-
-        result["profile"] = report(recorder)
+    if found:
+        result["profile"] = found
     return result
 
 
