@@ -16,7 +16,7 @@ from deliverer import migrate
 from deliverer.db import get_database
 from deliverer.models import Base
 from tests.support.backend import BACKEND, scratch_database_url
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, waiting_on_a_lock
 
 
 def schema_differences(engine) -> list:
@@ -69,17 +69,6 @@ def test_history_steps_up_down_and_up_again(settings, tmp_path):
             assert schema_differences(engine) == []
         finally:
             engine.dispose()
-
-
-def waiting_on_a_lock(conn) -> bool:
-    """Whether a session of ``conn``'s database waits for a lock (pg_stat_activity is
-    read once per transaction: each look is a transaction of its own)."""
-    try:
-        return bool(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock'")).scalar())
-    finally:
-        conn.rollback()
 
 
 @pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL: SQLite has one writer")

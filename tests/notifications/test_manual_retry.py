@@ -41,6 +41,7 @@ from deliverer.partners import keys
 from deliverer.partners.service import rotate_key
 from tests.support import helpers as h
 from tests.support.rows import failed, head_and_held, partner_requests, set_webhook_url
+from tests.support.waiting import waiting_on_a_lock
 
 URL = "http://127.0.0.1:9/never-dialled"
 
@@ -150,6 +151,37 @@ def test_a_window_that_has_moved_on_allows_retries_again(settings):
             created_at=utcnow() - timedelta(minutes=2)))
     [allowed] = _decide(settings, [RetryRequest(me, ids[10])])
     assert isinstance(allowed, dict)
+
+
+def test_a_batch_that_waited_for_its_partner_counts_the_retries_the_holder_committed(
+        settings):
+    """The counts are read in the statement after the partners' lock, whose snapshot
+    sees what the lock's previous holder committed: read any earlier, a batch that
+    waited behind another batch of the same partner would miss that batch's retries."""
+    if settings.is_sqlite:
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises write transactions")
+    shop = h.new_partner(settings, URL)
+    ids = [failed(shop.partner_id, URL) for _ in range(11)]
+    me = h.principal(shop)
+    holder = get_database().sessionmaker()
+    try:
+        # The partner's tenth retry of the minute, held uncommitted with its lock.
+        assert all(isinstance(o, dict) for o in manual_retries(
+            holder, settings, [RetryRequest(me, nid) for nid in ids[:10]]))
+        result: list[list[Retried | DelivererError]] = []
+        waiter = threading.Thread(target=lambda: result.append(
+            _decide(settings, [RetryRequest(me, ids[10])])))
+        waiter.start()
+        with get_database().engine.connect() as look:
+            h.wait_until(lambda: waiting_on_a_lock(look),
+                         message="the second batch waiting for the partner's lock")
+        holder.commit()
+    finally:
+        holder.close()
+    waiter.join(10)
+    [[outcome]] = result
+    assert isinstance(outcome, TooManyRequests)
+    assert h.notification(ids[10]).status == NotificationStatus.FAILED
 
 
 def test_a_batch_authenticates_each_request_by_its_key(settings):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from sqlalchemy import text
 
 T = TypeVar("T")
 
@@ -29,3 +31,14 @@ def wait_until(predicate: Callable[[], T], timeout: float = DEFAULT_WAIT, interv
             raise AssertionError(f"timed out after {timeout}s waiting for {message}; "
                                  f"last value: {last!r}")
         time.sleep(interval)
+
+
+def waiting_on_a_lock(conn: Any) -> bool:
+    """Whether a session of ``conn``'s database waits for a lock (pg_stat_activity is
+    read once per transaction: each look is a transaction of its own)."""
+    try:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'")).scalar())
+    finally:
+        conn.rollback()
