@@ -6,8 +6,10 @@ than the rules it enforces. Requests that arrive together are therefore decided 
 ``run_batch``); a lone request is a batch of one, decided the same way.
 
 Whatever the batch size, one transaction runs the same few statements: lock the
-partners, lock the notifications and count their partners' accepted retries of the
-last minute (one statement), write the audit rows, update the notifications, commit.
+partners (``run_batch``: in the statement that looks up the API keys), lock the
+notifications and count their partners' accepted retries of the last minute (one
+statement), write the audit rows and update the notifications (one statement on
+PostgreSQL), commit.
 The requests are judged one by one in arrival order against what the earlier ones of
 the batch changed, so two requests for one notification in one batch accept the first,
 and a partner's tenth retry of the minute is its last, whichever batches the requests
@@ -171,13 +173,15 @@ def manual_retry(session: Session, settings: Settings, principal: Principal,
 
 
 def manual_retries(session: Session, settings: Settings, requests: Sequence[RetryRequest],
-                   now: datetime | None = None) -> list[Retried | DelivererError | Busy]:
+                   now: datetime | None = None, *, partners_locked: bool = False
+                   ) -> list[Retried | DelivererError | Busy]:
     """Decide ``requests`` in order, in the session's transaction; the accepted ones are
     enqueued (one message) once it commits. Returns, per request, the retried
     notification, the error to answer with, or ``BUSY``: its notification's row was
     locked (several notifications are never waited for, see the module's docstring) and
     the request is to be decided alone, after this transaction. Every decision is
-    written to the audit trail."""
+    written to the audit trail. ``partners_locked``: the transaction holds the
+    requests' partners' locks already (``principals_for(..., lock_partners=True)``)."""
     now = now or utcnow()
     conn = session.connection()
     pairs = sorted({(r.notification_id, r.principal.partner_id) for r in requests
@@ -187,7 +191,8 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
     busy: set[tuple[str, str]] = set()
     if pairs:
         partner_ids = sorted({pid for _, pid in pairs})
-        conn.execute(_LOCK_PARTNERS, {"partner_ids": partner_ids})
+        if not partners_locked:
+            conn.execute(_LOCK_PARTNERS, {"partner_ids": partner_ids})
         one_row = len({nid for nid, _ in pairs}) == 1
         for locked in conn.execute(_LOCK_ONE if one_row else _LOCK_FREE,
                                    {"pairs": pairs, "partner_ids": partner_ids,
@@ -267,10 +272,13 @@ def run_batch(settings: Settings, requests: Sequence[tuple[str, str]]
     victim, a connection lost in a restart). Requests whose notification was locked are
     then decided one by one, each in a transaction of its own."""
     def work(session: Session) -> list[Retried | DelivererError | RetryRequest]:
-        principals = principals_for(session, [key for key, _ in requests])
+        # The key lookup locks the keys' partners: the batch's first statement.
+        principals = principals_for(session, [key for key, _ in requests],
+                                    lock_partners=True)
         asked = [RetryRequest(p, nid) for p, (_, nid) in zip(principals, requests, strict=True)
                  if isinstance(p, Principal)]
-        decided = iter(zip(asked, manual_retries(session, settings, asked), strict=True))
+        decided = iter(zip(asked, manual_retries(session, settings, asked,
+                                                 partners_locked=True), strict=True))
         # A busy request is handed back as itself, to be decided alone below.
         outcomes: list[Retried | DelivererError | RetryRequest] = []
         for principal in principals:

@@ -89,6 +89,11 @@ _KEY_LOOKUP = (
     .join(Partner, Partner.id == ApiKey.partner_id)
     .where(ApiKey.key_hash.in_(bindparam("key_hashes", expanding=True)))
 )
+# The same, with the partners' rows locked FOR NO KEY UPDATE in the order of their ids
+# (PostgreSQL locks the sorted rows), as audit.lock_partner and a manual-retry batch
+# lock them: batches of overlapping partners queue instead of deadlocking.
+_KEY_LOOKUP_LOCKING = _KEY_LOOKUP.order_by(Partner.id).with_for_update(key_share=True,
+                                                                     of=Partner.id)
 
 
 def key_hash(raw_key: str | None) -> str:
@@ -110,11 +115,15 @@ def authenticate(session: Session, raw_key: str | None) -> Principal:
     return principal
 
 
-def principals_for(session: Session, key_hashes: Sequence[str]
-                   ) -> list[Principal | DelivererError]:
-    """The partner of each key hash (one query for all), or the error to answer with."""
+def principals_for(session: Session, key_hashes: Sequence[str], *,
+                   lock_partners: bool = False) -> list[Principal | DelivererError]:
+    """The partner of each key hash (one query for all), or the error to answer with.
+    ``lock_partners``: the same statement locks the partners of the keys it finds, for
+    the rest of the transaction (a manual-retry batch, which then counts their retries,
+    spares a statement)."""
     found = {row.key_hash: row for row in session.connection().execute(
-        _KEY_LOOKUP, {"key_hashes": sorted(set(key_hashes))})}
+        _KEY_LOOKUP_LOCKING if lock_partners else _KEY_LOOKUP,
+        {"key_hashes": sorted(set(key_hashes))})}
     return [_judge(found.get(wanted), wanted) for wanted in key_hashes]
 
 

@@ -153,11 +153,14 @@ def test_a_window_that_has_moved_on_allows_retries_again(settings):
     assert isinstance(allowed, dict)
 
 
+@pytest.mark.parametrize("through", ["manual_retries", "run_batch"])
 def test_a_batch_that_waited_for_its_partner_counts_the_retries_the_holder_committed(
-        settings):
+        settings, through):
     """The counts are read in the statement after the partners' lock, whose snapshot
     sees what the lock's previous holder committed: read any earlier, a batch that
-    waited behind another batch of the same partner would miss that batch's retries."""
+    waited behind another batch of the same partner would miss that batch's retries.
+    ``run_batch`` takes the lock in its key lookup, ``manual_retries`` alone in a
+    statement of its own."""
     if settings.is_sqlite:
         pytest.skip("row locks are PostgreSQL's; SQLite serialises write transactions")
     shop = h.new_partner(settings, URL)
@@ -168,9 +171,10 @@ def test_a_batch_that_waited_for_its_partner_counts_the_retries_the_holder_commi
         # The partner's tenth retry of the minute, held uncommitted with its lock.
         assert all(isinstance(o, dict) for o in manual_retries(
             holder, settings, [RetryRequest(me, nid) for nid in ids[:10]]))
-        result: list[list[Retried | DelivererError]] = []
+        result: list[Sequence[Retried | DelivererError]] = []
         waiter = threading.Thread(target=lambda: result.append(
-            _decide(settings, [RetryRequest(me, ids[10])])))
+            _decide(settings, [RetryRequest(me, ids[10])]) if through == "manual_retries"
+            else run_batch(settings, [(keys.hash_key(shop.api_key), ids[10])])))
         waiter.start()
         with get_database().engine.connect() as look:
             h.wait_until(lambda: waiting_on_a_lock(look),
