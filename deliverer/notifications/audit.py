@@ -5,8 +5,9 @@ ones included, with where it came from (``Principal.source``: "portal" for the m
 portal). Manual retries are limited per notification (3) and per partner (10 a
 rolling minute); resends per partner. The limits count the ACCEPTED rows, so they need
 no Redis, and they hold under concurrent requests: on PostgreSQL the partner row is
-locked for the decision (``lock_partner``); on SQLite every write transaction is
-serialised (BEGIN IMMEDIATE).
+locked for the decision (``lock_partner``; a batch of manual retries locks its partners
+in id order, ``manual_retry``); on SQLite every write transaction is serialised (BEGIN
+IMMEDIATE).
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ _ACCEPT = (
 )
 # PostgreSQL: the audit rows written by the update's statement (a data-modifying WITH,
 # one round trip less), from an array per column that varies between _audit_row's rows
-# (kind, reference and delivery_status never do); SQLite has no INSERT in a WITH and
-# runs _AUDIT then _ACCEPT.
+# (kind and created_at are the same in all, the other columns NULL); SQLite has no
+# INSERT in a WITH and runs _AUDIT then _ACCEPT.
 _AUDITED = ("partner_id", "api_key_id", "outcome", "notification_id", "source")
 _ACCEPT_AUDITED = _ACCEPT.add_cte(insert(_REQUESTS).from_select(
     [*_AUDITED, "kind", "created_at"],
