@@ -17,9 +17,10 @@ from deliverer.db import session_scope
 from deliverer.delivery import sender, service
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import Conflict
-from deliverer.models import ApiKey, Attempt, Notification, NotificationStatus, utcnow
+from deliverer.models import ApiKey, Attempt, Endpoint, Notification, NotificationStatus, utcnow
 from deliverer.notifications import ignore as notifications
 from deliverer.notifications import manual_retry as manual_retries
+from deliverer.partners import webhook_settings
 from deliverer.partners.service import Principal
 from deliverer.scheduling.sweep import collect_due
 from tests.support.helpers import insert_notification, new_partner
@@ -83,21 +84,37 @@ class NotificationLifecycle(RuleBasedStateMachine):
             service.record(session, claim.job, result, self.settings, now=self.now)
         self.attempts += 1
 
+    def endpoint_disabled(self) -> bool:
+        with session_scope() as session:
+            return session.scalar(
+                select(Endpoint.disabled_at.is_not(None))
+                .join(Notification, Notification.endpoint_id == Endpoint.id)
+                .where(Notification.id == self.nid)) is True
+
     @rule()
     def manual_retry(self) -> None:
         before = self.row()
+        # A 410 disabled the endpoint: the retry would be held again, unsent.
+        disabled = self.endpoint_disabled()
         try:
             with session_scope() as session:
                 manual_retries.manual_retry(session, self.settings, self.principal, self.nid,
                                            now=self.now)
         except Conflict:
-            assert before.status != S.FAILED or before.manual_retry_count >= 3
+            assert before.status != S.FAILED or before.manual_retry_count >= 3 or disabled
             return
-        assert before.status == S.FAILED and before.manual_retry_count < 3
+        assert before.status == S.FAILED and before.manual_retry_count < 3 and not disabled
         self.manual_retries += 1
         after = self.row()
         assert after.retry_attempts == 0 and after.latest_error_payload is None
         assert after.cycle_started_at == self.now and after.status == S.PENDING
+
+    @rule()
+    def save_settings(self) -> None:
+        """The merchant saves its webhook settings: a disabled endpoint is enabled."""
+        with session_scope() as session:
+            webhook_settings.update_settings(session, self.settings, self.principal.partner_id)
+        assert not self.endpoint_disabled()
 
     @rule()
     def ignore(self) -> None:

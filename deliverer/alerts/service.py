@@ -26,6 +26,7 @@ from deliverer.broker.dispatch import enqueue_alert_email
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.models import Alert, Endpoint, WebhookSettings, utcnow
+from deliverer.models import endpoint as endpoint_model
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,9 @@ def describe(endpoint: Endpoint) -> str:
 
 
 def how_to_enable(endpoint: Endpoint) -> str:
-    if endpoint.is_default:
-        return "save your webhook settings"
-    return f"PATCH /api/partner/v2/endpoints/{endpoint.public_id} with enabled: true"
+    return endpoint_model.how_to_enable(
+        public_id=endpoint.public_id, is_default=endpoint.is_default,
+        registered=endpoint.registered, disabled_reason=endpoint.disabled_reason)
 
 
 def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *,

@@ -39,6 +39,21 @@ def new_endpoint_id() -> str:
     return "ep_" + secrets.token_hex(12)
 
 
+# The reason of an endpoint the merchant disabled (enabled: false): saving the webhook
+# settings does not enable it again, only the merchant's enabled: true does.
+DISABLED_BY_MERCHANT = "Disabled by the merchant"
+
+
+def how_to_enable(*, public_id: str, is_default: bool, registered: bool,
+                  disabled_reason: str | None) -> str:
+    """What the merchant does to enable a disabled endpoint (alerts and refused retries
+    say it): saving the webhook settings enables the one at the webhook URL
+    (``webhook_settings.resume_deliveries``), unless the merchant disabled it."""
+    if registered and (not is_default or disabled_reason == DISABLED_BY_MERCHANT):
+        return f"PATCH /api/partner/v2/endpoints/{public_id} with enabled: true"
+    return "save your webhook settings"
+
+
 class Endpoint(Base):
     """One webhook URL of one partner: the unit of ordering, sequencing and health.
 

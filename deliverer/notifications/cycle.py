@@ -4,11 +4,12 @@ partner's current webhook URL (seeds 000 and 003)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue
@@ -22,11 +23,15 @@ from deliverer.models import (
     WebhookSettings,
     table_of,
 )
-from deliverer.partners.endpoints import next_sequence
+from deliverer.models.endpoint import how_to_enable
+from deliverer.partners.endpoints import DISABLED, next_sequence
 
 NOT_FAILED = "Notification is not in FAILED status"
 MAX_MANUAL = "Partner webhook notification has reached the maximum number of manual retries ({n})"
 ALREADY_SENT = "Notification has already been delivered"
+# Not seed 000's: a retry that would send nothing (``check_deliverable``).
+ENDPOINT_DISABLED = "Webhook endpoint {id} is disabled ({reason}): enable it ({how}), then retry"
+WEBHOOKS_OFF = "Webhooks are turned off: turn them on in your webhook settings, then retry"
 
 _NOTIFICATIONS = table_of(Notification)
 _REPOINT = (
@@ -69,27 +74,65 @@ def start_fresh_cycle(notification: Notification, now: datetime, *, due: datetim
         setattr(notification, key, value)
 
 
-def repoint(session: Session, *, notification_id: str, partner_id: str, url: str | None,
-            endpoint_id: int | None, callback_url: str | None, current_url: str | None,
-            now: datetime) -> tuple[str, int, int] | None:
-    """Seed 000: merchants fix their URL in the settings, then retry. Sends the
-    notification to ``current_url`` (the partner's setting) from now on, under a new
-    sequence number of that endpoint; an event with a callback URL of its own keeps it,
-    and so does a notification of a registered endpoint other than the default (whose URL
-    is the setting): the merchant moves that one with
-    PATCH /api/partner/v2/endpoints/{id}, which moves what it holds along.
-    Returns the new (url, endpoint id, sequence), or None when nothing changed."""
-    if callback_url or not current_url or current_url == url:
-        return None
-    if endpoint_id is not None and session.scalar(
-            select(Endpoint.id).where(Endpoint.id == endpoint_id,
-                                      or_(and_(Endpoint.registered.is_(True),
-                                               Endpoint.is_default.is_(False)),
-                                          # Deleted: its claim stops it, with the reason,
-                                          # rather than sending another endpoint's event
-                                          # to the webhook URL.
-                                          Endpoint.deleted_at.is_not(None)))):
-        return None
+# The endpoints whose notifications a retry leaves with them (``moves_on_retry``): a
+# registered one other than the default, which the merchant moves with
+# PATCH /api/partner/v2/endpoints/{id} (moving what it holds along), and a deleted one,
+# whose claim stops them with the reason rather than send another endpoint's event to
+# the webhook URL.
+KEEPS_ITS_NOTIFICATIONS = or_(and_(Endpoint.registered.is_(True),
+                                   Endpoint.is_default.is_(False)),
+                              Endpoint.deleted_at.is_not(None))
+
+
+def moves_on_retry(*, url: str | None, callback_url: str | None, current_url: str | None,
+                   endpoint_keeps: bool) -> bool:
+    """Seed 000: merchants fix their URL in the settings, then retry. A retry sends the
+    notification to ``current_url`` (the partner's setting), unless its event has a
+    callback URL of its own or its endpoint keeps it (``KEEPS_ITS_NOTIFICATIONS``)."""
+    return not (callback_url or not current_url or current_url == url or endpoint_keeps)
+
+
+# The endpoint at the partner's webhook URL: where a retry may move the notification.
+CURRENT_ENDPOINT = aliased(Endpoint, name="current_endpoint")
+AT_WEBHOOK_URL = and_(CURRENT_ENDPOINT.partner_id == WebhookSettings.partner_id,
+                      CURRENT_ENDPOINT.url == WebhookSettings.url)
+_SIDES = {"own": Endpoint, "current": CURRENT_ENDPOINT}
+# What decides where a retry goes (``moves_on_retry``) and whether it would send anything
+# (``check_deliverable``): columns for a statement that joins a notification to its
+# endpoint (``Endpoint``), its partner's ``WebhookSettings`` and ``CURRENT_ENDPOINT``
+# (outer joins; the last on ``AT_WEBHOOK_URL``).
+DECIDING = (
+    WebhookSettings.enabled.label("webhooks_enabled"),
+    KEEPS_ITS_NOTIFICATIONS.label("endpoint_keeps"),
+    *(getattr(endpoint, column).label(f"{side}_{column}") for side, endpoint in _SIDES.items()
+      for column in ("public_id", "is_default", "registered", "disabled_at",
+                     "disabled_reason")),
+)
+DECIDING_NAMES = tuple(column.name for column in DECIDING)
+
+
+def check_deliverable(facts: Mapping[str, Any], moves: bool) -> None:
+    """Refuses a retry that would send nothing: its claim would hold the notification
+    again (FAILED, held), and the merchant would have spent a retry for no request.
+    ``facts``: the ``DECIDING`` columns; ``moves``: whether the retry moves the
+    notification to the webhook URL, whose endpoint then decides (none yet: a new one,
+    enabled)."""
+    if facts["webhooks_enabled"] is False:
+        raise Conflict(WEBHOOKS_OFF)
+    side = "current" if moves else "own"
+    if facts[f"{side}_disabled_at"] is not None:
+        public_id, reason = facts[f"{side}_public_id"], facts[f"{side}_disabled_reason"]
+        raise Conflict(ENDPOINT_DISABLED.format(
+            id=public_id, reason=reason or DISABLED,
+            how=how_to_enable(public_id=public_id, is_default=facts[f"{side}_is_default"],
+                              registered=facts[f"{side}_registered"], disabled_reason=reason)))
+
+
+def repoint(session: Session, *, notification_id: str, partner_id: str,
+            endpoint_id: int | None, current_url: str, now: datetime) -> tuple[str, int, int]:
+    """Sends the notification to ``current_url`` from now on (where ``moves_on_retry``
+    says so), under a new sequence number of that URL's endpoint. Returns the new
+    (url, endpoint id, sequence)."""
     new_endpoint_id, sequence = next_sequence(session, partner_id, current_url, now)
     session.connection().execute(_REPOINT, {"nid": notification_id, "url": current_url,
                                             "endpoint_id": new_endpoint_id,
@@ -101,22 +144,25 @@ def repoint(session: Session, *, notification_id: str, partner_id: str, url: str
     return current_url, new_endpoint_id, sequence
 
 
-# A notification's event's callback URL and the partner's current webhook URL.
+# A notification's event's callback URL, the partner's current webhook URL, and
+# whether its endpoint keeps it.
 _URLS = (
-    select(Event.callback_url, WebhookSettings.url)
-    .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
-    .where(Event.id == bindparam("event_id"))
+    select(Event.callback_url, WebhookSettings.url, KEEPS_ITS_NOTIFICATIONS)
+    .select_from(Notification)
+    .join(Event, Event.id == Notification.event_id)
+    .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
+    .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
+    .where(Notification.id == bindparam("nid"))
 )
 
 
 def repoint_to_current_url(session: Session, notification: Notification,
                            now: datetime) -> None:
     """``repoint`` of a loaded notification."""
-    callback_url, current_url = session.execute(
-        _URLS, {"event_id": notification.event_id}).one()
-    moved = repoint(session, notification_id=notification.id,
-                    partner_id=notification.partner_id, url=notification.url,
-                    endpoint_id=notification.endpoint_id, callback_url=callback_url,
-                    current_url=current_url, now=now)
-    if moved is not None:
-        notification.url, notification.endpoint_id, notification.sequence = moved
+    callback_url, current_url, keeps = session.execute(
+        _URLS, {"nid": notification.id}).one()
+    if current_url and moves_on_retry(url=notification.url, callback_url=callback_url,
+                                      current_url=current_url, endpoint_keeps=bool(keeps)):
+        notification.url, notification.endpoint_id, notification.sequence = repoint(
+            session, notification_id=notification.id, partner_id=notification.partner_id,
+            endpoint_id=notification.endpoint_id, current_url=current_url, now=now)

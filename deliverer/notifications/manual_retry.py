@@ -61,7 +61,17 @@ from deliverer.notifications.audit import (
     RATE_WINDOW,
     enforce_rate,
 )
-from deliverer.notifications.cycle import check_retryable, fresh_cycle_values, repoint
+from deliverer.notifications.cycle import (
+    AT_WEBHOOK_URL,
+    CURRENT_ENDPOINT,
+    DECIDING,
+    DECIDING_NAMES,
+    check_deliverable,
+    check_retryable,
+    fresh_cycle_values,
+    moves_on_retry,
+    repoint,
+)
 from deliverer.notifications.queries import is_uuid
 from deliverer.partners.service import Principal, principals_for
 
@@ -123,10 +133,12 @@ _ROWS = (
     select(_NOTIFICATIONS, Event.type, Event.reference, Event.callback_url,
            WebhookSettings.url.label("current_url"),
            Endpoint.public_id.label("endpoint_public_id"),
-           _RATES.c.retries.label("rate_retries"), _RATES.c.oldest.label("rate_oldest"))
+           _RATES.c.retries.label("rate_retries"), _RATES.c.oldest.label("rate_oldest"),
+           *DECIDING)
     .join(Event, Event.id == Notification.event_id)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
     .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
+    .outerjoin(CURRENT_ENDPOINT, AT_WEBHOOK_URL)
     .outerjoin(_RATES, _RATES.c.partner_id == Notification.partner_id)
     .where(_OWN)
 )
@@ -188,6 +200,7 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
                     if is_uuid(r.notification_id)})
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     rates: dict[str, tuple[int, datetime | None]] = {}
+    deciding: dict[str, dict[str, Any]] = {}
     busy: set[tuple[str, str]] = set()
     if pairs:
         partner_ids = sorted({pid for _, pid in pairs})
@@ -200,6 +213,8 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
             found = dict(locked._mapping)
             rates[locked.partner_id] = (found.pop("rate_retries") or 0,
                                         found.pop("rate_oldest"))
+            # Popped: the response shows the notification.
+            deciding[locked.id] = {k: found.pop(k) for k in DECIDING_NAMES}
             rows[(locked.id, locked.partner_id)] = found
         missing = [pair for pair in pairs if pair not in rows]
         if missing and not one_row:
@@ -219,6 +234,11 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
             if row is None:
                 raise NotificationNotFound()
             check_retryable(row["status"], row["manual_retry_count"], settings)
+            facts = deciding[row["id"]]
+            moves = moves_on_retry(url=row["url"], callback_url=row["callback_url"],
+                                   current_url=row["current_url"],
+                                   endpoint_keeps=bool(facts["endpoint_keeps"]))
+            check_deliverable(facts, moves)
             count, oldest = rates.get(partner_id, (0, None))
             enforce_rate(count, oldest, settings.manual_retry_rate_per_minute, now)
         except DelivererError as error:
@@ -228,11 +248,10 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
         rates[partner_id] = (count + 1, oldest or now)
         row.update(fresh, scheduled_for=now, enqueued_at=now,
                    manual_retry_count=row["manual_retry_count"] + 1)
-        moved = repoint(session, notification_id=row["id"], partner_id=row["partner_id"],
-                        url=row["url"], endpoint_id=row["endpoint_id"],
-                        callback_url=row["callback_url"], current_url=row["current_url"],
-                        now=now)
-        if moved is not None:
+        if moves:
+            moved = repoint(session, notification_id=row["id"], partner_id=row["partner_id"],
+                            endpoint_id=row["endpoint_id"], current_url=row["current_url"],
+                            now=now)
             row.update(url=moved[0], endpoint_id=moved[1], sequence=moved[2],
                        endpoint_public_id=session.scalar(
                            select(Endpoint.public_id).where(Endpoint.id == moved[1])))

@@ -29,10 +29,10 @@ from deliverer.models import (
     WebhookSettings,
     utcnow,
 )
+from deliverer.models.endpoint import DISABLED_BY_MERCHANT
 from deliverer.partners import catalog, rotation
 
 _UNSET: Any = object()
-DISABLED_BY_MERCHANT = "Disabled by the merchant"
 TOO_MANY = "A partner may have at most {limit} endpoints"
 URL_TAKEN = "Another endpoint of yours already has this URL"
 URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a secret of its "

@@ -271,3 +271,36 @@ def test_retry_through_bearer_auth(make_partner, receiver):
     assert response.status_code == 200, response.text
     receiver.wait_for(1, "/ok")
     h.wait_until(lambda: h.sent(nid), message="SENT")
+
+
+def test_retry_while_the_endpoint_is_disabled_is_refused_until_it_is_enabled(
+        make_partner, receiver, slow_ladder):
+    """A 410 Gone disabled the endpoint: a retry would only be held again, so it is
+    refused (409, saying how to enable it), spends none of the three retries, and
+    leaves the notification as it was. Saving the settings enables the endpoint; then
+    the retry is accepted and sent, once."""
+    receiver.program("/hook", [status(410)], then=status(200))
+    url = receiver.url("/hook")
+    partner = make_partner(url)
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    held = h.notification(nid)
+    assert held.held and held.next_attempt_at is None
+    before = t.snapshot(nid)
+    endpoint_id = partner.api.get(DETAIL.format(nid)).json()["endpointId"]
+
+    for _ in range(4):  # more than the three a notification allows
+        body = t.assert_error(partner.api.post(RETRY.format(nid)), 409, "CONFLICT")
+        assert body["message"] == (
+            f"Webhook endpoint {endpoint_id} is disabled (The receiver answered 410 Gone): "
+            "enable it (save your webhook settings), then retry")
+    assert t.snapshot(nid) == before
+    assert [r.outcome for r in partner_requests(partner.partner_id, kind="retry")] == [
+        "CONFLICT"] * 4
+
+    response = partner.api.put("/api/partner/v2/webhook-settings", json={"url": url})
+    assert response.status_code == 200, response.text
+    response = partner.api.post(RETRY.format(nid))
+    assert response.status_code == 200, response.text
+    assert response.json()["manualRetryCount"] == 1
+    h.wait_until(lambda: h.sent(nid), message="SENT once enabled")
+    assert [r.headers["webhook-id"] for r in receiver.requests("/hook")] == [nid, nid]
