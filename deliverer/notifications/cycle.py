@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue
@@ -92,40 +92,39 @@ def moves_on_retry(*, url: str | None, callback_url: str | None, current_url: st
     return not (callback_url or not current_url or current_url == url or endpoint_keeps)
 
 
-# The endpoint at the partner's webhook URL: where a retry may move the notification.
-CURRENT_ENDPOINT = aliased(Endpoint, name="current_endpoint")
-AT_WEBHOOK_URL = and_(CURRENT_ENDPOINT.partner_id == WebhookSettings.partner_id,
-                      CURRENT_ENDPOINT.url == WebhookSettings.url)
-_SIDES = {"own": Endpoint, "current": CURRENT_ENDPOINT}
-# What decides where a retry goes (``moves_on_retry``) and whether it would send anything
-# (``check_deliverable``): columns for a statement that joins a notification to its
-# endpoint (``Endpoint``), its partner's ``WebhookSettings`` and ``CURRENT_ENDPOINT``
-# (outer joins; the last on ``AT_WEBHOOK_URL``).
-DECIDING = (
-    WebhookSettings.enabled.label("webhooks_enabled"),
-    KEEPS_ITS_NOTIFICATIONS.label("endpoint_keeps"),
-    *(getattr(endpoint, column).label(f"{side}_{column}") for side, endpoint in _SIDES.items()
-      for column in ("public_id", "is_default", "registered", "disabled_at",
-                     "disabled_reason")),
-)
+# What decides whether a retry would send anything (``check_deliverable``): columns for
+# a statement that outer-joins a notification to its partner's ``WebhookSettings`` and
+# its endpoint (``Endpoint``), with ``KEEPS_ITS_NOTIFICATIONS`` for ``moves_on_retry``.
+_TARGET = tuple(getattr(Endpoint, column).label(f"target_{column}") for column in (
+    "public_id", "is_default", "registered", "disabled_at", "disabled_reason"))
+DECIDING = (WebhookSettings.enabled.label("webhooks_enabled"),
+            KEEPS_ITS_NOTIFICATIONS.label("endpoint_keeps"), *_TARGET)
 DECIDING_NAMES = tuple(column.name for column in DECIDING)
+_AT_URL = select(*_TARGET).where(Endpoint.partner_id == bindparam("partner_id"),
+                                 Endpoint.url == bindparam("url"))
 
 
-def check_deliverable(facts: Mapping[str, Any], moves: bool) -> None:
+def check_deliverable(session: Session, facts: Mapping[str, Any], *,
+                      moves_to: tuple[str, str] | None) -> None:
     """Refuses a retry that would send nothing: its claim would hold the notification
     again (FAILED, held), and the merchant would have spent a retry for no request.
-    ``facts``: the ``DECIDING`` columns; ``moves``: whether the retry moves the
-    notification to the webhook URL, whose endpoint then decides (none yet: a new one,
-    enabled)."""
+    ``facts``: the ``DECIDING`` columns. ``moves_to``: (partner id, webhook URL) when the
+    retry moves the notification there (``moves_on_retry``); that URL's endpoint then
+    decides (none yet: a new one, enabled), read here, as moving is rare."""
     if facts["webhooks_enabled"] is False:
         raise Conflict(WEBHOOKS_OFF)
-    side = "current" if moves else "own"
-    if facts[f"{side}_disabled_at"] is not None:
-        public_id, reason = facts[f"{side}_public_id"], facts[f"{side}_disabled_reason"]
+    target: Mapping[str, Any] | None = facts
+    if moves_to is not None:
+        found = session.execute(_AT_URL, {"partner_id": moves_to[0],
+                                          "url": moves_to[1]}).first()
+        target = dict(found._mapping) if found is not None else None
+    if target is not None and target["target_disabled_at"] is not None:
+        public_id, reason = target["target_public_id"], target["target_disabled_reason"]
         raise Conflict(ENDPOINT_DISABLED.format(
             id=public_id, reason=reason or DISABLED,
-            how=how_to_enable(public_id=public_id, is_default=facts[f"{side}_is_default"],
-                              registered=facts[f"{side}_registered"], disabled_reason=reason)))
+            how=how_to_enable(public_id=public_id, is_default=target["target_is_default"],
+                              registered=target["target_registered"],
+                              disabled_reason=reason)))
 
 
 def repoint(session: Session, *, notification_id: str, partner_id: str,

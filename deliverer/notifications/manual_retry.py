@@ -62,8 +62,6 @@ from deliverer.notifications.audit import (
     enforce_rate,
 )
 from deliverer.notifications.cycle import (
-    AT_WEBHOOK_URL,
-    CURRENT_ENDPOINT,
     DECIDING,
     DECIDING_NAMES,
     check_deliverable,
@@ -138,7 +136,6 @@ _ROWS = (
     .join(Event, Event.id == Notification.event_id)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
     .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
-    .outerjoin(CURRENT_ENDPOINT, AT_WEBHOOK_URL)
     .outerjoin(_RATES, _RATES.c.partner_id == Notification.partner_id)
     .where(_OWN)
 )
@@ -238,7 +235,8 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
             moves = moves_on_retry(url=row["url"], callback_url=row["callback_url"],
                                    current_url=row["current_url"],
                                    endpoint_keeps=bool(facts["endpoint_keeps"]))
-            check_deliverable(facts, moves)
+            check_deliverable(session, facts, moves_to=(
+                (partner_id, row["current_url"]) if moves else None))
             count, oldest = rates.get(partner_id, (0, None))
             enforce_rate(count, oldest, settings.manual_retry_rate_per_minute, now)
         except DelivererError as error:
