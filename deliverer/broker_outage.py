@@ -3,7 +3,8 @@
 The broker going away (Redis or RabbitMQ restarted, a network blip) is handled: a publish
 leaves its committed row to the beat sweep, the worker reconnects, beat sends the next
 sweep. What an operator needs from each such event is one line saying so; a traceback
-stays for what is not expected, such as wrong credentials or a bug.
+stays for what is not expected, such as wrong credentials or a bug, and for whatever
+stops a process (Celery's "Unrecoverable error").
 
 ``BrokerOutageFilter`` sits on the handlers of web, CLI, worker and beat
 (``deliverer.logging``) and shortens the records that Celery, kombu and deliverer log
@@ -33,8 +34,16 @@ _NOT_OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.AuthorizationError,
     amqp.exceptions.AccessRefused,
 )
+# A programming error raised while handling an outage is a bug the outage brought out (in
+# Celery, kombu or here): it keeps its traceback. One that an outage was raised while
+# handling is not (kombu's IndexError of an empty channel list, caught and then
+# connecting).
+_BUGS: tuple[type[BaseException], ...] = (
+    AttributeError, TypeError, NameError, LookupError, AssertionError)
 # Celery's own reconnect lines, logged as errors without an exception attached: the
 # worker's consumer, and beat's connection and its pidbox.
+# Celery's lines as the worker or beat exits: never shortened, even for an outage.
+_FATAL_LINES = ("Unrecoverable error", "beat raised exception")
 _RECONNECT_LINES = ("consumer: Cannot connect to", "beat: Connection error:",
                     "beat pidbox: Connection error:")
 
@@ -53,7 +62,12 @@ def is_broker_outage(exc: BaseException) -> bool:
     chain = _chain(exc)
     if any(isinstance(e, _NOT_OUTAGES) for e in chain):
         return False
-    return any(isinstance(e, _OUTAGES) for e in chain)
+    for e in chain:  # from the exception logged back to what it was raised from
+        if isinstance(e, _OUTAGES):
+            return True
+        if isinstance(e, _BUGS):
+            return False
+    return False
 
 
 def describe(exc: BaseException) -> str:
@@ -78,6 +92,8 @@ class BrokerOutageFilter(logging.Filter):
     """Handler filter: records about a broker outage become one WARNING line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_FATAL_LINES):
+            return True  # the process is going down: whatever the cause, all of it shows
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and is_broker_outage(exc):
             _shorten(record, exc)

@@ -85,3 +85,45 @@ def test_anything_else_keeps_its_traceback(exc):
     line = _formatted(record)
     assert line.startswith("ERROR Message Error") and "Traceback" in line
     assert sys.exc_info() == (None, None, None)
+
+
+def test_a_bug_raised_while_handling_an_outage_keeps_its_traceback():
+    """An AttributeError raised in an except block for a lost connection: a bug the
+    outage brought out (in Celery, kombu or here), not the outage."""
+    lost = redis.exceptions.ConnectionError("Connection closed by server.")
+    try:
+        try:
+            raise lost
+        except redis.exceptions.ConnectionError:
+            None.hostname  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as bug:
+        raised: BaseException = bug
+    assert raised.__context__ is lost and not is_broker_outage(raised)
+    line = _formatted(_record("celery.worker", logging.ERROR, "Error on %s %s: %r",
+                              ("stopping", "Hub", raised), raised))
+    assert line.startswith("ERROR Error on stopping Hub") and "Traceback" in line
+
+
+def test_what_stops_a_process_keeps_its_level_and_traceback_even_an_outage():
+    exc = _raised(redis.exceptions.ConnectionError("Connection closed by server."))
+    line = _formatted(_record("celery.worker.worker", logging.CRITICAL,
+                              "Unrecoverable error: %r", (exc,), exc))
+    assert line.startswith("CRITICAL Unrecoverable error") and "Traceback" in line
+    # kombu's ack of a message during the outage is CRITICAL too, but the worker goes on
+    # (the message is handed back later): one line.
+    line = _formatted(_record("kombu.message", logging.CRITICAL,
+                              "Couldn't ack %r, reason:%r", (1, exc), exc))
+    assert line.startswith("WARNING Couldn't ack 1") and "\n" not in line
+
+
+def test_an_outage_raised_while_handling_a_lookup_error_is_an_outage():
+    """kombu takes a free channel from a list (IndexError when empty, caught) and then
+    connects: the connection error is the outage."""
+    try:
+        try:
+            [].pop()
+        except IndexError:
+            raise redis.exceptions.ConnectionError(  # noqa: B904  # as kombu does
+                "Error 111 connecting. Connection refused.")
+    except redis.exceptions.ConnectionError as exc:
+        assert isinstance(exc.__context__, IndexError) and is_broker_outage(exc)
