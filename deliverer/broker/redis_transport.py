@@ -1,4 +1,5 @@
-"""kombu's Redis transport, with one publishing client per channel.
+"""kombu's Redis transport, with one publishing client per channel, and a channel that
+can still reach Redis while its connection is being closed.
 
 kombu builds a new ``redis.Redis`` for every publish (``Channel.conn_or_acquire``), and
 redis-py 8 copies its table of response callbacks into each new client: a fifth of the
@@ -6,6 +7,15 @@ CPU of an ``apply_async``, on every delivery, retry and manual retry. The client
 share the channel's connection pool, and a ``redis.Redis`` is safe to share between
 threads, so one client built on first use serves every publish. Nothing else changes:
 connections, reconnection after a Redis restart and the consumer's client are kombu's.
+
+When the consumer's connection is lost, Celery 5.7 ``collect()``s the connection, which
+detaches the transport (``transport.client = None``), then closes it. Closing the
+channel hands its unacknowledged messages back to Redis (``restore_unacked``), which
+needs a connection pool, built from ``transport.client``: kombu raised AttributeError
+("'NoneType' object has no attribute 'hostname'"), which Celery takes for unrecoverable,
+and the worker exited. The channel keeps the connection's parameters from its start, so
+the hand-back connects (or, Redis still down, fails with a connection error, which the
+close ignores, and kombu restores them after the visibility timeout).
 
 Celery uses it through ``broker_transport`` (``celery_app.celery_config``) when the
 broker is Redis.
@@ -20,6 +30,22 @@ from kombu.transport import redis
 
 class Channel(redis.Channel):
     _publishing_client: Any = None
+
+    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        self._conninfo = connection.client  # before kombu's __init__, which connects
+        super().__init__(connection, *args, **kwargs)
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        transport = self.connection
+        if transport.client is not None:
+            return super()._connparams(asynchronous=asynchronous)
+        # Detached while closing (see the module's docstring): the parameters it had.
+        # Only the consumer's own thread closes its channel and uses its transport.
+        transport.client = self._conninfo
+        try:
+            return super()._connparams(asynchronous=asynchronous)
+        finally:
+            transport.client = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
