@@ -40,10 +40,10 @@ _NOT_OUTAGES: tuple[type[BaseException], ...] = (
 # connecting).
 _BUGS: tuple[type[BaseException], ...] = (
     AttributeError, TypeError, NameError, LookupError, AssertionError)
-# Celery's own reconnect lines, logged as errors without an exception attached: the
-# worker's consumer, and beat's connection and its pidbox.
 # Celery's lines as the worker or beat exits: never shortened, even for an outage.
 _FATAL_LINES = ("Unrecoverable error", "beat raised exception")
+# Celery's own reconnect lines, logged as errors without an exception attached: the
+# worker's consumer, and beat's connection and its pidbox.
 _RECONNECT_LINES = ("consumer: Cannot connect to", "beat: Connection error:",
                     "beat pidbox: Connection error:")
 

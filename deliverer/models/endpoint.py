@@ -48,10 +48,14 @@ def how_to_enable(*, public_id: str, is_default: bool, registered: bool,
                   disabled_reason: str | None) -> str:
     """What the merchant does to enable a disabled endpoint (alerts and refused retries
     say it): saving the webhook settings enables the one at the webhook URL
-    (``webhook_settings.resume_deliveries``), unless the merchant disabled it."""
-    if registered and (not is_default or disabled_reason == DISABLED_BY_MERCHANT):
-        return f"PATCH /api/partner/v2/endpoints/{public_id} with enabled: true"
-    return "save your webhook settings"
+    (``webhook_settings.resume_deliveries``), unless the merchant disabled it; an
+    unregistered one (an event's callback URL, an earlier webhook URL) is enabled by
+    registering its URL, which takes its row over (``registered.create``)."""
+    if not registered:
+        return "register its URL with POST /api/partner/v2/endpoints"
+    if is_default and disabled_reason != DISABLED_BY_MERCHANT:
+        return "save your webhook settings"
+    return f"PATCH /api/partner/v2/endpoints/{public_id} with enabled: true"
 
 
 class Endpoint(Base):

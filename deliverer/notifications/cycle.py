@@ -95,12 +95,12 @@ def moves_on_retry(*, url: str | None, callback_url: str | None, current_url: st
 # What decides whether a retry would send anything (``check_deliverable``): columns for
 # a statement that outer-joins a notification to its partner's ``WebhookSettings`` and
 # its endpoint (``Endpoint``), with ``KEEPS_ITS_NOTIFICATIONS`` for ``moves_on_retry``.
-_TARGET = tuple(getattr(Endpoint, column).label(f"target_{column}") for column in (
+_TARGET_COLUMNS = tuple(getattr(Endpoint, column).label(f"target_{column}") for column in (
     "public_id", "is_default", "registered", "disabled_at", "disabled_reason"))
 DECIDING = (WebhookSettings.enabled.label("webhooks_enabled"),
-            KEEPS_ITS_NOTIFICATIONS.label("endpoint_keeps"), *_TARGET)
+            KEEPS_ITS_NOTIFICATIONS.label("endpoint_keeps"), *_TARGET_COLUMNS)
 DECIDING_NAMES = tuple(column.name for column in DECIDING)
-_AT_URL = select(*_TARGET).where(Endpoint.partner_id == bindparam("partner_id"),
+_AT_URL = select(*_TARGET_COLUMNS).where(Endpoint.partner_id == bindparam("partner_id"),
                                  Endpoint.url == bindparam("url"))
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, netguard, signing
 from deliverer.models import Endpoint, Notification, WebhookSettings, utcnow
+from deliverer.models.endpoint import DISABLED_BY_MERCHANT
 from deliverer.partners import registered, rotation
 
 _UNSET = object()
@@ -63,7 +64,7 @@ def resume_deliveries(session: Session, partner_id: str, url: str | None,
                    Endpoint.disabled_at.is_not(None),
                    # The merchant's own "enabled: false" stands until it says otherwise.
                    Endpoint.disabled_reason.is_distinct_from(
-                       registered.DISABLED_BY_MERCHANT))
+                       DISABLED_BY_MERCHANT))
             .values(disabled_at=None, disabled_reason=None, failing_since=None)
         )
     # An endpoint a 410 disabled that is no longer the configured URL will not be enabled

@@ -44,7 +44,7 @@ from deliverer.notifications.manual_retry import (
     manual_retries,
     run_batch,
 )
-from deliverer.partners import keys, registered
+from deliverer.partners import keys, registered, webhook_settings
 from deliverer.partners.service import rotate_key
 from tests.support import helpers as h
 from tests.support.rows import failed, head_and_held, partner_requests, set_webhook_url
@@ -354,7 +354,8 @@ def test_the_endpoint_deciding_is_the_one_the_retry_sends_to(settings):
     moving = failed(shop.partner_id, URL)
     _disable(shop.partner_id, URL, "Failed continuously for 5 days")
     fixed = "http://127.0.0.1:9/fixed"
-    set_webhook_url(shop.partner_id, fixed)
+    with session_scope() as session:  # as PUT /webhook-settings does
+        webhook_settings.update_settings(session, settings, shop.partner_id, url=fixed)
     [outcome] = _decide(settings, [RetryRequest(h.principal(shop), moving)])
     assert isinstance(outcome, dict) and outcome["url"] == fixed
 
@@ -368,3 +369,20 @@ def test_the_endpoint_deciding_is_the_one_the_retry_sends_to(settings):
     after = h.notification(staying)
     assert (after.url, after.endpoint_id, after.manual_retry_count) == (
         before.url, before.endpoint_id, 0)
+
+
+def test_a_disabled_callback_urls_endpoint_is_enabled_by_registering_it(settings):
+    """An event's own callback URL keeps its notification on a retry; disabled (a 410),
+    saving the settings would not enable it: registering its URL does."""
+    shop = h.new_partner(settings, URL)
+    callback = "http://127.0.0.1:9/callback"
+    nid = h.insert_notification(shop.partner_id, callback, status=NotificationStatus.FAILED,
+                                callback_url=callback)
+    public_id = _disable(shop.partner_id, callback, "The receiver answered 410 Gone")
+    _refused_as_it_was(settings, shop, nid, ENDPOINT_DISABLED.format(
+        id=public_id, reason="The receiver answered 410 Gone",
+        how="register its URL with POST /api/partner/v2/endpoints"))
+    with session_scope() as session:
+        registered.create(session, settings, shop.partner_id, url=callback)
+    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), nid)])
+    assert isinstance(outcome, dict) and outcome["url"] == callback
