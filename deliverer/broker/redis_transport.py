@@ -15,7 +15,9 @@ needs a connection pool, built from ``transport.client``: kombu raised Attribute
 ("'NoneType' object has no attribute 'hostname'"), which Celery takes for unrecoverable,
 and the worker exited. The channel keeps the connection's parameters from its start, so
 the hand-back connects (or, Redis still down, fails with a connection error, which the
-close ignores, and kombu restores them after the visibility timeout).
+close ignores: the messages stay unacknowledged in Redis, and the beat sweep's
+lost-message grace sends their notifications again long before kombu's visibility
+timeout would). Only ``redis://`` brokers use this transport (``celery_app``).
 
 Celery uses it through ``broker_transport`` (``celery_app.celery_config``) when the
 broker is Redis.
@@ -31,21 +33,25 @@ from kombu.transport import redis
 class Channel(redis.Channel):
     _publishing_client: Any = None
 
-    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
-        self._conninfo = connection.client  # before kombu's __init__, which connects
-        super().__init__(connection, *args, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The connection's parameters while the transport is attached (see the module's
+        # docstring): read once here, never by changing the shared transport.
+        self._sync_params = super()._connparams()
 
     def _connparams(self, asynchronous: bool = False) -> Any:
-        transport = self.connection
-        if transport.client is not None:
-            return super()._connparams(asynchronous=asynchronous)
-        # Detached while closing (see the module's docstring): the parameters it had.
-        # Only the consumer's own thread closes its channel and uses its transport.
-        transport.client = self._conninfo
+        if self.connection.client is None and not asynchronous:
+            return dict(self._sync_params)  # detached while closing
+        return super()._connparams(asynchronous=asynchronous)
+
+    def close(self) -> None:
         try:
-            return super()._connparams(asynchronous=asynchronous)
+            super().close()
         finally:
-            transport.client = None
+            # The hand-back of unacknowledged messages in the close (or a task's ack
+            # from its thread meanwhile) may have built a pool after kombu dropped its
+            # pools: its sockets go too.
+            self._disconnect_pools()
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 from tests.faults import harness
 from tests.support.backend import BACKEND
 
@@ -106,17 +108,20 @@ IN_FLIGHT_EVENTS = 200
 IN_FLIGHT_STOPS = 4
 
 
+@pytest.mark.skipif(BROKER != "redis", reason="deliverer's Redis transport's own failure")
 def test_broker_stopped_while_tasks_run(stack: harness.Stack, receiver,
                                         faults: harness.FaultLog):
-    """The broker stops, four times, while the worker has tasks running (a receiver
-    taking 0.3 s a POST): each time the worker closes the lost connection, handing the
-    running tasks' messages back, reconnects and goes on, and every event arrives.
+    """Redis stops, four times, while the worker has tasks running (a receiver taking
+    0.3 s a POST): each time the worker closes the lost connection, handing the running
+    tasks' messages back, reconnects and goes on, and every event arrives.
 
-    On Redis the worker used to exit at the first or second stop: Celery 5.7 detaches
-    the transport (``collect``) before it closes the connection, and the channel's
+    The worker used to exit at the first or second stop: Celery 5.7 detaches the
+    transport (``collect``) before it closes the connection, and the channel's
     hand-back then failed in kombu with AttributeError ("'NoneType' object has no
     attribute 'hostname'"), which Celery takes for unrecoverable
-    (deliverer/broker/redis_transport.py)."""
+    (deliverer/broker/redis_transport.py). Not run on RabbitMQ: its node takes seconds
+    to stop and start, so four stops leave the worker's reconnect backoff at 10 s and
+    more, and the test would measure a 40 s backlog on one endpoint instead."""
     witness = harness.Witness(receiver, harness.steady(0.3))
     worker = stack.start_worker("threads", pool="threads", concurrency=16, wait=False)
     beat = stack.start_beat("beat", wait=False)
