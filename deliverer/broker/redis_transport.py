@@ -13,11 +13,12 @@ detaches the transport (``transport.client = None``), then closes it. Closing th
 channel hands its unacknowledged messages back to Redis (``restore_unacked``), which
 needs a connection pool, built from ``transport.client``: kombu raised AttributeError
 ("'NoneType' object has no attribute 'hostname'"), which Celery takes for unrecoverable,
-and the worker exited. The channel keeps the connection's parameters from its start, so
-the hand-back connects (or, Redis still down, fails with a connection error, which the
-close ignores: the messages stay unacknowledged in Redis, and the beat sweep's
-lost-message grace sends their notifications again long before kombu's visibility
-timeout would). Only ``redis://`` brokers use this transport (``celery_app``).
+and the worker exited; so did an ack that the event loop ran after the channel was
+closed. The channel keeps the connection's parameters from its start, so the hand-back
+and such an ack connect. With Redis still down they fail with a connection error, which
+kombu ignores (the close) or logs (the ack): the messages stay unacknowledged in Redis,
+and the beat sweep's lost-message grace sends their notifications again long before
+kombu's visibility timeout would. Only ``redis://`` brokers use this transport (``celery_app``).
 
 Celery uses it through ``broker_transport`` (``celery_app.celery_config``) when the
 broker is Redis.
@@ -40,8 +41,10 @@ class Channel(redis.Channel):
         self._sync_params = super()._connparams()
 
     def _connparams(self, asynchronous: bool = False) -> Any:
-        if self.connection.client is None and not asynchronous:
-            return dict(self._sync_params)  # detached while closing
+        # Detached while closing, or closed (kombu sets the channel's connection to
+        # None) with a task's ack still to come from the event loop.
+        if getattr(self.connection, "client", None) is None and not asynchronous:
+            return dict(self._sync_params)
         return super()._connparams(asynchronous=asynchronous)
 
     def close(self) -> None:
