@@ -464,6 +464,19 @@ class Stack:
             self.wait_ready(beat, timeout=timeout)
         return beat
 
+    def start_pipeline(self, webhook_url: str, concurrency: int = 8
+                       ) -> tuple[ManagedProcess, ManagedProcess, ManagedProcess, str]:
+        """A threads worker ("threads"), beat and the API, started together, and a
+        partner sending to ``webhook_url``: (worker, beat, web, partner id), once the
+        worker and beat are ready."""
+        worker = self.start_worker("threads", pool="threads", concurrency=concurrency,
+                                   wait=False)
+        beat = self.start_beat("beat", wait=False)
+        web = self.start_api()
+        partner = self.create_partner(webhook_url)
+        self.wait_ready(worker, beat)
+        return worker, beat, web, partner
+
     def wait_ready(self, *processes: ManagedProcess, timeout: float = 30.0) -> None:
         """Workers until they say ``ready.``, beats until they sent their first sweep."""
         marks = {"worker": " ready.", "beat": "Sending due task"}

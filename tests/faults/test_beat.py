@@ -21,11 +21,7 @@ def test_beat_killed_restarted_and_doubled(stack: harness.Stack, receiver,
     # below the first ladder step (120 ms) every retry is enqueued by a beat sweep.
     stack.extra_env["DELIVERER_SWEEP_HORIZON"] = "0.1"
     witness = harness.Witness(receiver, harness.flaky(SEED, share=0.4, max_failures=3))
-    worker = stack.start_worker("threads", pool="threads", concurrency=8, wait=False)
-    beat = stack.start_beat("beat", wait=False)
-    stack.start_api()
-    partner = stack.create_partner(witness.url("/hook"))
-    stack.wait_ready(worker, beat)
+    worker, beat, _web, partner = stack.start_pipeline(witness.url("/hook"))
 
     publisher = harness.Publisher(stack, partner)
     publisher.start(EVENTS, RATE)

@@ -40,11 +40,7 @@ def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.
     # here it only made the scenario 45 s longer.
     stack.extra_env["DELIVERER_SLOW_WINDOW"] = "3"
     witness = harness.Witness(receiver, harness.steady(0.05))
-    worker = stack.start_worker("threads", pool="threads", concurrency=8, wait=False)
-    beat = stack.start_beat("beat", wait=False)
-    stack.start_api()
-    partner = stack.create_partner(witness.url("/hook"))
-    stack.wait_ready(worker, beat)
+    worker, beat, _web, partner = stack.start_pipeline(witness.url("/hook"))
 
     publisher = harness.Publisher(stack, partner)
     publisher.start(EVENTS, RATE)
@@ -123,11 +119,7 @@ def test_broker_stopped_while_tasks_run(stack: harness.Stack, receiver,
     to stop and start, so four stops leave the worker's reconnect backoff at 10 s and
     more, and the test would measure a 40 s backlog on one endpoint instead."""
     witness = harness.Witness(receiver, harness.steady(0.3))
-    worker = stack.start_worker("threads", pool="threads", concurrency=16, wait=False)
-    beat = stack.start_beat("beat", wait=False)
-    stack.start_api()
-    partner = stack.create_partner(witness.url("/hook"))
-    stack.wait_ready(worker, beat)
+    worker, beat, _web, partner = stack.start_pipeline(witness.url("/hook"), concurrency=16)
 
     publisher = harness.Publisher(stack, partner)
     publisher.start(IN_FLIGHT_EVENTS, RATE)

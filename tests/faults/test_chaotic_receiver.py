@@ -24,11 +24,7 @@ def test_chaotic_receiver(stack: harness.Stack, receiver, faults: harness.FaultL
     total_timeout = stack.setting("DELIVERER_TOTAL_TIMEOUT")
     witness = harness.Witness(receiver, harness.chaos(SEED, total_timeout))
     urls = [witness.url(f"/hook/{i}") for i in range(ENDPOINTS)]
-    worker = stack.start_worker("threads", pool="threads", concurrency=16, wait=False)
-    beat = stack.start_beat("beat", wait=False)
-    stack.start_api()
-    partner = stack.create_partner(urls[0])
-    stack.wait_ready(worker, beat)
+    worker, _beat, _web, partner = stack.start_pipeline(urls[0], concurrency=16)
 
     publisher = harness.Publisher(stack, partner, callback_url=lambda i: urls[i % ENDPOINTS])
     with faults.inject("chaotic receiver", allows_duplicates=False,

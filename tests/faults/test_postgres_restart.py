@@ -23,11 +23,7 @@ def test_postgres_restart_mid_run(stack: harness.Stack, receiver, faults: harnes
     # restarts of seconds), the lease outlasts the outage: no need to send anything twice.
     stack.extra_env["DELIVERER_LEASE_SECONDS"] = "10"
     witness = harness.Witness(receiver, harness.steady(0.05))
-    worker = stack.start_worker("threads", pool="threads", concurrency=8, wait=False)
-    beat = stack.start_beat("beat", wait=False)
-    web = stack.start_api()
-    partner = stack.create_partner(witness.url("/hook"))
-    stack.wait_ready(worker, beat)
+    worker, beat, web, partner = stack.start_pipeline(witness.url("/hook"))
 
     publisher = harness.Publisher(stack, partner)
     publisher.start(EVENTS, RATE)
