@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from deliverer.alerts.mailer import SmtpConfigError, send_mail
-from tests.support.smtp import Inbox, self_signed_certificate, serve, server_tls_context
+from tests.support.smtp import Inbox, serve
+from tests.support.tls import self_signed_certificate, server_tls_context
 
 pytestmark = pytest.mark.unit
 

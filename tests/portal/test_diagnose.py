@@ -26,7 +26,7 @@ from tests.support import helpers as h
 from tests.support.page_client import csrf_of
 from tests.support.ports import closed_port
 from tests.support.receiver import ok, status
-from tests.support.smtp import self_signed_certificate, server_tls_context
+from tests.support.tls import self_signed_certificate, server_tls_context
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -4,13 +4,9 @@ accepts and the logins it is sent, and can offer STARTTLS with a self-signed cer
 
 from __future__ import annotations
 
-import shutil
-import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -53,23 +49,3 @@ def serve(inbox: Inbox, **smtp_options: Any) -> Iterator[int]:
         yield controller.port
     finally:
         controller.stop()
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path] | None:
-    """(certificate, key) for 127.0.0.1, made with the openssl command; None without it."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        return None
-    cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
-def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
