@@ -6,6 +6,7 @@ and ``deliverer.worker`` is the worker and beat entry point.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from celery import Celery
@@ -107,10 +108,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a queue for the worker to poll.
         "worker_enable_remote_control": not settings.broker_is_sqla,
     }
-    if settings.broker_url.startswith("redis://"):
-        # One publishing client per channel instead of one per publish (rediss:// keeps
-        # kombu's own, whose TLS set-up this was not measured with).
+    if settings.broker_is_redis:
+        # One publishing client per channel, and a worker that survives a broker stop
+        # under running tasks (deliverer.broker.redis_transport).
         config["broker_transport"] = "deliverer.broker.redis_transport:Transport"
+    if settings.broker_url.startswith("rediss://"):
+        # TLS with the server's certificate verified (system CAs; SSL_CERT_FILE adds
+        # one). kombu alone would connect to a rediss:// URL without verifying it, with
+        # a warning. The URL's own ssl_* parameters replace this (kombu's parse_url):
+        # ?ssl_ca_certs=/path/ca.pem, or ?ssl_cert_reqs=none for a provider's
+        # self-signed certificate.
+        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return config
 
 

@@ -18,7 +18,9 @@ closed. The channel keeps the connection's parameters from its start, so the han
 and such an ack connect. With Redis still down they fail with a connection error, which
 kombu ignores (the close) or logs (the ack): the messages stay unacknowledged in Redis,
 and the beat sweep's lost-message grace sends their notifications again long before
-kombu's visibility timeout would. Only ``redis://`` brokers use this transport (``celery_app``).
+kombu's visibility timeout would. ``redis://`` and ``rediss://`` brokers use this
+transport (``celery_app``, which also has a TLS broker's certificate verified); Sentinel
+keeps kombu's.
 
 Celery uses it through ``broker_transport`` (``celery_app.celery_config``) when the
 broker is Redis.

@@ -35,9 +35,11 @@ def _clean_state() -> None:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[harness.Stack]:
-    """Private PostgreSQL + Redis, migrated; processes are started by each scenario."""
-    with harness.running_stack(tmp_path / "stack") as running:
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[harness.Stack]:
+    """Private PostgreSQL + Redis, migrated; processes are started by each scenario.
+    Parametrized indirectly with True, Redis speaks TLS only (``rediss://``)."""
+    tls = bool(getattr(request, "param", False))
+    with harness.running_stack(tmp_path / "stack", broker_tls=tls) as running:
         yield running
 
 

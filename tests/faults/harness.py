@@ -72,6 +72,7 @@ from tests.support.backend import BACKEND
 from tests.support.ports import free_port
 from tests.support.processes import child_pids
 from tests.support.receiver import Receiver
+from tests.support.tls import self_signed_certificate
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,22 +109,37 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 class PrivateRedis:
-    """A redis-server of our own on a free port; nothing kept on disk."""
+    """A redis-server of our own on a free port; nothing kept on disk. With ``tls``, it
+    speaks TLS only, with a certificate for 127.0.0.1 that ``url`` names as the CA to
+    verify it with (``rediss://``)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: bool = False) -> None:
         self.dir = workdir / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.certificate: tuple[Path, Path] | None = None
+        if tls:
+            self.certificate = self_signed_certificate(self.dir, "redis")
+            if self.certificate is None:
+                raise RuntimeError("a TLS Redis needs the openssl command")
 
     @property
     def url(self) -> str:
+        if self.certificate:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificate[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self, timeout: float) -> redis.Redis:
+        tls: dict[str, Any] = {}
+        if self.certificate:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.certificate[0])}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, **tls)
+
     def ping(self) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5,
-                             socket_connect_timeout=0.5)
+        client = self.client(0.5)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -133,7 +149,7 @@ class PrivateRedis:
 
     def queued_messages(self) -> int:
         """Task messages waiting in deliverer's queues (kombu keeps each queue in a list)."""
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        client = self.client(2)
         try:
             return sum(int(client.llen(key)) for key in client.scan_iter("deliver*")
                        if client.type(key) == b"list")
@@ -144,7 +160,7 @@ class PrivateRedis:
         assert self.proc is None or self.proc.poll() is not None, "redis already running"
         self.starts += 1
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            ["redis-server", *self._listen(), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "no", "--dir", str(self.dir),
              "--logfile", str(self.dir / f"redis-{self.starts}.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -156,6 +172,13 @@ class PrivateRedis:
         if proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with {proc.returncode}: "
                                f"{_tail(self.dir / f'redis-{self.starts}.log')}")
+
+    def _listen(self) -> list[str]:
+        if self.certificate is None:
+            return ["--port", str(self.port)]
+        cert, key = self.certificate
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key), "--tls-auth-clients", "no"]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         proc = self.proc
@@ -324,6 +347,7 @@ class Stack:
 
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    broker_tls: bool = False  # Redis over TLS (rediss://)
     # The broker of the pass: a private Redis, or a private RabbitMQ node in the
     # RabbitMQ pass (DELIVERER_TEST_BACKEND=rabbitmq; tests.faults.rabbitmq_node).
     broker: Any = field(init=False)
@@ -341,7 +365,7 @@ class Stack:
 
             self.broker = PrivateRabbitMQ()
         else:
-            self.broker = PrivateRedis(self.workdir)
+            self.broker = PrivateRedis(self.workdir, tls=self.broker_tls)
         self.pg = PrivatePostgres()
 
     # ------------------------------------------------------------ life cycle
@@ -544,9 +568,10 @@ class Stack:
 
 
 @contextmanager
-def running_stack(workdir: Path, **extra_env: str) -> Iterator[Stack]:
+def running_stack(workdir: Path, broker_tls: bool = False,
+                  **extra_env: str) -> Iterator[Stack]:
     """A started ``Stack`` (servers up, schema migrated), torn down whatever happens."""
-    stack = Stack(workdir, dict(extra_env))
+    stack = Stack(workdir, dict(extra_env), broker_tls=broker_tls)
     try:
         stack.start_servers()
         yield stack

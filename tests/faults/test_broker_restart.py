@@ -105,11 +105,13 @@ IN_FLIGHT_STOPS = 4
 
 
 @pytest.mark.skipif(BROKER != "redis", reason="deliverer's Redis transport's own failure")
+@pytest.mark.parametrize("stack", [False, True], ids=["redis", "rediss"], indirect=True)
 def test_broker_stopped_while_tasks_run(stack: harness.Stack, receiver,
                                         faults: harness.FaultLog):
     """Redis stops, four times, while the worker has tasks running (a receiver taking
     0.3 s a POST): each time the worker closes the lost connection, handing the running
-    tasks' messages back, reconnects and goes on, and every event arrives.
+    tasks' messages back, reconnects and goes on, and every event arrives. Also over
+    TLS (``rediss://``, the certificate verified), which uses the same transport.
 
     The worker used to exit at the first or second stop: Celery 5.7 detaches the
     transport (``collect``) before it closes the connection, and the channel's
@@ -134,7 +136,8 @@ def test_broker_stopped_while_tasks_run(stack: harness.Stack, receiver,
 
     publisher.join(timeout=30)
     stack.settle(timeout=90)
-    ledger = harness.Ledger.collect(f"{BROKER} stopped while tasks run", stack, witness,
+    scheme = stack.broker.url.partition(":")[0]  # redis or rediss
+    ledger = harness.Ledger.collect(f"{scheme} stopped while tasks run", stack, witness,
                                     publisher, faults)
     harness.REPORT.record(ledger)
     assert worker.alive() and beat.alive(), stack.logs()

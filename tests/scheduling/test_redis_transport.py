@@ -1,18 +1,31 @@
-"""The Redis transport publishes through one client per channel (production backend)."""
+"""The Redis transport publishes through one client per channel, and survives a broker
+stop under running tasks; over TLS too, with the certificate verified (production
+backend)."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from deliverer.broker import redis_transport
+from deliverer.celery_app import make_celery
 from deliverer.config import Settings
+from tests.faults.harness import PrivateRedis
 
 
 def test_every_publish_of_a_channel_uses_one_client_and_messages_arrive(
         settings: Settings, celery_app: Celery) -> None:
     if not settings.broker_url.startswith("redis://"):
         pytest.skip("the Redis transport is used when the broker is Redis")
+    _one_client_per_channel(celery_app)
+
+
+def _one_client_per_channel(celery_app: Celery) -> None:
     assert celery_app.conf.broker_transport == ("deliverer.broker.redis_transport:"
                                                 "Transport")
     with celery_app.connection_for_write() as conn:
@@ -53,6 +66,10 @@ def test_a_connection_closed_after_its_transport_was_detached_hands_messages_bac
     has no attribute 'hostname'"), and the worker exited. Then the event loop acks a
     task that ended meanwhile, on the closed channel: that raised too."""
     _redis_only(settings)
+    _hand_back_after_detach(celery_app)
+
+
+def _hand_back_after_detach(celery_app: Celery) -> None:
     conn = celery_app.connection_for_read()
     channel = conn.default_channel
     assert isinstance(channel, redis_transport.Channel)
@@ -70,3 +87,45 @@ def test_a_connection_closed_after_its_transport_was_detached_hands_messages_bac
     finally:
         with celery_app.connection_for_write() as other:
             other.default_channel.queue_delete(QUEUE)
+
+
+@pytest.fixture(scope="module")
+def tls_redis(settings: Settings, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[PrivateRedis]:
+    """A redis-server of this module's own, speaking TLS only (certificate for 127.0.0.1)."""
+    _redis_only(settings)
+    server = PrivateRedis(Path(tmp_path_factory.mktemp("tls")), tls=True)
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+def _tls_app(settings: Settings, url: str) -> Celery:
+    return make_celery(settings.with_overrides(broker_url=url))
+
+
+def test_a_rediss_broker_certificate_is_verified_unless_the_url_says_otherwise(
+        settings: Settings, tls_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu alone connects to a rediss:// URL without verifying the server (a warning
+    in the log): a broker on a provider's network could then be anyone's."""
+    plain = tls_redis.url.partition("?")[0]  # no CA named: the system's CAs
+    conn = _tls_app(settings, plain).connection_for_write()
+    with pytest.raises(OperationalError, match="certificate verify failed"):
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    conn.release()
+    # The provider's self-signed certificate, accepted on purpose.
+    with _tls_app(settings, f"{plain}?ssl_cert_reqs=none").connection_for_write() as conn:
+        assert conn.default_channel.client.ping()
+    # A CA bundle of the machine's own, named as OpenSSL reads it (README).
+    assert tls_redis.certificate is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_redis.certificate[0]))
+    with _tls_app(settings, plain).connection_for_write() as conn:
+        assert conn.default_channel.client.ping()
+
+
+def test_a_rediss_broker_carries_messages_through_deliverers_transport(
+        settings: Settings, tls_redis: PrivateRedis) -> None:
+    app = _tls_app(settings, tls_redis.url)  # ?ssl_ca_certs=<the server's certificate>
+    _one_client_per_channel(app)
+    # and the hand-back that once made the worker exit works over TLS too
+    _hand_back_after_detach(app)
