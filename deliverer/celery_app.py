@@ -112,14 +112,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One publishing client per channel, and a worker that survives a broker stop
         # under running tasks (deliverer.broker.redis_transport).
         config["broker_transport"] = "deliverer.broker.redis_transport:Transport"
-    if settings.broker_url.startswith("rediss://"):
-        # TLS with the server's certificate verified (system CAs; SSL_CERT_FILE adds
-        # one). kombu alone would connect to a rediss:// URL without verifying it, with
-        # a warning. The URL's own ssl_* parameters replace this (kombu's parse_url):
-        # ?ssl_ca_certs=/path/ca.pem, or ?ssl_cert_reqs=none for a provider's
-        # self-signed certificate.
-        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    tls = broker_tls(settings.broker_url)
+    if tls is not None:
+        config["broker_use_ssl"] = tls
     return config
+
+
+def broker_tls(broker_url: str) -> dict[str, Any] | None:
+    """A TLS broker's certificate verified, chain and host name, against the system's CAs
+    (SSL_CERT_FILE, read by OpenSSL, names another bundle). kombu alone connects to a
+    rediss:// URL without verifying anything (with a warning), and to an amqps:// URL
+    without checking that the certificate is the broker's host's."""
+    if broker_url.startswith("rediss://"):
+        # redis-py's names. The URL's own ssl_* parameters replace these (kombu's
+        # parse_url): ?ssl_ca_certs=/path/ca.pem, or ?ssl_cert_reqs=none for a
+        # provider's self-signed certificate.
+        return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if broker_url.startswith("amqps://"):
+        # py-amqp's names; kombu fills server_hostname with the URL's host (and so
+        # turns on the check).
+        return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
+    return None
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -26,6 +26,7 @@ from kombu import Connection
 from deliverer.broker import queues
 from tests.support.ports import free_port
 from tests.support.processes import group_pids
+from tests.support.tls import self_signed_certificate
 from tests.support.waiting import wait_until
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -34,7 +35,7 @@ SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 class PrivateRabbitMQ:
     """Same interface as ``harness.PrivateRedis``: url, ping, queued_messages, start, stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="deliverer-faults-rabbitmq-"))
         self.as_rabbitmq = os.geteuid() == 0
         self.port = free_port()
@@ -42,17 +43,39 @@ class PrivateRabbitMQ:
         self.node = f"deliverer-faults-{secrets.token_hex(4)}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
-        (self.root / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        config = f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+        self.certificate: tuple[Path, Path] | None = None
+        self.tls_port = 0
+        if tls:
+            config += self._tls_config()
+        (self.root / "rabbitmq.conf").write_text(config)
         (self.root / "enabled_plugins").write_text("[].\n")
         if self.as_rabbitmq:
             user = pwd.getpwnam("rabbitmq")
             for path in (self.root, *self.root.iterdir()):
                 os.chown(path, user.pw_uid, user.pw_gid)
 
+    def _tls_config(self) -> str:
+        """A TLS listener too, with a certificate for 127.0.0.1 only, on 127.0.0.1 and on
+        127.0.0.2 (loopback as well, but a name the certificate does not cover)."""
+        self.certificate = self_signed_certificate(self.root, "rabbitmq")
+        if self.certificate is None:
+            raise RuntimeError("a TLS RabbitMQ needs the openssl command")
+        cert, key = self.certificate
+        self.tls_port = free_port()
+        return (f"listeners.ssl.one = 127.0.0.1:{self.tls_port}\n"
+                f"listeners.ssl.two = 127.0.0.2:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {cert}\n"
+                f"ssl_options.certfile = {cert}\nssl_options.keyfile = {key}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n")
+
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def tls_url(self, host: str = "127.0.0.1") -> str:
+        return f"amqps://guest:guest@{host}:{self.tls_port}//"
 
     def _connect(self, timeout: float) -> Connection:
         conn = Connection(self.url, connect_timeout=timeout)
