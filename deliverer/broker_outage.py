@@ -19,6 +19,7 @@ import logging
 import amqp.exceptions
 import kombu.exceptions
 import redis.exceptions
+from celery.beat import SchedulingError
 
 _OUTAGES: tuple[type[BaseException], ...] = (
     ConnectionError,  # refused, reset, aborted, broken pipe
@@ -34,12 +35,12 @@ _NOT_OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.AuthorizationError,
     amqp.exceptions.AccessRefused,
 )
-# A programming error raised while handling an outage is a bug the outage brought out (in
-# Celery, kombu or here): it keeps its traceback. One that an outage was raised while
-# handling is not (kombu's IndexError of an empty channel list, caught and then
-# connecting).
-_BUGS: tuple[type[BaseException], ...] = (
-    AttributeError, TypeError, NameError, LookupError, AssertionError)
+# Exceptions that only carry another one up: beat's, raised in the except block of a
+# failed send (without "from"). Any other exception raised while handling an outage is
+# what the outage brought out (a bug in Celery, kombu or here, or a state no one
+# expected): it keeps its traceback. One that an outage was raised while handling is
+# not (kombu's IndexError of an empty channel list, caught and then connecting).
+_WRAPPERS: tuple[type[BaseException], ...] = (SchedulingError,)
 # Celery's lines as the worker or beat exits: never shortened, even for an outage.
 _FATAL_LINES = ("Unrecoverable error", "beat raised exception")
 # Celery's own reconnect lines, logged as errors without an exception attached: the
@@ -62,10 +63,10 @@ def is_broker_outage(exc: BaseException) -> bool:
     chain = _chain(exc)
     if any(isinstance(e, _NOT_OUTAGES) for e in chain):
         return False
-    for e in chain:  # from the exception logged back to what it was raised from
+    for e in chain:  # from the exception logged back through the wrappers
         if isinstance(e, _OUTAGES):
             return True
-        if isinstance(e, _BUGS):
+        if not isinstance(e, _WRAPPERS):
             return False
     return False
 

@@ -50,6 +50,8 @@ def test_beats_message_error_about_a_refused_broker_is_one_warning_line():
                     "sweep-due-notifications: Error 111 connecting to 127.0.0.1:6391. "
                     "Connection refused")
     assert "\n" not in line and "Traceback" not in line
+    # As Celery raises it: in the except block, without "from".
+    assert is_broker_outage(_raised_while_handling(refused, SchedulingError("Couldn't")))
 
 
 def test_the_workers_reconnect_lines_are_one_warning_line_each():
@@ -87,17 +89,26 @@ def test_anything_else_keeps_its_traceback(exc):
     assert sys.exc_info() == (None, None, None)
 
 
-def test_a_bug_raised_while_handling_an_outage_keeps_its_traceback():
-    """An AttributeError raised in an except block for a lost connection: a bug the
-    outage brought out (in Celery, kombu or here), not the outage."""
-    lost = redis.exceptions.ConnectionError("Connection closed by server.")
+def _raised_while_handling(lost: BaseException, bug: BaseException) -> BaseException:
     try:
         try:
             raise lost
-        except redis.exceptions.ConnectionError:
-            None.hostname  # type: ignore[attr-defined]  # noqa: B018
-    except AttributeError as bug:
-        raised: BaseException = bug
+        except BaseException:
+            raise bug  # noqa: B904  # implicitly chained, as an unexpected error is
+    except BaseException as caught:
+        return caught
+
+
+@pytest.mark.parametrize("bug", [
+    AttributeError("'NoneType' object has no attribute 'hostname'"),
+    ValueError("invalid literal for int() with base 10: ''"),
+    RuntimeError("dictionary changed size during iteration"),
+])
+def test_an_error_raised_while_handling_an_outage_keeps_its_traceback(bug):
+    """An error raised in an except block for a lost connection: what the outage
+    brought out (a bug in Celery, kombu or here), not the outage."""
+    lost = redis.exceptions.ConnectionError("Connection closed by server.")
+    raised = _raised_while_handling(lost, bug)
     assert raised.__context__ is lost and not is_broker_outage(raised)
     line = _formatted(_record("celery.worker", logging.ERROR, "Error on %s %s: %r",
                               ("stopping", "Hub", raised), raised))
