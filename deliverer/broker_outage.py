@@ -15,11 +15,13 @@ beat's reconnect lines, a publish that fell back to the sweep.
 from __future__ import annotations
 
 import logging
+import ssl
 
 import amqp.exceptions
 import kombu.exceptions
 import redis.exceptions
 from celery.beat import SchedulingError
+from celery.exceptions import Reject
 
 _OUTAGES: tuple[type[BaseException], ...] = (
     ConnectionError,  # refused, reset, aborted, broken pipe
@@ -29,18 +31,22 @@ _OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     amqp.exceptions.RecoverableConnectionError,
 )
-# A refused login is a configuration error, not an outage: it keeps its traceback.
+# A refused login or a certificate that fails verification (redis-py and kombu wrap it
+# in their connection errors) is a configuration error, not an outage: it keeps its
+# traceback.
 _NOT_OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.AuthenticationError,
     redis.exceptions.AuthorizationError,
     amqp.exceptions.AccessRefused,
+    ssl.SSLCertVerificationError,
 )
-# Exceptions that only carry another one up: beat's, raised in the except block of a
-# failed send (without "from"). Any other exception raised while handling an outage is
+# Exceptions that only carry another one up, raised in the except block of a failed
+# send (without "from"): beat's, and a task's retry that could not be sent (Celery's
+# Task.retry raises Reject). Any other exception raised while handling an outage is
 # what the outage brought out (a bug in Celery, kombu or here, or a state no one
 # expected): it keeps its traceback. One that an outage was raised while handling is
 # not (kombu's IndexError of an empty channel list, caught and then connecting).
-_WRAPPERS: tuple[type[BaseException], ...] = (SchedulingError,)
+_WRAPPERS: tuple[type[BaseException], ...] = (SchedulingError, Reject)
 # Celery's lines as the worker or beat exits: never shortened, even for an outage.
 _FATAL_LINES = ("Unrecoverable error", "beat raised exception")
 # Celery's own reconnect lines, logged as errors without an exception attached: the

@@ -120,7 +120,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def broker_tls(broker_url: str) -> dict[str, Any] | None:
     """A TLS broker's certificate verified, chain and host name, against the system's CAs
-    (SSL_CERT_FILE, read by OpenSSL, names another bundle). kombu alone connects to a
+    (SSL_CERT_FILE, read by OpenSSL, adds one). kombu alone connects to a
     rediss:// URL without verifying anything (with a warning), and to an amqps:// URL
     without checking that the certificate is the broker's host's."""
     if broker_url.startswith("rediss://"):
@@ -130,7 +130,9 @@ def broker_tls(broker_url: str) -> dict[str, Any] | None:
         return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if broker_url.startswith("amqps://"):
         # py-amqp's names; kombu fills server_hostname with the URL's host (and so
-        # turns on the check).
+        # turns on the check), once, in this dict: one broker host, not a failover list
+        # (a second host would be checked against the first's name). kombu connects to
+        # "localhost" as 127.0.0.1, the name then checked.
         return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
     return None
 

@@ -16,6 +16,7 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from contextlib import suppress
@@ -140,6 +141,9 @@ class PrivateRabbitMQ:
         proc = self.proc
         wait_until(lambda: proc.poll() is not None or self.ping(), timeout,
                    message="rabbitmq to answer", interval=0.25)
+        if self.tls_port:  # its TLS listeners may open after the TCP one
+            wait_until(lambda: proc.poll() is not None or _listens(self.tls_port), timeout,
+                       message="rabbitmq's TLS listener", interval=0.25)
         if proc.poll() is not None:
             raise RuntimeError(f"rabbitmq-server exited with {proc.returncode}: "
                                f"{log.read_text(errors='replace')[-3000:]}")
@@ -169,3 +173,9 @@ class PrivateRabbitMQ:
             self.stop(signal.SIGKILL, timeout=10)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

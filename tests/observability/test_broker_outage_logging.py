@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 
 import kombu.exceptions
 import pytest
 import redis.exceptions
 from celery.beat import SchedulingError
+from celery.exceptions import Reject
 
 from deliverer.broker_outage import BrokerOutageFilter, is_broker_outage
 
@@ -54,6 +56,20 @@ def test_beats_message_error_about_a_refused_broker_is_one_warning_line():
     assert is_broker_outage(_raised_while_handling(refused, SchedulingError("Couldn't")))
 
 
+def test_a_task_retry_that_could_not_be_sent_is_an_outage():
+    """Task.retry() raises Reject in the except block of the failed send; Celery logs it
+    as a WARNING with its traceback."""
+    refused = kombu.exceptions.OperationalError("Error 111 connecting. Connection refused.")
+    rejected = _raised_while_handling(refused, Reject(refused, requeue=False))
+    assert is_broker_outage(rejected)
+    line = _formatted(_record("celery.app.trace", logging.WARNING,
+                              "Task %(name)s[%(id)s] %(description)s: %(exc)s",
+                              ({"name": "deliverer.publish", "id": "1",
+                                "description": "rejected", "exc": repr(rejected)},),
+                              rejected))
+    assert line.startswith("WARNING Task deliverer.publish[1] rejected") and "\n" not in line
+
+
 def test_the_workers_reconnect_lines_are_one_warning_line_each():
     record = _record("celery.worker.consumer.consumer", logging.ERROR,
                      "consumer: Cannot connect to %s: %s.\n%s\n",
@@ -76,12 +92,20 @@ def test_a_connection_error_logged_with_its_traceback_loses_the_traceback():
     assert line == "WARNING publish failed: ConnectionError: Connection closed by server."
 
 
+def _certificate_refused() -> BaseException:
+    # As redis-py raises it: its ConnectionError from the TLS handshake's error.
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed")
+    return _raised(redis.exceptions.ConnectionError(
+        "Error 1 connecting to 127.0.0.1:6390. certificate verify failed"), verify)
+
+
 @pytest.mark.parametrize("exc", [
     ValueError("a bug"),
     redis.exceptions.AuthenticationError("invalid password"),  # configuration, not outage
+    _certificate_refused(),  # configuration too: a rediss:// URL without its CA
 ])
 def test_anything_else_keeps_its_traceback(exc):
-    raised = _raised(exc)
+    raised = _raised(exc) if exc.__traceback__ is None else exc
     assert not is_broker_outage(raised)
     record = _record("celery.beat", logging.ERROR, "Message Error: %s", (raised,), raised)
     line = _formatted(record)
