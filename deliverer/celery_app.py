@@ -13,7 +13,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, worker_process_init
 from kombu import Exchange, Queue
 
-from deliverer.broker import dispatch, queues
+from deliverer.broker import dispatch, queues, redis_transport
 from deliverer.broker.sqla_broker import SQLA_TRANSPORT_OPTIONS
 from deliverer.config import Settings, get_settings
 
@@ -108,10 +108,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a queue for the worker to poll.
         "worker_enable_remote_control": not settings.broker_is_sqla,
     }
-    if settings.broker_is_redis:
-        # One publishing client per channel, and a worker that survives a broker stop
-        # under running tasks (deliverer.broker.redis_transport).
-        config["broker_transport"] = "deliverer.broker.redis_transport:Transport"
     tls = broker_tls(settings.broker_url)
     if tls is not None:
         config["broker_use_ssl"] = tls
@@ -143,6 +139,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.broker_is_sqla:
         _poll_sqla_faster()
+    if settings.broker_is_redis:
+        # One publishing client per channel, and a worker that survives a broker stop
+        # under running tasks.
+        redis_transport.install()
     app = Celery("deliverer", include=TASK_MODULES)
     app.conf.update(celery_config(settings))
     return app

@@ -19,18 +19,24 @@ and such an ack connect. With Redis still down they fail with a connection error
 kombu ignores (the close) or logs (the ack): the messages stay unacknowledged in Redis,
 and the beat sweep's lost-message grace sends their notifications again long before
 kombu's visibility timeout would. ``redis://`` and ``rediss://`` brokers use this
-transport (``celery_app``, which also has a TLS broker's certificate verified); Sentinel
-keeps kombu's.
+transport (``celery_app`` also has a TLS broker's certificate verified); Sentinel keeps
+kombu's.
 
-Celery uses it through ``broker_transport`` (``celery_app.celery_config``) when the
-broker is Redis.
+``install()`` makes ``redis://`` and ``rediss://`` URLs resolve to it in the process
+(``celery_app.make_celery``), rather than naming it in Celery's ``broker_transport``:
+a connection then keeps its URL's scheme wherever the URL is shown or read again
+(Celery's banner; Flower's broker page and queue lengths, which choose their Redis
+client by the scheme and answered 404 for the transport's dotted path).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis
+
+SCHEMES = ("redis", "rediss")
 
 
 class Channel(redis.Channel):
@@ -74,3 +80,14 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    """``redis://`` and ``rediss://`` URLs use this transport in this process."""
+    path = f"{__name__}:Transport"
+    for scheme in SCHEMES:
+        if kombu.transport.TRANSPORT_ALIASES.get(scheme) != path:
+            kombu.transport.TRANSPORT_ALIASES[scheme] = path
+            # kombu caches what a name resolved to: a connection made before this
+            # would otherwise keep kombu's own transport for the scheme.
+            kombu.transport._transport_cache.pop(scheme, None)

@@ -143,6 +143,14 @@ def test_flower_lists_the_worker_and_its_delivery_tasks(fleet: Fleet, settings: 
         assert seen["name"] == "deliverer.deliver", seen
         assert seen["worker"] == NODE, seen
         assert h.sent(nid)
+        if BACKEND == "production":
+            # The Broker page's figures: Flower reads Redis itself, with a client it
+            # chooses by the broker URL's scheme (RabbitMQ's need its management API,
+            # Flower's --broker-api; kombu's SQLAlchemy transport has none).
+            got = requests.get(f"{base}/api/queues/length", timeout=10)
+            assert got.status_code == 200, got.text
+            lengths = {q["name"]: q["messages"] for q in got.json()["active_queues"]}
+            assert set(queues.ALL) <= set(lengths) and lengths[queues.FIRST] == 0, lengths
     finally:
         flower.terminate()
         try:
