@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, worker_process_init
 from kombu import Exchange, Queue
+from kombu.utils.url import parse_url
 
 from deliverer.broker import dispatch, queues, redis_transport
 from deliverer.broker.sqla_broker import SQLA_TRANSPORT_OPTIONS
@@ -120,10 +121,11 @@ def broker_tls(broker_url: str) -> dict[str, Any] | None:
     rediss:// URL without verifying anything (with a warning), and to an amqps:// URL
     without checking that the certificate is the broker's host's."""
     if broker_url.startswith("rediss://"):
-        # redis-py's names. The URL's own ssl_* parameters replace these (kombu's
-        # parse_url): ?ssl_ca_certs=/path/ca.pem, or ?ssl_cert_reqs=none for a
-        # provider's self-signed certificate.
-        return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        # redis-py's names. The URL's own ssl_* parameters, read as kombu reads them
+        # (?ssl_ca_certs=/path/ca.pem, or ?ssl_cert_reqs=none for a provider's
+        # self-signed certificate), replace the default: kombu would take them from the
+        # URL anyway, but Flower's Broker page reads only this setting.
+        return dict(parse_url(broker_url).get("ssl") or {"ssl_cert_reqs": ssl.CERT_REQUIRED})
     if broker_url.startswith("amqps://"):
         # py-amqp's names; kombu fills server_hostname with the URL's host (and so
         # turns on the check), once, in this dict: one broker host, not a failover list

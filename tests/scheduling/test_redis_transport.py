@@ -4,6 +4,7 @@ backend)."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,17 @@ def test_a_rediss_broker_carries_messages_through_deliverers_transport(
     _one_client_per_channel(app)
     # and the hand-back that once made the worker exit works over TLS too
     _hand_back_after_detach(app)
+
+
+def test_flowers_broker_page_reads_a_rediss_broker_with_the_urls_ca(
+        settings: Settings, tls_redis: PrivateRedis) -> None:
+    """Flower takes TLS options from broker_use_ssl only, not from the URL."""
+    broker_module = pytest.importorskip("flower.utils.broker")
+    app = _tls_app(settings, tls_redis.url)  # ?ssl_ca_certs=<the server's certificate>
+    with app.connection() as conn:
+        uri = conn.as_uri(include_password=True)
+    assert uri.startswith("rediss://")
+    broker = broker_module.Broker(uri, broker_options=app.conf.broker_transport_options,
+                                  broker_use_ssl=app.conf.broker_use_ssl)
+    lengths = asyncio.run(broker.queues(["deliverer.test.flower"]))
+    assert lengths == [{"name": "deliverer.test.flower", "messages": 0}]
