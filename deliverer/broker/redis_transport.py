@@ -19,8 +19,7 @@ and such an ack connect. With Redis still down they fail with a connection error
 kombu ignores (the close) or logs (the ack): the messages stay unacknowledged in Redis,
 and the beat sweep's lost-message grace sends their notifications again long before
 kombu's visibility timeout would. ``redis://`` and ``rediss://`` brokers use this
-transport (``celery_app`` also has a TLS broker's certificate verified); Sentinel keeps
-kombu's.
+transport (``celery_app`` also has a TLS broker's certificate verified).
 
 ``install()`` makes ``redis://`` and ``rediss://`` URLs resolve to it in the process
 (``celery_app.make_celery``), rather than naming it in Celery's ``broker_transport``:
