@@ -56,12 +56,25 @@ def listed(session: Session, partner_id: str) -> list[Endpoint]:
         .order_by(Endpoint.created_at, Endpoint.id)))
 
 
+def lock_endpoints_of(session: Session, partner_id: str) -> None:
+    """Taken first by every change to a partner's endpoints or webhook URL (here, and
+    the webhook settings' save, which locks the same row): the partner's settings row.
+    One order for all of them, so two changes wait for each other instead of
+    deadlocking (an endpoint's row against the settings row), and a URL's check sees
+    what the change before it committed."""
+    session.execute(select(WebhookSettings.partner_id)
+                    .where(WebhookSettings.partner_id == partner_id).with_for_update())
+
+
 def get(session: Session, partner_id: str, public_id: str, *,
         for_update: bool = False) -> Endpoint:
-    """One registered endpoint of the partner; another partner's id is not found."""
+    """One registered endpoint of the partner; another partner's id is not found.
+    ``for_update``: to be changed, locked after ``lock_endpoints_of``."""
     query = select(Endpoint).where(Endpoint.public_id == public_id,
                                    Endpoint.partner_id == partner_id,
                                    Endpoint.registered.is_(True))
+    if for_update:
+        lock_endpoints_of(session, partner_id)
     endpoint = session.scalar(query.with_for_update() if for_update else query)
     if endpoint is None:
         raise EndpointNotFound()
@@ -97,8 +110,7 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
     netguard.validate_url(url, allow_private=settings.allow_private_urls)
     subscriptions = catalog.check_subscriptions(settings, event_types or ["*"])
     _check_rate_limit(rate_limit)
-    session.execute(select(WebhookSettings.partner_id)
-                    .where(WebhookSettings.partner_id == partner_id).with_for_update())
+    lock_endpoints_of(session, partner_id)
     count = session.scalar(select(func.count()).select_from(Endpoint).where(
         Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
     if count >= settings.max_endpoints_per_partner:
@@ -132,6 +144,7 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
                     enabled: Any = _UNSET, rate_limit: Any = _UNSET,
                     now: datetime | None = None) -> Endpoint:
     now = now or utcnow()
+    lock_endpoints_of(session, endpoint.partner_id)  # the portal reads it unlocked
     if event_types is not _UNSET:
         endpoint.event_types = catalog.check_subscriptions(settings, event_types or ["*"])
     if rate_limit is not _UNSET:
@@ -190,6 +203,7 @@ def delete(session: Session, endpoint: Endpoint, now: datetime | None = None) ->
     """Deleted: nothing more fans out to it, and what it still holds becomes NOT_SENT,
     with the reason recorded on each notification. Returns how many."""
     now = now or utcnow()
+    lock_endpoints_of(session, endpoint.partner_id)
     endpoint.deleted_at = now
     endpoint.registered = False
     if endpoint.is_default:

@@ -308,3 +308,47 @@ def test_endpoints_need_the_api_key(make_partner, anonymous):
     for method, path in (("GET", ENDPOINTS), ("POST", ENDPOINTS), ("GET", EVENT_TYPES),
                          ("PATCH", f"{ENDPOINTS}/ep_x"), ("POST", f"{ENDPOINTS}/ep_x/test")):
         t.assert_error(anonymous.request(method, path, json={}), 401, "UNAUTHORIZED")
+
+
+def _default(partner) -> dict:
+    [default] = [e for e in partner.api.get(ENDPOINTS).json()["data"] if e["isDefault"]]
+    return default
+
+
+def test_parallel_url_changes_wait_for_each_other(make_partner):
+    """Two endpoints moved to one URL, that URL registered, the webhook URL saved and the
+    default endpoint moved, all at once: each change waits for the one before it. They
+    deadlocked (the settings row and an endpoint's row locked in opposite orders: 503),
+    or both passed the URL check and the unique constraint answered 500."""
+    partner = make_partner("http://127.0.0.1:9/default")
+    first = create(partner, "http://127.0.0.1:9/first")["id"]
+    second = create(partner, "http://127.0.0.1:9/second")["id"]
+    for k in range(4):
+        shared = f"http://127.0.0.1:9/shared-{k}"
+        calls = [("PATCH", f"{ENDPOINTS}/{first}", {"url": shared}),
+                 ("PATCH", f"{ENDPOINTS}/{second}", {"url": shared}),
+                 ("POST", ENDPOINTS, {"url": shared}),
+                 ("PUT", "/api/partner/v2/webhook-settings",
+                  {"url": f"http://127.0.0.1:9/settings-{k}"}),
+                 ("PATCH", f"{ENDPOINTS}/{_default(partner)['id']}",
+                  {"url": f"http://127.0.0.1:9/moved-{k}"})]
+        responses = race([(lambda c=call: partner.api.request(c[0], c[1], json=c[2]))
+                          for call in calls])
+        assert all(r.status_code < 500 for r in responses), [r.text for r in responses]
+        claims = t.statuses(responses[:3])
+        assert sum(n for status, n in claims.items() if status in (200, 201)) == 1, claims
+        for response in responses[:3]:
+            if response.status_code == 409:
+                t.assert_error(response, 409, "CONFLICT")
+        # The default moved by the PATCH, or left behind by the settings' save (then
+        # no longer an endpoint of the merchant's: 404).
+        assert responses[3].status_code == 200, responses[3].text
+        assert responses[4].status_code in (200, 404), responses[4].text
+        settings = partner.api.get("/api/partner/v2/webhook-settings").json()
+        assert _default(partner)["url"] == settings["url"]
+        created = [r.json()["id"] for r in responses[2:3] if r.status_code == 201]
+        if created:
+            assert partner.api.delete(f"{ENDPOINTS}/{created[0]}").status_code == 200
+        for endpoint_id in (first, second):  # the one that moved frees the URL again
+            partner.api.patch(f"{ENDPOINTS}/{endpoint_id}",
+                              json={"url": f"http://127.0.0.1:9/{endpoint_id}-{k}"})
