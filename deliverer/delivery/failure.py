@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
 from deliverer.delivery import auto_disable, endpoint_queue, ladder, sender
-from deliverer.delivery.claim import ClaimState, DeliveryJob
+from deliverer.delivery.claim import ENDPOINT_DELETED, ClaimState, DeliveryJob, stop_where
 from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, Trigger
 
 
@@ -32,6 +33,15 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
     row.next_attempt_at = due
     row.scheduled_for = None
     if endpoint is not None:
+        if endpoint.deleted_at is not None:
+            # Deleted while this attempt was in flight (the deletion leaves those to their
+            # worker): stopped as the deletion stopped the rest, rather than joining a
+            # queue nothing would release.
+            session.flush()
+            stop_where(session, error_payload(FailureKind.ENDPOINT_DISABLED, ENDPOINT_DELETED),
+                       Notification.id == row.id)
+            session.expire(row)
+            return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.NOT_SENT)
         if result.status_code == 410:
             _disable_endpoint(session, endpoint, row, now)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)

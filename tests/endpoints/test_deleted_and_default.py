@@ -54,23 +54,31 @@ def only_transactions_to_default(settings) -> None:
         registered.update_endpoint(session, settings, default, event_types=["transaction.*"])
 
 
-def test_a_delivery_in_flight_when_its_endpoint_is_deleted_is_not_sent_again(settings):
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_a_delivery_in_flight_when_its_endpoint_is_deleted_is_not_sent_again(settings,
+                                                                            in_flight):
+    """Each failure recorded after the deletion stops its notification, NOT_SENT for the
+    deletion's reason. Several used to join the endpoint's queue behind the first
+    failure, held with nothing to release them (a black-box try: FAILED for minutes, a
+    merchant's retry accepted and then sent nowhere)."""
     shop = h.new_partner(settings, DEFAULT)
     billing = add(settings, shop.partner_id, BILLING, ["invoice.*"])
-    nid = publish(settings, shop.partner_id, "invoice.settled").deliveries[-1].notification_id
+    nids = [publish(settings, shop.partner_id, "invoice.settled").deliveries[-1]
+            .notification_id for _ in range(in_flight)]
     with session_scope() as session:
-        _, [job] = lease_jobs(session, [nid], settings, utcnow())
+        _, jobs = lease_jobs(session, nids, settings, utcnow())
     assert delete(shop.partner_id, billing.public_id) == 0  # in flight: left to its worker
     failed = sender.SendResult(utcnow(), 5, False, 500, "", {"message": "HTTP 500"})
-    in_transaction(lambda session: record(session, job, failed, settings))
-    due = h.notification(nid).next_attempt_at
-    assert due is not None  # the failure put it back on the ladder
-    with session_scope() as session:
-        outcome = claim(session, nid, settings, now=due + timedelta(seconds=1))
-    assert outcome.state != ClaimState.CLAIMED
-    row = h.notification(nid)
-    assert row.status == NotificationStatus.NOT_SENT and row.next_attempt_at is None
-    assert row.latest_error_payload["message"] == ENDPOINT_DELETED
+    for job in jobs:
+        in_transaction(lambda session, job=job: record(session, job, failed, settings))
+    for nid in nids:
+        row = h.notification(nid)
+        assert row.status == NotificationStatus.NOT_SENT, row.status
+        assert row.next_attempt_at is None and not row.held and row.attempt_count == 1
+        assert row.latest_error_payload["message"] == ENDPOINT_DELETED
+        with session_scope() as session:
+            outcome = claim(session, nid, settings, now=utcnow() + timedelta(days=1))
+        assert outcome.state != ClaimState.CLAIMED
 
 
 def test_retrying_a_deleted_endpoints_notification_never_sends_it_to_the_webhook_url(
