@@ -6,10 +6,14 @@ and ``deliverer.worker`` is the worker and beat entry point.
 
 from __future__ import annotations
 
+import functools
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from celery._state import get_current_app
 from celery.signals import after_setup_logger, worker_process_init
 from kombu import Exchange, Queue
 from kombu.utils.url import parse_url
@@ -18,6 +22,7 @@ from deliverer.broker import dispatch, queues, redis_transport
 from deliverer.broker.sqla_broker import SQLA_TRANSPORT_OPTIONS
 from deliverer.config import Settings, get_settings
 
+APP_NAME = "deliverer"
 TASK_MODULES = [
     "deliverer.delivery.tasks",
     "deliverer.scheduling.tasks",
@@ -135,6 +140,32 @@ def broker_tls(broker_url: str) -> dict[str, Any] | None:
     return None
 
 
+@contextmanager
+def producing(settings: Settings | None = None) -> Iterator[Celery]:
+    """deliverer's Celery app as this thread's current one while a producer's call runs
+    (``deliverer.publish_event``, the CLI's publish). The broker's messages go through
+    the current app (``broker.dispatch``), and a process that made none, a producer's own
+    program or the CLI, sent them through Celery's default app (amqp://localhost) or the
+    producer's own: lost, or left to the sweep's lost-message grace. A process whose
+    current app is deliverer's (the worker, the web, the tests) keeps it."""
+    current = get_current_app()
+    if current.main == APP_NAME:
+        yield current
+        return
+    app = _producer_app((settings or get_settings()).broker_url)
+    app.set_current()
+    try:
+        yield app
+    finally:
+        current.set_current()
+
+
+@functools.lru_cache(maxsize=4)
+def _producer_app(broker_url: str) -> Celery:
+    # One app per broker: its connection pool serves every publish of the process.
+    return make_celery(get_settings().with_overrides(broker_url=broker_url))
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     if settings.is_sqlite or settings.broker_url.startswith("sqla+sqlite"):
@@ -145,7 +176,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # One publishing client per channel, and a worker that survives a broker stop
         # under running tasks.
         redis_transport.install()
-    app = Celery("deliverer", include=TASK_MODULES)
+    app = Celery(APP_NAME, include=TASK_MODULES)
     app.conf.update(celery_config(settings))
     return app
 

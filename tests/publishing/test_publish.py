@@ -255,3 +255,42 @@ def test_publish_inside_a_producer_transaction_enqueues_only_on_commit(settings,
     [message] = deliver_messages(published_tasks)
     assert (message["task"], message["args"]) == expected_message(published.notification_id,
                                                                   alone=False)
+
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_producers_publish_goes_to_deliverers_broker_whatever_app_is_current(
+        settings, bulk):
+    """A producer's program has no deliverer Celery app, or its own as current (the CLI
+    had none): the messages went through that app, Celery's default amqp://localhost or
+    the producer's broker, and were lost or left to the sweep's lost-message grace."""
+    from celery import Celery, current_app
+    from celery.signals import before_task_publish
+
+    from deliverer.models import WakeGroup
+
+    partner = h.new_partner(settings, "http://127.0.0.1:9/producer")
+    with session_scope() as session:  # no wake-up pending: this publish sends one
+        session.execute(update(Endpoint).values(wake_sent_at=None))
+        session.execute(update(WakeGroup).values(wake_sent_at=None))
+    sent_by: list[str] = []
+
+    def seen(**_: object) -> None:
+        sent_by.append(current_app.main)  # the app sending, in the sending thread
+
+    producer = Celery("producer", broker="redis://127.0.0.1:9/0", set_as_current=False)
+    previous = current_app._get_current_object()
+    before_task_publish.connect(seen, weak=False)
+    producer.set_current()
+    try:
+        if bulk:
+            deliverer.publish_events(partner.partner_id, [
+                {"type": "transaction.paid", "reference": f"B-{i}", "payload": {}}
+                for i in range(3)])
+        else:
+            deliverer.publish_event(partner.partner_id, "transaction.paid", "P-1", {})
+        assert current_app.main == "producer"  # the producer's again
+    finally:
+        previous.set_current()
+        before_task_publish.disconnect(seen)
+    assert sent_by and set(sent_by) == {"deliverer"}, sent_by
