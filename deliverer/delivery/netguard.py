@@ -61,11 +61,25 @@ def is_forbidden_address(address: IPAddress) -> bool:
     return any(address in net for net in _EXTRA_BLOCKED)
 
 
+# Refused even where private addresses are allowed (DELIVERER_ALLOW_PRIVATE_URLS, the
+# embedded default's scripts/start): link-local, where clouds serve instance metadata and
+# credentials (169.254.169.254, AWS's fd00:ec2::254). A receiver on a private network
+# never needs them; a merchant who names them wants the machine's secrets.
+_METADATA = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10",
+                                               "fd00:ec2::254/128")]
+
+
+def _is_metadata(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour
+        if mapped is not None:
+            return _is_metadata(mapped)
+    return any(address in net for net in _METADATA)
+
+
 def check_address(ip: str, *, allow_private: bool) -> None:
-    if allow_private:
-        return
     address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if is_forbidden_address(address):
+    if _is_metadata(address) if allow_private else is_forbidden_address(address):
         raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({address})")
 
 
@@ -96,10 +110,8 @@ def validate_url(url: str, *, allow_private: bool) -> str:
     not exist yet, as Stripe and Svix allow, and saving makes no DNS query.
     """
     check_url_form(url)
-    if allow_private:
-        return url
     host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
+    if not allow_private and (host == "localhost" or host.endswith(".localhost")):
         # RFC 6761: always loopback, whatever a resolver would answer.
         raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({host} is loopback)")
     try:
@@ -109,11 +121,12 @@ def validate_url(url: str, *, allow_private: bool) -> str:
     except (socket.gaierror, UnicodeError):
         return url  # a name
     for info in infos:
-        check_address(str(info[4][0]), allow_private=False)
+        check_address(str(info[4][0]), allow_private=allow_private)
     return url
 
 
-def vetted_addresses(host: str, port: int, family: int = socket.AF_UNSPEC) -> Sequence[AddrInfo]:
+def vetted_addresses(host: str, port: int, family: int = socket.AF_UNSPEC, *,
+                     allow_private: bool = False) -> Sequence[AddrInfo]:
     """Resolve ``host`` once; its addresses if none is forbidden, else raise UnsafeUrl.
 
     One forbidden answer refuses the host rather than being skipped: a mix of public and
@@ -123,5 +136,5 @@ def vetted_addresses(host: str, port: int, family: int = socket.AF_UNSPEC) -> Se
     """
     infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     for info in infos:
-        check_address(str(info[4][0]), allow_private=False)
+        check_address(str(info[4][0]), allow_private=allow_private)
     return infos

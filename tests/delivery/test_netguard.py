@@ -55,6 +55,28 @@ def test_scoped_ipv6_and_allow_private():
     netguard.check_address("127.0.0.1", allow_private=True)
 
 
+METADATA = ["169.254.169.254", "169.254.0.1", "fe80::1", "fe80::1%eth0",
+            "::ffff:169.254.169.254", "fd00:ec2::254"]
+
+
+@pytest.mark.parametrize("address", METADATA)
+def test_link_local_is_refused_even_where_private_addresses_are_allowed(address):
+    """Where clouds serve instance metadata and credentials: the embedded default's
+    scripts/start allows private URLs, and a black-box try had its POSTs reach
+    169.254.169.254 through it."""
+    with pytest.raises(UnsafeUrl):
+        netguard.check_address(address, allow_private=True)
+    host = address.split("%")[0]
+    url = f"http://{host if '.' in host else f'[{host}]'}/latest/meta-data/"
+    with pytest.raises(UnsafeUrl):
+        netguard.validate_url(url, allow_private=True)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.1", "192.168.1.1", "fd12::1", "::1"])
+def test_private_addresses_pass_where_allowed(address):
+    netguard.check_address(address, allow_private=True)
+
+
 @pytest.mark.parametrize("url, reason", [
     ("ftp://example.com/hook", "http or https"),
     ("file:///etc/passwd", "http or https"),
@@ -71,7 +93,6 @@ def test_invalid_urls(url, reason):
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1:8080/hook",
     "http://[::1]/hook",
-    "http://169.254.169.254/latest/meta-data",
     "http://localhost/hook",  # resolves from /etc/hosts, no DNS query
     "http://[::ffff:127.0.0.1]/hook",
 ])

@@ -239,6 +239,18 @@ def test_ssrf_guard_blocks_a_rebound_name_before_any_connect(net, listener, answ
     assert_never_connected(listener)
 
 
+def test_link_local_is_never_dialled_even_where_private_addresses_are_allowed(net,
+                                                                              listener):
+    """CONFIG allows private URLs (the embedded default's scripts/start does): a name
+    answering with the cloud's metadata address is still refused before any connect."""
+    port = listener.getsockname()[1]
+    net.answer("metadata.test", ["169.254.169.254"])
+    result = send(f"http://metadata.test:{port}/latest", BODY, {}, CONFIG)
+    assert_payload(result, "blocked_address", message="169.254.169.254")
+    assert net.connects == []
+    assert_never_connected(listener)
+
+
 def test_ssrf_guard_dials_the_vetted_address_without_a_second_lookup(net, listener):
     port = listener.getsockname()[1]
     net.answer("public.test", ["93.184.216.34"], ["127.0.0.1"])  # rebinds after one lookup
@@ -295,7 +307,7 @@ class _KeepAliveServer(ThreadingHTTPServer):
 def unchecked_peer(monkeypatch: pytest.MonkeyPatch) -> None:
     # Routed "public" addresses really land on loopback, which the post-connect peer check
     # (defence in depth) refuses; these tests are about what the guard dials.
-    monkeypatch.setattr(dial, "_check_peer", lambda sock: None)
+    monkeypatch.setattr(dial, "_check_peer", lambda sock, allow_private: None)
 
 
 def test_guarded_send_pools_per_host_and_keeps_the_host_name(net, unchecked_peer):

@@ -1,6 +1,6 @@
 """The connection classes behind every POST: each hands its socket to the deadline
-watchdog, and guarded ones (every send unless private URLs are allowed) dial only vetted
-addresses. One pooled session per thread."""
+watchdog and dials only vetted addresses (where private URLs are allowed, vetted for
+link-local ones only: ``netguard``). One pooled session per thread."""
 
 from __future__ import annotations
 
@@ -17,15 +17,13 @@ from deliverer.delivery.http import deadline, dial
 
 
 class _WatchedMixin:
-    """Hands each connection's socket to the watchdog; guarded ones dial vetted addresses."""
+    """Hands each connection's socket to the watchdog; dials vetted addresses."""
 
-    guarded = False
+    allow_private = False
     sock: socket.socket | None
 
     def _new_conn(self) -> socket.socket:
-        sock: socket.socket = (
-            dial.dial_vetted(cast(HTTPConnection, self)) if self.guarded
-            else super()._new_conn())  # type: ignore[misc]
+        sock = dial.dial_vetted(cast(HTTPConnection, self), self.allow_private)
         deadline.watch_socket(sock)
         return sock
 
@@ -42,12 +40,12 @@ class _WatchedHTTPSConnection(_WatchedMixin, HTTPSConnection):
     pass
 
 
-class _GuardedHTTPConnection(_WatchedHTTPConnection):
-    guarded = True
+class _PrivateHTTPConnection(_WatchedHTTPConnection):
+    allow_private = True
 
 
-class _GuardedHTTPSConnection(_WatchedHTTPSConnection):
-    guarded = True
+class _PrivateHTTPSConnection(_WatchedHTTPSConnection):
+    allow_private = True
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
@@ -58,16 +56,18 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-class _GuardedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
+class _PrivateHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PrivateHTTPConnection
 
 
-class _GuardedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
+class _PrivateHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PrivateHTTPSConnection
 
 
-class WatchedAdapter(HTTPAdapter):
-    """Lets the deadline watchdog find the socket of the request in flight."""
+class GuardedAdapter(HTTPAdapter):
+    """Lets the deadline watchdog find the socket of the request in flight, and dials only
+    addresses the SSRF guard vetted (pools stay keyed by host name, and every connection
+    in a host's pool was dialled to a vetted address of that host)."""
 
     pools: dict[str, type[HTTPConnectionPool]] = {
         "http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
@@ -77,11 +77,10 @@ class WatchedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = dict(self.pools)
 
 
-class GuardedAdapter(WatchedAdapter):
-    """Also dials only addresses the SSRF guard vetted (pools stay keyed by host name, and
-    every connection in a host's pool was dialled to a vetted address of that host)."""
+class PrivateAdapter(GuardedAdapter):
+    """Private addresses allowed (tests, the demo); link-local ones still refused."""
 
-    pools = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+    pools = {"http": _PrivateHTTPPool, "https": _PrivateHTTPSPool}
 
 
 
@@ -97,11 +96,8 @@ def pooled_session(allow_private_urls: bool) -> requests.Session:
     if session is None:
         session = requests.Session()
         session.trust_env = False  # no proxies from the environment for webhook traffic
-        adapter: HTTPAdapter = (
-            WatchedAdapter(pool_connections=64, pool_maxsize=8, max_retries=0)
-            if allow_private_urls
-            else GuardedAdapter(pool_connections=64, pool_maxsize=8, max_retries=0)
-        )
+        adapter = (PrivateAdapter if allow_private_urls else GuardedAdapter)(
+            pool_connections=64, pool_maxsize=8, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         sessions[key] = session

@@ -20,10 +20,10 @@ class BlockedAddress(Exception):
     """The host resolves to a forbidden address; raised past urllib3's retry logic."""
 
 
-def _check_peer(sock: socket.socket) -> None:
+def _check_peer(sock: socket.socket, allow_private: bool) -> None:
     peer = sock.getpeername()[0]
     try:
-        netguard.check_address(peer, allow_private=False)
+        netguard.check_address(peer, allow_private=allow_private)
     except UnsafeUrl as exc:
         sock.close()
         raise BlockedAddress(str(exc)) from exc
@@ -59,7 +59,7 @@ def _connect_first(candidates: Sequence[netguard.AddrInfo], conn: HTTPConnection
     raise error or OSError("getaddrinfo returned no address")
 
 
-def dial_vetted(conn: HTTPConnection) -> socket.socket:
+def dial_vetted(conn: HTTPConnection, allow_private: bool = False) -> socket.socket:
     """A connected socket to an address of ``conn.host`` the SSRF guard accepted.
 
     Checking only the peer after connect() still sent the SYN to an internal address, and
@@ -70,7 +70,8 @@ def dial_vetted(conn: HTTPConnection) -> socket.socket:
     TLS SNI, certificate checks and the Host header still use ``conn.host``.
     """
     try:
-        candidates = netguard.vetted_addresses(conn._dns_host, conn.port, allowed_gai_family())
+        candidates = netguard.vetted_addresses(conn._dns_host, conn.port, allowed_gai_family(),
+                                               allow_private=allow_private)
     except UnsafeUrl as exc:
         raise BlockedAddress(str(exc)) from exc
     except socket.gaierror as exc:
@@ -89,5 +90,5 @@ def dial_vetted(conn: HTTPConnection) -> socket.socket:
         raise urllib3.exceptions.NewConnectionError(
             conn, f"Failed to establish a new connection: {exc}") from exc
     sys.audit("http.client.connect", conn, conn.host, conn.port)
-    _check_peer(sock)  # defence in depth: cheap, and catches a dial we did not vet
+    _check_peer(sock, allow_private)  # defence in depth: catches a dial we did not vet
     return sock
