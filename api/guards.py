@@ -2,9 +2,10 @@
 
 * A body larger than ``MAX_CONTENT_LENGTH`` is refused with 413 on every route, also on
   routes that never read their body (werkzeug only enforces the limit on reading).
-* NUL characters are refused (400) in the path, the query string and JSON strings: a
-  text column on PostgreSQL cannot hold them (psycopg2 raises, which was a 500) and on
-  SQLite they would be stored and sent on.
+* NUL characters are refused (400) in the path, the query string, JSON strings and
+  form fields (the portal's and the console's): a text column on PostgreSQL cannot hold
+  them (psycopg2 raises, which was a 500) and on SQLite they would be stored and sent
+  on (a portal form stored an endpoint URL ending in NUL, POSTed to as ``%00``).
 * Lone UTF-16 surrogates (``"\\ud800"``) are refused (400) in JSON strings: Python's
   parser lets them through, and no database driver can encode them (a
   UnicodeEncodeError deep in the database layer, which was a 500).
@@ -31,6 +32,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from deliverer.errors import DelivererError, ValidationFailed
 
 NUL = "\x00"
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_DEPTH = 64
 # What a parsed JSON string may not hold: NUL, or a surrogate (the parser joins a pair
 # of escaped surrogates into one character, so any surrogate left is a lone one).
@@ -117,6 +119,9 @@ def check_request() -> None:
         raise NulCharacter()
     if request.is_json:
         _check_json(_json_body())
+    elif request.mimetype in _FORMS and any(
+            NUL in key or NUL in value for key, value in request.form.items(multi=True)):
+        raise NulCharacter()
     # A body that is not JSON would be read as "no fields given" and answered 200 with
     # nothing changed; say what is wrong instead.
     if (request.method in ("POST", "PUT", "PATCH") and request.content_length

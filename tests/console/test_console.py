@@ -91,6 +91,9 @@ def test_sign_in_never_redirects_off_the_console(console, target):
     response = client.post("/console/login", {"csrf_token": csrf_of(page.text),
                                               "token": OPERATOR_TOKEN, "next": target},
                            allow_redirects=False)
+    if "\x00" in target:  # refused before the view, as every form field holding NUL
+        assert response.status_code == 400 and "Location" not in response.headers
+        return
     assert response.status_code == 302
     assert response.headers["Location"] == "/console/"
 

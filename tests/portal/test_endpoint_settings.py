@@ -126,6 +126,9 @@ def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver)
         ((receiver.url("/x"),), {}, "event types: tick at least one, or All events"),
         ((receiver.url("/x"), "*"), {"rate_limit": "-1"}, "rate limit"),
         ((receiver.url("/main"), "*"), {}, "Another endpoint of yours already has this URL"),
+        # The API's guard, for forms too (a black-box try stored both).
+        ((receiver.url("/x") + "\x00", "*"), {}, "NUL characters are not allowed"),
+        ((receiver.url("/y"), "*"), {"description": "a\x00b"}, "NUL characters"),
     ]
     for (url, *types), extra, expected in cases:
         answer = add(client, url, *types, **extra)
