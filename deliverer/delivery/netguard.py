@@ -89,7 +89,8 @@ def check_url_form(url: str) -> str:
         raise UnsafeUrl("Webhook URL is too long")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port out of range
+        if parts.port == 0:  # raises ValueError on a port out of range
+            raise ValueError("port 0")  # nothing listens there: no connection can be made
     except ValueError as exc:
         raise UnsafeUrl("Webhook URL is not a valid URL") from exc
     if parts.scheme not in ("http", "https"):

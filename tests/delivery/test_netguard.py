@@ -83,6 +83,7 @@ def test_private_addresses_pass_where_allowed(address):
     ("http://user:pw@example.com/", "credentials"),
     ("http:///nohost", "no host"),
     ("http://example.com:99999/", "not a valid URL"),
+    ("https://example.com:0/", "not a valid URL"),
     ("http://example.com/" + "a" * 2100, "too long"),
 ])
 def test_invalid_urls(url, reason):
