@@ -58,11 +58,17 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}: {messages}" if prefix else str(messages)]
 
 
+def keep_refusal(exc: DelivererError) -> None:
+    """A refused request's audit row is written after the request's rollback (api.db):
+    for the handler below, and for a view that answers an error in its own shape."""
+    if exc.refusal is not None:
+        g.refused = exc
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DelivererError)
     def _service_error(exc: DelivererError) -> Response:
-        if exc.refusal is not None:
-            g.refused = exc  # kept on the audit trail after the rollback (api.db)
+        keep_refusal(exc)
         return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
 
     @app.errorhandler(HTTPException)

@@ -14,6 +14,7 @@ from flask_smorest import Blueprint
 from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import get_session
+from api.errors import keep_refusal
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import DeliveryFailed, resend
 from deliverer.errors import DelivererError, NotFound
@@ -68,6 +69,7 @@ def resend_transaction_webhook(transaction_id: str) -> Any:
     try:
         outcome, body = resend(transaction_id)
     except DelivererError as exc:
+        keep_refusal(exc)  # answered here, in seed 002's shape: still on the audit trail
         response = jsonify({"status": "error", "message": exc.message, "data": None})
         response.status_code = exc.status_code
         for name, value in exc.headers.items():
@@ -100,6 +102,12 @@ class InvoiceResendFailed(DeliveryFailed):
     message = "Internal error while resending webhook"  # seed 004
 
 
+def _instead(error: DelivererError, original: DelivererError) -> DelivererError:
+    """Seed 004's error for ``original``, with its audit row (``Refusal``)."""
+    error.refusal = original.refusal
+    return error
+
+
 @blp.route("/invoices/resend-webhook/<invoice_id>", methods=["POST"])
 def resend_invoice_webhook(invoice_id: str) -> Any:
     """Seed 004: ``status`` is ``success`` or ``pending``."""
@@ -109,9 +117,9 @@ def resend_invoice_webhook(invoice_id: str) -> Any:
     try:
         outcome, _body = resend(invoice_id)
     except TransactionNotFound as exc:
-        raise InvoiceNotFound() from exc
+        raise _instead(InvoiceNotFound(), exc) from exc
     except DeliveryFailed as exc:
-        raise InvoiceResendFailed() from exc
+        raise _instead(InvoiceResendFailed(), exc) from exc
     return jsonify({
         "message": ("Webhook reenviado com sucesso" if outcome == "success"
                     else "Reenvio do webhook em andamento"),

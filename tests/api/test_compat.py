@@ -238,3 +238,14 @@ def test_compat_routes_take_either_header(make_partner, anonymous, path):
     for client in (partner.api, partner.bearer):
         assert client.request(method, path).status_code in (200, 404)
     t.assert_error(anonymous.request(method, path), 401, "UNAUTHORIZED", t.MISSING)
+
+
+def test_compat_resend_refusals_are_on_the_audit_trail(make_partner):
+    """Seed 002 answers errors in its own shape, seed 004 with its own messages: their
+    refusals were answered but not recorded, where the v2 route records them."""
+    partner = make_partner("http://127.0.0.1:9/hook")
+    for path in (SEED002_RESEND.format("NOPE"), SEED004_RESEND.format("NOPE"),
+                 "/api/partner/v2/transactions/NOPE/resend-webhook"):
+        assert partner.bearer.post(path).status_code == 404
+    outcomes = [r.outcome for r in t.partner_requests(partner.partner_id, kind="resend")]
+    assert outcomes == ["NOT_FOUND"] * 3, outcomes
