@@ -72,10 +72,14 @@ _KIND_HINTS = {
     FailureKind.CONNECTION_ERROR: "Connection error: we could not reach your server. Check "
     "that it is reachable from the internet.",
     FailureKind.NO_URL: "No webhook URL is configured. Set one in your webhook settings.",
-    FailureKind.ENDPOINT_DISABLED: "This endpoint answered 410 Gone and was disabled. Save "
-    "your webhook settings (PUT /api/partner/v2/webhook-settings) to enable it again: the "
-    "notifications held meanwhile are then sent. If you moved to another URL, retry them: "
-    "a retry sends to the URL in your settings.",
+    # One hint for every reason (a 410 Gone, days of failures, the merchant's own
+    # disabling, a deletion: the message says which), each with its own remedy.
+    FailureKind.ENDPOINT_DISABLED: "This endpoint is disabled or was deleted (the message "
+    "says why). Enable a disabled one again with PATCH /api/partner/v2/endpoints/{id} "
+    "(enabled: true), or, for the default endpoint (your webhook URL), by saving your "
+    "webhook settings (PUT /api/partner/v2/webhook-settings): the notifications held "
+    "meanwhile are then sent. A deleted one is sent nothing more: register its URL again "
+    "(POST /api/partner/v2/endpoints) for the events that follow.",
     FailureKind.NOT_A_WEBHOOK_PARTNER: "This partner is inactive or reads its events by "
     "polling, so no webhook is sent. Ask the provider to enable webhook delivery.",
     FailureKind.WEBHOOKS_DISABLED: "Webhooks are turned off in your webhook settings. Turn "

@@ -61,3 +61,14 @@ def test_hints_for_dns_and_tls_kinds():
     assert "certificate" in hint_for(FailureKind.TLS)
     assert "Connection refused" in hint_for(FailureKind.CONNECTION_REFUSED)
     assert "Timeout" in hint_for(FailureKind.TIMEOUT)
+
+
+def test_the_disabled_endpoints_hint_names_each_remedy():
+    """It told every disabled or deleted endpoint's merchant to save the webhook
+    settings, which enables only the default endpoint after a 410 (two black-box tries:
+    a registered endpoint stayed disabled, a deleted one was told it answered 410)."""
+    hint = hint_for(FailureKind.ENDPOINT_DISABLED)
+    assert "410" not in hint
+    for remedy in ("PATCH /api/partner/v2/endpoints/{id}", "PUT /api/partner/v2/webhook-settings",
+                   "POST /api/partner/v2/endpoints"):
+        assert remedy in hint
