@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from deliverer.models import Endpoint, table_of
 from deliverer.models.base import constant
-from deliverer.models.endpoint import subscribed_in_sql
+from deliverer.models.endpoint import DISABLED_BY_MERCHANT, subscribed_in_sql
 
 _ENDPOINTS = table_of(Endpoint)
 _E = _ENDPOINTS.c
@@ -50,6 +50,25 @@ _WAKE = case((_NEWLY, _NOW), else_=_E.wake_sent_at)
 _WAKE_NEW = case((_WAKE_ASKED, _NOW), else_=None)
 
 
+def _by_url_again() -> dict[str, Any]:
+    """A publish by URL (a callback URL, the webhook URL without its default row) that
+    finds the row of a deleted endpoint takes it back as a by-URL endpoint: its sequence
+    numbers go on, and nothing of the endpoint it was carries over (its secret, limit,
+    the merchant's own disabling), as ``registered.make_default`` does when the webhook
+    URL takes a row. It was NOT_SENT "The endpoint was deleted", silently."""
+    deleted = _E.deleted_at.is_not(None)
+
+    def reset(column: Any) -> Any:
+        return case((deleted, None), else_=column)
+
+    merchants = and_(deleted, _E.disabled_reason == DISABLED_BY_MERCHANT)
+    return {"deleted_at": None, **{c.name: reset(c) for c in (
+        _E.signing_secret, _E.previous_secret, _E.previous_secret_expires_at,
+        _E.rate_limit, _E.next_send_at)},
+        "disabled_at": case((merchants, None), else_=_E.disabled_at),
+        "disabled_reason": case((merchants, None), else_=_E.disabled_reason)}
+
+
 def _by_group(value: ColumnElement[bool]) -> ColumnElement[bool]:
     """Whose wake-up a newly set mark stands for (``wake_by_group``): its group's when
     ``value`` holds, otherwise the endpoint's own; a mark already set keeps its own."""
@@ -68,7 +87,8 @@ def _upsert(dialect: str) -> Any:
         .on_conflict_do_update(
             index_elements=["partner_id", "url"],
             set_={"last_sequence": _E.last_sequence + bindparam("s_count"),
-                  "wake_sent_at": _WAKE, "wake_by_group": _by_group(false())})
+                  "wake_sent_at": _WAKE, "wake_by_group": _by_group(false()),
+                  **_by_url_again()})
         .returning(_E.id, _E.last_sequence, _E.disabled_at, _E.disabled_reason,
                    _E.wake_sent_at)
     )
@@ -182,6 +202,7 @@ def reserve_url(partner_id: ColumnElement[str], url: ColumnElement[str],
         .on_conflict_do_update(
             index_elements=["partner_id", "url"],
             set_={"last_sequence": _E.last_sequence + constant(1), "wake_sent_at": _WAKE,
-                  "wake_by_group": _by_group(_E.failing_since.is_(None))})
+                  "wake_by_group": _by_group(_E.failing_since.is_(None)),
+                  **_by_url_again()})
         .returning(null().cast(String).label("public_id"), *_TARGET)
     )
