@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from deliverer.models import Attempt, Endpoint, Event, Notification
+from deliverer.models import Alert, Attempt, Endpoint, Event, Notification
 
 # A notification's own fields in the response, after its id, event id, type and reference.
 _FIELDS = ("status", "url", "sequence", "retry_attempts", "manual_retry_count",
@@ -57,3 +57,10 @@ def endpoint(e: Endpoint, *, secret: str | None = None) -> dict[str, Any]:
     if secret is not None:
         body["signing_secret"] = secret
     return body
+
+
+def alert(a: Alert, endpoint_id: str | None) -> dict[str, Any]:
+    """``endpoint_id``: the endpoint's public id (its row id means nothing to a merchant)."""
+    return {"id": a.id, "kind": a.kind, "message": a.message, "endpoint_id": endpoint_id,
+            "notification_id": a.notification_id, "created_at": a.created_at,
+            "emailed_at": a.emailed_at}

@@ -114,7 +114,7 @@ class AlertSchema(Schema):
     id = fields.Integer()
     kind = fields.String()
     message = fields.String()
-    endpoint_id = fields.Integer(data_key="endpointId")
+    endpoint_id = fields.String(allow_none=True, data_key="endpointId")
     notification_id = fields.String(allow_none=True, data_key="notificationId")
     created_at = fields.DateTime(data_key="createdAt")
     emailed_at = fields.DateTime(allow_none=True, data_key="emailedAt")

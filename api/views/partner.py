@@ -168,8 +168,8 @@ def rotate_secret(data: dict[str, Any]) -> Any:
 @blp.response(200, AlertListSchema)
 def list_alerts(query: dict[str, Any]) -> Any:
     """Failing-endpoint alerts (after the fifth failed retry; 410 Gone), newest first."""
-    return {"data": alerts.list_alerts(get_session(), current_partner().partner_id,
-                                       query["limit"])}
+    return {"data": [presenters.alert(a, endpoint_id) for a, endpoint_id in alerts.list_alerts(
+        get_session(), current_partner().partner_id, query["limit"])]}
 
 
 @blp.route("/portal-sessions", methods=["POST"])

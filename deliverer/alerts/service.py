@@ -88,11 +88,16 @@ def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *
     return alert
 
 
-def list_alerts(session: Session, partner_id: str, limit: int = 50) -> list[Alert]:
-    return list(session.scalars(
-        select(Alert).where(Alert.partner_id == partner_id)
+def list_alerts(session: Session, partner_id: str, limit: int = 50
+                ) -> list[tuple[Alert, str | None]]:
+    """The partner's alerts, newest first, each with its endpoint's public id (the id
+    the endpoints API takes)."""
+    return [(alert, public_id) for alert, public_id in session.execute(
+        select(Alert, Endpoint.public_id)
+        .outerjoin(Endpoint, Endpoint.id == Alert.endpoint_id)
+        .where(Alert.partner_id == partner_id)
         .order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)
-    ))
+    )]
 
 
 def unmailed_alerts(session: Session, settings: Settings, now: datetime,

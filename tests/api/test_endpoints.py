@@ -352,3 +352,21 @@ def test_parallel_url_changes_wait_for_each_other(make_partner):
         for endpoint_id in (first, second):  # the one that moved frees the URL again
             partner.api.patch(f"{ENDPOINTS}/{endpoint_id}",
                               json={"url": f"http://127.0.0.1:9/{endpoint_id}-{k}"})
+
+
+def test_alerts_name_their_endpoint_by_its_public_id(make_partner):
+    """GET /webhook-alerts gave the endpoint's row id (4, 35), which no route takes."""
+    from deliverer.alerts import service as alerts
+    from deliverer.models import utcnow
+
+    partner = make_partner("http://127.0.0.1:9/default")
+    billing = create(partner, "http://127.0.0.1:9/billing")
+    with session_scope() as session:
+        endpoint = session.scalar(select(Endpoint).where(Endpoint.public_id == billing["id"]))
+        alerts.raise_alert(session, endpoint, alerts.KIND_DISABLED, "answered 410 Gone",
+                           notification_id=None, now=utcnow())
+    listed = partner.api.get("/api/partner/v2/webhook-alerts")
+    assert listed.status_code == 200, listed.text
+    [alert] = listed.json()["data"]
+    assert (alert["endpointId"], alert["kind"]) == (billing["id"], "endpoint_disabled")
+    assert partner.api.get(f"{ENDPOINTS}/{alert['endpointId']}").status_code == 200
