@@ -66,6 +66,15 @@ def lock_endpoints_of(session: Session, partner_id: str) -> None:
                     .where(WebhookSettings.partner_id == partner_id).with_for_update())
 
 
+def _locked_again(session: Session, endpoint: Endpoint) -> None:
+    """The endpoint as the change before this one left it, locked (the portal reads it
+    unlocked: a settings save committed since may have moved the default elsewhere)."""
+    lock_endpoints_of(session, endpoint.partner_id)
+    session.refresh(endpoint, with_for_update=True)
+    if not endpoint.registered:
+        raise EndpointNotFound()
+
+
 def get(session: Session, partner_id: str, public_id: str, *,
         for_update: bool = False) -> Endpoint:
     """One registered endpoint of the partner; another partner's id is not found.
@@ -144,7 +153,7 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
                     enabled: Any = _UNSET, rate_limit: Any = _UNSET,
                     now: datetime | None = None) -> Endpoint:
     now = now or utcnow()
-    lock_endpoints_of(session, endpoint.partner_id)  # the portal reads it unlocked
+    _locked_again(session, endpoint)
     if event_types is not _UNSET:
         endpoint.event_types = catalog.check_subscriptions(settings, event_types or ["*"])
     if rate_limit is not _UNSET:
@@ -203,7 +212,7 @@ def delete(session: Session, endpoint: Endpoint, now: datetime | None = None) ->
     """Deleted: nothing more fans out to it, and what it still holds becomes NOT_SENT,
     with the reason recorded on each notification. Returns how many."""
     now = now or utcnow()
-    lock_endpoints_of(session, endpoint.partner_id)
+    _locked_again(session, endpoint)
     endpoint.deleted_at = now
     endpoint.registered = False
     if endpoint.is_default:

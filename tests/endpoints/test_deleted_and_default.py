@@ -19,6 +19,7 @@ from deliverer.notifications.manual_retry import RetryRequest, manual_retries
 from deliverer.partners import registered, webhook_settings
 from deliverer.publishing.service import publish_one
 from tests.support import helpers as h
+from tests.support.backend import ON_POSTGRES
 
 DEFAULT = "http://127.0.0.1:9/default"
 BILLING = "http://127.0.0.1:9/billing"
@@ -166,6 +167,28 @@ def test_saving_settings_keeps_the_default_endpoint_the_merchant_disabled(settin
     with session_scope() as session:
         default = session.scalar(select(Endpoint).where(Endpoint.is_default.is_(True)))
         assert default.disabled_reason == registered.DISABLED_BY_MERCHANT
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="SQLite's transactions take the write lock "
+                    "at their start: a save cannot commit between the read and the change")
+def test_a_change_read_before_a_settings_save_sees_what_the_save_left(settings):
+    """The portal reads an endpoint without a lock: a save of the webhook URL committed
+    between its read and its change moved the default elsewhere, and deleting the old
+    default then wiped the new webhook URL (a review's finding)."""
+    shop = h.new_partner(settings, DEFAULT)
+    with session_scope() as session:
+        stale = session.scalar(select(Endpoint).where(Endpoint.partner_id == shop.partner_id,
+                                                      Endpoint.is_default.is_(True)))
+        assert stale is not None
+        with session_scope() as other:  # committed meanwhile
+            webhook_settings.update_settings(other, settings, shop.partner_id, url=BILLING)
+        with pytest.raises(registered.EndpointNotFound):
+            registered.delete(session, stale)
+    with session_scope() as session:
+        assert session.get(WebhookSettings, shop.partner_id).url == BILLING
+        default = session.scalar(select(Endpoint).where(Endpoint.partner_id == shop.partner_id,
+                                                        Endpoint.is_default.is_(True)))
+        assert default is not None and default.url == BILLING
 
 
 @pytest.mark.parametrize("rate", [1e-12, 0.0009, 0.0])
