@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from deliverer.models import Endpoint, table_of
 from deliverer.models.base import constant
-from deliverer.models.endpoint import DISABLED_BY_MERCHANT, subscribed_in_sql
+from deliverer.models.endpoint import subscribed_in_sql
 
 _ENDPOINTS = table_of(Endpoint)
 _E = _ENDPOINTS.c
@@ -43,7 +43,10 @@ DISABLED = "Endpoint disabled"
 # and sends the wake-up.
 _WAKE_ASKED = bindparam("s_wake", type_=Boolean())
 _NOW = bindparam("s_now", type_=_E.wake_sent_at.type)
-_NEWLY = and_(_WAKE_ASKED, _E.disabled_at.is_(None),
+# A deleted endpoint's row that a publish by URL takes back (``_by_url_again``): what the
+# statement decides from the row's old values, it decides as for a live, healthy one.
+_REVIVED = _E.deleted_at.is_not(None)
+_NEWLY = and_(_WAKE_ASKED, or_(_E.disabled_at.is_(None), _REVIVED),
               or_(_E.wake_sent_at.is_(None), _E.wake_sent_at < bindparam("s_stale")))
 _WAKE = case((_NEWLY, _NOW), else_=_E.wake_sent_at)
 # A row created by a publish: marked now when ``s_wake`` asks for it.
@@ -52,21 +55,18 @@ _WAKE_NEW = case((_WAKE_ASKED, _NOW), else_=None)
 
 def _by_url_again() -> dict[str, Any]:
     """A publish by URL (a callback URL, the webhook URL without its default row) that
-    finds the row of a deleted endpoint takes it back as a by-URL endpoint: its sequence
-    numbers go on, and nothing of the endpoint it was carries over (its secret, limit,
-    the merchant's own disabling), as ``registered.make_default`` does when the webhook
+    finds the row of a deleted endpoint takes it back as a new by-URL endpoint: its
+    sequence numbers go on, and nothing of the endpoint it was carries over (its secret,
+    limit, disabling, failures), as ``registered.make_default`` does when the webhook
     URL takes a row. It was NOT_SENT "The endpoint was deleted", silently."""
-    deleted = _E.deleted_at.is_not(None)
+    def reset(column: Any, fresh: Any = None) -> Any:
+        return case((_REVIVED, fresh), else_=column)
 
-    def reset(column: Any) -> Any:
-        return case((deleted, None), else_=column)
-
-    merchants = and_(deleted, _E.disabled_reason == DISABLED_BY_MERCHANT)
-    return {"deleted_at": None, **{c.name: reset(c) for c in (
-        _E.signing_secret, _E.previous_secret, _E.previous_secret_expires_at,
-        _E.rate_limit, _E.next_send_at)},
-        "disabled_at": case((merchants, None), else_=_E.disabled_at),
-        "disabled_reason": case((merchants, None), else_=_E.disabled_reason)}
+    return {"deleted_at": None, "consecutive_failures": reset(_E.consecutive_failures, 0),
+            **{c.name: reset(c) for c in (
+                _E.signing_secret, _E.previous_secret, _E.previous_secret_expires_at,
+                _E.rate_limit, _E.next_send_at, _E.disabled_at, _E.disabled_reason,
+                _E.failing_since, _E.alerted_at, _E.retry_after_until)}}
 
 
 def _by_group(value: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -202,7 +202,7 @@ def reserve_url(partner_id: ColumnElement[str], url: ColumnElement[str],
         .on_conflict_do_update(
             index_elements=["partner_id", "url"],
             set_={"last_sequence": _E.last_sequence + constant(1), "wake_sent_at": _WAKE,
-                  "wake_by_group": _by_group(_E.failing_since.is_(None)),
+                  "wake_by_group": _by_group(or_(_E.failing_since.is_(None), _REVIVED)),
                   **_by_url_again()})
         .returning(null().cast(String).label("public_id"), *_TARGET)
     )

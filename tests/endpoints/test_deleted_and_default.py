@@ -85,15 +85,20 @@ def test_a_delivery_in_flight_when_its_endpoint_is_deleted_is_not_sent_again(set
         assert outcome.state != ClaimState.CLAIMED
 
 
-@pytest.mark.parametrize("merchant_disabled", [False, True])
-def test_a_callback_url_of_a_deleted_endpoint_is_sent_to_by_url(settings,
-                                                                 merchant_disabled):
+@pytest.mark.parametrize("before", ["enabled", "merchant_disabled", "gone"])
+def test_a_callback_url_of_a_deleted_endpoint_is_sent_to_by_url(settings, before):
     """The URL of a deleted endpoint, named as an event's callbackUrl: sent there, signed
-    with the partner's secret, as any callback URL. It was answered PENDING and then
-    stopped, NOT_SENT "The endpoint was deleted" (a black-box try)."""
+    with the partner's secret, as any callback URL, and woken at once; nothing of the
+    endpoint it was carries over. It was answered PENDING and then stopped, NOT_SENT
+    "The endpoint was deleted" (a black-box try)."""
     shop = h.new_partner(settings, DEFAULT)
     billing = add(settings, shop.partner_id, BILLING, ["invoice.*"], rate_limit=1.0,
-                  enabled=not merchant_disabled)
+                  enabled=before != "merchant_disabled")
+    if before == "gone":  # a 410 disabled it after days of failures
+        with session_scope() as session:
+            session.execute(update(Endpoint).where(Endpoint.url == BILLING).values(
+                disabled_at=utcnow(), disabled_reason="The receiver answered 410 Gone",
+                failing_since=utcnow() - timedelta(days=6), consecutive_failures=40))
     delete(shop.partner_id, billing.public_id)
     published = publish_one(settings, partner_id=shop.partner_id, type="transaction.paid",
                             reference="CB-1", payload={}, callback_url=BILLING)
@@ -102,7 +107,10 @@ def test_a_callback_url_of_a_deleted_endpoint_is_sent_to_by_url(settings,
     with session_scope() as session:
         row = session.scalar(select(Endpoint).where(Endpoint.url == BILLING))
         assert row is not None and row.deleted_at is None and not row.registered
-        assert (row.signing_secret, row.rate_limit, row.disabled_at) == (None, None, None)
+        assert (row.signing_secret, row.rate_limit, row.disabled_at, row.failing_since,
+                row.consecutive_failures) == (None, None, None, None, 0)
+        if ON_POSTGRES:  # its wake-up was sent with the publish (SQLite: a message each)
+            assert row.wake_sent_at is not None
         settings_secret = session.get(WebhookSettings, shop.partner_id).signing_secret
         _, [job] = lease_jobs(session, [delivery.notification_id], settings, utcnow())
     assert job.url == BILLING and job.secrets == [settings_secret]
