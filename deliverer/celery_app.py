@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from celery import _state as celery_state
 from celery._state import get_current_app
 from celery.signals import after_setup_logger, worker_process_init
 from kombu import Exchange, Queue
@@ -152,12 +153,15 @@ def producing(settings: Settings | None = None) -> Iterator[Celery]:
     if current.main == APP_NAME:
         yield current
         return
-    app = _producer_app((settings or get_settings()).broker_url)
-    app.set_current()
+    # This thread's own slot, often empty (the default app then serves): given back as
+    # it was, so that a producer's later set_default() still reaches this thread.
+    slot = celery_state._tls.current_app
     try:
+        app = _producer_app((settings or get_settings()).broker_url)
+        app.set_current()
         yield app
     finally:
-        current.set_current()
+        celery_state._tls.current_app = slot
 
 
 @functools.lru_cache(maxsize=4)

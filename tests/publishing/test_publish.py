@@ -294,3 +294,21 @@ def test_a_producers_publish_goes_to_deliverers_broker_whatever_app_is_current(
         previous.set_current()
         before_task_publish.disconnect(seen)
     assert sent_by and set(sent_by) == {"deliverer"}, sent_by
+
+
+def test_a_publish_gives_the_threads_empty_app_slot_back_empty(settings):
+    """A producer whose thread has no current app of its own (the default app serves
+    it) keeps it so: a set_default() of its own, later, still reaches the thread."""
+    from celery import Celery, _state
+
+    partner = h.new_partner(settings, "http://127.0.0.1:9/producer")
+    producer = Celery("producer", broker="redis://127.0.0.1:9/0", set_as_current=False)
+    slot, default = _state._tls.current_app, _state.default_app
+    _state._tls.current_app = None
+    _state.set_default_app(producer)
+    try:
+        deliverer.publish_event(partner.partner_id, "transaction.paid", "S-1", {})
+        assert _state._tls.current_app is None
+    finally:
+        _state._tls.current_app = slot
+        _state.set_default_app(default)
