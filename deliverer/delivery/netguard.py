@@ -43,8 +43,22 @@ _EXTRA_BLOCKED = [
 ]
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64), if any: with private
+    addresses allowed, NAT64's prefix is, so the address it carries decides."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour
+
+
 def is_forbidden_address(address: IPAddress) -> bool:
     if isinstance(address, ipaddress.IPv6Address):
+        # Judged by the IPv4 address it carries (NAT64's prefix is refused whole below).
         mapped = address.ipv4_mapped or address.sixtofour
         if mapped is not None:
             return is_forbidden_address(mapped)
@@ -65,16 +79,15 @@ def is_forbidden_address(address: IPAddress) -> bool:
 # embedded default's scripts/start): link-local, where clouds serve instance metadata and
 # credentials (169.254.169.254, AWS's fd00:ec2::254). A receiver on a private network
 # never needs them; a merchant who names them wants the machine's secrets.
-_METADATA = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10",
-                                               "fd00:ec2::254/128")]
+_METADATA = [ipaddress.ip_network(n) for n in (
+    "169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128",  # link-local; AWS's IPv6 one
+    "100.100.100.200/32",  # Alibaba Cloud's, in CGNAT space
+)]
 
 
 def _is_metadata(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            return _is_metadata(mapped)
-    return any(address in net for net in _METADATA)
+    embedded = _embedded_ipv4(address)
+    return any(a in net for a in (address, embedded) if a is not None for net in _METADATA)
 
 
 def check_address(ip: str, *, allow_private: bool) -> None:

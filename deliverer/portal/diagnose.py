@@ -116,14 +116,18 @@ def _resolve(step: Step, host: str, port: int, settings: Settings
             netguard.check_address(address, allow_private=settings.allow_private_urls)
             verdict = "allowed"
         except (UnsafeUrl, ValueError):
-            verdict = "forbidden: a private, loopback or reserved address"
+            verdict = ("forbidden: a link-local address (cloud metadata)"
+                       if settings.allow_private_urls
+                       else "forbidden: a private, loopback or reserved address")
             forbidden = True
         step.details.append((address, verdict))
     if forbidden:
         # As ``netguard.vetted_addresses``: one forbidden answer refuses the host.
         step.state = FAILED
+        where = ("link-local addresses" if settings.allow_private_urls
+                 else "private networks")
         step.summary = (f"{host} resolves to a forbidden address: webhooks are not sent to "
-                        "private networks, so every delivery to it fails.")
+                        f"{where}, so every delivery to it fails.")
         return None
     step.state, step.summary = OK, f"{host} resolves to {len(step.details)} address(es)."
     return list(infos)

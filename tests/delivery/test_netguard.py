@@ -56,7 +56,8 @@ def test_scoped_ipv6_and_allow_private():
 
 
 METADATA = ["169.254.169.254", "169.254.0.1", "fe80::1", "fe80::1%eth0",
-            "::ffff:169.254.169.254", "fd00:ec2::254"]
+            "::ffff:169.254.169.254", "fd00:ec2::254", "64:ff9b::a9fe:a9fe",
+            "100.100.100.200"]
 
 
 @pytest.mark.parametrize("address", METADATA)
