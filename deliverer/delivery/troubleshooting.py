@@ -76,10 +76,11 @@ _KIND_HINTS = {
     # disabling, a deletion: the message says which), each with its own remedy.
     FailureKind.ENDPOINT_DISABLED: "This endpoint is disabled or was deleted (the message "
     "says why). Enable a disabled one again with PATCH /api/partner/v2/endpoints/{id} "
-    "(enabled: true), or, for the default endpoint (your webhook URL), by saving your "
-    "webhook settings (PUT /api/partner/v2/webhook-settings): the notifications held "
-    "meanwhile are then sent. A deleted one is sent nothing more: register its URL again "
-    "(POST /api/partner/v2/endpoints) for the events that follow.",
+    "(enabled: true); the default endpoint (your webhook URL) by saving your webhook "
+    "settings (PUT /api/partner/v2/webhook-settings); an event's callback URL by "
+    "registering it (POST /api/partner/v2/endpoints). The notifications held meanwhile "
+    "are then sent. A deleted one is sent nothing more: register its URL again for the "
+    "events that follow.",
     FailureKind.NOT_A_WEBHOOK_PARTNER: "This partner is inactive or reads its events by "
     "polling, so no webhook is sent. Ask the provider to enable webhook delivery.",
     FailureKind.WEBHOOKS_DISABLED: "Webhooks are turned off in your webhook settings. Turn "
