@@ -14,7 +14,6 @@ from typing import Any
 
 from celery import Celery
 from celery import _state as celery_state
-from celery._state import get_current_app
 from celery.signals import after_setup_logger, worker_process_init
 from kombu import Exchange, Queue
 from kombu.utils.url import parse_url
@@ -149,7 +148,7 @@ def producing(settings: Settings | None = None) -> Iterator[Celery]:
     program or the CLI, sent them through Celery's default app (amqp://localhost) or the
     producer's own: lost, or left to the sweep's lost-message grace. A process whose
     current app is deliverer's (the worker, the web, the tests) keeps it."""
-    current = get_current_app()
+    current = celery_state.get_current_app()
     if current.main == APP_NAME:
         yield current
         return

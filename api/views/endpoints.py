@@ -85,7 +85,7 @@ def update_endpoint(data: dict[str, Any], endpoint_id: str) -> Any:
     (enabling releases what it holds, in sequence order, at the drain rate), rateLimit
     (null: none)."""
     session = get_session()
-    endpoint = registered.get(session, _partner_id(), endpoint_id, for_update=True)
+    endpoint = registered.get(session, _partner_id(), endpoint_id)  # locked by the change
     return presenters.endpoint(registered.update_endpoint(session, _settings(), endpoint,
                                                           **data))
 
@@ -97,7 +97,7 @@ def delete_endpoint(endpoint_id: str) -> Any:
     """Nothing more is sent to it; what it still holds becomes NOT_SENT, with the reason.
     Deleting the default endpoint clears the webhook-settings URL."""
     session = get_session()
-    endpoint = registered.get(session, _partner_id(), endpoint_id, for_update=True)
+    endpoint = registered.get(session, _partner_id(), endpoint_id)  # locked by the change
     stopped = registered.delete(session, endpoint)
     return {"id": endpoint.public_id, "deleted": True, "not_sent": stopped}
 

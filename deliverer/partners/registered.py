@@ -56,7 +56,7 @@ def listed(session: Session, partner_id: str) -> list[Endpoint]:
         .order_by(Endpoint.created_at, Endpoint.id)))
 
 
-def lock_endpoints_of(session: Session, partner_id: str) -> None:
+def _lock_endpoints_of(session: Session, partner_id: str) -> None:
     """Taken first by every change to a partner's endpoints or webhook URL (here, and
     the webhook settings' save, which locks the same row): the partner's settings row.
     One order for all of them, so two changes wait for each other instead of
@@ -67,9 +67,9 @@ def lock_endpoints_of(session: Session, partner_id: str) -> None:
 
 
 def _locked_again(session: Session, endpoint: Endpoint) -> None:
-    """The endpoint as the change before this one left it, locked (the portal reads it
+    """The endpoint as the change before this one left it, locked (the views read it
     unlocked: a settings save committed since may have moved the default elsewhere)."""
-    lock_endpoints_of(session, endpoint.partner_id)
+    _lock_endpoints_of(session, endpoint.partner_id)
     session.refresh(endpoint, with_for_update=True)
     if not endpoint.registered:
         raise EndpointNotFound()
@@ -78,12 +78,12 @@ def _locked_again(session: Session, endpoint: Endpoint) -> None:
 def get(session: Session, partner_id: str, public_id: str, *,
         for_update: bool = False) -> Endpoint:
     """One registered endpoint of the partner; another partner's id is not found.
-    ``for_update``: to be changed, locked after ``lock_endpoints_of``."""
+    ``for_update``: to be changed, locked after ``_lock_endpoints_of``."""
     query = select(Endpoint).where(Endpoint.public_id == public_id,
                                    Endpoint.partner_id == partner_id,
                                    Endpoint.registered.is_(True))
     if for_update:
-        lock_endpoints_of(session, partner_id)
+        _lock_endpoints_of(session, partner_id)
     endpoint = session.scalar(query.with_for_update() if for_update else query)
     if endpoint is None:
         raise EndpointNotFound()
@@ -119,7 +119,7 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
     netguard.validate_url(url, allow_private=settings.allow_private_urls)
     subscriptions = catalog.check_subscriptions(settings, event_types or ["*"])
     _check_rate_limit(rate_limit)
-    lock_endpoints_of(session, partner_id)
+    _lock_endpoints_of(session, partner_id)
     count = session.scalar(select(func.count()).select_from(Endpoint).where(
         Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
     if count >= settings.max_endpoints_per_partner:
