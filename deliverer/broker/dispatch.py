@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import current_app
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.sql.elements import BindParameter
 
 from deliverer.broker import queues
@@ -27,6 +27,7 @@ from deliverer.models import (
     Notification,
     WakeGroup,
     endpoint_group,
+    locked_in_id_order,
     table_of,
     utcnow,
 )
@@ -178,17 +179,15 @@ def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
 
 
 _NO_WAKE = (update(table_of(Endpoint))
-            .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
+            .where(locked_in_id_order(Endpoint.id.in_(bindparam("endpoint_ids",
+                                                                expanding=True))))
             .values(wake_sent_at=None))
 _GROUP_IDS: BindParameter[list[int]] = bindparam("group_ids", expanding=True)
-# A group's wake-up is pending for every marked endpoint of the group: their rows
-# locked in id order, as publishes lock them.
+# A group's wake-up is pending for every marked endpoint of the group.
 _E = table_of(Endpoint).c
-_GROUP_MARKED = (select(_E.id).where(endpoint_group(_E.id).in_(_GROUP_IDS),
-                                     _E.wake_sent_at.is_not(None))
-                 .order_by(_E.id).with_for_update())
 _NO_GROUP_WAKE_ENDPOINTS = (update(table_of(Endpoint))
-                            .where(_E.id.in_(_GROUP_MARKED.scalar_subquery()))
+                            .where(locked_in_id_order(endpoint_group(_E.id).in_(_GROUP_IDS),
+                                                      _E.wake_sent_at.is_not(None)))
                             .values(wake_sent_at=None))
 _NO_GROUP_WAKE = (update(table_of(WakeGroup)).where(WakeGroup.id.in_(_GROUP_IDS))
                   .values(wake_sent_at=None))

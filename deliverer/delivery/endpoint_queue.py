@@ -21,7 +21,14 @@ from sqlalchemy.sql.elements import ColumnElement
 from deliverer import lease
 from deliverer.config import Settings
 from deliverer.delivery import ladder
-from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, WebhookSettings
+from deliverer.models import (
+    Endpoint,
+    Lane,
+    Notification,
+    NotificationStatus,
+    WebhookSettings,
+    locked_in_id_order,
+)
 
 
 def _climbing(endpoint_id: int | QueryableAttribute[int]) -> tuple[ColumnElement[bool], ...]:
@@ -200,9 +207,8 @@ def repair(session: Session, now: datetime, *, partner_id: str | None = None,
     endpoints = session.execute(query).all()
     healthy = [endpoint_id for endpoint_id, failing_since in endpoints if failing_since is None]
     if healthy:
-        session.execute(update(Endpoint).where(Endpoint.id.in_(healthy),
-                                               Endpoint.failing_since.is_(None))
-                        .values(draining=True))
+        session.execute(update(Endpoint).where(locked_in_id_order(
+            Endpoint.id.in_(healthy), Endpoint.failing_since.is_(None))).values(draining=True))
     for endpoint_id, failing_since in endpoints:
         if failing_since is not None:
             promote_next(session, endpoint_id, now)

@@ -86,7 +86,15 @@ from deliverer.config import Settings, get_settings
 from deliverer.db import autocommitted, in_transaction, is_transient_abort
 from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
-from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
+from deliverer.models import (
+    Endpoint,
+    Lane,
+    Notification,
+    NotificationStatus,
+    locked_in_id_order,
+    table_of,
+    utcnow,
+)
 
 # A wake-up not taken within this long counts as lost: the next publish sends another
 # (an extra one finds little or nothing to do).
@@ -173,11 +181,15 @@ _BORROWED = (select(_N.id).where(*_due_first(_WAITING.c.endpoint_id))
              .with_for_update(skip_locked=True).lateral("borrowed"))
 _STEAL = (select(_WAITING.c.endpoint_id, _BORROWED.c.id)
           .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
-CLEAR_MARKS = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
-# For a group's claim, which holds the endpoints' rows already (``wake_groups._MARKED``):
-# a publish to them committed before that lock, so the clearing, no longer the step that
-# orders them, can go into the pick's statement (a round trip fewer).
-_CLEAR_AND_PICK = _PICK.add_cte(CLEAR_MARKS.cte("cleared"))
+CLEAR_MARKS = (update(_ENDPOINTS).where(locked_in_id_order(_E.id.in_(_IDS)))
+               .values(wake_sent_at=None))
+# The same, of rows the transaction holds already (a group's claim: ``wake_groups.
+# _MARKED``): no order of locks to keep.
+CLEAR_HELD_MARKS = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
+# For a group's claim: a publish to its endpoints committed before their lock, so the
+# clearing, no longer the step that orders them, can go into the pick's statement (a
+# round trip fewer).
+_CLEAR_AND_PICK = _PICK.add_cte(CLEAR_HELD_MARKS.cte("cleared"))
 _SET = (update(_ENDPOINTS).where(_E.id.in_(_IDS))
         .values(wake_sent_at=_NOW, wake_by_group=bindparam("by_group")))
 

@@ -155,7 +155,7 @@ def claim_groups(session: Session, group_ids: Sequence[int], settings: Settings
     # Held by another transaction: skipped, left marked for the next claim.
     more.update(group for group, marked in counted.items() if marked > seen[group])
     if handed:
-        connection.execute(wake.CLEAR_MARKS, {"ids": sorted(handed)})
+        connection.execute(wake.CLEAR_HELD_MARKS, {"ids": sorted(handed)})
     limits = {endpoint_id: max(1, batch_size // len(ids))
               for ids in members.values() for endpoint_id in ids}
     claims = (wake.claim_due_many(session, list(limits), settings, limits, by_group=True)

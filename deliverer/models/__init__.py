@@ -2,7 +2,7 @@
 
 from deliverer.models.alert import Alert
 from deliverer.models.base import Base, table_of, utcnow
-from deliverer.models.endpoint import Endpoint, EndpointStatus, subscribed
+from deliverer.models.endpoint import Endpoint, EndpointStatus, locked_in_id_order, subscribed
 from deliverer.models.event import Event
 from deliverer.models.maintenance import MaintenanceRun
 from deliverer.models.notification import (
@@ -49,6 +49,7 @@ __all__ = [
     "WebhookSettings",
     "active_secrets",
     "endpoint_group",
+    "locked_in_id_order",
     "not_receiving_webhooks",
     "subscribed",
     "table_of",

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from deliverer.models import Endpoint, table_of
+from deliverer.models import Endpoint, locked_in_id_order, table_of
 from deliverer.models.base import constant
 from deliverer.models.endpoint import subscribed_in_sql
 
@@ -126,7 +126,7 @@ def next_sequence(session: Session, partner_id: str, url: str, now: datetime) ->
 
 _BUMP = (
     update(_ENDPOINTS)
-    .where(_E.id.in_(bindparam("s_ids", expanding=True)))
+    .where(locked_in_id_order(_E.id.in_(bindparam("s_ids", expanding=True))))
     .values(last_sequence=_E.last_sequence + bindparam("s_count"), wake_sent_at=_WAKE,
             wake_by_group=_by_group(false()))
     .returning(_E.id, _E.last_sequence, _E.wake_sent_at)
@@ -177,8 +177,8 @@ def reserve_subscribed(partner_id: ColumnElement[str], event_type: ColumnElement
     Returns ``public_id`` and ``_TARGET``."""
     return (
         update(_ENDPOINTS)
-        .where(_E.partner_id == partner_id, _E.registered.is_(True),
-               subscribed_in_sql(_E.event_types, event_type), when)
+        .where(locked_in_id_order(_E.partner_id == partner_id, _E.registered.is_(True),
+                                  subscribed_in_sql(_E.event_types, event_type), when))
         .values(last_sequence=_E.last_sequence + constant(1), wake_sent_at=_WAKE,
                 wake_by_group=_by_group(_E.failing_since.is_(None)))
         .returning(_E.public_id, *_TARGET)

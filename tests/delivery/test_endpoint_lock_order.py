@@ -1,0 +1,125 @@
+"""Every transaction that locks several endpoint rows locks them in id order.
+
+Record transactions lock their endpoints in id order (``success.lock_endpoints``). A
+publish's UPDATE of a partner's endpoints (sequence numbers, wake-up marks) locked them
+in the order its plan met them: after other updates moved rows in the heap and the
+(partner_id, registered) index, not id order. A record of failures holding one endpoint
+and a publish holding another then waited for each other until PostgreSQL aborted one
+(a black-box try: publishes answered 503 with workers running).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select, text, update
+
+import deliverer
+from deliverer.db import get_database, session_scope
+from deliverer.delivery import wake
+from deliverer.delivery.claim import DeliveryJob
+from deliverer.delivery.sender import SendResult
+from deliverer.delivery.success import lock_endpoints
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.models import Endpoint, Trigger, utcnow
+from deliverer.partners import endpoints, registered
+from tests.support.backend import ON_POSTGRES
+from tests.support.helpers import new_partner
+from tests.support.waiting import wait_until, waiting_on_a_lock
+
+pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="SQLite has no row locks")
+
+FAILED = SendResult(started_at=utcnow(), duration_ms=5, success=False, status_code=500,
+                    body="", error=error_payload(FailureKind.TIMEOUT, "timed out"))
+
+
+def _failure_of(endpoint_id: int) -> tuple[DeliveryJob, SendResult]:
+    job = DeliveryJob(notification_id="n", lease_token="t", url="", body=b"", secrets=[],
+                      trigger=Trigger.AUTOMATIC, endpoint_id=endpoint_id,
+                      endpoint_failing=False)
+    return job, FAILED
+
+
+def _scrambled(settings) -> tuple[str, list[int]]:  # type: ignore[no-untyped-def]
+    """A partner with five registered endpoints that every scan meets out of id order:
+    their URLs (the unique index) sort in the reverse order, and the lowest ids' rows
+    were moved (an indexed column updated, as publishes and claims do all the time) to
+    the heap's end, and to the (partner_id, registered) index's."""
+    shop = new_partner(settings, "http://127.0.0.1:9/default")
+    with session_scope() as session:
+        for path in ("d", "c", "b", "a"):
+            registered.create(session, settings, shop.partner_id,
+                              url=f"http://127.0.0.1:9/{path}")
+    with session_scope() as session:
+        ids = list(session.scalars(select(Endpoint.id).where(
+            Endpoint.partner_id == shop.partner_id).order_by(Endpoint.id)))
+        session.execute(update(Endpoint).where(Endpoint.id.in_(ids[:2]))
+                        .values(wake_sent_at=utcnow()))
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id.in_(ids[:2]))
+                        .values(wake_sent_at=None))
+    with session_scope() as session:
+        scanned = list(session.scalars(select(Endpoint.id).where(
+            Endpoint.partner_id == shop.partner_id, Endpoint.registered.is_(True))))
+    assert scanned != ids, "the rows were not moved: the test shows nothing"
+    return shop.partner_id, ids
+
+
+def _held_against(first: int, then: int, other: Callable[[], object]) -> None:
+    """Lock endpoint ``first`` as a record of its failure does, run ``other`` in a
+    thread until it waits for that lock, then lock ``then``: granted at once when
+    ``other`` locks in id order (it holds nothing yet), a deadlock otherwise (cut short
+    by a lock timeout under PostgreSQL's deadlock_timeout)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            other()
+        except BaseException as error:
+            errors.append(error)
+
+    session = get_database().sessionmaker()
+    thread = threading.Thread(target=run)
+    try:
+        lock_endpoints(session, [_failure_of(first)])
+        thread.start()
+        with get_database().engine.connect() as look:
+            wait_until(lambda: waiting_on_a_lock(look), 10, message="the other transaction waits")
+        session.execute(text("SET LOCAL lock_timeout = '300ms'"))
+        lock_endpoints(session, [_failure_of(then)])
+        session.commit()
+    finally:
+        session.rollback()
+        session.close()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and not errors, errors
+
+
+def test_a_single_publish_locks_its_endpoints_in_id_order(settings):
+    partner_id, ids = _scrambled(settings)
+    published: list[object] = []
+    _held_against(ids[1], ids[-1], lambda: published.append(deliverer.publish_event(
+        partner_id, "transaction.paid", "r1", {"n": 1})))
+    assert len(published[0].deliveries) == 5  # type: ignore[attr-defined]
+
+
+def test_a_reservation_on_several_endpoints_locks_them_in_id_order(settings):
+    _partner_id, ids = _scrambled(settings)
+
+    def reserve() -> None:
+        with session_scope() as session:
+            endpoints.reserve_for_endpoints(session, dict.fromkeys(ids, 1), utcnow())
+
+    _held_against(ids[1], ids[-1], reserve)
+
+
+def test_a_claim_of_several_endpoints_clears_their_marks_in_id_order(settings):
+    _partner_id, ids = _scrambled(settings)
+
+    def clear() -> None:
+        with session_scope() as session:
+            session.execute(wake.CLEAR_MARKS, {"ids": ids})
+
+    _held_against(ids[1], ids[-1], clear)
