@@ -73,7 +73,13 @@ from deliverer.models import (
 )
 from deliverer.models.base import constant
 from deliverer.models.endpoint import new_endpoint_id
-from deliverer.partners.endpoints import DISABLED, reserve_subscribed, reserve_url, woke
+from deliverer.partners.endpoints import (
+    DISABLED,
+    publish_lock,
+    reserve_subscribed,
+    reserve_url,
+    woke,
+)
 from deliverer.prepared import prepared
 from deliverer.publishing.envelope import new_event
 from deliverer.publishing.published import Delivery, Published
@@ -142,7 +148,8 @@ def _statement() -> Select[Any]:
                .label("registered"),
                exists().where(_V.partner_id == _P.id,
                               _V.idempotency_key == _EVENT_ROW["idempotency_key"])
-               .label("recorded"))
+               .label("recorded"),
+               publish_lock(_P.id))
         .select_from(table_of(Partner).outerjoin(table_of(WebhookSettings),
                                                  _W.partner_id == _P.id))
         .where(_P.id == _PARTNER_ID)

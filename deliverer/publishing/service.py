@@ -38,9 +38,15 @@ from deliverer.models import (
     WebhookSettings,
     not_receiving_webhooks,
     subscribed,
+    table_of,
     utcnow,
 )
-from deliverer.partners.endpoints import DISABLED, reserve_for_endpoints, reserve_sequences
+from deliverer.partners.endpoints import (
+    DISABLED,
+    publish_lock,
+    reserve_for_endpoints,
+    reserve_sequences,
+)
 from deliverer.publishing.envelope import new_event
 from deliverer.publishing.idempotency import recorded_events
 from deliverer.publishing.one_statement import publish_alone
@@ -71,6 +77,9 @@ _PARTNER = (
     # The default endpoint first: its notification is the one older routes report.
     .order_by(Endpoint.is_default.desc(), Endpoint.id)
 )
+# PostgreSQL: the partner's publishes one at a time, as the single publish's (its
+# ``publish_lock``), so that this one's reservations wait before they lock any row.
+_PARTNER_LOCKED = _PARTNER.add_columns(publish_lock(table_of(Partner).c.id))
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,9 @@ def record_events(
     it finds that event).
     """
     now = now or utcnow()
-    rows = session.connection().execute(_PARTNER, {"partner_id": partner_id}).all()
+    connection = session.connection()
+    rows = connection.execute(_PARTNER_LOCKED if connection.dialect.name == "postgresql"
+                              else _PARTNER, {"partner_id": partner_id}).all()
     if not rows:
         raise PartnerNotFound()
     partner = rows[0]

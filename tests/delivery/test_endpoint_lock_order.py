@@ -25,6 +25,7 @@ from deliverer.delivery.success import lock_endpoints
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import Endpoint, Trigger, utcnow
 from deliverer.partners import endpoints, registered
+from deliverer.publishing.service import record_events
 from tests.support.backend import ON_POSTGRES
 from tests.support.helpers import new_partner
 from tests.support.waiting import wait_until, waiting_on_a_lock
@@ -123,3 +124,32 @@ def test_a_claim_of_several_endpoints_clears_their_marks_in_id_order(settings):
             session.execute(wake.CLEAR_MARKS, {"ids": ids})
 
     _held_against(ids[1], ids[-1], clear)
+
+
+def test_publishes_of_one_partner_wait_for_each_other_before_locking_a_row(settings):
+    """A publish waits for the partner's publish in progress before it locks any
+    endpoint (``endpoints.publish_lock``): waiting at a row, it re-checked the rows'
+    newer versions mid-statement and deadlocked with other waiters."""
+    partner_id, _ids = _scrambled(settings)
+    session = get_database().sessionmaker()
+    published: list[object] = []
+    thread = threading.Thread(target=lambda: published.append(deliverer.publish_event(
+        partner_id, "transaction.paid", "second", {"n": 2})))
+    try:
+        record_events(session, settings, partner_id=partner_id, events=[{
+            "type": "transaction.paid", "reference": "first", "payload": {"n": 1}}])
+        thread.start()
+        with get_database().engine.connect() as look:
+            def waits_for() -> str | None:
+                try:
+                    return look.execute(text(
+                        "SELECT wait_event FROM pg_stat_activity WHERE datname ="
+                        " current_database() AND wait_event_type = 'Lock'")).scalar()
+                finally:
+                    look.rollback()
+            assert wait_until(waits_for, 10, message="the second publish waits") == "advisory"
+        session.commit()
+    finally:
+        session.close()
+        thread.join(timeout=30)
+    assert published and len(published[0].deliveries) == 5  # type: ignore[attr-defined]
