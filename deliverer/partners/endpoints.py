@@ -19,6 +19,7 @@ from sqlalchemy import (
     case,
     false,
     func,
+    literal,
     null,
     or_,
     select,
@@ -185,6 +186,15 @@ def publish_lock(partner_id: ColumnElement[str]) -> ColumnElement[Any]:
     number of the partner's id in a class of deliverer's own."""
     return func.pg_advisory_xact_lock(constant(PUBLISH_LOCKS),
                                       func.hashtext(partner_id)).label("publish_lock")
+
+
+def hold_publishes(session: Session, partner_id: str) -> None:
+    """Wait for the partner's publish in progress, and make its next ones wait until
+    this transaction ends (PostgreSQL; SQLite's writers take turns anyway): a change of
+    its endpoints checks a URL and then writes its row, and a publish by URL in between
+    created that row first (IntegrityError, a 500)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(publish_lock(literal(partner_id))))
 
 
 def reserve_subscribed(partner_id: ColumnElement[str], event_type: ColumnElement[str],

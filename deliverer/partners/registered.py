@@ -31,6 +31,7 @@ from deliverer.models import (
 )
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT
 from deliverer.partners import catalog, rotation
+from deliverer.partners.endpoints import hold_publishes
 
 _UNSET: Any = object()
 TOO_MANY = "A partner may have at most {limit} endpoints"
@@ -61,9 +62,11 @@ def _lock_endpoints_of(session: Session, partner_id: str) -> None:
     the webhook settings' save, which locks the same row): the partner's settings row.
     One order for all of them, so two changes wait for each other instead of
     deadlocking (an endpoint's row against the settings row), and a URL's check sees
-    what the change before it committed."""
+    what the change before it committed. Then the partner's publishes
+    (``endpoints.hold_publishes``), which create rows by URL."""
     session.execute(select(WebhookSettings.partner_id)
                     .where(WebhookSettings.partner_id == partner_id).with_for_update())
+    hold_publishes(session, partner_id)
 
 
 def _locked_again(session: Session, endpoint: Endpoint) -> None:
@@ -255,6 +258,7 @@ def make_default(session: Session, partner_id: str, url: str | None,
     before an URL change). The URL of another registered endpoint is refused: that
     endpoint has subscriptions and a secret of its own, which the webhook URL has not."""
     now = now or utcnow()
+    hold_publishes(session, partner_id)  # after the settings row, as _lock_endpoints_of
     previous = session.scalar(select(Endpoint).where(
         Endpoint.partner_id == partner_id, Endpoint.is_default.is_(True)).with_for_update())
     if previous is not None and previous.url == url:
