@@ -50,6 +50,7 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
     row = session.execute(
         select(Notification).where(Notification.id == job.notification_id).with_for_update()
     ).scalar_one()
+    row.attempt_count += 1  # the POST was made, whoever holds the lease now
     if row.lease_token != job.lease_token:
         # We overran the lease and another worker took over: keep the attempt on record,
         # leave the state to the lease holder.
@@ -58,7 +59,6 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
 
     row.lease_token = None
     row.lease_expires_at = None
-    row.attempt_count += 1
     endpoint = _update_endpoint_health(session, job, result, now, failing)
     if result.success:
         row.status = NotificationStatus.SENT

@@ -23,7 +23,12 @@ _MARK_SENT = (
     .values(status=NotificationStatus.SENT, sent_at=_NOW, next_attempt_at=None,
             scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
             attempt_count=_N.attempt_count + 1, updated_at=_NOW)
+    .returning(_N.id)
 )
+# A POST whose lease was lost meanwhile (taken over, or the notification ignored) is
+# still an attempt of its notification: ``attempt_count`` counts its attempt rows.
+_COUNT_ATTEMPT = (update(_NOTIFICATIONS).where(_N.id.in_(_IDS))
+                  .values(attempt_count=_N.attempt_count + 1))
 
 
 def _locking(exclusive: bool) -> Select[int, datetime | None]:
@@ -107,11 +112,14 @@ def record_successes(session: Session,
     connection = session.connection()
     # Table-level: a plain executemany, none of the ORM's bulk machinery.
     connection.execute(_INSERT_ATTEMPTS, [attempt_row(job, result) for job, result in done])
-    updated = connection.execute(_MARK_SENT, {
-        "ids": [job.notification_id for job, _ in done],
-        "tokens": list({job.lease_token for job, _ in done}), "now": now}).rowcount
+    ids = [job.notification_id for job, _ in done]
+    sent = set(connection.execute(_MARK_SENT, {
+        "ids": ids, "tokens": list({job.lease_token for job, _ in done}), "now": now}
+    ).scalars())
+    if len(sent) < len(ids):
+        connection.execute(_COUNT_ATTEMPT, {"ids": [i for i in ids if i not in sent]})
     # A plain success on an endpoint that became failing meanwhile still releases it.
     endpoints = {job.endpoint_id for job, _ in done}
     for endpoint_id in sorted(e for e in failing if e in endpoints):
         endpoint_queue.on_recovery(session, endpoint_id, now)
-    return updated
+    return len(sent)

@@ -24,6 +24,7 @@ from deliverer.models import (
     WebhookSettings,
     utcnow,
 )
+from deliverer.notifications.ignore import ignore
 from deliverer.scheduling.sweep import collect_due
 from tests.support import helpers as h
 from tests.support import receiver as rx
@@ -248,15 +249,36 @@ def test_expired_lease_is_taken_over_and_the_late_worker_changes_nothing(
     row = h.notification(nid)
     assert row.lease_token == second.job.lease_token
     assert row.status == NotificationStatus.PENDING
-    assert row.attempt_count == 0
+    assert row.attempt_count == 1  # its POST was made: counted, as it is on record
 
     with session_scope() as session:
         done = service.record(session, second.job, service.perform(second.job, settings),
                               settings, now=later)
     assert done.status == NotificationStatus.SENT
     row = h.notification(nid)
-    assert (row.status, row.attempt_count, row.lease_token) == (NotificationStatus.SENT, 1, None)
+    assert (row.status, row.attempt_count, row.lease_token) == (NotificationStatus.SENT, 2, None)
     assert len(h.attempts(nid)) == 2  # both POSTs happened and both are on record
+
+
+@pytest.mark.parametrize("answer", [200, 500])
+def test_a_post_in_flight_when_its_notification_is_ignored_is_counted(
+        settings, receiver, partner, answer):
+    """The attempt is on record and in ``attemptCount``; the ignore's NOT_SENT stands."""
+    url = receiver.always("/ignored", rx.status(answer))
+    nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    with session_scope() as session:
+        claimed = service.claim(session, nid, settings)
+    assert claimed.state == ClaimState.CLAIMED
+    with session_scope() as session:
+        ignore(session, h.principal(partner), nid)
+    with session_scope() as session:
+        outcome = service.record(session, claimed.job, service.perform(claimed.job, settings),
+                                 settings)
+    assert outcome.state == ClaimState.BUSY
+    row = h.notification(nid)
+    assert (row.status, row.attempt_count) == (NotificationStatus.NOT_SENT, 1)
+    assert len(h.attempts(nid)) == 1
 
 
 def test_nothing_is_sent_when_not_due_final_or_missing(settings, receiver, partner):
