@@ -1,7 +1,8 @@
 """Request checks that apply to every route, before any view or database access.
 
 * A body larger than ``MAX_CONTENT_LENGTH`` is refused with 413 on every route, also on
-  routes that never read their body (werkzeug only enforces the limit on reading).
+  routes that never read their body (werkzeug only enforces the limit on reading), and
+  also when it is sent chunked, without a length.
 * NUL characters are refused (400) in the path, the query string, JSON strings and
   form fields (the portal's and the console's): a text column on PostgreSQL cannot hold
   them (psycopg2 raises, which was a 500) and on SQLite they would be stored and sent
@@ -113,6 +114,8 @@ def check_request() -> None:
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if limit is not None and request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
+    if limit is not None and request.content_length is None and _chunked_past(limit):
+        raise RequestEntityTooLarge()
     if NUL in request.path or any(
         NUL in key or NUL in value for key, value in request.args.items(multi=True)
     ):
@@ -128,6 +131,16 @@ def check_request() -> None:
             and not request.is_json
             and not request.path.startswith(("/console", "/portal"))):
         raise UnsupportedMediaType()
+
+
+def _chunked_past(limit: int) -> bool:
+    """Whether a body sent without a length (chunked) goes on past ``limit``: werkzeug
+    stops reading it there and hands the views what it read, as if that were all (a
+    JSON body cut short was answered 400 "Invalid JSON body")."""
+    if not request.environ.get("wsgi.input_terminated"):
+        return False  # no body without a length (WSGI)
+    return (len(request.get_data(cache=True)) >= limit
+            and bool(request.environ["wsgi.input"].read(1)))
 
 
 def init_app(app: Flask) -> None:
