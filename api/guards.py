@@ -10,6 +10,7 @@
 * Lone UTF-16 surrogates (``"\\ud800"``) are refused (400) in JSON strings: Python's
   parser lets them through, and no database driver can encode them (a
   UnicodeEncodeError deep in the database layer, which was a 500).
+* UUIDs in the path are taken in either case (``canonical_ids``).
 * Numbers that JSON cannot carry are refused (400): Python's parser reads ``NaN``,
   ``Infinity`` and ``-Infinity`` (not JSON at all) and ``1e999`` (read as infinity),
   which were stored, signed and sent on in a body that is not JSON; an integer of more
@@ -31,6 +32,7 @@ from flask import Flask, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from deliverer.errors import DelivererError, ValidationFailed
+from deliverer.notifications.queries import is_uuid
 
 NUL = "\x00"
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -143,5 +145,19 @@ def _chunked_past(limit: int) -> bool:
             and bool(request.environ["wsgi.input"].read(1)))
 
 
+# Path variables that hold UUIDs (notifications, seed 001's deliveries, partners).
+_UUID_VARIABLES = ("notification_id", "delivery_id", "partner_id")
+
+
+def canonical_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """UUIDs in the path in their stored form, lower case: RFC 9562 reads them in
+    either case, and one copied in upper case was not found (404)."""
+    for name in _UUID_VARIABLES:
+        value = values.get(name) if values else None
+        if isinstance(value, str) and is_uuid(value):
+            values[name] = value.lower()  # type: ignore[index]
+
+
 def init_app(app: Flask) -> None:
+    app.url_value_preprocessor(canonical_ids)
     app.before_request(check_request)

@@ -273,6 +273,21 @@ def test_retry_through_bearer_auth(make_partner, receiver):
     h.wait_until(lambda: h.sent(nid), message="SENT")
 
 
+@pytest.mark.parametrize("route", [RETRY, "/api/webhooks/deliveries/{}/retry"])
+def test_an_upper_case_notification_id_is_the_same_notification(make_partner, receiver,
+                                                                route):
+    """RFC 9562: UUIDs are read in either case (one copied upper-case was a 404)."""
+    url = receiver.url("/ok")
+    partner = make_partner(url)
+    nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.FAILED)
+    assert partner.api.get(DETAIL.format(nid.upper())).json()["id"] == nid
+    response = partner.api.post(route.format(nid.upper()))
+    assert response.status_code == 200, response.text
+    receiver.wait_for(1, "/ok")
+    h.wait_until(lambda: h.sent(nid), message="SENT")
+    assert [r.notification_id for r in partner_requests(partner.partner_id)] == [nid]
+
+
 def test_retry_while_the_endpoint_is_disabled_is_refused_until_it_is_enabled(
         make_partner, receiver, slow_ladder):
     """A 410 Gone disabled the endpoint: a retry would only be held again, so it is
