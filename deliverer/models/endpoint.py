@@ -39,6 +39,13 @@ def new_endpoint_id() -> str:
     return "ep_" + secrets.token_hex(12)
 
 
+# What a registered endpoint has of its own (a secret, a rate limit and its slot): none
+# of it carries over when its row is taken for another use (the webhook URL:
+# ``registered.make_default``; a callback URL after its deletion:
+# ``endpoints._by_url_again``).
+OWN_CONFIGURATION = ("signing_secret", "previous_secret", "previous_secret_expires_at",
+                     "rate_limit", "next_send_at")
+
 # The reason of an endpoint the merchant disabled (enabled: false): saving the webhook
 # settings does not enable it again, only the merchant's enabled: true does.
 DISABLED_BY_MERCHANT = "Disabled by the merchant"

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from deliverer.models import Endpoint, locked_in_id_order, table_of
 from deliverer.models.base import constant
-from deliverer.models.endpoint import subscribed_in_sql
+from deliverer.models.endpoint import OWN_CONFIGURATION, subscribed_in_sql
 
 _ENDPOINTS = table_of(Endpoint)
 _E = _ENDPOINTS.c
@@ -67,10 +67,9 @@ def _by_url_again() -> dict[str, Any]:
         return case((_REVIVED, fresh), else_=column)
 
     return {"deleted_at": None, "consecutive_failures": reset(_E.consecutive_failures, 0),
-            **{c.name: reset(c) for c in (
-                _E.signing_secret, _E.previous_secret, _E.previous_secret_expires_at,
-                _E.rate_limit, _E.next_send_at, _E.disabled_at, _E.disabled_reason,
-                _E.failing_since, _E.alerted_at, _E.retry_after_until)}}
+            **{name: reset(_E[name]) for name in (
+                *OWN_CONFIGURATION, "disabled_at", "disabled_reason", "failing_since",
+                "alerted_at", "retry_after_until")}}
 
 
 def _by_group(value: ColumnElement[bool]) -> ColumnElement[bool]:

@@ -29,7 +29,7 @@ from deliverer.models import (
     WebhookSettings,
     utcnow,
 )
-from deliverer.models.endpoint import DISABLED_BY_MERCHANT
+from deliverer.models.endpoint import DISABLED_BY_MERCHANT, OWN_CONFIGURATION
 from deliverer.partners import catalog, rotation
 from deliverer.partners.endpoints import hold_publishes
 
@@ -284,8 +284,8 @@ def make_default(session: Session, partner_id: str, url: str | None,
     row.event_types = carried["event_types"]
     row.description = carried["description"]
     row.deleted_at = None
-    row.signing_secret = row.previous_secret = row.previous_secret_expires_at = None
-    row.rate_limit = row.next_send_at = None
+    for name in OWN_CONFIGURATION:
+        setattr(row, name, None)
     if row.disabled_reason == DISABLED_BY_MERCHANT:
         row.disabled_at = row.disabled_reason = None
     row.registered = True
