@@ -4,6 +4,7 @@ And the endpoint locks every record transaction takes first (``lock_endpoints``)
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from itertools import groupby
@@ -27,8 +28,8 @@ _MARK_SENT = (
 )
 # A POST whose lease was lost meanwhile (taken over, or the notification ignored) is
 # still an attempt of its notification: ``attempt_count`` counts its attempt rows.
-_COUNT_ATTEMPT = (update(_NOTIFICATIONS).where(_N.id.in_(_IDS))
-                  .values(attempt_count=_N.attempt_count + 1))
+_COUNT_ATTEMPTS = (update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
+                   .values(attempt_count=_N.attempt_count + bindparam("n")))
 
 
 def _locking(exclusive: bool) -> Select[int, datetime | None]:
@@ -116,8 +117,10 @@ def record_successes(session: Session,
     sent = set(connection.execute(_MARK_SENT, {
         "ids": ids, "tokens": list({job.lease_token for job, _ in done}), "now": now}
     ).scalars())
-    if len(sent) < len(ids):
-        connection.execute(_COUNT_ATTEMPT, {"ids": [i for i in ids if i not in sent]})
+    lost = Counter(ids) - Counter(sent)  # a job per POST: SENT counted one of each
+    if lost:
+        connection.execute(_COUNT_ATTEMPTS, [{"nid": nid, "n": n}
+                                             for nid, n in sorted(lost.items())])
     # A plain success on an endpoint that became failing meanwhile still releases it.
     endpoints = {job.endpoint_id for job, _ in done}
     for endpoint_id in sorted(e for e in failing if e in endpoints):

@@ -86,15 +86,8 @@ from deliverer.config import Settings, get_settings
 from deliverer.db import autocommitted, in_transaction, is_transient_abort
 from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
-from deliverer.models import (
-    Endpoint,
-    Lane,
-    Notification,
-    NotificationStatus,
-    locked_in_id_order,
-    table_of,
-    utcnow,
-)
+from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
+from deliverer.models.endpoint import locked_in_id_order
 
 # A wake-up not taken within this long counts as lost: the next publish sends another
 # (an extra one finds little or nothing to do).

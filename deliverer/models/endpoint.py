@@ -188,10 +188,9 @@ def locked_in_id_order(*where: ColumnElement[bool]) -> ColumnElement[bool]:
     Every transaction that holds several endpoints takes them in id order (records:
     ``success.lock_endpoints``). An UPDATE alone locks rows in the order its plan meets
     them, which is not id order once updates have moved rows about the heap and the
-    indexes (the wake-up marks, indexed, move a row on every change): a publish holding
-    one endpoint and waiting for another while a record transaction held that one and
-    waited for the first deadlocked, and PostgreSQL aborted one of them. The rows'
-    latest versions are checked against ``where`` again as they are locked."""
+    indexes (the wake-up marks, indexed, move a row on every change): two transactions
+    then each held a row the other waited for. The rows' latest versions are checked
+    against ``where`` again as they are locked."""
     e = Endpoint.__table__.c
     return e.id.in_(select(e.id).where(*where).order_by(e.id)
                     .with_for_update(key_share=True).scalar_subquery())

@@ -173,25 +173,24 @@ _TARGET = (_E.id, _E.url, _E.is_default, _E.last_sequence, _E.disabled_at,
 
 def publish_lock(partner_id: ColumnElement[str]) -> ColumnElement[Any]:
     """A column of a publish's first read (PostgreSQL): the partner's publishes run one
-    at a time, each waiting for the one before it to commit.
+    at a time, each waiting for the one before it to commit, before it locks any row.
 
-    They would wait anyway, for the endpoint rows they all update, but a publish that
-    waited there met the rows' newer versions in the middle of its statement: locking
-    them again through the old ones (PostgreSQL's re-check of an updated row) queued it
-    behind other waiters, which waited for it, and PostgreSQL aborted one of the
-    publishes (a deadlock; 78 in 4,000 publishes of 10 producers to 10 partners of 4
-    endpoints each, with the endpoints locked in id order). Waiting here, before any
-    row, leaves nothing to re-check. An advisory lock: held until the commit, on a
-    number of the partner's id in a class of deliverer's own."""
+    They would wait anyway, for the endpoint rows they all update; but publishes that
+    waited at those rows, locking their newer versions through the old ones (PostgreSQL
+    re-checks an updated row), queued behind each other's waits and deadlocked. An
+    advisory lock: held until the commit, on a number of the partner's id in a class of
+    deliverer's own."""
     return func.pg_advisory_xact_lock(constant(PUBLISH_LOCKS),
                                       func.hashtext(partner_id)).label("publish_lock")
 
 
 def hold_publishes(session: Session, partner_id: str) -> None:
     """Wait for the partner's publish in progress, and make its next ones wait until
-    this transaction ends (PostgreSQL; SQLite's writers take turns anyway): a change of
-    its endpoints checks a URL and then writes its row, and a publish by URL in between
-    created that row first (IntegrityError, a 500)."""
+    this transaction ends (PostgreSQL; SQLite's writers take turns anyway), as a
+    statement of its own: the next one reads what that publish committed. Taken by the
+    publishes that run several statements (``record_events``), and by changes of the
+    partner's endpoints, which check a URL and then write its row (a publish by URL in
+    between created that row first: IntegrityError, a 500)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(publish_lock(literal(partner_id))))
 

@@ -38,12 +38,11 @@ from deliverer.models import (
     WebhookSettings,
     not_receiving_webhooks,
     subscribed,
-    table_of,
     utcnow,
 )
 from deliverer.partners.endpoints import (
     DISABLED,
-    publish_lock,
+    hold_publishes,
     reserve_for_endpoints,
     reserve_sequences,
 )
@@ -77,9 +76,6 @@ _PARTNER = (
     # The default endpoint first: its notification is the one older routes report.
     .order_by(Endpoint.is_default.desc(), Endpoint.id)
 )
-# PostgreSQL: the partner's publishes one at a time, as the single publish's (its
-# ``publish_lock``), so that this one's reservations wait before they lock any row.
-_PARTNER_LOCKED = _PARTNER.add_columns(publish_lock(table_of(Partner).c.id))
 
 
 @dataclass(frozen=True)
@@ -195,9 +191,10 @@ def record_events(
     it finds that event).
     """
     now = now or utcnow()
-    connection = session.connection()
-    rows = connection.execute(_PARTNER_LOCKED if connection.dialect.name == "postgresql"
-                              else _PARTNER, {"partner_id": partner_id}).all()
+    # First, on its own: the partner's publish before this one has committed when the
+    # next statement reads the partner and its endpoints.
+    hold_publishes(session, partner_id)
+    rows = session.connection().execute(_PARTNER, {"partner_id": partner_id}).all()
     if not rows:
         raise PartnerNotFound()
     partner = rows[0]

@@ -28,7 +28,7 @@ from deliverer.partners import endpoints, registered
 from deliverer.publishing.service import record_events
 from tests.support.backend import ON_POSTGRES
 from tests.support.helpers import new_partner
-from tests.support.waiting import wait_until, waiting_on_a_lock
+from tests.support.waiting import PUBLISH_STATEMENT, lock_wait_of, wait_until
 
 pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="SQLite has no row locks")
 
@@ -68,11 +68,12 @@ def _scrambled(settings) -> tuple[str, list[int]]:  # type: ignore[no-untyped-de
     return shop.partner_id, ids
 
 
-def _held_against(first: int, then: int, other: Callable[[], object]) -> None:
+def _held_against(first: int, then: int, other: Callable[[], object],
+                  *statements: str) -> None:
     """Lock endpoint ``first`` as a record of its failure does, run ``other`` in a
-    thread until it waits for that lock, then lock ``then``: granted at once when
-    ``other`` locks in id order (it holds nothing yet), a deadlock otherwise (cut short
-    by a lock timeout under PostgreSQL's deadlock_timeout)."""
+    thread until its statement (one of ``statements``) waits for that lock, then lock
+    ``then``: granted at once when ``other`` locks in id order (it holds nothing yet), a
+    deadlock otherwise (cut short by a lock timeout under PostgreSQL's deadlock_timeout)."""
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -87,7 +88,8 @@ def _held_against(first: int, then: int, other: Callable[[], object]) -> None:
         lock_endpoints(session, [_failure_of(first)])
         thread.start()
         with get_database().engine.connect() as look:
-            wait_until(lambda: waiting_on_a_lock(look), 10, message="the other transaction waits")
+            wait_until(lambda: lock_wait_of(look, *statements), 10,
+                       message="the other transaction waits")
         session.execute(text("SET LOCAL lock_timeout = '300ms'"))
         lock_endpoints(session, [_failure_of(then)])
         session.commit()
@@ -102,7 +104,7 @@ def test_a_single_publish_locks_its_endpoints_in_id_order(settings):
     partner_id, ids = _scrambled(settings)
     published: list[object] = []
     _held_against(ids[1], ids[-1], lambda: published.append(deliverer.publish_event(
-        partner_id, "transaction.paid", "r1", {"n": 1})))
+        partner_id, "transaction.paid", "r1", {"n": 1})), *PUBLISH_STATEMENT)
     assert len(published[0].deliveries) == 5  # type: ignore[attr-defined]
 
 
@@ -113,7 +115,7 @@ def test_a_reservation_on_several_endpoints_locks_them_in_id_order(settings):
         with session_scope() as session:
             endpoints.reserve_for_endpoints(session, dict.fromkeys(ids, 1), utcnow())
 
-    _held_against(ids[1], ids[-1], reserve)
+    _held_against(ids[1], ids[-1], reserve, "SET last_sequence")
 
 
 def test_a_claim_of_several_endpoints_clears_their_marks_in_id_order(settings):
@@ -123,7 +125,7 @@ def test_a_claim_of_several_endpoints_clears_their_marks_in_id_order(settings):
         with session_scope() as session:
             session.execute(wake.CLEAR_MARKS, {"ids": ids})
 
-    _held_against(ids[1], ids[-1], clear)
+    _held_against(ids[1], ids[-1], clear, "SET wake_sent_at")
 
 
 def test_publishes_of_one_partner_wait_for_each_other_before_locking_a_row(settings):
@@ -140,14 +142,8 @@ def test_publishes_of_one_partner_wait_for_each_other_before_locking_a_row(setti
             "type": "transaction.paid", "reference": "first", "payload": {"n": 1}}])
         thread.start()
         with get_database().engine.connect() as look:
-            def waits_for() -> str | None:
-                try:
-                    return look.execute(text(
-                        "SELECT wait_event FROM pg_stat_activity WHERE datname ="
-                        " current_database() AND wait_event_type = 'Lock'")).scalar()
-                finally:
-                    look.rollback()
-            assert wait_until(waits_for, 10, message="the second publish waits") == "advisory"
+            assert wait_until(lambda: lock_wait_of(look, *PUBLISH_STATEMENT), 10,
+                              message="the second publish waits") == "advisory"
         session.commit()
     finally:
         session.close()

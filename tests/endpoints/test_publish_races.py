@@ -23,7 +23,7 @@ from deliverer.partners import registered, webhook_settings
 from deliverer.publishing.service import publish_one
 from tests.support.backend import ON_POSTGRES
 from tests.support.helpers import new_partner
-from tests.support.waiting import wait_until, waiting_on_a_lock
+from tests.support.waiting import PUBLISH_STATEMENT, lock_wait_of, wait_until
 
 pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="SQLite's writers take turns")
 
@@ -35,16 +35,18 @@ def _publish_between_check_and_write(settings: Any, partner_id: str,
     """Run ``change`` in a transaction; right after its look-up of the URL's row, a
     publish by that URL runs in a thread until it commits or waits for a lock."""
     published: list[Any] = []
+    started: list[bool] = []
     publisher = threading.Thread(target=lambda: published.append(publish_one(
         settings, partner_id=partner_id, type="transaction.paid", reference="cb",
         payload={}, callback_url=URL)))
 
     def after(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if (not publisher.is_alive() and not published and "endpoints.url =" in statement
-                and "FOR UPDATE" in statement):
+        if not started and "endpoints.url =" in statement and "FOR UPDATE" in statement:
+            started.append(True)
             publisher.start()
             with get_database().engine.connect() as look:
-                wait_until(lambda: not publisher.is_alive() or waiting_on_a_lock(look), 10,
+                wait_until(lambda: not publisher.is_alive()
+                           or lock_wait_of(look, *PUBLISH_STATEMENT), 10,
                            message="the publish committed or waits")
 
     session = get_database().sessionmaker()
@@ -55,9 +57,9 @@ def _publish_between_check_and_write(settings: Any, partner_id: str,
         session.commit()
     finally:
         session.close()
-        if publisher.ident is not None:
+        if started:
             publisher.join(timeout=30)
-    assert publisher.ident is not None, "the change never looked the URL up"
+    assert started, "the change never looked the URL up"
     assert published, "the publish failed"
     return published
 
@@ -82,3 +84,19 @@ def test_the_webhook_url_saved_while_a_callback_url_publish_runs(settings):
     with get_database().sessionmaker() as session:
         row = session.scalar(select(Endpoint).where(Endpoint.url == URL))
         assert row is not None and row.is_default and row.last_sequence == 1
+
+
+def test_an_endpoint_moved_to_the_url_while_a_callback_url_publish_runs(settings):
+    shop = new_partner(settings, "http://127.0.0.1:9/default")
+    with get_database().sessionmaker() as session, session.begin():
+        moving = registered.create(session, settings, shop.partner_id,
+                                   url="http://127.0.0.1:9/before").public_id
+
+    def move(session: Session) -> None:
+        endpoint = registered.get(session, shop.partner_id, moving, for_update=True)
+        registered.update_endpoint(session, settings, endpoint, url=URL)
+
+    _publish_between_check_and_write(settings, shop.partner_id, move)
+    with get_database().sessionmaker() as session:
+        row = session.scalar(select(Endpoint).where(Endpoint.url == URL))
+        assert row is not None and row.registered and row.public_id == moving

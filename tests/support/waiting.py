@@ -42,3 +42,22 @@ def waiting_on_a_lock(conn: Any) -> bool:
             " AND wait_event_type = 'Lock'")).scalar())
     finally:
         conn.rollback()
+
+
+# The single publish's statement, prepared (``deliverer.prepared``) on first use on a
+# connection and executed by name after.
+PUBLISH_STATEMENT = ("PREPARE deliverer_", "EXECUTE deliverer_")
+
+
+def lock_wait_of(conn: Any, *statements: str) -> str | None:
+    """What a session of ``conn``'s database running a statement that contains one of
+    ``statements`` waits for (pg_stat_activity's wait_event: ``transactionid``,
+    ``tuple``, ``advisory``...), or None while none waits for a lock."""
+    try:
+        return conn.execute(text(
+            "SELECT wait_event FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            " AND EXISTS (SELECT FROM unnest(:statements) AS s WHERE strpos(query, s) > 0)"
+            " LIMIT 1"), {"statements": list(statements)}).scalar()
+    finally:
+        conn.rollback()
