@@ -5,6 +5,7 @@ keeps, ``deliverer.delivery.endpoint_queue``)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -134,6 +135,28 @@ _BUMP = (
             wake_by_group=_by_group(false()))
     .returning(_E.id, _E.last_sequence, _E.wake_sent_at)
 )
+
+
+_LOCK_FOR_PUBLISH = (
+    select(_E.id)
+    .where(or_(_E.id.in_(bindparam("l_ids", expanding=True)),
+               and_(_E.partner_id == bindparam("l_partner_id"),
+                    _E.url.in_(bindparam("l_urls", expanding=True)))))
+    .order_by(_E.id).with_for_update(key_share=True))
+
+
+def lock_for_publish(session: Session, partner_id: str, endpoint_ids: Collection[int],
+                     urls: Collection[str]) -> None:
+    """Lock the existing rows a publish reserves numbers on, registered endpoints and
+    URLs' rows together, in id order (PostgreSQL), before its reservations: they take
+    the endpoints by id, then the URLs' rows by URL, and a record of failures holding
+    one of them while it waited for another deadlocked with it. Only needed when a
+    publish goes to URLs and to more than one row."""
+    if (session.get_bind().dialect.name == "postgresql" and urls
+            and len(endpoint_ids) + len(urls) > 1):
+        session.execute(_LOCK_FOR_PUBLISH, {"l_ids": sorted(endpoint_ids),
+                                            "l_partner_id": partner_id,
+                                            "l_urls": sorted(urls)})
 
 
 def reserve_for_endpoints(session: Session, counts: dict[int, int], now: datetime,

@@ -43,6 +43,7 @@ from deliverer.models import (
 from deliverer.partners.endpoints import (
     DISABLED,
     hold_publishes,
+    lock_for_publish,
     reserve_for_endpoints,
     reserve_sequences,
 )
@@ -246,6 +247,7 @@ def record_events(
     # The endpoints this publish sends a wake-up to (none pending), when it sends those
     # rather than a message per notification (``delivery/wake.py``).
     stale = wake.wake_stale(settings, now)
+    lock_for_publish(session, partner_id, by_endpoint, by_url)
     numbers, woken = reserve_for_endpoints(session, by_endpoint, now, stale)
     for endpoint_key, number in numbers.items():
         numbering[endpoint_key] = [endpoint_key, number, None]

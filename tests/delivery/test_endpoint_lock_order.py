@@ -149,3 +149,29 @@ def test_publishes_of_one_partner_wait_for_each_other_before_locking_a_row(setti
         session.close()
         thread.join(timeout=30)
     assert published and len(published[0].deliveries) == 5  # type: ignore[attr-defined]
+
+
+def test_a_bulk_publish_to_urls_and_endpoints_locks_them_in_id_order(settings):
+    """A callback URL's row older than the registered endpoints: the reservations take
+    the endpoints by id, then the URLs' rows by URL (``endpoints.lock_for_publish``)."""
+    shop = new_partner(settings, "http://127.0.0.1:9/default")
+    callback = "http://127.0.0.1:9/callback"
+    deliverer.publish_event(shop.partner_id, "transaction.paid", "first", {}, callback_url=callback)
+    with session_scope() as session:
+        for path in ("d", "c", "b", "a"):
+            registered.create(session, settings, shop.partner_id,
+                              url=f"http://127.0.0.1:9/{path}")
+    with session_scope() as session:
+        ids = list(session.scalars(select(Endpoint.id).where(
+            Endpoint.partner_id == shop.partner_id).order_by(Endpoint.id)))
+        by_url = session.scalar(select(Endpoint.id).where(Endpoint.url == callback))
+    assert by_url == ids[1]
+
+    def publish() -> None:
+        with session_scope() as session:
+            record_events(session, settings, partner_id=shop.partner_id, events=[
+                {"type": "transaction.paid", "reference": "fan-out", "payload": {}},
+                {"type": "transaction.paid", "reference": "cb", "payload": {},
+                 "callback_url": callback}])
+
+    _held_against(by_url, ids[-1], publish, "INSERT INTO endpoints", "FOR NO KEY UPDATE")
