@@ -50,20 +50,31 @@ def _scrambled(settings) -> tuple[str, list[int]]:  # type: ignore[no-untyped-de
     heap's end when the table has no free space before it. Which path a plan takes, and
     where the heap had room, depend on the tables' history: in a fresh database each
     test fails without its fix; in a long session's the order may happen to be right."""
-    shop = new_partner(settings, "http://127.0.0.1:9/default")
+    partner_id, ids = _partner_of_endpoints(settings)
     with session_scope() as session:
-        for path in ("d", "c", "b", "a"):
-            registered.create(session, settings, shop.partner_id,
-                              url=f"http://127.0.0.1:9/{path}")
-    with session_scope() as session:
-        ids = list(session.scalars(select(Endpoint.id).where(
-            Endpoint.partner_id == shop.partner_id).order_by(Endpoint.id)))
         session.execute(update(Endpoint).where(Endpoint.id.in_(ids[:2]))
                         .values(wake_sent_at=utcnow()))
     with session_scope() as session:
         session.execute(update(Endpoint).where(Endpoint.id.in_(ids[:2]))
                         .values(wake_sent_at=None))
-    return shop.partner_id, ids
+    return partner_id, ids
+
+
+def _partner_of_endpoints(settings, callback_url: str | None = None  # type: ignore[no-untyped-def]
+                          ) -> tuple[str, list[int]]:
+    """A partner, the row of ``callback_url`` (published to first), and four registered
+    endpoints whose URLs sort against their ids; the ids of its rows, in order."""
+    shop = new_partner(settings, "http://127.0.0.1:9/default")
+    if callback_url:
+        deliverer.publish_event(shop.partner_id, "transaction.paid", "first", {},
+                                callback_url=callback_url)
+    with session_scope() as session:
+        for path in ("d", "c", "b", "a"):
+            registered.create(session, settings, shop.partner_id,
+                              url=f"http://127.0.0.1:9/{path}")
+    with session_scope() as session:
+        return shop.partner_id, list(session.scalars(select(Endpoint.id).where(
+            Endpoint.partner_id == shop.partner_id).order_by(Endpoint.id)))
 
 
 def _held_against(first: int, then: int, other: Callable[[], object],
@@ -152,22 +163,15 @@ def test_publishes_of_one_partner_wait_for_each_other_before_locking_a_row(setti
 def test_a_bulk_publish_to_urls_and_endpoints_locks_them_in_id_order(settings):
     """A callback URL's row older than the registered endpoints: the reservations take
     the endpoints by id, then the URLs' rows by URL (``endpoints.lock_for_publish``)."""
-    shop = new_partner(settings, "http://127.0.0.1:9/default")
     callback = "http://127.0.0.1:9/callback"
-    deliverer.publish_event(shop.partner_id, "transaction.paid", "first", {}, callback_url=callback)
+    partner_id, ids = _partner_of_endpoints(settings, callback)
     with session_scope() as session:
-        for path in ("d", "c", "b", "a"):
-            registered.create(session, settings, shop.partner_id,
-                              url=f"http://127.0.0.1:9/{path}")
-    with session_scope() as session:
-        ids = list(session.scalars(select(Endpoint.id).where(
-            Endpoint.partner_id == shop.partner_id).order_by(Endpoint.id)))
         by_url = session.scalar(select(Endpoint.id).where(Endpoint.url == callback))
     assert by_url == ids[1]
 
     def publish() -> None:
         with session_scope() as session:
-            record_events(session, settings, partner_id=shop.partner_id, events=[
+            record_events(session, settings, partner_id=partner_id, events=[
                 {"type": "transaction.paid", "reference": "fan-out", "payload": {}},
                 {"type": "transaction.paid", "reference": "cb", "payload": {},
                  "callback_url": callback}])
