@@ -5,6 +5,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from deliverer.notifications.queries import is_uuid
+
 
 class WebhookUrl(fields.String):
     """An http(s) URL; where it may point is checked by the service (SSRF rules)."""
@@ -15,6 +17,15 @@ class WebhookUrl(fields.String):
                       validate.URL(schemes={"http", "https"}, require_tld=False)],
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+class Id(fields.String):
+    """An id of ours: a UUID is read in either case (RFC 9562) and stored lower-case,
+    as ``api.guards.canonical_ids`` does for the path."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text.lower() if is_uuid(text) else text
 
 
 class Email(fields.Email):

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from api.schemas.common import Email, WebhookUrl
+from api.schemas.common import Email, Id, WebhookUrl
 
 
 class PublishEventSchema(Schema):
-    partner_id = fields.String(required=True, data_key="partnerId",
-                               validate=validate.Length(min=1, max=36))
+    partner_id = Id(required=True, data_key="partnerId", validate=validate.Length(min=1, max=36))
     type = fields.String(required=True, validate=validate.Length(min=1, max=100))
     reference = fields.String(required=True, validate=validate.Length(min=1, max=200))
     payload = fields.Dict(required=True)

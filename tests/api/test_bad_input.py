@@ -419,14 +419,16 @@ def test_internal_api_needs_the_admin_token(partner, anonymous, token):
     unchanged(partner, check)
 
 
-def test_internal_publish_and_create_work(admin, receiver, worker):
+@pytest.mark.parametrize("spelling", [str.lower, str.upper])
+def test_internal_publish_and_create_work(admin, receiver, worker, spelling):
     created = admin.post("/internal/v1/partners",
                          json={"name": "Via API", "webhookUrl": receiver.url("/hook")})
     assert created.status_code == 201, created.text
     body = created.json()
     assert set(body) == {"id", "apiKey", "signingSecret"}
+    # A partner id in upper case is the same partner (RFC 9562: UUIDs in either case).
     published = admin.post("/internal/v1/events", json={
-        "partnerId": body["id"], "type": "transaction.paid", "reference": "TXN-9",
+        "partnerId": spelling(body["id"]), "type": "transaction.paid", "reference": "TXN-9",
         "payload": {"amount": 5}})
     assert published.status_code == 201, published.text
     [got] = receiver.wait_for(1, "/hook")
