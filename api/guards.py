@@ -32,7 +32,7 @@ from flask import Flask, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from deliverer.errors import DelivererError, ValidationFailed
-from deliverer.notifications.queries import is_uuid
+from deliverer.notifications.queries import canonical_id
 
 NUL = "\x00"
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -154,8 +154,8 @@ def canonical_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
     either case, and one copied in upper case was not found (404)."""
     for name in _UUID_VARIABLES:
         value = values.get(name) if values else None
-        if isinstance(value, str) and is_uuid(value):
-            values[name] = value.lower()  # type: ignore[index]
+        if isinstance(value, str):
+            values[name] = canonical_id(value)  # type: ignore[index]
 
 
 def init_app(app: Flask) -> None:

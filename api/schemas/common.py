@@ -5,7 +5,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from deliverer.notifications.queries import is_uuid
+from deliverer.notifications.queries import canonical_id
 
 
 class WebhookUrl(fields.String):
@@ -24,8 +24,7 @@ class Id(fields.String):
     as ``api.guards.canonical_ids`` does for the path."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        return text.lower() if is_uuid(text) else text
+        return canonical_id(super()._deserialize(value, attr, data, **kwargs))
 
 
 class Email(fields.Email):

@@ -26,6 +26,11 @@ def is_uuid(value: str) -> bool:
     return _UUID.fullmatch(value) is not None
 
 
+def canonical_id(value: str) -> str:
+    """An id as stored: a UUID lower-case (RFC 9562 reads them in either case)."""
+    return value.lower() if is_uuid(value) else value
+
+
 def get_notification(session: Session, partner_id: str, notification_id: str,
                      *, for_update: bool = False) -> Notification:
     """The partner's notification, or 404 (also for another partner's: no existence leak)."""
