@@ -12,6 +12,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Select,
     String,
     Text,
     UniqueConstraint,
@@ -191,6 +192,11 @@ def locked_in_id_order(*where: ColumnElement[bool]) -> ColumnElement[bool]:
     indexes (the wake-up marks, indexed, move a row on every change): two transactions
     then each held a row the other waited for. The rows' latest versions are checked
     against ``where`` again as they are locked."""
+    return Endpoint.__table__.c.id.in_(ids_locked_in_order(*where).scalar_subquery())
+
+
+def ids_locked_in_order(*where: ColumnElement[bool]) -> Select[tuple[int]]:
+    """The ids of the endpoint rows ``where`` selects, locked FOR NO KEY UPDATE in id
+    order (``locked_in_id_order`` says why)."""
     e = Endpoint.__table__.c
-    return e.id.in_(select(e.id).where(*where).order_by(e.id)
-                    .with_for_update(key_share=True).scalar_subquery())
+    return select(e.id).where(*where).order_by(e.id).with_for_update(key_share=True)

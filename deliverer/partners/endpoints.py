@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from deliverer.models import Endpoint, locked_in_id_order, table_of
 from deliverer.models.base import constant
-from deliverer.models.endpoint import OWN_CONFIGURATION, subscribed_in_sql
+from deliverer.models.endpoint import OWN_CONFIGURATION, ids_locked_in_order, subscribed_in_sql
 
 _ENDPOINTS = table_of(Endpoint)
 _E = _ENDPOINTS.c
@@ -137,12 +137,10 @@ _BUMP = (
 )
 
 
-_LOCK_FOR_PUBLISH = (
-    select(_E.id)
-    .where(or_(_E.id.in_(bindparam("l_ids", expanding=True)),
-               and_(_E.partner_id == bindparam("l_partner_id"),
-                    _E.url.in_(bindparam("l_urls", expanding=True)))))
-    .order_by(_E.id).with_for_update(key_share=True))
+_LOCK_FOR_PUBLISH = ids_locked_in_order(or_(
+    _E.id.in_(bindparam("l_ids", expanding=True)),
+    and_(_E.partner_id == bindparam("l_partner_id"),
+         _E.url.in_(bindparam("l_urls", expanding=True)))))
 
 
 def lock_for_publish(session: Session, partner_id: str, endpoint_ids: Collection[int],
