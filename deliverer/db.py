@@ -34,6 +34,8 @@ T = TypeVar("T")
 @dataclass
 class Database:
     engine: Engine
+    # Sessions of transactions that are run again whole (``in_transaction``).
+    runs_again: sessionmaker[Session]
     sessionmaker: sessionmaker[Session]
 
     def dispose(self) -> None:
@@ -123,7 +125,9 @@ def make_database(settings: Settings) -> Database:
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
-    return Database(engine=engine, sessionmaker=sessionmaker(engine, expire_on_commit=False))
+    return Database(engine=engine, sessionmaker=sessionmaker(engine, expire_on_commit=False),
+                    runs_again=sessionmaker(engine.execution_options(
+                        **prepared.RUN_AGAIN_OPTIONS), expire_on_commit=False))
 
 
 _database: Database | None = None
@@ -154,11 +158,13 @@ def dispose_after_fork() -> None:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(*, runs_again: bool = False) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error: the
     transaction of a task run or a CLI command. A refused merchant request (an error
-    carrying a ``Refusal``) is kept on the audit trail after the rollback."""
-    session = get_database().sessionmaker()
+    carrying a ``Refusal``) is kept on the audit trail after the rollback.
+    ``runs_again``: the caller runs the transaction again on ``prepared.Unprepared``."""
+    database = get_database()
+    session = (database.runs_again if runs_again else database.sessionmaker)()
     try:
         yield session
         session.commit()
@@ -184,9 +190,13 @@ def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0,
     ``only_if`` narrows which errors are run again: work that must not run twice when the
     error may have followed its commit (a connection lost during COMMIT) passes
     ``is_transient_abort``, the aborts that certainly rolled everything back.
+
+    Being run again whole, the transaction runs its prepared statements prepared
+    (``deliverer.prepared``): one the server did not have as believed aborts it, and it is
+    run again at once, whatever ``retry_for``.
     """
     def run() -> T:
-        with session_scope() as session:
+        with session_scope(runs_again=True) as session:
             return work(session)
 
     return _run_again(run, retry_for, only_if)
@@ -211,13 +221,22 @@ def _autocommit() -> Iterator[Connection]:
         yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
+# Bounded: each Unprepared changes what the next run sends (prepared.py).
+_UNPREPARED_RUNS = 3
+
+
 def _run_again(run: Callable[[], T], retry_for: float,
                only_if: Callable[[OperationalError], bool] | None) -> T:
     deadline = time.monotonic() + retry_for
     pause = 0.05
+    unprepared = 0
     while True:
         try:
             return run()
+        except prepared.Unprepared:
+            unprepared += 1
+            if unprepared >= _UNPREPARED_RUNS:
+                raise
         except OperationalError as exc:
             if time.monotonic() + pause > deadline or (only_if is not None
                                                        and not only_if(exc)):

@@ -5,15 +5,23 @@ psycopg2 sends every statement as text, which PostgreSQL parses and plans each t
 a publish's statement of data-modifying CTEs (``publishing/one_statement.py``) that was
 two thirds of its time on the server. A statement marked with ``prepared(statement)`` is
 run as ``EXECUTE`` of a statement prepared once per connection (``PREPARE``, sent with the
-first ``EXECUTE``): PostgreSQL keeps its plan (a generic one after five runs).
+first ``EXECUTE``): PostgreSQL keeps its plan (a generic one after five runs). Its SQL
+must be one text whatever its parameters (no expanding IN: ``models.in_list``).
 
 Everything else is as for any statement: SQLAlchemy compiles it and processes its
 parameters, and event listeners see its SQL; only the text sent to the server changes,
-at the last step (the dialect's ``do_execute``). Only in autocommit, where a statement
-that failed did nothing, so that one the server no longer knows (a pooler in
-transaction mode gave another server connection, ``DISCARD ALL``) is prepared and run
-again. Prepared names carry a hash of the SQL, so that two versions of the code sharing
-server connections through a pooler never run each other's statement.
+at the last step (the dialect's ``do_execute``). Prepared names carry a hash of the SQL,
+so that two versions of the code sharing server connections through a pooler never run
+each other's statement.
+
+Where the server no longer knows a statement (a pooler in transaction mode gave another
+server connection, ``DISCARD ALL``), knows one this connection never prepared (a pooler's
+earlier client), or holds a plan whose result type a migration changed, the statement is
+prepared again. In autocommit, where a statement that failed did nothing, at once. In a
+transaction, the failure aborted it: only transactions that can be run again whole use
+prepared statements (``db.in_transaction`` marks its connections with
+``RUN_AGAIN_OPTIONS``), and the failure raises ``Unprepared``, on which they are run again;
+elsewhere a marked statement is sent as text.
 """
 
 from __future__ import annotations
@@ -29,16 +37,32 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.types import NullType
 
 _OPTION = "deliverer_prepared"
-_NAMES = "deliverer_prepared_names"  # on the DBAPI connection's info: prepared there
+_RUNS_AGAIN = "deliverer_runs_again"
+# On the DBAPI connection's info: the names prepared there, and the names whose plan is
+# to be dropped before they are prepared again.
+_NAMES = "deliverer_prepared_names"
+_STALE = "deliverer_prepared_stale"
 _TRIES = 3
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s")
 
 S = TypeVar("S", bound=Executable)
 
 
+# A connection's execution options for a transaction that is run again whole after
+# ``Unprepared``.
+RUN_AGAIN_OPTIONS = {_RUNS_AGAIN: True}
+
+
+class Unprepared(Exception):
+    """A prepared statement failed in a transaction because the server did not have it
+    as this connection believed: the transaction is aborted, and is to be run again (the
+    statement is prepared afresh then)."""
+
+
 def prepared(statement: S) -> S:
-    """``statement``, to be run as a prepared statement where ``install`` was (ignored
-    elsewhere and outside autocommit)."""
+    """``statement``, to be run as a prepared statement where ``install`` was, in
+    autocommit and in transactions marked with ``RUN_AGAIN_OPTIONS`` (sent as text
+    elsewhere)."""
     return statement.execution_options(**{_OPTION: True})
 
 
@@ -86,12 +110,22 @@ def _texts(statement: str, context: ExecutionContext) -> _Texts:
 
 def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
              context: ExecutionContext) -> bool:
-    if not context.execution_options.get(_OPTION) or not getattr(
-            cursor.connection, "autocommit", False):
+    options = context.execution_options
+    if not options.get(_OPTION):
         return False
+    if getattr(cursor.connection, "autocommit", False):
+        _execute_alone(cursor, _texts(statement, context), parameters, context)
+        return True
+    if options.get(_RUNS_AGAIN):
+        _execute_in_transaction(cursor, _texts(statement, context), parameters, context)
+        return True
+    return False
+
+
+def _execute_alone(cursor: DBAPICursor, texts: _Texts, parameters: Any,
+                   context: ExecutionContext) -> None:
     from psycopg2 import errors  # imported where psycopg2 is the driver
 
-    texts = _texts(statement, context)
     known: set[str] = context.root_connection.connection.info.setdefault(_NAMES, set())
     # Bounded: each failure below did nothing (autocommit), and each changes what the
     # next try sends.
@@ -103,7 +137,7 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
             else:
                 cursor.execute(f"{texts.prepare}; {texts.execute}", parameters)
                 known.add(texts.name)
-            return True
+            return
         except errors.InvalidSqlStatementName:
             # Not on this server connection (a pooler gave another one, DISCARD ALL).
             if last:
@@ -122,3 +156,47 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
             cursor.execute(f"DEALLOCATE {texts.name}")
             known.discard(texts.name)
     raise AssertionError("unreachable")
+
+
+def _execute_in_transaction(cursor: DBAPICursor, texts: _Texts, parameters: Any,
+                            context: ExecutionContext) -> None:
+    from psycopg2 import errors
+
+    info = context.root_connection.connection.info
+    known: set[str] = info.setdefault(_NAMES, set())
+    stale: set[str] = info.setdefault(_STALE, set())
+    if texts.name in known:
+        try:
+            cursor.execute(texts.execute, parameters)
+        except errors.InvalidSqlStatementName as exc:
+            known.discard(texts.name)
+            raise Unprepared(texts.name) from exc
+        except errors.FeatureNotSupported as exc:
+            # "cached plan must not change result type" (see _execute_alone).
+            known.discard(texts.name)
+            stale.add(texts.name)
+            raise Unprepared(texts.name) from exc
+        return
+    deallocate = f"DEALLOCATE {texts.name}; " if texts.name in stale else ""
+    try:
+        cursor.execute(f"{deallocate}{texts.prepare}; {texts.execute}", parameters)
+    except errors.DuplicatePreparedStatement as exc:
+        # Prepared on this server connection by a pooler's earlier client.
+        _prepared_there(texts.name, known, stale)
+        raise Unprepared(texts.name) from exc
+    except errors.InvalidSqlStatementName as exc:
+        # The stale plan to drop was dropped already (a pooler's other client).
+        stale.discard(texts.name)
+        raise Unprepared(texts.name) from exc
+    except Exception:
+        # The PREPARE ran and the EXECUTE failed (a lock wait, a deadlock): a rollback
+        # does not undo a PREPARE. (Were it the PREPARE that failed, the next EXECUTE
+        # fails as unknown, and it is prepared again.)
+        _prepared_there(texts.name, known, stale)
+        raise
+    _prepared_there(texts.name, known, stale)
+
+
+def _prepared_there(name: str, known: set[str], stale: set[str]) -> None:
+    known.add(name)
+    stale.discard(name)

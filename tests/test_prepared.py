@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 from psycopg2 import errors
-from sqlalchemy import Connection, String, bindparam, column, event, select, table
+from sqlalchemy import Connection, Engine, Integer, String, bindparam, column, event, select, table
+from sqlalchemy.exc import DataError
 
+import deliverer.db
 import deliverer.prepared
-from deliverer.db import get_database
+from deliverer.db import get_database, in_transaction, reset_database, session_scope
 from deliverer.models.base import constant
 from deliverer.prepared import prepared
 from tests.support.messages import WAKE_UPS
@@ -131,3 +133,97 @@ def test_a_statement_whose_result_type_a_migration_changed_is_prepared_again(con
     connection.exec_driver_sql("ALTER TABLE prepared_probe ALTER COLUMN v TYPE text")
     # PostgreSQL: "cached plan must not change result type"; deallocated, prepared again.
     assert tuple(connection.execute(statement, {"n": "2"}).one()) == ("a", "2")
+
+
+# ------------------------------------------------ in transactions that are run again
+
+
+@pytest.fixture
+def pool_of_one(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """The process's database with a pool of one connection, fresh: every transaction
+    (``in_transaction``'s too) runs on it, and it is yielded between them to look at."""
+    real = deliverer.db.create_engine
+    monkeypatch.setattr(deliverer.db, "create_engine", lambda url, **kw: real(
+        url, **{**kw, "pool_size": 1, "max_overflow": 0}))
+    reset_database()
+    with get_database().engine.connect() as connection:
+        fresh(connection.execution_options(isolation_level="AUTOCOMMIT"))
+    try:
+        yield get_database().engine
+    finally:
+        reset_database()
+
+
+def runs_of(statement: Any, parameters: dict[str, Any]) -> tuple[list[tuple], int]:
+    """``statement`` run by ``in_transaction``: its rows and how many runs it took."""
+    runs = 0
+
+    def work(session: Any) -> list[tuple]:
+        nonlocal runs
+        runs += 1
+        return [tuple(r) for r in session.connection().execute(statement, parameters)]
+
+    return in_transaction(work), runs
+
+
+def prepared_here(engine: Any) -> list[int]:
+    with engine.connect() as connection:
+        return executions(connection)
+
+
+def test_in_a_transaction_run_again_it_is_prepared_once_and_executed(pool_of_one):
+    for n in range(3):
+        assert runs_of(STATEMENT, {"n": n, "maybe": None}) == ([(n + 1, "50% off", None)], 1)
+    assert prepared_here(pool_of_one) == [3]
+    # A transaction that is not run again sends it as text.
+    with session_scope() as session:
+        assert tuple(session.connection().execute(STATEMENT, {"n": 7, "maybe": None}).one()
+                     ) == (8, "50% off", None)
+    assert prepared_here(pool_of_one) == [3]
+
+
+def test_a_transaction_whose_statement_the_server_lost_is_run_again(pool_of_one):
+    runs_of(STATEMENT, {"n": 1, "maybe": None})
+    with pool_of_one.connect() as connection:
+        connection.exec_driver_sql("DEALLOCATE ALL")
+    # EXECUTE failed and aborted the transaction; run again, prepared afresh.
+    assert runs_of(STATEMENT, {"n": 2, "maybe": None}) == ([(3, "50% off", None)], 2)
+    assert prepared_here(pool_of_one) == [1]
+
+
+def test_a_transaction_on_a_connection_that_forgot_it_prepared_is_run_again(pool_of_one):
+    runs_of(STATEMENT, {"n": 1, "maybe": None})
+    with pool_of_one.connect() as connection:
+        connection.connection.info.clear()
+    # PREPARE failed (it exists) and aborted the transaction; run again, executed.
+    assert runs_of(STATEMENT, {"n": 2, "maybe": None}) == ([(3, "50% off", None)], 2)
+    assert prepared_here(pool_of_one) == [2]
+
+
+def test_a_transaction_whose_plan_a_migration_changed_is_run_again(pool_of_one):
+    with pool_of_one.connect() as connection:
+        connection.exec_driver_sql("CREATE TABLE prepared_probe_tx (v varchar(8))")
+        connection.exec_driver_sql("INSERT INTO prepared_probe_tx VALUES ('a')")
+        connection.commit()
+    try:
+        probe = table("prepared_probe_tx", column("v"))
+        statement = prepared(select(probe.c.v, bindparam("n", type_=String())))
+        assert runs_of(statement, {"n": "1"}) == ([("a", "1")], 1)
+        with pool_of_one.connect() as connection:
+            connection.exec_driver_sql("ALTER TABLE prepared_probe_tx ALTER COLUMN v TYPE text")
+            connection.commit()
+        # "cached plan must not change result type": run again, deallocated and prepared.
+        assert runs_of(statement, {"n": "2"}) == ([("a", "2")], 2)
+        assert runs_of(statement, {"n": "3"}) == ([("a", "3")], 1)
+    finally:
+        with pool_of_one.connect() as connection:
+            connection.exec_driver_sql("DROP TABLE prepared_probe_tx")
+            connection.commit()
+
+
+def test_a_statement_that_failed_after_its_prepare_is_executed_next_time(pool_of_one):
+    divide = prepared(select(constant(1) / bindparam("n", type_=Integer())))
+    with pytest.raises(DataError):  # division by zero: the EXECUTE's own error
+        runs_of(divide, {"n": 0})
+    # The PREPARE stayed (a rollback does not undo it): executed at once, not run again.
+    assert runs_of(divide, {"n": 1}) == ([(1,)], 1)

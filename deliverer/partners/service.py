@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -20,7 +20,9 @@ from deliverer.models import (
     not_receiving_webhooks,
     utcnow,
 )
+from deliverer.models.in_list import in_list
 from deliverer.partners import keys, registered
+from deliverer.prepared import prepared
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,13 @@ _KEY_LOOKUP = (
     select(ApiKey.id, ApiKey.key_hash, ApiKey.revoked_at, Partner.id.label("partner_id"),
            Partner.active, Partner.flow)
     .join(Partner, Partner.id == ApiKey.partner_id)
-    .where(ApiKey.key_hash.in_(bindparam("key_hashes", expanding=True)))
+    .where(in_list(ApiKey.key_hash, "key_hashes"))
 )
 # The same, with the partners' rows locked FOR NO KEY UPDATE in the order of their ids
 # (PostgreSQL locks the sorted rows), as audit.lock_partner and a manual-retry batch
 # lock them: batches of overlapping partners queue instead of deadlocking.
-_KEY_LOOKUP_LOCKING = _KEY_LOOKUP.order_by(Partner.id).with_for_update(key_share=True,
-                                                                     of=Partner.id)
+_KEY_LOOKUP_LOCKING = prepared(_KEY_LOOKUP.order_by(Partner.id).with_for_update(
+    key_share=True, of=Partner.id))
 
 
 def key_hash(raw_key: str | None) -> str:
