@@ -97,10 +97,11 @@ def _texts(statement: str, context: ExecutionContext) -> _Texts:
     unescaped = {v: k for k, v in (compiled.escaped_bind_names or {}).items()}
     types = []
     for name in names:
-        type_ = compiled.binds[unescaped.get(name, name)].type
-        # Untyped: PostgreSQL infers the type from where the parameter is used.
-        types.append("unknown" if isinstance(type_, NullType)
-                     else context.dialect.type_compiler_instance.process(type_))
+        # Untyped, or a member of an IN of constants (status_1_1, status_1_2 for the
+        # list bound as status_1): PostgreSQL infers the type from where it is used.
+        bind = compiled.binds.get(unescaped.get(name, name))
+        types.append("unknown" if bind is None or isinstance(bind.type, NullType)
+                     else context.dialect.type_compiler_instance.process(bind.type))
     name = "deliverer_" + hashlib.sha1(statement.encode()).hexdigest()[:20]
     texts = _Texts(name, f"PREPARE {name} ({', '.join(types)}) AS {body}",
                    f"EXECUTE {name} ({', '.join(f'%({n})s' for n in names)})")

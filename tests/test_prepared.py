@@ -227,3 +227,12 @@ def test_a_statement_that_failed_after_its_prepare_is_executed_next_time(pool_of
         runs_of(divide, {"n": 0})
     # The PREPARE stayed (a rollback does not undo it): executed at once, not run again.
     assert runs_of(divide, {"n": 1}) == ([(1,)], 1)
+
+
+def test_a_statement_with_an_in_of_constants_is_prepared(connection):
+    # SQLAlchemy binds the list as one expanding parameter, sent as one per member.
+    statement = prepared(select(constant(1)).where(bindparam("v", type_=String()).in_(
+        ["PENDING", "FAILED"])))
+    assert connection.execute(statement, {"v": "FAILED"}).scalar() == 1
+    assert connection.execute(statement, {"v": "SENT"}).scalar() is None
+    assert executions(connection) == [2]

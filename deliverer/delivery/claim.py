@@ -36,6 +36,8 @@ from deliverer.models import (
     table_of,
     utcnow,
 )
+from deliverer.models.in_list import in_list
+from deliverer.prepared import prepared
 
 LIVE_STATUSES = (NotificationStatus.PENDING, NotificationStatus.FAILED)
 ENDPOINT_DELETED = "The endpoint was deleted"
@@ -76,17 +78,17 @@ def _trigger_for(lane: str) -> Trigger:
     return Trigger.MANUAL if lane == Lane.MANUAL else Trigger.AUTOMATIC
 
 
-# The statements of every delivery are built once, with bind parameters (``:now``,
-# expanding ``:ids``): building them per call cost more CPU than executing them
-# (SQLAlchemy's compiled cache spares only the compilation). They are Core statements
-# and run on the session's connection, past the ORM's execute path.
+# The statements of every delivery are built once, with bind parameters (``:now``, the
+# list ``:ids``): building them per call cost more CPU than executing them (SQLAlchemy's
+# compiled cache spares only the compilation). They are Core statements and run on the
+# session's connection, past the ORM's execute path; the hot ones prepared
+# (``deliverer.prepared``) in the transactions that are run again (``in_transaction``).
 _NOTIFICATIONS = table_of(Notification)
 _N = _NOTIFICATIONS.c
 _NOW: BindParameter[datetime] = bindparam("now")
-_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
 _DUE_AND_FREE = and_(_N.status.in_(LIVE_STATUSES), _N.next_attempt_at <= _NOW,
                      lease.is_free(_N.lease_expires_at, _NOW))
-_PICK = (select(_N.id, _DUE_AND_FREE.label("free")).where(_N.id.in_(_IDS))
+_PICK = (select(_N.id, _DUE_AND_FREE.label("free")).where(in_list(_N.id, "ids"))
          .with_for_update(skip_locked=True).cte("pick"))
 _LEASING = (
     update(_NOTIFICATIONS)
@@ -119,12 +121,12 @@ def _jobs_of(rows: FromClause) -> Select[Any]:
     )
 
 
-_JOBS = _jobs_of(_NOTIFICATIONS).where(_N.id.in_(_IDS))
+_JOBS = _jobs_of(_NOTIFICATIONS).where(in_list(_N.id, "ids"))
 # PostgreSQL: the lease and the load in one statement (a round trip fewer per claim).
 # Its joins read the endpoints and settings as the statement began (just before the
 # pick's locks), not a moment after the lease as a second statement would.
-_LEASE_JOBS = _jobs_of(_LEASING.returning(
-    _N.id, _N.url, _N.lane, _N.endpoint_id, _N.event_id, _N.partner_id).cte("leased"))
+_LEASE_JOBS = prepared(_jobs_of(_LEASING.returning(
+    _N.id, _N.url, _N.lane, _N.endpoint_id, _N.event_id, _N.partner_id).cte("leased")))
 
 
 def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,

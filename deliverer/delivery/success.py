@@ -14,13 +14,15 @@ from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.delivery import endpoint_queue, sender
-from deliverer.delivery.claim import _IDS, _N, _NOTIFICATIONS, _NOW, DeliveryJob
+from deliverer.delivery.claim import _N, _NOTIFICATIONS, _NOW, DeliveryJob
 from deliverer.models import Attempt, Endpoint, NotificationStatus, table_of
+from deliverer.models.in_list import in_list
+from deliverer.prepared import prepared
 
 _INSERT_ATTEMPTS = insert(table_of(Attempt))
-_MARK_SENT = (
+_MARK_SENT = prepared(
     update(_NOTIFICATIONS)
-    .where(_N.id.in_(_IDS), _N.lease_token.in_(bindparam("tokens", expanding=True)))
+    .where(in_list(_N.id, "ids"), in_list(_N.lease_token, "tokens"))
     .values(status=NotificationStatus.SENT, sent_at=_NOW, next_attempt_at=None,
             scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
             attempt_count=_N.attempt_count + 1, updated_at=_NOW)
@@ -34,12 +36,12 @@ _COUNT_ATTEMPTS = (update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
 
 def _locking(exclusive: bool) -> Select[int, datetime | None]:
     query = (select(Endpoint.id, Endpoint.failing_since)
-             .where(Endpoint.id.in_(bindparam("endpoint_ids", expanding=True)))
+             .where(in_list(Endpoint.id, "endpoint_ids"))
              .order_by(Endpoint.id))  # rows are locked in this order
     # FOR UPDATE, or FOR KEY SHARE: SQLAlchemy's key_share=True alone is FOR NO KEY
     # UPDATE, which a publish's UPDATE of the row (its sequence number) waits for.
-    return query.with_for_update() if exclusive else query.with_for_update(read=True,
-                                                                          key_share=True)
+    return prepared(query.with_for_update() if exclusive
+                    else query.with_for_update(read=True, key_share=True))
 
 
 _LOCK_ENDPOINTS = {True: _locking(True), False: _locking(False)}

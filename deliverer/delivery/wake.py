@@ -77,7 +77,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer import lease
 from deliverer.batching import Coalescer
@@ -88,6 +88,8 @@ from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
 from deliverer.models.endpoint import locked_in_id_order
+from deliverer.models.in_list import in_list
+from deliverer.prepared import prepared
 
 # A wake-up not taken within this long counts as lost: the next publish sends another
 # (an extra one finds little or nothing to do).
@@ -104,7 +106,6 @@ _ENDPOINTS = table_of(Endpoint)
 _E = _ENDPOINTS.c
 _N = table_of(Notification).c
 _NOW = bindparam("now", type_=_N.next_attempt_at.type)
-_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
 
 
 def _due_first(endpoint_id: ColumnElement[Any]) -> tuple[ColumnElement[bool], ...]:
@@ -150,12 +151,12 @@ _EARLY = case((_DUE.c.due == 0,
                exists(select(_N.id).where(*_early(_N.endpoint_id == _WOKEN.c.endpoint_id))
                       .correlate(_WOKEN))),
               else_=false())
-_PICK = (select(_WOKEN.c.endpoint_id, _PICKED.c.id, _PICKED.c.next_attempt_at, _DUE.c.due,
-                _EARLY.label("early"))
-         .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
+_PICK = prepared(select(_WOKEN.c.endpoint_id, _PICKED.c.id, _PICKED.c.next_attempt_at,
+                         _DUE.c.due, _EARLY.label("early"))
+                  .select_from(_WOKEN.join(_DUE, true()).outerjoin(_PICKED, true())))
 # Each such row is handed its own message, due when it is (the task's NOT_DUE follow-up),
 # and marked as enqueued now, so that the next wake-up does not send it another.
-_EARLY_ROWS = (select(_N.id).where(*_early(_N.endpoint_id.in_(_IDS)))
+_EARLY_ROWS = (select(_N.id).where(*_early(in_list(_N.endpoint_id, "ids")))
                .with_for_update(skip_locked=True).scalar_subquery())
 _RESCHEDULE = (update(table_of(Notification)).where(_N.id.in_(_EARLY_ROWS))
                .values(enqueued_at=_NOW)
@@ -166,25 +167,25 @@ _RESCHEDULE = (update(table_of(Notification)).where(_N.id.in_(_EARLY_ROWS))
 _CAP = bindparam("cap", type_=Integer())
 _WAITING = (select(_E.id.label("endpoint_id"))
             .where(_E.wake_sent_at < bindparam("waited_since", type_=_E.wake_sent_at.type),
-                   _E.id.not_in(_IDS), _E.failing_since.is_(None),
+                   ~in_list(_E.id, "ids"), _E.failing_since.is_(None),
                    _E.disabled_at.is_(None), _E.deleted_at.is_(None))
             .order_by(_E.wake_sent_at).limit(_CAP).subquery("waiting"))
 _BORROWED = (select(_N.id).where(*_due_first(_WAITING.c.endpoint_id))
              .order_by(_N.next_attempt_at).limit(_CAP)
              .with_for_update(skip_locked=True).lateral("borrowed"))
-_STEAL = (select(_WAITING.c.endpoint_id, _BORROWED.c.id)
-          .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
-CLEAR_MARKS = (update(_ENDPOINTS).where(locked_in_id_order(_E.id.in_(_IDS)))
-               .values(wake_sent_at=None))
+_STEAL = prepared(select(_WAITING.c.endpoint_id, _BORROWED.c.id)
+                  .select_from(_WAITING.join(_BORROWED, true())).limit(_CAP))
+CLEAR_MARKS = prepared(update(_ENDPOINTS).where(locked_in_id_order(in_list(_E.id, "ids")))
+                       .values(wake_sent_at=None))
 # The same, of rows the transaction holds already (a group's claim: ``wake_groups.
 # _MARKED``): no order of locks to keep.
-CLEAR_HELD_MARKS = update(_ENDPOINTS).where(_E.id.in_(_IDS)).values(wake_sent_at=None)
+CLEAR_HELD_MARKS = update(_ENDPOINTS).where(in_list(_E.id, "ids")).values(wake_sent_at=None)
 # For a group's claim: a publish to its endpoints committed before their lock, so the
 # clearing, no longer the step that orders them, can go into the pick's statement (a
 # round trip fewer).
-_CLEAR_AND_PICK = _PICK.add_cte(CLEAR_HELD_MARKS.cte("cleared"))
-_SET = (update(_ENDPOINTS).where(_E.id.in_(_IDS))
-        .values(wake_sent_at=_NOW, wake_by_group=bindparam("by_group")))
+_CLEAR_AND_PICK = prepared(_PICK.add_cte(CLEAR_HELD_MARKS.cte("cleared")))
+_SET = prepared(update(_ENDPOINTS).where(in_list(_E.id, "ids"))
+                .values(wake_sent_at=_NOW, wake_by_group=bindparam("by_group")))
 
 
 def uses_wake_ups(settings: Settings) -> bool:

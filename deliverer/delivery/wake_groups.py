@@ -59,7 +59,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter
 
 from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
@@ -68,19 +67,22 @@ from deliverer.db import in_transaction, is_transient_abort
 from deliverer.delivery import together, wake
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, deliver_claimed
 from deliverer.models import WAKE_GROUPS, Endpoint, WakeGroup, endpoint_group, table_of, utcnow
+from deliverer.models.in_list import in_list
+from deliverer.prepared import prepared
 
 _GROUPS = table_of(WakeGroup)
 _G = _GROUPS.c
 _E = table_of(Endpoint).c
 GROUP = endpoint_group(_E.id)
-_IDS: BindParameter[list[int]] = bindparam("groups", expanding=True)
 _NOW = bindparam("now", type_=_G.wake_sent_at.type)
 
 # The groups' rows locked in id order, as publishes lock them (``mark_groups``).
-_LOCKED = select(_G.id).where(_G.id.in_(_IDS)).order_by(_G.id).with_for_update()
-_CLEAR = update(_GROUPS).where(_G.id.in_(_LOCKED.scalar_subquery())).values(wake_sent_at=None)
-_SET = update(_GROUPS).where(_G.id.in_(_IDS)).values(wake_sent_at=_NOW)
-_MARKED_IN = (GROUP.in_(_IDS), _E.wake_sent_at.is_not(None))
+_LOCKED = (select(_G.id).where(in_list(_G.id, "groups")).order_by(_G.id)
+           .with_for_update())
+_CLEAR = prepared(update(_GROUPS).where(_G.id.in_(_LOCKED.scalar_subquery()))
+                  .values(wake_sent_at=None))
+_SET = prepared(update(_GROUPS).where(in_list(_G.id, "groups")).values(wake_sent_at=_NOW))
+_MARKED_IN = (in_list(GROUP, "groups"), _E.wake_sent_at.is_not(None))
 # The groups' marked endpoints, the longest-waiting first (ix_endpoints_wake_group),
 # those another transaction holds skipped: a publish locks an endpoint, then its group,
 # which the claim holds. Whether it is failing, and whether its mark stands for the
@@ -94,11 +96,11 @@ _LOCKED_MARKED = (select(_E.id, GROUP.label("grp"),
 # taken means some were skipped. Each group once, with its endpoints taken (none: NULLs).
 _COUNTED = (select(GROUP.label("grp"), func.count().label("marked")).where(*_MARKED_IN)
             .group_by(GROUP).cte("counted"))
-_MARKED = (select(_COUNTED.c.grp, _COUNTED.c.marked, _LOCKED_MARKED.c.id,
-                  _LOCKED_MARKED.c.failing, _LOCKED_MARKED.c.wake_by_group)
-           .select_from(_COUNTED.outerjoin(_LOCKED_MARKED,
-                                           _LOCKED_MARKED.c.grp == _COUNTED.c.grp))
-           .order_by(_LOCKED_MARKED.c.wake_sent_at, _LOCKED_MARKED.c.id))
+_MARKED = prepared(select(_COUNTED.c.grp, _COUNTED.c.marked, _LOCKED_MARKED.c.id,
+                           _LOCKED_MARKED.c.failing, _LOCKED_MARKED.c.wake_by_group)
+                    .select_from(_COUNTED.outerjoin(_LOCKED_MARKED,
+                                                    _LOCKED_MARKED.c.grp == _COUNTED.c.grp))
+                    .order_by(_LOCKED_MARKED.c.wake_sent_at, _LOCKED_MARKED.c.id))
 
 
 def group_of(endpoint_id: int) -> int:
