@@ -192,11 +192,17 @@ def in_transaction(work: Callable[[Session], T], *, retry_for: float = 0.0,
     ``is_transient_abort``, the aborts that certainly rolled everything back.
 
     Being run again whole, the transaction runs its prepared statements prepared
-    (``deliverer.prepared``): one the server did not have as believed aborts it, and it is
-    run again at once, whatever ``retry_for``.
+    (``deliverer.prepared``): one the server did not have as the connection believed
+    aborts it, and it is run again at once, its statements sent as text (the next
+    connection may be as wrong).
     """
     def run() -> T:
-        with session_scope(runs_again=True) as session:
+        try:
+            with session_scope(runs_again=True) as session:
+                return work(session)
+        except prepared.Unprepared as exc:
+            log.debug("prepared statement %s unknown to the server: run again as text", exc)
+        with session_scope() as session:
             return work(session)
 
     return _run_again(run, retry_for, only_if)
@@ -221,22 +227,13 @@ def _autocommit() -> Iterator[Connection]:
         yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
-# Bounded: each Unprepared changes what the next run sends (prepared.py).
-_UNPREPARED_RUNS = 3
-
-
 def _run_again(run: Callable[[], T], retry_for: float,
                only_if: Callable[[OperationalError], bool] | None) -> T:
     deadline = time.monotonic() + retry_for
     pause = 0.05
-    unprepared = 0
     while True:
         try:
             return run()
-        except prepared.Unprepared:
-            unprepared += 1
-            if unprepared >= _UNPREPARED_RUNS:
-                raise
         except OperationalError as exc:
             if time.monotonic() + pause > deadline or (only_if is not None
                                                        and not only_if(exc)):

@@ -20,8 +20,9 @@ earlier client), or holds a plan whose result type a migration changed, the stat
 prepared again. In autocommit, where a statement that failed did nothing, at once. In a
 transaction, the failure aborted it: only transactions that can be run again whole use
 prepared statements (``db.in_transaction`` marks its connections with
-``RUN_AGAIN_OPTIONS``), and the failure raises ``Unprepared``, on which they are run again;
-elsewhere a marked statement is sent as text.
+``RUN_AGAIN_OPTIONS``), and the failure raises ``Unprepared``, on which the transaction
+is run again with its statements sent as text (the pool may hand it another connection,
+as wrong about it as this one was); elsewhere a marked statement is sent as text.
 """
 
 from __future__ import annotations
@@ -114,88 +115,66 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
     options = context.execution_options
     if not options.get(_OPTION):
         return False
-    if getattr(cursor.connection, "autocommit", False):
-        _execute_alone(cursor, _texts(statement, context), parameters, context)
+    autocommit = getattr(cursor.connection, "autocommit", False)
+    if not autocommit and not options.get(_RUNS_AGAIN):
+        return False
+    texts = _texts(statement, context)
+    info = context.root_connection.connection.info
+    state = (info.setdefault(_NAMES, set()), info.setdefault(_STALE, set()))
+    if not autocommit:
+        _try(cursor, texts, parameters, *state)
         return True
-    if options.get(_RUNS_AGAIN):
-        _execute_in_transaction(cursor, _texts(statement, context), parameters, context)
-        return True
-    return False
-
-
-def _execute_alone(cursor: DBAPICursor, texts: _Texts, parameters: Any,
-                   context: ExecutionContext) -> None:
-    from psycopg2 import errors  # imported where psycopg2 is the driver
-
-    known: set[str] = context.root_connection.connection.info.setdefault(_NAMES, set())
-    # Bounded: each failure below did nothing (autocommit), and each changes what the
-    # next try sends.
+    # Bounded: each failure did nothing (autocommit) and changed what the next try sends.
     for attempt in range(_TRIES):
-        last = attempt == _TRIES - 1
         try:
-            if texts.name in known:
-                cursor.execute(texts.execute, parameters)
-            else:
-                cursor.execute(f"{texts.prepare}; {texts.execute}", parameters)
-                known.add(texts.name)
-            return
-        except errors.InvalidSqlStatementName:
-            # Not on this server connection (a pooler gave another one, DISCARD ALL).
-            if last:
+            _try(cursor, texts, parameters, *state)
+            return True
+        except Unprepared:
+            if attempt == _TRIES - 1:
                 raise
-            known.discard(texts.name)
-        except errors.DuplicatePreparedStatement:
-            # Prepared on this server connection by an earlier client of a pooler.
-            if last:
-                raise
-            known.add(texts.name)
-        except errors.FeatureNotSupported:
-            # "cached plan must not change result type": a migration changed a column
-            # the statement returns. Prepared again from the current schema.
-            if last:
-                raise
-            cursor.execute(f"DEALLOCATE {texts.name}")
-            known.discard(texts.name)
     raise AssertionError("unreachable")
 
 
-def _execute_in_transaction(cursor: DBAPICursor, texts: _Texts, parameters: Any,
-                            context: ExecutionContext) -> None:
-    from psycopg2 import errors
+def _try(cursor: DBAPICursor, texts: _Texts, parameters: Any, known: set[str],
+         stale: set[str]) -> None:
+    """EXECUTE where this connection prepared the statement, else PREPARE and EXECUTE
+    (after dropping a stale plan). Where the server disagreed, ``known`` and ``stale``
+    are put right for the next try, and ``Unprepared`` is raised."""
+    from psycopg2 import errors  # imported where psycopg2 is the driver
 
-    info = context.root_connection.connection.info
-    known: set[str] = info.setdefault(_NAMES, set())
-    stale: set[str] = info.setdefault(_STALE, set())
-    if texts.name in known:
+    name = texts.name
+    if name in known:
         try:
             cursor.execute(texts.execute, parameters)
         except errors.InvalidSqlStatementName as exc:
-            known.discard(texts.name)
-            raise Unprepared(texts.name) from exc
+            # Not on this server connection (a pooler gave another one, DISCARD ALL).
+            known.discard(name)
+            raise Unprepared(name) from exc
         except errors.FeatureNotSupported as exc:
-            # "cached plan must not change result type" (see _execute_alone).
-            known.discard(texts.name)
-            stale.add(texts.name)
-            raise Unprepared(texts.name) from exc
+            # "cached plan must not change result type": a migration changed a column
+            # the statement returns. Dropped, and prepared again from the current schema.
+            known.discard(name)
+            stale.add(name)
+            raise Unprepared(name) from exc
         return
-    deallocate = f"DEALLOCATE {texts.name}; " if texts.name in stale else ""
+    drop = f"DEALLOCATE {name}; " if name in stale else ""
     try:
-        cursor.execute(f"{deallocate}{texts.prepare}; {texts.execute}", parameters)
+        cursor.execute(f"{drop}{texts.prepare}; {texts.execute}", parameters)
     except errors.DuplicatePreparedStatement as exc:
-        # Prepared on this server connection by a pooler's earlier client.
-        _prepared_there(texts.name, known, stale)
-        raise Unprepared(texts.name) from exc
+        # Prepared on this server connection by an earlier client of a pooler.
+        _prepared_there(name, known, stale)
+        raise Unprepared(name) from exc
     except errors.InvalidSqlStatementName as exc:
-        # The stale plan to drop was dropped already (a pooler's other client).
-        stale.discard(texts.name)
-        raise Unprepared(texts.name) from exc
+        # The stale plan was dropped already (a pooler's other client).
+        stale.discard(name)
+        raise Unprepared(name) from exc
     except Exception:
         # The PREPARE ran and the EXECUTE failed (a lock wait, a deadlock): a rollback
         # does not undo a PREPARE. (Were it the PREPARE that failed, the next EXECUTE
         # fails as unknown, and it is prepared again.)
-        _prepared_there(texts.name, known, stale)
+        _prepared_there(name, known, stale)
         raise
-    _prepared_there(texts.name, known, stale)
+    _prepared_there(name, known, stale)
 
 
 def _prepared_there(name: str, known: set[str], stale: set[str]) -> None:

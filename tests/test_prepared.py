@@ -186,8 +186,11 @@ def test_a_transaction_whose_statement_the_server_lost_is_run_again(pool_of_one)
     runs_of(STATEMENT, {"n": 1, "maybe": None})
     with pool_of_one.connect() as connection:
         connection.exec_driver_sql("DEALLOCATE ALL")
-    # EXECUTE failed and aborted the transaction; run again, prepared afresh.
+    # EXECUTE failed and aborted the transaction; run again, as text.
     assert runs_of(STATEMENT, {"n": 2, "maybe": None}) == ([(3, "50% off", None)], 2)
+    assert prepared_here(pool_of_one) == []
+    # The next transaction prepares it afresh.
+    assert runs_of(STATEMENT, {"n": 3, "maybe": None}) == ([(4, "50% off", None)], 1)
     assert prepared_here(pool_of_one) == [1]
 
 
@@ -195,9 +198,30 @@ def test_a_transaction_on_a_connection_that_forgot_it_prepared_is_run_again(pool
     runs_of(STATEMENT, {"n": 1, "maybe": None})
     with pool_of_one.connect() as connection:
         connection.connection.info.clear()
-    # PREPARE failed (it exists) and aborted the transaction; run again, executed.
+    # PREPARE failed (it exists) and aborted the transaction; run again, as text.
     assert runs_of(STATEMENT, {"n": 2, "maybe": None}) == ([(3, "50% off", None)], 2)
+    assert runs_of(STATEMENT, {"n": 3, "maybe": None}) == ([(4, "50% off", None)], 1)
     assert prepared_here(pool_of_one) == [2]
+
+
+def test_behind_a_pooler_that_switches_server_connections_every_time(pool_of_one):
+    """Each transaction on a server connection without the statement, whatever this
+    connection believes: each is run again once, as text, and never fails."""
+    runs_of(STATEMENT, {"n": 1, "maybe": None})
+
+    def switched(dbapi_connection, _record, _proxy):  # type: ignore[no-untyped-def]
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")
+
+    event.listen(pool_of_one, "checkout", switched)
+    try:
+        for n in range(2, 6):
+            rows, runs = runs_of(STATEMENT, {"n": n, "maybe": None})
+            assert rows == [(n + 1, "50% off", None)]
+            # Believed prepared: EXECUTE failed, run again. Believed not: prepared.
+            assert runs == (2 if n % 2 == 0 else 1)
+    finally:
+        event.remove(pool_of_one, "checkout", switched)
 
 
 def test_a_transaction_whose_plan_a_migration_changed_is_run_again(pool_of_one):
@@ -212,9 +236,11 @@ def test_a_transaction_whose_plan_a_migration_changed_is_run_again(pool_of_one):
         with pool_of_one.connect() as connection:
             connection.exec_driver_sql("ALTER TABLE prepared_probe_tx ALTER COLUMN v TYPE text")
             connection.commit()
-        # "cached plan must not change result type": run again, deallocated and prepared.
+        # "cached plan must not change result type": run again as text; the next
+        # transaction drops the plan and prepares it again.
         assert runs_of(statement, {"n": "2"}) == ([("a", "2")], 2)
         assert runs_of(statement, {"n": "3"}) == ([("a", "3")], 1)
+        assert runs_of(statement, {"n": "4"}) == ([("a", "4")], 1)
     finally:
         with pool_of_one.connect() as connection:
             connection.exec_driver_sql("DROP TABLE prepared_probe_tx")
