@@ -56,8 +56,8 @@ RUN_AGAIN_OPTIONS = {_RUNS_AGAIN: True}
 
 class Unprepared(Exception):
     """A prepared statement failed in a transaction because the server did not have it
-    as this connection believed: the transaction is aborted, and is to be run again (the
-    statement is prepared afresh then)."""
+    as this connection believed: the transaction is aborted, and is to be run again
+    (``db.in_transaction`` runs it with its statements sent as text)."""
 
 
 def prepared(statement: S) -> S:
@@ -124,15 +124,15 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
     if not autocommit:
         _try(cursor, texts, parameters, *state)
         return True
-    # Bounded: each failure did nothing (autocommit) and changed what the next try sends.
-    for attempt in range(_TRIES):
+    # Each failure did nothing (autocommit) and changed what the next try sends. Bounded:
+    # then sent as text, as any statement.
+    for _ in range(_TRIES):
         try:
             _try(cursor, texts, parameters, *state)
             return True
         except Unprepared:
-            if attempt == _TRIES - 1:
-                raise
-    raise AssertionError("unreachable")
+            continue
+    return False
 
 
 def _try(cursor: DBAPICursor, texts: _Texts, parameters: Any, known: set[str],

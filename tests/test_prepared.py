@@ -5,6 +5,7 @@ longer has it (a pooler's other server connection, ``DISCARD ALL``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -106,22 +107,48 @@ class _SwitchingCursor:
             raise
 
 
-def test_after_a_pooler_switch_between_the_two_tries_it_is_prepared_again(connection):
-    assert run(connection, 1) == (2, "50% off", None)  # prepared on this server connection
-    connection.connection.info.clear()  # by a client that never prepared it
+@contextmanager
+def prepared_through(wrapper: Any) -> Iterator[None]:
+    """``deliverer.prepared`` sends through ``wrapper(cursor)`` instead of the cursor."""
     engine = get_database().engine
     real = deliverer.prepared._execute
 
-    def through_pooler(cursor, statement, parameters, context):  # type: ignore[no-untyped-def]
-        return real(_SwitchingCursor(cursor), statement, parameters, context)
+    def through(cursor, statement, parameters, context):  # type: ignore[no-untyped-def]
+        return real(wrapper(cursor), statement, parameters, context)
 
     event.remove(engine, "do_execute", real)
-    event.listen(engine, "do_execute", through_pooler)
+    event.listen(engine, "do_execute", through)
     try:
-        assert run(connection, 2) == (3, "50% off", None)
+        yield
     finally:
-        event.remove(engine, "do_execute", through_pooler)
+        event.remove(engine, "do_execute", through)
         event.listen(engine, "do_execute", real)
+
+
+def test_after_a_pooler_switch_between_the_two_tries_it_is_prepared_again(connection):
+    assert run(connection, 1) == (2, "50% off", None)  # prepared on this server connection
+    connection.connection.info.clear()  # by a client that never prepared it
+    with prepared_through(_SwitchingCursor):
+        assert run(connection, 2) == (3, "50% off", None)
+
+
+class _RefusingCursor:
+    """A server that has every statement when asked to prepare it, and none when asked
+    to execute it."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.connection = cursor.connection
+
+    def execute(self, sql: str, parameters: Any = None) -> None:
+        if "PREPARE" in sql:
+            raise errors.DuplicatePreparedStatement()
+        raise errors.InvalidSqlStatementName()
+
+
+def test_in_autocommit_after_three_refusals_it_is_sent_as_text(connection):
+    with prepared_through(_RefusingCursor):
+        assert run(connection, 4) == (5, "50% off", None)
+    assert executions(connection) == []
 
 
 def test_a_statement_whose_result_type_a_migration_changed_is_prepared_again(connection):
