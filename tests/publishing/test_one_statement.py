@@ -5,14 +5,16 @@ partners set up alike, and what they wrote compared."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, cast, literal, select, update
+from sqlalchemy import JSON, cast, func, literal, select, update
 from sqlalchemy.exc import DataError
 
-from deliverer.db import in_transaction, session_scope
+from deliverer import prepared
+from deliverer.db import get_database, in_transaction, session_scope
 from deliverer.delivery.wake_groups import group_of
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
 from deliverer.models import (
@@ -224,6 +226,10 @@ def test_a_recorded_key_is_left_to_record_events(settings):
     first = _alone(settings, partner.partner_id, _spec(None, "k-1"))
     assert first is not None
     assert _alone(settings, partner.partner_id, _spec(None, "k-1")) is None
+    with session_scope() as session:  # nothing written, no number reserved
+        assert session.scalar(select(func.count()).select_from(Notification)) == 1
+        assert session.scalar(select(Endpoint.last_sequence)
+                              .where(Endpoint.partner_id == partner.partner_id)) == 1
     again = _in_transaction(settings, partner.partner_id, _spec(None, "k-1"))
     assert again == first
     other = _spec(None, "k-1") | {"reference": "TXN-2"}
@@ -252,6 +258,27 @@ def test_an_over_long_string_is_refused_not_cut(settings, field):
         _alone(settings, partner.partner_id, _spec(None, "k") | {field: "x" * 300})
     with session_scope() as session:
         assert session.scalar(select(Event.id)) is None  # nothing written
+
+
+def test_its_plan_reads_no_event(settings):
+    """Whether the key was recorded is the unique index's conflict check, not a look-up:
+    PostgreSQL plans a prepared statement once per connection, and a look-up planned
+    while the events table was small (as after a deploy, or wherever nothing has
+    analyzed it) read every event of the partner, each publish slower than the last
+    (9 ms after 4,800 events of 10 partners, where it takes 1)."""
+    partner = h.new_partner(settings, DEFAULT)
+    assert _alone(settings, partner.partner_id, _spec(None, "k-1")) is not None
+    texts = next(t for t in prepared._TEXTS.values() if "INSERT INTO events" in t.prepare)
+    with get_database().engine.connect() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        cursor.execute(texts.prepare.replace(texts.name, "probe", 1), {})  # its %% as %
+        nulls = ", ".join(["NULL"] * texts.execute.count("%("))
+        cursor.execute(f"EXPLAIN EXECUTE probe ({nulls})")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        connection.invalidate()  # its session settings and statement go with it
+    assert "Insert on events" in plan
+    assert not re.search(r"Scan\b.* on events\b", plan), plan
 
 
 def test_an_unknown_partner_is_refused(settings):
