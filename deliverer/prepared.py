@@ -5,8 +5,9 @@ psycopg2 sends every statement as text, which PostgreSQL parses and plans each t
 a publish's statement of data-modifying CTEs (``publishing/one_statement.py``) that was
 two thirds of its time on the server. A statement marked with ``prepared(statement)`` is
 run as ``EXECUTE`` of a statement prepared once per connection (``PREPARE``, sent with the
-first ``EXECUTE``): PostgreSQL keeps its plan (a generic one after five runs). Its SQL
-must be one text whatever its parameters (no expanding IN: ``models.in_list``).
+first ``EXECUTE``): PostgreSQL keeps its plan (a generic one after five runs), and it is
+prepared again every ``REPLAN_AFTER`` seconds, planned for the tables as they have grown.
+Its SQL must be one text whatever its parameters (no expanding IN: ``models.in_list``).
 
 Everything else is as for any statement: SQLAlchemy compiles it and processes its
 parameters, and event listeners see its SQL; only the text sent to the server changes,
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,11 +41,16 @@ from sqlalchemy.types import NullType
 
 _OPTION = "deliverer_prepared"
 _RUNS_AGAIN = "deliverer_runs_again"
-# On the DBAPI connection's info: the names prepared there, and the names whose plan is
-# to be dropped before they are prepared again.
+# On the DBAPI connection's info: the names prepared there (with when), and the names
+# whose plan is to be dropped before they are prepared again.
 _NAMES = "deliverer_prepared_names"
 _STALE = "deliverer_prepared_stale"
 _TRIES = 3
+# PostgreSQL keeps a statement's plan until an ANALYZE of its tables: one made while
+# they were small (after a deploy, or a restore) scans them whole where an index would
+# do, and on a server whose autovacuum is off it stays so. Planned again this often
+# (seconds), from the tables' size then.
+REPLAN_AFTER = 300.0
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s")
 
 S = TypeVar("S", bound=Executable)
@@ -120,7 +127,7 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
         return False
     texts = _texts(statement, context)
     info = context.root_connection.connection.info
-    state = (info.setdefault(_NAMES, set()), info.setdefault(_STALE, set()))
+    state = (info.setdefault(_NAMES, {}), info.setdefault(_STALE, set()))
     if not autocommit:
         _try(cursor, texts, parameters, *state)
         return True
@@ -135,7 +142,7 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
     return False
 
 
-def _try(cursor: DBAPICursor, texts: _Texts, parameters: Any, known: set[str],
+def _try(cursor: DBAPICursor, texts: _Texts, parameters: Any, known: dict[str, float],
          stale: set[str]) -> None:
     """EXECUTE where this connection prepared the statement, else PREPARE and EXECUTE
     (after dropping a stale plan). Where the server disagreed, ``known`` and ``stale``
@@ -143,17 +150,20 @@ def _try(cursor: DBAPICursor, texts: _Texts, parameters: Any, known: set[str],
     from psycopg2 import errors  # imported where psycopg2 is the driver
 
     name = texts.name
+    if name in known and time.monotonic() - known[name] > REPLAN_AFTER:
+        del known[name]
+        stale.add(name)
     if name in known:
         try:
             cursor.execute(texts.execute, parameters)
         except errors.InvalidSqlStatementName as exc:
             # Not on this server connection (a pooler gave another one, DISCARD ALL).
-            known.discard(name)
+            del known[name]
             raise Unprepared(name) from exc
         except errors.FeatureNotSupported as exc:
             # "cached plan must not change result type": a migration changed a column
             # the statement returns. Dropped, and prepared again from the current schema.
-            known.discard(name)
+            del known[name]
             stale.add(name)
             raise Unprepared(name) from exc
         return
@@ -177,6 +187,6 @@ def _try(cursor: DBAPICursor, texts: _Texts, parameters: Any, known: set[str],
     _prepared_there(name, known, stale)
 
 
-def _prepared_there(name: str, known: set[str], stale: set[str]) -> None:
-    known.add(name)
+def _prepared_there(name: str, known: dict[str, float], stale: set[str]) -> None:
+    known[name] = time.monotonic()
     stale.discard(name)

@@ -10,13 +10,27 @@ from typing import Any
 
 import pytest
 from psycopg2 import errors
-from sqlalchemy import Connection, Engine, Integer, String, bindparam, column, event, select, table
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    column,
+    event,
+    select,
+    table,
+)
 from sqlalchemy.exc import DataError
 
 import deliverer.db
 import deliverer.prepared
 from deliverer.db import get_database, in_transaction, reset_database, session_scope
 from deliverer.models.base import constant
+from deliverer.models.in_list import in_list
 from deliverer.prepared import prepared
 from tests.support.messages import WAKE_UPS
 
@@ -87,6 +101,40 @@ def test_in_a_transaction_it_runs_as_any_statement():
         assert run(fresh(connection), 5) == (6, "50% off", None)
         assert executions(connection) == []
         connection.rollback()
+
+
+_PROBE = Table("replan_probe", MetaData(), Column("id", Integer, primary_key=True))
+LOOKUP = prepared(select(_PROBE.c.id).where(in_list(_PROBE.c.id, "ids")))
+
+
+def plan_of_lookup(connection: Connection) -> str:
+    name = next(t.name for t in deliverer.prepared._TEXTS.values()
+                if "replan_probe" in t.prepare)
+    return "\n".join(connection.exec_driver_sql(f"EXPLAIN EXECUTE {name} (%(ids)s)",
+                                                 {"ids": [1]}).scalars())
+
+
+def test_its_plan_is_made_again_from_the_tables_size_then(connection, monkeypatch):
+    """A plan made while its table was empty reads the table whole; prepared again
+    after REPLAN_AFTER, the statement is planned for the table as it is then, though
+    nothing analyzed it (a temporary table: as on a server without autovacuum)."""
+    # Rows as wide as a notification's, to the planner (a NULL takes no room).
+    connection.exec_driver_sql("CREATE TEMPORARY TABLE replan_probe "
+                               "(id integer PRIMARY KEY, wide char(500))")
+    connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")  # at its 1st run
+    try:
+        assert connection.execute(LOOKUP, {"ids": [1]}).all() == []
+        assert "Seq Scan" in plan_of_lookup(connection)
+        connection.exec_driver_sql("INSERT INTO replan_probe SELECT generate_series(1, 100000)")
+        assert connection.execute(LOOKUP, {"ids": [1]}).all() == [(1,)]
+        assert "Seq Scan" in plan_of_lookup(connection)  # the plan is kept
+        monkeypatch.setattr(deliverer.prepared, "REPLAN_AFTER", 0.0)
+        assert connection.execute(LOOKUP, {"ids": [2]}).all() == [(2,)]
+        assert "Index" in plan_of_lookup(connection)
+        assert len(executions(connection)) == 1  # dropped, prepared again
+    finally:
+        connection.exec_driver_sql("RESET plan_cache_mode")
+        connection.exec_driver_sql("DROP TABLE replan_probe")
 
 
 class _SwitchingCursor:
