@@ -144,9 +144,10 @@ def _execute(cursor: DBAPICursor, statement: str, parameters: Any,
 
 def _try(cursor: DBAPICursor, texts: _Texts, parameters: Any, known: dict[str, float],
          stale: set[str]) -> None:
-    """EXECUTE where this connection prepared the statement, else PREPARE and EXECUTE
-    (after dropping a stale plan). Where the server disagreed, ``known`` and ``stale``
-    are put right for the next try, and ``Unprepared`` is raised."""
+    """EXECUTE where this connection prepared the statement (less than REPLAN_AFTER
+    ago), else PREPARE and EXECUTE (after dropping a stale plan). Where the server
+    disagreed, ``known`` and ``stale`` are put right for the next try, and
+    ``Unprepared`` is raised."""
     from psycopg2 import errors  # imported where psycopg2 is the driver
 
     name = texts.name

@@ -4,10 +4,10 @@
 the partner and its endpoints, the sequence numbers and wake-up marks, the rows, COMMIT),
 each statement parsed and planned again. Here a statement of data-modifying CTEs does it
 all, prepared once per connection (``deliverer.prepared``) and run in autocommit
-(``db.autocommitted``): it reads
-the partner, reserves the next number on each endpoint the event goes to (the
-registered endpoints subscribed to its type, or its callback URL's endpoint) and sets
-their wake-up marks, and inserts the event and its notifications. The decisions are
+(``db.autocommitted``): it reads the partner, inserts the event (unless its idempotency
+key was recorded: then nothing more), reserves the next number on each endpoint the
+event goes to (the registered endpoints subscribed to its type, or its callback URL's
+endpoint) and sets their wake-up marks, and inserts the notifications. The decisions are
 ``record_events``'s, made by PostgreSQL: NOT_SENT with the same reasons when webhooks are
 off (inactive, polling, turned off), when no endpoint is subscribed, when there is no URL,
 and for a disabled endpoint.
@@ -162,7 +162,7 @@ def _statement() -> Select[Any]:
                  .from_select(list(_EVENT_ROW),
                               select(*(_cast(p, _EVENTS.c[k].type)
                                        for k, p in _EVENT_ROW.items())).select_from(go))
-                 .on_conflict_do_nothing(index_elements=[_V.partner_id, _V.idempotency_key])
+                 .on_conflict_do_nothing(index_elements=["partner_id", "idempotency_key"])
                  .returning(_V.id)
                  .cte("new_event"))
     inserted = exists(select(new_event.c.id))

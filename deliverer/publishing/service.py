@@ -126,7 +126,8 @@ def publish(settings: Settings, *, partner_id: str,
     that may have followed the commit (the keys find the events recorded); otherwise only
     an abort that certainly rolled everything back (``is_transient_abort``). A publish
     with keys that lost a race for one (IntegrityError on INSERT: nothing committed) runs
-    once more, and finds the winner's event.
+    once more, and finds the winner's event; a single publish's statement waits for the
+    partner's publish lock, and its INSERT does nothing on a key committed meanwhile.
 
     One event on PostgreSQL is one statement committed as it ends (``publish_alone``),
     under the same rules; what it leaves to ``record_events`` is published here.

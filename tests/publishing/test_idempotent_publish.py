@@ -99,8 +99,8 @@ def race_an_open_publish(first, racer):
 
 
 def test_concurrent_publishes_with_one_key_record_one_event(settings, receiver):
-    """The second publish checks before the first commits: the unique index makes its
-    INSERT wait, then refuses it, and its second run finds the first one's event."""
+    """The second publish waits for the first to commit (the partner's publish lock, or
+    the unique index's wait on its INSERT), then finds the first one's event."""
     url = receiver.url("/hook")
     partner = h.new_partner(settings, url)
     fields = {"partner_id": partner.partner_id, "type": "t", "reference": "r",
