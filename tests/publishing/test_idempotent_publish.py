@@ -62,6 +62,18 @@ def test_publishing_again_with_the_key_returns_the_recorded_event(settings, rece
     assert deliverer.publish_event(partner.partner_id, "t", "r", {"n": 1}).sequence == 2
 
 
+def test_publishing_by_url_again_answers_as_the_first_publish(settings, receiver,
+                                                                published_tasks):
+    """A publish by callback URL reports no endpoint id (the URL's row is not one the
+    merchant registered), and so does its repetition."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    spec = (partner.partner_id, "t", "r", {"n": 1}, receiver.url("/callback"))
+    first = deliverer.publish_event(*spec, idempotency_key="k-1")
+    again = deliverer.publish_event(*spec, idempotency_key="k-1")
+    assert again == first
+    assert [d.endpoint_id for d in first.deliveries] == [None]
+
+
 def test_a_key_used_for_another_event_is_refused(settings, receiver):
     partner = h.new_partner(settings, receiver.url("/hook"))
     deliverer.publish_event(partner.partner_id, "t", "r", {"n": 1}, idempotency_key="k")
