@@ -47,8 +47,8 @@ _NAMES = "deliverer_prepared_names"
 _STALE = "deliverer_prepared_stale"
 _TRIES = 3
 # PostgreSQL keeps a statement's plan until an ANALYZE of its tables: one made while
-# they were small (after a deploy, or a restore) scans them whole where an index would
-# do, and on a server whose autovacuum is off it stays so. Planned again this often
+# they were small (after a deploy, or a restore) may scan them whole where an index
+# would do, and on a server whose autovacuum is off it stays so. Planned again this often
 # (seconds), from the tables' size then.
 REPLAN_AFTER = 300.0
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s")

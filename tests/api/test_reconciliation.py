@@ -153,3 +153,22 @@ def test_every_notification_answer_names_its_endpoint(make_partner):
     assert partner.api.get(f"{LIST}/{no_url}").json()["endpointId"] is None
     assert {n["id"]: n["endpointId"] for n in listing(partner)["data"]} == {
         retried: mine["id"], ignored: mine["id"], no_url: None}
+
+
+def test_callback_url_notifications_reconcile_on_their_own_endpoint(make_partner):
+    # An event's callbackUrl is numbered on an unregistered endpoint of that URL: its id
+    # is what the merchant reconciles those webhooks with, though /endpoints lists
+    # registered endpoints only.
+    partner = make_partner("http://127.0.0.1:9/default")
+    published = [deliverer.publish_event(partner.partner_id, "transaction.paid", f"TXN-{i}",
+                                         {"n": i}, callback_url="http://127.0.0.1:9/callback")
+                 for i in range(3)]
+    first = partner.api.get(f"{LIST}/{published[0].notification_id}").json()
+    assert first["sequence"] == 1 and first["url"] == "http://127.0.0.1:9/callback"
+    callback_endpoint = first["endpointId"]
+    assert callback_endpoint.startswith("ep_")
+    missed = listing(partner, endpointId=callback_endpoint, sequenceAfter=1)["data"]
+    assert [(n["id"], n["sequence"]) for n in missed] == [
+        (p.notification_id, i) for i, p in enumerate(published[1:], start=2)]
+    assert partner.api.get(f"{ENDPOINTS}/{callback_endpoint}").status_code == 404
+    assert callback_endpoint not in {e["id"] for e in partner.api.get(ENDPOINTS).json()["data"]}
