@@ -25,6 +25,7 @@ calls ``pace`` only when one of its rows has a limit.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from deliverer import metrics
 from deliverer.config import Settings
+from deliverer.db import on_commit
 from deliverer.models import Endpoint, Notification, table_of
 
 # At most this long (and at least MIN_TOLERANCE) ahead of now may the next slot be for
@@ -139,5 +141,7 @@ def pace(session: Session, rows: Sequence[Paced], token: str, settings: Settings
         connection.execute(_MOVE_SLOT, moved)
     if waiting:
         connection.execute(_WAIT, waiting)
-        metrics.observe_deferred(len(waiting), reason="rate_limit")
+        # Counted once committed, as slow_lane.defer does.
+        on_commit(session, functools.partial(metrics.observe_deferred, len(waiting),
+                                             reason="rate_limit"))
     return {str(w["notification_id"]) for w in waiting}

@@ -24,6 +24,7 @@ nothing tells a healthy endpoint from one that hangs.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from deliverer import metrics
 from deliverer.config import Settings
+from deliverer.db import on_commit
 from deliverer.delivery.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind
 from deliverer.models import Notification, utcnow
@@ -207,7 +209,8 @@ def defer(session: Session, ids: Sequence[str], lease_token: str, settings: Sett
                 scheduled_for=None)
         .execution_options(synchronize_session=False)
     )
-    metrics.observe_deferred(len(ids))
+    # Counted once committed: a transaction run again (a deadlock) would count twice.
+    on_commit(session, functools.partial(metrics.observe_deferred, len(ids)))
     for notification_id in ids:
         log.info("deferred: endpoint is slow (at its cap in this worker, or answering "
                  "slowly)",

@@ -5,12 +5,16 @@ request, no attempt) and delivered later, once each, when it does not."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
+from deliverer import metrics
 from deliverer.config import Settings
+from deliverer.db import in_transaction
 from deliverer.delivery import batch, runs, service, slow_lane
 from deliverer.delivery.claim import DeliveryJob
 from deliverer.delivery.sender import SendResult
@@ -471,3 +475,21 @@ def test_deferred_deliveries_are_sent_later_once_each(settings, worker, receiver
         [attempt] = h.attempts(nid)
         assert attempt.success
     assert deferred and deferred <= ids  # some waited behind a slow answer, and came back
+
+
+def test_a_deferral_is_counted_once_its_transaction_commits(settings, monkeypatch):
+    # A transaction run again after a deadlock defers again: the metric counts the
+    # committed run only.
+    counted: list[tuple[int, str]] = []
+    monkeypatch.setattr(metrics, "observe_deferred",
+                        lambda n, reason="slow_endpoint": counted.append((n, reason)))
+    runs: list[int] = []
+
+    def work(session):
+        slow_lane.defer(session, [str(uuid.uuid4())], "token", settings)
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise OperationalError("UPDATE notifications", {}, Exception("deadlock detected"))
+
+    in_transaction(work, retry_for=5.0)
+    assert runs == [0, 1] and counted == [(1, "slow_endpoint")]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 import deliverer
-from deliverer.db import session_scope
-from deliverer.delivery import service
+from deliverer import metrics
+from deliverer.db import in_transaction, session_scope
+from deliverer.delivery import pacing, service
 from deliverer.delivery.claim import ClaimState
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
 from deliverer.partners import registered
@@ -100,3 +102,25 @@ def test_a_real_worker_sends_to_a_limited_endpoint_at_its_rate(settings, receive
         attempts = session.scalar(select(Attempt.id).order_by(Attempt.id.desc()).limit(1))
         total = len(session.execute(select(Attempt.id)).all())
     assert set(counts) == {1} and attempts is not None and total == 2 * count
+
+
+def test_waits_are_counted_once_their_transaction_commits(settings, monkeypatch):
+    # A claim run again after a deadlock paces its rows again: the metric counts the
+    # committed run's waits only.
+    shop = h.new_partner(settings, None)
+    endpoint = limited(settings, shop.partner_id, "http://127.0.0.1:9/limited", 1.0)
+    ids = due_now(shop.partner_id, endpoint.url, 4)
+    counted: list[tuple[int, str]] = []
+    monkeypatch.setattr(metrics, "observe_deferred",
+                        lambda n, reason="slow_endpoint": counted.append((n, reason)))
+    runs: list[set[str]] = []
+
+    def claim(session):
+        runs.append(pacing.pace(session, [pacing.Paced(nid, endpoint.id, 1.0) for nid in ids],
+                                "token", settings, utcnow()))
+        if len(runs) == 1:
+            raise OperationalError("UPDATE endpoints", {}, Exception("deadlock detected"))
+
+    in_transaction(claim, retry_for=5.0)
+    assert len(runs) == 2 and runs[0] and runs[1]
+    assert counted == [(len(runs[1]), "rate_limit")]
