@@ -58,7 +58,7 @@ from typing import Any
 from bench import api_floor
 from bench.api_open import open_loop, request_once
 from bench.context import Ctx, create_partners, log_errors
-from bench.env import BenchError, free_port, wait_until
+from bench.processes import BenchError, free_port, wait_until
 from bench.profiling import profiled
 from bench.report import Result, Row, percentile
 

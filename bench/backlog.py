@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from bench.context import Ctx, create_partners, log_errors
-from bench.env import BenchError, rss_bytes, wait_until
+from bench.processes import BenchError, rss_bytes, wait_until
 from bench.report import Result, Row, summary
 
 NAME = "backlog"

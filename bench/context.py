@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.env import BenchEnv, BenchError, Proc, procfile, wait_until
+from bench.env import BenchEnv
 from bench.nginx import Nginx, PythonStandIn, fast_receiver
+from bench.processes import BenchError, Proc, procfile, wait_until
 
 PAYLOAD = {"amount": 12_500, "currency": "EUR", "status": "paid",
            "customer": {"id": "cus_4f9a1c", "country": "NL"},

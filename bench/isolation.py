@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.context import Ctx, create_partners
-from bench.env import BenchEnv, Proc
+from bench.env import BenchEnv
 from bench.latency import LATE_MS, RATE, steady_publish
+from bench.processes import Proc
 from bench.receiver import ReceiverClient
 from bench.report import Result, Row, summary
 

@@ -27,7 +27,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from bench.context import PAYLOAD, Ctx, create_partners, log_errors
-from bench.env import (
+from bench.processes import (
     BenchError,
     Proc,
     cpu_seconds,

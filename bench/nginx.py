@@ -11,7 +11,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from bench.env import BenchEnv, BenchError, Proc, free_port, wait_until
+from bench.env import BenchEnv
+from bench.processes import BenchError, Proc, free_port, wait_until
 
 CONFIG = """
 worker_processes 1;

@@ -127,7 +127,7 @@ class ReceiverClient:
     def __init__(self, env: Any, fail_first: int = 0, hang: float = 0.0) -> None:
         import sys
 
-        from bench.env import free_port, wait_until
+        from bench.processes import free_port, wait_until
 
         self.port = free_port()
         ready = env.tmp / f"receiver-{self.port}.ready"

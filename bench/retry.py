@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 from bench.context import PAYLOAD, Ctx, create_partners, log_errors
-from bench.env import BenchError, wait_until
+from bench.processes import BenchError, wait_until
 from bench.receiver import ReceiverClient
 from bench.report import Result, Row, summary
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from bench import api, backlog, isolation, latency, publish_cost, retention, retry, throughput
 from bench.context import Ctx
-from bench.env import REPO, BenchEnv
+from bench.env import BenchEnv
+from bench.processes import REPO
 from bench.report import Result, render_rst, render_text, table
 
 BENCHMARKS: dict[str, ModuleType] = {

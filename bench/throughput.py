@@ -43,7 +43,7 @@ from bench.context import (
     log_errors,
     wait_ready,
 )
-from bench.env import BenchError, wait_until
+from bench.processes import BenchError, wait_until
 from bench.profiling import profiled
 from bench.report import Result, Row
 
