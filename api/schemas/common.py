@@ -27,6 +27,19 @@ class Id(fields.String):
         return canonical_id(super()._deserialize(value, attr, data, **kwargs))
 
 
+class HeaderText(fields.String):
+    """A header's text. WSGI hands a header's bytes over as Latin-1; bytes that are UTF-8
+    (as most clients send text that is not ASCII) are read as UTF-8, so that a key sent
+    over HTTP is the same key as given to the Python API. Others stay Latin-1."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return text.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return text
+
+
 class Email(fields.Email):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(validate=validate.Length(max=320), **kwargs)  # type: ignore[arg-type]

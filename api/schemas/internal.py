@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from api.schemas.common import Email, Id, WebhookUrl
+from api.schemas.common import Email, HeaderText, Id, WebhookUrl
 
 
 class PublishEventSchema(Schema):
@@ -14,7 +14,7 @@ class PublishEventSchema(Schema):
 
 
 class IdempotencyHeaderSchema(Schema):
-    idempotency_key = fields.String(
+    idempotency_key = HeaderText(
         load_default=None, data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
         metadata={"description": "The producer's key for this event: a publish repeated "
                                  "with the same key (after a timeout, a 5xx) returns the "

@@ -71,6 +71,25 @@ def test_a_bad_key_is_a_client_error(make_partner, admin, receiver):
     assert counts() == (0, 0)
 
 
+def test_a_key_that_is_not_ascii_is_the_same_key_over_http_and_in_python(make_partner,
+                                                                          admin, receiver):
+    partner = make_partner(receiver.url("/hook"))
+    fields = {"type": "invoice.paid", "reference": "INV-1", "payload": {"total": 5}}
+    key = "commande-été-€1"
+    first = deliverer.publish_event(partner.partner_id, **fields, idempotency_key=key)
+    body = {"partnerId": partner.partner_id, **fields}
+    # Sent as UTF-8 bytes, as most HTTP clients send such text.
+    again = admin.post(EVENTS, json=body, headers={"Idempotency-Key": key.encode()})
+    assert again.status_code == 201, again.text
+    assert again.json()["eventId"] == first.event_id
+    # Bytes that are not UTF-8 are read as Latin-1 (requests sends a str so): their own key.
+    latin = admin.post(EVENTS, json=body, headers={"Idempotency-Key": "clé"})
+    assert latin.status_code == 201, latin.text
+    assert deliverer.publish_event(partner.partner_id, **fields,
+                                   idempotency_key="clé").event_id == latin.json()["eventId"]
+    assert counts() == (2, 2)
+
+
 # ------------------------------------------------- the two entry points publish alike
 
 
