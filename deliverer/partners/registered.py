@@ -185,6 +185,16 @@ def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) ->
         # Registered, or the row of an earlier webhook URL or callback URL with sequence
         # numbers of its own, which two endpoints cannot share.
         raise Conflict(URL_TAKEN if other.registered else URL_HAS_HISTORY)
+    _relocate(session, endpoint, url)
+    if endpoint.is_default:
+        session.execute(update(WebhookSettings)
+                        .where(WebhookSettings.partner_id == endpoint.partner_id)
+                        .values(url=url, updated_at=utcnow()))
+
+
+def _relocate(session: Session, endpoint: Endpoint, url: str) -> None:
+    """``endpoint`` at ``url`` from now on, with its id, its sequence numbers and what it
+    still holds (its retries go to ``url``)."""
     endpoint.url = url
     session.execute(
         update(Notification)
@@ -193,10 +203,6 @@ def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) ->
                                         NotificationStatus.FAILED)))
         .values(url=url)
         .execution_options(synchronize_session=False))
-    if endpoint.is_default:
-        session.execute(update(WebhookSettings)
-                        .where(WebhookSettings.partner_id == endpoint.partner_id)
-                        .values(url=url, updated_at=utcnow()))
 
 
 def enable(session: Session, endpoint: Endpoint, now: datetime) -> None:
@@ -252,11 +258,14 @@ def rotate_secret(session: Session, endpoint: Endpoint, overlap: timedelta,
 
 def make_default(session: Session, partner_id: str, url: str | None,
                  now: datetime | None = None) -> None:
-    """The webhook-settings URL is now ``url``: its row becomes the default endpoint,
-    subscribed as the previous default was and signed with the settings' secret; the
-    previous default is no longer registered (what it still holds is sent there, as
-    before an URL change). The URL of another registered endpoint is refused: that
-    endpoint has subscriptions and a secret of its own, which the webhook URL has not."""
+    """The webhook-settings URL is now ``url``. The default endpoint moves there (its id
+    and queue with it) unless ``url`` has a row already (an earlier webhook URL, a
+    callback URL, a deleted endpoint: sequence numbers of its own) or the default has a
+    secret of its own (an endpoint the merchant registered); then that row becomes the
+    default endpoint, subscribed as the previous default was and signed with the
+    settings' secret, and the previous one is no longer registered (what it still holds
+    is sent there). The URL of another registered endpoint is refused: that endpoint has
+    subscriptions and a secret of its own, which the webhook URL has not."""
     now = now or utcnow()
     hold_publishes(session, partner_id)  # after the settings row, as _lock_endpoints_of
     previous = session.scalar(select(Endpoint).where(
@@ -266,6 +275,13 @@ def make_default(session: Session, partner_id: str, url: str | None,
     row = _row_for_url(session, partner_id, url) if url is not None else None
     if row is not None and row.registered:
         raise Conflict(URL_IS_AN_ENDPOINT.format(id=row.public_id))
+    if url is not None and row is None and previous is not None \
+            and previous.signing_secret is None:
+        # The default endpoint moves, as PATCHing its URL moves it: a merchant whose URL
+        # changed wants its queue retried there, not at the URL it left.
+        _relocate(session, previous, url)
+        session.flush()
+        return
     carried: dict[str, Any] = {"event_types": None, "description": None}
     if previous is not None:
         carried = {"event_types": previous.event_types, "description": previous.description}

@@ -9,13 +9,18 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import deliverer
+from deliverer.delivery import service
+from deliverer.delivery.claim import ClaimState
 from deliverer.models import NotificationStatus, utcnow
 from deliverer.partners import webhook_settings
 from tests.api import helpers as t
 from tests.support import helpers as h
+from tests.support import receiver as rx
 
 SETTINGS = "/api/partner/v2/webhook-settings"
 ROTATE = "/api/partner/v2/webhook-settings/rotate-secret"
+ENDPOINTS = "/api/partner/v2/endpoints"
+NOTIFICATIONS = "/api/partner/v2/webhook-notifications"
 
 
 def when(value: str) -> datetime:
@@ -253,3 +258,26 @@ def test_rotation_rejects_bad_overlaps(make_partner, body):
     response = partner.api.post(ROTATE, json=body)
     t.assert_error(response, 400, "BAD_REQUEST")
     assert t.settings_row(partner.partner_id).signing_secret == partner.signing_secret
+
+
+def test_a_new_webhook_url_takes_the_default_endpoint_and_its_queue_along(make_partner,
+                                                                         receiver, settings):
+    partner = make_partner(receiver.always("/old", rx.status(500)))
+    [default] = partner.api.get(ENDPOINTS).json()["data"]
+    failed = deliverer.publish_event(partner.partner_id, "transaction.paid", "TXN-1", {})
+    assert service.deliver(failed.notification_id, settings).state == ClaimState.CLAIMED
+    assert h.notification(failed.notification_id).status == NotificationStatus.FAILED
+
+    new_url = receiver.url("/new")
+    assert partner.api.put(SETTINGS, json={"url": new_url}).status_code == 200
+    # The same endpoint, at the new URL: its retry goes there, not to the URL it left.
+    [moved] = partner.api.get(ENDPOINTS).json()["data"]
+    assert (moved["id"], moved["url"], moved["isDefault"]) == (default["id"], new_url, True)
+    shown = partner.api.get(f"{NOTIFICATIONS}/{failed.notification_id}").json()
+    assert (shown["url"], shown["endpointId"]) == (new_url, default["id"])
+    assert h.deliver_when_due(failed.notification_id, settings,
+                              timeout=30).status == NotificationStatus.SENT
+    assert len(receiver.requests("/old")) == 1 and len(receiver.requests("/new")) == 1
+    # Numbered on as one endpoint.
+    later = deliverer.publish_event(partner.partner_id, "transaction.paid", "TXN-2", {})
+    assert (failed.sequence, later.sequence) == (1, 2)

@@ -289,16 +289,45 @@ def test_turning_webhooks_off_holds_what_was_queued_until_they_are_on(settings, 
     assert len(receiver.requests("/paused")) == 1
 
 
-def test_a_410_endpoint_left_behind_for_a_new_url_exhausts_what_it_held(settings, receiver):
-    """Moving to another URL does not enable the old endpoint: its held notifications stop
-    (FAILED, exhausted) instead of staying held for good; a retry repoints them."""
+def _held_behind_a_410(settings, receiver):
+    """A partner whose webhook URL answered 410 to its notification (held)."""
     old_url = receiver.always("/gone-old", rx.status(410))
     partner = new_partner(settings, old_url)
     nid = insert_notification(partner.partner_id, old_url, status=NotificationStatus.PENDING,
                               next_attempt_at=utcnow())
     service.deliver(nid, settings)
     assert notification(nid).held
-    _save(partner.partner_id, settings, url=receiver.url("/new"))
+    return partner, old_url, nid
+
+
+def test_a_410_endpoint_moved_to_a_new_url_sends_what_it_held_there(settings, receiver):
+    """A new webhook URL is the merchant's answer to a 410: the default endpoint moves
+    there, enabled again, and what it held is drained to the new URL."""
+    partner, old_url, nid = _held_behind_a_410(settings, receiver)
+    gone = _endpoint(partner.partner_id, old_url)
+    new_url = receiver.always("/new", rx.ok())
+    _save(partner.partner_id, settings, url=new_url)
+    moved = _endpoint(partner.partner_id, new_url)
+    assert (moved.id, moved.disabled_at) == (gone.id, None)
+    assert _drain(settings) == 1
+    service.deliver(nid, settings)
+    row = notification(nid)
+    assert (row.status, row.url, row.attempt_count) == (NotificationStatus.SENT, new_url, 2)
+    assert len(receiver.requests("/gone-old")) == 1 and len(receiver.requests("/new")) == 1
+
+
+def test_a_410_endpoint_left_behind_for_a_url_with_history_exhausts_what_it_held(
+        settings, receiver):
+    """A new webhook URL that has numbers of its own (here a callback URL's) takes the
+    default over: the old endpoint is not enabled again, and its held notifications stop
+    (FAILED, exhausted) instead of staying held for good; a retry repoints them."""
+    partner, old_url, nid = _held_behind_a_410(settings, receiver)
+    new_url = receiver.url("/new")
+    with session_scope() as session:
+        publish_event(session, settings, partner_id=partner.partner_id,
+                      type="transaction.paid", reference="TXN-CB", payload={},
+                      callback_url=new_url)
+    _save(partner.partner_id, settings, url=new_url)
     row = notification(nid)
     assert not row.held and row.status == NotificationStatus.FAILED
     assert row.next_attempt_at is None

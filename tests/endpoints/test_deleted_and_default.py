@@ -186,8 +186,11 @@ def test_saving_settings_keeps_the_default_endpoint_the_merchant_disabled(settin
 def test_a_change_read_before_a_settings_save_sees_what_the_save_left(settings):
     """The portal reads an endpoint without a lock: a save of the webhook URL committed
     between its read and its change moved the default elsewhere, and deleting the old
-    default then wiped the new webhook URL (a review's finding)."""
+    default then wiped the new webhook URL (a review's finding). The new URL has numbers
+    of its own (a callback URL's), so the save makes its row the default."""
     shop = h.new_partner(settings, DEFAULT)
+    publish_one(settings, partner_id=shop.partner_id, type="transaction.paid", reference="r",
+                payload={}, callback_url=BILLING)
     with session_scope() as session:
         stale = session.scalar(select(Endpoint).where(Endpoint.partner_id == shop.partner_id,
                                                       Endpoint.is_default.is_(True)))
