@@ -9,13 +9,10 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from api.schemas.common import UtcDateTime, WebhookUrl
 from api.schemas.partner import ErrorPayloadSchema
-from deliverer.partners.registered import MIN_RATE_LIMIT
+from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT, RATE_LIMIT_RANGE
 
 _EVENT_TYPE = fields.String(validate=validate.Length(min=1, max=100))
-# Deliveries per second: positive, and not beyond what one endpoint could be sent.
-_RATE_LIMIT = validate.Range(min=MIN_RATE_LIMIT, max=10_000,
-                             error="rateLimit must be between {min} and {max} deliveries "
-                                   "per second")
+_RATE_LIMIT = validate.Range(min=MIN_RATE_LIMIT, max=MAX_RATE_LIMIT, error=RATE_LIMIT_RANGE)
 
 
 class EndpointSchema(Schema):

@@ -37,8 +37,8 @@ class EndpointFormSchema(Schema):
     event_types = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
                               required=True, validate=validate.Length(
                                   min=1, max=100, error="tick at least one, or All events"))
-    rate_limit = fields.Float(load_default=None, allow_none=True, allow_nan=False,
-                              validate=validate.Range(min=0, min_inclusive=False))
+    # Its range is the service's (registered.RATE_LIMIT_RANGE), as for the API.
+    rate_limit = fields.Float(load_default=None, allow_none=True, allow_nan=False)
     enabled = fields.Boolean(load_default=False)
 
 

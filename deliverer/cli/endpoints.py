@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from deliverer.config import get_settings
-from deliverer.partners.registered import MIN_RATE_LIMIT
+from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -35,8 +35,8 @@ def endpoint() -> None:
               help="A catalog name, a prefix such as 'transaction.*', or '*' (repeatable; "
                    "default: '*').")
 @click.option("--description", default=None)
-@click.option("--rate-limit", type=click.FloatRange(min=MIN_RATE_LIMIT), default=None,
-              help="Deliveries per second.")
+@click.option("--rate-limit", type=click.FloatRange(min=MIN_RATE_LIMIT, max=MAX_RATE_LIMIT),
+              default=None, help="Deliveries per second.")
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
 def endpoint_add(partner_id: str, url: str, event_types: tuple[str, ...],
                  description: str | None, rate_limit: float | None, disabled: bool) -> None:

@@ -96,12 +96,15 @@ def get(session: Session, partner_id: str, public_id: str, *,
 # At least one delivery every ~17 minutes: a limit below that spaces a backlog over
 # months, and a vanishing one overflows the limiter's date arithmetic.
 MIN_RATE_LIMIT = 0.001
+# Not beyond what one endpoint could be sent.
+MAX_RATE_LIMIT = 10_000.0
+RATE_LIMIT_RANGE = (f"rateLimit must be between {MIN_RATE_LIMIT:g} and {MAX_RATE_LIMIT:g} "
+                    "deliveries per second")
 
 
 def _check_rate_limit(rate_limit: float | None) -> None:
-    if rate_limit is not None and not rate_limit >= MIN_RATE_LIMIT:
-        raise ValidationFailed(f"rateLimit must be at least {MIN_RATE_LIMIT} deliveries "
-                               "per second")
+    if rate_limit is not None and not MIN_RATE_LIMIT <= rate_limit <= MAX_RATE_LIMIT:
+        raise ValidationFailed(RATE_LIMIT_RANGE)
 
 
 def _row_for_url(session: Session, partner_id: str, url: str) -> Endpoint | None:

@@ -5,6 +5,7 @@ an address the SSRF guard forbids. No DNS: every URL is an IP literal."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import socket
 import ssl
@@ -12,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from deliverer.db import session_scope
-from deliverer.models import Endpoint
+from deliverer.models import Endpoint, PartnerRequest
 from deliverer.portal.diagnose import FAILED, OK, SKIPPED, diagnose
 from tests.console.helpers import publish
 from tests.support import helpers as h
@@ -187,3 +189,27 @@ def test_an_expired_certificate_is_what_the_tls_step_says(settings, tmp_path, mo
     assert facts["Subject"] == "commonName=127.0.0.1"
     assert facts["Issuer"] == "commonName=Test CA"
     assert facts["Expires"].endswith("UTC (expired)")
+
+
+def test_diagnose_is_limited_as_test_events_are_under_parallel_presses(
+        portal, portal_server, merchant, settings):
+    shop = merchant(f"http://127.0.0.1:{closed_port()}/hook")
+    with session_scope() as session:
+        endpoint_id = session.scalar(select(Endpoint.public_id))
+    client = portal(shop.partner_id)
+    token = csrf_of(client.get(f"/portal/endpoints/{endpoint_id}").text)
+    with portal_server.overridden(endpoint_test_rate_per_minute=3), \
+            ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(
+            lambda _: client.post(f"/portal/endpoints/{endpoint_id}/diagnose",
+                                  {"csrf_token": token}, allow_redirects=False), range(8)))
+    ran = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 302]
+    assert (len(ran), len(refused)) == (3, 5), [a.status_code for a in answers]
+    assert all("TCP connect fails:" in a.text for a in ran)
+    shown = client.get(refused[0].headers["Location"]).text
+    assert re.search(r"Diagnosis not run: too many at once\. Try again in \d+ s\.", shown)
+    with session_scope() as session:
+        outcomes = session.scalars(select(PartnerRequest.outcome).where(
+            PartnerRequest.kind == "diagnose")).all()
+    assert sorted(outcomes) == ["ACCEPTED"] * 3 + ["TOO_MANY_REQUESTS"] * 5

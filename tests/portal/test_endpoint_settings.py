@@ -11,6 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from deliverer.db import session_scope
 from deliverer.models import Endpoint, NotificationStatus, PartnerRequest, utcnow
+from deliverer.partners import registered
 from deliverer.portal.sessions import SOURCE
 from deliverer.scheduling.tasks import sweep_due
 from tests.console.helpers import publish
@@ -124,7 +125,9 @@ def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver)
         (("not a url", "*"), {}, "url"),
         ((receiver.url("/x"), "no.such.type"), {}, "Unknown event types: no.such.type"),
         ((receiver.url("/x"),), {}, "event types: tick at least one, or All events"),
-        ((receiver.url("/x"), "*"), {"rate_limit": "-1"}, "rate limit"),
+        ((receiver.url("/x"), "*"), {"rate_limit": "-1"}, "must be between 0.001 and 10000"),
+        # The API's range (a black-box try saved 1e308 in the portal).
+        ((receiver.url("/x"), "*"), {"rate_limit": "1e308"}, "must be between 0.001 and 10000"),
         ((receiver.url("/main"), "*"), {}, "Another endpoint of yours already has this URL"),
         # The API's guard, for forms too (a black-box try stored both).
         ((receiver.url("/x") + "\x00", "*"), {}, "NUL characters are not allowed"),
@@ -176,3 +179,35 @@ def test_recover_sends_a_periods_failed_webhooks_again(portal, merchant, worker,
         trail = session.execute(select(PartnerRequest.kind, PartnerRequest.source,
                                        PartnerRequest.reference)).all()
     assert trail == [("recover", SOURCE, ref)]
+
+
+def test_a_prefix_subscription_is_shown_and_kept_when_other_settings_change(
+        portal, merchant, settings, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    with session_scope() as session:
+        registered.create(session, settings, shop.partner_id, url=receiver.url("/tx"),
+                          event_types=["transaction.*"])
+    ref = public_id(receiver.url("/tx"))
+    client = portal(shop.partner_id)
+    page = client.get(f"/portal/endpoints/{ref}/settings")
+    assert re.search(r'<input type="checkbox" name="event_types" value="transaction\.\*"'
+                     r' id="pattern-1" checked>', page.text), page.text
+    # The form as the browser sends it: the ticked boxes, a new description.
+    saved = client.post(f"/portal/endpoints/{ref}/settings", {
+        "csrf_token": csrf_of(page.text), "url": receiver.url("/tx"),
+        "description": "Transactions", "event_types": ["transaction.*"], "rate_limit": ""})
+    assert saved.status_code == 200 and "Settings saved." in saved.text, saved.text[-2000:]
+    endpoint = shop.api.get(f"/api/partner/v2/endpoints/{ref}").json()
+    assert (endpoint["eventTypes"], endpoint["description"]) == (
+        ["transaction.*"], "Transactions")
+
+
+def test_enable_or_disable_takes_nothing_else(portal, merchant, receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    ref = public_id(receiver.url("/main"))
+    client = portal(shop.partner_id)
+    for value in ("true", "YES", "maybe", ""):
+        answer = client.submit(f"/portal/endpoints/{ref}/settings",
+                               f"/portal/endpoints/{ref}/enabled", {"enabled": value})
+        assert answer.status_code == 400 and "Nothing changed" in answer.text, value
+    assert shop.api.get(f"/api/partner/v2/endpoints/{ref}").json()["enabled"] is True

@@ -14,6 +14,7 @@ from sqlalchemy import update
 from deliverer.db import session_scope
 from deliverer.models import Alert, Endpoint, Notification, NotificationStatus, utcnow
 from deliverer.notifications.audit import ACCEPTED
+from deliverer.portal.chart import HEIGHT, WIDTH
 from deliverer.portal.sessions import SOURCE
 from tests.console.helpers import publish, requests_of, wait_failed
 from tests.portal.conftest import ADMIN_TOKEN, Merchant
@@ -60,6 +61,7 @@ def test_endpoints_page_shows_the_failing_endpoint(portal, failing):
     assert "Service unavailable" in page.text or "HTTP 503" in page.text
     # The chart: inline SVG, no script anywhere, under the console's policy.
     assert "<svg" in page.text and "<script" not in page.text
+    assert f'width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}"' in page.text
     assert "script-src" not in page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     assert "2 attempts" in page.text or "attempts" in page.text

@@ -20,6 +20,7 @@ from api.views.portal.blueprint import (
     partner_id,
     portal_session,
     principal,
+    refused,
     send_and_show,
 )
 from deliverer.errors import DelivererError
@@ -44,7 +45,7 @@ def retry(notification_id: str) -> Any:
         roll_back_refused(exc)  # the refusal stays on the audit trail
         if exc.status_code == 404:
             return not_found("notification")
-        flash("error", f"Retry refused: {exc.message}")
+        flash("error", f"Retry refused: {refused(exc)}")
         return _back(notification_id)
     current_app.logger.info("portal retry of %s", notification_id,
                             extra={"notification_id": notification_id})
@@ -62,7 +63,7 @@ def ignore(notification_id: str) -> Any:
         roll_back_refused(exc)
         if exc.status_code == 404:
             return not_found("notification")
-        flash("error", f"Ignore refused: {exc.message}")
+        flash("error", f"Ignore refused: {refused(exc)}")
     else:
         current_app.logger.info("portal ignore of %s", notification_id,
                                 extra={"notification_id": notification_id})

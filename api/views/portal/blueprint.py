@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, g, render_template
 
 from api.db import commit_then, get_session
 from deliverer.config import Settings
+from deliverer.errors import DelivererError, TooManyRequests
 from deliverer.models import NotificationStatus, PortalSession
 from deliverer.notifications.outcome import wait_for_attempt
 from deliverer.partners.service import Principal
@@ -33,6 +34,15 @@ def partner_id() -> str:
 
 def principal() -> Principal:
     return sessions.principal(portal_session())
+
+
+def refused(error: DelivererError) -> str:
+    """A refusal as the portal says it: past a rate limit, when to try again (its
+    Retry-After) rather than the API's generic message."""
+    wait = error.headers.get("Retry-After")
+    if isinstance(error, TooManyRequests) and wait:
+        return f"too many at once. Try again in {wait} s."
+    return error.message
 
 
 def flash(category: str, message: str) -> None:

@@ -21,6 +21,7 @@ from api.views.portal.blueprint import (
     partner_id,
     portal_session,
     principal,
+    refused,
     send_and_show,
 )
 from deliverer.errors import DelivererError
@@ -126,7 +127,11 @@ def set_enabled(ref: str) -> Any:
     endpoint = _endpoint(ref)
     if endpoint is None:
         return not_found("endpoint")
-    enabled = request.form.get("enabled") == "yes"
+    choice = request.form.get("enabled")
+    if choice not in ("yes", "no"):
+        return page("portal/error.html", 400, title="Nothing changed",
+                    message="Enable or disable: the form sent neither.")
+    enabled = choice == "yes"
     registered.update_endpoint(get_session(), deliverer_settings(), endpoint, enabled=enabled)
     record(get_session(), portal_session(),
            PortalAction.ENABLE_ENDPOINT if enabled else PortalAction.DISABLE_ENDPOINT, ref)
@@ -178,7 +183,7 @@ def test_endpoint(ref: str) -> Any:
         sent = send_test_event(get_session(), deliverer_settings(), principal(), ref)
     except DelivererError as exc:
         roll_back_refused(exc)
-        flash("error", f"Test event refused: {exc.message}")
+        flash("error", f"Test event refused: {refused(exc)}")
         return redirect(url_for("portal.endpoint_settings", ref=ref))
     send_and_show(sent.notification_id, "Test event",
                   "Test event delivered: your endpoint accepted it.")
@@ -202,7 +207,7 @@ def recover_endpoint(ref: str) -> Any:
         return back
     except DelivererError as exc:
         roll_back_refused(exc)
-        flash("error", f"Nothing recovered: {exc.message}")
+        flash("error", f"Nothing recovered: {refused(exc)}")
         return back
     if not done.recovered:
         flash("ok", "No failed webhook of this endpoint in that period.")
