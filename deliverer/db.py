@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import InvalidatePoolError, OperationalError
+from sqlalchemy.exc import ArgumentError, InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from deliverer import prepared
-from deliverer.config import Settings, get_settings, on_settings_change
+from deliverer.config import Settings, get_settings, masked_url, on_settings_change
 from deliverer.errors import DelivererError
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,30 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class BadDatabaseUrl(ValueError):
+    """DATABASE_URL names no database deliverer can open: not a URL, a port that is not a
+    number, a driver that is not installed. Said in one line (the CLI, the processes'
+    start), with the password masked."""
+
+
+def checked_engine(url: str, **options: Any) -> Engine:
+    """``create_engine``, with a URL it cannot use said as ``BadDatabaseUrl``."""
+    try:
+        return create_engine(url, **options)
+    except (ArgumentError, ValueError, ImportError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadDatabaseUrl(
+            f"DATABASE_URL={masked_url(url)} cannot be used: {first} (deliverer runs on "
+            "postgresql://user:password@host:port/database or sqlite:///path)") from exc
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = checked_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    engine = checked_engine(url, pool_size=10, max_overflow=20)
     _ping_when_idle(engine)
     if engine.dialect.driver == "psycopg2":
         event.listen(engine, "checkin", _psycopg2_default_isolation)

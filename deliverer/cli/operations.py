@@ -175,9 +175,11 @@ def purge_attempts(older_than_days: float | None, batch_size: int, dry_run: bool
     from deliverer.operations.purge import purge_attempts as purge
 
     days = get_settings().attempt_retention_days if older_than_days is None else older_than_days
-    if not 0 <= days <= MAX_DAYS:  # DELIVERER_ATTEMPT_RETENTION_DAYS is not checked by click
+    # Click checks neither the environment's value nor NaN (which no comparison fails).
+    if not 0 <= days <= MAX_DAYS:
         raise click.BadParameter(f"{days:g} is not in the range 0<=x<={MAX_DAYS:g}",
-                                 param_hint="DELIVERER_ATTEMPT_RETENTION_DAYS")
+                                 param_hint="DELIVERER_ATTEMPT_RETENTION_DAYS"
+                                 if older_than_days is None else "'--older-than-days'")
     older_than = timedelta(days=days)
     if dry_run:
         click.echo(f"{count_purgeable(older_than)} attempt(s) older than {days:g} day(s)")

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import pool
 
+from deliverer.db import checked_engine
 from deliverer.models import Base
 
 config = context.config
@@ -20,7 +21,7 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url is not None
-    connectable = create_engine(url, poolclass=pool.NullPool)
+    connectable = checked_engine(url, poolclass=pool.NullPool)
     with connectable.connect() as connection:
         # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table.
         # transaction_per_migration: 0003 and 0006 build indexes CONCURRENTLY in an

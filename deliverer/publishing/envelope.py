@@ -7,7 +7,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
+
+from sqlalchemy import String
 
 from deliverer.errors import ValidationFailed
 from deliverer.models import Event
@@ -41,11 +43,26 @@ def event_body(event: Event | NewEvent) -> str:
     return json.dumps(envelope, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
+# The API's schema checks these at the edge; Python and Celery producers and the CLI are
+# checked here, with the same limits (the columns'): a longer value was a DataError.
+_TEXT_LIMITS: dict[str, int] = {name: cast(String, Event.__table__.c[name].type).length or 0
+                                 for name in ("type", "reference")}
+
+
+def _check_text(spec: Mapping[str, Any]) -> None:
+    for name, limit in _TEXT_LIMITS.items():
+        value = spec[name]
+        if not isinstance(value, str) or not 1 <= len(value) <= limit:
+            raise ValidationFailed(f"{name}: must be a string of 1 to {limit} characters")
+
+
 def new_event(partner_id: str, spec: Mapping[str, Any], now: datetime
               ) -> tuple[NewEvent, str]:
-    """The event a spec describes, and its body; ValidationFailed if its payload is not
-    JSON. The API's guard refuses such payloads at the edge; Python and Celery producers
-    (deliverer.publish_event, the publish task) and the CLI come through here."""
+    """The event a spec describes, and its body; ValidationFailed if its type or
+    reference is empty or too long, or its payload is not JSON. The API's schema refuses
+    such events at the edge; Python and Celery producers (deliverer.publish_event, the
+    publish task) and the CLI come through here."""
+    _check_text(spec)
     event = NewEvent(id=new_id(), partner_id=partner_id, type=spec["type"],
                      reference=spec["reference"], payload=spec["payload"],
                      callback_url=spec.get("callback_url"), created_at=now)

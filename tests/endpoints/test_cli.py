@@ -51,3 +51,13 @@ def test_endpoint_commands_say_what_is_wrong(settings):
     assert slow.returncode == 2
     assert json.loads(run_cli(settings, "endpoint", "list", shop.partner_id,
                               "--json").stdout) == []
+
+
+def test_publish_refuses_an_empty_or_overlong_reference_in_one_line(settings):
+    shop = h.new_partner(settings, "https://shop.example/hooks")
+    for reference in ("", "r" * 5000):
+        refused = run_cli(settings, "publish", shop.partner_id, "transaction.paid", reference,
+                          check=False)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.strip() == (
+            "Error: reference: must be a string of 1 to 200 characters"), refused.stderr

@@ -219,6 +219,7 @@ def test_on_a_terminal_replay_and_a_short_purge_ask_first(settings):
 @pytest.mark.parametrize("args", [
     ("purge-attempts", "--older-than-days", "1e7", "--dry-run"),
     ("purge-attempts", "--older-than-days", "-1"),
+    ("purge-attempts", "--older-than-days", "nan", "--dry-run"),
     ("stats", "--window", "1e12", "--no-broker"),
     ("stats", "--window", "0", "--no-broker"),
 ])
@@ -226,6 +227,7 @@ def test_out_of_range_periods_are_usage_errors(settings, args):
     """Periods beyond 100 years made now - period overflow (a traceback)."""
     result = run_cli(settings, *args, check=False)
     assert result.returncode == 2 and "is not in the range" in result.stderr, result.stderr
+    assert f"Invalid value for '{args[1]}'" in result.stderr  # the option, not a setting
     assert "Traceback" not in result.stderr
 
 
@@ -263,6 +265,22 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(settings, args):
     assert result.stderr.startswith(
         "Error: cannot reach the database (DATABASE_URL=postgresql+psycopg2://"
         "deliverer:***@127.0.0.1:1/deliverer): "), result.stderr
+    assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("url", "says"), [
+    ("garbage", "Could not parse SQLAlchemy URL"),
+    ("postgresql://deliverer:s3cret-pw@127.0.0.1:notaport/deliverer", "invalid literal"),
+    ("mysql://deliverer:s3cret-pw@127.0.0.1/deliverer", "No module named"),
+])
+@pytest.mark.parametrize("args", [("stats", "--no-broker"), ("db", "upgrade"), ("sweep",)])
+def test_a_database_url_that_cannot_be_used_is_one_line(settings, url, says, args):
+    result = run_cli(settings, *args, check=False, DATABASE_URL=url)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("Error: DATABASE_URL="), result.stderr
+    assert " cannot be used: " in result.stderr and says in result.stderr
     assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from datetime import timedelta
 
@@ -109,6 +110,25 @@ def test_a_payload_that_is_not_json_is_refused_and_nothing_written(settings, rec
     partner = h.new_partner(settings, receiver.url("/hook"))
     with pytest.raises(ValidationFailed, match="not JSON"):
         deliverer.publish_event(partner.partner_id, "t", "r", payload)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+    assert deliver_messages(published_tasks) == []
+
+
+@pytest.mark.parametrize(("event_type", "reference", "says"), [
+    ("t", "", "reference: must be a string of 1 to 200 characters"),
+    ("t", "r" * 201, "reference: must be a string of 1 to 200 characters"),
+    ("", "r", "type: must be a string of 1 to 100 characters"),
+    ("t" * 101, "r", "type: must be a string of 1 to 100 characters"),
+    ("t", None, "reference: must be a string"),
+])
+def test_an_empty_or_overlong_type_or_reference_is_refused(settings, receiver, published_tasks,
+                                                           event_type, reference, says):
+    """The API's schema refuses them at the edge; the Python API and the CLI said nothing
+    of an empty one and failed with the database's DataError on a long one."""
+    partner = h.new_partner(settings, receiver.url("/hook"))
+    with pytest.raises(ValidationFailed, match=re.escape(says)):
+        deliverer.publish_event(partner.partner_id, event_type, reference, {})
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Event)) == 0
     assert deliver_messages(published_tasks) == []
