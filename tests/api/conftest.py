@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from celery import Celery
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 import deliverer.config
 from deliverer.config import Settings
-from deliverer.db import session_scope
+from deliverer.db import in_transaction, is_transient_abort, session_scope
 from deliverer.models import Notification, PartnerRequest, utcnow
 from deliverer.partners.service import create_partner
 from tests.api.helpers import ApiPartner
@@ -101,7 +102,8 @@ def _quiesce_deliveries(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if request.node.get_closest_marker("unit") is not None:
         return
-    with session_scope() as session:
+
+    def stop_retries(session: Session) -> None:
         session.execute(
             update(Notification).where(Notification.next_attempt_at.is_not(None))
             .values(next_attempt_at=None, scheduled_for=None)
@@ -110,6 +112,10 @@ def _quiesce_deliveries(request: pytest.FixtureRequest) -> Iterator[None]:
             update(PartnerRequest).where(PartnerRequest.delivery_status == "PENDING")
             .values(delivery_status="CANCELLED")
             .execution_options(synchronize_session=False))
+
+    # Run again if it loses a deadlock to the worker's claim or record (they lock rows
+    # in another order than this UPDATE of every row).
+    in_transaction(stop_retries, retry_for=10.0, only_if=is_transient_abort)
     deadline = time.monotonic() + 10
     while _in_flight() and time.monotonic() < deadline:
         time.sleep(0.05)
