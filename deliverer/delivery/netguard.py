@@ -124,7 +124,14 @@ def validate_url(url: str, *, allow_private: bool) -> str:
     not exist yet, as Stripe and Svix allow, and saving makes no DNS query.
     """
     check_url_form(url)
-    host = urlsplit(url).hostname or ""
+    parts = urlsplit(url)
+    # Never sent, so the URL would name the receiver of another without a 409: one URL,
+    # one endpoint (its sequence numbers, its limits).
+    if parts.fragment or url.endswith(("#", "?")):
+        raise UnsafeUrl("Webhook URL must not have a fragment (#...), which is never "
+                        "sent, nor end with an empty query (?): either names the receiver "
+                        "of the URL without it")
+    host = parts.hostname or ""
     if not allow_private and (host == "localhost" or host.endswith(".localhost")):
         # RFC 6761: always loopback, whatever a resolver would answer.
         raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({host} is loopback)")

@@ -103,6 +103,8 @@ def test_url_can_be_cleared(make_partner):
     "http://127.0.0.1:99999/hook",  # port out of range
     "http://exa mple.com/",
     "https://example.com/" + "a" * 2048,
+    # The receiver of https://example.com/hook under another spelling.
+    "https://example.com/hook#dup", "https://example.com/hook#", "https://example.com/hook?",
 ])
 def test_invalid_urls_are_400(make_partner, url):
     partner = make_partner("http://127.0.0.1:9/hook")
