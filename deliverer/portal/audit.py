@@ -33,6 +33,7 @@ class PortalAction(StrEnum):
     ROTATE_SECRET = "secret_rotate"
     DIAGNOSE = "diagnose"
     ALERT_EMAIL = "alert_email"
+    WEBHOOKS_ON = "webhooks_on"
 
 
 def record(session: Session, portal_session: PortalSession, action: PortalAction,

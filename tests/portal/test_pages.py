@@ -9,10 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from deliverer.db import session_scope
-from deliverer.models import Alert, Endpoint, Notification, NotificationStatus, utcnow
+from deliverer.models import (
+    Alert,
+    Endpoint,
+    Notification,
+    NotificationStatus,
+    PartnerRequest,
+    utcnow,
+)
 from deliverer.notifications.audit import ACCEPTED
 from deliverer.portal.chart import HEIGHT, WIDTH
 from deliverer.portal.sessions import SOURCE
@@ -263,3 +270,23 @@ def test_read_only_sessions_see_no_action_buttons(portal, failing):
         assert refused.status_code == 403
     assert h.notification(first).status == NotificationStatus.FAILED
     assert requests_of(first) == []
+
+
+def test_webhooks_turned_off_say_so_and_can_be_turned_on(portal, merchant, settings,
+                                                         receiver: Receiver):
+    shop = merchant(receiver.program("/main", [], ok()))
+    off = shop.api.put("/api/partner/v2/webhook-settings", json={"enabled": False})
+    assert off.status_code == 200, off.text
+    looking = portal(shop.partner_id, read_only=True).get("/portal/").text
+    assert 'id="webhooks-off"' in looking and 'id="webhooks-on"' not in looking
+    client = portal(shop.partner_id)
+    assert 'id="webhooks-on"' in client.get("/portal/").text
+    turned = client.submit("/portal/", "/portal/webhooks/on")
+    assert turned.status_code == 200 and "Webhooks are on" in turned.text
+    assert 'id="webhooks-off"' not in turned.text
+    assert shop.api.get("/api/partner/v2/webhook-settings").json()["enabled"] is True
+    with session_scope() as session:
+        audited = session.execute(select(PartnerRequest.outcome, PartnerRequest.source).where(
+            PartnerRequest.partner_id == shop.partner_id,
+            PartnerRequest.kind == "webhooks_on")).all()
+    assert [tuple(row) for row in audited] == [(ACCEPTED, SOURCE)]

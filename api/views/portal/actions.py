@@ -88,3 +88,14 @@ def alert_email() -> Any:
     flash("ok", f"Alerts will be e-mailed to {address}." if address
           else "Alerts are no longer e-mailed.")
     return redirect(url_for("portal.alerts"))
+
+
+@bp.post("/webhooks/on")
+def webhooks_on() -> Any:
+    """Turn webhooks on again in the webhook settings (the API's PUT enabled: true)."""
+    webhook_settings.update_settings(get_session(), deliverer_settings(), partner_id(),
+                                     enabled=True)
+    record(get_session(), portal_session(), PortalAction.WEBHOOKS_ON)
+    flash("ok", "Webhooks are on: new events are sent, and what was held while they were "
+                "off is sent again, in order.")
+    return redirect(url_for("portal.index"))

@@ -37,9 +37,11 @@ def _helpers() -> dict[str, Any]:
 
 @bp.get("/")
 def index() -> Any:
-    summaries = queries.endpoints_overview(get_session(), partner_id(), utcnow())
+    session = get_session()
+    summaries = queries.endpoints_overview(session, partner_id(), utcnow())
     return page("portal/endpoints.html", endpoints=summaries,
-                expires_at=portal_session().expires_at)
+                expires_at=portal_session().expires_at,
+                webhooks_off=queries.webhooks_turned_off(session, partner_id()))
 
 
 @bp.get("/endpoints/<ref>")
