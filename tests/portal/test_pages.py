@@ -202,9 +202,17 @@ def test_event_log_filters_and_pages(portal, merchant, worker, receiver: Receive
         'class="event"') == 25
     assert 'id="no-events"' in client.get("/portal/events",
                                           params={"to": "2020-01-01"}).text
-    # Bad filters are ignored, never a 500.
-    assert client.get("/portal/events", params={"from": "yesterday",
-                                                "cursor": "garbage"}).status_code == 200
+    # A bad filter is not applied, and the page says which (a 400, never a 500); the
+    # good ones still are.
+    bad = client.get("/portal/events", params={"from": "yesterday", "to": "2026-02-30",
+                                               "status": "sent", "cursor": "garbage",
+                                               "type": "invoice.settled"})
+    assert bad.status_code == 400
+    assert ("Not applied: “sent” is not a delivery status; “yesterday” is not a date "
+            "(YYYY-MM-DD); “2026-02-30” is not a date (YYYY-MM-DD); the page link is not "
+            "one of this log's.") in bad.text.replace("&#39;", "'")
+    assert bad.text.count('class="event"') == 10
+    assert 'id="filter-problems"' not in by_type.text
     event_id = h.notification(published[7].notification_id).event_id
     payload = client.get(f"/portal/events/{event_id}")
     assert payload.status_code == 200 and "&#34;amount&#34;: 1000" in payload.text

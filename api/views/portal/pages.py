@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -76,34 +77,46 @@ def confirm_ignore(notification_id: str) -> Any:
     return page("portal/confirm_ignore.html", d=detail, n=detail.notification)
 
 
-def _day(name: str, *, end: bool = False) -> datetime | None:
+def _day(name: str, problems: list[str], *, end: bool = False) -> datetime | None:
     """A date filter (YYYY-MM-DD, UTC); ``end``: the day after it (the range includes it).
-    Anything else is ignored, as the console ignores a bad filter."""
+    Anything else is not applied, and said in ``problems``."""
+    raw = request.args.get(name, "")
+    if not raw:
+        return None
     try:
-        day = datetime.strptime(request.args.get(name, ""), "%Y-%m-%d").date()
+        day = datetime.strptime(raw, "%Y-%m-%d").date()
         return datetime.combine(day, time(), UTC) + timedelta(days=1 if end else 0)
     except (ValueError, OverflowError):
+        problems.append(f"“{raw}” is not a date (YYYY-MM-DD)")
         return None
 
 
 @bp.get("/events")
 def events() -> Any:
+    """The event log. A filter that is not one (a status not listed, a date that is not
+    one, a cursor not of ours) is not applied, and the page says so (a 400)."""
     args = request.args
+    problems: list[str] = []
     status = args.get("status") or None
+    if status is not None and status not in STATUSES:
+        problems.append(f"“{status}” is not a delivery status")
+        status = None
     filters = queries.EventFilters(
-        status=status if status in STATUSES else None,
+        status=status,
         event_type=(args.get("type") or "").strip()[:100] or None,
         reference=(args.get("reference") or "").strip()[:200] or None,
-        created_from=_day("from"), created_to=_day("to", end=True),
+        created_from=_day("from", problems), created_to=_day("to", problems, end=True),
         cursor=args.get("cursor") or None)
     try:
         rows, next_cursor = queries.event_log(get_session(), partner_id(), filters)
     except DelivererError:  # a cursor that is not one of ours
+        problems.append("the page link is not one of this log's")
         rows, next_cursor = queries.event_log(get_session(), partner_id(),
-                                              queries.EventFilters())
+                                              replace(filters, cursor=None))
     kept = {k: v for k, v in args.items() if k != "cursor" and v}
-    return page("portal/events.html", rows=rows, next_cursor=next_cursor, args=args,
-                kept=kept, filtered=bool(kept), first_page="cursor" in args)
+    return page("portal/events.html", 400 if problems else 200, rows=rows,
+                next_cursor=next_cursor, args=args, kept=kept, filtered=bool(kept),
+                first_page="cursor" in args, problems=problems)
 
 
 @bp.get("/events/<event_id>")
