@@ -64,8 +64,8 @@ def _sqlite_begin(conn: Any) -> None:
 
 class BadDatabaseUrl(ValueError):
     """DATABASE_URL names no database deliverer can open: not a URL, a port that is not a
-    number, a driver that is not installed. Said in one line (the CLI, the processes'
-    start), with the password masked."""
+    number, a driver that is not installed; its message masks the password (the CLI
+    says it in one line)."""
 
 
 def checked_engine(url: str, **options: Any) -> Engine:

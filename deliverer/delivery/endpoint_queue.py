@@ -41,6 +41,15 @@ def _climbing(endpoint_id: int | QueryableAttribute[int]) -> tuple[ColumnElement
     )
 
 
+def probe_now(session: Session, endpoint_id: int, now: datetime) -> None:
+    """The endpoint's head (its notification on the ladder) is due now, not at the end
+    of its backoff: the endpoint is at another URL, which has not failed yet."""
+    session.execute(
+        update(Notification).where(*_climbing(endpoint_id))
+        .values(next_attempt_at=now, scheduled_for=None)
+        .execution_options(synchronize_session=False))
+
+
 def has_earlier_climber(session: Session, endpoint_id: int, notification_id: str,
                         sequence: int) -> bool:
     return bool(session.scalar(select(exists().where(

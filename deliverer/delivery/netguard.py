@@ -124,14 +124,7 @@ def validate_url(url: str, *, allow_private: bool) -> str:
     not exist yet, as Stripe and Svix allow, and saving makes no DNS query.
     """
     check_url_form(url)
-    parts = urlsplit(url)
-    # Never sent, so the URL would name the receiver of another without a 409: one URL,
-    # one endpoint (its sequence numbers, its limits).
-    if parts.fragment or url.endswith(("#", "?")):
-        raise UnsafeUrl("Webhook URL must not have a fragment (#...), which is never "
-                        "sent, nor end with an empty query (?): either names the receiver "
-                        "of the URL without it")
-    host = parts.hostname or ""
+    host = urlsplit(url).hostname or ""
     if not allow_private and (host == "localhost" or host.endswith(".localhost")):
         # RFC 6761: always loopback, whatever a resolver would answer.
         raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({host} is loopback)")
@@ -143,6 +136,18 @@ def validate_url(url: str, *, allow_private: bool) -> str:
         return url  # a name
     for info in infos:
         check_address(str(info[4][0]), allow_private=allow_private)
+    return url
+
+
+def check_one_spelling(url: str) -> str:
+    """Return the URL unless it has a fragment (never sent) or ends with an empty query:
+    either names the receiver of the URL without it, which a merchant could then
+    register twice (one URL, one endpoint). For the URLs merchants register and save,
+    not for an event's callback URL, which producers already send as they do."""
+    if urlsplit(url).fragment or url.endswith(("#", "?")):
+        raise UnsafeUrl("Webhook URL must not have a fragment (#...), which is never "
+                        "sent, nor end with an empty query (?): either names the receiver "
+                        "of the URL without it")
     return url
 
 

@@ -1,10 +1,9 @@
 """A partner's registered endpoints (``/api/partner/v2/endpoints``): the URLs its events
 fan out to, each subscribed to event types (``models.endpoint``).
 
-The partner's webhook-settings URL is its *default* endpoint: saving another URL there
-moves the default to that URL's row, as saving it always started a new endpoint, so
-every existing route keeps its meaning. An endpoint's own URL changed with PATCH stays
-the same endpoint: its sequence numbers go on and what it still holds goes to the new URL.
+The partner's webhook-settings URL is its *default* endpoint. An endpoint whose URL
+changes (PATCH, or a new webhook-settings URL for the default) stays the same endpoint:
+its sequence numbers go on and what it still holds goes to the new URL.
 """
 
 from __future__ import annotations
@@ -122,7 +121,8 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
     cannot pass the limit together. A URL that had a row (an old webhook URL, an event's
     callback URL, a deleted endpoint) takes that row over, with its sequence numbers."""
     now = now or utcnow()
-    netguard.validate_url(url, allow_private=settings.allow_private_urls)
+    netguard.validate_url(netguard.check_one_spelling(url),
+                          allow_private=settings.allow_private_urls)
     subscriptions = catalog.check_subscriptions(settings, event_types or ["*"])
     _check_rate_limit(rate_limit)
     _lock_endpoints_of(session, partner_id)
@@ -163,7 +163,8 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
     if event_types is not _UNSET:
         endpoint.event_types = catalog.check_subscriptions(settings, event_types or ["*"])
     if rate_limit is not _UNSET:
-        _check_rate_limit(rate_limit)
+        if rate_limit != endpoint.rate_limit:  # one saved before (forms send it back) stays
+            _check_rate_limit(rate_limit)
         endpoint.rate_limit = rate_limit
         endpoint.next_send_at = None
     if description is not _UNSET:
@@ -182,7 +183,8 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
 
 def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) -> None:
     """The same endpoint at another URL: what it still holds goes there."""
-    netguard.validate_url(url, allow_private=settings.allow_private_urls)
+    netguard.validate_url(netguard.check_one_spelling(url),
+                          allow_private=settings.allow_private_urls)
     other = _row_for_url(session, endpoint.partner_id, url)
     if other is not None:
         # Registered, or the row of an earlier webhook URL or callback URL with sequence
@@ -197,8 +199,13 @@ def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) ->
 
 def _relocate(session: Session, endpoint: Endpoint, url: str) -> None:
     """``endpoint`` at ``url`` from now on, with its id, its sequence numbers and what it
-    still holds (its retries go to ``url``)."""
+    still holds (its retries go to ``url``, the next one now). The old URL's health is
+    not the new one's: failing since, Retry-After, the alert sent (auto-disable counts
+    from ``failing_since``)."""
     endpoint.url = url
+    endpoint.failing_since = endpoint.retry_after_until = endpoint.alerted_at = None
+    endpoint.consecutive_failures = 0
+    endpoint_queue.probe_now(session, endpoint.id, utcnow())
     session.execute(
         update(Notification)
         .where(Notification.endpoint_id == endpoint.id,

@@ -8,6 +8,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import func, select
 
+import deliverer
 from deliverer.db import session_scope
 from deliverer.models import Endpoint, NotificationStatus
 from deliverer.partners.catalog import DEFAULT_CATALOG
@@ -244,6 +245,26 @@ def test_one_url_is_one_endpoint(make_partner):
     create(partner, "http://127.0.0.1:9/b")
     t.assert_error(partner.api.patch(f"{ENDPOINTS}/{a['id']}",
                                      json={"url": "http://127.0.0.1:9/b"}), 409, "CONFLICT")
+    # Spellings of /a's receiver that are not /a (a fragment is never sent) are refused,
+    # not registered beside it (a black-box try had three endpoints for one receiver).
+    for spelling in ("http://127.0.0.1:9/a#dup", "http://127.0.0.1:9/a#",
+                     "http://127.0.0.1:9/a?"):
+        body = t.assert_error(partner.api.post(ENDPOINTS, json={"url": spelling}),
+                              400, "BAD_REQUEST")
+        assert "fragment" in body["message"]
+        t.assert_error(partner.api.patch(f"{ENDPOINTS}/{a['id']}", json={"url": spelling}),
+                       400, "BAD_REQUEST")
+    assert endpoint_rows(partner.partner_id) == 3
+
+
+def test_a_callback_url_keeps_its_spelling(make_partner):
+    """The rule is for the URLs merchants register and save: producers' callback URLs
+    are taken as they send them."""
+    partner = make_partner("http://127.0.0.1:9/default")
+    published = deliverer.publish_event(partner.partner_id, "transaction.paid", "TXN-1", {},
+                                        callback_url="http://127.0.0.1:9/callback#order-1")
+    assert h.notification(published.notification_id).url == (
+        "http://127.0.0.1:9/callback#order-1")
 
 
 def test_at_most_the_configured_number_of_endpoints(make_partner, api_settings):

@@ -211,5 +211,6 @@ def test_diagnose_is_limited_as_test_events_are_under_parallel_presses(
     assert re.search(r"Diagnosis not run: too many at once\. Try again in \d+ s\.", shown)
     with session_scope() as session:
         outcomes = session.scalars(select(PartnerRequest.outcome).where(
+            PartnerRequest.partner_id == shop.partner_id,
             PartnerRequest.kind == "diagnose")).all()
     assert sorted(outcomes) == ["ACCEPTED"] * 3 + ["TOO_MANY_REQUESTS"] * 5

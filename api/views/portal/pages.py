@@ -94,7 +94,9 @@ def _day(name: str, problems: list[str], *, end: bool = False) -> datetime | Non
 @bp.get("/events")
 def events() -> Any:
     """The event log. A filter that is not one (a status not listed, a date that is not
-    one, a cursor not of ours) is not applied, and the page says so (a 400)."""
+    one, a cursor not of ours) is not applied, and the page says so. A 200 all the same:
+    the request's transaction is rolled back on a 4xx, with it the flash this page
+    shows, which would come back on the next one."""
     args = request.args
     problems: list[str] = []
     status = args.get("status") or None
@@ -114,7 +116,7 @@ def events() -> Any:
         rows, next_cursor = queries.event_log(get_session(), partner_id(),
                                               replace(filters, cursor=None))
     kept = {k: v for k, v in args.items() if k != "cursor" and v}
-    return page("portal/events.html", 400 if problems else 200, rows=rows,
+    return page("portal/events.html", rows=rows,
                 next_cursor=next_cursor, args=args, kept=kept, filtered=bool(kept),
                 first_page="cursor" in args, problems=problems)
 
