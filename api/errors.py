@@ -1,14 +1,16 @@
-"""The one place that turns errors into HTTP: ``{"statusCode", "code", "message"}``."""
+"""The one place that turns errors into HTTP: ``{"statusCode", "code", "message"}``
+(under the console's and the portal's prefixes, their error page)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from api.html import error_page
 from deliverer.errors import DelivererError
 
 log = logging.getLogger(__name__)
@@ -69,11 +71,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DelivererError)
     def _service_error(exc: DelivererError) -> Response:
         keep_refusal(exc)
+        page = error_page(request.path, exc.status_code, "Request refused", exc.message)
+        if page is not None:
+            return page
         return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        page = error_page(request.path, status, exc.name, exc.description or "")
+        if page is not None:
+            return page
         data = getattr(exc, "data", None) or {}
         messages = data.get("messages")
         if messages:

@@ -15,10 +15,16 @@ from werkzeug.wrappers import Response
 
 from deliverer.models import utcnow
 
+# URL prefix -> the error page of the pages under it (``serve_pages``).
+_ERROR_PAGES: dict[str, str] = {}
+
 
 def serve_pages(bp: Blueprint, error_template: str) -> None:
     """On ``bp``: every answer sent with ``secure_page_headers``, and HTTP errors (404,
-    405...) answered as pages of ``error_template`` (its ``title`` and ``message``)."""
+    405...) answered as pages of ``error_template`` (its ``title`` and ``message``), also
+    those raised before a view of ``bp`` is chosen (``error_page``)."""
+    assert bp.url_prefix
+    _ERROR_PAGES[bp.url_prefix.rstrip("/") + "/"] = error_template
 
     @bp.after_request
     def _headers(response: Response) -> Response:
@@ -28,6 +34,18 @@ def serve_pages(bp: Blueprint, error_template: str) -> None:
     def _http_error(exc: HTTPException) -> tuple[str, int]:
         return (render_template(error_template, title=exc.name,
                                 message=exc.description or ""), exc.code or 500)
+
+
+def error_page(path: str, status: int, title: str, message: str) -> Response | None:
+    """An error under a prefix of pages, as a page: routing's 404 and 405 (an unknown
+    path, a POST's address reloaded) and the app's guards answer before a blueprint's
+    own handlers can. None elsewhere (the API's JSON stands)."""
+    for prefix, template in _ERROR_PAGES.items():
+        if path.startswith(prefix) or path == prefix.rstrip("/"):
+            response = Response(render_template(template, title=title, message=message),
+                                status, mimetype="text/html")
+            return secure_page_headers(response, g.get("csp_nonce", ""))
+    return None
 
 
 def secure_page_headers(response: Response, nonce: str) -> Response:

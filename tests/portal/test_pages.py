@@ -298,3 +298,22 @@ def test_webhooks_turned_off_say_so_and_can_be_turned_on(portal, merchant, setti
             PartnerRequest.partner_id == shop.partner_id,
             PartnerRequest.kind == "webhooks_on")).all()
     assert [tuple(row) for row in audited] == [(ACCEPTED, SOURCE)]
+
+
+def test_errors_under_the_portal_are_pages_not_json(portal, failing):
+    """Routing's 404 and 405 and the app's guards answer before the portal's own
+    handlers: a reloaded POST address, an unknown path or a NUL gave the API's JSON."""
+    shop, first, _second = failing
+    client = portal(shop.partner_id)
+    ref = endpoint_ref(first)
+    for path, expected in ((f"/portal/endpoints/{ref}/diagnose", 405),
+                           (f"/portal/endpoints/{ref}/rotate-secret", 405),
+                           ("/portal/endpoints/", 404), ("/portal/no-such-page", 404),
+                           ("/portal/events?reference=a%00b", 400)):
+        answer = client.get(path)
+        assert answer.status_code == expected, path
+        assert answer.headers["Content-Type"].startswith("text/html"), path
+        assert "<h1>" in answer.text and '"statusCode"' not in answer.text, path
+        assert "default-src 'none'" in answer.headers["Content-Security-Policy"], path
+    # The API's errors stay JSON.
+    assert shop.api.get("/api/partner/v2/no-such").json()["code"] == "NOT_FOUND"
