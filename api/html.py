@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, g, render_template
+from flask import Response as PageResponse
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
@@ -36,15 +37,16 @@ def serve_pages(bp: Blueprint, error_template: str) -> None:
                                 message=exc.description or ""), exc.code or 500)
 
 
-def error_page(path: str, status: int, title: str, message: str) -> Response | None:
+def error_page(path: str, status: int, title: str, message: str) -> PageResponse | None:
     """An error under a prefix of pages, as a page: routing's 404 and 405 (an unknown
     path, a POST's address reloaded) and the app's guards answer before a blueprint's
     own handlers can. None elsewhere (the API's JSON stands)."""
     for prefix, template in _ERROR_PAGES.items():
         if path.startswith(prefix) or path == prefix.rstrip("/"):
-            response = Response(render_template(template, title=title, message=message),
-                                status, mimetype="text/html")
-            return secure_page_headers(response, g.get("csp_nonce", ""))
+            response = PageResponse(render_template(template, title=title, message=message),
+                                    status, mimetype="text/html")
+            secure_page_headers(response, g.get("csp_nonce", ""))
+            return response
     return None
 
 
