@@ -151,6 +151,12 @@ def check_one_spelling(url: str) -> str:
     return url
 
 
+def validate_saved_url(url: str, *, allow_private: bool) -> str:
+    """A URL a merchant registers or saves: one spelling per receiver, then the target's
+    checks (``validate_url``)."""
+    return validate_url(check_one_spelling(url), allow_private=allow_private)
+
+
 def vetted_addresses(host: str, port: int, family: int = socket.AF_UNSPEC, *,
                      allow_private: bool = False) -> Sequence[AddrInfo]:
     """Resolve ``host`` once; its addresses if none is forbidden, else raise UnsafeUrl.

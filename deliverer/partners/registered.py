@@ -121,8 +121,7 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
     cannot pass the limit together. A URL that had a row (an old webhook URL, an event's
     callback URL, a deleted endpoint) takes that row over, with its sequence numbers."""
     now = now or utcnow()
-    netguard.validate_url(netguard.check_one_spelling(url),
-                          allow_private=settings.allow_private_urls)
+    netguard.validate_saved_url(url, allow_private=settings.allow_private_urls)
     subscriptions = catalog.check_subscriptions(settings, event_types or ["*"])
     _check_rate_limit(rate_limit)
     _lock_endpoints_of(session, partner_id)
@@ -183,8 +182,7 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
 
 def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) -> None:
     """The same endpoint at another URL: what it still holds goes there."""
-    netguard.validate_url(netguard.check_one_spelling(url),
-                          allow_private=settings.allow_private_urls)
+    netguard.validate_saved_url(url, allow_private=settings.allow_private_urls)
     other = _row_for_url(session, endpoint.partner_id, url)
     if other is not None:
         # Registered, or the row of an earlier webhook URL or callback URL with sequence

@@ -42,8 +42,7 @@ def create_partner(
     alert_email: str | None = None,
 ) -> NewPartner:
     if webhook_url:
-        netguard.validate_url(netguard.check_one_spelling(webhook_url),
-                              allow_private=settings.allow_private_urls)
+        netguard.validate_saved_url(webhook_url, allow_private=settings.allow_private_urls)
     partner = Partner(name=name, flow=PartnerFlow(flow), active=True, created_at=utcnow())
     session.add(partner)
     session.flush()

@@ -34,9 +34,9 @@ def update_settings(session: Session, settings: Settings, partner_id: str, *,
     if url is not _UNSET:
         if url is not None:
             assert isinstance(url, str)
-            if url != row.url:  # one saved before (settings saved back whole) stays
-                netguard.check_one_spelling(url)
-            netguard.validate_url(url, allow_private=settings.allow_private_urls)
+            # One saved before (settings saved back whole) stays as it was spelt.
+            check = netguard.validate_url if url == row.url else netguard.validate_saved_url
+            check(url, allow_private=settings.allow_private_urls)
         row.url = url
         registered.make_default(session, partner_id, url)
     if enabled is not _UNSET:
