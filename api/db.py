@@ -51,6 +51,12 @@ def roll_back_refused(error: DelivererError) -> None:
     error.keep_refusal(session)
 
 
+def keep_after_rollback(work: Callable[[Session], None]) -> None:
+    """Do ``work`` again after a 4xx's rollback, and commit it: for what a page has done
+    whatever its status (the flash it showed, which would otherwise come back)."""
+    g.setdefault("kept_after_rollback", []).append(work)
+
+
 def init_app(app: Flask) -> None:
     @app.after_request
     def _commit(response: Response) -> Response:
@@ -60,9 +66,13 @@ def init_app(app: Flask) -> None:
         refused: DelivererError | None = g.pop("refused", None)
         if response.status_code >= 400:
             session.rollback()
-            if refused is None:
+            kept: list[Callable[[Session], None]] = g.pop("kept_after_rollback", [])
+            if refused is None and not kept:
                 return response
-            refused.keep_refusal(session)
+            for work in kept:
+                work(session)
+            if refused is not None:
+                refused.keep_refusal(session)
         # Enqueues registered with deliverer.db.on_commit run inside this commit.
         try:
             session.commit()

@@ -219,3 +219,9 @@ def pop_flash(portal_session: PortalSession) -> list[tuple[str, str]]:
     if messages:
         portal_session.flash = None
     return messages
+
+
+def clear_flash(session: Session, portal_session_id: int) -> None:
+    """The flash shown, gone: ``pop_flash`` by id, for a transaction begun after it."""
+    session.execute(update(PortalSession).where(PortalSession.id == portal_session_id)
+                    .values(flash=None).execution_options(synchronize_session=False))

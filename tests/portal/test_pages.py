@@ -207,7 +207,7 @@ def test_event_log_filters_and_pages(portal, merchant, worker, receiver: Receive
     bad = client.get("/portal/events", params={"from": "yesterday", "to": "2026-02-30",
                                                "status": "sent", "cursor": "garbage",
                                                "type": "invoice.settled"})
-    assert bad.status_code == 200
+    assert bad.status_code == 400
     assert ("Not applied: “sent” is not a delivery status; “yesterday” is not a date "
             "(YYYY-MM-DD); “2026-02-30” is not a date (YYYY-MM-DD); the page link is not "
             "one of this log's.") in bad.text.replace("&#39;", "'")
@@ -238,6 +238,21 @@ def test_alerts_and_the_alert_email_subscription(portal, failing):
     gone = client.submit("/portal/alerts", "/portal/alerts/email", {"unsubscribe": "1"})
     assert "no longer e-mailed" in gone.text
     assert shop.api.get("/api/partner/v2/webhook-settings").json()["alertEmail"] is None
+
+
+def test_a_flash_is_shown_once_on_a_4xx_page_too(portal, failing):
+    # A 4xx rolls the request's transaction back; the flash its page showed stays gone.
+    shop, _first, _second = failing
+    client = portal(shop.partner_id)
+    page = client.get("/portal/alerts")
+    client.post("/portal/alerts/email", {"csrf_token": csrf_of(page.text), "email": "nope"},
+                allow_redirects=False)
+    missing = client.get("/portal/endpoints/ep_nonexistent")
+    assert missing.status_code == 404 and "not an e-mail address" in missing.text
+    bad_filter = client.get("/portal/events", params={"status": "sent"})
+    assert bad_filter.status_code == 400
+    assert "not an e-mail address" not in bad_filter.text
+    assert "not an e-mail address" not in client.get("/portal/alerts").text
 
 
 def test_pages_label_their_controls(portal, failing):

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import g, request
 
-from api.db import get_session
+from api.db import get_session, keep_after_rollback
 from api.html import pretty, rel, ts
 from api.views.console.filters import STATUSES
 from api.views.portal.blueprint import (
@@ -21,7 +21,7 @@ from api.views.portal.blueprint import (
     portal_session,
 )
 from deliverer.errors import DelivererError
-from deliverer.models import WebhookSettings, utcnow
+from deliverer.models import PortalSession, WebhookSettings, utcnow
 from deliverer.portal import queries, sessions
 from deliverer.portal.chart import HEIGHT, WIDTH
 
@@ -33,7 +33,17 @@ def _helpers() -> dict[str, Any]:
             "csrf_token": g.get("portal_csrf", ""), "statuses": STATUSES,
             "signed_in": found is not None, "read_only": bool(found and found.read_only),
             "ref": queries.endpoint_ref, "chart_width": WIDTH, "chart_height": HEIGHT,
-            "flashes": sessions.pop_flash(found) if found is not None else []}
+            "flashes": _pop_flashes(found)}
+
+
+def _pop_flashes(found: PortalSession | None) -> list[tuple[str, str]]:
+    """The session's flashes, shown once: on a page with a 4xx too, whose rollback would
+    otherwise bring them back on the next page."""
+    messages = sessions.pop_flash(found) if found is not None else []
+    if found is not None and messages:
+        found_id = found.id
+        keep_after_rollback(lambda session: sessions.clear_flash(session, found_id))
+    return messages
 
 
 @bp.get("/")
@@ -94,9 +104,7 @@ def _day(name: str, problems: list[str], *, end: bool = False) -> datetime | Non
 @bp.get("/events")
 def events() -> Any:
     """The event log. A filter that is not one (a status not listed, a date that is not
-    one, a cursor not of ours) is not applied, and the page says so. A 200 all the same:
-    the request's transaction is rolled back on a 4xx, with it the flash this page
-    shows, which would come back on the next one."""
+    one, a cursor not of ours) is not applied, and the page says so, with a 400."""
     args = request.args
     problems: list[str] = []
     status = args.get("status") or None
@@ -116,7 +124,7 @@ def events() -> Any:
         rows, next_cursor = queries.event_log(get_session(), partner_id(),
                                               replace(filters, cursor=None))
     kept = {k: v for k, v in args.items() if k != "cursor" and v}
-    return page("portal/events.html", rows=rows,
+    return page("portal/events.html", 400 if problems else 200, rows=rows,
                 next_cursor=next_cursor, args=args, kept=kept, filtered=bool(kept),
                 first_page="cursor" in args, problems=problems)
 
