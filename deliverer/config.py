@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -42,8 +43,12 @@ class Ladder:
     def parse(cls, text: str) -> Ladder:
         """``"120,300,600;repeat=28800;max_age=2592000"`` (seconds)."""
         parts = [p.strip() for p in text.split(";") if p.strip()]
-        steps = tuple(float(s) for s in parts[0].split(",") if s.strip())
-        options = dict(p.split("=", 1) for p in parts[1:])
+        steps = tuple(float(s) for s in (parts or [""])[0].split(",") if s.strip())
+        if not steps:
+            raise ValueError("no delays given")
+        options = dict(p.partition("=")[::2] for p in parts[1:])
+        if unknown := set(options) - {"repeat", "max_age"}:
+            raise ValueError(f"options are repeat= and max_age=, not {sorted(unknown)}")
         return cls(
             steps=steps,
             repeat=float(options.get("repeat", steps[-1])),
@@ -97,6 +102,10 @@ def _bool(value: str | None, default: bool = False) -> bool:
     return value.strip().lower() in _TRUE
 
 
+class ConfigError(ValueError):
+    """A setting from the environment that cannot be used: its message names it."""
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -104,7 +113,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def base_url(raw: str, name: str) -> str:
+    """A public address the links we print start with: http(s), a host, nothing after
+    the path (a query or fragment would swallow the path we append)."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
+            or parts.fragment or raw.endswith(("?", "#")):
+        raise ConfigError(f"{name} must be an http(s) address such as "
+                         f"https://hooks.example.com, got {raw!r}")
+    return raw.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -220,16 +240,21 @@ class Settings:
         broker_url = env.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.db'}"
         ladder = DEFAULT_LADDER
         if env.get("DELIVERER_RETRY_LADDER"):
-            ladder = Ladder.parse(env["DELIVERER_RETRY_LADDER"])
+            try:
+                ladder = Ladder.parse(env["DELIVERER_RETRY_LADDER"])
+            except (ValueError, IndexError) as exc:
+                raise ConfigError(
+                    f"DELIVERER_RETRY_LADDER {env['DELIVERER_RETRY_LADDER']!r}: {exc} "
+                    "(seconds, e.g. 120,300,600;repeat=28800;max_age=2592000)") from exc
         time_scale = _float(env, "DELIVERER_TIME_SCALE", 1.0)
         total_timeout = _float(env, "DELIVERER_TOTAL_TIMEOUT", 15.0)
         if time_scale <= 0:
-            raise ValueError("DELIVERER_TIME_SCALE must be positive")
+            raise ConfigError("DELIVERER_TIME_SCALE must be positive")
         connect_timeout = _float(env, "DELIVERER_CONNECT_TIMEOUT", 5.0)
         lease_seconds = _float(env, "DELIVERER_LEASE_SECONDS", 60.0)
         if lease_seconds <= connect_timeout + total_timeout:
             # A POST could then outlive its lease, and the row be claimed and POSTed again.
-            raise ValueError("DELIVERER_LEASE_SECONDS must be longer than "
+            raise ConfigError("DELIVERER_LEASE_SECONDS must be longer than "
                              "DELIVERER_CONNECT_TIMEOUT + DELIVERER_TOTAL_TIMEOUT")
         return cls(
             database_url=database_url,
@@ -263,7 +288,8 @@ class Settings:
             portal_link_seconds=_float(env, "DELIVERER_PORTAL_LINK_SECONDS", 600.0),
             portal_sign_ins_per_minute=int(
                 _float(env, "DELIVERER_PORTAL_SIGN_IN_RATE", 10)),
-            portal_base_url=(env.get("DELIVERER_PORTAL_URL") or "").rstrip("/") or None,
+            portal_base_url=base_url(env["DELIVERER_PORTAL_URL"], "DELIVERER_PORTAL_URL")
+            if env.get("DELIVERER_PORTAL_URL") else None,
             max_endpoints_per_partner=int(_float(env, "DELIVERER_MAX_ENDPOINTS", 20)),
             event_types_file=env.get("DELIVERER_EVENT_TYPES_FILE") or None,
             auto_disable_after=_float(env, "DELIVERER_AUTO_DISABLE_AFTER", 5 * 86400.0),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deliverer.config import Ladder, Settings
+from deliverer.config import ConfigError, Ladder, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -32,6 +32,28 @@ def test_a_lease_must_outlast_a_post(tmp_path):
     with pytest.raises(ValueError, match="DELIVERER_LEASE_SECONDS"):
         Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "20"})
     assert Settings.from_env({**base, "DELIVERER_LEASE_SECONDS": "21"}).lease_seconds == 21
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DELIVERER_TIME_SCALE", "abc", "must be a number"),
+    ("DELIVERER_RETRY_LADDER", ";", "no delays given"),
+    ("DELIVERER_RETRY_LADDER", "60,120;repat=600", "options are repeat= and max_age="),
+    ("DELIVERER_RETRY_LADDER", "60,-1", "must be positive"),
+    ("DELIVERER_PORTAL_URL", "hooks.example.com", "http(s) address"),
+    ("DELIVERER_PORTAL_URL", "https://hooks.example.com/?x=1", "http(s) address"),
+])
+def test_a_setting_that_cannot_be_used_is_named(tmp_path, name, value, says):
+    # The CLI says a ConfigError in one line (tests/operations/test_cli.py); it names the
+    # variable.
+    with pytest.raises(ConfigError, match=re.escape(says)) as raised:
+        Settings.from_env({"DELIVERER_DATA_DIR": str(tmp_path), name: value})
+    assert str(raised.value).startswith(name)
+
+
+def test_the_portal_url_loses_its_trailing_slash(tmp_path):
+    assert Settings.from_env({"DELIVERER_DATA_DIR": str(tmp_path),
+                              "DELIVERER_PORTAL_URL": "https://hooks.example.com/p/"}
+                             ).portal_base_url == "https://hooks.example.com/p"
 
 
 @pytest.mark.parametrize("given", [

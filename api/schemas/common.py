@@ -40,9 +40,19 @@ class HeaderText(fields.String):
             return text
 
 
+def _deliverable(address: str) -> None:
+    # RFC 5321's limits, which a mail server refuses past: a local part of 64 octets, a
+    # domain of 255 (marshmallow's Email checks the form only).
+    local, _, domain = address.rpartition("@")
+    if len(local.encode()) > 64 or len(domain.encode()) > 255:
+        raise ValidationError("Not a deliverable e-mail address: its part before @ may "
+                              "have 64 characters, after it 255.")
+
+
 class Email(fields.Email):
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(validate=validate.Length(max=320), **kwargs)  # type: ignore[arg-type]
+        super().__init__(validate=[validate.Length(max=320), _deliverable],
+                         **kwargs)  # type: ignore[arg-type]
 
 
 class UtcDateTime(fields.AwareDateTime):

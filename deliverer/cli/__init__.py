@@ -37,11 +37,12 @@ class _Main(click.Group):
             # fix: a sentence, not a traceback. (Imported here: --help stays fast.)
             from sqlalchemy.exc import DBAPIError
 
+            from deliverer.config import ConfigError
             from deliverer.db import BadDatabaseUrl
 
             if isinstance(exc, DBAPIError):
                 raise click.ClickException(database_error_message(exc)) from exc
-            if isinstance(exc, BadDatabaseUrl):
+            if isinstance(exc, BadDatabaseUrl | ConfigError):
                 raise click.ClickException(str(exc)) from exc
             raise
 

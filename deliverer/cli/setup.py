@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from deliverer.config import get_settings
+from deliverer.config import base_url, get_settings
 
 
 @click.group()
@@ -119,14 +119,25 @@ def publish(partner_id: str, event_type: str, reference: str, payload: str,
                        for d in published.deliveries]}))
 
 
+def _base_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return base_url(value, "--base-url")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--base-url ")) from exc
+
+
 @click.command("portal-url")
 @click.argument("partner")
 @click.option("--read-only", is_flag=True, help="A session that can look, not act.")
-@click.option("--base-url", default=None,
+@click.option("--base-url", default=None, callback=_base_url,
               help="The API's public address (default: DELIVERER_PORTAL_URL, else "
-                   "http://127.0.0.1:$PORT, as `deliverer run` listens).")
-@click.option("--port", default=5000, show_default=True, envvar="PORT",
-              type=click.IntRange(1, 65535))
+                   "http://127.0.0.1:PORT, as `deliverer run` listens).")
+@click.option("--port", default=5000, show_default=True, envvar="PORT", show_envvar=True,
+              type=click.IntRange(1, 65535),
+              help="The port of the default address, without --base-url or "
+                   "DELIVERER_PORTAL_URL.")
 def portal_url(partner: str, read_only: bool, base_url: str | None, port: int) -> None:
     """Print a single-use link into a partner's merchant portal (PARTNER: its id, or its
     exact name: the newest partner of that name)."""

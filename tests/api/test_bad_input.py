@@ -70,6 +70,7 @@ def test_malformed_json_is_400(partner, path, body):
     {"alertEmail": 42},
     {"alertEmail": ["a@example.com"]},
     {"alertEmail": {"to": "a@example.com"}},
+    {"alertEmail": "a" * 65 + "@example.com"},  # RFC 5321: mail servers refuse it
 ])
 def test_wrong_types_are_400(partner, body):
     def check():

@@ -285,6 +285,25 @@ def test_a_database_url_that_cannot_be_used_is_one_line(settings, url, says, arg
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(("name", "value"), [("DELIVERER_TIME_SCALE", "fast"),
+                                             ("DELIVERER_RETRY_LADDER", "2m,5m"),
+                                             ("DELIVERER_PORTAL_URL", "hooks.example.com")])
+def test_a_setting_that_cannot_be_used_is_one_line(settings, name, value):
+    result = run_cli(settings, "stats", "--no-broker", check=False, **{name: value})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"Error: {name} "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_portal_url_checks_its_base_url(settings):
+    result = run_cli(settings, "portal-url", "--base-url", "hooks.example.com", "Shop",
+                     check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Invalid value for '--base-url': must be an http(s) address" in result.stderr
+
+
 @pytest.mark.unit  # an empty SQLite file of its own, whatever the session's backend
 def test_a_database_without_the_schema_says_to_run_db_upgrade(settings, tmp_path):
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
