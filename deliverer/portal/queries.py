@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -146,18 +146,37 @@ class QueueItem:
     event: Event
 
 
-def retry_queue(session: Session, endpoint: Endpoint) -> tuple[list[QueueItem], int]:
+@dataclass(frozen=True)
+class QueuePage:
+    items: list[QueueItem]
+    total: int  # the endpoint's FAILED notifications, all pages
+    before: int  # how many of them come before this page
+    next_after: int | None  # the sequence the next page starts after; None: the last
+
+
+def retry_queue(session: Session, endpoint: Endpoint, after: int | None = None) -> QueuePage:
     """The endpoint's FAILED notifications, earliest first (the order it is retried
-    in), and how many there are."""
+    in), a page of them: those after the sequence number ``after``."""
+    if after is not None and not 0 <= after < 2**63:
+        after = None  # not a sequence number (a BIGINT): the first page
     failed = and_(Notification.endpoint_id == endpoint.id,
                   Notification.partner_id == endpoint.partner_id,
                   Notification.status == NotificationStatus.FAILED)
     rows = session.execute(
         select(Notification, Event).join(Event, Event.id == Notification.event_id)
-        .where(failed).order_by(Notification.sequence, Notification.id)
-        .limit(QUEUE_LIMIT)).all()
-    total = session.scalar(select(func.count()).select_from(Notification).where(failed))
-    return [QueueItem(n, e) for n, e in rows], int(total or 0)
+        .where(failed, Notification.sequence > after if after is not None else true())
+        .order_by(Notification.sequence, Notification.id)
+        .limit(QUEUE_LIMIT + 1)).all()
+
+    def count(*where: Any) -> int:
+        return int(session.scalar(select(func.count()).select_from(Notification)
+                                  .where(failed, *where)) or 0)
+
+    more = len(rows) > QUEUE_LIMIT
+    items = [QueueItem(n, e) for n, e in rows[:QUEUE_LIMIT]]
+    return QueuePage(items, count(),
+                     count(Notification.sequence <= after) if after is not None else 0,
+                     items[-1].notification.sequence if more else None)
 
 
 def notification_detail(session: Session, partner_id: str,

@@ -121,6 +121,7 @@ def test_the_portal_page_queries_use_indexes(settings):
         "endpoints": lambda s: queries.endpoints_overview(s, partner_id, utcnow()),
         "retry queue": lambda s: (queries.get_endpoint(s, partner_id, endpoint.public_id),
                                   queries.retry_queue(s, endpoint),
+                                  queries.retry_queue(s, endpoint, after=1000),
                                   queries.attempts_chart(s, endpoint, utcnow())),
         "troubleshoot": lambda s: queries.notification_detail(s, partner_id, first_failed),
         "event log": lambda s: queries.event_log(s, partner_id, queries.EventFilters()),

@@ -21,6 +21,7 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.notifications.audit import ACCEPTED
+from deliverer.portal import queries
 from deliverer.portal.chart import HEIGHT, WIDTH
 from deliverer.portal.sessions import SOURCE
 from tests.console.helpers import publish, requests_of, wait_failed
@@ -82,6 +83,27 @@ def test_an_endpoints_retry_queue_lists_failures_earliest_first(portal, failing)
     assert page.text.index("TXN-1") < page.text.index("TXN-2")
     assert "waits behind the first" in page.text
     assert 'id="diagnose"' in page.text
+
+
+def test_the_retry_queue_is_paged_earliest_first(portal, failing, monkeypatch):
+    shop, first, _second = failing
+    monkeypatch.setattr(queries, "QUEUE_LIMIT", 1)  # the server runs in this process
+    client = portal(shop.partner_id)
+    page = client.get(f"/portal/endpoints/{endpoint_ref(first)}")
+    assert "TXN-1" in page.text and "TXN-2" not in page.text
+    assert "Webhooks 1 to 1 of 2." in page.text and 'id="queue-first"' not in page.text
+    second = client.get(page.text.split('id="queue-next"')[0].rsplit('href="', 1)[1]
+                        .split('"')[0].replace("&amp;", "&"))
+    assert "TXN-2" in second.text and "TXN-1" not in second.text
+    assert "Webhooks 2 to 2 of 2." in second.text and 'id="queue-next"' not in second.text
+    assert 'id="queue-first"' in second.text
+    past = client.get(f"/portal/endpoints/{endpoint_ref(first)}", params={"after": 10**6})
+    assert "No failed webhook after those already shown." in past.text
+    assert 'id="empty-queue"' not in past.text
+    for garbage in ("x", "-1", str(10**30)):
+        shown = client.get(f"/portal/endpoints/{endpoint_ref(first)}",
+                           params={"after": garbage})
+        assert shown.status_code == 200 and "TXN-1" in shown.text
 
 
 def test_troubleshoot_shows_every_attempt(portal, failing):

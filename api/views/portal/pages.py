@@ -61,9 +61,10 @@ def endpoint(ref: str) -> Any:
     found = queries.get_endpoint(session, partner_id(), ref)
     if found is None:
         return not_found("endpoint")
-    items, total = queries.retry_queue(session, found)
+    # ``after``: the page link's sequence number; anything else shows the first page.
+    queue = queries.retry_queue(session, found, request.args.get("after", type=int))
     return page("portal/endpoint.html", e=found, state=str(found.status),
-                items=items, total=total,
+                items=queue.items, queue=queue,
                 chart=queries.attempts_chart(session, found, utcnow()))
 
 
