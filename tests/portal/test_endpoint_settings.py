@@ -181,6 +181,20 @@ def test_recover_sends_a_periods_failed_webhooks_again(portal, merchant, worker,
     assert trail == [("recover", SOURCE, ref)]
 
 
+def test_refusals_are_said_in_the_portals_terms(portal, merchant, receiver: Receiver):
+    # The service words them for the API (PATCH enabled: true); the page names its button.
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    ref = public_id(receiver.url("/main"))
+    path = f"/portal/endpoints/{ref}/settings"
+    client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "no"})
+    refused = client.submit(path, f"/portal/endpoints/{ref}/recover",
+                            {"since": utcnow().strftime("%Y-%m-%d")})
+    assert ("Nothing recovered: The endpoint is disabled: enable it first (Enable, in its "
+            "settings, releases what it holds)") in refused.text
+    assert "PATCH" not in refused.text
+
+
 def test_a_prefix_subscription_is_shown_and_kept_when_other_settings_change(
         portal, merchant, settings, receiver: Receiver):
     shop = merchant(receiver.program("/main", [], ok()))

@@ -7,8 +7,8 @@ or ``POST /api/partner/v2/portal-sessions`` (``auth``). Everything a page shows 
 session's partner's: another partner's ids answer 404, as unknown ones do.
 """
 
-from api.views.portal import actions, auth, diagnosis, endpoints, pages
+from api.views.portal import actions, auth, diagnosis, endpoints, pages, wording
 from api.views.portal.blueprint import bp
 
 # Each module registers its routes and hooks on ``bp`` as it is imported.
-__all__ = ["actions", "auth", "bp", "diagnosis", "endpoints", "pages"]
+__all__ = ["actions", "auth", "bp", "diagnosis", "endpoints", "pages", "wording"]
