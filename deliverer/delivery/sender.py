@@ -20,7 +20,7 @@ import requests
 from deliverer.delivery import netguard
 from deliverer.delivery.http.connections import pooled_session
 from deliverer.delivery.http.deadline import DeadlineExceeded, Watch, read_capped, watching
-from deliverer.delivery.http.errors import classify_exception
+from deliverer.delivery.http.errors import READ_TIMEOUT, classify_exception
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import UnsafeUrl
 
@@ -85,8 +85,11 @@ def send(
 
     def failure(kind: FailureKind, message: str, status: int | None = None,
                 body_text: str | None = None, retry_after: float | None = None) -> SendResult:
-        if watch.fired and kind is not FailureKind.TIMEOUT:
-            kind, message = FailureKind.TIMEOUT, "No complete response within the deadline"
+        if (watch.fired and kind is not FailureKind.TIMEOUT) or message == READ_TIMEOUT:
+            # The deadline's watchdog, the read timeout (the same deadline) and the body's
+            # deadline: one message, whichever fired (httpStatus says if a status came).
+            kind, message = FailureKind.TIMEOUT, (
+                f"No complete response within the {config.total_timeout:g} s deadline")
         return SendResult(
             started_at=started_at, duration_ms=elapsed_ms(), success=False,
             status_code=status, body=body_text, error=error_payload(kind, message, status),
@@ -131,8 +134,7 @@ def send(
             try:
                 raw = read_capped(response, config.max_response_bytes, deadline)
             except DeadlineExceeded:
-                return failure(FailureKind.TIMEOUT,
-                               "Response body not received within the deadline",
+                return failure(FailureKind.TIMEOUT, READ_TIMEOUT,
                                response.status_code)
             except Exception as exc:
                 kind, message = classify_exception(exc)

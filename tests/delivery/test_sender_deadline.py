@@ -44,3 +44,4 @@ def test_total_deadline_holds_against_headers_trickled_byte_by_byte():
         server.close()
     assert _time.monotonic() - start < 2.0
     assert not result.success and result.error["kind"] == "timeout"
+    assert result.error["message"] == "No complete response within the 1 s deadline"

@@ -13,6 +13,8 @@ from deliverer.delivery.http.dial import BlockedAddress
 from deliverer.delivery.troubleshooting import FailureKind
 from deliverer.errors import UnsafeUrl
 
+# A read timeout: requests' read timeout is the POST's total deadline (``sender``).
+READ_TIMEOUT = "Timed out waiting for the webhook response"
 
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
@@ -46,7 +48,7 @@ def classify_exception(exc: BaseException) -> tuple[FailureKind, str]:
     if has(requests.exceptions.ConnectTimeout):
         return FailureKind.TIMEOUT, "Timed out connecting to the webhook URL"
     if has(requests.exceptions.Timeout, socket.timeout, TimeoutError):
-        return FailureKind.TIMEOUT, "Timed out waiting for the webhook response"
+        return FailureKind.TIMEOUT, READ_TIMEOUT
     if has(ConnectionRefusedError):
         return FailureKind.CONNECTION_REFUSED, "Connection refused by the webhook host"
     if has(ConnectionResetError, BrokenPipeError, urllib3.exceptions.ProtocolError,
