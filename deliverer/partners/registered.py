@@ -40,6 +40,9 @@ URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a 
 URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL or an "
                    "event's callbackUrl): register it with POST /endpoints instead")
 
+URL_CHANGED = ("This endpoint's URL is now {url}: it changed after this page was loaded. "
+               "Nothing was changed; check it, then try again.")
+
 # An endpoint's own secret is shown only when created or rotated.
 ROTATION_IN_PROGRESS = ("A secret rotation of this endpoint is in progress until {until}. "
                         "Rotate with overlapSeconds 0 to drop every older secret now.")
@@ -68,13 +71,16 @@ def _lock_endpoints_of(session: Session, partner_id: str) -> None:
     hold_publishes(session, partner_id)
 
 
-def _locked_again(session: Session, endpoint: Endpoint) -> None:
+def _locked_again(session: Session, endpoint: Endpoint, expect_url: str | None = None) -> None:
     """The endpoint as the change before this one left it, locked (the views read it
-    unlocked: a settings save committed since may have moved the default elsewhere)."""
+    unlocked: a settings save committed since may have moved the default elsewhere).
+    ``expect_url``: the URL a page showed; another now is a Conflict (a stale page)."""
     _lock_endpoints_of(session, endpoint.partner_id)
     session.refresh(endpoint, with_for_update=True)
     if not endpoint.registered:
         raise EndpointNotFound()
+    if expect_url is not None and endpoint.url != expect_url:
+        raise Conflict(URL_CHANGED.format(url=endpoint.url))
 
 
 def get(session: Session, partner_id: str, public_id: str, *,
@@ -156,9 +162,9 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
 def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
                     url: Any = _UNSET, description: Any = _UNSET, event_types: Any = _UNSET,
                     enabled: Any = _UNSET, rate_limit: Any = _UNSET,
-                    now: datetime | None = None) -> Endpoint:
+                    expect_url: str | None = None, now: datetime | None = None) -> Endpoint:
     now = now or utcnow()
-    _locked_again(session, endpoint)
+    _locked_again(session, endpoint, expect_url)
     if event_types is not _UNSET:
         endpoint.event_types = catalog.check_subscriptions(settings, event_types or ["*"])
     if rate_limit is not _UNSET:
@@ -225,11 +231,12 @@ def enable(session: Session, endpoint: Endpoint, now: datetime) -> None:
     endpoint_queue.repair(session, now, partner_id=endpoint.partner_id)
 
 
-def delete(session: Session, endpoint: Endpoint, now: datetime | None = None) -> int:
+def delete(session: Session, endpoint: Endpoint, now: datetime | None = None, *,
+           expect_url: str | None = None) -> int:
     """Deleted: nothing more fans out to it, and what it still holds becomes NOT_SENT,
     with the reason recorded on each notification. Returns how many."""
     now = now or utcnow()
-    _locked_again(session, endpoint)
+    _locked_again(session, endpoint, expect_url)
     endpoint.deleted_at = now
     endpoint.registered = False
     if endpoint.is_default:

@@ -51,9 +51,11 @@ def _form_values(endpoint: Endpoint | None = None) -> dict[str, Any]:
             "enabled": endpoint.disabled_at is None}
 
 
-def _form(endpoint: Endpoint | None, error: str | None = None) -> tuple[str, int]:
-    return page("portal/endpoint_form.html", 400 if error else 200, e=endpoint,
-                error=error, values=_form_values(endpoint),
+def _form(endpoint: Endpoint | None,
+          error: ValidationError | DelivererError | None = None) -> tuple[str, int]:
+    status = 200 if error is None else getattr(error, "status_code", 400)
+    return page("portal/endpoint_form.html", status, e=endpoint,
+                error=_problem(error) if error else None, values=_form_values(endpoint),
                 catalog=catalog.event_types(deliverer_settings()))
 
 
@@ -91,7 +93,7 @@ def new_endpoint() -> Any:
         endpoint = registered.create(get_session(), deliverer_settings(), partner_id(),
                                      **data)
     except (ValidationError, DelivererError) as exc:
-        return _form(None, _problem(exc))
+        return _form(None, exc)
     record(get_session(), portal_session(), PortalAction.ADD_ENDPOINT, endpoint.public_id)
     current_app.logger.info("portal: endpoint %s added for partner %s", endpoint.public_id,
                             partner_id())
@@ -113,11 +115,12 @@ def endpoint_settings(ref: str) -> Any:
     try:
         data = _parsed()
         data.pop("enabled")  # the Disable / Enable buttons' business
-        registered.update_endpoint(get_session(), deliverer_settings(), endpoint, **data)
+        registered.update_endpoint(get_session(), deliverer_settings(), endpoint,
+                                   expect_url=request.form.get("shown_url") or None, **data)
         record(get_session(), portal_session(), PortalAction.EDIT_ENDPOINT, ref)
     except (ValidationError, DelivererError) as exc:
         get_session().rollback()
-        return _form(_endpoint(ref), _problem(exc))
+        return _form(_endpoint(ref), exc)
     flash("ok", "Settings saved.")
     return redirect(url_for("portal.endpoint_settings", ref=ref))
 
@@ -147,7 +150,12 @@ def delete_endpoint(ref: str) -> Any:
         return not_found("endpoint")
     if request.method == "GET" or request.form.get("confirm") != "yes":
         return page("portal/confirm_delete.html", e=endpoint)
-    stopped = registered.delete(get_session(), endpoint)
+    try:
+        stopped = registered.delete(get_session(), endpoint,
+                                    expect_url=request.form.get("shown_url") or None)
+    except DelivererError as exc:
+        flash("error", f"Not deleted: {_problem(exc)}")
+        return redirect(url_for("portal.endpoint_settings", ref=ref))
     record(get_session(), portal_session(), PortalAction.DELETE_ENDPOINT, ref)
     current_app.logger.info("portal: endpoint %s deleted for partner %s", ref, partner_id())
     flash("ok", f"Endpoint {endpoint.url} deleted; {stopped} webhook(s) it still held will "
