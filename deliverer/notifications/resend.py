@@ -140,6 +140,10 @@ def perform_resend(request_id: int, settings: Settings) -> ResendStatus | None:
 
     def record(session: Session) -> None:
         session.add(Attempt(**attempt_row(job, result)))
+        # An attempt of the notification like any other: attemptCount counts what its
+        # attempts list shows (and the receiver got).
+        session.execute(update(Notification).where(Notification.id == job.notification_id)
+                        .values(attempt_count=Notification.attempt_count + 1))
         # Whatever the row says now: had the sweep already taken this worker for dead and
         # made it PENDING again, this outcome spares the merchant a second POST.
         session.execute(
