@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from deliverer import lease
 from deliverer.delivery import endpoint_queue
 from deliverer.errors import Conflict, DelivererError
 from deliverer.models import Notification, NotificationStatus, RequestKind, utcnow
@@ -13,6 +14,9 @@ from deliverer.notifications.audit import ACCEPTED, record_request, reject
 from deliverer.notifications.cycle import ALREADY_SENT
 from deliverer.notifications.queries import get_notification, is_uuid
 from deliverer.partners.service import Principal
+
+BEING_SENT = ("Notification is being sent right now: try again in a moment, once its "
+              "attempt is recorded")
 
 
 def ignore(session: Session, principal: Principal, notification_id: str,
@@ -24,6 +28,10 @@ def ignore(session: Session, principal: Principal, notification_id: str,
                                         for_update=True)
         if notification.status == NotificationStatus.SENT:
             raise Conflict(ALREADY_SENT)
+        if not lease.ran_out(notification.lease_expires_at, now):
+            # Its POST may be answered 2xx a moment later: NOT_SENT would then say that a
+            # webhook the merchant's server acknowledged was never sent.
+            raise Conflict(BEING_SENT)
     except DelivererError as error:
         reject(session, principal, RequestKind.IGNORE, error,
                notification_id=notification_id if is_uuid(notification_id) else None)

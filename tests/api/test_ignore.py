@@ -8,6 +8,8 @@ import pytest
 
 from deliverer.db import session_scope
 from deliverer.models import NotificationStatus, Trigger, utcnow
+from deliverer.notifications.cycle import ALREADY_SENT
+from deliverer.notifications.ignore import BEING_SENT
 from deliverer.scheduling.sweep import collect_due
 from tests.api import helpers as t
 from tests.support import helpers as h
@@ -65,21 +67,21 @@ def test_ignore_failed_takes_it_out_of_the_retry_queue_for_good(make_partner, re
     assert row.notification_id == nid
 
 
-def test_ignore_during_an_attempt_in_flight_keeps_it_ignored(make_partner, receiver,
-                                                             slow_ladder):
-    # The first attempt is answered slowly, then with a success that must not count.
+def test_ignore_waits_for_an_attempt_in_flight(make_partner, receiver, slow_ladder):
+    # The manual attempt is answered slowly, with a success: ignored meanwhile, the
+    # notification would say NOT_SENT of a webhook the receiver acknowledged.
     receiver.program("/hook", [status(500), sleep(1.0, status(200))])
     partner = make_partner(receiver.url("/hook"))
     nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
     assert partner.api.post(RETRY.format(nid)).status_code == 200
     receiver.wait_for(2, "/hook")  # the manual attempt is being answered (slowly)
-    response = partner.api.post(IGNORE.format(nid))
-    assert response.status_code == 200, response.text
-    h.wait_until(lambda: len(h.attempts(nid)) == 2, message="the in-flight attempt recorded")
+    t.assert_error(partner.api.post(IGNORE.format(nid)), 409, "CONFLICT", BEING_SENT)
+    h.wait_until(lambda: h.notification(nid).status == NotificationStatus.SENT,
+                 message="the in-flight attempt recorded")
+    t.assert_error(partner.api.post(IGNORE.format(nid)), 409, "CONFLICT", ALREADY_SENT)
     assert [a.trigger for a in h.attempts(nid)] == [Trigger.AUTOMATIC, Trigger.MANUAL]
-    row = h.notification(nid)
-    assert row.status == NotificationStatus.NOT_SENT
-    assert row.next_attempt_at is None
+    assert [r.outcome for r in partner_requests(partner.partner_id)
+            if r.kind == "ignore"] == ["CONFLICT", "CONFLICT"]
 
 
 def test_ignore_sent_is_conflict(make_partner):
