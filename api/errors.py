@@ -67,44 +67,59 @@ def keep_refusal(exc: DelivererError) -> None:
         g.refused = exc
 
 
+# Seed 002's routes answer every error in its shape, ``{status, message, data}``: those
+# raised before its view (the API key, the guards, routing) too.
+SEED_002_PREFIX = "/api/v1/merchant/"
+
+
+def _answer(status: int, code: str, message: str, *, title: str = "Request refused",
+            errors: Any = None, headers: dict[str, str] | None = None) -> Response:
+    """An error in the shape of the path it answers: a page under the pages' prefixes,
+    seed 002's body under its prefix, else ``{statusCode, code, message}``."""
+    page = error_page(request.path, status, title, message)
+    if page is not None:
+        return page
+    if request.path.startswith(SEED_002_PREFIX):
+        response = jsonify({"status": "error", "message": message, "data": None})
+        response.status_code = status
+        for name, value in (headers or {}).items():
+            response.headers[name] = value
+        return response
+    return error_response(status, code, message, errors=errors, headers=headers)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DelivererError)
     def _service_error(exc: DelivererError) -> Response:
         keep_refusal(exc)
-        page = error_page(request.path, exc.status_code, "Request refused", exc.message)
-        if page is not None:
-            return page
-        return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
+        return _answer(exc.status_code, exc.code, exc.message, headers=exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        page = error_page(request.path, status, exc.name, exc.description or "")
-        if page is not None:
-            return page
         data = getattr(exc, "data", None) or {}
         messages = data.get("messages")
         if messages:
             # Validation failures from the marshmallow schemas (webargs answers 422).
             details = _flatten(messages)
-            return error_response(400, "BAD_REQUEST", "Invalid request: " + "; ".join(details),
-                                  errors=messages)
+            return _answer(400, "BAD_REQUEST", "Invalid request: " + "; ".join(details),
+                           title=exc.name, errors=messages)
         message = {
             404: "Resource not found",
             405: "Method not allowed",
             413: "Request body too large",
         }.get(status, exc.description or exc.name)
-        return error_response(status, _CODES.get(status, exc.name.upper().replace(" ", "_")),
-                              message)
+        return _answer(status, _CODES.get(status, exc.name.upper().replace(" ", "_")),
+                       message, title=exc.name)
 
     @app.errorhandler(OperationalError)
     def _db_unavailable(exc: DBAPIError) -> Response:
         log.exception("database unavailable")
-        return error_response(503, "SERVICE_UNAVAILABLE",
-                              "Service temporarily unavailable. Try again shortly.",
-                              headers={"Retry-After": "5"})
+        return _answer(503, "SERVICE_UNAVAILABLE",
+                       "Service temporarily unavailable. Try again shortly.",
+                       headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
-        return error_response(500, "INTERNAL_ERROR", "Internal server error")
+        return _answer(500, "INTERNAL_ERROR", "Internal server error")

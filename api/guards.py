@@ -15,6 +15,9 @@
   ``Infinity`` and ``-Infinity`` (not JSON at all) and ``1e999`` (read as infinity),
   which were stored, signed and sent on in a body that is not JSON; an integer of more
   than 4300 digits makes it raise a ValueError that the view's parser let through (500).
+* A body declared JSON that is not JSON is refused (400), on routes that read no body
+  too (a malformed retry or ignore request ran its action): after authentication
+  (``refuse_malformed_json``).
 * JSON nested more than ``MAX_DEPTH`` levels deep is refused (400). Python's parser
   raises RecursionError (not ValueError) around a thousand levels, which was a 500 on
   every route; and a body that the guard could still parse might not be parsed again,
@@ -28,7 +31,7 @@ import math
 import re
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from deliverer.errors import DelivererError, ValidationFailed
@@ -61,6 +64,10 @@ class NotJsonNumber(ValidationFailed):
     message = "Invalid request: numbers must be finite JSON numbers"
 
 
+class MalformedJson(ValidationFailed):
+    message = "Invalid request: Invalid JSON body."
+
+
 class NestedTooDeeply(ValidationFailed):
     message = f"Invalid request: JSON may be nested at most {MAX_DEPTH} levels deep"
 
@@ -77,14 +84,17 @@ def _finite_float(text: str) -> float:
 
 
 def _json_body() -> Any:
-    """The parsed JSON body, or None when it is malformed: the view's schema reports
-    that, in its own words."""
+    """The parsed JSON body; None if empty or malformed, which ``refuse_malformed_json``
+    answers once the request is authenticated."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return None
     try:
-        return json.loads(request.get_data(cache=True), parse_constant=_refuse_constant,
-                          parse_float=_finite_float)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise NestedTooDeeply() from None
     except (json.JSONDecodeError, UnicodeDecodeError):
+        g.malformed_json = True
         return None
     except ValueError:
         # Not a syntax error: int() refusing a number of more than 4300 digits, which the
@@ -110,6 +120,14 @@ def _check_json(value: Any) -> None:
                 pending += [(child, depth + 1) for child in item.values()]
             else:
                 pending += [(child, depth + 1) for child in item]
+
+
+def refuse_malformed_json() -> None:
+    """``before_request`` of the API's blueprints, after their authentication (401 and 403
+    come before validation): a body declared JSON that is not is a 400 on every route,
+    those that read no body (retry, ignore, resend) too, whose action would run."""
+    if g.get("malformed_json"):
+        raise MalformedJson()
 
 
 def check_request() -> None:

@@ -14,7 +14,7 @@ from flask_smorest import Blueprint
 from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import get_session
-from api.errors import keep_refusal
+from api.guards import refuse_malformed_json
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import DeliveryFailed, resend
 from deliverer.errors import DelivererError, NotFound
@@ -24,6 +24,7 @@ from deliverer.notifications.resend import TransactionNotFound
 blp = Blueprint("compat", __name__, url_prefix="",
                 description="Compatibility routes for merchants migrating from other providers.")
 blp.before_request(check_partner)
+blp.before_request(refuse_malformed_json)  # after authentication
 
 
 # -- seed 001 ---------------------------------------------------------------------------
@@ -65,16 +66,9 @@ def list_deliveries(query: dict[str, Any]) -> Any:
 
 @blp.route("/api/v1/merchant/transactions/<transaction_id>/resend-webhook", methods=["POST"])
 def resend_transaction_webhook(transaction_id: str) -> Any:
-    """Seed 002: its success and error bodies are ``{status, message, data}``."""
-    try:
-        outcome, body = resend(transaction_id)
-    except DelivererError as exc:
-        keep_refusal(exc)  # answered here, in seed 002's shape: still on the audit trail
-        response = jsonify({"status": "error", "message": exc.message, "data": None})
-        response.status_code = exc.status_code
-        for name, value in exc.headers.items():
-            response.headers[name] = value
-        return response
+    """Seed 002: its success and error bodies are ``{status, message, data}`` (errors
+    shaped by ``api.errors``, under its prefix)."""
+    outcome, body = resend(transaction_id)
     data = {"transaction_id": transaction_id, "webhook_url": body["webhook_url"]}
     if outcome == "success":
         return jsonify({"status": "success", "message": "Webhook sent successfully",

@@ -6,10 +6,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from sqlalchemy import func, select, update
 
+from api.errors import SEED_002_PREFIX
 from deliverer.db import session_scope
 from deliverer.models import (
     ApiKey,
@@ -50,12 +52,18 @@ class ApiPartner:
 
 def assert_error(response: requests.Response, status: int, code: str | None = None,
                  message: str | None = None) -> dict[str, Any]:
-    """The one error body: exactly statusCode, code, message (plus errors for validation)."""
+    """The one error body: exactly statusCode, code, message (plus errors for validation);
+    under seed 002's prefix, its shape: status "error", message, data null."""
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers.get("Content-Type", "").startswith("application/json"), \
         response.headers
     body = response.json()
     assert isinstance(body, dict), body
+    if urlsplit(response.request.url or "").path.startswith(SEED_002_PREFIX):
+        assert set(body) == {"status", "message", "data"}, body
+        assert body["status"] == "error" and body["data"] is None, body
+        assert message is None or body["message"] == message, body
+        return body
     assert ERROR_KEYS <= set(body) <= ERROR_KEYS | {"errors"}, body
     assert body["statusCode"] == status, body
     assert isinstance(body["message"], str) and body["message"], body

@@ -154,6 +154,26 @@ def spellings(nid: str) -> list[str]:
             "urn:uuid:" + "-".join(hexits), nid + "-"]
 
 
+@pytest.mark.parametrize("path", [
+    f"{BASE}/webhook-notifications/{{nid}}/retry",
+    f"{BASE}/webhook-notifications/{{nid}}/ignore",
+    f"{BASE}/transactions/TXN-1/resend-webhook",
+    "/api/v1/merchant/transactions/TXN-1/resend-webhook",  # seed 002
+])
+@pytest.mark.parametrize("body", [b"{not json", b'{"a":', b'{"a":"\xff\xfe"}'])
+def test_a_malformed_json_body_is_refused_where_no_body_is_read(partner, failed, path, body):
+    # These routes read no body: a malformed one ran the action (an ignore, for good).
+    before = t.snapshot(failed)
+
+    def check():
+        response = partner.api.post(path.format(nid=failed), data=body,
+                                    headers={"Content-Type": "application/json"})
+        t.assert_error(response, 400, "BAD_REQUEST", "Invalid request: Invalid JSON body.")
+
+    unchanged(partner, check)
+    assert t.snapshot(failed) == before
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", f"{BASE}/webhook-notifications/{{}}"),
     ("POST", f"{BASE}/webhook-notifications/{{}}/retry"),

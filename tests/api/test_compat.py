@@ -237,7 +237,30 @@ def test_compat_routes_take_either_header(make_partner, anonymous, path):
     method = "GET" if path == SEED001_LIST else "POST"
     for client in (partner.api, partner.bearer):
         assert client.request(method, path).status_code in (200, 404)
-    t.assert_error(anonymous.request(method, path), 401, "UNAUTHORIZED", t.MISSING)
+    if path.startswith("/api/v1/merchant/"):  # seed 002's shape (below)
+        missing = anonymous.request(method, path)
+        assert (missing.status_code, missing.json()) == (
+            401, {"status": "error", "message": t.MISSING, "data": None})
+    else:
+        t.assert_error(anonymous.request(method, path), 401, "UNAUTHORIZED", t.MISSING)
+
+
+def test_seed002_answers_every_error_in_its_shape(make_partner, anonymous):
+    # Those raised before its view too: the API key, the guards, routing.
+    partner = make_partner("http://127.0.0.1:9/hook")
+    cases = [
+        (anonymous.post(SEED002_RESEND.format("TXN-1")), 401, t.MISSING),
+        (partner.bearer.post(SEED002_RESEND.format("%00")), 400,
+         "Invalid request: NUL characters are not allowed"),
+        (partner.bearer.post(SEED002_RESEND.format("A%2FB")), 404, "Resource not found"),
+        (partner.bearer.get(SEED002_RESEND.format("TXN-1")), 405, "Method not allowed"),
+        (partner.bearer.post(SEED002_RESEND.format("TXN-1"), data=b"{bad",
+                             headers={"Content-Type": "application/json"}), 400,
+         "Invalid request: Invalid JSON body."),
+    ]
+    for response, status_code, message in cases:
+        assert (response.status_code, response.json()) == (
+            status_code, {"status": "error", "message": message, "data": None})
 
 
 def test_compat_resend_refusals_are_on_the_audit_trail(make_partner):
