@@ -29,9 +29,12 @@ from deliverer.partners.endpoints import DISABLED, next_sequence
 NOT_FAILED = "Notification is not in FAILED status"
 MAX_MANUAL = "Partner webhook notification has reached the maximum number of manual retries ({n})"
 ALREADY_SENT = "Notification has already been delivered"
-# Not seed 000's: a retry that would send nothing (``check_deliverable``).
-ENDPOINT_DISABLED = "Webhook endpoint {id} is disabled ({reason}): enable it ({how}), then retry"
-WEBHOOKS_OFF = "Webhooks are turned off: turn them on in your webhook settings, then retry"
+# Not seed 000's: a retry (or a resend) that would send nothing (``check_deliverable``).
+_DISABLED_THEN = ("Webhook endpoint {id} is disabled ({reason}): enable it ({how}), "
+                  "then {then}")
+_OFF_THEN = "Webhooks are turned off: turn them on in your webhook settings, then {then}"
+ENDPOINT_DISABLED = _DISABLED_THEN.replace("{then}", "retry")
+WEBHOOKS_OFF = _OFF_THEN.format(then="retry")
 
 _NOTIFICATIONS = table_of(Notification)
 _REPOINT = (
@@ -105,14 +108,15 @@ _AT_URL = select(*_TARGET_COLUMNS).where(Endpoint.partner_id == bindparam("partn
 
 
 def check_deliverable(session: Session, facts: Mapping[str, Any], *,
-                      moves_to: tuple[str, str] | None) -> None:
+                      moves_to: tuple[str, str] | None, then: str = "retry") -> None:
     """Refuses a retry that would send nothing: its claim would hold the notification
     again (FAILED, held), and the merchant would have spent a retry for no request.
     ``facts``: the ``DECIDING`` columns. ``moves_to``: (partner id, webhook URL) when the
     retry moves the notification there (``moves_on_retry``); that URL's endpoint then
-    decides (none yet: a new one, enabled), read here, as moving is rare."""
+    decides (none yet: a new one, enabled), read here, as moving is rare. ``then``: what
+    the merchant does once it is enabled."""
     if facts["webhooks_enabled"] is False:
-        raise Conflict(WEBHOOKS_OFF)
+        raise Conflict(_OFF_THEN.format(then=then))
     target: Mapping[str, Any] | None = facts
     if moves_to is not None:
         found = session.execute(_AT_URL, {"partner_id": moves_to[0],
@@ -120,8 +124,8 @@ def check_deliverable(session: Session, facts: Mapping[str, Any], *,
         target = dict(found._mapping) if found is not None else None
     if target is not None and target["target_disabled_at"] is not None:
         public_id, reason = target["target_public_id"], target["target_disabled_reason"]
-        raise Conflict(ENDPOINT_DISABLED.format(
-            id=public_id, reason=reason or DISABLED,
+        raise Conflict(_DISABLED_THEN.format(
+            then=then, id=public_id, reason=reason or DISABLED,
             how=how_to_enable(public_id=public_id, is_default=target["target_is_default"],
                               registered=target["target_registered"],
                               disabled_reason=reason)))

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from deliverer import lease
@@ -33,6 +34,7 @@ from deliverer.delivery.success import attempt_row
 from deliverer.errors import Conflict, DelivererError, NotFound
 from deliverer.models import (
     Attempt,
+    Endpoint,
     Event,
     Notification,
     PartnerRequest,
@@ -40,6 +42,7 @@ from deliverer.models import (
     ResendStatus,
     Trigger,
     WebhookSettings,
+    active_secrets,
     utcnow,
 )
 from deliverer.notifications.audit import (
@@ -49,6 +52,7 @@ from deliverer.notifications.audit import (
     record_request,
     reject,
 )
+from deliverer.notifications.cycle import DECIDING, DECIDING_NAMES, check_deliverable
 from deliverer.partners.service import Principal
 
 
@@ -67,6 +71,10 @@ class TransactionNotFound(NotFound):
     message = "Transaction not found"
 
 
+ENDPOINT_GONE = ("Webhook endpoint {id}, which received this event, was deleted: "
+                 "there is nothing to resend it to")
+
+
 class NoWebhookUrl(Conflict):
     message = "No webhook URL is configured for this partner"
 
@@ -79,35 +87,78 @@ class ResendRequest:
     notification_id: str
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a resend goes, and what decides whether it may."""
+
+    url: str | None
+    secrets: list[str]
+    facts: dict[str, Any]  # cycle.DECIDING's columns
+    moves_to: tuple[str, str] | None  # check_deliverable's: the webhook URL's endpoint
+
+
+# The latest event of a reference, and of its notifications the one at the default
+# endpoint if it has one, else its first: one POST, to an endpoint that received it.
+_LATEST = (
+    select(Event, Notification, Endpoint, WebhookSettings, *DECIDING)
+    .join(Notification, Notification.event_id == Event.id)
+    .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
+    .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
+)
+_PREFERRED = (Event.created_at.desc(),
+              case((Endpoint.is_default.is_(True), 0), else_=1), Notification.created_at)
+
+
+def _target(row: Any, now: datetime) -> _Target:
+    """The event's callback URL, or the endpoint's current URL and secret if it is
+    registered (it moves with its notifications, and may sign with its own); else (a
+    former webhook URL's row) the partner's current webhook URL, as seed 002 says."""
+    event, endpoint, settings_row = row.Event, row.Endpoint, row.WebhookSettings
+    facts = {name: getattr(row, name) for name in DECIDING_NAMES}
+    partner_secrets = settings_row.active_secrets(now) if settings_row else []
+    if event.callback_url or (endpoint is not None and endpoint.registered):
+        url = event.callback_url or endpoint.url
+        own = endpoint is not None and endpoint.signing_secret
+        return _Target(url, active_secrets(endpoint.signing_secret, endpoint.previous_secret,
+                                           endpoint.previous_secret_expires_at, now)
+                       if own else partner_secrets, facts, None)
+    url = settings_row.url if settings_row else None
+    return _Target(url, partner_secrets, facts,
+                   (event.partner_id, url) if url else None)
+
+
 def request_resend(session: Session, settings: Settings, principal: Principal,
                    reference: str, now: datetime | None = None) -> ResendRequest:
     now = now or utcnow()
     lock_partner(session, principal.partner_id)
     try:
         row = session.execute(
-            select(Event, Notification)
-            .join(Notification, Notification.event_id == Event.id)
-            .where(Event.partner_id == principal.partner_id, Event.reference == reference)
-            .order_by(Event.created_at.desc(), Notification.created_at.desc())
-            .limit(1)
+            _LATEST.where(Event.partner_id == principal.partner_id,
+                          Event.reference == reference)
+            .order_by(*_PREFERRED).limit(1)
         ).first()
         if row is None:
             raise TransactionNotFound()
-        event, notification = row
-        webhook_settings = session.get(WebhookSettings, principal.partner_id)
-        url = event.callback_url or (webhook_settings.url if webhook_settings else None)
-        if not url:
+        if row.Endpoint is not None and row.Endpoint.deleted_at is not None \
+                and not row.Event.callback_url:
+            # Not to the webhook URL instead: that endpoint may not take this event type.
+            raise Conflict(ENDPOINT_GONE.format(id=row.Endpoint.public_id))
+        target = _target(row, now)
+        if not target.url:
             raise NoWebhookUrl()
+        # Refused as a retry would be: the endpoint disabled, webhooks turned off.
+        check_deliverable(session, target.facts, moves_to=target.moves_to, then="resend")
         check_rate(session, principal.partner_id, RequestKind.RESEND,
                    settings.resend_rate_per_minute, now)
     except DelivererError as error:
         reject(session, principal, RequestKind.RESEND, error, reference=reference[:200])
         raise
+    notification = row.Notification
     request_id = record_request(session, principal, RequestKind.RESEND, ACCEPTED,
                                 notification_id=notification.id, reference=reference,
                                 delivery_status=ResendStatus.PENDING, now=now)
     on_commit(session, lambda: enqueue_resend(request_id))
-    return ResendRequest(request_id, reference, url, notification.id)
+    return ResendRequest(request_id, reference, target.url, notification.id)
 
 
 def perform_resend(request_id: int, settings: Settings) -> ResendStatus | None:
@@ -123,16 +174,12 @@ def perform_resend(request_id: int, settings: Settings) -> ResendStatus | None:
             return None
         request = session.get(PartnerRequest, request_id)
         assert request is not None and request.notification_id is not None
-        notification = session.get(Notification, request.notification_id)
-        assert notification is not None
-        event = session.get(Event, notification.event_id)
-        assert event is not None
-        webhook_settings = session.get(WebhookSettings, notification.partner_id)
-        url = event.callback_url or (webhook_settings.url if webhook_settings else None) or ""
+        row = session.execute(
+            _LATEST.where(Notification.id == request.notification_id)).one()
+        target = _target(row, now)  # as the request found it, unless changed since
         job = DeliveryJob(
-            notification_id=notification.id, lease_token="", url=url,
-            body=event.body.encode(),
-            secrets=webhook_settings.active_secrets(utcnow()) if webhook_settings else [],
+            notification_id=row.Notification.id, lease_token="", url=target.url or "",
+            body=row.Event.body.encode(), secrets=target.secrets,
             trigger=Trigger.RESEND, endpoint_id=None, endpoint_failing=False,
         )
     result = perform(job, settings)

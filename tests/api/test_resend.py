@@ -194,3 +194,64 @@ def test_resend_rate_limit_is_per_partner_and_separate_from_retries(make_partner
         assert response.status_code == 200, response.text
     assert len(t.accepted(partner.partner_id, kind="resend")) == 10
     receiver.wait_for(12, "/hook")  # 10 + 1 resends, 1 manual retry
+
+
+# ---------------------------------------------------------------------- several endpoints
+
+ENDPOINTS = "/api/partner/v2/endpoints"
+
+
+@pytest.fixture
+def billing(make_partner, receiver):
+    """A partner whose default endpoint takes transaction events only, and a billing
+    endpoint (its own secret) invoice events: an invoice reaches billing alone."""
+    partner = make_partner(receiver.url("/default"))
+    [default] = partner.api.get(ENDPOINTS).json()["data"]
+    changed = partner.api.patch(f"{ENDPOINTS}/{default['id']}",
+                                json={"eventTypes": ["transaction.*"]})
+    assert changed.status_code == 200, changed.text
+    created = partner.api.post(ENDPOINTS, json={"url": receiver.url("/billing"),
+                                                "eventTypes": ["invoice.*"]})
+    assert created.status_code == 201, created.text
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.SENT, reference="INV-1",
+                             event_type="invoice.settled")
+    receiver.wait_for(1, "/billing")
+    return partner, created.json(), nid
+
+
+def test_resend_goes_to_the_endpoint_that_received_the_event(billing, receiver, quick_wait):
+    # It went to the webhook URL, whose endpoint takes no invoice events, signed with the
+    # partner's secret (a black-box try on the embedded default).
+    partner, endpoint, nid = billing
+    response = partner.api.post(RESEND.format("INV-1"))
+    assert response.status_code == 200, response.text
+    assert response.json()["webhookUrl"] == receiver.url("/billing")
+    assert response.json()["notificationId"] == nid
+    got = receiver.wait_for(2, "/billing")
+    h.verify_signature(endpoint["signingSecret"], got[1])
+    assert receiver.requests("/default") == []
+    assert h.triggers(nid) == [Trigger.AUTOMATIC, Trigger.RESEND]
+
+
+def test_resend_is_refused_as_a_retry_is_while_nothing_would_be_sent(billing, receiver):
+    partner, endpoint, nid = billing
+    disabled = partner.api.patch(f"{ENDPOINTS}/{endpoint['id']}", json={"enabled": False})
+    assert disabled.status_code == 200, disabled.text
+    refused = t.assert_error(partner.api.post(RESEND.format("INV-1")), 409, "CONFLICT")
+    assert refused["message"].startswith(f"Webhook endpoint {endpoint['id']} is disabled")
+    assert refused["message"].endswith("then resend")
+    partner.api.patch(f"{ENDPOINTS}/{endpoint['id']}", json={"enabled": True})
+    off = partner.api.put("/api/partner/v2/webhook-settings", json={"enabled": False})
+    assert off.status_code == 200, off.text
+    t.assert_error(partner.api.post(RESEND.format("INV-1")), 409, "CONFLICT",
+                   "Webhooks are turned off: turn them on in your webhook settings, "
+                   "then resend")
+    partner.api.put("/api/partner/v2/webhook-settings", json={"enabled": True})
+    assert partner.api.delete(f"{ENDPOINTS}/{endpoint['id']}").status_code == 200
+    t.assert_error(partner.api.post(RESEND.format("INV-1")), 409, "CONFLICT",
+                   f"Webhook endpoint {endpoint['id']}, which received this event, was "
+                   "deleted: there is nothing to resend it to")
+    assert len(receiver.requests("/billing")) == 1 and receiver.requests("/default") == []
+    assert h.triggers(nid) == [Trigger.AUTOMATIC]
+    outcomes = [r.outcome for r in partner_requests(partner.partner_id) if r.kind == "resend"]
+    assert outcomes == ["CONFLICT"] * 3
