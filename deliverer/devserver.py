@@ -8,6 +8,7 @@ embedded default: SQLite plus kombu's SQLAlchemy transport.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -54,6 +55,22 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def lock_data_dir(settings: Settings) -> int:
+    """Hold the data directory for this run (an open file's lock, let go when the process
+    ends however it ends): a second ``deliverer run`` on another port would migrate the
+    same database, empty this one's metrics directory, and run a second worker and beat
+    on the same SQLite files. Returns the lock's descriptor."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.data_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartFailed(f"another `deliverer run` uses {settings.data_dir}: stop it "
+                          "first, or set DELIVERER_DATA_DIR to another directory") from None
+    return fd
 
 
 def _wait_healthy(base_url: str, procs: dict[str, subprocess.Popen[bytes]],
@@ -155,6 +172,7 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         made_up_token = env["DELIVERER_ADMIN_TOKEN"] = "demo-" + secrets.token_hex(12)
     settings = Settings.from_env(env)
     set_settings(settings)
+    lock_data_dir(settings)
     env["DELIVERER_DATA_DIR"] = str(settings.data_dir)
     # web and worker are separate processes: share prometheus-client's multiprocess
     # directory so /metrics shows the worker's delivery counters (fresh at every start).
@@ -177,7 +195,11 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
     try:
         for name, cmd in process_commands(settings, port, concurrency).items():
-            procs[name] = subprocess.Popen(cmd, env=env)
+            # Each in a process group of its own: a terminal's Ctrl-C reaches this
+            # process alone, which stops them with SIGTERM (a warm shutdown). The second
+            # Ctrl-C kills them; sent to the worker as well, it asked Celery's threads
+            # pool for a cold shutdown it cannot do (a CRITICAL traceback).
+            procs[name] = subprocess.Popen(cmd, env=env, process_group=0)
         _wait_healthy(base_url, procs)
         print(f"deliverer is up: API {base_url} (database {masked_url(settings.database_url)}, "
               f"broker {masked_url(settings.broker_url)})", flush=True)

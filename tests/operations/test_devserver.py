@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from deliverer.devserver import port_in_use
 from tests.support.cli import DELIVERER
 from tests.support.page_client import PortalClient
 from tests.support.ports import free_port
-from tests.support.processes import group_pids
+from tests.support.processes import session_pids
 from tests.support.receiver import Receiver, sleep, status
 from tests.support.waiting import wait_until
 
@@ -103,8 +103,9 @@ class Running:
 
 @contextmanager
 def deliverer_run(data_dir: Path, *args: str, **env: str) -> Iterator[Running]:
-    """``deliverer run ARGS...`` in a session of its own (its process group: whatever
-    is left of it at the end is killed, and only that)."""
+    """``deliverer run ARGS...`` in a session of its own (its children make process
+    groups of their own in it: whatever is left of the session at the end is killed,
+    and only that)."""
     proc = subprocess.Popen([str(DELIVERER), "run", *args],
                             env={**devserver_env(data_dir), **env},
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -112,8 +113,9 @@ def deliverer_run(data_dir: Path, *args: str, **env: str) -> Iterator[Running]:
     try:
         yield Running(proc)
     finally:
-        if group_pids(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in session_pids(proc.pid):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(STOP_TIMEOUT)
 
 
@@ -124,13 +126,13 @@ def test_a_stop_signal_stops_web_worker_and_beat(tmp_path: Path, signum: int):
     port = free_port()
     with deliverer_run(tmp_path, "--port", str(port)) as running:
         running.wait_for("deliverer is up")
-        children = [pid for pid in group_pids(running.proc.pid) if pid != running.proc.pid]
+        children = [pid for pid in session_pids(running.proc.pid) if pid != running.proc.pid]
         assert len(children) >= 4, running.output  # gunicorn and its workers, worker, beat
         assert port_in_use(port)
 
         running.proc.send_signal(signum)
         assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
-        wait_until(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
+        wait_until(lambda: not session_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
                    message="the children of deliverer run to exit")
         assert not port_in_use(port)
 
@@ -159,7 +161,7 @@ def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path,
 
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(60) == 0, running.output
-        wait_until(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
+        wait_until(lambda: not session_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
                    message="the children of deliverer run to exit")
 
     assert len(receiver.requests("/hook")) == 1  # answered 200: the attempt below
@@ -170,6 +172,51 @@ def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path,
         assert db.execute("SELECT success FROM attempts WHERE notification_id = ?",
                           (nid,)).fetchall() == [(1,)]
     assert "waiting up to 65 s for the worker" in running.output, running.output
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path,
+                                                          receiver: Receiver):
+    """A terminal's Ctrl-C goes to its foreground process group: the children have
+    groups of their own, so only ``deliverer run`` gets it. The second one reached
+    the worker too, whose threads pool cannot do Celery's cold shutdown (a CRITICAL
+    traceback)."""
+    port = free_port()
+    token = "test-admin-token"
+    hook = receiver.program("/hook", [], then=sleep(12.0, status(200)))
+    with deliverer_run(tmp_path, "--port", str(port), DELIVERER_ADMIN_TOKEN=token,
+                       DELIVERER_ALLOW_PRIVATE_URLS="1") as running:
+        running.wait_for("deliverer is up")
+        base, admin = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+        partner = requests.post(f"{base}/internal/v1/partners", headers=admin, timeout=10,
+                                json={"name": "Slow", "webhookUrl": hook})
+        assert partner.status_code == 201, partner.text
+        requests.post(f"{base}/internal/v1/events", headers=admin, timeout=10,
+                      json={"partnerId": partner.json()["id"], "type": "t.paid",
+                            "reference": "TXN-SLOW", "payload": {"n": 1}})
+        receiver.wait_for(1, "/hook", timeout=30)
+        os.killpg(running.proc.pid, signal.SIGINT)  # as the terminal sends it
+        running.wait_for("stopping: waiting up to", timeout=STOP_TIMEOUT)
+        os.killpg(running.proc.pid, signal.SIGINT)
+        assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
+        wait_until(lambda: not session_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
+                   message="the children of deliverer run to exit")
+    assert "CRITICAL" not in running.output and "Traceback" not in running.output, \
+        running.output
+
+
+def test_a_second_run_on_the_same_data_directory_is_refused(tmp_path: Path):
+    """On another port it migrated the same database, emptied the first one's metrics
+    directory and ran a second worker and beat on the same SQLite files."""
+    port = free_port()
+    with deliverer_run(tmp_path, "--port", str(port)) as first:
+        first.wait_for("deliverer is up")
+        with deliverer_run(tmp_path, "--port", str(free_port())) as second:
+            assert second.proc.wait(STOP_TIMEOUT) == 1
+            second.wait_for(f"Error: another `deliverer run` uses {tmp_path}: stop it "
+                            "first, or set DELIVERER_DATA_DIR to another directory")
+            assert "Traceback" not in second.output
+        healthz = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert healthz.status_code == 200
 
 
 def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Path):
@@ -195,7 +242,7 @@ def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Pat
             link.group(1)).text
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(STOP_TIMEOUT) == 0, running.output
-        wait_until(lambda: not group_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
+        wait_until(lambda: not session_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
                    message="the children of deliverer run to exit")
 
 
@@ -207,7 +254,7 @@ def test_a_port_another_program_holds_is_refused_before_anything_starts(tmp_path
         running.wait_for(f"Error: port {port} is in use: pass --port or set PORT")
         assert "deliverer is up" not in running.output
         assert "Traceback" not in running.output
-        assert group_pids(running.proc.pid) == []
+        assert session_pids(running.proc.pid) == []
         assert not (tmp_path / "deliverer.db").exists()
 
 

@@ -32,3 +32,10 @@ def group_pids(pgid: int) -> list[int]:
     """The live processes of process group ``pgid`` (zombies left out)."""
     return sorted(p for p, fields in _proc_stats() if int(fields[2]) == pgid
                   and fields[0] != "Z")
+
+
+def session_pids(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (zombies left out): a program started with
+    ``start_new_session`` and its children, whatever process groups they made."""
+    return sorted(p for p, fields in _proc_stats() if int(fields[3]) == sid
+                  and fields[0] != "Z")
