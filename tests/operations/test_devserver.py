@@ -119,6 +119,30 @@ def deliverer_run(data_dir: Path, *args: str, **env: str) -> Iterator[Running]:
         proc.wait(STOP_TIMEOUT)
 
 
+TOKEN = "test-admin-token"
+
+
+@contextmanager
+def a_post_in_flight(tmp_path: Path, receiver: Receiver) -> Iterator[tuple[Running, str]]:
+    """``deliverer run`` with one POST in flight to a receiver that answers after 12 s;
+    yields it and the notification's id."""
+    port = free_port()
+    hook = receiver.program("/hook", [], then=sleep(12.0, status(200)))
+    with deliverer_run(tmp_path, "--port", str(port), DELIVERER_ADMIN_TOKEN=TOKEN,
+                       DELIVERER_ALLOW_PRIVATE_URLS="1") as running:
+        running.wait_for("deliverer is up")
+        base, admin = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+        partner = requests.post(f"{base}/internal/v1/partners", headers=admin, timeout=10,
+                                json={"name": "Slow", "webhookUrl": hook})
+        assert partner.status_code == 201, partner.text
+        event = requests.post(f"{base}/internal/v1/events", headers=admin, timeout=10,
+                              json={"partnerId": partner.json()["id"], "type": "t.paid",
+                                    "reference": "TXN-SLOW", "payload": {"n": 1}})
+        assert event.status_code == 201, event.text
+        receiver.wait_for(1, "/hook", timeout=30)
+        yield running, event.json()["notificationId"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 def test_a_stop_signal_stops_web_worker_and_beat(tmp_path: Path, signum: int):
     """A supervisor's SIGTERM (or the terminal's SIGHUP) reaches ``deliverer run`` alone:
@@ -142,23 +166,7 @@ def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path,
     """The worker's warm shutdown finishes the POSTs it started, however long they take
     (connect + total timeout, 20 s by default): cut off, a POST would be unrecorded, and
     sent again once its lease ran out."""
-    port = free_port()
-    token = "test-admin-token"
-    hook = receiver.program("/hook", [], then=sleep(12.0, status(200)))
-    with deliverer_run(
-            tmp_path, "--port", str(port), DELIVERER_ADMIN_TOKEN=token,
-            DELIVERER_ALLOW_PRIVATE_URLS="1") as running:
-        running.wait_for("deliverer is up")
-        base, admin = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
-        partner = requests.post(f"{base}/internal/v1/partners", headers=admin, timeout=10,
-                                json={"name": "Slow", "webhookUrl": hook})
-        assert partner.status_code == 201, partner.text
-        event = requests.post(f"{base}/internal/v1/events", headers=admin, timeout=10,
-                              json={"partnerId": partner.json()["id"], "type": "t.paid",
-                                    "reference": "TXN-SLOW", "payload": {"n": 1}})
-        assert event.status_code == 201, event.text
-        receiver.wait_for(1, "/hook", timeout=30)
-
+    with a_post_in_flight(tmp_path, receiver) as (running, nid):
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(60) == 0, running.output
         wait_until(lambda: not session_pids(running.proc.pid), STOP_TIMEOUT, interval=0.1,
@@ -166,7 +174,6 @@ def test_stopping_lets_a_post_in_flight_finish_and_be_recorded(tmp_path: Path,
 
     assert len(receiver.requests("/hook")) == 1  # answered 200: the attempt below
     with sqlite3.connect(tmp_path / "deliverer.db") as db:
-        nid = event.json()["notificationId"]
         assert db.execute("SELECT status, lease_expires_at FROM notifications WHERE id = ?",
                           (nid,)).fetchall() == [("SENT", None)]
         assert db.execute("SELECT success FROM attempts WHERE notification_id = ?",
@@ -180,20 +187,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path,
     groups of their own, so only ``deliverer run`` gets it. The second one reached
     the worker too, whose threads pool cannot do Celery's cold shutdown (a CRITICAL
     traceback)."""
-    port = free_port()
-    token = "test-admin-token"
-    hook = receiver.program("/hook", [], then=sleep(12.0, status(200)))
-    with deliverer_run(tmp_path, "--port", str(port), DELIVERER_ADMIN_TOKEN=token,
-                       DELIVERER_ALLOW_PRIVATE_URLS="1") as running:
-        running.wait_for("deliverer is up")
-        base, admin = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
-        partner = requests.post(f"{base}/internal/v1/partners", headers=admin, timeout=10,
-                                json={"name": "Slow", "webhookUrl": hook})
-        assert partner.status_code == 201, partner.text
-        requests.post(f"{base}/internal/v1/events", headers=admin, timeout=10,
-                      json={"partnerId": partner.json()["id"], "type": "t.paid",
-                            "reference": "TXN-SLOW", "payload": {"n": 1}})
-        receiver.wait_for(1, "/hook", timeout=30)
+    with a_post_in_flight(tmp_path, receiver) as (running, _nid):
         os.killpg(running.proc.pid, signal.SIGINT)  # as the terminal sends it
         running.wait_for("stopping: waiting up to", timeout=STOP_TIMEOUT)
         os.killpg(running.proc.pid, signal.SIGINT)
