@@ -19,6 +19,16 @@ class WebhookUrl(fields.String):
         )
 
 
+class JsonBool(fields.Boolean):
+    """true or false, as JSON writes them: marshmallow's Boolean also reads "yes", "on",
+    "t", 1 and their opposites, so a typo ("flase") is refused but "no" is taken."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class Id(fields.String):
     """An id of ours: a UUID is read in either case (RFC 9562) and stored lower-case,
     as ``api.guards.canonical_ids`` does for the path."""

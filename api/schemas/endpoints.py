@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from api.schemas.common import UtcDateTime, WebhookUrl
+from api.schemas.common import JsonBool, UtcDateTime, WebhookUrl
 from api.schemas.partner import ErrorPayloadSchema
 from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT, RATE_LIMIT_RANGE
 
@@ -47,7 +47,7 @@ class EndpointUpdateSchema(Schema):
     description = fields.String(allow_none=True, validate=validate.Length(max=1000))
     event_types = fields.List(_EVENT_TYPE, data_key="eventTypes",
                               validate=validate.Length(min=1, max=100))
-    enabled = fields.Boolean()
+    enabled = JsonBool()
     # null: no limit.
     rate_limit = fields.Float(allow_none=True, data_key="rateLimit", validate=_RATE_LIMIT)
 

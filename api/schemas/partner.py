@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
 
-from api.schemas.common import Email, UtcDateTime, WebhookUrl
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from api.schemas.common import Email, JsonBool, UtcDateTime, WebhookUrl
 from deliverer.notifications.queries import MAX_SEQUENCE
 
 STATUSES = ["PENDING", "SENT", "FAILED", "NOT_SENT"]
@@ -72,6 +74,15 @@ class NotificationQuerySchema(Schema):
     sequence_after = fields.Integer(data_key="sequenceAfter",
                                     validate=validate.Range(min=0, max=MAX_SEQUENCE))
 
+    @validates_schema
+    def _window(self, data: dict[str, Any], **_: Any) -> None:
+        # An empty page would say "nothing", where the query is what is wrong (as
+        # recover's since and until).
+        if "created_from" in data and "created_to" in data \
+                and data["created_from"] > data["created_to"]:
+            raise ValidationError("must not be later than createdTo",
+                                  "createdFrom")
+
 
 class SettingsSchema(Schema):
     url = fields.String(allow_none=True)
@@ -85,7 +96,7 @@ class SettingsSchema(Schema):
 
 class SettingsUpdateSchema(Schema):
     url = WebhookUrl(allow_none=True)
-    enabled = fields.Boolean()
+    enabled = JsonBool()
     alert_email = Email(allow_none=True, data_key="alertEmail")
 
 

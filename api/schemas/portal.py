@@ -7,11 +7,11 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-from api.schemas.common import WebhookUrl
+from api.schemas.common import JsonBool, WebhookUrl
 
 
 class PortalSessionRequestSchema(Schema):
-    read_only = fields.Boolean(load_default=False, data_key="readOnly")
+    read_only = JsonBool(load_default=False, data_key="readOnly")
 
 
 class PortalSessionSchema(Schema):

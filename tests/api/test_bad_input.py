@@ -66,6 +66,10 @@ def test_malformed_json_is_400(partner, path, body):
     {"url": {"href": "http://127.0.0.1/hook"}},
     {"enabled": "maybe"},
     {"enabled": [True]},
+    # JSON's true and false only: marshmallow's Boolean takes these too.
+    {"enabled": "yes"},
+    {"enabled": "true"},
+    {"enabled": 1},
     {"enabled": None},
     {"alertEmail": 42},
     {"alertEmail": ["a@example.com"]},

@@ -190,6 +190,7 @@ def test_unknown_event_type_is_400_listing_the_valid_ones(make_partner):
     {"url": "http://127.0.0.1:9/a", "eventTypes": "invoice.*"},
     {"url": "http://127.0.0.1:9/a", "eventTypes": [5]},
     {"url": "http://127.0.0.1:9/a", "enabled": "maybe"},
+    {"url": "http://127.0.0.1:9/a", "enabled": "on"},
     {"url": "http://127.0.0.1:9/a", "description": 5},
     {"url": "http://127.0.0.1:9/a", "id": "ep_mine"},
     {"url": "http://127.0.0.1:9/a", "signingSecret": "whsec_x"},
