@@ -42,7 +42,7 @@ def new_endpoint_id() -> str:
 
 # What a registered endpoint has of its own (a secret, a rate limit and its slot): none
 # of it carries over when its row is taken for another use (the webhook URL:
-# ``registered.make_default``; a callback URL after its deletion:
+# ``default_endpoint.make_default``; a callback URL after its deletion:
 # ``endpoints._by_url_again``).
 OWN_CONFIGURATION = ("signing_secret", "previous_secret", "previous_secret_expires_at",
                      "rate_limit", "next_send_at")

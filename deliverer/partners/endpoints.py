@@ -62,7 +62,7 @@ def _by_url_again() -> dict[str, Any]:
     """A publish by URL (a callback URL, the webhook URL without its default row) that
     finds the row of a deleted endpoint takes it back as a new by-URL endpoint: its
     sequence numbers go on, and nothing of the endpoint it was carries over (its secret,
-    limit, disabling, failures), as ``registered.make_default`` does when the webhook
+    limit, disabling, failures), as ``default_endpoint.make_default`` does when the webhook
     URL takes a row. It was NOT_SENT "The endpoint was deleted", silently."""
     def reset(column: Any, fresh: Any = None) -> Any:
         return case((_REVIVED, fresh), else_=column)

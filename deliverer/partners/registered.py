@@ -1,7 +1,8 @@
 """A partner's registered endpoints (``/api/partner/v2/endpoints``): the URLs its events
 fan out to, each subscribed to event types (``models.endpoint``).
 
-The partner's webhook-settings URL is its *default* endpoint. An endpoint whose URL
+The partner's webhook-settings URL is its *default* endpoint (``default_endpoint``).
+An endpoint whose URL
 changes (PATCH, or a new webhook-settings URL for the default) stays the same endpoint:
 its sequence numbers go on and what it still holds goes to the new URL.
 """
@@ -28,15 +29,13 @@ from deliverer.models import (
     WebhookSettings,
     utcnow,
 )
-from deliverer.models.endpoint import DISABLED_BY_MERCHANT, OWN_CONFIGURATION
+from deliverer.models.endpoint import DISABLED_BY_MERCHANT
 from deliverer.partners import catalog, rotation
 from deliverer.partners.endpoints import hold_publishes
 
 _UNSET: Any = object()
 TOO_MANY = "A partner may have at most {limit} endpoints"
 URL_TAKEN = "Another endpoint of yours already has this URL"
-URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a secret of its "
-                      "own: delete it first, or keep receiving there through it")
 URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL or an "
                    "event's callbackUrl): register it with POST /endpoints instead")
 
@@ -112,7 +111,7 @@ def _check_rate_limit(rate_limit: float | None) -> None:
         raise ValidationFailed(RATE_LIMIT_RANGE)
 
 
-def _row_for_url(session: Session, partner_id: str, url: str) -> Endpoint | None:
+def row_for_url(session: Session, partner_id: str, url: str) -> Endpoint | None:
     return session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
                                                  Endpoint.url == url).with_for_update())
 
@@ -135,7 +134,7 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
         Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
     if count >= settings.max_endpoints_per_partner:
         raise Conflict(TOO_MANY.format(limit=settings.max_endpoints_per_partner))
-    endpoint = _row_for_url(session, partner_id, url)
+    endpoint = row_for_url(session, partner_id, url)
     if endpoint is not None and endpoint.registered:
         raise Conflict(URL_TAKEN)
     if endpoint is None:
@@ -189,19 +188,19 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
 def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) -> None:
     """The same endpoint at another URL: what it still holds goes there."""
     netguard.validate_saved_url(url, allow_private=settings.allow_private_urls)
-    other = _row_for_url(session, endpoint.partner_id, url)
+    other = row_for_url(session, endpoint.partner_id, url)
     if other is not None:
         # Registered, or the row of an earlier webhook URL or callback URL with sequence
         # numbers of its own, which two endpoints cannot share.
         raise Conflict(URL_TAKEN if other.registered else URL_HAS_HISTORY)
-    _relocate(session, endpoint, url)
+    relocate(session, endpoint, url)
     if endpoint.is_default:
         session.execute(update(WebhookSettings)
                         .where(WebhookSettings.partner_id == endpoint.partner_id)
                         .values(url=url, updated_at=utcnow()))
 
 
-def _relocate(session: Session, endpoint: Endpoint, url: str) -> None:
+def relocate(session: Session, endpoint: Endpoint, url: str) -> None:
     """``endpoint`` at ``url`` from now on, with its id, its sequence numbers and what it
     still holds (its retries go to ``url``, the next one now). The old URL's health is
     not the new one's: failing since, Retry-After, the alert sent (auto-disable counts
@@ -269,56 +268,3 @@ def rotate_secret(session: Session, endpoint: Endpoint, overlap: timedelta,
         return secret
     return rotation.rotate(endpoint, overlap, now,  # type: ignore[arg-type]
                            in_progress=ROTATION_IN_PROGRESS)
-
-
-def make_default(session: Session, partner_id: str, url: str | None,
-                 now: datetime | None = None) -> None:
-    """The webhook-settings URL is now ``url``. The default endpoint moves there (its id
-    and queue with it) unless ``url`` has a row already (an earlier webhook URL, a
-    callback URL, a deleted endpoint: sequence numbers of its own) or the default has a
-    secret of its own (an endpoint the merchant registered); then that row becomes the
-    default endpoint, subscribed as the previous default was and signed with the
-    settings' secret, and the previous one is no longer registered (what it still holds
-    is sent there). The URL of another registered endpoint is refused: that endpoint has
-    subscriptions and a secret of its own, which the webhook URL has not."""
-    now = now or utcnow()
-    hold_publishes(session, partner_id)  # after the settings row, as _lock_endpoints_of
-    previous = session.scalar(select(Endpoint).where(
-        Endpoint.partner_id == partner_id, Endpoint.is_default.is_(True)).with_for_update())
-    if previous is not None and previous.url == url:
-        return
-    row = _row_for_url(session, partner_id, url) if url is not None else None
-    if row is not None and row.registered:
-        raise Conflict(URL_IS_AN_ENDPOINT.format(id=row.public_id))
-    if url is not None and row is None and previous is not None \
-            and previous.signing_secret is None:
-        # The default endpoint moves, as PATCHing its URL moves it: a merchant whose URL
-        # changed wants its queue retried there, not at the URL it left.
-        _relocate(session, previous, url)
-        session.flush()
-        return
-    carried: dict[str, Any] = {"event_types": None, "description": None}
-    if previous is not None:
-        carried = {"event_types": previous.event_types, "description": previous.description}
-        previous.is_default = False
-        # One the merchant registered itself (it has a secret of its own) stays.
-        previous.registered = previous.signing_secret is not None
-    if url is None:
-        session.flush()
-        return
-    if row is None:
-        row = Endpoint(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
-                       consecutive_failures=0)
-        session.add(row)
-    # An old webhook URL, a callback URL or a deleted endpoint: nothing of what it was
-    # (a secret, a limit, the merchant's disabling) carries over to the webhook URL.
-    row.event_types = carried["event_types"]
-    row.description = carried["description"]
-    row.deleted_at = None
-    for name in OWN_CONFIGURATION:
-        setattr(row, name, None)
-    if row.disabled_reason == DISABLED_BY_MERCHANT:
-        row.disabled_at = row.disabled_reason = None
-    row.registered = True
-    row.is_default = True
-    session.flush()

@@ -21,7 +21,7 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.models.in_list import in_list
-from deliverer.partners import keys, registered
+from deliverer.partners import default_endpoint, keys
 from deliverer.prepared import prepared
 
 
@@ -50,7 +50,7 @@ def create_partner(
     session.add(WebhookSettings(partner_id=partner.id, url=webhook_url, enabled=True,
                                 alert_email=alert_email, signing_secret=secret))
     if webhook_url:
-        registered.make_default(session, partner.id, webhook_url)
+        default_endpoint.make_default(session, partner.id, webhook_url)
     api_key = issue_key(session, partner.id)
     return NewPartner(partner.id, api_key, secret)
 

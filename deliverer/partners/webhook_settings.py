@@ -11,7 +11,7 @@ from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, netguard, signing
 from deliverer.models import Endpoint, Notification, WebhookSettings, utcnow
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT
-from deliverer.partners import registered, rotation
+from deliverer.partners import default_endpoint, rotation
 
 _UNSET = object()
 
@@ -38,7 +38,7 @@ def update_settings(session: Session, settings: Settings, partner_id: str, *,
             check = netguard.validate_url if url == row.url else netguard.validate_saved_url
             check(url, allow_private=settings.allow_private_urls)
         row.url = url
-        registered.make_default(session, partner_id, url)
+        default_endpoint.make_default(session, partner_id, url)
     if enabled is not _UNSET:
         row.enabled = bool(enabled)
     if alert_email is not _UNSET:

@@ -1,0 +1,72 @@
+"""The partner's webhook-settings URL as its *default* endpoint: which row that is when
+the URL changes (``make_default``), for the settings and for a new partner."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deliverer.errors import Conflict
+from deliverer.models import Endpoint, utcnow
+from deliverer.models.endpoint import DISABLED_BY_MERCHANT, OWN_CONFIGURATION
+from deliverer.partners import registered
+from deliverer.partners.endpoints import hold_publishes
+
+URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a secret of its "
+                      "own: delete it first, or keep receiving there through it")
+
+
+def make_default(session: Session, partner_id: str, url: str | None,
+                 now: datetime | None = None) -> None:
+    """The webhook-settings URL is now ``url``. The default endpoint moves there (its id
+    and queue with it) unless ``url`` has a row already (an earlier webhook URL, a
+    callback URL, a deleted endpoint: sequence numbers of its own) or the default has a
+    secret of its own (an endpoint the merchant registered); then that row becomes the
+    default endpoint, subscribed as the previous default was and signed with the
+    settings' secret, and the previous one is no longer registered (what it still holds
+    is sent there). The URL of another registered endpoint is refused: that endpoint has
+    subscriptions and a secret of its own, which the webhook URL has not."""
+    now = now or utcnow()
+    hold_publishes(session, partner_id)  # after the settings row, as registered locks
+    previous = session.scalar(select(Endpoint).where(
+        Endpoint.partner_id == partner_id, Endpoint.is_default.is_(True)).with_for_update())
+    if previous is not None and previous.url == url:
+        return
+    row = registered.row_for_url(session, partner_id, url) if url is not None else None
+    if row is not None and row.registered:
+        raise Conflict(URL_IS_AN_ENDPOINT.format(id=row.public_id))
+    if url is not None and row is None and previous is not None \
+            and previous.signing_secret is None:
+        # The default endpoint moves, as PATCHing its URL moves it: a merchant whose URL
+        # changed wants its queue retried there, not at the URL it left.
+        registered.relocate(session, previous, url)
+        session.flush()
+        return
+    carried: dict[str, Any] = {"event_types": None, "description": None}
+    if previous is not None:
+        carried = {"event_types": previous.event_types, "description": previous.description}
+        previous.is_default = False
+        # One the merchant registered itself (it has a secret of its own) stays.
+        previous.registered = previous.signing_secret is not None
+    if url is None:
+        session.flush()
+        return
+    if row is None:
+        row = Endpoint(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
+                       consecutive_failures=0)
+        session.add(row)
+    # An old webhook URL, a callback URL or a deleted endpoint: nothing of what it was
+    # (a secret, a limit, the merchant's disabling) carries over to the webhook URL.
+    row.event_types = carried["event_types"]
+    row.description = carried["description"]
+    row.deleted_at = None
+    for name in OWN_CONFIGURATION:
+        setattr(row, name, None)
+    if row.disabled_reason == DISABLED_BY_MERCHANT:
+        row.disabled_at = row.disabled_reason = None
+    row.registered = True
+    row.is_default = True
+    session.flush()
