@@ -454,7 +454,8 @@ class Stack:
         self.api_port = free_port()
         web = self.spawn("web", ["-m", "gunicorn", "--bind", f"127.0.0.1:{self.api_port}",
                                  "--workers", str(workers), "--timeout", "30",
-                                 "--graceful-timeout", "2", "api:create_app()"])
+                                 "--graceful-timeout", "2", "--no-control-socket",
+                                 "api:create_app()"])
 
         def up() -> bool:
             if not web.alive():
