@@ -159,6 +159,28 @@ _URLS = (
 )
 
 
+_DECIDING_OF = (
+    select(Event.callback_url, WebhookSettings.url.label("current_url"), *DECIDING)
+    .select_from(Notification)
+    .join(Event, Event.id == Notification.event_id)
+    .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
+    .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
+    .where(Notification.id == bindparam("nid"))
+)
+
+
+def check_deliverable_of(session: Session, notification: Notification) -> None:
+    """``check_deliverable`` of a loaded notification (an operator's retry or replay):
+    a retry that its claim would hold again is refused, not started on a fresh cycle
+    whose only attempt is the claim's synthetic error."""
+    facts = dict(session.execute(_DECIDING_OF, {"nid": notification.id}).one()._mapping)
+    moves = moves_on_retry(url=notification.url, callback_url=facts["callback_url"],
+                           current_url=facts["current_url"],
+                           endpoint_keeps=bool(facts["endpoint_keeps"]))
+    check_deliverable(session, facts, moves_to=(
+        (notification.partner_id, facts["current_url"]) if moves else None))
+
+
 def repoint_to_current_url(session: Session, notification: Notification,
                            now: datetime) -> None:
     """``repoint`` of a loaded notification."""

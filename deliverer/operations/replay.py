@@ -39,7 +39,12 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.notifications.audit import ACCEPTED
-from deliverer.notifications.cycle import NOT_FAILED, repoint_to_current_url, start_fresh_cycle
+from deliverer.notifications.cycle import (
+    NOT_FAILED,
+    check_deliverable_of,
+    repoint_to_current_url,
+    start_fresh_cycle,
+)
 from deliverer.notifications.ignore import ignore
 from deliverer.notifications.queries import is_uuid
 from deliverer.partners.endpoints import next_sequence
@@ -123,6 +128,7 @@ def operator_retry(session: Session, settings: Settings, notification_id: str,
     partner = session.get(Partner, notification.partner_id)
     assert partner is not None  # a foreign key
     check_pushed(partner)
+    check_deliverable_of(session, notification)  # its endpoint disabled, webhooks off
     if not requeue(session, settings, notification, now):
         raise Conflict(NO_URL)
     record_operator_action(session, notification, RequestKind.RETRY, now)
@@ -175,8 +181,9 @@ class ReplayFilter:
 class ReplayResult:
     matched: int
     replayed: int
-    skipped: int  # changed status meanwhile (delivered, retried), nowhere to send, or the
-                  # partner left the WEBHOOK flow meanwhile
+    skipped: int  # changed status meanwhile (delivered, retried), nowhere to send, its
+                  # endpoint disabled or webhooks off, or the partner left the WEBHOOK
+                  # flow meanwhile
 
 
 def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
@@ -229,6 +236,10 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
             pushed[row.partner_id] = partner is not None and not_pushed(partner) is None
         if not pushed[row.partner_id]:
             continue
+        try:
+            check_deliverable_of(session, row)
+        except Conflict:
+            continue  # its endpoint disabled, webhooks off: it would only be held again
         due = None
         if rate:
             due = now + timedelta(seconds=(start_index + offset) / rate)

@@ -11,7 +11,14 @@ from sqlalchemy import select, update
 from deliverer.broker import queues
 from deliverer.db import get_database, session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
-from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow, utcnow
+from deliverer.models import (
+    Endpoint,
+    Notification,
+    NotificationStatus,
+    Partner,
+    PartnerFlow,
+    utcnow,
+)
 from deliverer.operations.replay import (
     OPERATOR,
     ReplayFilter,
@@ -220,6 +227,28 @@ def test_no_operator_pushes_to_a_partner_that_is_sent_no_webhook(settings, publi
     assert h.notification(not_sent).status == NotificationStatus.NOT_SENT
     assert audit(nid) == [] and audit(not_sent) == []
     assert _manual_publishes(published_tasks) == []
+
+
+def test_no_operator_retries_what_its_claim_would_hold_again(settings, published_tasks):
+    """Its endpoint disabled, or webhooks off: the console's Retry started a fresh cycle
+    whose only outcome was the claim's synthetic error, in place of the real one (a
+    black-box try). Refused as the merchant's retry is; replay skips them."""
+    url = "http://127.0.0.1:9/hook"
+    shop = h.new_partner(settings, url)
+    nid = failed(shop.partner_id, url)
+    before = h.notification(nid)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id == before.endpoint_id).values(
+            disabled_at=utcnow(), disabled_reason="Failed continuously for 25 hours"))
+    with session_scope() as session, pytest.raises(
+            Conflict, match="is disabled \\(Failed continuously for 25 hours\\): enable it "
+                            "\\(save your webhook settings\\), then retry"):
+        operator_retry(session, settings, nid)
+    assert replay(settings, ReplayFilter(shop.partner_id)) == ReplayResult(1, 0, 1)
+    after = h.notification(nid)
+    assert (after.retry_attempts, after.latest_error_payload, after.cycle_started_at) == (
+        before.retry_attempts, before.latest_error_payload, before.cycle_started_at)
+    assert audit(nid) == [] and _manual_publishes(published_tasks) == []
 
 
 def test_replay_to_nowhere_is_skipped(settings):
