@@ -22,6 +22,7 @@ import smtplib
 import ssl
 import time
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -63,8 +64,20 @@ class _BoundedSMTP_SSL(_BoundedSMTP, smtplib.SMTP_SSL):
     pass
 
 
+def _domain_of(address: str) -> str:
+    return parseaddr(address)[1].rpartition("@")[2] or "deliverer.invalid"
+
+
+def message_id(sender: str, local: str) -> str:
+    """A Message-ID of ours for ``local`` (unique per message), at the sender's domain."""
+    return f"<{local}@{_domain_of(sender)}>"
+
+
 def send_mail(smtp_url: str, sender: str, to: str, subject: str, body: str,
-              timeout: float = SMTP_TIMEOUT, send_within: float = SMTP_SEND_WITHIN) -> None:
+              timeout: float = SMTP_TIMEOUT, send_within: float = SMTP_SEND_WITHIN, *,
+              message_id: str | None = None) -> None:
+    """``message_id``: the same for every try of one message, so that a copy sent again
+    (a worker that died after the server accepted it) is recognised as one."""
     parts = urlsplit(smtp_url)
     if parts.scheme not in ("smtp", "smtps"):
         raise SmtpConfigError("DELIVERER_SMTP_URL must be smtp:// or smtps://")
@@ -73,6 +86,9 @@ def send_mail(smtp_url: str, sender: str, to: str, subject: str, body: str,
     message["From"] = sender
     message["To"] = to
     message["Subject"] = subject
+    # RFC 5322 requires Date; without it and a Message-ID, mail filters score it as spam.
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id or make_msgid(domain=_domain_of(sender))
     message.set_content(body)
     host = parts.hostname or "127.0.0.1"
     send_by = time.monotonic() + send_within

@@ -157,7 +157,7 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
     un-mailed: once its claim has run out, a redelivered task or the alert sweep sends it.
     A send that fails gives the claim back, and the task's retries or the sweep try again.
     """
-    from deliverer.alerts.mailer import SmtpConfigError, send_mail
+    from deliverer.alerts.mailer import SmtpConfigError, message_id, send_mail
 
     with session_scope() as session:
         alert = session.get(Alert, alert_id)
@@ -173,7 +173,8 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
         if claimed_until is None:
             return False
     try:
-        send_mail(settings.smtp_url, settings.alert_sender, to, subject, body)
+        send_mail(settings.smtp_url, settings.alert_sender, to, subject, body,
+                  message_id=message_id(settings.alert_sender, f"deliverer-alert-{alert_id}"))
     except SmtpConfigError as exc:
         # Retrying cannot help; the alert waits, un-mailed, for the settings to be fixed.
         log.error("alert %s not e-mailed: %s", alert_id, exc)
@@ -205,10 +206,13 @@ def _email_text(alert: Alert, endpoint: Endpoint | None) -> tuple[str, str]:
             lines.append(f"Disabled: {endpoint.disabled_reason}")
     if alert.notification_id:
         lines.append(f"Notification: {alert.notification_id}")
-    lines.append(f"Since: {alert.created_at.isoformat()}")
+    if endpoint is not None and endpoint.failing_since is not None:
+        lines.append(f"Failing since: {endpoint.failing_since.isoformat()}")
+    lines.append(f"Raised: {alert.created_at.isoformat()}")
     if alert.kind == KIND_FAILING:
+        # The operator console is the provider's; the merchant's places are these.
         lines.append("Fix your endpoint, then retry the failed notifications from the API "
-                     "or the console.")
+                     "or your webhook portal.")
     else:
         lines.append("Fix your endpoint, then enable it again: what it holds is sent in "
                      "order.")

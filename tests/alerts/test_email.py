@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
+import email.utils
 import logging
 import subprocess
 import sys
@@ -58,6 +61,31 @@ def test_alert_is_emailed_to_the_partners_alert_address(settings, worker, receiv
         assert "410 Gone" in text and url in text
         wait_until(lambda: _emailed(), message="emailed_at recorded")
     assert len(inbox.messages) == 1
+    # RFC 5322's Date, and a Message-ID of the alert's own (the same on every try).
+    message = email.message_from_bytes(content)
+    assert email.utils.parsedate_to_datetime(message["Date"]).tzinfo is not None
+    with session_scope() as session:
+        alert_id = session.scalar(select(Alert.id))
+    assert message["Message-ID"] == f"<deliverer-alert-{alert_id}@deliverer.test>"
+    assert "console" not in text and "Raised: " in text
+
+
+def test_a_failing_alert_says_since_when_the_endpoint_fails(settings, worker, smtp_inbox,
+                                                            override_settings):
+    inbox, smtp_url = smtp_inbox
+    alert_id = _alert(settings)
+    failing_since = utcnow() - timedelta(hours=1)
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        session.execute(update(Endpoint).where(Endpoint.id == alert.endpoint_id)
+                        .values(failing_since=failing_since))
+    with override_settings(smtp_url=smtp_url, alert_sender="alerts@deliverer.test") as s:
+        assert alerts.email_alert(alert_id, s)
+    message = email.message_from_bytes(inbox.messages[0][2], policy=email.policy.default)
+    text = message.get_content()
+    assert f"Failing since: {failing_since.isoformat()}" in text
+    assert "or your webhook portal" in text
 
 
 def _emailed() -> bool:
