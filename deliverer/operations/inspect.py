@@ -165,12 +165,18 @@ class SearchResult:
     partner_name: str
 
 
+def endpoint_number(session: Session, public_id: str) -> int | None:
+    """The row id of the endpoint whose public id (``ep_...``) is given, if any."""
+    found: int | None = session.scalar(select(Endpoint.id).where(Endpoint.public_id == public_id))
+    return found
+
+
 def search_notifications(session: Session, *, q: str | None = None,
                          partner: str | None = None, reference: str | None = None,
                          status: str | None = None, endpoint_id: int | None = None,
                          limit: int = 100) -> list[SearchResult]:
-    """Newest first. ``q``: a notification or event id, else a reference; ``partner``: a
-    partner id, else part of its name."""
+    """Newest first. ``q``: a notification or event id, an endpoint's public id
+    (``ep_...``), else a reference; ``partner``: a partner id, else part of its name."""
     query = (
         select(Notification, Event, Partner.name)
         .join(Event, Event.id == Notification.event_id)
@@ -180,6 +186,9 @@ def search_notifications(session: Session, *, q: str | None = None,
     if q:
         if is_uuid(q):
             query = query.where(or_(Notification.id == q, Notification.event_id == q))
+        elif q.startswith("ep_"):
+            query = query.where(Notification.endpoint_id == select(Endpoint.id).where(
+                Endpoint.public_id == q).scalar_subquery())
         else:
             query = query.where(Event.reference == q)
     if partner and partner.strip():

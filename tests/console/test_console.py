@@ -15,7 +15,7 @@ from sqlalchemy import update
 import api
 import deliverer.config
 from deliverer.db import session_scope
-from deliverer.models import Notification, NotificationStatus, Partner, PartnerFlow
+from deliverer.models import Endpoint, Notification, NotificationStatus, Partner, PartnerFlow
 from deliverer.notifications.audit import ACCEPTED, check_rate
 from deliverer.operations.replay import OPERATOR
 from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient
@@ -205,24 +205,40 @@ def test_search_by_reference_partner_status_and_id(operator, failing, settings):
     assert "No notification matches." in nothing.text
 
 
-def test_endpoint_filter_and_bad_endpoint_ids_are_ignored(operator, settings):
+def test_endpoint_filter_and_bad_filters_said_not_applied(operator, settings):
     partner = h.new_partner(settings, "http://127.0.0.1:9/a", name="Two Endpoints")
     first = publish(settings, partner.partner_id, "TXN-EP-A")
     other = h.new_partner(settings, "http://127.0.0.1:9/b", name="Other Endpoint")
     second = publish(settings, other.partner_id, "TXN-EP-B")
     endpoint_id = h.notification(first.notification_id).endpoint_id
-    filtered = operator.get("/console/notifications", params={"endpoint_id": endpoint_id})
-    assert filtered.status_code == 200
-    assert f"Endpoint #{endpoint_id} only." in filtered.text
-    assert first.notification_id in filtered.text
-    assert second.notification_id not in filtered.text
+    with session_scope() as session:
+        endpoint = session.get(Endpoint, endpoint_id)
+        assert endpoint is not None
+        public_id = endpoint.public_id
+    # By its number (the console's links) or its public id (alerts and e-mails name it).
+    for value in (endpoint_id, public_id):
+        filtered = operator.get("/console/notifications", params={"endpoint_id": value})
+        assert filtered.status_code == 200
+        assert f"Endpoint #{endpoint_id} only." in filtered.text
+        assert first.notification_id in filtered.text
+        assert second.notification_id not in filtered.text
+    searched = operator.get("/console/notifications", params={"q": public_id})
+    assert first.notification_id in searched.text
+    assert second.notification_id not in searched.text
     # Out of a 64-bit column's range (was an OverflowError, a 500), not positive, not a
-    # number: ignored, as the console ignores any bad filter.
-    for bad in ("9223372036854775808", "-99999999999999999999", "0", "-1", "x", ""):
+    # number, no such endpoint: not applied, and said (a mistyped filter showed every
+    # partner's notifications as if they were the filtered result).
+    for bad in ("9223372036854775808", "-99999999999999999999", "0", "-1", "x", "1.5",
+                "ep_nonexistent"):
         page = operator.get("/console/notifications", params={"endpoint_id": bad})
-        assert page.status_code == 200, (bad, page.status_code)
-        assert "Endpoint #" not in page.text
+        assert page.status_code == 400, (bad, page.status_code)
+        assert 'id="filter-problems"' in page.text and "Endpoint #" not in page.text
         assert first.notification_id in page.text and second.notification_id in page.text
+    bogus = operator.get("/console/notifications", params={"status": "BOGUS"})
+    assert bogus.status_code == 400
+    assert "Not applied: “BOGUS” is not a delivery status." in bogus.text
+    assert operator.get("/console/notifications",
+                        params={"endpoint_id": ""}).status_code == 200
     largest = operator.get("/console/notifications",
                            params={"endpoint_id": "9223372036854775807"})
     assert largest.status_code == 200

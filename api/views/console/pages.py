@@ -38,29 +38,43 @@ def endpoints() -> Any:
                 failing_only=failing_only)
 
 
-def _endpoint_id(value: str) -> int:
-    """An endpoint id filter: a positive 64-bit integer. A larger one overflowed in the
-    database driver (a 500); a ValueError makes the filter ignored, like any bad one."""
-    number = int(value)
-    if not 0 < number < 2**63:
-        raise ValueError(value)
-    return number
+def _endpoint_id(raw: str, problems: list[str]) -> int | None:
+    """An endpoint filter: its public id (``ep_...``, as alerts and e-mails name it) or
+    its number. Anything else is not applied, and said in ``problems``; a number past
+    64 bits overflowed in the database driver (a 500)."""
+    if not raw:
+        return None
+    if raw.startswith("ep_"):
+        found = inspect.endpoint_number(get_session(), raw)
+        if found is None:
+            problems.append(f"no endpoint {raw}")
+        return found
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**63:
+        return int(raw)
+    problems.append(f"“{raw}” is not an endpoint id")
+    return None
 
 
 @bp.get("/notifications")
 def notifications() -> Any:
+    """The search. A filter that is not one (a status not listed, an endpoint that is
+    not one) is not applied, and the page says so with a 400: a mistyped filter
+    answered everyone's notifications as if they were the filtered result."""
     args = request.args
+    problems: list[str] = []
     status = args.get("status") or None
     if status is not None and status not in STATUSES:
+        problems.append(f"“{status}” is not a delivery status")
         status = None
-    endpoint_id = args.get("endpoint_id", type=_endpoint_id)
+    endpoint_id = _endpoint_id(args.get("endpoint_id", ""), problems)
     searched = any(args.get(k) for k in ("q", "partner", "reference", "status", "endpoint_id"))
     results = inspect.search_notifications(
         get_session(), q=args.get("q"), partner=args.get("partner"),
         reference=args.get("reference"), status=status, endpoint_id=endpoint_id,
         limit=args.get("limit", default=100, type=int) or 100)
-    return page("console/notifications.html", results=results, searched=searched,
-                args=args, selected_status=status, endpoint_id=endpoint_id)
+    return page("console/notifications.html", 400 if problems else 200, results=results,
+                searched=searched, args=args, selected_status=status,
+                endpoint_id=endpoint_id, problems=problems)
 
 
 @bp.get("/notifications/<notification_id>")
