@@ -250,6 +250,7 @@ def test_alerts_and_the_alert_email_subscription(portal, failing):
     client = portal(shop.partner_id)
     page = client.get("/portal/alerts")
     assert "failed 6 deliveries in a row" in page.text and "Alerts are not e-mailed" in page.text
+    assert "<td>Webhook endpoint failing</td>" in page.text  # not its code, endpoint_failing
     subscribed = client.submit("/portal/alerts", "/portal/alerts/email",
                                {"email": "ops@shop.example"})
     assert "Alerts will be e-mailed to ops@shop.example" in subscribed.text
@@ -296,8 +297,13 @@ def test_disabled_endpoints_say_so(portal, failing):
     with session_scope() as session:
         session.execute(update(Endpoint).where(Endpoint.id == endpoint_id(first)).values(
             disabled_at=utcnow(), disabled_reason="410 Gone"))
-    page = portal(shop.partner_id).get("/portal/")
+    client = portal(shop.partner_id)
+    page = client.get("/portal/")
     assert "Disabled" in page.text and "410 Gone" in page.text
+    # What it holds waits for it to be enabled, not behind a first one.
+    queue = client.get(f"/portal/endpoints/{endpoint_ref(first)}")
+    assert "held while the endpoint is disabled: enable it to send" in queue.text
+    assert "waits behind the first" not in queue.text
 
 
 def test_read_only_sessions_see_no_action_buttons(portal, failing):

@@ -20,6 +20,7 @@ from api.views.portal.blueprint import (
     partner_id,
     portal_session,
 )
+from deliverer.alerts.service import SUBJECTS as ALERT_KINDS
 from deliverer.errors import DelivererError
 from deliverer.models import PortalSession, WebhookSettings, utcnow
 from deliverer.portal import queries, sessions
@@ -143,5 +144,6 @@ def alerts() -> Any:
     session = get_session()
     settings_row = session.get(WebhookSettings, partner_id())
     return page("portal/alerts.html", alerts=queries.alerts_of(session, partner_id()),
+                alert_kinds=ALERT_KINDS,
                 alert_email=settings_row.alert_email if settings_row else None,
                 smtp=bool(deliverer_settings().smtp_url))

@@ -19,6 +19,8 @@ _PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
          "press Enable in the endpoint's settings"),
         (r"register its URL with POST /api/partner/v2/endpoints",
          "add its URL as an endpoint"),
+        # how_to_enable's for the default endpoint: the Enable button does it too.
+        (r"\bsave your webhook settings\b", "press Enable in the endpoint's settings"),
         (r"\(PATCH enabled: true releases", "(Enable, in its settings, releases"),
         # The rotation and the form's fields.
         (r"The current secret is in GET /webhook-settings; r", "R"),
