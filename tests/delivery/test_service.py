@@ -15,6 +15,7 @@ from deliverer.delivery import claim as claim_module
 from deliverer.delivery import service
 from deliverer.delivery.service import ClaimState
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
+from deliverer.errors import Conflict
 from deliverer.models import (
     Endpoint,
     Lane,
@@ -263,13 +264,19 @@ def test_expired_lease_is_taken_over_and_the_late_worker_changes_nothing(
 @pytest.mark.parametrize("answer", [200, 500])
 def test_a_post_in_flight_when_its_notification_is_ignored_is_counted(
         settings, receiver, partner, answer):
-    """The attempt is on record and in ``attemptCount``; the ignore's NOT_SENT stands."""
+    """The attempt is on record and in ``attemptCount``; the ignore's NOT_SENT stands.
+    Ignore waits while the lease is held (409): this POST outlived it."""
     url = receiver.always("/ignored", rx.status(answer))
     nid = h.insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
                                 next_attempt_at=utcnow())
     with session_scope() as session:
         claimed = service.claim(session, nid, settings)
     assert claimed.state == ClaimState.CLAIMED
+    with session_scope() as session, pytest.raises(Conflict, match="being sent right now"):
+        ignore(session, h.principal(partner), nid)
+    with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id == nid)
+                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     with session_scope() as session:
         ignore(session, h.principal(partner), nid)
     with session_scope() as session:
