@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -62,6 +62,19 @@ def _free_to_claim(now: datetime) -> tuple[ColumnElement[bool], ...]:
     return (Alert.emailed_at.is_(None), lease.is_free(Alert.email_claimed_until, now))
 
 
+def _current() -> ColumnElement[bool]:
+    """Whether an alert still says what is true of its endpoint (joined): a failing one
+    still failing since before it (not recovered, moved or disabled since: the disabled
+    alert says more), a disabled one still disabled since. Only those are e-mailed: one
+    mailed late (SMTP was down, the address was set afterwards) told a merchant to fix
+    an endpoint that had recovered, or to retry one that was disabled."""
+    return or_(
+        and_(Alert.kind == KIND_FAILING, Endpoint.disabled_at.is_(None),
+             Endpoint.failing_since.is_not(None), Endpoint.failing_since <= Alert.created_at),
+        and_(Alert.kind != KIND_FAILING, Endpoint.disabled_at.is_not(None),
+             Endpoint.disabled_at <= Alert.created_at))
+
+
 def describe(endpoint: Endpoint) -> str:
     """The endpoint as alerts name it: a merchant with several endpoints must tell which
     one failed (its URL, the id the API shows, its description)."""
@@ -84,7 +97,15 @@ def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *
     session.add(alert)
     session.flush()
     alert_id = alert.id
-    on_commit(session, lambda: enqueue_alert_email(alert_id))
+    named = f"{endpoint.public_id} of partner {endpoint.partner_id}"
+
+    def committed() -> None:
+        # An operator greps the logs for failing and disabled endpoints; logged on commit,
+        # once, whatever transactions ran again before it.
+        log.warning("alert %s (%s) for endpoint %s: %s", alert_id, kind, named, message)
+        enqueue_alert_email(alert_id)
+
+    on_commit(session, committed)
     return alert
 
 
@@ -108,8 +129,9 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
     return list(session.scalars(
         select(Alert.id)
         .join(WebhookSettings, WebhookSettings.partner_id == Alert.partner_id)
+        .join(Endpoint, Endpoint.id == Alert.endpoint_id)
         # Served by the partial index ix_alerts_unmailed: O(recent unmailed alerts).
-        .where(*_free_to_claim(now),
+        .where(*_free_to_claim(now), _current(),
                Alert.created_at >= now - UNMAILED_MAX_AGE,
                Alert.created_at <= now - UNMAILED_AFTER,
                WebhookSettings.alert_email.is_not(None), WebhookSettings.alert_email != "")
@@ -162,6 +184,10 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
     with session_scope() as session:
         alert = session.get(Alert, alert_id)
         if alert is None or alert.emailed_at is not None:
+            return False
+        if session.scalar(select(Alert.id).join(Endpoint, Endpoint.id == Alert.endpoint_id)
+                          .where(Alert.id == alert_id, _current())) is None:
+            log.info("alert %s not e-mailed: its endpoint has changed since", alert_id)
             return False
         webhook_settings = session.get(WebhookSettings, alert.partner_id)
         endpoint = session.get(Endpoint, alert.endpoint_id)

@@ -60,8 +60,9 @@ def disable(session: Session, endpoint: Endpoint, settings: Settings, now: datet
     alerts.raise_alert(
         session, endpoint, alerts.KIND_AUTO_DISABLED,
         f"Webhook endpoint {alerts.describe(endpoint)} has been disabled: it "
-        f"{reason[0].lower()}{reason[1:]}. Its notifications are kept and sent in order "
-        f"once it is enabled again: {alerts.how_to_enable(endpoint)}.",
+        f"{reason[0].lower()}{reason[1:]}. What it holds is kept and sent in order once "
+        f"it is enabled again: {alerts.how_to_enable(endpoint)}. Events published while "
+        f"it is disabled are not sent to it (NOT_SENT): resend them by reference.",
         notification_id=notification_id, now=now)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery.signals import task_postrun
@@ -42,8 +43,10 @@ def smtp_inbox():
 
 
 def test_alert_is_emailed_to_the_partners_alert_address(settings, worker, receiver,
-                                                        smtp_inbox, override_settings):
+                                                        smtp_inbox, override_settings,
+                                                        caplog):
     inbox, smtp_url = smtp_inbox
+    caplog.set_level(logging.WARNING, logger=alerts.__name__)
     url = receiver.always("/gone", rx.status(410))
     partner = new_partner(settings, url)
     with session_scope() as session:
@@ -68,6 +71,10 @@ def test_alert_is_emailed_to_the_partners_alert_address(settings, worker, receiv
         alert_id = session.scalar(select(Alert.id))
     assert message["Message-ID"] == f"<deliverer-alert-{alert_id}@deliverer.test>"
     assert "console" not in text and "Raised: " in text
+    # One line for the operator, naming the endpoint and why.
+    logged = [r.getMessage() for r in caplog.records if r.name == "deliverer.alerts.service"]
+    assert [line for line in logged if f"alert {alert_id} (endpoint_disabled) for endpoint ep_"
+            in line and "answered 410 Gone" in line], logged
 
 
 def test_a_failing_alert_says_since_when_the_endpoint_fails(settings, worker, smtp_inbox,
@@ -109,9 +116,11 @@ def _alert(settings, alert_email: str | None = "ops@merchant.test",
     with session_scope() as session:
         endpoint = session.scalar(select(Endpoint).where(Endpoint.partner_id == partner.partner_id))
         assert endpoint is not None
+        created_at = created_at or utcnow()
+        # Still failing since before it: only a current alert is e-mailed.
+        endpoint.failing_since = created_at - timedelta(minutes=1)
         alert = Alert(partner_id=partner.partner_id, endpoint_id=endpoint.id,
-                      kind=alerts.KIND_FAILING, message="failing",
-                      created_at=created_at or utcnow())
+                      kind=alerts.KIND_FAILING, message="failing", created_at=created_at)
         session.add(alert)
         session.flush()
         return alert.id
@@ -196,6 +205,47 @@ def test_the_sweep_offers_recent_unmailed_alerts_that_have_an_address(settings,
         with override_settings(smtp_url="smtp://127.0.0.1:9") as s:
             assert alerts.unmailed_alerts(session, s, utcnow()) == [oldest, due]
             assert alerts.unmailed_alerts(session, s, utcnow(), limit=1) == [oldest]
+
+
+def _endpoint_of(alert_id: int) -> Any:
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        return alert.endpoint_id
+
+
+def test_only_alerts_still_true_of_their_endpoint_are_emailed(settings, smtp_inbox,
+                                                               override_settings):
+    """Mailed late (SMTP down meanwhile, the address set afterwards), a "failing" alert
+    told the merchant to fix an endpoint that had recovered, or to retry one disabled
+    since; a "disabled" one, of an endpoint enabled since."""
+    inbox, smtp_url = smtp_inbox
+    recovered = _alert(settings, created_at=_minutes_ago(10), name="Recovered")
+    disabled_since = _alert(settings, created_at=_minutes_ago(10), name="Disabled since")
+    failing = _alert(settings, created_at=_minutes_ago(10), name="Still failing")
+    endpoints = {a: _endpoint_of(a) for a in (recovered, disabled_since, failing)}
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.id == endpoints[recovered])
+                        .values(failing_since=None))
+        session.execute(update(Endpoint).where(Endpoint.id == endpoints[disabled_since])
+                        .values(disabled_at=utcnow(), disabled_reason="410 Gone"))
+        still = session.get(Alert, failing)
+        assert still is not None
+        enabled_again = Alert(partner_id=still.partner_id, endpoint_id=endpoints[failing],
+                              kind=alerts.KIND_DISABLED, message="disabled",
+                              created_at=_minutes_ago(20))
+        session.add(enabled_again)
+        session.flush()
+        enabled_again_id = enabled_again.id
+    with override_settings(smtp_url=smtp_url, alert_sender="alerts@deliverer.test") as s:
+        with session_scope() as session:
+            assert alerts.unmailed_alerts(session, s, utcnow()) == [failing]
+        for alert_id in (recovered, disabled_since, enabled_again_id):
+            assert not alerts.email_alert(alert_id, s)
+        assert alerts.email_alert(failing, s)
+    assert len(inbox.messages) == 1
+    assert [_emailed_at(a) is None for a in (recovered, disabled_since, enabled_again_id,
+                                             failing)] == [True, True, True, False]
 
 
 class _SlowInbox(Inbox):
