@@ -133,7 +133,9 @@ class AlertSchema(Schema):
 
 class AlertListSchema(Schema):
     data = fields.List(fields.Nested(AlertSchema))
+    next_cursor = fields.String(allow_none=True, data_key="nextCursor")
 
 
 class AlertQuerySchema(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(validate=validate.Length(max=200))

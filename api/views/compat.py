@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 from flask import current_app, jsonify
-from flask_smorest import Blueprint
 
 from api import presenters
 from api.auth import check_partner, current_partner
@@ -17,6 +16,7 @@ from api.db import get_session
 from api.guards import refuse_malformed_json
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import DeliveryFailed, resend
+from api.views.smorest import Blueprint
 from deliverer.errors import DelivererError, NotFound
 from deliverer.notifications import manual_retry, queries
 from deliverer.notifications.resend import TransactionNotFound

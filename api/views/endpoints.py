@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from flask_smorest import Blueprint
 
 from api import presenters
 from api.auth import check_partner, current_partner
@@ -29,6 +28,7 @@ from api.schemas.endpoints import (
     RecoverSchema,
 )
 from api.schemas.partner import RotateSecretSchema
+from api.views.smorest import Blueprint
 from deliverer.models import NotificationStatus
 from deliverer.notifications.outcome import wait_for_attempt
 from deliverer.notifications.recover import recover

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from flask_smorest import Blueprint
 
 from api import portal_links
 from api.auth import check_admin
@@ -25,6 +24,7 @@ from api.schemas.internal import (
     PublishEventSchema,
 )
 from api.schemas.portal import PortalSessionRequestSchema, PortalSessionSchema, SignedOutSchema
+from api.views.smorest import Blueprint
 from deliverer.db import in_transaction, is_transient_abort
 from deliverer.partners.service import create_partner
 from deliverer.portal.sessions import ISSUED_BY_ADMIN

@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from flask_smorest import Blueprint
 
 from api import portal_links, presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
@@ -26,6 +25,7 @@ from api.schemas.partner import (
     SettingsUpdateSchema,
 )
 from api.schemas.portal import PortalSessionRequestSchema, PortalSessionSchema, SignedOutSchema
+from api.views.smorest import Blueprint
 from deliverer.alerts import service as alerts
 from deliverer.batching import Coalescer
 from deliverer.errors import DelivererError
@@ -170,8 +170,10 @@ def rotate_secret(data: dict[str, Any]) -> Any:
 @blp.response(200, AlertListSchema)
 def list_alerts(query: dict[str, Any]) -> Any:
     """Failing-endpoint alerts (after the fifth failed retry; 410 Gone), newest first."""
-    return {"data": [presenters.alert(a, endpoint_id) for a, endpoint_id in alerts.list_alerts(
-        get_session(), current_partner().partner_id, query["limit"])]}
+    rows, next_cursor = alerts.list_alerts(get_session(), current_partner().partner_id,
+                                           query["limit"], query.get("cursor"))
+    return {"data": [presenters.alert(a, endpoint_id) for a, endpoint_id in rows],
+            "next_cursor": next_cursor}
 
 
 @blp.route("/portal-sessions", methods=["POST"])

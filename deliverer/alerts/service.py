@@ -27,6 +27,7 @@ from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.models import Alert, Endpoint, WebhookSettings, utcnow
 from deliverer.models import endpoint as endpoint_model
+from deliverer.notifications.queries import decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +110,27 @@ def raise_alert(session: Session, endpoint: Endpoint, kind: str, message: str, *
     return alert
 
 
-def list_alerts(session: Session, partner_id: str, limit: int = 50
-                ) -> list[tuple[Alert, str | None]]:
+def list_alerts(session: Session, partner_id: str, limit: int = 50,
+                cursor: str | None = None
+                ) -> tuple[list[tuple[Alert, str | None]], str | None]:
     """The partner's alerts, newest first, each with its endpoint's public id (the id
-    the endpoints API takes)."""
-    return [(alert, public_id) for alert, public_id in session.execute(
-        select(Alert, Endpoint.public_id)
-        .outerjoin(Endpoint, Endpoint.id == Alert.endpoint_id)
-        .where(Alert.partner_id == partner_id)
-        .order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)
-    )]
+    the endpoints API takes), and the cursor of the next page (None: the last)."""
+    query = (select(Alert, Endpoint.public_id)
+             .outerjoin(Endpoint, Endpoint.id == Alert.endpoint_id)
+             .where(Alert.partner_id == partner_id))
+    if cursor:
+        created_at, alert_id = decode_cursor(cursor, is_id=lambda text: text.isdigit()
+                                             and int(text) < 2**63)
+        query = query.where(or_(Alert.created_at < created_at,
+                                and_(Alert.created_at == created_at,
+                                     Alert.id < int(alert_id))))
+    found = session.execute(
+        query.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit + 1))
+    rows: list[tuple[Alert, str | None]] = [(alert, public_id) for alert, public_id in found]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1][0] if more else None
+    return rows, encode_cursor(last.created_at, str(last.id)) if last else None
 
 
 def unmailed_alerts(session: Session, settings: Settings, now: datetime,

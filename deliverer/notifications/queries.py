@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -99,12 +99,13 @@ def _encode_cursor(created_at: datetime, notification_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str, is_id: Callable[[str], bool] = is_uuid
+                   ) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, notification_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None or not is_uuid(notification_id):
+        if created_at.tzinfo is None or not is_id(notification_id):
             raise InvalidCursor()
         created_at = created_at.astimezone(UTC)  # OverflowError for 0001-01-01T00:00+01:00
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
