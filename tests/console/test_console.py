@@ -225,6 +225,10 @@ def test_endpoint_filter_and_bad_filters_said_not_applied(operator, settings):
     searched = operator.get("/console/notifications", params={"q": public_id})
     assert first.notification_id in searched.text
     assert second.notification_id not in searched.text
+    # Said cut short only when it is (it said "at most 1 shown" of a lone result).
+    assert "Narrow the search" not in searched.text
+    cut = operator.get("/console/notifications", params={"limit": 1})
+    assert "the first 1 shown. Narrow the search to see others." in cut.text
     # Out of a 64-bit column's range (was an OverflowError, a 500), not positive, not a
     # number, no such endpoint: not applied, and said (a mistyped filter showed every
     # partner's notifications as if they were the filtered result).

@@ -68,13 +68,14 @@ def notifications() -> Any:
         status = None
     endpoint_id = _endpoint_id(args.get("endpoint_id", ""), problems)
     searched = any(args.get(k) for k in ("q", "partner", "reference", "status", "endpoint_id"))
+    limit = max(1, min(args.get("limit", default=100, type=int) or 100, inspect.MAX_ROWS))
     results = inspect.search_notifications(
         get_session(), q=args.get("q"), partner=args.get("partner"),
         reference=args.get("reference"), status=status, endpoint_id=endpoint_id,
-        limit=args.get("limit", default=100, type=int) or 100)
+        limit=limit)
     return page("console/notifications.html", 400 if problems else 200, results=results,
                 searched=searched, args=args, selected_status=status,
-                endpoint_id=endpoint_id, problems=problems)
+                endpoint_id=endpoint_id, problems=problems, limit=limit)
 
 
 @bp.get("/notifications/<notification_id>")
