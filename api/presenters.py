@@ -63,4 +63,4 @@ def alert(a: Alert, endpoint_id: str | None) -> dict[str, Any]:
     """``endpoint_id``: the endpoint's public id (its row id means nothing to a merchant)."""
     return {"id": a.id, "kind": a.kind, "message": a.message, "endpoint_id": endpoint_id,
             "notification_id": a.notification_id, "created_at": a.created_at,
-            "emailed_at": a.emailed_at}
+            "emailed_at": a.emailed_at, "email_error": a.email_error}

@@ -129,6 +129,8 @@ class AlertSchema(Schema):
     notification_id = fields.String(allow_none=True, data_key="notificationId")
     created_at = fields.DateTime(data_key="createdAt")
     emailed_at = fields.DateTime(allow_none=True, data_key="emailedAt")
+    # The mail server's permanent refusal (a mistyped address): not e-mailed, not retried.
+    email_error = fields.String(allow_none=True, data_key="emailError")
 
 
 class AlertListSchema(Schema):

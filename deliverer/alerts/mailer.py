@@ -64,6 +64,22 @@ class _BoundedSMTP_SSL(_BoundedSMTP, smtplib.SMTP_SSL):
     pass
 
 
+def permanent_refusal(exc: BaseException) -> str | None:
+    """The server's reply if ``exc`` is its permanent refusal of this message (5xx): its
+    recipient (no such mailbox) or its content. Sending it again cannot help. A refused
+    login or sender is the configuration's, for every alert: not this message's."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        replies = list(exc.recipients.values())
+        if replies and all(code >= 500 for code, _ in replies):
+            code, text = replies[0]
+            return f"{code} {text.decode(errors='replace')}"
+    if isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code >= 500:
+        error = exc.smtp_error
+        said = error.decode(errors="replace") if isinstance(error, bytes) else error
+        return f"{exc.smtp_code} {said}"
+    return None
+
+
 def _domain_of(address: str) -> str:
     return parseaddr(address)[1].rpartition("@")[2] or "deliverer.invalid"
 

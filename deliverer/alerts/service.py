@@ -143,7 +143,7 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
         .join(WebhookSettings, WebhookSettings.partner_id == Alert.partner_id)
         .join(Endpoint, Endpoint.id == Alert.endpoint_id)
         # Served by the partial index ix_alerts_unmailed: O(recent unmailed alerts).
-        .where(*_free_to_claim(now), _current(),
+        .where(*_free_to_claim(now), _current(), Alert.email_error.is_(None),
                Alert.created_at >= now - UNMAILED_MAX_AGE,
                Alert.created_at <= now - UNMAILED_AFTER,
                WebhookSettings.alert_email.is_not(None), WebhookSettings.alert_email != "")
@@ -191,11 +191,16 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
     un-mailed: once its claim has run out, a redelivered task or the alert sweep sends it.
     A send that fails gives the claim back, and the task's retries or the sweep try again.
     """
-    from deliverer.alerts.mailer import SmtpConfigError, message_id, send_mail
+    from deliverer.alerts.mailer import (
+        SmtpConfigError,
+        message_id,
+        permanent_refusal,
+        send_mail,
+    )
 
     with session_scope() as session:
         alert = session.get(Alert, alert_id)
-        if alert is None or alert.emailed_at is not None:
+        if alert is None or alert.emailed_at is not None or alert.email_error is not None:
             return False
         if session.scalar(select(Alert.id).join(Endpoint, Endpoint.id == Alert.endpoint_id)
                           .where(Alert.id == alert_id, _current())) is None:
@@ -218,9 +223,20 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
         log.error("alert %s not e-mailed: %s", alert_id, exc)
         _unclaim(alert_id, claimed_until, settings)
         return False
-    except BaseException:
-        _unclaim(alert_id, claimed_until, settings)
-        raise
+    except BaseException as exc:
+        refusal = permanent_refusal(exc)
+        if refusal is None:
+            _unclaim(alert_id, claimed_until, settings)
+            raise
+        # Not tried again (every five minutes for a day, a traceback each time): said
+        # where the merchant and the operators look.
+        log.warning("alert %s not e-mailed to %s: the mail server refused it: %s",
+                    alert_id, to, refusal)
+        in_transaction(lambda session: session.execute(
+            update(Alert).where(Alert.id == alert_id)
+            .values(email_error=refusal[:500], email_claimed_until=None)),
+            retry_for=settings.lease_seconds)
+        return False
     # Accepted (send_mail does not raise for a failed QUIT after that). Recorded through
     # database hiccups: left unrecorded, the claim would run out and a second e-mail go.
     in_transaction(

@@ -34,3 +34,5 @@ class Alert(Base):
     # While a worker is e-mailing the alert: until when no other may. Past it the worker is
     # taken for dead (killed mid-send) and the alert may be e-mailed again.
     email_claimed_until: Mapped[datetime | None]
+    # The mail server's permanent refusal (5xx), if it gave one: not tried again.
+    email_error: Mapped[str | None] = mapped_column(Text)

@@ -248,6 +248,46 @@ def test_only_alerts_still_true_of_their_endpoint_are_emailed(settings, smtp_inb
                                              failing)] == [True, True, True, False]
 
 
+class _RefusingInbox(Inbox):
+    """A mail server with no mailbox ``reject@...``: 550 at RCPT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("reject@"):
+            self.refused += 1
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_an_address_the_server_refuses_for_good_is_said_not_retried(settings,
+                                                                     override_settings,
+                                                                     caplog):
+    """A 5xx is permanent: retried as a network blip it was tried six times a task, then
+    every five minutes for a day, each with an ERROR traceback, and nobody was told."""
+    caplog.set_level(logging.WARNING, logger=alerts.__name__)
+    inbox = _RefusingInbox()
+    alert_id = _alert(settings, alert_email="reject@merchant.test",
+                      created_at=_minutes_ago(10))
+    with serve(inbox) as port, override_settings(
+            smtp_url=f"smtp://127.0.0.1:{port}", alert_sender="alerts@deliverer.test") as s:
+        assert not alerts.email_alert(alert_id, s)  # no exception: the task does not retry
+        assert not alerts.email_alert(alert_id, s)
+        with session_scope() as session:
+            assert alerts.unmailed_alerts(session, s, utcnow()) == []
+    assert inbox.refused == 1 and inbox.messages == []
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        assert (alert.emailed_at, alert.email_claimed_until) == (None, None)
+        assert alert.email_error == "550 5.1.1 No such user"
+    assert [r.levelname for r in caplog.records if "refused it" in r.getMessage()] == \
+        ["WARNING"]
+
+
 class _SlowInbox(Inbox):
     """Holds every message at DATA until ``release`` is set."""
 
