@@ -24,10 +24,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from deliverer import lease
 from deliverer.broker.dispatch import enqueue_alert_email
 from deliverer.config import Settings
+from deliverer.cursors import decode_cursor, encode_cursor
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.models import Alert, Endpoint, WebhookSettings, utcnow
 from deliverer.models import endpoint as endpoint_model
-from deliverer.notifications.queries import decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from deliverer.errors import DelivererError, NotFound, NotificationNotFound, ValidationFailed
+from deliverer.cursors import InvalidCursor, decode_cursor, encode_cursor
+from deliverer.errors import NotFound, NotificationNotFound, ValidationFailed
 from deliverer.models import Attempt, Endpoint, Event, Notification
 
 # The canonical form only, in either case. uuid.UUID() also takes "urn:uuid:", braces,
@@ -82,10 +83,6 @@ class ListFilters:
     sequence_after: int | None = None
 
 
-class InvalidCursor(DelivererError):
-    message = "Invalid cursor"
-
-
 class EndpointFilterNotFound(NotFound):
     message = "Endpoint not found"
 
@@ -95,22 +92,11 @@ SEQUENCE_NEEDS_ENDPOINT = ("sequenceAfter needs endpointId: sequence numbers are
 
 
 def _encode_cursor(created_at: datetime, notification_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{notification_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(created_at, notification_id)
 
 
-def _decode_cursor(cursor: str, is_id: Callable[[str], bool] = is_uuid
-                   ) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, notification_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None or not is_id(notification_id):
-            raise InvalidCursor()
-        created_at = created_at.astimezone(UTC)  # OverflowError for 0001-01-01T00:00+01:00
-    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidCursor() from exc
-    return created_at, notification_id
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    return decode_cursor(cursor, is_uuid)
 
 
 # In sequence order (sequenceAfter), the cursor is the last sequence number listed.
@@ -133,10 +119,6 @@ def _decode_sequence_cursor(cursor: str) -> int:
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidCursor() from exc
 
-
-# The same keyset cursor for other newest-first lists (the merchant portal's event log).
-encode_cursor = _encode_cursor
-decode_cursor = _decode_cursor
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from sqlalchemy import and_, case, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
+from deliverer.cursors import decode_cursor, encode_cursor
 from deliverer.models import (
     Alert,
     Attempt,
@@ -23,7 +24,7 @@ from deliverer.models import (
     WebhookSettings,
     active_secrets,
 )
-from deliverer.notifications.queries import decode_cursor, encode_cursor, is_uuid
+from deliverer.notifications.queries import is_uuid
 from deliverer.operations import inspect
 from deliverer.portal.chart import Chart, hourly_buckets
 
@@ -236,7 +237,7 @@ def event_log(session: Session, partner_id: str, filters: EventFilters,
         query = query.where(exists().where(Notification.event_id == Event.id,
                                            Notification.status == filters.status))
     if filters.cursor:
-        created_at, event_id = decode_cursor(filters.cursor)
+        created_at, event_id = decode_cursor(filters.cursor, is_uuid)
         query = query.where(or_(Event.created_at < created_at,
                                 and_(Event.created_at == created_at, Event.id < event_id)))
     events = list(session.scalars(
