@@ -102,6 +102,9 @@ def _bool(value: str | None, default: bool = False) -> bool:
     return value.strip().lower() in _TRUE
 
 
+MIN_ADMIN_TOKEN = 16
+
+
 class ConfigError(ValueError):
     """A setting from the environment that cannot be used: its message names it."""
 
@@ -256,11 +259,17 @@ class Settings:
             # A POST could then outlive its lease, and the row be claimed and POSTed again.
             raise ConfigError("DELIVERER_LEASE_SECONDS must be longer than "
                              "DELIVERER_CONNECT_TIMEOUT + DELIVERER_TOTAL_TIMEOUT")
+        admin_token = env.get("DELIVERER_ADMIN_TOKEN") or None
+        if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
+            # It opens /internal/v1 and the console, which take any number of tries.
+            raise ConfigError(
+                f"DELIVERER_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters, e.g. "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return cls(
             database_url=database_url,
             broker_url=broker_url,
             data_dir=data_dir,
-            admin_token=env.get("DELIVERER_ADMIN_TOKEN") or None,
+            admin_token=admin_token,
             time_scale=time_scale,
             allow_private_urls=_bool(env.get("DELIVERER_ALLOW_PRIVATE_URLS")),
             ladder=ladder,

@@ -117,6 +117,8 @@ def _guard() -> Any:
         return page("console/closed.html", 503)
     basic = _basic_auth(settings)
     if basic is False:
+        current_app.logger.warning("failed console sign-in (Basic auth) from %s",
+                                   request.remote_addr)
         body, status = page("console/error.html", 401, title="Not signed in",
                             message="Wrong credentials.")
         return Response(body, status, {"WWW-Authenticate": 'Basic realm="deliverer console"'},
