@@ -106,10 +106,16 @@ def deliverer_run(data_dir: Path, *args: str, **env: str) -> Iterator[Running]:
     """``deliverer run ARGS...`` in a session of its own (its children make process
     groups of their own in it: whatever is left of the session at the end is killed,
     and only that)."""
-    proc = subprocess.Popen([str(DELIVERER), "run", *args],
-                            env={**devserver_env(data_dir), **env},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # With Ctrl-C as a terminal leaves it: a script's background job (CI run with &)
+    # inherits SIGINT ignored, and so would deliverer run, and the Ctrl-C tests' signal.
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen([str(DELIVERER), "run", *args],
+                                env={**devserver_env(data_dir), **env},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         yield Running(proc)
     finally:
