@@ -1,7 +1,8 @@
 """Resending the latest webhook of a transaction or invoice (seeds 002 and 004).
 
-A resend is a delivery of its own: it sends the event again to its callback URL or the
-partner's current webhook URL, is recorded as an attempt (trigger ``resend``) on the
+A resend is a delivery of its own: it sends the event again to its callback URL, else to
+the endpoint that received it (the default endpoint if it did) at its current URL, is
+recorded as an attempt (trigger ``resend``, counted in ``attempt_count``) on the
 notification, and changes no status of the original, so calling it again has no side
 effect beyond another POST. Its progress lives on its ``partner_requests`` row.
 
@@ -16,6 +17,7 @@ is a conditional UPDATE, so a message sent twice still makes one POST.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +56,8 @@ from deliverer.notifications.audit import (
 )
 from deliverer.notifications.cycle import DECIDING, DECIDING_NAMES, check_deliverable
 from deliverer.partners.service import Principal
+
+log = logging.getLogger(__name__)
 
 
 def resend_lease(settings: Settings) -> timedelta:
@@ -106,7 +110,9 @@ _LATEST = (
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Event.partner_id)
 )
 _PREFERRED = (Event.created_at.desc(),
-              case((Endpoint.is_default.is_(True), 0), else_=1), Notification.created_at)
+              case((Endpoint.is_default.is_(True), 0), (Endpoint.deleted_at.is_(None), 1),
+                   else_=2),
+              Notification.created_at)
 
 
 def _target(row: Any, now: datetime) -> _Target:
@@ -127,6 +133,22 @@ def _target(row: Any, now: datetime) -> _Target:
                    (event.partner_id, url) if url else None)
 
 
+def _sendable_target(session: Session, row: Any, now: datetime) -> _Target:
+    """``_target``, or the refusal (a DelivererError) of a resend that would go nowhere
+    or where a retry would not: checked when it is asked for and again when it is sent
+    (the sweep may send a lost one hours later)."""
+    if row.Endpoint is not None and row.Endpoint.deleted_at is not None \
+            and not row.Event.callback_url:
+        # Not to the webhook URL instead: that endpoint may not take this event type.
+        raise Conflict(ENDPOINT_GONE.format(id=row.Endpoint.public_id))
+    target = _target(row, now)
+    if not target.url:
+        raise NoWebhookUrl()
+    # Refused as a retry would be: the endpoint disabled, webhooks turned off.
+    check_deliverable(session, target.facts, moves_to=target.moves_to, then="resend")
+    return target
+
+
 def request_resend(session: Session, settings: Settings, principal: Principal,
                    reference: str, now: datetime | None = None) -> ResendRequest:
     now = now or utcnow()
@@ -139,15 +161,7 @@ def request_resend(session: Session, settings: Settings, principal: Principal,
         ).first()
         if row is None:
             raise TransactionNotFound()
-        if row.Endpoint is not None and row.Endpoint.deleted_at is not None \
-                and not row.Event.callback_url:
-            # Not to the webhook URL instead: that endpoint may not take this event type.
-            raise Conflict(ENDPOINT_GONE.format(id=row.Endpoint.public_id))
-        target = _target(row, now)
-        if not target.url:
-            raise NoWebhookUrl()
-        # Refused as a retry would be: the endpoint disabled, webhooks turned off.
-        check_deliverable(session, target.facts, moves_to=target.moves_to, then="resend")
+        target = _sendable_target(session, row, now)
         check_rate(session, principal.partner_id, RequestKind.RESEND,
                    settings.resend_rate_per_minute, now)
     except DelivererError as error:
@@ -158,6 +172,7 @@ def request_resend(session: Session, settings: Settings, principal: Principal,
                                 notification_id=notification.id, reference=reference,
                                 delivery_status=ResendStatus.PENDING, now=now)
     on_commit(session, lambda: enqueue_resend(request_id))
+    assert target.url is not None  # _sendable_target refuses none
     return ResendRequest(request_id, reference, target.url, notification.id)
 
 
@@ -176,7 +191,14 @@ def perform_resend(request_id: int, settings: Settings) -> ResendStatus | None:
         assert request is not None and request.notification_id is not None
         row = session.execute(
             _LATEST.where(Notification.id == request.notification_id)).one()
-        target = _target(row, now)  # as the request found it, unless changed since
+        try:
+            target = _sendable_target(session, row, now)
+        except DelivererError as refusal:
+            # Changed since it was asked for (deleted, disabled, webhooks off): no POST.
+            log.info("resend %s not sent: %s", request_id, refusal.message)
+            request.delivery_status = ResendStatus.FAILED
+            request.lease_expires_at = None
+            return ResendStatus.FAILED
         job = DeliveryJob(
             notification_id=row.Notification.id, lease_token="", url=target.url or "",
             body=row.Event.body.encode(), secrets=target.secrets,

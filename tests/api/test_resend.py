@@ -255,3 +255,28 @@ def test_resend_is_refused_as_a_retry_is_while_nothing_would_be_sent(billing, re
     assert h.triggers(nid) == [Trigger.AUTOMATIC]
     outcomes = [r.outcome for r in partner_requests(partner.partner_id) if r.kind == "resend"]
     assert outcomes == ["CONFLICT"] * 3
+
+
+def test_a_resend_is_checked_again_when_it_is_sent(billing, receiver, settings):
+    """The sweep sends a lost resend again, maybe hours later: an endpoint disabled
+    since is sent nothing, as it would be refused if asked for then."""
+    from sqlalchemy import select, update
+
+    from deliverer.db import session_scope
+    from deliverer.models import Endpoint, PartnerRequest, utcnow
+    from deliverer.notifications.resend import request_resend
+    from deliverer.partners.service import Principal
+
+    partner, endpoint, _nid = billing
+    with session_scope() as session:  # asked for, then disabled before the worker runs
+        asked = request_resend(session, settings, Principal(partner.partner_id, None), "INV-1")
+        session.execute(update(Endpoint).where(Endpoint.public_id == endpoint["id"])
+                        .values(disabled_at=utcnow(), disabled_reason="410 Gone"))
+
+    def status() -> str:
+        with session_scope() as session:
+            return str(session.scalar(select(PartnerRequest.delivery_status)
+                                      .where(PartnerRequest.id == asked.request_id)))
+
+    h.wait_until(lambda: status() == "FAILED", message="the resend ended, unsent")
+    assert len(receiver.requests("/billing")) == 1 and receiver.requests("/default") == []
