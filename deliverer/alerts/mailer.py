@@ -18,6 +18,7 @@ stretch that wait, not the moment it accepted).
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import time
@@ -64,19 +65,31 @@ class _BoundedSMTP_SSL(_BoundedSMTP, smtplib.SMTP_SSL):
     pass
 
 
+# Enhanced status codes (RFC 3463) of a refusal that is this message's: its mailbox
+# (5.1.x: no such user, bad address; 5.2.x: mailbox full, disabled) or its content
+# (5.6.x). Security and policy (5.7.x: relaying denied, authentication required) and
+# a bare 5xx are the server's or the configuration's, for every alert: retried.
+_THIS_MESSAGE = re.compile(rb"^5\.(1|2|6)\.\d{1,3}\b")
+
+
+def _mailbox_refusal(code: int, reply: bytes) -> str | None:
+    if code >= 500 and _THIS_MESSAGE.match(reply.lstrip()):
+        return f"{code} {reply.decode(errors='replace')}"
+    return None
+
+
 def permanent_refusal(exc: BaseException) -> str | None:
-    """The server's reply if ``exc`` is its permanent refusal of this message (5xx): its
-    recipient (no such mailbox) or its content. Sending it again cannot help. A refused
-    login or sender is the configuration's, for every alert: not this message's."""
+    """The server's reply if ``exc`` is its permanent refusal of this message's
+    recipient or content (a 5xx with a 5.1, 5.2 or 5.6 enhanced code): sending it again
+    cannot help. A refused login, sender or relay is the configuration's: None."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        replies = list(exc.recipients.values())
-        if replies and all(code >= 500 for code, _ in replies):
-            code, text = replies[0]
-            return f"{code} {text.decode(errors='replace')}"
-    if isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code >= 500:
+        refusals = [_mailbox_refusal(code, reply) for code, reply in exc.recipients.values()]
+        if refusals and all(refusals):
+            return refusals[0]
+    if isinstance(exc, smtplib.SMTPDataError):
         error = exc.smtp_error
-        said = error.decode(errors="replace") if isinstance(error, bytes) else error
-        return f"{exc.smtp_code} {said}"
+        return _mailbox_refusal(exc.smtp_code,
+                                error if isinstance(error, bytes) else error.encode())
     return None
 
 

@@ -212,12 +212,16 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
         if not to or not settings.smtp_url:
             return False
         subject, body = _email_text(alert, endpoint)
+        # The same on every try of this alert, and no other's: mail providers drop a
+        # second message with a Message-ID they have seen (another installation's alert
+        # of the same number, say).
+        alert_token = f"deliverer-alert-{alert_id}.{alert.created_at.timestamp():.6f}"
         claimed_until = claim_alert_email(session, alert_id, settings)
         if claimed_until is None:
             return False
     try:
         send_mail(settings.smtp_url, settings.alert_sender, to, subject, body,
-                  message_id=message_id(settings.alert_sender, f"deliverer-alert-{alert_id}"))
+                  message_id=message_id(settings.alert_sender, alert_token))
     except SmtpConfigError as exc:
         # Retrying cannot help; the alert waits, un-mailed, for the settings to be fixed.
         log.error("alert %s not e-mailed: %s", alert_id, exc)

@@ -7,6 +7,7 @@ import email
 import email.policy
 import email.utils
 import logging
+import smtplib
 import subprocess
 import sys
 import threading
@@ -69,7 +70,8 @@ def test_alert_is_emailed_to_the_partners_alert_address(settings, worker, receiv
     assert email.utils.parsedate_to_datetime(message["Date"]).tzinfo is not None
     with session_scope() as session:
         alert_id = session.scalar(select(Alert.id))
-    assert message["Message-ID"] == f"<deliverer-alert-{alert_id}@deliverer.test>"
+    assert message["Message-ID"].startswith(f"<deliverer-alert-{alert_id}.")
+    assert message["Message-ID"].endswith("@deliverer.test>")
     assert "console" not in text and "Raised: " in text
     # One line for the operator, naming the endpoint and why.
     logged = [r.getMessage() for r in caplog.records if r.name == "deliverer.alerts.service"]
@@ -259,6 +261,9 @@ class _RefusingInbox(Inbox):
         if address.startswith("reject@"):
             self.refused += 1
             return "550 5.1.1 No such user"
+        if address.startswith("relay@"):  # the server's policy: every recipient alike
+            self.refused += 1
+            return "550 5.7.1 Relaying denied"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -286,6 +291,24 @@ def test_an_address_the_server_refuses_for_good_is_said_not_retried(settings,
         assert alert.email_error == "550 5.1.1 No such user"
     assert [r.levelname for r in caplog.records if "refused it" in r.getMessage()] == \
         ["WARNING"]
+
+
+def test_a_refusal_of_the_servers_policy_is_retried(settings, override_settings):
+    """Relaying denied (5.7.1) is the configuration's, every alert's: recorded as this
+    address's, every alert of the outage would be lost once the relay is fixed."""
+    inbox = _RefusingInbox()
+    alert_id = _alert(settings, alert_email="relay@merchant.test",
+                      created_at=_minutes_ago(10))
+    with serve(inbox) as port, override_settings(
+            smtp_url=f"smtp://127.0.0.1:{port}", alert_sender="alerts@deliverer.test") as s:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):  # the task retries it
+            alerts.email_alert(alert_id, s)
+        with session_scope() as session:
+            assert alerts.unmailed_alerts(session, s, utcnow()) == [alert_id]
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        assert (alert.email_error, alert.email_claimed_until) == (None, None)
 
 
 class _SlowInbox(Inbox):
