@@ -8,6 +8,7 @@ embedded default: SQLite plus kombu's SQLAlchemy transport.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -111,6 +112,12 @@ def stop_grace(settings: Settings) -> float:
     return settings.lease_seconds + RECORDING_MARGIN
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Each child leads a process group of its own: gunicorn's workers go with it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
     for proc in procs.values():
         if proc.poll() is None:
@@ -124,7 +131,7 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
             while proc.poll() is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    proc.kill()
+                    _kill_group(proc)
                     break
                 try:
                     proc.wait(timeout=min(left, 2.0))
@@ -138,7 +145,7 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
     except KeyboardInterrupt:
         for proc in procs.values():
             if proc.poll() is None:
-                proc.kill()
+                _kill_group(proc)
 
 
 def _console_line(base_url: str, settings: Settings, made_up_token: str | None) -> str:
@@ -172,7 +179,7 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         made_up_token = env["DELIVERER_ADMIN_TOKEN"] = "demo-" + secrets.token_hex(12)
     settings = Settings.from_env(env)
     set_settings(settings)
-    lock_data_dir(settings)
+    lock = lock_data_dir(settings)
     env["DELIVERER_DATA_DIR"] = str(settings.data_dir)
     # web and worker are separate processes: share prometheus-client's multiprocess
     # directory so /metrics shows the worker's delivery counters (fresh at every start).
@@ -199,7 +206,8 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
             # process alone, which stops them with SIGTERM (a warm shutdown). The second
             # Ctrl-C kills them; sent to the worker as well, it asked Celery's threads
             # pool for a cold shutdown it cannot do (a CRITICAL traceback).
-            procs[name] = subprocess.Popen(cmd, env=env, process_group=0)
+            # The lock passed on: held while any of them runs, this process killed too.
+            procs[name] = subprocess.Popen(cmd, env=env, process_group=0, pass_fds=(lock,))
         _wait_healthy(base_url, procs)
         print(f"deliverer is up: API {base_url} (database {masked_url(settings.database_url)}, "
               f"broker {masked_url(settings.broker_url)})", flush=True)

@@ -217,6 +217,13 @@ def test_a_second_run_on_the_same_data_directory_is_refused(tmp_path: Path):
             assert "Traceback" not in second.output
         healthz = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         assert healthz.status_code == 200
+        # Killed itself, its children go on, on the same files: they hold the lock too.
+        first.proc.kill()
+        first.proc.wait(STOP_TIMEOUT)
+        assert session_pids(first.proc.pid)
+        with deliverer_run(tmp_path, "--port", str(free_port())) as third:
+            assert third.proc.wait(STOP_TIMEOUT) == 1
+            third.wait_for("Error: another `deliverer run` uses")
 
 
 def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Path):
