@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 
 from api.db import get_session
+from api.guards import refuse_malformed_json
 from deliverer.errors import DelivererError, Unauthorized
 from deliverer.partners.service import Principal, authenticate, key_hash
 
@@ -34,6 +35,7 @@ def check_admin() -> None:
     # No configured token closes the internal API instead of opening it.
     if not expected or not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise AdminUnauthorized()
+    refuse_malformed_json()  # after authentication, as validation comes after it
 
 
 def _raw_key() -> str | None:
@@ -74,5 +76,8 @@ def check_partner() -> None:
     view = current_app.view_functions.get(request.endpoint or "")
     if getattr(view, "key_resolved_in_batch", False):
         g.key_hash = key_hash(_raw_key())
-        return
-    current_partner()
+    else:
+        current_partner()
+    # A malformed body, after authentication (as validation) but before any view: the
+    # routes that read none (retry, ignore, resend) ran their action on one.
+    refuse_malformed_json()

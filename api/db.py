@@ -18,7 +18,7 @@ from flask import Flask, Response, g
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from api.errors import error_response
+from api.errors import answer
 from deliverer.db import get_database
 from deliverer.errors import DelivererError
 
@@ -64,26 +64,27 @@ def init_app(app: Flask) -> None:
         if session is None:
             return response
         refused: DelivererError | None = g.pop("refused", None)
-        if response.status_code >= 400:
-            session.rollback()
-            kept: list[Callable[[Session], None]] = g.pop("kept_after_rollback", [])
-            if refused is None and not kept:
-                return response
-            for work in kept:
-                work(session)
-            if refused is not None:
-                refused.keep_refusal(session)
-        # Enqueues registered with deliverer.db.on_commit run inside this commit.
         try:
+            if response.status_code >= 400:
+                session.rollback()
+                kept: list[Callable[[Session], None]] = g.pop("kept_after_rollback", [])
+                if refused is None and not kept:
+                    return response
+                for work in kept:
+                    work(session)
+                if refused is not None:
+                    refused.keep_refusal(session)
+            # Enqueues registered with deliverer.db.on_commit run inside this commit.
             session.commit()
         except DBAPIError:
             # The database went away between the work and the commit: nothing was
-            # stored, and the client is told to try again, not a bare 500.
+            # stored, and the client is told to try again, not a bare 500 (in the shape
+            # of the path: a page, seed 002's body, the API's).
             log.warning("commit failed", exc_info=True)
             session.rollback()
-            return error_response(503, "SERVICE_UNAVAILABLE",
-                                  "Service temporarily unavailable. Try again shortly.",
-                                  headers={"Retry-After": "5"})
+            return answer(503, "SERVICE_UNAVAILABLE",
+                          "Service temporarily unavailable. Try again shortly.",
+                          headers={"Retry-After": "5"})
         return response
 
     @app.teardown_appcontext

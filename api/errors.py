@@ -72,7 +72,7 @@ def keep_refusal(exc: DelivererError) -> None:
 SEED_002_PREFIX = "/api/v1/merchant/"
 
 
-def _answer(status: int, code: str, message: str, *, title: str = "Request refused",
+def answer(status: int, code: str, message: str, *, title: str = "Request refused",
             errors: Any = None, headers: dict[str, str] | None = None) -> Response:
     """An error in the shape of the path it answers: a page under the pages' prefixes,
     seed 002's body under its prefix, else ``{statusCode, code, message}``."""
@@ -92,7 +92,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DelivererError)
     def _service_error(exc: DelivererError) -> Response:
         keep_refusal(exc)
-        return _answer(exc.status_code, exc.code, exc.message, headers=exc.headers)
+        return answer(exc.status_code, exc.code, exc.message, headers=exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -102,24 +102,24 @@ def register_error_handlers(app: Flask) -> None:
         if messages:
             # Validation failures from the marshmallow schemas (webargs answers 422).
             details = _flatten(messages)
-            return _answer(400, "BAD_REQUEST", "Invalid request: " + "; ".join(details),
+            return answer(400, "BAD_REQUEST", "Invalid request: " + "; ".join(details),
                            title=exc.name, errors=messages)
         message = {
             404: "Resource not found",
             405: "Method not allowed",
             413: "Request body too large",
         }.get(status, exc.description or exc.name)
-        return _answer(status, _CODES.get(status, exc.name.upper().replace(" ", "_")),
+        return answer(status, _CODES.get(status, exc.name.upper().replace(" ", "_")),
                        message, title=exc.name)
 
     @app.errorhandler(OperationalError)
     def _db_unavailable(exc: DBAPIError) -> Response:
         log.exception("database unavailable")
-        return _answer(503, "SERVICE_UNAVAILABLE",
+        return answer(503, "SERVICE_UNAVAILABLE",
                        "Service temporarily unavailable. Try again shortly.",
                        headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
-        return _answer(500, "INTERNAL_ERROR", "Internal server error")
+        return answer(500, "INTERNAL_ERROR", "Internal server error")

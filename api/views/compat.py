@@ -13,7 +13,6 @@ from flask import current_app, jsonify
 from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import get_session
-from api.guards import refuse_malformed_json
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import DeliveryFailed, resend
 from api.views.smorest import Blueprint
@@ -24,7 +23,6 @@ from deliverer.notifications.resend import TransactionNotFound
 blp = Blueprint("compat", __name__, url_prefix="",
                 description="Compatibility routes for merchants migrating from other providers.")
 blp.before_request(check_partner)
-blp.before_request(refuse_malformed_json)  # after authentication
 
 
 # -- seed 001 ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from flask import current_app
 from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import commit_then, get_session
-from api.guards import refuse_malformed_json
 from api.schemas.common import ApiErrorSchema
 from api.schemas.endpoints import (
     EndpointCreateSchema,
@@ -39,7 +38,6 @@ blp = Blueprint("endpoints", __name__, url_prefix="/api/partner/v2",
                 description="Registered webhook endpoints and the event types they "
                             "subscribe to (API key).")
 blp.before_request(check_partner)
-blp.before_request(refuse_malformed_json)  # after authentication
 
 
 def _settings() -> Any:

@@ -14,7 +14,6 @@ from flask import current_app
 
 from api import portal_links
 from api.auth import check_admin
-from api.guards import refuse_malformed_json
 from api.schemas.common import ApiErrorSchema
 from api.schemas.internal import (
     CreatedPartnerSchema,
@@ -33,7 +32,6 @@ from deliverer.publishing.service import PUBLISH_RETRY_FOR, publish_one
 blp = Blueprint("internal", __name__, url_prefix="/internal/v1",
                 description="Publishing events and setting up partners (admin token).")
 blp.before_request(check_admin)
-blp.before_request(refuse_malformed_json)  # after authentication
 
 
 @blp.route("/events", methods=["POST"])

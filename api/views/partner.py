@@ -10,7 +10,6 @@ from flask import current_app
 from api import portal_links, presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
 from api.db import commit_then, get_session
-from api.guards import refuse_malformed_json
 from api.schemas.common import ApiErrorSchema
 from api.schemas.partner import (
     AlertListSchema,
@@ -39,7 +38,6 @@ from deliverer.portal.sessions import ISSUED_BY_API_KEY
 blp = Blueprint("partner", __name__, url_prefix="/api/partner/v2",
                 description="Webhook notifications, retries, resends and settings (API key).")
 blp.before_request(check_partner)
-blp.before_request(refuse_malformed_json)  # after authentication
 
 
 def _settings() -> Any:
