@@ -31,8 +31,8 @@ from deliverer.models import (
     Partner,
     Trigger,
     WebhookSettings,
-    active_secrets,
     not_receiving_webhooks,
+    signing_secrets,
     table_of,
     utcnow,
 )
@@ -186,12 +186,9 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
             continue
         jobs.append(DeliveryJob(
             notification_id=r.id, lease_token=token, url=r.url or "", body=r.body.encode(),
-            # A registered endpoint signs with its own secret; the default endpoint and
-            # callback URLs with the partner's.
-            secrets=(active_secrets(r.own_secret, r.own_previous,
-                                    r.own_previous_expires_at, now) if r.own_secret else
-                     active_secrets(r.signing_secret, r.previous_secret,
-                                    r.previous_secret_expires_at, now)),
+            secrets=signing_secrets(
+                (r.own_secret, r.own_previous, r.own_previous_expires_at),
+                (r.signing_secret, r.previous_secret, r.previous_secret_expires_at), now),
             trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
             endpoint_failing=r.failing_since is not None, lane=r.lane,
         ))

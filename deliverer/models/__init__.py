@@ -19,6 +19,7 @@ from deliverer.models.partner import (
     WebhookSettings,
     active_secrets,
     not_receiving_webhooks,
+    signing_secrets,
 )
 from deliverer.models.portal import PortalSession, PortalSignIn
 from deliverer.models.request_log import PartnerRequest, RequestKind, ResendStatus
@@ -51,6 +52,7 @@ __all__ = [
     "endpoint_group",
     "locked_in_id_order",
     "not_receiving_webhooks",
+    "signing_secrets",
     "subscribed",
     "table_of",
     "utcnow",

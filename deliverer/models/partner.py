@@ -79,6 +79,15 @@ def active_secrets(signing_secret: str | None, previous_secret: str | None,
     return secrets
 
 
+def signing_secrets(own: tuple[str | None, str | None, datetime | None],
+                    partners: tuple[str | None, str | None, datetime | None],
+                    now: datetime) -> list[str]:
+    """What a POST to an endpoint is signed with: a registered endpoint's own secret (and
+    previous one), else, for the default endpoint and callback URLs, the partner's.
+    Each: (secret, previous secret, when the previous one stops signing)."""
+    return active_secrets(*own, now) if own[0] else active_secrets(*partners, now)
+
+
 def not_receiving_webhooks(active: bool, flow: str) -> str | None:
     """Why no webhook is pushed to a partner (inactive, or on the POLLING flow), or None.
     Publishing, claims, operator retries and the partner API all ask this."""

@@ -44,7 +44,7 @@ from deliverer.models import (
     ResendStatus,
     Trigger,
     WebhookSettings,
-    active_secrets,
+    signing_secrets,
     utcnow,
 )
 from deliverer.notifications.audit import (
@@ -121,15 +121,17 @@ def _target(row: Any, now: datetime) -> _Target:
     former webhook URL's row) the partner's current webhook URL, as seed 002 says."""
     event, endpoint, settings_row = row.Event, row.Endpoint, row.WebhookSettings
     facts = {name: getattr(row, name) for name in DECIDING_NAMES}
-    partner_secrets = settings_row.active_secrets(now) if settings_row else []
+    partners = ((settings_row.signing_secret, settings_row.previous_secret,
+                 settings_row.previous_secret_expires_at) if settings_row
+                else (None, None, None))
     if event.callback_url or (endpoint is not None and endpoint.registered):
-        url = event.callback_url or endpoint.url
-        own = endpoint is not None and endpoint.signing_secret
-        return _Target(url, active_secrets(endpoint.signing_secret, endpoint.previous_secret,
-                                           endpoint.previous_secret_expires_at, now)
-                       if own else partner_secrets, facts, None)
+        own = ((endpoint.signing_secret, endpoint.previous_secret,
+                endpoint.previous_secret_expires_at) if endpoint is not None
+               else (None, None, None))
+        return _Target(event.callback_url or endpoint.url,
+                       signing_secrets(own, partners, now), facts, None)
     url = settings_row.url if settings_row else None
-    return _Target(url, partner_secrets, facts,
+    return _Target(url, signing_secrets((None, None, None), partners, now), facts,
                    (event.partner_id, url) if url else None)
 
 
