@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -72,8 +72,8 @@ def _current() -> ColumnElement[bool]:
     return or_(
         and_(Alert.kind == KIND_FAILING, Endpoint.disabled_at.is_(None),
              Endpoint.failing_since.is_not(None), Endpoint.failing_since <= Alert.created_at),
-        and_(Alert.kind != KIND_FAILING, Endpoint.disabled_at.is_not(None),
-             Endpoint.disabled_at <= Alert.created_at))
+        and_(Alert.kind.in_((KIND_DISABLED, KIND_AUTO_DISABLED)),
+             Endpoint.disabled_at.is_not(None), Endpoint.disabled_at <= Alert.created_at))
 
 
 def describe(endpoint: Endpoint) -> str:
@@ -121,9 +121,8 @@ def list_alerts(session: Session, partner_id: str, limit: int = 50,
     if cursor:
         created_at, alert_id = decode_cursor(cursor, is_id=lambda text: text.isdigit()
                                              and int(text) < 2**63)
-        query = query.where(or_(Alert.created_at < created_at,
-                                and_(Alert.created_at == created_at,
-                                     Alert.id < int(alert_id))))
+        # A row-value comparison: an index range, where the OR's form is a filter.
+        query = query.where(tuple_(Alert.created_at, Alert.id) < (created_at, int(alert_id)))
     found = session.execute(
         query.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit + 1))
     rows: list[tuple[Alert, str | None]] = [(alert, public_id) for alert, public_id in found]

@@ -176,7 +176,8 @@ def search_notifications(session: Session, *, q: str | None = None,
                          status: str | None = None, endpoint_id: int | None = None,
                          limit: int = 100) -> list[SearchResult]:
     """Newest first. ``q``: a notification or event id, an endpoint's public id
-    (``ep_...``), else a reference; ``partner``: a partner id, else part of its name."""
+    (``ep_...``, one that exists), else a reference; ``partner``: a partner id, else part
+    of its name."""
     query = (
         select(Notification, Event, Partner.name)
         .join(Event, Event.id == Notification.event_id)
@@ -186,9 +187,8 @@ def search_notifications(session: Session, *, q: str | None = None,
     if q:
         if is_uuid(q):
             query = query.where(or_(Notification.id == q, Notification.event_id == q))
-        elif q.startswith("ep_"):
-            query = query.where(Notification.endpoint_id == select(Endpoint.id).where(
-                Endpoint.public_id == q).scalar_subquery())
+        elif q.startswith("ep_") and (number := endpoint_number(session, q)) is not None:
+            query = query.where(Notification.endpoint_id == number)
         else:
             query = query.where(Event.reference == q)
     if partner and partner.strip():
