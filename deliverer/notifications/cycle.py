@@ -147,19 +147,9 @@ def repoint(session: Session, *, notification_id: str, partner_id: str,
     return current_url, new_endpoint_id, sequence
 
 
-# A notification's event's callback URL, the partner's current webhook URL, and
-# whether its endpoint keeps it.
-_URLS = (
-    select(Event.callback_url, WebhookSettings.url, KEEPS_ITS_NOTIFICATIONS)
-    .select_from(Notification)
-    .join(Event, Event.id == Notification.event_id)
-    .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
-    .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
-    .where(Notification.id == bindparam("nid"))
-)
-
-
-_DECIDING_OF = (
+# What a retry of one notification decides by: its event's callback URL, the partner's
+# current webhook URL, and ``DECIDING`` (whether its endpoint keeps it, and is enabled).
+_TARGET_OF = (
     select(Event.callback_url, WebhookSettings.url.label("current_url"), *DECIDING)
     .select_from(Notification)
     .join(Event, Event.id == Notification.event_id)
@@ -169,25 +159,29 @@ _DECIDING_OF = (
 )
 
 
-def check_deliverable_of(session: Session, notification: Notification) -> None:
+def check_deliverable_of(session: Session, notification: Notification) -> dict[str, Any]:
     """``check_deliverable`` of a loaded notification (an operator's retry or replay):
     a retry that its claim would hold again is refused, not started on a fresh cycle
-    whose only attempt is the claim's synthetic error."""
-    facts = dict(session.execute(_DECIDING_OF, {"nid": notification.id}).one()._mapping)
-    moves = moves_on_retry(url=notification.url, callback_url=facts["callback_url"],
-                           current_url=facts["current_url"],
-                           endpoint_keeps=bool(facts["endpoint_keeps"]))
+    whose only attempt is the claim's synthetic error. Returns what it read, for
+    ``repoint_to_current_url``."""
+    facts = dict(session.execute(_TARGET_OF, {"nid": notification.id}).one()._mapping)
     check_deliverable(session, facts, moves_to=(
-        (notification.partner_id, facts["current_url"]) if moves else None))
+        (notification.partner_id, facts["current_url"]) if _moves(notification, facts)
+        else None))
+    return facts
+
+
+def _moves(notification: Notification, facts: Mapping[str, Any]) -> bool:
+    return moves_on_retry(url=notification.url, callback_url=facts["callback_url"],
+                          current_url=facts["current_url"],
+                          endpoint_keeps=bool(facts["endpoint_keeps"]))
 
 
 def repoint_to_current_url(session: Session, notification: Notification,
-                           now: datetime) -> None:
-    """``repoint`` of a loaded notification."""
-    callback_url, current_url, keeps = session.execute(
-        _URLS, {"nid": notification.id}).one()
-    if current_url and moves_on_retry(url=notification.url, callback_url=callback_url,
-                                      current_url=current_url, endpoint_keeps=bool(keeps)):
+                           facts: Mapping[str, Any], now: datetime) -> None:
+    """``repoint`` of a loaded notification; ``facts``: ``check_deliverable_of``'s."""
+    current_url = facts["current_url"]
+    if current_url and _moves(notification, facts):
         notification.url, notification.endpoint_id, notification.sequence = repoint(
             session, notification_id=notification.id, partner_id=notification.partner_id,
             endpoint_id=notification.endpoint_id, current_url=current_url, now=now)

@@ -91,14 +91,6 @@ SEQUENCE_NEEDS_ENDPOINT = ("sequenceAfter needs endpointId: sequence numbers are
                            "per endpoint")
 
 
-def _encode_cursor(created_at: datetime, notification_id: str) -> str:
-    return encode_cursor(created_at, notification_id)
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    return decode_cursor(cursor, is_uuid)
-
-
 # In sequence order (sequenceAfter), the cursor is the last sequence number listed.
 _SEQUENCE_CURSOR = "seq:"
 MAX_SEQUENCE = 2**62
@@ -167,7 +159,7 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
     if by_sequence:
         return _by_sequence(session, query, filters)
     if filters.cursor:
-        created_at, notification_id = _decode_cursor(filters.cursor)
+        created_at, notification_id = decode_cursor(filters.cursor, is_uuid)
         query = query.where(or_(
             Notification.created_at < created_at,
             and_(Notification.created_at == created_at, Notification.id < notification_id),
@@ -180,7 +172,7 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
     next_cursor = None
     if len(rows) > filters.limit:
         last = items[-1][0]
-        next_cursor = _encode_cursor(last.created_at, last.id)
+        next_cursor = encode_cursor(last.created_at, last.id)
     return Page(items, next_cursor)
 
 

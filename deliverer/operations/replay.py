@@ -17,9 +17,10 @@ operator work never eats into a merchant's allowance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -78,16 +79,18 @@ def record_operator_action(session: Session, notification: Notification, kind: s
     return row
 
 
-def requeue(session: Session, settings: Settings, notification: Notification, now: datetime,
-            *, due_at: datetime | None = None) -> bool:
+def requeue(session: Session, settings: Settings, notification: Notification,
+            facts: Mapping[str, Any], now: datetime, *, due_at: datetime | None = None
+            ) -> bool:
     """Reset ``notification`` like a manual retry and queue it once the session commits.
 
     Mirrors ``deliverer.notifications.manual_retry`` minus the limits and minus
     ``manual_retry_count``. ``due_at`` (bulk replay at a bounded rate) delays the attempt:
     within the sweep horizon it is enqueued with that ETA, later the beat sweep enqueues
-    it. Returns False, changing nothing, when there is no URL to send to.
+    it. Returns False, changing nothing, when there is no URL to send to. ``facts``:
+    ``check_deliverable_of``'s, which the caller has checked.
     """
-    repoint_to_current_url(session, notification, now)
+    repoint_to_current_url(session, notification, facts, now)
     if not notification.url:
         return False
     if notification.endpoint_id is None:
@@ -128,8 +131,8 @@ def operator_retry(session: Session, settings: Settings, notification_id: str,
     partner = session.get(Partner, notification.partner_id)
     assert partner is not None  # a foreign key
     check_pushed(partner)
-    check_deliverable_of(session, notification)  # its endpoint disabled, webhooks off
-    if not requeue(session, settings, notification, now):
+    facts = check_deliverable_of(session, notification)  # endpoint disabled, webhooks off
+    if not requeue(session, settings, notification, facts, now):
         raise Conflict(NO_URL)
     record_operator_action(session, notification, RequestKind.RETRY, now)
     session.flush()
@@ -237,13 +240,13 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
         if not pushed[row.partner_id]:
             continue
         try:
-            check_deliverable_of(session, row)
+            facts = check_deliverable_of(session, row)
         except Conflict:
             continue  # its endpoint disabled, webhooks off: it would only be held again
         due = None
         if rate:
             due = now + timedelta(seconds=(start_index + offset) / rate)
-        if requeue(session, settings, row, now, due_at=due):
+        if requeue(session, settings, row, facts, now, due_at=due):
             record_operator_action(session, row, RequestKind.RETRY, now)
             replayed += 1
     session.flush()
