@@ -19,6 +19,7 @@ from deliverer.delivery.failure import record_failure
 from deliverer.delivery.outcome import AttemptOutcome
 from deliverer.delivery.success import (
     attempt_row,
+    count_lost,
     is_plain_success,
     lock_endpoints,
     record_successes,
@@ -50,12 +51,15 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
     row = session.execute(
         select(Notification).where(Notification.id == job.notification_id).with_for_update()
     ).scalar_one()
-    row.attempt_count += 1  # the POST was made, whoever holds the lease now
     if row.lease_token != job.lease_token:
-        # We overran the lease and another worker took over: keep the attempt on record,
-        # leave the state to the lease holder.
+        # We overran the lease and another worker took over, or a fresh cycle voided it:
+        # keep the attempt on record, leave the state to the lease holder or the cycle.
         log.warning("lease lost during delivery", extra={"notification_id": row.id})
-        return AttemptOutcome(ClaimState.BUSY, status=row.status)
+        status = row.status
+        count_lost(session, {row.id: 1})
+        session.expire(row)
+        return AttemptOutcome(ClaimState.BUSY, status=status)
+    row.attempt_count += 1
 
     row.lease_token = None
     row.lease_expires_at = None

@@ -5,12 +5,12 @@ And the endpoint locks every record transaction takes first (``lock_endpoints``)
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.delivery import endpoint_queue, sender
@@ -28,10 +28,25 @@ _MARK_SENT = prepared(
             attempt_count=_N.attempt_count + 1, updated_at=_NOW)
     .returning(_N.id)
 )
-# A POST whose lease was lost meanwhile (taken over, or the notification ignored) is
-# still an attempt of its notification: ``attempt_count`` counts its attempt rows.
-_COUNT_ATTEMPTS = (update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
-                   .values(attempt_count=_N.attempt_count + bindparam("n")))
+# A POST whose lease was lost meanwhile (taken over, voided by a fresh cycle, or the
+# notification ignored) is still an attempt of its notification: ``attempt_count``
+# counts its attempt rows. A voided lease (no token, its time kept: ``cycle``) was held
+# for this POST alone, and it is answered: the row is free for the fresh cycle's
+# attempt, which the sweep sends (its message found the row leased and was spent).
+_VOIDED = _N.lease_token.is_(None)
+_COUNT_ATTEMPTS = (
+    update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
+    .values(attempt_count=_N.attempt_count + bindparam("n"),
+            lease_expires_at=case((_VOIDED, None), else_=_N.lease_expires_at),
+            scheduled_for=case((_VOIDED, None), else_=_N.scheduled_for))
+)
+
+
+def count_lost(session: Session, lost: Mapping[str, int]) -> None:
+    """The attempts of POSTs whose lease was lost meanwhile, by notification id; frees a
+    voided lease (``_COUNT_ATTEMPTS``). Commits nothing."""
+    session.connection().execute(_COUNT_ATTEMPTS, [{"nid": nid, "n": n}
+                                                   for nid, n in sorted(lost.items())])
 
 
 def _locking(exclusive: bool) -> Select[int, datetime | None]:
@@ -121,8 +136,7 @@ def record_successes(session: Session,
     ).scalars())
     lost = Counter(ids) - Counter(sent)  # a job per POST: SENT counted one of each
     if lost:
-        connection.execute(_COUNT_ATTEMPTS, [{"nid": nid, "n": n}
-                                             for nid, n in sorted(lost.items())])
+        count_lost(session, lost)
     # A plain success on an endpoint that became failing meanwhile still releases it.
     endpoints = {job.endpoint_id for job, _ in done}
     for endpoint_id in sorted(e for e in failing if e in endpoints):

@@ -64,9 +64,11 @@ def fresh_cycle_values(now: datetime, *, due: datetime) -> dict[str, Any]:
         "next_attempt_at": due,
         "lane": Lane.MANUAL,
         # A lease still held by an automatic attempt in flight is void: its outcome is
-        # recorded as an attempt but no longer decides the state.
+        # recorded as an attempt but no longer decides the state. Its time stays, so
+        # that the POST still out keeps the row until it is answered: the fresh cycle's
+        # attempt goes after it, not beside it, and an ignore meanwhile is refused.
+        # Recording that POST frees it (``record.release_voided``).
         "lease_token": None,
-        "lease_expires_at": None,
         "updated_at": now,
     }
 

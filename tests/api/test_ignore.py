@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -11,9 +13,10 @@ from deliverer.models import NotificationStatus, Trigger, utcnow
 from deliverer.notifications.cycle import ALREADY_SENT
 from deliverer.notifications.ignore import BEING_SENT
 from deliverer.scheduling.sweep import collect_due
+from deliverer.scheduling.tasks import sweep_due
 from tests.api import helpers as t
 from tests.support import helpers as h
-from tests.support.receiver import sleep, status
+from tests.support.receiver import held, sleep, status
 from tests.support.rows import partner_requests
 
 IGNORE = "/api/partner/v2/webhook-notifications/{}/ignore"
@@ -82,6 +85,37 @@ def test_ignore_waits_for_an_attempt_in_flight(make_partner, receiver, slow_ladd
     assert [a.trigger for a in h.attempts(nid)] == [Trigger.AUTOMATIC, Trigger.MANUAL]
     assert [r.outcome for r in partner_requests(partner.partner_id)
             if r.kind == "ignore"] == ["CONFLICT", "CONFLICT"]
+
+
+@pytest.mark.parametrize("answer", [200, 500])
+def test_a_retry_during_an_automatic_attempt_waits_for_its_answer(make_partner, receiver,
+                                                                  answer):
+    # The retry starts a fresh cycle while a ladder attempt is out. That POST's outcome no
+    # longer decides the status, but it is still out: an ignore meanwhile is refused (it
+    # could be answered 2xx), and the retry's own POST goes once it is answered.
+    release = threading.Event()
+    receiver.program("/hook", [status(500), held(release, status(answer))],
+                     then=status(200))
+    partner = make_partner(receiver.url("/hook"))
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    receiver.wait_for(2, "/hook")  # the ladder's retry (scaled to ms), held
+    try:
+        assert h.notification(nid).status == NotificationStatus.FAILED
+        assert partner.api.post(RETRY.format(nid)).status_code == 200
+        t.assert_error(partner.api.post(IGNORE.format(nid)), 409, "CONFLICT", BEING_SENT)
+        with pytest.raises(AssertionError):
+            receiver.wait_for(3, "/hook", timeout=0.5)  # not beside the one out
+    finally:
+        released_at = time.monotonic()
+        release.set()
+    # Its message found the row leased; the sweep (the outbox reader) sends it.
+    h.wait_until(lambda: len(h.attempts(nid)) == 3, on_poll=sweep_due,
+                 message="the retry's own POST")
+    assert receiver.wait_for(3, "/hook")[2].at >= released_at
+    assert [a.trigger for a in sorted(h.attempts(nid), key=lambda a: a.started_at)] == [
+        Trigger.AUTOMATIC, Trigger.AUTOMATIC, Trigger.MANUAL]
+    h.wait_until(lambda: h.notification(nid).status == NotificationStatus.SENT,
+                 message="sent by the retry")
 
 
 def test_ignore_sent_is_conflict(make_partner):
