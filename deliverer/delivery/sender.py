@@ -131,14 +131,16 @@ def send(
             return failure(kind, message)
 
         with response:
+            # Headers the watchdog's shutdown ended (http.client takes the end of the
+            # stream for their end) are not an answer: no status to report.
+            status = None if watch.fired else response.status_code
             try:
                 raw = read_capped(response, config.max_response_bytes, deadline)
             except DeadlineExceeded:
-                return failure(FailureKind.TIMEOUT, READ_TIMEOUT,
-                               response.status_code)
+                return failure(FailureKind.TIMEOUT, READ_TIMEOUT, status)
             except Exception as exc:
                 kind, message = classify_exception(exc)
-                return failure(kind, message, response.status_code)
+                return failure(kind, message, status)
         text = raw.decode("utf-8", errors="replace")
         status = response.status_code
         if 200 <= status < 300:

@@ -12,6 +12,7 @@ class FailureKind(StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_REFUSED = "connection_refused"
     CONNECTION_RESET = "connection_reset"
+    INVALID_RESPONSE = "invalid_response"  # an answer that is not HTTP
     DNS = "dns"
     TLS = "tls"
     BLOCKED = "blocked_address"  # SSRF guard refused the address
@@ -61,6 +62,9 @@ _KIND_HINTS = {
     "and port. Check that your server is running and the port in the URL is right.",
     FailureKind.CONNECTION_RESET: "Connection reset: your server or a proxy closed the "
     "connection before answering. Check your server's logs and any proxy or firewall.",
+    FailureKind.INVALID_RESPONSE: "Invalid response: something answered at that host and "
+    "port, but not in HTTP. Check that the URL's port is your web server's, and that an "
+    "https server is not given an http:// URL.",
     FailureKind.DNS: "DNS error: the host name in the webhook URL does not resolve. Check "
     "the spelling and your DNS records.",
     FailureKind.TLS: "TLS error: the certificate could not be verified. Use a certificate "

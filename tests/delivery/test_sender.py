@@ -20,6 +20,7 @@ from deliverer.delivery.troubleshooting import hint_for
 from tests.support import helpers as h
 from tests.support import receiver as rx
 from tests.support.ports import closed_port
+from tests.support.tls import self_signed_certificate, server_tls_context
 
 # The sender alone, against loopback servers: no database or broker, nothing that differs
 # between backends.
@@ -125,6 +126,39 @@ def test_connection_reset(receiver):
     assert len(receiver.requests("/reset")) == 1
 
 
+def test_tls_failure_says_why_in_the_tls_library_words(tmp_path):
+    made = self_signed_certificate(tmp_path)
+    if made is None:
+        pytest.skip("no openssl command to make a certificate")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    server.socket = server_tls_context(*made).wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = send(f"https://127.0.0.1:{server.server_port}/hook", BODY, {}, CONFIG)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_payload(result, "tls")
+    assert result.error["message"] == (
+        "TLS handshake failed: certificate verify failed: self-signed certificate")
+
+
+@pytest.mark.parametrize("answer", [b"\x00\x01GARBAGE NOT HTTP\xff\r\n\r\n",
+                                    b"SSH-2.0-OpenSSH_9.6\r\n", b"x" * 70_000])
+def test_an_answer_that_is_not_http(receiver, answer):
+    """Something answered (another service on the port, a TLS server on http://): not
+    "closed by the host", which sends merchants to their logs for a crash."""
+    def not_http(handler, _receiver):
+        handler.wfile.write(answer)
+        handler.close_connection = True
+
+    url = receiver.always("/other", not_http)
+    result = send(url, BODY, {}, CONFIG)
+    assert_payload(result, "invalid_response", message="not HTTP")
+    assert result.error["hint"].startswith("Invalid response")
+
+
 def test_dns_failure():
     with h.unresolvable_host() as host:
         result = send(f"http://{host}/hook", BODY, {}, CONFIG)
@@ -135,6 +169,9 @@ def test_tls_failure_against_plain_http(receiver):
     result = send(receiver.url("/hook", scheme="https"), BODY, {}, CONFIG)
     assert_payload(result, "tls", message="TLS handshake failed")
     assert receiver.requests("/hook") == []
+    # The TLS library's words, not urllib3's wrapping of them.
+    assert "Max retries" not in result.error["message"]
+    assert "Pool" not in result.error["message"]
 
 
 def test_ssrf_guard_blocks_loopback(receiver):

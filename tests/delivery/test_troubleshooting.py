@@ -41,6 +41,7 @@ def test_redirect_hint_whatever_the_status():
     (FailureKind.TIMEOUT, "Timeout"),
     (FailureKind.CONNECTION_REFUSED, "Connection refused"),
     (FailureKind.CONNECTION_RESET, "Connection reset"),
+    (FailureKind.INVALID_RESPONSE, "Invalid response"),
     (FailureKind.DNS, "DNS error"),
     (FailureKind.TLS, "TLS error"),
     (FailureKind.BLOCKED, "The webhook URL points to a private"),

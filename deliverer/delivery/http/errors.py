@@ -3,6 +3,7 @@ message."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 
@@ -44,14 +45,29 @@ def classify_exception(exc: BaseException) -> tuple[FailureKind, str]:
     if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
         return FailureKind.DNS, "DNS resolution failed for the webhook host"
     if has(requests.exceptions.SSLError, ssl.SSLError):
-        return FailureKind.TLS, f"TLS handshake failed: {exc}"
+        return FailureKind.TLS, f"TLS handshake failed: {_tls_reason(chain, exc)}"
     if has(requests.exceptions.ConnectTimeout):
         return FailureKind.TIMEOUT, "Timed out connecting to the webhook URL"
     if has(requests.exceptions.Timeout, socket.timeout, TimeoutError):
         return FailureKind.TIMEOUT, READ_TIMEOUT
     if has(ConnectionRefusedError):
         return FailureKind.CONNECTION_REFUSED, "Connection refused by the webhook host"
+    if has(http.client.BadStatusLine, http.client.LineTooLong) and not has(
+            http.client.RemoteDisconnected):  # a close before any byte: a reset, below
+        return FailureKind.INVALID_RESPONSE, "The webhook host's answer was not HTTP"
     if has(ConnectionResetError, BrokenPipeError, urllib3.exceptions.ProtocolError,
            requests.exceptions.ChunkedEncodingError):
         return FailureKind.CONNECTION_RESET, "Connection closed by the webhook host"
     return FailureKind.CONNECTION_ERROR, f"Could not reach the webhook URL: {type(exc).__name__}"
+
+
+def _tls_reason(chain: list[BaseException], exc: BaseException) -> str:
+    """The TLS library's own words ("certificate verify failed: self-signed
+    certificate"), without urllib3's wrapping (its pool's name, "Max retries exceeded")."""
+    for error in chain:
+        if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+            return f"certificate verify failed: {error.verify_message}"
+    for error in chain:
+        if isinstance(error, ssl.SSLError) and error.reason:
+            return str(error.reason).replace("_", " ").lower()
+    return str(exc)
