@@ -10,6 +10,7 @@ the ladder, the per-endpoint queue and the alerts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from deliverer import lease
@@ -111,6 +113,49 @@ def record_many(session: Session, jobs: Sequence[DeliveryJob],
     return following
 
 
+# A receiver's answer in an attempt row the database refused (a NUL byte in the body once
+# did): every outcome of the transaction went unrecorded, and each webhook was POSTed
+# again when its lease ran out, for good. What the receiver said is dropped instead.
+UNSTORABLE = "(the receiver's answer could not be stored)"
+
+
+def record_each(done: Sequence[tuple[DeliveryJob, sender.SendResult]],
+                settings: Settings) -> list[NextAttempt]:
+    """After a transaction of outcomes failed for a reason other than a transient abort:
+    each outcome in a transaction of its own, so that one the database refuses holds no
+    other; one refused alone is recorded without the receiver's words (``UNSTORABLE``)."""
+    def alone(job: DeliveryJob, result: sender.SendResult) -> list[NextAttempt]:
+        return in_transaction(lambda session: record_many(session, [job], [result], settings),
+                              retry_for=settings.lease_seconds)
+
+    following: list[NextAttempt] = []
+    for job, result in done:
+        try:
+            following += alone(job, result)
+        except OperationalError:
+            raise  # the database is failing, not this outcome
+        except Exception:
+            log.exception("attempt refused by the database: recorded without the answer",
+                          extra={"notification_id": job.notification_id})
+            error = result.error and {**result.error, "message": UNSTORABLE}
+            following += alone(job, dataclasses.replace(result, body=None, error=error))
+    return following
+
+
+def record_guarded(done: Sequence[tuple[DeliveryJob, sender.SendResult]],
+                   settings: Settings, together: Callable[[], list[NextAttempt]]
+                   ) -> list[NextAttempt]:
+    """``together()`` (it records ``done``, and runs again after transient aborts), or, if
+    it fails otherwise, ``record_each``."""
+    try:
+        return together()
+    except OperationalError:
+        raise
+    except Exception:
+        log.exception("recording %d outcomes together failed: each alone", len(done))
+        return record_each(done, settings)
+
+
 @dataclass(frozen=True)
 class BatchOutcome:
     sent: int
@@ -159,19 +204,23 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
                     "worker stopping" if stopping() else "lease running out",
                     len(unsent), len(admitted))
 
-    def write(session: Session) -> list[NextAttempt]:
+    def hand_back(session: Session) -> None:
         if refused_late:
             slow_lane.defer(session, refused_late, batch.token, settings)
         if unsent:
             release_unsent(session, [nid for nid, _ in unsent], batch.token, utcnow())
-        return record_many(session, [j for j, _ in done], [r for _, r in done], settings)
 
+    if refused_late or unsent:
+        in_transaction(hand_back, retry_for=settings.lease_seconds)
     # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
     # recording them is retried, not left to resend every webhook of the batch.
-    if record is not None and not unsent and not refused_late:
+    if record is not None:
         following = record(done)
     else:
-        following = in_transaction(write, retry_for=settings.lease_seconds)
+        following = record_guarded(done, settings, lambda: in_transaction(
+            lambda session: record_many(session, [j for j, _ in done], [r for _, r in done],
+                                        settings),
+            retry_for=settings.lease_seconds))
     for job, r in done:  # once recorded, one line per attempt, as service.deliver logs it
         log.info("attempt %s: %s", "delivered" if r.success else "failed",
                  json.dumps(r.error) if r.error else r.status_code,

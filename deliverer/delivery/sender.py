@@ -45,6 +45,24 @@ class SenderConfig:
     allow_private_urls: bool = False
     user_agent: str = "deliverer/0.1"
 
+# What a receiver sends that we store: PostgreSQL's text refuses NUL, and a refused
+# attempt row was never written, so the webhook was POSTed again at every lease expiry.
+_NUL = "\x00"
+# A receiver's own words in a message (its reason phrase, a redirect's Location): enough
+# to recognise them; the body alone is stored at length (``max_response_bytes``).
+MAX_ECHOED = 300
+
+
+def storable(text: str) -> str:
+    """Text from a receiver, as the database takes it."""
+    return text.replace(_NUL, "\N{REPLACEMENT CHARACTER}")
+
+
+def _echoed(text: str) -> str:
+    text = storable(text)
+    return text if len(text) <= MAX_ECHOED else text[:MAX_ECHOED] + "..."
+
+
 _DELTA_SECONDS = re.compile(r"[0-9]{1,20}")
 # Longer than any retry cycle (30 days), which the recorder caps a wait to anyway. Without
 # a bound, "Retry-After: 999999999999" overflowed the datetime arithmetic in the recorder:
@@ -141,18 +159,19 @@ def send(
             except Exception as exc:
                 kind, message = classify_exception(exc)
                 return failure(kind, message, status)
-        text = raw.decode("utf-8", errors="replace")
+        text = storable(raw.decode("utf-8", errors="replace"))
         status = response.status_code
         if 200 <= status < 300:
             return SendResult(started_at=started_at, duration_ms=elapsed_ms(), success=True,
                               status_code=status, body=text)
         if 300 <= status < 400:
-            location = response.headers.get("Location", "")
+            location = _echoed(response.headers.get("Location", ""))
             return failure(FailureKind.REDIRECT,
                            f"HTTP {status} redirect to {location!r} (redirects are not followed)",
                            status, text)
         retry_after = None
         if status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), started_at)
-        return failure(FailureKind.HTTP_STATUS, f"HTTP {status} {response.reason or ''}".strip(),
+        return failure(FailureKind.HTTP_STATUS,
+                       f"HTTP {status} {_echoed(response.reason or '')}".strip(),
                        status, text, retry_after)

@@ -12,12 +12,14 @@ from sqlalchemy import func, select
 
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.delivery import batch, runs
+from deliverer.delivery import batch, runs, sender
 from deliverer.models import Attempt, Lane, Notification, NotificationStatus, utcnow
 from deliverer.publishing.api import publish_events
 from deliverer.scheduling.sweep import Due, group_due
 from tests.support import receiver as rx
+from tests.support.backend import BACKEND
 from tests.support.helpers import (
+    attempts,
     endpoint_sequences,
     insert_notification,
     new_partner,
@@ -92,6 +94,34 @@ def test_a_batch_with_failures_moves_each_failure_onto_the_ladder(settings, rece
     assert head.latest_error_payload["httpStatus"] == 502
     # The second failure on the same endpoint waits behind the first (per-endpoint queue).
     assert notification(bad[1]).held
+
+
+@pytest.mark.skipif(BACKEND == "embedded", reason="SQLite stores a NUL: PostgreSQL refuses it")
+def test_an_outcome_the_database_refuses_holds_no_other(settings, receiver, monkeypatch,
+                                                         caplog):
+    """Once, a NUL in one receiver's answer made PostgreSQL refuse the batch's transaction:
+    none of its outcomes was recorded, and each was POSTed again at every lease expiry."""
+    monkeypatch.setattr(sender, "storable", lambda text: text)  # as before it existed
+    ok_url = receiver.always("/fine", rx.ok())
+    nul_url = receiver.always("/nul", rx.status(500, b"broken\x00"))
+    partner = new_partner(settings, ok_url)
+    now = utcnow()
+    good = [insert_notification(partner.partner_id, ok_url, status=NotificationStatus.PENDING,
+                                next_attempt_at=now) for _ in range(3)]
+    bad = insert_notification(partner.partner_id, nul_url, status=NotificationStatus.PENDING,
+                              next_attempt_at=now)
+    with caplog.at_level(logging.ERROR, logger="deliverer.delivery.batch"):
+        outcome = batch.deliver_many([*good, bad], settings)
+    assert (outcome.sent, outcome.failed) == (3, 1)
+    assert all(notification(nid).status == NotificationStatus.SENT for nid in good)
+    row = notification(bad)
+    assert row.status == NotificationStatus.FAILED and row.attempt_count == 1
+    assert row.lease_token is None and row.next_attempt_at is not None  # on the ladder
+    [attempt] = attempts(bad)
+    assert attempt.response_status == 500 and attempt.response_body is None
+    assert attempt.error_payload["message"] == batch.UNSTORABLE
+    assert attempt.error_payload["kind"] == "http_status"
+    assert "recorded without the answer" in caplog.text
 
 
 def test_racing_batches_post_each_notification_once(settings, receiver):

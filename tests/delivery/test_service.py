@@ -122,6 +122,31 @@ def test_failed_attempt_is_recorded_with_its_error_payload(settings, receiver, p
     assert row.scheduled_for == row.next_attempt_at
 
 
+@pytest.mark.parametrize("code", [200, 500])
+def test_a_receivers_answer_is_recorded_whatever_its_bytes(settings, receiver, partner, code):
+    """A NUL in the body made PostgreSQL refuse the attempt row: nothing was recorded,
+    and the webhook was POSTed again at every lease expiry (a black-box try)."""
+    url = receiver.always("/nul", rx.status(code, b"ok\x00nul \xff\xfe end"))
+    nid = due_now(partner, url)
+    outcome = service.deliver(nid, settings)
+    assert outcome.status == (NotificationStatus.SENT if code == 200
+                              else NotificationStatus.FAILED)
+    [attempt] = h.attempts(nid)
+    assert attempt.response_status == code
+    assert attempt.response_body == "ok\ufffdnul \ufffd\ufffd end"
+
+
+def test_what_a_receiver_echoes_into_the_message_is_bounded(settings, receiver, partner):
+    location = "http://example.com/" + "L" * 60_000
+    url = receiver.always("/far", rx.status(302, headers={"Location": location}))
+    nid = due_now(partner, url)
+    service.deliver(nid, settings)
+    [attempt] = h.attempts(nid)
+    message = attempt.error_payload["message"]
+    assert message.startswith("HTTP 302 redirect to 'http://example.com/LLL")
+    assert len(message) < 600 and message.endswith("(redirects are not followed)")
+
+
 @pytest.mark.parametrize("target, kind", [
     ("refused", "connection_refused"),
     ("dns", "dns"),
