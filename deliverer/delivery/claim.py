@@ -112,7 +112,7 @@ def _jobs_of(rows: FromClause) -> Select[Any]:
                Endpoint.signing_secret.label("own_secret"),
                Endpoint.previous_secret.label("own_previous"),
                Endpoint.previous_secret_expires_at.label("own_previous_expires_at"),
-               Endpoint.rate_limit)
+               Endpoint.rate_limit, Endpoint.retry_after_until)
         .select_from(rows)
         .join(Event, Event.id == rows.c.event_id)
         .join(Partner, Partner.id == rows.c.partner_id)
@@ -194,6 +194,11 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
         ))
         if r.rate_limit:
             paced.append(pacing.Paced(r.id, r.endpoint_id, r.rate_limit))
+        elif (r.retry_after_until is not None and r.retry_after_until > now
+              and r.lane != Lane.MANUAL):
+            # The receiver asked for a pause (429/503 Retry-After, ``failure``): automatic
+            # sends wait until it ends, then go at the drain rate. A merchant's retry goes.
+            paced.append(pacing.Paced(r.id, r.endpoint_id, settings.drain_rate))
     if paced:
         waiting = pacing.pace(session, paced, token, settings, now)
         leased = [i for i in leased if i not in waiting]

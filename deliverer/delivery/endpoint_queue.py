@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import case, exists, or_, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -126,18 +126,24 @@ def join_after_failure(session: Session, endpoint_id: int, notification: Notific
 
 
 def on_recovery(session: Session, endpoint_id: int, now: datetime) -> None:
-    """A delivery succeeded: retry the head now; held ones drain via the sweep."""
+    """A delivery succeeded: retry the head now; held ones drain via the sweep.
+
+    A head already due is offered to the sweep again too: its message may be lost (a
+    worker killed, a broker restart), and the sweep would otherwise wait the lost-message
+    grace while the held ones behind it drained first."""
     session.execute(
         update(Notification)
-        .where(*_climbing(endpoint_id), Notification.next_attempt_at > now,
-               Notification.lease_token.is_(None))
-        .values(next_attempt_at=now, scheduled_for=None)
+        .where(*_climbing(endpoint_id), lease.is_free(Notification.lease_expires_at, now))
+        .values(next_attempt_at=case((Notification.next_attempt_at > now, now),
+                                     else_=Notification.next_attempt_at),
+                scheduled_for=None)
         .execution_options(synchronize_session=False)
     )
     session.execute(
         update(Endpoint).where(Endpoint.id == endpoint_id)
         .values(failing_since=None, consecutive_failures=0, last_success_at=now,
-                alerted_at=None, draining=True, retry_after_until=None)
+                alerted_at=None, draining=True, retry_after_until=None,
+                next_send_at=None)
     )
 
 

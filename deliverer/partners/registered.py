@@ -207,7 +207,12 @@ def relocate(session: Session, endpoint: Endpoint, url: str) -> None:
     from ``failing_since``)."""
     endpoint.url = url
     endpoint.failing_since = endpoint.retry_after_until = endpoint.alerted_at = None
+    endpoint.next_send_at = None
     endpoint.consecutive_failures = 0
+    # What it holds goes to the new URL in sequence order at the drain rate, beside the
+    # head probed now: the head's success there would not drain them (the endpoint is
+    # no longer failing), and they waited for the queue repair (a minute).
+    endpoint.draining = True
     endpoint_queue.probe_now(session, endpoint.id, utcnow())
     session.execute(
         update(Notification)

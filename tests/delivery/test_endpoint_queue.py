@@ -23,7 +23,7 @@ from deliverer.models import (
     WebhookSettings,
     utcnow,
 )
-from deliverer.partners import webhook_settings
+from deliverer.partners import registered, webhook_settings
 from deliverer.publishing.service import record_event as publish_event
 from deliverer.scheduling.sweep import collect_due
 from tests.support import receiver as rx
@@ -437,3 +437,93 @@ def test_a_partner_that_stopped_taking_webhooks_gets_none_of_what_was_queued(
     row = notification(nid)
     assert row.status == NotificationStatus.NOT_SENT and not row.held
     assert row.latest_error_payload["kind"] == "not_a_webhook_partner"
+
+
+def test_a_retry_after_pauses_the_endpoint_not_only_its_head(settings, receiver):
+    """A 429 "Retry-After: 1500" (1.5 s scaled) was honoured for the notification that got
+    it, while every fresh one was POSTed at once into the pause (a black-box try)."""
+    url = receiver.program("/busy", [rx.retry_after("1500", 429)], rx.ok())
+    partner = new_partner(settings, url)
+    head = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow())
+    assert service.deliver(head, settings).status == NotificationStatus.FAILED
+    until = _endpoint(partner.partner_id, url).retry_after_until
+    assert until is not None
+    fresh = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                 next_attempt_at=utcnow()) for _ in range(3)]
+    for nid in fresh:  # claimed in the pause: no request, due after it, one by one
+        assert service.deliver(nid, settings).state == "not_due"
+    assert len(receiver.requests("/busy")) == 1
+    dues = [notification(nid).next_attempt_at for nid in fresh]
+    assert all(due >= until - timedelta(seconds=1) for due in dues)
+    assert dues == sorted(dues) and len(set(dues)) == 3
+    for nid in [head, *fresh]:
+        assert deliver_when_due(nid, settings).status == NotificationStatus.SENT
+    assert all(r.received_at >= until for r in receiver.requests("/busy")[1:])
+
+
+def test_a_merchants_retry_is_not_held_by_a_retry_after(settings, receiver):
+    url = receiver.program("/busy", [rx.retry_after("60000", 429)], rx.ok())
+    partner = new_partner(settings, url)
+    nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                              next_attempt_at=utcnow())
+    service.deliver(nid, settings)
+    other = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id == other)
+                        .values(lane=Lane.MANUAL))
+    assert service.deliver(other, settings).status == NotificationStatus.SENT
+
+
+def test_recovery_retries_a_head_whose_message_was_lost(settings, receiver):
+    """The head was due, its message lost (a worker killed, a broker restart): the sweep
+    left it to the lost-message grace while the held ones drained before it."""
+    url = receiver.program("/flaky", [rx.status(500)] * 2, rx.ok())
+    partner = new_partner(settings, url)
+    ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow()) for _ in range(2)]
+    for nid in ids:
+        service.deliver(nid, settings)
+    head = ids[0]
+    wait_until(lambda: notification(head).next_attempt_at <= utcnow(), message="head due")
+    with session_scope() as session:  # its message was sent, then lost
+        session.execute(update(Notification).where(Notification.id == head)
+                        .values(scheduled_for=Notification.next_attempt_at,
+                                enqueued_at=utcnow()))
+        session.commit()
+        endpoint_queue.on_recovery(session, notification(head).endpoint_id, utcnow())
+        session.commit()
+    with session_scope() as session:
+        due = collect_due(session, settings, now=utcnow())
+        session.rollback()
+    assert head in {d.notification_id for d in due}
+
+
+def test_a_url_move_drains_what_the_endpoint_held(settings, receiver):
+    """PATCH /endpoints/{id} with a new URL: the head succeeded there, which made no
+    recovery (the move had reset the endpoint's health), so the held ones waited for the
+    queue repair, a minute (a black-box try)."""
+    old = receiver.always("/old", rx.status(500))
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        endpoint = registered.create(session, settings, partner.partner_id, url=old)
+        session.commit()
+        key = endpoint.id
+    ids = [insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow()) for _ in range(3)]
+    for nid in ids:
+        service.deliver(nid, settings)
+    assert [notification(n).held for n in ids] == [False, True, True]
+    new = receiver.always("/new", rx.ok())
+    with session_scope() as session:
+        endpoint = session.get(Endpoint, key)
+        registered.update_endpoint(session, settings, endpoint, url=new)
+        session.commit()
+    assert _endpoint(partner.partner_id, new).draining
+    with session_scope() as session:
+        assert endpoint_queue.drain(session, settings, utcnow()) == 2
+        session.commit()
+    for nid in ids:
+        assert deliver_when_due(nid, settings).status == NotificationStatus.SENT
+    assert len(receiver.requests("/new")) == 3
