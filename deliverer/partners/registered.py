@@ -36,8 +36,9 @@ from deliverer.partners.endpoints import hold_publishes
 _UNSET: Any = object()
 TOO_MANY = "A partner may have at most {limit} endpoints"
 URL_TAKEN = "Another endpoint of yours already has this URL"
-URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL or an "
-                   "event's callbackUrl): register it with POST /endpoints instead")
+URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL, an "
+                   "event's callbackUrl or a deleted endpoint): register it with POST "
+                   "/endpoints instead")
 
 URL_CHANGED = ("This endpoint's URL is now {url}: it changed after this page was loaded. "
                "Nothing was changed; check it, then try again.")
@@ -142,7 +143,11 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
                             consecutive_failures=0)
         session.add(endpoint)
     else:
+        # A new endpoint at an old URL (a deleted endpoint's, an old webhook URL's):
+        # born healthy, or auto-disable counted from the deleted one's failures and
+        # disabled it within a minute of its creation (a black-box try).
         endpoint.created_at = now
+        _forget_health(endpoint)
     endpoint.registered = True
     endpoint.is_default = False
     endpoint.deleted_at = None
@@ -200,15 +205,21 @@ def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) ->
                         .values(url=url, updated_at=utcnow()))
 
 
+def _forget_health(endpoint: Endpoint) -> None:
+    """What the endpoint's past failures left: failing since (auto-disable counts from
+    it), Retry-After and its send slot, the alert sent."""
+    endpoint.failing_since = endpoint.retry_after_until = endpoint.alerted_at = None
+    endpoint.next_send_at = None
+    endpoint.consecutive_failures = 0
+
+
 def relocate(session: Session, endpoint: Endpoint, url: str) -> None:
     """``endpoint`` at ``url`` from now on, with its id, its sequence numbers and what it
     still holds (its retries go to ``url``, the next one now). The old URL's health is
     not the new one's: failing since, Retry-After, the alert sent (auto-disable counts
     from ``failing_since``)."""
     endpoint.url = url
-    endpoint.failing_since = endpoint.retry_after_until = endpoint.alerted_at = None
-    endpoint.next_send_at = None
-    endpoint.consecutive_failures = 0
+    _forget_health(endpoint)
     # What it holds goes to the new URL in sequence order at the drain rate, beside the
     # head probed now: the head's success there would not drain them (the endpoint is
     # no longer failing), and they waited for the queue repair (a minute).

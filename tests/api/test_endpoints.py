@@ -3,14 +3,14 @@ event-type catalog; every bad input a clear 4xx in the error body, nothing writt
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 import deliverer
 from deliverer.db import session_scope
-from deliverer.models import Endpoint, NotificationStatus
+from deliverer.models import Endpoint, NotificationStatus, utcnow
 from deliverer.partners.catalog import DEFAULT_CATALOG
 from tests.api import helpers as t
 from tests.support import helpers as h
@@ -100,6 +100,29 @@ def test_delete_stops_what_the_endpoint_holds(make_partner):
                    "Endpoint not found")
     t.assert_error(partner.api.delete(f"{ENDPOINTS}/{body['id']}"), 404)
     assert partner.api.get(ENDPOINTS).json()["data"] == []
+
+
+def test_an_endpoint_created_at_a_deleted_ones_url_is_born_healthy(make_partner):
+    """It took over the deleted one's row with its failures: FAILING at birth, and
+    auto-disabled within a minute for 'Failed continuously for 5 days' (a black-box try)."""
+    partner = make_partner()
+    url = "http://127.0.0.1:9/again"
+    first = create(partner, url)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.partner_id == partner.partner_id,
+                                               Endpoint.url == url)
+                        .values(failing_since=utcnow() - timedelta(days=6),
+                                consecutive_failures=40, alerted_at=utcnow(),
+                                retry_after_until=utcnow() + timedelta(hours=1)))
+    assert partner.api.get(f"{ENDPOINTS}/{first['id']}").json()["status"] == "FAILING"
+    assert partner.api.delete(f"{ENDPOINTS}/{first['id']}").status_code == 200
+    again = create(partner, url)
+    assert (again["status"], again["failingSince"]) == ("ACTIVE", None)
+    with session_scope() as session:
+        row = session.scalar(select(Endpoint).where(Endpoint.partner_id == partner.partner_id,
+                                                    Endpoint.url == url))
+        assert (row.consecutive_failures, row.alerted_at, row.retry_after_until) == (
+            0, None, None)
 
 
 def test_deleting_the_default_endpoint_clears_the_webhook_url(make_partner):
