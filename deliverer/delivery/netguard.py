@@ -125,7 +125,8 @@ def validate_url(url: str, *, allow_private: bool) -> str:
     """
     check_url_form(url)
     host = urlsplit(url).hostname or ""
-    if not allow_private and (host == "localhost" or host.endswith(".localhost")):
+    name = host.rstrip(".")  # "localhost." is the same name, fully qualified
+    if not allow_private and (name == "localhost" or name.endswith(".localhost")):
         # RFC 6761: always loopback, whatever a resolver would answer.
         raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({host} is loopback)")
     try:

@@ -96,6 +96,8 @@ def test_invalid_urls(url, reason):
     "http://127.0.0.1:8080/hook",
     "http://[::1]/hook",
     "http://localhost/hook",  # resolves from /etc/hosts, no DNS query
+    "http://localhost.:8080/hook",  # the same name, fully qualified
+    "http://API.Localhost./hook",
     "http://[::ffff:127.0.0.1]/hook",
 ])
 def test_urls_resolving_to_private_addresses_are_rejected(url):
