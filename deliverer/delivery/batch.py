@@ -192,7 +192,31 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
             retry_for=settings.lease_seconds)
     if not admitted:
         return BatchOutcome(0, 0, [], batch.not_due, batch.locked, deferred=len(refused))
-    sends = runs.perform_many(admitted, settings, runs.send_cutoff(leased_at, settings))
+    following: list[NextAttempt] = []
+    recorded: set[int] = set()
+
+    def record_now(pairs: list[tuple[DeliveryJob, sender.SendResult]]) -> None:
+        # As in service.deliver: the POSTs happened, so a deadlock or a database restart
+        # while recording them is retried, not left to resend every webhook of the batch.
+        if record is not None:
+            following.extend(record(pairs))
+        else:
+            following.extend(record_guarded(pairs, settings, lambda: in_transaction(
+                lambda session: record_many(session, [j for j, _ in pairs],
+                                            [r for _, r in pairs], settings),
+                retry_for=settings.lease_seconds)))
+        for job, r in pairs:  # once recorded, one line per attempt, as service.deliver's
+            log.info("attempt %s: %s", "delivered" if r.success else "failed",
+                     json.dumps(r.error) if r.error else r.status_code,
+                     extra={"notification_id": job.notification_id})
+
+    def early(sends: runs.Sends, indexes: list[int]) -> None:
+        ended = [(i, r) for i in indexes if (r := sends.results[i]) is not None]
+        record_now([(admitted[i][0], r) for i, r in ended])
+        recorded.update(i for i, _ in ended)
+
+    sends = runs.perform_many(admitted, settings, runs.send_cutoff(leased_at, settings),
+                              early=early)
     done = [(job, r) for (job, _), r in zip(admitted, sends.results, strict=True)
             if r is not None]
     refused_late = [admitted[i][0].notification_id for i in sorted(sends.refused)]
@@ -212,19 +236,10 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
 
     if refused_late or unsent:
         in_transaction(hand_back, retry_for=settings.lease_seconds)
-    # As in service.deliver: the POSTs happened, so a deadlock or a database restart while
-    # recording them is retried, not left to resend every webhook of the batch.
-    if record is not None:
-        following = record(done)
-    else:
-        following = record_guarded(done, settings, lambda: in_transaction(
-            lambda session: record_many(session, [j for j, _ in done], [r for _, r in done],
-                                        settings),
-            retry_for=settings.lease_seconds))
-    for job, r in done:  # once recorded, one line per attempt, as service.deliver logs it
-        log.info("attempt %s: %s", "delivered" if r.success else "failed",
-                 json.dumps(r.error) if r.error else r.status_code,
-                 extra={"notification_id": job.notification_id})
+    rest = [(admitted[i][0], r) for i, r in enumerate(sends.results)
+            if r is not None and i not in recorded]
+    if rest:
+        record_now(rest)
     sent = sum(1 for _, r in done if r.success)
     return BatchOutcome(sent, len(done) - sent, following, batch.not_due, batch.locked,
                         deferred=len(refused) + len(refused_late), unsent=unsent)

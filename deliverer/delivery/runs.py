@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 from deliverer.config import Settings
@@ -99,8 +100,15 @@ class Sends:
     refused: set[int] = field(default_factory=set)
 
 
+# A batch's runs still out after this long (of a slow endpoint, one that hangs) do not
+# hold the recording of those that ended: ``perform_many``'s ``early``.
+EARLY_RECORD_AFTER = 1.0
+
+Early = Callable[["Sends", list[int]], None]
+
+
 def perform_many(jobs: Sequence[Admitted], settings: Settings,
-                 send_until: float | None = None) -> Sends:
+                 send_until: float | None = None, early: Early | None = None) -> Sends:
     """POST in parallel, at most ``endpoint_concurrency`` at once per endpoint in this
     process, so a batch for one merchant does not open dozens of connections at once.
 
@@ -123,6 +131,10 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
     Nor is one whose turn comes once the worker is stopping (``deliverer.stopping``): its
     warm shutdown then lasts the POSTs in flight, not a batch's worth of them.
+
+    Runs still out ``EARLY_RECORD_AFTER`` (or the slow threshold, if shorter) after the
+    start do not hold the others: ``early`` is called once with the indexes of the runs
+    that ended, so that their outcomes are recorded (and shown) while the rest are out.
     """
     sends = Sends([None] * len(jobs))
     by_endpoint: dict[object, list[int]] = {}
@@ -172,6 +184,15 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
 
     if len(runs) == 1:
         run(runs[0])
-    else:
-        list(_executor(settings.send_concurrency).map(run, runs))
+        return sends
+    pool = _executor(settings.send_concurrency)
+    futures = [(indexes, pool.submit(run, indexes)) for indexes in runs]
+    if early is not None:
+        waited = wait_for_futures([future for _, future in futures],
+                                  timeout=min(EARLY_RECORD_AFTER, settings.slow_send_seconds))
+        if waited.not_done and waited.done:
+            early(sends, [i for indexes, future in futures if future in waited.done
+                          for i in indexes])
+    for _, future in futures:
+        future.result()  # waits; a run's error is the batch's
     return sends

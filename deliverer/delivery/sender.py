@@ -158,6 +158,9 @@ def send(
                 return failure(FailureKind.TIMEOUT, READ_TIMEOUT, status)
             except Exception as exc:
                 kind, message = classify_exception(exc)
+                if kind is FailureKind.CONNECTION_RESET and status is not None:
+                    # Its status came, its body did not: the answer was cut, not absent.
+                    message = "Connection closed by the webhook host before its answer was complete"
                 return failure(kind, message, status)
         text = storable(raw.decode("utf-8", errors="replace"))
         status = response.status_code

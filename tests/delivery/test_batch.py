@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from datetime import timedelta
@@ -122,6 +123,38 @@ def test_an_outcome_the_database_refuses_holds_no_other(settings, receiver, monk
     assert attempt.error_payload["message"] == batch.UNSTORABLE
     assert attempt.error_payload["kind"] == "http_status"
     assert "recorded without the answer" in caplog.text
+
+
+def test_an_endpoint_still_out_does_not_hold_the_others_outcomes(settings, receiver):
+    """A batch recorded its outcomes once all its POSTs ended: 21 webhooks of healthy
+    merchants, answered at once, showed as unsent for the 15 s a new endpoint that hung
+    took to time out, and a worker killed meanwhile would have sent them again."""
+    release = threading.Event()
+    fast_url = receiver.always("/fast", rx.ok())
+    slow_url = receiver.always("/hangs", rx.held(release, rx.ok()))
+    fast = new_partner(settings, fast_url, name="Fast")
+    slow = new_partner(settings, slow_url, name="Hangs")
+    now = utcnow()
+    ids = [insert_notification(fast.partner_id, fast_url, status=NotificationStatus.PENDING,
+                               next_attempt_at=now) for _ in range(3)]
+    hung = insert_notification(slow.partner_id, slow_url, status=NotificationStatus.PENDING,
+                               next_attempt_at=now)
+    quick = settings.with_overrides(total_timeout=4.0, lease_seconds=10.0)
+    outcome: list[batch.BatchOutcome] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        batch.deliver_many([hung, *ids], quick)))
+    thread.start()
+    try:
+        receiver.wait_for(1, "/hangs")
+        wait_until(lambda: all(notification(n).status == NotificationStatus.SENT for n in ids),
+                   timeout=3.0, message="the fast ones recorded while one is out")
+        assert notification(hung).status == NotificationStatus.PENDING
+    finally:
+        release.set()
+        thread.join(10)
+    assert (outcome[0].sent, outcome[0].failed) == (4, 0)
+    assert notification(hung).status == NotificationStatus.SENT
+    assert [len(attempts(n)) for n in [hung, *ids]] == [1, 1, 1, 1]
 
 
 def test_racing_batches_post_each_notification_once(settings, receiver):

@@ -159,6 +159,20 @@ def test_an_answer_that_is_not_http(receiver, answer):
     assert result.error["hint"].startswith("Invalid response")
 
 
+def test_an_answer_cut_short_is_said_so(receiver):
+    def cut(handler, _receiver):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        handler.wfile.write(b"0123456789")
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    result = send(receiver.always("/cut", cut), BODY, {}, CONFIG)
+    assert_payload(result, "connection_reset", 200,
+                   "Connection closed by the webhook host before its answer was complete")
+
+
 def test_dns_failure():
     with h.unresolvable_host() as host:
         result = send(f"http://{host}/hook", BODY, {}, CONFIG)
