@@ -29,6 +29,15 @@ class JsonBool(fields.Boolean):
         return value
 
 
+class JsonNumber(fields.Float):
+    """A JSON number: marshmallow's Float also reads "5" and true (a bool is an int)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class Id(fields.String):
     """An id of ours: a UUID is read in either case (RFC 9562) and stored lower-case,
     as ``api.guards.canonical_ids`` does for the path."""

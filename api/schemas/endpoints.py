@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from api.schemas.common import JsonBool, UtcDateTime, WebhookUrl
+from api.schemas.common import JsonBool, JsonNumber, UtcDateTime, WebhookUrl
 from api.schemas.partner import ErrorPayloadSchema
 from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT, RATE_LIMIT_RANGE
 
@@ -49,7 +49,7 @@ class EndpointUpdateSchema(Schema):
                               validate=validate.Length(min=1, max=100))
     enabled = JsonBool()
     # null: no limit.
-    rate_limit = fields.Float(allow_none=True, data_key="rateLimit", validate=_RATE_LIMIT)
+    rate_limit = JsonNumber(allow_none=True, data_key="rateLimit", validate=_RATE_LIMIT)
 
 
 class EndpointCreateSchema(EndpointUpdateSchema):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deliverer.errors import Conflict
@@ -20,7 +20,7 @@ URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a 
 
 
 def make_default(session: Session, partner_id: str, url: str | None,
-                 now: datetime | None = None) -> None:
+                 now: datetime | None = None, *, limit: int | None = None) -> None:
     """The webhook-settings URL is now ``url``. The default endpoint moves there (its id
     and queue with it) unless ``url`` has a row already (an earlier webhook URL, a
     callback URL, a deleted endpoint: sequence numbers of its own) or the default has a
@@ -28,7 +28,8 @@ def make_default(session: Session, partner_id: str, url: str | None,
     default endpoint, subscribed as the previous default was and signed with the
     settings' secret, and the previous one is no longer registered (what it still holds
     is sent there). The URL of another registered endpoint is refused: that endpoint has
-    subscriptions and a secret of its own, which the webhook URL has not."""
+    subscriptions and a secret of its own, which the webhook URL has not. ``limit``: the
+    most registered endpoints the partner may have (``TOO_MANY`` past it)."""
     now = now or utcnow()
     hold_publishes(session, partner_id)  # after the settings row, as registered locks
     previous = session.scalar(select(Endpoint).where(
@@ -45,6 +46,13 @@ def make_default(session: Session, partner_id: str, url: str | None,
         registered.relocate(session, previous, url)
         session.flush()
         return
+    if limit is not None and url is not None:
+        # A new default beside one the merchant registered (or none) is one more.
+        leaves = previous is not None and previous.signing_secret is None
+        count = session.scalar(select(func.count()).select_from(Endpoint).where(
+            Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
+        if count + 1 - leaves > limit:
+            raise Conflict(registered.TOO_MANY.format(limit=limit))
     carried: dict[str, Any] = {"event_types": None, "description": None}
     if previous is not None:
         carried = {"event_types": previous.event_types, "description": previous.description}

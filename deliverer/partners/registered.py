@@ -35,7 +35,8 @@ from deliverer.partners.endpoints import hold_publishes
 
 _UNSET: Any = object()
 TOO_MANY = "A partner may have at most {limit} endpoints"
-URL_TAKEN = "Another endpoint of yours already has this URL"
+# Its id said: a create whose answer was lost finds its endpoint (rotate its secret).
+URL_TAKEN = "Another endpoint of yours already has this URL: {id}"
 URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL, an "
                    "event's callbackUrl or a deleted endpoint): register it with POST "
                    "/endpoints instead")
@@ -137,7 +138,7 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
         raise Conflict(TOO_MANY.format(limit=settings.max_endpoints_per_partner))
     endpoint = row_for_url(session, partner_id, url)
     if endpoint is not None and endpoint.registered:
-        raise Conflict(URL_TAKEN)
+        raise Conflict(URL_TAKEN.format(id=endpoint.public_id))
     if endpoint is None:
         endpoint = Endpoint(partner_id=partner_id, url=url, last_sequence=0, created_at=now,
                             consecutive_failures=0)
@@ -197,7 +198,8 @@ def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) ->
     if other is not None:
         # Registered, or the row of an earlier webhook URL or callback URL with sequence
         # numbers of its own, which two endpoints cannot share.
-        raise Conflict(URL_TAKEN if other.registered else URL_HAS_HISTORY)
+        raise Conflict(URL_TAKEN.format(id=other.public_id) if other.registered
+                       else URL_HAS_HISTORY)
     relocate(session, endpoint, url)
     if endpoint.is_default:
         session.execute(update(WebhookSettings)

@@ -38,7 +38,8 @@ def update_settings(session: Session, settings: Settings, partner_id: str, *,
             check = netguard.validate_url if url == row.url else netguard.validate_saved_url
             check(url, allow_private=settings.allow_private_urls)
         row.url = url
-        default_endpoint.make_default(session, partner_id, url)
+        default_endpoint.make_default(session, partner_id, url,
+                                      limit=settings.max_endpoints_per_partner)
     if enabled is not _UNSET:
         row.enabled = bool(enabled)
     if alert_email is not _UNSET:

@@ -18,6 +18,7 @@ from tests.support.race import race
 
 ENDPOINTS = "/api/partner/v2/endpoints"
 EVENT_TYPES = "/api/partner/v2/event-types"
+SETTINGS = "/api/partner/v2/webhook-settings"
 FIELDS = {"id", "url", "description", "eventTypes", "enabled", "rateLimit", "status",
           "disabledReason", "failingSince", "isDefault", "createdAt"}
 
@@ -208,6 +209,8 @@ def test_unknown_event_type_is_400_listing_the_valid_ones(make_partner):
     {"url": "http://127.0.0.1:9/a", "rateLimit": 0},
     {"url": "http://127.0.0.1:9/a", "rateLimit": -1},
     {"url": "http://127.0.0.1:9/a", "rateLimit": "fast"},
+    {"url": "http://127.0.0.1:9/a", "rateLimit": "5"},  # a JSON number, as enabled's bool
+    {"url": "http://127.0.0.1:9/a", "rateLimit": True},
     {"url": "http://127.0.0.1:9/a", "rateLimit": 1e9},
     {"url": "http://127.0.0.1:9/a", "eventTypes": []},
     {"url": "http://127.0.0.1:9/a", "eventTypes": "invoice.*"},
@@ -266,9 +269,13 @@ def test_one_url_is_one_endpoint(make_partner):
     t.assert_error(partner.api.post(ENDPOINTS, json={"url": "http://127.0.0.1:9/default"}),
                    409, "CONFLICT")
     a = create(partner, "http://127.0.0.1:9/a")
-    create(partner, "http://127.0.0.1:9/b")
+    b = create(partner, "http://127.0.0.1:9/b")
     t.assert_error(partner.api.patch(f"{ENDPOINTS}/{a['id']}",
-                                     json={"url": "http://127.0.0.1:9/b"}), 409, "CONFLICT")
+                                     json={"url": "http://127.0.0.1:9/b"}), 409, "CONFLICT",
+                   f"Another endpoint of yours already has this URL: {b['id']}")
+    # A create sent again (its answer lost) is told which endpoint it made.
+    t.assert_error(partner.api.post(ENDPOINTS, json={"url": "http://127.0.0.1:9/a"}), 409,
+                   "CONFLICT", f"Another endpoint of yours already has this URL: {a['id']}")
     # Spellings of /a's receiver that are not /a (a fragment is never sent) are refused,
     # not registered beside it (a black-box try had three endpoints for one receiver).
     for spelling in ("http://127.0.0.1:9/a#dup", "http://127.0.0.1:9/a#",
@@ -300,6 +307,17 @@ def test_at_most_the_configured_number_of_endpoints(make_partner, api_settings):
                               409, "CONFLICT")
         assert body["message"] == "A partner may have at most 3 endpoints"
         assert endpoint_rows(partner.partner_id) == 3
+        # Moving the default endpoint adds none; a default made beside registered ones
+        # (the old one deleted, its place taken) would be a fourth (a black-box try).
+        moved = partner.api.put(SETTINGS, json={"url": "http://127.0.0.1:9/moved"})
+        assert moved.status_code == 200, moved.text
+        [default] = [e for e in partner.api.get(ENDPOINTS).json()["data"] if e["isDefault"]]
+        assert partner.api.delete(f"{ENDPOINTS}/{default['id']}").status_code == 200
+        create(partner, "http://127.0.0.1:9/3")
+        t.assert_error(partner.api.put(SETTINGS, json={"url": "http://127.0.0.1:9/new"}),
+                       409, "CONFLICT", "A partner may have at most 3 endpoints")
+        assert endpoint_rows(partner.partner_id) == 3
+        assert partner.api.get(SETTINGS).json()["url"] is None
 
 
 def test_the_limit_holds_under_parallel_creates(make_partner, api_settings):
