@@ -3,7 +3,8 @@
 The same guarantees as ``service.deliver`` (a lease per row, one POST per attempt, every
 attempt recorded) at a fraction of the database round trips: one claim for the whole
 batch, the POSTs in parallel on a thread pool (they are I/O-bound), and one transaction
-that writes every attempt and marks every plain success. Failures, and successes on an
+that writes every attempt and marks every plain success (two when some POSTs are still
+out a second later: those that ended are recorded first). Failures, and successes on an
 endpoint that was failing, go through ``record.record`` row by row, because they move
 the ladder, the per-endpoint queue and the alerts.
 """
@@ -26,7 +27,7 @@ from deliverer import lease
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import runs, sender, slow_lane
-from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
+from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs, ours
 from deliverer.delivery.outcome import NextAttempt
 from deliverer.delivery.record import record_locked
 from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
@@ -79,13 +80,14 @@ def claim_many(session: Session, ids: Sequence[str], settings: Settings,
 
 
 def release_unsent(session: Session, ids: Sequence[str], token: str,
-                   now: datetime) -> None:
-    """Give back the leases of jobs that were not sent, so they can be claimed at once,
-    and mark them enqueued, as the task does right after this commit (so the sweep does
-    not send a second message meanwhile). Commits nothing."""
+                   now: datetime, lease_expires_at: datetime | None = None) -> None:
+    """Give back the leases of jobs that were not sent (``lease_expires_at``: theirs, if
+    a fresh cycle voided them), so they can be claimed at once, and mark them enqueued,
+    as the task does right after this commit (so the sweep does not send a second
+    message meanwhile). Commits nothing."""
     session.execute(
         update(Notification)
-        .where(Notification.id.in_(ids), Notification.lease_token == token)
+        .where(Notification.id.in_(ids), ours(token, lease_expires_at))
         .values(lease_token=None, lease_expires_at=None,
                 scheduled_for=Notification.next_attempt_at, enqueued_at=now)
         .execution_options(synchronize_session=False)
@@ -123,12 +125,14 @@ def record_each(done: Sequence[tuple[DeliveryJob, sender.SendResult]],
                 settings: Settings) -> list[NextAttempt]:
     """After a transaction of outcomes failed for a reason other than a transient abort:
     each outcome in a transaction of its own, so that one the database refuses holds no
-    other; one refused alone is recorded without the receiver's words (``UNSTORABLE``)."""
+    other; one refused alone is recorded without the receiver's words (``UNSTORABLE``).
+    One refused even so is left (its lease runs out) and raised once the others are."""
     def alone(job: DeliveryJob, result: sender.SendResult) -> list[NextAttempt]:
         return in_transaction(lambda session: record_many(session, [job], [result], settings),
                               retry_for=settings.lease_seconds)
 
     following: list[NextAttempt] = []
+    refused: Exception | None = None
     for job, result in done:
         try:
             following += alone(job, result)
@@ -138,17 +142,27 @@ def record_each(done: Sequence[tuple[DeliveryJob, sender.SendResult]],
             log.exception("attempt refused by the database: recorded without the answer",
                           extra={"notification_id": job.notification_id})
             error = result.error and {**result.error, "message": UNSTORABLE}
-            following += alone(job, dataclasses.replace(result, body=None, error=error))
+            try:
+                following += alone(job, dataclasses.replace(result, body=None, error=error))
+            except OperationalError:
+                raise
+            except Exception as exc:
+                refused = refused or exc
+    if refused is not None:
+        raise refused
     return following
 
 
-def record_guarded(done: Sequence[tuple[DeliveryJob, sender.SendResult]],
-                   settings: Settings, together: Callable[[], list[NextAttempt]]
-                   ) -> list[NextAttempt]:
-    """``together()`` (it records ``done``, and runs again after transient aborts), or, if
-    it fails otherwise, ``record_each``."""
+def record_outcomes(done: Sequence[tuple[DeliveryJob, sender.SendResult]],
+                    settings: Settings) -> list[NextAttempt]:
+    """``done``'s outcomes in one transaction (``record_many``), run again after transient
+    aborts, for up to a lease: the POSTs happened, and a deadlock or a database restart
+    must not leave them to be sent again. Failing otherwise, ``record_each``."""
     try:
-        return together()
+        return in_transaction(
+            lambda session: record_many(session, [job for job, _ in done],
+                                        [result for _, result in done], settings),
+            retry_for=settings.lease_seconds)
     except OperationalError:
         raise
     except Exception:
@@ -182,13 +196,16 @@ RecordStep = Callable[[list[tuple[DeliveryJob, sender.SendResult]]], list[NextAt
 def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
                     record: RecordStep | None = None) -> BatchOutcome:
     """Send and record a claimed batch (``leased_at``: ``time.monotonic()`` no later than
-    the claim): the slow lane, the POSTs, then one transaction for the outcomes (or
-    ``record``'s, when every job was sent: ``together.record_all``)."""
+    the claim): the slow lane, the POSTs, then the outcomes, with ``record`` when given
+    (``together.record_all``) or ``record_outcomes``: those of POSTs that ended first
+    while others are out (``runs.perform_many``'s ``early``), then the rest."""
     admitted, refused = runs.admit_many(batch.jobs, settings)
+    expires = batch.jobs[0].lease_expires_at if batch.jobs else None  # one claim's lease
     if refused:
         in_transaction(
             lambda session: slow_lane.defer(
-                session, [job.notification_id for job in refused], batch.token, settings),
+                session, [job.notification_id for job in refused], batch.token, settings,
+                lease_expires_at=expires),
             retry_for=settings.lease_seconds)
     if not admitted:
         return BatchOutcome(0, 0, [], batch.not_due, batch.locked, deferred=len(refused))
@@ -198,13 +215,8 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
     def record_now(pairs: list[tuple[DeliveryJob, sender.SendResult]]) -> None:
         # As in service.deliver: the POSTs happened, so a deadlock or a database restart
         # while recording them is retried, not left to resend every webhook of the batch.
-        if record is not None:
-            following.extend(record(pairs))
-        else:
-            following.extend(record_guarded(pairs, settings, lambda: in_transaction(
-                lambda session: record_many(session, [j for j, _ in pairs],
-                                            [r for _, r in pairs], settings),
-                retry_for=settings.lease_seconds)))
+        following.extend(record(pairs) if record is not None
+                         else record_outcomes(pairs, settings))
         for job, r in pairs:  # once recorded, one line per attempt, as service.deliver's
             log.info("attempt %s: %s", "delivered" if r.success else "failed",
                      json.dumps(r.error) if r.error else r.status_code,
@@ -212,8 +224,9 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
 
     def early(sends: runs.Sends, indexes: list[int]) -> None:
         ended = [(i, r) for i in indexes if (r := sends.results[i]) is not None]
-        record_now([(admitted[i][0], r) for i, r in ended])
-        recorded.update(i for i, _ in ended)
+        if ended:
+            record_now([(admitted[i][0], r) for i, r in ended])
+            recorded.update(i for i, _ in ended)
 
     sends = runs.perform_many(admitted, settings, runs.send_cutoff(leased_at, settings),
                               early=early)
@@ -230,9 +243,11 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
 
     def hand_back(session: Session) -> None:
         if refused_late:
-            slow_lane.defer(session, refused_late, batch.token, settings)
+            slow_lane.defer(session, refused_late, batch.token, settings,
+                            lease_expires_at=expires)
         if unsent:
-            release_unsent(session, [nid for nid, _ in unsent], batch.token, utcnow())
+            release_unsent(session, [nid for nid, _ in unsent], batch.token, utcnow(),
+                           expires)
 
     if refused_late or unsent:
         in_transaction(hand_back, retry_for=settings.lease_seconds)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import FromClause, Select, and_, bindparam, select, update
+from sqlalchemy import FromClause, Select, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -65,6 +65,9 @@ class DeliveryJob:
     endpoint_failing: bool
     # The queue its message came from, for a job handed back unsent (batch.deliver_many).
     lane: str = Lane.FIRST
+    # Until when the lease is ours: after a fresh cycle voided it (``cycle``), the time
+    # alone says the row is still held for this job (``ours``, ``release_voided``).
+    lease_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,8 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
     """
     token = str(uuid.uuid4())
     connection = session.connection()
-    lease_params = {"ids": list(ids), "now": now, "token": token,
-                    "expires": now + timedelta(seconds=settings.lease_seconds)}
+    expires = now + timedelta(seconds=settings.lease_seconds)
+    lease_params = {"ids": list(ids), "now": now, "token": token, "expires": expires}
     if connection.dialect.name == "postgresql":
         rows = connection.execute(_LEASE_JOBS, lease_params).all()
         leased = [r.id for r in rows]
@@ -184,6 +187,17 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
             hold_undeliverable(session, r.id, error_payload(
                 FailureKind.WEBHOOKS_DISABLED, "Webhooks are turned off"))
             continue
+        if (r.retry_after_until is not None and r.retry_after_until > now
+                and r.lane != Lane.MANUAL):
+            # The receiver asked for a pause (429/503 Retry-After, ``failure``): an
+            # automatic send waits in its queue, behind the one that got it, and goes in
+            # order once a delivery succeeds (``endpoint_queue.drain``). A merchant's
+            # retry goes.
+            hold_undeliverable(session, r.id, error_payload(
+                FailureKind.ENDPOINT_PAUSED,
+                f"Held: the endpoint asked for a pause (Retry-After) until "
+                f"{r.retry_after_until.isoformat(timespec='seconds')}"))
+            continue
         jobs.append(DeliveryJob(
             notification_id=r.id, lease_token=token, url=r.url or "", body=r.body.encode(),
             secrets=signing_secrets(
@@ -191,19 +205,43 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
                 (r.signing_secret, r.previous_secret, r.previous_secret_expires_at), now),
             trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
             endpoint_failing=r.failing_since is not None, lane=r.lane,
+            lease_expires_at=expires,
         ))
         if r.rate_limit:
             paced.append(pacing.Paced(r.id, r.endpoint_id, r.rate_limit))
-        elif (r.retry_after_until is not None and r.retry_after_until > now
-              and r.lane != Lane.MANUAL):
-            # The receiver asked for a pause (429/503 Retry-After, ``failure``): automatic
-            # sends wait until it ends, then go at the drain rate. A merchant's retry goes.
-            paced.append(pacing.Paced(r.id, r.endpoint_id, settings.drain_rate))
     if paced:
         waiting = pacing.pace(session, paced, token, settings, now)
         leased = [i for i in leased if i not in waiting]
         jobs = [job for job in jobs if job.notification_id not in waiting]
     return leased, jobs
+
+
+def ours(token: str, expires: datetime | None) -> ColumnElement[bool]:
+    """SQL: the row is held by the lease ``token`` (until ``expires``), or was and a fresh
+    cycle voided it (``cycle.fresh_cycle_values``: its token cleared, its time kept): the
+    holder gives either back."""
+    return or_(_N.lease_token == token,
+               and_(_N.lease_token.is_(None), _N.lease_expires_at == expires))
+
+
+# A voided lease is freed by its holder once its POST is recorded: nobody else's, as a
+# lease taken since has a token. The row's message was spent on the lease: the sweep
+# sends the fresh cycle's attempt.
+_RELEASE_VOIDED = (
+    update(_NOTIFICATIONS)
+    .where(_N.id == bindparam("nid"), _N.lease_token.is_(None),
+           _N.lease_expires_at == bindparam("expires"))
+    .values(lease_expires_at=None, scheduled_for=None)
+)
+
+
+def release_voided(session: Session, jobs: Sequence[DeliveryJob]) -> None:
+    """Free the voided leases of ``jobs`` (recorded, their leases lost), if any. Commits
+    nothing."""
+    held = [{"nid": job.notification_id, "expires": job.lease_expires_at} for job in jobs
+            if job.lease_expires_at is not None]
+    if held:
+        session.connection().execute(_RELEASE_VOIDED, held)
 
 
 def claim(session: Session, notification_id: str, settings: Settings,

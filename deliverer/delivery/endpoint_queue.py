@@ -142,8 +142,7 @@ def on_recovery(session: Session, endpoint_id: int, now: datetime) -> None:
     session.execute(
         update(Endpoint).where(Endpoint.id == endpoint_id)
         .values(failing_since=None, consecutive_failures=0, last_success_at=now,
-                alerted_at=None, draining=True, retry_after_until=None,
-                next_send_at=None)
+                alerted_at=None, draining=True, retry_after_until=None)
     )
 
 

@@ -51,11 +51,10 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
             auto_disable.disable(session, endpoint, settings, now, notification_id=row.id)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
         if result.retry_after:
-            # Not this notification's wait alone: the endpoint's. Its other automatic
-            # sends wait too, then go at the drain rate (``claim``, ``pacing``).
-            until = now + timedelta(seconds=result.retry_after * settings.time_scale)
-            endpoint.retry_after_until = until
-            endpoint.next_send_at = max(endpoint.next_send_at or until, until)
+            # Not this notification's wait alone: the endpoint's. Its automatic sends
+            # claimed meanwhile are held behind this one (``claim.lease_jobs``).
+            endpoint.retry_after_until = now + timedelta(
+                seconds=result.retry_after * settings.time_scale)
         if endpoint_queue.join_after_failure(session, endpoint.id, row, now):
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
         if job.trigger == Trigger.AUTOMATIC:

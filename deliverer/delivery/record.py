@@ -56,7 +56,7 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
         # keep the attempt on record, leave the state to the lease holder or the cycle.
         log.warning("lease lost during delivery", extra={"notification_id": row.id})
         status = row.status
-        count_lost(session, {row.id: 1})
+        count_lost(session, [job])
         session.expire(row)
         return AttemptOutcome(ClaimState.BUSY, status=status)
     row.attempt_count += 1

@@ -3,6 +3,7 @@ slow lane, and cut off before the lease runs out. No database access."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,8 @@ from deliverer.delivery.claim import DeliveryJob
 from deliverer.delivery.perform import perform_admitted
 from deliverer.logging import delivery_context
 from deliverer.stopping import stopping
+
+log = logging.getLogger(__name__)
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -132,9 +135,12 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     Nor is one whose turn comes once the worker is stopping (``deliverer.stopping``): its
     warm shutdown then lasts the POSTs in flight, not a batch's worth of them.
 
-    Runs still out ``EARLY_RECORD_AFTER`` (or the slow threshold, if shorter) after the
-    start do not hold the others: ``early`` is called once with the indexes of the runs
-    that ended, so that their outcomes are recorded (and shown) while the rest are out.
+    Runs still out do not hold the others: every ``EARLY_RECORD_AFTER`` (or the slow
+    threshold, if shorter) while some are out, ``early`` is called with the indexes of
+    the runs that ended since, so that their outcomes are recorded (and shown) while the
+    rest are out (or still queued for the send pool, behind a backlog). Its failure is
+    logged, and those outcomes are the caller's to record with the rest: every run is
+    waited for whatever happens, so none is left unrecorded.
     """
     sends = Sends([None] * len(jobs))
     by_endpoint: dict[object, list[int]] = {}
@@ -186,13 +192,19 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
         run(runs[0])
         return sends
     pool = _executor(settings.send_concurrency)
-    futures = [(indexes, pool.submit(run, indexes)) for indexes in runs]
+    futures = {pool.submit(run, indexes): indexes for indexes in runs}
     if early is not None:
-        waited = wait_for_futures([future for _, future in futures],
-                                  timeout=min(EARLY_RECORD_AFTER, settings.slow_send_seconds))
-        if waited.not_done and waited.done:
-            early(sends, [i for indexes, future in futures if future in waited.done
-                          for i in indexes])
-    for _, future in futures:
+        pending = set(futures)
+        every = min(EARLY_RECORD_AFTER, settings.slow_send_seconds)
+        while pending:
+            ended, pending = wait_for_futures(pending, timeout=every)
+            indexes = [i for future in ended if future.exception() is None
+                       for i in futures[future]]
+            if pending and indexes:
+                try:
+                    early(sends, indexes)
+                except Exception:
+                    log.exception("recording a batch's first outcomes failed: with the rest")
+    for future in futures:
         future.result()  # waits; a run's error is the batch's
     return sends

@@ -69,7 +69,7 @@ def run_steps(notification_id: str, settings: Settings, claim_step: ClaimStep,
     if ticket is None:
         until = in_transaction(
             lambda session: slow_lane.defer(session, [notification_id], job.lease_token,
-                                            settings),
+                                            settings, lease_expires_at=job.lease_expires_at),
             retry_for=settings.lease_seconds)
         return AttemptOutcome(ClaimState.DEFERRED, due_at=until)
     result = perform_admitted(job, ticket, settings)

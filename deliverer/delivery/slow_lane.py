@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from deliverer import metrics
 from deliverer.config import Settings
 from deliverer.db import on_commit
+from deliverer.delivery.claim import ours
 from deliverer.delivery.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind
 from deliverer.models import Notification, utcnow
@@ -199,12 +200,14 @@ def defer_until(settings: Settings, now: datetime | None = None) -> datetime:
 
 
 def defer(session: Session, ids: Sequence[str], lease_token: str, settings: Settings,
-          now: datetime | None = None) -> datetime:
-    """Give the leases back and move the next attempt later. Commits nothing."""
+          now: datetime | None = None, *, lease_expires_at: datetime | None = None
+          ) -> datetime:
+    """Give the leases back (``lease_expires_at``: theirs, if a fresh cycle voided them)
+    and move the next attempt later. Commits nothing."""
     until = defer_until(settings, now)
     session.execute(
         update(Notification)
-        .where(Notification.id.in_(ids), Notification.lease_token == lease_token)
+        .where(Notification.id.in_(ids), ours(lease_token, lease_expires_at))
         .values(lease_token=None, lease_expires_at=None, next_attempt_at=until,
                 scheduled_for=None)
         .execution_options(synchronize_session=False)

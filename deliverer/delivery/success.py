@@ -5,16 +5,16 @@ And the endpoint locks every record transaction takes first (``lock_endpoints``)
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Select, bindparam, case, insert, select, update
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.delivery import endpoint_queue, sender
-from deliverer.delivery.claim import _N, _NOTIFICATIONS, _NOW, DeliveryJob
+from deliverer.delivery.claim import _N, _NOTIFICATIONS, _NOW, DeliveryJob, release_voided
 from deliverer.models import Attempt, Endpoint, NotificationStatus, table_of
 from deliverer.models.in_list import in_list
 from deliverer.prepared import prepared
@@ -30,23 +30,18 @@ _MARK_SENT = prepared(
 )
 # A POST whose lease was lost meanwhile (taken over, voided by a fresh cycle, or the
 # notification ignored) is still an attempt of its notification: ``attempt_count``
-# counts its attempt rows. A voided lease (no token, its time kept: ``cycle``) was held
-# for this POST alone, and it is answered: the row is free for the fresh cycle's
-# attempt, which the sweep sends (its message found the row leased and was spent).
-_VOIDED = _N.lease_token.is_(None)
-_COUNT_ATTEMPTS = (
-    update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
-    .values(attempt_count=_N.attempt_count + bindparam("n"),
-            lease_expires_at=case((_VOIDED, None), else_=_N.lease_expires_at),
-            scheduled_for=case((_VOIDED, None), else_=_N.scheduled_for))
-)
+# counts its attempt rows.
+_COUNT_ATTEMPTS = (update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
+                   .values(attempt_count=_N.attempt_count + bindparam("n")))
 
 
-def count_lost(session: Session, lost: Mapping[str, int]) -> None:
-    """The attempts of POSTs whose lease was lost meanwhile, by notification id; frees a
-    voided lease (``_COUNT_ATTEMPTS``). Commits nothing."""
+def count_lost(session: Session, jobs: Sequence[DeliveryJob]) -> None:
+    """The attempts of POSTs whose lease was lost meanwhile (a job per POST); a voided
+    lease of theirs is freed (``claim.release_voided``). Commits nothing."""
+    lost = Counter(job.notification_id for job in jobs)
     session.connection().execute(_COUNT_ATTEMPTS, [{"nid": nid, "n": n}
                                                    for nid, n in sorted(lost.items())])
+    release_voided(session, jobs)
 
 
 def _locking(exclusive: bool) -> Select[int, datetime | None]:
@@ -136,7 +131,12 @@ def record_successes(session: Session,
     ).scalars())
     lost = Counter(ids) - Counter(sent)  # a job per POST: SENT counted one of each
     if lost:
-        count_lost(session, lost)
+        lost_jobs = []
+        for job, _ in done:
+            if lost[job.notification_id] > 0:
+                lost[job.notification_id] -= 1
+                lost_jobs.append(job)
+        count_lost(session, lost_jobs)
     # A plain success on an endpoint that became failing meanwhile still releases it.
     endpoints = {job.endpoint_id for job, _ in done}
     for endpoint_id in sorted(e for e in failing if e in endpoints):

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from deliverer.batching import Coalescer
 from deliverer.config import Settings, get_settings
-from deliverer.db import in_transaction, session_scope
+from deliverer.db import session_scope
 from deliverer.delivery import sender
-from deliverer.delivery.batch import claim_many, record_guarded, record_many
+from deliverer.delivery.batch import claim_many, record_outcomes
 from deliverer.delivery.claim import Claim, ClaimState, DeliveryJob
 from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
 from deliverer.delivery.service import run_steps
@@ -59,12 +59,7 @@ def _record_together(done: Sequence[tuple[DeliveryJob, sender.SendResult]]
     # By endpoint: concurrent record batches lock failing endpoints in one order.
     ordered = sorted(done, key=lambda item: (item[0].endpoint_id or 0,
                                              item[0].notification_id))
-    # The POSTs happened: a deadlock or a database restart while recording them is
-    # retried, not left to resend them when their leases run out.
-    following = record_guarded(ordered, settings, lambda: in_transaction(
-        lambda session: record_many(session, [job for job, _ in ordered],
-                                    [result for _, result in ordered], settings),
-        retry_for=settings.lease_seconds))
+    following = record_outcomes(ordered, settings)
     by_id = {nxt.notification_id: nxt for nxt in following}
     return [by_id.get(job.notification_id) for job, _ in done]
 

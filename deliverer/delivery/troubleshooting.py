@@ -20,6 +20,7 @@ class FailureKind(StrEnum):
     CONNECTION_ERROR = "connection_error"
     NO_URL = "no_url"
     ENDPOINT_DISABLED = "endpoint_disabled"
+    ENDPOINT_PAUSED = "endpoint_paused"  # held: the receiver asked for a pause (Retry-After)
     WEBHOOKS_DISABLED = "webhooks_disabled"  # the merchant turned webhooks off
     NOT_A_WEBHOOK_PARTNER = "not_a_webhook_partner"  # deactivated, or moved to polling
 
@@ -61,7 +62,8 @@ _KIND_HINTS = {
     FailureKind.CONNECTION_REFUSED: "Connection refused: nothing is listening at that host "
     "and port. Check that your server is running and the port in the URL is right.",
     FailureKind.CONNECTION_RESET: "Connection reset: your server or a proxy closed the "
-    "connection before answering. Check your server's logs and any proxy or firewall.",
+    "connection before its answer was complete. Check your server's logs and any proxy "
+    "or firewall.",
     FailureKind.INVALID_RESPONSE: "Invalid response: something answered at that host and "
     "port, but not in HTTP. Check that the URL's port is your web server's, and that an "
     "https server is not given an http:// URL.",
@@ -85,6 +87,9 @@ _KIND_HINTS = {
     "registering it (POST /api/partner/v2/endpoints). The notifications held meanwhile "
     "are then sent. A deleted one is sent nothing more: register its URL again for the "
     "events that follow.",
+    FailureKind.ENDPOINT_PAUSED: "Paused: your server answered 429 or 503 with Retry-After. "
+    "What it is sent meanwhile waits behind the notification that got that answer, and "
+    "goes in order once your server answers that one (or any delivery) with a 2xx.",
     FailureKind.NOT_A_WEBHOOK_PARTNER: "This partner is inactive or reads its events by "
     "polling, so no webhook is sent. Ask the provider to enable webhook delivery.",
     FailureKind.WEBHOOKS_DISABLED: "Webhooks are turned off in your webhook settings. Turn "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deliverer.errors import Conflict
@@ -49,9 +49,7 @@ def make_default(session: Session, partner_id: str, url: str | None,
     if limit is not None and url is not None:
         # A new default beside one the merchant registered (or none) is one more.
         leaves = previous is not None and previous.signing_secret is None
-        count = session.scalar(select(func.count()).select_from(Endpoint).where(
-            Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
-        if count + 1 - leaves > limit:
+        if registered.count_registered(session, partner_id) + 1 - leaves > limit:
             raise Conflict(registered.TOO_MANY.format(limit=limit))
     carried: dict[str, Any] = {"event_types": None, "description": None}
     if previous is not None:

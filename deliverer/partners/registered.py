@@ -113,6 +113,12 @@ def _check_rate_limit(rate_limit: float | None) -> None:
         raise ValidationFailed(RATE_LIMIT_RANGE)
 
 
+def count_registered(session: Session, partner_id: str) -> int:
+    """The partner's endpoints, as the limit counts them (``TOO_MANY``)."""
+    return session.scalar(select(func.count()).select_from(Endpoint).where(
+        Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
+
+
 def row_for_url(session: Session, partner_id: str, url: str) -> Endpoint | None:
     return session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
                                                  Endpoint.url == url).with_for_update())
@@ -132,9 +138,7 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
     subscriptions = catalog.check_subscriptions(settings, event_types or ["*"])
     _check_rate_limit(rate_limit)
     _lock_endpoints_of(session, partner_id)
-    count = session.scalar(select(func.count()).select_from(Endpoint).where(
-        Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
-    if count >= settings.max_endpoints_per_partner:
+    if count_registered(session, partner_id) >= settings.max_endpoints_per_partner:
         raise Conflict(TOO_MANY.format(limit=settings.max_endpoints_per_partner))
     endpoint = row_for_url(session, partner_id, url)
     if endpoint is not None and endpoint.registered:
@@ -209,9 +213,8 @@ def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) ->
 
 def _forget_health(endpoint: Endpoint) -> None:
     """What the endpoint's past failures left: failing since (auto-disable counts from
-    it), Retry-After and its send slot, the alert sent."""
+    it), a Retry-After pause, the alert sent."""
     endpoint.failing_since = endpoint.retry_after_until = endpoint.alerted_at = None
-    endpoint.next_send_at = None
     endpoint.consecutive_failures = 0
 
 

@@ -85,8 +85,9 @@ def slow_ladder(settings: Settings) -> Iterator[Settings]:
 def _in_flight() -> int:
     now = utcnow()
     with session_scope() as session:
+        # A voided lease (no token, its time kept) is a POST still out too.
         leased = session.scalar(select(func.count()).select_from(Notification).where(
-            Notification.lease_token.is_not(None), Notification.lease_expires_at > now))
+            Notification.lease_expires_at > now))
         sending = session.scalar(select(func.count()).select_from(PartnerRequest).where(
             PartnerRequest.delivery_status == "SENDING"))
         return int(leased or 0) + int(sending or 0)

@@ -128,33 +128,37 @@ def test_an_outcome_the_database_refuses_holds_no_other(settings, receiver, monk
 def test_an_endpoint_still_out_does_not_hold_the_others_outcomes(settings, receiver):
     """A batch recorded its outcomes once all its POSTs ended: 21 webhooks of healthy
     merchants, answered at once, showed as unsent for the 15 s a new endpoint that hung
-    took to time out, and a worker killed meanwhile would have sent them again."""
+    took to time out, and a worker killed meanwhile would have sent them again. Those
+    that end later are recorded in later rounds, each while the hanging one is out."""
     release = threading.Event()
     fast_url = receiver.always("/fast", rx.ok())
+    late_url = receiver.always("/late", rx.sleep(1.3, rx.ok()))
     slow_url = receiver.always("/hangs", rx.held(release, rx.ok()))
-    fast = new_partner(settings, fast_url, name="Fast")
-    slow = new_partner(settings, slow_url, name="Hangs")
     now = utcnow()
-    ids = [insert_notification(fast.partner_id, fast_url, status=NotificationStatus.PENDING,
-                               next_attempt_at=now) for _ in range(3)]
-    hung = insert_notification(slow.partner_id, slow_url, status=NotificationStatus.PENDING,
-                               next_attempt_at=now)
-    quick = settings.with_overrides(total_timeout=4.0, lease_seconds=10.0)
+    fast, late, hung = (
+        [insert_notification(new_partner(settings, url, name=name).partner_id, url,
+                             status=NotificationStatus.PENDING, next_attempt_at=now)
+         for _ in range(count)]
+        for url, name, count in ((fast_url, "Fast", 3), (late_url, "Late", 1),
+                                 (slow_url, "Hangs", 1)))
+    quick = settings.with_overrides(total_timeout=8.0, lease_seconds=20.0)
     outcome: list[batch.BatchOutcome] = []
     thread = threading.Thread(target=lambda: outcome.append(
-        batch.deliver_many([hung, *ids], quick)))
+        batch.deliver_many([*hung, *late, *fast], quick)))
     thread.start()
     try:
         receiver.wait_for(1, "/hangs")
-        wait_until(lambda: all(notification(n).status == NotificationStatus.SENT for n in ids),
-                   timeout=3.0, message="the fast ones recorded while one is out")
-        assert notification(hung).status == NotificationStatus.PENDING
+        for ids, message in ((fast, "the fast ones"), (late, "the late one")):
+            wait_until(lambda ids=ids: all(notification(n).status == NotificationStatus.SENT
+                                           for n in ids),
+                       timeout=4.0, message=f"{message} recorded while one is out")
+        assert notification(hung[0]).status == NotificationStatus.PENDING
     finally:
         release.set()
-        thread.join(10)
-    assert (outcome[0].sent, outcome[0].failed) == (4, 0)
-    assert notification(hung).status == NotificationStatus.SENT
-    assert [len(attempts(n)) for n in [hung, *ids]] == [1, 1, 1, 1]
+        thread.join(15)
+    assert (outcome[0].sent, outcome[0].failed) == (5, 0)
+    assert notification(hung[0]).status == NotificationStatus.SENT
+    assert [len(attempts(n)) for n in [*hung, *late, *fast]] == [1] * 5
 
 
 def test_racing_batches_post_each_notification_once(settings, receiver):

@@ -439,7 +439,8 @@ def test_a_partner_that_stopped_taking_webhooks_gets_none_of_what_was_queued(
     assert row.latest_error_payload["kind"] == "not_a_webhook_partner"
 
 
-def test_a_retry_after_pauses_the_endpoint_not_only_its_head(settings, receiver):
+def test_a_retry_after_pauses_the_endpoint_not_only_its_head(settings, receiver,
+                                                             override_settings):
     """A 429 "Retry-After: 1500" (1.5 s scaled) was honoured for the notification that got
     it, while every fresh one was POSTed at once into the pause (a black-box try)."""
     url = receiver.program("/busy", [rx.retry_after("1500", 429)], rx.ok())
@@ -451,15 +452,22 @@ def test_a_retry_after_pauses_the_endpoint_not_only_its_head(settings, receiver)
     assert until is not None
     fresh = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
                                  next_attempt_at=utcnow()) for _ in range(3)]
-    for nid in fresh:  # claimed in the pause: no request, due after it, one by one
-        assert service.deliver(nid, settings).state == "not_due"
+    for nid in fresh:  # claimed in the pause: no request, held behind the head
+        service.deliver(nid, settings)
+        row = notification(nid)
+        assert (row.status, row.held, row.attempt_count) == (NotificationStatus.FAILED, True, 0)
+        assert row.latest_error_payload["kind"] == "endpoint_paused"
     assert len(receiver.requests("/busy")) == 1
-    dues = [notification(nid).next_attempt_at for nid in fresh]
-    assert all(due >= until - timedelta(seconds=1) for due in dues)
-    assert dues == sorted(dues) and len(set(dues)) == 3
-    for nid in [head, *fresh]:
-        assert deliver_when_due(nid, settings).status == NotificationStatus.SENT
-    assert all(r.received_at >= until for r in receiver.requests("/busy")[1:])
+    with override_settings(drain_rate=20.0) as s:
+        assert deliver_when_due(head, s).status == NotificationStatus.SENT  # after the pause
+        with session_scope() as session:
+            assert endpoint_queue.drain(session, s, utcnow()) == 3
+            session.commit()
+        for nid in fresh:
+            assert deliver_when_due(nid, s).status == NotificationStatus.SENT
+    requests = receiver.requests("/busy")
+    assert [r.headers["webhook-id"] for r in requests] == [head, head, *fresh]  # in order
+    assert all(r.received_at >= until for r in requests[1:])
 
 
 def test_a_merchants_retry_is_not_held_by_a_retry_after(settings, receiver):
@@ -468,12 +476,16 @@ def test_a_merchants_retry_is_not_held_by_a_retry_after(settings, receiver):
     nid = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
                               next_attempt_at=utcnow())
     service.deliver(nid, settings)
-    other = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
-                                next_attempt_at=utcnow())
+    assert _endpoint(partner.partner_id, url).retry_after_until > utcnow()  # paused
+    automatic, manual = (
+        insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                            next_attempt_at=utcnow()) for _ in range(2))
     with session_scope() as session:
-        session.execute(update(Notification).where(Notification.id == other)
+        session.execute(update(Notification).where(Notification.id == manual)
                         .values(lane=Lane.MANUAL))
-    assert service.deliver(other, settings).status == NotificationStatus.SENT
+    service.deliver(automatic, settings)
+    assert notification(automatic).held
+    assert service.deliver(manual, settings).status == NotificationStatus.SENT
 
 
 def test_recovery_retries_a_head_whose_message_was_lost(settings, receiver):

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from deliverer.db import session_scope
 from deliverer.delivery import claim as claim_module
-from deliverer.delivery import service
+from deliverer.delivery import service, slow_lane
 from deliverer.delivery.service import ClaimState
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
 from deliverer.errors import Conflict
@@ -524,3 +524,50 @@ def test_the_claim_looks_rows_up_by_key_whatever_the_statistics_say(settings, pa
     # (A table this small may be scanned whole; what matters is that the due index,
     # which the skewed statistics favour, is not how the row is found.)
     assert "ix_notifications_due" not in plan, plan
+
+
+def _void(nid: str, expires=None) -> None:
+    """What a fresh cycle does to a lease held meanwhile (``cycle.fresh_cycle_values``):
+    its token cleared, its time kept (or, ``expires``, another holder's time)."""
+    with session_scope() as session:
+        values = {"lease_token": None}
+        if expires is not None:
+            values["lease_expires_at"] = expires
+        session.execute(update(Notification).where(Notification.id == nid).values(**values))
+
+
+def test_a_voided_lease_is_freed_by_its_own_holder_only(settings, receiver, partner):
+    url = receiver.always("/ok", rx.ok())
+    nid = due_now(partner, url)
+    with session_scope() as session:
+        job = service.claim(session, nid, settings).job
+    assert job is not None and job.lease_expires_at is not None
+    result = service.perform(job, settings)
+    # Ours overran: another worker took the row, and a fresh cycle voided its lease.
+    theirs = job.lease_expires_at + timedelta(seconds=30)
+    _void(nid, expires=theirs)
+    with session_scope() as session:
+        assert service.record(session, job, result, settings).state == ClaimState.BUSY
+    row = h.notification(nid)
+    assert row.lease_expires_at == theirs  # still held for their POST, still out
+    assert row.attempt_count == 1
+    # Theirs, voided, is freed by its own record.
+    _void(nid, expires=job.lease_expires_at)
+    with session_scope() as session:
+        service.record(session, job, result, settings)
+    assert h.notification(nid).lease_expires_at is None
+
+
+def test_a_voided_lease_handed_back_unsent_is_freed(settings, receiver, partner):
+    """Deferred by the slow lane after a fresh cycle voided its lease: it stayed held
+    until the lease ran out, and the merchant's retry waited minutes."""
+    url = receiver.always("/ok", rx.ok())
+    nid = due_now(partner, url)
+    with session_scope() as session:
+        job = service.claim(session, nid, settings).job
+    assert job is not None
+    _void(nid)
+    with session_scope() as session:
+        slow_lane.defer(session, [nid], job.lease_token, settings,
+                        lease_expires_at=job.lease_expires_at)
+    assert h.notification(nid).lease_expires_at is None

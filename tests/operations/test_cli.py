@@ -101,7 +101,7 @@ def test_stats_with_the_broker_down_waits_one_try(settings):
                      CELERY_BROKER_URL=f"redis://127.0.0.1:{closed_port()}/0")
     elapsed = time.monotonic() - started
     assert "unreachable" in result.stdout and "Workers answering" not in result.stdout
-    assert elapsed < 5.5, elapsed
+    assert elapsed < 6.0, elapsed  # three tries took 6 s and more
 
 
 def test_replay_with_a_progress_bar_then_the_worker_delivers(settings, worker,

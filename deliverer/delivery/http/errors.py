@@ -52,7 +52,7 @@ def classify_exception(exc: BaseException) -> tuple[FailureKind, str]:
         return FailureKind.TIMEOUT, READ_TIMEOUT
     if has(ConnectionRefusedError):
         return FailureKind.CONNECTION_REFUSED, "Connection refused by the webhook host"
-    if has(http.client.BadStatusLine, http.client.LineTooLong) and not has(
+    if has(http.client.BadStatusLine) and not has(
             http.client.RemoteDisconnected):  # a close before any byte: a reset, below
         return FailureKind.INVALID_RESPONSE, "The webhook host's answer was not HTTP"
     if has(ConnectionResetError, BrokenPipeError, urllib3.exceptions.ProtocolError,
