@@ -220,6 +220,8 @@ def ours(token: str, expires: datetime | None) -> ColumnElement[bool]:
     """SQL: the row is held by the lease ``token`` (until ``expires``), or was and a fresh
     cycle voided it (``cycle.fresh_cycle_values``: its token cleared, its time kept): the
     holder gives either back."""
+    if expires is None:  # a job without a lease time (a resend's): its token alone
+        return _N.lease_token == token
     return or_(_N.lease_token == token,
                and_(_N.lease_token.is_(None), _N.lease_expires_at == expires))
 
