@@ -160,6 +160,23 @@ def test_an_answer_that_is_not_http(receiver, answer):
     assert result.error["hint"].startswith("Invalid response")
 
 
+def test_a_stalled_tls_handshake_is_said_so():
+    """It was 'No complete response within the 15 s deadline', cut at the 5 s connect
+    timeout before any request was sent (a black-box try)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)  # accepted by the kernel, never answered
+    try:
+        config = SenderConfig(connect_timeout=0.5, total_timeout=2.0,
+                              allow_private_urls=True)
+        result = send(f"https://127.0.0.1:{server.getsockname()[1]}/hook", BODY, {}, config)
+    finally:
+        server.close()
+    assert_payload(result, "timeout",
+                   message="Timed out during the TLS handshake (no request was sent)")
+    assert result.duration_ms < 1500
+
+
 def test_an_answer_cut_short_is_said_so(receiver):
     def cut(handler, _receiver):
         handler.send_response(200)

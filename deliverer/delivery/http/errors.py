@@ -16,6 +16,7 @@ from deliverer.errors import UnsafeUrl
 
 # A read timeout: requests' read timeout is the POST's total deadline (``sender``).
 READ_TIMEOUT = "Timed out waiting for the webhook response"
+HANDSHAKE_TIMEOUT = "Timed out during the TLS handshake (no request was sent)"
 
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
@@ -48,6 +49,10 @@ def classify_exception(exc: BaseException) -> tuple[FailureKind, str]:
         return FailureKind.TLS, f"TLS handshake failed: {_tls_reason(chain, exc)}"
     if has(requests.exceptions.ConnectTimeout):
         return FailureKind.TIMEOUT, "Timed out connecting to the webhook URL"
+    if any(isinstance(e, TimeoutError) and "handshake" in str(e) for e in chain):
+        # urllib3 reports it as a read timeout; the ssl module's own error says which
+        # phase: no request was sent, so "no complete response" would mislead.
+        return FailureKind.TIMEOUT, HANDSHAKE_TIMEOUT
     if has(requests.exceptions.Timeout, socket.timeout, TimeoutError):
         return FailureKind.TIMEOUT, READ_TIMEOUT
     if has(ConnectionRefusedError):
