@@ -27,10 +27,11 @@ from deliverer import lease
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import runs, sender, slow_lane
-from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs, ours
+from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
 from deliverer.delivery.outcome import NextAttempt
 from deliverer.delivery.record import record_locked
 from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
+from deliverer.delivery.voided import ours
 from deliverer.logging import delivery_context
 from deliverer.models import (
     Notification,

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import FromClause, Select, and_, bindparam, or_, select, update
+from sqlalchemy import FromClause, Select, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -66,7 +66,7 @@ class DeliveryJob:
     # The queue its message came from, for a job handed back unsent (batch.deliver_many).
     lane: str = Lane.FIRST
     # Until when the lease is ours: after a fresh cycle voided it (``cycle``), the time
-    # alone says the row is still held for this job (``ours``, ``release_voided``).
+    # alone says the row is still held for this job (``voided``).
     lease_expires_at: datetime | None = None
 
 
@@ -214,36 +214,6 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
         leased = [i for i in leased if i not in waiting]
         jobs = [job for job in jobs if job.notification_id not in waiting]
     return leased, jobs
-
-
-def ours(token: str, expires: datetime | None) -> ColumnElement[bool]:
-    """SQL: the row is held by the lease ``token`` (until ``expires``), or was and a fresh
-    cycle voided it (``cycle.fresh_cycle_values``: its token cleared, its time kept): the
-    holder gives either back."""
-    if expires is None:  # a job without a lease time (a resend's): its token alone
-        return _N.lease_token == token
-    return or_(_N.lease_token == token,
-               and_(_N.lease_token.is_(None), _N.lease_expires_at == expires))
-
-
-# A voided lease is freed by its holder once its POST is recorded: nobody else's, as a
-# lease taken since has a token. The row's message was spent on the lease: the sweep
-# sends the fresh cycle's attempt.
-_RELEASE_VOIDED = (
-    update(_NOTIFICATIONS)
-    .where(_N.id == bindparam("nid"), _N.lease_token.is_(None),
-           _N.lease_expires_at == bindparam("expires"))
-    .values(lease_expires_at=None, scheduled_for=None)
-)
-
-
-def release_voided(session: Session, jobs: Sequence[DeliveryJob]) -> None:
-    """Free the voided leases of ``jobs`` (recorded, their leases lost), if any. Commits
-    nothing."""
-    held = [{"nid": job.notification_id, "expires": job.lease_expires_at} for job in jobs
-            if job.lease_expires_at is not None]
-    if held:
-        session.connection().execute(_RELEASE_VOIDED, held)
 
 
 def claim(session: Session, notification_id: str, settings: Settings,

@@ -40,9 +40,9 @@ from sqlalchemy.orm import Session
 from deliverer import metrics
 from deliverer.config import Settings
 from deliverer.db import on_commit
-from deliverer.delivery.claim import ours
 from deliverer.delivery.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind
+from deliverer.delivery.voided import ours
 from deliverer.models import Notification, utcnow
 
 log = logging.getLogger(__name__)

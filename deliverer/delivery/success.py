@@ -14,7 +14,8 @@ from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.delivery import endpoint_queue, sender
-from deliverer.delivery.claim import _N, _NOTIFICATIONS, _NOW, DeliveryJob, release_voided
+from deliverer.delivery.claim import _N, _NOTIFICATIONS, _NOW, DeliveryJob
+from deliverer.delivery.voided import release_voided
 from deliverer.models import Attempt, Endpoint, NotificationStatus, table_of
 from deliverer.models.in_list import in_list
 from deliverer.prepared import prepared
@@ -37,7 +38,7 @@ _COUNT_ATTEMPTS = (update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
 
 def count_lost(session: Session, jobs: Sequence[DeliveryJob]) -> None:
     """The attempts of POSTs whose lease was lost meanwhile (a job per POST); a voided
-    lease of theirs is freed (``claim.release_voided``). Commits nothing."""
+    lease of theirs is freed (``voided.release_voided``). Commits nothing."""
     lost = Counter(job.notification_id for job in jobs)
     session.connection().execute(_COUNT_ATTEMPTS, [{"nid": nid, "n": n}
                                                    for nid, n in sorted(lost.items())])

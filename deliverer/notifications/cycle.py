@@ -67,8 +67,7 @@ def fresh_cycle_values(now: datetime, *, due: datetime) -> dict[str, Any]:
         # recorded as an attempt but no longer decides the state. Its time stays, so
         # that the POST still out keeps the row until it is answered: the fresh cycle's
         # attempt goes after it, not beside it, and an ignore meanwhile is refused.
-        # Recording that POST, or handing it back unsent, frees it (``claim.ours``,
-        # ``claim.release_voided``).
+        # Recording that POST, or handing it back unsent, frees it (``delivery.voided``).
         "lease_token": None,
         "updated_at": now,
     }
