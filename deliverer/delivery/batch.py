@@ -3,8 +3,8 @@
 The same guarantees as ``service.deliver`` (a lease per row, one POST per attempt, every
 attempt recorded) at a fraction of the database round trips: one claim for the whole
 batch, the POSTs in parallel on a thread pool (they are I/O-bound), and one transaction
-that writes every attempt and marks every plain success (two when some POSTs are still
-out a second later: those that ended are recorded first). Failures, and successes on an
+that writes every attempt and marks every plain success (more while some POSTs are
+still out: those that ended are recorded every second). Failures, and successes on an
 endpoint that was failing, go through ``record.record`` row by row, because they move
 the ladder, the per-endpoint queue and the alerts.
 """
@@ -214,8 +214,6 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
     recorded: set[int] = set()
 
     def record_now(pairs: list[tuple[DeliveryJob, sender.SendResult]]) -> None:
-        # As in service.deliver: the POSTs happened, so a deadlock or a database restart
-        # while recording them is retried, not left to resend every webhook of the batch.
         following.extend(record(pairs) if record is not None
                          else record_outcomes(pairs, settings))
         for job, r in pairs:  # once recorded, one line per attempt, as service.deliver's
