@@ -12,7 +12,6 @@ the ladder, the per-endpoint queue and the alerts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import runs, sender, slow_lane
 from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
 from deliverer.delivery.outcome import NextAttempt
-from deliverer.delivery.record import record_locked
+from deliverer.delivery.record import log_attempt, record_locked
 from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
 from deliverer.delivery.voided import ours
 from deliverer.logging import delivery_context
@@ -216,10 +215,8 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
     def record_now(pairs: list[tuple[DeliveryJob, sender.SendResult]]) -> None:
         following.extend(record(pairs) if record is not None
                          else record_outcomes(pairs, settings))
-        for job, r in pairs:  # once recorded, one line per attempt, as service.deliver's
-            log.info("attempt %s: %s", "delivered" if r.success else "failed",
-                     json.dumps(r.error) if r.error else r.status_code,
-                     extra={"notification_id": job.notification_id})
+        for job, r in pairs:
+            log_attempt(job.notification_id, r)
 
     def early(sends: runs.Sends, indexes: list[int]) -> None:
         ended = [(i, r) for i in indexes if (r := sends.results[i]) is not None]

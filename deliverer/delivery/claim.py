@@ -269,9 +269,11 @@ def stop_where(session: Session, error: dict[str, Any],
 
 def hold_undeliverable(session: Session, notification_id: str,
                        error: dict[str, Any]) -> None:
-    """No request while the endpoint is disabled (a 410 Gone) or the merchant has turned
-    webhooks off: the notification is held, and saving the settings releases it
-    (``webhook_settings.resume_deliveries``, then ``endpoint_queue.drain``)."""
+    """No request while the endpoint is disabled (a 410 Gone), the merchant has turned
+    webhooks off, or the receiver asked for a pause (Retry-After): the notification is
+    held, and saving the settings (``webhook_settings.resume_deliveries``) or, for a
+    pause, a delivery's success (``endpoint_queue.on_recovery``) releases it, through
+    ``endpoint_queue.drain``."""
     session.execute(
         update(Notification).where(Notification.id == notification_id)
         .values(status=NotificationStatus.FAILED, next_attempt_at=None, lease_token=None,

@@ -5,6 +5,7 @@ the ladder, the endpoint's queue and its alerts (``failure``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection
 from datetime import datetime
@@ -27,6 +28,13 @@ from deliverer.delivery.success import (
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def log_attempt(notification_id: str, result: sender.SendResult) -> None:
+    """One line per attempt, once recorded (single and batch deliveries alike)."""
+    log.info("attempt %s: %s", "delivered" if result.success else "failed",
+             json.dumps(result.error) if result.error else result.status_code,
+             extra={"notification_id": notification_id})
 
 
 def record(session: Session, job: DeliveryJob, result: sender.SendResult, settings: Settings,

@@ -17,7 +17,6 @@ Batches of notifications take the same steps together (``batch.py``).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
@@ -27,7 +26,7 @@ from deliverer.delivery import slow_lane
 from deliverer.delivery.claim import Claim, ClaimState, DeliveryJob, claim
 from deliverer.delivery.outcome import AttemptOutcome
 from deliverer.delivery.perform import perform, perform_admitted
-from deliverer.delivery.record import record
+from deliverer.delivery.record import log_attempt, record
 from deliverer.delivery.sender import SendResult
 
 log = logging.getLogger(__name__)
@@ -74,10 +73,5 @@ def run_steps(notification_id: str, settings: Settings, claim_step: ClaimStep,
         return AttemptOutcome(ClaimState.DEFERRED, due_at=until)
     result = perform_admitted(job, ticket, settings)
     outcome = record_step(job, result)
-    log.info(
-        "attempt %s: %s",
-        "delivered" if result.success else "failed",
-        json.dumps(result.error) if result.error else result.status_code,
-        extra={"notification_id": notification_id},
-    )
+    log_attempt(notification_id, result)
     return outcome
