@@ -23,8 +23,13 @@ def db_upgrade(revision: str) -> None:
     """Apply the Alembic migrations (the Procfile's release step)."""
     from deliverer.migrate import upgrade
 
-    upgrade(get_settings(), revision)
-    click.echo(f"database at {revision}")
+    before, after = upgrade(get_settings(), revision)
+    if before == after:
+        click.echo(f"database already at {after}: nothing to do")
+    elif before is None:
+        click.echo(f"database created at {after}")
+    else:
+        click.echo(f"database upgraded from {before} to {after}")
 
 
 @click.group()

@@ -8,10 +8,12 @@ import time
 from datetime import timedelta
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import select
 
 from deliverer.db import session_scope
 from deliverer.errors import Unauthorized
+from deliverer.migrate import alembic_config
 from deliverer.models import Endpoint, NotificationStatus, utcnow
 from deliverer.operations.replay import OPERATOR
 from deliverer.partners.service import authenticate
@@ -316,6 +318,18 @@ def test_portal_url_checks_its_base_url(settings):
                      check=False)
     assert result.returncode == 2, result.stderr
     assert "Invalid value for '--base-url': must be an http(s) address" in result.stderr
+
+
+@pytest.mark.unit  # an empty SQLite file of its own, whatever the session's backend
+def test_db_upgrade_says_what_it_did(settings, tmp_path):
+    """The release step on an empty database said 'database at head' (a black-box try):
+    it says it created the schema, and the next run that there was nothing to do."""
+    head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+    empty = f"sqlite:///{tmp_path / 'release.db'}"
+    first = run_cli(settings, "db", "upgrade", DATABASE_URL=empty)
+    assert first.stdout.strip() == f"database created at {head}"
+    again = run_cli(settings, "db", "upgrade", DATABASE_URL=empty)
+    assert again.stdout.strip() == f"database already at {head}: nothing to do"
 
 
 @pytest.mark.unit  # an empty SQLite file of its own, whatever the session's backend
