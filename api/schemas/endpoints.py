@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from api.schemas.common import JsonBool, JsonNumber, UtcDateTime, WebhookUrl
+from api.schemas.common import HeaderText, JsonBool, JsonNumber, UtcDateTime, WebhookUrl
 from api.schemas.partner import ErrorPayloadSchema
 from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT, RATE_LIMIT_RANGE
 
@@ -54,6 +54,16 @@ class EndpointUpdateSchema(Schema):
 
 class EndpointCreateSchema(EndpointUpdateSchema):
     url = WebhookUrl(required=True)
+
+
+class CreateKeyHeaderSchema(Schema):
+    idempotency_key = HeaderText(
+        load_default=None, data_key="Idempotency-Key", validate=validate.Length(min=1, max=255),
+        metadata={"description": "The merchant's key for this create: repeated with the "
+                                 "same key and body within 24 hours (after a timeout, a "
+                                 "lost answer), it answers with the endpoint the first one "
+                                 "made, its secret included (Idempotent-Replayed: true); "
+                                 "409 for another body."})
 
 
 class EndpointDeletedSchema(Schema):

@@ -15,6 +15,7 @@ from api.auth import check_partner, current_partner
 from api.db import commit_then, get_session
 from api.schemas.common import ApiErrorSchema
 from api.schemas.endpoints import (
+    CreateKeyHeaderSchema,
     EndpointCreateSchema,
     EndpointDeletedSchema,
     EndpointListSchema,
@@ -57,15 +58,19 @@ def list_endpoints() -> Any:
 
 
 @blp.route("/endpoints", methods=["POST"])
+@blp.arguments(CreateKeyHeaderSchema, location="headers", as_kwargs=True)
 @blp.arguments(EndpointCreateSchema)
 @blp.response(201, EndpointWithSecretSchema)
 @blp.alt_response(409, schema=ApiErrorSchema)
-def create_endpoint(data: dict[str, Any]) -> Any:
+def create_endpoint(data: dict[str, Any], idempotency_key: str | None = None) -> Any:
     """A new endpoint, subscribed to ``eventTypes`` (default ``["*"]``), with a signing
-    secret of its own, shown in this answer only."""
-    endpoint = registered.create(get_session(), _settings(), _partner_id(), **data)
+    secret of its own, shown in this answer only (and in the answer to this create
+    repeated under its Idempotency-Key within 24 hours, marked Idempotent-Replayed)."""
+    endpoint, replayed = registered.create_keyed(get_session(), _settings(), _partner_id(),
+                                                 idempotency_key, **data)
     assert endpoint.signing_secret is not None
-    return presenters.endpoint(endpoint, secret=endpoint.signing_secret)
+    body = presenters.endpoint(endpoint, secret=endpoint.signing_secret)
+    return (body, 201, {"Idempotent-Replayed": "true"}) if replayed else body
 
 
 @blp.route("/endpoints/<endpoint_id>", methods=["GET"])

@@ -92,6 +92,10 @@ class Endpoint(Base):
         Index("ix_endpoints_wake_group", text("(id % 64)"), "wake_sent_at",
               postgresql_where=text("wake_sent_at IS NOT NULL"),
               sqlite_where=text("wake_sent_at IS NOT NULL")),
+        # A create repeated under its Idempotency-Key (partners/create_keys.py).
+        Index("ix_endpoints_create_key", "partner_id", "create_key",
+              postgresql_where=text("create_key IS NOT NULL"),
+              sqlite_where=text("create_key IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -137,6 +141,10 @@ class Endpoint(Base):
     # Whose wake-up that is: the group's (``delivery/wake_groups.py``) or the endpoint's
     # own. Read only while wake_sent_at is set.
     wake_by_group: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The Idempotency-Key of the create that made it, and a hash of what that create
+    # asked for (``partners.create_keys``): a repeated create finds it.
+    create_key: Mapped[str | None] = mapped_column(String(255))
+    create_asked: Mapped[str | None] = mapped_column(String(64))
 
     @property
     def status(self) -> EndpointStatus:

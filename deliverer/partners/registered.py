@@ -30,7 +30,7 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT
-from deliverer.partners import catalog, rotation
+from deliverer.partners import catalog, create_keys, rotation
 from deliverer.partners.endpoints import hold_publishes
 
 _UNSET: Any = object()
@@ -128,7 +128,19 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
            description: str | None = None, event_types: list[str] | None = None,
            enabled: bool = True, rate_limit: float | None = None,
            now: datetime | None = None) -> Endpoint:
-    """A new registered endpoint with a secret of its own (shown once, in the answer).
+    """A new registered endpoint with a secret of its own (shown once, in the answer)."""
+    return create_keyed(session, settings, partner_id, None, url=url,
+                        description=description, event_types=event_types, enabled=enabled,
+                        rate_limit=rate_limit, now=now)[0]
+
+
+def create_keyed(session: Session, settings: Settings, partner_id: str, key: str | None, *,
+                 url: str, description: str | None = None,
+                 event_types: list[str] | None = None, enabled: bool = True,
+                 rate_limit: float | None = None, now: datetime | None = None
+                 ) -> tuple[Endpoint, bool]:
+    """``create``, under the merchant's Idempotency-Key ``key``: (the endpoint, whether an
+    earlier create made it under that key, ``create_keys``).
 
     The count is checked under a lock on the partner's settings row, so parallel creates
     cannot pass the limit together. A URL that had a row (an old webhook URL, an event's
@@ -137,7 +149,13 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
     netguard.validate_saved_url(url, allow_private=settings.allow_private_urls)
     subscriptions = catalog.check_subscriptions(settings, event_types or ["*"])
     _check_rate_limit(rate_limit)
+    asked = create_keys.Asked(url, description, subscriptions, rate_limit, enabled)
     _lock_endpoints_of(session, partner_id)
+    if key is not None:
+        # Before the limit: the repeat of the create that made the 20th is not a 21st.
+        earlier = create_keys.created_under(session, partner_id, key, asked, now)
+        if earlier is not None:
+            return earlier, True
     if count_registered(session, partner_id) >= settings.max_endpoints_per_partner:
         raise Conflict(TOO_MANY.format(limit=settings.max_endpoints_per_partner))
     endpoint = row_for_url(session, partner_id, url)
@@ -164,8 +182,9 @@ def create(session: Session, settings: Settings, partner_id: str, *, url: str,
     endpoint.previous_secret_expires_at = None
     endpoint.disabled_at = None if enabled else now
     endpoint.disabled_reason = None if enabled else DISABLED_BY_MERCHANT
+    create_keys.remember(endpoint, key, asked)
     session.flush()
-    return endpoint
+    return endpoint, False
 
 
 def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
