@@ -43,7 +43,9 @@ def _form_values(endpoint: Endpoint | None = None) -> dict[str, Any]:
                 "event_types": form.getlist("event_types"),
                 "rate_limit": form.get("rate_limit", ""), "enabled": "enabled" in form}
     if endpoint is None:
-        return {"url": "", "description": "", "event_types": [ALL], "rate_limit": "",
+        # Nothing ticked: "All events" ticked in advance took every event for an endpoint
+        # whose merchant ticked one type (a black-box try).
+        return {"url": "", "description": "", "event_types": [], "rate_limit": "",
                 "enabled": True}
     return {"url": endpoint.url, "description": endpoint.description or "",
             "event_types": endpoint.subscriptions,
@@ -59,14 +61,21 @@ def _form(endpoint: Endpoint | None,
                 catalog=catalog.event_types(deliverer_settings()))
 
 
+ALL_AND_SOME = ("Untick All events to receive only the types you ticked, or untick those "
+                "types to receive every event.")
+
+
 def _parsed() -> dict[str, Any]:
-    """The form, validated (ValidationError); no type ticked is refused by the service."""
+    """The form, validated (ValidationError); no type ticked is refused by the service.
+    All events beside some types is refused: which of the two was meant?"""
     form = request.form
     types = form.getlist("event_types")
+    if ALL in types and len(set(types)) > 1:
+        raise ValidationError(ALL_AND_SOME, "event_types")
     data = EndpointFormSchema().load({
         "url": form.get("url", "").strip(),
         "description": form.get("description", "").strip() or None,
-        "event_types": [ALL] if ALL in types else types,
+        "event_types": types,
         "rate_limit": form.get("rate_limit", "").strip() or None,
         "enabled": "enabled" in form})
     return data
