@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from datetime import datetime
 from enum import StrEnum
@@ -157,6 +159,13 @@ class Endpoint(Base):
     @property
     def subscriptions(self) -> list[str]:
         return list(self.event_types) if self.event_types else ["*"]
+
+    @property
+    def settings_tag(self) -> str:
+        """A tag of the settings a form shows: a form saved with another tag was loaded
+        before a change it would undo (``registered.update_endpoint``'s ``expect_tag``)."""
+        shown = json.dumps([self.url, self.description, self.subscriptions, self.rate_limit])
+        return hashlib.sha256(shown.encode()).hexdigest()[:16]
 
 
 def subscribed(event_types: list[str] | None, event_type: str) -> bool:

@@ -43,6 +43,9 @@ URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook UR
 
 URL_CHANGED = ("This endpoint's URL is now {url}: it changed after this page was loaded. "
                "Nothing was changed; check it, then try again.")
+SETTINGS_CHANGED = ("This endpoint's settings changed after this page was loaded (in another "
+                    "window, or through the API). Nothing was changed; check them, then try "
+                    "again.")
 
 # An endpoint's own secret is shown only when created or rotated.
 ROTATION_IN_PROGRESS = ("A secret rotation of this endpoint is in progress until {until}. "
@@ -51,6 +54,10 @@ ROTATION_IN_PROGRESS = ("A secret rotation of this endpoint is in progress until
 
 class EndpointNotFound(NotFound):
     message = "Endpoint not found"
+
+
+class StalePage(Conflict):
+    """A page loaded before a change it would undo (``URL_CHANGED``, ``SETTINGS_CHANGED``)."""
 
 
 def listed(session: Session, partner_id: str) -> list[Endpoint]:
@@ -72,16 +79,20 @@ def _lock_endpoints_of(session: Session, partner_id: str) -> None:
     hold_publishes(session, partner_id)
 
 
-def _locked_again(session: Session, endpoint: Endpoint, expect_url: str | None = None) -> None:
+def _locked_again(session: Session, endpoint: Endpoint, expect_url: str | None = None,
+                  expect_tag: str | None = None) -> None:
     """The endpoint as the change before this one left it, locked (the views read it
     unlocked: a settings save committed since may have moved the default elsewhere).
-    ``expect_url``: the URL a page showed; another now is a Conflict (a stale page)."""
+    ``expect_url``: the URL a page showed; ``expect_tag``: its settings'
+    (``Endpoint.settings_tag``); another now is a Conflict (a stale page would undo it)."""
     _lock_endpoints_of(session, endpoint.partner_id)
     session.refresh(endpoint, with_for_update=True)
     if not endpoint.registered:
         raise EndpointNotFound()
     if expect_url is not None and endpoint.url != expect_url:
-        raise Conflict(URL_CHANGED.format(url=endpoint.url))
+        raise StalePage(URL_CHANGED.format(url=endpoint.url))
+    if expect_tag is not None and endpoint.settings_tag != expect_tag:
+        raise StalePage(SETTINGS_CHANGED)
 
 
 def get(session: Session, partner_id: str, public_id: str, *,
@@ -190,9 +201,10 @@ def create_keyed(session: Session, settings: Settings, partner_id: str, key: str
 def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
                     url: Any = _UNSET, description: Any = _UNSET, event_types: Any = _UNSET,
                     enabled: Any = _UNSET, rate_limit: Any = _UNSET,
-                    expect_url: str | None = None, now: datetime | None = None) -> Endpoint:
+                    expect_url: str | None = None, expect_tag: str | None = None,
+                    now: datetime | None = None) -> Endpoint:
     now = now or utcnow()
-    _locked_again(session, endpoint, expect_url)
+    _locked_again(session, endpoint, expect_url, expect_tag)
     if event_types is not _UNSET:
         endpoint.event_types = catalog.check_subscriptions(settings, event_types or ["*"])
     if rate_limit is not _UNSET:

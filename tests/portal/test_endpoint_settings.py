@@ -262,3 +262,40 @@ def test_enable_or_disable_takes_nothing_else(portal, merchant, receiver: Receiv
                                f"/portal/endpoints/{ref}/enabled", {"enabled": value})
         assert answer.status_code == 400 and "Nothing changed" in answer.text, value
     assert shop.api.get(f"/api/partner/v2/endpoints/{ref}").json()["enabled"] is True
+
+
+def test_a_settings_form_from_another_window_does_not_undo_a_change(portal, merchant,
+                                                                    receiver: Receiver):
+    """Two windows on one endpoint's settings: the second save put back the event types
+    and rate limit the first had just saved (only the URL was checked; the portal try)."""
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    url = receiver.program("/orders", [], ok())
+    add(client, url, "transaction.*")
+    ref = public_id(url)
+    path = f"/portal/endpoints/{ref}/settings"
+    first_window, second_window = client.get(path).text, client.get(path).text
+    tag = re.search(r'name="shown_tag" value="([0-9a-f]+)"', first_window)
+    assert tag is not None
+    fields = {"shown_url": url, "shown_tag": tag.group(1), "url": url, "description": ""}
+    saved = client.post(path, {"csrf_token": csrf_of(first_window), **fields,
+                               "event_types": ["transaction.failed"], "rate_limit": "5"})
+    assert "Settings saved." in saved.text
+    stale = client.post(path, {"csrf_token": csrf_of(second_window), **fields,
+                               "event_types": ["transaction.*"], "rate_limit": "",
+                               "description": "Orders"})
+    assert stale.status_code == 409
+    assert "settings changed after this page was loaded" in unescape(stale.text)
+    # The form shows what is saved now, not the stale values, under a tag of its own.
+    assert 'value="5"' in stale.text and "Orders" not in stale.text
+    assert tag.group(1) not in stale.text
+    endpoint = shop.api.get(f"/api/partner/v2/endpoints/{ref}").json()
+    assert (endpoint["eventTypes"], endpoint["rateLimit"], endpoint["description"]) == (
+        ["transaction.failed"], 5, None)
+    # Saved from the page it answered with, the change goes through.
+    again = client.post(path, {"csrf_token": csrf_of(stale.text), "shown_url": url,
+                               "shown_tag": re.search(r'name="shown_tag" value="([0-9a-f]+)"',
+                                                      stale.text).group(1),
+                               "url": url, "description": "Orders",
+                               "event_types": ["transaction.failed"], "rate_limit": "5"})
+    assert "Settings saved." in again.text

@@ -35,9 +35,10 @@ from deliverer.publishing.endpoint_check import send_test_event
 ALL = "*"
 
 
-def _form_values(endpoint: Endpoint | None = None) -> dict[str, Any]:
-    """What the form shows: what was just sent, else the endpoint's settings."""
-    if request.method == "POST":
+def _form_values(endpoint: Endpoint | None = None, saved: bool = False) -> dict[str, Any]:
+    """What the form shows: what was just sent, else (or ``saved``: the page was stale)
+    the endpoint's settings."""
+    if request.method == "POST" and not saved:
         form = request.form
         return {"url": form.get("url", ""), "description": form.get("description", ""),
                 "event_types": form.getlist("event_types"),
@@ -56,8 +57,11 @@ def _form_values(endpoint: Endpoint | None = None) -> dict[str, Any]:
 def _form(endpoint: Endpoint | None,
           error: ValidationError | DelivererError | None = None) -> tuple[str, int]:
     status = 200 if error is None else getattr(error, "status_code", 400)
+    # A stale page's values would undo the change made since: the form shows that one.
+    saved = isinstance(error, registered.StalePage)
     return page("portal/endpoint_form.html", status, e=endpoint,
-                error=_problem(error) if error else None, values=_form_values(endpoint),
+                error=_problem(error) if error else None,
+                values=_form_values(endpoint, saved),
                 catalog=catalog.event_types(deliverer_settings()))
 
 
@@ -125,7 +129,8 @@ def endpoint_settings(ref: str) -> Any:
         data = _parsed()
         data.pop("enabled")  # the Disable / Enable buttons' business
         registered.update_endpoint(get_session(), deliverer_settings(), endpoint,
-                                   expect_url=request.form.get("shown_url") or None, **data)
+                                   expect_url=request.form.get("shown_url") or None,
+                                   expect_tag=request.form.get("shown_tag") or None, **data)
         record(get_session(), portal_session(), PortalAction.EDIT_ENDPOINT, ref)
     except (ValidationError, DelivererError) as exc:
         get_session().rollback()
