@@ -27,6 +27,28 @@ from deliverer.delivery.runs import RECORDING_MARGIN
 
 # The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
 DEMO_TIME_SCALE = "0.005"
+# What ``--demo`` sets where the environment does not, and how the banner says it.
+DEMO_SETTINGS = {"DELIVERER_TIME_SCALE": DEMO_TIME_SCALE,
+                 "DELIVERER_ALLOW_PRIVATE_URLS": "1",
+                 "DELIVERER_SWEEP_INTERVAL": "1"}
+
+
+def demo_settings_line(applied: dict[str, str]) -> str | None:
+    """The banner's line on the demo's settings this instance runs on, if any."""
+    if not applied:
+        return None
+    said = []
+    if "DELIVERER_TIME_SCALE" in applied:
+        scale = float(applied["DELIVERER_TIME_SCALE"])
+        said.append(f"the ladder {1 / scale:.0f}x faster (its 30 days last "
+                    f"{30 * 24 * scale:.1f} h)")
+    if "DELIVERER_ALLOW_PRIVATE_URLS" in applied:
+        said.append("webhook URLs on loopback and private addresses allowed")
+    if "DELIVERER_SWEEP_INTERVAL" in applied:
+        said.append(f"the sweep every {applied['DELIVERER_SWEEP_INTERVAL']} s")
+    names = " ".join(f"{name}={value}" for name, value in applied.items())
+    return (f"demo settings for this whole instance: {', '.join(said)} ({names}; set them "
+            "yourself, or run `deliverer run` without --demo, for the defaults)")
 
 
 def process_commands(settings: Settings, port: int, concurrency: int) -> dict[str, list[str]]:
@@ -137,9 +159,12 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
                     proc.wait(timeout=min(left, 2.0))
                 except subprocess.TimeoutExpired:
                     if not told:
-                        print(f"stopping: waiting up to {grace:.0f} s for the {name} to "
-                              f"finish what it started (Ctrl-C again to stop at once; "
-                              f"what it was sending is then sent again later)",
+                        # What is lost by not waiting is the worker's alone to say.
+                        what = (" to finish what it started (Ctrl-C again to stop at "
+                                "once; what it was sending is then sent again later)"
+                                if name == "worker" else
+                                " to stop (Ctrl-C again to stop at once)")
+                        print(f"stopping: waiting up to {grace:.0f} s for the {name}{what}",
                               file=sys.stderr, flush=True)
                         told = True
     except KeyboardInterrupt:
@@ -168,10 +193,12 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
     if port_in_use(port):
         raise StartFailed(f"port {port} is in use: pass --port or set PORT")
     env = dict(os.environ)
-    if demo:
-        env.setdefault("DELIVERER_TIME_SCALE", DEMO_TIME_SCALE)
-        env.setdefault("DELIVERER_ALLOW_PRIVATE_URLS", "1")
-        env.setdefault("DELIVERER_SWEEP_INTERVAL", "1")
+    # The demo's settings are the whole instance's (web, worker and beat read one
+    # environment): said at the start, or a merchant added later climbs a ladder that
+    # is 200 times faster and may be given a private address (an embedded-default try).
+    demo_settings = {name: value for name, value in DEMO_SETTINGS.items()
+                     if demo and name not in env}
+    env.update(demo_settings)
     # The demo needs an admin token (it creates its partner over /internal/v1); made up
     # here unless the user set one, and then shown, or nobody could open the console.
     made_up_token = None
@@ -212,6 +239,8 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         print(f"deliverer is up: API {base_url} (database {masked_url(settings.database_url)}, "
               f"broker {masked_url(settings.broker_url)})", flush=True)
         print(_console_line(base_url, settings, made_up_token), flush=True)
+        if (line := demo_settings_line(demo_settings)) is not None:
+            print(line, flush=True)
         if demo:
             from deliverer.demo import play
 
