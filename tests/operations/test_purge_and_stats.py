@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from celery.beat import Scheduler
 from sqlalchemy import update
 
 import beat_schedule
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.models import MaintenanceRun, NotificationStatus, utcnow
+from deliverer.models import MaintenanceRun, Notification, NotificationStatus, utcnow
 from deliverer.operations import maintenance_run, stats
 from deliverer.operations.purge import purge_attempts
 from deliverer.operations.tasks import PURGE_EVERY
@@ -77,6 +78,19 @@ def test_beat_checks_the_purge_hourly_and_keeps_no_schedule_file(settings, celer
     assert entry["schedule"] == timedelta(hours=1)
     assert celery_app.conf.beat_schedule["purge-old-attempts"]["task"] == purge_task.name
     assert celery_app.conf.beat_scheduler == "celery.beat:Scheduler"
+
+
+def test_housekeeping_runs_as_beat_starts_then_every_interval(celery_app):
+    """Beat keeps no state: each entry first ran one interval after its start, so a beat
+    restarted more often than hourly never checked the purge, and the embedded broker
+    was never pruned (an embedded-default try). All but the sweep are due at once."""
+    beat = Scheduler(celery_app, lazy=False)  # the in-memory one beat runs
+    due = {name for name, entry in beat.schedule.items() if entry.is_due().is_due}
+    assert due == set(celery_app.conf.beat_schedule) - {"sweep-due-notifications"}
+    assert "purge-old-attempts" in due
+    # Once run, an entry waits its interval again.
+    later = beat.schedule["purge-old-attempts"]._next_instance().is_due()
+    assert not later.is_due and 3590 < later.next <= 3600
 
 
 def test_the_purge_task_runs_once_a_day_however_often_it_is_triggered(settings):
