@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from deliverer import lease
 from deliverer.broker import queues
 from deliverer.models import (
     Attempt,
@@ -106,13 +107,17 @@ def failed_breakdown(session: Session) -> tuple[int, int]:
 
 
 def due_summary(session: Session, now: datetime | None = None) -> DueSummary:
-    """Notifications whose next attempt is due, and how late the oldest one is."""
+    """Notifications whose next attempt is due and that no worker holds, and how late the
+    oldest one is. One in flight is being worked on: counted, it made autoscaling see
+    work waiting, and a killed worker's POST showed overdue while its lease ran (a
+    black-box try); once the lease is out it is waiting again, and counted."""
     now = now or utcnow()
     count, oldest = session.execute(
         select(func.count(), func.min(Notification.next_attempt_at)).where(
             # Both conditions match the partial index ix_notifications_due.
             Notification.next_attempt_at.is_not(None),
             Notification.next_attempt_at <= now,
+            lease.is_free(Notification.lease_expires_at, now),
         )
     ).one()
     # MIN() keeps the column's type (UTCDateTime): an aware datetime on every backend.

@@ -165,14 +165,21 @@ def test_stats_functions(settings):
                           scheduled_for=now, enqueued_at=now)
     h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
                           next_attempt_at=now + timedelta(hours=1))
+    # In flight (leased): worked on, not waiting; its lease out: waiting again.
+    in_flight = h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                                      next_attempt_at=now - timedelta(seconds=300))
     with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id == in_flight).values(
+            lease_token="t", lease_expires_at=now + timedelta(seconds=30)))
+    with session_scope() as session:
+        assert stats.due_summary(session, now + timedelta(seconds=31)).count == 3
         due = stats.due_summary(session, now)
         assert due.count == 2
         assert due.lag_seconds == pytest.approx(90, abs=1)
         assert due.oldest_due_at is not None and due.oldest_due_at.tzinfo is not None
         assert stats.due_summary(session, now - timedelta(hours=1)).lag_seconds == 0.0
         counts = stats.status_counts(session)
-        assert counts["PENDING"] == 3 and counts["SENT"] == 0
+        assert counts["PENDING"] == 4 and counts["SENT"] == 0
         assert stats.failing_endpoint_count(session) == 0
         collected = stats.collect(session, now=now)
         assert collected.due.count == 2 and collected.broker is None
