@@ -116,6 +116,7 @@ class PartnerEndpoint:
     pending: int  # PENDING: due for a first attempt (or paced by the rate limit)
     queued: int  # FAILED and still to be tried: climbing the ladder or held behind it
     held: int
+    last_success_at: datetime | None
 
 
 def partner_endpoints(session: Session, *, partner: str | None = None,
@@ -138,8 +139,18 @@ def partner_endpoints(session: Session, *, partner: str | None = None,
         .group_by(Notification.endpoint_id)
         .subquery()
     )
+    # A healthy endpoint's success writes nothing to its row (last_success_at is set when
+    # a failing one recovers): its newest delivered notification, by sequence (the
+    # endpoint's unique index, read backwards), says when it last took one.
+    last_delivered = (
+        select(Notification.sent_at)
+        .where(Notification.endpoint_id == Endpoint.id,
+               Notification.status == NotificationStatus.SENT)
+        .order_by(Notification.sequence.desc()).limit(1)
+        .correlate(Endpoint).scalar_subquery())
     query = (
-        select(Endpoint, Partner.name, counts.c.pending, counts.c.queued, counts.c.held)
+        select(Endpoint, Partner.name, counts.c.pending, counts.c.queued, counts.c.held,
+               last_delivered)
         .join(Partner, Partner.id == Endpoint.partner_id)
         .outerjoin(counts, counts.c.endpoint_id == Endpoint.id)
         .where(Endpoint.registered.is_(True))
@@ -154,8 +165,10 @@ def partner_endpoints(session: Session, *, partner: str | None = None,
                        Endpoint.created_at, Endpoint.id)
         .limit(max(1, min(limit, MAX_ROWS)))
     ).all()
-    return [PartnerEndpoint(e, name, int(p or 0), int(q or 0), int(h or 0))
-            for e, name, p, q, h in rows]
+    return [PartnerEndpoint(e, name, int(p or 0), int(q or 0), int(h or 0),
+                            max((t for t in (sent, e.last_success_at) if t is not None),
+                                default=None))
+            for e, name, p, q, h, sent in rows]
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@ the failing ones."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from sqlalchemy import update
 
 from deliverer.db import session_scope
-from deliverer.models import Endpoint, NotificationStatus, utcnow
+from deliverer.models import Endpoint, Notification, NotificationStatus, utcnow
 from deliverer.partners import registered
 from tests.support import helpers as h
 
@@ -62,3 +63,25 @@ def test_the_failing_endpoints_page_names_registered_endpoints(operator, setting
     ids = two_shops(settings)
     text = operator.get("/console/").text
     assert ids["billing"] in text and "Billing" in text
+
+
+def test_a_healthy_endpoints_last_success_is_shown(operator, settings):
+    """A healthy endpoint's success writes nothing to its row: the page showed '—' for
+    endpoints with hundreds of deliveries, read as 'never delivered' (a black-box try)."""
+    shop = h.new_partner(settings, "http://127.0.0.1:9/healthy", name="Healthy Co")
+    delivered = utcnow() - timedelta(minutes=3)
+    for status, sent_at in ((NotificationStatus.SENT, delivered - timedelta(hours=1)),
+                            (NotificationStatus.SENT, delivered),
+                            (NotificationStatus.PENDING, None)):
+        nid = h.insert_notification(shop.partner_id, "http://127.0.0.1:9/healthy",
+                                    status=status)
+        with session_scope() as session:
+            session.execute(update(Notification).where(Notification.id == nid)
+                            .values(sent_at=sent_at))
+    never = h.new_partner(settings, "http://127.0.0.1:9/never", name="Never Co")
+    h.insert_notification(never.partner_id, "http://127.0.0.1:9/never",
+                          status=NotificationStatus.PENDING)
+    text = operator.get("/console/endpoints").text
+    cells = re.findall(r'<td class="last-success">([^<]*)</td>', text)
+    # By partner name: Healthy Co's newest delivery, then Never Co's none.
+    assert len(cells) == 2 and cells[0].startswith("3m ") and cells[1] == "—", cells
