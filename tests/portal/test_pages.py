@@ -11,6 +11,7 @@ import pytest
 import requests
 from sqlalchemy import select, update
 
+import deliverer
 from deliverer.db import session_scope
 from deliverer.models import (
     Alert,
@@ -73,6 +74,28 @@ def test_endpoints_page_shows_the_failing_endpoint(portal, failing):
     assert "script-src" not in page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     assert "2 attempts" in page.text or "attempts" in page.text
+
+
+def test_a_callback_urls_retry_queue_is_shown_beside_the_endpoints(
+        portal, merchant, worker, receiver: Receiver, override_settings):
+    """Webhooks retried at an event's callbackUrl were in the event log only: no queue,
+    no next retry (the portal try)."""
+    with override_settings(time_scale=1.0):  # the next try 2 minutes away: it stays put
+        shop = merchant(receiver.program("/hooks", [], ok()))
+        callback = receiver.program("/callback", [], status(500))
+        published = deliverer.publish_event(shop.partner_id, "transaction.paid", "TXN-CB",
+                                            {"amount": 1}, callback)
+        wait_failed(published.notification_id)
+        page = portal(shop.partner_id).get("/portal/").text
+    assert 'id="other-queues"' in page and callback in page
+    assert "1 in queue" in page and "Other URLs with webhooks still to be sent" in page
+    # Not an endpoint of the table above (no settings, no actions).
+    assert page.count('class="endpoint"') == 1
+
+
+def test_no_other_queue_section_without_one(portal, failing):
+    shop, _first, _second = failing
+    assert 'id="other-queues"' not in portal(shop.partner_id).get("/portal/").text
 
 
 def test_an_endpoints_retry_queue_lists_failures_earliest_first(portal, failing):

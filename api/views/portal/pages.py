@@ -52,6 +52,7 @@ def index() -> Any:
     session = get_session()
     summaries = queries.endpoints_overview(session, partner_id(), utcnow())
     return page("portal/endpoints.html", endpoints=summaries,
+                others=queries.other_queues(session, partner_id()),
                 expires_at=portal_session().expires_at,
                 webhooks_off=queries.webhooks_turned_off(session, partner_id()))
 
