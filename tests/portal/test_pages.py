@@ -160,7 +160,11 @@ def test_retry_shows_the_error_then_delivered_and_counts_against_the_limits(
     with session_scope() as session:
         session.execute(update(Notification).where(Notification.id == first).values(
             status=NotificationStatus.FAILED, manual_retry_count=3))
-    refused = client.submit(page, f"{page}/retry")
+    # No Retry button to be refused by (the portal try): said instead.
+    shown = client.get(page).text
+    assert 'id="retry"' not in shown and 'id="no-retries-left"' in shown
+    assert "All 3 manual retries of this webhook are used" in shown
+    refused = client.submit(page, f"{page}/retry")  # a page loaded before: still refused
     assert "Retry refused: Partner webhook notification has reached the maximum number " \
            "of manual retries (3)" in refused.text
     assert requests_of(first)[-1].outcome == "CONFLICT"
