@@ -186,3 +186,30 @@ def test_merchant_adds_an_endpoint_for_one_event_type_in_chromium(
                   .count("SENT") == 2, message="delivered to both endpoints")
     [row] = browser.find_elements(By.CSS_SELECTOR, "tr.event")
     assert billing in row.text and receiver.url("/main") in row.text
+
+
+def test_the_portal_fits_a_phones_width_in_chromium(
+        browser: WebDriver, portal_server, admin, merchant, receiver: Receiver, tmp_path):
+    """At 375 px every table-based page scrolled sideways (536-803 px wide), the queue and
+    chart columns off-screen, and the settings page's URL input ran past its box (the
+    portal try). The page fits; a wide table scrolls within itself."""
+    shop = merchant(receiver.program("/" + "a-long-path-segment" * 4, [], ok()),
+                    name="Phone Shop")
+    sign_in(browser, new_link(admin, shop.partner_id))
+    ref = browser.find_element(By.CSS_SELECTOR, "a.settings").get_attribute("href")
+    size = browser.get_window_size()
+    try:
+        browser.set_window_size(375, 800)
+        for n, path in enumerate(("/portal/", ref, "/portal/events", "/portal/alerts",
+                                  "/portal/endpoints/new")):
+            browser.get(path if path.startswith("http") else portal_server.url + path)
+            wide = browser.execute_script(
+                "return [document.documentElement.scrollWidth, window.innerWidth]")
+            browser.save_screenshot(str(tmp_path / f"phone-{n}.png"))
+            culprits = browser.execute_script(
+                "return [...document.querySelectorAll('body *')].filter("
+                "e => e.getBoundingClientRect().right > window.innerWidth + 1)"
+                ".slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)")
+            assert wide[0] <= wide[1], (path, wide, culprits)
+    finally:
+        browser.set_window_size(size["width"], size["height"])
