@@ -60,3 +60,13 @@ def test_other_text_is_left_as_it_is():
     assert wording.say("HTTP 503: down for maintenance") == "HTTP 503: down for maintenance"
     assert wording.say(None) == ""
     assert wording.hint(None) == ""
+
+
+def test_the_limit_and_times_are_said_as_the_pages_say_them():
+    """The portal try: the provider's 'partner' in the endpoint limit, and a raw ISO time
+    in the rotation refusal where every other time reads '... UTC'."""
+    assert wording.say(registered.TOO_MANY.format(limit=20)) == (
+        "You may have at most 20 endpoints")
+    rotating = registered.ROTATION_IN_PROGRESS.format(until="2026-12-08T07:01:02.123456+00:00")
+    assert "until 2026-12-08 07:01:02 UTC." in wording.say(rotating)
+    assert wording.say("at 2026-12-08T07:01:02Z") == "at 2026-12-08 07:01:02 UTC"

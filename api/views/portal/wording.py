@@ -30,6 +30,11 @@ _PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r'eventTypes must not be empty: use \["\*"\] for every event',
          "Tick at least one event type (or Every event type)"),
         (r"\beventTypes\b", "event types"),
+        # The merchant is "you" on every page, never the provider's "partner".
+        (r"A partner may have at most (\d+) endpoints", r"You may have at most \1 endpoints"),
+        # An API's ISO time, as the portal's pages show times (the rotation's end).
+        (r"\b(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.\d+)?(?:\+00:00|Z)",
+         r"\1 \2 UTC"),
     ))
 
 # The hints whose remedy is an API request, as the portal's pages do it.
