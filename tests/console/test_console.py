@@ -18,6 +18,7 @@ from deliverer.db import session_scope
 from deliverer.models import Endpoint, Notification, NotificationStatus, Partner, PartnerFlow
 from deliverer.notifications.audit import ACCEPTED, check_rate
 from deliverer.operations.replay import OPERATOR
+from deliverer.partners import registered
 from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient
 from tests.console.helpers import publish, requests_of, wait_failed
 from tests.support import helpers as h
@@ -364,3 +365,16 @@ def test_event_log_lists_events_with_delivery_status_and_actions(operator, faili
     assert "NOT_SENT" in log.text and OPERATOR in log.text
     filtered = operator.get("/console/events", params={"partner": "Nobody"})
     assert "TXN-FAIL-1" not in filtered.text
+
+
+def test_an_event_sent_to_two_endpoints_reads_as_one_event(operator, settings):
+    """The RabbitMQ try: one row per endpoint, identical but for the status and no
+    endpoint column, read as a publish made twice."""
+    shop = h.new_partner(settings, "http://127.0.0.1:9/main", name="Fan Co")
+    with session_scope() as session:
+        registered.create(session, settings, shop.partner_id, url="http://127.0.0.1:9/billing")
+    publish(settings, shop.partner_id, "TXN-FAN-1")
+    log = operator.get("/console/events", params={"partner": "Fan Co"}).text
+    assert log.count('class="event"') == 1 and log.count('class="event fan-out"') == 1
+    assert log.count("TXN-FAN-1") == 1 and "same event" in log
+    assert "http://127.0.0.1:9/main" in log and "http://127.0.0.1:9/billing" in log
