@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import current_app
@@ -25,6 +25,8 @@ from deliverer.models import (
     Endpoint,
     Lane,
     Notification,
+    PartnerRequest,
+    ResendStatus,
     WakeGroup,
     endpoint_group,
     locked_in_id_order,
@@ -157,9 +159,30 @@ def release_groups(group_ids: Sequence[int]) -> None:
     _release([], (), group_ids)
 
 
-def enqueue_resend(request_id: int) -> None:
-    """The message for a merchant's resend request (its row is the outbox)."""
-    _send(RESEND, [request_id], queue=queues.MANUAL)
+# A resend request's hand-over time when its message could not be sent: past any
+# lost-message grace, so the next sweep hands it over (collect_lost_resends).
+NO_MESSAGE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def enqueue_resend(request_id: int) -> bool:
+    """The message for a merchant's resend request (its row is the outbox). On a broker
+    failure the request is left to the next sweep, as a notification's is: it waited the
+    lost-message grace (two minutes) where a retry accepted beside it went at the next
+    sweep, and the failure was a traceback (a black-box try)."""
+    try:
+        _send(RESEND, [request_id], queue=queues.MANUAL)
+        return True
+    except Exception as exc:
+        _log_unsent(exc, f"resend request {request_id}")
+    try:
+        with session_scope() as session:
+            session.execute(update(PartnerRequest).where(
+                PartnerRequest.id == request_id,
+                PartnerRequest.delivery_status == ResendStatus.PENDING)
+                .values(enqueued_at=NO_MESSAGE))
+    except Exception:
+        log.exception("could not release resend request %d for the sweep", request_id)
+    return False
 
 
 def enqueue_alert_email(alert_id: int) -> None:
