@@ -47,7 +47,7 @@ DEFAULT_CATALOG = (
                       amount=_AMOUNT)),
     EventType("invoice.expired", "An invoice expired unpaid.",
               _object(["invoice_id"], invoice_id={"type": ["integer", "string"]})),
-    EventType("webhook.test", "Sent by POST /endpoints/{id}/test to check an endpoint.",
+    EventType("webhook.test", "A test event, sent on request to check an endpoint.",
               _object([], message={"type": "string"})),
 )
 

@@ -32,7 +32,7 @@ from deliverer.partners.service import Principal
 from deliverer.publishing.service import record_events
 
 TEST_EVENT_TYPE = "webhook.test"
-TEST_MESSAGE = "A test event sent from the partner API to check this endpoint"
+TEST_MESSAGE = "A test event, sent to check this endpoint"
 
 
 @dataclass(frozen=True)

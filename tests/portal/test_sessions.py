@@ -85,6 +85,8 @@ def test_sign_out_ends_the_session(portal, merchant):
     client = portal(shop.partner_id)
     answer = client.submit("/portal/", "/portal/logout")
     assert answer.status_code == 200 and "You are signed out" in answer.text
+    # Back must not show the pages from the browser's cache (the portal try).
+    assert answer.history[0].headers["Clear-Site-Data"] == '"cache"'
     assert client.get("/portal/").status_code == 401
 
 

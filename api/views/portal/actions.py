@@ -85,8 +85,13 @@ def alert_email() -> Any:
     webhook_settings.update_settings(get_session(), deliverer_settings(), partner_id(),
                                      alert_email=address)
     record(get_session(), portal_session(), PortalAction.ALERT_EMAIL, address)
-    flash("ok", f"Alerts will be e-mailed to {address}." if address
-          else "Alerts are no longer e-mailed.")
+    if address is None:
+        flash("ok", "Alerts are no longer e-mailed.")
+    elif deliverer_settings().smtp_url:
+        flash("ok", f"Alerts will be e-mailed to {address}.")
+    else:  # the page says this deployment sends no e-mail: the flash must not promise one
+        flash("ok", f"Saved: alerts will be e-mailed to {address} once this deployment "
+                    "sends e-mail; meanwhile they are listed here.")
     return redirect(url_for("portal.alerts"))
 
 

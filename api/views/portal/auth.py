@@ -113,4 +113,8 @@ def logout() -> Any:
     sessions.sign_out(get_session(), portal_session())
     response = redirect(url_for("portal.signed_out"))
     response.delete_cookie(COOKIE, path=url_for("portal.index"))
+    # Back after signing out showed the last page from the browser's back/forward cache
+    # (Chromium keeps no-store pages there now): on a shared computer, the next person
+    # saw the merchant's data (the portal try). This empties the site's cache.
+    response.headers["Clear-Site-Data"] = '"cache"'
     return response
