@@ -180,6 +180,8 @@ def test_ignore_asks_for_confirmation_then_takes_it_out_for_good(portal, failing
     client = portal(shop.partner_id)
     confirm = client.get(f"/portal/notifications/{second}/ignore")
     assert confirm.status_code == 200 and "Ignore this webhook?" in confirm.text
+    # Held behind the first: nothing waits behind it to be retried in its place.
+    assert "retried in its place" not in confirm.text
     # Without the confirmation field, nothing happens: back to the question.
     asked = client.post(f"/portal/notifications/{second}/ignore",
                         {"csrf_token": csrf_of(confirm.text)})
@@ -191,6 +193,9 @@ def test_ignore_asks_for_confirmation_then_takes_it_out_for_good(portal, failing
     assert h.notification(second).status == NotificationStatus.NOT_SENT
     assert [(r.kind, r.outcome, r.source) for r in requests_of(second)] == [
         ("ignore", ACCEPTED, SOURCE)]
+    # Ignored already: the page offers nothing more to ignore (the portal try).
+    again = client.get(f"/portal/notifications/{second}/ignore").text
+    assert 'id="nothing-to-ignore"' in again and 'id="confirm-ignore"' not in again
 
 
 def test_another_partners_ids_answer_404(portal, failing, merchant, settings):
