@@ -67,6 +67,8 @@ def test_endpoints_page_shows_the_failing_endpoint(portal, failing):
     assert page.status_code == 200
     assert "Failing" in page.text and "since" in page.text and " ago)" in page.text
     assert "2 in queue" in page.text and "UTC" in page.text
+    # Links a screen reader lists out of context say whose they are (the portal try).
+    assert 'aria-label="Settings of http://127.0.0.1:' in page.text
     assert "Service unavailable" in page.text or "HTTP 503" in page.text
     # The chart: inline SVG, no script anywhere, under the console's policy.
     assert "<svg" in page.text and "<script" not in page.text
@@ -106,6 +108,7 @@ def test_an_endpoints_retry_queue_lists_failures_earliest_first(portal, failing)
     assert page.text.index("TXN-1") < page.text.index("TXN-2")
     assert "waits behind the first" in page.text
     assert 'id="diagnose"' in page.text
+    assert 'aria-label="Troubleshoot transaction.paid TXN-1"' in page.text
 
 
 def test_the_retry_queue_is_paged_earliest_first(portal, failing, monkeypatch):
