@@ -269,6 +269,12 @@ def test_event_log_filters_and_pages(portal, merchant, worker, receiver: Receive
             "(YYYY-MM-DD); “2026-02-30” is not a date (YYYY-MM-DD); the page link is not "
             "one of this log's.") in bad.text.replace("&#39;", "'")
     assert bad.text.count('class="event"') == 10
+    # From after To: said, as Recover says it, not an empty log (the portal try).
+    reversed_days = client.get("/portal/events", params={"from": "2026-12-08",
+                                                         "to": "2026-12-01"})
+    assert reversed_days.status_code == 400
+    assert "Not applied: “From” is later than “To”" in reversed_days.text
+    assert reversed_days.text.count('class="event"') == 25  # the first page, unfiltered
     assert 'id="filter-problems"' not in by_type.text
     event_id = h.notification(published[7].notification_id).event_id
     payload = client.get(f"/portal/events/{event_id}")

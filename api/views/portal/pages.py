@@ -114,11 +114,17 @@ def events() -> Any:
     if status is not None and status not in STATUSES:
         problems.append(f"“{status}” is not a delivery status")
         status = None
+    created_from = _day("from", problems)
+    created_to = _day("to", problems, end=True)
+    if created_from and created_to and created_from > created_to:
+        # As Recover refuses it: an empty page read as "no event then" (the portal try).
+        problems.append("“From” is later than “To”")
+        created_from = created_to = None
     filters = queries.EventFilters(
         status=status,
         event_type=(args.get("type") or "").strip()[:100] or None,
         reference=(args.get("reference") or "").strip()[:200] or None,
-        created_from=_day("from", problems), created_to=_day("to", problems, end=True),
+        created_from=created_from, created_to=created_to,
         cursor=args.get("cursor") or None)
     try:
         rows, next_cursor = queries.event_log(get_session(), partner_id(), filters)
