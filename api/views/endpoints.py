@@ -60,7 +60,9 @@ def list_endpoints() -> Any:
 @blp.route("/endpoints", methods=["POST"])
 @blp.arguments(CreateKeyHeaderSchema, location="headers", as_kwargs=True)
 @blp.arguments(EndpointCreateSchema)
-@blp.response(201, EndpointWithSecretSchema)
+@blp.response(201, EndpointWithSecretSchema, headers={"Idempotent-Replayed": {
+    "description": "true when a create repeated under its Idempotency-Key answers with "
+                   "the endpoint the first one made", "schema": {"type": "string"}}})
 @blp.alt_response(409, schema=ApiErrorSchema)
 def create_endpoint(data: dict[str, Any], idempotency_key: str | None = None) -> Any:
     """A new endpoint, subscribed to ``eventTypes`` (default ``["*"]``), with a signing

@@ -47,7 +47,7 @@ def new_endpoint_id() -> str:
 # ``default_endpoint.make_default``; a callback URL after its deletion:
 # ``endpoints._by_url_again``).
 OWN_CONFIGURATION = ("signing_secret", "previous_secret", "previous_secret_expires_at",
-                     "rate_limit", "next_send_at")
+                     "rate_limit", "next_send_at", "create_key", "create_asked")
 
 # The reason of an endpoint the merchant disabled (enabled: false): saving the webhook
 # settings does not enable it again, only the merchant's enabled: true does.

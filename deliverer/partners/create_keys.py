@@ -50,7 +50,10 @@ def created_under(session: Session, partner_id: str, key: str, asked: Asked,
         .order_by(Endpoint.created_at.desc()).limit(1))
     if endpoint is None:
         return None
-    if not endpoint.registered or endpoint.deleted_at is not None:
+    if (not endpoint.registered or endpoint.deleted_at is not None or endpoint.is_default
+            or endpoint.signing_secret is None):
+        # Deleted; or its row taken over since (the webhook URL's, which has no secret
+        # of its own): not the endpoint this key made.
         raise CreateKeySpent()
     # Compared with what the first create asked, not with the endpoint now: a PATCH
     # since is the merchant's own change, and the repeated create is still the same one.

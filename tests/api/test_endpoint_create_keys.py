@@ -76,7 +76,23 @@ def test_a_deleted_endpoints_key_is_spent_and_an_old_key_forgotten(make_partner)
             created_at=utcnow() - timedelta(hours=KEY_HOURS, minutes=1)))
         session.commit()
     # Past the key's hours, the create is a new one: its URL is taken.
-    t.assert_error(_post(partner, "k2"), 409, "CONFLICT")
+    late = _post(partner, "k2")
+    t.assert_error(late, 409, "CONFLICT")
+    assert "already has this URL" in late.json()["message"]
+
+
+def test_a_row_taken_over_as_the_webhook_url_is_not_the_keys_endpoint(make_partner):
+    """A review: the key stayed on a deleted endpoint's row that became the default
+    endpoint (the webhook URL), and the repeat answered with it, secret None: a 500."""
+    partner = make_partner()
+    first = _post(partner, "k").json()
+    assert partner.api.delete(f"{ENDPOINTS}/{first['id']}").status_code == 200
+    moved = partner.api.put("/api/partner/v2/webhook-settings", json={"url": BODY["url"]})
+    assert moved.status_code == 200, moved.text
+    # Not replayed (the row's key went with its takeover): its URL is the webhook URL's.
+    again = _post(partner, "k")
+    t.assert_error(again, 409, "CONFLICT")
+    assert "already has this URL" in again.json()["message"]
 
 
 def test_the_repeat_of_the_last_create_under_the_limit_is_not_refused(make_partner,
