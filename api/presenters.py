@@ -9,8 +9,8 @@ from deliverer.models import Alert, Attempt, Endpoint, Event, Notification
 
 # A notification's own fields in the response, after its id, event id, type and reference.
 _FIELDS = ("status", "url", "sequence", "retry_attempts", "manual_retry_count",
-           "attempt_count", "latest_error_payload", "next_attempt_at", "cycle_started_at",
-           "sent_at", "created_at", "updated_at")
+           "attempt_count", "latest_error_payload", "next_attempt_at", "held",
+           "cycle_started_at", "sent_at", "created_at", "updated_at")
 
 
 def notification(n: Notification, event: Event, endpoint_id: str | None = None

@@ -45,6 +45,11 @@ class NotificationSchema(Schema):
     latest_error_payload = fields.Nested(ErrorPayloadSchema, allow_none=True,
                                          data_key="latestErrorPayload")
     next_attempt_at = fields.DateTime(allow_none=True, data_key="nextAttemptAt")
+    # FAILED with no next attempt of its own, behind its endpoint's earliest failure: sent
+    # once the endpoint recovers. Without it, it read as exhausted (a contract audit).
+    held = fields.Boolean(metadata={"description": "Waits behind its endpoint's earliest "
+                                                   "failed notification; sent once the "
+                                                   "endpoint recovers"})
     cycle_started_at = fields.DateTime(data_key="cycleStartedAt")
     sent_at = fields.DateTime(allow_none=True, data_key="sentAt")
     created_at = fields.DateTime(data_key="createdAt")
