@@ -59,6 +59,15 @@ def has_earlier_climber(session: Session, endpoint_id: int, notification_id: str
     ))))
 
 
+def earliest_held_before(session: Session, endpoint_id: int, sequence: int) -> str | None:
+    """The endpoint's earliest held notification numbered before ``sequence``, if any."""
+    return session.scalar(
+        select(Notification.id)
+        .where(Notification.endpoint_id == endpoint_id, Notification.held.is_(True),
+               Notification.sequence < sequence)
+        .order_by(Notification.sequence).limit(1))
+
+
 def hold_later_climbers(session: Session, endpoint_id: int, sequence: int,
                         now: datetime) -> None:
     """The new head makes later notifications on the ladder wait behind it."""
@@ -109,8 +118,12 @@ def join_after_failure(session: Session, endpoint_id: int, notification: Notific
     takes its place in the queue; returns whether it is now held.
 
     Exhausted, it leaves the ladder and the next held one takes its place. Behind an
-    earlier notification that already probes the endpoint, it is held. Otherwise it is
-    the head, and later ones on the ladder wait behind it."""
+    earlier notification that already probes the endpoint, it is held. Behind earlier
+    held ones (the endpoint recovered and failed again before they drained), it is held
+    too, and the earliest of them probes the endpoint in its place, at its next time:
+    a fresh failure took the head, and a steady flow of them kept hundreds of older
+    webhooks waiting (an upgrade try). Otherwise it is the head, and later ones on the
+    ladder wait behind it."""
     if notification.sequence is None:
         return False
     if notification.next_attempt_at is None:
@@ -119,6 +132,17 @@ def join_after_failure(session: Session, endpoint_id: int, notification: Notific
     elif has_earlier_climber(session, endpoint_id, notification.id, notification.sequence):
         notification.held = True
         notification.next_attempt_at = None
+        return True
+    elif (earlier := earliest_held_before(session, endpoint_id,
+                                          notification.sequence)) is not None:
+        due = notification.next_attempt_at
+        notification.held = True
+        notification.next_attempt_at = None
+        session.execute(
+            update(Notification).where(Notification.id == earlier)
+            .values(held=False, next_attempt_at=due, lane=Lane.RETRY, scheduled_for=None)
+            .execution_options(synchronize_session=False))
+        hold_later_climbers(session, endpoint_id, notification.sequence, now)
         return True
     else:
         hold_later_climbers(session, endpoint_id, notification.sequence, now)

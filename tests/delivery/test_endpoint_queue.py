@@ -83,6 +83,41 @@ def test_dead_endpoint_is_probed_by_its_earliest_notification_only(settings, rec
         assert notification(nid).held
 
 
+def test_a_fresh_failure_behind_held_ones_hands_the_head_to_the_earliest(settings,
+                                                                         receiver):
+    """An upgrade try: the endpoint recovered, failed again before its held notifications
+    drained, and the fresh failure took the head; under steady traffic each new failure
+    did, and hundreds of older webhooks waited (seq 375 sent, 270 earlier unsent). The
+    earliest held one probes the endpoint instead, at the fresh one's next time."""
+    url = receiver.program("/flaky", [rx.status(500), rx.ok()], rx.status(500))
+    shop = new_partner(settings, url, name="Flaky")
+    now = utcnow()
+    ids = [insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=now) for _ in range(3)]
+    service.deliver(ids[0], settings)  # 500: the head
+    assert notification(ids[0]).next_attempt_at is not None
+    with session_scope() as session:  # two more fail behind it: held
+        session.execute(update(Notification).where(Notification.id.in_(ids[1:]))
+                        .values(status=NotificationStatus.FAILED, held=True,
+                                next_attempt_at=None))
+    assert deliver_when_due(ids[0], settings).status == NotificationStatus.SENT  # recovered
+    assert _endpoint(shop.partner_id, url).draining
+    fresh = insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    failed_again = service.deliver(fresh, settings)  # 500 again, before any drain
+    assert failed_again.status == NotificationStatus.FAILED
+    row, first_held, second_held = notification(fresh), notification(ids[1]), \
+        notification(ids[2])
+    assert row.held and row.next_attempt_at is None
+    assert not first_held.held and first_held.next_attempt_at is not None
+    assert second_held.held
+    # The earliest probes next: the fresh one waits its turn.
+    assert deliver_when_due(ids[1], settings).status == NotificationStatus.FAILED
+    with session_scope() as session:
+        due = collect_due(session, settings, now=utcnow() + timedelta(days=1), limit=100)
+    assert {d.notification_id for d in due} == {ids[1]}
+
+
 def test_recovery_drains_in_order_at_a_bounded_rate(settings, receiver, override_settings):
     url = receiver.program("/flaky", [rx.status(500)] * 5, rx.ok())
     partner = new_partner(settings, url)
