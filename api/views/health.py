@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
 from deliverer.db import get_database
+from deliverer.migrate import schema_problem
 from deliverer.operations import fleet
 
 bp = Blueprint("health", __name__)
@@ -24,7 +25,8 @@ def readyz() -> Any:
     try:
         with get_database().engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+            problem = schema_problem(conn)
+        checks["database"] = "ok" if problem is None else f"error: {problem}"
     except Exception as exc:  # reported, not raised: this endpoint's job is to say so
         checks["database"] = f"error: {type(exc).__name__}"
     try:

@@ -21,10 +21,20 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the Alembic migrations (the Procfile's release step)."""
-    from deliverer.migrate import upgrade
+    from deliverer.migrate import AheadOfCode, code_head, upgrade
 
-    before, after = upgrade(get_settings(), revision)
-    if before == after:
+    try:
+        before, after = upgrade(get_settings(), revision)
+    except AheadOfCode as ahead:
+        # A rollback's release step: the schema of a later release, which this one runs
+        # on (migrations only add). Said, and not an error, or the rollback stops here.
+        click.echo(f"database at {ahead}, newer than this release knows (its newest: "
+                   f"{code_head()}): left as it is")
+        return
+    if before == after and revision not in ("head", after):
+        click.echo(f"database at {after}, past the revision asked ({revision}): left as "
+                   "it is (db upgrade does not go back)")
+    elif before == after:
         click.echo(f"database already at {after}: nothing to do")
     elif before is None:
         click.echo(f"database created at {after}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
 
 import deliverer.config
+from deliverer import migrate
 from deliverer.broker.dispatch import enqueue_delivery
 from deliverer.models import NotificationStatus, utcnow
 from tests.support import helpers as h
@@ -76,3 +78,28 @@ def test_readyz_when_the_database_is_unreachable(settings, make_app):
     assert response.status_code == 503
     assert response.json["checks"]["database"].startswith("error: ")
     assert response.json["checks"]["broker"] == "ok"
+
+
+@pytest.mark.unit  # a SQLite file of its own, whatever the session's backend
+@pytest.mark.parametrize("revision,ready", [("0013", False), (None, True), ("0099", True)])
+def test_readyz_says_when_the_schema_is_behind_this_release(settings, make_app, tmp_path,
+                                                           revision, ready):
+    """An upgrade try: new code started before its release step answered ready, then 500
+    at the first query of a new column, and its beat's sweep failed every 5 s. A schema
+    behind is not ready; one ahead (a later release's: a rollback) is."""
+    scratch = settings.with_overrides(database_url=f"sqlite:///{tmp_path / 'schema.db'}")
+    migrate.upgrade(scratch, "0013" if revision == "0013" else "head")
+    if revision == "0099":
+        with sqlite3.connect(tmp_path / "schema.db") as raw:
+            raw.execute("UPDATE alembic_version SET version_num = '0099'")
+    app = make_app()
+    deliverer.config.set_settings(scratch)  # the process-wide engine is what /readyz uses
+    try:
+        response = app.test_client().get("/readyz")
+    finally:
+        deliverer.config.set_settings(settings)
+    assert (response.status_code == 200) is ready, response.json
+    if not ready:
+        assert response.json["checks"]["database"] == (
+            f"error: database at 0013, this release needs {migrate.code_head()}: run "
+            "`deliverer db upgrade`")

@@ -4,6 +4,7 @@ pointed at the test's database and broker through the environment."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from datetime import timedelta
 
@@ -330,6 +331,19 @@ def test_db_upgrade_says_what_it_did(settings, tmp_path):
     assert first.stdout.strip() == f"database created at {head}"
     again = run_cli(settings, "db", "upgrade", DATABASE_URL=empty)
     assert again.stdout.strip() == f"database already at {head}: nothing to do"
+    # An upgrade try: asked for an earlier revision, it said "already at" the later one.
+    back = run_cli(settings, "db", "upgrade", "--revision", "0013", DATABASE_URL=empty)
+    assert back.stdout.strip() == (f"database at {head}, past the revision asked (0013): "
+                                   "left as it is (db upgrade does not go back)")
+    # A rollback's release step, on a later release's schema: said, exit 0 (an 80-line
+    # traceback stopped the rollback of an upgrade try).
+    with sqlite3.connect(tmp_path / "release.db") as raw:
+        raw.execute("UPDATE alembic_version SET version_num = '0099'")
+    ahead = run_cli(settings, "db", "upgrade", DATABASE_URL=empty)
+    assert ahead.returncode == 0, ahead.stderr
+    assert ahead.stdout.strip() == (f"database at 0099, newer than this release knows "
+                                    f"(its newest: {head}): left as it is")
+    assert "Traceback" not in ahead.stderr
 
 
 @pytest.mark.unit  # an empty SQLite file of its own, whatever the session's backend
