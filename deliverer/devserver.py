@@ -33,22 +33,23 @@ DEMO_SETTINGS = {"DELIVERER_TIME_SCALE": DEMO_TIME_SCALE,
                  "DELIVERER_SWEEP_INTERVAL": "1"}
 
 
-def demo_settings_line(applied: dict[str, str]) -> str | None:
+def demo_settings_line(applied: dict[str, str], settings: Settings) -> str | None:
     """The banner's line on the demo's settings this instance runs on, if any."""
     if not applied:
         return None
     said = []
     if "DELIVERER_TIME_SCALE" in applied:
-        scale = float(applied["DELIVERER_TIME_SCALE"])
-        said.append(f"the ladder {1 / scale:.0f}x faster (its 30 days last "
-                    f"{30 * 24 * scale:.1f} h)")
+        scale, cycle = settings.time_scale, settings.ladder.max_age
+        said.append(f"the ladder {1 / scale:.0f}x faster (its {cycle / 86400:g} days last "
+                    f"{cycle * scale / 3600:.1f} h)")
     if "DELIVERER_ALLOW_PRIVATE_URLS" in applied:
         said.append("webhook URLs on loopback and private addresses allowed")
     if "DELIVERER_SWEEP_INTERVAL" in applied:
         said.append(f"the sweep every {applied['DELIVERER_SWEEP_INTERVAL']} s")
     names = " ".join(f"{name}={value}" for name, value in applied.items())
-    return (f"demo settings for this whole instance: {', '.join(said)} ({names}; set them "
-            "yourself, or run `deliverer run` without --demo, for the defaults)")
+    return (f"demo settings for this whole instance: {', '.join(said)} ({names}; set any "
+            "of them in the environment to choose its value, or run `deliverer run` "
+            "without --demo for the defaults)")
 
 
 def process_commands(settings: Settings, port: int, concurrency: int) -> dict[str, list[str]]:
@@ -239,7 +240,7 @@ def run_all(*, port: int, demo: bool, exit_after_demo: bool, concurrency: int) -
         print(f"deliverer is up: API {base_url} (database {masked_url(settings.database_url)}, "
               f"broker {masked_url(settings.broker_url)})", flush=True)
         print(_console_line(base_url, settings, made_up_token), flush=True)
-        if (line := demo_settings_line(demo_settings)) is not None:
+        if (line := demo_settings_line(demo_settings, settings)) is not None:
             print(line, flush=True)
         if demo:
             from deliverer.demo import play

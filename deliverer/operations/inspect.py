@@ -109,6 +109,9 @@ def _partner_matches(partner: str) -> ColumnElement[bool]:
     return func.lower(Partner.name).like(pattern, escape="\\")
 
 
+LAST_DELIVERED_WINDOW = 1_000
+
+
 @dataclass(frozen=True)
 class PartnerEndpoint:
     endpoint: Endpoint
@@ -140,13 +143,14 @@ def partner_endpoints(session: Session, *, partner: str | None = None,
         .subquery()
     )
     # A healthy endpoint's success writes nothing to its row (last_success_at is set when
-    # a failing one recovers): its newest delivered notification, by sequence (the
-    # endpoint's unique index, read backwards), says when it last took one.
+    # a failing one recovers): the latest delivery among its last LAST_DELIVERED_WINDOW
+    # notifications says when it last took one, a bounded range of the endpoint's unique
+    # index (a failing endpoint's backlog is not read).
     last_delivered = (
-        select(Notification.sent_at)
+        select(func.max(Notification.sent_at))
         .where(Notification.endpoint_id == Endpoint.id,
+               Notification.sequence > Endpoint.last_sequence - LAST_DELIVERED_WINDOW,
                Notification.status == NotificationStatus.SENT)
-        .order_by(Notification.sequence.desc()).limit(1)
         .correlate(Endpoint).scalar_subquery())
     query = (
         select(Endpoint, Partner.name, counts.c.pending, counts.c.queued, counts.c.held,

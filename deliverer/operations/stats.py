@@ -114,7 +114,8 @@ def due_summary(session: Session, now: datetime | None = None) -> DueSummary:
     now = now or utcnow()
     count, oldest = session.execute(
         select(func.count(), func.min(Notification.next_attempt_at)).where(
-            # Both conditions match the partial index ix_notifications_due.
+            # The first two match the partial index ix_notifications_due; the lease is
+            # read from each due row.
             Notification.next_attempt_at.is_not(None),
             Notification.next_attempt_at <= now,
             lease.is_free(Notification.lease_expires_at, now),

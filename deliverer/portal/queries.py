@@ -80,16 +80,6 @@ def webhooks_turned_off(session: Session, partner_id: str) -> bool:
                           .where(WebhookSettings.partner_id == partner_id)) is False
 
 
-@dataclass(frozen=True)
-class OtherQueue:
-    """Webhooks still retried at a URL that is not one of the endpoints: an event's
-    callbackUrl, or an earlier webhook URL left behind with its own numbering."""
-
-    url: str
-    queue_depth: int
-    next_retry_at: datetime | None
-
-
 def _failed_counts(session: Session, partner_id: str) -> dict[int | None, Any]:
     live = or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True))
     return {row.endpoint_id: row for row in session.execute(
@@ -100,21 +90,6 @@ def _failed_counts(session: Session, partner_id: str) -> dict[int | None, Any]:
         .where(Notification.partner_id == partner_id,
                Notification.status == NotificationStatus.FAILED)
         .group_by(Notification.endpoint_id))}
-
-
-def other_queues(session: Session, partner_id: str) -> list[OtherQueue]:
-    """The retry queues the endpoints table does not show (a black-box try found them in
-    the event log only), oldest URL first."""
-    counts = _failed_counts(session, partner_id)
-    ids = [endpoint_id for endpoint_id, row in counts.items()
-           if endpoint_id is not None and row.queued]
-    if not ids:
-        return []
-    rows = session.execute(select(Endpoint.id, Endpoint.url).where(
-        Endpoint.id.in_(ids), Endpoint.partner_id == partner_id,
-        Endpoint.registered.is_(False)).order_by(Endpoint.id).limit(200)).all()
-    return [OtherQueue(url, int(counts[endpoint_id].queued),
-                       counts[endpoint_id].next_retry_at) for endpoint_id, url in rows]
 
 
 def endpoints_overview(session: Session, partner_id: str,

@@ -242,8 +242,9 @@ def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Pat
         assert ("demo settings for this whole instance: the ladder 200x faster (its 30 "
                 "days last 3.6 h), webhook URLs on loopback and private addresses allowed, "
                 "the sweep every 1 s (DELIVERER_TIME_SCALE=0.005 "
-                "DELIVERER_ALLOW_PRIVATE_URLS=1 DELIVERER_SWEEP_INTERVAL=1; set them "
-                "yourself, or run `deliverer run` without --demo, for the defaults)"
+                "DELIVERER_ALLOW_PRIVATE_URLS=1 DELIVERER_SWEEP_INTERVAL=1; set any of them "
+                "in the environment to choose its value, or run `deliverer run` without "
+                "--demo for the defaults)"
                 ) in running.output
         closed = requests.get(console, timeout=10, allow_redirects=False)
         assert closed.status_code == 302

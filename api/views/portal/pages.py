@@ -25,6 +25,7 @@ from deliverer.errors import DelivererError
 from deliverer.models import PortalSession, WebhookSettings, utcnow
 from deliverer.portal import queries, sessions
 from deliverer.portal.chart import HEIGHT, WIDTH
+from deliverer.portal.other_queues import other_queues
 
 
 @bp.context_processor
@@ -52,7 +53,7 @@ def index() -> Any:
     session = get_session()
     summaries = queries.endpoints_overview(session, partner_id(), utcnow())
     return page("portal/endpoints.html", endpoints=summaries,
-                others=queries.other_queues(session, partner_id()),
+                others=other_queues(session, partner_id()),
                 expires_at=portal_session().expires_at,
                 webhooks_off=queries.webhooks_turned_off(session, partner_id()))
 
@@ -116,7 +117,8 @@ def events() -> Any:
         status = None
     created_from = _day("from", problems)
     created_to = _day("to", problems, end=True)
-    if created_from and created_to and created_from > created_to:
+    # ``to`` is the day after To (an exclusive end): From a day after To is equal to it.
+    if created_from and created_to and created_from >= created_to:
         # As Recover refuses it: an empty page read as "no event then" (the portal try).
         problems.append("“From” is later than “To”")
         created_from = created_to = None
