@@ -81,6 +81,9 @@ def with_notification_id(fmt: str) -> str:
 def configure_logging(level: int | str = logging.INFO, stream: TextIO | None = None) -> None:
     """Web app and CLI: a root handler printing the notification id, unless logging is
     already configured (gunicorn's --log-config, pytest): then only add the attribute."""
+    # Alembic (imported for /readyz's schema check) announces each of its plugins at
+    # INFO as it is imported: seven lines per web process.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     root = logging.getLogger()
     ours = [h for h in root.handlers if getattr(h, _MARK, False)]
     if ours:
