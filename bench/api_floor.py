@@ -56,7 +56,8 @@ def accepted(notification_id: str) -> Mapping[str, Any]:
             "reference": "TXN-floor", "status": "PENDING", "url": "http://127.0.0.1/hook",
             "sequence": None, "retry_attempts": 0, "manual_retry_count": 1,
             "attempt_count": 10, "latest_error_payload": None, "next_attempt_at": now,
-            "cycle_started_at": now, "sent_at": None, "created_at": now, "updated_at": now}
+            "held": False, "cycle_started_at": now, "sent_at": None, "created_at": now,
+            "updated_at": now}
 
 
 def no_database(requests: Sequence[Request]) -> list[Mapping[str, Any]]:
