@@ -11,6 +11,7 @@ from deliverer.models.notification import (
     Notification,
     NotificationStatus,
     Trigger,
+    still_to_try,
 )
 from deliverer.models.partner import (
     ApiKey,
@@ -53,6 +54,7 @@ __all__ = [
     "locked_in_id_order",
     "not_receiving_webhooks",
     "signing_secrets",
+    "still_to_try",
     "subscribed",
     "table_of",
     "utcnow",

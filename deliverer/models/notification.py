@@ -7,12 +7,14 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ColumnElement,
     ForeignKey,
     Index,
     String,
     Text,
     UniqueConstraint,
     false,
+    or_,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -93,6 +95,13 @@ class Notification(Base):
     enqueued_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+
+def still_to_try() -> ColumnElement[bool]:
+    """A FAILED notification with an attempt ahead: climbing the ladder (its next attempt
+    set) or held behind its endpoint's head. A FAILED one with neither is exhausted."""
+    return or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True))
 
 
 class Attempt(Base):

@@ -23,6 +23,7 @@ from deliverer.models import (
     NotificationStatus,
     Partner,
     PartnerRequest,
+    still_to_try,
 )
 from deliverer.notifications.queries import is_uuid
 
@@ -43,7 +44,7 @@ class FailingEndpoint:
 
 def failing_endpoints(session: Session, limit: int = 200) -> list[FailingEndpoint]:
     """Endpoints failing now, disabled, or with FAILED notifications; longest failing first."""
-    live = or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True))
+    live = still_to_try()
     per_endpoint = (
         select(
             Notification.endpoint_id.label("endpoint_id"),
@@ -126,7 +127,7 @@ def partner_endpoints(session: Session, *, partner: str | None = None,
                       failing_only: bool = False, limit: int = 200) -> list[PartnerEndpoint]:
     """Registered endpoints by partner (name, then creation), each with what it holds;
     ``failing_only``: those failing or disabled."""
-    live = or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True))
+    live = still_to_try()
     counts = (
         select(
             Notification.endpoint_id.label("endpoint_id"),

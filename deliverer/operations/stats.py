@@ -24,6 +24,7 @@ from deliverer.models import (
     EndpointStatus,
     Notification,
     NotificationStatus,
+    still_to_try,
     utcnow,
 )
 
@@ -99,7 +100,7 @@ def failed_breakdown(session: Session) -> tuple[int, int]:
         select(
             func.coalesce(func.sum(case((Notification.held.is_(True), 1), else_=0)), 0),
             func.coalesce(func.sum(case(
-                (Notification.held.is_(False) & Notification.next_attempt_at.is_(None), 1),
+                (~still_to_try(), 1),
                 else_=0)), 0),
         ).where(Notification.status == NotificationStatus.FAILED)
     ).one()

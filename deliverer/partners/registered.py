@@ -27,6 +27,7 @@ from deliverer.models import (
     Notification,
     NotificationStatus,
     WebhookSettings,
+    still_to_try,
     utcnow,
 )
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT
@@ -299,7 +300,7 @@ def delete(session: Session, endpoint: Endpoint, now: datetime | None = None, *,
         session, error_payload(FailureKind.ENDPOINT_DISABLED, DELETED),
         Notification.endpoint_id == endpoint.id,
         Notification.status.in_((NotificationStatus.PENDING, NotificationStatus.FAILED)),
-        Notification.next_attempt_at.is_not(None) | Notification.held.is_(True),
+        still_to_try(),
         # One in flight is recorded by its worker.
         lease.is_free(Notification.lease_expires_at, now))
     session.flush()

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from deliverer.models import Endpoint, Notification, NotificationStatus
+from deliverer.models import Endpoint, Notification, NotificationStatus, still_to_try
 
 LIMIT = 200
 
@@ -34,6 +34,6 @@ def other_queues(session: Session, partner_id: str) -> list[OtherQueue]:
                Endpoint.deleted_at.is_(None),
                Notification.partner_id == partner_id,
                Notification.status == NotificationStatus.FAILED,
-               or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True)))
+               still_to_try())
         .group_by(Endpoint.id, Endpoint.url).order_by(Endpoint.id).limit(LIMIT)).all()
     return [OtherQueue(url, int(count), next_at) for url, count, next_at in rows]

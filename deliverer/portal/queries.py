@@ -23,6 +23,7 @@ from deliverer.models import (
     NotificationStatus,
     WebhookSettings,
     active_secrets,
+    still_to_try,
 )
 from deliverer.notifications.queries import is_uuid
 from deliverer.operations import inspect
@@ -80,9 +81,12 @@ def webhooks_turned_off(session: Session, partner_id: str) -> bool:
                           .where(WebhookSettings.partner_id == partner_id)) is False
 
 
-def _failed_counts(session: Session, partner_id: str) -> dict[int | None, Any]:
-    live = or_(Notification.next_attempt_at.is_not(None), Notification.held.is_(True))
-    return {row.endpoint_id: row for row in session.execute(
+def endpoints_overview(session: Session, partner_id: str,
+                       now: datetime) -> list[EndpointSummary]:
+    endpoints = list(session.scalars(select(Endpoint).where(_listed(partner_id))
+                                     .order_by(Endpoint.created_at, Endpoint.id).limit(200)))
+    live = still_to_try()
+    counts = {row.endpoint_id: row for row in session.execute(
         select(Notification.endpoint_id,
                func.sum(case((live, 1), else_=0)).label("queued"),
                func.sum(case((live, 0), else_=1)).label("exhausted"),
@@ -90,13 +94,6 @@ def _failed_counts(session: Session, partner_id: str) -> dict[int | None, Any]:
         .where(Notification.partner_id == partner_id,
                Notification.status == NotificationStatus.FAILED)
         .group_by(Notification.endpoint_id))}
-
-
-def endpoints_overview(session: Session, partner_id: str,
-                       now: datetime) -> list[EndpointSummary]:
-    endpoints = list(session.scalars(select(Endpoint).where(_listed(partner_id))
-                                     .order_by(Endpoint.created_at, Endpoint.id).limit(200)))
-    counts = _failed_counts(session, partner_id)
     result = []
     for endpoint in endpoints:
         row = counts.get(endpoint.id)
