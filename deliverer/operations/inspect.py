@@ -1,4 +1,5 @@
-"""Read-only queries behind the operator console: failing endpoints, search, event log.
+"""Read-only queries behind the operator console: failing endpoints, notification search
+and detail (the event log and the recent actions are in ``operations.activity``).
 
 Operators see every partner, so nothing here is scoped to one (unlike the partner API).
 Every list is bounded.
@@ -15,7 +16,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer.models import (
-    Alert,
     Attempt,
     Endpoint,
     Event,
@@ -263,54 +263,3 @@ def notification_detail(session: Session, notification_id: str) -> NotificationD
                 Notification.next_attempt_at.is_not(None),
             ).order_by(Notification.sequence).limit(1))
     return NotificationDetail(notification, event, partner, endpoint, attempts, requests, head)
-
-
-@dataclass(frozen=True)
-class EventRow:
-    event: Event
-    partner_name: str
-    notification: Notification | None
-
-
-def recent_events(session: Session, *, partner: str | None = None,
-                  limit: int = 100) -> list[EventRow]:
-    """The event log: newest events with their notification's delivery status."""
-    query = (
-        select(Event, Partner.name, Notification)
-        .join(Partner, Partner.id == Event.partner_id)
-        .outerjoin(Notification, Notification.event_id == Event.id)
-    )
-    if partner and partner.strip():
-        partner = partner.strip()
-        if is_uuid(partner):
-            query = query.where(Event.partner_id == partner)
-        else:
-            query = query.where(func.lower(Partner.name) == partner.lower())
-    rows = session.execute(
-        query.order_by(Event.created_at.desc(), Event.id.desc())
-        .limit(max(1, min(limit, MAX_ROWS)))
-    ).all()
-    return [EventRow(e, name, n) for e, name, n in rows]
-
-
-def recent_actions(session: Session, limit: int = 50) -> list[tuple[PartnerRequest, str]]:
-    """Retries, resends and ignores by merchants and operators, newest first."""
-    rows = session.execute(
-        select(PartnerRequest, Partner.name)
-        .join(Partner, Partner.id == PartnerRequest.partner_id)
-        .order_by(PartnerRequest.created_at.desc(), PartnerRequest.id.desc())
-        .limit(max(1, min(limit, MAX_ROWS)))
-    ).all()
-    return [(r, name) for r, name in rows]
-
-
-def recent_alerts(session: Session, limit: int = 20) -> list[tuple[Alert, str, str | None]]:
-    """Failing-endpoint alerts, newest first: (alert, partner name, endpoint URL)."""
-    rows = session.execute(
-        select(Alert, Partner.name, Endpoint.url)
-        .join(Partner, Partner.id == Alert.partner_id)
-        .outerjoin(Endpoint, and_(Endpoint.id == Alert.endpoint_id))
-        .order_by(Alert.created_at.desc(), Alert.id.desc())
-        .limit(max(1, min(limit, MAX_ROWS)))
-    ).all()
-    return [(a, name, url) for a, name, url in rows]

@@ -13,7 +13,7 @@ from api.views.console.filters import STATUSES
 from deliverer.errors import DelivererError
 from deliverer.models import NotificationStatus, utcnow
 from deliverer.notifications.outcome import wait_for_attempt
-from deliverer.operations import inspect
+from deliverer.operations import activity, inspect
 from deliverer.operations.replay import operator_ignore, operator_retry
 
 # How long a Retry waits for the attempt's outcome before answering "queued" (seed 003:
@@ -25,7 +25,7 @@ RETRY_WAIT_CAP = 5.0
 def index() -> Any:
     db = get_session()
     return page("console/endpoints.html", endpoints=inspect.failing_endpoints(db),
-                alerts=inspect.recent_alerts(db), now=utcnow())
+                alerts=activity.recent_alerts(db), now=utcnow())
 
 
 @bp.get("/endpoints")
@@ -128,5 +128,5 @@ def ignore(notification_id: str) -> Any:
 def events() -> Any:
     db = get_session()
     partner = request.args.get("partner")
-    return page("console/events.html", rows=inspect.recent_events(db, partner=partner),
-                actions=inspect.recent_actions(db), partner=partner or "")
+    return page("console/events.html", rows=activity.recent_events(db, partner=partner),
+                actions=activity.recent_actions(db), partner=partner or "")
