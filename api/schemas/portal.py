@@ -35,8 +35,9 @@ class EndpointFormSchema(Schema):
     url = WebhookUrl(required=True)
     description = fields.String(load_default=None, validate=validate.Length(max=500))
     event_types = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
-                              required=True, validate=validate.Length(
-                                  min=1, max=100, error="tick at least one, or All events"))
+                              required=True, validate=[
+                                  validate.Length(min=1, error="tick at least one, or All events"),
+                                  validate.Length(max=100, error="at most {max} event types")])
     # Its range is the service's (registered.RATE_LIMIT_RANGE), as for the API.
     rate_limit = fields.Float(load_default=None, allow_none=True, allow_nan=False)
     enabled = fields.Boolean(load_default=False)

@@ -66,6 +66,10 @@ def event_types(settings: Settings) -> tuple[EventType, ...]:
     return _load(settings.event_types_file)
 
 
+ALL_AND_SOME = ('eventTypes: "*" takes every event and cannot be listed with other types: '
+                'send ["*"] alone, or only the types')
+
+
 def check_subscriptions(settings: Settings, patterns: list[str]) -> list[str]:
     """``patterns`` if each is ``*``, a catalog name, or a prefix wildcard
     (``transaction.*``) matching at least one name; ValidationFailed listing the valid
@@ -73,6 +77,9 @@ def check_subscriptions(settings: Settings, patterns: list[str]) -> list[str]:
     names = [t.name for t in event_types(settings)]
     if not patterns:
         raise ValidationFailed("eventTypes must not be empty: use [\"*\"] for every event")
+    if "*" in patterns and len(set(patterns)) > 1:
+        # As the portal refuses All events beside some types: which was meant?
+        raise ValidationFailed(ALL_AND_SOME)
     unknown = []
     for pattern in patterns:
         if pattern == "*" or pattern in names:

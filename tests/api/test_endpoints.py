@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 import deliverer
 from deliverer.db import session_scope
 from deliverer.models import Endpoint, NotificationStatus, utcnow
-from deliverer.partners.catalog import DEFAULT_CATALOG
+from deliverer.partners.catalog import ALL_AND_SOME, DEFAULT_CATALOG
 from tests.api import helpers as t
 from tests.support import helpers as h
 from tests.support.race import race
@@ -203,6 +203,23 @@ def test_unknown_event_type_is_400_listing_the_valid_ones(make_partner):
                                                                   "description": "x"})
     t.assert_error(response, 400, "BAD_REQUEST")
     assert partner.api.get(f"{ENDPOINTS}/{ok['id']}").json()["description"] is None
+
+
+def test_every_event_beside_some_types_is_400(make_partner):
+    # The portal refuses All events ticked beside some types; the API said yes to
+    # ["*", "x"], which takes everything while reading as a choice (a review).
+    partner = make_partner()
+    before = t.row_counts()
+    body = t.assert_error(partner.api.post(ENDPOINTS, json={
+        "url": "http://127.0.0.1:9/a", "eventTypes": ["*", "invoice.settled"]}), 400,
+        "BAD_REQUEST")
+    assert body["message"] == ALL_AND_SOME
+    assert t.row_counts() == before
+    ok = create(partner, "http://127.0.0.1:9/a", eventTypes=["*", "*"])
+    assert ok["eventTypes"] == ["*"]
+    t.assert_error(partner.api.patch(f"{ENDPOINTS}/{ok['id']}", json={
+        "eventTypes": ["invoice.*", "*"]}), 400, "BAD_REQUEST")
+    assert partner.api.get(f"{ENDPOINTS}/{ok['id']}").json()["eventTypes"] == ["*"]
 
 
 @pytest.mark.parametrize("body", [

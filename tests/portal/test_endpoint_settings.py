@@ -126,6 +126,8 @@ def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver)
         (("not a url", "*"), {}, "url"),
         ((receiver.url("/x"), "no.such.type"), {}, "Unknown event types: no.such.type"),
         ((receiver.url("/x"),), {}, "event types: tick at least one, or All events"),
+        # Not 'tick at least one' for 500 ticked (a black-box try's forged form).
+        ((receiver.url("/x"), *["invoice.settled"] * 500), {}, "at most 100 event types"),
         # Both: which was meant? (All events came ticked, and one type ticked beside it
         # took every event: a black-box try.)
         ((receiver.url("/x"), "*", "invoice.settled"), {},
