@@ -301,3 +301,22 @@ def test_a_settings_form_from_another_window_does_not_undo_a_change(portal, merc
                                "url": url, "description": "Orders",
                                "event_types": ["transaction.failed"], "rate_limit": "5"})
     assert "Settings saved." in again.text
+
+
+def test_at_the_endpoint_limit_the_list_says_so_instead_of_offering_add(
+        portal, merchant, settings, receiver: Receiver):
+    # The Add link led to a form that could only answer with the limit (a black-box try).
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    assert 'id="add-endpoint"' in client.get("/portal/").text
+    with session_scope() as session:
+        for i in range(1, settings.max_endpoints_per_partner):
+            registered.create(session, settings, shop.partner_id, url=receiver.url(f"/e{i}"))
+    home = client.get("/portal/").text
+    assert 'id="add-endpoint"' not in home
+    assert (f"You have {settings.max_endpoints_per_partner} endpoints, the most you may "
+            "have: delete one to add another.") in home
+    with session_scope() as session:
+        registered.delete(session, registered.get(session, shop.partner_id,
+                                                  public_id(receiver.url("/e1"))))
+    assert 'id="add-endpoint"' in client.get("/portal/").text

@@ -23,6 +23,7 @@ from api.views.portal.blueprint import (
 from deliverer.alerts.service import SUBJECTS as ALERT_KINDS
 from deliverer.errors import DelivererError
 from deliverer.models import PortalSession, WebhookSettings, utcnow
+from deliverer.partners import registered
 from deliverer.portal import queries, sessions
 from deliverer.portal.chart import HEIGHT, WIDTH
 from deliverer.portal.other_queues import other_queues
@@ -52,7 +53,11 @@ def _pop_flashes(found: PortalSession | None) -> list[tuple[str, str]]:
 def index() -> Any:
     session = get_session()
     summaries = queries.endpoints_overview(session, partner_id(), utcnow())
+    limit = deliverer_settings().max_endpoints_per_partner
     return page("portal/endpoints.html", endpoints=summaries,
+                # At the limit the add form could only answer with it (a black-box try).
+                at_limit=limit if registered.count_registered(session, partner_id()) >= limit
+                else None,
                 others=other_queues(session, partner_id()),
                 expires_at=portal_session().expires_at,
                 webhooks_off=queries.webhooks_turned_off(session, partner_id()))
