@@ -11,6 +11,7 @@ from deliverer.db import session_scope
 from deliverer.models import Partner, PortalSession, PortalSignIn, utcnow
 from deliverer.partners.service import create_partner, rotate_key
 from tests.support.page_client import PortalClient, csrf_of, field_of
+from tests.support.race import race
 from tests.support.receiver import Receiver, ok
 
 
@@ -119,6 +120,27 @@ def test_opening_links_is_rate_limited_per_address(portal_server, admin, merchan
     assert limited.status_code == 429 and "Too many sign-ins" in limited.text
     with session_scope() as session:
         assert session.scalar(select(PortalSession.exchanged_at)) is None
+        assert len(session.scalars(select(PortalSignIn)).all()) == limit
+
+
+def test_the_limit_holds_under_parallel_guesses(portal_server, admin, merchant):
+    # Counted after each request's rollback, 26 of 50 parallel guesses got past a limit
+    # of 10 (a black-box try): each opening is admitted, and committed, first.
+    shop = merchant(None)
+    limit = portal_server.settings.portal_sign_ins_per_minute
+    url = admin.post(f"/internal/v1/partners/{shop.partner_id}/portal-sessions",
+                     json={}).json()["url"]
+    forged = url.split("token=")[0] + "token=guess"
+    clients = []
+    for _ in range(4 * limit):
+        client = PortalClient(portal_server.url)
+        page = client.http.get(forged, timeout=30)
+        clients.append((client, field_of(page.text, "check")))
+    answers = race([lambda c=c, check=check: c.post(
+        "/portal/enter", {"token": "guess", "check": check}).status_code
+        for c, check in clients])
+    assert sorted(answers) == [403] * limit + [429] * (3 * limit)
+    with session_scope() as session:
         assert len(session.scalars(select(PortalSignIn)).all()) == limit
 
 

@@ -82,15 +82,18 @@ def enter() -> Any:
                                             request.form.get("check", "").encode()):
         return _refused("Form expired", "Open the portal link again, then press Continue.",
                         400)
-    settings = deliverer_settings()
     try:
-        raw, row = sessions.exchange(get_session(), settings, token, request.remote_addr or "")
+        attempt = sessions.admit(get_session(), deliverer_settings(),
+                                 request.remote_addr or "")
     except TooManyRequests as exc:
         return _refused("Too many sign-ins", "Too many portal links were opened from your "
                         f"address. Try again in {exc.headers.get('Retry-After', '60')} s.",
                         429)
+    # The attempt counts from here, failed until the link proves good (sessions.admit).
+    get_session().commit()
+    try:
+        raw, row = sessions.exchange(get_session(), token, attempt)
     except DelivererError as exc:
-        g.refused = exc  # the failed attempt is kept for the rate limit (api.db)
         return _refused("Link not valid", exc.message, 403)
     current_app.logger.info("portal session %s opened for partner %s from %s", row.id,
                             row.partner_id, request.remote_addr)
