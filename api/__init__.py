@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import db, guards
 from api.errors import register_error_handlers
@@ -52,6 +53,12 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         },
     )
     app.config.update(config)
+    if settings.trusted_proxies:
+        # Behind a proxy every request came from it: one client's failed portal links
+        # locked every merchant out, and cookies lost Secure (the security try).
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging(logging.INFO)  # notification ids on every line (deliverer.logging)
 

@@ -201,6 +201,9 @@ class Settings:
     max_endpoints_per_partner: int = 20
     event_types_file: str | None = None
     auto_disable_after: float = 5 * 86400.0
+    # Proxies in front of the web process whose X-Forwarded-For/-Proto/-Host/-Port are
+    # believed: the client's address (the portal's sign-in limit), https (Secure cookies).
+    trusted_proxies: int = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -302,6 +305,7 @@ class Settings:
             max_endpoints_per_partner=int(_float(env, "DELIVERER_MAX_ENDPOINTS", 20)),
             event_types_file=env.get("DELIVERER_EVENT_TYPES_FILE") or None,
             auto_disable_after=_float(env, "DELIVERER_AUTO_DISABLE_AFTER", 5 * 86400.0),
+            trusted_proxies=max(0, int(_float(env, "DELIVERER_TRUSTED_PROXIES", 0))),
         )
 
 

@@ -10,6 +10,9 @@ from sqlalchemy import select, update
 from deliverer.db import session_scope
 from deliverer.models import Partner, PortalSession, PortalSignIn, utcnow
 from deliverer.partners.service import create_partner, rotate_key
+from tests.portal.conftest import ADMIN_TOKEN
+from tests.support import helpers as h
+from tests.support.live_server import ApiClient, app_server
 from tests.support.page_client import PortalClient, csrf_of, field_of
 from tests.support.race import race
 from tests.support.receiver import Receiver, ok
@@ -206,3 +209,31 @@ def test_no_portal_for_a_partner_sent_no_webhooks(admin, settings, portal, merch
         session.execute(update(Partner).where(Partner.id == shop.partner_id)
                         .values(active=False))
     assert client.get("/portal/").status_code == 401
+
+
+def test_behind_a_trusted_proxy_the_limit_is_each_clients(settings, celery_app):
+    # Every request came from the proxy: one client's failed links locked every
+    # merchant out, and cookies went without Secure (the security try).
+    with app_server(settings, celery_app, admin_token=ADMIN_TOKEN,
+                    trusted_proxies=1) as server:
+        shop = h.new_partner(settings, None, name="Proxied Shop")
+        admin = ApiClient(server.url, ADMIN_TOKEN, auth="bearer")
+        url = admin.post(f"/internal/v1/partners/{shop.partner_id}/portal-sessions",
+                         json={}).json()["url"]
+
+        def client(address: str) -> PortalClient:
+            made = PortalClient(server.url)
+            made.http.headers["X-Forwarded-For"] = address
+            return made
+
+        forged = url.split("token=")[0] + "token=guess"
+        for _ in range(server.settings.portal_sign_ins_per_minute):
+            assert client("203.0.113.7").open_link(forged).status_code == 403
+        assert client("203.0.113.7").open_link(forged).status_code == 429
+        assert client("198.51.100.9").open_link(url).status_code == 200
+        over_https = client("198.51.100.9").http.get(
+            forged, headers={"X-Forwarded-Proto": "https"}, timeout=30)
+        assert "; Secure" in over_https.headers["Set-Cookie"]
+        with session_scope() as session:
+            assert {row.remote_addr for row in session.scalars(select(PortalSignIn))} == {
+                "203.0.113.7", "198.51.100.9"}
