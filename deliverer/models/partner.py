@@ -88,12 +88,16 @@ def signing_secrets(own: tuple[str | None, str | None, datetime | None],
     return active_secrets(*own, now) if own[0] else active_secrets(*partners, now)
 
 
+INACTIVE = "The partner is inactive: no webhook is pushed to it"
+POLLING = ("The partner is on the POLLING flow: it reads its notifications, no webhook is "
+           "pushed to it")
+
+
 def not_receiving_webhooks(active: bool, flow: str) -> str | None:
     """Why no webhook is pushed to a partner (inactive, or on the POLLING flow), or None.
     Publishing, claims, operator retries and the partner API all ask this."""
     if not active:
-        return "The partner is inactive: no webhook is pushed to it"
+        return INACTIVE
     if flow != PartnerFlow.WEBHOOK:
-        return ("The partner is on the POLLING flow: it reads its notifications, no webhook "
-                "is pushed to it")
+        return POLLING
     return None

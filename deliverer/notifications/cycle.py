@@ -36,6 +36,11 @@ _OFF_THEN = "Webhooks are turned off: turn them on in your webhook settings, the
 ENDPOINT_DISABLED = _DISABLED_THEN.replace("{then}", "retry")
 WEBHOOKS_OFF = _OFF_THEN.format(then="retry")
 
+
+def webhooks_off(then: str) -> str:
+    """The refusal of what would send nothing while webhooks are turned off."""
+    return _OFF_THEN.format(then=then)
+
 _NOTIFICATIONS = table_of(Notification)
 _REPOINT = (
     update(_NOTIFICATIONS)
@@ -118,7 +123,7 @@ def check_deliverable(session: Session, facts: Mapping[str, Any], *,
     decides (none yet: a new one, enabled), read here, as moving is rare. ``then``: what
     the merchant does once it is enabled."""
     if facts["webhooks_enabled"] is False:
-        raise Conflict(_OFF_THEN.format(then=then))
+        raise Conflict(webhooks_off(then))
     target: Mapping[str, Any] | None = facts
     if moves_to is not None:
         found = session.execute(_AT_URL, {"partner_id": moves_to[0],

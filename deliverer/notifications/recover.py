@@ -40,8 +40,8 @@ from deliverer.notifications.audit import (
     record_request,
     reject,
 )
-from deliverer.notifications.cycle import fresh_cycle_values
-from deliverer.partners import registered
+from deliverer.notifications.cycle import fresh_cycle_values, webhooks_off
+from deliverer.partners import registered, webhook_settings
 from deliverer.partners.service import Principal
 
 MAX_RECOVERED = 10_000
@@ -78,7 +78,8 @@ def recover(session: Session, settings: Settings, principal: Principal, endpoint
     in the session's transaction, which the caller commits. ``principal`` is who asks:
     the partner and its API key (``Principal(partner_id, None)`` for a caller without
     one). Refused (and on the audit trail): another partner's or an unknown endpoint
-    (404), a disabled one (409), ``since`` after ``until`` (400), the rate limit (429)."""
+    (404), a disabled one or webhooks turned off (409), ``since`` after ``until`` (400),
+    the rate limit (429)."""
     now = now or utcnow()
     until = until or now
     lock_partner(session, principal.partner_id)
@@ -88,6 +89,9 @@ def recover(session: Session, settings: Settings, principal: Principal, endpoint
         endpoint = registered.get(session, principal.partner_id, endpoint_id)
         if endpoint.disabled_at is not None:
             raise Conflict(ENDPOINT_DISABLED)
+        if webhook_settings.turned_off(session, principal.partner_id):
+            # It answered 'recovered: 0' (a black-box try): retries are refused so.
+            raise Conflict(webhooks_off("recover"))
         check_rate(session, principal.partner_id, RequestKind.RECOVER,
                    settings.recover_rate_per_minute, now)
     except DelivererError as error:

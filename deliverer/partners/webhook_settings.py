@@ -27,6 +27,13 @@ def get_settings_row(session: Session, partner_id: str, *, for_update: bool = Fa
     return row
 
 
+def turned_off(session: Session, partner_id: str) -> bool:
+    """Whether the merchant turned webhooks off in its settings: nothing is sent to any
+    endpoint then (each event's notification is NOT_SENT, what was queued is held)."""
+    return session.scalar(select(WebhookSettings.enabled)
+                          .where(WebhookSettings.partner_id == partner_id)) is False
+
+
 def update_settings(session: Session, settings: Settings, partner_id: str, *,
                     url: object = _UNSET, enabled: object = _UNSET,
                     alert_email: object = _UNSET) -> WebhookSettings:

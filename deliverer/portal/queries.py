@@ -74,13 +74,6 @@ class EndpointSummary:
     chart: Chart
 
 
-def webhooks_turned_off(session: Session, partner_id: str) -> bool:
-    """Whether the merchant turned webhooks off in its settings: nothing is sent to any
-    endpoint then (each event's notification is NOT_SENT, what was queued is held)."""
-    return session.scalar(select(WebhookSettings.enabled)
-                          .where(WebhookSettings.partner_id == partner_id)) is False
-
-
 def endpoints_overview(session: Session, partner_id: str,
                        now: datetime) -> list[EndpointSummary]:
     endpoints = list(session.scalars(select(Endpoint).where(_listed(partner_id))

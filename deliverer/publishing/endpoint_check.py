@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.errors import DelivererError
+from deliverer.errors import Conflict, DelivererError
 from deliverer.models import RequestKind, utcnow
 from deliverer.models.base import new_id
 from deliverer.notifications.audit import (
@@ -27,7 +27,8 @@ from deliverer.notifications.audit import (
     record_request,
     reject,
 )
-from deliverer.partners import registered
+from deliverer.notifications.cycle import webhooks_off
+from deliverer.partners import registered, webhook_settings
 from deliverer.partners.service import Principal
 from deliverer.publishing.service import record_events
 
@@ -40,8 +41,8 @@ class TestSent:
     endpoint_id: str  # public id
     event_id: str
     notification_id: str
-    # NOT_SENT when webhooks are off or the endpoint is disabled (the notification's
-    # latest error says which); PENDING otherwise, until its attempt.
+    # NOT_SENT when the endpoint is disabled (the notification's latest error says so);
+    # PENDING otherwise, until its attempt.
     status: str
 
 
@@ -51,11 +52,16 @@ def send_test_event(session: Session, settings: Settings, principal: Principal,
     public id), in the session's transaction; its message goes out at the commit, which
     is the caller's. ``principal``: the partner and its API key
     (``Principal(partner_id, None)`` without one). EndpointNotFound (also for another
-    partner's endpoint) or TooManyRequests otherwise, each on the audit trail."""
+    partner's endpoint), Conflict (webhooks turned off) or TooManyRequests otherwise, each
+    on the audit trail."""
     now = now or utcnow()
     lock_partner(session, principal.partner_id)
     try:
         endpoint = registered.get(session, principal.partner_id, endpoint_id)
+        if webhook_settings.turned_off(session, principal.partner_id):
+            # It made a NOT_SENT row at the webhook URL, not this endpoint's, and spent a
+            # test (a black-box try): refused as retries are.
+            raise Conflict(webhooks_off("send a test"))
         check_rate(session, principal.partner_id, RequestKind.ENDPOINT_TEST,
                    settings.endpoint_test_rate_per_minute, now)
     except DelivererError as error:

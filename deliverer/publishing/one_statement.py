@@ -74,6 +74,7 @@ from deliverer.models import (
 )
 from deliverer.models.base import constant
 from deliverer.models.endpoint import new_endpoint_id
+from deliverer.models.partner import INACTIVE, POLLING
 from deliverer.partners.endpoints import (
     DISABLED,
     publish_lock,
@@ -139,11 +140,23 @@ def _error(kind: FailureKind, message: ColumnElement[str]) -> ColumnElement[Any]
         for key, value in error_payload(kind, "").items()))
 
 
+def _not_pushed(partner: Any) -> ColumnElement[Any]:
+    """``rows.not_pushed`` of the partner's columns, built by PostgreSQL."""
+    return case(
+        (~partner.active, _error(FailureKind.NOT_A_WEBHOOK_PARTNER, constant(INACTIVE))),
+        (partner.flow != constant(PartnerFlow.WEBHOOK),
+         _error(FailureKind.NOT_A_WEBHOOK_PARTNER, constant(POLLING))),
+        (partner.settings_enabled.is_(False),
+         _error(FailureKind.WEBHOOKS_DISABLED, constant(WEBHOOKS_OFF))),
+        else_=_error(FailureKind.NO_URL, constant(NO_URL)))
+
+
 @functools.cache
 def _statement() -> Select[Any]:
     partner = (
         select(and_(func.coalesce(_W.enabled, constant(False)), _P.active,
                     _P.flow == constant(PartnerFlow.WEBHOOK)).label("enabled"),
+               _P.active, _P.flow, _W.enabled.label("settings_enabled"),
                _W.url.label("default_url"),
                exists().where(_E.partner_id == _P.id, _E.registered.is_(True))
                .label("registered"),
@@ -193,10 +206,11 @@ def _statement() -> Select[Any]:
     nowhere = select(*_typed({
         **row, "url": case((go.c.enabled, null()),
                            else_=func.coalesce(_URL, go.c.default_url)),
-        "latest_error_payload": _error(FailureKind.NO_URL, case(
-            (~go.c.enabled, constant(WEBHOOKS_OFF)),
-            (go.c.registered, bindparam("p_no_subscriber", type_=String())),
-            else_=constant(NO_URL)))})
+        "latest_error_payload": case(
+            (~go.c.enabled, _not_pushed(go.c)),
+            (go.c.registered, _error(FailureKind.NO_URL,
+                                     bindparam("p_no_subscriber", type_=String()))),
+            else_=_error(FailureKind.NO_URL, constant(NO_URL)))})
     ).select_from(go).where(inserted, ~exists(select(targets)))
     notified = (insert(_NOTIFICATIONS)
                 .from_select([c.name for c in _NOTIFICATIONS.c], union_all(to_targets, nowhere))

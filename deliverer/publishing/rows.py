@@ -8,7 +8,15 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert
 
-from deliverer.models import Event, Lane, Notification, NotificationStatus, table_of
+from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.models import (
+    Event,
+    Lane,
+    Notification,
+    NotificationStatus,
+    not_receiving_webhooks,
+    table_of,
+)
 from deliverer.models.base import new_id
 from deliverer.publishing.envelope import NewEvent
 
@@ -47,8 +55,21 @@ def event_row(event: NewEvent, body: str, idempotency_key: str | None) -> dict[s
 
 
 # Why an event's one notification is NOT_SENT when it has nowhere to go.
-WEBHOOKS_OFF = "Webhooks are disabled"
+WEBHOOKS_OFF = "Webhooks are turned off"
 NO_URL = "No webhook URL configured"
+
+
+def not_pushed(active: bool, flow: str, settings_enabled: bool | None) -> dict[str, Any]:
+    """The NOT_SENT payload of an event for a partner sent no webhooks: inactive or
+    polling, turned off in its settings, or without settings (so without a URL). All were
+    no_url, whose hint says to set a URL (a black-box try: a merchant that had turned
+    webhooks off was told that)."""
+    reason = not_receiving_webhooks(active, flow)
+    if reason is not None:
+        return error_payload(FailureKind.NOT_A_WEBHOOK_PARTNER, reason)
+    if settings_enabled is False:
+        return error_payload(FailureKind.WEBHOOKS_DISABLED, WEBHOOKS_OFF)
+    return error_payload(FailureKind.NO_URL, NO_URL)
 
 
 def no_subscriber(event_type: str) -> str:

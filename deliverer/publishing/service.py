@@ -53,10 +53,10 @@ from deliverer.publishing.one_statement import publish_alone
 from deliverer.publishing.published import Delivery, Published
 from deliverer.publishing.rows import (
     NO_URL,
-    WEBHOOKS_OFF,
     event_row,
     made_pending,
     no_subscriber,
+    not_pushed,
     notification_row,
     write_rows,
 )
@@ -280,14 +280,14 @@ def record_events(
         if not targets:
             no_url: str | None = event.callback_url or default_url
             if not enabled:
-                reason = WEBHOOKS_OFF
+                payload = not_pushed(partner.active, partner.flow, partner.enabled)
             elif endpoints:
                 no_url = None
-                reason = no_subscriber(event.type)
+                payload = error_payload(FailureKind.NO_URL, no_subscriber(event.type))
             else:
-                reason = NO_URL
+                payload = error_payload(FailureKind.NO_URL, NO_URL)
             row = notification_row(partner_id, event.id, no_url, now)
-            row["latest_error_payload"] = error_payload(FailureKind.NO_URL, reason)
+            row["latest_error_payload"] = payload
             notification_rows.append(row)
             deliveries.append(Delivery(row["id"], row["status"], None, None))
         for target in targets:

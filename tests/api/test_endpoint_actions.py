@@ -91,8 +91,14 @@ def test_a_disabled_endpoint_is_not_sent_the_test(make_partner, receiver, long_w
     on = create(partner, receiver.url("/on"))
     settings = partner.api.put("/api/partner/v2/webhook-settings", json={"enabled": False})
     assert settings.status_code == 200, settings.text
-    body = partner.api.post(f"{ENDPOINTS}/{on['id']}/test").json()
-    assert (body["status"], body["error"]["message"]) == ("NOT_SENT", "Webhooks are disabled")
+    # Refused as retries are: it made a NOT_SENT row at the webhook URL, not this
+    # endpoint's, and spent a test (a black-box try).
+    before = t.row_counts()
+    t.assert_error(partner.api.post(f"{ENDPOINTS}/{on['id']}/test"), 409, "CONFLICT",
+                   "Webhooks are turned off: turn them on in your webhook settings, then "
+                   "send a test")
+    after = t.row_counts()  # the refusal is on the audit trail, nothing else is written
+    assert after == before | {"partner_requests": before["partner_requests"] + 1}
     assert receiver.requests() == []
 
 
@@ -252,6 +258,21 @@ def test_recover_of_a_disabled_endpoint_is_409(make_partner):
     assert h.notification(nid).status == NotificationStatus.FAILED
     assert [r.outcome for r in partner_requests(partner.partner_id, kind="recover")] == [
         "CONFLICT"]
+
+
+def test_recover_while_webhooks_are_turned_off_is_409(make_partner):
+    # It answered "recovered: 0" for an endpoint with FAILED notifications in the
+    # period (a black-box try), where a retry is refused with this message.
+    partner = make_partner()
+    endpoint = create(partner, "http://127.0.0.1:9/a")
+    nid = failed_on(partner.partner_id, "http://127.0.0.1:9/a", timedelta(minutes=1))
+    before = h.notification(nid).next_attempt_at
+    assert partner.api.put("/api/partner/v2/webhook-settings",
+                           json={"enabled": False}).status_code == 200
+    response = recover(partner, endpoint["id"], since=iso(utcnow() - timedelta(hours=1)))
+    t.assert_error(response, 409, "CONFLICT", "Webhooks are turned off: turn them on in "
+                   "your webhook settings, then recover")
+    assert h.notification(nid).next_attempt_at == before
 
 
 def test_recover_is_rate_limited_and_audited(make_partner, api_settings):

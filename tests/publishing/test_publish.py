@@ -93,7 +93,11 @@ def test_not_sent_without_a_usable_url(settings, receiver, published_tasks, case
     row = h.notification(published.notification_id)
     assert row.status == NotificationStatus.NOT_SENT
     assert row.next_attempt_at is None
-    assert row.latest_error_payload["kind"] == "no_url"
+    # Each says why, with its own hint: a merchant that had turned webhooks off was told
+    # to set a webhook URL (a black-box try).
+    assert row.latest_error_payload["kind"] == {
+        "no_url": "no_url", "disabled": "webhooks_disabled", "inactive": "not_a_webhook_partner",
+        "polling": "not_a_webhook_partner"}[case]
     assert deliver_messages(published_tasks) == []
 
 

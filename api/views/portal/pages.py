@@ -23,7 +23,7 @@ from api.views.portal.blueprint import (
 from deliverer.alerts.service import SUBJECTS as ALERT_KINDS
 from deliverer.errors import DelivererError
 from deliverer.models import PortalSession, WebhookSettings, utcnow
-from deliverer.partners import registered
+from deliverer.partners import registered, webhook_settings
 from deliverer.portal import queries, sessions
 from deliverer.portal.chart import HEIGHT, WIDTH
 from deliverer.portal.other_queues import other_queues
@@ -60,7 +60,7 @@ def index() -> Any:
                 else None,
                 others=other_queues(session, partner_id()),
                 expires_at=portal_session().expires_at,
-                webhooks_off=queries.webhooks_turned_off(session, partner_id()))
+                webhooks_off=webhook_settings.turned_off(session, partner_id()))
 
 
 @bp.get("/endpoints/<ref>")
