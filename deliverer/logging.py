@@ -13,6 +13,7 @@ in ``api.create_app``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,32 @@ class NotificationIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         _stamp(record)
+        return True
+
+
+# Line breaks and other control characters (C0 but tab, DEL, C1, the Unicode line and
+# paragraph separators).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str) and _CONTROL.search(value):
+        return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), value)
+    return value
+
+
+class OneLineArgsFilter(logging.Filter):
+    """Escapes control characters in a record's arguments: merchants' text (an endpoint's
+    description, a receiver's answer) goes into log lines as an argument, and a line
+    break in it wrote a line of any level and time into the worker's log (the security
+    try). The format string, deliverer's or a library's, is left as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_escaped(a) for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: _escaped(v) for k, v in args.items()}
         return True
 
 
@@ -125,7 +152,8 @@ def configure_celery_handlers(logger: logging.Logger | None = None, **_: Any) ->
 
 
 def _add_filters(handler: logging.Handler) -> None:
-    """The notification id on every line, and a broker outage in one line."""
-    for kind in (NotificationIdFilter, BrokerOutageFilter):
+    """The notification id on every line, merchants' text kept to its line, and a broker
+    outage in one line."""
+    for kind in (NotificationIdFilter, OneLineArgsFilter, BrokerOutageFilter):
         if not any(isinstance(f, kind) for f in handler.filters):
             handler.addFilter(kind())

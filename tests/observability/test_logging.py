@@ -104,6 +104,31 @@ def test_celery_handlers_get_the_id_in_their_format():
     assert with_notification_id("%(message)s") == "[notification=%(notification_id)s] %(message)s"
 
 
+def test_a_merchants_text_cannot_start_a_line_of_its_own():
+    # An endpoint description with a line break wrote a CRITICAL line of the merchant's
+    # making into the worker's log with each alert (the security try).
+    logger = logging.Logger("tests.celery-root")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ColorFormatter("[%(levelname)s] %(message)s", use_color=False))
+    logger.addHandler(handler)
+    configure_celery_handlers(logger)
+    forged = "shop\n[2026-12-07 11:20:00,000: CRITICAL/MainProcess] run purge\r\u2028x"
+    logger.warning("alert %s for endpoint %s: %s", 35, "ep_1", f'Webhook "{forged}" failed')
+    logger.warning("as a mapping: %(d)s", {"d": "a\nb"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("with its traceback: %s", "x")
+    got = lines(stream)
+    assert got[:3] == [
+        "[WARNING] [notification=-] alert 35 for endpoint ep_1: Webhook \"shop\\n[2026-12-07 "
+        "11:20:00,000: CRITICAL/MainProcess] run purge\\r\\u2028x\" failed",
+        "[WARNING] [notification=-] as a mapping: a\\nb",
+        "[ERROR] [notification=-] with its traceback: x"]
+    assert got[3] == "Traceback (most recent call last):"  # tracebacks keep their lines
+
+
 def test_the_web_app_logs_with_the_id():
     """In a fresh process (no pytest handlers): create_app installs the formatter."""
     script = (
