@@ -64,7 +64,9 @@ def failing_endpoints(session: Session, limit: int = 200) -> list[FailingEndpoin
         .join(Partner, Partner.id == Endpoint.partner_id)
         .outerjoin(per_endpoint, per_endpoint.c.endpoint_id == Endpoint.id)
         .where(or_(Endpoint.failing_since.is_not(None), Endpoint.disabled_at.is_not(None),
-                   per_endpoint.c.endpoint_id.is_not(None)))
+                   per_endpoint.c.endpoint_id.is_not(None)),
+               # Tried no more: it stayed listed as failing for good (a black-box try).
+               Endpoint.deleted_at.is_(None))
         .order_by(Endpoint.failing_since.is_(None), Endpoint.failing_since,
                   func.coalesce(per_endpoint.c.queued, 0).desc(), Endpoint.id)
         .limit(min(limit, MAX_ROWS))

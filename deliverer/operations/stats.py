@@ -128,8 +128,12 @@ def due_summary(session: Session, now: datetime | None = None) -> DueSummary:
 
 
 def failing_endpoint_count(session: Session) -> int:
+    """Endpoints failing now (callback URLs' too), not deleted ones: a deleted endpoint
+    is tried no more, and it counted for good (an alert on the gauge never cleared: a
+    black-box try)."""
     return int(session.scalar(
-        select(func.count()).select_from(Endpoint).where(Endpoint.failing_since.is_not(None))
+        select(func.count()).select_from(Endpoint)
+        .where(Endpoint.failing_since.is_not(None), Endpoint.deleted_at.is_(None))
     ) or 0)
 
 

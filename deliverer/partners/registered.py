@@ -291,6 +291,7 @@ def delete(session: Session, endpoint: Endpoint, now: datetime | None = None, *,
     _locked_again(session, endpoint, expect_url)
     endpoint.deleted_at = now
     endpoint.registered = False
+    _forget_health(endpoint)  # nothing more is tried: it is not failing
     if endpoint.is_default:
         endpoint.is_default = False
         session.execute(update(WebhookSettings)

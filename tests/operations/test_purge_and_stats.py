@@ -11,11 +11,12 @@ from sqlalchemy import update
 import beat_schedule
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.models import MaintenanceRun, Notification, NotificationStatus, utcnow
-from deliverer.operations import maintenance_run, stats
+from deliverer.models import Endpoint, MaintenanceRun, Notification, NotificationStatus, utcnow
+from deliverer.operations import inspect, maintenance_run, stats
 from deliverer.operations.purge import purge_attempts
 from deliverer.operations.tasks import PURGE_EVERY
 from deliverer.operations.tasks import purge_attempts as purge_task
+from deliverer.partners import registered
 from tests.operations.helpers import add_attempt, attempt_count
 from tests.support import helpers as h
 from tests.support.race import race
@@ -184,3 +185,27 @@ def test_stats_functions(settings):
         collected = stats.collect(session, now=now)
         assert collected.due.count == 2 and collected.broker is None
         assert collected.as_dict()["due"]["count"] == 2
+
+
+def test_a_deleted_endpoint_is_no_longer_counted_or_listed_as_failing(settings):
+    # It stayed failing for good: the console's list, deliverer stats and the
+    # deliverer_failing_endpoints gauge (an alert on it never cleared; a black-box try).
+    shop = h.new_partner(settings, "http://127.0.0.1:9/default")
+    with session_scope() as session:
+        broken = registered.create(session, settings, shop.partner_id,
+                                   url="http://127.0.0.1:9/broken")
+        broken.failing_since, broken.consecutive_failures = utcnow(), 13
+        public_id = broken.public_id
+    with session_scope() as session:
+        assert stats.failing_endpoint_count(session) == 1
+        assert [e.endpoint.public_id for e in inspect.failing_endpoints(session)] == [public_id]
+        registered.delete(session, registered.get(session, shop.partner_id, public_id))
+    with session_scope() as session:
+        assert stats.failing_endpoint_count(session) == 0
+        assert inspect.failing_endpoints(session) == []
+        # A failure recorded after the delete by a worker that had its POST in flight.
+        session.execute(update(Endpoint).where(Endpoint.public_id == public_id)
+                        .values(failing_since=utcnow()))
+    with session_scope() as session:
+        assert stats.failing_endpoint_count(session) == 0
+        assert inspect.failing_endpoints(session) == []
