@@ -47,6 +47,7 @@ from deliverer.models import (
     signing_secrets,
     utcnow,
 )
+from deliverer.models.endpoint import subscribed
 from deliverer.notifications.audit import (
     ACCEPTED,
     check_rate,
@@ -77,6 +78,10 @@ class TransactionNotFound(NotFound):
 
 ENDPOINT_GONE = ("Webhook endpoint {id}, which received this event, was deleted: "
                  "there is nothing to resend it to")
+
+
+NOT_SUBSCRIBED = ("Webhook endpoint {id} (your webhook URL) is not subscribed to event type "
+                  "{type}: subscribe it, then resend")
 
 
 class NoWebhookUrl(Conflict):
@@ -146,6 +151,14 @@ def _sendable_target(session: Session, row: Any, now: datetime) -> _Target:
     target = _target(row, now)
     if not target.url:
         raise NoWebhookUrl()
+    if target.moves_to is not None:
+        # To the webhook URL: its endpoint had unsubscribed from the event's type (why
+        # no endpoint received it), and was sent it anyway (a black-box try).
+        default = session.execute(select(Endpoint.public_id, Endpoint.event_types).where(
+            Endpoint.partner_id == row.Event.partner_id, Endpoint.url == target.url,
+            Endpoint.registered.is_(True))).first()
+        if default is not None and not subscribed(default.event_types, row.Event.type):
+            raise Conflict(NOT_SUBSCRIBED.format(id=default.public_id, type=row.Event.type))
     # Refused as a retry would be: the endpoint disabled, webhooks turned off.
     check_deliverable(session, target.facts, moves_to=target.moves_to, then="resend")
     return target

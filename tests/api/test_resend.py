@@ -257,6 +257,26 @@ def test_resend_is_refused_as_a_retry_is_while_nothing_would_be_sent(billing, re
     assert outcomes == ["CONFLICT"] * 3
 
 
+def test_an_event_no_endpoint_took_is_not_resent_to_the_webhook_url(billing, receiver):
+    # NOT_SENT for want of a subscriber, its resend went to the webhook URL, whose
+    # endpoint takes transaction events only (the merchant try).
+    partner, _endpoint, _nid = billing
+    [default] = [e for e in partner.api.get(ENDPOINTS).json()["data"] if e["isDefault"]]
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.NOT_SENT,
+                             reference="PAY-1", event_type="payment.status.updated")
+    t.assert_error(partner.api.post(RESEND.format("PAY-1")), 409, "CONFLICT",
+                   f"Webhook endpoint {default['id']} (your webhook URL) is not subscribed "
+                   "to event type payment.status.updated: subscribe it, then resend")
+    seed_002 = partner.bearer.post("/api/v1/merchant/transactions/PAY-1/resend-webhook")
+    assert seed_002.status_code == 409, seed_002.text
+    assert receiver.requests("/default") == [] and h.attempts(nid) == []
+    # Subscribed, it goes.
+    partner.api.patch(f"{ENDPOINTS}/{default['id']}", json={"eventTypes": ["*"]})
+    sent = partner.api.post(RESEND.format("PAY-1"))
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["webhookUrl"] == receiver.url("/default")
+
+
 def test_a_resend_is_checked_again_when_it_is_sent(billing, receiver, settings):
     """The sweep sends a lost resend again, maybe hours later: an endpoint disabled
     since is sent nothing, as it would be refused if asked for then."""
