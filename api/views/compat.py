@@ -8,11 +8,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import current_app, jsonify
+from flask import current_app
 
 from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import get_session
+from api.schemas.compat import (
+    DeliveryPageSchema,
+    InvoiceResendSchema,
+    RetryQueuedSchema,
+    TransactionErrorSchema,
+    TransactionResendSchema,
+)
 from api.schemas.partner import DeliveryQuerySchema
 from api.views.partner import DeliveryFailed, resend
 from api.views.smorest import Blueprint
@@ -28,16 +35,18 @@ blp.before_request(check_partner)
 # -- seed 001 ---------------------------------------------------------------------------
 
 @blp.route("/api/webhooks/deliveries/<delivery_id>/retry", methods=["POST"])
+@blp.response(200, RetryQueuedSchema)
 def retry_delivery(delivery_id: str) -> Any:
     """Seed 001: retry a failed delivery."""
     manual_retry.manual_retry(get_session(), current_app.config["DELIVERER_SETTINGS"],
                          current_partner(), delivery_id)
-    return jsonify({"success": True, "deliveryId": delivery_id,
-                    "message": "Retry queued successfully."})
+    return {"success": True, "deliveryId": delivery_id,
+            "message": "Retry queued successfully."}
 
 
 @blp.route("/api/webhooks/deliveries", methods=["GET"])
 @blp.arguments(DeliveryQuerySchema, location="query")
+@blp.response(200, DeliveryPageSchema)
 def list_deliveries(query: dict[str, Any]) -> Any:
     """Seed 001: list deliveries, e.g. ``?status=FAILED``."""
     page = queries.list_notifications(get_session(), current_partner().partner_id,
@@ -57,22 +66,32 @@ def list_deliveries(query: dict[str, Any]) -> Any:
             "nextAttemptAt": (notification.next_attempt_at.isoformat()
                               if notification.next_attempt_at else None),
         })
-    return jsonify({"data": data, "nextCursor": page.next_cursor})
+    return {"data": data, "nextCursor": page.next_cursor}
 
 
 # -- seed 002 ---------------------------------------------------------------------------
 
+def _seed_002_errors(view: Any) -> Any:
+    """Its error statuses documented in its shape (flask-smorest keeps the API's error
+    body as the ``default`` response, whatever a route says)."""
+    for status in (400, 401, 404, 409, 429, 502, 503):
+        view = blp.alt_response(status, schema=TransactionErrorSchema)(view)
+    return view
+
+
 @blp.route("/api/v1/merchant/transactions/<transaction_id>/resend-webhook", methods=["POST"])
+@blp.response(200, TransactionResendSchema)
+@blp.alt_response(202, schema=TransactionResendSchema, success=True,
+                  description="The POST has not ended within the resend wait")
+@_seed_002_errors
 def resend_transaction_webhook(transaction_id: str) -> Any:
     """Seed 002: its success and error bodies are ``{status, message, data}`` (errors
     shaped by ``api.errors``, under its prefix)."""
     outcome, body = resend(transaction_id)
     data = {"transaction_id": transaction_id, "webhook_url": body["webhook_url"]}
     if outcome == "success":
-        return jsonify({"status": "success", "message": "Webhook sent successfully",
-                        "data": data})
-    return jsonify({"status": "pending", "message": "Webhook resend in progress",
-                    "data": data}), 202
+        return {"status": "success", "message": "Webhook sent successfully", "data": data}
+    return {"status": "pending", "message": "Webhook resend in progress", "data": data}, 202
 
 
 # -- seed 004 ---------------------------------------------------------------------------
@@ -101,6 +120,7 @@ def _instead(error: DelivererError, original: DelivererError) -> DelivererError:
 
 
 @blp.route("/invoices/resend-webhook/<invoice_id>", methods=["POST"])
+@blp.response(200, InvoiceResendSchema)
 def resend_invoice_webhook(invoice_id: str) -> Any:
     """Seed 004: ``status`` is ``success`` or ``pending``."""
     # Decided before the resend is recorded and queued: nothing after it may fail.
@@ -112,9 +132,9 @@ def resend_invoice_webhook(invoice_id: str) -> Any:
         raise _instead(InvoiceNotFound(), exc) from exc
     except DeliveryFailed as exc:
         raise _instead(InvoiceResendFailed(), exc) from exc
-    return jsonify({
+    return {
         "message": ("Webhook reenviado com sucesso" if outcome == "success"
                     else "Reenvio do webhook em andamento"),
         "invoice_id": echoed,
         "status": outcome,
-    })
+    }
