@@ -13,7 +13,6 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     Insert,
-    String,
     Update,
     and_,
     bindparam,
@@ -21,7 +20,6 @@ from sqlalchemy import (
     false,
     func,
     literal,
-    null,
     or_,
     select,
     update,
@@ -94,16 +92,16 @@ def _upsert(dialect: str) -> Any:
                   "wake_sent_at": _WAKE, "wake_by_group": _by_group(false()),
                   **_by_url_again()})
         .returning(_E.id, _E.last_sequence, _E.disabled_at, _E.disabled_reason,
-                   _E.wake_sent_at)
+                   _E.wake_sent_at, _E.public_id)
     )
 
 
 def reserve_sequences(session: Session, partner_id: str, url: str, now: datetime,
                       count: int = 1, wake_stale: datetime | None = None
-                      ) -> tuple[int, int, str | None, bool]:
+                      ) -> tuple[int, int, str | None, bool, str]:
     """(endpoint id, first of ``count`` consecutive sequence numbers, the reason the
-    endpoint is disabled or None, whether to send it a wake-up), creating the endpoint on
-    first use.
+    endpoint is disabled or None, whether to send it a wake-up, its public id), creating
+    the endpoint on first use.
 
     The increment is part of the caller's transaction: a rolled-back publish gives its
     numbers back, so numbers per endpoint have no gaps. With ``wake_stale``, the endpoint
@@ -114,7 +112,8 @@ def reserve_sequences(session: Session, partner_id: str, url: str, now: datetime
         "s_wake": wake_stale is not None, "s_stale": wake_stale or now,
     }).one()
     disabled = (row[3] or DISABLED) if row[2] is not None else None
-    return int(row[0]), int(row[1]) - count + 1, disabled, woke(row[4], now, wake_stale)
+    return (int(row[0]), int(row[1]) - count + 1, disabled, woke(row[4], now, wake_stale),
+            row[5])
 
 
 def woke(mark: datetime | None, now: datetime, wake_stale: datetime | None) -> bool:
@@ -124,7 +123,7 @@ def woke(mark: datetime | None, now: datetime, wake_stale: datetime | None) -> b
 
 def next_sequence(session: Session, partner_id: str, url: str, now: datetime) -> tuple[int, int]:
     """(endpoint id, sequence number) for one new notification to ``url``."""
-    endpoint_id, sequence, _disabled, _wake = reserve_sequences(session, partner_id, url, now)
+    endpoint_id, sequence, *_ = reserve_sequences(session, partner_id, url, now)
     return endpoint_id, sequence
 
 
@@ -237,7 +236,7 @@ def reserve_url(partner_id: ColumnElement[str], url: ColumnElement[str],
                 public_id: ColumnElement[str], when: ColumnElement[bool]) -> Insert:
     """``reserve_sequences`` of one number as a statement to run as a CTE, when ``when``
     holds: the endpoint row of ``url`` (created with ``public_id`` on first use). Returns
-    a NULL ``public_id`` (a publish by URL reports none) and ``_TARGET``."""
+    its ``public_id`` (a callback URL's notifications reconcile by it) and ``_TARGET``."""
     return (
         pg_insert(_ENDPOINTS)
         .from_select(
@@ -252,5 +251,5 @@ def reserve_url(partner_id: ColumnElement[str], url: ColumnElement[str],
             set_={"last_sequence": _E.last_sequence + constant(1), "wake_sent_at": _WAKE,
                   "wake_by_group": _by_group(or_(_E.failing_since.is_(None), _REVIVED)),
                   **_by_url_again()})
-        .returning(null().cast(String).label("public_id"), *_TARGET)
+        .returning(_E.public_id, *_TARGET)
     )

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, case, null, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from deliverer.errors import Conflict, ValidationFailed
@@ -26,9 +26,7 @@ class IdempotencyKeyReused(Conflict):
 _KEYED = (
     select(Event.idempotency_key, Event.type, Event.reference, Event.payload,
            Event.callback_url, Event.id, Notification.id, Notification.status,
-           Notification.sequence,
-           # As the publish answered: a publish by URL reports no endpoint.
-           case((Event.callback_url.is_(None), Endpoint.public_id), else_=null()))
+           Notification.sequence, Endpoint.public_id)
     .join(Notification, Notification.event_id == Event.id)
     .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
     .where(Event.partner_id == bindparam("partner_id"),

@@ -243,7 +243,8 @@ def record_events(
                 by_url[target.url] = by_url.get(target.url, 0) + 1
             else:
                 by_endpoint[target.endpoint_key] = by_endpoint.get(target.endpoint_key, 0) + 1
-    # url or endpoint id -> [endpoint id, next number to hand out, disabled reason]
+    # url or endpoint id -> [endpoint id, next number to hand out, disabled reason, public
+    # id of a URL's endpoint]
     numbering: dict[Any, list[Any]] = {}
     # The endpoints this publish sends a wake-up to (none pending), when it sends those
     # rather than a message per notification (``delivery/wake.py``).
@@ -251,13 +252,13 @@ def record_events(
     lock_for_publish(session, partner_id, by_endpoint, by_url)
     numbers, woken = reserve_for_endpoints(session, by_endpoint, now, stale)
     for endpoint_key, number in numbers.items():
-        numbering[endpoint_key] = [endpoint_key, number, None]
+        numbering[endpoint_key] = [endpoint_key, number, None, None]
     # In URL order: two bulk publishes reserving the same endpoints lock their rows in
     # the same order, so one waits for the other instead of both deadlocking.
     for target_url, count in sorted(by_url.items()):
-        endpoint_id, number, disabled, woke = reserve_sequences(
+        endpoint_id, number, disabled, woke, public_id = reserve_sequences(
             session, partner_id, target_url, now, count, stale)
-        numbering[target_url] = [endpoint_id, number, disabled]
+        numbering[target_url] = [endpoint_id, number, disabled, public_id]
         if woke:
             woken.add(endpoint_id)
 
@@ -309,8 +310,10 @@ def record_events(
                     by_wake.setdefault(slot[0], []).append(row["id"])
                 # Otherwise a wake-up is pending for the endpoint: it takes this one.
             notification_rows.append(row)
+            # A callback URL's endpoint has an id too: its notifications reconcile by it
+            # (it answered null: two black-box tries).
             deliveries.append(Delivery(row["id"], row["status"], row["sequence"],
-                                       target.public_id))
+                                       target.public_id or slot[3]))
         first = deliveries[0]
         published.append(Published(event.id, first.notification_id, first.status,
                                    first.sequence, tuple(deliveries)))
