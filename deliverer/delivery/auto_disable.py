@@ -57,12 +57,18 @@ def disable(session: Session, endpoint: Endpoint, settings: Settings, now: datet
     endpoint.disabled_reason = reason
     session.flush()
     endpoint_queue.hold_climbers(session, endpoint.id, now)
+    # What a merchant can do, said as it is: a resend goes to the webhook URL's endpoint,
+    # and held ones run out with their cycles (a black-box try followed the advice).
+    afterwards = (": resend them by reference" if endpoint.is_default
+                  else ", and a resend by reference goes to your webhook URL, not to it")
     alerts.raise_alert(
         session, endpoint, alerts.KIND_AUTO_DISABLED,
         f"Webhook endpoint {alerts.describe(endpoint)} has been disabled: it "
         f"{reason[0].lower()}{reason[1:]}. What it holds is kept and sent in order once "
-        f"it is enabled again: {alerts.how_to_enable(endpoint)}. Events published while "
-        f"it is disabled are not sent to it (NOT_SENT): resend them by reference.",
+        f"it is enabled again ({alerts.how_to_enable(endpoint)}), each within the "
+        f"{period(settings.ladder.max_age)} of its retries: POST "
+        f"/api/partner/v2/endpoints/{endpoint.public_id}/recover sends older ones again. "
+        f"Events published while it is disabled are not sent to it (NOT_SENT){afterwards}.",
         notification_id=notification_id, now=now)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from deliverer import lease
 from deliverer.config import Settings
-from deliverer.delivery import pacing
+from deliverer.delivery import endpoint_queue, ladder, pacing
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import (
     Endpoint,
@@ -107,7 +107,8 @@ _LEASE = _LEASING.returning(_N.id)
 def _jobs_of(rows: FromClause) -> Select[Any]:
     """What the POSTs of ``rows`` (notifications, or the lease's RETURNING) need."""
     return (
-        select(rows.c.id, rows.c.url, rows.c.lane, rows.c.endpoint_id, Event.body,
+        select(rows.c.id, rows.c.url, rows.c.lane, rows.c.endpoint_id, rows.c.next_attempt_at,
+               rows.c.cycle_started_at, Event.body,
                Endpoint.failing_since, Endpoint.disabled_at, Endpoint.disabled_reason,
                Endpoint.deleted_at, WebhookSettings.enabled, WebhookSettings.signing_secret,
                WebhookSettings.previous_secret, WebhookSettings.previous_secret_expires_at,
@@ -129,7 +130,8 @@ _JOBS = _jobs_of(_NOTIFICATIONS).where(in_list(_N.id, "ids"))
 # Its joins read the endpoints and settings as the statement began (just before the
 # pick's locks), not a moment after the lease as a second statement would.
 _LEASE_JOBS = prepared(_jobs_of(_LEASING.returning(
-    _N.id, _N.url, _N.lane, _N.endpoint_id, _N.event_id, _N.partner_id).cte("leased")))
+    _N.id, _N.url, _N.lane, _N.endpoint_id, _N.next_attempt_at, _N.cycle_started_at,
+    _N.event_id, _N.partner_id).cte("leased")))
 
 
 def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
@@ -186,6 +188,13 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
         if r.enabled is False:  # None: a partner without settings, sent as before
             hold_undeliverable(session, r.id, error_payload(
                 FailureKind.WEBHOOKS_DISABLED, "Webhooks are turned off"))
+            continue
+        if (r.lane == Lane.RETRY and r.endpoint_id is not None
+                and r.next_attempt_at > ladder.cycle_deadline(settings, r.cycle_started_at)):
+            # Made its queue's head after its 30 days had run out (the head before it
+            # exhausted, a recovery): it was POSTed once more, each in turn, one a sweep
+            # (the ladder try). Exhausted instead, with those behind it that ran out too.
+            endpoint_queue.exhaust_past_cycle(session, settings, r.id, r.endpoint_id, now)
             continue
         if (r.retry_after_until is not None and r.retry_after_until > now
                 and r.lane != Lane.MANUAL):

@@ -112,6 +112,23 @@ def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
         )
 
 
+def exhaust_past_cycle(session: Session, settings: Settings, notification_id: str,
+                       endpoint_id: int, now: datetime) -> None:
+    """``notification_id``, due after its cycle's 30 days, is exhausted without an
+    attempt, as are the endpoint's held notifications whose cycles have run out too; the
+    earliest held one left takes its place."""
+    oldest_live = now - timedelta(seconds=settings.ladder.max_age * settings.time_scale)
+    session.execute(
+        update(Notification)
+        .where(or_(Notification.id == notification_id,
+                   (Notification.endpoint_id == endpoint_id) & Notification.held.is_(True)
+                   & (Notification.cycle_started_at < oldest_live)))
+        .values(held=False, next_attempt_at=None, scheduled_for=None, lease_token=None,
+                lease_expires_at=None, lane=Lane.RETRY)
+        .execution_options(synchronize_session=False))
+    promote_next(session, endpoint_id, now)
+
+
 def join_after_failure(session: Session, endpoint_id: int, notification: Notification,
                        now: datetime) -> bool:
     """A failed notification of the endpoint, its next attempt set (None: exhausted),

@@ -176,6 +176,49 @@ def test_exhausted_head_hands_over_to_the_next(settings, receiver, override_sett
         assert not promoted.held and promoted.next_attempt_at is not None
 
 
+def test_held_ones_past_their_cycle_are_exhausted_not_sent_when_their_turn_comes(
+        settings, receiver, override_settings):
+    # After a head exhausted, the next held one was promoted and POSTed though its own
+    # 30 days had run out, then the next, one a sweep (the ladder try).
+    url = receiver.always("/down", rx.status(500))
+    partner = new_partner(settings, url)
+    short = Ladder(steps=(0.3,), repeat=0.3, max_age=60.0)
+    with override_settings(ladder=short, time_scale=1.0) as s:
+        now = utcnow()
+        head = insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                                   next_attempt_at=now)
+        service.deliver(head, s)
+        *expired, live = (insert_notification(partner.partner_id, url,
+                                              status=NotificationStatus.PENDING,
+                                              next_attempt_at=now) for _ in range(3))
+        for nid in (*expired, live):
+            service.deliver(nid, s)  # each tried once (its first attempt), then held
+            assert notification(nid).held
+        with session_scope() as session:  # held long: their 30 days (here 60 s) ran out
+            session.execute(update(Notification).where(Notification.id.in_(expired))
+                            .values(cycle_started_at=now - timedelta(seconds=61)))
+        endpoint_id = _endpoint(partner.partner_id, url).id
+        with session_scope() as session:  # the head runs out: the next one's turn
+            session.execute(update(Notification).where(Notification.id == head)
+                            .values(next_attempt_at=None))
+            endpoint_queue.promote_next(session, endpoint_id, utcnow())
+        assert notification(expired[0]).next_attempt_at is not None
+        requests = len(receiver.requests("/down"))
+        service.deliver(expired[0], s)
+        assert len(receiver.requests("/down")) == requests  # no POST past its cycle
+        for nid in expired:
+            row = notification(nid)
+            assert (row.status, row.held, row.next_attempt_at) == (
+                NotificationStatus.FAILED, False, None)
+        promoted = notification(live)
+        assert not promoted.held and promoted.next_attempt_at is not None
+        assert deliver_when_due(live, s).status == NotificationStatus.FAILED
+        assert len(receiver.requests("/down")) == requests + 1
+    with session_scope() as session:  # no head left climbing beside the session's worker
+        session.execute(update(Notification).where(Notification.id == live)
+                        .values(next_attempt_at=None))
+
+
 def test_410_gone_disables_the_endpoint_until_settings_are_saved(settings, receiver):
     url = receiver.always("/gone", rx.status(410))
     partner = new_partner(settings, url)

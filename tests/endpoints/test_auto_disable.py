@@ -97,6 +97,12 @@ def test_failing_for_days_disables_alerts_and_emails_then_enable_drains_in_order
             assert alert.kind == alerts.KIND_AUTO_DISABLED
             assert url in alert.message and public_id in alert.message
             assert "Orders service" in alert.message
+            # What the merchant can do, as it is (the ladder try followed "resend them by
+            # reference", which sends to the webhook URL's endpoint instead).
+            assert (f"each within the 30 days of its retries: POST /api/partner/v2/endpoints/"
+                    f"{public_id}/recover sends older ones again") in alert.message
+            assert alert.message.endswith(
+                "and a resend by reference goes to your webhook URL, not to it.")
         h.wait_until(lambda: inbox.messages, message="the alert e-mail")
         text = inbox.messages[0][2].decode()
         assert "Webhook endpoint disabled" in text
@@ -153,6 +159,7 @@ def test_beat_disables_an_endpoint_nothing_is_attempted_on(settings, receiver):
         [alert] = session.scalars(select(Alert)).all()
     assert alert.kind == alerts.KIND_AUTO_DISABLED
     assert "save your webhook settings" in alert.message  # the default endpoint
+    assert alert.message.endswith("(NOT_SENT): resend them by reference.")
     # Saving the settings enables the default endpoint again and releases the head.
     with session_scope() as session:
         webhook_settings.update_settings(session, settings, shop.partner_id, enabled=True)
