@@ -86,6 +86,11 @@ def test_private_addresses_pass_where_allowed(address):
     ("http://example.com:99999/", "not a valid URL"),
     ("https://example.com:0/", "not a valid URL"),
     ("http://example.com/" + "a" * 2100, "too long"),
+    # What urllib3 would refuse at every send (a black-box try saved them).
+    ("http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:5188/a",
+     "not a valid domain name"),
+    ("http://\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3/a",
+     "not a valid domain name"),
 ])
 def test_invalid_urls(url, reason):
     with pytest.raises(UnsafeUrl, match=reason):
@@ -123,6 +128,10 @@ def test_a_name_is_saved_without_a_dns_query_and_vetted_when_dialled(monkeypatch
         assert netguard.validate_url(url, allow_private=False) == url
     with pytest.raises(UnsafeUrl, match="forbidden address"):
         netguard.validate_url("http://api.localhost/hook", allow_private=False)
+
+
+def test_an_internationalised_name_is_accepted():
+    assert netguard.validate_url("https://bücher.example/hook", allow_private=False)
 
 
 def test_public_literal_address_is_accepted():
