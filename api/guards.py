@@ -11,6 +11,7 @@
   parser lets them through, and no database driver can encode them (a
   UnicodeEncodeError deep in the database layer, which was a 500).
 * UUIDs in the path are taken in either case (``canonical_ids``).
+* JSON answers are ``Cache-Control: no-store`` (``no_store``).
 * Numbers that JSON cannot carry are refused (400): Python's parser reads ``NaN``,
   ``Infinity`` and ``-Infinity`` (not JSON at all) and ``1e999`` (read as infinity),
   which were stored, signed and sent on in a body that is not JSON; an integer of more
@@ -31,7 +32,7 @@ import math
 import re
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from deliverer.errors import DelivererError, ValidationFailed
@@ -176,6 +177,16 @@ def canonical_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
             values[name] = canonical_id(value)  # type: ignore[index]
 
 
+def no_store(response: Response) -> Response:
+    """JSON answers are not kept by caches or browsers: some carry a signing secret, an
+    API key or a portal link, and every one a merchant's data (the pages say so too,
+    ``api.html``)."""
+    if response.mimetype == "application/json" and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def init_app(app: Flask) -> None:
     app.url_value_preprocessor(canonical_ids)
+    app.after_request(no_store)
     app.before_request(check_request)

@@ -148,6 +148,20 @@ def test_moving_the_default_endpoint_moves_the_webhook_url(make_partner):
         default["id"], True, ["transaction.*"])
 
 
+def test_answers_carrying_secrets_are_not_stored_by_caches(make_partner):
+    # A browser or proxy kept the answers with a signing secret, an API key or a portal
+    # link (the security try): every JSON answer says no-store.
+    partner = make_partner()
+    created = partner.api.post(ENDPOINTS, json={"url": "http://127.0.0.1:9/a"})
+    answers = [created, partner.api.get(SETTINGS),
+               partner.api.post(f"{ENDPOINTS}/{created.json()['id']}/rotate-secret",
+                                json={}),
+               partner.api.post("/api/partner/v2/portal-sessions", json={}),
+               partner.api.get(f"{ENDPOINTS}/ep_none")]
+    assert [a.headers.get("Cache-Control") for a in answers] == ["no-store"] * 5, [
+        a.status_code for a in answers]
+
+
 def test_rotate_secret_with_an_overlap(make_partner):
     partner = make_partner()
     body = create(partner, "http://127.0.0.1:9/a")
