@@ -33,7 +33,8 @@ class EndpointFormSchema(Schema):
     catalog by the service, which lists the valid ones."""
 
     url = WebhookUrl(required=True)
-    description = fields.String(load_default=None, validate=validate.Length(max=500))
+    # The API's limit: a longer description saved there could not be edited here.
+    description = fields.String(load_default=None, validate=validate.Length(max=1000))
     event_types = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
                               required=True, validate=[
                                   validate.Length(min=1, error="tick at least one, or All events"),
