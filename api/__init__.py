@@ -56,9 +56,10 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     if settings.trusted_proxies:
         # Behind a proxy every request came from it: one client's failed portal links
         # locked every merchant out, and cookies lost Secure (the security try).
+        # Not the host: a proxy that does not set X-Forwarded-Host would pass on the
+        # client's, and portal links are built on it (DELIVERER_PORTAL_URL says it).
         n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging(logging.INFO)  # notification ids on every line (deliverer.logging)
 

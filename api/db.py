@@ -5,7 +5,8 @@ A request that succeeds commits after its view has returned; the messages that s
 registered with ``deliverer.db.on_commit`` go out inside that commit. One that fails
 rolls back, and a refused merchant request (an error carrying a ``Refusal``) is then
 kept on the audit trail in a transaction of its own. The only commit before the answer
-is ``commit_then``'s, for the two views that wait for a worker's outcome.
+is ``commit_then``'s, for the views that wait for a worker's outcome and for the
+portal's sign-in (its attempt counts for the limit before the link is judged).
 """
 
 from __future__ import annotations

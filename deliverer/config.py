@@ -201,8 +201,8 @@ class Settings:
     max_endpoints_per_partner: int = 20
     event_types_file: str | None = None
     auto_disable_after: float = 5 * 86400.0
-    # Proxies in front of the web process whose X-Forwarded-For/-Proto/-Host/-Port are
-    # believed: the client's address (the portal's sign-in limit), https (Secure cookies).
+    # Proxies in front of the web process whose X-Forwarded-For and -Proto are believed:
+    # the client's address (the portal's sign-in limit), https (Secure cookies).
     trusted_proxies: int = 0
 
     @property

@@ -65,8 +65,11 @@ _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _escaped(value: Any) -> Any:
-    if isinstance(value, str) and _CONTROL.search(value):
-        return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), value)
+    """A string (or an exception, whose text may be a receiver's) with its control
+    characters escaped; anything else as it is."""
+    text = str(value) if isinstance(value, BaseException) else value
+    if isinstance(text, str) and _CONTROL.search(text):
+        return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
     return value
 
 
@@ -80,7 +83,7 @@ class OneLineArgsFilter(logging.Filter):
         args = record.args
         if isinstance(args, tuple):
             record.args = tuple(_escaped(a) for a in args)
-        elif isinstance(args, dict):
+        elif type(args) is dict:  # a subclass (a defaultdict) may rely on its own type
             record.args = {k: _escaped(v) for k, v in args.items()}
         return True
 

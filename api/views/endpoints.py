@@ -128,13 +128,14 @@ def rotate_endpoint_secret(data: dict[str, Any], endpoint_id: str) -> Any:
 @blp.route("/endpoints/<endpoint_id>/test", methods=["POST"])
 @blp.response(200, EndpointTestSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(409, schema=ApiErrorSchema)
 @blp.alt_response(429, schema=ApiErrorSchema)
 def test_endpoint(endpoint_id: str) -> Any:
     """Send a ``webhook.test`` event to this endpoint now, and answer with its first
     attempt's outcome (waiting as a resend does): delivered, or the error and its hint."""
     settings = _settings()
     sent = send_test_event(get_session(), settings, current_partner(), endpoint_id)
-    # One NOT_SENT (webhooks off, endpoint disabled) has its outcome at once.
+    # One NOT_SENT (its endpoint disabled) has its outcome at once.
     status, error = commit_then(
         lambda: wait_for_attempt(sent.notification_id, settings.resend_wait_seconds))
     status = status or NotificationStatus.PENDING

@@ -57,10 +57,12 @@ def disable(session: Session, endpoint: Endpoint, settings: Settings, now: datet
     endpoint.disabled_reason = reason
     session.flush()
     endpoint_queue.hold_climbers(session, endpoint.id, now)
-    # What a merchant can do, said as it is: a resend goes to the webhook URL's endpoint,
-    # and held ones run out with their cycles (a black-box try followed the advice).
+    # What a merchant can do, said as it is (a black-box try followed the advice): held
+    # ones run out with their cycles, and a resend by reference takes the event's
+    # notification at the webhook URL's endpoint when it went there too (resend._PREFERRED).
     afterwards = (": resend them by reference" if endpoint.is_default
-                  else ", and a resend by reference goes to your webhook URL, not to it")
+                  else ": resend them by reference once it is enabled (an event that also "
+                       "went to your webhook URL is resent there, not to it)")
     alerts.raise_alert(
         session, endpoint, alerts.KIND_AUTO_DISABLED,
         f"Webhook endpoint {alerts.describe(endpoint)} has been disabled: it "

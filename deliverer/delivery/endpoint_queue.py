@@ -30,6 +30,9 @@ from deliverer.models import (
     locked_in_id_order,
 )
 
+# Held notifications a claim exhausts beside the one it found past its cycle.
+EXHAUST_AT_ONCE = 100
+
 
 def _climbing(endpoint_id: int | QueryableAttribute[int]) -> tuple[ColumnElement[bool], ...]:
     """Conditions for the endpoint's notifications climbing the ladder (its head)."""
@@ -115,14 +118,18 @@ def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
 def exhaust_past_cycle(session: Session, settings: Settings, notification_id: str,
                        endpoint_id: int, now: datetime) -> None:
     """``notification_id``, due after its cycle's 30 days, is exhausted without an
-    attempt, as are the endpoint's held notifications whose cycles have run out too; the
-    earliest held one left takes its place."""
-    oldest_live = now - timedelta(seconds=settings.ladder.max_age * settings.time_scale)
+    attempt, as are the endpoint's next held ones whose cycles have run out too (a
+    bounded number, in sequence order, skipping rows another transaction holds: this runs
+    in a claim); the earliest held one left takes its place, and meets this again if its
+    cycle ran out as well."""
+    expired = (select(Notification.id)
+               .where(Notification.endpoint_id == endpoint_id, Notification.held.is_(True),
+                      Notification.cycle_started_at < ladder.oldest_live_cycle(settings, now))
+               .order_by(Notification.sequence).limit(EXHAUST_AT_ONCE)
+               .with_for_update(skip_locked=True))
+    ids = [notification_id, *session.scalars(expired)]
     session.execute(
-        update(Notification)
-        .where(or_(Notification.id == notification_id,
-                   (Notification.endpoint_id == endpoint_id) & Notification.held.is_(True)
-                   & (Notification.cycle_started_at < oldest_live)))
+        update(Notification).where(Notification.id.in_(ids))
         .values(held=False, next_attempt_at=None, scheduled_for=None, lease_token=None,
                 lease_expires_at=None, lane=Lane.RETRY)
         .execution_options(synchronize_session=False))

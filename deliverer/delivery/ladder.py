@@ -10,7 +10,16 @@ from deliverer.config import Settings
 
 def cycle_deadline(settings: Settings, cycle_started_at: datetime) -> datetime:
     """No attempt of a cycle is scheduled past this."""
-    return cycle_started_at + timedelta(seconds=settings.ladder.max_age * settings.time_scale)
+    return cycle_started_at + _max_age(settings)
+
+
+def oldest_live_cycle(settings: Settings, at: datetime) -> datetime:
+    """A cycle that started before this has no attempt left at ``at``."""
+    return at - _max_age(settings)
+
+
+def _max_age(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.ladder.max_age * settings.time_scale)
 
 
 def next_attempt_at(settings: Settings, *, cycle_started_at: datetime, failed_at: datetime,

@@ -127,13 +127,15 @@ def validate_url(url: str, *, allow_private: bool) -> str:
     """
     check_url_form(url)
     host = urlsplit(url).hostname or ""
-    if not host.isascii():
-        # As urllib3 encodes it when dialling: a name it refuses (full-width or circled
-        # letters spelling localhost) was saved, then failed every delivery (a try).
-        try:
-            idna.encode(host.lower(), strict=True, std3_rules=True)
-        except (idna.IDNAError, UnicodeError) as exc:
-            raise UnsafeUrl(f"Webhook URL host is not a valid domain name ({exc})") from exc
+    # Label by label, as urllib3 encodes a name when dialling: one it refuses (full-width
+    # or circled letters spelling localhost) was saved, then failed every delivery (a try).
+    for label in host.split("."):
+        if not label.isascii():
+            try:
+                idna.encode(label.lower(), strict=True, std3_rules=True)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise UnsafeUrl(
+                    f"Webhook URL host is not a valid domain name ({exc})") from exc
     name = host.rstrip(".")  # "localhost." is the same name, fully qualified
     if not allow_private and (name == "localhost" or name.endswith(".localhost")):
         # RFC 6761: always loopback, whatever a resolver would answer.

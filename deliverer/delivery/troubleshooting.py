@@ -94,7 +94,8 @@ _KIND_HINTS = {
     "polling, so no webhook is sent. Ask the provider to enable webhook delivery.",
     FailureKind.WEBHOOKS_DISABLED: "Webhooks are turned off in your webhook settings. Turn "
     "them on (PUT /api/partner/v2/webhook-settings with enabled true): the notifications "
-    "held meanwhile are then sent.",
+    "held meanwhile are then sent; events published while they were off are not (resend "
+    "them by reference).",
 }
 
 

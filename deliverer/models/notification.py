@@ -97,7 +97,6 @@ class Notification(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-
 def still_to_try() -> ColumnElement[bool]:
     """A FAILED notification with an attempt ahead: climbing the ladder (its next attempt
     set) or held behind its endpoint's head. A FAILED one with neither is exhausted."""

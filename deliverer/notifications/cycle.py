@@ -41,6 +41,7 @@ def webhooks_off(then: str) -> str:
     """The refusal of what would send nothing while webhooks are turned off."""
     return _OFF_THEN.format(then=then)
 
+
 _NOTIFICATIONS = table_of(Notification)
 _REPOINT = (
     update(_NOTIFICATIONS)

@@ -151,6 +151,8 @@ def _sendable_target(session: Session, row: Any, now: datetime) -> _Target:
     target = _target(row, now)
     if not target.url:
         raise NoWebhookUrl()
+    # Refused as a retry would be: the endpoint disabled, webhooks turned off.
+    check_deliverable(session, target.facts, moves_to=target.moves_to, then="resend")
     if target.moves_to is not None:
         # To the webhook URL: its endpoint had unsubscribed from the event's type (why
         # no endpoint received it), and was sent it anyway (a black-box try).
@@ -159,8 +161,6 @@ def _sendable_target(session: Session, row: Any, now: datetime) -> _Target:
             Endpoint.registered.is_(True))).first()
         if default is not None and not subscribed(default.event_types, row.Event.type):
             raise Conflict(NOT_SUBSCRIBED.format(id=default.public_id, type=row.Event.type))
-    # Refused as a retry would be: the endpoint disabled, webhooks turned off.
-    check_deliverable(session, target.facts, moves_to=target.moves_to, then="resend")
     return target
 
 

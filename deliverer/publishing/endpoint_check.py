@@ -41,8 +41,8 @@ class TestSent:
     endpoint_id: str  # public id
     event_id: str
     notification_id: str
-    # NOT_SENT when the endpoint is disabled (the notification's latest error says so);
-    # PENDING otherwise, until its attempt.
+    # NOT_SENT when the endpoint is disabled or the partner is sent no webhooks (the
+    # notification's latest error says which); PENDING otherwise, until its attempt.
     status: str
 
 

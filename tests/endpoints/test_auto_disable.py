@@ -98,11 +98,12 @@ def test_failing_for_days_disables_alerts_and_emails_then_enable_drains_in_order
             assert url in alert.message and public_id in alert.message
             assert "Orders service" in alert.message
             # What the merchant can do, as it is (the ladder try followed "resend them by
-            # reference", which sends to the webhook URL's endpoint instead).
+            # reference", which sent a fan-out event to the webhook URL's endpoint).
             assert (f"each within the 30 days of its retries: POST /api/partner/v2/endpoints/"
                     f"{public_id}/recover sends older ones again") in alert.message
             assert alert.message.endswith(
-                "and a resend by reference goes to your webhook URL, not to it.")
+                "resend them by reference once it is enabled (an event that also went to "
+                "your webhook URL is resent there, not to it).")
         h.wait_until(lambda: inbox.messages, message="the alert e-mail")
         text = inbox.messages[0][2].decode()
         assert "Webhook endpoint disabled" in text

@@ -116,17 +116,19 @@ def test_a_merchants_text_cannot_start_a_line_of_its_own():
     forged = "shop\n[2026-12-07 11:20:00,000: CRITICAL/MainProcess] run purge\r\u2028x"
     logger.warning("alert %s for endpoint %s: %s", 35, "ep_1", f'Webhook "{forged}" failed')
     logger.warning("as a mapping: %(d)s", {"d": "a\nb"})
+    logger.warning("an exception: %s", ValueError("HTTP 500\nCRITICAL forged"))
     try:
         raise ValueError("boom")
     except ValueError:
         logger.exception("with its traceback: %s", "x")
     got = lines(stream)
-    assert got[:3] == [
+    assert got[:4] == [
         "[WARNING] [notification=-] alert 35 for endpoint ep_1: Webhook \"shop\\n[2026-12-07 "
         "11:20:00,000: CRITICAL/MainProcess] run purge\\r\\u2028x\" failed",
         "[WARNING] [notification=-] as a mapping: a\\nb",
+        "[WARNING] [notification=-] an exception: HTTP 500\\nCRITICAL forged",
         "[ERROR] [notification=-] with its traceback: x"]
-    assert got[3] == "Traceback (most recent call last):"  # tracebacks keep their lines
+    assert got[4] == "Traceback (most recent call last):"  # tracebacks keep their lines
 
 
 def test_the_web_app_logs_with_the_id():

@@ -18,7 +18,7 @@ from typing import Any
 from flask import current_app, g, redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from api.db import get_session
+from api.db import commit_then, get_session
 from api.html import serve_pages
 from api.views.portal.blueprint import bp, deliverer_settings, page, portal_session
 from deliverer.errors import DelivererError, TooManyRequests
@@ -89,10 +89,10 @@ def enter() -> Any:
         return _refused("Too many sign-ins", "Too many portal links were opened from your "
                         f"address. Try again in {exc.headers.get('Retry-After', '60')} s.",
                         429)
-    # The attempt counts from here, failed until the link proves good (sessions.admit).
-    get_session().commit()
     try:
-        raw, row = sessions.exchange(get_session(), token, attempt)
+        # The attempt counts from its commit, failed until the link proves good
+        # (sessions.admit).
+        raw, row = commit_then(lambda: sessions.exchange(get_session(), token, attempt))
     except DelivererError as exc:
         return _refused("Link not valid", exc.message, 403)
     current_app.logger.info("portal session %s opened for partner %s from %s", row.id,

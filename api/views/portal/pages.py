@@ -53,10 +53,10 @@ def _pop_flashes(found: PortalSession | None) -> list[tuple[str, str]]:
 def index() -> Any:
     session = get_session()
     summaries = queries.endpoints_overview(session, partner_id(), utcnow())
-    limit = deliverer_settings().max_endpoints_per_partner
+    count = registered.count_registered(session, partner_id())
     return page("portal/endpoints.html", endpoints=summaries,
                 # At the limit the add form could only answer with it (a black-box try).
-                at_limit=limit if registered.count_registered(session, partner_id()) >= limit
+                at_limit=count if count >= deliverer_settings().max_endpoints_per_partner
                 else None,
                 others=other_queues(session, partner_id()),
                 expires_at=portal_session().expires_at,

@@ -46,7 +46,8 @@ _HINTS = {
         "events that follow.",
     str(FailureKind.WEBHOOKS_DISABLED):
         "Webhooks are turned off in your webhook settings. Turn them on with the button "
-        "on the Endpoints page: the notifications held meanwhile are then sent.",
+        "on the Endpoints page: the notifications held meanwhile are then sent; events "
+        "published while they were off are not (resend them by reference).",
 }
 
 
