@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from deliverer import lease
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, ladder, pacing
-from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.delivery.troubleshooting import WEBHOOKS_TURNED_OFF, FailureKind, error_payload
 from deliverer.models import (
     Endpoint,
     Event,
@@ -187,7 +187,7 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
             continue
         if r.enabled is False:  # None: a partner without settings, sent as before
             hold_undeliverable(session, r.id, error_payload(
-                FailureKind.WEBHOOKS_DISABLED, "Webhooks are turned off"))
+                FailureKind.WEBHOOKS_DISABLED, WEBHOOKS_TURNED_OFF))
             continue
         if (r.lane == Lane.RETRY and r.endpoint_id is not None
                 and r.next_attempt_at > ladder.cycle_deadline(settings, r.cycle_started_at)):

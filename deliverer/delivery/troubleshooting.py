@@ -25,6 +25,11 @@ class FailureKind(StrEnum):
     NOT_A_WEBHOOK_PARTNER = "not_a_webhook_partner"  # deactivated, or moved to polling
 
 
+# The message of WEBHOOKS_DISABLED, whether a claim holds a notification or a publish
+# records one NOT_SENT.
+WEBHOOKS_TURNED_OFF = "Webhooks are turned off"
+
+
 _STATUS_HINTS = {
     400: "Bad request: your endpoint rejected the payload. Accept every webhook first, "
     "then validate it in your own processing.",

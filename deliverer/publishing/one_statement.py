@@ -58,7 +58,7 @@ from deliverer.broker.dispatch import enqueue_group_wake, enqueue_wake
 from deliverer.config import Settings
 from deliverer.db import autocommitted, run_after_commit
 from deliverer.delivery import netguard, wake, wake_groups
-from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.delivery.troubleshooting import WEBHOOKS_TURNED_OFF, FailureKind, error_payload
 from deliverer.errors import PartnerNotFound, ValidationFailed
 from deliverer.models import (
     Endpoint,
@@ -87,7 +87,6 @@ from deliverer.publishing.envelope import new_event
 from deliverer.publishing.published import Delivery, Published
 from deliverer.publishing.rows import (
     NO_URL,
-    WEBHOOKS_OFF,
     event_row,
     made_pending,
     no_subscriber,
@@ -147,7 +146,7 @@ def _not_pushed(partner: Any) -> ColumnElement[Any]:
         (partner.flow != constant(PartnerFlow.WEBHOOK),
          _error(FailureKind.NOT_A_WEBHOOK_PARTNER, constant(POLLING))),
         (partner.settings_enabled.is_(False),
-         _error(FailureKind.WEBHOOKS_DISABLED, constant(WEBHOOKS_OFF))),
+         _error(FailureKind.WEBHOOKS_DISABLED, constant(WEBHOOKS_TURNED_OFF))),
         else_=_error(FailureKind.NO_URL, constant(NO_URL)))
 
 

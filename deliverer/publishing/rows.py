@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert
 
-from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.delivery.troubleshooting import WEBHOOKS_TURNED_OFF, FailureKind, error_payload
 from deliverer.models import (
     Event,
     Lane,
@@ -55,7 +55,6 @@ def event_row(event: NewEvent, body: str, idempotency_key: str | None) -> dict[s
 
 
 # Why an event's one notification is NOT_SENT when it has nowhere to go.
-WEBHOOKS_OFF = "Webhooks are turned off"
 NO_URL = "No webhook URL configured"
 
 
@@ -68,7 +67,7 @@ def not_pushed(active: bool, flow: str, settings_enabled: bool | None) -> dict[s
     if reason is not None:
         return error_payload(FailureKind.NOT_A_WEBHOOK_PARTNER, reason)
     if settings_enabled is False:
-        return error_payload(FailureKind.WEBHOOKS_DISABLED, WEBHOOKS_OFF)
+        return error_payload(FailureKind.WEBHOOKS_DISABLED, WEBHOOKS_TURNED_OFF)
     return error_payload(FailureKind.NO_URL, NO_URL)
 
 

@@ -110,12 +110,17 @@ def test_links_need_credentials_and_a_known_partner(admin, merchant, portal_serv
         assert bad.status_code == 400, read_only
 
 
+def _link_and_forgery(admin, partner_id: str) -> tuple[str, str]:
+    """A portal link of the partner, and the same link with a made-up token."""
+    url = admin.post(f"/internal/v1/partners/{partner_id}/portal-sessions",
+                     json={}).json()["url"]
+    return url, url.split("token=")[0] + "token=guess"
+
+
 def test_opening_links_is_rate_limited_per_address(portal_server, admin, merchant):
     shop = merchant(None)
     limit = portal_server.settings.portal_sign_ins_per_minute
-    url = admin.post(f"/internal/v1/partners/{shop.partner_id}/portal-sessions",
-                     json={}).json()["url"]
-    forged = url.split("token=")[0] + "token=guess"
+    url, forged = _link_and_forgery(admin, shop.partner_id)
     for _ in range(limit):
         assert PortalClient(portal_server.url).open_link(forged).status_code == 403
     # Even the right token is refused now, from this address.
@@ -131,9 +136,7 @@ def test_the_limit_holds_under_parallel_guesses(portal_server, admin, merchant):
     # of 10 (a black-box try): each opening is admitted, and committed, first.
     shop = merchant(None)
     limit = portal_server.settings.portal_sign_ins_per_minute
-    url = admin.post(f"/internal/v1/partners/{shop.partner_id}/portal-sessions",
-                     json={}).json()["url"]
-    forged = url.split("token=")[0] + "token=guess"
+    _url, forged = _link_and_forgery(admin, shop.partner_id)
     clients = []
     for _ in range(4 * limit):
         client = PortalClient(portal_server.url)
@@ -218,15 +221,13 @@ def test_behind_a_trusted_proxy_the_limit_is_each_clients(settings, celery_app):
                     trusted_proxies=1) as server:
         shop = h.new_partner(settings, None, name="Proxied Shop")
         admin = ApiClient(server.url, ADMIN_TOKEN, auth="bearer")
-        url = admin.post(f"/internal/v1/partners/{shop.partner_id}/portal-sessions",
-                         json={}).json()["url"]
+        url, forged = _link_and_forgery(admin, shop.partner_id)
 
         def client(address: str) -> PortalClient:
             made = PortalClient(server.url)
             made.http.headers["X-Forwarded-For"] = address
             return made
 
-        forged = url.split("token=")[0] + "token=guess"
         for _ in range(server.settings.portal_sign_ins_per_minute):
             assert client("203.0.113.7").open_link(forged).status_code == 403
         assert client("203.0.113.7").open_link(forged).status_code == 429
