@@ -67,6 +67,7 @@ class NotificationPageSchema(Schema):
 
 
 class NotificationQuerySchema(Schema):
+    error_messages = {"unknown": "Unknown query parameter."}  # the views refuse them
     status = fields.String(validate=validate.OneOf(STATUSES))
     event_type = fields.String(data_key="eventType", validate=validate.Length(max=100))
     reference = fields.String(validate=validate.Length(max=200))
@@ -144,5 +145,6 @@ class AlertListSchema(Schema):
 
 
 class AlertQuerySchema(Schema):
+    error_messages = {"unknown": "Unknown query parameter."}
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     cursor = fields.String(validate=validate.Length(max=200))

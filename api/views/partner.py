@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
+from marshmallow import RAISE
 
 from api import portal_links, presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
@@ -51,7 +52,8 @@ def _dump(notification: Any) -> dict[str, Any]:
 
 
 @blp.route("/webhook-notifications", methods=["GET"])
-@blp.arguments(NotificationQuerySchema, location="query")
+# A mistyped filter is refused, not ignored: ignored, it lists everything unfiltered.
+@blp.arguments(NotificationQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, NotificationPageSchema)
 def list_notifications(query: dict[str, Any]) -> Any:
     """List notifications, newest first, with cursor pagination. Reconciliation:
@@ -164,7 +166,7 @@ def rotate_secret(data: dict[str, Any]) -> Any:
 
 
 @blp.route("/webhook-alerts", methods=["GET"])
-@blp.arguments(AlertQuerySchema, location="query")
+@blp.arguments(AlertQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, AlertListSchema)
 def list_alerts(query: dict[str, Any]) -> Any:
     """Failing-endpoint alerts (after the fifth failed retry; 410 Gone), newest first."""

@@ -104,6 +104,19 @@ def test_created_range_is_from_inclusive_to_exclusive(catalogue):
                    "Invalid request: createdFrom: must not be later than createdTo")
 
 
+def test_a_mistyped_filter_is_refused_not_ignored(catalogue):
+    # Ignored, "statuss=FAILED" listed every notification as if filtered (merchant try).
+    partner, rows = catalogue
+    for query, name in (("statuss=FAILED", "statuss"), ("event_type=x", "event_type"),
+                        ("limit=2&createdFrom=x&page=2", "page")):
+        response = partner.api.get(f"{LIST}?{query}")
+        assert response.status_code == 400, response.text
+        assert f"{name}: Unknown query parameter." in response.json()["message"]
+    response = partner.api.get("/api/partner/v2/webhook-alerts?limt=5")
+    t.assert_error(response, 400, "BAD_REQUEST", "Invalid request: limt: Unknown query parameter.")
+    assert rows["a"] in ids(partner.api.get(f"{LIST}?status=FAILED&limit=100"))
+
+
 def walk(client, query: str, limit: int) -> list[list[str]]:
     pages: list[list[str]] = []
     cursor = None
