@@ -76,6 +76,8 @@ class EndpointDeletedSchema(Schema):
 class RecoverSchema(Schema):
     since = UtcDateTime(required=True)
     until = UtcDateTime()
+    # Also what it was not sent while disabled (NOT_SENT, endpoint_disabled).
+    include_not_sent = JsonBool(load_default=False, data_key="includeNotSent")
 
     @validates_schema
     def _window(self, data: dict[str, Any], **_: Any) -> None:

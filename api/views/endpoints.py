@@ -152,9 +152,11 @@ def test_endpoint(endpoint_id: str) -> Any:
 @blp.alt_response(429, schema=ApiErrorSchema)
 def recover_endpoint(data: dict[str, Any], endpoint_id: str) -> Any:
     """A fresh cycle for this endpoint's FAILED notifications created from ``since`` to
-    ``until`` (default: now), released oldest first at the drain rate."""
+    ``until`` (default: now), released oldest first at the drain rate; with
+    ``includeNotSent``, also those not sent to it because it was disabled."""
     return recover(get_session(), _settings(), current_partner(), endpoint_id,
-                   data["since"], data.get("until"))
+                   data["since"], data.get("until"),
+                   include_not_sent=data["include_not_sent"])
 
 
 @blp.route("/event-types", methods=["GET"])

@@ -59,10 +59,10 @@ def disable(session: Session, endpoint: Endpoint, settings: Settings, now: datet
     endpoint_queue.hold_climbers(session, endpoint.id, now)
     # What a merchant can do, said as it is (a black-box try followed the advice): held
     # ones run out with their cycles, and a resend by reference takes the event's
-    # notification at the webhook URL's endpoint when it went there too (resend._PREFERRED).
+    # notification at the webhook URL's endpoint when it went there too (resend._PREFERRED),
+    # so a registered endpoint's missed ones are recovered by period.
     afterwards = (": resend them by reference" if endpoint.is_default
-                  else ": resend them by reference once it is enabled (an event that also "
-                       "went to your webhook URL is resent there, not to it)")
+                  else ": once it is enabled, recover with includeNotSent: true sends them")
     alerts.raise_alert(
         session, endpoint, alerts.KIND_AUTO_DISABLED,
         f"Webhook endpoint {alerts.describe(endpoint)} has been disabled: it "

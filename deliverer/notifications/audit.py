@@ -28,6 +28,7 @@ RATE_WINDOW = timedelta(minutes=1)
 
 # ``partner_requests.outcome`` of an accepted request; a refused one has its error code.
 ACCEPTED = "ACCEPTED"
+OPERATOR = "OPERATOR"  # an operator's action (console, CLI), not a merchant's
 
 
 # Built once, with bind parameters: building it per request cost more CPU than running it

@@ -1,7 +1,11 @@
 """``POST /api/partner/v2/endpoints/{id}/recover``: after an outage of its server, a
 merchant gives the FAILED notifications one of its endpoints got in a period a fresh
 cycle, as a manual retry does (``cycle.fresh_cycle_values``), without retrying them one
-by one.
+by one. Asked to, it also takes those it was not sent because it was disabled when
+they were published (NOT_SENT, ``endpoint_disabled``): after an auto-disable, what the
+merchant missed meanwhile has no other way to it (a resend by reference goes to the
+webhook URL when the event went there too). Not those the merchant ignored, nor those
+published while webhooks were turned off, which were turned off on purpose.
 
 They are released oldest first, paced at ``Settings.drain_rate`` per second, as a
 recovered endpoint's held notifications are: each gets its own due time, and the beat
@@ -19,22 +23,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from deliverer import lease
 from deliverer.config import Settings
+from deliverer.delivery.troubleshooting import FailureKind
 from deliverer.errors import Conflict, DelivererError, ValidationFailed
 from deliverer.models import (
     Lane,
     Notification,
     NotificationStatus,
+    PartnerRequest,
     RequestKind,
     table_of,
     utcnow,
 )
 from deliverer.notifications.audit import (
     ACCEPTED,
+    OPERATOR,
     check_rate,
     lock_partner,
     record_request,
@@ -70,11 +77,27 @@ class Recovered:
     last_due_at: datetime | None
 
 
+def recoverable(include_not_sent: bool) -> ColumnElement[bool]:
+    """FAILED, and with ``include_not_sent`` NOT_SENT because the endpoint was disabled."""
+    failed = Notification.status == NotificationStatus.FAILED
+    if not include_not_sent:
+        return failed
+    # Ignoring keeps the row's error: an ignored one is told apart by its request.
+    ignored = exists().where(PartnerRequest.notification_id == Notification.id,
+                             PartnerRequest.kind == RequestKind.IGNORE,
+                             PartnerRequest.outcome.in_((ACCEPTED, OPERATOR)))
+    return or_(failed, and_(
+        Notification.status == NotificationStatus.NOT_SENT,
+        Notification.latest_error_payload["kind"].as_string()
+        == str(FailureKind.ENDPOINT_DISABLED), ~ignored))
+
+
 def recover(session: Session, settings: Settings, principal: Principal, endpoint_id: str,
             since: datetime, until: datetime | None = None,
-            now: datetime | None = None) -> Recovered:
+            now: datetime | None = None, *, include_not_sent: bool = False) -> Recovered:
     """A fresh cycle for the FAILED notifications of the partner's endpoint
     ``endpoint_id`` (its public id) created from ``since`` to ``until`` (now if None),
+    with ``include_not_sent`` also the NOT_SENT ones its being disabled left unsent,
     in the session's transaction, which the caller commits. ``principal`` is who asks:
     the partner and its API key (``Principal(partner_id, None)`` for a caller without
     one). Refused (and on the audit trail): another partner's or an unknown endpoint
@@ -99,7 +122,7 @@ def recover(session: Session, settings: Settings, principal: Principal, endpoint
     ids = list(session.scalars(
         select(Notification.id)
         .where(Notification.endpoint_id == endpoint.id,
-               Notification.status == NotificationStatus.FAILED,
+               recoverable(include_not_sent),
                Notification.created_at >= since, Notification.created_at <= until,
                lease.is_free(Notification.lease_expires_at, now))
         .order_by(Notification.created_at, Notification.sequence)

@@ -39,7 +39,7 @@ from deliverer.models import (
     not_receiving_webhooks,
     utcnow,
 )
-from deliverer.notifications.audit import ACCEPTED
+from deliverer.notifications.audit import ACCEPTED, OPERATOR
 from deliverer.notifications.cycle import (
     NOT_FAILED,
     check_deliverable_of,
@@ -50,8 +50,6 @@ from deliverer.notifications.ignore import ignore
 from deliverer.notifications.queries import is_uuid
 from deliverer.partners.endpoints import next_sequence
 from deliverer.partners.service import Principal
-
-OPERATOR = "OPERATOR"  # partner_requests.outcome of an operator's action
 
 # How long a replay batch the database aborted (a deadlock victim) is run again.
 RUN_AGAIN_FOR = 10.0

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+import deliverer
 from deliverer.db import session_scope
 from deliverer.models import Lane, Notification, NotificationStatus, utcnow
 from deliverer.notifications.recover import MAX_RECOVERED
@@ -203,6 +204,43 @@ def test_recover_gives_the_periods_failed_notifications_a_fresh_cycle_oldest_fir
     # No worker holds the made-up lease: the after-test wait for attempts in flight
     # (_quiesce_deliveries) would wait it out, 10 s for nothing.
     t.set_notification(in_flight, lease_token=None, lease_expires_at=None)
+
+
+def test_recover_with_include_not_sent_sends_what_it_missed_while_disabled(
+        make_partner, receiver, api_settings):
+    # After an auto-disable, events published meanwhile were NOT_SENT to it; a resend by
+    # reference goes to the webhook URL when the event went there too (the ladder try).
+    partner = make_partner(receiver.url("/default"))
+    orders = create(partner, receiver.url("/orders"), eventTypes=["transaction.*"])
+    since = iso(utcnow() - timedelta(minutes=1))
+    path = f"{ENDPOINTS}/{orders['id']}"
+    assert partner.api.patch(path, json={"enabled": False}).status_code == 200
+    published = [deliverer.publish_event(partner.partner_id, "transaction.paid", f"T{i}", {})
+                 for i in range(4)]
+    missed = [d.notification_id for p in published for d in p.deliveries
+              if d.status == NotificationStatus.NOT_SENT]
+    assert len(missed) == 4
+    receiver.wait_for(4, "/default")  # the webhook URL got them
+    ignored = missed.pop()  # the merchant ignored this one: it stays so
+    assert partner.api.post(f"/api/partner/v2/webhook-notifications/{ignored}/ignore"
+                            ).status_code == 200
+    assert partner.api.patch(path, json={"enabled": True}).status_code == 200
+
+    # Without it, FAILED ones only, as before.
+    assert recover(partner, orders["id"], since=since).json()["recovered"] == 0
+    t.assert_error(recover(partner, orders["id"], since=since, includeNotSent="yes"),
+                   400, "BAD_REQUEST")
+    with api_settings(drain_rate=20.0):
+        body = recover(partner, orders["id"], since=since, includeNotSent=True).json()
+        assert (body["recovered"], body["more"]) == (3, False)
+        sweep_due()
+        got = receiver.wait_for(3, "/orders")
+    assert sorted(r.headers["webhook-id"] for r in got) == sorted(missed)
+    h.wait_until(lambda: all(h.sent(nid) for nid in missed))
+    assert h.notification(ignored).status == NotificationStatus.NOT_SENT
+    # Done: asked again, nothing more.
+    assert recover(partner, orders["id"], since=since,
+                   includeNotSent=True).json()["recovered"] == 0
 
 
 def test_a_second_recover_queues_behind_the_first(make_partner, api_settings):

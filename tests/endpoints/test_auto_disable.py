@@ -102,8 +102,7 @@ def test_failing_for_days_disables_alerts_and_emails_then_enable_drains_in_order
             assert (f"each within the 30 days of its retries: POST /api/partner/v2/endpoints/"
                     f"{public_id}/recover sends older ones again") in alert.message
             assert alert.message.endswith(
-                "resend them by reference once it is enabled (an event that also went to "
-                "your webhook URL is resent there, not to it).")
+                "once it is enabled, recover with includeNotSent: true sends them.")
         h.wait_until(lambda: inbox.messages, message="the alert e-mail")
         text = inbox.messages[0][2].decode()
         assert "Webhook endpoint disabled" in text

@@ -175,7 +175,7 @@ def test_recover_sends_a_periods_failed_webhooks_again(portal, merchant, worker,
         receiver.program("/down", [], ok())  # the outage is over
         today = utcnow().strftime("%Y-%m-%d")
         answer = client.submit(path, f"/portal/endpoints/{ref}/recover", {"since": today})
-        assert "3 failed webhook(s) will be sent again, oldest first" in answer.text
+        assert "3 webhook(s) will be sent again, oldest first" in answer.text
         for one in published:  # the beat sweep hands them over as they fall due
             h.wait_until(lambda one=one: h.sent(one.notification_id), message="recovered",
                          on_poll=sweep_due, interval=0.1)
@@ -186,6 +186,29 @@ def test_recover_sends_a_periods_failed_webhooks_again(portal, merchant, worker,
         trail = session.execute(select(PartnerRequest.kind, PartnerRequest.source,
                                        PartnerRequest.reference)).all()
     assert trail == [("recover", SOURCE, ref)]
+
+
+def test_recover_ticked_sends_what_was_not_sent_while_disabled(
+        portal, merchant, worker, settings, receiver: Receiver, override_settings):
+    shop = merchant(receiver.program("/main", [], ok()))
+    client = portal(shop.partner_id)
+    ref = public_id(receiver.url("/main"))
+    path = f"/portal/endpoints/{ref}/settings"
+    client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "no"})
+    missed = [publish(settings, shop.partner_id, f"TXN-D{i}").notification_id
+              for i in range(2)]
+    assert all(h.notification(n).status == NotificationStatus.NOT_SENT for n in missed)
+    client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "yes"})
+    today = utcnow().strftime("%Y-%m-%d")
+    unticked = client.submit(path, f"/portal/endpoints/{ref}/recover", {"since": today})
+    assert "No webhook of this endpoint to recover in that period." in unticked.text
+    ticked = client.submit(path, f"/portal/endpoints/{ref}/recover",
+                           {"since": today, "include_not_sent": "1"})
+    assert "2 webhook(s) will be sent again, oldest first" in ticked.text
+    for nid in missed:
+        h.wait_until(lambda nid=nid: h.sent(nid), message="recovered", on_poll=sweep_due,
+                     interval=0.1)
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests("/main")) == sorted(missed)
 
 
 def test_refusals_are_said_in_the_portals_terms(portal, merchant, receiver: Receiver):

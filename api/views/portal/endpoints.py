@@ -214,8 +214,9 @@ def test_endpoint(ref: str) -> Any:
 
 @bp.post("/endpoints/<ref>/recover")
 def recover_endpoint(ref: str) -> Any:
-    """A fresh cycle for the endpoint's FAILED webhooks of a period (issue 19's recover:
-    oldest first, at the drain rate; on the audit trail and rate-limited)."""
+    """A fresh cycle for the endpoint's FAILED webhooks of a period, ticked: with those
+    not sent while it was disabled (issue 19's recover: oldest first, at the drain rate;
+    on the audit trail and rate-limited)."""
     if _endpoint(ref) is None:
         return not_found("endpoint")
     back = redirect(url_for("portal.endpoint_settings", ref=ref))
@@ -223,7 +224,8 @@ def recover_endpoint(ref: str) -> Any:
         window = RecoverFormSchema().load({"since": request.form.get("since", ""),
                                            "until": request.form.get("until") or None})
         done = recover(get_session(), deliverer_settings(), principal(), ref,
-                       window["since"], window["until"])
+                       window["since"], window["until"],
+                       include_not_sent=request.form.get("include_not_sent") == "1")
     except ValidationError as exc:
         flash("error", f"Nothing recovered: {_problem(exc)}")
         return back
@@ -232,9 +234,9 @@ def recover_endpoint(ref: str) -> Any:
         flash("error", f"Nothing recovered: {refused(exc)}")
         return back
     if not done.recovered:
-        flash("ok", "No failed webhook of this endpoint in that period.")
+        flash("ok", "No webhook of this endpoint to recover in that period.")
     else:
         more = " More are left: recover again to send the next ones." if done.more else ""
-        flash("ok", f"{done.recovered} failed webhook(s) will be sent again, oldest first, "
+        flash("ok", f"{done.recovered} webhook(s) will be sent again, oldest first, "
                     f"{deliverer_settings().drain_rate:g} a second.{more}")
     return back
