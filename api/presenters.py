@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from deliverer.models import Alert, Attempt, Endpoint, Event, Notification
+from deliverer.models import Alert, Attempt, Endpoint, Event, Notification, WebhookSettings
 
 # A notification's own fields in the response, after its id, event id, type and reference.
 _FIELDS = ("status", "url", "sequence", "retry_attempts", "manual_retry_count",
@@ -64,3 +64,15 @@ def alert(a: Alert, endpoint_id: str | None) -> dict[str, Any]:
     return {"id": a.id, "kind": a.kind, "message": a.message, "endpoint_id": endpoint_id,
             "notification_id": a.notification_id, "created_at": a.created_at,
             "emailed_at": a.emailed_at, "email_error": a.email_error}
+
+
+def webhook_settings(row: WebhookSettings, default: Endpoint | None) -> dict[str, Any]:
+    """The settings with the state of the endpoint their URL is (``default``): a 410 Gone
+    or days of failures disable it while the settings still say enabled."""
+    return {"url": row.url, "enabled": row.enabled, "alert_email": row.alert_email,
+            "signing_secret": row.signing_secret,
+            "previous_secret_expires_at": row.previous_secret_expires_at,
+            "updated_at": row.updated_at,
+            "endpoint_id": default.public_id if default is not None else None,
+            "endpoint_status": default.status if default is not None else None,
+            "disabled_reason": default.disabled_reason if default is not None else None}

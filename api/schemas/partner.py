@@ -98,6 +98,13 @@ class SettingsSchema(Schema):
     previous_secret_expires_at = fields.DateTime(allow_none=True,
                                                  data_key="previousSecretExpiresAt")
     updated_at = fields.DateTime(data_key="updatedAt")
+    # The endpoint the URL is (null without a URL): its id in notifications' endpointId,
+    # and whether it is sent to (DISABLED after a 410 or days of failures: saving the
+    # settings with webhooks on enables it).
+    endpoint_id = fields.String(allow_none=True, data_key="endpointId")
+    endpoint_status = fields.String(allow_none=True, data_key="endpointStatus",
+                                    metadata={"enum": ["ACTIVE", "FAILING", "DISABLED"]})
+    disabled_reason = fields.String(allow_none=True, data_key="disabledReason")
 
 
 class SettingsUpdateSchema(Schema):

@@ -34,6 +34,7 @@ from deliverer.notifications.ignore import ignore
 from deliverer.notifications.outcome import wait_for_resend
 from deliverer.notifications.resend import request_resend
 from deliverer.partners import webhook_settings
+from deliverer.partners.default_endpoint import default_endpoint
 from deliverer.portal.sessions import ISSUED_BY_API_KEY
 
 blp = Blueprint("partner", __name__, url_prefix="/api/partner/v2",
@@ -143,7 +144,13 @@ def resend_webhook(reference: str) -> Any:
 @blp.route("/webhook-settings", methods=["GET"])
 @blp.response(200, SettingsSchema)
 def get_settings() -> Any:
-    return webhook_settings.get_settings_row(get_session(), current_partner().partner_id)
+    return _settings_answer(webhook_settings.get_settings_row(
+        get_session(), current_partner().partner_id))
+
+
+def _settings_answer(row: Any) -> dict[str, Any]:
+    return presenters.webhook_settings(
+        row, default_endpoint(get_session(), current_partner().partner_id))
 
 
 @blp.route("/webhook-settings", methods=["PUT"])
@@ -151,8 +158,8 @@ def get_settings() -> Any:
 @blp.response(200, SettingsSchema)
 def put_settings(data: dict[str, Any]) -> Any:
     """Change the webhook URL (validated, no private addresses), enabled flag, alert e-mail."""
-    return webhook_settings.update_settings(get_session(), _settings(),
-                                            current_partner().partner_id, **data)
+    return _settings_answer(webhook_settings.update_settings(
+        get_session(), _settings(), current_partner().partner_id, **data))
 
 
 @blp.route("/webhook-settings/rotate-secret", methods=["POST"])
@@ -161,8 +168,9 @@ def put_settings(data: dict[str, Any]) -> Any:
 @blp.alt_response(409, schema=ApiErrorSchema)
 def rotate_secret(data: dict[str, Any]) -> Any:
     """New signing secret; deliveries carry both signatures during the overlap."""
-    return webhook_settings.rotate_secret(get_session(), current_partner().partner_id,
-                                          timedelta(seconds=data["overlap_seconds"]))
+    return _settings_answer(webhook_settings.rotate_secret(
+        get_session(), current_partner().partner_id,
+        timedelta(seconds=data["overlap_seconds"])))
 
 
 @blp.route("/webhook-alerts", methods=["GET"])

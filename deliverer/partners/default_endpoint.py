@@ -1,5 +1,6 @@
 """The partner's webhook-settings URL as its *default* endpoint: which row that is when
-the URL changes (``make_default``), for the settings and for a new partner."""
+the URL changes (``make_default``), for the settings and for a new partner, and which it
+is now (``default_endpoint``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from deliverer.partners.endpoints import hold_publishes
 
 URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a secret of its "
                       "own: delete it first, or keep receiving there through it")
+
+
+def default_endpoint(session: Session, partner_id: str) -> Endpoint | None:
+    """The endpoint of the webhook-settings URL (None: no URL)."""
+    return session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
+                                                 Endpoint.is_default.is_(True)))
 
 
 def make_default(session: Session, partner_id: str, url: str | None,

@@ -45,6 +45,24 @@ def test_get_settings(make_partner):
     assert body["updatedAt"]
 
 
+def test_settings_say_when_their_urls_endpoint_is_disabled(make_partner, receiver, worker):
+    # A 410 Gone disabled it while the settings said enabled: true and nothing more (the
+    # merchant try): they name the endpoint and its state, and a save enables it.
+    receiver.program("/hook", [rx.status(410)], then=rx.status(200))
+    partner = make_partner(receiver.url("/hook"))
+    assert partner.api.get(SETTINGS).json()["endpointStatus"] == "ACTIVE"
+    nid = h.publish_and_wait(partner.partner_id, NotificationStatus.FAILED)
+    body = partner.api.get(SETTINGS).json()
+    listed = partner.api.get(f"{NOTIFICATIONS}/{nid}").json()["endpointId"]
+    assert (body["enabled"], body["endpointId"], body["endpointStatus"],
+            body["disabledReason"]) == (True, listed, "DISABLED",
+                                        "The receiver answered 410 Gone")
+    saved = partner.api.put(SETTINGS, json={}).json()
+    assert (saved["endpointStatus"], saved["disabledReason"]) == ("ACTIVE", None)
+    cleared = partner.api.put(SETTINGS, json={"url": None}).json()
+    assert (cleared["endpointId"], cleared["endpointStatus"]) == (None, None)
+
+
 def test_put_changes_url_enabled_and_alert_email(make_partner, receiver):
     partner = make_partner("http://127.0.0.1:9/hook")
     new_url = receiver.url("/new")
