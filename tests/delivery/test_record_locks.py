@@ -14,16 +14,18 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select, text, update
 
 import deliverer
 from deliverer.db import get_database, session_scope
-from deliverer.delivery import batch
+from deliverer.delivery import batch, success
 from deliverer.delivery.claim import DeliveryJob
 from deliverer.delivery.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
-from deliverer.models import NotificationStatus, utcnow
+from deliverer.models import Endpoint, NotificationStatus, utcnow
+from deliverer.partners import registered
 from tests.support.backend import BACKEND
-from tests.support.helpers import insert_notification, new_partner, notification
+from tests.support.helpers import insert_notification, new_partner, notification, wait_until
 from tests.support.race import race
 
 pytestmark = pytest.mark.skipif(BACKEND == "embedded",
@@ -104,3 +106,62 @@ def test_shared_record_transactions_of_one_endpoint_do_not_deadlock(settings):
         recorded = [notification(nid) for nid in ids]
         assert sorted(row.status for row in recorded) == sorted(
             [NotificationStatus.SENT] * BATCHES + [NotificationStatus.FAILED] * BATCHES)
+
+
+def _deadlocks() -> int:
+    with session_scope() as session:
+        return session.scalar(text("SELECT deadlocks FROM pg_stat_database "
+                                   "WHERE datname = current_database()"))
+
+
+def test_a_success_on_an_endpoint_failing_since_its_claim_does_not_deadlock_a_publish(
+        settings):
+    """A record transaction holds a success's endpoint A (healthy when claimed) and a
+    failure's B. A failure recorded meanwhile made A failing, so the success recovers
+    it: an UPDATE of A. Locked FOR KEY SHARE, that was an upgrade: a publish to A and B
+    took A FOR NO KEY UPDATE and waited for B, and the upgrade waited for the publish
+    (58 deadlocks in the operator try, 20 publishes answered 503)."""
+    partner = new_partner(settings, HEALTHY, name="Fan-out")
+    with session_scope() as session:
+        registered.create(session, settings, partner.partner_id, url=SLOW)
+    due = utcnow() - timedelta(seconds=1)
+    ids = [insert_notification(partner.partner_id, url, status=NotificationStatus.PENDING,
+                               next_attempt_at=due) for url in (HEALTHY, SLOW)]
+    with session_scope() as session:
+        jobs = {job.url: job for job in batch.claim_many(session, ids, settings).jobs}
+        assert not any(job.endpoint_failing for job in jobs.values())
+        # The failure recorded meanwhile, by another transaction.
+        session.execute(update(Endpoint).where(Endpoint.url == HEALTHY)
+                        .values(failing_since=utcnow(), consecutive_failures=1))
+    before = _deadlocks()
+    done = [(jobs[HEALTHY], _result(True)), (jobs[SLOW], _result(False))]
+    session = get_database().sessionmaker()
+    published: list[str] = []
+    try:
+        failing = success.lock_endpoints(session, done)
+        publisher = threading.Thread(target=lambda: published.append(
+            deliverer.publish_event(partner.partner_id, "transaction.paid", "r1", {}
+                                    ).event_id))
+        publisher.start()
+        # The publish waits for one of the endpoints (A now, B before the fix).
+        wait_until(lambda: _waiting_for_a_lock() >= 1, timeout=5,
+                   message="the publish waits for an endpoint")
+        success.record_successes(session, done[:1], utcnow(), failing)
+        session.commit()
+    finally:
+        session.close()
+    publisher.join(timeout=15.0)
+    assert published, "the publish did not end"
+    assert _deadlocks() == before
+    recovered = notification(ids[0])
+    assert recovered.status == NotificationStatus.SENT
+    with session_scope() as session:
+        assert session.scalar(select(Endpoint.failing_since)
+                              .where(Endpoint.url == HEALTHY)) is None
+
+
+def _waiting_for_a_lock() -> int:
+    with session_scope() as session:
+        return session.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"))
