@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api.html import error_page
+from deliverer.db import is_transient_abort
 from deliverer.errors import DelivererError
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,16 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _db_unavailable(exc: DBAPIError) -> Response:
-        log.exception("database unavailable")
+        # One line, the driver's first: an expected condition, and the statement with
+        # its parameters (a payload) does not belong in the log (the operator try: 140
+        # lines a request).
+        cause = str(exc.orig).strip().splitlines() if exc.orig is not None else []
+        if is_transient_abort(exc):
+            log.warning("database kept aborting the transaction (%s): answered 503",
+                        cause[0] if cause else type(exc).__name__)
+        else:
+            log.error("database unavailable (%s): answered 503",
+                      cause[0] if cause else type(exc).__name__)
         return answer(503, "SERVICE_UNAVAILABLE",
                        "Service temporarily unavailable. Try again shortly.",
                        headers={"Retry-After": "5"})

@@ -6,6 +6,7 @@ import sqlite3
 import time
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 import deliverer.config
 from deliverer import migrate
@@ -103,3 +104,33 @@ def test_readyz_says_when_the_schema_is_behind_this_release(settings, make_app, 
         assert response.json["checks"]["database"] == (
             f"error: database at 0013, this release needs {migrate.code_head()}: run "
             "`deliverer db upgrade`")
+
+
+class _Deadlock(Exception):
+    pgcode = "40P01"
+
+
+@pytest.mark.parametrize(("orig", "level", "said"), [
+    (_Deadlock("deadlock detected\nDETAIL:  Process 1 waits for ShareLock"), "WARNING",
+     "database kept aborting the transaction (deadlock detected): answered 503"),
+    (Exception("connection to server at \"127.0.0.1\", port 9 failed\n\tIs it running?"),
+     "ERROR", "database unavailable (connection to server at \"127.0.0.1\", port 9 "
+              "failed): answered 503"),
+])
+def test_a_database_error_is_503_in_one_log_line(make_app, caplog, orig, level, said):
+    # Logged whole, each was two tracebacks and the statement with its parameters (a
+    # payload): 140 lines a request in the operator try.
+    app = make_app()
+
+    @app.get("/boom")
+    def boom():
+        raise OperationalError("INSERT INTO events VALUES (%(payload)s)",
+                               {"payload": "card 4111"}, orig)
+
+    with caplog.at_level("WARNING", logger="api.errors"):
+        response = app.test_client().get("/boom")
+    assert response.status_code == 503
+    assert response.json["code"] == "SERVICE_UNAVAILABLE"
+    assert response.headers["Retry-After"] == "5"
+    [record] = [r for r in caplog.records if r.name == "api.errors"]
+    assert (record.levelname, record.getMessage(), record.exc_info) == (level, said, None)
