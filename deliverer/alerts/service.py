@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # "After the fifth retry": the first attempt plus five automatic retries have failed.
 ALERT_AFTER_FAILED_RETRIES = 5
+ALERT_COOLDOWN = timedelta(hours=1)  # between two failing alerts of one endpoint
 KIND_FAILING = "endpoint_failing"
 KIND_DISABLED = "endpoint_disabled"  # the receiver answered 410 Gone
 KIND_AUTO_DISABLED = "endpoint_auto_disabled"  # failed without a break for days
@@ -151,12 +152,25 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
 
 
 def on_failed_retry(session: Session, endpoint: Endpoint, notification_id: str,
-                    failures: int, error_message: str | None, now: datetime) -> None:
+                    failures: int, error_message: str | None, now: datetime,
+                    settings: Settings) -> None:
     """An automatic retry to ``endpoint`` failed, the ``failures``-th in a row of its
     notification: past ``ALERT_AFTER_FAILED_RETRIES``, alert once per failing period (the
-    endpoint's ``alerted_at``, cleared when it recovers)."""
-    if endpoint.alerted_at is not None or failures <= ALERT_AFTER_FAILED_RETRIES:
+    endpoint's ``alerted_at`` is earlier than its ``failing_since``), and not within
+    ``ALERT_COOLDOWN`` (scaled by the time scale, as the ladder) of the last alert.
+
+    Without the pause a flapping endpoint (30% of its answers 500 in the operator try)
+    began a new failing period with every success, and each notification that reached
+    its sixth failed retry mailed its merchant again: 8 e-mails in 3 minutes. A period
+    that starts within the pause is alerted at its first failed retry after it, if it
+    lasts that long."""
+    if failures <= ALERT_AFTER_FAILED_RETRIES:
         return
+    last = endpoint.alerted_at
+    if last is not None:
+        this_period = endpoint.failing_since is None or last >= endpoint.failing_since
+        if this_period or now - last < ALERT_COOLDOWN * settings.time_scale:
+            return
     endpoint.alerted_at = now
     raise_alert(session, endpoint, KIND_FAILING,
                 f"Webhook endpoint {describe(endpoint)} has failed {failures} deliveries "

@@ -189,8 +189,9 @@ def on_recovery(session: Session, endpoint_id: int, now: datetime) -> None:
     )
     session.execute(
         update(Endpoint).where(Endpoint.id == endpoint_id)
+        # alerted_at stays: the next failing period's alert waits for ALERT_COOLDOWN.
         .values(failing_since=None, consecutive_failures=0, last_success_at=now,
-                alerted_at=None, draining=True, retry_after_until=None)
+                draining=True, retry_after_until=None)
     )
 
 
