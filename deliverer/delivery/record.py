@@ -98,6 +98,7 @@ def _update_endpoint_health(session: Session, job: DeliveryJob, result: sender.S
         return None
     endpoint.consecutive_failures += 1
     endpoint.last_failure_at = now
+    endpoint.last_error = result.error
     if endpoint.failing_since is None:
         endpoint.failing_since = now
     return endpoint

@@ -127,6 +127,9 @@ class Endpoint(Base):
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     last_success_at: Mapped[datetime | None]
     last_failure_at: Mapped[datetime | None]
+    # That failure's error payload: the console lists it per endpoint without reading
+    # attempts (one look-up per endpoint took 28-50 s a page at 5 M attempts).
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set when the receiver answered 410 Gone, by the merchant (enabled: false), by an
     # operator, or after failing for days on end (auto-disable).
     disabled_at: Mapped[datetime | None]

@@ -17,6 +17,7 @@ class Event(Base):
         Index(None, "partner_id", "reference", "created_at"),
         Index(None, "created_at", "id"),  # the console's event log, newest first
         Index(None, "partner_id", "created_at", "id"),  # the merchant portal's event log
+        Index(None, "partner_id", "type", "created_at"),  # lists filtered by event type
         Index(None, "partner_id", "idempotency_key", unique=True),
     )
 

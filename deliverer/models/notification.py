@@ -43,6 +43,10 @@ class Trigger(StrEnum):
     RESEND = "resend"
 
 
+FAILED_INDEX = "ix_notifications_failed"
+FAILED_ROWS = "status = 'FAILED'"
+
+
 class Notification(Base):
     """One event to be delivered to one endpoint URL, and where its delivery stands.
 
@@ -67,6 +71,10 @@ class Notification(Base):
         Index(None, "endpoint_id", "status", "next_attempt_at"),
         Index(None, "endpoint_id", "held", "sequence"),
         Index(None, "event_id"),
+        # The console's failing endpoints: FAILED rows counted per endpoint, a few percent
+        # of the table (a scan of all of it took 0.6-1.7 s at 2.4 M rows).
+        Index(FAILED_INDEX, "endpoint_id", "next_attempt_at", "held",
+              postgresql_where=text(FAILED_ROWS), sqlite_where=text(FAILED_ROWS)),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
 
 from deliverer.cursors import InvalidCursor, decode_cursor, encode_cursor
@@ -148,6 +148,11 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
             session, partner_id, filters.endpoint_id))
     if filters.status:
         query = query.where(Notification.status == filters.status)
+    if filters.event_type or filters.reference:
+        # True of every row (an event's notifications are its partner's): it lets the
+        # events' (partner_id, ...) indexes find them; without it, a big partner's look-up
+        # by reference scanned every partner's events (0.3-0.9 s at 2 M events).
+        query = query.where(Event.partner_id == partner_id)
     if filters.event_type:
         query = query.where(Event.type == filters.event_type)
     if filters.reference:
@@ -160,10 +165,11 @@ def list_notifications(session: Session, partner_id: str, filters: ListFilters) 
         return _by_sequence(session, query, filters)
     if filters.cursor:
         created_at, notification_id = decode_cursor(filters.cursor, is_uuid)
-        query = query.where(or_(
-            Notification.created_at < created_at,
-            and_(Notification.created_at == created_at, Notification.id < notification_id),
-        ))
+        # A row-value comparison: an index range. The OR's form was a filter, every row
+        # newer than the cursor read and dropped (a page 80 days back of 840,000
+        # notifications: 425 ms warm, 5 s cold, in the scale try).
+        query = query.where(tuple_(Notification.created_at, Notification.id)
+                            < (created_at, notification_id))
     rows = session.execute(
         query.order_by(Notification.created_at.desc(), Notification.id.desc())
         .limit(filters.limit + 1)

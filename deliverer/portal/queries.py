@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select, true
+from sqlalchemy import and_, case, exists, func, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
@@ -232,8 +232,8 @@ def event_log(session: Session, partner_id: str, filters: EventFilters,
                                            Notification.status == filters.status))
     if filters.cursor:
         created_at, event_id = decode_cursor(filters.cursor, is_uuid)
-        query = query.where(or_(Event.created_at < created_at,
-                                and_(Event.created_at == created_at, Event.id < event_id)))
+        # A row-value comparison: an index range (the OR's form read every newer row).
+        query = query.where(tuple_(Event.created_at, Event.id) < (created_at, event_id))
     events = list(session.scalars(
         query.order_by(Event.created_at.desc(), Event.id.desc()).limit(limit + 1)))
     more = len(events) > limit

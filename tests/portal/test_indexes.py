@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text
 
+from deliverer.cursors import encode_cursor
 from deliverer.db import get_database, session_scope
 from deliverer.models import Base, Endpoint, Notification, NotificationStatus, utcnow
+from deliverer.notifications import queries as api_queries
+from deliverer.operations import inspect
 from deliverer.portal import queries
 from tests.support import helpers as h
 from tests.support.backend import ON_POSTGRES
@@ -172,3 +175,85 @@ def test_the_portal_page_queries_use_indexes(settings):
             raw.rollback()
             raw.close()
     assert problems == [], "\n\n".join(f"{n}: {f}\n{s}" for n, f, s in problems)
+
+
+def _removed_by_filter(plan: Any) -> int:
+    """Rows every node of an EXPLAIN ANALYZE plan read and dropped."""
+    total = 0
+    pending = [plan]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending += node
+        elif isinstance(node, dict):
+            total += int(node.get("Rows Removed by Filter", 0)) * int(
+                node.get("Actual Loops", 1) or 1)
+            pending += [v for v in node.values() if isinstance(v, list | dict)]
+    return total
+
+
+@pytest.mark.usefixtures("truncated_after")
+def test_deep_pages_filters_and_the_console_read_only_what_they_show(settings):
+    """The scale try (840,000 notifications for one merchant, 5 M attempts): a cursor
+    written as an OR read every newer row (a page 80 days back, 425 ms), a reference or
+    type filter scanned every partner's events, and the console read attempts per
+    endpoint (28-50 s). Each query here drops at most a page's worth of rows."""
+    partner_id, _ = _merchant(settings, "big-shop")
+    _merchant(settings, "other-shop")
+    with get_database().engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+    with session_scope() as session:
+        deep = session.execute(select(Notification.created_at, Notification.id).where(
+            Notification.partner_id == partner_id, Notification.sequence == 90_000)).one()
+        deep_event = session.execute(
+            select(Notification.created_at, Notification.event_id).where(
+                Notification.partner_id == partner_id,
+                Notification.sequence == 90_000)).one()
+    cursor = encode_cursor(deep.created_at, deep.id)
+    event_cursor = encode_cursor(deep_event.created_at, deep_event.event_id)
+    listed = {
+        "API list, a page 90,000 back": lambda s: api_queries.list_notifications(
+            s, partner_id, api_queries.ListFilters(cursor=cursor)),
+        "API list, by reference": lambda s: api_queries.list_notifications(
+            s, partner_id, api_queries.ListFilters(reference="REF-5000")),
+        "API list, by type, deep": lambda s: api_queries.list_notifications(
+            s, partner_id, api_queries.ListFilters(event_type="invoice.settled",
+                                                   cursor=cursor)),
+        "portal event log, a page 90,000 back": lambda s: queries.event_log(
+            s, partner_id, queries.EventFilters(cursor=event_cursor)),
+        "console, failing endpoints": lambda s: inspect.failing_endpoints(s),
+    }
+    engine = get_database().engine
+    problems = []
+    for name, run in listed.items():
+        captured: list[tuple[str, Any]] = []
+
+        def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any,
+                    _context: Any, _many: bool, sink: list[tuple[str, Any]] = captured) -> None:
+            sink.append((statement, parameters))
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            with session_scope() as session:
+                run(session)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        raw = engine.raw_connection()
+        try:
+            cursor_ = raw.cursor()
+            for statement, parameters in captured:
+                if not statement.lstrip().upper().startswith("SELECT"):
+                    continue
+                cursor_.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+                plan = cursor_.fetchone()[0]
+                plan = json.loads(plan) if isinstance(plan, str) else plan
+                dropped = _removed_by_filter(plan)
+                full = [scan for scan in _scans(plan) if scan[0] == "Seq Scan"
+                        and scan[1] in ("notifications", "events", "attempts")]
+                if dropped > 2_000 or full:
+                    problems.append((name, dropped, full, statement))
+        finally:
+            raw.rollback()
+            raw.close()
+    assert problems == [], "\n\n".join(f"{n}: {d} dropped, {f}\n{s}"
+                                       for n, d, f, s in problems)
