@@ -114,7 +114,8 @@ def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
 
 @click.command("replay")
 @click.option("--partner", "partner_id", required=True, help="Partner id.")
-@click.option("--endpoint", "endpoint_url", default=None, help="Only this webhook URL.")
+@click.option("--endpoint", "endpoint_url", default=None,
+              help="Only this endpoint: its id (ep_...) or its URL.")
 @click.option("--since", default=None, help="Created at or after (ISO 8601, UTC by default).")
 @click.option("--until", default=None, help="Created before (ISO 8601, UTC by default).")
 @click.option("--include-not-sent", is_flag=True,
@@ -157,10 +158,15 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
     with click.progressbar(length=count, label="Replaying", file=sys.stderr,
                            show_pos=True) as bar:
         result = run_replay(get_settings(), flt, ids=ids, rate=rate, progress=bar.update)
+    others = result.skipped - result.held_back
     click.echo(f"replayed {result.replayed} of {result.matched} notification(s)"
-               + (f"; {result.skipped} skipped (changed meanwhile, no URL, or the partner "
-                  "takes no webhooks any more)"
-                  if result.skipped else ""))
+               + (f"; {result.held_back} held back: their endpoint is disabled or webhooks "
+                  "are turned off (enable it, or turn them on, then replay)"
+                  if result.held_back else "")
+               + (f"; {others} skipped (changed meanwhile, no URL, or the partner takes no "
+                  "webhooks any more)" if others else ""))
+    if result.matched and not result.replayed:
+        sys.exit(1)  # nothing done of what was asked: a script must not take it for done
 
 
 @click.command("purge-attempts")

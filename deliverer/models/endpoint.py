@@ -38,8 +38,11 @@ class EndpointStatus(StrEnum):
     DISABLED = "DISABLED"
 
 
+PUBLIC_ID_PREFIX = "ep_"
+
+
 def new_endpoint_id() -> str:
-    return "ep_" + secrets.token_hex(12)
+    return PUBLIC_ID_PREFIX + secrets.token_hex(12)
 
 
 # What a registered endpoint has of its own (a secret, a rate limit and its slot): none

@@ -30,6 +30,7 @@ from deliverer.config import Settings
 from deliverer.db import in_transaction, is_transient_abort, on_commit, session_scope
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed, PartnerNotFound
 from deliverer.models import (
+    Endpoint,
     Lane,
     Notification,
     NotificationStatus,
@@ -39,6 +40,7 @@ from deliverer.models import (
     not_receiving_webhooks,
     utcnow,
 )
+from deliverer.models.endpoint import PUBLIC_ID_PREFIX
 from deliverer.notifications.audit import ACCEPTED, OPERATOR
 from deliverer.notifications.cycle import (
     NOT_FAILED,
@@ -49,6 +51,7 @@ from deliverer.notifications.cycle import (
 from deliverer.notifications.ignore import ignore
 from deliverer.notifications.queries import is_uuid
 from deliverer.partners.endpoints import next_sequence
+from deliverer.partners.registered import EndpointNotFound
 from deliverer.partners.service import Principal
 
 # How long a replay batch the database aborted (a deadlock victim) is run again.
@@ -166,6 +169,8 @@ def operator_ignore(session: Session, notification_id: str,
 @dataclass(frozen=True)
 class ReplayFilter:
     partner_id: str
+    # The endpoint's URL, or its public id (ep_...: as stats, the console and the API
+    # name it; taken for a URL, it matched nothing, silently: the operator try).
     endpoint_url: str | None = None
     since: datetime | None = None  # notification created at or after
     until: datetime | None = None  # notification created before
@@ -185,6 +190,7 @@ class ReplayResult:
     skipped: int  # changed status meanwhile (delivered, retried), nowhere to send, its
                   # endpoint disabled or webhooks off, or the partner left the WEBHOOK
                   # flow meanwhile
+    held_back: int = 0  # of the skipped: its endpoint disabled, or webhooks turned off
 
 
 def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
@@ -195,7 +201,13 @@ def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
     check_pushed(partner)
     query = select(Notification.id).where(Notification.partner_id == flt.partner_id,
                                           Notification.status.in_(flt.statuses))
-    if flt.endpoint_url is not None:
+    if flt.endpoint_url is not None and flt.endpoint_url.startswith(PUBLIC_ID_PREFIX):
+        key = session.scalar(select(Endpoint.id).where(
+            Endpoint.partner_id == flt.partner_id, Endpoint.public_id == flt.endpoint_url))
+        if key is None:
+            raise EndpointNotFound()
+        query = query.where(Notification.endpoint_id == key)
+    elif flt.endpoint_url is not None:
         query = query.where(Notification.url == flt.endpoint_url)
     if flt.since is not None:
         query = query.where(Notification.created_at >= flt.since)
@@ -207,12 +219,13 @@ def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
 
 def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
                statuses: Sequence[str], now: datetime, *, start_index: int = 0,
-               rate: float | None = None) -> tuple[int, list[str]]:
+               rate: float | None = None) -> tuple[int, list[str], int]:
     """Requeue those of ``ids`` still in ``statuses``. Commits nothing.
 
-    Returns how many were requeued, and the ids it did not look at because another
-    transaction held their rows: a call for several notifications never waits for their
-    rows (SKIP LOCKED), since a worker recording an attempt holds its notification and
+    Returns how many were requeued, the ids it did not look at because another
+    transaction held their rows, and how many were held back (their endpoint disabled,
+    webhooks turned off). A call for several notifications never waits for their rows
+    (SKIP LOCKED), since a worker recording an attempt holds its notification and
     may update others of its endpoint in no particular order, and the two would deadlock
     (``deliverer.notifications.manual_retry``). The caller replays those one by one: a
     call for one notification waits for its row.
@@ -222,7 +235,7 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
         select(Notification).where(Notification.id.in_(list(ids)))
         .with_for_update(key_share=True, skip_locked=several))}
     pushed: dict[str, bool] = {}  # by partner: it may have left the WEBHOOK flow meanwhile
-    replayed = 0
+    replayed = held_back = 0
     busy = []
     for offset, nid in enumerate(ids):
         row = rows.get(nid)
@@ -240,7 +253,8 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
         try:
             facts = check_deliverable_of(session, row)
         except Conflict:
-            continue  # its endpoint disabled, webhooks off: it would only be held again
+            held_back += 1  # its endpoint disabled, webhooks off: it would only be held
+            continue
         due = None
         if rate:
             due = now + timedelta(seconds=(start_index + offset) / rate)
@@ -248,7 +262,7 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
             record_operator_action(session, row, RequestKind.RETRY, now)
             replayed += 1
     session.flush()
-    return replayed, busy
+    return replayed, busy, held_back
 
 
 def replay(settings: Settings, flt: ReplayFilter, *, ids: Sequence[str] | None = None,
@@ -274,7 +288,7 @@ def replay(settings: Settings, flt: ReplayFilter, *, ids: Sequence[str] | None =
             ids = find_replayable(session, flt)
     start = now or utcnow()
 
-    def run(chunk: Sequence[str], start_index: int) -> tuple[int, list[str]]:
+    def run(chunk: Sequence[str], start_index: int) -> tuple[int, list[str], int]:
         # A transaction of its own, run again if PostgreSQL aborts it as a deadlock
         # victim (or a serialization failure): such an abort rolled it all back. Not
         # after any other error, which may have followed its commit.
@@ -286,14 +300,16 @@ def replay(settings: Settings, flt: ReplayFilter, *, ids: Sequence[str] | None =
                                        start_index=start_index, rate=rate),
             retry_for=RUN_AGAIN_FOR, only_if=is_transient_abort)
 
-    replayed = 0
+    replayed = held_back = 0
     for index in range(0, len(ids), batch_size):
         batch = ids[index:index + batch_size]
-        done, busy = run(batch, index)
-        replayed += done
+        done, busy, held = run(batch, index)
+        replayed, held_back = replayed + done, held_back + held
         # The rows another transaction held, right after: each alone, waiting for it.
         for nid in busy:
-            replayed += run([nid], index + batch.index(nid))[0]
+            done, _, held = run([nid], index + batch.index(nid))
+            replayed, held_back = replayed + done, held_back + held
         if progress is not None:
             progress(len(batch))
-    return ReplayResult(matched=len(ids), replayed=replayed, skipped=len(ids) - replayed)
+    return ReplayResult(matched=len(ids), replayed=replayed, skipped=len(ids) - replayed,
+                        held_back=held_back)

@@ -51,7 +51,8 @@ class BacklogCollector(Collector):
                                     "Notifications whose next attempt is due now.",
                                     value=due.count)
             yield GaugeMetricFamily("deliverer_failing_endpoints",
-                                    "Endpoints whose last delivery failed.", value=failing)
+                                    "Endpoints whose last delivery failed, still tried (not "
+                                    "disabled; callback URLs too).", value=failing)
             endpoints = GaugeMetricFamily(
                 "deliverer_endpoints",
                 "Registered endpoints by status (ACTIVE, FAILING, DISABLED).",

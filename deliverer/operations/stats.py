@@ -128,12 +128,14 @@ def due_summary(session: Session, now: datetime | None = None) -> DueSummary:
 
 
 def failing_endpoint_count(session: Session) -> int:
-    """Endpoints failing now (callback URLs' too), not deleted ones: a deleted endpoint
-    is tried no more, and it counted for good (an alert on the gauge never cleared: a
-    black-box try)."""
+    """Endpoints failing now and still tried (callback URLs' too): not deleted ones, nor
+    disabled ones. Either is tried no more, and counted, a deleted one stayed for good
+    (an alert on the gauge never cleared: a black-box try) and a disabled one beside
+    "0 FAILING" paged operators for endpoints they cannot help (the operator try)."""
     return int(session.scalar(
         select(func.count()).select_from(Endpoint)
-        .where(Endpoint.failing_since.is_not(None), Endpoint.deleted_at.is_(None))
+        .where(Endpoint.failing_since.is_not(None), Endpoint.deleted_at.is_(None),
+               Endpoint.disabled_at.is_(None))
     ) or 0)
 
 

@@ -131,6 +131,32 @@ def test_replay_with_a_progress_bar_then_the_worker_delivers(settings, worker,
     assert h.notification(elsewhere).status == NotificationStatus.FAILED
 
 
+def test_replay_by_endpoint_id_and_what_a_disabled_endpoint_holds_back(settings,
+                                                                        receiver: Receiver):
+    # Taken for a URL, an ep_ id matched nothing, silently; a disabled endpoint's were
+    # "skipped (changed meanwhile...)", exit 0 (the operator try).
+    url = receiver.url("/by-id")
+    shop = h.new_partner(settings, url)
+    ids = [failed(shop.partner_id, url) for _ in range(2)]
+    failed(shop.partner_id, receiver.url("/other"))
+    with session_scope() as session:
+        endpoint = session.scalar(select(Endpoint).where(Endpoint.url == url))
+        public_id = endpoint.public_id
+        endpoint.disabled_at, endpoint.disabled_reason = utcnow(), "410 Gone"
+    dry = run_cli(settings, "replay", "--partner", shop.partner_id, "--endpoint", public_id,
+                  "--dry-run")
+    assert "2 FAILED notification(s) match." in dry.stdout
+    held = run_cli(settings, "replay", "--partner", shop.partner_id, "--endpoint", public_id,
+                   "--yes", check=False)
+    assert held.returncode == 1
+    assert ("replayed 0 of 2 notification(s); 2 held back: their endpoint is disabled or "
+            "webhooks are turned off") in held.stdout
+    assert all(h.notification(nid).status == NotificationStatus.FAILED for nid in ids)
+    unknown = run_cli(settings, "replay", "--partner", shop.partner_id, "--endpoint",
+                      "ep_000000000000000000000000", check=False)
+    assert unknown.returncode == 1 and "Endpoint not found" in unknown.stderr
+
+
 def test_replay_of_nothing_asks_nothing(settings, receiver: Receiver):
     shop = h.new_partner(settings, receiver.url("/x"))
     failed(shop.partner_id, receiver.url("/x"))

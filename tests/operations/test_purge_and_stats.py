@@ -209,3 +209,24 @@ def test_a_deleted_endpoint_is_no_longer_counted_or_listed_as_failing(settings):
     with session_scope() as session:
         assert stats.failing_endpoint_count(session) == 0
         assert inspect.failing_endpoints(session) == []
+
+
+def test_a_disabled_endpoint_is_counted_disabled_not_failing(settings):
+    # "Failing endpoints: 2" beside "0 FAILING, 2 DISABLED" in deliverer stats, and the
+    # gauge paging for endpoints no longer tried (the operator try).
+    shop = h.new_partner(settings, "http://127.0.0.1:9/default")
+    with session_scope() as session:
+        gone = registered.create(session, settings, shop.partner_id,
+                                 url="http://127.0.0.1:9/gone")
+        gone.failing_since, gone.consecutive_failures = utcnow(), 7
+        public_id = gone.public_id
+    with session_scope() as session:
+        assert stats.failing_endpoint_count(session) == 1
+        session.execute(update(Endpoint).where(Endpoint.public_id == public_id)
+                        .values(disabled_at=utcnow(), disabled_reason="410 Gone"))
+    with session_scope() as session:
+        assert stats.failing_endpoint_count(session) == 0
+        assert stats.endpoint_statuses(session)["DISABLED"] == 1
+        # The console still lists it, as disabled: the operator sees what it holds.
+        [listed] = inspect.failing_endpoints(session)
+        assert listed.endpoint.public_id == public_id

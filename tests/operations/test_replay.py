@@ -244,7 +244,7 @@ def test_no_operator_retries_what_its_claim_would_hold_again(settings, published
             Conflict, match="is disabled \\(Failed continuously for 25 hours\\): enable it "
                             "\\(save your webhook settings\\), then retry"):
         operator_retry(session, settings, nid)
-    assert replay(settings, ReplayFilter(shop.partner_id)) == ReplayResult(1, 0, 1)
+    assert replay(settings, ReplayFilter(shop.partner_id)) == ReplayResult(1, 0, 1, held_back=1)
     after = h.notification(nid)
     assert (after.retry_attempts, after.latest_error_payload, after.cycle_started_at) == (
         before.retry_attempts, before.latest_error_payload, before.cycle_started_at)
