@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from celery.beat import Scheduler
@@ -187,9 +188,8 @@ def test_stats_functions(settings):
         assert collected.as_dict()["due"]["count"] == 2
 
 
-def test_a_deleted_endpoint_is_no_longer_counted_or_listed_as_failing(settings):
-    # It stayed failing for good: the console's list, deliverer stats and the
-    # deliverer_failing_endpoints gauge (an alert on it never cleared; a black-box try).
+def _failing_endpoint(settings) -> tuple[Any, str]:
+    """A partner and the public id of its registered endpoint failing now (counted)."""
     shop = h.new_partner(settings, "http://127.0.0.1:9/default")
     with session_scope() as session:
         broken = registered.create(session, settings, shop.partner_id,
@@ -198,6 +198,14 @@ def test_a_deleted_endpoint_is_no_longer_counted_or_listed_as_failing(settings):
         public_id = broken.public_id
     with session_scope() as session:
         assert stats.failing_endpoint_count(session) == 1
+    return shop, public_id
+
+
+def test_a_deleted_endpoint_is_no_longer_counted_or_listed_as_failing(settings):
+    # It stayed failing for good: the console's list, deliverer stats and the
+    # deliverer_failing_endpoints gauge (an alert on it never cleared; a black-box try).
+    shop, public_id = _failing_endpoint(settings)
+    with session_scope() as session:
         assert [e.endpoint.public_id for e in inspect.failing_endpoints(session)] == [public_id]
         registered.delete(session, registered.get(session, shop.partner_id, public_id))
     with session_scope() as session:
@@ -214,14 +222,8 @@ def test_a_deleted_endpoint_is_no_longer_counted_or_listed_as_failing(settings):
 def test_a_disabled_endpoint_is_counted_disabled_not_failing(settings):
     # "Failing endpoints: 2" beside "0 FAILING, 2 DISABLED" in deliverer stats, and the
     # gauge paging for endpoints no longer tried (the operator try).
-    shop = h.new_partner(settings, "http://127.0.0.1:9/default")
+    _, public_id = _failing_endpoint(settings)
     with session_scope() as session:
-        gone = registered.create(session, settings, shop.partner_id,
-                                 url="http://127.0.0.1:9/gone")
-        gone.failing_since, gone.consecutive_failures = utcnow(), 7
-        public_id = gone.public_id
-    with session_scope() as session:
-        assert stats.failing_endpoint_count(session) == 1
         session.execute(update(Endpoint).where(Endpoint.public_id == public_id)
                         .values(disabled_at=utcnow(), disabled_reason="410 Gone"))
     with session_scope() as session:
