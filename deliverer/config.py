@@ -262,6 +262,12 @@ class Settings:
             # A POST could then outlive its lease, and the row be claimed and POSTed again.
             raise ConfigError("DELIVERER_LEASE_SECONDS must be longer than "
                              "DELIVERER_CONNECT_TIMEOUT + DELIVERER_TOTAL_TIMEOUT")
+        retention_days = _float(env, "DELIVERER_ATTEMPT_RETENTION_DAYS", 90.0)
+        if retention_days < 1:
+            # Beat purges with it every day, unasked: 0 deleted every attempt (the operator
+            # try). The CLI keeps less on request, asking first.
+            raise ConfigError("DELIVERER_ATTEMPT_RETENTION_DAYS must be at least 1 (to keep "
+                              "less once: deliverer purge-attempts --older-than-days)")
         admin_token = env.get("DELIVERER_ADMIN_TOKEN") or None
         if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
             # It opens /internal/v1 and the console, which take any number of tries.
@@ -283,7 +289,7 @@ class Settings:
             total_timeout=total_timeout,
             lease_seconds=lease_seconds,
             resend_wait_seconds=_float(env, "DELIVERER_RESEND_WAIT", 2.0),
-            attempt_retention_days=_float(env, "DELIVERER_ATTEMPT_RETENTION_DAYS", 90.0),
+            attempt_retention_days=retention_days,
             smtp_url=env.get("DELIVERER_SMTP_URL") or None,
             alert_sender=env.get("DELIVERER_ALERT_FROM") or "deliverer@localhost",
             drain_rate=_float(env, "DELIVERER_DRAIN_RATE", 10.0),

@@ -42,6 +42,8 @@ def test_a_lease_must_outlast_a_post(tmp_path):
     ("DELIVERER_PORTAL_URL", "hooks.example.com", "http(s) address"),
     ("DELIVERER_PORTAL_URL", "https://hooks.example.com/?x=1", "http(s) address"),
     ("DELIVERER_ADMIN_TOKEN", "admin", "must be at least 16 characters"),
+    ("DELIVERER_ATTEMPT_RETENTION_DAYS", "0", "must be at least 1"),
+    ("DELIVERER_ATTEMPT_RETENTION_DAYS", "0.5", "must be at least 1"),
 ])
 def test_a_setting_that_cannot_be_used_is_named(tmp_path, name, value, says):
     # The CLI says a ConfigError in one line (tests/operations/test_cli.py); it names the
