@@ -1,5 +1,6 @@
 """A partner's registered endpoints from the command line: ``deliverer endpoint add`` and
-``list`` (what the partner API's ``/endpoints`` does, for operators and the demo)."""
+``list`` (what the partner API's ``/endpoints`` does, for operators and the demo), and
+``disable`` / ``enable`` (an operator stopping one that hammers its merchant's server)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+# The reason an endpoint an operator disabled gives (the merchant's PATCH enabled: true,
+# or a settings save for the default endpoint, enables it again, as after a 410).
+OPERATOR_REASON = "Disabled by the operator"
 
 
 def _check_partner(session: Session, partner_id: str) -> None:
@@ -88,3 +93,49 @@ def endpoint_list(partner_id: str, as_json: bool) -> None:
         mark = "*" if row["isDefault"] else " "
         click.echo(f"{mark} {row['id']}  {row['status']:<8}  "
                    f"{','.join(row['eventTypes']):<30}  {row['url']}")
+
+
+@endpoint.command("disable")
+@click.argument("endpoint_id")
+@click.option("--reason", default=None, help="Said to the merchant (API, portal, alerts).")
+def endpoint_disable(endpoint_id: str, reason: str | None) -> None:
+    """Stop sending to ENDPOINT_ID (ep_...): what it is sent is held, new events to it are
+    NOT_SENT, as when the merchant disables it."""
+    _set_enabled(endpoint_id, False, reason)
+
+
+@endpoint.command("enable")
+@click.argument("endpoint_id")
+def endpoint_enable(endpoint_id: str) -> None:
+    """Send to ENDPOINT_ID (ep_...) again: what it holds is released in sequence order."""
+    _set_enabled(endpoint_id, True, None)
+
+
+def _set_enabled(public_id: str, enabled: bool, reason: str | None) -> None:
+    """An operator's enable or disable, through the service the merchant's PATCH uses."""
+    from sqlalchemy import select
+
+    from deliverer.db import session_scope
+    from deliverer.errors import DelivererError
+    from deliverer.models import Endpoint
+    from deliverer.partners import registered
+
+    try:
+        with session_scope() as session:
+            partner_id = session.scalar(select(Endpoint.partner_id).where(
+                Endpoint.public_id == public_id, Endpoint.deleted_at.is_(None)))
+            if partner_id is None:
+                raise registered.EndpointNotFound()
+            row = registered.get(session, partner_id, public_id, for_update=True)
+            if (row.disabled_at is None) == enabled:
+                click.echo(f"{public_id} is {row.status.value} already.")
+                return
+            registered.update_endpoint(session, get_settings(), row, enabled=enabled)
+            if not enabled:
+                row.disabled_reason = (OPERATOR_REASON + (f": {reason}" if reason else ""))[:200]
+            said = (f"disabled ({row.disabled_reason})" if not enabled else
+                    "enabled: what it holds is released in sequence order")
+    except DelivererError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{public_id} {said}.")
+

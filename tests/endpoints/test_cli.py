@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import deliverer
+from deliverer.models import NotificationStatus
 from tests.support import helpers as h
 from tests.support.cli import run_cli
 
@@ -61,3 +63,27 @@ def test_publish_refuses_an_empty_or_overlong_reference_in_one_line(settings):
         assert refused.returncode == 1, refused.stderr
         assert refused.stderr.strip() == (
             "Error: reference: must be a string of 1 to 200 characters"), refused.stderr
+
+
+def test_an_operator_disables_and_enables_an_endpoint(settings, worker, receiver):
+    # The console and the CLI had no way to stop an endpoint hammering its merchant's
+    # server, nor to enable one again, without the merchant's key (the operator try).
+    shop = h.new_partner(settings, receiver.url("/default"))
+    added = json.loads(run_cli(settings, "endpoint", "add", shop.partner_id,
+                               receiver.url("/orders")).stdout)
+    off = run_cli(settings, "endpoint", "disable", added["id"], "--reason", "hammering")
+    assert off.stdout.strip() == (
+        f"{added['id']} disabled (Disabled by the operator: hammering).")
+    published = deliverer.publish_event(shop.partner_id, "transaction.paid", "TXN-OFF", {})
+    statuses = {d.endpoint_id: d.status for d in published.deliveries}
+    assert statuses[added["id"]] == NotificationStatus.NOT_SENT
+    again = run_cli(settings, "endpoint", "disable", added["id"])
+    assert again.stdout.strip() == f"{added['id']} is DISABLED already."
+    on = run_cli(settings, "endpoint", "enable", added["id"])
+    assert "enabled" in on.stdout
+    later = deliverer.publish_event(shop.partner_id, "transaction.paid", "TXN-ON", {})
+    [to_orders] = [d for d in later.deliveries if d.endpoint_id == added["id"]]
+    h.wait_until(lambda: h.sent(to_orders.notification_id), message="sent once enabled")
+    unknown = run_cli(settings, "endpoint", "enable", "ep_000000000000000000000000",
+                      check=False)
+    assert unknown.returncode == 1 and "Endpoint not found" in unknown.stderr
