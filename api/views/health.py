@@ -13,6 +13,8 @@ from deliverer.operations import fleet
 
 bp = Blueprint("health", __name__)
 
+READYZ_PING = 0.4  # seconds /readyz waits for workers' ping replies
+
 
 @bp.get("/healthz")
 def healthz() -> Any:
@@ -40,6 +42,8 @@ def readyz() -> Any:
     body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
     if checks["broker"] == "ok":
         # Reported, not a condition of readiness (the web app serves without workers);
-        # bounded: a one-second ping (deliverer.operations.fleet).
-        body["fleet"] = fleet.collect(current_app.extensions["celery"]).as_dict()
+        # bounded: a ping of READYZ_PING seconds (a second, as deliverer stats waits, made
+        # every probe 1.03 s: past Kubernetes' default probe timeout, the scale try).
+        body["fleet"] = fleet.collect(current_app.extensions["celery"],
+                                      timeout=READYZ_PING).as_dict()
     return jsonify(body), 200 if ready else 503

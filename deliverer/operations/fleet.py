@@ -43,7 +43,9 @@ def live_workers(celery_app: Any, timeout: float = PING_TIMEOUT) -> int | None:
     if _broker_kind(celery_app).startswith("sqla"):
         return None  # kombu's SQLAlchemy transport carries no broadcast between processes
     try:
-        with celery_app.connection_for_write() as conn:
+        # A pooled connection: closing a fresh one after a ping waited for the reply
+        # consumer's BRPOP on Redis (its 1 s timeout: 0.7 s a probe).
+        with celery_app.pool.acquire(block=True) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             return len(celery_app.control.ping(timeout=timeout, connection=conn) or [])
     except Exception as exc:
