@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from deliverer.cli import ids
 from deliverer.config import get_settings
 from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT
 
@@ -34,7 +35,7 @@ def endpoint() -> None:
 
 
 @endpoint.command("add")
-@click.argument("partner_id")
+@click.argument("partner_id", callback=ids.partner_id)
 @click.argument("url")
 @click.option("--event-type", "event_types", multiple=True,
               help="A catalog name, a prefix such as 'transaction.*', or '*' (repeatable; "
@@ -58,6 +59,7 @@ def endpoint_add(partner_id: str, url: str, event_types: tuple[str, ...],
                                         event_types=list(event_types) or None,
                                         enabled=not disabled, rate_limit=rate_limit)
             shown = {"id": created.public_id, "url": created.url,
+                     "description": created.description,
                      "eventTypes": created.subscriptions, "enabled": not disabled,
                      "rateLimit": created.rate_limit,
                      "signingSecret": created.signing_secret}
@@ -68,7 +70,7 @@ def endpoint_add(partner_id: str, url: str, event_types: tuple[str, ...],
 
 
 @endpoint.command("list")
-@click.argument("partner_id")
+@click.argument("partner_id", callback=ids.partner_id)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def endpoint_list(partner_id: str, as_json: bool) -> None:
     """PARTNER_ID's endpoints: id, status, subscriptions, URL (* marks the default)."""
@@ -80,7 +82,8 @@ def endpoint_list(partner_id: str, as_json: bool) -> None:
         with session_scope() as session:
             _check_partner(session, partner_id)
             rows: list[dict[str, Any]] = [
-                {"id": e.public_id, "url": e.url, "eventTypes": e.subscriptions,
+                {"id": e.public_id, "url": e.url, "description": e.description,
+                 "eventTypes": e.subscriptions,
                  "status": e.status.value, "isDefault": e.is_default,
                  "rateLimit": e.rate_limit, "lastSequence": e.last_sequence}
                 for e in registered.listed(session, partner_id)]
@@ -91,8 +94,9 @@ def endpoint_list(partner_id: str, as_json: bool) -> None:
         return
     for row in rows:
         mark = "*" if row["isDefault"] else " "
+        described = f"  ({row['description']})" if row["description"] else ""
         click.echo(f"{mark} {row['id']}  {row['status']:<8}  "
-                   f"{','.join(row['eventTypes']):<30}  {row['url']}")
+                   f"{','.join(row['eventTypes']):<30}  {row['url']}{described}")
 
 
 @endpoint.command("disable")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
+from deliverer.cli import ids
 from deliverer.config import get_settings
 
 # The longest periods the options accept: beyond, now - period is before year 1
@@ -113,7 +114,8 @@ def stats(window: float, limit: int, as_json: bool, no_broker: bool) -> None:
 
 
 @click.command("replay")
-@click.option("--partner", "partner_id", required=True, help="Partner id.")
+@click.option("--partner", "partner_id", required=True, help="Partner id.",
+              callback=ids.partner_id)
 @click.option("--endpoint", "endpoint_url", default=None,
               help="Only this endpoint: its id (ep_...) or its URL.")
 @click.option("--since", default=None, help="Created at or after (ISO 8601, UTC by default).")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from deliverer.cli import ids
 from deliverer.config import base_url, get_settings
 
 
@@ -87,7 +88,7 @@ def partner_create(name: str, webhook_url: str | None, alert_email: str | None,
 
 
 @partner.command("rotate-key")
-@click.argument("partner_id")
+@click.argument("partner_id", callback=ids.partner_id)
 def partner_rotate_key(partner_id: str) -> None:
     """Revoke the partner's API keys and print a new one."""
     from deliverer.db import session_scope
@@ -103,7 +104,7 @@ def partner_rotate_key(partner_id: str) -> None:
 
 
 @click.command("publish")
-@click.argument("partner_id")
+@click.argument("partner_id", callback=ids.partner_id)
 @click.argument("event_type")
 @click.argument("reference")
 @click.option("--payload", default="{}", help="JSON object")
@@ -144,7 +145,7 @@ def _base_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 
 @click.command("portal-url")
-@click.argument("partner")
+@click.argument("partner", callback=ids.partner_id)
 @click.option("--read-only", is_flag=True, help="A session that can look, not act.")
 @click.option("--base-url", default=None, callback=_base_url,
               help="The API's public address (default: DELIVERER_PORTAL_URL, else "

@@ -28,6 +28,9 @@ def test_endpoints_added_from_the_cli_receive_what_they_subscribe_to(settings):
         ("https://shop.example/billing", ["invoice.*"], False)]
     table = run_cli(settings, "endpoint", "list", shop.partner_id).stdout.splitlines()
     assert table[0].startswith("* ") and billing["id"] in table[1]
+    # Which is which, as the API and the portal show it (the operator try).
+    assert billing["description"] == "Billing" and table[1].endswith("(Billing)")
+    assert [e["description"] for e in listed] == [None, "Billing"]
 
     out = json.loads(run_cli(settings, "publish", shop.partner_id, "invoice.settled",
                              "INV-1", "--payload", '{"invoice_id": 1}').stdout)

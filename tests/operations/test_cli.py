@@ -50,6 +50,10 @@ def test_partner_create_prints_the_key_once_and_rotate_key_replaces_it(settings)
         with pytest.raises(Unauthorized):
             authenticate(session, body["apiKey"])
 
+    # Pasted in capitals, as the API reads UUIDs (the operator try: "Partner not found").
+    upper = run_cli(settings, "partner", "rotate-key", body["id"].upper()).stdout.strip()
+    with session_scope() as session:
+        assert authenticate(session, upper).partner_id == body["id"]
     missing = run_cli(settings, "partner", "rotate-key", "nope", check=False)
     assert missing.returncode == 1 and "Partner not found" in missing.stderr
 
