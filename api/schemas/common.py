@@ -5,6 +5,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from deliverer.alerts import addresses
 from deliverer.notifications.queries import canonical_id
 
 
@@ -60,17 +61,14 @@ class HeaderText(fields.String):
 
 
 def _deliverable(address: str) -> None:
-    # RFC 5321's limits, which a mail server refuses past: a local part of 64 octets, a
-    # domain of 255 (marshmallow's Email checks the form only).
-    local, _, domain = address.rpartition("@")
-    if len(local.encode()) > 64 or len(domain.encode()) > 255:
-        raise ValidationError("Not a deliverable e-mail address: its part before @ may "
-                              "have 64 characters, after it 255.")
+    problem = addresses.length_problem(address)
+    if problem is not None:
+        raise ValidationError(problem)
 
 
 class Email(fields.Email):
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(validate=[validate.Length(max=320), _deliverable],
+        super().__init__(validate=[validate.Length(max=addresses.MAX_ADDRESS), _deliverable],
                          **kwargs)  # type: ignore[arg-type]
 
 

@@ -56,10 +56,22 @@ def _partner_name(_ctx: click.Context, _param: click.Parameter, value: str) -> s
     return value
 
 
+def _alert_email(_ctx: click.Context, _param: click.Parameter, value: str | None
+                 ) -> str | None:
+    # Checked as the API checks it: unchecked, a mistyped address was saved and found
+    # only when the first alert could not be mailed (the operator try).
+    from deliverer.alerts.addresses import address_problem
+
+    problem = address_problem(value) if value is not None else None
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
 @partner.command("create")
 @click.option("--name", required=True, callback=_partner_name)
 @click.option("--webhook-url", default=None)
-@click.option("--alert-email", default=None)
+@click.option("--alert-email", default=None, callback=_alert_email)
 @click.option("--flow", type=click.Choice(["WEBHOOK", "POLLING"]), default="WEBHOOK")
 @click.option("--output", type=click.Choice(["json", "shell"]), default="json",
               help="shell: PARTNER_ID=... lines, for eval \"$(deliverer partner create ...)\".")

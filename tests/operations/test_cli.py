@@ -54,6 +54,10 @@ def test_partner_create_prints_the_key_once_and_rotate_key_replaces_it(settings)
     upper = run_cli(settings, "partner", "rotate-key", body["id"].upper()).stdout.strip()
     with session_scope() as session:
         assert authenticate(session, upper).partner_id == body["id"]
+    for address in ("not-an-address", "a" * 65 + "@example.com"):
+        refused = run_cli(settings, "partner", "create", "--name", "Typo Shop",
+                          "--alert-email", address, check=False)
+        assert refused.returncode == 2 and "--alert-email" in refused.stderr
     missing = run_cli(settings, "partner", "rotate-key", "nope", check=False)
     assert missing.returncode == 1 and "Partner not found" in missing.stderr
 
