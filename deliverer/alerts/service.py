@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer import lease
+from deliverer.alerts.wording import KIND_AUTO_DISABLED, KIND_DISABLED, KIND_FAILING, email_text
 from deliverer.broker.dispatch import enqueue_alert_email
 from deliverer.config import Settings
 from deliverer.cursors import decode_cursor, encode_cursor
@@ -33,13 +34,11 @@ log = logging.getLogger(__name__)
 
 # "After the fifth retry": the first attempt plus five automatic retries have failed.
 ALERT_AFTER_FAILED_RETRIES = 5
-ALERT_COOLDOWN = timedelta(hours=1)  # between two failing alerts of one endpoint
-KIND_FAILING = "endpoint_failing"
-KIND_DISABLED = "endpoint_disabled"  # the receiver answered 410 Gone
-KIND_AUTO_DISABLED = "endpoint_auto_disabled"  # failed without a break for days
-SUBJECTS = {KIND_FAILING: "Webhook endpoint failing",
-            KIND_DISABLED: "Webhook endpoint disabled",
-            KIND_AUTO_DISABLED: "Webhook endpoint disabled"}
+# A failing alert is e-mailed at most this often per endpoint (times the time scale):
+# a flapping endpoint (30% of its answers 500 in the operator try) began a failing period
+# with every failure after a success, and mailed its merchant 8 times in 3 minutes. The
+# alerts are still recorded, one per period; a later one waits for the alert sweep.
+EMAIL_COOLDOWN = timedelta(hours=1)
 
 # The alert sweep offers an un-mailed alert again once the first task and its retries
 # (about 2.5 minutes) had their chance, for up to a day after it was raised, so many
@@ -152,25 +151,12 @@ def unmailed_alerts(session: Session, settings: Settings, now: datetime,
 
 
 def on_failed_retry(session: Session, endpoint: Endpoint, notification_id: str,
-                    failures: int, error_message: str | None, now: datetime,
-                    settings: Settings) -> None:
+                    failures: int, error_message: str | None, now: datetime) -> None:
     """An automatic retry to ``endpoint`` failed, the ``failures``-th in a row of its
     notification: past ``ALERT_AFTER_FAILED_RETRIES``, alert once per failing period (the
-    endpoint's ``alerted_at`` is earlier than its ``failing_since``), and not within
-    ``ALERT_COOLDOWN`` (scaled by the time scale, as the ladder) of the last alert.
-
-    Without the pause a flapping endpoint (30% of its answers 500 in the operator try)
-    began a new failing period with every success, and each notification that reached
-    its sixth failed retry mailed its merchant again: 8 e-mails in 3 minutes. A period
-    that starts within the pause is alerted at its first failed retry after it, if it
-    lasts that long."""
-    if failures <= ALERT_AFTER_FAILED_RETRIES:
+    endpoint's ``alerted_at``, cleared when it recovers)."""
+    if endpoint.alerted_at is not None or failures <= ALERT_AFTER_FAILED_RETRIES:
         return
-    last = endpoint.alerted_at
-    if last is not None:
-        this_period = endpoint.failing_since is None or last >= endpoint.failing_since
-        if this_period or now - last < ALERT_COOLDOWN * settings.time_scale:
-            return
     endpoint.alerted_at = now
     raise_alert(session, endpoint, KIND_FAILING,
                 f"Webhook endpoint {describe(endpoint)} has failed {failures} deliveries "
@@ -219,12 +205,16 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
                           .where(Alert.id == alert_id, _current())) is None:
             log.info("alert %s not e-mailed: its endpoint has changed since", alert_id)
             return False
+        if _mailed_lately(session, alert, settings):
+            log.info("alert %s e-mailed later: one of its endpoint's failing alerts was "
+                     "e-mailed within %s", alert_id, EMAIL_COOLDOWN * settings.time_scale)
+            return False
         webhook_settings = session.get(WebhookSettings, alert.partner_id)
         endpoint = session.get(Endpoint, alert.endpoint_id)
         to = webhook_settings.alert_email if webhook_settings else None
         if not to or not settings.smtp_url:
             return False
-        subject, body = _email_text(alert, endpoint)
+        subject, body = email_text(alert, endpoint)
         # The same on every try of this alert, and no other's: mail providers drop a
         # second message with a Message-ID they have seen (another installation's alert
         # of the same number, say).
@@ -264,30 +254,18 @@ def email_alert(alert_id: int, settings: Settings) -> bool:
     return True
 
 
-def _email_text(alert: Alert, endpoint: Endpoint | None) -> tuple[str, str]:
-    """Subject and body of an alert's e-mail, naming its endpoint."""
-    what = SUBJECTS.get(alert.kind, SUBJECTS[KIND_FAILING])
-    subject = f"[deliverer] {what}: {endpoint.url if endpoint else ''}"
-    lines = [alert.message, ""]
-    if endpoint is not None:
-        lines += [f"Endpoint: {endpoint.url}", f"Endpoint id: {endpoint.public_id}"]
-        if endpoint.description:
-            lines.append(f"Description: {endpoint.description}")
-        if endpoint.disabled_reason:
-            lines.append(f"Disabled: {endpoint.disabled_reason}")
-    if alert.notification_id:
-        lines.append(f"Notification: {alert.notification_id}")
-    if endpoint is not None and endpoint.failing_since is not None:
-        lines.append(f"Failing since: {endpoint.failing_since.isoformat()}")
-    lines.append(f"Raised: {alert.created_at.isoformat()}")
-    if alert.kind == KIND_FAILING:
-        # The operator console is the provider's; the merchant's places are these.
-        lines.append("Fix your endpoint, then retry the failed notifications from the API "
-                     "or your webhook portal.")
-    else:
-        lines.append("Fix your endpoint, then enable it again: what it holds is sent in "
-                     "order.")
-    return subject, "\n".join(lines) + "\n"
+def _mailed_lately(session: Session, alert: Alert, settings: Settings) -> bool:
+    """Whether another failing alert of the endpoint was e-mailed within the cool-down.
+    The alert sweep offers this one again (every 5 minutes, for a day): it goes once
+    the cool-down has passed if it is still true (the endpoint still failing since)."""
+    if alert.kind != KIND_FAILING or alert.endpoint_id is None:
+        return False
+    since = utcnow() - EMAIL_COOLDOWN * settings.time_scale
+    return session.scalar(
+        select(Alert.id).where(Alert.partner_id == alert.partner_id,  # its index
+                               Alert.endpoint_id == alert.endpoint_id,
+                               Alert.kind == KIND_FAILING, Alert.id != alert.id,
+                               Alert.emailed_at > since).limit(1)) is not None
 
 
 def claim_alert_email(session: Session, alert_id: int, settings: Settings,

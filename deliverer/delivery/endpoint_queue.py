@@ -189,9 +189,8 @@ def on_recovery(session: Session, endpoint_id: int, now: datetime) -> None:
     )
     session.execute(
         update(Endpoint).where(Endpoint.id == endpoint_id)
-        # alerted_at stays: the next failing period's alert waits for ALERT_COOLDOWN.
         .values(failing_since=None, consecutive_failures=0, last_success_at=now,
-                draining=True, retry_after_until=None)
+                alerted_at=None, draining=True, retry_after_until=None)
     )
 
 

@@ -59,7 +59,7 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
         if job.trigger == Trigger.AUTOMATIC:
             alerts.on_failed_retry(session, endpoint, row.id, row.retry_attempts,
-                                   (result.error or {}).get("message"), now, settings)
+                                   (result.error or {}).get("message"), now)
     if due is not None and (due - now).total_seconds() <= settings.sweep_horizon:
         row.scheduled_for = due
         row.enqueued_at = now

@@ -216,6 +216,18 @@ def _endpoint_of(alert_id: int) -> Any:
         return alert.endpoint_id
 
 
+def _another_alert(alert_id: int, kind: str, created_at: datetime) -> int:
+    """One more alert of ``kind`` on the endpoint of ``alert_id``."""
+    with session_scope() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        another = Alert(partner_id=alert.partner_id, endpoint_id=alert.endpoint_id,
+                        kind=kind, message=kind, created_at=created_at)
+        session.add(another)
+        session.flush()
+        return another.id
+
+
 def test_only_alerts_still_true_of_their_endpoint_are_emailed(settings, smtp_inbox,
                                                                override_settings):
     """Mailed late (SMTP down meanwhile, the address set afterwards), a "failing" alert
@@ -231,14 +243,7 @@ def test_only_alerts_still_true_of_their_endpoint_are_emailed(settings, smtp_inb
                         .values(failing_since=None))
         session.execute(update(Endpoint).where(Endpoint.id == endpoints[disabled_since])
                         .values(disabled_at=utcnow(), disabled_reason="410 Gone"))
-        still = session.get(Alert, failing)
-        assert still is not None
-        enabled_again = Alert(partner_id=still.partner_id, endpoint_id=endpoints[failing],
-                              kind=alerts.KIND_DISABLED, message="disabled",
-                              created_at=_minutes_ago(20))
-        session.add(enabled_again)
-        session.flush()
-        enabled_again_id = enabled_again.id
+    enabled_again_id = _another_alert(failing, alerts.KIND_DISABLED, _minutes_ago(20))
     with override_settings(smtp_url=smtp_url, alert_sender="alerts@deliverer.test") as s:
         with session_scope() as session:
             assert alerts.unmailed_alerts(session, s, utcnow()) == [failing]
@@ -510,3 +515,23 @@ def test_a_worker_taken_for_dead_does_not_free_its_successors_claim(settings,
         assert alerts.enqueue_unmailed(s) == 0
         alerts._unclaim(alert_id, second, s)
         assert _claimed_until(alert_id) is None
+
+
+def test_a_flapping_endpoints_failing_alerts_are_mailed_at_most_once_an_hour(
+        settings, smtp_inbox, override_settings):
+    # Every failure after a success began a failing period, and each period's alert was
+    # mailed: 8 e-mails in 3 minutes to one merchant (the operator try). Recorded still,
+    # one per period; mailed once the hour has passed, if still true by then.
+    inbox, smtp_url = smtp_inbox
+    first = _alert(settings, created_at=_minutes_ago(30))
+    second_id = _another_alert(first, alerts.KIND_FAILING, _minutes_ago(10))
+    with override_settings(smtp_url=smtp_url, alert_sender="alerts@deliverer.test") as s:
+        assert alerts.email_alert(first, s)
+        assert not alerts.email_alert(second_id, s)  # within the hour
+        with session_scope() as session:  # the sweep offers it again meanwhile
+            assert alerts.unmailed_alerts(session, s, utcnow()) == [second_id]
+            session.execute(update(Alert).where(Alert.id == first).values(
+                emailed_at=utcnow() - alerts.EMAIL_COOLDOWN - timedelta(seconds=1)))
+        assert alerts.email_alert(second_id, s)
+    assert len(inbox.messages) == 2
+    assert _emailed_at(second_id) is not None

@@ -20,7 +20,7 @@ from api.views.portal.blueprint import (
     partner_id,
     portal_session,
 )
-from deliverer.alerts.service import SUBJECTS as ALERT_KINDS
+from deliverer.alerts.wording import SUBJECTS as ALERT_KINDS
 from deliverer.errors import DelivererError
 from deliverer.models import PortalSession, WebhookSettings, utcnow
 from deliverer.partners import registered, webhook_settings
