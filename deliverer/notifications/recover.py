@@ -28,9 +28,12 @@ from sqlalchemy.orm import Session
 
 from deliverer import lease
 from deliverer.config import Settings
+from deliverer.delivery.claim import ENDPOINT_DELETED
 from deliverer.delivery.troubleshooting import FailureKind
 from deliverer.errors import Conflict, DelivererError, ValidationFailed
 from deliverer.models import (
+    Attempt,
+    Endpoint,
     Lane,
     Notification,
     NotificationStatus,
@@ -39,6 +42,7 @@ from deliverer.models import (
     table_of,
     utcnow,
 )
+from deliverer.models.endpoint import DISABLED_BY_MERCHANT
 from deliverer.notifications.audit import (
     ACCEPTED,
     OPERATOR,
@@ -63,7 +67,10 @@ _FRESH = (
     .values({**{k: bindparam(f"v_{k}") for k in fresh_cycle_values(utcnow(), due=utcnow())
                 if k != "next_attempt_at"},
              "next_attempt_at": bindparam("due"), "scheduled_for": None,
-             "enqueued_at": None})
+             "enqueued_at": None,
+             # The endpoint's URL now: a move repoints what is queued, not what was
+             # NOT_SENT, which went to the URL it had left (the review of includeNotSent).
+             "url": bindparam("url")})
 )
 
 
@@ -77,19 +84,27 @@ class Recovered:
     last_due_at: datetime | None
 
 
-def recoverable(include_not_sent: bool) -> ColumnElement[bool]:
-    """FAILED, and with ``include_not_sent`` NOT_SENT because the endpoint was disabled."""
+def recoverable(endpoint: Endpoint, include_not_sent: bool) -> ColumnElement[bool]:
+    """FAILED, and with ``include_not_sent`` NOT_SENT because ``endpoint`` was disabled
+    when they were published, by a 410, days of failures or an operator. Not those:
+    - its merchant disabled it for (deliberate, as webhooks turned off);
+    - its deletion stopped (the same kind), or an endpoint before it on its row had;
+    - the merchant ignored (ignoring keeps the row's error: told apart by its request);
+    - a resend by reference delivered (it leaves the row NOT_SENT)."""
     failed = Notification.status == NotificationStatus.FAILED
     if not include_not_sent:
         return failed
-    # Ignoring keeps the row's error: an ignored one is told apart by its request.
     ignored = exists().where(PartnerRequest.notification_id == Notification.id,
                              PartnerRequest.kind == RequestKind.IGNORE,
                              PartnerRequest.outcome.in_((ACCEPTED, OPERATOR)))
+    delivered = exists().where(Attempt.notification_id == Notification.id,
+                               Attempt.success.is_(True))
+    error = Notification.latest_error_payload
     return or_(failed, and_(
         Notification.status == NotificationStatus.NOT_SENT,
-        Notification.latest_error_payload["kind"].as_string()
-        == str(FailureKind.ENDPOINT_DISABLED), ~ignored))
+        error["kind"].as_string() == str(FailureKind.ENDPOINT_DISABLED),
+        error["message"].as_string().not_in((ENDPOINT_DELETED, DISABLED_BY_MERCHANT)),
+        Notification.created_at >= endpoint.created_at, ~ignored, ~delivered))
 
 
 def recover(session: Session, settings: Settings, principal: Principal, endpoint_id: str,
@@ -122,7 +137,7 @@ def recover(session: Session, settings: Settings, principal: Principal, endpoint
     ids = list(session.scalars(
         select(Notification.id)
         .where(Notification.endpoint_id == endpoint.id,
-               recoverable(include_not_sent),
+               recoverable(endpoint, include_not_sent),
                Notification.created_at >= since, Notification.created_at <= until,
                lease.is_free(Notification.lease_expires_at, now))
         .order_by(Notification.created_at, Notification.sequence)
@@ -140,7 +155,8 @@ def recover(session: Session, settings: Settings, principal: Principal, endpoint
     spacing = timedelta(seconds=1.0 / settings.drain_rate)
     start = _released_until(session, endpoint.id, now, spacing)
     fresh = {f"v_{k}": v for k, v in fresh_cycle_values(now, due=now).items()}
-    rows: list[dict[str, Any]] = [{"nid": nid, "due": start + i * spacing, **fresh}
+    rows: list[dict[str, Any]] = [{"nid": nid, "due": start + i * spacing,
+                                   "url": endpoint.url, **fresh}
                                   for i, nid in enumerate(ids)]
     session.connection().execute(_FRESH, rows)
     return Recovered(endpoint.public_id, len(ids), more, rows[-1]["due"])

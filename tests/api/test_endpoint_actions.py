@@ -9,11 +9,11 @@ import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import deliverer
 from deliverer.db import session_scope
-from deliverer.models import Lane, Notification, NotificationStatus, utcnow
+from deliverer.models import Attempt, Endpoint, Lane, Notification, NotificationStatus, utcnow
 from deliverer.notifications.recover import MAX_RECOVERED
 from deliverer.scheduling.tasks import sweep_due
 from tests.api import helpers as t
@@ -214,16 +214,33 @@ def test_recover_with_include_not_sent_sends_what_it_missed_while_disabled(
     orders = create(partner, receiver.url("/orders"), eventTypes=["transaction.*"])
     since = iso(utcnow() - timedelta(minutes=1))
     path = f"{ENDPOINTS}/{orders['id']}"
-    assert partner.api.patch(path, json={"enabled": False}).status_code == 200
-    published = [deliverer.publish_event(partner.partner_id, "transaction.paid", f"T{i}", {})
-                 for i in range(4)]
-    missed = [d.notification_id for p in published for d in p.deliveries
-              if d.status == NotificationStatus.NOT_SENT]
-    assert len(missed) == 4
-    receiver.wait_for(4, "/default")  # the webhook URL got them
+    with session_scope() as session:  # what auto-disable does after days of failures
+        session.execute(update(Endpoint).where(Endpoint.public_id == orders["id"]).values(
+            disabled_at=utcnow(), disabled_reason="Failed continuously for 5 days"))
+
+    def publish(reference: str) -> str:
+        published = deliverer.publish_event(partner.partner_id, "transaction.paid",
+                                            reference, {})
+        [missed] = [d.notification_id for d in published.deliveries
+                    if d.endpoint_id == orders["id"]]
+        assert h.notification(missed).status == NotificationStatus.NOT_SENT
+        return missed
+
+    missed = [publish(f"T{i}") for i in range(4)]
     ignored = missed.pop()  # the merchant ignored this one: it stays so
     assert partner.api.post(f"/api/partner/v2/webhook-notifications/{ignored}/ignore"
                             ).status_code == 200
+    delivered = missed.pop()  # a resend delivered this one (its row stays NOT_SENT)
+    with session_scope() as session:
+        session.add(Attempt(notification_id=delivered, trigger="resend",
+                            url=receiver.url("/orders"), started_at=utcnow(),
+                            duration_ms=3, success=True, response_status=200))
+    # The merchant moves it and enables it: what it missed goes to the new URL.
+    assert partner.api.patch(path, json={"url": receiver.url("/orders-new"),
+                                         "enabled": True}).status_code == 200
+    # One the merchant itself turned off: deliberate, as webhooks turned off.
+    assert partner.api.patch(path, json={"enabled": False}).status_code == 200
+    turned_off = publish("T-OFF")
     assert partner.api.patch(path, json={"enabled": True}).status_code == 200
 
     # Without it, FAILED ones only, as before.
@@ -232,12 +249,14 @@ def test_recover_with_include_not_sent_sends_what_it_missed_while_disabled(
                    400, "BAD_REQUEST")
     with api_settings(drain_rate=20.0):
         body = recover(partner, orders["id"], since=since, includeNotSent=True).json()
-        assert (body["recovered"], body["more"]) == (3, False)
+        assert (body["recovered"], body["more"]) == (2, False)
         sweep_due()
-        got = receiver.wait_for(3, "/orders")
+        got = receiver.wait_for(2, "/orders-new")
     assert sorted(r.headers["webhook-id"] for r in got) == sorted(missed)
     h.wait_until(lambda: all(h.sent(nid) for nid in missed))
-    assert h.notification(ignored).status == NotificationStatus.NOT_SENT
+    assert receiver.requests("/orders") == []
+    for untouched in (ignored, delivered, turned_off):
+        assert h.notification(untouched).status == NotificationStatus.NOT_SENT
     # Done: asked again, nothing more.
     assert recover(partner, orders["id"], since=since,
                    includeNotSent=True).json()["recovered"] == 0
