@@ -16,10 +16,6 @@ from deliverer.partners.registered import MAX_RATE_LIMIT, MIN_RATE_LIMIT
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-# The reason an endpoint an operator disabled gives (the merchant's PATCH enabled: true,
-# or a settings save for the default endpoint, enables it again, as after a 410).
-OPERATOR_REASON = "Disabled by the operator"
-
 
 def _check_partner(session: Session, partner_id: str) -> None:
     from deliverer.errors import PartnerNotFound
@@ -104,42 +100,31 @@ def endpoint_list(partner_id: str, as_json: bool) -> None:
 @click.option("--reason", default=None, help="Said to the merchant (API, portal, alerts).")
 def endpoint_disable(endpoint_id: str, reason: str | None) -> None:
     """Stop sending to ENDPOINT_ID (ep_...): what it is sent is held, new events to it are
-    NOT_SENT, as when the merchant disables it."""
-    _set_enabled(endpoint_id, False, reason)
+    NOT_SENT, as when the merchant disables it; a settings save does not undo it."""
+    _set_enabled(endpoint_id, False, reason=reason)
 
 
 @endpoint.command("enable")
 @click.argument("endpoint_id")
-def endpoint_enable(endpoint_id: str) -> None:
+@click.option("--force", is_flag=True, help="Even one its merchant disabled.")
+def endpoint_enable(endpoint_id: str, force: bool) -> None:
     """Send to ENDPOINT_ID (ep_...) again: what it holds is released in sequence order."""
-    _set_enabled(endpoint_id, True, None)
+    _set_enabled(endpoint_id, True, force=force)
 
 
-def _set_enabled(public_id: str, enabled: bool, reason: str | None) -> None:
-    """An operator's enable or disable, through the service the merchant's PATCH uses."""
-    from sqlalchemy import select
-
+def _set_enabled(public_id: str, enabled: bool, *, reason: str | None = None,
+                 force: bool = False) -> None:
     from deliverer.db import session_scope
     from deliverer.errors import DelivererError
-    from deliverer.models import Endpoint
-    from deliverer.partners import registered
+    from deliverer.operations.endpoints import set_enabled
 
     try:
         with session_scope() as session:
-            partner_id = session.scalar(select(Endpoint.partner_id).where(
-                Endpoint.public_id == public_id, Endpoint.deleted_at.is_(None)))
-            if partner_id is None:
-                raise registered.EndpointNotFound()
-            row = registered.get(session, partner_id, public_id, for_update=True)
-            if (row.disabled_at is None) == enabled:
-                click.echo(f"{public_id} is {row.status.value} already.")
-                return
-            registered.update_endpoint(session, get_settings(), row, enabled=enabled)
-            if not enabled:
-                row.disabled_reason = (OPERATOR_REASON + (f": {reason}" if reason else ""))[:200]
-            said = (f"disabled ({row.disabled_reason})" if not enabled else
-                    "enabled: what it holds is released in sequence order")
+            changed = set_enabled(session, get_settings(), public_id, enabled,
+                                  reason=reason, force=force)
+            said = ("is " + ("enabled" if enabled else "disabled") + " already" if changed
+                    is None else f"disabled ({changed.disabled_reason})" if not enabled
+                    else "enabled: what it holds is released in sequence order")
     except DelivererError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"{public_id} {said}.")
-

@@ -55,6 +55,16 @@ OWN_CONFIGURATION = ("signing_secret", "previous_secret", "previous_secret_expir
 # The reason of an endpoint the merchant disabled (enabled: false): saving the webhook
 # settings does not enable it again, only the merchant's enabled: true does.
 DISABLED_BY_MERCHANT = "Disabled by the merchant"
+# An operator's (``deliverer endpoint disable``), with its reason after a colon. Saving
+# the webhook settings does not enable it either; the merchant's enabled: true does.
+DISABLED_BY_OPERATOR = "Disabled by the operator"
+
+
+def disabled_on_purpose(disabled_reason: str | None) -> bool:
+    """Disabled by the merchant or an operator, not by a 410 or days of failures."""
+    return disabled_reason is not None and (
+        disabled_reason == DISABLED_BY_MERCHANT
+        or disabled_reason.startswith(DISABLED_BY_OPERATOR))
 
 
 def how_to_enable(*, public_id: str, is_default: bool, registered: bool,
@@ -66,7 +76,7 @@ def how_to_enable(*, public_id: str, is_default: bool, registered: bool,
     registering its URL, which takes its row over (``registered.create``)."""
     if not registered:
         return "register its URL with POST /api/partner/v2/endpoints"
-    if is_default and disabled_reason != DISABLED_BY_MERCHANT:
+    if is_default and not disabled_on_purpose(disabled_reason):
         return "save your webhook settings"
     return f"PATCH /api/partner/v2/endpoints/{public_id} with enabled: true"
 

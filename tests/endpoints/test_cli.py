@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 import deliverer
+from deliverer.db import session_scope
 from deliverer.models import NotificationStatus
+from deliverer.partners import registered, webhook_settings
 from tests.support import helpers as h
 from tests.support.cli import run_cli
 
@@ -81,8 +83,8 @@ def test_an_operator_disables_and_enables_an_endpoint(settings, worker, receiver
     statuses = {d.endpoint_id: d.status for d in published.deliveries}
     assert statuses[added["id"]] == NotificationStatus.NOT_SENT
     again = run_cli(settings, "endpoint", "disable", added["id"])
-    assert again.stdout.strip() == f"{added['id']} is DISABLED already."
-    on = run_cli(settings, "endpoint", "enable", added["id"])
+    assert again.stdout.strip() == f"{added['id']} is disabled already."
+    on = run_cli(settings, "endpoint", "enable", added["id"].upper())  # as pasted
     assert "enabled" in on.stdout
     later = deliverer.publish_event(shop.partner_id, "transaction.paid", "TXN-ON", {})
     [to_orders] = [d for d in later.deliveries if d.endpoint_id == added["id"]]
@@ -90,3 +92,31 @@ def test_an_operator_disables_and_enables_an_endpoint(settings, worker, receiver
     unknown = run_cli(settings, "endpoint", "enable", "ep_000000000000000000000000",
                       check=False)
     assert unknown.returncode == 1 and "Endpoint not found" in unknown.stderr
+
+
+def test_an_operators_disable_stands_a_settings_save_and_a_merchants_needs_force(settings):
+    # The review: any PUT /webhook-settings with webhooks on enabled the default endpoint
+    # an operator had stopped; enable overrode a merchant's own disable unasked.
+    shop = h.new_partner(settings, "http://127.0.0.1:9/default")
+    default_id = json.loads(run_cli(settings, "endpoint", "list", shop.partner_id,
+                                    "--json").stdout)[0]["id"]
+    run_cli(settings, "endpoint", "disable", default_id)
+    with session_scope() as session:
+        webhook_settings.update_settings(session, settings, shop.partner_id,
+                                         alert_email="ops@shop.test")
+    assert _status(settings, shop.partner_id, default_id) == "DISABLED"
+    run_cli(settings, "endpoint", "enable", default_id)
+    with session_scope() as session:  # the merchant's own enabled: false
+        registered.update_endpoint(session, settings, registered.get(
+            session, shop.partner_id, default_id, for_update=True), enabled=False)
+    refused = run_cli(settings, "endpoint", "enable", default_id, check=False)
+    assert refused.returncode == 1 and "Its merchant disabled it" in refused.stderr
+    assert _status(settings, shop.partner_id, default_id) == "DISABLED"
+    run_cli(settings, "endpoint", "enable", default_id, "--force")
+    assert _status(settings, shop.partner_id, default_id) == "ACTIVE"
+
+
+def _status(settings, partner_id: str, public_id: str) -> str:
+    listed = json.loads(run_cli(settings, "endpoint", "list", partner_id,
+                                "--json").stdout)
+    return next(e["status"] for e in listed if e["id"] == public_id)
