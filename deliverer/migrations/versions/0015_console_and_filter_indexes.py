@@ -30,18 +30,26 @@ BY_TYPE = "ix_events_partner_id_type_created_at"
 
 
 def upgrade() -> None:
-    op.add_column("endpoints", sa.Column("last_error", sa.JSON(), nullable=True))
-    if op.get_bind().dialect.name == "postgresql":
-        with op.get_context().autocommit_block():
-            op.create_index(FAILED, "notifications", ["endpoint_id", "next_attempt_at", "held"],
-                            postgresql_where=FAILED_ROWS, postgresql_concurrently=True,
-                            if_not_exists=True)
-            op.create_index(BY_TYPE, "events", ["partner_id", "type", "created_at"],
-                            postgresql_concurrently=True, if_not_exists=True)
-    else:
+    if op.get_bind().dialect.name != "postgresql":
+        op.add_column("endpoints", sa.Column("last_error", sa.JSON(), nullable=True))
         op.create_index(FAILED, "notifications", ["endpoint_id", "next_attempt_at", "held"],
                         sqlite_where=FAILED_ROWS)
         op.create_index(BY_TYPE, "events", ["partner_id", "type", "created_at"])
+        return
+    # A nullable column without a default: a catalogue change, committed by the block
+    # below; if_not_exists, so that a run again after a failed index build works (0003).
+    op.add_column("endpoints", sa.Column("last_error", sa.JSON(), nullable=True),
+                  if_not_exists=True)
+    with op.get_context().autocommit_block():
+        # A build that failed leaves an INVALID index behind: dropped first.
+        for name, table, columns, where in (
+                (FAILED, "notifications", ["endpoint_id", "next_attempt_at", "held"],
+                 FAILED_ROWS),
+                (BY_TYPE, "events", ["partner_id", "type", "created_at"], None)):
+            op.drop_index(name, table_name=table, postgresql_concurrently=True,
+                          if_exists=True)
+            op.create_index(name, table, columns, postgresql_where=where,
+                            postgresql_concurrently=True)
 
 
 def downgrade() -> None:
