@@ -45,7 +45,7 @@ def live_workers(celery_app: Any, timeout: float = PING_TIMEOUT) -> int | None:
     try:
         # A pooled connection: closing a fresh one after a ping waited for the reply
         # consumer's BRPOP on Redis (its 1 s timeout: 0.7 s a probe).
-        with celery_app.pool.acquire(block=True) as conn:
+        with celery_app.pool.acquire(block=True, timeout=0.5) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             return len(celery_app.control.ping(timeout=timeout, connection=conn) or [])
     except Exception as exc:
