@@ -167,8 +167,8 @@ def replay(partner_id: str, endpoint_url: str | None, since: str | None, until: 
                   if result.held_back else "")
                + (f"; {others} skipped (changed meanwhile, no URL, or the partner takes no "
                   "webhooks any more)" if others else ""))
-    if result.matched and not result.replayed:
-        sys.exit(1)  # nothing done of what was asked: a script must not take it for done
+    if result.held_back:
+        sys.exit(1)  # some wait for the operator (enable, turn on): a script must see it
 
 
 @click.command("purge-attempts")

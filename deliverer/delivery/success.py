@@ -107,8 +107,9 @@ def lock_endpoints(session: Session,
             moves[job.endpoint_id] = (moves.get(job.endpoint_id, False)
                                       or not is_plain_success(job, result))
     connection = session.connection()
-    if len(moves) < 2 or connection.dialect.name != "postgresql":
-        return _lock(session, moves)  # SQLite: one writer at a time, no row locks
+    if len(moves) < 2 or all(moves.values()) or connection.dialect.name != "postgresql":
+        # One endpoint, or none locked weak: no upgrade. SQLite: one writer at a time.
+        return _lock(session, moves)
     connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
     while True:  # ends: each round but the last locks one more endpoint FOR UPDATE
         failing = _lock(session, moves)

@@ -201,9 +201,10 @@ def find_replayable(session: Session, flt: ReplayFilter) -> list[str]:
     check_pushed(partner)
     query = select(Notification.id).where(Notification.partner_id == flt.partner_id,
                                           Notification.status.in_(flt.statuses))
-    if flt.endpoint_url is not None and flt.endpoint_url.startswith(PUBLIC_ID_PREFIX):
+    if flt.endpoint_url is not None and flt.endpoint_url.lower().startswith(PUBLIC_ID_PREFIX):
         key = session.scalar(select(Endpoint.id).where(
-            Endpoint.partner_id == flt.partner_id, Endpoint.public_id == flt.endpoint_url))
+            Endpoint.partner_id == flt.partner_id,
+            Endpoint.public_id == flt.endpoint_url.lower()))
         if key is None:
             raise EndpointNotFound()
         query = query.where(Notification.endpoint_id == key)

@@ -68,7 +68,7 @@ def _by_url_again() -> dict[str, Any]:
     return {"deleted_at": None, "consecutive_failures": reset(_E.consecutive_failures, 0),
             **{name: reset(_E[name]) for name in (
                 *OWN_CONFIGURATION, "disabled_at", "disabled_reason", "failing_since",
-                "alerted_at", "retry_after_until")}}
+                "alerted_at", "retry_after_until", "last_error")}}
 
 
 def _by_group(value: ColumnElement[bool]) -> ColumnElement[bool]:

@@ -247,6 +247,7 @@ def _forget_health(endpoint: Endpoint) -> None:
     """What the endpoint's past failures left: failing since (auto-disable counts from
     it), a Retry-After pause, the alert sent."""
     endpoint.failing_since = endpoint.retry_after_until = endpoint.alerted_at = None
+    endpoint.last_error = None  # the old URL's, shown by the console
     endpoint.consecutive_failures = 0
 
 
