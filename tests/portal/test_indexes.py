@@ -103,6 +103,40 @@ def _scans(plan: Any) -> list[tuple[str, str]]:
     return found
 
 
+def _plans(run: Any, explain: str) -> tuple[float, list[tuple[str, Any]]]:
+    """Run ``run(session)``, capturing its statements; then each SELECT's plan
+    (``EXPLAIN (<explain>, FORMAT JSON)``) with its statement, and how long the run took."""
+    engine = get_database().engine
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any,
+                _context: Any, _many: bool) -> None:
+        captured.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        started = time.monotonic()
+        with session_scope() as session:
+            run(session)
+        took = time.monotonic() - started
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    plans = []
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        for statement, parameters in captured:
+            if not statement.lstrip().upper().startswith("SELECT"):
+                continue
+            cursor.execute(f"EXPLAIN ({explain}FORMAT JSON) " + statement, parameters)
+            plan = cursor.fetchone()[0]
+            plans.append((statement, json.loads(plan) if isinstance(plan, str) else plan))
+    finally:
+        raw.rollback()
+        raw.close()
+    return took, plans
+
+
 @pytest.mark.usefixtures("truncated_after")
 def test_the_portal_page_queries_use_indexes(settings):
     partner_id, endpoint = _merchant(settings, "big-shop")
@@ -140,40 +174,15 @@ def test_the_portal_page_queries_use_indexes(settings):
         "event": lambda s: queries.get_event(s, partner_id, event_id),
         "alerts": lambda s: queries.alerts_of(s, partner_id),
     }
-    engine = get_database().engine
     problems = []
     for name, run in pages.items():
-        captured: list[tuple[str, Any]] = []
-
-        def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any,
-                    _context: Any, _many: bool, sink: list[tuple[str, Any]] = captured) -> None:
-            sink.append((statement, parameters))
-
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
-            started = time.monotonic()
-            with session_scope() as session:
-                run(session)
-            took = time.monotonic() - started
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
+        took, plans = _plans(run, "")
         assert took < PAGE_BUDGET, f"{name}: {took:.2f} s"
-        raw = engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            for statement, parameters in captured:
-                if not statement.lstrip().upper().startswith("SELECT"):
-                    continue
-                cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
-                plan = cursor.fetchone()[0]
-                plan = json.loads(plan) if isinstance(plan, str) else plan
-                full = [(kind, rel) for kind, rel in _scans(plan)
-                        if kind == "Seq Scan" and rel in large]
-                if full:
-                    problems.append((name, full, statement))
-        finally:
-            raw.rollback()
-            raw.close()
+        for statement, plan in plans:
+            full = [(kind, rel) for kind, rel in _scans(plan)
+                    if kind == "Seq Scan" and rel in large]
+            if full:
+                problems.append((name, full, statement))
     assert problems == [], "\n\n".join(f"{n}: {f}\n{s}" for n, f, s in problems)
 
 
@@ -223,37 +232,13 @@ def test_deep_pages_filters_and_the_console_read_only_what_they_show(settings):
             s, partner_id, queries.EventFilters(cursor=event_cursor)),
         "console, failing endpoints": lambda s: inspect.failing_endpoints(s),
     }
-    engine = get_database().engine
     problems = []
     for name, run in listed.items():
-        captured: list[tuple[str, Any]] = []
-
-        def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any,
-                    _context: Any, _many: bool, sink: list[tuple[str, Any]] = captured) -> None:
-            sink.append((statement, parameters))
-
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
-            with session_scope() as session:
-                run(session)
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
-        raw = engine.raw_connection()
-        try:
-            cursor_ = raw.cursor()
-            for statement, parameters in captured:
-                if not statement.lstrip().upper().startswith("SELECT"):
-                    continue
-                cursor_.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
-                plan = cursor_.fetchone()[0]
-                plan = json.loads(plan) if isinstance(plan, str) else plan
-                dropped = _removed_by_filter(plan)
-                full = [scan for scan in _scans(plan) if scan[0] == "Seq Scan"
-                        and scan[1] in ("notifications", "events", "attempts")]
-                if dropped > 2_000 or full:
-                    problems.append((name, dropped, full, statement))
-        finally:
-            raw.rollback()
-            raw.close()
+        for statement, plan in _plans(run, "ANALYZE, ")[1]:
+            dropped = _removed_by_filter(plan)
+            full = [scan for scan in _scans(plan) if scan[0] == "Seq Scan"
+                    and scan[1] in ("notifications", "events", "attempts")]
+            if dropped > 2_000 or full:
+                problems.append((name, dropped, full, statement))
     assert problems == [], "\n\n".join(f"{n}: {d} dropped, {f}\n{s}"
                                        for n, d, f, s in problems)
