@@ -88,8 +88,8 @@ def _merchant(settings: Any, name: str) -> tuple[str, Endpoint]:
     return partner.partner_id, endpoint
 
 
-def _scans(plan: Any) -> list[tuple[str, str]]:
-    """(node type, relation) of every scan in a JSON plan."""
+def _nodes(plan: Any) -> list[dict[str, Any]]:
+    """Every node of a JSON plan."""
     found = []
     pending = [plan]
     while pending:
@@ -97,10 +97,15 @@ def _scans(plan: Any) -> list[tuple[str, str]]:
         if isinstance(node, list):
             pending += node
         elif isinstance(node, dict):
-            if "Relation Name" in node:
-                found.append((node["Node Type"], node["Relation Name"]))
+            found.append(node)
             pending += [v for v in node.values() if isinstance(v, list | dict)]
     return found
+
+
+def _scans(plan: Any) -> list[tuple[str, str]]:
+    """(node type, relation) of every scan in a JSON plan."""
+    return [(node["Node Type"], node["Relation Name"]) for node in _nodes(plan)
+            if "Relation Name" in node]
 
 
 def _plans(run: Any, explain: str) -> tuple[float, list[tuple[str, Any]]]:
@@ -188,17 +193,8 @@ def test_the_portal_page_queries_use_indexes(settings):
 
 def _removed_by_filter(plan: Any) -> int:
     """Rows every node of an EXPLAIN ANALYZE plan read and dropped."""
-    total = 0
-    pending = [plan]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            pending += node
-        elif isinstance(node, dict):
-            total += int(node.get("Rows Removed by Filter", 0)) * int(
-                node.get("Actual Loops", 1) or 1)
-            pending += [v for v in node.values() if isinstance(v, list | dict)]
-    return total
+    return sum(int(node.get("Rows Removed by Filter", 0)) * int(node.get("Actual Loops", 1) or 1)
+               for node in _nodes(plan))
 
 
 @pytest.mark.usefixtures("truncated_after")
