@@ -67,6 +67,12 @@ def disabled_on_purpose(disabled_reason: str | None) -> bool:
         or disabled_reason.startswith(DISABLED_BY_OPERATOR))
 
 
+def disabled_on_purpose_sql() -> ColumnElement[bool]:
+    """``disabled_on_purpose`` of an endpoint row, in SQL (never NULL)."""
+    reason = func.coalesce(Endpoint.disabled_reason, "")
+    return or_(reason == DISABLED_BY_MERCHANT, reason.startswith(DISABLED_BY_OPERATOR))
+
+
 def how_to_enable(*, public_id: str, is_default: bool, registered: bool,
                   disabled_reason: str | None) -> str:
     """What the merchant does to enable a disabled endpoint (alerts and refused retries

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from deliverer.errors import Conflict
@@ -20,10 +20,14 @@ URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a 
                       "own: delete it first, or keep receiving there through it")
 
 
+def _default_of(partner_id: str) -> Select[Endpoint]:
+    return select(Endpoint).where(Endpoint.partner_id == partner_id,
+                                  Endpoint.is_default.is_(True))
+
+
 def default_endpoint(session: Session, partner_id: str) -> Endpoint | None:
     """The endpoint of the webhook-settings URL (None: no URL)."""
-    return session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
-                                                 Endpoint.is_default.is_(True)))
+    return session.scalar(_default_of(partner_id))
 
 
 def make_default(session: Session, partner_id: str, url: str | None,
@@ -39,8 +43,7 @@ def make_default(session: Session, partner_id: str, url: str | None,
     most registered endpoints the partner may have (``TOO_MANY`` past it)."""
     now = now or utcnow()
     hold_publishes(session, partner_id)  # after the settings row, as registered locks
-    previous = session.scalar(select(Endpoint).where(
-        Endpoint.partner_id == partner_id, Endpoint.is_default.is_(True)).with_for_update())
+    previous = session.scalar(_default_of(partner_id).with_for_update())
     if previous is not None and previous.url == url:
         return
     row = registered.row_for_url(session, partner_id, url) if url is not None else None

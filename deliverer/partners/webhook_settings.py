@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, netguard, signing
 from deliverer.models import Endpoint, Notification, WebhookSettings, utcnow
-from deliverer.models.endpoint import DISABLED_BY_MERCHANT, DISABLED_BY_OPERATOR
+from deliverer.models.endpoint import disabled_on_purpose_sql
 from deliverer.partners import default_endpoint, rotation
 
 _UNSET = object()
@@ -74,9 +74,7 @@ def resume_deliveries(session: Session, partner_id: str, url: str | None,
                    Endpoint.disabled_at.is_not(None),
                    # The merchant's own "enabled: false", or an operator's disable,
                    # stands until the merchant says otherwise.
-                   Endpoint.disabled_reason.is_distinct_from(DISABLED_BY_MERCHANT),
-                   or_(Endpoint.disabled_reason.is_(None),
-                       ~Endpoint.disabled_reason.startswith(DISABLED_BY_OPERATOR)))
+                   ~disabled_on_purpose_sql())
             .values(disabled_at=None, disabled_reason=None, failing_since=None)
         )
     # An endpoint a 410 disabled that is no longer the configured URL will not be enabled
