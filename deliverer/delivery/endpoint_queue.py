@@ -32,6 +32,9 @@ from deliverer.models import (
 
 # Held notifications a claim exhausts beside the one it found past its cycle.
 EXHAUST_AT_ONCE = 100
+# Held ones tried in turn when the one read is released by someone else meanwhile; past
+# them the queue repair (every minute) is the net.
+RELEASE_TRIES = 5
 
 
 def _climbing(endpoint_id: int | QueryableAttribute[int]) -> tuple[ColumnElement[bool], ...]:
@@ -102,17 +105,27 @@ def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
     """The head left the ladder (exhausted, ignored): the next held one takes its place."""
     if session.scalar(select(exists().where(*_climbing(endpoint_id)))):
         return
-    next_id = session.scalar(
-        select(Notification.id)
-        .where(Notification.endpoint_id == endpoint_id, Notification.held.is_(True))
-        .order_by(Notification.sequence).limit(1)
-    )
-    if next_id is not None:
-        session.execute(
-            update(Notification).where(Notification.id == next_id)
-            .values(held=False, next_attempt_at=now, lane=Lane.RETRY, scheduled_for=None)
-            .execution_options(synchronize_session=False)
-        )
+    for _ in range(RELEASE_TRIES):
+        next_id = session.scalar(
+            select(Notification.id)
+            .where(Notification.endpoint_id == endpoint_id, Notification.held.is_(True))
+            .order_by(Notification.sequence).limit(1))
+        if next_id is None or release_held(session, next_id, now):
+            return
+
+
+def release_held(session: Session, notification_id: str, due: datetime | None) -> bool:
+    """A held notification climbs the ladder again, due at ``due``; False if it is no
+    longer held. Between reading it held and this UPDATE, a merchant's retry or ignore
+    may have committed: on PostgreSQL the UPDATE waits for that row and checks ``held``
+    again, where overwriting it turned an accepted manual retry back into an automatic
+    one two minutes away (a flaky test's race)."""
+    released = session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id, Notification.held.is_(True))
+        .values(held=False, next_attempt_at=due, lane=Lane.RETRY, scheduled_for=None)
+        .execution_options(synchronize_session=False))
+    return bool(released.rowcount)  # type: ignore[attr-defined]
 
 
 def exhaust_past_cycle(session: Session, settings: Settings, notification_id: str,
@@ -157,18 +170,17 @@ def join_after_failure(session: Session, endpoint_id: int, notification: Notific
         notification.held = True
         notification.next_attempt_at = None
         return True
-    elif (earlier := earliest_held_before(session, endpoint_id,
-                                          notification.sequence)) is not None:
-        due = notification.next_attempt_at
-        notification.held = True
-        notification.next_attempt_at = None
-        session.execute(
-            update(Notification).where(Notification.id == earlier)
-            .values(held=False, next_attempt_at=due, lane=Lane.RETRY, scheduled_for=None)
-            .execution_options(synchronize_session=False))
-        hold_later_climbers(session, endpoint_id, notification.sequence, now)
-        return True
     else:
+        due = notification.next_attempt_at
+        for _ in range(RELEASE_TRIES):
+            earlier = earliest_held_before(session, endpoint_id, notification.sequence)
+            if earlier is None:
+                break
+            if release_held(session, earlier, due):
+                notification.held = True
+                notification.next_attempt_at = None
+                hold_later_climbers(session, endpoint_id, notification.sequence, now)
+                return True
         hold_later_climbers(session, endpoint_id, notification.sequence, now)
     return False
 
@@ -225,12 +237,7 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
             due: datetime | None = now + timedelta(seconds=i * spacing)
             if due is not None and due > ladder.cycle_deadline(settings, cycle_started_at):
                 due = None  # waited past its 30 days: exhausted
-            session.execute(
-                update(Notification).where(Notification.id == notification_id)
-                .values(held=False, next_attempt_at=due, lane=Lane.RETRY, scheduled_for=None)
-                .execution_options(synchronize_session=False)
-            )
-        released += len(rows)
+            released += release_held(session, notification_id, due)
         if len(rows) < per_sweep:
             endpoint.draining = False
     return released

@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import select, update
 
 from deliverer.config import Settings
 from deliverer.db import get_database, session_scope
+from deliverer.delivery import service
 from deliverer.errors import (
     Conflict,
     DelivererError,
@@ -47,6 +49,7 @@ from deliverer.notifications.manual_retry import (
 from deliverer.partners import keys, registered, webhook_settings
 from deliverer.partners.service import rotate_key
 from tests.support import helpers as h
+from tests.support import receiver as rx
 from tests.support.rows import failed, head_and_held, partner_requests, set_webhook_url
 from tests.support.waiting import waiting_on_a_lock
 
@@ -386,3 +389,36 @@ def test_a_disabled_callback_urls_endpoint_is_enabled_by_registering_it(settings
         registered.create(session, settings, shop.partner_id, url=callback)
     [outcome] = _decide(settings, [RetryRequest(h.principal(shop), nid)])
     assert isinstance(outcome, dict) and outcome["url"] == callback
+
+
+def test_a_held_notification_retried_while_a_later_one_fails_stays_a_manual_retry(
+        settings, receiver):
+    """The merchant retries a held notification while an attempt of a later one fails:
+    the failure, which had read it held, released it to the ladder in the later one's
+    place, over the accepted retry (PENDING, two minutes away; a flaky test's race)."""
+    if settings.is_sqlite:
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises write transactions")
+    url = receiver.always("/down", rx.status(500))
+    shop = h.new_partner(settings, url)
+    held = failed(shop.partner_id, url, held=True)
+    later = h.insert_notification(shop.partner_id, url, status=NotificationStatus.PENDING,
+                                  next_attempt_at=utcnow())
+    watcher = get_database().engine.connect()
+    pool = ThreadPoolExecutor(1)
+    try:
+        with session_scope() as session:  # the retry, accepted, not yet committed
+            [outcome] = manual_retries(session, settings, [RetryRequest(h.principal(shop), held)])
+            assert isinstance(outcome, dict)
+            failing = pool.submit(service.deliver, later, settings)
+            h.wait_until(lambda: waiting_on_a_lock(watcher),
+                         message="the failure's queue step waits for the held row")
+        assert failing.result(timeout=30).status == NotificationStatus.FAILED
+    finally:
+        pool.shutdown()
+        watcher.close()
+    retried = h.notification(held)
+    assert (retried.status, retried.lane, retried.held) == (
+        NotificationStatus.PENDING, Lane.MANUAL, False)
+    assert retried.next_attempt_at <= utcnow()
+    head = h.notification(later)  # no earlier one held: it heads the queue
+    assert not head.held and head.next_attempt_at > utcnow()
