@@ -42,24 +42,51 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
                        Notification.id == row.id)
             session.expire(row)
             return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.NOT_SENT)
-        if result.status_code == 410:
+        if moved_in_flight(job, row, endpoint):
+            # The old URL's answer says nothing of the new one, which has not failed yet:
+            # tried there now, as the move probed the endpoint's head (``relocate``).
+            if due is not None:
+                due = row.next_attempt_at = now
+        elif result.status_code == 410:
             _disable_endpoint(session, endpoint, row, now)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
-        if auto_disable.failing_too_long(endpoint, settings, now):
+        elif auto_disable.failing_too_long(endpoint, settings, now):
             row.next_attempt_at = None
             row.held = True
             auto_disable.disable(session, endpoint, settings, now, notification_id=row.id)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
-        if result.retry_after:
-            # Not this notification's wait alone: the endpoint's. Its automatic sends
-            # claimed meanwhile are held behind this one (``claim.lease_jobs``).
-            endpoint.retry_after_until = now + timedelta(
-                seconds=result.retry_after * settings.time_scale)
-        if endpoint_queue.join_after_failure(session, endpoint.id, row, now):
-            return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
-        if job.trigger == Trigger.AUTOMATIC:
-            alerts.on_failed_retry(session, endpoint, row.id, row.retry_attempts,
-                                   (result.error or {}).get("message"), now)
+        else:
+            return _queue_behind(session, endpoint, row, job, result, settings, now, due)
+    return _schedule(row, settings, now, due)
+
+
+def moved_in_flight(job: DeliveryJob, row: Notification, endpoint: Endpoint) -> bool:
+    """The endpoint moved to another URL while this attempt was in flight: the attempt
+    went to the URL it left, and the notification now goes to the new one
+    (``registered.relocate``)."""
+    return job.url != endpoint.url and row.url == endpoint.url
+
+
+def _queue_behind(session: Session, endpoint: Endpoint, row: Notification, job: DeliveryJob,
+                  result: sender.SendResult, settings: Settings, now: datetime,
+                  due: datetime | None) -> AttemptOutcome:
+    """The endpoint failed: its Retry-After pause, its queue, its alert."""
+    if result.retry_after:
+        # Not this notification's wait alone: the endpoint's. Its automatic sends claimed
+        # meanwhile are held behind this one (``claim.lease_jobs``).
+        endpoint.retry_after_until = now + timedelta(
+            seconds=result.retry_after * settings.time_scale)
+    if endpoint_queue.join_after_failure(session, endpoint.id, row, now):
+        return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
+    if job.trigger == Trigger.AUTOMATIC:
+        alerts.on_failed_retry(session, endpoint, row.id, row.retry_attempts,
+                               (result.error or {}).get("message"), now)
+    return _schedule(row, settings, now, due)
+
+
+def _schedule(row: Notification, settings: Settings, now: datetime,
+              due: datetime | None) -> AttemptOutcome:
+    """Due within the sweep's horizon: its message goes out with the commit."""
     if due is not None and (due - now).total_seconds() <= settings.sweep_horizon:
         row.scheduled_for = due
         row.enqueued_at = now

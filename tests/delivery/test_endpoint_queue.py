@@ -4,6 +4,8 @@ a real loopback receiver; the worker is not needed for these."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -617,3 +619,38 @@ def test_a_url_move_drains_what_the_endpoint_held(settings, receiver):
     for nid in ids:
         assert deliver_when_due(nid, settings).status == NotificationStatus.SENT
     assert len(receiver.requests("/new")) == 3
+
+
+@pytest.mark.parametrize("answer", [500, 410])
+def test_the_old_urls_answer_after_a_move_is_not_the_new_urls(settings, receiver, answer):
+    """An attempt in flight to the old URL fails after PATCH moved the endpoint: the new
+    URL, which has not failed, was marked failing (its other notifications held behind a
+    ladder step, the console showing the old URL's error) or, for a 410, disabled."""
+    release = threading.Event()
+    old = receiver.always("/old", rx.held(release, rx.status(answer)))
+    new = receiver.always("/new", rx.ok())
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        key = registered.create(session, settings, partner.partner_id, url=old).id
+        session.commit()
+    first, second = (insert_notification(partner.partner_id, old,
+                                         status=NotificationStatus.PENDING,
+                                         next_attempt_at=utcnow()) for _ in range(2))
+    pool = ThreadPoolExecutor(1)
+    in_flight = pool.submit(service.deliver, first, settings)
+    receiver.wait_for(1, "/old")
+    with session_scope() as session:
+        registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
+        session.commit()
+    release.set()
+    assert in_flight.result(timeout=30).status == NotificationStatus.FAILED
+    pool.shutdown()
+    endpoint = _endpoint(partner.partner_id, new)
+    assert (endpoint.failing_since, endpoint.consecutive_failures, endpoint.last_error,
+            endpoint.disabled_at) == (None, 0, None, None)
+    row = notification(first)
+    assert (row.url, row.attempt_count, row.held) == (new, 1, False)
+    assert row.next_attempt_at <= utcnow()  # tried at the new URL now, not a ladder step on
+    assert service.deliver(second, settings).status == NotificationStatus.SENT
+    assert service.deliver(first, settings).status == NotificationStatus.SENT
+    assert len(receiver.requests("/new")) == 2
