@@ -23,7 +23,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from deliverer import lease
@@ -61,16 +73,29 @@ ENDPOINT_DISABLED = ("The endpoint is disabled: enable it first (PATCH enabled: 
                      "releases what it holds)")
 
 _NOTIFICATIONS = table_of(Notification)
-_FRESH = (
+_FRESH_VALUES: dict[str, Any] = {
+    **{k: bindparam(f"v_{k}") for k in fresh_cycle_values(utcnow(), due=utcnow())
+       if k != "next_attempt_at"},
+    "scheduled_for": None, "enqueued_at": None,
+    # The endpoint's URL now: a move repoints what is queued, not what was NOT_SENT,
+    # which went to the URL it had left (the review of includeNotSent).
+    "url": bindparam("url")}
+# Each its own due time, ``start`` + its place in the order x ``spacing``: on PostgreSQL
+# one statement over the ids in order (a row's UPDATE each took 2 s for 10,000 here,
+# 6.5 s on a table of millions in a scale try); elsewhere (SQLite) one per row.
+_IN_ORDER = (func.unnest(bindparam("ids", type_=postgresql.ARRAY(String())))
+             .table_valued("id", with_ordinality="place").render_derived("released"))
+_FRESH_ALL = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id == _IN_ORDER.c.id)
+    .values({**_FRESH_VALUES, "next_attempt_at": bindparam(
+        "start", type_=_NOTIFICATIONS.c.next_attempt_at.type)
+        + (_IN_ORDER.c.place - 1) * bindparam("spacing", type_=Interval())})
+)
+_FRESH_ONE = (
     update(_NOTIFICATIONS)
     .where(_NOTIFICATIONS.c.id == bindparam("nid"))
-    .values({**{k: bindparam(f"v_{k}") for k in fresh_cycle_values(utcnow(), due=utcnow())
-                if k != "next_attempt_at"},
-             "next_attempt_at": bindparam("due"), "scheduled_for": None,
-             "enqueued_at": None,
-             # The endpoint's URL now: a move repoints what is queued, not what was
-             # NOT_SENT, which went to the URL it had left (the review of includeNotSent).
-             "url": bindparam("url")})
+    .values({**_FRESH_VALUES, "next_attempt_at": bindparam("due")})
 )
 
 
@@ -154,12 +179,16 @@ def recover(session: Session, settings: Settings, principal: Principal, endpoint
         return Recovered(endpoint.public_id, 0, more, None)
     spacing = timedelta(seconds=1.0 / settings.drain_rate)
     start = _released_until(session, endpoint.id, now, spacing)
-    fresh = {f"v_{k}": v for k, v in fresh_cycle_values(now, due=now).items()}
-    rows: list[dict[str, Any]] = [{"nid": nid, "due": start + i * spacing,
-                                   "url": endpoint.url, **fresh}
-                                  for i, nid in enumerate(ids)]
-    session.connection().execute(_FRESH, rows)
-    return Recovered(endpoint.public_id, len(ids), more, rows[-1]["due"])
+    values = {f"v_{k}": v for k, v in fresh_cycle_values(now, due=now).items()}
+    values["url"] = endpoint.url
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_FRESH_ALL, {**values, "ids": ids, "start": start,
+                                        "spacing": spacing})
+    else:
+        connection.execute(_FRESH_ONE, [{**values, "nid": nid, "due": start + i * spacing}
+                                        for i, nid in enumerate(ids)])
+    return Recovered(endpoint.public_id, len(ids), more, start + (len(ids) - 1) * spacing)
 
 
 def _released_until(session: Session, endpoint_key: int, now: datetime,
