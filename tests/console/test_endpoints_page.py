@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from deliverer.db import session_scope
 from deliverer.models import Endpoint, Notification, NotificationStatus, utcnow
+from deliverer.operations import inspect
 from deliverer.partners import registered
 from tests.support import helpers as h
 
@@ -85,3 +86,31 @@ def test_a_healthy_endpoints_last_success_is_shown(operator, settings):
     cells = re.findall(r'<td class="last-success">([^<]*)</td>', text)
     # By partner name: Healthy Co's newest delivery, then Never Co's none.
     assert len(cells) == 2 and cells[0].startswith("3m ") and cells[1] == "—", cells
+
+
+def test_each_listed_endpoint_counts_what_it_holds(settings):
+    """Pending, queued (climbing or held) and held, per endpoint, counted for the listed
+    endpoints alone; an exhausted FAILED one is not queued."""
+    shop = h.new_partner(settings, "http://127.0.0.1:9/a", name="A Shop")
+    other = h.new_partner(settings, "http://127.0.0.1:9/b", name="B Shop")
+    soon = utcnow() + timedelta(hours=1)
+    for status, due in ((NotificationStatus.PENDING, utcnow()),
+                        (NotificationStatus.FAILED, soon),
+                        (NotificationStatus.FAILED, None)):  # exhausted
+        h.insert_notification(shop.partner_id, "http://127.0.0.1:9/a", status=status,
+                              next_attempt_at=due)
+    held = h.insert_notification(shop.partner_id, "http://127.0.0.1:9/a",
+                                 status=NotificationStatus.FAILED)
+    with session_scope() as session:
+        session.execute(update(Notification).where(Notification.id == held)
+                        .values(held=True))
+    for _ in range(2):
+        h.insert_notification(other.partner_id, "http://127.0.0.1:9/b",
+                              status=NotificationStatus.PENDING, next_attempt_at=utcnow())
+    with session_scope() as session:
+        rows = inspect.partner_endpoints(session)
+        first = inspect.partner_endpoints(session, limit=1)
+    assert [(r.partner_name, r.pending, r.queued, r.held) for r in rows] == [
+        ("A Shop", 1, 2, 1), ("B Shop", 2, 0, 0)]
+    assert [(r.partner_name, r.pending, r.queued, r.held) for r in first] == [
+        ("A Shop", 1, 2, 1)]
