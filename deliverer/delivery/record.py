@@ -24,6 +24,7 @@ from deliverer.delivery.success import (
     is_plain_success,
     lock_endpoints,
     record_successes,
+    sent_values,
 )
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
 
@@ -73,11 +74,8 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
     row.lease_expires_at = None
     endpoint = _update_endpoint_health(session, row, job, result, now, failing)
     if result.success:
-        row.status = NotificationStatus.SENT
-        row.sent_at = now
-        row.next_attempt_at = None
-        row.scheduled_for = None
-        row.held = False
+        for name, value in sent_values(now).items():
+            setattr(row, name, value)
         return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
 
     return record_failure(session, row, endpoint, job, result, settings, now)

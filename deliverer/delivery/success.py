@@ -20,13 +20,20 @@ from deliverer.models import Attempt, Endpoint, NotificationStatus, table_of
 from deliverer.models.in_list import in_list
 from deliverer.prepared import prepared
 
+
+def sent_values(now: Any) -> dict[str, Any]:
+    """A delivered notification: SENT at ``now``, nothing ahead of it, its lease given
+    back. Bulk successes and a success recorded alone (``record``) both write these."""
+    return {"status": NotificationStatus.SENT, "sent_at": now, "next_attempt_at": None,
+            "scheduled_for": None, "lease_token": None, "lease_expires_at": None,
+            "held": False, "updated_at": now}
+
+
 _INSERT_ATTEMPTS = insert(table_of(Attempt))
 _MARK_SENT = prepared(
     update(_NOTIFICATIONS)
     .where(in_list(_N.id, "ids"), in_list(_N.lease_token, "tokens"))
-    .values(status=NotificationStatus.SENT, sent_at=_NOW, next_attempt_at=None,
-            scheduled_for=None, lease_token=None, lease_expires_at=None, held=False,
-            attempt_count=_N.attempt_count + 1, updated_at=_NOW)
+    .values(**sent_values(_NOW), attempt_count=_N.attempt_count + 1)
     .returning(_N.id)
 )
 # A POST whose lease was lost meanwhile (taken over, voided by a fresh cycle, or the
