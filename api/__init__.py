@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     guards.init_app(app)  # 413 on every route, no NUL characters
     celery_init_app(app, settings)
 
-    # Concurrent manual retries share a transaction (api.batching).
+    # Concurrent manual retries share a transaction (deliverer.batching).
     # The settings are read per batch, as views read them per request.
     app.extensions["deliverer_retries"] = Coalescer(
         "retries", lambda requests: manual_retry.run_batch(app.config["DELIVERER_SETTINGS"],

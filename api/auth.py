@@ -64,7 +64,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def key_resolved_in_batch(view: F) -> F:
-    """Mark a view whose key is looked up with its batch (``api.batching``): the guard
+    """Mark a view whose key is looked up with its batch (``deliverer.batching``): the guard
     still refuses a missing or malformed key (401 before anything else), without a
     query of its own."""
     view.key_resolved_in_batch = True  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 A merchant's retry is cheap to decide and expensive to commit: a transaction costs more
 than the rules it enforces. Requests that arrive together are therefore decided together
-(``api.batching`` hands the API's concurrent retry requests to one call of
+(``deliverer.batching`` hands the API's concurrent retry requests to one call of
 ``run_batch``); a lone request is a batch of one, decided the same way.
 
 Whatever the batch size, one transaction runs the same few statements: lock the
