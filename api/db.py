@@ -44,12 +44,14 @@ def commit_then(work: Callable[[], T]) -> T:
     return work()
 
 
-def roll_back_refused(error: DelivererError) -> None:
-    """Undo the request's changes and keep its refusal, if any, on the audit trail: for a
-    view that answers a refusal itself (the console's flash and redirect)."""
+def roll_back_refused(error: Exception) -> None:
+    """Undo the request's changes and keep a service's refusal, if any, on the audit
+    trail: for a view that answers a refusal itself (a flash and a redirect, whose 3xx
+    would otherwise commit what the request did before it was refused)."""
     session = get_session()
     session.rollback()
-    error.keep_refusal(session)
+    if isinstance(error, DelivererError):
+        error.keep_refusal(session)
 
 
 def keep_after_rollback(work: Callable[[Session], None]) -> None:

@@ -133,7 +133,7 @@ def endpoint_settings(ref: str) -> Any:
                                    expect_tag=request.form.get("shown_tag") or None, **data)
         record(get_session(), portal_session(), PortalAction.EDIT_ENDPOINT, ref)
     except (ValidationError, DelivererError) as exc:
-        get_session().rollback()
+        roll_back_refused(exc)
         return _form(_endpoint(ref), exc)
     flash("ok", "Settings saved.")
     return redirect(url_for("portal.endpoint_settings", ref=ref))
@@ -168,6 +168,7 @@ def delete_endpoint(ref: str) -> Any:
         stopped = registered.delete(get_session(), endpoint,
                                     expect_url=request.form.get("shown_url") or None)
     except DelivererError as exc:
+        roll_back_refused(exc)
         flash("error", f"Not deleted: {_problem(exc)}")
         return redirect(url_for("portal.endpoint_settings", ref=ref))
     record(get_session(), portal_session(), PortalAction.DELETE_ENDPOINT, ref)
@@ -189,6 +190,7 @@ def rotate_secret(ref: str) -> Any:
                                           timedelta(seconds=overlap["overlap_seconds"]))
         record(get_session(), portal_session(), PortalAction.ROTATE_SECRET, ref)
     except (ValidationError, DelivererError) as exc:
+        roll_back_refused(exc)
         flash("error", f"Secret not rotated: {_problem(exc)}")
         return redirect(url_for("portal.endpoint_settings", ref=ref))
     return _secret_page(endpoint, secret, created=False)
@@ -227,6 +229,7 @@ def recover_endpoint(ref: str) -> Any:
                        window["since"], window["until"],
                        include_not_sent=request.form.get("include_not_sent") == "1")
     except ValidationError as exc:
+        roll_back_refused(exc)
         flash("error", f"Nothing recovered: {_problem(exc)}")
         return back
     except DelivererError as exc:
