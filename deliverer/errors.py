@@ -102,5 +102,13 @@ class TooManyRequests(DelivererError):
     message = "Rate limit exceeded. Try again in a few seconds."
 
 
+class DeliveryFailed(DelivererError):
+    """A resend the merchant waited for, which its endpoint did not accept."""
+
+    status_code = 502
+    code = "WEBHOOK_DELIVERY_FAILED"
+    message = "The webhook endpoint did not accept the notification"
+
+
 class UnsafeUrl(ValidationFailed):
     """A webhook URL that is not http(s), or that resolves to a forbidden address."""

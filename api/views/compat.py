@@ -13,6 +13,7 @@ from flask import current_app
 from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import get_session
+from api.resend import resend
 from api.schemas.compat import (
     DeliveryPageSchema,
     InvoiceResendSchema,
@@ -21,9 +22,8 @@ from api.schemas.compat import (
     TransactionResendSchema,
 )
 from api.schemas.partner import DeliveryQuerySchema
-from api.views.partner import DeliveryFailed, resend
 from api.views.smorest import Blueprint
-from deliverer.errors import DelivererError, NotFound
+from deliverer.errors import DelivererError, DeliveryFailed, NotFound
 from deliverer.notifications import manual_retry, queries
 from deliverer.notifications.resend import TransactionNotFound
 

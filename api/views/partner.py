@@ -10,7 +10,8 @@ from marshmallow import RAISE
 
 from api import portal_links, presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
-from api.db import commit_then, get_session
+from api.db import get_session
+from api.resend import resend
 from api.schemas.common import ApiErrorSchema
 from api.schemas.partner import (
     AlertListSchema,
@@ -31,8 +32,6 @@ from deliverer.batching import Coalescer
 from deliverer.errors import DelivererError
 from deliverer.notifications import queries
 from deliverer.notifications.ignore import ignore
-from deliverer.notifications.outcome import wait_for_resend
-from deliverer.notifications.resend import request_resend
 from deliverer.partners import webhook_settings
 from deliverer.partners.default_endpoint import default_endpoint
 from deliverer.portal.sessions import ISSUED_BY_API_KEY
@@ -105,29 +104,6 @@ def retry_notification(notification_id: str) -> Any:
 def ignore_notification(notification_id: str) -> Any:
     """Remove a notification from the retry queue for good (status NOT_SENT)."""
     return _dump(ignore(get_session(), current_partner(), notification_id))
-
-
-class DeliveryFailed(DelivererError):
-    status_code = 502
-    code = "WEBHOOK_DELIVERY_FAILED"
-    message = "The webhook endpoint did not accept the notification"
-
-
-def resend(reference: str) -> tuple[str, dict[str, Any]]:
-    """Shared by this API and the compatibility routes: ("success"|"pending", body)."""
-    settings = _settings()
-    request = request_resend(get_session(), settings, current_partner(), reference)
-    status, error = commit_then(
-        lambda: wait_for_resend(request.request_id, settings.resend_wait_seconds))
-    body = {"reference": reference, "notification_id": request.notification_id,
-            "webhook_url": request.url}
-    if status == "SENT":
-        return "success", {**body, "status": "success", "message": "Webhook sent successfully"}
-    if status == "FAILED":
-        raise DeliveryFailed(
-            f"Resend failed: {(error or {}).get('message', 'delivery failed')}"
-        )
-    return "pending", {**body, "status": "pending", "message": "Webhook resend in progress"}
 
 
 @blp.route("/transactions/<reference>/resend-webhook", methods=["POST"])
