@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deliverer.config import ConfigError, Ladder, Settings
+from deliverer.config import ConfigError, Settings
+from deliverer.retry_ladder import Ladder
 
 pytestmark = pytest.mark.unit
 

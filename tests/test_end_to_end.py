@@ -16,9 +16,9 @@ import pytest
 import deliverer
 from deliverer.broker.dispatch import enqueue_delivery
 from deliverer.celery_app import make_celery
-from deliverer.config import Ladder
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
 from deliverer.models import NotificationStatus, utcnow
+from deliverer.retry_ladder import Ladder
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
 from tests.support import receiver as rx

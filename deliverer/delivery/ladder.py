@@ -1,4 +1,4 @@
-"""When a failed notification is tried again: the configured ladder (``config.Ladder``),
+"""When a failed notification is tried again: the configured ladder (``retry_ladder``),
 time-scaled, and the receiver's Retry-After, never past the cycle's 30 days."""
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ import json
 
 from sqlalchemy import select
 
-from deliverer.config import Ladder
 from deliverer.db import session_scope
 from deliverer.delivery import service
 from deliverer.models import Alert, NotificationStatus, utcnow
+from deliverer.retry_ladder import Ladder
 from tests.support import receiver as rx
 from tests.support.helpers import deliver_when_due, insert_notification, new_partner
 

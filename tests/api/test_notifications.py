@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from deliverer.config import Ladder
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
 from deliverer.models import NotificationStatus
+from deliverer.retry_ladder import Ladder
 from tests.api import helpers as t
 from tests.support import helpers as h
 from tests.support.ports import closed_port

@@ -11,7 +11,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from deliverer.config import Ladder
 from deliverer.db import session_scope
 from deliverer.delivery import endpoint_queue, service
 from deliverer.models import (
@@ -27,6 +26,7 @@ from deliverer.models import (
 )
 from deliverer.partners import registered, webhook_settings
 from deliverer.publishing.service import record_event as publish_event
+from deliverer.retry_ladder import Ladder
 from deliverer.scheduling.sweep import collect_due
 from tests.support import receiver as rx
 from tests.support.helpers import (

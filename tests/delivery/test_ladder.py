@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from deliverer.config import DAY, DEFAULT_LADDER, HOUR, MINUTE, Ladder
+from deliverer.retry_ladder import DAY, DEFAULT_LADDER, HOUR, MINUTE, Ladder
 
 pytestmark = pytest.mark.unit
 
