@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from deliverer.models import NotificationStatus
-from deliverer.operations.replay import OPERATOR
+from deliverer.notifications.audit import OPERATOR
 from tests.console.conftest import OPERATOR_TOKEN
 from tests.console.helpers import publish, requests_of, wait_failed
 from tests.support import helpers as h

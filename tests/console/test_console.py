@@ -16,8 +16,7 @@ import api
 import deliverer.config
 from deliverer.db import session_scope
 from deliverer.models import Endpoint, Notification, NotificationStatus, Partner, PartnerFlow
-from deliverer.notifications.audit import ACCEPTED, check_rate
-from deliverer.operations.replay import OPERATOR
+from deliverer.notifications.audit import ACCEPTED, OPERATOR, check_rate
 from deliverer.partners import registered
 from tests.console.conftest import OPERATOR_TOKEN, ConsoleClient
 from tests.console.helpers import publish, requests_of, wait_failed

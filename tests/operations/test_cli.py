@@ -16,7 +16,7 @@ from deliverer.db import session_scope
 from deliverer.errors import Unauthorized
 from deliverer.migrate import alembic_config
 from deliverer.models import Endpoint, NotificationStatus, utcnow
-from deliverer.operations.replay import OPERATOR
+from deliverer.notifications.audit import OPERATOR
 from deliverer.partners.service import authenticate
 from tests.operations.helpers import add_attempt, attempt_count, audit
 from tests.support import helpers as h

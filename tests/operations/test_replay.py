@@ -19,15 +19,9 @@ from deliverer.models import (
     PartnerFlow,
     utcnow,
 )
-from deliverer.operations.replay import (
-    OPERATOR,
-    ReplayFilter,
-    ReplayResult,
-    find_replayable,
-    operator_ignore,
-    operator_retry,
-    replay,
-)
+from deliverer.notifications.audit import OPERATOR
+from deliverer.operations.operator_actions import operator_ignore, operator_retry
+from deliverer.operations.replay import ReplayFilter, ReplayResult, find_replayable, replay
 from tests.operations.helpers import audit
 from tests.support import helpers as h
 from tests.support.db_faults import failing_inserts

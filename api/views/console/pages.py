@@ -14,7 +14,7 @@ from deliverer.errors import DelivererError
 from deliverer.models import NotificationStatus, utcnow
 from deliverer.notifications.outcome import wait_for_attempt
 from deliverer.operations import activity, inspect
-from deliverer.operations.replay import operator_ignore, operator_retry
+from deliverer.operations.operator_actions import operator_ignore, operator_retry
 
 # How long a Retry waits for the attempt's outcome before answering "queued" (seed 003:
 # "if your endpoint successfully receives the webhook, you get a success message").
