@@ -47,7 +47,7 @@ from deliverer.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
 
-Key = object  # the endpoint id, or the URL for a notification without an endpoint row
+Key = object  # the endpoint at its URL (``key_for``), or the URL without an endpoint row
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,10 @@ def answered_fast(result: SendResult, settings: Settings) -> bool:
 
 
 def key_for(endpoint_id: int | None, url: str) -> Key:
-    return endpoint_id if endpoint_id is not None else url
+    """Slowness is the server's at a URL: an endpoint moved to another URL starts afresh
+    there (its deliveries to the new URL were deferred for 15-30 s, as long as the old
+    one's slow window and sends in flight lasted: a black-box try)."""
+    return url if endpoint_id is None else (endpoint_id, url)
 
 
 def defer_until(settings: Settings, now: datetime | None = None) -> datetime:

@@ -15,13 +15,14 @@ from sqlalchemy.exc import OperationalError
 
 from deliverer import metrics
 from deliverer.config import Settings
-from deliverer.db import in_transaction
+from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import batch, runs, service, slow_lane
 from deliverer.delivery.claim import DeliveryJob
 from deliverer.delivery.sender import SendResult
 from deliverer.delivery.service import ClaimState
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import NotificationStatus, Trigger, utcnow
+from deliverer.partners import webhook_settings
 from deliverer.publishing.api import publish_events
 from deliverer.scheduling.tasks import sweep_due
 from tests.support import helpers as h
@@ -131,16 +132,17 @@ def test_fast_failures_do_not_make_an_endpoint_slow(settings):
     assert not gate.is_slow(7, s)
 
 
-def _mark_slow(endpoint_id: int, settings: Settings) -> None:
-    ticket = slow_lane.GATE.admit(endpoint_id, settings)
+def _mark_slow(key: slow_lane.Key, settings: Settings) -> None:
+    ticket = slow_lane.GATE.admit(key, settings)
     assert ticket is not None
     slow_lane.GATE.done(ticket, _result(0.5, FailureKind.TIMEOUT), settings)
 
 
-def _endpoint_of(nid: str) -> int:
-    endpoint_id = h.notification(nid).endpoint_id
-    assert endpoint_id is not None
-    return endpoint_id
+def _endpoint_of(nid: str) -> slow_lane.Key:
+    """The slow lane's key of the notification's endpoint (at its URL)."""
+    row = h.notification(nid)
+    assert row.endpoint_id is not None and row.url is not None
+    return slow_lane.key_for(row.endpoint_id, row.url)
 
 
 def test_a_delivery_beyond_the_cap_is_deferred_without_a_request(settings, receiver):
@@ -287,7 +289,7 @@ def test_runs_wait_behind_the_admitted_and_stop_after_a_slow_answer(settings, mo
     s = _settings(settings).with_overrides(endpoint_concurrency=8)
     gate = slow_lane.EndpointGate(clock=Clock())
     monkeypatch.setattr(slow_lane, "GATE", gate)
-    _mark_slow_on(gate, 7, s)
+    _mark_slow_on(gate, KEY_7, s)
     slow_answers = {"n1": 2.0}  # beyond slow_send_seconds (1 s); the others take 10 ms
     sent: list[str] = []
 
@@ -313,7 +315,7 @@ def test_runs_wait_behind_the_admitted_and_stop_after_a_slow_answer(settings, mo
     assert [r is not None for r in sends.results] == [True, True, True, False, True, False,
                                                         True]
     # A second batch while the endpoint is slow and every ticket is out: deferred at once.
-    gate2 = [gate.admit(7, s), gate.admit(7, s)]
+    gate2 = [gate.admit(KEY_7, s), gate.admit(KEY_7, s)]
     assert None not in gate2
     assert runs.admit_many([_job("m0", 7)], s) == ([], [_job("m0", 7)])
 
@@ -323,7 +325,7 @@ def test_an_endpoint_refused_once_is_not_asked_again_in_the_batch(settings, monk
     # A ticket freed between two admissions (another thread's send ended) must not go to
     # a later job: each of the endpoint's runs has to start with one of its tickets.
     s = _settings(settings)
-    answers = iter([slow_lane.Ticket(7, 1), None, slow_lane.Ticket(7, 3)])
+    answers = iter([slow_lane.Ticket(KEY_7, 1), None, slow_lane.Ticket(KEY_7, 3)])
     asked: list[object] = []
 
     class Scripted:
@@ -336,7 +338,7 @@ def test_an_endpoint_refused_once_is_not_asked_again_in_the_batch(settings, monk
 
     admitted, refused = runs.admit_many(jobs, s)
 
-    assert refused == [] and asked == [7, 7]
+    assert refused == [] and asked == [KEY_7, KEY_7]
     assert [t is not None for _, t in admitted] == [True, False, False, False]
 
 
@@ -397,7 +399,7 @@ def test_an_endpoint_not_trusted_gets_as_many_runs_as_a_slow_one(settings, monke
     gate = slow_lane.EndpointGate(clock=Clock())
     monkeypatch.setattr(slow_lane, "GATE", gate)
     if trusted:
-        ticket = gate.admit(7, s)
+        ticket = gate.admit(KEY_7, s)
         assert ticket is not None
         gate.done(ticket, _result(0.01), s)
 
@@ -433,13 +435,18 @@ class _InOrder:
         return future
 
 
+JOB_URL = "http://127.0.0.1:9/hook"
+# The slow lane's key of ``_job(..., 7)``: endpoint 7 at its URL.
+KEY_7 = slow_lane.key_for(7, JOB_URL)
+
+
 def _job(nid: str, endpoint_id: int) -> DeliveryJob:
-    return DeliveryJob(notification_id=nid, lease_token="t", url="http://127.0.0.1:9/hook",
+    return DeliveryJob(notification_id=nid, lease_token="t", url=JOB_URL,
                        body=b"{}", secrets=[], trigger=Trigger.AUTOMATIC,
                        endpoint_id=endpoint_id, endpoint_failing=False)
 
 
-def _mark_slow_on(gate: slow_lane.EndpointGate, key: int, settings: Settings) -> None:
+def _mark_slow_on(gate: slow_lane.EndpointGate, key: object, settings: Settings) -> None:
     ticket = gate.admit(key, settings)
     assert ticket is not None
     gate.done(ticket, _result(0.5, FailureKind.TIMEOUT), settings)
@@ -496,3 +503,22 @@ def test_a_deferral_is_counted_once_its_transaction_commits(settings, monkeypatc
 
     in_transaction(work, retry_for=5.0)
     assert runs == [0, 1] and counted == [(1, "slow_endpoint")]
+
+
+def test_an_endpoint_slow_at_its_old_url_is_not_slow_at_its_new_one(settings, receiver):
+    """Moved away from a URL that hung, an endpoint's deliveries to its new URL were
+    deferred (15-30 s each) while the old URL's slow window and sends in flight lasted:
+    slowness is the server's at a URL (a black-box try)."""
+    s = _settings(settings)
+    old, new = receiver.url("/hung"), receiver.always("/new", rx.ok())
+    partner = h.new_partner(settings, old)
+    nid = h.insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    slow = _endpoint_of(nid)
+    _mark_slow(slow, s)
+    hung = [slow_lane.GATE.admit(slow, s) for _ in range(s.slow_endpoint_concurrency)]
+    assert all(hung) and slow_lane.GATE.admit(slow, s) is None  # at its cap
+    with session_scope() as session:
+        webhook_settings.update_settings(session, settings, partner.partner_id, url=new)
+    assert service.deliver(nid, s).status == NotificationStatus.SENT
+    assert len(receiver.requests("/new")) == 1
