@@ -48,7 +48,7 @@ from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.db import get_database, reset_database
-from deliverer.delivery import pacing, slow_lane
+from deliverer.delivery import pacing, slow_lane, still_there
 from deliverer.models import Base
 from tests.support.backend import (
     BACKEND,
@@ -296,6 +296,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
     purge_broker(request.getfixturevalue("purge_connection"))
     slow_lane.GATE.reset()
     pacing.TAILS.reset()
+    still_there.ENDPOINTS.reset()
     deliverer.stopping.end()  # a test of a stopping worker that failed midway
 
 

@@ -29,6 +29,7 @@ from deliverer.delivery import runs, sender, slow_lane
 from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
 from deliverer.delivery.outcome import NextAttempt
 from deliverer.delivery.record import log_attempt, record_locked
+from deliverer.delivery.still_there import StillThere
 from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
 from deliverer.delivery.voided import ours
 from deliverer.logging import delivery_context
@@ -225,17 +226,21 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
             recorded.update(i for i, _ in ended)
 
     sends = runs.perform_many(admitted, settings, runs.send_cutoff(leased_at, settings),
-                              early=early)
+                              early=early, still_there=StillThere(leased_at))
     done = [(job, r) for (job, _), r in zip(admitted, sends.results, strict=True)
             if r is not None]
     refused_late = [admitted[i][0].notification_id for i in sorted(sends.refused)]
     unsent = [(job.notification_id, job.lane)
               for i, ((job, _), r) in enumerate(zip(admitted, sends.results, strict=True))
               if r is None and i not in sends.refused]
-    if unsent:
+    if len(unsent) > len(sends.moved):
         log.warning("%s: %d of %d deliveries handed back unsent",
                     "worker stopping" if stopping() else "lease running out",
-                    len(unsent), len(admitted))
+                    len(unsent) - len(sends.moved), len(admitted))
+    if sends.moved:
+        log.info("%d of %d deliveries handed back unsent: their endpoint moved to another "
+                 "URL, or was disabled or deleted, since the claim", len(sends.moved),
+                 len(admitted))
 
     def hand_back(session: Session) -> None:
         if refused_late:

@@ -101,6 +101,9 @@ class Sends:
     stopping (handed back unsent)."""
     results: list[sender.SendResult | None]
     refused: set[int] = field(default_factory=set)
+    # Not sent: their endpoint moved, was disabled or deleted since the claim
+    # (``still_there``); handed back unsent, as past the cutoff.
+    moved: set[int] = field(default_factory=set)
 
 
 # A batch's runs still out after this long (of a slow endpoint, one that hangs) do not
@@ -111,7 +114,8 @@ Early = Callable[["Sends", list[int]], None]
 
 
 def perform_many(jobs: Sequence[Admitted], settings: Settings,
-                 send_until: float | None = None, early: Early | None = None) -> Sends:
+                 send_until: float | None = None, early: Early | None = None,
+                 still_there: Callable[[DeliveryJob], bool] | None = None) -> Sends:
     """POST in parallel, at most ``endpoint_concurrency`` at once per endpoint in this
     process, so a batch for one merchant does not open dozens of connections at once.
 
@@ -133,7 +137,8 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
     A job whose turn comes after ``send_until`` is not sent (its result is None): a run
     behind a slow endpoint, or queued behind other tasks' runs, must not outlive the lease.
     Nor is one whose turn comes once the worker is stopping (``deliverer.stopping``): its
-    warm shutdown then lasts the POSTs in flight, not a batch's worth of them.
+    warm shutdown then lasts the POSTs in flight, not a batch's worth of them. Nor one
+    that ``still_there`` says no longer goes where it was claimed for (``moved``).
 
     Runs still out do not hold the others: every ``EARLY_RECORD_AFTER`` (or the slow
     threshold, if shorter) while some are out, ``early`` is called with the indexes of
@@ -182,6 +187,10 @@ def perform_many(jobs: Sequence[Admitted], settings: Settings,
                 if stopping() or (send_until is not None
                                   and time.monotonic() > send_until):
                     slow_lane.GATE.done(ticket, None, settings)  # never started
+                    continue
+                if still_there is not None and not still_there(job):
+                    slow_lane.GATE.done(ticket, None, settings)  # never started
+                    sends.moved.add(i)
                     continue
                 with delivery_context(job.notification_id):
                     result = perform_admitted(job, ticket, settings)

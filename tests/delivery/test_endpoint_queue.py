@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from deliverer.db import session_scope
-from deliverer.delivery import endpoint_queue, service
+from deliverer.delivery import batch, endpoint_queue, service, still_there
 from deliverer.models import (
     Alert,
     Endpoint,
@@ -653,4 +653,42 @@ def test_the_old_urls_answer_after_a_move_is_not_the_new_urls(settings, receiver
     assert row.next_attempt_at <= utcnow()  # tried at the new URL now, not a ladder step on
     assert service.deliver(second, settings).status == NotificationStatus.SENT
     assert service.deliver(first, settings).status == NotificationStatus.SENT
+    assert len(receiver.requests("/new")) == 2
+
+
+def test_a_batchs_jobs_after_a_move_are_not_sent_to_the_old_url(settings, receiver,
+                                                                monkeypatch):
+    """A batch's POSTs to one endpoint go a few at a time: those whose turn came after
+    PATCH moved the endpoint went to the URL the merchant had left (for up to 26 s in a
+    black-box try; the old URL's 2xx recorded them SENT, and the new URL never got
+    them). Handed back unsent, they go to the new URL."""
+    monkeypatch.setattr(still_there, "CHECK_AFTER", 0.0)  # every turn checked
+    monkeypatch.setattr(still_there, "READ_EVERY", 0.0)
+    s = settings.with_overrides(endpoint_concurrency=1)  # one run: one POST at a time
+    release = threading.Event()
+    old = receiver.always("/old", rx.held(release, rx.ok()))
+    new = receiver.always("/new", rx.ok())
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        key = registered.create(session, settings, partner.partner_id, url=old).id
+        session.commit()
+    ids = [insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow()) for _ in range(3)]
+    pool = ThreadPoolExecutor(1)
+    in_flight = pool.submit(batch.deliver_many, ids, s)
+    receiver.wait_for(1, "/old")
+    with session_scope() as session:
+        registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
+        session.commit()
+    release.set()
+    outcome = in_flight.result(timeout=30)
+    pool.shutdown()
+    assert (outcome.sent, len(outcome.unsent)) == (1, 2)
+    assert len(receiver.requests("/old")) == 1
+    handed_back = [nid for nid, _lane in outcome.unsent]
+    for nid in handed_back:
+        row = notification(nid)
+        assert (row.status, row.url, row.lease_token, row.attempt_count) == (
+            NotificationStatus.PENDING, new, None, 0)
+    assert batch.deliver_many(handed_back, s).sent == 2
     assert len(receiver.requests("/new")) == 2

@@ -1,0 +1,75 @@
+"""Whether a claimed delivery still goes where its endpoint is, read again for a job
+whose turn comes a while after its claim.
+
+A batch leases its jobs, each with its URL, at the claim; its POSTs to one endpoint go a
+few at a time, and to a slow endpoint the last of them start tens of seconds later. An
+endpoint moved meanwhile (``PATCH`` of its URL, ``PUT`` of the webhook URL), disabled or
+deleted still had them POSTed to the URL the merchant had left: up to 26 s after a move
+in a black-box try, where the old URL's 2xx recorded them SENT and the new URL never
+got them. So a job whose turn comes more than ``CHECK_AFTER`` after the claim is checked
+against its endpoint's row, read at most every ``READ_EVERY`` per endpoint in this
+process; one that no longer goes there is handed back unsent, and its next claim reads
+where it goes now. A turn that comes at once (a healthy endpoint's) reads nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import select
+
+from deliverer.db import session_scope
+from deliverer.delivery.claim import DeliveryJob
+from deliverer.models import Endpoint
+
+CHECK_AFTER = 1.0
+READ_EVERY = 0.5
+_MAX_CACHED = 10_000
+
+
+class _Endpoints:
+    """Endpoint id -> (read at, its URL if it takes deliveries, else None). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read: dict[int, tuple[float, str | None]] = {}
+
+    def url(self, endpoint_id: int) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._read.get(endpoint_id)
+        if cached is not None and now - cached[0] < READ_EVERY:
+            return cached[1]
+        with session_scope() as session:
+            row = session.execute(
+                select(Endpoint.url, Endpoint.disabled_at, Endpoint.deleted_at)
+                .where(Endpoint.id == endpoint_id)).one_or_none()
+        url = row.url if row is not None and row.disabled_at is None \
+            and row.deleted_at is None else None
+        with self._lock:
+            if len(self._read) >= _MAX_CACHED:
+                self._read.clear()  # bounded; forgetting costs a read
+            self._read[endpoint_id] = (now, url)
+        return url
+
+    def reset(self) -> None:
+        """Forget every endpoint (tests: ids are reused after a cleanup)."""
+        with self._lock:
+            self._read.clear()
+
+
+ENDPOINTS = _Endpoints()
+
+
+class StillThere:
+    """For ``runs.perform_many``: whether a job of a batch claimed at ``claimed_at``
+    (``time.monotonic()``) may still be sent where it was claimed for."""
+
+    def __init__(self, claimed_at: float) -> None:
+        self.claimed_at = claimed_at
+
+    def __call__(self, job: DeliveryJob) -> bool:
+        if job.endpoint_id is None or time.monotonic() - self.claimed_at < CHECK_AFTER:
+            return True
+        return ENDPOINTS.url(job.endpoint_id) == job.url
