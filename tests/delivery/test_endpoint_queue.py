@@ -621,31 +621,39 @@ def test_a_url_move_drains_what_the_endpoint_held(settings, receiver):
     assert len(receiver.requests("/new")) == 3
 
 
-@pytest.mark.parametrize("answer", [500, 410])
-def test_the_old_urls_answer_after_a_move_is_not_the_new_urls(settings, receiver, answer):
-    """An attempt in flight to the old URL fails after PATCH moved the endpoint: the new
-    URL, which has not failed, was marked failing (its other notifications held behind a
-    ladder step, the console showing the old URL's error) or, for a 410, disabled."""
+def _moved_mid_post(settings, receiver, old_answer, count: int, deliver):
+    """A registered endpoint at /old (each POST held until the move, then ``old_answer``)
+    with ``count`` due notifications; ``deliver(ids)`` runs in a thread, and PATCH moves
+    the endpoint to /new while its first POST is out. Returns the ids, the new URL and
+    what ``deliver`` returned."""
     release = threading.Event()
-    old = receiver.always("/old", rx.held(release, rx.status(answer)))
+    old = receiver.always("/old", rx.held(release, old_answer))
     new = receiver.always("/new", rx.ok())
     partner = new_partner(settings, None)
     with session_scope() as session:
         key = registered.create(session, settings, partner.partner_id, url=old).id
         session.commit()
-    first, second = (insert_notification(partner.partner_id, old,
-                                         status=NotificationStatus.PENDING,
-                                         next_attempt_at=utcnow()) for _ in range(2))
-    pool = ThreadPoolExecutor(1)
-    in_flight = pool.submit(service.deliver, first, settings)
-    receiver.wait_for(1, "/old")
-    with session_scope() as session:
-        registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
-        session.commit()
-    release.set()
-    assert in_flight.result(timeout=30).status == NotificationStatus.FAILED
-    pool.shutdown()
-    endpoint = _endpoint(partner.partner_id, new)
+    ids = [insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow()) for _ in range(count)]
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(deliver, ids)
+        receiver.wait_for(1, "/old")
+        with session_scope() as session:
+            registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
+            session.commit()
+        release.set()
+        return ids, new, in_flight.result(timeout=30)
+
+
+@pytest.mark.parametrize("answer", [500, 410])
+def test_the_old_urls_answer_after_a_move_is_not_the_new_urls(settings, receiver, answer):
+    """An attempt in flight to the old URL fails after PATCH moved the endpoint: the new
+    URL, which has not failed, was marked failing (its other notifications held behind a
+    ladder step, the console showing the old URL's error) or, for a 410, disabled."""
+    (first, second), new, outcome = _moved_mid_post(
+        settings, receiver, rx.status(answer), 2, lambda ids: service.deliver(ids[0], settings))
+    assert outcome.status == NotificationStatus.FAILED
+    endpoint = _endpoint(notification(first).partner_id, new)
     assert (endpoint.failing_since, endpoint.consecutive_failures, endpoint.last_error,
             endpoint.disabled_at) == (None, 0, None, None)
     row = notification(first)
@@ -665,24 +673,8 @@ def test_a_batchs_jobs_after_a_move_are_not_sent_to_the_old_url(settings, receiv
     monkeypatch.setattr(still_there, "CHECK_AFTER", 0.0)  # every turn checked
     monkeypatch.setattr(still_there, "READ_EVERY", 0.0)
     s = settings.with_overrides(endpoint_concurrency=1)  # one run: one POST at a time
-    release = threading.Event()
-    old = receiver.always("/old", rx.held(release, rx.ok()))
-    new = receiver.always("/new", rx.ok())
-    partner = new_partner(settings, None)
-    with session_scope() as session:
-        key = registered.create(session, settings, partner.partner_id, url=old).id
-        session.commit()
-    ids = [insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
-                               next_attempt_at=utcnow()) for _ in range(3)]
-    pool = ThreadPoolExecutor(1)
-    in_flight = pool.submit(batch.deliver_many, ids, s)
-    receiver.wait_for(1, "/old")
-    with session_scope() as session:
-        registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
-        session.commit()
-    release.set()
-    outcome = in_flight.result(timeout=30)
-    pool.shutdown()
+    _ids, new, outcome = _moved_mid_post(settings, receiver, rx.ok(), 3,
+                                         lambda ids: batch.deliver_many(ids, s))
     assert (outcome.sent, len(outcome.unsent)) == (1, 2)
     assert len(receiver.requests("/old")) == 1
     handed_back = [nid for nid, _lane in outcome.unsent]
