@@ -77,14 +77,18 @@ def failing_endpoints(session: Session, limit: int = 200) -> list[FailingEndpoin
     return [FailingEndpoint(
         endpoint=endpoint, partner_name=partner_name, queue_depth=int(queued or 0),
         held=int(held or 0), exhausted=int(exhausted or 0), next_retry_at=next_retry_at,
-        last_error=endpoint.last_error or _a_failed_ones_error(session, endpoint.id),
+        last_error=endpoint.last_error or (_a_failed_ones_error(session, endpoint.id)
+                                           if endpoint.failing_since else None),
         last_error_at=endpoint.last_failure_at if endpoint.last_error else None)
         for endpoint, partner_name, queued, held, exhausted, next_retry_at in rows]
 
 
 def _a_failed_ones_error(session: Session, endpoint_id: int) -> dict[str, Any] | None:
-    """An endpoint that has not failed since ``last_error`` was added (0015): the error
-    of one of its FAILED notifications, one probe of ``ix_notifications_failed``."""
+    """A failing endpoint that has not failed since ``last_error`` was added (0015): the
+    error of one of its FAILED notifications, one probe of ``ix_notifications_failed``.
+    Not for one that is not failing: after a move (which clears ``last_error``) that
+    was the old URL's error, shown beside the new URL, which had not failed (a
+    black-box try)."""
     return session.scalar(
         select(Notification.latest_error_payload)
         .where(Notification.endpoint_id == endpoint_id,

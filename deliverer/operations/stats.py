@@ -154,16 +154,18 @@ def endpoint_statuses(session: Session) -> dict[str, int]:
 
 def endpoint_success_rates(session: Session, since: datetime,
                            limit: int = 100) -> list[EndpointRate]:
-    """Attempts and successes per endpoint since ``since``, worst first (a partner's
-    endpoints each have their own line; an endpoint whose URL changed has one)."""
+    """Attempts and successes per endpoint and URL attempted since ``since``, worst
+    first: a partner's endpoints each have their own line, and an endpoint moved to
+    another URL in the window one per URL (one line, printed with the new URL, blamed it
+    for the old one's failures: a black-box try)."""
     successes = func.sum(case((Attempt.success.is_(True), 1), else_=0))
-    url = func.coalesce(Endpoint.url, Attempt.url)
     rows = session.execute(
-        select(Notification.partner_id, Endpoint.public_id, url, func.count(), successes)
+        select(Notification.partner_id, Endpoint.public_id, Attempt.url, func.count(),
+               successes)
         .join(Notification, Notification.id == Attempt.notification_id)
         .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
         .where(Attempt.started_at >= since)
-        .group_by(Notification.partner_id, Endpoint.public_id, url)
+        .group_by(Notification.partner_id, Endpoint.public_id, Attempt.url)
     ).all()
     rates = [EndpointRate(str(p), str(u), int(n), int(s or 0), e)
              for p, e, u, n, s in rows]

@@ -232,3 +232,28 @@ def test_a_disabled_endpoint_is_counted_disabled_not_failing(settings):
         # The console still lists it, as disabled: the operator sees what it holds.
         [listed] = inspect.failing_endpoints(session)
         assert listed.endpoint.public_id == public_id
+
+
+def test_a_moved_endpoint_is_not_blamed_for_its_old_urls_failures(settings):
+    """After a move, deliverer stats printed the old URL's failures beside the new URL
+    (67% for a URL that never failed), and the console showed the old URL's 410 and its
+    hint beside it (a black-box try): a line per URL attempted, and a last error only
+    for a failing endpoint."""
+    old, new = "http://127.0.0.1:9/old", "http://127.0.0.1:9/new"
+    shop = h.new_partner(settings, None)
+    with session_scope() as session:
+        endpoint = registered.create(session, settings, shop.partner_id, url=old)
+        key, public_id = endpoint.id, endpoint.public_id
+    nid = failed(shop.partner_id, old)  # its error: the old URL's HTTP 500
+    now = utcnow()
+    for minutes, success, url in ((3, False, old), (2, False, old), (1, True, new)):
+        add_attempt(nid, now - timedelta(minutes=minutes), success=success, url=url)
+    with session_scope() as session:
+        registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
+    with session_scope() as session:
+        rates = stats.endpoint_success_rates(session, now - timedelta(hours=1))
+        [listed] = [e for e in inspect.failing_endpoints(session)
+                    if e.endpoint.public_id == public_id]
+    assert [(r.endpoint_id, r.url, r.attempts, r.successes) for r in rates] == [
+        (public_id, old, 2, 0), (public_id, new, 1, 1)]
+    assert listed.endpoint.url == new and listed.last_error is None
