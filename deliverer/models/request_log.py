@@ -19,6 +19,9 @@ class RequestKind(StrEnum):
     # its FAILED notifications of a period, and a test event sent to it.
     RECOVER = "recover"
     ENDPOINT_TEST = "endpoint_test"
+    # An operator's disable or enable of an endpoint (``deliverer endpoint``).
+    ENDPOINT_DISABLE = "endpoint_disable"
+    ENDPOINT_ENABLE = "endpoint_enable"
 
 
 class ResendStatus(StrEnum):

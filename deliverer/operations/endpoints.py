@@ -1,7 +1,8 @@
 """An operator's disable or enable of a merchant's endpoint (``deliverer endpoint
 disable`` / ``enable``): one hammering its merchant's server is stopped, one a 410 or
 days of failures stopped is started again, without the merchant's key. Through the
-service the merchant's PATCH uses (``registered.update_endpoint``). Commits nothing."""
+service the merchant's PATCH uses (``registered.update_endpoint``), and on the audit
+trail as the console's retries and ignores are (outcome ``OPERATOR``). Commits nothing."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.errors import Conflict
-from deliverer.models import Endpoint
+from deliverer.models import Endpoint, PartnerRequest, RequestKind, utcnow
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT, DISABLED_BY_OPERATOR
+from deliverer.notifications.audit import OPERATOR
 from deliverer.partners import registered
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ def set_enabled(session: Session, settings: Settings, public_id: str, enabled: b
         # Saving the webhook settings does not enable it (resume_deliveries).
         endpoint.disabled_reason = (DISABLED_BY_OPERATOR
                                     + (f": {reason}" if reason else ""))[:200]
+    session.add(PartnerRequest(
+        partner_id=endpoint.partner_id, api_key_id=None, outcome=OPERATOR,
+        kind=RequestKind.ENDPOINT_ENABLE if enabled else RequestKind.ENDPOINT_DISABLE,
+        reference=endpoint.public_id, created_at=utcnow()))
     log.info("operator %s endpoint %s of partner %s%s", "enabled" if enabled else "disabled",
              endpoint.public_id, endpoint.partner_id,
              f" (was: {was})" if enabled else f" ({endpoint.disabled_reason})")

@@ -7,10 +7,12 @@ import json
 
 import deliverer
 from deliverer.db import session_scope
-from deliverer.models import NotificationStatus
+from deliverer.models import NotificationStatus, RequestKind
+from deliverer.notifications.audit import OPERATOR
 from deliverer.partners import registered, webhook_settings
 from tests.support import helpers as h
 from tests.support.cli import run_cli
+from tests.support.rows import partner_requests
 
 
 def test_endpoints_added_from_the_cli_receive_what_they_subscribe_to(settings):
@@ -92,6 +94,11 @@ def test_an_operator_disables_and_enables_an_endpoint(settings, worker, receiver
     unknown = run_cli(settings, "endpoint", "enable", "ep_000000000000000000000000",
                       check=False)
     assert unknown.returncode == 1 and "Endpoint not found" in unknown.stderr
+    # On the audit trail, as the console's retries are (the already-disabled one: no row).
+    assert [(r.kind, r.outcome, r.reference, r.api_key_id)
+            for r in partner_requests(shop.partner_id)] == [
+        (RequestKind.ENDPOINT_DISABLE, OPERATOR, added["id"], None),
+        (RequestKind.ENDPOINT_ENABLE, OPERATOR, added["id"], None)]
 
 
 def test_an_operators_disable_stands_a_settings_save_and_a_merchants_needs_force(settings):
