@@ -68,6 +68,9 @@ class DeliveryJob:
     # Until when the lease is ours: after a fresh cycle voided it (``cycle``), the time
     # alone says the row is still held for this job (``voided``).
     lease_expires_at: datetime | None = None
+    # Its endpoint's URL at the claim: a batch's late POST is not sent if it has changed
+    # since (``still_there``).
+    endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ def _jobs_of(rows: FromClause) -> Select[Any]:
                Endpoint.signing_secret.label("own_secret"),
                Endpoint.previous_secret.label("own_previous"),
                Endpoint.previous_secret_expires_at.label("own_previous_expires_at"),
-               Endpoint.rate_limit, Endpoint.retry_after_until)
+               Endpoint.rate_limit, Endpoint.retry_after_until,
+               Endpoint.url.label("endpoint_url"))
         .select_from(rows)
         .join(Event, Event.id == rows.c.event_id)
         .join(Partner, Partner.id == rows.c.partner_id)
@@ -214,7 +218,7 @@ def lease_jobs(session: Session, ids: Sequence[str], settings: Settings,
                 (r.signing_secret, r.previous_secret, r.previous_secret_expires_at), now),
             trigger=_trigger_for(r.lane), endpoint_id=r.endpoint_id,
             endpoint_failing=r.failing_since is not None, lane=r.lane,
-            lease_expires_at=expires,
+            lease_expires_at=expires, endpoint_url=r.endpoint_url,
         ))
         if r.rate_limit:
             paced.append(pacing.Paced(r.id, r.endpoint_id, r.rate_limit))

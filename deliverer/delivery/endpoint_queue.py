@@ -103,9 +103,10 @@ def hold_climbers(session: Session, endpoint_id: int, now: datetime) -> None:
 
 def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
     """The head left the ladder (exhausted, ignored): the next held one takes its place."""
-    if session.scalar(select(exists().where(*_climbing(endpoint_id)))):
-        return
     for _ in range(RELEASE_TRIES):
+        # Again on each try: what released the one read may have made a head.
+        if session.scalar(select(exists().where(*_climbing(endpoint_id)))):
+            return
         next_id = session.scalar(
             select(Notification.id)
             .where(Notification.endpoint_id == endpoint_id, Notification.held.is_(True))
@@ -149,6 +150,14 @@ def exhaust_past_cycle(session: Session, settings: Settings, notification_id: st
     promote_next(session, endpoint_id, now)
 
 
+def hold(notification: Notification) -> bool:
+    """The loaded ``notification`` waits behind its endpoint's head (held: no attempt of
+    its own). Returns True, as ``join_after_failure`` answers "held"."""
+    notification.held = True
+    notification.next_attempt_at = None
+    return True
+
+
 def join_after_failure(session: Session, endpoint_id: int, notification: Notification,
                        now: datetime) -> bool:
     """A failed notification of the endpoint, its next attempt set (None: exhausted),
@@ -167,20 +176,20 @@ def join_after_failure(session: Session, endpoint_id: int, notification: Notific
         session.flush()
         promote_next(session, endpoint_id, now)
     elif has_earlier_climber(session, endpoint_id, notification.id, notification.sequence):
-        notification.held = True
-        notification.next_attempt_at = None
-        return True
+        return hold(notification)
     else:
         due = notification.next_attempt_at
-        for _ in range(RELEASE_TRIES):
+        for attempt in range(RELEASE_TRIES):
+            if attempt and has_earlier_climber(session, endpoint_id, notification.id,
+                                               notification.sequence):
+                # What released the one read made a head before this one.
+                return hold(notification)
             earlier = earliest_held_before(session, endpoint_id, notification.sequence)
             if earlier is None:
                 break
             if release_held(session, earlier, due):
-                notification.held = True
-                notification.next_attempt_at = None
                 hold_later_climbers(session, endpoint_id, notification.sequence, now)
-                return True
+                return hold(notification)
         hold_later_climbers(session, endpoint_id, notification.sequence, now)
     return False
 

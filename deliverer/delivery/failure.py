@@ -51,8 +51,7 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
             _disable_endpoint(session, endpoint, row, now)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
         elif auto_disable.failing_too_long(endpoint, settings, now):
-            row.next_attempt_at = None
-            row.held = True
+            endpoint_queue.hold(row)
             auto_disable.disable(session, endpoint, settings, now, notification_id=row.id)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
         else:
@@ -103,8 +102,7 @@ def _disable_endpoint(session: Session, endpoint: Endpoint, row: Notification,
     Notifications in flight when the first 410 arrives get theirs too: only the one that
     disables the endpoint raises the alert (the endpoint row is locked FOR UPDATE here, so
     of concurrent recorders exactly one sees it enabled)."""
-    row.next_attempt_at = None
-    row.held = True
+    endpoint_queue.hold(row)
     if endpoint.disabled_at is not None:
         return
     endpoint.disabled_at = now

@@ -5,14 +5,17 @@ a real loopback receiver; the worker is not needed for these."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from deliverer.db import session_scope
 from deliverer.delivery import batch, endpoint_queue, service, still_there
+from deliverer.delivery.claim import DeliveryJob
 from deliverer.models import (
     Alert,
     Endpoint,
@@ -21,6 +24,7 @@ from deliverer.models import (
     NotificationStatus,
     Partner,
     PartnerFlow,
+    Trigger,
     WebhookSettings,
     utcnow,
 )
@@ -684,3 +688,33 @@ def test_a_batchs_jobs_after_a_move_are_not_sent_to_the_old_url(settings, receiv
             NotificationStatus.PENDING, new, None, 0)
     assert batch.deliver_many(handed_back, s).sent == 2
     assert len(receiver.requests("/new")) == 2
+
+
+def test_a_late_post_is_checked_against_its_endpoints_url_at_the_claim(settings,
+                                                                       monkeypatch):
+    """``still_there`` compares the endpoint's URL now with its URL at the claim, not
+    with the row's: a row left at a URL its endpoint had left (it was NOT_SENT at the
+    move) was handed back at every late turn (the review). A read that fails lets the
+    POST go as claimed: raised, it left the batch's answered POSTs unrecorded."""
+    monkeypatch.setattr(still_there, "READ_EVERY", 0.0)
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        endpoint = registered.create(session, settings, partner.partner_id,
+                                     url="http://127.0.0.1:9/now")
+        key = endpoint.id
+    job = DeliveryJob(notification_id="n", lease_token="t", url="http://127.0.0.1:9/left",
+                      body=b"{}", secrets=[], trigger=Trigger.AUTOMATIC, endpoint_id=key,
+                      endpoint_failing=False, endpoint_url="http://127.0.0.1:9/now")
+    late = still_there.StillThere(claimed_at=time.monotonic() - 2 * still_there.CHECK_AFTER)
+    assert late(job)  # its endpoint has not moved since the claim
+    with session_scope() as session:
+        registered.update_endpoint(session, settings, session.get(Endpoint, key),
+                                   url="http://127.0.0.1:9/later")
+    assert not late(job)
+    assert still_there.StillThere(claimed_at=time.monotonic())(job)  # its turn came at once
+
+    def unreadable(endpoint_id: int) -> str | None:
+        raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(still_there.ENDPOINTS, "url", unreadable)
+    assert late(job)

@@ -22,6 +22,7 @@ from deliverer.models import (
 from deliverer.notifications.audit import OPERATOR
 from deliverer.operations.operator_actions import operator_ignore, operator_retry
 from deliverer.operations.replay import ReplayFilter, ReplayResult, find_replayable, replay
+from deliverer.partners import registered
 from tests.operations.helpers import audit
 from tests.support import helpers as h
 from tests.support.db_faults import failing_inserts
@@ -318,3 +319,20 @@ def test_operator_ignore_reuses_the_partner_api_rule(settings, receiver: Receive
         operator_ignore(session, sent)
     # The refusal is on record too, as the partner API records its own.
     assert audit(sent) == [("ignore", "CONFLICT", None)]
+
+
+def test_a_replayed_not_sent_notification_goes_to_its_endpoints_url_now(settings):
+    """A move repoints what an endpoint holds, not what was NOT_SENT: replayed with
+    --include-not-sent, that went to the URL the endpoint had left (the review)."""
+    old, new = "http://127.0.0.1:9/old", "http://127.0.0.1:9/new"
+    shop = h.new_partner(settings, "http://127.0.0.1:9/default")
+    with session_scope() as session:
+        key = registered.create(session, settings, shop.partner_id, url=old).id
+    ignored = failed(shop.partner_id, old, status=NotificationStatus.NOT_SENT)
+    assert h.notification(ignored).endpoint_id == key
+    with session_scope() as session:
+        registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
+    result = replay(settings, ReplayFilter(shop.partner_id, include_not_sent=True))
+    assert result.replayed == 1
+    row = h.notification(ignored)
+    assert (row.status, row.url, row.endpoint_id) == (NotificationStatus.PENDING, new, key)
