@@ -226,7 +226,8 @@ def deliver_claimed(batch: BatchClaim, leased_at: float, settings: Settings,
             recorded.update(i for i, _ in ended)
 
     sends = runs.perform_many(admitted, settings, runs.send_cutoff(leased_at, settings),
-                              early=early, still_there=StillThere(leased_at))
+                              early=early,
+                              still_there=StillThere(leased_at, batch.jobs))
     done = [(job, r) for (job, _), r in zip(admitted, sends.results, strict=True)
             if r is not None]
     refused_late = [admitted[i][0].notification_id for i in sorted(sends.refused)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,23 +43,29 @@ class _Endpoints:
         self._lock = threading.Lock()
         self._read: dict[int, tuple[float, str | None]] = {}
 
-    def url(self, endpoint_id: int) -> str | None:
+    def url(self, endpoint_id: int, batch: Collection[int]) -> str | None:
+        """``endpoint_id``'s URL, read with the other endpoints of its ``batch`` not read
+        lately, in one statement: a batch spread over many endpoints (1,000 partners)
+        read one each, and its throughput fell by a third (the A/B)."""
         now = time.monotonic()
         with self._lock:
             cached = self._read.get(endpoint_id)
+            stale = [key for key in batch
+                     if (seen := self._read.get(key)) is None or now - seen[0] >= READ_EVERY]
         if cached is not None and now - cached[0] < READ_EVERY:
             return cached[1]
         with session_scope() as session:
-            row = session.execute(
-                select(Endpoint.url, Endpoint.disabled_at, Endpoint.deleted_at)
-                .where(Endpoint.id == endpoint_id)).one_or_none()
-        url = row.url if row is not None and row.disabled_at is None \
-            and row.deleted_at is None else None
+            rows = session.execute(
+                select(Endpoint.id, Endpoint.url, Endpoint.disabled_at, Endpoint.deleted_at)
+                .where(Endpoint.id.in_(sorted({endpoint_id, *stale})))).all()
+        found = {row.id: (row.url if row.disabled_at is None and row.deleted_at is None
+                          else None) for row in rows}
         with self._lock:
             if len(self._read) >= _MAX_CACHED:
                 self._read.clear()  # bounded; forgetting costs a read
-            self._read[endpoint_id] = (now, url)
-        return url
+            for key in {endpoint_id, *stale}:
+                self._read[key] = (now, found.get(key))
+        return found.get(endpoint_id)
 
     def reset(self) -> None:
         """Forget every endpoint (tests: ids are reused after a cleanup)."""
@@ -71,17 +78,22 @@ ENDPOINTS = _Endpoints()
 
 class StillThere:
     """For ``runs.perform_many``: whether a job of a batch claimed at ``claimed_at``
-    (``time.monotonic()``) may still be sent where it was claimed for."""
+    (``time.monotonic()``) may still be sent where it was claimed for. One thread of the
+    batch's runs reads at a time: the others find what it read."""
 
-    def __init__(self, claimed_at: float) -> None:
+    def __init__(self, claimed_at: float, jobs: Iterable[DeliveryJob]) -> None:
         self.claimed_at = claimed_at
+        self.endpoints = frozenset(job.endpoint_id for job in jobs
+                                   if job.endpoint_id is not None)
+        self._reading = threading.Lock()
 
     def __call__(self, job: DeliveryJob) -> bool:
         if (job.endpoint_id is None or job.endpoint_url is None
                 or time.monotonic() - self.claimed_at < CHECK_AFTER):
             return True
         try:
-            return ENDPOINTS.url(job.endpoint_id) == job.endpoint_url
+            with self._reading:
+                return ENDPOINTS.url(job.endpoint_id, self.endpoints) == job.endpoint_url
         except SQLAlchemyError as exc:
             log.warning("endpoint %s not read before a late POST, sent as claimed: %s",
                         job.endpoint_id, str(exc).splitlines()[0])

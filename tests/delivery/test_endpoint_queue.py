@@ -705,15 +705,15 @@ def test_a_late_post_is_checked_against_its_endpoints_url_at_the_claim(settings,
     job = DeliveryJob(notification_id="n", lease_token="t", url="http://127.0.0.1:9/left",
                       body=b"{}", secrets=[], trigger=Trigger.AUTOMATIC, endpoint_id=key,
                       endpoint_failing=False, endpoint_url="http://127.0.0.1:9/now")
-    late = still_there.StillThere(claimed_at=time.monotonic() - 2 * still_there.CHECK_AFTER)
+    late = still_there.StillThere(time.monotonic() - 2 * still_there.CHECK_AFTER, [job])
     assert late(job)  # its endpoint has not moved since the claim
     with session_scope() as session:
         registered.update_endpoint(session, settings, session.get(Endpoint, key),
                                    url="http://127.0.0.1:9/later")
     assert not late(job)
-    assert still_there.StillThere(claimed_at=time.monotonic())(job)  # its turn came at once
+    assert still_there.StillThere(time.monotonic(), [job])(job)  # its turn came at once
 
-    def unreadable(endpoint_id: int) -> str | None:
+    def unreadable(endpoint_id: int, batch: object) -> str | None:
         raise OperationalError("SELECT", {}, Exception("server closed the connection"))
 
     monkeypatch.setattr(still_there.ENDPOINTS, "url", unreadable)
