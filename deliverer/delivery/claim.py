@@ -69,8 +69,14 @@ class DeliveryJob:
     # alone says the row is still held for this job (``voided``).
     lease_expires_at: datetime | None = None
     # Its endpoint's URL at the claim: a batch's late POST is not sent if it has changed
-    # since (``still_there``).
+    # since (``still_there``), and a failure recorded after it changed is not the new
+    # URL's (``failure``).
     endpoint_url: str | None = None
+
+    def moved(self, endpoint_url_now: str | None) -> bool:
+        """Whether its endpoint is at another URL now (None: it takes no deliveries now)
+        than at the claim."""
+        return self.endpoint_url is not None and endpoint_url_now != self.endpoint_url
 
 
 @dataclass(frozen=True)

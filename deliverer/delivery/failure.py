@@ -42,9 +42,10 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
                        Notification.id == row.id)
             session.expire(row)
             return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.NOT_SENT)
-        if moved_in_flight(job, row, endpoint):
-            # The old URL's answer says nothing of the new one, which has not failed yet:
-            # tried there now, as the move probed the endpoint's head (``relocate``).
+        if job.moved(endpoint.url):
+            # Moved while this attempt was in flight: the old URL's answer says nothing
+            # of the new one, which has not failed yet. Tried there now, as the move
+            # probed the endpoint's head (``registered.relocate``).
             if due is not None:
                 due = row.next_attempt_at = now
         elif result.status_code == 410:
@@ -57,13 +58,6 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
         else:
             return _queue_behind(session, endpoint, row, job, result, settings, now, due)
     return _schedule(row, settings, now, due)
-
-
-def moved_in_flight(job: DeliveryJob, row: Notification, endpoint: Endpoint) -> bool:
-    """The endpoint moved to another URL while this attempt was in flight: the attempt
-    went to the URL it left, and the notification now goes to the new one
-    (``registered.relocate``)."""
-    return job.url != endpoint.url and row.url == endpoint.url
 
 
 def _queue_behind(session: Session, endpoint: Endpoint, row: Notification, job: DeliveryJob,

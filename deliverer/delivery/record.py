@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, sender
 from deliverer.delivery.claim import ClaimState, DeliveryJob
-from deliverer.delivery.failure import moved_in_flight, record_failure
+from deliverer.delivery.failure import record_failure
 from deliverer.delivery.outcome import AttemptOutcome
 from deliverer.delivery.success import (
     attempt_row,
@@ -72,7 +72,7 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
 
     row.lease_token = None
     row.lease_expires_at = None
-    endpoint = _update_endpoint_health(session, row, job, result, now, failing)
+    endpoint = _update_endpoint_health(session, job, result, now, failing)
     if result.success:
         for name, value in sent_values(now).items():
             setattr(row, name, value)
@@ -81,9 +81,8 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
     return record_failure(session, row, endpoint, job, result, settings, now)
 
 
-def _update_endpoint_health(session: Session, row: Notification, job: DeliveryJob,
-                            result: sender.SendResult, now: datetime, failing: Collection[int]
-                            ) -> Endpoint | None:
+def _update_endpoint_health(session: Session, job: DeliveryJob, result: sender.SendResult,
+                            now: datetime, failing: Collection[int]) -> Endpoint | None:
     """Failures load and update the endpoint; a healthy endpoint's success writes nothing.
     The endpoint is locked FOR UPDATE already (``lock_endpoints``). A failure of the URL
     it moved from is not the new URL's."""
@@ -94,7 +93,7 @@ def _update_endpoint_health(session: Session, row: Notification, job: DeliveryJo
             endpoint_queue.on_recovery(session, job.endpoint_id, now)
         return None
     endpoint = session.get(Endpoint, job.endpoint_id, with_for_update=True)
-    if endpoint is None or moved_in_flight(job, row, endpoint):
+    if endpoint is None or job.moved(endpoint.url):
         return endpoint
     endpoint.consecutive_failures += 1
     endpoint.last_failure_at = now

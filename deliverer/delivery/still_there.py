@@ -50,10 +50,10 @@ class _Endpoints:
         now = time.monotonic()
         with self._lock:
             cached = self._read.get(endpoint_id)
+            if cached is not None and now - cached[0] < READ_EVERY:
+                return cached[1]
             stale = [key for key in batch
                      if (seen := self._read.get(key)) is None or now - seen[0] >= READ_EVERY]
-        if cached is not None and now - cached[0] < READ_EVERY:
-            return cached[1]
         with session_scope() as session:
             rows = session.execute(
                 select(Endpoint.id, Endpoint.url, Endpoint.disabled_at, Endpoint.deleted_at)
@@ -93,7 +93,7 @@ class StillThere:
             return True
         try:
             with self._reading:
-                return ENDPOINTS.url(job.endpoint_id, self.endpoints) == job.endpoint_url
+                return not job.moved(ENDPOINTS.url(job.endpoint_id, self.endpoints))
         except SQLAlchemyError as exc:
             log.warning("endpoint %s not read before a late POST, sent as claimed: %s",
                         job.endpoint_id, str(exc).splitlines()[0])

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
 from deliverer.errors import Conflict
-from deliverer.models import Endpoint, PartnerRequest, RequestKind, utcnow
+from deliverer.models import Endpoint, RequestKind, utcnow
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT, DISABLED_BY_OPERATOR
-from deliverer.notifications.audit import OPERATOR
+from deliverer.operations.operator_actions import record_operator_action
 from deliverer.partners import registered
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,10 @@ def set_enabled(session: Session, settings: Settings, public_id: str, enabled: b
         # Saving the webhook settings does not enable it (resume_deliveries).
         endpoint.disabled_reason = (DISABLED_BY_OPERATOR
                                     + (f": {reason}" if reason else ""))[:200]
-    session.add(PartnerRequest(
-        partner_id=endpoint.partner_id, api_key_id=None, outcome=OPERATOR,
-        kind=RequestKind.ENDPOINT_ENABLE if enabled else RequestKind.ENDPOINT_DISABLE,
-        reference=endpoint.public_id, created_at=utcnow()))
+    record_operator_action(
+        session, endpoint.partner_id,
+        RequestKind.ENDPOINT_ENABLE if enabled else RequestKind.ENDPOINT_DISABLE, utcnow(),
+        reference=endpoint.public_id)
     log.info("operator %s endpoint %s of partner %s%s", "enabled" if enabled else "disabled",
              endpoint.public_id, endpoint.partner_id,
              f" (was: {was})" if enabled else f" ({endpoint.disabled_reason})")

@@ -66,10 +66,13 @@ def check_pushed(partner: Partner) -> None:
         raise NotPushed(reason)
 
 
-def record_operator_action(session: Session, notification: Notification, kind: str,
-                           now: datetime) -> PartnerRequest:
-    row = PartnerRequest(partner_id=notification.partner_id, api_key_id=None, kind=kind,
-                         outcome=OPERATOR, notification_id=notification.id, created_at=now)
+def record_operator_action(session: Session, partner_id: str, kind: str, now: datetime, *,
+                           notification_id: str | None = None,
+                           reference: str | None = None) -> PartnerRequest:
+    """An operator's action on the audit trail: no API key, outcome ``OPERATOR``."""
+    row = PartnerRequest(partner_id=partner_id, api_key_id=None, kind=kind, outcome=OPERATOR,
+                         notification_id=notification_id, reference=reference,
+                         created_at=now)
     session.add(row)
     return row
 
@@ -135,7 +138,8 @@ def operator_retry(session: Session, settings: Settings, notification_id: str,
     facts = check_deliverable_of(session, notification)  # endpoint disabled, webhooks off
     if not requeue(session, settings, notification, facts, now):
         raise Conflict(NO_URL)
-    record_operator_action(session, notification, RequestKind.RETRY, now)
+    record_operator_action(session, notification.partner_id, RequestKind.RETRY, now,
+                           notification_id=notification.id)
     session.flush()
     return notification
 

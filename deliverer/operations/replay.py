@@ -134,7 +134,8 @@ def replay_ids(session: Session, settings: Settings, ids: Sequence[str],
         if rate:
             due = now + timedelta(seconds=(start_index + offset) / rate)
         if requeue(session, settings, row, facts, now, due_at=due):
-            record_operator_action(session, row, RequestKind.RETRY, now)
+            record_operator_action(session, row.partner_id, RequestKind.RETRY, now,
+                                   notification_id=row.id)
             replayed += 1
     session.flush()
     return replayed, busy, held_back
