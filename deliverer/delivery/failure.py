@@ -45,9 +45,11 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
         if job.moved(endpoint.url):
             # Moved while this attempt was in flight: the old URL's answer says nothing
             # of the new one, which has not failed yet. Tried there now, as the move
-            # probed the endpoint's head (``registered.relocate``).
-            if due is not None:
-                due = row.next_attempt_at = now
+            # probed the endpoint's head (``registered.relocate``), even when the ladder
+            # had no rung left: the new URL never had its try. (Due by the cycle's end at
+            # the latest, which the claim checks: due now all the same.)
+            due = row.next_attempt_at = min(
+                now, ladder.cycle_deadline(settings, row.cycle_started_at))
         elif result.status_code == 410:
             _disable_endpoint(session, endpoint, row, now)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)

@@ -625,11 +625,11 @@ def test_a_url_move_drains_what_the_endpoint_held(settings, receiver):
     assert len(receiver.requests("/new")) == 3
 
 
-def _moved_mid_post(settings, receiver, old_answer, count: int, deliver):
+def _moved_mid_post(settings, receiver, old_answer, count: int, deliver, **row):
     """A registered endpoint at /old (each POST held until the move, then ``old_answer``)
-    with ``count`` due notifications; ``deliver(ids)`` runs in a thread, and PATCH moves
-    the endpoint to /new while its first POST is out. Returns the ids, the new URL and
-    what ``deliver`` returned."""
+    with ``count`` due notifications (``row``: more of their columns); ``deliver(ids)``
+    runs in a thread, and PATCH moves the endpoint to /new while its first POST is out.
+    Returns the ids, the new URL and what ``deliver`` returned."""
     release = threading.Event()
     old = receiver.always("/old", rx.held(release, old_answer))
     new = receiver.always("/new", rx.ok())
@@ -638,7 +638,7 @@ def _moved_mid_post(settings, receiver, old_answer, count: int, deliver):
         key = registered.create(session, settings, partner.partner_id, url=old).id
         session.commit()
     ids = [insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
-                               next_attempt_at=utcnow()) for _ in range(count)]
+                               next_attempt_at=utcnow(), **row) for _ in range(count)]
     with ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(deliver, ids)
         receiver.wait_for(1, "/old")
@@ -666,6 +666,22 @@ def test_the_old_urls_answer_after_a_move_is_not_the_new_urls(settings, receiver
     assert service.deliver(second, settings).status == NotificationStatus.SENT
     assert service.deliver(first, settings).status == NotificationStatus.SENT
     assert len(receiver.requests("/new")) == 2
+
+
+def test_the_old_urls_failure_on_the_last_rung_still_tries_the_new_url(settings, receiver):
+    """The cycle's 30 days ran out while the attempt to the old URL was out: its failure
+    exhausted the notification, and the URL the merchant moved to never had a try (a
+    webhook lost to a move). Due at once there, within the cycle (the claim exhausts
+    one due past it)."""
+    max_age = timedelta(seconds=settings.ladder.max_age * settings.time_scale)
+    (first,), _new, outcome = _moved_mid_post(
+        settings, receiver, rx.status(500), 1, lambda ids: service.deliver(ids[0], settings),
+        cycle_started_at=utcnow() - max_age - timedelta(seconds=1), retry_attempts=12)
+    assert outcome.status == NotificationStatus.FAILED
+    row = notification(first)
+    assert row.next_attempt_at is not None and row.next_attempt_at <= utcnow()
+    assert service.deliver(first, settings).status == NotificationStatus.SENT
+    assert len(receiver.requests("/new")) == 1
 
 
 def test_a_batchs_jobs_after_a_move_are_not_sent_to_the_old_url(settings, receiver,
