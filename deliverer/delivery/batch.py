@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from deliverer import lease
+from deliverer import lease, outbox
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
 from deliverer.delivery import runs, sender, slow_lane
@@ -31,6 +31,7 @@ from deliverer.delivery.outcome import NextAttempt
 from deliverer.delivery.record import log_attempt, record_locked
 from deliverer.delivery.still_there import StillThere
 from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
+from deliverer.delivery.unsent import given_back
 from deliverer.delivery.voided import ours
 from deliverer.logging import delivery_context
 from deliverer.models import (
@@ -89,8 +90,7 @@ def release_unsent(session: Session, ids: Sequence[str], token: str,
     session.execute(
         update(Notification)
         .where(Notification.id.in_(ids), ours(token, lease_expires_at))
-        .values(lease_token=None, lease_expires_at=None,
-                scheduled_for=Notification.next_attempt_at, enqueued_at=now)
+        .values(given_back(None, outbox.handed_over(Notification.next_attempt_at, now)))
         .execution_options(synchronize_session=False)
     )
 

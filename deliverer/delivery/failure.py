@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from deliverer import outbox
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
 from deliverer.delivery import auto_disable, endpoint_queue, ladder, sender
@@ -82,9 +83,9 @@ def _queue_behind(session: Session, endpoint: Endpoint, row: Notification, job: 
 def _schedule(row: Notification, settings: Settings, now: datetime,
               due: datetime | None) -> AttemptOutcome:
     """Due within the sweep's horizon: its message goes out with the commit."""
-    if due is not None and (due - now).total_seconds() <= settings.sweep_horizon:
-        row.scheduled_for = due
-        row.enqueued_at = now
+    for name, value in outbox.marks(settings, due, now).items():
+        setattr(row, name, value)
+    if due is not None and outbox.hands_over(settings, due, now):
         return AttemptOutcome(ClaimState.CLAIMED, status=row.status,
                               next_attempt=NextAttempt(row.id, Lane.RETRY, due), due_at=due)
     return AttemptOutcome(ClaimState.CLAIMED, status=row.status, due_at=due)

@@ -34,9 +34,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from deliverer import metrics
+from deliverer import metrics, outbox
 from deliverer.config import Settings
 from deliverer.db import on_commit
+from deliverer.delivery.unsent import given_back
 from deliverer.models import Endpoint, Notification, table_of
 
 # At most this long (and at least MIN_TOLERANCE) ahead of now may the next slot be for
@@ -60,8 +61,8 @@ _WAIT = (
     update(_NOTIFICATIONS)
     .where(_NOTIFICATIONS.c.id == bindparam("notification_id"),
            _NOTIFICATIONS.c.lease_token == bindparam("token"))
-    .values(lease_token=None, lease_expires_at=None, next_attempt_at=bindparam("due"),
-            scheduled_for=bindparam("scheduled_for"), enqueued_at=bindparam("enqueued_at"))
+    .values(given_back(bindparam("due"), {"scheduled_for": bindparam("scheduled_for"),
+                                          "enqueued_at": bindparam("enqueued_at")}))
 )
 
 
@@ -115,7 +116,6 @@ def pace(session: Session, rows: Sequence[Paced], token: str, settings: Settings
     free = dict(connection.execute(_SLOTS, {"endpoint_ids": sorted(by_endpoint)}).all())
     moved: list[dict[str, object]] = []
     waiting: list[dict[str, object]] = []
-    horizon = now + timedelta(seconds=settings.sweep_horizon)
     for endpoint_id, paced in by_endpoint.items():
         # The API refuses limits under 0.001/s; one written by hand must not overflow
         # the date arithmetic and fail every claim it shares a batch with.
@@ -131,10 +131,8 @@ def pace(session: Session, rows: Sequence[Paced], token: str, settings: Settings
                 cursor += step
                 continue
             due = max(now, TAILS.take(endpoint_id, cursor, step) - ahead)
-            soon = due <= horizon
             waiting.append({"notification_id": row.notification_id, "token": token,
-                            "due": due, "scheduled_for": due if soon else None,
-                            "enqueued_at": now if soon else None})
+                            "due": due, **outbox.marks(settings, due, now)})
         if sent:
             moved.append({"endpoint_id": endpoint_id, "slot": cursor})
     if moved:

@@ -37,11 +37,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from deliverer import metrics
+from deliverer import metrics, outbox
 from deliverer.config import Settings
 from deliverer.db import on_commit
 from deliverer.delivery.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind
+from deliverer.delivery.unsent import given_back
 from deliverer.delivery.voided import ours
 from deliverer.models import Notification, utcnow
 
@@ -211,8 +212,7 @@ def defer(session: Session, ids: Sequence[str], lease_token: str, settings: Sett
     session.execute(
         update(Notification)
         .where(Notification.id.in_(ids), ours(lease_token, lease_expires_at))
-        .values(lease_token=None, lease_expires_at=None, next_attempt_at=until,
-                scheduled_for=None)
+        .values(given_back(until, outbox.LEFT_TO_SWEEP))
         .execution_options(synchronize_session=False)
     )
     # Counted once committed: a transaction run again (a deadlock) would count twice.

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from celery import shared_task
 
+from deliverer import outbox
 from deliverer.broker import dispatch
 from deliverer.broker.dispatch import enqueue_batch, enqueue_delivery
 from deliverer.config import Settings, get_settings
@@ -30,11 +31,8 @@ def deliver(notification_id: str) -> str:
     if outcome.next_attempt is not None:
         nxt = outcome.next_attempt
         enqueue_delivery(nxt.notification_id, nxt.lane, nxt.due_at)
-    elif (
-        outcome.state == ClaimState.NOT_DUE
-        and outcome.due_at is not None
-        and (outcome.due_at - utcnow()).total_seconds() <= settings.sweep_horizon
-    ):
+    elif (outcome.state == ClaimState.NOT_DUE and outcome.due_at is not None
+          and outbox.hands_over(settings, outcome.due_at, utcnow())):
         # This message arrived before its row was due (a stale or early message). Come
         # back at the due time if that is near; otherwise the sweep will.
         enqueue_delivery(notification_id, Lane.RETRY, outcome.due_at)
@@ -81,9 +79,8 @@ def _follow_up(outcome: batch.BatchOutcome, settings: Settings) -> None:
     """The messages a batch's outcome calls for, once it is recorded."""
     for nxt in outcome.following:
         enqueue_delivery(nxt.notification_id, nxt.lane, nxt.due_at)
-    horizon = settings.sweep_horizon
     for notification_id, lane, due_at in outcome.not_due:
-        if (due_at - utcnow()).total_seconds() <= horizon:
+        if outbox.hands_over(settings, due_at, utcnow()):
             enqueue_delivery(notification_id, lane, due_at)
     if outcome.locked:
         enqueue_batch(outcome.locked, Lane.RETRY, utcnow() + LOCKED_RETRY)

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deliverer import outbox
 from deliverer.broker.dispatch import enqueue_delivery
 from deliverer.config import Settings
 from deliverer.db import on_commit
@@ -104,14 +105,12 @@ def requeue(session: Session, settings: Settings, notification: Notification,
             session, notification.partner_id, notification.url, now)
     due = max(now, due_at) if due_at is not None else now
     start_fresh_cycle(notification, now, due=due)
-    if (due - now).total_seconds() <= settings.sweep_horizon:
-        notification.scheduled_for = due
-        notification.enqueued_at = now
+    for name, value in outbox.marks(settings, due, now).items():
+        setattr(notification, name, value)
+    if outbox.hands_over(settings, due, now):
         nid = notification.id
         eta = due if due > now else None
         on_commit(session, lambda: enqueue_delivery(nid, Lane.MANUAL, eta))
-    else:
-        notification.scheduled_for = None  # the beat sweep sends it when it is near
     return True
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from deliverer import lease
+from deliverer import lease, outbox
 from deliverer.config import Settings
 from deliverer.models import Lane, Notification, PartnerRequest, ResendStatus, utcnow
 from deliverer.models.request_log import OPEN_RESENDS
@@ -43,7 +43,7 @@ class Due:
 
 
 def due_notifications_query(now: datetime, settings: Settings, limit: int):  # type: ignore[no-untyped-def]
-    horizon = now + timedelta(seconds=settings.sweep_horizon)
+    horizon = outbox.horizon(settings, now)
     grace = now - timedelta(seconds=settings.lost_message_grace)
     return (
         select(Notification.id, Notification.lane, Notification.next_attempt_at)
