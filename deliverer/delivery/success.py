@@ -10,13 +10,13 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, select, update
+from sqlalchemy import BindParameter, Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from deliverer.delivery import endpoint_queue, sender
-from deliverer.delivery.claim import _N, _NOTIFICATIONS, _NOW, DeliveryJob
+from deliverer.delivery.claim import DeliveryJob
 from deliverer.delivery.voided import release_voided
-from deliverer.models import Attempt, Endpoint, NotificationStatus, table_of
+from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, table_of
 from deliverer.models.in_list import in_list
 from deliverer.prepared import prepared
 
@@ -29,6 +29,9 @@ def sent_values(now: Any) -> dict[str, Any]:
             "held": False, "updated_at": now}
 
 
+_NOTIFICATIONS = table_of(Notification)
+_N = _NOTIFICATIONS.c
+_NOW: BindParameter[datetime] = bindparam("now")
 _INSERT_ATTEMPTS = insert(table_of(Attempt))
 _MARK_SENT = prepared(
     update(_NOTIFICATIONS)
