@@ -11,26 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from celery import current_app
-from sqlalchemy import bindparam, update
-from sqlalchemy.sql.elements import BindParameter
 
+from deliverer import outbox
 from deliverer.broker import queues
 from deliverer.broker_outage import describe, is_broker_outage
-from deliverer.db import session_scope
 from deliverer.models import (
-    Endpoint,
     Lane,
-    Notification,
-    PartnerRequest,
-    ResendStatus,
-    WakeGroup,
-    endpoint_group,
-    locked_in_id_order,
-    table_of,
     utcnow,
 )
 
@@ -97,7 +87,7 @@ def enqueue_delivery(
         return True
     except Exception as exc:
         _log_unsent(exc, notification_id, extra={"notification_id": notification_id})
-    _release([notification_id])
+    outbox.to_sweep([notification_id])
     return False
 
 
@@ -111,7 +101,7 @@ def enqueue_batch(notification_ids: list[str], lane: Lane | str,
         return True
     except Exception as exc:
         _log_unsent(exc, f"{len(notification_ids)} notifications")
-    _release(notification_ids)
+    outbox.to_sweep(notification_ids)
     return False
 
 
@@ -124,7 +114,7 @@ def enqueue_wake(endpoint_id: int, notification_ids: Sequence[str] = ()) -> bool
     """
     if _send_wake(DELIVER_DUE, endpoint_id, f"the first attempts due to endpoint {endpoint_id}"):
         return True
-    _release(list(notification_ids), [endpoint_id])
+    outbox.to_sweep(list(notification_ids), [endpoint_id])
     return False
 
 
@@ -137,7 +127,7 @@ def enqueue_group_wake(group_id: int, endpoint_ids: Sequence[int] = (),
     if _send_wake(DELIVER_GROUP, group_id,
                   f"the first attempts due to wake-up group {group_id}"):
         return True
-    _release(list(notification_ids), list(endpoint_ids), [group_id])
+    outbox.to_sweep(list(notification_ids), list(endpoint_ids), [group_id])
     return False
 
 
@@ -156,12 +146,7 @@ def _send_wake(task: str, target: int, what: str) -> bool:
 def release_groups(group_ids: Sequence[int]) -> None:
     """Mark the groups, and their endpoints, as having no wake-up pending: a claim of
     theirs failed and was rolled back (``delivery/wake_groups.py``)."""
-    _release([], (), group_ids)
-
-
-# A resend request's hand-over time when its message could not be sent: past any
-# lost-message grace, so the next sweep hands it over (collect_lost_resends).
-NO_MESSAGE = datetime(2000, 1, 1, tzinfo=UTC)
+    outbox.to_sweep([], (), group_ids)
 
 
 def enqueue_resend(request_id: int) -> bool:
@@ -174,14 +159,7 @@ def enqueue_resend(request_id: int) -> bool:
         return True
     except Exception as exc:
         _log_unsent(exc, f"resend request {request_id}")
-    try:
-        with session_scope() as session:
-            session.execute(update(PartnerRequest).where(
-                PartnerRequest.id == request_id,
-                PartnerRequest.delivery_status == ResendStatus.PENDING)
-                .values(enqueued_at=NO_MESSAGE))
-    except Exception:
-        log.exception("could not release resend request %d for the sweep", request_id)
+    outbox.resend_to_sweep(request_id)
     return False
 
 
@@ -199,42 +177,3 @@ def _log_unsent(exc: Exception, what: str, **kwargs: Any) -> None:
     else:
         log.exception("could not send the message; the beat sweep will enqueue %s",
                       what, **kwargs)
-
-
-_NO_WAKE = (update(table_of(Endpoint))
-            .where(locked_in_id_order(Endpoint.id.in_(bindparam("endpoint_ids",
-                                                                expanding=True))))
-            .values(wake_sent_at=None))
-_GROUP_IDS: BindParameter[list[int]] = bindparam("group_ids", expanding=True)
-# A group's wake-up is pending for every marked endpoint of the group.
-_E = table_of(Endpoint).c
-_NO_GROUP_WAKE_ENDPOINTS = (update(table_of(Endpoint))
-                            .where(locked_in_id_order(endpoint_group(_E.id).in_(_GROUP_IDS),
-                                                      _E.wake_sent_at.is_not(None)))
-                            .values(wake_sent_at=None))
-_NO_GROUP_WAKE = (update(table_of(WakeGroup)).where(WakeGroup.id.in_(_GROUP_IDS))
-                  .values(wake_sent_at=None))
-
-
-def _release(notification_ids: list[str], endpoint_ids: Sequence[int] = (),
-             group_ids: Sequence[int] = ()) -> None:
-    """Mark rows as having no message, so the next sweep enqueues them (and the
-    endpoints, and the groups with all their endpoints, as having no wake-up pending:
-    endpoints first, as a publish locks them)."""
-    try:
-        with session_scope() as session:
-            if notification_ids:
-                session.execute(
-                    update(Notification)
-                    .where(Notification.id.in_(notification_ids))
-                    .values(scheduled_for=None)
-                )
-            if endpoint_ids:
-                session.execute(_NO_WAKE, {"endpoint_ids": sorted(endpoint_ids)})
-            if group_ids:
-                session.execute(_NO_GROUP_WAKE_ENDPOINTS, {"group_ids": sorted(group_ids)})
-                session.execute(_NO_GROUP_WAKE, {"group_ids": sorted(group_ids)})
-    except Exception:
-        # The lost-message grace in the sweep still catches these rows, only later.
-        log.exception("could not release %d notification(s) for the sweep",
-                      len(notification_ids))

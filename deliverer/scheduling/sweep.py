@@ -121,7 +121,7 @@ def _abandoned_resends(now: datetime, settings: Settings):  # type: ignore[no-un
     """Open resend requests nothing will send unless the sweep acts: PENDING ones whose
     message was not taken within the lost-message grace of their last hand-over (the
     broker lost it; one it refused is marked handed over long ago,
-    ``dispatch.NO_MESSAGE``, and taken at the next sweep), and SENDING ones whose
+    ``outbox.NO_MESSAGE``, and taken at the next sweep), and SENDING ones whose
     worker's lease ran out (it died after taking the request, or could not record its
     POST)."""
     grace = now - timedelta(seconds=settings.lost_message_grace)
