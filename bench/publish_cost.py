@@ -11,12 +11,21 @@ event at a time; the ratio of their rates says whether producers scale. The same
 measured for the bare INSERT + COMMIT, as the reference of what the machine and the
 database allow: on a small machine the producers and PostgreSQL share the cores, so
 parallel producers scale by how little CPU each write costs, not only by how little
-they wait for each other.
+they wait for each other. So each run also reports the CPU a write cost, the whole
+machine's (``/proc/stat``: producers, PostgreSQL, kernel) over the producers' timed
+window divided by the writes, and the producers' own (``getrusage`` around their
+loops), and how many of the cores the four kept busy.
+
+Last, 4 producers against 1 with every event for one partner: a partner's publishes
+take turns (its sequence numbers are gap-free, ``partners/endpoints.publish_lock``), so
+this is how far one merchant's publishes scale, without a target.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -75,12 +84,23 @@ def side_by_side(settings: Any, partners: Sequence[str], n: int) -> dict[str, An
     return {"publish_ms": summary(publish_ms), "insert_commit_ms": summary(insert_ms)}
 
 
-def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, count: int,
-              start_at: float) -> tuple[float, float]:
-    """One producer process: ``count`` publishes, or with no partners ``count`` bare
-    INSERT + COMMITs into the probe table, each on its own pooled connection checkout."""
-    import os
+def _busy_jiffies() -> int:
+    """The whole machine's CPU time so far (``/proc/stat``), idle and iowait left out."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return sum(values) - values[3] - values[4]
 
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, count: int,
+              start_at: float) -> tuple[float, float, float]:
+    """One producer process: ``count`` publishes, or with no partners ``count`` bare
+    INSERT + COMMITs into the probe table, each on its own pooled connection checkout.
+    Returns when its loop began and ended, and the CPU seconds it spent in it."""
     os.environ.update(env)
     import deliverer
     from deliverer.celery_app import make_celery
@@ -101,10 +121,10 @@ def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, coun
     one(offset)  # warm: the pool's connection, the prepared statement
     while time.time() < start_at:
         time.sleep(0.001)
-    begin = time.time()
+    cpu, begin = _own_cpu(), time.time()
     for i in range(offset, offset + count):
         one(i)
-    return begin, time.time()
+    return begin, time.time(), _own_cpu() - cpu
 
 
 def producers(env: Mapping[str, str], partners: Sequence[str], processes: int,
@@ -116,10 +136,18 @@ def producers(env: Mapping[str, str], partners: Sequence[str], processes: int,
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_producer, dict(env), list(partners), k * per, per, start_at)
                    for k in range(processes)]
+        while time.time() < start_at:
+            time.sleep(0.001)
+        busy = _busy_jiffies()
         parts = [f.result(timeout=600) for f in futures]
+        busy = _busy_jiffies() - busy
     seconds = max(p[1] for p in parts) - min(p[0] for p in parts)
-    return {"processes": processes, "events": per * processes, "seconds": round(seconds, 2),
-            "per_s": per * processes / seconds}
+    events = per * processes
+    cpu_ms = busy * 1000 / os.sysconf("SC_CLK_TCK") / events
+    return {"processes": processes, "events": events, "seconds": round(seconds, 2),
+            "per_s": events / seconds, "cpu_ms_per_write": round(cpu_ms, 3),
+            "producer_cpu_ms_per_write": round(sum(p[2] for p in parts) * 1000 / events, 3),
+            "cores_busy": round(cpu_ms * events / seconds / 1000, 2)}
 
 
 def run(ctx: Ctx) -> Result:
@@ -137,6 +165,8 @@ def run(ctx: Ctx) -> Result:
         many = producers(denv, partners, PRODUCERS, n)
         one_insert = producers(denv, [], 1, n)
         many_inserts = producers(denv, [], PRODUCERS, n)
+        one_partner = producers(denv, partners[:1], 1, n)
+        one_partner_many = producers(denv, partners[:1], PRODUCERS, n)
     finally:
         _probe_table(create=False)
     (published,), = env.query("SELECT count(*) FROM notifications")
@@ -144,8 +174,11 @@ def run(ctx: Ctx) -> Result:
     result = Result(NAME, TITLE)
     result.details = {**costs, "one_producer": one, "parallel_producers": many,
                       "one_inserter": one_insert, "parallel_inserters": many_inserts,
-                      "partners": PARTNERS}
-    expected = n + one["events"] + many["events"] + 1 + PRODUCERS
+                      "one_partner_one_producer": one_partner,
+                      "one_partner_parallel_producers": one_partner_many,
+                      "partners": PARTNERS, "cores": os.cpu_count()}
+    expected = (n + one["events"] + many["events"] + one_partner["events"]
+                + one_partner_many["events"] + 2 * (1 + PRODUCERS))
     result.checks = {"every publish recorded a notification": published == expected}
     result.rows = [
         Row("publish_event p50 vs INSERT + COMMIT p50", costs["publish_ms"]["p50"], "ms",
@@ -159,5 +192,23 @@ def run(ctx: Ctx) -> Result:
         Row(f"{PRODUCERS} bare INSERT + COMMIT processes vs 1", many_inserts["per_s"], "/s",
             reference=one_insert["per_s"], reference_label="1 process",
             note="the reference: what the machine allows a bare write"),
+        Row(f"CPU per publish, whole machine, {PRODUCERS} producers vs 1",
+            many["cpu_ms_per_write"], "ms", reference=one["cpu_ms_per_write"],
+            reference_label="1 producer"),
+        Row(f"CPU per publish, in the producers, {PRODUCERS} vs 1",
+            many["producer_cpu_ms_per_write"], "ms",
+            reference=one["producer_cpu_ms_per_write"], reference_label="1 producer"),
+        Row(f"CPU per bare INSERT + COMMIT, whole machine, {PRODUCERS} processes vs 1",
+            many_inserts["cpu_ms_per_write"], "ms", reference=one_insert["cpu_ms_per_write"],
+            reference_label="1 process"),
+        Row(f"cores busy, {PRODUCERS} producers", many["cores_busy"], "",
+            reference=float(os.cpu_count() or 1), reference_label="cores"),
+        Row(f"cores busy, {PRODUCERS} bare INSERT + COMMIT processes",
+            many_inserts["cores_busy"], "", reference=float(os.cpu_count() or 1),
+            reference_label="cores"),
+        Row(f"{PRODUCERS} producer processes vs 1, all for one partner",
+            one_partner_many["per_s"], "/s", reference=one_partner["per_s"],
+            reference_label="1 producer, one partner",
+            note="a partner's publishes take turns (gap-free sequence numbers)"),
     ]
     return result
