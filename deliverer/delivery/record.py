@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.delivery import sender
+from deliverer.delivery import endpoint_queue, sender
 from deliverer.delivery.claim import ClaimState, DeliveryJob
 from deliverer.delivery.failure import record_failure
 from deliverer.delivery.outcome import AttemptOutcome
@@ -24,7 +24,6 @@ from deliverer.delivery.success import (
     is_plain_success,
     lock_endpoints,
     record_successes,
-    recover,
     sent_values,
 )
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
@@ -85,13 +84,13 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
 def _update_endpoint_health(session: Session, job: DeliveryJob, result: sender.SendResult,
                             now: datetime, failing: Collection[int]) -> Endpoint | None:
     """Failures load and update the endpoint; a healthy endpoint's success writes nothing.
-    The endpoint is locked FOR UPDATE already (``lock_endpoints``). The URL it moved from
-    says nothing of the new URL's health: neither a failure there nor a success."""
+    The endpoint is locked FOR UPDATE already (``lock_endpoints``). A failure of the URL
+    it moved from is not the new URL's."""
     if job.endpoint_id is None:
         return None
     if result.success:
         if job.endpoint_failing or job.endpoint_id in failing:
-            recover(session, job.endpoint_id, [job], now)
+            endpoint_queue.on_recovery(session, job.endpoint_id, now)
         return None
     endpoint = session.get(Endpoint, job.endpoint_id, with_for_update=True)
     if endpoint is None or job.moved(endpoint.url):

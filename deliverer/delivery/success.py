@@ -173,23 +173,7 @@ def record_successes(session: Session,
                 lost_jobs.append(job)
         count_lost(session, lost_jobs)
     # A plain success on an endpoint that became failing meanwhile still releases it.
-    by_endpoint: dict[int, list[DeliveryJob]] = {}
-    for job, _ in done:
-        if job.endpoint_id is not None and job.endpoint_id in failing:
-            by_endpoint.setdefault(job.endpoint_id, []).append(job)
-    for endpoint_id in sorted(by_endpoint):
-        recover(session, endpoint_id, by_endpoint[endpoint_id], now)
+    endpoints = {job.endpoint_id for job, _ in done}
+    for endpoint_id in sorted(e for e in failing if e in endpoints):
+        endpoint_queue.on_recovery(session, endpoint_id, now)
     return len(sent)
-
-
-def recover(session: Session, endpoint_id: int, jobs: Sequence[DeliveryJob],
-            now: datetime) -> None:
-    """Successes of ``jobs`` on the failing endpoint ``endpoint_id`` (locked FOR UPDATE)
-    recover it (``endpoint_queue.on_recovery``), unless each came from a URL the endpoint
-    has left since its claim: a 2xx there says nothing of the URL it moved to, whose own
-    failures hold its queue (the counterpart of ``failure``'s moved case)."""
-    if all(job.endpoint_url is not None for job in jobs):
-        url_now = session.scalar(select(Endpoint.url).where(Endpoint.id == endpoint_id))
-        if all(job.moved(url_now) for job in jobs):
-            return
-    endpoint_queue.on_recovery(session, endpoint_id, now)

@@ -684,43 +684,6 @@ def test_the_old_urls_failure_on_the_last_rung_still_tries_the_new_url(settings,
     assert len(receiver.requests("/new")) == 1
 
 
-@pytest.mark.parametrize("alone", [True, False], ids=["alone", "in a batch"])
-def test_the_old_urls_2xx_after_a_move_does_not_recover_the_new_url(settings, receiver,
-                                                                    alone):
-    """A POST to the old URL answers 2xx after PATCH moved the endpoint and the new URL
-    failed: it cleared the new URL's failing state and released its queue (the
-    counterpart of a failure there, above). The new URL stays failing, its head on the
-    ladder."""
-    release = threading.Event()
-    old = receiver.always("/old", rx.held(release, rx.ok()))
-    new = receiver.always("/new", rx.status(500))
-    partner = new_partner(settings, None)
-    with session_scope() as session:
-        key = registered.create(session, settings, partner.partner_id, url=old).id
-        session.commit()
-    in_flight = insert_notification(partner.partner_id, old,
-                                    status=NotificationStatus.PENDING, next_attempt_at=utcnow())
-    with ThreadPoolExecutor(1) as pool:
-        if alone:
-            done = pool.submit(service.deliver, in_flight, settings)
-        else:
-            done = pool.submit(batch.deliver_many, [in_flight], settings)
-        receiver.wait_for(1, "/old")
-        with session_scope() as session:
-            registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
-            session.commit()
-        head = insert_notification(partner.partner_id, new,
-                                   status=NotificationStatus.PENDING, next_attempt_at=utcnow())
-        assert service.deliver(head, settings).status == NotificationStatus.FAILED
-        due = notification(head).next_attempt_at
-        release.set()
-        done.result(timeout=30)
-    assert notification(in_flight).status == NotificationStatus.SENT
-    endpoint = _endpoint(partner.partner_id, new)
-    assert endpoint.failing_since is not None and endpoint.consecutive_failures == 1
-    assert notification(head).next_attempt_at == due
-
-
 def test_a_batchs_jobs_after_a_move_are_not_sent_to_the_old_url(settings, receiver,
                                                                 monkeypatch):
     """A batch's POSTs to one endpoint go a few at a time: those whose turn came after
