@@ -684,6 +684,42 @@ def test_the_old_urls_failure_on_the_last_rung_still_tries_the_new_url(settings,
     assert len(receiver.requests("/new")) == 1
 
 
+def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver):
+    """The head, failing at the old URL, is out there again when PATCH moves the endpoint;
+    a newer notification fails at the new URL and is held behind it; then the head's 2xx
+    comes from the old URL. That success recovers the endpoint and what it held drains.
+    A change that let it recover nothing left the endpoint failing and draining with no
+    head, everything held for good (the drain needs it healthy, the repair not draining;
+    found by a review, reverted)."""
+    release = threading.Event()
+    old = receiver.program("/old", [rx.status(500)], rx.held(release, rx.ok()))
+    new = receiver.fail_then_succeed("/new", 1)
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        key = registered.create(session, settings, partner.partner_id, url=old).id
+        session.commit()
+    head = insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
+                               next_attempt_at=utcnow())
+    assert service.deliver(head, settings).status == NotificationStatus.FAILED
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(deliver_when_due, head, settings)
+        receiver.wait_for(2, "/old")
+        with session_scope() as session:
+            registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
+            session.commit()
+        newer = insert_notification(partner.partner_id, new,
+                                    status=NotificationStatus.PENDING, next_attempt_at=utcnow())
+        assert service.deliver(newer, settings).status == NotificationStatus.FAILED
+        assert notification(newer).held  # behind the head, still out at the old URL
+        release.set()
+        assert in_flight.result(timeout=30).status == NotificationStatus.SENT
+    with session_scope() as session:
+        assert endpoint_queue.drain(session, settings, utcnow()) == 1
+        session.commit()
+    assert deliver_when_due(newer, settings).status == NotificationStatus.SENT
+    assert len(receiver.requests("/new")) == 2
+
+
 def test_a_batchs_jobs_after_a_move_are_not_sent_to_the_old_url(settings, receiver,
                                                                 monkeypatch):
     """A batch's POSTs to one endpoint go a few at a time: those whose turn came after
