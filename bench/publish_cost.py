@@ -24,6 +24,7 @@ this is how far one merchant's publishes scale, without a target.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import time
@@ -85,10 +86,11 @@ def side_by_side(settings: Any, partners: Sequence[str], n: int) -> dict[str, An
 
 
 def _busy_jiffies() -> int:
-    """The whole machine's CPU time so far (``/proc/stat``), idle and iowait left out."""
+    """The whole machine's CPU time so far (``/proc/stat``): user, nice, system, irq and
+    softirq; idle, iowait and steal left out, and guest, which user already counts."""
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
-    return sum(values) - values[3] - values[4]
+    return sum(values[:8]) - values[3] - values[4] - values[7]
 
 
 def _own_cpu() -> float:
@@ -97,10 +99,11 @@ def _own_cpu() -> float:
 
 
 def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, count: int,
-              start_at: float) -> tuple[float, float, float]:
+              start_at: float) -> tuple[float, float, float, float]:
     """One producer process: ``count`` publishes, or with no partners ``count`` bare
     INSERT + COMMITs into the probe table, each on its own pooled connection checkout.
-    Returns when its loop began and ended, and the CPU seconds it spent in it."""
+    Returns when its loop began and ended, the CPU seconds it spent in it, and when it
+    was ready (imported and warmed up)."""
     os.environ.update(env)
     import deliverer
     from deliverer.celery_app import make_celery
@@ -119,12 +122,13 @@ def _producer(env: Mapping[str, str], partners: Sequence[str], offset: int, coun
                                 spec["payload"])
 
     one(offset)  # warm: the pool's connection, the prepared statement
+    ready = time.time()
     while time.time() < start_at:
         time.sleep(0.001)
     cpu, begin = _own_cpu(), time.time()
     for i in range(offset, offset + count):
         one(i)
-    return begin, time.time(), _own_cpu() - cpu
+    return begin, time.time(), _own_cpu() - cpu, ready
 
 
 def producers(env: Mapping[str, str], partners: Sequence[str], processes: int,
@@ -143,7 +147,10 @@ def producers(env: Mapping[str, str], partners: Sequence[str], processes: int,
         busy = _busy_jiffies() - busy
     seconds = max(p[1] for p in parts) - min(p[0] for p in parts)
     events = per * processes
-    cpu_ms = busy * 1000 / os.sysconf("SC_CLK_TCK") / events
+    # The machine's CPU is counted from the start; a producer still warming up then
+    # would add its imports to it: no CPU figure for such a run.
+    late = max(p[3] for p in parts) > start_at
+    cpu_ms = math.nan if late else busy * 1000 / os.sysconf("SC_CLK_TCK") / events
     return {"processes": processes, "events": events, "seconds": round(seconds, 2),
             "per_s": events / seconds, "cpu_ms_per_write": round(cpu_ms, 3),
             "producer_cpu_ms_per_write": round(sum(p[2] for p in parts) * 1000 / events, 3),

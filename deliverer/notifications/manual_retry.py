@@ -42,6 +42,7 @@ from sqlalchemy import bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from deliverer import outbox
 from deliverer.broker.dispatch import enqueue_batch
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit
@@ -155,7 +156,7 @@ _ACCEPT = (
     .where(in_list(_NOTIFICATIONS.c.id, "ids"))
     .values({**{k: bindparam(f"v_{k}") for k in fresh_cycle_values(utcnow(), due=utcnow())},
              "manual_retry_count": _NOTIFICATIONS.c.manual_retry_count + 1,
-             "scheduled_for": bindparam("v_now"), "enqueued_at": bindparam("v_now")})
+             **outbox.handed_over(bindparam("v_now"), bindparam("v_now"))})
 )
 # PostgreSQL: the audit rows written by the update's statement (a data-modifying WITH,
 # one round trip less), from an array per column that varies between _audit_row's rows
@@ -253,7 +254,7 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
             audit.append(_audit_row(request, error.code, now))
             continue
         rates[partner_id] = (count + 1, oldest or now)
-        row.update(fresh, scheduled_for=now, enqueued_at=now,
+        row.update(fresh, **outbox.handed_over(now, now),
                    manual_retry_count=row["manual_retry_count"] + 1)
         if moves:
             moved = repoint(session, notification_id=row["id"], partner_id=row["partner_id"],

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert
 
+from deliverer import outbox
 from deliverer.delivery.troubleshooting import WEBHOOKS_TURNED_OFF, FailureKind, error_payload
 from deliverer.models import (
     Event,
@@ -94,4 +95,4 @@ def made_pending(now: datetime) -> dict[str, Any]:
     """What makes a ``notification_row`` deliverable: PENDING, due now, its message (or
     its endpoint's wake-up) on its way."""
     return {"status": NotificationStatus.PENDING, "next_attempt_at": now,
-            "scheduled_for": now, "enqueued_at": now}
+            **outbox.handed_over(now, now)}

@@ -111,7 +111,7 @@ def collect_due(session: Session, settings: Settings, now: datetime | None = Non
         session.execute(
             update(Notification)
             .where(Notification.id.in_([d.notification_id for d in due]))
-            .values(scheduled_for=Notification.next_attempt_at, enqueued_at=now)
+            .values(outbox.handed_over(Notification.next_attempt_at, now))
             .execution_options(synchronize_session=False)
         )
     return due
