@@ -255,7 +255,9 @@ def drain(session: Session, settings: Settings, now: datetime, max_endpoints: in
 def repair(session: Session, now: datetime, *, partner_id: str | None = None,
            max_endpoints: int = 100) -> int:
     """Release queues that nothing else would: held notifications on an enabled endpoint
-    that is neither draining nor probed by a head of its own. Returns how many endpoints.
+    that is neither draining nor probed by a head of its own (a failing one, draining or
+    not: its drain waits for a success that only a head could bring). Returns how many
+    endpoints.
 
     Every path that holds or releases notifications keeps a queue moving (a head climbs,
     a success drains, a retry or an ignore promotes the next); this is the net under
@@ -268,7 +270,8 @@ def repair(session: Session, now: datetime, *, partner_id: str | None = None,
     query = (
         select(Endpoint.id, Endpoint.failing_since)
         .join(WebhookSettings, WebhookSettings.partner_id == Endpoint.partner_id, isouter=True)
-        .where(Endpoint.disabled_at.is_(None), Endpoint.draining.is_(False),
+        .where(Endpoint.disabled_at.is_(None),
+               or_(Endpoint.draining.is_(False), Endpoint.failing_since.is_not(None)),
                WebhookSettings.enabled.is_not(False),
                exists().where(Notification.endpoint_id == Endpoint.id,
                               Notification.held.is_(True)),

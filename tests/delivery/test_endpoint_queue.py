@@ -486,6 +486,26 @@ def test_repair_releases_queues_that_nothing_else_would(settings, receiver):
     assert _drain(settings) == 1 and not notification(stuck).held
 
 
+def test_repair_promotes_a_head_on_a_failing_endpoint_left_draining(settings, receiver):
+    """Failing and draining with no head: the drain waits for the endpoint to be healthy,
+    which only a head's success would make it, and the repair skipped draining endpoints
+    (a review: a change since reverted reached this state). The next held one probes."""
+    partner = new_partner(settings, receiver.url("/x"))
+    url = receiver.url("/failing-draining")
+    first, second = (insert_notification(partner.partner_id, url,
+                                         status=NotificationStatus.PENDING, next_attempt_at=None)
+                     for _ in range(2))
+    _hold(first, second)
+    with session_scope() as session:
+        session.execute(update(Endpoint).where(Endpoint.url == url)
+                        .values(failing_since=utcnow(), draining=True))
+    assert _repair() == 1
+    promoted = notification(first)
+    assert not promoted.held and promoted.next_attempt_at is not None
+    assert notification(second).held
+    assert _repair() == 0  # a head climbs
+
+
 def test_repair_leaves_partners_with_webhooks_off_alone(settings, receiver):
     url = receiver.url("/paused-repair")
     partner = new_partner(settings, url)
