@@ -143,12 +143,6 @@ def _send_wake(task: str, target: int, what: str) -> bool:
         return False
 
 
-def release_groups(group_ids: Sequence[int]) -> None:
-    """Mark the groups, and their endpoints, as having no wake-up pending: a claim of
-    theirs failed and was rolled back (``delivery/wake_groups.py``)."""
-    outbox.to_sweep([], (), group_ids)
-
-
 def enqueue_resend(request_id: int) -> bool:
     """The message for a merchant's resend request (its row is the outbox). On a broker
     failure the request is left to the next sweep, as a notification's is: it waited the

@@ -60,6 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from deliverer import outbox
 from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
@@ -190,7 +191,7 @@ def _claim_together(group_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
         # while these were taken, and publishes would send none for WAKE_TTL. Cleared on
         # their own, at best (the database may be what failed): the next publish wakes.
         with contextlib.suppress(Exception):
-            dispatch.release_groups(groups)
+            outbox.to_sweep([], (), groups)
         raise
     for endpoint_id in handed:
         dispatch.enqueue_wake(endpoint_id)

@@ -156,9 +156,11 @@ def repoint(session: Session, *, notification_id: str, partner_id: str,
 
 
 # What a retry of one notification decides by: its event's callback URL, the partner's
-# current webhook URL, and ``DECIDING`` (whether its endpoint keeps it, and is enabled).
+# current webhook URL, and ``DECIDING`` (whether its endpoint keeps it, and is enabled);
+# and its endpoint's URL now (an operator's replay sends there).
 _TARGET_OF = (
-    select(Event.callback_url, WebhookSettings.url.label("current_url"), *DECIDING)
+    select(Event.callback_url, WebhookSettings.url.label("current_url"),
+           Endpoint.url.label("endpoint_url"), *DECIDING)
     .select_from(Notification)
     .join(Event, Event.id == Notification.event_id)
     .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)

@@ -30,7 +30,6 @@ from deliverer.config import Settings
 from deliverer.db import on_commit
 from deliverer.errors import Conflict, NotificationNotFound, NotPushed
 from deliverer.models import (
-    Endpoint,
     Lane,
     Notification,
     NotificationStatus,
@@ -89,13 +88,12 @@ def requeue(session: Session, settings: Settings, notification: Notification,
     it. Returns False, changing nothing, when there is no URL to send to. ``facts``:
     ``check_deliverable_of``'s, which the caller has checked.
     """
+    endpoint_id = notification.endpoint_id
     repoint_to_current_url(session, notification, facts, now)
-    if notification.endpoint_id is not None:
+    if notification.endpoint_id is not None and notification.endpoint_id == endpoint_id:
         # Its endpoint's URL now: a move repoints what is queued, not what was NOT_SENT,
         # which went to the URL the endpoint had left when replayed (the review).
-        notification.url = session.scalar(
-            select(Endpoint.url).where(Endpoint.id == notification.endpoint_id)
-        ) or notification.url
+        notification.url = facts["endpoint_url"] or notification.url
     if not notification.url:
         return False
     if notification.endpoint_id is None:
