@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.delivery import endpoint_queue, sender
+from deliverer.delivery import sender
 from deliverer.delivery.claim import ClaimState, DeliveryJob
 from deliverer.delivery.failure import record_failure
 from deliverer.delivery.outcome import AttemptOutcome
@@ -24,6 +24,7 @@ from deliverer.delivery.success import (
     is_plain_success,
     lock_endpoints,
     record_successes,
+    recover,
     sent_values,
 )
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
@@ -72,25 +73,23 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
 
     row.lease_token = None
     row.lease_expires_at = None
-    endpoint = _update_endpoint_health(session, job, result, now, failing)
     if result.success:
         for name, value in sent_values(now).items():
             setattr(row, name, value)
+        if job.endpoint_id is not None and (job.endpoint_failing
+                                            or job.endpoint_id in failing):
+            session.flush()  # SENT before the queue moves: it is no longer the head
+            recover(session, job.endpoint_id, [job], now)
         return AttemptOutcome(ClaimState.CLAIMED, status=row.status)
-
+    endpoint = _update_endpoint_health(session, job, result, now)
     return record_failure(session, row, endpoint, job, result, settings, now)
 
 
 def _update_endpoint_health(session: Session, job: DeliveryJob, result: sender.SendResult,
-                            now: datetime, failing: Collection[int]) -> Endpoint | None:
-    """Failures load and update the endpoint; a healthy endpoint's success writes nothing.
-    The endpoint is locked FOR UPDATE already (``lock_endpoints``). A failure of the URL
-    it moved from is not the new URL's."""
+                            now: datetime) -> Endpoint | None:
+    """A failure loads and updates the endpoint, locked FOR UPDATE already
+    (``lock_endpoints``). A failure of the URL it moved from is not the new URL's."""
     if job.endpoint_id is None:
-        return None
-    if result.success:
-        if job.endpoint_failing or job.endpoint_id in failing:
-            endpoint_queue.on_recovery(session, job.endpoint_id, now)
         return None
     endpoint = session.get(Endpoint, job.endpoint_id, with_for_update=True)
     if endpoint is None or job.moved(endpoint.url):

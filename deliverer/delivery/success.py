@@ -1,5 +1,5 @@
 """Recording successful deliveries: most of them in bulk, a few statements whatever their
-number; a success on a failing endpoint recovers it (``endpoint_queue.on_recovery``).
+number; a success on a failing endpoint recovers it (``recover``).
 And the endpoint locks every record transaction takes first (``lock_endpoints``)."""
 
 from __future__ import annotations
@@ -173,7 +173,30 @@ def record_successes(session: Session,
                 lost_jobs.append(job)
         count_lost(session, lost_jobs)
     # A plain success on an endpoint that became failing meanwhile still releases it.
-    endpoints = {job.endpoint_id for job, _ in done}
-    for endpoint_id in sorted(e for e in failing if e in endpoints):
-        endpoint_queue.on_recovery(session, endpoint_id, now)
+    by_endpoint: dict[int, list[DeliveryJob]] = {}
+    for job, _ in done:
+        if job.endpoint_id is not None and job.endpoint_id in failing:
+            by_endpoint.setdefault(job.endpoint_id, []).append(job)
+    for endpoint_id in sorted(by_endpoint):
+        recover(session, endpoint_id, by_endpoint[endpoint_id], now)
     return len(sent)
+
+
+def recover(session: Session, endpoint_id: int, jobs: Sequence[DeliveryJob],
+            now: datetime) -> None:
+    """Successes of ``jobs``, their rows SENT already, on the failing endpoint
+    ``endpoint_id`` (locked FOR UPDATE): it recovers (``endpoint_queue.on_recovery``),
+    unless each came from a URL the endpoint has left since its claim. A 2xx there says
+    nothing of the URL it moved to, which stays failing; if one of them was its head,
+    the next held one takes its place, due now: the new URL's probe. Without that, a
+    head leaving the ladder so left the endpoint failing with no head, its queue held
+    for good (a review found it in an earlier fix, reverted). Commits nothing."""
+    if all(job.endpoint_url is not None for job in jobs):
+        url_now, disabled_at = session.execute(
+            select(Endpoint.url, Endpoint.disabled_at).where(Endpoint.id == endpoint_id)
+        ).one()
+        if all(job.moved(url_now) for job in jobs):
+            if disabled_at is None:
+                endpoint_queue.promote_next(session, endpoint_id, now)
+            return
+    endpoint_queue.on_recovery(session, endpoint_id, now)

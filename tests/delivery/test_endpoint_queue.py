@@ -42,6 +42,14 @@ from tests.support.helpers import (
 )
 
 
+def _move(settings, endpoint_id: int, url: str) -> None:
+    """PATCH the endpoint's URL, committed."""
+    with session_scope() as session:
+        registered.update_endpoint(session, settings, session.get(Endpoint, endpoint_id),
+                                   url=url)
+        session.commit()
+
+
 def _endpoint(partner_id: str, url: str) -> Endpoint:
     with session_scope() as session:
         row = session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
@@ -662,9 +670,7 @@ def _moved_mid_post(settings, receiver, old_answer, count: int, deliver, **row):
     with ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(deliver, ids)
         receiver.wait_for(1, "/old")
-        with session_scope() as session:
-            registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
-            session.commit()
+        _move(settings, key, new)
         release.set()
         return ids, new, in_flight.result(timeout=30)
 
@@ -704,13 +710,47 @@ def test_the_old_urls_failure_on_the_last_rung_still_tries_the_new_url(settings,
     assert len(receiver.requests("/new")) == 1
 
 
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "in a batch"])
+def test_the_old_urls_2xx_after_a_move_does_not_recover_the_new_url(settings, receiver,
+                                                                    alone):
+    """A POST to the old URL answers 2xx after PATCH moved the endpoint and the new URL
+    failed: it cleared the new URL's failing state and released its queue (the
+    counterpart of a failure there, above). The new URL stays failing, its head on the
+    ladder."""
+    release = threading.Event()
+    old = receiver.always("/old", rx.held(release, rx.ok()))
+    new = receiver.always("/new", rx.status(500))
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        key = registered.create(session, settings, partner.partner_id, url=old).id
+        session.commit()
+    in_flight = insert_notification(partner.partner_id, old,
+                                    status=NotificationStatus.PENDING, next_attempt_at=utcnow())
+    with ThreadPoolExecutor(1) as pool:
+        if alone:
+            done = pool.submit(service.deliver, in_flight, settings)
+        else:
+            done = pool.submit(batch.deliver_many, [in_flight], settings)
+        receiver.wait_for(1, "/old")
+        _move(settings, key, new)
+        head = insert_notification(partner.partner_id, new,
+                                   status=NotificationStatus.PENDING, next_attempt_at=utcnow())
+        assert service.deliver(head, settings).status == NotificationStatus.FAILED
+        due = notification(head).next_attempt_at
+        release.set()
+        done.result(timeout=30)
+    assert notification(in_flight).status == NotificationStatus.SENT
+    endpoint = _endpoint(partner.partner_id, new)
+    assert endpoint.failing_since is not None and endpoint.consecutive_failures == 1
+    assert notification(head).next_attempt_at == due
+
+
 def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver):
     """The head, failing at the old URL, is out there again when PATCH moves the endpoint;
     a newer notification fails at the new URL and is held behind it; then the head's 2xx
-    comes from the old URL. That success recovers the endpoint and what it held drains.
-    A change that let it recover nothing left the endpoint failing and draining with no
-    head, everything held for good (the drain needs it healthy, the repair not draining;
-    found by a review, reverted)."""
+    comes from the old URL. The new URL stays failing, and the held one takes the head's
+    place at once (the new URL's probe): a first fix of the case above left the endpoint
+    failing with no head, everything held for good (found by a review, reverted)."""
     release = threading.Event()
     old = receiver.program("/old", [rx.status(500)], rx.held(release, rx.ok()))
     new = receiver.fail_then_succeed("/new", 1)
@@ -724,20 +764,19 @@ def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver):
     with ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(deliver_when_due, head, settings)
         receiver.wait_for(2, "/old")
-        with session_scope() as session:
-            registered.update_endpoint(session, settings, session.get(Endpoint, key), url=new)
-            session.commit()
+        _move(settings, key, new)
         newer = insert_notification(partner.partner_id, new,
                                     status=NotificationStatus.PENDING, next_attempt_at=utcnow())
         assert service.deliver(newer, settings).status == NotificationStatus.FAILED
         assert notification(newer).held  # behind the head, still out at the old URL
         release.set()
         assert in_flight.result(timeout=30).status == NotificationStatus.SENT
-    with session_scope() as session:
-        assert endpoint_queue.drain(session, settings, utcnow()) == 1
-        session.commit()
+    assert _endpoint(partner.partner_id, new).failing_since is not None
+    promoted = notification(newer)
+    assert not promoted.held and promoted.next_attempt_at <= utcnow()
     assert deliver_when_due(newer, settings).status == NotificationStatus.SENT
     assert len(receiver.requests("/new")) == 2
+    assert _endpoint(partner.partner_id, new).failing_since is None
 
 
 def test_a_batchs_jobs_after_a_move_are_not_sent_to_the_old_url(settings, receiver,
