@@ -92,10 +92,24 @@ def _is_metadata(address: IPAddress) -> bool:
     return any(a in net for a in (address, embedded) if a is not None for net in _METADATA)
 
 
-def check_address(ip: str, *, allow_private: bool) -> None:
+def check_address(ip: str, *, allow_private: bool, named: bool = False) -> None:
+    """Raise UnsafeUrl if ``ip`` may not be dialled. ``named``: the address is a host
+    name's DNS answer, which the message does not repeat: merchants read it (the
+    attempt's error, the portal), and with split-horizon DNS a name that resolves only
+    inside would tell them an internal address. An address they typed is named."""
     address = ipaddress.ip_address(ip.split("%", 1)[0])
     if _is_metadata(address) if allow_private else is_forbidden_address(address):
-        raise UnsafeUrl(f"Webhook URL resolves to a forbidden address ({address})")
+        raise UnsafeUrl("Webhook URL resolves to a forbidden address"
+                        + ("" if named else f" ({address})"))
+
+
+def is_address(host: str) -> bool:
+    """Whether ``host`` is an address written out (the URL's own), not a name."""
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 def check_url_form(url: str) -> str:
@@ -179,6 +193,7 @@ def vetted_addresses(host: str, port: int, family: int = socket.AF_UNSPEC, *,
     merchant the same error every time (and the save-time check the same verdict).
     """
     infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    named = not is_address(host)
     for info in infos:
-        check_address(str(info[4][0]), allow_private=allow_private)
+        check_address(str(info[4][0]), allow_private=allow_private, named=named)
     return infos

@@ -111,6 +111,7 @@ def _resolve(step: Step, host: str, port: int, settings: Settings
         return None
     step.duration_ms = _ms(start)
     forbidden = False
+    named = not netguard.is_address(host)
     for address in dict.fromkeys(str(info[4][0]) for info in infos):
         try:
             netguard.check_address(address, allow_private=settings.allow_private_urls)
@@ -120,6 +121,10 @@ def _resolve(step: Step, host: str, port: int, settings: Settings
                        if settings.allow_private_urls
                        else "forbidden: a private, loopback or reserved address")
             forbidden = True
+            if named:
+                # Not shown, as in an attempt's error (``netguard.check_address``): with
+                # split-horizon DNS, an internal address of a name resolved only inside.
+                address = "(an address not shown)"
         step.details.append((address, verdict))
     if forbidden:
         # As ``netguard.vetted_addresses``: one forbidden answer refuses the host.

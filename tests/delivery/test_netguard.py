@@ -138,3 +138,15 @@ def test_an_internationalised_name_is_accepted():
 
 def test_public_literal_address_is_accepted():
     assert netguard.validate_url("https://8.8.8.8/hook", allow_private=False)
+
+
+def test_a_names_forbidden_answer_is_not_named_but_a_typed_address_is():
+    """Merchants read the message (an attempt's error): with split-horizon DNS, a name
+    resolving only inside would otherwise tell them an internal address."""
+    with pytest.raises(UnsafeUrl, match="forbidden address") as refused:
+        netguard.vetted_addresses("localhost", 80)
+    assert "127.0.0.1" not in str(refused.value) and "::1" not in str(refused.value)
+    with pytest.raises(UnsafeUrl, match=r"forbidden address \(127\.0\.0\.1\)"):
+        netguard.vetted_addresses("127.0.0.1", 80)
+    with pytest.raises(UnsafeUrl, match=r"forbidden address \(::1\)"):
+        netguard.vetted_addresses("::1", 80)

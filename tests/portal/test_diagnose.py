@@ -81,6 +81,17 @@ def test_a_forbidden_address_fails_at_dns_and_nothing_is_dialled(settings, recei
     assert receiver.requests("/private") == []
 
 
+def test_a_names_forbidden_answer_is_not_shown(settings, receiver):
+    """The URL's own address is shown (above); a name's forbidden answer is not: with
+    split-horizon DNS, a name resolving only inside would show an internal address."""
+    url = receiver.program("/private", [], ok()).replace("127.0.0.1", "localhost")
+    result = diagnose(url, [SECRET], settings.with_overrides(allow_private_urls=False))
+    assert states(result) == [FAILED, SKIPPED, SKIPPED, SKIPPED]
+    shown = " ".join(f"{key} {value}" for key, value in result.steps[0].details)
+    assert "forbidden" in shown and "127.0.0.1" not in shown and "::1" not in shown
+    assert receiver.requests("/private") == []
+
+
 def expired_certificate(directory: Path) -> tuple[Path, Path, Path]:
     """(CA certificate, server certificate, its key): the server's, issued by the CA for
     127.0.0.1, expires the moment it is made ("-days 0")."""

@@ -23,7 +23,8 @@ class BlockedAddress(Exception):
 def _check_peer(sock: socket.socket, allow_private: bool) -> None:
     peer = sock.getpeername()[0]
     try:
-        netguard.check_address(peer, allow_private=allow_private)
+        # Not named: an address typed in the URL was refused before the dial.
+        netguard.check_address(peer, allow_private=allow_private, named=True)
     except UnsafeUrl as exc:
         sock.close()
         raise BlockedAddress(str(exc)) from exc
