@@ -16,7 +16,7 @@ from deliverer.errors import DelivererError
 
 log = logging.getLogger(__name__)
 
-_CODES = {
+CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
     403: "FORBIDDEN",
@@ -25,9 +25,11 @@ _CODES = {
     406: "NOT_ACCEPTABLE",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
     415: "UNSUPPORTED_MEDIA_TYPE",
     422: "BAD_REQUEST",
     429: "TOO_MANY_REQUESTS",
+    431: "HEADERS_TOO_LARGE",
     500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE",
 }
@@ -110,7 +112,7 @@ def register_error_handlers(app: Flask) -> None:
             405: "Method not allowed",
             413: "Request body too large",
         }.get(status, exc.description or exc.name)
-        return answer(status, _CODES.get(status, exc.name.upper().replace(" ", "_")),
+        return answer(status, CODES.get(status, exc.name.upper().replace(" ", "_")),
                        message, title=exc.name)
 
     @app.errorhandler(OperationalError)

@@ -56,7 +56,8 @@ def process_commands(settings: Settings, port: int, concurrency: int) -> dict[st
     py = sys.executable
     return {
         "web": [py, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--no-control-socket", "api:create_app()"],
+                "--worker-class", "api.server.SyncWorker", "--no-control-socket",
+                "api:create_app()"],
         "worker": [py, "-m", "celery", "-A", "deliverer.worker", "worker", "--pool", "threads",
                    "--concurrency", str(concurrency), "-Q", ",".join(queues.ALL),
                    "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],

@@ -19,6 +19,7 @@ from tests.faults import harness
 from tests.faults.fresh_deploy import Deploy, readme_names
 from tests.support.backend import PG_SERVER, create_pg_database, drop_pg_database
 from tests.support.ports import free_port
+from tests.support.raw_http import assert_refusals_in_json
 from tests.support.receiver import Receiver, ok, sleep
 from tests.support.waiting import wait_until
 
@@ -119,6 +120,8 @@ def test_every_procfile_line_runs_from_a_clean_clone(deploy, receiver):
     for process in (web, worker, beat):
         assert process.alive(), f"{process.name} exited:\n{process.tail()}"
     assert _tracebacks(beat.log()) == 0, beat.tail(60)
+    # What gunicorn refuses itself answers as the API does, not with an HTML page.
+    assert_refusals_in_json(int(app.env_vars["PORT"]))
 
     # 3. An event published while Redis is down is delivered once it is back; the outage
     #    is a WARNING line in the web log, not a traceback.

@@ -28,6 +28,7 @@ from tests.support.cli import DELIVERER
 from tests.support.page_client import PortalClient
 from tests.support.ports import free_port
 from tests.support.processes import session_pids
+from tests.support.raw_http import assert_refusals_in_json
 from tests.support.receiver import Receiver, sleep, status
 from tests.support.waiting import wait_until
 
@@ -147,6 +148,16 @@ def a_post_in_flight(tmp_path: Path, receiver: Receiver) -> Iterator[tuple[Runni
         assert event.status_code == 201, event.text
         receiver.wait_for(1, "/hook", timeout=30)
         yield running, event.json()["notificationId"]
+
+
+def test_what_gunicorn_refuses_answers_as_the_api_does(tmp_path: Path):
+    """A request line or header fields too large, or no HTTP at all: gunicorn answers
+    before the app sees the request, with the API's JSON error body (``api/server.py``),
+    not its HTML page."""
+    port = free_port()
+    with deliverer_run(tmp_path, "--port", str(port)) as running:
+        running.wait_for("deliverer is up")
+        assert_refusals_in_json(port)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
