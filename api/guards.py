@@ -73,6 +73,23 @@ class NestedTooDeeply(ValidationFailed):
     message = f"Invalid request: JSON may be nested at most {MAX_DEPTH} levels deep"
 
 
+class DuplicateKey(ValidationFailed):
+    message = "Invalid request: a key appears twice in one JSON object"
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all distinct: Python's parser keeps a repeated key's
+    last value, another parser (a merchant's, a proxy's) its first, so the same body
+    would mean two things (RFC 8259 leaves it to the parser)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise DuplicateKey(f"Invalid request: the key {json.dumps(key[:100])} appears twice "
+                           "in one JSON object")
+    return obj
+
+
 def _refuse_constant(name: str) -> Any:
     raise NotJsonNumber(f"Invalid request: {name} is not a JSON value")
 
@@ -91,7 +108,8 @@ def _json_body() -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
     except RecursionError:
         raise NestedTooDeeply() from None
     except (json.JSONDecodeError, UnicodeDecodeError):

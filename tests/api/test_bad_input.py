@@ -306,6 +306,31 @@ def test_internal_publish_numbers_json_cannot_carry_are_400(partner, admin, payl
     unchanged(partner, check)
 
 
+@pytest.mark.parametrize("payload", ['{"amount": 1, "amount": 2}',
+                                     '{"order": {"id": "A", "id": "B"}}',
+                                     '[{"x": 1}, {"y": 1, "y": 1}]'])
+def test_internal_publish_a_key_twice_in_an_object_is_400(partner, admin, payload):
+    """Python keeps the last value, another parser the first: a body meaning two
+    things is refused, not forwarded and signed."""
+    def check():
+        response = admin.post("/internal/v1/events", data=publish_body(partner.partner_id, payload),
+                              headers=JSON)
+        t.assert_error(response, 400, "BAD_REQUEST")
+        assert "appears twice" in response.json()["message"]
+
+    unchanged(partner, check)
+
+
+def test_a_key_twice_at_the_top_is_400_in_partner_routes(partner):
+    def check():
+        response = partner.api.post(ROTATE, data=b'{"overlapSeconds": 60, '
+                                    b'"overlapSeconds": 0}', headers=JSON)
+        t.assert_error(response, 400, "BAD_REQUEST")
+        assert '"overlapSeconds" appears twice' in response.json()["message"]
+
+    unchanged(partner, check)
+
+
 @pytest.mark.parametrize("body", ['{"overlapSeconds": NaN}', '{"overlapSeconds": 1e999}',
                                   '{"overlapSeconds": ' + "9" * 4301 + "}"])
 def test_numbers_json_cannot_carry_are_400_in_partner_routes(partner, body):
