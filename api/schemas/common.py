@@ -94,3 +94,9 @@ class ApiErrorSchema(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)
     errors = fields.Raw()
+
+
+# A 429's header, as the OpenAPI document declares it (every 429 the API answers sets it).
+RETRY_AFTER = {"Retry-After": {
+    "description": "Seconds to wait before sending the request again",
+    "schema": {"type": "integer", "minimum": 1}}}

@@ -14,6 +14,7 @@ from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import get_session
 from api.resend import resend
+from api.schemas.common import RETRY_AFTER
 from api.schemas.compat import (
     DeliveryPageSchema,
     InvoiceResendSchema,
@@ -75,7 +76,8 @@ def _seed_002_errors(view: Any) -> Any:
     """Its error statuses documented in its shape (flask-smorest keeps the API's error
     body as the ``default`` response, whatever a route says)."""
     for status in (400, 401, 404, 409, 429, 502, 503):
-        view = blp.alt_response(status, schema=TransactionErrorSchema)(view)
+        view = blp.alt_response(status, schema=TransactionErrorSchema,
+                                headers=RETRY_AFTER if status == 429 else None)(view)
     return view
 
 

@@ -13,7 +13,7 @@ from flask import current_app
 from api import presenters
 from api.auth import check_partner, current_partner
 from api.db import commit_then, get_session
-from api.schemas.common import ApiErrorSchema
+from api.schemas.common import RETRY_AFTER, ApiErrorSchema
 from api.schemas.endpoints import (
     CreateKeyHeaderSchema,
     EndpointCreateSchema,
@@ -129,7 +129,7 @@ def rotate_endpoint_secret(data: dict[str, Any], endpoint_id: str) -> Any:
 @blp.response(200, EndpointTestSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(409, schema=ApiErrorSchema)
-@blp.alt_response(429, schema=ApiErrorSchema)
+@blp.alt_response(429, schema=ApiErrorSchema, headers=RETRY_AFTER)
 def test_endpoint(endpoint_id: str) -> Any:
     """Send a ``webhook.test`` event to this endpoint now, and answer with its first
     attempt's outcome (waiting as a resend does): delivered, or the error and its hint."""
@@ -149,7 +149,7 @@ def test_endpoint(endpoint_id: str) -> Any:
 @blp.response(200, RecoveredSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(409, schema=ApiErrorSchema)
-@blp.alt_response(429, schema=ApiErrorSchema)
+@blp.alt_response(429, schema=ApiErrorSchema, headers=RETRY_AFTER)
 def recover_endpoint(data: dict[str, Any], endpoint_id: str) -> Any:
     """A fresh cycle for this endpoint's FAILED notifications created from ``since`` to
     ``until`` (default: now), released oldest first at the drain rate; with

@@ -12,7 +12,7 @@ from api import portal_links, presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
 from api.db import get_session
 from api.resend import resend
-from api.schemas.common import ApiErrorSchema
+from api.schemas.common import RETRY_AFTER, ApiErrorSchema
 from api.schemas.partner import (
     AlertListSchema,
     AlertQuerySchema,
@@ -86,7 +86,7 @@ def get_notification(notification_id: str) -> Any:
 @blp.response(200, NotificationSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(409, schema=ApiErrorSchema)
-@blp.alt_response(429, schema=ApiErrorSchema)
+@blp.alt_response(429, schema=ApiErrorSchema, headers=RETRY_AFTER)
 @key_resolved_in_batch
 def retry_notification(notification_id: str) -> Any:
     """Manually retry a FAILED notification (at most 3 times; 10 per minute)."""
@@ -110,7 +110,7 @@ def ignore_notification(notification_id: str) -> Any:
 @blp.response(200, ResendSchema)
 @blp.alt_response(202, schema=ResendSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
-@blp.alt_response(429, schema=ApiErrorSchema)
+@blp.alt_response(429, schema=ApiErrorSchema, headers=RETRY_AFTER)
 def resend_webhook(reference: str) -> Any:
     """Send the latest event of a transaction or invoice again (no status changes)."""
     outcome, body = resend(reference)

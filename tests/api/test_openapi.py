@@ -180,3 +180,17 @@ def test_the_compatibility_routes_answer_as_the_document_says(live_server, make_
     assert answers[0][2].json()["data"], "the list is not empty"
     for method, path, answer in answers:
         schema[path][method].validate_response(answer)  # raises on a mismatch
+
+
+def test_every_429_declares_its_retry_after_header(anonymous):
+    """Every 429 the API answers sets Retry-After (``notifications/audit.py``): a client
+    generated from the document should know to read it."""
+    spec = anonymous.get(SPEC).json()
+    found = 0
+    for item in spec["paths"].values():
+        for method, operation in item.items():
+            response = operation.get("responses", {}).get("429") if method != "parameters" else None
+            if response is not None:
+                found += 1
+                assert "Retry-After" in response.get("headers", {}), operation.get("operationId")
+    assert found >= 5
