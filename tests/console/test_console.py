@@ -225,9 +225,14 @@ def test_endpoint_filter_and_bad_filters_said_not_applied(operator, settings):
     for value in (endpoint_id, public_id):
         filtered = operator.get("/console/notifications", params={"endpoint_id": value})
         assert filtered.status_code == 200
-        assert f"Endpoint #{endpoint_id} only." in filtered.text
+        shown = (f'<span class="mono">{public_id}</span>' if value == public_id
+                 else f"#{endpoint_id}")
+        assert f"Endpoint {shown} only." in filtered.text
         assert first.notification_id in filtered.text
         assert second.notification_id not in filtered.text
+    # The notification's page names its endpoint as the CLI and merchants do.
+    detail = operator.get(f"/console/notifications/{first.notification_id}")
+    assert f'endpoint <span class="mono">{public_id}</span>' in detail.text
     searched = operator.get("/console/notifications", params={"q": public_id})
     assert first.notification_id in searched.text
     assert second.notification_id not in searched.text
