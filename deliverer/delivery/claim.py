@@ -16,12 +16,17 @@ from typing import Any
 
 from sqlalchemy import FromClause, Select, and_, bindparam, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.elements import BindParameter
 
 from deliverer import lease
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, ladder, pacing
 from deliverer.delivery.troubleshooting import WEBHOOKS_TURNED_OFF, FailureKind, error_payload
+from deliverer.delivery.undeliverable import (
+    ENDPOINT_DELETED,
+    hold_undeliverable,
+    stop_for_good,
+)
 from deliverer.models import (
     Endpoint,
     Event,
@@ -40,7 +45,6 @@ from deliverer.models.in_list import in_list
 from deliverer.prepared import prepared
 
 LIVE_STATUSES = (NotificationStatus.PENDING, NotificationStatus.FAILED)
-ENDPOINT_DELETED = "The endpoint was deleted"
 
 
 class ClaimState(StrEnum):
@@ -263,39 +267,3 @@ def claim(session: Session, notification_id: str, settings: Settings,
     # Due and free now: the lease skipped it because another transaction held its row
     # lock a moment ago (a merchant's request, the sweep). Come back, do not drop it.
     return Claim(ClaimState.LOCKED)
-
-
-def stop_for_good(session: Session, notification_id: str, error: dict[str, Any]) -> None:
-    """No request, ever: the partner was deactivated or moved to polling after this was
-    queued. NOT_SENT, as what is published for such partners is (an operator's replay
-    sends it if that changes back)."""
-    stop_where(session, error, Notification.id == notification_id)
-
-
-def stop_where(session: Session, error: dict[str, Any],
-               *conditions: ColumnElement[bool]) -> int:
-    """NOT_SENT, with nothing ahead and why on record, for every row matching
-    ``conditions``; returns how many."""
-    result = session.execute(
-        update(Notification).where(*conditions)
-        .values(status=NotificationStatus.NOT_SENT, next_attempt_at=None, lease_token=None,
-                lease_expires_at=None, held=False, scheduled_for=None,
-                latest_error_payload=error, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-def hold_undeliverable(session: Session, notification_id: str,
-                       error: dict[str, Any]) -> None:
-    """No request while the endpoint is disabled (a 410 Gone), the merchant has turned
-    webhooks off, or the receiver asked for a pause (Retry-After): the notification is
-    held, and saving the settings (``webhook_settings.resume_deliveries``) or, for a
-    pause, a delivery's success (``endpoint_queue.on_recovery``) releases it, through
-    ``endpoint_queue.drain``."""
-    session.execute(
-        update(Notification).where(Notification.id == notification_id)
-        .values(status=NotificationStatus.FAILED, next_attempt_at=None, lease_token=None,
-                lease_expires_at=None, held=True, latest_error_payload=error)
-        .execution_options(synchronize_session=False)
-    )

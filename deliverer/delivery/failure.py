@@ -13,9 +13,10 @@ from deliverer import outbox
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
 from deliverer.delivery import auto_disable, endpoint_queue, ladder, sender
-from deliverer.delivery.claim import ENDPOINT_DELETED, ClaimState, DeliveryJob, stop_where
+from deliverer.delivery.claim import ClaimState, DeliveryJob
 from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.delivery.undeliverable import ENDPOINT_DELETED, stop_where
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, Trigger
 
 

@@ -40,8 +40,8 @@ from sqlalchemy.orm import Session
 
 from deliverer import lease
 from deliverer.config import Settings
-from deliverer.delivery.claim import ENDPOINT_DELETED
 from deliverer.delivery.troubleshooting import FailureKind
+from deliverer.delivery.undeliverable import ENDPOINT_DELETED
 from deliverer.errors import Conflict, DelivererError, ValidationFailed
 from deliverer.models import (
     Attempt,

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from deliverer import lease
 from deliverer.config import Settings
 from deliverer.delivery import endpoint_queue, netguard, signing
-from deliverer.delivery.claim import ENDPOINT_DELETED as DELETED
-from deliverer.delivery.claim import stop_where
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.delivery.undeliverable import ENDPOINT_DELETED as DELETED
+from deliverer.delivery.undeliverable import stop_where
 from deliverer.errors import Conflict, NotFound, ValidationFailed
 from deliverer.models import (
     Endpoint,
