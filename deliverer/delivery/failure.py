@@ -47,7 +47,7 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
         if job.moved(endpoint.url):
             # Moved while this attempt was in flight: the old URL's answer says nothing
             # of the new one, which has not failed yet. Tried there now, as the move
-            # probed the endpoint's head (``registered.relocate``), even when the ladder
+            # probed the endpoint's head (``relocation.relocate``), even when the ladder
             # had no rung left: the new URL never had its try. (Due by the cycle's end at
             # the latest, which the claim checks: due now all the same.)
             due = row.next_attempt_at = min(

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from deliverer.errors import Conflict
 from deliverer.models import Endpoint, utcnow
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT, OWN_CONFIGURATION
-from deliverer.partners import registered
+from deliverer.partners import registered, relocation
 from deliverer.partners.endpoints import hold_publishes
 
 URL_IS_AN_ENDPOINT = ("This URL is your endpoint {id}, with subscriptions and a secret of its "
@@ -46,14 +46,14 @@ def make_default(session: Session, partner_id: str, url: str | None,
     previous = session.scalar(_default_of(partner_id).with_for_update())
     if previous is not None and previous.url == url:
         return
-    row = registered.row_for_url(session, partner_id, url) if url is not None else None
+    row = relocation.row_for_url(session, partner_id, url) if url is not None else None
     if row is not None and row.registered:
         raise Conflict(URL_IS_AN_ENDPOINT.format(id=row.public_id))
     if url is not None and row is None and previous is not None \
             and previous.signing_secret is None:
         # The default endpoint moves, as PATCHing its URL moves it: a merchant whose URL
         # changed wants its queue retried there, not at the URL it left.
-        registered.relocate(session, previous, url)
+        relocation.relocate(session, previous, url)
         session.flush()
         return
     if limit is not None and url is not None:

@@ -4,7 +4,8 @@ fan out to, each subscribed to event types (``models.endpoint``).
 The partner's webhook-settings URL is its *default* endpoint (``default_endpoint``).
 An endpoint whose URL
 changes (PATCH, or a new webhook-settings URL for the default) stays the same endpoint:
-its sequence numbers go on and what it still holds goes to the new URL.
+its sequence numbers go on and what it still holds goes to the new URL
+(``relocation.py``).
 """
 
 from __future__ import annotations
@@ -33,14 +34,10 @@ from deliverer.models import (
 from deliverer.models.endpoint import DISABLED_BY_MERCHANT
 from deliverer.partners import catalog, create_keys, rotation
 from deliverer.partners.endpoints import hold_publishes
+from deliverer.partners.relocation import URL_TAKEN, forget_health, move, row_for_url
 
 _UNSET: Any = object()
 TOO_MANY = "A partner may have at most {limit} endpoints"
-# Its id said: a create whose answer was lost finds its endpoint (rotate its secret).
-URL_TAKEN = "Another endpoint of yours already has this URL: {id}"
-URL_HAS_HISTORY = ("This URL has notifications of its own (an earlier webhook URL, an "
-                   "event's callbackUrl or a deleted endpoint): register it with POST "
-                   "/endpoints instead")
 
 URL_CHANGED = ("This endpoint's URL is now {url}: it changed after this page was loaded. "
                "Nothing was changed; check it, then try again.")
@@ -131,11 +128,6 @@ def count_registered(session: Session, partner_id: str) -> int:
         Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0
 
 
-def row_for_url(session: Session, partner_id: str, url: str) -> Endpoint | None:
-    return session.scalar(select(Endpoint).where(Endpoint.partner_id == partner_id,
-                                                 Endpoint.url == url).with_for_update())
-
-
 def create(session: Session, settings: Settings, partner_id: str, *, url: str,
            description: str | None = None, event_types: list[str] | None = None,
            enabled: bool = True, rate_limit: float | None = None,
@@ -182,7 +174,7 @@ def create_keyed(session: Session, settings: Settings, partner_id: str, key: str
         # born healthy, or auto-disable counted from the deleted one's failures and
         # disabled it within a minute of its creation (a black-box try).
         endpoint.created_at = now
-        _forget_health(endpoint)
+        forget_health(endpoint)
     endpoint.registered = True
     endpoint.is_default = False
     endpoint.deleted_at = None
@@ -216,7 +208,7 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
     if description is not _UNSET:
         endpoint.description = description
     if url is not _UNSET and url != endpoint.url:
-        _move(session, settings, endpoint, url)
+        move(session, settings, endpoint, url)
     if enabled is not _UNSET:
         if not enabled and endpoint.disabled_at is None:
             endpoint.disabled_at = now
@@ -225,51 +217,6 @@ def update_endpoint(session: Session, settings: Settings, endpoint: Endpoint, *,
             enable(session, endpoint, now)
     session.flush()
     return endpoint
-
-
-def _move(session: Session, settings: Settings, endpoint: Endpoint, url: str) -> None:
-    """The same endpoint at another URL: what it still holds goes there."""
-    netguard.validate_saved_url(url, allow_private=settings.allow_private_urls)
-    other = row_for_url(session, endpoint.partner_id, url)
-    if other is not None:
-        # Registered, or the row of an earlier webhook URL or callback URL with sequence
-        # numbers of its own, which two endpoints cannot share.
-        raise Conflict(URL_TAKEN.format(id=other.public_id) if other.registered
-                       else URL_HAS_HISTORY)
-    relocate(session, endpoint, url)
-    if endpoint.is_default:
-        session.execute(update(WebhookSettings)
-                        .where(WebhookSettings.partner_id == endpoint.partner_id)
-                        .values(url=url, updated_at=utcnow()))
-
-
-def _forget_health(endpoint: Endpoint) -> None:
-    """What the endpoint's past failures left: failing since (auto-disable counts from
-    it), a Retry-After pause, the alert sent."""
-    endpoint.failing_since = endpoint.retry_after_until = endpoint.alerted_at = None
-    endpoint.last_error = None  # the old URL's, shown by the console
-    endpoint.consecutive_failures = 0
-
-
-def relocate(session: Session, endpoint: Endpoint, url: str) -> None:
-    """``endpoint`` at ``url`` from now on, with its id, its sequence numbers and what it
-    still holds (its retries go to ``url``, the next one now). The old URL's health is
-    not the new one's: failing since, Retry-After, the alert sent (auto-disable counts
-    from ``failing_since``)."""
-    endpoint.url = url
-    _forget_health(endpoint)
-    # What it holds goes to the new URL in sequence order at the drain rate, beside the
-    # head probed now: the head's success there would not drain them (the endpoint is
-    # no longer failing), and they waited for the queue repair (a minute).
-    endpoint.draining = True
-    endpoint_queue.probe_now(session, endpoint.id, utcnow())
-    session.execute(
-        update(Notification)
-        .where(Notification.endpoint_id == endpoint.id,
-               Notification.status.in_((NotificationStatus.PENDING,
-                                        NotificationStatus.FAILED)))
-        .values(url=url)
-        .execution_options(synchronize_session=False))
 
 
 def enable(session: Session, endpoint: Endpoint, now: datetime) -> None:
@@ -292,7 +239,7 @@ def delete(session: Session, endpoint: Endpoint, now: datetime | None = None, *,
     _locked_again(session, endpoint, expect_url)
     endpoint.deleted_at = now
     endpoint.registered = False
-    _forget_health(endpoint)  # nothing more is tried: it is not failing
+    forget_health(endpoint)  # nothing more is tried: it is not failing
     if endpoint.is_default:
         endpoint.is_default = False
         session.execute(update(WebhookSettings)
