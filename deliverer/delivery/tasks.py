@@ -1,5 +1,5 @@
 """Celery tasks for delivery: thin wrappers around ``deliverer.delivery.together``,
-``deliverer.delivery.batch``, ``deliverer.delivery.wake`` and ``wake_groups``; the
+``deliverer.delivery.batch``, ``deliverer.delivery.wakes_together`` and ``wake_groups``; the
 messages their outcomes call for are ``follow_up``'s."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from celery import shared_task
 
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
-from deliverer.delivery import batch, follow_up, together, wake, wake_groups
+from deliverer.delivery import batch, follow_up, together, wake_groups, wakes_together
 from deliverer.logging import delivery_context
 
 
@@ -37,7 +37,7 @@ def deliver_many(notification_ids: list[str]) -> int:
              ignore_result=True)
 def deliver_due(endpoint_id: int) -> int:
     """An endpoint's wake-up: attempt its due first attempts, a batch at a time."""
-    return _run(lambda settings: wake.deliver_due(endpoint_id, settings))
+    return _run(lambda settings: wakes_together.deliver_due(endpoint_id, settings))
 
 
 @shared_task(name=dispatch.DELIVER_GROUP, acks_late=True, reject_on_worker_lost=True,

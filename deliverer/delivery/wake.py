@@ -8,13 +8,8 @@ takes the wake-up clears the mark, then, in the same transaction, leases the end
 due first attempts (at most a batch, the oldest first) and sets the mark again if due
 ones remain. After the commit it passes the wake-up on when some remain,
 before its POSTs, so that other threads and workers share a hot endpoint, then sends and
-records its batch as ``batch.deliver_many`` does. A lone publish is a batch of one,
-delivered at once; batches form only behind a backlog.
-
-The wake-ups a worker's threads take at the same moment are claimed in one transaction,
-and their outcomes recorded in one (``deliverer.batching.Coalescer``, as
-``together.py`` does for single messages): a backlog spread over many endpoints has
-few notifications per endpoint. Each batch's POSTs stay with its own task.
+records its batch as ``batch.deliver_many`` does (``wakes_together.py``). A lone
+publish is a batch of one, delivered at once; batches form only behind a backlog.
 
 Nothing is stranded by the dedupe: the mark's row lock orders each publish against
 each clearing. A publish that found the mark set had committed before the clearing
@@ -55,8 +50,6 @@ SQLite (the embedded default) keeps a message per notification (``uses_wake_ups`
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -80,12 +73,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from deliverer import lease
-from deliverer.batching import Coalescer
-from deliverer.broker import dispatch
-from deliverer.config import Settings, get_settings
-from deliverer.db import autocommitted, in_transaction, is_transient_abort
-from deliverer.delivery import together
-from deliverer.delivery.batch import BatchClaim, BatchOutcome, claim_many, deliver_claimed
+from deliverer.config import Settings
+from deliverer.delivery.batch import BatchClaim, claim_many
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, table_of, utcnow
 from deliverer.models.endpoint import locked_in_id_order
 from deliverer.models.in_list import in_list
@@ -284,42 +273,3 @@ def claim_due(session: Session, endpoint_id: int, settings: Settings
               ) -> tuple[BatchClaim, bool]:
     """``claim_due_many`` of one endpoint."""
     return claim_due_many(session, [endpoint_id], settings)[endpoint_id]
-
-
-def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:
-    settings = get_settings()
-    # Run again if a deadlock (a fan-out publish locking the same endpoints) rolls it
-    # back whole, or the wake-ups would be lost until the sweep's grace.
-    try:
-        claims = in_transaction(
-            lambda session: claim_due_many(session, endpoint_ids, settings),
-            retry_for=settings.lease_seconds / 4, only_if=is_transient_abort)
-    except Exception:
-        # Its rollback undid the clearing too: the marks would say a wake-up is pending
-        # while these were taken, and publishes would send none for WAKE_TTL. Cleared on
-        # their own, at best (the database may be what failed): the next publish wakes.
-        with contextlib.suppress(Exception):
-            autocommitted(lambda connection: connection.execute(
-                CLEAR_MARKS, {"ids": sorted(set(endpoint_ids))}))
-        raise
-    seen: set[int] = set()
-    out = []
-    for endpoint_id in endpoint_ids:  # a wake-up taken twice at once: the second is empty
-        out.append(claims[endpoint_id] if endpoint_id not in seen
-                   else (BatchClaim(token=""), False))
-        seen.add(endpoint_id)
-    return out
-
-
-_CLAIMS: Coalescer[int, tuple[BatchClaim, bool]] = Coalescer(
-    "wake", _claim_together, together.MAX_BATCH, together.RUNNERS)
-
-
-def deliver_due(endpoint_id: int, settings: Settings) -> BatchOutcome:
-    """Take an endpoint's wake-up: claim its due first attempts, pass the wake-up on if
-    more remain, then send and record the batch."""
-    leased_at = time.monotonic()  # no later than the lease's start: the cutoff errs early
-    claim, more = _CLAIMS.submit(endpoint_id)
-    if more:
-        dispatch.enqueue_wake(endpoint_id)
-    return deliver_claimed(claim, leased_at, settings, record=together.record_all)

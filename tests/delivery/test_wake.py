@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 import deliverer
 from deliverer.broker import dispatch
 from deliverer.db import session_scope
-from deliverer.delivery import wake
+from deliverer.delivery import wake, wakes_together
 from deliverer.delivery.wake_groups import group_of
 from deliverer.models import Endpoint, NotificationStatus, utcnow
 from deliverer.publishing.service import record_event as publish_event
@@ -132,9 +132,9 @@ def test_a_claim_that_fails_leaves_the_mark_cleared(settings, receiver, monkeypa
         session.execute(wake.CLEAR_MARKS, {"ids": [endpoint_id]})
         raise RuntimeError("claim failed")
 
-    monkeypatch.setattr(wake, "claim_due_many", broken)
+    monkeypatch.setattr(wakes_together, "claim_due_many", broken)
     with pytest.raises(RuntimeError, match="claim failed"):
-        wake._claim_together([endpoint_id])
+        wakes_together._claim_together([endpoint_id])
     assert _mark_of(endpoint_id) is None
 
 

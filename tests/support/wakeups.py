@@ -9,7 +9,7 @@ from typing import Any
 import deliverer
 from deliverer.broker import dispatch
 from deliverer.config import Settings
-from deliverer.delivery import wake, wake_groups
+from deliverer.delivery import wake_groups, wakes_together
 
 
 def wake_ups(published_tasks: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -23,7 +23,7 @@ def take(wake_up: tuple[str, int], settings: Settings) -> None:
     if task == dispatch.DELIVER_GROUP:
         wake_groups.deliver_group(arg, settings)
     else:
-        wake.deliver_due(arg, settings)
+        wakes_together.deliver_due(arg, settings)
 
 
 def race_publishes(published_tasks: list[dict[str, Any]], settings: Settings,
