@@ -22,7 +22,7 @@ def publish_event(partner_id: str, type: str, reference: str, payload: dict[str,
     # Imported here so that ``import deliverer`` stays free of side effects and cheap.
     from deliverer.celery_app import producing
     from deliverer.config import get_settings
-    from deliverer.publishing.service import publish_one
+    from deliverer.publishing.own_transaction import publish_one
 
     with producing():  # its messages go to deliverer's broker, whatever app is current
         return publish_one(get_settings(), partner_id=partner_id, type=type,

@@ -2,7 +2,7 @@
 
 Each view runs its service in a transaction of its own, committed before it answers
 (``deliverer.db.in_transaction``): a publish is run again through transient database
-errors as its idempotency key allows (``deliverer.publishing.service.publish``), and
+errors as its idempotency key allows (``deliverer.publishing.own_transaction.publish``), and
 creating a partner through an abort that certainly rolled everything back. The
 portal-sessions views commit with the request (``api.db``), as the Partner API's do."""
 
@@ -27,7 +27,7 @@ from api.views.smorest import Blueprint
 from deliverer.db import in_transaction, is_transient_abort
 from deliverer.partners.service import create_partner
 from deliverer.portal.sessions import ISSUED_BY_ADMIN
-from deliverer.publishing.service import PUBLISH_RETRY_FOR, publish_one
+from deliverer.publishing.own_transaction import PUBLISH_RETRY_FOR, publish_one
 
 blp = Blueprint("internal", __name__, url_prefix="/internal/v1",
                 description="Publishing events and setting up partners (admin token).")

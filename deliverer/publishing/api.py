@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from deliverer.config import get_settings
+from deliverer.publishing.own_transaction import publish
 from deliverer.publishing.published import Published
-from deliverer.publishing.service import publish
 
 
 def publish_events(partner_id: str, events: list[dict[str, Any]]) -> list[Published]:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from deliverer.broker import dispatch
 from deliverer.config import get_settings
-from deliverer.publishing.service import publish_one
+from deliverer.publishing.own_transaction import publish_one
 
 # Backoff 1, 2, 4 ... 60 s (jittered), for up to 20 retries: a database restart or
 # failover of several minutes loses nothing; past that the task fails and says so.

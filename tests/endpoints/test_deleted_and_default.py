@@ -18,7 +18,7 @@ from deliverer.errors import Conflict, ValidationFailed
 from deliverer.models import Endpoint, Notification, NotificationStatus, WebhookSettings, utcnow
 from deliverer.notifications.manual_retry import RetryRequest, manual_retries
 from deliverer.partners import registered, webhook_settings
-from deliverer.publishing.service import publish_one
+from deliverer.publishing.own_transaction import publish_one
 from tests.support import helpers as h
 from tests.support.backend import ON_POSTGRES
 

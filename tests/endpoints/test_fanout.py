@@ -10,7 +10,8 @@ import deliverer
 from deliverer.db import session_scope
 from deliverer.models import Endpoint, Notification, NotificationStatus
 from deliverer.partners import registered, webhook_settings
-from deliverer.publishing.service import publish_one, record_event
+from deliverer.publishing.own_transaction import publish_one
+from deliverer.publishing.service import record_event
 from tests.support import helpers as h
 
 DEFAULT = "http://127.0.0.1:9/default"

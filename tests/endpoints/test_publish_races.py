@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from deliverer.db import get_database
 from deliverer.models import Endpoint
 from deliverer.partners import registered, webhook_settings
-from deliverer.publishing.service import publish_one
+from deliverer.publishing.own_transaction import publish_one
 from tests.support.backend import ON_POSTGRES
 from tests.support.helpers import new_partner
 from tests.support.waiting import PUBLISH_STATEMENT, lock_wait_of, wait_until

@@ -21,7 +21,7 @@ from deliverer.errors import ValidationFailed
 from deliverer.models import Endpoint, Event, Notification
 from deliverer.publishing.api import publish_events
 from deliverer.publishing.idempotency import IdempotencyKeyReused
-from deliverer.publishing.service import publish_one as publish_one_and_commit
+from deliverer.publishing.own_transaction import publish_one as publish_one_and_commit
 from deliverer.publishing.service import record_event as publish_event
 from deliverer.publishing.service import record_events as service_publish_events
 from deliverer.scheduling.tasks import sweep_due

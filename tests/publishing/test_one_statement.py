@@ -29,10 +29,11 @@ from deliverer.models import (
 )
 from deliverer.models.endpoint import subscribed_in_sql
 from deliverer.partners import registered
-from deliverer.publishing import one_statement, service
+from deliverer.publishing import one_statement, own_transaction, service
 from deliverer.publishing.idempotency import IdempotencyKeyReused
 from deliverer.publishing.one_statement import publish_alone
-from deliverer.publishing.service import PUBLISH_RETRY_FOR, record_events
+from deliverer.publishing.own_transaction import PUBLISH_RETRY_FOR
+from deliverer.publishing.service import record_events
 from tests.support import helpers as h
 from tests.support.messages import WAKE_UPS
 from tests.support.race import race
@@ -298,9 +299,10 @@ def test_concurrent_fan_out_publishes_keep_every_endpoint_gap_free(settings, wak
     threads, each = 6, 10
 
     def publisher(n: int) -> list[int]:
-        return [len(service.publish_one(settings, partner_id=partner.partner_id,
-                                        type="transaction.paid", reference=f"r{n}-{i}",
-                                        payload={}).deliveries)
+        return [len(own_transaction.publish_one(settings, partner_id=partner.partner_id,
+                                                type="transaction.paid",
+                                                reference=f"r{n}-{i}",
+                                                payload={}).deliveries)
                 for i in range(each)]
 
     fanned = [k for ks in race([lambda n=n: publisher(n) for n in range(threads)])
