@@ -11,7 +11,8 @@ notifications and count their partners' accepted retries of the last minute (one
 statement), write the audit rows and update the notifications (one statement on
 PostgreSQL), commit. On PostgreSQL the statements are prepared once per connection
 (``deliverer.prepared``; their SQL is the same whatever the batch's size,
-``models.in_list``): parsing and planning them was a quarter of the server's CPU.
+``models.in_list``; they are ``retry_statements.py``'s): parsing and planning them was a
+quarter of the server's CPU.
 The requests are judged one by one in arrival order against what the earlier ones of
 the batch changed, so two requests for one notification in one batch accept the first,
 and a partner's tenth retry of the minute is its last, whichever batches the requests
@@ -38,8 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, literal, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deliverer import outbox
@@ -49,25 +49,17 @@ from deliverer.db import in_transaction, on_commit
 from deliverer.errors import DelivererError, NotificationNotFound, Refusal
 from deliverer.models import (
     Endpoint,
-    Event,
     Lane,
-    Notification,
-    Partner,
-    PartnerRequest,
     RequestKind,
-    WebhookSettings,
-    table_of,
     utcnow,
 )
-from deliverer.models.base import constant
-from deliverer.models.in_list import in_list, pairs_bound, pairs_in_list
+from deliverer.models.in_list import pairs_bound
 from deliverer.notifications.audit import (
     ACCEPTED,
     RATE_WINDOW,
     enforce_rate,
 )
 from deliverer.notifications.cycle import (
-    DECIDING,
     DECIDING_NAMES,
     check_deliverable,
     check_retryable,
@@ -76,8 +68,17 @@ from deliverer.notifications.cycle import (
     repoint,
 )
 from deliverer.notifications.queries import is_uuid
+from deliverer.notifications.retry_statements import (
+    ACCEPT,
+    ACCEPT_AUDITED,
+    AUDIT,
+    AUDITED,
+    EXISTING,
+    LOCK_FREE,
+    LOCK_ONE,
+    LOCK_PARTNERS,
+)
 from deliverer.partners.service import Principal, principals_for
-from deliverer.prepared import prepared
 
 
 class Busy:
@@ -99,77 +100,6 @@ Retried = Mapping[str, Any]
 
 # How long a batch the database aborted is run again before its requests get a 503.
 RUN_AGAIN_FOR = 2.0
-
-_NOTIFICATIONS = table_of(Notification)
-_REQUESTS = table_of(PartnerRequest)
-
-# Built once, with bind parameters: building them per request cost more CPU than running
-# them (SQLAlchemy's compiled cache spares only the compilation).
-
-# Only the requesting partner's own notifications: another partner's id locks nothing and
-# is answered 404 (no existence leak).
-_OWN = pairs_in_list(Notification.id, Notification.partner_id, "pairs")
-_LOCK_PARTNERS = (
-    select(Partner.id)
-    .where(in_list(Partner.id, "partner_ids"))
-    # In this order (PostgreSQL locks the sorted rows): batches of overlapping partners
-    # queue instead of deadlocking. FOR NO KEY UPDATE, not FOR UPDATE: see
-    # audit.lock_partner.
-    .order_by(Partner.id)
-    .with_for_update(key_share=True)
-)
-# Each partner's accepted retries within the window: how many, and the oldest's time.
-_RATES = (
-    select(PartnerRequest.partner_id, func.count().label("retries"),
-           func.min(PartnerRequest.created_at).label("oldest"))
-    .where(in_list(PartnerRequest.partner_id, "partner_ids"),
-           PartnerRequest.kind == constant(RequestKind.RETRY),
-           PartnerRequest.outcome == constant(ACCEPTED),
-           PartnerRequest.created_at > bindparam("since"))
-    .group_by(PartnerRequest.partner_id)
-    .cte("rates")
-)
-# The notifications with their partners' rates, in one statement (one round trip less):
-# its snapshot is taken after the partners' locks are held, so the counts see every
-# retry their previous holders committed; a wait for a notification's row within it
-# leaves them right, as nobody else adds accepted retries of a partner locked here.
-_ROWS = (
-    select(_NOTIFICATIONS, Event.type, Event.reference, Event.callback_url,
-           WebhookSettings.url.label("current_url"),
-           Endpoint.public_id.label("endpoint_public_id"),
-           _RATES.c.retries.label("rate_retries"), _RATES.c.oldest.label("rate_oldest"),
-           *DECIDING)
-    .join(Event, Event.id == Notification.event_id)
-    .outerjoin(WebhookSettings, WebhookSettings.partner_id == Notification.partner_id)
-    .outerjoin(Endpoint, Endpoint.id == Notification.endpoint_id)
-    .outerjoin(_RATES, _RATES.c.partner_id == Notification.partner_id)
-    .where(_OWN)
-)
-# Prepared (``deliverer.prepared``) where the transaction runs again (``run_batch``).
-_LOCK_ONE = prepared(_ROWS.with_for_update(key_share=True, of=Notification.id))
-_LOCK_FREE = prepared(_ROWS.with_for_update(key_share=True, skip_locked=True,
-                                            of=Notification.id))
-_EXISTING = select(Notification.id, Notification.partner_id).where(_OWN)
-_AUDIT = insert(_REQUESTS)
-_ACCEPT = (
-    update(_NOTIFICATIONS)
-    .where(in_list(_NOTIFICATIONS.c.id, "ids"))
-    .values({**{k: bindparam(f"v_{k}") for k in fresh_cycle_values(utcnow(), due=utcnow())},
-             "manual_retry_count": _NOTIFICATIONS.c.manual_retry_count + 1,
-             **outbox.handed_over(bindparam("v_now"), bindparam("v_now"))})
-)
-# PostgreSQL: the audit rows written by the update's statement (a data-modifying WITH,
-# one round trip less), from an array per column that varies between _audit_row's rows
-# (kind and created_at are the same in all, the other columns NULL); SQLite has no
-# INSERT in a WITH and runs _AUDIT then _ACCEPT.
-_AUDITED = ("partner_id", "api_key_id", "outcome", "notification_id", "source")
-_ACCEPT_AUDITED = prepared(_ACCEPT.add_cte(insert(_REQUESTS).from_select(
-    [*_AUDITED, "kind", "created_at"],
-    select(*(func.unnest(bindparam(f"a_{k}", type_=postgresql.ARRAY(_REQUESTS.c[k].type)))
-             for k in _AUDITED),
-           literal(RequestKind.RETRY, _REQUESTS.c.kind.type),
-           bindparam("v_now", type_=_REQUESTS.c.created_at.type)),
-).cte("audit")))
 
 
 def manual_retry(session: Session, settings: Settings, principal: Principal,
@@ -210,9 +140,9 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
     if pairs:
         partner_ids = sorted({pid for _, pid in pairs})
         if not partners_locked:
-            conn.execute(_LOCK_PARTNERS, {"partner_ids": partner_ids})
+            conn.execute(LOCK_PARTNERS, {"partner_ids": partner_ids})
         one_row = len({nid for nid, _ in pairs}) == 1
-        for locked in conn.execute(_LOCK_ONE if one_row else _LOCK_FREE,
+        for locked in conn.execute(LOCK_ONE if one_row else LOCK_FREE,
                                    {**pairs_bound("pairs", pairs),
                                     "partner_ids": partner_ids,
                                     "since": now - RATE_WINDOW}):
@@ -225,7 +155,7 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
         missing = [pair for pair in pairs if pair not in rows]
         if missing and not one_row:
             busy = {(nid, pid) for nid, pid in conn.execute(
-                _EXISTING, pairs_bound("pairs", missing))}
+                EXISTING, pairs_bound("pairs", missing))}
 
     fresh = fresh_cycle_values(now, due=now)
     outcomes: list[Retried | DelivererError | Busy] = []
@@ -269,16 +199,16 @@ def manual_retries(session: Session, settings: Settings, requests: Sequence[Retr
 
     if not accepted:
         if audit:
-            conn.execute(_AUDIT, audit)
+            conn.execute(AUDIT, audit)
         return outcomes
     ids = [row["id"] for row in accepted]
     values = {"ids": ids, **{f"v_{k}": v for k, v in fresh.items()}, "v_now": now}
     if conn.dialect.name == "postgresql":
-        conn.execute(_ACCEPT_AUDITED, {**values, **{
-            f"a_{k}": [row[k] for row in audit] for k in _AUDITED}})
+        conn.execute(ACCEPT_AUDITED, {**values, **{
+            f"a_{k}": [row[k] for row in audit] for k in AUDITED}})
     else:
-        conn.execute(_AUDIT, audit)
-        conn.execute(_ACCEPT, values)
+        conn.execute(AUDIT, audit)
+        conn.execute(ACCEPT, values)
     on_commit(session, lambda: enqueue_batch(ids, Lane.MANUAL))
     return outcomes
 
