@@ -5,7 +5,8 @@ of 25 threads each; bound to 127.0.0.1 instead of 0.0.0.0). wrk (Debian) drives 
 connections on 2 threads for the same duration against both endpoints, alternately,
 twice: ``GET /healthz`` (trivial, the reference), then
 ``POST /api/partner/v2/webhook-notifications/{id}/retry``, then both again. Each figure
-is the faster of its endpoint's two runs.
+is the faster of its endpoint's two runs. Without wrk, a Python thread pool stands in
+(``bench/api_closed.py``).
 
 Why twice: wrk's connections are kept alive, and how they fall between the two gunicorn
 workers is settled when a run opens them (seen: 24/26, 40/10, 12/38). A run where most
@@ -37,35 +38,24 @@ at a constant 200 a second over 1,000 other partners, latency counted from when 
 request was due, as merchants' retries arrive independently of how fast the last one was
 answered. Its p99 has the target; the closed loop's rate is also reported against the
 ``raw`` floor, the least a committing route can cost here.
-
-Without wrk on the machine, a Python thread pool (50 threads, ``http.client``) stands in,
-in the bench process; the JSON says which client was used.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
 import shutil
-import subprocess
-import threading
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench import api_floor
-from bench.api_open import open_loop, request_once
+from bench.api_closed import CONNECTIONS, drained, python_run, wrk_run
+from bench.api_open import open_loop
 from bench.context import Ctx, create_partners, log_errors
 from bench.processes import BenchError, free_port, wait_until
 from bench.profiling import profiled
-from bench.report import Result, Row, percentile
+from bench.report import Result, Row
 
 NAME = "api"
 TITLE = "API: manual retry under 50 concurrent clients vs GET /healthz"
-CONNECTIONS = 50
-THREADS = 2
 PER_PARTNER = 10
 WARM_PARTNERS = 4
 # One set of partners per retry run, so the runs' rate limits stay apart.
@@ -73,7 +63,6 @@ RUN_PREFIXES = ("api", "api2")
 # The open-loop run (bench/api_open.py): a constant offered rate over many partners.
 OPEN_RATE = 200.0
 OPEN_PARTNERS = 1_000
-LUA = Path(__file__).parent / "wrk" / "load.lua"
 # The Procfile's web application, and the floors' stand-in for it (bench/api_floor.py).
 APP = '"api:create_app()"'
 FLOOR_APP = '"bench.api_floor:create_app()"'
@@ -96,70 +85,6 @@ SELECT md5('api-notification-' || g)::uuid::text, (%(ids)s::text[])[1 + g %% %(p
        now() - interval '1 day', now() - interval '1 day'
 FROM generate_series(%(offset)s, %(offset)s + %(n)s - 1) AS g;
 """
-
-
-def wrk_run(base_url: str, path: str, duration: float, mode: str, items: Path | None,
-            log_dir: Path, tag: str = "") -> dict[str, Any]:
-    env = dict(os.environ, BENCH_WRK_MODE=mode, BENCH_WRK_THREADS=str(THREADS))
-    if items is not None:
-        env["BENCH_WRK_ITEMS"] = str(items)
-    argv = ["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{duration:g}s",
-            "--timeout", "10s", "--latency", "-s", str(LUA), base_url + path]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                          timeout=duration + 60)
-    (log_dir / f"wrk-{mode}{tag}.log").write_text(done.stdout + done.stderr)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} "
-                         f"{done.stderr[-500:]}")
-    data = json.loads(line[len("BENCH_JSON "):])
-    seconds = data["duration_us"] / 1e6
-    return {"client": f"wrk -t{THREADS} -c{CONNECTIONS}", "requests": data["requests"],
-            "per_s": data["requests"] / seconds, "p50_ms": data["p50_us"] / 1000,
-            "p90_ms": data["p90_us"] / 1000, "p99_ms": data["p99_us"] / 1000,
-            "max_ms": data["max_us"] / 1000, "errors": data["errors"],
-            "statuses": data["statuses"]}
-
-
-def python_run(port: int, duration: float, mode: str,
-               pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """The stand-in for wrk: CONNECTIONS threads, each a keep-alive http.client loop."""
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    lock = threading.Lock()
-    counter = iter(range(10**9))
-    stop_at = time.monotonic() + duration
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        mine: list[float] = []
-        seen: Counter[str] = Counter()
-        while time.monotonic() < stop_at:
-            if mode == "retry":
-                key, nid = pairs[next(counter) % len(pairs)]
-                method, path = "POST", f"/api/partner/v2/webhook-notifications/{nid}/retry"
-                headers = {"X-Api-Key": key, "Content-Length": "0"}
-            else:
-                method, path, headers = "GET", "/healthz", {}
-            t0 = time.perf_counter()
-            conn = request_once(conn, port, method, path, headers, seen)
-            mine.append((time.perf_counter() - t0) * 1000)
-        with lock:
-            latencies.extend(mine)
-            statuses.update(seen)
-
-    began = time.monotonic()
-    pool = [threading.Thread(target=worker) for _ in range(CONNECTIONS)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout=duration + 30)
-    seconds = time.monotonic() - began
-    return {"client": f"Python threads x{CONNECTIONS} (wrk not found)",
-            "requests": len(latencies), "per_s": len(latencies) / seconds,
-            "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
-            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies, default=0.0),
-            "errors": {"client": statuses.pop("error", 0)}, "statuses": dict(statuses)}
 
 
 def _partner_ids(env: Any, prefix: str) -> list[str]:
@@ -213,14 +138,6 @@ def _start_web(ctx: Ctx, name: str, app: str = APP, **env_extra: object
     return web, base, port
 
 
-def _drained(base: str) -> None:
-    # Requests wrk left in the listen queue when it stopped are still served: wait for
-    # them (a /healthz behind them answers), so runs do not overlap.
-    import requests
-
-    requests.get(base + "/healthz", timeout=120)
-
-
 def run(ctx: Ctx) -> Result:
     env = ctx.env
     duration = float(ctx.size(15, 1))
@@ -253,7 +170,7 @@ def run(ctx: Ctx) -> Result:
         if use_wrk:
             path = "/healthz" if mode == "get" else "/"
             done = wrk_run(base, path, seconds, mode, run_items, env.log_dir, tag=tag)
-            _drained(base)
+            drained(base)
             return done
         return python_run(port, seconds, mode, run_pairs)
 

@@ -1,4 +1,4 @@
--- wrk script of the API benchmark (bench/api.py).
+-- wrk script of the API benchmark's closed loop (bench/api_closed.py).
 --   BENCH_WRK_MODE=get:   GET the URL's path (the trivial endpoint).
 --   BENCH_WRK_MODE=retry: POST /api/partner/v2/webhook-notifications/{id}/retry, walking the
 --     "API-key notification-id" lines of BENCH_WRK_ITEMS; thread k of n takes items
