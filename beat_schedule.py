@@ -46,7 +46,8 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": max(1.0, settings.sweep_interval * REPAIR_EVERY_SWEEPS)},
         },
         # Endpoints failing without a break for DELIVERER_AUTO_DISABLE_AFTER are disabled,
-        # also when no attempt to them is recorded meanwhile (deliverer.delivery.auto_disable).
+        # also when no attempt to them is recorded meanwhile
+        # (deliverer.delivery.recording.auto_disable).
         "disable-failing-endpoints": {
             "last_run_at": AT_START,
             "task": "deliverer.disable_failing_endpoints",

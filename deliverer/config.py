@@ -97,7 +97,7 @@ class Settings:
     send_concurrency: int = 16
     endpoint_concurrency: int = 8
     delivery_batch_size: int = 50
-    # The slow lane (delivery/slow_lane.py): an endpoint whose sends take this long (by
+    # The slow lane (delivery/sending/slow_lane.py): an endpoint whose sends take this long (by
     # default a third of the total timeout) may have only slow_endpoint_concurrency of
     # them in flight per worker process, for slow_window seconds after the last one.
     slow_send_seconds: float = 5.0

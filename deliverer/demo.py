@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from deliverer.config import Settings
 from deliverer.db import session_scope
-from deliverer.delivery import signing
+from deliverer.delivery.sending import signing
 from deliverer.models import Attempt, Notification
 
 # What the demo receiver answers to successive deliveries to the webhook URL; the

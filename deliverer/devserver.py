@@ -23,7 +23,7 @@ import requests
 
 from deliverer.broker import queues
 from deliverer.config import Settings, masked_url, set_settings
-from deliverer.delivery.runs import RECORDING_MARGIN
+from deliverer.delivery.sending.runs import RECORDING_MARGIN
 
 # The demo runs the ladder 200x faster: 2 minutes become 0.6 s.
 DEMO_TIME_SCALE = "0.005"

@@ -48,7 +48,8 @@ from deliverer.broker import queues
 from deliverer.celery_app import make_celery
 from deliverer.config import Settings
 from deliverer.db import get_database, reset_database
-from deliverer.delivery import pacing, slow_lane, still_there
+from deliverer.delivery import pacing
+from deliverer.delivery.sending import slow_lane, still_there
 from deliverer.models import Base
 from tests.support.backend import (
     BACKEND,

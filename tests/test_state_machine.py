@@ -14,7 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from sqlalchemy import func, select
 
 from deliverer.db import session_scope
-from deliverer.delivery import sender, service
+from deliverer.delivery import service
+from deliverer.delivery.sending import sender
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import Conflict
 from deliverer.models import ApiKey, Attempt, Endpoint, Notification, NotificationStatus, utcnow

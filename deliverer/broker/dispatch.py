@@ -106,7 +106,7 @@ def enqueue_batch(notification_ids: list[str], lane: Lane | str,
 
 
 def enqueue_wake(endpoint_id: int, notification_ids: Sequence[str] = ()) -> bool:
-    """The wake-up of an endpoint with first attempts due (``delivery/wake.py``).
+    """The wake-up of an endpoint with first attempts due (``delivery/wakeups/wake.py``).
 
     On a broker failure the endpoint's mark is cleared, so that the next publish sends a
     wake-up again, and ``notification_ids`` (those the wake-up was for) are left to the
@@ -120,7 +120,7 @@ def enqueue_wake(endpoint_id: int, notification_ids: Sequence[str] = ()) -> bool
 
 def enqueue_group_wake(group_id: int, endpoint_ids: Sequence[int] = (),
                        notification_ids: Sequence[str] = ()) -> bool:
-    """The wake-up of a group of endpoints (``delivery/wake_groups.py``). On a broker
+    """The wake-up of a group of endpoints (``delivery/wakeups/wake_groups.py``). On a broker
     failure the group's mark and those of ``endpoint_ids`` (the endpoints it was sent
     for) are cleared, and ``notification_ids`` left to the sweep, as ``enqueue_wake``
     does."""

@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session
 from deliverer import lease, outbox
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import runs, sender, slow_lane
 from deliverer.delivery.claim import LIVE_STATUSES, DeliveryJob, lease_jobs
-from deliverer.delivery.outcome import NextAttempt
-from deliverer.delivery.record import log_attempt, record_locked
-from deliverer.delivery.still_there import StillThere
-from deliverer.delivery.success import is_plain_success, lock_endpoints, record_successes
+from deliverer.delivery.recording.outcome import NextAttempt
+from deliverer.delivery.recording.record import log_attempt, record_locked
+from deliverer.delivery.recording.success import is_plain_success, lock_endpoints, record_successes
+from deliverer.delivery.sending import runs, sender, slow_lane
+from deliverer.delivery.sending.still_there import StillThere
 from deliverer.delivery.unsent import given_back
 from deliverer.delivery.voided import ours
 from deliverer.logging import delivery_context

@@ -12,7 +12,7 @@ from deliverer.broker.dispatch import enqueue_batch, enqueue_delivery
 from deliverer.config import Settings
 from deliverer.delivery.batch import BatchOutcome
 from deliverer.delivery.claim import ClaimState
-from deliverer.delivery.outcome import AttemptOutcome
+from deliverer.delivery.recording.outcome import AttemptOutcome
 from deliverer.models import Lane, utcnow
 
 # A row locked by a short transaction (a merchant's request, the sweep) is tried again

@@ -6,11 +6,11 @@ Three short steps, never a transaction open across the HTTP call:
    PostgreSQL after ``SELECT ... FOR UPDATE SKIP LOCKED``). Only one worker can hold
    it, so a duplicate broker message, a second beat or a redelivered task results in
    no second POST.
-2. ``perform`` (``perform.py``, ``sender.py``): the HTTP POST, signed, with timeouts and
-   a size cap.
-3. ``record`` (``record.py``, ``success.py``, ``failure.py``): the attempt row and the
-   notification's new state in one transaction; on failure the ladder gives the next
-   attempt time.
+2. ``perform`` (``sending/perform.py``, ``sending/sender.py``): the HTTP POST, signed,
+   with timeouts and a size cap.
+3. ``record`` (``recording/record.py``, ``success.py``, ``failure.py``): the attempt row
+   and the notification's new state in one transaction; on failure the ladder gives the
+   next attempt time.
 
 Batches of notifications take the same steps together (``batch.py``).
 """
@@ -22,12 +22,12 @@ from collections.abc import Callable
 
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import slow_lane
 from deliverer.delivery.claim import Claim, ClaimState, DeliveryJob, claim
-from deliverer.delivery.outcome import AttemptOutcome
-from deliverer.delivery.perform import perform, perform_admitted
-from deliverer.delivery.record import log_attempt, record
-from deliverer.delivery.sender import SendResult
+from deliverer.delivery.recording.outcome import AttemptOutcome
+from deliverer.delivery.recording.record import log_attempt, record
+from deliverer.delivery.sending import slow_lane
+from deliverer.delivery.sending.perform import perform, perform_admitted
+from deliverer.delivery.sending.sender import SendResult
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Celery tasks for delivery: thin wrappers around ``deliverer.delivery.together``,
-``deliverer.delivery.batch``, ``deliverer.delivery.wakes_together`` and ``wake_groups``; the
+``deliverer.delivery.batch``, ``deliverer.delivery.wakeups.wakes_together`` and ``wake_groups``; the
 messages their outcomes call for are ``follow_up``'s."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from celery import shared_task
 
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
-from deliverer.delivery import batch, follow_up, together, wake_groups, wakes_together
+from deliverer.delivery import batch, follow_up, together
+from deliverer.delivery.wakeups import wake_groups, wakes_together
 from deliverer.logging import delivery_context
 
 

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from deliverer.batching import Coalescer
 from deliverer.config import Settings, get_settings
 from deliverer.db import session_scope
-from deliverer.delivery import sender
 from deliverer.delivery.batch import claim_many, record_outcomes
 from deliverer.delivery.claim import Claim, ClaimState, DeliveryJob
-from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
+from deliverer.delivery.recording.outcome import AttemptOutcome, NextAttempt
+from deliverer.delivery.sending import sender
 from deliverer.delivery.service import run_steps
 from deliverer.models import NotificationStatus
 
@@ -71,7 +71,7 @@ _RECORDS: Coalescer[tuple[DeliveryJob, sender.SendResult], NextAttempt | None] =
 
 def record_all(done: Sequence[tuple[DeliveryJob, sender.SendResult]]) -> list[NextAttempt]:
     """Record a batch's outcomes with those of the tasks recording beside it
-    (``wake.py``'s batches); returns the attempts to enqueue."""
+    (``wakeups/wake.py``'s batches); returns the attempts to enqueue."""
     return [nxt for nxt in _RECORDS.submit_many(done) if nxt is not None]
 
 

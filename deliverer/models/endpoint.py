@@ -104,12 +104,12 @@ class Endpoint(Base):
         UniqueConstraint("partner_id", "url"),
         # Fan-out reads a partner's registered endpoints on every publish.
         Index(None, "partner_id", "registered"),
-        # Wake-ups waiting behind a backlog, the longest-waiting first (delivery/wake.py).
+        # Wake-ups waiting behind a backlog, the longest-waiting first (delivery/wakeups/wake.py).
         Index("ix_endpoints_wake_sent_at", "wake_sent_at",
               postgresql_where=text("wake_sent_at IS NOT NULL"),
               sqlite_where=text("wake_sent_at IS NOT NULL")),
         # The endpoints a group's wake-up is for, the longest-waiting first
-        # (delivery/wake_groups.py; 64 is models.wake_group.WAKE_GROUPS).
+        # (delivery/wakeups/wake_groups.py; 64 is models.wake_group.WAKE_GROUPS).
         Index("ix_endpoints_wake_group", text("(id % 64)"), "wake_sent_at",
               postgresql_where=text("wake_sent_at IS NOT NULL"),
               sqlite_where=text("wake_sent_at IS NOT NULL")),
@@ -160,9 +160,9 @@ class Endpoint(Base):
     # One failing-endpoint alert per failing period.
     alerted_at: Mapped[datetime | None]
     # When the wake-up now pending for the endpoint (its own or its group's) was sent,
-    # NULL: none. A publish sends one only when none is (``delivery/wake.py``).
+    # NULL: none. A publish sends one only when none is (``delivery/wakeups/wake.py``).
     wake_sent_at: Mapped[datetime | None]
-    # Whose wake-up that is: the group's (``delivery/wake_groups.py``) or the endpoint's
+    # Whose wake-up that is: the group's (``delivery/wakeups/wake_groups.py``) or the endpoint's
     # own. Read only while wake_sent_at is set.
     wake_by_group: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The Idempotency-Key of the create that made it, and a hash of what that create

@@ -30,9 +30,9 @@ from deliverer.broker.dispatch import enqueue_resend
 from deliverer.config import Settings
 from deliverer.db import in_transaction, on_commit, session_scope
 from deliverer.delivery.claim import DeliveryJob
-from deliverer.delivery.perform import perform
-from deliverer.delivery.runs import RECORDING_MARGIN
-from deliverer.delivery.success import attempt_row
+from deliverer.delivery.recording.success import attempt_row
+from deliverer.delivery.sending.perform import perform
+from deliverer.delivery.sending.runs import RECORDING_MARGIN
 from deliverer.errors import Conflict, DelivererError, NotFound
 from deliverer.models import (
     Attempt,

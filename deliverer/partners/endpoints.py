@@ -39,7 +39,7 @@ DISABLED = "Endpoint disabled"
 # The class (first key) of the advisory locks that order a partner's publishes.
 PUBLISH_LOCKS = 7301
 
-# The wake-up mark (``delivery/wake.py``), set in the statement that reserves sequence
+# The wake-up mark (``delivery/wakeups/wake.py``), set in the statement that reserves sequence
 # numbers, so that it costs a publish no round trip: marked now, when ``s_wake`` asks for
 # it, the endpoint is enabled and no wake-up sent since ``s_stale`` is pending. The
 # statement returns the mark; a publish that finds it equal to its own ``s_now`` set it,

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from deliverer import lease
 from deliverer.config import Settings
-from deliverer.delivery import endpoint_queue, netguard, signing
+from deliverer.delivery import endpoint_queue
+from deliverer.delivery.sending import netguard, signing
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.delivery.undeliverable import ENDPOINT_DELETED as DELETED
 from deliverer.delivery.undeliverable import stop_where

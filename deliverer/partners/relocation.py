@@ -10,7 +10,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.delivery import endpoint_queue, netguard
+from deliverer.delivery import endpoint_queue
+from deliverer.delivery.sending import netguard
 from deliverer.errors import Conflict
 from deliverer.models import Endpoint, Notification, NotificationStatus, WebhookSettings, utcnow
 

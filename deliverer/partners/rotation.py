@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from deliverer.delivery import signing
+from deliverer.delivery.sending import signing
 from deliverer.errors import Conflict, ValidationFailed
 
 MAX_OVERLAP = timedelta(days=7)

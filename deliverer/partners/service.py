@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.delivery import netguard, signing
+from deliverer.delivery.sending import netguard, signing
 from deliverer.errors import DelivererError, InvalidPartnerFlow, PartnerNotFound, Unauthorized
 from deliverer.models import (
     ApiKey,

@@ -8,7 +8,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.delivery import endpoint_queue, netguard, signing
+from deliverer.delivery import endpoint_queue
+from deliverer.delivery.sending import netguard, signing
 from deliverer.models import Endpoint, Notification, WebhookSettings, utcnow
 from deliverer.models.endpoint import disabled_on_purpose_sql
 from deliverer.partners import default_endpoint, rotation

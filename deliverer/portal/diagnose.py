@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from deliverer.config import Settings
-from deliverer.delivery import netguard, sender, signing
-from deliverer.delivery.perform import sender_config
+from deliverer.delivery.sending import netguard, sender, signing
+from deliverer.delivery.sending.perform import sender_config
 from deliverer.errors import UnsafeUrl
 from deliverer.models import utcnow
 from deliverer.models.base import new_id

@@ -184,7 +184,7 @@ def notification_detail(session: Session, partner_id: str,
 
 
 def headers_sent(notification_id: str, attempt: Attempt, settings: Settings) -> dict[str, str]:
-    """The headers of an attempt's POST (``delivery.perform`` and ``sender``), its
+    """The headers of an attempt's POST (``delivery.sending.perform`` and ``sender``), its
     signatures left out: a receiver checks them, a person reading the page need not."""
     return {"Content-Type": "application/json", "Accept": "*/*",
             "User-Agent": settings.user_agent, "webhook-id": notification_id,

@@ -18,10 +18,10 @@ URL was saved without its default endpoint row (sent by URL, as it always was). 
 the statement writes nothing and says so (``publish_alone`` returns None).
 
 The reservation locks each endpoint row until the statement commits, with the
-notifications: the wake-up dedupe's argument (``delivery/wake.py``) holds as for a publish
+notifications: the wake-up dedupe's argument (``delivery/wakeups/wake.py``) holds as for a publish
 in a transaction. An endpoint changed meanwhile is checked again against its latest row.
 A healthy endpoint whose mark the statement set marks its group too, in the statement
-(``delivery/wake_groups.py``): the publish sends the group's wake-up, not the endpoint's.
+(``delivery/wakeups/wake_groups.py``): the publish sends the group's wake-up, not the endpoint's.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ from sqlalchemy.types import TypeEngine
 from deliverer.broker.dispatch import enqueue_group_wake, enqueue_wake
 from deliverer.config import Settings
 from deliverer.db import autocommitted, run_after_commit
-from deliverer.delivery import netguard, wake, wake_groups
+from deliverer.delivery.sending import netguard
 from deliverer.delivery.troubleshooting import WEBHOOKS_TURNED_OFF, FailureKind, error_payload
+from deliverer.delivery.wakeups import wake, wake_groups
 from deliverer.errors import PartnerNotFound, ValidationFailed
 from deliverer.models import (
     Endpoint,
@@ -271,7 +272,7 @@ def publish_alone(settings: Settings, partner_id: str, spec: Mapping[str, Any], 
 def _wake_ups(rows: Sequence[Row[Any]], now: datetime, stale: datetime
               ) -> list[Callable[[], object]]:
     """The wake-ups a publish sends: a failing endpoint's own, a healthy one's group's,
-    each only where this publish set the mark (``delivery/wake_groups.py``)."""
+    each only where this publish set the mark (``delivery/wakeups/wake_groups.py``)."""
     sends: list[Callable[[], object]] = []
     groups: dict[int, tuple[list[int], list[str]]] = {}
     for row in rows:

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session
 from deliverer.broker.dispatch import enqueue_batch, enqueue_wake
 from deliverer.config import Settings
 from deliverer.db import on_commit
-from deliverer.delivery import netguard, wake
+from deliverer.delivery.sending import netguard
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.delivery.wakeups import wake
 from deliverer.errors import PartnerNotFound
 from deliverer.models import (
     Endpoint,
@@ -186,7 +187,7 @@ def record_events(
     # id of a URL's endpoint]
     numbering: dict[Any, list[Any]] = {}
     # The endpoints this publish sends a wake-up to (none pending), when it sends those
-    # rather than a message per notification (``delivery/wake.py``).
+    # rather than a message per notification (``delivery/wakeups/wake.py``).
     stale = wake.wake_stale(settings, now)
     lock_for_publish(session, partner_id, by_endpoint, by_url)
     numbers, woken = reserve_for_endpoints(session, by_endpoint, now, stale)

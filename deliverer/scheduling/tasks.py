@@ -10,7 +10,8 @@ from deliverer.broker import dispatch, sqla_broker
 from deliverer.broker.dispatch import enqueue_batch, enqueue_resend
 from deliverer.config import get_settings
 from deliverer.db import session_scope
-from deliverer.delivery import auto_disable, endpoint_queue
+from deliverer.delivery import endpoint_queue
+from deliverer.delivery.recording import auto_disable
 from deliverer.models import utcnow
 from deliverer.scheduling.sweep import (
     collect_due,

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 
 from deliverer import stopping
 from deliverer.db import session_scope
-from deliverer.delivery import batch, runs, sender
+from deliverer.delivery import batch
+from deliverer.delivery.sending import runs, sender
 from deliverer.models import Attempt, Lane, Notification, NotificationStatus, utcnow
 from deliverer.publishing.api import publish_events
 from deliverer.scheduling.sweep import Due, group_due

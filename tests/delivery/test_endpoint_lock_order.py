@@ -18,11 +18,11 @@ from sqlalchemy import select, text, update
 
 import deliverer
 from deliverer.db import get_database, session_scope
-from deliverer.delivery import wake
 from deliverer.delivery.claim import DeliveryJob
-from deliverer.delivery.sender import SendResult
-from deliverer.delivery.success import lock_endpoints
+from deliverer.delivery.recording.success import lock_endpoints
+from deliverer.delivery.sending.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
+from deliverer.delivery.wakeups import wake
 from deliverer.models import Endpoint, Trigger, utcnow
 from deliverer.partners import endpoints, registered
 from deliverer.publishing.service import record_events

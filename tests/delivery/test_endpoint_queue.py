@@ -14,8 +14,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from deliverer.db import session_scope
-from deliverer.delivery import batch, endpoint_queue, service, still_there
+from deliverer.delivery import batch, endpoint_queue, service
 from deliverer.delivery.claim import DeliveryJob
+from deliverer.delivery.sending import still_there
 from deliverer.models import (
     Alert,
     Endpoint,

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from deliverer.db import session_scope
 from deliverer.delivery import batch, endpoint_queue, service
-from deliverer.delivery.sender import SendResult
+from deliverer.delivery.sending.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import Lane, NotificationStatus, utcnow
 from tests.support.helpers import insert_notification, new_partner, notification

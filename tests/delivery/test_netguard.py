@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from deliverer.delivery import netguard
+from deliverer.delivery.sending import netguard
 from deliverer.errors import UnsafeUrl
 
 pytestmark = pytest.mark.unit

@@ -18,9 +18,10 @@ from sqlalchemy import select, text, update
 
 import deliverer
 from deliverer.db import get_database, session_scope
-from deliverer.delivery import batch, success
+from deliverer.delivery import batch
 from deliverer.delivery.claim import DeliveryJob
-from deliverer.delivery.sender import SendResult
+from deliverer.delivery.recording import success
+from deliverer.delivery.sending.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import Endpoint, NotificationStatus, utcnow
 from deliverer.partners import registered

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from deliverer.delivery import netguard, sender
-from deliverer.delivery.http import dial
-from deliverer.delivery.sender import SenderConfig, parse_retry_after, send
+from deliverer.delivery.sending import netguard, sender
+from deliverer.delivery.sending.http import dial
+from deliverer.delivery.sending.sender import SenderConfig, parse_retry_after, send
 from deliverer.delivery.troubleshooting import hint_for
 from tests.support import helpers as h
 from tests.support import receiver as rx

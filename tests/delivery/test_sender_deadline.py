@@ -14,7 +14,7 @@ def test_total_deadline_holds_against_headers_trickled_byte_by_byte(interval):
     import threading
     import time as _time
 
-    from deliverer.delivery import sender
+    from deliverer.delivery.sending import sender
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

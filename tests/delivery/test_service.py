@@ -12,7 +12,8 @@ from sqlalchemy import select, update
 
 from deliverer.db import session_scope
 from deliverer.delivery import claim as claim_module
-from deliverer.delivery import service, slow_lane
+from deliverer.delivery import service
+from deliverer.delivery.sending import slow_lane
 from deliverer.delivery.service import ClaimState
 from deliverer.delivery.troubleshooting import FailureKind, hint_for
 from deliverer.errors import Conflict
@@ -396,7 +397,7 @@ def test_concurrent_failures_are_all_counted(settings, receiver, partner):
 
 def test_rotated_secret_signs_with_both_until_it_expires(settings, receiver, partner):
     old_secret = partner.signing_secret
-    from deliverer.delivery.signing import generate_secret
+    from deliverer.delivery.sending.signing import generate_secret
 
     new_secret = generate_secret()
     with session_scope() as session:

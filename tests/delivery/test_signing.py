@@ -9,7 +9,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from deliverer.delivery import signing
+from deliverer.delivery.sending import signing
 
 pytestmark = pytest.mark.unit
 

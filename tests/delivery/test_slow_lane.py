@@ -16,9 +16,10 @@ from sqlalchemy.exc import OperationalError
 from deliverer import metrics
 from deliverer.config import Settings
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import batch, runs, service, slow_lane
+from deliverer.delivery import batch, service
 from deliverer.delivery.claim import DeliveryJob
-from deliverer.delivery.sender import SendResult
+from deliverer.delivery.sending import runs, slow_lane
+from deliverer.delivery.sending.sender import SendResult
 from deliverer.delivery.service import ClaimState
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import NotificationStatus, Trigger, utcnow

@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 import deliverer
 from deliverer.broker import dispatch
 from deliverer.db import session_scope
-from deliverer.delivery import wake, wakes_together
-from deliverer.delivery.wake_groups import group_of
+from deliverer.delivery.wakeups import wake, wakes_together
+from deliverer.delivery.wakeups.wake_groups import group_of
 from deliverer.models import Endpoint, NotificationStatus, utcnow
 from deliverer.publishing.service import record_event as publish_event
 from tests.support import helpers as h

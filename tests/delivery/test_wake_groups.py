@@ -15,8 +15,8 @@ from sqlalchemy import select, text, update
 import deliverer
 from deliverer.broker import dispatch
 from deliverer.db import session_scope
-from deliverer.delivery import wake_groups
-from deliverer.delivery.wake_groups import group_of
+from deliverer.delivery.wakeups import wake_groups
+from deliverer.delivery.wakeups.wake_groups import group_of
 from deliverer.models import WAKE_GROUPS, Endpoint, NotificationStatus, WakeGroup, utcnow
 from deliverer.publishing import one_statement, service
 from deliverer.publishing.service import record_event as publish_event

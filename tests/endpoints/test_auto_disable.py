@@ -16,7 +16,8 @@ import beat_schedule
 import deliverer
 from deliverer.alerts import service as alerts
 from deliverer.db import session_scope
-from deliverer.delivery import auto_disable, service
+from deliverer.delivery import service
+from deliverer.delivery.recording import auto_disable
 from deliverer.models import Alert, Endpoint, Notification, NotificationStatus, utcnow
 from deliverer.partners import registered, webhook_settings
 from deliverer.scheduling.tasks import disable_failing_endpoints, sweep_due

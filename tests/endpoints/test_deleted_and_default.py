@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select, update
 
 from deliverer.db import in_transaction, session_scope
-from deliverer.delivery import sender
 from deliverer.delivery.claim import ClaimState, claim, lease_jobs
-from deliverer.delivery.record import record
+from deliverer.delivery.recording.record import record
+from deliverer.delivery.sending import sender
 from deliverer.delivery.undeliverable import ENDPOINT_DELETED
 from deliverer.errors import Conflict, ValidationFailed
 from deliverer.models import Endpoint, Notification, NotificationStatus, WebhookSettings, utcnow

@@ -34,7 +34,7 @@ BROKER = "rabbitmq" if BACKEND == "rabbitmq" else "redis"
 
 def test_broker_restart_mid_run(stack: harness.Stack, receiver, faults: harness.FaultLog):
     began = time.monotonic()
-    # The frozen worker's POSTs in flight count as slow sends (delivery/slow_lane.py), so
+    # The frozen worker's POSTs in flight count as slow sends (delivery/sending/slow_lane.py), so
     # the endpoint would take 2 at a time per worker for the default minute after, and the
     # backlog would drain in that minute, not in seconds. The slow lane has its own tests;
     # here it only made the scenario 45 s longer.

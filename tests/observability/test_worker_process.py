@@ -31,7 +31,7 @@ from tests.support.receiver import Receiver, status
 REDIS_FOR_THIS_TEST = "redis://127.0.0.1:6379/14"
 # The delivery code (deliverer/delivery/, its owner's) calls deliverer.metrics.observe_attempt.
 WIRED = any("observe_attempt" in path.read_text()
-            for path in Path(deliverer.delivery.__file__).parent.glob("*.py"))
+            for path in Path(deliverer.delivery.__file__).parent.rglob("*.py"))
 
 pytestmark = pytest.mark.slow
 

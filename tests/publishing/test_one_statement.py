@@ -15,7 +15,7 @@ from sqlalchemy.exc import DataError
 
 from deliverer import prepared
 from deliverer.db import get_database, in_transaction, session_scope
-from deliverer.delivery.wake_groups import group_of
+from deliverer.delivery.wakeups.wake_groups import group_of
 from deliverer.errors import PartnerNotFound, UnsafeUrl, ValidationFailed
 from deliverer.models import (
     Endpoint,

@@ -1,8 +1,8 @@
 """What the delivery messages a test saw published (``published_tasks``) were for.
 
 On PostgreSQL a publish sends a wake-up, and only when none is pending: a single publish
-to a healthy endpoint its group's (``deliverer.delivery.wake_groups``), otherwise the
-endpoint's (``deliverer.delivery.wake``); on SQLite a message per notification (or a
+to a healthy endpoint its group's (``deliverer.delivery.wakeups.wake_groups``), otherwise the
+endpoint's (``deliverer.delivery.wakeups.wake``); on SQLite a message per notification (or a
 batch).
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy import or_, select
 
 from deliverer.broker import dispatch
 from deliverer.db import session_scope
-from deliverer.delivery.wake_groups import group_of
+from deliverer.delivery.wakeups.wake_groups import group_of
 from deliverer.models import WAKE_GROUPS, Notification
 from tests.support.backend import BACKEND
 

@@ -9,7 +9,7 @@ from typing import Any
 import deliverer
 from deliverer.broker import dispatch
 from deliverer.config import Settings
-from deliverer.delivery import wake_groups, wakes_together
+from deliverer.delivery.wakeups import wake_groups, wakes_together
 
 
 def wake_ups(published_tasks: list[dict[str, Any]]) -> list[tuple[str, int]]:

@@ -5,7 +5,7 @@ Revises: 0008
 Create Date: 2026-12-03 08:00:00
 
 On PostgreSQL a publish no longer sends one delivery message per notification: it sends
-one wake-up per endpoint, and only when none is pending (``delivery/wake.py``). The
+one wake-up per endpoint, and only when none is pending (``delivery/wakeups/wake.py``). The
 endpoint row says when the pending one was sent, set by the publish's own UPDATE of the
 row and cleared by the worker that takes it.
 """

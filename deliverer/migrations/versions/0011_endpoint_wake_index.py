@@ -5,7 +5,7 @@ Revises: 0010
 Create Date: 2026-12-03 14:00:00
 
 Behind a backlog a wake-up fills its batch with the due first attempts of endpoints whose
-own wake-ups have waited longest (``delivery/wake.py``): a partial index on the pending
+own wake-ups have waited longest (``delivery/wakeups/wake.py``): a partial index on the pending
 mark finds them without reading every endpoint. Built CONCURRENTLY on PostgreSQL (as
 0006 does), so publishing goes on meanwhile.
 """

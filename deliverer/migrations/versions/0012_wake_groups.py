@@ -5,7 +5,7 @@ Revises: 0011
 Create Date: 2026-12-05 22:00:00
 
 A single publish to a healthy endpoint wakes the endpoint's group (one of 64, by id)
-rather than the endpoint (``delivery/wake_groups.py``): ``wake_groups`` says when the
+rather than the endpoint (``delivery/wakeups/wake_groups.py``): ``wake_groups`` says when the
 group's pending wake-up was sent, ``endpoints.wake_by_group`` whose wake-up an endpoint's
 mark stands for (a constant default: no rewrite), and a partial index on ``endpoints ((id % 64),
 wake_sent_at)`` finds the endpoints it is for. The index is built CONCURRENTLY on

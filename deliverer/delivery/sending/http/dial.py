@@ -12,7 +12,7 @@ import urllib3.exceptions
 from urllib3.connection import HTTPConnection
 from urllib3.util.connection import allowed_gai_family
 
-from deliverer.delivery import netguard
+from deliverer.delivery.sending import netguard
 from deliverer.errors import UnsafeUrl
 
 

@@ -12,9 +12,9 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 from deliverer.config import Settings
-from deliverer.delivery import sender, slow_lane
 from deliverer.delivery.claim import DeliveryJob
-from deliverer.delivery.perform import perform_admitted
+from deliverer.delivery.sending import sender, slow_lane
+from deliverer.delivery.sending.perform import perform_admitted
 from deliverer.logging import delivery_context
 from deliverer.stopping import stopping
 

@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 from deliverer import outbox
 from deliverer.alerts import service as alerts
 from deliverer.config import Settings
-from deliverer.delivery import auto_disable, endpoint_queue, ladder, sender
+from deliverer.delivery import endpoint_queue, ladder
 from deliverer.delivery.claim import ClaimState, DeliveryJob
-from deliverer.delivery.outcome import AttemptOutcome, NextAttempt
+from deliverer.delivery.recording import auto_disable
+from deliverer.delivery.recording.outcome import AttemptOutcome, NextAttempt
+from deliverer.delivery.sending import sender
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.delivery.undeliverable import ENDPOINT_DELETED, stop_where
 from deliverer.models import Endpoint, Lane, Notification, NotificationStatus, Trigger

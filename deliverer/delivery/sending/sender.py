@@ -17,10 +17,10 @@ from typing import Any
 
 import requests
 
-from deliverer.delivery import netguard
-from deliverer.delivery.http.connections import pooled_session
-from deliverer.delivery.http.deadline import DeadlineExceeded, Watch, read_capped, watching
-from deliverer.delivery.http.errors import READ_TIMEOUT, classify_exception
+from deliverer.delivery.sending import netguard
+from deliverer.delivery.sending.http.connections import pooled_session
+from deliverer.delivery.sending.http.deadline import DeadlineExceeded, Watch, read_capped, watching
+from deliverer.delivery.sending.http.errors import READ_TIMEOUT, classify_exception
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import UnsafeUrl
 

@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import BindParameter, Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from deliverer.delivery import endpoint_queue, sender
+from deliverer.delivery import endpoint_queue
 from deliverer.delivery.claim import DeliveryJob
+from deliverer.delivery.sending import sender
 from deliverer.delivery.voided import release_voided
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, table_of
 from deliverer.models.in_list import in_list

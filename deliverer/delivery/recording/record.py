@@ -14,11 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deliverer.config import Settings
-from deliverer.delivery import sender
 from deliverer.delivery.claim import ClaimState, DeliveryJob
-from deliverer.delivery.failure import record_failure
-from deliverer.delivery.outcome import AttemptOutcome
-from deliverer.delivery.success import (
+from deliverer.delivery.recording.failure import record_failure
+from deliverer.delivery.recording.outcome import AttemptOutcome
+from deliverer.delivery.recording.success import (
     attempt_row,
     count_lost,
     is_plain_success,
@@ -27,6 +26,7 @@ from deliverer.delivery.success import (
     recover,
     sent_values,
 )
+from deliverer.delivery.sending import sender
 from deliverer.models import Attempt, Endpoint, Notification, NotificationStatus, utcnow
 
 log = logging.getLogger(__name__)

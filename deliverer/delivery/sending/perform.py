@@ -7,8 +7,8 @@ import time
 
 from deliverer import metrics
 from deliverer.config import Settings
-from deliverer.delivery import sender, signing, slow_lane
 from deliverer.delivery.claim import DeliveryJob
+from deliverer.delivery.sending import sender, signing, slow_lane
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.models import utcnow
 

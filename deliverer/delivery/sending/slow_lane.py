@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from deliverer import metrics, outbox
 from deliverer.config import Settings
 from deliverer.db import on_commit
-from deliverer.delivery.sender import SendResult
+from deliverer.delivery.sending.sender import SendResult
 from deliverer.delivery.troubleshooting import FailureKind
 from deliverer.delivery.unsent import given_back
 from deliverer.delivery.voided import ours

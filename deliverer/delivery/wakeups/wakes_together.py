@@ -20,7 +20,7 @@ from deliverer.config import Settings, get_settings
 from deliverer.db import autocommitted, in_transaction, is_transient_abort
 from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, deliver_claimed
-from deliverer.delivery.wake import CLEAR_MARKS, claim_due_many
+from deliverer.delivery.wakeups.wake import CLEAR_MARKS, claim_due_many
 
 
 def _claim_together(endpoint_ids: Sequence[int]) -> list[tuple[BatchClaim, bool]]:

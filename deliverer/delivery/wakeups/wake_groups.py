@@ -65,8 +65,9 @@ from deliverer.batching import Coalescer
 from deliverer.broker import dispatch
 from deliverer.config import Settings, get_settings
 from deliverer.db import in_transaction, is_transient_abort
-from deliverer.delivery import together, wake
+from deliverer.delivery import together
 from deliverer.delivery.batch import BatchClaim, BatchOutcome, deliver_claimed
+from deliverer.delivery.wakeups import wake
 from deliverer.models import WAKE_GROUPS, Endpoint, WakeGroup, endpoint_group, table_of, utcnow
 from deliverer.models.in_list import in_list
 from deliverer.prepared import prepared

@@ -13,7 +13,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from deliverer.delivery.http import deadline, dial
+from deliverer.delivery.sending.http import deadline, dial
 
 
 class _WatchedMixin:

@@ -10,7 +10,7 @@ import ssl
 import requests
 import urllib3.exceptions
 
-from deliverer.delivery.http.dial import BlockedAddress
+from deliverer.delivery.sending.http.dial import BlockedAddress
 from deliverer.delivery.troubleshooting import FailureKind
 from deliverer.errors import UnsafeUrl
 
