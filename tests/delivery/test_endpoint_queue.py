@@ -746,15 +746,18 @@ def test_the_old_urls_2xx_after_a_move_does_not_recover_the_new_url(settings, re
     assert notification(head).next_attempt_at == due
 
 
-def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver):
+@pytest.mark.parametrize("gone", [False, True], ids=["new URL failing", "new URL gone"])
+def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver, gone):
     """The head, failing at the old URL, is out there again when PATCH moves the endpoint;
     a newer notification fails at the new URL and is held behind it; then the head's 2xx
     comes from the old URL. The new URL stays failing, and the held one takes the head's
     place at once (the new URL's probe): a first fix of the case above left the endpoint
-    failing with no head, everything held for good (found by a review, reverted)."""
+    failing with no head, everything held for good (found by a review, reverted). Unless
+    the new URL's 410 disabled the endpoint: then what it holds waits for its enabling."""
     release = threading.Event()
     old = receiver.program("/old", [rx.status(500)], rx.held(release, rx.ok()))
-    new = receiver.fail_then_succeed("/new", 1)
+    new = (receiver.always("/new", rx.status(410)) if gone
+           else receiver.fail_then_succeed("/new", 1))
     partner = new_partner(settings, None)
     with session_scope() as session:
         key = registered.create(session, settings, partner.partner_id, url=old).id
@@ -773,6 +776,10 @@ def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver):
         release.set()
         assert in_flight.result(timeout=30).status == NotificationStatus.SENT
     assert _endpoint(partner.partner_id, new).failing_since is not None
+    if gone:
+        assert _endpoint(partner.partner_id, new).disabled_at is not None
+        assert notification(newer).held
+        return
     promoted = notification(newer)
     assert not promoted.held and promoted.next_attempt_at <= utcnow()
     assert deliver_when_due(newer, settings).status == NotificationStatus.SENT
