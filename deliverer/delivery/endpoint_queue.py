@@ -101,8 +101,10 @@ def hold_climbers(session: Session, endpoint_id: int, now: datetime) -> None:
     )
 
 
-def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
-    """The head left the ladder (exhausted, ignored): the next held one takes its place."""
+def promote_next(session: Session, endpoint_id: int, now: datetime,
+                 due: datetime | None = None) -> None:
+    """The head left the ladder (exhausted, ignored, or sent at a URL the endpoint has
+    left): the next held one takes its place, due at ``due`` (now if None)."""
     for _ in range(RELEASE_TRIES):
         # Again on each try: what released the one read may have made a head.
         if session.scalar(select(exists().where(*_climbing(endpoint_id)))):
@@ -111,7 +113,7 @@ def promote_next(session: Session, endpoint_id: int, now: datetime) -> None:
             select(Notification.id)
             .where(Notification.endpoint_id == endpoint_id, Notification.held.is_(True))
             .order_by(Notification.sequence).limit(1))
-        if next_id is None or release_held(session, next_id, now):
+        if next_id is None or release_held(session, next_id, now if due is None else due):
             return
 
 

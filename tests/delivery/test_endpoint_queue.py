@@ -711,6 +711,33 @@ def test_the_old_urls_failure_on_the_last_rung_still_tries_the_new_url(settings,
     assert len(receiver.requests("/new")) == 1
 
 
+def test_the_old_urls_failure_after_a_move_waits_for_the_new_urls_pause(settings, receiver):
+    """The new URL answered 429 with Retry-After while the old URL's POST was out: that
+    POST's failure is due at the new URL when the pause ends, not now, which a claim
+    would hold for the pause."""
+    release = threading.Event()
+    old = receiver.always("/old", rx.held(release, rx.status(500)))
+    new = receiver.always("/new", rx.retry_after("3600"))
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        key = registered.create(session, settings, partner.partner_id, url=old).id
+        session.commit()
+    first = insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
+                                next_attempt_at=utcnow())
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(service.deliver, first, settings)
+        receiver.wait_for(1, "/old")
+        _move(settings, key, new)
+        newer = insert_notification(partner.partner_id, new,
+                                    status=NotificationStatus.PENDING, next_attempt_at=utcnow())
+        assert service.deliver(newer, settings).status == NotificationStatus.FAILED
+        release.set()
+        assert in_flight.result(timeout=30).status == NotificationStatus.FAILED
+    paused_until = _endpoint(partner.partner_id, new).retry_after_until
+    assert paused_until is not None and paused_until > utcnow()
+    assert notification(first).next_attempt_at == paused_until
+
+
 @pytest.mark.parametrize("alone", [True, False], ids=["alone", "in a batch"])
 def test_the_old_urls_2xx_after_a_move_does_not_recover_the_new_url(settings, receiver,
                                                                     alone):
@@ -746,18 +773,21 @@ def test_the_old_urls_2xx_after_a_move_does_not_recover_the_new_url(settings, re
     assert notification(head).next_attempt_at == due
 
 
-@pytest.mark.parametrize("gone", [False, True], ids=["new URL failing", "new URL gone"])
-def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver, gone):
+@pytest.mark.parametrize("new_answer", ["failing", "gone", "pausing"])
+def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver, new_answer):
     """The head, failing at the old URL, is out there again when PATCH moves the endpoint;
     a newer notification fails at the new URL and is held behind it; then the head's 2xx
     comes from the old URL. The new URL stays failing, and the held one takes the head's
     place at once (the new URL's probe): a first fix of the case above left the endpoint
     failing with no head, everything held for good (found by a review, reverted). Unless
-    the new URL's 410 disabled the endpoint: then what it holds waits for its enabling."""
+    the new URL's 410 disabled the endpoint: then what it holds waits for its enabling;
+    or its 429 asked for a pause: then the held one is due when the pause ends (due now,
+    a claim held it again for the pause, and nothing probed the new URL)."""
     release = threading.Event()
     old = receiver.program("/old", [rx.status(500)], rx.held(release, rx.ok()))
-    new = (receiver.always("/new", rx.status(410)) if gone
-           else receiver.fail_then_succeed("/new", 1))
+    new = {"failing": lambda: receiver.fail_then_succeed("/new", 1),
+           "gone": lambda: receiver.always("/new", rx.status(410)),
+           "pausing": lambda: receiver.always("/new", rx.retry_after("3600"))}[new_answer]()
     partner = new_partner(settings, None)
     with session_scope() as session:
         key = registered.create(session, settings, partner.partner_id, url=old).id
@@ -776,9 +806,15 @@ def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver, go
         release.set()
         assert in_flight.result(timeout=30).status == NotificationStatus.SENT
     assert _endpoint(partner.partner_id, new).failing_since is not None
-    if gone:
+    if new_answer == "gone":
         assert _endpoint(partner.partner_id, new).disabled_at is not None
         assert notification(newer).held
+        return
+    if new_answer == "pausing":
+        paused_until = _endpoint(partner.partner_id, new).retry_after_until
+        promoted = notification(newer)
+        assert not promoted.held and promoted.next_attempt_at == paused_until
+        assert paused_until is not None and paused_until > utcnow()
         return
     promoted = notification(newer)
     assert not promoted.held and promoted.next_attempt_at <= utcnow()

@@ -48,12 +48,14 @@ def record_failure(session: Session, row: Notification, endpoint: Endpoint | Non
             return AttemptOutcome(ClaimState.CLAIMED, status=NotificationStatus.NOT_SENT)
         if job.moved(endpoint.url):
             # Moved while this attempt was in flight: the old URL's answer says nothing
-            # of the new one, which has not failed yet. Tried there now, as the move
-            # probed the endpoint's head (``relocation.relocate``), even when the ladder
-            # had no rung left: the new URL never had its try. (Due by the cycle's end at
-            # the latest, which the claim checks: due now all the same.)
+            # of the new one. Tried there now, as the move probed the endpoint's head
+            # (``relocation.relocate``), even when the ladder had no rung left: the new
+            # URL never had its try; or when the pause the new URL asked for since
+            # (Retry-After) ends, which a claim would otherwise hold it for. (Due by
+            # the cycle's end at the latest, which the claim checks.)
             due = row.next_attempt_at = min(
-                now, ladder.cycle_deadline(settings, row.cycle_started_at))
+                max(now, endpoint.retry_after_until or now),
+                ladder.cycle_deadline(settings, row.cycle_started_at))
         elif result.status_code == 410:
             _disable_endpoint(session, endpoint, row, now)
             return AttemptOutcome(ClaimState.CLAIMED, status=row.status)

@@ -185,19 +185,25 @@ def record_successes(session: Session,
 
 def recover(session: Session, endpoint_id: int, jobs: Sequence[DeliveryJob],
             now: datetime) -> None:
-    """Successes of ``jobs``, their rows SENT already, on the failing endpoint
-    ``endpoint_id`` (locked FOR UPDATE): it recovers (``endpoint_queue.on_recovery``),
-    unless each came from a URL the endpoint has left since its claim. A 2xx there says
-    nothing of the URL it moved to, which stays failing; if one of them was its head,
-    the next held one takes its place, due now: the new URL's probe. Without that, a
-    head leaving the ladder so left the endpoint failing with no head, its queue held
-    for good (a review found it in an earlier fix, reverted). Commits nothing."""
+    """Successes of ``jobs``, their rows SENT already, on the endpoint ``endpoint_id``,
+    failing now (locked by ``lock_endpoints``; FOR KEY SHARE where it was healthy at
+    every claim, which a move's FOR UPDATE waits for): it recovers
+    (``endpoint_queue.on_recovery``), unless each came from a URL the endpoint has left
+    since its claim. A 2xx there says nothing of the URL it moved to, which stays
+    failing; if one of them was its head, the next held one takes its place: the new
+    URL's probe, due now or when the pause the new URL asked for (Retry-After) ends,
+    which a claim would otherwise hold it for. Without that, a head leaving the ladder
+    so left the endpoint failing with no head, its queue held for good (a review found
+    it in an earlier fix, reverted). Disabled, it waits for its enabling. Commits
+    nothing."""
     if all(job.endpoint_url is not None for job in jobs):
-        url_now, disabled_at = session.execute(
-            select(Endpoint.url, Endpoint.disabled_at).where(Endpoint.id == endpoint_id)
+        url_now, disabled_at, paused_until = session.execute(
+            select(Endpoint.url, Endpoint.disabled_at, Endpoint.retry_after_until)
+            .where(Endpoint.id == endpoint_id)
         ).one()
         if all(job.moved(url_now) for job in jobs):
             if disabled_at is None:
-                endpoint_queue.promote_next(session, endpoint_id, now)
+                endpoint_queue.promote_next(session, endpoint_id, now,
+                                            due=max(now, paused_until or now))
             return
     endpoint_queue.on_recovery(session, endpoint_id, now)
