@@ -30,6 +30,7 @@ from deliverer.models import (
     utcnow,
 )
 from deliverer.partners import registered, webhook_settings
+from deliverer.partners.service import NewPartner
 from deliverer.publishing.service import record_event as publish_event
 from deliverer.retry_ladder import Ladder
 from deliverer.scheduling.sweep import collect_due
@@ -41,6 +42,16 @@ from tests.support.helpers import (
     notification,
     wait_until,
 )
+
+
+def _registered(settings, url: str) -> tuple[NewPartner, int]:
+    """A new partner with one registered endpoint at ``url``: the partner, the endpoint's
+    key."""
+    partner = new_partner(settings, None)
+    with session_scope() as session:
+        key = registered.create(session, settings, partner.partner_id, url=url).id
+        session.commit()
+    return partner, key
 
 
 def _move(settings, endpoint_id: int, url: str) -> None:
@@ -662,10 +673,7 @@ def _moved_mid_post(settings, receiver, old_answer, count: int, deliver, **row):
     release = threading.Event()
     old = receiver.always("/old", rx.held(release, old_answer))
     new = receiver.always("/new", rx.ok())
-    partner = new_partner(settings, None)
-    with session_scope() as session:
-        key = registered.create(session, settings, partner.partner_id, url=old).id
-        session.commit()
+    partner, key = _registered(settings, old)
     ids = [insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
                                next_attempt_at=utcnow(), **row) for _ in range(count)]
     with ThreadPoolExecutor(1) as pool:
@@ -718,10 +726,7 @@ def test_the_old_urls_failure_after_a_move_waits_for_the_new_urls_pause(settings
     release = threading.Event()
     old = receiver.always("/old", rx.held(release, rx.status(500)))
     new = receiver.always("/new", rx.retry_after("3600"))
-    partner = new_partner(settings, None)
-    with session_scope() as session:
-        key = registered.create(session, settings, partner.partner_id, url=old).id
-        session.commit()
+    partner, key = _registered(settings, old)
     first = insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
                                 next_attempt_at=utcnow())
     with ThreadPoolExecutor(1) as pool:
@@ -748,10 +753,7 @@ def test_the_old_urls_2xx_after_a_move_does_not_recover_the_new_url(settings, re
     release = threading.Event()
     old = receiver.always("/old", rx.held(release, rx.ok()))
     new = receiver.always("/new", rx.status(500))
-    partner = new_partner(settings, None)
-    with session_scope() as session:
-        key = registered.create(session, settings, partner.partner_id, url=old).id
-        session.commit()
+    partner, key = _registered(settings, old)
     in_flight = insert_notification(partner.partner_id, old,
                                     status=NotificationStatus.PENDING, next_attempt_at=utcnow())
     with ThreadPoolExecutor(1) as pool:
@@ -788,10 +790,7 @@ def test_the_old_urls_2xx_after_a_move_hands_the_queue_on(settings, receiver, ne
     new = {"failing": lambda: receiver.fail_then_succeed("/new", 1),
            "gone": lambda: receiver.always("/new", rx.status(410)),
            "pausing": lambda: receiver.always("/new", rx.retry_after("3600"))}[new_answer]()
-    partner = new_partner(settings, None)
-    with session_scope() as session:
-        key = registered.create(session, settings, partner.partner_id, url=old).id
-        session.commit()
+    partner, key = _registered(settings, old)
     head = insert_notification(partner.partner_id, old, status=NotificationStatus.PENDING,
                                next_attempt_at=utcnow())
     assert service.deliver(head, settings).status == NotificationStatus.FAILED
