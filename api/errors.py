@@ -13,26 +13,10 @@ from werkzeug.exceptions import HTTPException
 from api.html import error_page
 from deliverer.db import is_transient_abort
 from deliverer.errors import DelivererError
+from deliverer.http_codes import CODES
 
 log = logging.getLogger(__name__)
 
-CODES = {
-    400: "BAD_REQUEST",
-    401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    406: "NOT_ACCEPTABLE",
-    409: "CONFLICT",
-    413: "PAYLOAD_TOO_LARGE",
-    414: "URI_TOO_LONG",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    422: "BAD_REQUEST",
-    429: "TOO_MANY_REQUESTS",
-    431: "HEADERS_TOO_LARGE",
-    500: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE",
-}
 
 
 def error_response(status: int, code: str, message: str, *, errors: Any = None,

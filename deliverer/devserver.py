@@ -56,7 +56,7 @@ def process_commands(settings: Settings, port: int, concurrency: int) -> dict[st
     py = sys.executable
     return {
         "web": [py, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--worker-class", "api.server.SyncWorker", "--no-control-socket",
+                "--worker-class", "deliverer.web_workers.PlainWorker", "--no-control-socket",
                 "api:create_app()"],
         "worker": [py, "-m", "celery", "-A", "deliverer.worker", "worker", "--pool", "threads",
                    "--concurrency", str(concurrency), "-Q", ",".join(queues.ALL),

@@ -11,6 +11,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -152,7 +153,7 @@ def a_post_in_flight(tmp_path: Path, receiver: Receiver) -> Iterator[tuple[Runni
 
 def test_what_gunicorn_refuses_answers_as_the_api_does(tmp_path: Path):
     """A request line or header fields too large, or no HTTP at all: gunicorn answers
-    before the app sees the request, with the API's JSON error body (``api/server.py``),
+    before the app sees the request, with the API's JSON error body (``deliverer/web_workers.py``),
     not its HTML page."""
     port = free_port()
     with deliverer_run(tmp_path, "--port", str(port)) as running:
@@ -302,3 +303,13 @@ def test_the_demo_says_what_the_api_answered_instead_of_a_key_error(tmp_path: Pa
         assert play(f"http://127.0.0.1:{port}", settings, timeout=5) is False
     out = capsys.readouterr().out
     assert "the demo stops: POST /internal/v1/partners answered HTTP 401" in out
+
+
+def test_the_web_worker_classes_import_nothing_of_the_app():
+    """gunicorn's master imports the worker class and forks every later worker from
+    itself: what it imports stays the old code in workers a HUP makes."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, deliverer.web_workers; print(' '.join("
+         "m for m in sys.modules if m.split('.')[0] in ('api', 'deliverer')))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(loaded) == ["deliverer", "deliverer.http_codes", "deliverer.web_workers"]

@@ -1,7 +1,12 @@
 """The web processes' gunicorn workers (``--worker-class``): gunicorn's own
 refusals, made before the app sees a request (a request line or header fields too
 large, malformed HTTP), answer as the API's do, JSON ``{statusCode, code, message}``,
-instead of gunicorn's HTML page, which a merchant's client cannot read as an error."""
+instead of gunicorn's HTML page, which a merchant's client cannot read as an error.
+
+gunicorn's master process imports this module (to load the worker class) and forks
+its workers from itself: it imports gunicorn and ``http_codes`` only, so that a HUP,
+which makes new workers without importing anything again, still loads the app's new
+code in them (importing ``api`` here kept its old modules in every later worker)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 
-from api.errors import CODES
+from deliverer.http_codes import CODES
 
 _MESSAGES = {
     400: "Malformed HTTP request",
@@ -55,5 +60,7 @@ class ThreadWorker(_JsonErrors, _GunicornThreadWorker):
     """gunicorn's threaded worker (what ``--threads`` picks): the Procfile's web line."""
 
 
-class SyncWorker(_JsonErrors, _GunicornSyncWorker):
-    """gunicorn's default worker: ``deliverer run``'s web process."""
+class PlainWorker(_JsonErrors, _GunicornSyncWorker):
+    """gunicorn's default (sync) worker: ``deliverer run``'s web process. Not named
+    ...SyncWorker: gunicorn swaps a class so named for its stock threaded one when
+    ``--threads`` is above 1 (use ``ThreadWorker`` then)."""
