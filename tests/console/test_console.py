@@ -228,6 +228,8 @@ def test_endpoint_filter_and_bad_filters_said_not_applied(operator, settings):
         shown = (f'<span class="mono">{public_id}</span>' if value == public_id
                  else f"#{endpoint_id}")
         assert f"Endpoint {shown} only." in filtered.text
+        # The search form keeps the filter as given (a new search keeps saying ep_...).
+        assert f'name="endpoint_id" value="{value}"' in filtered.text
         assert first.notification_id in filtered.text
         assert second.notification_id not in filtered.text
     # The notification's page names its endpoint as the CLI and merchants do.
