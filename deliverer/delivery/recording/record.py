@@ -76,6 +76,7 @@ def record_locked(session: Session, job: DeliveryJob, result: sender.SendResult,
     if result.success:
         for name, value in sent_values(now).items():
             setattr(row, name, value)
+        row.url = job.url  # a move repoints it; a POST claimed before went to the old URL
         if job.endpoint_id is not None and (job.endpoint_failing
                                             or job.endpoint_id in failing):
             session.flush()  # SENT before the queue moves: it is no longer the head

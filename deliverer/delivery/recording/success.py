@@ -38,8 +38,12 @@ _MARK_SENT = prepared(
     update(_NOTIFICATIONS)
     .where(in_list(_N.id, "ids"), in_list(_N.lease_token, "tokens"))
     .values(**sent_values(_NOW), attempt_count=_N.attempt_count + 1)
-    .returning(_N.id)
+    .returning(_N.id, _N.url)
 )
+# A move repoints what its endpoint holds, in flight too (``partners/relocation.py``): a
+# POST claimed before it, delivered at the URL it left, says where it went.
+_DELIVERED_AT = (update(_NOTIFICATIONS).where(_N.id == bindparam("nid"))
+                 .values(url=bindparam("delivered_url")))
 # A POST whose lease was lost meanwhile (taken over, voided by a fresh cycle, or the
 # notification ignored) is still an attempt of its notification: ``attempt_count``
 # counts its attempt rows.
@@ -162,9 +166,14 @@ def record_successes(session: Session,
     # Table-level: a plain executemany, none of the ORM's bulk machinery.
     connection.execute(_INSERT_ATTEMPTS, [attempt_row(job, result) for job, result in done])
     ids = [job.notification_id for job, _ in done]
-    sent = set(connection.execute(_MARK_SENT, {
+    urls: dict[str, str | None] = dict(connection.execute(_MARK_SENT, {
         "ids": ids, "tokens": list({job.lease_token for job, _ in done}), "now": now}
-    ).scalars())
+    ).all())
+    sent = set(urls)
+    elsewhere = [{"nid": job.notification_id, "delivered_url": job.url} for job, _ in done
+                 if job.notification_id in urls and urls[job.notification_id] != job.url]
+    if elsewhere:
+        connection.execute(_DELIVERED_AT, elsewhere)
     lost = Counter(ids) - Counter(sent)  # a job per POST: SENT counted one of each
     if lost:
         lost_jobs = []
