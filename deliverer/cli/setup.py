@@ -196,11 +196,12 @@ def portal_url(partner: str, read_only: bool, base_url: str | None, port: int) -
 
 
 @click.command("run")
-@click.option("--port", default=5000, show_default=True, envvar="PORT",
-              type=click.IntRange(1, 65535))
+@click.option("--port", default=5000, show_default=True, envvar="PORT", show_envvar=True,
+              type=click.IntRange(1, 65535), help="Where the API listens.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
+              help="The worker's threads.")
 @click.option("--demo/--no-demo", default=False, help="Play the demo once everything is up.")
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything when the demo ends.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
 def run(port: int, demo: bool, exit_after_demo: bool, concurrency: int) -> None:
     """API, worker and beat together on this machine (the embedded default)."""
     from deliverer.devserver import StartFailed, run_all

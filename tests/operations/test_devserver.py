@@ -229,13 +229,25 @@ def test_a_second_run_on_the_same_data_directory_is_refused(tmp_path: Path):
             assert "Traceback" not in second.output
         healthz = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         assert healthz.status_code == 200
-        # Killed itself, its children go on, on the same files: they hold the lock too.
+
+
+def test_killed_with_kill_9_its_children_stop_too(tmp_path: Path):
+    """``kill -9`` of ``deliverer run`` alone (its children have process groups of their
+    own): web, worker and beat went on serving, holding the port and the data
+    directory's lock, and the next ``deliverer run`` was refused until someone found
+    them. They get SIGTERM (Linux's parent-death signal): a warm shutdown, the lock held
+    until the last has gone."""
+    port = free_port()
+    with deliverer_run(tmp_path, "--port", str(port)) as first:
+        first.wait_for("deliverer is up")
+        assert len(session_pids(first.proc.pid)) >= 5, first.output
         first.proc.kill()
         first.proc.wait(STOP_TIMEOUT)
-        assert session_pids(first.proc.pid)
-        with deliverer_run(tmp_path, "--port", str(free_port())) as third:
-            assert third.proc.wait(STOP_TIMEOUT) == 1
-            third.wait_for("Error: another `deliverer run` uses")
+        wait_until(lambda: not session_pids(first.proc.pid), STOP_TIMEOUT, interval=0.1,
+                   message="the children of a killed deliverer run to exit")
+        assert not port_in_use(port)
+    with deliverer_run(tmp_path, "--port", str(port)) as again:
+        again.wait_for("deliverer is up")
 
 
 def test_the_demo_shows_the_console_and_the_admin_token_it_made_up(tmp_path: Path):
