@@ -12,8 +12,9 @@ from typing import Any
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-# remote_shutdown registers `celery control shutdown` anew: SIGTERM's stop path (below).
-from deliverer import remote_shutdown, stopping  # noqa: F401
+# remote_shutdown registers `celery control shutdown` anew: SIGTERM's stop path (below);
+# pool_controls the pool commands the threads pool cannot do, answered without a traceback.
+from deliverer import pool_controls, remote_shutdown, stopping  # noqa: F401
 from deliverer.celery_app import make_celery
 
 log = logging.getLogger(__name__)

@@ -168,6 +168,23 @@ def test_deliverer_stats_counts_the_live_workers(fleet: Fleet, settings: Setting
     assert (health["oldestUnackedSeconds"] is None) == (BACKEND == "rabbitmq"), health
 
 
+def test_pool_commands_the_threads_pool_cannot_do_answer_why(fleet: Fleet):
+    """``control pool_grow``, ``pool_shrink`` and ``autoscale``: the threads pool has a
+    fixed size and no autoscaler. Celery's commands raised in the worker (an ERROR with
+    a traceback in its log for each, the reply an exception's repr)."""
+    replies = {command: celery_cli(fleet.env, "control", *command.split(), "-d", NODE,
+                                   "--timeout", "5")
+               for command in ("pool_grow 2", "pool_shrink 1", "autoscale 4 2")}
+    for command, result in replies.items():
+        out = result.stdout + result.stderr
+        expected = "autoscale is not enabled" if command.startswith("autoscale") \
+            else "pool's size is fixed at start"
+        assert expected in out and "WORKER_CONCURRENCY" in out, (command, out)
+        assert "scale by adding or stopping worker processes" in out, (command, out)
+    log = fleet.log.read_text()
+    assert "pidbox command error" not in log and "Traceback" not in log, log
+
+
 def test_control_shutdown_stops_the_worker_warmly(fleet: Fleet):
     """Last in this module: it stops the module's worker."""
     began = time.monotonic()
