@@ -126,7 +126,7 @@ def test_failing_for_days_disables_alerts_and_emails_then_enable_drains_in_order
         assert all(h.sent(n) for n in ids)
     released = receiver.requests("/orders")[before:]
     assert sorted(r.headers["webhook-id"] for r in released) == sorted(ids)  # each once
-    # Released in sequence order (tests/delivery/test_endpoint_queue.py checks the
+    # Released in sequence order (tests/delivery/endpoint_queue/test_probing.py checks the
     # drain's due times); received, as README says, at most a fraction of a second out
     # of it: on the embedded broker an ETA'd release has come 0.4-0.6 s late, behind the
     # next sweep's.
