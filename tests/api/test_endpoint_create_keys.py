@@ -12,7 +12,7 @@ from deliverer.db import session_scope
 from deliverer.models import Endpoint, utcnow
 from deliverer.partners.create_keys import KEY_HOURS
 from tests.api import helpers as t
-from tests.api.test_endpoints import ENDPOINTS, endpoint_rows
+from tests.api.endpoints.helpers import ENDPOINTS, endpoint_rows
 from tests.support.race import race
 
 BODY = {"url": "http://127.0.0.1:9/billing", "description": "Billing",

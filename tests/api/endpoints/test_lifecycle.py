@@ -1,38 +1,19 @@
-"""/api/partner/v2/endpoints: create, list, read, change, delete, rotate, and the
-event-type catalog; every bad input a clear 4xx in the error body, nothing written."""
+"""/api/partner/v2/endpoints: create, list, read, change, delete and rotate, one URL one
+endpoint, and the default endpoint kept in step with the webhook settings."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 import deliverer
 from deliverer.db import session_scope
 from deliverer.models import Endpoint, NotificationStatus, utcnow
-from deliverer.partners.catalog import ALL_AND_SOME, DEFAULT_CATALOG
 from tests.api import helpers as t
+from tests.api.endpoints.helpers import ENDPOINTS, FIELDS, SETTINGS, create, endpoint_rows
 from tests.support import helpers as h
 from tests.support.race import race
-
-ENDPOINTS = "/api/partner/v2/endpoints"
-EVENT_TYPES = "/api/partner/v2/event-types"
-SETTINGS = "/api/partner/v2/webhook-settings"
-FIELDS = {"id", "url", "description", "eventTypes", "enabled", "rateLimit", "status",
-          "disabledReason", "failingSince", "isDefault", "createdAt"}
-
-
-def endpoint_rows(partner_id: str) -> int:
-    with session_scope() as session:
-        return int(session.scalar(select(func.count()).select_from(Endpoint).where(
-            Endpoint.partner_id == partner_id, Endpoint.registered.is_(True))) or 0)
-
-
-def create(partner, url: str, **fields):
-    response = partner.api.post(ENDPOINTS, json={"url": url, **fields})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def test_create_shows_the_secret_once_and_the_endpoint_is_listed(make_partner):
@@ -189,112 +170,6 @@ def test_rotating_the_default_endpoint_rotates_the_webhook_settings_secret(make_
     assert t.settings_row(partner.partner_id).signing_secret == rotated.json()["signingSecret"]
 
 
-def test_event_type_catalog(make_partner):
-    partner = make_partner()
-    response = partner.api.get(EVENT_TYPES)
-    assert response.status_code == 200, response.text
-    data = response.json()["data"]
-    assert [e["name"] for e in data] == [e.name for e in DEFAULT_CATALOG]
-    paid = next(e for e in data if e["name"] == "transaction.paid")
-    assert paid["description"] and paid["schema"]["type"] == "object"
-    assert "transaction_id" in paid["schema"]["properties"]
-
-
-def test_unknown_event_type_is_400_listing_the_valid_ones(make_partner):
-    partner = make_partner()
-    before = t.row_counts()
-    response = partner.api.post(ENDPOINTS, json={"url": "http://127.0.0.1:9/a",
-                                                 "eventTypes": ["invoice.*", "order.shipped"]})
-    body = t.assert_error(response, 400, "BAD_REQUEST")
-    assert "order.shipped" in body["message"]
-    assert all(e.name in body["message"] for e in DEFAULT_CATALOG)
-    assert t.row_counts() == before and endpoint_rows(partner.partner_id) == 0
-    # A prefix that matches nothing in the catalog is unknown too.
-    t.assert_error(partner.api.post(ENDPOINTS, json={"url": "http://127.0.0.1:9/a",
-                                                     "eventTypes": ["refund.*"]}), 400)
-    ok = create(partner, "http://127.0.0.1:9/a")
-    response = partner.api.patch(f"{ENDPOINTS}/{ok['id']}", json={"eventTypes": ["nope"],
-                                                                  "description": "x"})
-    t.assert_error(response, 400, "BAD_REQUEST")
-    assert partner.api.get(f"{ENDPOINTS}/{ok['id']}").json()["description"] is None
-
-
-def test_every_event_beside_some_types_is_400(make_partner):
-    # The portal refuses All events ticked beside some types; the API said yes to
-    # ["*", "x"], which takes everything while reading as a choice (a review).
-    partner = make_partner()
-    before = t.row_counts()
-    body = t.assert_error(partner.api.post(ENDPOINTS, json={
-        "url": "http://127.0.0.1:9/a", "eventTypes": ["*", "invoice.settled"]}), 400,
-        "BAD_REQUEST")
-    assert body["message"] == ALL_AND_SOME
-    assert t.row_counts() == before
-    ok = create(partner, "http://127.0.0.1:9/a", eventTypes=["*", "*"])
-    assert ok["eventTypes"] == ["*"]
-    t.assert_error(partner.api.patch(f"{ENDPOINTS}/{ok['id']}", json={
-        "eventTypes": ["invoice.*", "*"]}), 400, "BAD_REQUEST")
-    assert partner.api.get(f"{ENDPOINTS}/{ok['id']}").json()["eventTypes"] == ["*"]
-
-
-@pytest.mark.parametrize("body", [
-    {"url": "http://127.0.0.1:9/a", "rateLimit": 0},
-    {"url": "http://127.0.0.1:9/a", "rateLimit": -1},
-    {"url": "http://127.0.0.1:9/a", "rateLimit": "fast"},
-    {"url": "http://127.0.0.1:9/a", "rateLimit": "5"},  # a JSON number, as enabled's bool
-    {"url": "http://127.0.0.1:9/a", "rateLimit": True},
-    {"url": "http://127.0.0.1:9/a", "rateLimit": 1e9},
-    {"url": "http://127.0.0.1:9/a", "eventTypes": []},
-    {"url": "http://127.0.0.1:9/a", "eventTypes": "invoice.*"},
-    {"url": "http://127.0.0.1:9/a", "eventTypes": [5]},
-    {"url": "http://127.0.0.1:9/a", "enabled": "maybe"},
-    {"url": "http://127.0.0.1:9/a", "enabled": "on"},
-    {"url": "http://127.0.0.1:9/a", "description": 5},
-    {"url": "http://127.0.0.1:9/a", "id": "ep_mine"},
-    {"url": "http://127.0.0.1:9/a", "signingSecret": "whsec_x"},
-    {"url": "ftp://127.0.0.1/a"},
-    {"url": 5},
-    {"url": None},
-    {},
-    [],
-    {"url": "http://127.0.0.1:9/a", "eventTypes": ["x" * 101]},
-])
-def test_bad_create_is_400_and_writes_nothing(make_partner, body):
-    partner = make_partner()
-    before = t.row_counts()
-    t.assert_error(partner.api.post(ENDPOINTS, json=body), 400, "BAD_REQUEST")
-    assert t.row_counts() == before and endpoint_rows(partner.partner_id) == 0
-
-
-@pytest.mark.parametrize("body", [
-    {"rateLimit": 0}, {"rateLimit": -0.5}, {"url": None}, {"enabled": None},
-    {"eventTypes": None}, {"status": "ACTIVE"}, {"url": "not a url"},
-    {"enabled": False, "color": "red"},
-])
-def test_bad_patch_is_400_and_changes_nothing(make_partner, body):
-    partner = make_partner()
-    created = create(partner, "http://127.0.0.1:9/a", rateLimit=3)
-    del created["signingSecret"]
-    t.assert_error(partner.api.patch(f"{ENDPOINTS}/{created['id']}", json=body), 400)
-    assert partner.api.get(f"{ENDPOINTS}/{created['id']}").json() == created
-
-
-def test_private_addresses_are_refused_unless_allowed(make_partner, api_settings):
-    partner = make_partner()
-    created = create(partner, "http://127.0.0.1:9/a")
-    with api_settings(allow_private_urls=False):
-        for url in ("http://10.1.2.3/hook", "http://169.254.169.254/latest",
-                    "http://[::1]/hook", "http://localhost/hook"):
-            t.assert_error(partner.api.post(ENDPOINTS, json={"url": url}), 400,
-                           "BAD_REQUEST")
-            t.assert_error(partner.api.patch(f"{ENDPOINTS}/{created['id']}",
-                                             json={"url": url}), 400, "BAD_REQUEST")
-        assert endpoint_rows(partner.partner_id) == 1
-        assert partner.api.get(f"{ENDPOINTS}/{created['id']}").json()["url"] == \
-            "http://127.0.0.1:9/a"
-        ok = partner.api.post(ENDPOINTS, json={"url": "https://93.184.216.34/hooks"})
-        assert ok.status_code == 201, ok.text
-
-
 def test_one_url_is_one_endpoint(make_partner):
     partner = make_partner("http://127.0.0.1:9/default")
     t.assert_error(partner.api.post(ENDPOINTS, json={"url": "http://127.0.0.1:9/default"}),
@@ -327,81 +202,6 @@ def test_a_callback_url_keeps_its_spelling(make_partner):
                                         callback_url="http://127.0.0.1:9/callback#order-1")
     assert h.notification(published.notification_id).url == (
         "http://127.0.0.1:9/callback#order-1")
-
-
-def test_at_most_the_configured_number_of_endpoints(make_partner, api_settings):
-    partner = make_partner("http://127.0.0.1:9/default")
-    with api_settings(max_endpoints_per_partner=3):
-        create(partner, "http://127.0.0.1:9/1")
-        create(partner, "http://127.0.0.1:9/2")
-        body = t.assert_error(partner.api.post(ENDPOINTS, json={"url": "http://127.0.0.1:9/3"}),
-                              409, "CONFLICT")
-        assert body["message"] == "A partner may have at most 3 endpoints"
-        assert endpoint_rows(partner.partner_id) == 3
-        # Moving the default endpoint adds none; a default made beside registered ones
-        # (the old one deleted, its place taken) would be a fourth (a black-box try).
-        moved = partner.api.put(SETTINGS, json={"url": "http://127.0.0.1:9/moved"})
-        assert moved.status_code == 200, moved.text
-        [default] = [e for e in partner.api.get(ENDPOINTS).json()["data"] if e["isDefault"]]
-        assert partner.api.delete(f"{ENDPOINTS}/{default['id']}").status_code == 200
-        create(partner, "http://127.0.0.1:9/3")
-        t.assert_error(partner.api.put(SETTINGS, json={"url": "http://127.0.0.1:9/new"}),
-                       409, "CONFLICT", "A partner may have at most 3 endpoints")
-        assert endpoint_rows(partner.partner_id) == 3
-        assert partner.api.get(SETTINGS).json()["url"] is None
-
-
-def test_the_limit_holds_under_parallel_creates(make_partner, api_settings):
-    partner = make_partner()
-    other = make_partner(name="Other")
-    with api_settings(max_endpoints_per_partner=5):
-        responses = race([
-            (lambda i=i: partner.api.post(ENDPOINTS, json={"url": f"http://127.0.0.1:9/{i}"}))
-            for i in range(12)] + [
-            (lambda i=i: other.api.post(ENDPOINTS, json={"url": f"http://127.0.0.1:9/{i}"}))
-            for i in range(3)])
-    mine = t.statuses(responses[:12])
-    assert mine == {201: 5, 409: 7}, mine
-    assert t.statuses(responses[12:]) == {201: 3}
-    for response in responses:
-        if response.status_code == 409:
-            t.assert_error(response, 409, "CONFLICT")
-    assert endpoint_rows(partner.partner_id) == 5
-    assert endpoint_rows(other.partner_id) == 3
-
-
-@pytest.mark.parametrize("method,suffix,body", [
-    ("GET", "", None),
-    ("PATCH", "", {"description": "mine now"}),
-    ("DELETE", "", None),
-    ("POST", "/rotate-secret", {"overlapSeconds": 0}),
-    ("POST", "/test", None),
-    ("POST", "/recover", {"since": "2026-01-01T00:00:00Z"}),
-])
-def test_another_partners_endpoint_is_404(make_partner, method, suffix, body):
-    owner = make_partner()
-    theirs = create(owner, "http://127.0.0.1:9/theirs")
-    intruder = make_partner(name="Intruder")
-    before = t.row_counts()
-    for endpoint_id in (theirs["id"], "ep_" + "0" * 24, "nope", "x" * 300):
-        response = intruder.api.request(method, f"{ENDPOINTS}/{endpoint_id}{suffix}",
-                                        json=body)
-        t.assert_error(response, 404, "NOT_FOUND")
-    counts = t.row_counts()
-    # Refused test and recover requests are on the intruder's audit trail, nothing else.
-    audited = counts.pop("partner_requests") - before.pop("partner_requests")
-    assert counts == before
-    assert audited == (4 if suffix in ("/test", "/recover") else 0)
-    with session_scope() as session:
-        row = session.scalar(select(Endpoint).where(Endpoint.public_id == theirs["id"]))
-        assert (row.description, row.deleted_at, row.registered) == (None, None, True)
-
-
-def test_endpoints_need_the_api_key(make_partner, anonymous):
-    make_partner()
-    for method, path in (("GET", ENDPOINTS), ("POST", ENDPOINTS), ("GET", EVENT_TYPES),
-                         ("PATCH", f"{ENDPOINTS}/ep_x"), ("POST", f"{ENDPOINTS}/ep_x/test")):
-        t.assert_error(anonymous.request(method, path, json={}), 401, "UNAUTHORIZED")
 
 
 def _default(partner) -> dict:
@@ -446,51 +246,3 @@ def test_parallel_url_changes_wait_for_each_other(make_partner):
         for endpoint_id in (first, second):  # the one that moved frees the URL again
             partner.api.patch(f"{ENDPOINTS}/{endpoint_id}",
                               json={"url": f"http://127.0.0.1:9/{endpoint_id}-{k}"})
-
-
-def test_alerts_name_their_endpoint_by_its_public_id(make_partner):
-    """GET /webhook-alerts gave the endpoint's row id (4, 35), which no route takes."""
-    from deliverer.alerts import service as alerts
-    from deliverer.models import utcnow
-
-    partner = make_partner("http://127.0.0.1:9/default")
-    billing = create(partner, "http://127.0.0.1:9/billing")
-    with session_scope() as session:
-        endpoint = session.scalar(select(Endpoint).where(Endpoint.public_id == billing["id"]))
-        alerts.raise_alert(session, endpoint, alerts.KIND_DISABLED, "answered 410 Gone",
-                           notification_id=None, now=utcnow())
-    listed = partner.api.get("/api/partner/v2/webhook-alerts")
-    assert listed.status_code == 200, listed.text
-    [alert] = listed.json()["data"]
-    assert (alert["endpointId"], alert["kind"]) == (billing["id"], "endpoint_disabled")
-    assert partner.api.get(f"{ENDPOINTS}/{alert['endpointId']}").status_code == 200
-
-
-def test_alerts_are_paged_newest_first(make_partner):
-    """At most 200 a page, and there was no next page: older alerts could not be read."""
-    from datetime import timedelta
-
-    from deliverer.alerts import service as alerts
-    from deliverer.models import utcnow
-
-    partner = make_partner("http://127.0.0.1:9/default")
-    billing = create(partner, "http://127.0.0.1:9/billing")
-    start = utcnow()
-    with session_scope() as session:
-        endpoint = session.scalar(select(Endpoint).where(Endpoint.public_id == billing["id"]))
-        for n in range(5):  # two of them at the same instant: the id breaks the tie
-            alerts.raise_alert(session, endpoint, alerts.KIND_DISABLED, f"alert {n}",
-                               notification_id=None,
-                               now=start + timedelta(seconds=min(n, 3)))
-    seen, cursor, pages = [], None, 0
-    while True:
-        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = partner.api.get("/api/partner/v2/webhook-alerts", params=params)
-        assert page.status_code == 200, page.text
-        seen += [a["message"] for a in page.json()["data"]]
-        cursor, pages = page.json()["nextCursor"], pages + 1
-        if cursor is None:
-            break
-    assert seen == ["alert 4", "alert 3", "alert 2", "alert 1", "alert 0"] and pages == 3
-    t.assert_error(partner.api.get("/api/partner/v2/webhook-alerts",
-                                   params={"cursor": "garbage"}), 400, "BAD_REQUEST")
