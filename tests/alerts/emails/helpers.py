@@ -22,7 +22,7 @@ def any_alert_emailed() -> bool:
 
 
 def unmailed_alert(settings, alert_email: str | None = "ops@merchant.test",
-           created_at: datetime | None = None, name: str = "Acme") -> int:
+                   created_at: datetime | None = None, name: str = "Acme") -> int:
     """A partner (with this alert address) and an alert on its endpoint; no message sent,
     as if the broker had been down when the alert was committed."""
     url = "http://127.0.0.1:9/hook"

@@ -123,7 +123,7 @@ def test_an_address_the_server_refuses_for_good_is_said_not_retried(settings,
     caplog.set_level(logging.WARNING, logger=alerts.__name__)
     inbox = _RefusingInbox()
     alert_id = unmailed_alert(settings, alert_email="reject@merchant.test",
-                      created_at=minutes_ago(10))
+                              created_at=minutes_ago(10))
     with serve(inbox) as port, override_settings(
             smtp_url=f"smtp://127.0.0.1:{port}", alert_sender="alerts@deliverer.test") as s:
         assert not alerts.email_alert(alert_id, s)  # no exception: the task does not retry
@@ -145,7 +145,7 @@ def test_a_refusal_of_the_servers_policy_is_retried(settings, override_settings)
     address's, every alert of the outage would be lost once the relay is fixed."""
     inbox = _RefusingInbox()
     alert_id = unmailed_alert(settings, alert_email="relay@merchant.test",
-                      created_at=minutes_ago(10))
+                              created_at=minutes_ago(10))
     with serve(inbox) as port, override_settings(
             smtp_url=f"smtp://127.0.0.1:{port}", alert_sender="alerts@deliverer.test") as s:
         with pytest.raises(smtplib.SMTPRecipientsRefused):  # the task retries it
