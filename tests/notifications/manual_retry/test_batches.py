@@ -1,5 +1,7 @@
 """Manual retries decided in batches (deliverer.notifications.manual_retry), called
-directly on the real database: one batch, many requests, the same rules as one by one."""
+directly on the real database: one batch judges each request against the ones before it
+and by its own key, the rate limit counts the batch itself and each partner alone, and
+locked rows are decided alone after, whatever commits in between."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from deliverer.config import Settings
 from deliverer.db import get_database, session_scope
 from deliverer.delivery import service
 from deliverer.errors import (
@@ -23,54 +24,16 @@ from deliverer.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from deliverer.models import (
-    Endpoint,
-    Lane,
-    Notification,
-    NotificationStatus,
-    PartnerRequest,
-    WebhookSettings,
-    utcnow,
-)
-from deliverer.models.endpoint import DISABLED_BY_MERCHANT
-from deliverer.notifications import manual_retry
-from deliverer.notifications.cycle import (
-    ENDPOINT_DISABLED,
-    MAX_MANUAL,
-    NOT_FAILED,
-    WEBHOOKS_OFF,
-)
-from deliverer.notifications.manual_retry import (
-    Retried,
-    RetryRequest,
-    manual_retries,
-    run_batch,
-)
-from deliverer.partners import keys, registered, webhook_settings
+from deliverer.models import Lane, Notification, NotificationStatus, PartnerRequest, utcnow
+from deliverer.notifications.cycle import MAX_MANUAL, NOT_FAILED
+from deliverer.notifications.manual_retry import Retried, RetryRequest, manual_retries, run_batch
+from deliverer.partners import keys
 from deliverer.partners.service import rotate_key
+from tests.notifications.manual_retry.helpers import URL, decide
 from tests.support import helpers as h
 from tests.support import receiver as rx
-from tests.support.rows import failed, head_and_held, partner_requests, set_webhook_url
+from tests.support.rows import failed, partner_requests
 from tests.support.waiting import waiting_on_a_lock
-
-URL = "http://127.0.0.1:9/never-dialled"
-
-
-def _decide(settings: Settings, requests: Sequence[RetryRequest]
-            ) -> list[Retried | DelivererError]:
-    with session_scope() as session:
-        return manual_retries(session, settings, requests)
-
-
-@pytest.fixture(autouse=True)
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]:
-    """What each committed batch hands to the broker: (ids, lane). Recorded instead of
-    sent, so that a worker left running by other tests does not deliver (and change)
-    the notifications these tests read back."""
-    calls: list[tuple[list[str], str]] = []
-    monkeypatch.setattr(manual_retry, "enqueue_batch",
-                        lambda ids, lane, due_at=None: calls.append((list(ids), lane)))
-    return calls
 
 
 def test_one_batch_judges_each_request_against_the_ones_before_it(settings, enqueued):
@@ -87,7 +50,7 @@ def test_one_batch_judges_each_request_against_the_ones_before_it(settings, enqu
     unknown = str(uuid.uuid4())
 
     asked = [retryable, retryable, exhausted, pending, someone_elses, "not-an-id", unknown]
-    outcomes = _decide(settings, [RetryRequest(me, nid) for nid in asked])
+    outcomes = decide(settings, [RetryRequest(me, nid) for nid in asked])
 
     first = outcomes[0]
     assert isinstance(first, dict)
@@ -121,14 +84,14 @@ def test_the_rate_limit_counts_the_batch_itself_and_each_partner_alone(settings,
     busy_ids = [failed(busy.partner_id, URL) for _ in range(15)]
     calm_ids = [failed(calm.partner_id, URL) for _ in range(2)]
     # Three accepted a moment ago, in an earlier batch.
-    assert all(isinstance(o, dict) for o in _decide(
+    assert all(isinstance(o, dict) for o in decide(
         settings, [RetryRequest(h.principal(busy), nid) for nid in busy_ids[:3]]))
     enqueued.clear()
 
     requests = [RetryRequest(h.principal(busy), nid) for nid in busy_ids[3:]]
     requests.insert(4, RetryRequest(h.principal(calm), calm_ids[0]))
     requests.append(RetryRequest(h.principal(calm), calm_ids[1]))
-    outcomes = _decide(settings, requests)
+    outcomes = decide(settings, requests)
 
     by_partner: dict[str, Counter[str]] = {}
     for request, outcome in zip(requests, outcomes, strict=True):
@@ -152,14 +115,14 @@ def test_a_window_that_has_moved_on_allows_retries_again(settings):
     shop = h.new_partner(settings, URL)
     ids = [failed(shop.partner_id, URL) for _ in range(11)]
     me = h.principal(shop)
-    assert all(isinstance(o, dict) for o in _decide(
+    assert all(isinstance(o, dict) for o in decide(
         settings, [RetryRequest(me, nid) for nid in ids[:10]]))
-    [refused] = _decide(settings, [RetryRequest(me, ids[10])])
+    [refused] = decide(settings, [RetryRequest(me, ids[10])])
     assert isinstance(refused, TooManyRequests)
     with session_scope() as session:
         session.execute(update(PartnerRequest).values(
             created_at=utcnow() - timedelta(minutes=2)))
-    [allowed] = _decide(settings, [RetryRequest(me, ids[10])])
+    [allowed] = decide(settings, [RetryRequest(me, ids[10])])
     assert isinstance(allowed, dict)
 
 
@@ -183,7 +146,7 @@ def test_a_batch_that_waited_for_its_partner_counts_the_retries_the_holder_commi
             holder, settings, [RetryRequest(me, nid) for nid in ids[:10]]))
         result: list[Sequence[Retried | DelivererError]] = []
         waiter = threading.Thread(target=lambda: result.append(
-            _decide(settings, [RetryRequest(me, ids[10])]) if through == "manual_retries"
+            decide(settings, [RetryRequest(me, ids[10])]) if through == "manual_retries"
             else run_batch(settings, [(keys.hash_key(shop.api_key), ids[10])])))
         waiter.start()
         with get_database().engine.connect() as look:
@@ -219,38 +182,6 @@ def test_a_batch_authenticates_each_request_by_its_key(settings):
     assert h.notification(other).status == NotificationStatus.FAILED
 
 
-def test_a_retry_sends_to_the_url_the_merchant_fixed_since(settings):
-    shop = h.new_partner(settings, URL)
-    nid = failed(shop.partner_id, URL)
-    before = h.notification(nid)
-    fixed = "http://127.0.0.1:9/fixed"
-    with session_scope() as session:
-        session.execute(update(WebhookSettings)
-                        .where(WebhookSettings.partner_id == shop.partner_id)
-                        .values(url=fixed))
-    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), nid)])
-    assert isinstance(outcome, dict) and outcome["url"] == fixed
-    after = h.notification(nid)
-    assert after.url == fixed and after.endpoint_id != before.endpoint_id
-    assert after.sequence is not None
-
-
-def test_a_head_moved_to_the_fixed_url_hands_the_old_queue_to_the_next(settings):
-    """The head of a failing endpoint's queue is retried to the merchant's new URL: the
-    notification held behind it on the old endpoint climbs the ladder in its place (it
-    was left held, with no next attempt, for good)."""
-    shop = h.new_partner(settings, URL)
-    head, behind = head_and_held(shop.partner_id, URL)
-    set_webhook_url(shop.partner_id, "http://127.0.0.1:9/fixed")
-    before = utcnow()
-    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), head)])
-    assert isinstance(outcome, dict) and outcome["url"] == "http://127.0.0.1:9/fixed"
-    promoted = h.notification(behind)
-    assert not promoted.held and promoted.status == NotificationStatus.FAILED
-    assert promoted.next_attempt_at is not None and promoted.next_attempt_at >= before
-    assert promoted.url == URL  # still the old endpoint's: only a retry repoints
-
-
 def test_a_batch_skips_a_locked_notification_and_decides_it_alone_after(settings):
     """A worker recording an attempt holds its notification's row (and may update others
     of its endpoint): a batch of several notifications must not wait for it while
@@ -284,111 +215,6 @@ def test_a_batch_skips_a_locked_notification_and_decides_it_alone_after(settings
     assert [o["id"] for o in outcomes if isinstance(o, dict)] == [locked, free]
     assert [(r.notification_id, r.outcome) for r in partner_requests(shop.partner_id)] == [
         (free, "ACCEPTED"), (locked, "ACCEPTED")]
-
-
-def _disable(partner_id: str, url: str, reason: str) -> str:
-    """The endpoint at ``url`` disabled (as a 410, the merchant or auto-disable leave
-    it); returns its public id."""
-    with session_scope() as session:
-        return session.execute(
-            update(Endpoint).where(Endpoint.partner_id == partner_id, Endpoint.url == url)
-            .values(disabled_at=utcnow(), disabled_reason=reason)
-            .returning(Endpoint.public_id)).scalar_one()
-
-
-def _refused_as_it_was(settings: Settings, shop, nid: str, message: str) -> None:
-    """Refused with ``message``, the notification untouched, the refusal on record, and
-    none of the notification's retries or the partner's minute spent."""
-    before = h.notification(nid)
-    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), nid)])
-    assert isinstance(outcome, Conflict) and outcome.message == message
-    after = h.notification(nid)
-    assert (after.status, after.manual_retry_count, after.url, after.endpoint_id,
-            after.updated_at) == (before.status, before.manual_retry_count, before.url,
-                                  before.endpoint_id, before.updated_at)
-    assert [r.outcome for r in partner_requests(shop.partner_id)][-1] == "CONFLICT"
-    assert "ACCEPTED" not in [r.outcome for r in partner_requests(shop.partner_id)]
-
-
-def test_a_retry_to_a_disabled_endpoint_is_refused_and_spends_nothing(settings, enqueued):
-    shop = h.new_partner(settings, URL)
-    nid = failed(shop.partner_id, URL, held=True)
-    public_id = _disable(shop.partner_id, URL, "The receiver answered 410 Gone")
-    for _ in range(settings.max_manual_retries + 1):
-        _refused_as_it_was(settings, shop, nid, ENDPOINT_DISABLED.format(
-            id=public_id, reason="The receiver answered 410 Gone",
-            how="save your webhook settings"))
-    assert enqueued == []
-    # A refused request beside another partner's in a batch does not hold it back.
-    neighbour = h.new_partner(settings, "http://127.0.0.1:9/other", name="Neighbour")
-    other = failed(neighbour.partner_id, "http://127.0.0.1:9/other")
-    outcomes = _decide(settings, [RetryRequest(h.principal(shop), nid),
-                                  RetryRequest(h.principal(neighbour), other)])
-    assert isinstance(outcomes[0], Conflict) and isinstance(outcomes[1], dict)
-    assert enqueued == [([other], Lane.MANUAL)]
-
-
-def test_a_registered_endpoint_the_merchant_disabled_is_enabled_by_its_patch(settings):
-    shop = h.new_partner(settings, URL)
-    second = "http://127.0.0.1:9/second"
-    with session_scope() as session:
-        public_id = registered.create(session, settings, shop.partner_id, url=second,
-                                      enabled=False).public_id
-    nid = failed(shop.partner_id, second)
-    _refused_as_it_was(settings, shop, nid, ENDPOINT_DISABLED.format(
-        id=public_id, reason=DISABLED_BY_MERCHANT,
-        how=f"PATCH /api/partner/v2/endpoints/{public_id} with enabled: true"))
-
-
-def test_a_retry_while_webhooks_are_off_is_refused(settings):
-    shop = h.new_partner(settings, URL)
-    nid = failed(shop.partner_id, URL)
-    with session_scope() as session:
-        session.execute(update(WebhookSettings)
-                        .where(WebhookSettings.partner_id == shop.partner_id)
-                        .values(enabled=False))
-    _refused_as_it_was(settings, shop, nid, WEBHOOKS_OFF)
-
-
-def test_the_endpoint_deciding_is_the_one_the_retry_sends_to(settings):
-    """The URL the merchant fixed in the settings decides, not the disabled old one: a
-    retry moving there is accepted; one moving to a disabled endpoint is refused."""
-    shop = h.new_partner(settings, URL)
-    moving = failed(shop.partner_id, URL)
-    _disable(shop.partner_id, URL, "Failed continuously for 5 days")
-    fixed = "http://127.0.0.1:9/fixed"
-    with session_scope() as session:  # as PUT /webhook-settings does
-        webhook_settings.update_settings(session, settings, shop.partner_id, url=fixed)
-    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), moving)])
-    assert isinstance(outcome, dict) and outcome["url"] == fixed
-
-    staying = failed(shop.partner_id, "http://127.0.0.1:9/old")
-    public_id = _disable(shop.partner_id, fixed, "The receiver answered 410 Gone")
-    before = h.notification(staying)
-    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), staying)])
-    assert isinstance(outcome, Conflict) and outcome.message == ENDPOINT_DISABLED.format(
-        id=public_id, reason="The receiver answered 410 Gone",
-        how="save your webhook settings")
-    after = h.notification(staying)
-    assert (after.url, after.endpoint_id, after.manual_retry_count) == (
-        before.url, before.endpoint_id, 0)
-
-
-def test_a_disabled_callback_urls_endpoint_is_enabled_by_registering_it(settings):
-    """An event's own callback URL keeps its notification on a retry; disabled (a 410),
-    saving the settings would not enable it: registering its URL does."""
-    shop = h.new_partner(settings, URL)
-    callback = "http://127.0.0.1:9/callback"
-    nid = h.insert_notification(shop.partner_id, callback, status=NotificationStatus.FAILED,
-                                callback_url=callback)
-    public_id = _disable(shop.partner_id, callback, "The receiver answered 410 Gone")
-    _refused_as_it_was(settings, shop, nid, ENDPOINT_DISABLED.format(
-        id=public_id, reason="The receiver answered 410 Gone",
-        how="register its URL with POST /api/partner/v2/endpoints"))
-    with session_scope() as session:
-        registered.create(session, settings, shop.partner_id, url=callback)
-    [outcome] = _decide(settings, [RetryRequest(h.principal(shop), nid)])
-    assert isinstance(outcome, dict) and outcome["url"] == callback
 
 
 def test_a_held_notification_retried_while_a_later_one_fails_stays_a_manual_retry(
