@@ -28,7 +28,7 @@ from tests.support.browser import NEEDS_CHROMIUM, chromium, click, flash_text, w
 from tests.support.receiver import Receiver, ok, status
 
 # What the browser adds (forms, links, redirects, the page's script) is the same on
-# every backend; the pages' HTTP side is tested on each backend (test_pages.py).
+# every backend; the pages' HTTP side is tested on each backend (tests/portal/pages/).
 pytestmark = [*NEEDS_CHROMIUM, pytest.mark.backend_independent]
 
 
