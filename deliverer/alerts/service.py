@@ -158,9 +158,12 @@ def on_failed_retry(session: Session, endpoint: Endpoint, notification_id: str,
     if endpoint.alerted_at is not None or failures <= ALERT_AFTER_FAILED_RETRIES:
         return
     endpoint.alerted_at = now
+    # The endpoint's count, every attempt since its last success (what the portal and
+    # the console show), not this notification's: the alert said 6 where 87 had failed.
     raise_alert(session, endpoint, KIND_FAILING,
-                f"Webhook endpoint {describe(endpoint)} has failed {failures} deliveries "
-                f"in a row; last error: {error_message}",
+                f"Webhook endpoint {describe(endpoint)} has failed "
+                f"{max(endpoint.consecutive_failures, failures)} attempts in a row; "
+                f"last error: {error_message}",
                 notification_id=notification_id, now=now)
 
 
