@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from api.views.portal import wording
+from api.views.portal import outcome, wording
 from deliverer.config import Settings
 from deliverer.delivery.troubleshooting import FailureKind, error_payload
 from deliverer.errors import ValidationFailed
@@ -54,6 +54,15 @@ def test_refusals_of_the_forms_fields_are_said_in_the_portals_terms(tmp_path):
 def test_every_hint_is_worded_for_the_portal(kind):
     said = wording.hint(error_payload(kind, "message", None))
     assert said and not API_TERMS.search(said), said
+
+
+@pytest.mark.parametrize("kind", list(FailureKind))
+def test_a_failed_retry_or_test_event_is_said_in_the_portals_terms(kind):
+    """The hint of the attempt that failed, as the page shows it (its filter applied)."""
+    payload = error_payload(kind, "Disabled by the merchant", None)  # with its hint
+    said = wording.say(outcome.failed("Test event", "NOT_SENT", payload))
+    assert said.startswith("Test event failed: Disabled by the merchant.")
+    assert not API_TERMS.search(said), said
 
 
 def test_other_text_is_left_as_it_is():

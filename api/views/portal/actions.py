@@ -21,8 +21,8 @@ from api.views.portal.blueprint import (
     portal_session,
     principal,
     refused,
-    send_and_show,
 )
+from api.views.portal.outcome import send_and_show
 from deliverer.errors import DelivererError
 from deliverer.notifications.ignore import ignore as ignore_notification
 from deliverer.notifications.manual_retry import manual_retry

@@ -6,11 +6,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, render_template
 
-from api.db import commit_then, get_session
+from api.db import get_session
 from deliverer.config import Settings
 from deliverer.errors import DelivererError, TooManyRequests
-from deliverer.models import NotificationStatus, PortalSession
-from deliverer.notifications.outcome import wait_for_attempt
+from deliverer.models import PortalSession
 from deliverer.partners.service import Principal
 from deliverer.portal import sessions
 
@@ -49,28 +48,6 @@ def flash(category: str, message: str) -> None:
     """For the next page: stored on the session's row, committed with the request."""
     sessions.push_flash(portal_session(), category, message)
     get_session().flush()
-
-
-# How long Retry and a test event wait for their attempt's outcome before answering
-# "queued" (seed 003: "if your endpoint successfully receives the webhook, you get a
-# success message"), at most.
-OUTCOME_WAIT_CAP = 5.0
-
-
-def send_and_show(notification_id: str, what: str, delivered: str) -> None:
-    """Commit (the worker must see what the request wrote; its message goes out then),
-    wait briefly for the notification's attempt, and say how it went: ``delivered``, the
-    new error and its hint, or that it is still on its way."""
-    wait = min(deliverer_settings().resend_wait_seconds, OUTCOME_WAIT_CAP)
-    status, error = commit_then(lambda: wait_for_attempt(notification_id, wait))
-    if status == NotificationStatus.SENT:
-        flash("ok", delivered)
-    elif status is None or status == NotificationStatus.PENDING:
-        flash("ok", f"{what} queued: it is sent in a moment. Reload to see the outcome.")
-    else:
-        error = error or {}
-        hint = f" {error['hint']}" if error.get("hint") else ""
-        flash("error", f"{what} failed: {error.get('message') or status}.{hint}")
 
 
 def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:

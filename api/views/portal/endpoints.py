@@ -22,8 +22,8 @@ from api.views.portal.blueprint import (
     portal_session,
     principal,
     refused,
-    send_and_show,
 )
+from api.views.portal.outcome import send_and_show
 from deliverer.errors import DelivererError
 from deliverer.models import Endpoint
 from deliverer.notifications.recover import recover
