@@ -96,7 +96,7 @@ class EndpointTestSchema(Schema):
     endpoint_id = fields.String(data_key="endpointId")
     event_id = fields.String(data_key="eventId")
     notification_id = fields.String(data_key="notificationId")
-    # SENT (delivered), FAILED, NOT_SENT (webhooks off, endpoint disabled) or PENDING
+    # SENT (delivered), FAILED, NOT_SENT (the partner is sent no webhooks) or PENDING
     # (no outcome within the wait; GET /webhook-notifications/{notificationId} later).
     status = fields.String(metadata={"enum": ["SENT", "FAILED", "NOT_SENT", "PENDING"]})
     delivered = fields.Boolean()

@@ -59,7 +59,7 @@ class RecoverFormSchema(Schema):
     def _window(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         since, until = data["since"], data["until"]
         if until is not None and since > until:
-            raise ValidationError("must not be later than until", "since")
+            raise ValidationError("must not be later than To", "since")
         start = datetime.combine(since, time(), UTC)
         end = (datetime.combine(until, time(), UTC) + timedelta(days=1)
                if until is not None else None)

@@ -135,7 +135,7 @@ def test_endpoint(endpoint_id: str) -> Any:
     attempt's outcome (waiting as a resend does): delivered, or the error and its hint."""
     settings = _settings()
     sent = send_test_event(get_session(), settings, current_partner(), endpoint_id)
-    # One NOT_SENT (its endpoint disabled) has its outcome at once.
+    # One NOT_SENT (a partner sent no webhooks) has its outcome at once.
     status, error = commit_then(
         lambda: wait_for_attempt(sent.notification_id, settings.resend_wait_seconds))
     status = status or NotificationStatus.PENDING

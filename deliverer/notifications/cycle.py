@@ -42,6 +42,20 @@ def webhooks_off(then: str) -> str:
     return _OFF_THEN.format(then=then)
 
 
+def endpoint_disabled(endpoint: Endpoint, then: str) -> str:
+    """The refusal of what would send nothing to ``endpoint``, disabled."""
+    return _disabled_then(then, public_id=endpoint.public_id, is_default=endpoint.is_default,
+                          registered=endpoint.registered, reason=endpoint.disabled_reason)
+
+
+def _disabled_then(then: str, *, public_id: str, is_default: bool, registered: bool,
+                   reason: str | None) -> str:
+    return _DISABLED_THEN.format(
+        then=then, id=public_id, reason=reason or DISABLED,
+        how=how_to_enable(public_id=public_id, is_default=is_default, registered=registered,
+                          disabled_reason=reason))
+
+
 _NOTIFICATIONS = table_of(Notification)
 _REPOINT = (
     update(_NOTIFICATIONS)
@@ -131,12 +145,9 @@ def check_deliverable(session: Session, facts: Mapping[str, Any], *,
                                           "url": moves_to[1]}).first()
         target = dict(found._mapping) if found is not None else None
     if target is not None and target["target_disabled_at"] is not None:
-        public_id, reason = target["target_public_id"], target["target_disabled_reason"]
-        raise Conflict(_DISABLED_THEN.format(
-            then=then, id=public_id, reason=reason or DISABLED,
-            how=how_to_enable(public_id=public_id, is_default=target["target_is_default"],
-                              registered=target["target_registered"],
-                              disabled_reason=reason)))
+        raise Conflict(_disabled_then(
+            then, public_id=target["target_public_id"], is_default=target["target_is_default"],
+            registered=target["target_registered"], reason=target["target_disabled_reason"]))
 
 
 def repoint(session: Session, *, notification_id: str, partner_id: str,

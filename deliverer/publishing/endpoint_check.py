@@ -27,7 +27,7 @@ from deliverer.notifications.audit import (
     record_request,
     reject,
 )
-from deliverer.notifications.cycle import webhooks_off
+from deliverer.notifications.cycle import endpoint_disabled, webhooks_off
 from deliverer.partners import registered, webhook_settings
 from deliverer.partners.service import Principal
 from deliverer.publishing.service import record_events
@@ -41,8 +41,8 @@ class TestSent:
     endpoint_id: str  # public id
     event_id: str
     notification_id: str
-    # NOT_SENT when the endpoint is disabled or the partner is sent no webhooks (the
-    # notification's latest error says which); PENDING otherwise, until its attempt.
+    # NOT_SENT when the partner is sent no webhooks (the notification's latest error says
+    # why); PENDING otherwise, until its attempt.
     status: str
 
 
@@ -52,7 +52,8 @@ def send_test_event(session: Session, settings: Settings, principal: Principal,
     public id), in the session's transaction; its message goes out at the commit, which
     is the caller's. ``principal``: the partner and its API key
     (``Principal(partner_id, None)`` without one). EndpointNotFound (also for another
-    partner's endpoint), Conflict (webhooks turned off) or TooManyRequests otherwise, each
+    partner's endpoint), Conflict (webhooks turned off, the endpoint disabled) or
+    TooManyRequests otherwise, each
     on the audit trail."""
     now = now or utcnow()
     lock_partner(session, principal.partner_id)
@@ -62,6 +63,10 @@ def send_test_event(session: Session, settings: Settings, principal: Principal,
             # It made a NOT_SENT row at the webhook URL, not this endpoint's, and spent a
             # test (a black-box try): refused as retries are.
             raise Conflict(webhooks_off("send a test"))
+        if endpoint.disabled_at is not None:
+            # It was accepted, spent a test and left a NOT_SENT event (a black-box try),
+            # where a recover or a retry is refused.
+            raise Conflict(endpoint_disabled(endpoint, "send a test"))
         check_rate(session, principal.partner_id, RequestKind.ENDPOINT_TEST,
                    settings.endpoint_test_rate_per_minute, now)
     except DelivererError as error:

@@ -83,11 +83,17 @@ def test_a_failed_test_says_why_with_a_hint(make_partner, receiver, long_wait):
 
 
 def test_a_disabled_endpoint_is_not_sent_the_test(make_partner, receiver, long_wait):
+    """Refused as a recover or a retry is, saying how to enable it: it was accepted,
+    spent a test and left a NOT_SENT event (a black-box try)."""
     partner = make_partner()
     off = create(partner, receiver.url("/off"), enabled=False)
-    body = partner.api.post(f"{ENDPOINTS}/{off['id']}/test").json()
-    assert (body["status"], body["delivered"]) == ("NOT_SENT", False)
-    assert body["error"]["message"] == "Disabled by the merchant"
+    before = t.row_counts()
+    t.assert_error(partner.api.post(f"{ENDPOINTS}/{off['id']}/test"), 409, "CONFLICT",
+                   f"Webhook endpoint {off['id']} is disabled (Disabled by the merchant): "
+                   f"enable it (PATCH /api/partner/v2/endpoints/{off['id']} with enabled: "
+                   "true), then send a test")
+    after = t.row_counts()  # the refusal is on the audit trail, nothing else is written
+    assert after == before | {"partner_requests": before["partner_requests"] + 1}
     # Webhooks turned off in the settings: nothing is sent to any endpoint.
     on = create(partner, receiver.url("/on"))
     settings = partner.api.put("/api/partner/v2/webhook-settings", json={"enabled": False})

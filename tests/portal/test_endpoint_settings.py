@@ -90,6 +90,13 @@ def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: 
 
     disabled = client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "no"})
     assert "Endpoint disabled" in disabled.text and 'id="enable"' in disabled.text
+    # Refused, in the portal's terms: it was sent nothing, and the page told the
+    # merchant to PATCH the endpoint through the API (a black-box try).
+    untested = client.submit(path, f"/portal/endpoints/{ref}/test")
+    assert (f"Test event refused: Webhook endpoint {ref} is disabled (Disabled by the "
+            "merchant): enable it (press Enable in the endpoint&#39;s settings), then send a "
+            "test") in untested.text, untested.text
+    assert "/api/" not in untested.text.split('role="status"')[1].split("</div>")[0]
     enabled = client.submit(path, f"/portal/endpoints/{ref}/enabled", {"enabled": "yes"})
     assert "Endpoint enabled" in enabled.text and 'id="disable"' in enabled.text
 
@@ -115,17 +122,17 @@ def test_edit_disable_enable_rotate_test_and_delete(portal, merchant, receiver: 
                                        PartnerRequest.reference, PartnerRequest.api_key_id)
                                 .order_by(PartnerRequest.id)).all()
     assert trail == [(kind, SOURCE, ref, None) for kind in (
-        "endpoint_add", "endpoint_edit", "endpoint_disable", "endpoint_enable",
-        "secret_rotate", "endpoint_test", "endpoint_delete")]
+        "endpoint_add", "endpoint_edit", "endpoint_disable", "endpoint_test",
+        "endpoint_enable", "secret_rotate", "endpoint_test", "endpoint_delete")]
 
 
 def test_bad_input_is_answered_in_the_form(portal, merchant, receiver: Receiver):
     shop = merchant(receiver.program("/main", [], ok()))
     client = portal(shop.partner_id)
     cases = [  # a 400, but a URL another endpoint has: a 409, as the API answers
-        (("not a url", "*"), {}, "url"),
+        (("not a url", "*"), {}, "URL: Not a valid URL."),
         ((receiver.url("/x"), "no.such.type"), {}, "Unknown event types: no.such.type"),
-        ((receiver.url("/x"),), {}, "event types: tick at least one, or All events"),
+        ((receiver.url("/x"),), {}, "Event types: tick at least one, or All events"),
         # Not 'tick at least one' for 500 ticked (a black-box try's forged form).
         ((receiver.url("/x"), *["invoice.settled"] * 500), {}, "at most 100 event types"),
         # Both: which was meant? (All events came ticked, and one type ticked beside it
@@ -181,7 +188,7 @@ def test_recover_sends_a_periods_failed_webhooks_again(portal, merchant, worker,
                          on_poll=sweep_due, interval=0.1)
         refused = client.submit(path, f"/portal/endpoints/{ref}/recover",
                                 {"since": today, "until": "2020-01-01"})
-        assert "Nothing recovered: since: must not be later than until" in refused.text
+        assert "Nothing recovered: From: must not be later than To" in refused.text
     with session_scope() as session:
         trail = session.execute(select(PartnerRequest.kind, PartnerRequest.source,
                                        PartnerRequest.reference)).all()

@@ -85,11 +85,18 @@ def _parsed() -> dict[str, Any]:
     return data
 
 
+# The forms' fields by their labels (a black-box try read "url: Not a valid URL." beside
+# a field labelled URL, and "since" beside From).
+_LABELS = {"url": "URL", "description": "Description", "rate_limit": "Rate limit",
+           "event_types": "Event types", "since": "From", "until": "To",
+           "overlap_seconds": "Overlap"}
+
+
 def _problem(exc: ValidationError | DelivererError) -> str:
     if isinstance(exc, DelivererError):
         return exc.message
     messages = exc.normalized_messages()
-    return "; ".join(f"{name.replace('_', ' ')}: {' '.join(map(str, text))}"
+    return "; ".join(f"{_LABELS.get(name, name.replace('_', ' '))}: {' '.join(map(str, text))}"
                      for name, text in messages.items())
 
 
