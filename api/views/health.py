@@ -32,11 +32,16 @@ def readyz() -> Any:
     try:
         celery_app = current_app.extensions["celery"]
         with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            # One try: a retry slept 2 s first, past a probe's default 1 s timeout.
+            conn.ensure_connection(max_retries=0, timeout=1)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
+    # Reported, not a condition: with the broker down the web app still serves (a
+    # publish leaves its row to the sweep, the API reads and writes the database).
+    # Failing readiness took every web process out of its load balancer at once for a
+    # broker outage, and publishing with them (a gap review).
+    ready = checks["database"] == "ok"
     body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
     if checks["broker"] == "ok" and request.args.get("fleet") == "1":
         # On request, not a condition of readiness (the web app serves without workers):

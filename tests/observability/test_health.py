@@ -53,14 +53,17 @@ def test_readyz_counts_the_workers_and_the_oldest_unacknowledged(
 
 
 def test_readyz_when_the_broker_is_down(make_app):
+    """Still ready, the broker's error reported: the web app serves without it (a publish
+    leaves its row to the sweep). Unready, every web process left its load balancer at
+    once for a broker outage, and publishing with them."""
     app = make_app(broker_url=f"redis://127.0.0.1:{closed_port()}/0")
     began = time.monotonic()
-    response = app.test_client().get("/readyz")
-    assert time.monotonic() - began < 10  # never hangs on a broker that is down
-    assert response.status_code == 503
+    response = app.test_client().get("/readyz?fleet=1")
+    assert time.monotonic() - began < 0.9  # within a probe's default timeout
+    assert response.status_code == 200
     assert "fleet" not in response.json
     body = response.json
-    assert body["status"] == "unavailable"
+    assert body["status"] == "ready"
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["broker"].startswith("error: ")
     # Liveness does not depend on dependencies: restarting the process would not help.
