@@ -3,8 +3,6 @@ the slow lane. No database access."""
 
 from __future__ import annotations
 
-import time
-
 from deliverer import metrics
 from deliverer.config import Settings
 from deliverer.delivery.claim import DeliveryJob
@@ -15,15 +13,18 @@ from deliverer.models import utcnow
 
 def perform(job: DeliveryJob, settings: Settings) -> sender.SendResult:
     """The HTTP part; no database access."""
+    # One instant for the signature's timestamp and the attempt's recorded start: the
+    # portal shows the headers sent with webhook-timestamp from the latter.
+    started_at = utcnow()
     headers = {"webhook-id": job.notification_id}
     if job.secrets:
-        headers = signing.signature_headers(job.secrets, job.notification_id, int(time.time()),
-                                            job.body)
+        headers = signing.signature_headers(job.secrets, job.notification_id,
+                                            int(started_at.timestamp()), job.body)
     if not job.url:
-        result = sender.SendResult(started_at=utcnow(), duration_ms=0, success=False,
+        result = sender.SendResult(started_at=started_at, duration_ms=0, success=False,
                                    error=error_payload(FailureKind.NO_URL, "No webhook URL"))
     else:
-        result = sender.send(job.url, job.body, headers, sender_config(settings))
+        result = sender.send(job.url, job.body, headers, sender_config(settings), started_at)
     metrics.observe_attempt(result.success, (result.error or {}).get("kind"),
                             result.duration_ms / 1000)
     return result

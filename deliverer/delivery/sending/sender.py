@@ -91,9 +91,12 @@ def send(
     body: bytes,
     headers: dict[str, str],
     config: SenderConfig,
+    started_at: datetime | None = None,
 ) -> SendResult:
-    """POST ``body`` to ``url`` once. Never raises for network or HTTP failures."""
-    started_at = datetime.now(UTC)
+    """POST ``body`` to ``url`` once. Never raises for network or HTTP failures.
+    ``started_at``: the attempt's time as recorded, if not now (when its headers were
+    signed: the portal shows its webhook-timestamp from it)."""
+    started_at = started_at or datetime.now(UTC)
     start = time.monotonic()
     deadline = start + config.total_timeout
     watch = Watch()
