@@ -11,7 +11,7 @@ from marshmallow import RAISE
 from api import portal_links, presenters
 from api.auth import check_partner, current_key_hash, current_partner, key_resolved_in_batch
 from api.db import get_session
-from api.resend import resend
+from api.resend import resend, resend_notification
 from api.schemas.common import RETRY_AFTER, ApiErrorSchema
 from api.schemas.partner import (
     AlertListSchema,
@@ -104,6 +104,19 @@ def retry_notification(notification_id: str) -> Any:
 def ignore_notification(notification_id: str) -> Any:
     """Remove a notification from the retry queue for good (status NOT_SENT)."""
     return _dump(ignore(get_session(), current_partner(), notification_id))
+
+
+@blp.route("/webhook-notifications/<notification_id>/resend", methods=["POST"])
+@blp.response(200, ResendSchema)
+@blp.alt_response(202, schema=ResendSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(409, schema=ApiErrorSchema)
+@blp.alt_response(429, schema=ApiErrorSchema, headers=RETRY_AFTER)
+def resend_one_notification(notification_id: str) -> Any:
+    """Send this notification's event again, to where it went, whatever its status (no
+    status changes; the same webhook-id). Counted with the resends by reference."""
+    outcome, body = resend_notification(notification_id)
+    return body, (200 if outcome == "success" else 202)
 
 
 @blp.route("/transactions/<reference>/resend-webhook", methods=["POST"])

@@ -18,6 +18,7 @@ is a conditional UPDATE, so a message sent twice still makes one POST.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from deliverer.delivery.claim import DeliveryJob
 from deliverer.delivery.recording.success import attempt_row
 from deliverer.delivery.sending.perform import perform
 from deliverer.delivery.sending.runs import RECORDING_MARGIN
-from deliverer.errors import Conflict, DelivererError, NotFound
+from deliverer.errors import Conflict, DelivererError, NotFound, NotificationNotFound
 from deliverer.models import (
     Attempt,
     Endpoint,
@@ -56,6 +57,7 @@ from deliverer.notifications.audit import (
     reject,
 )
 from deliverer.notifications.cycle import DECIDING, DECIDING_NAMES, check_deliverable
+from deliverer.notifications.queries import is_uuid
 from deliverer.partners.service import Principal
 
 log = logging.getLogger(__name__)
@@ -166,23 +168,51 @@ def _sendable_target(session: Session, row: Any, now: datetime) -> _Target:
 
 def request_resend(session: Session, settings: Settings, principal: Principal,
                    reference: str, now: datetime | None = None) -> ResendRequest:
+    """The latest event of ``reference``, again (seeds 002 and 004). Commits nothing."""
+    return _request(session, settings, principal, reference[:200], lambda: session.execute(
+        _LATEST.where(Event.partner_id == principal.partner_id, Event.reference == reference)
+        .order_by(*_PREFERRED).limit(1)).first(), TransactionNotFound, now)
+
+
+def request_notification_resend(session: Session, settings: Settings, principal: Principal,
+                                notification_id: str,
+                                now: datetime | None = None) -> ResendRequest:
+    """One notification's event again, to where it went, whatever its status and however
+    old (a SENT one whose receiver lost it; an earlier event of a reference, which the
+    resend by reference does not reach), with its webhook-id: a receiver that drops
+    duplicates by it drops this one too. Limited and refused as a resend by reference
+    is. Commits nothing."""
+    def find() -> Any:
+        if not is_uuid(notification_id):
+            return None
+        return session.execute(_LATEST.where(
+            Notification.id == notification_id,
+            Notification.partner_id == principal.partner_id)).first()
+
+    return _request(session, settings, principal, notification_id[:200], find,
+                    NotificationNotFound, now)
+
+
+def _request(session: Session, settings: Settings, principal: Principal, asked: str,
+             find: Callable[[], Any], missing: type[NotFound],
+             now: datetime | None) -> ResendRequest:
+    """The resend of the row ``find`` returns (``_LATEST``'s), on the audit trail with
+    ``asked`` (what the merchant named) when refused; its message goes out at the
+    commit."""
     now = now or utcnow()
     lock_partner(session, principal.partner_id)
     try:
-        row = session.execute(
-            _LATEST.where(Event.partner_id == principal.partner_id,
-                          Event.reference == reference)
-            .order_by(*_PREFERRED).limit(1)
-        ).first()
+        row = find()
         if row is None:
-            raise TransactionNotFound()
+            raise missing()
         target = _sendable_target(session, row, now)
         check_rate(session, principal.partner_id, RequestKind.RESEND,
                    settings.resend_rate_per_minute, now)
     except DelivererError as error:
-        reject(session, principal, RequestKind.RESEND, error, reference=reference[:200])
+        reject(session, principal, RequestKind.RESEND, error, reference=asked)
         raise
     notification = row.Notification
+    reference = row.Event.reference
     request_id = record_request(session, principal, RequestKind.RESEND, ACCEPTED,
                                 notification_id=notification.id, reference=reference,
                                 delivery_status=ResendStatus.PENDING, now=now)

@@ -71,6 +71,14 @@ def api_settings(live_server: LiveServer) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def long_wait(api_settings):
+    """Room for the worker to deliver within the request (a resend, a test event) on a
+    busy machine."""
+    with api_settings(resend_wait_seconds=10.0) as changed:
+        yield changed
+
+
+@pytest.fixture
 def slow_ladder(settings: Settings) -> Iterator[Settings]:
     """Real-time ladder for this test: after a failure the next automatic attempt is two
     minutes away, so a FAILED notification stays put while the test works on it."""

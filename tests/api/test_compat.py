@@ -20,11 +20,6 @@ SEED004_RESEND = "/invoices/resend-webhook/{}"
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-@pytest.fixture
-def long_wait(api_settings):
-    with api_settings(resend_wait_seconds=10.0) as changed:
-        yield changed
-
 
 # --------------------------------------------------------------------------- seed 001
 

@@ -27,12 +27,6 @@ ENDPOINTS = "/api/partner/v2/endpoints"
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-@pytest.fixture
-def long_wait(api_settings):
-    """Room for the worker to deliver within the request on a busy machine."""
-    with api_settings(resend_wait_seconds=10.0) as changed:
-        yield changed
-
 
 def create(partner, url: str, **fields) -> dict:
     response = partner.api.post(ENDPOINTS, json={"url": url, **fields})

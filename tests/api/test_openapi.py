@@ -28,6 +28,7 @@ PARTNER_OPERATIONS = {
     ("POST", "/api/partner/v2/webhook-notifications/{notification_id}/retry"),
     ("POST", "/api/partner/v2/webhook-notifications/{notification_id}/ignore"),
     ("POST", "/api/partner/v2/transactions/{reference}/resend-webhook"),
+    ("POST", "/api/partner/v2/webhook-notifications/{notification_id}/resend"),
     ("GET", "/api/partner/v2/webhook-settings"),
     ("PUT", "/api/partner/v2/webhook-settings"),
     ("POST", "/api/partner/v2/webhook-settings/rotate-secret"),
