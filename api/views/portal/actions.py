@@ -1,4 +1,5 @@
-"""What a merchant does in the portal: Retry and Ignore (seeds 000 and 003, through the
+"""What a merchant does in the portal: Retry, Send again and Ignore (seeds 000, 002 and
+003, through the
 same services and limits as the Partner API, recorded as the merchant's own requests
 from the portal), and the alert e-mail address. Each answers with a redirect to the
 page it came from, which shows the outcome."""
@@ -22,11 +23,12 @@ from api.views.portal.blueprint import (
     principal,
     refused,
 )
-from api.views.portal.outcome import send_and_show
+from api.views.portal.outcome import send_and_show, show_resend
 from deliverer.errors import DelivererError
 from deliverer.notifications.ignore import ignore as ignore_notification
 from deliverer.notifications.manual_retry import manual_retry
 from deliverer.notifications.queries import is_uuid
+from deliverer.notifications.resend import request_notification_resend
 from deliverer.partners import webhook_settings
 from deliverer.portal.audit import PortalAction, record
 
@@ -50,6 +52,23 @@ def retry(notification_id: str) -> Any:
     current_app.logger.info("portal retry of %s", notification_id,
                             extra={"notification_id": notification_id})
     send_and_show(notification_id, "Retry", "Delivered: your endpoint accepted the webhook.")
+    return _back(notification_id)
+
+
+@bp.post("/notifications/<notification_id>/resend")
+def resend(notification_id: str) -> Any:
+    """Send again: its event, where it went, with its webhook-id (the Partner API's
+    resend of one notification, its limit shared)."""
+    try:
+        sent = request_notification_resend(get_session(), deliverer_settings(), principal(),
+                                           notification_id)
+    except DelivererError as exc:
+        roll_back_refused(exc)
+        if exc.status_code == 404:
+            return not_found("notification")
+        flash("error", f"Send again refused: {refused(exc)}")
+        return _back(notification_id)
+    show_resend(sent.request_id)
     return _back(notification_id)
 
 

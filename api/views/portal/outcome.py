@@ -9,7 +9,7 @@ from api.db import commit_then
 from api.views.portal.blueprint import deliverer_settings, flash
 from api.views.portal.wording import hint
 from deliverer.models import NotificationStatus
-from deliverer.notifications.outcome import wait_for_attempt
+from deliverer.notifications.outcome import wait_for_attempt, wait_for_resend
 
 # How long Retry and a test event wait for their attempt's outcome before answering
 # "queued" (seed 003: "if your endpoint successfully receives the webhook, you get a
@@ -29,6 +29,18 @@ def send_and_show(notification_id: str, what: str, delivered: str) -> None:
         flash("ok", f"{what} queued: it is sent in a moment. Reload to see the outcome.")
     else:
         flash("error", failed(what, status, error))
+
+
+def show_resend(request_id: int) -> None:
+    """``send_and_show`` for a resend request: commit, wait briefly for its POST."""
+    wait = min(deliverer_settings().resend_wait_seconds, OUTCOME_WAIT_CAP)
+    status, error = commit_then(lambda: wait_for_resend(request_id, wait))
+    if status == NotificationStatus.SENT:
+        flash("ok", "Sent again: your endpoint accepted it.")
+    elif status == NotificationStatus.FAILED:
+        flash("error", failed("Send again", status, error))
+    else:
+        flash("ok", "Send again queued: it is sent in a moment. Reload to see the outcome.")
 
 
 def failed(what: str, status: str, error: dict[str, Any] | None) -> str:

@@ -76,6 +76,25 @@ def test_ignore_asks_for_confirmation_then_takes_it_out_for_good(portal, failing
     assert 'id="nothing-to-ignore"' in again and 'id="confirm-ignore"' not in again
 
 
+def test_send_again_resends_a_sent_webhook_with_its_id(portal, merchant, worker,
+                                                      receiver: Receiver):
+    """The Partner API's resend of one notification (the receiver lost one it took)."""
+    shop = merchant(receiver.program("/main", [], ok()))
+    nid = h.publish_and_wait(shop.partner_id, NotificationStatus.SENT, reference="TXN-S")
+    client = portal(shop.partner_id)
+    page = f"/portal/notifications/{nid}"
+    assert 'id="resend"' in client.get(page).text
+    sent = client.submit(page, f"{page}/resend")
+    assert sent.status_code == 200 and sent.url.endswith(page)
+    assert "Sent again: your endpoint accepted it." in sent.text, sent.text
+    first, again = receiver.wait_for(2, "/main")
+    assert first.headers["webhook-id"] == again.headers["webhook-id"] == nid
+    assert first.body == again.body
+    assert h.notification(nid).status == NotificationStatus.SENT
+    assert [(r.kind, r.outcome, r.source) for r in requests_of(nid)] == [
+        ("resend", ACCEPTED, SOURCE)]
+
+
 def test_read_only_sessions_see_no_action_buttons(portal, failing):
     shop, first, _second = failing
     client = portal(shop.partner_id, read_only=True)
@@ -85,7 +104,7 @@ def test_read_only_sessions_see_no_action_buttons(portal, failing):
         text = client.get(path).text
         assert "<button" not in text.replace('<button type="submit" id="logout">', ""), path
     token = csrf_of(client.get("/portal/").text)
-    for action in ("retry", "ignore"):
+    for action in ("retry", "resend", "ignore"):
         refused = client.post(f"/portal/notifications/{first}/{action}",
                               {"csrf_token": token, "confirm": "yes"})
         assert refused.status_code == 403
