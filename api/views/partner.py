@@ -113,7 +113,8 @@ def ignore_notification(notification_id: str) -> Any:
 @blp.alt_response(409, schema=ApiErrorSchema)
 @blp.alt_response(429, schema=ApiErrorSchema, headers=RETRY_AFTER)
 def resend_one_notification(notification_id: str) -> Any:
-    """Send this notification's event again, to where it went, whatever its status (no
+    """Send this notification's event again, whatever its status, to its endpoint's
+    current URL (an event's callback URL), as a resend by reference goes (no
     status changes; the same webhook-id). Counted with the resends by reference."""
     outcome, body = resend_notification(notification_id)
     return body, (200 if outcome == "success" else 202)

@@ -177,11 +177,12 @@ def request_resend(session: Session, settings: Settings, principal: Principal,
 def request_notification_resend(session: Session, settings: Settings, principal: Principal,
                                 notification_id: str,
                                 now: datetime | None = None) -> ResendRequest:
-    """One notification's event again, to where it went, whatever its status and however
-    old (a SENT one whose receiver lost it; an earlier event of a reference, which the
-    resend by reference does not reach), with its webhook-id: a receiver that drops
-    duplicates by it drops this one too. Limited and refused as a resend by reference
-    is. Commits nothing."""
+    """One notification's event again, whatever its status and however old (a SENT one
+    whose receiver lost it; an earlier event of a reference, which the resend by
+    reference does not reach), with its webhook-id: a receiver that drops duplicates by
+    it drops this one too. Sent, limited and refused as a resend by reference is: to the
+    event's callback URL, else its endpoint's current URL (``_target``). Commits
+    nothing."""
     def find() -> Any:
         if not is_uuid(notification_id):
             return None
@@ -189,16 +190,18 @@ def request_notification_resend(session: Session, settings: Settings, principal:
             Notification.id == notification_id,
             Notification.partner_id == principal.partner_id)).first()
 
-    return _request(session, settings, principal, notification_id[:200], find,
-                    NotificationNotFound, now)
+    # A refusal is on the notification's own audit history (the console lists it so), as
+    # a refused ignore is.
+    return _request(session, settings, principal, None, find, NotificationNotFound, now,
+                    notification_id=notification_id if is_uuid(notification_id) else None)
 
 
-def _request(session: Session, settings: Settings, principal: Principal, asked: str,
-             find: Callable[[], Any], missing: type[NotFound],
-             now: datetime | None) -> ResendRequest:
+def _request(session: Session, settings: Settings, principal: Principal, asked: str | None,
+             find: Callable[[], Any], missing: type[NotFound], now: datetime | None, *,
+             notification_id: str | None = None) -> ResendRequest:
     """The resend of the row ``find`` returns (``_LATEST``'s), on the audit trail with
-    ``asked`` (what the merchant named) when refused; its message goes out at the
-    commit."""
+    what the merchant named (``asked``, a reference; ``notification_id``) when refused;
+    its message goes out at the commit."""
     now = now or utcnow()
     lock_partner(session, principal.partner_id)
     try:
@@ -209,7 +212,8 @@ def _request(session: Session, settings: Settings, principal: Principal, asked: 
         check_rate(session, principal.partner_id, RequestKind.RESEND,
                    settings.resend_rate_per_minute, now)
     except DelivererError as error:
-        reject(session, principal, RequestKind.RESEND, error, reference=asked)
+        reject(session, principal, RequestKind.RESEND, error, reference=asked,
+               notification_id=notification_id)
         raise
     notification = row.Notification
     reference = row.Event.reference

@@ -1,7 +1,7 @@
 """POST /api/partner/v2/webhook-notifications/{id}/resend: one notification's event again,
-to where it went, whatever its status, with its webhook-id; counted and refused as the
-resend by reference is (a gap review: a SENT notification whose receiver lost it, or an
-earlier event of a reference, could not be had again)."""
+to its endpoint's current URL, whatever its status, with its webhook-id; counted and
+refused as the resend by reference is (a gap review: a SENT notification whose receiver
+lost it, or an earlier event of a reference, could not be had again)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from deliverer.models import NotificationStatus, Trigger
 from tests.api import helpers as t
 from tests.api.endpoints.helpers import ENDPOINTS, create
 from tests.support import helpers as h
+from tests.support.rows import partner_requests
 
 NOTIFICATION = "/api/partner/v2/webhook-notifications/{}"
 RESEND = NOTIFICATION + "/resend"
@@ -98,6 +99,10 @@ def test_a_disabled_endpoints_notification_is_409(make_partner):
     t.assert_error(response, 409, "CONFLICT")
     assert off["id"] in response.json()["message"]
     assert t.accepted(partner.partner_id, kind="resend") == []
+    # On the notification's own audit history, as a refused ignore is (the console lists
+    # a notification's requests by its id: a review).
+    [refused] = partner_requests(partner.partner_id, kind="resend")
+    assert (refused.outcome, refused.notification_id) == ("CONFLICT", nid)
 
 
 def test_the_limit_is_shared_with_resends_by_reference_under_parallel_requests(

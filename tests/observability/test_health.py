@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 
@@ -68,6 +69,23 @@ def test_readyz_when_the_broker_is_down(make_app):
     assert body["checks"]["broker"].startswith("error: ")
     # Liveness does not depend on dependencies: restarting the process would not help.
     assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_readyz_answers_in_time_when_the_broker_accepts_and_never_answers(make_app):
+    """A broker that takes the connection and says nothing (hung, or a half-open
+    network): the check waited for the transport's socket timeout (10 s on Redis), past
+    a probe's 1 s, and every web process went unready at once."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # accepted by the kernel, never read nor answered
+        port = silent.getsockname()[1]
+        client = make_app(broker_url=f"redis://127.0.0.1:{port}/0").test_client()
+        for _ in range(2):  # the second while the first check still hangs
+            began = time.monotonic()
+            response = client.get("/readyz")
+            assert time.monotonic() - began < 0.9
+            assert response.status_code == 200 and response.json["status"] == "ready"
+            assert response.json["checks"]["broker"].startswith("error: "), response.json
 
 
 def test_readyz_when_the_database_is_unreachable(settings, make_app):

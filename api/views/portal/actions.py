@@ -57,8 +57,8 @@ def retry(notification_id: str) -> Any:
 
 @bp.post("/notifications/<notification_id>/resend")
 def resend(notification_id: str) -> Any:
-    """Send again: its event, where it went, with its webhook-id (the Partner API's
-    resend of one notification, its limit shared)."""
+    """Send again: its event, to its endpoint's current URL, with its webhook-id (the
+    Partner API's resend of one notification, its limit shared)."""
     try:
         sent = request_notification_resend(get_session(), deliverer_settings(), principal(),
                                            notification_id)
