@@ -93,6 +93,7 @@ def test_send_again_resends_a_sent_webhook_with_its_id(portal, merchant, worker,
     assert h.notification(nid).status == NotificationStatus.SENT
     assert [(r.kind, r.outcome, r.source) for r in requests_of(nid)] == [
         ("resend", ACCEPTED, SOURCE)]
+    assert 'id="resend"' not in portal(shop.partner_id, read_only=True).get(page).text
 
 
 def test_read_only_sessions_see_no_action_buttons(portal, failing):
