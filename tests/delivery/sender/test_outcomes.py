@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -115,7 +116,10 @@ def test_tls_failure_says_why_in_the_tls_library_words(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        result = send(f"https://127.0.0.1:{server.server_port}/hook", BODY, {}, CONFIG)
+        # Room for the handshake: under a CI run's two parallel passes it overran the
+        # shared CONFIG's 0.5 s deadline once (a timeout, not the TLS failure tested).
+        result = send(f"https://127.0.0.1:{server.server_port}/hook", BODY, {},
+                      replace(CONFIG, connect_timeout=10.0, total_timeout=10.0))
     finally:
         server.shutdown()
         server.server_close()
